@@ -1,0 +1,31 @@
+"""Timing helpers for perf/: medians of repeated runs, ratios against a reference in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def median_time(fn, *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05) -> float:
+    """Median seconds per call of ``fn()``; each sample loops until ``min_time`` has passed."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        samples.append(dt / n)
+    return statistics.median(samples)
+
+
+def record(name: str, shape: str, ours_s: float, ref_s: float, ref: str, **extra) -> dict:
+    """One benchmark row: our and the reference's median seconds and the speed ratio (ref / ours)."""
+    row = {"name": name, "shape": shape, "ours_s": ours_s, "ref_s": ref_s, "ref": ref,
+           "speedup": ref_s / ours_s}
+    row.update(extra)
+    return row

@@ -1,0 +1,8 @@
+"""Kernels: numba-compiled forward/backward pairs, one module per op family.
+
+Every op ``X`` has ``X_forward(out..., inputs..., sizes...)`` and
+``X_backward(dinputs..., dout, inputs..., saved..., sizes...)``: outputs first, then inputs, then
+sizes. Forward writes caller-provided buffers; backward accumulates (``+=``) into gradient buffers.
+The public functions here validate their arguments; the private ``_X_forward`` kernels they call
+trust them.
+"""

@@ -1,0 +1,50 @@
+"""Shared test helpers: random data, central finite differences, and the optional torch reference."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+
+def rand(rng, *shape, dtype=np.float32, scale=1.0):
+    """Standard-normal array of ``shape`` times ``scale``, C-contiguous, in ``dtype``."""
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def fd_grad(loss, x, eps=1e-6):
+    """Central finite differences of the scalar ``loss()`` with respect to the float64 array ``x``.
+
+    ``x`` is perturbed in place, one element at a time, and restored.
+    """
+    assert x.dtype == np.float64, "finite differences run in float64"
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        lp = loss()
+        flat[i] = old - eps
+        lm = loss()
+        flat[i] = old
+        gflat[i] = (lp - lm) / (2 * eps)
+    return g
+
+
+def assert_close(got, want, rtol=1e-5, atol=1e-5, what=""):
+    """``np.testing.assert_allclose`` with the project's default float32 tolerances."""
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               rtol=rtol, atol=atol, err_msg=what)
+
+
+def torch_or_skip():
+    """Import torch for parity tests. Skips locally without torch; fails in CI, where it must run."""
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("torch is required in CI for parity tests (pip install torch==2.13.0)")
+        pytest.skip("torch not installed")
+    torch.set_num_threads(1)
+    return torch
