@@ -1,0 +1,92 @@
+"""What this machine gives the kernels: versions, threads, CPU and SIMD, BLAS, the numba cache."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+import platform
+from pathlib import Path
+
+#: SIMD features worth reporting, in the order shown.
+SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+                 "avx512bf16", "amx-tile")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _blas_libraries() -> list[dict]:
+    """BLAS libraries loaded by numpy (``@``) and scipy (``np.dot`` inside njit kernels)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that numba's np.dot calls)
+    from threadpoolctl import threadpool_info
+
+    rows = []
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        path = lib.get("filepath", "")
+        used_by = "scipy (np.dot in njit)" if "scipy" in Path(path).parent.name else (
+            "numpy (@)" if "numpy" in Path(path).parent.name else "other")
+        rows.append({"used_by": used_by, "library": lib.get("internal_api"), "version": lib.get("version"),
+                     "threads": lib.get("num_threads"), "architecture": lib.get("architecture"),
+                     "path": path})
+    return rows
+
+
+def _cache_dir() -> str:
+    import numba
+
+    if numba.config.CACHE_DIR:
+        return numba.config.CACHE_DIR
+    return str(Path(__file__).parent / "kernels" / "__pycache__") + " (beside each kernel module)"
+
+
+def collect() -> dict:
+    """Everything ``qorus info`` shows, as a dict."""
+    import llvmlite
+    import llvmlite.binding as ll
+    import numba
+    import numpy as np
+    import scipy
+
+    import qorus_jit
+    from qorus_jit.config import FASTMATH
+    from qorus_jit.kernels.elementwise import add_forward
+
+    # numba picks its threading layer at the first parallel call: make one.
+    x = np.zeros(4, np.float32)
+    add_forward(x, x, x)
+
+    features = ll.get_host_cpu_features()
+    return {
+        "versions": {
+            "qorus_jit": qorus_jit.__version__,
+            "python": platform.python_version(),
+            "numba": numba.__version__,
+            "llvmlite": llvmlite.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "click": metadata.version("click"),
+        },
+        "threads": {
+            "numba_threading_layer": numba.threading_layer(),
+            "numba_threads": numba.get_num_threads(),
+            "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
+            "cpu_count": os.cpu_count(),
+        },
+        "cpu": {
+            "model": _cpu_model(),
+            "llvm_target": ll.get_host_cpu_name(),
+            "simd": [f for f in SIMD_FEATURES if features.get(f, False)],
+        },
+        "blas": _blas_libraries(),
+        "numba_cache": _cache_dir(),
+        "fastmath": sorted(FASTMATH),
+    }

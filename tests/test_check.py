@@ -1,0 +1,52 @@
+"""The validation helpers behind every public kernel wrapper."""
+
+import numpy as np
+import pytest
+
+from qorus_jit._check import check_arrays, check_index, check_positive, check_writeable
+
+
+def test_symbols_bind_and_must_agree():
+    x = np.zeros((4, 3), np.float32)
+    w = np.zeros((5, 3), np.float32)
+    assert check_arrays(x=(x, ("N", "C")), w=(w, ("O", "C"))) == {"N": 4, "C": 3, "O": 5}
+    with pytest.raises(ValueError, match=r"w: expected shape \(O, C\) .*axis 1 is 4, expected 3"):
+        check_arrays(x=(x, ("N", "C")), w=(np.zeros((5, 4), np.float32), ("O", "C")))
+
+
+def test_ndim_dtype_contiguity_and_type():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"x: expected 3-D array of shape \(B, T, C\), got 2-D"):
+        check_arrays(x=(x, ("B", "T", "C")))
+    with pytest.raises(TypeError, match="y: expected the dtype of x"):
+        check_arrays(x=(x, None), y=(x.astype(np.float64), None))
+    with pytest.raises(TypeError, match="x: expected dtype float32 or float64, got int64"):
+        check_arrays(x=(x.astype(np.int64), None))
+    with pytest.raises(ValueError, match="x: expected a C-contiguous array"):
+        check_arrays(x=(np.zeros((3, 4), np.float32).T, ("N", "C")))
+    with pytest.raises(TypeError, match="x: expected a numpy array, got list"):
+        check_arrays(x=([1.0], None))
+    assert check_arrays(x=(x, ("N", 3)), bias=(None, ("N",))) == {"N": 4}
+
+
+def test_index_ranges():
+    ids = np.array([[0, 5, 9]], np.int64)
+    check_index("ids", ids, ("B", "T"), high=10)
+    with pytest.raises(ValueError, match=r"ids: expected values in \[0, 10\), got 10"):
+        check_index("ids", ids + 1, ("B", "T"), high=10)
+    with pytest.raises(ValueError, match=r"targets: expected values in \[0, 10\) or -100, got -1"):
+        check_index("targets", np.array([-100, -1]), ("N",), high=10, allow=-100)
+    check_index("targets", np.array([-100, 3], np.int32), ("N",), high=10, allow=-100)
+    with pytest.raises(TypeError, match="ids: expected dtype int32 or int64, got float32"):
+        check_index("ids", ids.astype(np.float32), ("B", "T"), high=10)
+
+
+def test_positive_and_writeable():
+    check_positive(n_heads=4)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="n_heads: expected a positive int"):
+            check_positive(n_heads=bad)
+    out = np.zeros(3, np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable array"):
+        check_writeable(out=out)

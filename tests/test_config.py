@@ -1,0 +1,116 @@
+"""The shared numerics: fastmath flags keep NaN/inf meaningful, one place sets them, threads are controlled."""
+
+import math
+import re
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import qorus_jit
+from qorus_jit.config import FASTMATH, kernel
+
+PACKAGE = Path(qorus_jit.__file__).parent
+
+
+@kernel
+def _count_nan(x):
+    n = 0
+    for i in range(x.shape[0]):
+        if np.isnan(x[i]):
+            n += 1
+    return n
+
+
+@kernel
+def _count_inf(x):
+    n = 0
+    for i in range(x.shape[0]):
+        if np.isinf(x[i]):
+            n += 1
+    return n
+
+
+@kernel
+def _masked_row_max(x, keep):
+    m = -np.inf
+    for i in range(x.shape[0]):
+        v = x[i] if keep[i] else -np.inf
+        if v > m:
+            m = v
+    return m
+
+
+@kernel(parallel=True)
+def _sum_is_nan(x):
+    s = 0.0
+    for i in numba.prange(x.shape[0]):
+        s += x[i]
+    return np.isnan(s)
+
+
+def test_flags_leave_out_nnan_and_ninf():
+    assert "nnan" not in FASTMATH and "ninf" not in FASTMATH and "fast" not in FASTMATH
+    assert {"contract", "reassoc"} <= FASTMATH
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_isnan_and_isinf_survive_the_flags(dtype):
+    x = np.array([1.0, np.nan, 2.0, np.inf, -np.inf, np.nan, 0.0], dtype)
+    assert _count_nan(x) == 2
+    assert _count_inf(x) == 2
+    assert _sum_is_nan(x)
+    assert not _sum_is_nan(np.ones(1000, dtype))
+
+
+def test_minus_inf_mask_is_exact():
+    x = np.array([3.0, 5.0, 1.0], np.float32)
+    assert _masked_row_max(x, np.array([True, False, True])) == 3.0
+    assert _masked_row_max(x, np.array([False, False, False])) == -math.inf
+
+
+def test_no_module_spells_its_own_fastmath_or_njit():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "config.py":
+            continue
+        text = path.read_text()
+        for pat in (r"fastmath\s*=", r"@n?jit\b", r"numba\.n?jit\(", r"import .*\bn?jit\b"):
+            if re.search(pat, text):
+                offenders.append(f"{path.relative_to(PACKAGE)}: {pat}")
+    assert offenders == []
+
+
+def test_every_kernel_is_cached_with_the_shared_flags():
+    import importlib
+    import pkgutil
+
+    import qorus_jit.kernels as kernels
+
+    found = 0
+    for mod in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"qorus_jit.kernels.{mod.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == module.__name__:
+                found += 1
+                assert obj.targetoptions.get("cache") is None or obj._cache is not None, name
+                assert not isinstance(obj._cache, numba.core.caching.NullCache), f"{mod.name}.{name} not cached"
+                assert set(obj.targetoptions["fastmath"]) == set(FASTMATH), f"{mod.name}.{name}"
+    assert found >= 6
+
+
+def test_set_num_threads_controls_numba_and_blas():
+    from threadpoolctl import threadpool_info
+
+    before = qorus_jit.get_num_threads()
+    try:
+        qorus_jit.set_num_threads(1)
+        assert numba.get_num_threads() == 1
+        assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
+    finally:
+        qorus_jit.set_num_threads(before)
+    with pytest.raises(ValueError, match="n: expected an int between 1 and"):
+        qorus_jit.set_num_threads(0)
+    with pytest.raises(ValueError, match="n: expected an int"):
+        qorus_jit.set_num_threads(10_000)
