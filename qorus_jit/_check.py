@@ -16,6 +16,7 @@ everywhere else it appears::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,3 +112,114 @@ def check_writeable(**arrays) -> None:
     for name, arr in arrays.items():
         if arr is not None and not arr.flags.writeable:
             raise ValueError(f"{name}: expected a writeable array (it is written in place)")
+
+
+def check_min_ndim(name: str, arr, ndim: int) -> None:
+    """``arr`` must be a numpy array with at least ``ndim`` dimensions (e.g. a ``(..., C)`` input)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if arr.ndim < ndim:
+        raise ValueError(f"{name}: expected an array with at least {ndim} dimensions, "
+                         f"got {arr.ndim}-D array of shape {arr.shape}")
+
+
+def check_nonnegative(**values) -> None:
+    """Each keyword must be an int >= 0."""
+    for name, v in values.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
+
+
+def check_positive_float(**values) -> None:
+    """Each keyword must be a finite real number > 0 (e.g. ``eps``, a learning rate)."""
+    for name, v in values.items():
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        if not ok or not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
+
+
+def check_bool(**values) -> None:
+    """Each keyword must be a bool (a flag option)."""
+    for name, v in values.items():
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected a bool, got {v!r}")
+
+
+def check_inplace_or_disjoint(out_name: str, out, in_name: str, inp) -> None:
+    """``out`` must be the same memory as ``inp`` (in place) or not overlap it at all."""
+    if out is inp or not np.may_share_memory(out, inp):
+        return
+    same = (out.shape == inp.shape and out.strides == inp.strides
+            and out.__array_interface__["data"][0] == inp.__array_interface__["data"][0])
+    if not same:
+        raise ValueError(f"{out_name}: expected either {in_name} itself (in place) or an array that "
+                         f"does not overlap {in_name}, got a partially overlapping view")
+
+
+def check_mask(name: str, arr, spec: Shape, dims: dict[str, int] | None = None) -> np.ndarray:
+    """Validate a bool or integer mask (nonzero = keep) of shape ``spec``; returns it as a uint8 array."""
+    dims = {} if dims is None else dims
+    _check_one(name, arr, spec, dims)
+    if arr.dtype == np.bool_ or arr.dtype in (np.uint8, np.int8):
+        return arr.view(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name}: expected dtype bool or an integer dtype, got {arr.dtype}")
+    return (arr != 0).view(np.uint8)
+
+
+def check_disjoint(outputs: dict, inputs: dict) -> None:
+    """Output buffers (name -> array) must overlap neither each other nor any input array."""
+    outs = [(n, a) for n, a in outputs.items() if a is not None]
+    ins = [(n, a) for n, a in inputs.items() if a is not None]
+    for i, (name, arr) in enumerate(outs):
+        for other, o in outs[i + 1:] + ins:
+            if np.may_share_memory(arr, o):
+                raise ValueError(f"{name}: expected a buffer that does not overlap {other}, "
+                                 "got arrays sharing memory")
+
+
+def check_real(name: str, value, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+    """A real scalar (Python or NumPy int or float, not bool, not NaN) within optional bounds.
+
+    ``low_open`` / ``high_open`` exclude the bound itself; ``finite=False`` also accepts +-inf.
+    Returns the value as a Python float.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    v = float(value) if ok else float("nan")
+    if ok and finite:
+        ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok or v != v:
+        kind = "a finite real number" if finite else "a real number"
+        if low is not None and high is not None:
+            kind += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            kind += f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            kind += f" {'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+    return v
+
+
+def check_int(**values) -> None:
+    """Each keyword must be an int of any sign (not a bool), e.g. a sentinel like ``ignore_index``."""
+    for name, v in values.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected an int, got {v!r}")
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """``value`` must be one of ``choices`` (an option such as a route or a mode name)."""
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def check_given(**arrays) -> None:
+    """Required arrays must not be None (``check_arrays`` skips None, which marks an optional input)."""
+    for name, arr in arrays.items():
+        if arr is None:
+            raise TypeError(f"{name}: expected a numpy array, got None")

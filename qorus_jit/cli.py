@@ -37,5 +37,14 @@ def info(as_json):
     click.echo(f"  fastmath:   {' '.join(data['fastmath'])}")
 
 
+@main.command("clear-cache")
+def clear_cache():
+    """Delete the compiled kernels numba cached for qorus_jit (they recompile on next use)."""
+    from qorus_jit.sysinfo import clear_kernel_cache
+
+    n, where = clear_kernel_cache()
+    click.echo(f"removed {n} cached kernel files from {where}")
+
+
 if __name__ == "__main__":
     main()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from importlib import metadata
 import platform
+from importlib import metadata
 from pathlib import Path
 
 #: SIMD features worth reporting, in the order shown.
@@ -46,6 +46,28 @@ def _cache_dir() -> str:
     if numba.config.CACHE_DIR:
         return numba.config.CACHE_DIR
     return str(Path(__file__).parent / "kernels" / "__pycache__") + " (beside each kernel module)"
+
+
+def clear_kernel_cache() -> tuple[int, str]:
+    """Delete numba's cache files (``*.nbi``, ``*.nbc``) of qorus_jit's kernels; returns (count, where)."""
+    import numba
+    from numba.core.caching import _CacheLocator
+
+    package = Path(__file__).parent
+    source_dirs = sorted({p.parent for p in package.rglob("*.py")})
+    if numba.config.CACHE_DIR:
+        # numba keeps one folder per source folder below CACHE_DIR, named by the folder and a hash of its path
+        where = numba.config.CACHE_DIR
+        roots = [Path(where) / _CacheLocator.get_suitable_cache_subpath(str(d / "x.py")) for d in source_dirs]
+    else:
+        roots, where = [d / "__pycache__" for d in source_dirs], str(package)
+    n = 0
+    for root in roots:
+        for pattern in ("*.nbi", "*.nbc"):
+            for f in root.glob(pattern):
+                f.unlink(missing_ok=True)
+                n += 1
+    return n, where
 
 
 def collect() -> dict:

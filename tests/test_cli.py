@@ -31,3 +31,20 @@ def test_info_text_and_console_script():
                          check=True).stdout
     for word in ("numba", "threads:", "simd:", "blas:", "cache:"):
         assert word in out
+
+
+def test_clear_cache_removes_only_numba_files(tmp_path):
+    env_cache = tmp_path / "cache"
+    code = (
+        "import numpy as np\n"
+        "from qorus_jit.kernels.elementwise import add_forward\n"
+        "x = np.ones(3, np.float32); add_forward(x, x, x)\n"
+    )
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(env_cache)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    cached = list(env_cache.rglob("*.nbi"))
+    assert cached, "the kernel call should have cached something"
+    out = subprocess.run([sys.executable, "-m", "qorus_jit.cli", "clear-cache"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "removed" in out
+    assert not list(env_cache.rglob("*.nbi")) and not list(env_cache.rglob("*.nbc"))

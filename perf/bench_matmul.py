@@ -1,0 +1,166 @@
+"""Matmul, linear and bmm kernels (BLAS route and numba route) against NumPy's ``@`` in the same run.
+
+``python -m perf.bench_matmul [--quick]`` prints GFLOP/s and the ratio ours / numpy (= numpy time / ours);
+``run`` returns the rows. Each case times its candidates in alternation, one sample each per round, so a
+busy machine slows them alike; figures are medians over the rounds. A short pause before each sample
+lets the previous candidate's thread pool (numpy's OpenBLAS, scipy's OpenBLAS or numba's) go idle.
+NumPy's ``@`` and our BLAS route call two separate OpenBLAS copies (numpy's and scipy's); each row
+names the library on each side. Rows come at numba's thread count and, unless quick, on one thread
+(``qorus_jit.config.set_num_threads`` sets numba and both BLAS copies together).
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from perf._timing import median_time, record
+from qorus_jit.config import get_num_threads, set_num_threads
+from qorus_jit.kernels import matmul
+
+SQUARE = (512, 1024, 2048)
+TRANSFORMER = (2048, 256, 768)  # M, K, N: x (2048, 256) @ W (768, 256).T
+ATTENTION = (32, 256, 64)  # G = batch * heads, T, head dim
+
+
+def _blas_libs() -> dict[str, str]:
+    """'numpy' and 'scipy' -> 'openblas 0.3.x, N threads, arch, file' from threadpoolctl."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that the kernels call)
+    from threadpoolctl import threadpool_info
+
+    libs = {}
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        path = lib.get("filepath", "")
+        folder = Path(path).parent.name
+        who = "scipy" if folder.startswith("scipy") else "numpy" if folder.startswith("numpy") else path
+        libs[who] = f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture')}, {path}"
+    return libs
+
+
+def _alternate(fns: dict, repeat: int, min_time: float, pause: float) -> dict[str, float]:
+    """Median seconds per call of each function, sampled in alternation ``repeat`` times."""
+    for f in fns.values():
+        f()
+    samples = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            time.sleep(pause)
+            samples[k].append(median_time(f, repeat=1, warmup=1, min_time=min_time))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _cases(quick: bool):
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    squares = SQUARE[:1] if quick else SQUARE
+    for n in squares:
+        a, b, c = r(n, n), r(n, n), np.empty((n, n), np.float32)
+        yield ("matmul forward", f"({n}, {n}) @ ({n}, {n})", 2 * n**3,
+               {"blas": lambda a=a, b=b, c=c: matmul.matmul_forward(c, a, b),
+                "numba": lambda a=a, b=b, c=c: matmul.matmul_forward(c, a, b, route="numba"),
+                "numpy": lambda a=a, b=b, c=c: np.matmul(a, b, out=c)})
+
+    M, K, N = TRANSFORMER
+    a, b, c = r(M, K), r(K, N), np.empty((M, N), np.float32)
+    yield ("matmul forward", f"({M}, {K}) @ ({K}, {N})", 2 * M * K * N,
+           {"blas": lambda: matmul.matmul_forward(c, a, b),
+            "numba": lambda: matmul.matmul_forward(c, a, b, route="numba"),
+            "numpy": lambda: np.matmul(a, b, out=c)})
+
+    x, w, bias, out = r(M, K), r(N, K), r(N), np.empty((M, N), np.float32)
+    yield ("linear forward", f"x ({M}, {K}) @ W ({N}, {K}).T + b", 2 * M * K * N,
+           {"blas": lambda: matmul.linear_forward(out, x, w, bias),
+            "numba": lambda: matmul.linear_forward(out, x, w, bias, route="numba"),
+            "numpy": lambda: np.add(np.matmul(x, w.T, out=out), bias, out=out)})
+
+    dout, dx, dw, db = r(M, N), np.zeros_like(x), np.zeros_like(w), np.zeros_like(bias)
+
+    def np_linear_backward():
+        dx[...] += dout @ w
+        dw[...] += dout.T @ x
+        db[...] += dout.sum(0)
+
+    yield ("linear backward", f"dout ({M}, {N}), x ({M}, {K}), W ({N}, {K})", 4 * M * K * N,
+           {"blas": lambda: matmul.linear_backward(dx, dw, db, dout, x, w),
+            "numba": lambda: matmul.linear_backward(dx, dw, db, dout, x, w, route="numba"),
+            "numpy": np_linear_backward})
+
+    if quick:
+        return
+    G, T, D = ATTENTION
+    q, k, s = r(G, T, D), r(G, T, D), np.empty((G, T, T), np.float32)
+    yield ("bmm forward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 2 * G * T * T * D,
+           {"blas": lambda: matmul.bmm_forward(s, q, k, True),
+            "numba": lambda: matmul.bmm_forward(s, q, k, True, route="numba"),
+            "numpy": lambda: np.matmul(q, k.transpose(0, 2, 1), out=s)})
+    p, v, o = r(G, T, T), r(G, T, D), np.empty((G, T, D), np.float32)
+    yield ("bmm forward p @ v", f"({G}, {T}, {T}) @ ({G}, {T}, {D})", 2 * G * T * T * D,
+           {"blas": lambda: matmul.bmm_forward(o, p, v),
+            "numba": lambda: matmul.bmm_forward(o, p, v, route="numba"),
+            "numpy": lambda: np.matmul(p, v, out=o)})
+    dq, dk = np.zeros_like(q), np.zeros_like(k)
+
+    def np_bmm_backward():
+        dq[...] += s @ k
+        dk[...] += s.transpose(0, 2, 1) @ q
+
+    yield ("bmm backward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 4 * G * T * T * D,
+           {"blas": lambda: matmul.bmm_backward(dq, dk, s, q, k, True),
+            "numba": lambda: matmul.bmm_backward(dq, dk, s, q, k, True, route="numba"),
+            "numpy": np_bmm_backward})
+
+
+def _default_route(name: str) -> str:
+    """The route a public function uses when none is given, e.g. 'blas' for ``linear forward``."""
+    fn = getattr(matmul, "_".join(name.split()[:2]))
+    return inspect.signature(fn).parameters["route"].default
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows (``perf._timing.record``) for the BLAS and numba routes, each against numpy ``@``."""
+    repeat, min_time, pause = (3, 0.05, 0.1) if quick else (7, 0.2, 0.15)
+    libs = _blas_libs()
+    threads = get_num_threads()
+    rows = []
+    try:
+        for n in [threads] if quick else sorted({threads, 1}, reverse=True):
+            set_num_threads(n)
+            for name, shape, flops, fns in _cases(quick):
+                t = _alternate(fns, repeat, min_time, pause)
+                for route in matmul.ROUTES:
+                    rows.append(record(
+                        f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
+                        default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,
+                        ref_gflops=flops / t["numpy"] / 1e9,
+                        ours_blas=libs.get("scipy") if route == "blas" else "none (numba kernel)",
+                        ref_blas=libs.get("numpy")))
+    finally:
+        set_num_threads(threads)
+    return rows
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    rows = run(quick="--quick" in argv)
+    print(f"{'op':30s} {'shape':46s} {'threads':>7s} {'ours GF/s':>9s} {'numpy GF/s':>10s} "
+          f"{'ours/numpy':>10s}")
+    for r in rows:
+        print(f"{r['name']:30s} {r['shape']:46s} {r['threads']:7d} {r['gflops']:9.1f} "
+              f"{r['ref_gflops']:10.1f} {r['speedup']:9.2f}x{'  (default)' if r['default'] else ''}")
+    print("float32; medians of alternated samples; threads = numba's and both BLAS copies'")
+    print(f"ours, blas route: {rows[0]['ours_blas']}")
+    print(f"numpy @:          {rows[0]['ref_blas']}")
+
+
+if __name__ == "__main__":
+    main()

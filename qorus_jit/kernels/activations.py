@@ -1,0 +1,268 @@
+"""Activation kernels: ReLU, GELU (exact erf form and tanh approximation), SiLU, Swish, SwiGLU.
+
+Arrays of any shape are processed as flat views; inputs and outputs of one op share one shape.
+Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers.
+
+The sigmoid is computed from ``exp(-|x|)`` only, so it never overflows (``x = +-100`` or ``+-1e4`` in
+float32 give exact 0/1 limits, no inf or NaN). ``exp``, ``erf`` and ``sigmoid`` come from ``_math``:
+plain arithmetic in float32 that LLVM vectorizes, full-precision library calls in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from numba import prange
+
+from .._check import check_arrays, check_writeable
+from ..config import kernel
+from ._math import erf as _erf
+from ._math import exp as _exp
+from ._math import sigmoid as _sigmoid
+
+_CHUNK = 1 << 14  # elements per parallel chunk
+
+_SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+_SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_C = 0.044715
+
+
+@kernel(parallel=True)
+def _relu_forward(out, x):
+    """out = max(x, 0); all (n,). NaN stays NaN."""
+    n = out.shape[0]
+    zero = out.dtype.type(0.0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            out[i] = zero if v < zero else v
+
+
+@kernel(parallel=True)
+def _relu_backward(dx, dout, x):
+    """dx += dout * (x > 0); all (n,)."""
+    n = dout.shape[0]
+    zero = dx.dtype.type(0.0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            dx[i] += dout[i] if x[i] > zero else zero
+
+
+@kernel(parallel=True)
+def _gelu_forward(out, x):
+    """out = 0.5 x (1 + erf(x / sqrt(2))); all (n,)."""
+    n = out.shape[0]
+    T = out.dtype.type
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            out[i] = T(0.5) * v * (T(1.0) + _erf(v * T(_SQRT1_2)))
+
+
+@kernel(parallel=True)
+def _gelu_backward(dx, dout, x):
+    """dx += dout * (Phi(x) + x phi(x)), Phi/phi the normal cdf/pdf; all (n,)."""
+    n = dout.shape[0]
+    T = dx.dtype.type
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            cdf = T(0.5) * (T(1.0) + _erf(v * T(_SQRT1_2)))
+            pdf = T(_INV_SQRT_2PI) * _exp(T(-0.5) * v * v)
+            dx[i] += dout[i] * (cdf + v * pdf)
+
+
+@kernel(parallel=True)
+def _gelu_tanh_forward(out, x):
+    """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2u); all (n,)."""
+    n = out.shape[0]
+    T = out.dtype.type
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
+            out[i] = v * _sigmoid(u2)
+
+
+@kernel(parallel=True)
+def _gelu_tanh_backward(dx, dout, x):
+    """dx += dout * (s + x s (1 - s) du2/dx), s = sigmoid(u2), u2 = 2 sqrt(2/pi) (x + 0.044715 x^3); (n,)."""
+    n = dout.shape[0]
+    T = dx.dtype.type
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
+            s = _sigmoid(u2)
+            du2 = T(2.0 * _SQRT_2_PI) * (T(1.0) + T(3.0 * _GELU_C) * v * v)
+            dx[i] += dout[i] * (s + v * (s * (T(1.0) - s)) * du2)
+
+
+@kernel(parallel=True)
+def _swish_forward(out, x, beta):
+    """out = x sigmoid(beta x); all (n,), beta a scalar of their dtype."""
+    n = out.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            out[i] = v * _sigmoid(beta * v)
+
+
+@kernel(parallel=True)
+def _swish_backward(dx, dout, x, beta):
+    """dx += dout * s (1 + beta x (1 - s)), s = sigmoid(beta x); all (n,)."""
+    n = dout.shape[0]
+    one = dx.dtype.type(1.0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            s = _sigmoid(beta * v)
+            dx[i] += dout[i] * s * (one + beta * v * (one - s))
+
+
+@kernel(parallel=True)
+def _silu_forward(out, x):
+    """out = x sigmoid(x); all (n,)."""
+    n = out.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            out[i] = v * _sigmoid(v)
+
+
+@kernel(parallel=True)
+def _silu_backward(dx, dout, x):
+    """dx += dout * s (1 + x (1 - s)), s = sigmoid(x); all (n,)."""
+    n = dout.shape[0]
+    one = dx.dtype.type(1.0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = x[i]
+            s = _sigmoid(v)
+            dx[i] += dout[i] * s * (one + v * (one - s))
+
+
+@kernel(parallel=True)
+def _swiglu_forward(out, a, b):
+    """out = silu(a) * b = a sigmoid(a) b; all (n,)."""
+    n = out.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = a[i]
+            out[i] = v * _sigmoid(v) * b[i]
+
+
+@kernel(parallel=True)
+def _swiglu_backward(da, db, dout, a, b):
+    """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,)."""
+    n = dout.shape[0]
+    one = da.dtype.type(1.0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            v = a[i]
+            s = _sigmoid(v)
+            g = dout[i]
+            da[i] += g * b[i] * s * (one + v * (one - s))
+            db[i] += g * v * s
+
+
+def _flat(*arrays):
+    return [a.reshape(-1) for a in arrays]
+
+
+def _same_shape(**arrays):
+    """All arrays C-contiguous, one float dtype and the shape of the first."""
+    first = next(iter(arrays.values()))
+    if not isinstance(first, np.ndarray):
+        check_arrays(**{k: (v, None) for k, v in arrays.items()})
+    spec = tuple(f"d{i}" for i in range(first.ndim))
+    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
+
+
+def _check_approximate(approximate) -> bool:
+    """True for the tanh approximation, False for the exact erf form."""
+    if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"
+
+
+def _check_beta(beta, dtype):
+    """``beta`` as a finite scalar of ``dtype``."""
+    if not isinstance(beta, numbers.Real) or isinstance(beta, (bool, np.bool_)) or not math.isfinite(beta):
+        raise ValueError(f"beta: expected a finite real number, got {beta!r}")
+    return dtype.type(beta)
+
+
+def relu_forward(out, x):
+    """``out = max(x, 0)`` (any shape, all equal)."""
+    _same_shape(out=out, x=x)
+    check_writeable(out=out)
+    _relu_forward(*_flat(out, x))
+
+
+def relu_backward(dx, dout, x):
+    """``dx += dout * (x > 0)`` (the gradient at 0 is 0, as in torch)."""
+    _same_shape(dx=dx, dout=dout, x=x)
+    check_writeable(dx=dx)
+    _relu_backward(*_flat(dx, dout, x))
+
+
+def gelu_forward(out, x, approximate: str = "none"):
+    """``out = gelu(x)``: ``"none"`` is ``x Phi(x)`` (erf), ``"tanh"`` torch's tanh approximation."""
+    tanh = _check_approximate(approximate)
+    _same_shape(out=out, x=x)
+    check_writeable(out=out)
+    (_gelu_tanh_forward if tanh else _gelu_forward)(*_flat(out, x))
+
+
+def gelu_backward(dx, dout, x, approximate: str = "none"):
+    """``dx += dout * gelu'(x)`` for the same ``approximate`` as the forward."""
+    tanh = _check_approximate(approximate)
+    _same_shape(dx=dx, dout=dout, x=x)
+    check_writeable(dx=dx)
+    (_gelu_tanh_backward if tanh else _gelu_backward)(*_flat(dx, dout, x))
+
+
+def silu_forward(out, x):
+    """``out = x * sigmoid(x)``."""
+    _same_shape(out=out, x=x)
+    check_writeable(out=out)
+    _silu_forward(*_flat(out, x))
+
+
+def silu_backward(dx, dout, x):
+    """``dx += dout * silu'(x)``."""
+    _same_shape(dx=dx, dout=dout, x=x)
+    check_writeable(dx=dx)
+    _silu_backward(*_flat(dx, dout, x))
+
+
+def swish_forward(out, x, beta: float):
+    """``out = x * sigmoid(beta * x)``; ``beta`` is a fixed finite real (``beta = 1`` is SiLU)."""
+    _same_shape(out=out, x=x)
+    check_writeable(out=out)
+    _swish_forward(*_flat(out, x), _check_beta(beta, out.dtype))
+
+
+def swish_backward(dx, dout, x, beta: float):
+    """``dx += dout * d/dx [x sigmoid(beta x)]``; ``beta`` is not trained, so it has no gradient."""
+    _same_shape(dx=dx, dout=dout, x=x)
+    check_writeable(dx=dx)
+    _swish_backward(*_flat(dx, dout, x), _check_beta(beta, dx.dtype))
+
+
+def swiglu_forward(out, a, b):
+    """``out = silu(a) * b``, ``a`` the gate and ``b`` the up projection (any shape, all equal)."""
+    _same_shape(out=out, a=a, b=b)
+    check_writeable(out=out)
+    _swiglu_forward(*_flat(out, a, b))
+
+
+def swiglu_backward(da, db, dout, a, b):
+    """``da += dout * b * silu'(a)``, ``db += dout * silu(a)``."""
+    _same_shape(da=da, db=db, dout=dout, a=a, b=b)
+    check_writeable(da=da, db=db)
+    _swiglu_backward(*_flat(da, db, dout, a, b))

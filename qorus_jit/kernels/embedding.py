@@ -1,0 +1,66 @@
+"""Embedding lookup: ``out[n] = weight[ids[n]]`` and its scatter-add backward.
+
+Kernels see ``ids`` flat as ``(N,)`` and ``out``/``dout`` as ``(N, C)``; the public wrappers accept
+``ids`` of any shape ``(...)`` (usually ``(B, T)``) with ``out`` of shape ``(..., C)``.
+The same id may appear at many positions, so backward parallelises over blocks of columns: each
+chunk owns disjoint columns of ``dweight`` and walks all rows in order (deterministic sums).
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from .._check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
+from ..config import kernel
+
+_COLS = 64  # columns of dweight per parallel chunk in backward
+
+
+@kernel(parallel=True)
+def _embedding_forward(out, ids, weight):
+    """out (N, C) = weight[ids]; ids (N,) in [0, V), weight (V, C)."""
+    N, C = out.shape
+    for n in prange(N):
+        row = ids[n]
+        for j in range(C):
+            out[n, j] = weight[row, j]
+
+
+@kernel(parallel=True)
+def _embedding_backward(dweight, dout, ids):
+    """dweight (V, C) += scatter of dout (N, C) to rows ids (N,) in [0, V)."""
+    N, C = dout.shape
+    for cb in prange((C + _COLS - 1) // _COLS):
+        j0 = cb * _COLS
+        j1 = min(C, j0 + _COLS)
+        for n in range(N):
+            row = ids[n]
+            # out[n, j] = weight[ids[n], j]
+            for j in range(j0, j1):
+                dweight[row, j] += dout[n, j]
+
+
+def _check_embedding(out_name, out, ids, weight_name, weight):
+    """Validate weight (V, C), out (*ids.shape, C) and ids int32/int64 in [0, V)."""
+    check_min_ndim("ids", ids, 1)
+    dims = check_arrays(**{weight_name: (weight, ("V", "C")), out_name: (out, ids.shape + ("C",))})
+    check_index("ids", ids, ids.shape, dims["V"])
+
+
+def embedding_forward(out, ids, weight):
+    """``out = weight[ids]``.
+
+    ``ids``: ``(...)`` int32/int64 in ``[0, V)``; ``weight``: ``(V, C)``; ``out``: ``(..., C)``.
+    """
+    _check_embedding("out", out, ids, "weight", weight)
+    check_writeable(out=out)
+    check_disjoint({"out": out}, {"weight": weight, "ids": ids})
+    _embedding_forward(out.reshape(-1, out.shape[-1]), ids.reshape(-1), weight)
+
+
+def embedding_backward(dweight, dout, ids):
+    """``dweight[ids[n]] += dout[n]`` for every position ``n`` (repeated ids add up)."""
+    _check_embedding("dout", dout, ids, "dweight", dweight)
+    check_writeable(dweight=dweight)
+    check_disjoint({"dweight": dweight}, {"dout": dout, "ids": ids})
+    _embedding_backward(dweight, dout.reshape(-1, dout.shape[-1]), ids.reshape(-1))

@@ -1,0 +1,251 @@
+"""Loss kernels: cross-entropy fused with log-softmax, and mean squared error.
+
+Cross-entropy takes ``logits (N, V)`` and integer ``targets (N,)``. A row whose target equals
+``ignore_index`` adds no loss and gets no gradient; the mean runs over the other rows, and is 0.0 (not
+NaN) when every row is ignored. Rows are max-subtracted before ``exp``, so large logits stay finite.
+MSE takes ``pred`` and ``target`` of one shared shape, viewed flat.
+
+Forward kernels write per-row losses; the public wrappers return the mean as a Python float.
+``*_backward`` accumulates (``+=``) into the gradient buffer; ``cross_entropy_forward_backward``
+writes it (``=``), as the one fused pass of a training step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._check import (
+    check_arrays,
+    check_disjoint,
+    check_index,
+    check_inplace_or_disjoint,
+    check_int,
+    check_real,
+    check_writeable,
+)
+from ..config import kernel
+from ._math import exp as _exp
+
+_CHUNK = 1 << 14  # elements per parallel chunk (MSE); one chunk or less runs serially
+_BLOCK = 256  # exp terms summed in the logits dtype before adding into the float64 row sum
+
+
+@kernel
+def _row_max(x):
+    """max of x (V,), V >= 1."""
+    m = x[0]
+    for j in range(1, x.shape[0]):
+        m = max(m, x[j])
+    return m
+
+
+@kernel
+def _row_sumexp(x, m):
+    """sum(exp(x - m)) in float64; x (V,), m a scalar."""
+    V = x.shape[0]
+    s = 0.0
+    for j0 in range(0, V, _BLOCK):
+        b = x.dtype.type(0.0)
+        for j in range(j0, min(j0 + _BLOCK, V)):
+            b += _exp(x[j] - m)
+        s += b
+    return s
+
+
+@kernel(parallel=True)
+def _cross_entropy_forward(losses, logits, targets, ignore_index):
+    """losses[i] = logsumexp(logits[i]) - logits[i, t_i] (0 if ignored); logits (N, V), targets (N,)."""
+    for i in prange(logits.shape[0]):
+        t = targets[i]
+        if t == ignore_index:
+            losses[i] = 0.0
+        else:
+            x = logits[i]
+            m = _row_max(x)
+            losses[i] = m + np.log(_row_sumexp(x, m)) - x[t]
+
+
+@kernel
+def _add_softmax_row(d, x, m, c):
+    """d += c * exp(x - m); d, x (V,), m and c scalars."""
+    for j in range(x.shape[0]):
+        d[j] += c * _exp(x[j] - m)
+
+
+@kernel(parallel=True)
+def _cross_entropy_backward(dlogits, logits, targets, ignore_index, scale):
+    """dlogits[i] += scale * (softmax(logits[i]) - onehot(t_i)) unless ignored; (N, V), targets (N,)."""
+    for i in prange(logits.shape[0]):
+        t = targets[i]
+        if t != ignore_index:
+            x = logits[i]
+            m = _row_max(x)
+            _add_softmax_row(dlogits[i], x, m, x.dtype.type(scale / _row_sumexp(x, m)))
+            dlogits[i, t] -= scale
+
+
+@kernel
+def _exp_row(d, x, m):
+    """d = exp(x - m), returns sum(d) in float64; d, x (V,) (d may be x), m a scalar."""
+    V = x.shape[0]
+    s = 0.0
+    for j0 in range(0, V, _BLOCK):
+        b = x.dtype.type(0.0)
+        for j in range(j0, min(j0 + _BLOCK, V)):
+            e = _exp(x[j] - m)
+            d[j] = e
+            b += e
+        s += b
+    return s
+
+
+@kernel
+def _scale_row(d, c):
+    """d *= c; d (V,), c a scalar."""
+    for j in range(d.shape[0]):
+        d[j] *= c
+
+
+@kernel(parallel=True)
+def _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore_index, scale):
+    """losses as forward; dlogits[i] = scale * (softmax - onehot), 0 if ignored; (N, V), (N,); in place ok."""
+    for i in prange(logits.shape[0]):
+        t = targets[i]
+        d = dlogits[i]
+        if t == ignore_index:
+            losses[i] = 0.0
+            d[:] = 0.0
+        else:
+            x = logits[i]
+            xt = x[t]
+            m = _row_max(x)
+            s = _exp_row(d, x, m)
+            losses[i] = m + np.log(s) - xt
+            _scale_row(d, x.dtype.type(scale / s))
+            d[t] -= scale
+
+
+@kernel
+def _sq_diff_sum(pred, target):
+    """sum((pred - target)^2) accumulated in float64; pred, target (n,)."""
+    s = 0.0
+    for i in range(pred.shape[0]):
+        e = np.float64(pred[i]) - np.float64(target[i])
+        s += e * e
+    return s
+
+
+@kernel(parallel=True)
+def _mse_forward(pred, target):
+    """mean((pred - target)^2) in float64 over chunks, reduced after; pred, target (n,), n >= 1."""
+    n = pred.shape[0]
+    if n <= _CHUNK:
+        return _sq_diff_sum(pred, target) / n
+    nc = (n + _CHUNK - 1) // _CHUNK
+    partial = np.empty(nc)
+    for c in prange(nc):
+        lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
+        partial[c] = _sq_diff_sum(pred[lo:hi], target[lo:hi])
+    return partial.sum() / n
+
+
+@kernel
+def _mse_backward_chunk(dpred, pred, target, c2):
+    """dpred += c2 * (pred - target); all (n,)."""
+    for i in range(pred.shape[0]):
+        dpred[i] += c2 * (pred[i] - target[i])
+
+
+@kernel(parallel=True)
+def _mse_backward(dpred, pred, target, scale):
+    """dpred += 2 * scale * (pred - target) over chunks; all (n,)."""
+    n = pred.shape[0]
+    c2 = pred.dtype.type(2.0 * scale)
+    if n <= _CHUNK:
+        _mse_backward_chunk(dpred, pred, target, c2)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
+            _mse_backward_chunk(dpred[lo:hi], pred[lo:hi], target[lo:hi], c2)
+
+
+_OUT_SPECS = {"losses": ("N",), "dlogits": ("N", "V")}
+
+
+def _check_ce(logits, targets, ignore_index, **outputs) -> int:
+    """Validate logits (N, V), targets (N,) and the outputs; returns the count of non-ignored rows."""
+    check_int(ignore_index=ignore_index)
+    dims = check_arrays(logits=(logits, ("N", "V")), **{k: (v, _OUT_SPECS[k]) for k, v in outputs.items()})
+    check_index("targets", targets, ("N",), dims["V"], dims, allow=int(ignore_index))
+    check_writeable(**outputs)
+    return int(np.count_nonzero(targets != ignore_index))
+
+
+def _mean_scale(scale, count: int) -> float:
+    """``scale`` validated, or 1 / count by default (0 when count is 0)."""
+    if scale is None:
+        return 1.0 / count if count else 0.0
+    return check_real("scale", scale)
+
+
+def cross_entropy_forward(losses, logits, targets, ignore_index: int = -100) -> float:
+    """Per-row ``losses (N,) = -log softmax(logits (N, V))[targets]`` (0 for ignored rows).
+
+    ``targets (N,)`` is int32/int64 in ``[0, V)`` or ``== ignore_index``. Returns the mean loss over
+    the non-ignored rows, or 0.0 when every row is ignored.
+    """
+    count = _check_ce(logits, targets, ignore_index, losses=losses)
+    check_disjoint({"losses": losses}, {"logits": logits, "targets": targets})
+    _cross_entropy_forward(losses, logits, targets, int(ignore_index))
+    return float(losses.sum(dtype=np.float64) / count) if count else 0.0
+
+
+def cross_entropy_backward(dlogits, logits, targets, ignore_index: int = -100, scale: float | None = None):
+    """``dlogits (N, V) += (softmax(logits) - onehot(targets)) * scale``; ignored rows get nothing.
+
+    ``scale`` defaults to 1 / (number of non-ignored rows), the gradient of the mean loss.
+    """
+    count = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
+    check_disjoint({"dlogits": dlogits}, {"logits": logits, "targets": targets})
+    _cross_entropy_backward(dlogits, logits, targets, int(ignore_index), _mean_scale(scale, count))
+
+
+def cross_entropy_forward_backward(dlogits, logits, targets, ignore_index: int = -100) -> float:
+    """Mean loss as :func:`cross_entropy_forward`, and ``dlogits (N, V) = (softmax - onehot) / count``.
+
+    Writes (does not accumulate) ``dlogits``, zero on ignored rows; the softmax is computed once per
+    row. ``dlogits`` may be ``logits`` itself (overwritten in place) or a separate buffer.
+    """
+    count = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
+    check_inplace_or_disjoint("dlogits", dlogits, "logits", logits)
+    check_disjoint({"dlogits": dlogits}, {"targets": targets})
+    losses = np.empty(logits.shape[0], np.float64)
+    scale = _mean_scale(None, count)
+    _cross_entropy_forward_backward(dlogits, losses, logits, targets, int(ignore_index), scale)
+    return float(losses.sum() / count) if count else 0.0
+
+
+def _check_same_shape(**arrays) -> None:
+    """All arrays C-contiguous, one float dtype and the shape of the first."""
+    first = next(iter(arrays.values()))
+    check_arrays(**{next(iter(arrays)): (first, None)})
+    spec = tuple(f"d{i}" for i in range(first.ndim))
+    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
+
+
+def mse_forward(pred, target) -> float:
+    """Mean of ``(pred - target)**2`` over all elements (any shared shape, at least one element)."""
+    _check_same_shape(pred=pred, target=target)
+    if pred.size == 0:
+        raise ValueError(f"pred: expected at least one element, got shape {pred.shape}")
+    return float(_mse_forward(pred.reshape(-1), target.reshape(-1)))
+
+
+def mse_backward(dpred, pred, target, scale: float | None = None):
+    """``dpred += 2 * (pred - target) * scale``; ``scale`` defaults to 1 / pred.size (the mean)."""
+    _check_same_shape(pred=pred, target=target, dpred=dpred)
+    check_writeable(dpred=dpred)
+    check_disjoint({"dpred": dpred}, {"pred": pred, "target": target})
+    scale = _mean_scale(scale, pred.size)
+    _mse_backward(dpred.reshape(-1), pred.reshape(-1), target.reshape(-1), scale)

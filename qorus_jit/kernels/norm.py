@@ -1,0 +1,208 @@
+"""Row-wise normalization kernels: RMSNorm and LayerNorm.
+
+Kernels see ``x`` as rows ``(N, C)``; the public wrappers accept ``(..., C)`` and view it as rows.
+Forward saves the per-row statistics (``rstd``, and ``mean`` for LayerNorm) for backward; backward
+accumulates (``+=``) into ``dx``, ``dweight`` and ``dbias``. ``dweight`` and ``dbias`` sum over all
+rows: each parallel chunk of rows sums into its own row of a ``(n_chunks, C)`` scratch, reduced after
+the parallel loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from .._check import (
+    check_arrays,
+    check_disjoint,
+    check_inplace_or_disjoint,
+    check_min_ndim,
+    check_positive_float,
+    check_writeable,
+)
+from ..config import kernel
+
+_MAX_CHUNKS = 32  # row chunks (and scratch rows) of the backward kernels
+
+
+@kernel
+def _chunking(N):
+    """Rows per chunk and number of chunks for N rows: at most _MAX_CHUNKS, fixed by N alone."""
+    rows = max(1, (N + _MAX_CHUNKS - 1) // _MAX_CHUNKS)
+    return rows, (N + rows - 1) // rows
+
+
+@kernel(parallel=True)
+def _rmsnorm_forward(out, rstd, x, weight, eps):
+    """out (N, C) = x * rstd * weight; rstd (N,) = 1 / sqrt(mean(x^2) + eps); x (N, C), weight (C,)."""
+    N, C = x.shape
+    for i in prange(N):
+        ss = x.dtype.type(0)
+        for j in range(C):
+            ss += x[i, j] * x[i, j]
+        r = x.dtype.type(1.0 / math.sqrt(ss / C + eps))
+        rstd[i] = r
+        for j in range(C):
+            out[i, j] = x[i, j] * r * weight[j]
+
+
+@kernel(parallel=True)
+def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
+    """dx (N, C) +=, dweight (C,) += grads of out = x * rstd * weight; dout, x (N, C), rstd (N,)."""
+    N, C = x.shape
+    rows, n_chunks = _chunking(N)
+    dw_part = np.zeros((n_chunks, C), dweight.dtype)
+    for c in prange(n_chunks):
+        for i in range(c * rows, min(N, (c + 1) * rows)):
+            r = rstd[i]
+            # out[j] = x[j] * r * w[j], r = (mean(x^2) + eps)^(-1/2), dr/dx[j] = -r^3 x[j] / C
+            dot = dx.dtype.type(0)
+            for j in range(C):
+                dot += dout[i, j] * weight[j] * x[i, j]
+            k = dx.dtype.type(dot * r * r * r / C)
+            for j in range(C):
+                dx[i, j] += r * dout[i, j] * weight[j] - k * x[i, j]
+                dw_part[c, j] += dout[i, j] * x[i, j] * r
+    for j in range(C):
+        s = dweight.dtype.type(0)
+        for c in range(n_chunks):
+            s += dw_part[c, j]
+        dweight[j] += s
+
+
+@kernel(parallel=True)
+def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
+    """out (N, C) = (x - mean) * rstd * weight + bias; mean, rstd (N,); bias (C,) or (0,) for none."""
+    N, C = x.shape
+    has_bias = bias.shape[0] != 0
+    for i in prange(N):
+        s = x.dtype.type(0)
+        for j in range(C):
+            s += x[i, j]
+        m = x.dtype.type(s / C)
+        v = x.dtype.type(0)
+        for j in range(C):
+            d = x[i, j] - m
+            v += d * d
+        r = x.dtype.type(1.0 / math.sqrt(v / C + eps))
+        mean[i] = m
+        rstd[i] = r
+        if has_bias:
+            for j in range(C):
+                out[i, j] = (x[i, j] - m) * r * weight[j] + bias[j]
+        else:
+            for j in range(C):
+                out[i, j] = (x[i, j] - m) * r * weight[j]
+
+
+@kernel(parallel=True)
+def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
+    """dx (N, C), dweight (C,), dbias (C,) or (0,) for none: += grads of LayerNorm; dout, x (N, C)."""
+    N, C = x.shape
+    has_bias = dbias.shape[0] != 0
+    rows, n_chunks = _chunking(N)
+    dw_part = np.zeros((n_chunks, C), dweight.dtype)
+    db_part = np.zeros((n_chunks if has_bias else 0, C), dweight.dtype)
+    for c in prange(n_chunks):
+        for i in range(c * rows, min(N, (c + 1) * rows)):
+            m = mean[i]
+            r = rstd[i]
+            # xhat = (x - m) * r; out = xhat * w + b; dxhat = dout * w
+            # dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+            sg = dx.dtype.type(0)
+            sgx = dx.dtype.type(0)
+            for j in range(C):
+                g = dout[i, j] * weight[j]
+                sg += g
+                sgx += g * (x[i, j] - m) * r
+            mg = dx.dtype.type(sg / C)
+            mgx = dx.dtype.type(sgx / C)
+            for j in range(C):
+                xhat = (x[i, j] - m) * r
+                dx[i, j] += r * (dout[i, j] * weight[j] - mg - xhat * mgx)
+                dw_part[c, j] += dout[i, j] * xhat
+            if has_bias:
+                for j in range(C):
+                    db_part[c, j] += dout[i, j]
+    for j in range(C):
+        s = dweight.dtype.type(0)
+        for c in range(n_chunks):
+            s += dw_part[c, j]
+        dweight[j] += s
+    if has_bias:
+        for j in range(C):
+            s = dweight.dtype.type(0)
+            for c in range(n_chunks):
+                s += db_part[c, j]
+            dbias[j] += s
+
+
+def _row_specs(x, stats):
+    """Shape specs of a (..., C) tensor and of its per-row statistics: (...) or flat (N,)."""
+    check_min_ndim("x", x, 2)
+    lead = tuple(f"n{i}" for i in range(x.ndim - 1))
+    flat = isinstance(stats, np.ndarray) and stats.ndim == 1 and x.ndim > 2
+    return lead + ("C",), (math.prod(x.shape[:-1]),) if flat else lead
+
+
+def _as_rows(a):
+    """A C-contiguous (..., C) array as its (N, C) view."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def rmsnorm_forward(out, rstd, x, weight, eps: float = 1e-5):
+    """``out = x * rstd * weight`` with ``rstd = 1 / sqrt(mean(x^2) + eps)`` over the last axis.
+
+    ``x``, ``out`` (may be ``x``): ``(..., C)``; ``weight``: ``(C,)``; ``rstd``: ``x.shape[:-1]`` or
+    ``(N,)`` (saved for backward).
+    """
+    xs, ss = _row_specs(x, rstd)
+    check_arrays(x=(x, xs), out=(out, xs), rstd=(rstd, ss), weight=(weight, ("C",)))
+    check_writeable(out=out, rstd=rstd)
+    check_inplace_or_disjoint("out", out, "x", x)
+    check_disjoint({"rstd": rstd}, {"out": out, "x": x, "weight": weight})
+    check_positive_float(eps=eps)
+    _rmsnorm_forward(_as_rows(out), rstd.reshape(-1), _as_rows(x), weight, x.dtype.type(eps))
+
+
+def rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
+    """``dx += d out / d x``, ``dweight += d out / d weight`` (contracted with ``dout``)."""
+    xs, ss = _row_specs(x, rstd)
+    check_arrays(x=(x, xs), dx=(dx, xs), dweight=(dweight, ("C",)), dout=(dout, xs),
+                 weight=(weight, ("C",)), rstd=(rstd, ss))
+    check_writeable(dx=dx, dweight=dweight)
+    check_disjoint({"dx": dx, "dweight": dweight}, {"dout": dout, "x": x, "weight": weight, "rstd": rstd})
+    _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1))
+
+
+def layernorm_forward(out, mean, rstd, x, weight, bias, eps: float = 1e-5):
+    """``out = (x - mean) * rstd * weight + bias`` over the last axis; ``bias`` may be None.
+
+    ``x``, ``out`` (may be ``x``): ``(..., C)``; ``weight``, ``bias``: ``(C,)``; ``mean``, ``rstd``:
+    ``x.shape[:-1]`` or ``(N,)`` (saved for backward).
+    """
+    xs, ss = _row_specs(x, rstd)
+    check_arrays(x=(x, xs), out=(out, xs), mean=(mean, ss), rstd=(rstd, ss), weight=(weight, ("C",)),
+                 bias=(bias, ("C",)))
+    check_writeable(out=out, mean=mean, rstd=rstd)
+    check_inplace_or_disjoint("out", out, "x", x)
+    check_disjoint({"mean": mean, "rstd": rstd}, {"out": out, "x": x, "weight": weight, "bias": bias})
+    check_positive_float(eps=eps)
+    b = np.empty(0, x.dtype) if bias is None else bias
+    _layernorm_forward(_as_rows(out), mean.reshape(-1), rstd.reshape(-1), _as_rows(x), weight, b,
+                       x.dtype.type(eps))
+
+
+def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
+    """``dx``, ``dweight``, ``dbias`` += LayerNorm gradients; ``dbias`` is None when there is no bias."""
+    xs, ss = _row_specs(x, rstd)
+    check_arrays(x=(x, xs), dx=(dx, xs), dweight=(dweight, ("C",)), dbias=(dbias, ("C",)),
+                 dout=(dout, xs), weight=(weight, ("C",)), mean=(mean, ss), rstd=(rstd, ss))
+    check_writeable(dx=dx, dweight=dweight, dbias=dbias)
+    check_disjoint({"dx": dx, "dweight": dweight, "dbias": dbias},
+                   {"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd})
+    db = np.empty(0, x.dtype) if dbias is None else dbias
+    _layernorm_backward(_as_rows(dx), dweight, db, _as_rows(dout), _as_rows(x), weight,
+                        mean.reshape(-1), rstd.reshape(-1))

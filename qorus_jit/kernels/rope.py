@@ -1,0 +1,152 @@
+"""Rotary position embeddings (RoPE) on attention tensors ``x`` of shape ``(B, T, H, D)``, ``D`` even.
+
+Pair ``i`` (``0 <= i < D/2``) of the head vector at position ``p`` is rotated by the angle
+``p * theta^(-2i/D)``, read from precomputed tables ``cos``, ``sin`` of shape ``(T_max, D/2)``.
+Token ``t`` of ``x`` sits at position ``pos + t`` (``pos`` is the offset while decoding with a cache).
+
+Two pairings:
+
+- ``interleaved=False``: rotate-half, as Hugging Face Llama: pair ``i`` is ``(x[i], x[i + D/2])``.
+- ``interleaved=True``: llama2.c / Meta: pair ``i`` is ``(x[2i], x[2i + 1])``.
+
+Forward may run in place (``out is x``); backward accumulates the rotation by ``-angle``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from .._check import (
+    check_arrays,
+    check_bool,
+    check_inplace_or_disjoint,
+    check_nonnegative,
+    check_positive,
+    check_positive_float,
+    check_writeable,
+)
+from ..config import DTYPE, kernel
+
+
+@kernel
+def _rope_tables(cos, sin, theta):
+    """cos, sin (T_max, D/2) = cos, sin of t * theta^(-2i/D), computed in float64."""
+    T_max, half = cos.shape
+    D = 2 * half
+    for i in range(half):
+        freq = theta ** (-2.0 * i / D)
+        for t in range(T_max):
+            cos[t, i] = math.cos(t * freq)
+            sin[t, i] = math.sin(t * freq)
+
+
+@kernel(parallel=True)
+def _rope_forward(out, x, cos, sin, pos, interleaved):
+    """out (B, T, H, D) = x (B, T, H, D) rotated at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
+    B, T, H, D = x.shape
+    half = D // 2
+    for bt in prange(B * T):
+        b = bt // T
+        t = bt % T
+        p = pos + t
+        for h in range(H):
+            if interleaved:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    x0 = x[b, t, h, 2 * i]
+                    x1 = x[b, t, h, 2 * i + 1]
+                    out[b, t, h, 2 * i] = x0 * c - x1 * s
+                    out[b, t, h, 2 * i + 1] = x0 * s + x1 * c
+            else:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    x0 = x[b, t, h, i]
+                    x1 = x[b, t, h, i + half]
+                    out[b, t, h, i] = x0 * c - x1 * s
+                    out[b, t, h, i + half] = x0 * s + x1 * c
+
+
+@kernel(parallel=True)
+def _rope_backward(dx, dout, cos, sin, pos, interleaved):
+    """dx (B, T, H, D) += dout (B, T, H, D) rotated by -angle at positions pos..pos+T-1."""
+    B, T, H, D = dout.shape
+    half = D // 2
+    for bt in prange(B * T):
+        b = bt // T
+        t = bt % T
+        p = pos + t
+        for h in range(H):
+            # out0 = x0 * c - x1 * s; out1 = x0 * s + x1 * c
+            if interleaved:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    g0 = dout[b, t, h, 2 * i]
+                    g1 = dout[b, t, h, 2 * i + 1]
+                    dx[b, t, h, 2 * i] += g0 * c + g1 * s
+                    dx[b, t, h, 2 * i + 1] += g1 * c - g0 * s
+            else:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    g0 = dout[b, t, h, i]
+                    g1 = dout[b, t, h, i + half]
+                    dx[b, t, h, i] += g0 * c + g1 * s
+                    dx[b, t, h, i + half] += g1 * c - g0 * s
+
+
+def rope_tables(cos, sin, theta: float = 10000.0):
+    """Fill ``cos``, ``sin`` ``(T_max, D/2)`` with the rotation tables for head size ``D``."""
+    check_arrays(cos=(cos, ("T_max", "half")), sin=(sin, ("T_max", "half")))
+    check_writeable(cos=cos, sin=sin)
+    check_positive_float(theta=theta)
+    _rope_tables(cos, sin, float(theta))
+
+
+def rope_cache(max_seq_len: int, head_dim: int, theta: float = 10000.0, dtype=DTYPE):
+    """New ``(cos, sin)`` tables of shape ``(max_seq_len, head_dim // 2)`` in ``dtype``."""
+    check_positive(max_seq_len=max_seq_len, head_dim=head_dim)
+    if head_dim % 2:
+        raise ValueError(f"head_dim: expected an even int, got {head_dim}")
+    cos = np.empty((max_seq_len, head_dim // 2), dtype)
+    sin = np.empty_like(cos)
+    rope_tables(cos, sin, theta)
+    return cos, sin
+
+
+def _check_rope(x_name, x, cos, sin, pos, interleaved, **others):
+    """Validate x (B, T, H, D) with D even, tables (T_max, D/2), pos + T <= T_max and the flag."""
+    spec = ("B", "T", "H", "D")
+    dims = check_arrays(**{x_name: (x, spec)}, **{k: (v, spec) for k, v in others.items()},
+                        cos=(cos, ("T_max", "half")), sin=(sin, ("T_max", "half")))
+    if dims["D"] % 2:
+        raise ValueError(f"{x_name}: expected an even head size D, got shape {x.shape} (D = {dims['D']})")
+    if dims["half"] != dims["D"] // 2:
+        raise ValueError(f"cos: expected shape (T_max, {dims['D'] // 2}) for head size D = {dims['D']}, "
+                         f"got {cos.shape}")
+    check_nonnegative(pos=pos)
+    if pos + dims["T"] > dims["T_max"]:
+        raise ValueError(f"pos: expected pos + T <= T_max = {dims['T_max']} (T = {dims['T']}), "
+                         f"got pos = {pos}")
+    check_bool(interleaved=interleaved)
+
+
+def rope_forward(out, x, cos, sin, pos: int = 0, interleaved: bool = False):
+    """``out = rope(x)`` for tokens at positions ``pos .. pos + T - 1``; ``out`` may be ``x``."""
+    _check_rope("x", x, cos, sin, pos, interleaved, out=out)
+    check_writeable(out=out)
+    check_inplace_or_disjoint("out", out, "x", x)
+    _rope_forward(out, x, cos, sin, int(pos), bool(interleaved))
+
+
+def rope_backward(dx, dout, cos, sin, pos: int = 0, interleaved: bool = False):
+    """``dx += rope(dout)`` rotated by ``-angle`` (the transpose of the forward rotation)."""
+    _check_rope("dout", dout, cos, sin, pos, interleaved, dx=dx)
+    check_writeable(dx=dx)
+    check_inplace_or_disjoint("dx", dx, "dout", dout)
+    _rope_backward(dx, dout, cos, sin, int(pos), bool(interleaved))

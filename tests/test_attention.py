@@ -1,0 +1,285 @@
+import numpy as np
+import pytest
+
+from qorus_jit.kernels import attention as K
+from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
+from tests.naive import attention as naive
+
+# (B, T, S, H, Hkv, D, causal, masked)
+SHAPES = [
+    (1, 1, 1, 1, 1, 1, False, False),
+    (1, 1, 1, 1, 1, 4, True, False),
+    (2, 7, 7, 4, 2, 5, True, False),
+    (2, 13, 13, 4, 1, 12, True, True),
+    (1, 33, 33, 1, 1, 16, False, True),
+    (2, 9, 20, 4, 2, 8, True, True),
+    (3, 17, 17, 6, 3, 7, False, False),
+    (1, 70, 70, 2, 2, 12, True, False),
+    (2, 5, 11, 4, 4, 3, False, True),
+]
+
+
+def _inputs(rng, B, T, S, H, Hkv, D, masked, dtype=np.float32):
+    q = rand(rng, B, T, H, D, dtype=dtype)
+    k = rand(rng, B, S, Hkv, D, dtype=dtype)
+    v = rand(rng, B, S, Hkv, D, dtype=dtype)
+    mask = None
+    if masked:
+        mask = rng.random((B, S)) > 0.3
+        mask[:, 0] = True  # every causal row keeps a key
+    return q, k, v, mask
+
+
+def _forward(q, k, v, causal, mask=None, scale=None):
+    B, T, H, _ = q.shape
+    out, lse = np.empty_like(q), np.empty((B, H, T), q.dtype)
+    K.attention_forward(out, lse, q, k, v, causal, mask, scale)
+    return out, lse
+
+
+def _backward(g, q, k, v, out, lse, causal, mask=None, scale=None):
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    K.attention_backward(dq, dk, dv, g, q, k, v, out, lse, causal, mask, scale)
+    return dq, dk, dv
+
+
+def _assert_lse(lse, want, **tol):
+    assert np.array_equal(np.isinf(lse), np.isinf(want))
+    fin = np.isfinite(want)
+    assert_close(lse[fin], want[fin], **tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_naive(shape, dtype):
+    B, T, S, H, Hkv, D, causal, masked = shape
+    rng = np.random.default_rng(sum(shape[:6]))
+    q, k, v, mask = _inputs(rng, B, T, S, H, Hkv, D, masked, dtype)
+    out, lse = _forward(q, k, v, causal, mask)
+    want, want_lse = naive.attention(q, k, v, causal, mask)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert_close(out, want, **tol)
+    _assert_lse(lse, want_lse, **tol)
+
+
+def test_forward_scale_and_mask_dtypes():
+    rng = np.random.default_rng(3)
+    q, k, v, mask = _inputs(rng, 2, 6, 6, 2, 1, 4, True)
+    want, want_lse = naive.attention(q, k, v, True, mask, scale=0.3)
+    for m in (mask, mask.astype(np.int64), mask.astype(np.uint8), mask.astype(np.int32) * -7):
+        out, lse = _forward(q, k, v, True, m, scale=0.3)
+        assert_close(out, want)
+        _assert_lse(lse, want_lse)
+
+
+def test_fully_masked_rows_give_zero_output_and_gradient():
+    rng = np.random.default_rng(4)
+    # batch 0 masks every key; causal with T > S leaves the first T - S query rows without keys
+    q, k, v, _ = _inputs(rng, 2, 6, 4, 2, 2, 3, False, np.float64)
+    mask = np.ones((2, 4), bool)
+    mask[0] = False
+    out, lse = _forward(q, k, v, True, mask)
+    want, want_lse = naive.attention(q, k, v, True, mask)
+    assert np.all(out[0] == 0) and np.all(np.isneginf(lse[0]))
+    assert np.all(out[1, :2] == 0) and np.all(np.isneginf(lse[1, :, :2]))
+    assert_close(out, want)
+    _assert_lse(lse, want_lse)
+    dq, dk, dv = _backward(rand(rng, *q.shape, dtype=np.float64), q, k, v, out, lse, True, mask)
+    assert np.all(np.isfinite(dq)) and np.all(np.isfinite(dk)) and np.all(np.isfinite(dv))
+    assert np.all(dq[0] == 0) and np.all(dk[0] == 0) and np.all(dv[0] == 0)
+    assert np.all(dq[1, :2] == 0)
+
+
+# (B, T, S, H, Hkv, D, causal, masked, scale)
+FD_SHAPES = [
+    (1, 3, 3, 2, 1, 3, True, False, None),
+    (2, 3, 5, 2, 2, 2, True, True, None),
+    (1, 4, 4, 4, 2, 3, False, True, 0.7),
+    (1, 2, 3, 1, 1, 5, False, False, None),
+]
+
+
+@pytest.mark.parametrize("shape", FD_SHAPES)
+def test_backward_matches_finite_differences(shape):
+    B, T, S, H, Hkv, D, causal, masked, scale = shape
+    rng = np.random.default_rng(5)
+    q, k, v, mask = _inputs(rng, B, T, S, H, Hkv, D, masked, np.float64)
+    g = rand(rng, B, T, H, D, dtype=np.float64)
+    out, lse = _forward(q, k, v, causal, mask, scale)
+    dq, dk, dv = _backward(g, q, k, v, out, lse, causal, mask, scale)
+
+    def loss():
+        o, _ = _forward(q, k, v, causal, mask, scale)
+        return float((o * g).sum())
+
+    for name, x, grad in [("q", q, dq), ("k", k, dk), ("v", v, dv)]:
+        assert_close(grad, fd_grad(loss, x), rtol=1e-6, atol=1e-8, what=name)
+
+
+def test_backward_accumulates():
+    rng = np.random.default_rng(6)
+    q, k, v, _ = _inputs(rng, 1, 5, 5, 2, 1, 4, False, np.float64)
+    g = rand(rng, *q.shape, dtype=np.float64)
+    out, lse = _forward(q, k, v, True)
+    dq, dk, dv = _backward(g, q, k, v, out, lse, True)
+    acc = [np.full_like(x, 0.5) for x in (q, k, v)]
+    K.attention_backward(*acc, g, q, k, v, out, lse, True)
+    for a, d in zip(acc, (dq, dk, dv), strict=True):
+        assert_close(a, d + 0.5, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_backward_key_chunks_agree(causal):
+    """The key-chunked (nj > 1) and per-head (nj = 1) work splits give the same gradients."""
+    rng = np.random.default_rng(7)
+    q, k, v, mask = _inputs(rng, 1, 150, 150, 2, 1, 8, True, np.float64)
+    g = rand(rng, *q.shape, dtype=np.float64)
+    out, lse = _forward(q, k, v, causal, mask)
+    m8, scale = mask.view(np.uint8), 8 ** -0.5
+    grads = []
+    for nj in (1, 2, 3):
+        dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+        K._attention_backward(dq, dk, dv, g, q, k, v, out, lse, m8, causal, scale, nj)
+        grads.append((dq, dk, dv))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+TORCH_SHAPES = [
+    (2, 7, 7, 4, 2, 5, True, False),
+    (2, 13, 13, 4, 1, 12, False, True),
+    (1, 150, 150, 2, 1, 16, True, True),
+    (2, 9, 20, 6, 3, 8, True, True),
+]
+
+
+@pytest.mark.parametrize("shape", TORCH_SHAPES)
+def test_matches_torch(shape):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    B, T, S, H, Hkv, D, causal, masked = shape
+    rng = np.random.default_rng(8)
+    q, k, v, mask = _inputs(rng, B, T, S, H, Hkv, D, masked)
+    g = rand(rng, B, T, H, D)
+    out, lse = _forward(q, k, v, causal, mask)
+    dq, dk, dv = _backward(g, q, k, v, out, lse, causal, mask)
+
+    tq, tk, tv = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (q, k, v))
+    allowed = torch.tensor(naive.allowed(T, S, causal, mask, B))[:, None]  # (B, 1, T, S)
+    to = F.scaled_dot_product_attention(tq.transpose(1, 2), tk.transpose(1, 2), tv.transpose(1, 2),
+                                        attn_mask=allowed, enable_gqa=True).transpose(1, 2)
+    to.backward(torch.tensor(g, dtype=torch.float64))
+    assert_close(out, to.detach().numpy())
+    assert_close(dq, tq.grad.numpy(), rtol=1e-4, atol=2e-5)
+    assert_close(dk, tk.grad.numpy(), rtol=1e-4, atol=2e-5)
+    assert_close(dv, tv.grad.numpy(), rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("H, Hkv, D, masked",
+                         [(1, 1, 4, False), (4, 2, 5, True), (6, 1, 12, True), (8, 8, 16, False)])
+def test_decode_equals_last_row_of_causal_forward(H, Hkv, D, masked):
+    rng = np.random.default_rng(9)
+    B, T_max, T0 = 2, 24, 10
+    q, k, v, mask = _inputs(rng, B, T0 + 1, T0 + 1, H, Hkv, D, masked)
+    kc, vc = np.zeros((B, T_max, Hkv, D), np.float32), np.zeros((B, T_max, Hkv, D), np.float32)
+    K.kv_cache_write(kc, vc, k[:, :T0].copy(), v[:, :T0].copy(), 0)  # prefill
+    K.kv_cache_write(kc, vc, k[:, T0:].copy(), v[:, T0:].copy(), T0)  # the new token
+    out = np.empty((B, H, D), np.float32)
+    K.attention_decode(out, q[:, -1].copy(), kc, vc, T0 + 1, mask)
+    full, _ = _forward(q, k, v, True, mask)
+    assert_close(out, full[:, -1])
+    if masked:  # a (B, T_max) cache mask reads only its first `length` columns
+        wide = np.zeros((B, T_max), bool)
+        wide[:, :T0 + 1] = mask
+        out2 = np.empty_like(out)
+        K.attention_decode(out2, q[:, -1].copy(), kc, vc, T0 + 1, wide)
+        assert_close(out2, out, rtol=0, atol=0)
+
+
+def test_decode_matches_naive_float64_and_masked_batch():
+    rng = np.random.default_rng(10)
+    B, T_max, H, Hkv, D, L = 3, 9, 4, 2, 6, 7
+    q = rand(rng, B, H, D, dtype=np.float64)
+    kc, vc = rand(rng, B, T_max, Hkv, D, dtype=np.float64), rand(rng, B, T_max, Hkv, D, dtype=np.float64)
+    mask = rng.random((B, L)) > 0.4
+    mask[0] = False
+    mask[1:, 2] = True
+    out = np.empty_like(q)
+    K.attention_decode(out, q, kc, vc, L, mask, scale=0.5)
+    want, _ = naive.attention(q[:, None], kc[:, :L], vc[:, :L], False, mask, scale=0.5)
+    assert_close(out, want[:, 0], rtol=1e-12, atol=1e-12)
+    assert np.all(out[0] == 0)
+
+
+def test_kv_cache_write():
+    rng = np.random.default_rng(11)
+    kc, vc = np.zeros((2, 8, 2, 3), np.float32), np.zeros((2, 8, 2, 3), np.float32)
+    k, v = rand(rng, 2, 3, 2, 3), rand(rng, 2, 3, 2, 3)
+    K.kv_cache_write(kc, vc, k, v, 5)
+    assert np.array_equal(kc[:, 5:], k) and np.array_equal(vc[:, 5:], v)
+    assert not kc[:, :5].any() and not vc[:, :5].any()
+
+
+def test_bad_inputs_raise():
+    f32 = np.float32
+    q, k, v = np.zeros((2, 4, 6, 8), f32), np.zeros((2, 5, 3, 8), f32), np.zeros((2, 5, 3, 8), f32)
+    out, lse = np.empty_like(q), np.empty((2, 6, 4), f32)
+    fwd = K.attention_forward
+    with pytest.raises(ValueError, match="k: expected a kv head count Hkv >= 1 that divides .* got Hkv = 4"):
+        fwd(out, lse, q, np.zeros((2, 5, 4, 8), f32), np.zeros((2, 5, 4, 8), f32), True)
+    with pytest.raises(ValueError, match=r"k: expected shape \(B, S, Hkv, D\).*axis 3 is 7, expected 8"):
+        fwd(out, lse, q, np.zeros((2, 5, 3, 7), f32), v, True)
+    with pytest.raises(ValueError, match="v: expected shape"):
+        fwd(out, lse, q, k, np.zeros((2, 6, 3, 8), f32), True)
+    with pytest.raises(ValueError, match="q: expected 4-D array"):
+        fwd(out, lse, q[0], k, v, True)
+    with pytest.raises(ValueError, match="lse: expected shape"):
+        fwd(out, np.empty((2, 4, 6), f32), q, k, v, True)
+    with pytest.raises(ValueError, match="key_mask: expected shape"):
+        fwd(out, lse, q, k, v, True, np.ones((2, 4), bool))
+    with pytest.raises(TypeError, match="key_mask: expected dtype bool or an integer dtype"):
+        fwd(out, lse, q, k, v, True, np.ones((2, 5), f32))
+    with pytest.raises(ValueError, match="q: expected a C-contiguous array"):
+        fwd(out, lse, np.zeros((2, 6, 4, 8), f32).transpose(0, 2, 1, 3), k, v, True)
+    with pytest.raises(TypeError, match=r"k: expected the dtype of q \(float32\), got float64"):
+        fwd(out, lse, q, k.astype(np.float64), v, True)
+    with pytest.raises(TypeError, match="q: expected dtype float32 or float64"):
+        fwd(out, lse, q.astype(np.float16), k, v, True)
+    with pytest.raises(TypeError, match="causal: expected a bool"):
+        fwd(out, lse, q, k, v, 1)
+    with pytest.raises(ValueError, match="scale: expected a finite number > 0"):
+        fwd(out, lse, q, k, v, True, scale=-1.0)
+    ro = np.empty_like(q)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable array"):
+        fwd(ro, lse, q, k, v, True)
+    with pytest.raises(ValueError, match="out: expected a buffer that does not overlap q"):
+        fwd(q, lse, q, k, v, True)
+
+    g, dq, dk, dv = np.zeros_like(q), np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    with pytest.raises(ValueError, match="dk: expected shape"):
+        K.attention_backward(dq, np.zeros((2, 5, 3, 4), f32), dv, g, q, k, v, out, lse, True)
+    with pytest.raises(TypeError, match="dv: expected the dtype of q"):
+        K.attention_backward(dq, dk, dv.astype(np.float64), g, q, k, v, out, lse, True)
+    with pytest.raises(ValueError, match="dq: expected a buffer that does not overlap dout"):
+        K.attention_backward(g, dk, dv, g, q, k, v, out, lse, True)
+
+    kc, vc = np.zeros((2, 10, 3, 8), f32), np.zeros((2, 10, 3, 8), f32)
+    qd, od = np.zeros((2, 6, 8), f32), np.empty((2, 6, 8), f32)
+    with pytest.raises(ValueError, match="length: expected length <= T_max = 10, got 11"):
+        K.attention_decode(od, qd, kc, vc, 11)
+    with pytest.raises(ValueError, match="length: expected a positive int"):
+        K.attention_decode(od, qd, kc, vc, 0)
+    with pytest.raises(ValueError, match="k_cache: expected a kv head count Hkv"):
+        K.attention_decode(np.empty((2, 5, 8), f32), np.zeros((2, 5, 8), f32), kc, vc, 4)
+    with pytest.raises(ValueError, match="key_mask: expected shape"):
+        K.attention_decode(od, qd, kc, vc, 4, np.ones((2, 7), bool))
+    with pytest.raises(ValueError, match="v_cache: expected shape"):
+        K.attention_decode(od, qd, kc, np.zeros((2, 9, 3, 8), f32), 4)
+    with pytest.raises(ValueError, match=r"pos: expected pos \+ T_new <= T_max = 10 \(T_new = 5\), got pos"):
+        K.kv_cache_write(kc, vc, k, v, 6)
+    with pytest.raises(ValueError, match="pos: expected a non-negative int"):
+        K.kv_cache_write(kc, vc, k, v, -1)
+    with pytest.raises(ValueError, match="k: expected shape"):
+        K.kv_cache_write(kc, vc, np.zeros((2, 5, 3, 4), f32), v, 0)
