@@ -30,17 +30,18 @@ def _fmt_shape(spec: Shape) -> str:
     return "(" + ", ".join(str(s) for s in spec) + ("," if len(spec) == 1 else "") + ")"
 
 
-def check_arrays(*, dtype=None, **arrays) -> dict[str, int]:
+def check_arrays(*, dtype=None, optional=(), **arrays) -> dict[str, int]:
     """Validate floating arrays that must share one dtype and C-contiguous layout.
 
-    Each keyword is ``name=(array, shape_spec)``; ``None`` arrays with spec ``None`` are skipped
-    (optional inputs). ``dtype``, if given, fixes the dtype; otherwise the first array's dtype is
-    used and must be float32 or float64. Returns the bound symbol sizes.
+    Each keyword is ``name=(array, shape_spec)``; a spec of ``None`` checks only that it is an array.
+    An array may be ``None`` only if its name is in ``optional`` (e.g. a bias); it is then skipped.
+    ``dtype``, if given, fixes the dtype; otherwise the first array's dtype is used and must be float32
+    or float64. Returns the bound symbol sizes.
     """
     dims: dict[str, int] = {}
     ref_name = None
     for name, (arr, spec) in arrays.items():
-        if arr is None:
+        if arr is None and name in optional:
             continue
         _check_one(name, arr, spec, dims)
         if dtype is None:
@@ -133,9 +134,7 @@ def check_nonnegative(**values) -> None:
 def check_positive_float(**values) -> None:
     """Each keyword must be a finite real number > 0 (e.g. ``eps``, a learning rate)."""
     for name, v in values.items():
-        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        if not ok or not np.isfinite(v) or v <= 0:
-            raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
+        check_real(name, v, low=0.0, low_open=True)
 
 
 def check_bool(**values) -> None:
@@ -216,10 +215,3 @@ def check_choice(name: str, value, choices: Sequence) -> None:
     """``value`` must be one of ``choices`` (an option such as a route or a mode name)."""
     if not isinstance(value, str | int | float) or isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-
-
-def check_given(**arrays) -> None:
-    """Required arrays must not be None (``check_arrays`` skips None, which marks an optional input)."""
-    for name, arr in arrays.items():
-        if arr is None:
-            raise TypeError(f"{name}: expected a numpy array, got None")

@@ -248,7 +248,7 @@ def test_bad_inputs_raise():
         fwd(out, lse, q.astype(np.float16), k, v, True)
     with pytest.raises(TypeError, match="causal: expected a bool"):
         fwd(out, lse, q, k, v, 1)
-    with pytest.raises(ValueError, match="scale: expected a finite number > 0"):
+    with pytest.raises(ValueError, match="scale: expected a finite real number > 0"):
         fwd(out, lse, q, k, v, True, scale=-1.0)
     ro = np.empty_like(q)
     ro.flags.writeable = False

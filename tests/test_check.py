@@ -26,7 +26,9 @@ def test_ndim_dtype_contiguity_and_type():
         check_arrays(x=(np.zeros((3, 4), np.float32).T, ("N", "C")))
     with pytest.raises(TypeError, match="x: expected a numpy array, got list"):
         check_arrays(x=([1.0], None))
-    assert check_arrays(x=(x, ("N", 3)), bias=(None, ("N",))) == {"N": 4}
+    assert check_arrays(x=(x, ("N", 3)), bias=(None, ("N",)), optional=("bias",)) == {"N": 4}
+    with pytest.raises(TypeError, match="bias: expected a numpy array, got NoneType"):
+        check_arrays(x=(x, ("N", 3)), bias=(None, ("N",)))
 
 
 def test_index_ranges():

@@ -114,3 +114,24 @@ def test_set_num_threads_controls_numba_and_blas():
         qorus_jit.set_num_threads(0)
     with pytest.raises(ValueError, match="n: expected an int"):
         qorus_jit.set_num_threads(10_000)
+
+
+def test_every_public_kernel_function_is_documented():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import qorus_jit.kernels as kernels
+
+    doc = (PACKAGE.parent / "docs" / "kernels.md").read_text()
+    missing = []
+    for mod in pkgutil.iter_modules(kernels.__path__):
+        if mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"qorus_jit.kernels.{mod.name}")
+        for name, obj in vars(module).items():
+            if inspect.isfunction(obj) and not name.startswith("_") and obj.__module__ == module.__name__:
+                assert obj.__doc__, f"{mod.name}.{name} has no docstring"
+                if f"`{name}(" not in doc:
+                    missing.append(f"{mod.name}.{name}")
+    assert missing == [], "add these to docs/kernels.md"

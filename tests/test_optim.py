@@ -166,7 +166,7 @@ def test_optimizer_bad_inputs_raise():
         ("lr", float("nan"), "lr: expected a finite real number"),
         ("beta1", 1.0, r"beta1: expected a finite real number in \[0, 1\), got 1.0"),
         ("beta2", -0.1, r"beta2: expected a finite real number in \[0, 1\), got -0.1"),
-        ("eps", 0.0, "eps: expected a finite number > 0, got 0.0"),
+        ("eps", 0.0, "eps: expected a finite real number > 0, got 0.0"),
         ("weight_decay", -0.1, "weight_decay: expected a finite real number >= 0"),
         ("step", 0, "step: expected a positive int, got 0"),
         ("step", 1.0, "step: expected a positive int, got 1.0"),

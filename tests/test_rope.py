@@ -170,5 +170,5 @@ def test_bad_inputs_raise():
         K.rope_cache(8, 7)
     with pytest.raises(ValueError, match="max_seq_len: expected a positive int"):
         K.rope_cache(0, 8)
-    with pytest.raises(ValueError, match="theta: expected a finite number > 0"):
+    with pytest.raises(ValueError, match="theta: expected a finite real number > 0"):
         K.rope_cache(8, 8, theta=0.0)

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from .._check import check_arrays, check_bool, check_choice, check_disjoint, check_given, check_writeable
+from .._check import check_arrays, check_bool, check_choice, check_disjoint, check_writeable
 from ..config import kernel
 
 ROUTES = ("blas", "numba")
@@ -541,9 +541,8 @@ def _route(route, i):
 
 def linear_forward(out, x, weight, bias, route: str = "blas"):
     """``out (N, O) = x (N, I) @ weight (O, I).T + bias (O,)``; ``bias`` may be None."""
-    check_given(out=out, x=x, weight=weight)
     check_arrays(x=(x, ("N", "in_features")), weight=(weight, ("out_features", "in_features")),
-                 bias=(bias, ("out_features",)), out=(out, ("N", "out_features")))
+                 bias=(bias, ("out_features",)), out=(out, ("N", "out_features")), optional=("bias",))
     check_writeable(out=out)
     check_disjoint({"out": out}, {"x": x, "weight": weight, "bias": bias})
     _route(route, 0)(out, x, weight, bias)
@@ -551,10 +550,10 @@ def linear_forward(out, x, weight, bias, route: str = "blas"):
 
 def linear_backward(dx, dweight, dbias, dout, x, weight, route: str = "blas"):
     """``dx += dout @ weight``, ``dweight += dout.T @ x``, ``dbias += dout.sum(0)``; dx, dbias may be None."""
-    check_given(dweight=dweight, dout=dout, x=x, weight=weight)
     check_arrays(x=(x, ("N", "in_features")), weight=(weight, ("out_features", "in_features")),
                  dout=(dout, ("N", "out_features")), dx=(dx, ("N", "in_features")),
-                 dweight=(dweight, ("out_features", "in_features")), dbias=(dbias, ("out_features",)))
+                 dweight=(dweight, ("out_features", "in_features")), dbias=(dbias, ("out_features",)),
+                 optional=("dx", "dbias"))
     check_writeable(dx=dx, dweight=dweight, dbias=dbias)
     check_disjoint({"dx": dx, "dweight": dweight, "dbias": dbias}, {"dout": dout, "x": x, "weight": weight})
     _route(route, 1)(dx, dweight, dbias, dout, x, weight)
@@ -562,7 +561,6 @@ def linear_backward(dx, dweight, dbias, dout, x, weight, route: str = "blas"):
 
 def matmul_forward(out, a, b, route: str = "blas"):
     """``out (M, N) = a (M, K) @ b (K, N)``."""
-    check_given(out=out, a=a, b=b)
     check_arrays(a=(a, ("M", "K")), b=(b, ("K", "N")), out=(out, ("M", "N")))
     check_writeable(out=out)
     check_disjoint({"out": out}, {"a": a, "b": b})
@@ -571,9 +569,8 @@ def matmul_forward(out, a, b, route: str = "blas"):
 
 def matmul_backward(da, db, dout, a, b, route: str = "blas"):
     """``da += dout @ b.T``, ``db += a.T @ dout``; da or db may be None."""
-    check_given(dout=dout, a=a, b=b)
     check_arrays(a=(a, ("M", "K")), b=(b, ("K", "N")), dout=(dout, ("M", "N")), da=(da, ("M", "K")),
-                 db=(db, ("K", "N")))
+                 db=(db, ("K", "N")), optional=("da", "db"))
     check_writeable(da=da, db=db)
     check_disjoint({"da": da, "db": db}, {"dout": dout, "a": a, "b": b})
     _route(route, 3)(da, db, dout, a, b)
@@ -586,7 +583,6 @@ def _b_spec(transpose_b):
 
 def bmm_forward(out, a, b, transpose_b: bool = False, route: str = "numba"):
     """``out[g] = a[g] @ b[g]`` (G, M, N); with ``transpose_b`` b is (G, N, K) and out[g] = a[g] @ b[g].T."""
-    check_given(out=out, a=a, b=b)
     check_arrays(a=(a, ("G", "M", "K")), b=(b, _b_spec(transpose_b)), out=(out, ("G", "M", "N")))
     check_writeable(out=out)
     check_disjoint({"out": out}, {"a": a, "b": b})
@@ -596,10 +592,9 @@ def bmm_forward(out, a, b, transpose_b: bool = False, route: str = "numba"):
 def bmm_backward(da, db, dout, a, b, transpose_b: bool = False, route: str = "numba"):
     """Gradients of ``bmm_forward``: ``da += dout @ op(b).T``, ``db += a.T @ dout`` (``dout.T @ a`` if
     ``transpose_b``); da or db may be None."""
-    check_given(dout=dout, a=a, b=b)
     spec = _b_spec(transpose_b)
     check_arrays(a=(a, ("G", "M", "K")), b=(b, spec), dout=(dout, ("G", "M", "N")), da=(da, ("G", "M", "K")),
-                 db=(db, spec))
+                 db=(db, spec), optional=("da", "db"))
     check_writeable(da=da, db=db)
     check_disjoint({"da": da, "db": db}, {"dout": dout, "a": a, "b": b})
     _route(route, 5)(da, db, dout, a, b, bool(transpose_b))

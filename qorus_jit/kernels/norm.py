@@ -185,7 +185,7 @@ def layernorm_forward(out, mean, rstd, x, weight, bias, eps: float = 1e-5):
     """
     xs, ss = _row_specs(x, rstd)
     check_arrays(x=(x, xs), out=(out, xs), mean=(mean, ss), rstd=(rstd, ss), weight=(weight, ("C",)),
-                 bias=(bias, ("C",)))
+                 bias=(bias, ("C",)), optional=("bias",))
     check_writeable(out=out, mean=mean, rstd=rstd)
     check_inplace_or_disjoint("out", out, "x", x)
     check_disjoint({"mean": mean, "rstd": rstd}, {"out": out, "x": x, "weight": weight, "bias": bias})
@@ -199,7 +199,7 @@ def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
     """``dx``, ``dweight``, ``dbias`` += LayerNorm gradients; ``dbias`` is None when there is no bias."""
     xs, ss = _row_specs(x, rstd)
     check_arrays(x=(x, xs), dx=(dx, xs), dweight=(dweight, ("C",)), dbias=(dbias, ("C",)),
-                 dout=(dout, xs), weight=(weight, ("C",)), mean=(mean, ss), rstd=(rstd, ss))
+                 dout=(dout, xs), weight=(weight, ("C",)), mean=(mean, ss), rstd=(rstd, ss), optional=("dbias",))
     check_writeable(dx=dx, dweight=dweight, dbias=dbias)
     check_disjoint({"dx": dx, "dweight": dweight, "dbias": dbias},
                    {"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd})
