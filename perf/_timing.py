@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+
+from qorus_jit.config import get_num_threads, set_num_threads
 
 
 def median_time(fn, *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05) -> float:
@@ -29,3 +32,15 @@ def record(name: str, shape: str, ours_s: float, ref_s: float, ref: str, **extra
            "speedup": ref_s / ours_s}
     row.update(extra)
     return row
+
+
+def thread_counts(quick: bool = False) -> Iterator[int]:
+    """Yield numba's (and BLAS's) current thread count, then 1 unless ``quick`` or already 1, setting each
+    in turn; the current count is restored afterwards. One thread is the steadier figure on a busy machine."""
+    threads = get_num_threads()
+    try:
+        for n in [threads] if quick else sorted({threads, 1}, reverse=True):
+            set_num_threads(n)
+            yield n
+    finally:
+        set_num_threads(threads)

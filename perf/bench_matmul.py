@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf._timing import median_time, record
-from qorus_jit.config import get_num_threads, set_num_threads
+from perf._timing import median_time, record, thread_counts
 from qorus_jit.kernels import matmul
 
 SQUARE = (512, 1024, 2048)
@@ -130,22 +129,17 @@ def run(quick: bool = False) -> list[dict]:
     """Rows (``perf._timing.record``) for the BLAS and numba routes, each against numpy ``@``."""
     repeat, min_time, pause = (3, 0.05, 0.1) if quick else (7, 0.2, 0.15)
     libs = _blas_libs()
-    threads = get_num_threads()
     rows = []
-    try:
-        for n in [threads] if quick else sorted({threads, 1}, reverse=True):
-            set_num_threads(n)
-            for name, shape, flops, fns in _cases(quick):
-                t = _alternate(fns, repeat, min_time, pause)
-                for route in matmul.ROUTES:
-                    rows.append(record(
-                        f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
-                        default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,
-                        ref_gflops=flops / t["numpy"] / 1e9,
-                        ours_blas=libs.get("scipy") if route == "blas" else "none (numba kernel)",
-                        ref_blas=libs.get("numpy")))
-    finally:
-        set_num_threads(threads)
+    for n in thread_counts(quick):
+        for name, shape, flops, fns in _cases(quick):
+            t = _alternate(fns, repeat, min_time, pause)
+            for route in matmul.ROUTES:
+                rows.append(record(
+                    f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
+                    default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,
+                    ref_gflops=flops / t["numpy"] / 1e9,
+                    ours_blas=libs.get("scipy") if route == "blas" else "none (numba kernel)",
+                    ref_blas=libs.get("numpy")))
     return rows
 
 

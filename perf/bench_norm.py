@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, record
-from qorus_jit.config import get_num_threads, set_num_threads
+from perf._timing import median_time, record, thread_counts
+from qorus_jit.config import get_num_threads
 from qorus_jit.kernels import norm, rope
 
 EPS = 1e-5
@@ -122,16 +122,11 @@ def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (``perf._timing.record``) for the norm and RoPE kernels, at numba's thread count
     and, when that is more than one, again on one thread (robust to a busy machine)."""
     kw = dict(repeat=3, warmup=1, min_time=0.02) if quick else dict(repeat=9, warmup=2, min_time=0.1)
-    threads = get_num_threads()
     rows = []
-    try:
-        for n in sorted({threads, 1}, reverse=True):
-            set_num_threads(n)
-            for N, C in ((4096, 768), (16384, 288)):
-                rows += _norm_rows(N, C, kw)
-            rows += _rope_rows(4, 256, 8, 64, kw)
-    finally:
-        set_num_threads(threads)
+    for _ in thread_counts():
+        for N, C in ((4096, 768), (16384, 288)):
+            rows += _norm_rows(N, C, kw)
+        rows += _rope_rows(4, 256, 8, 64, kw)
     return rows
 
 

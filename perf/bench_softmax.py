@@ -14,8 +14,8 @@ import sys
 import numpy as np
 from scipy.special import erf
 
-from perf._timing import median_time, record
-from qorus_jit.config import get_num_threads, set_num_threads
+from perf._timing import median_time, record, thread_counts
+from qorus_jit.config import get_num_threads
 from qorus_jit.kernels import activations as act
 from qorus_jit.kernels import softmax as sm
 
@@ -151,17 +151,12 @@ def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (``perf._timing.record``) at numba's thread count and, when that is more than one,
     again on one thread."""
     kw = dict(repeat=3, warmup=1, min_time=0.02) if quick else dict(repeat=9, warmup=2, min_time=0.1)
-    threads = get_num_threads()
     rows = []
-    try:
-        for n in sorted({threads, 1}, reverse=True):
-            set_num_threads(n)
-            for N, C in ((4096, 1024), (256, 32000)):
-                rows += _softmax_rows(N, C, kw)
-            rows += _causal_rows(48, 256, kw)
-            rows += _activation_rows(2048, 768, kw)
-    finally:
-        set_num_threads(threads)
+    for _ in thread_counts():
+        for N, C in ((4096, 1024), (256, 32000)):
+            rows += _softmax_rows(N, C, kw)
+        rows += _causal_rows(48, 256, kw)
+        rows += _activation_rows(2048, 768, kw)
     return rows
 
 

@@ -215,3 +215,17 @@ def check_choice(name: str, value, choices: Sequence) -> None:
     """``value`` must be one of ``choices`` (an option such as a route or a mode name)."""
     if not isinstance(value, str | int | float) or isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def check_same_shape(**arrays) -> None:
+    """All arrays numpy, C-contiguous, of one float dtype and of the first one's shape (elementwise ops)."""
+    first = next(iter(arrays.values()))
+    if not isinstance(first, np.ndarray):
+        check_arrays(**{k: (v, None) for k, v in arrays.items()})
+    spec = tuple(f"d{i}" for i in range(first.ndim))
+    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
+
+
+def flat_views(*arrays) -> list[np.ndarray]:
+    """The 1-D views of C-contiguous arrays."""
+    return [a.reshape(-1) for a in arrays]

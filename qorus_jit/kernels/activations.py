@@ -10,13 +10,11 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
-import math
-import numbers
-
-import numpy as np
 from numba import prange
 
-from .._check import check_arrays, check_writeable
+from .._check import check_real, check_writeable
+from .._check import check_same_shape as _same_shape
+from .._check import flat_views as _flat
 from ..config import kernel
 from ._math import erf as _erf
 from ._math import exp as _exp
@@ -169,19 +167,6 @@ def _swiglu_backward(da, db, dout, a, b):
             db[i] += g * v * s
 
 
-def _flat(*arrays):
-    return [a.reshape(-1) for a in arrays]
-
-
-def _same_shape(**arrays):
-    """All arrays C-contiguous, one float dtype and the shape of the first."""
-    first = next(iter(arrays.values()))
-    if not isinstance(first, np.ndarray):
-        check_arrays(**{k: (v, None) for k, v in arrays.items()})
-    spec = tuple(f"d{i}" for i in range(first.ndim))
-    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
-
-
 def _check_approximate(approximate) -> bool:
     """True for the tanh approximation, False for the exact erf form."""
     if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
@@ -191,9 +176,7 @@ def _check_approximate(approximate) -> bool:
 
 def _check_beta(beta, dtype):
     """``beta`` as a finite scalar of ``dtype``."""
-    if not isinstance(beta, numbers.Real) or isinstance(beta, (bool, np.bool_)) or not math.isfinite(beta):
-        raise ValueError(f"beta: expected a finite real number, got {beta!r}")
-    return dtype.type(beta)
+    return dtype.type(check_real("beta", beta))
 
 
 def relu_forward(out, x):

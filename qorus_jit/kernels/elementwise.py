@@ -6,10 +6,11 @@ Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
-from .._check import check_arrays, check_writeable
+from .._check import check_same_shape as _same_shape
+from .._check import check_writeable
+from .._check import flat_views as _flat
 from ..config import kernel
 
 _CHUNK = 1 << 14  # elements per parallel chunk
@@ -70,19 +71,6 @@ def _scale_backward(da, dout, s):
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
             da[i] += s * dout[i]
-
-
-def _flat(*arrays):
-    return [a.reshape(-1) for a in arrays]
-
-
-def _same_shape(**arrays):
-    """All arrays C-contiguous, one float dtype and the shape of the first."""
-    first = next(iter(arrays.values()))
-    if not isinstance(first, np.ndarray):
-        check_arrays(**{k: (v, None) for k, v in arrays.items()})
-    spec = tuple(f"d{i}" for i in range(first.ndim))
-    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
 
 
 def add_forward(out, a, b):
