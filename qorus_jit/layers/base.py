@@ -1,0 +1,128 @@
+"""The layer protocol: forward, backward, parameters, gradients, zero_grad.
+
+Layers are plain Python classes over the cached numba kernels (a jitclass cannot be cached and would
+recompile in every process: docs/design.md). A layer holds its parameters, their gradients, what
+backward needs from forward, and its output and input-gradient buffers, allocated on the first call for
+a shape and reused while the shape stays the same. So:
+
+- ``forward(x)`` returns a buffer the layer owns: the next ``forward`` overwrites it (copy it to keep it).
+- ``backward(dy)`` must follow the ``forward`` whose output it differentiates; it **accumulates** (``+=``)
+  into the parameter gradients (``zero_grad()`` clears them) and returns the gradient of the input, also a
+  buffer the layer owns (``None`` for inputs that take no gradient, such as token ids).
+- ``parameters()`` and ``gradients()`` are ordered ``{dotted name: array}`` dicts with the same keys,
+  names following the Hugging Face naming of the architecture (``model.layers.0.self_attn.q_proj.weight``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DTYPE
+
+
+class Layer:
+    """Base class of every layer. Subclasses register parameters and children in ``__init__``."""
+
+    def __init__(self):
+        self._params: dict[str, np.ndarray] = {}
+        self._grads: dict[str, np.ndarray] = {}
+        self._children: dict[str, Layer] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+
+    # -- construction -------------------------------------------------------------------------------
+
+    def add_parameter(self, name: str, value) -> np.ndarray:
+        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient."""
+        arr = np.array(value, dtype=DTYPE, order="C", copy=True)
+        self._params[name] = arr
+        self._grads[name] = np.zeros_like(arr)
+        return arr
+
+    def add_child(self, name: str, layer: Layer) -> Layer:
+        """Register a sub-layer; its parameters appear under ``name.``."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{name}: expected a Layer, got {type(layer).__name__}")
+        self._children[name] = layer
+        return layer
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype=DTYPE, zero: bool = False) -> np.ndarray:
+        """A work buffer of ``shape`` owned by the layer, allocated once per shape and reused."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = np.empty(shape, dtype)
+            self._buffers[name] = buf
+        if zero:
+            buf.fill(0)
+        return buf
+
+    # -- the protocol -------------------------------------------------------------------------------
+
+    def forward(self, x):
+        """Compute the output for ``x`` and save what backward needs."""
+        raise NotImplementedError
+
+    def backward(self, dy):
+        """Accumulate parameter gradients for the last forward and return the input gradient."""
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def parameters(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Ordered ``{dotted name: parameter}`` of this layer and its children."""
+        out = {prefix + k: v for k, v in self._params.items()}
+        for name, child in self._children.items():
+            out.update(child.parameters(f"{prefix}{name}."))
+        return out
+
+    def gradients(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Ordered ``{dotted name: gradient}``, the same keys as :meth:`parameters`."""
+        out = {prefix + k: v for k, v in self._grads.items()}
+        for name, child in self._children.items():
+            out.update(child.gradients(f"{prefix}{name}."))
+        return out
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero."""
+        for g in self.gradients().values():
+            g.fill(0)
+
+    def num_parameters(self) -> int:
+        """Total number of parameter elements."""
+        return sum(p.size for p in self.parameters().values())
+
+    def load_parameters(self, params: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into the parameters of the same names (shapes must match; float32 on copy)."""
+        own = self.parameters()
+        if strict:
+            missing, extra = own.keys() - params.keys(), params.keys() - own.keys()
+            if missing or extra:
+                raise ValueError(f"params: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
+        for name, value in params.items():
+            if name not in own:
+                continue
+            value = np.asarray(value)
+            if value.shape != own[name].shape:
+                raise ValueError(f"{name}: expected shape {own[name].shape}, got {value.shape}")
+            own[name][...] = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        """The constructor arguments shown by ``repr``."""
+        return ""
+
+
+def check_input(name: str, x, last: int | None = None, min_ndim: int = 1) -> None:
+    """A layer input: a C-contiguous float32 array with at least ``min_ndim`` axes and last axis ``last``."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype != DTYPE:
+        raise TypeError(f"{name}: expected dtype float32, got {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} axes, got shape {x.shape}")
+    if last is not None and x.shape[-1] != last:
+        raise ValueError(f"{name}: expected last axis {last}, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray)")

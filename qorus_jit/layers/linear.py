@@ -1,0 +1,51 @@
+"""Linear layer: ``y = x @ weight.T + bias`` over the last axis (``nn.Linear`` layout and init)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._check import check_positive
+from ..kernels.matmul import _linear_backward, _linear_forward
+from .base import Layer, check_input
+
+
+class Linear(Layer):
+    """``(..., in_features) -> (..., out_features)``; parameters ``weight (out, in)`` and ``bias (out,)``.
+
+    Initialised as ``nn.Linear``: uniform in ``+-1/sqrt(in_features)``; ``rng`` is a seed or a
+    ``numpy.random.Generator``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
+        super().__init__()
+        check_positive(in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = in_features, out_features
+        rng = np.random.default_rng(rng)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = self.add_parameter("weight", rng.uniform(-bound, bound, (out_features, in_features)))
+        self.bias = self.add_parameter("bias", rng.uniform(-bound, bound, out_features)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        check_input("x", x, self.in_features)
+        y = self.buffer("y", x.shape[:-1] + (self.out_features,))
+        _linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight, self.bias)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        x = self._x
+        if x is None:
+            raise RuntimeError("Linear.backward called before forward")
+        check_input("dy", dy, self.out_features)
+        if dy.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
+        dx = self.buffer("dx", x.shape, zero=True)
+        _linear_backward(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
+                         dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

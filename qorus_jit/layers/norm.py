@@ -1,0 +1,82 @@
+"""Normalization layers over the last axis: LayerNorm (weight, optional bias) and RMSNorm (weight)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._check import check_positive, check_positive_float
+from ..kernels.norm import _layernorm_backward, _layernorm_forward, _rmsnorm_backward, _rmsnorm_forward
+from .base import Layer, check_input
+
+
+class _Norm(Layer):
+    def __init__(self, dim: int, eps: float, bias: bool):
+        super().__init__()
+        check_positive(dim=dim)
+        check_positive_float(eps=eps)
+        self.dim, self.eps = dim, float(eps)
+        self.weight = self.add_parameter("weight", np.ones(dim))
+        self.bias = self.add_parameter("bias", np.zeros(dim)) if bias else None
+        self._x = None
+
+    def _saved(self, dy):
+        if self._x is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        check_input("dy", dy, self.dim)
+        if dy.shape != self._x.shape:
+            raise ValueError(f"dy: expected shape {self._x.shape}, got {dy.shape}")
+        return self._x.reshape(-1, self.dim), dy.reshape(-1, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+class LayerNorm(_Norm):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis (``dim``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__(dim, eps, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
+
+    def forward(self, x):
+        check_input("x", x, self.dim)
+        y = self.buffer("y", x.shape)
+        n = x.size // self.dim
+        mean, rstd = self.buffer("mean", (n,)), self.buffer("rstd", (n,))
+        b = self.bias if self.bias is not None else np.empty(0, np.float32)
+        _layernorm_forward(y.reshape(-1, self.dim), mean, rstd, x.reshape(-1, self.dim), self.weight, b,
+                           np.float32(self.eps))
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        x2, dy2 = self._saved(dy)
+        dx = self.buffer("dx", self._x.shape, zero=True)
+        db = self._grads.get("bias", np.empty(0, np.float32))
+        _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
+                            self._buffers["mean"], self._buffers["rstd"])
+        return dx
+
+
+class RMSNorm(_Norm):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis (``dim``), as in Llama."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__(dim, eps, bias=False)
+
+    def forward(self, x):
+        check_input("x", x, self.dim)
+        y = self.buffer("y", x.shape)
+        rstd = self.buffer("rstd", (x.size // self.dim,))
+        _rmsnorm_forward(y.reshape(-1, self.dim), rstd, x.reshape(-1, self.dim), self.weight, np.float32(self.eps))
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        x2, dy2 = self._saved(dy)
+        dx = self.buffer("dx", self._x.shape, zero=True)
+        _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
+                          self._buffers["rstd"])
+        return dx
