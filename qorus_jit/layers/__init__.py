@@ -1,9 +1,11 @@
 """Layers: plain Python classes over the cached kernels, behind one small protocol (see ``base.Layer``)."""
 
 from .activations import GELU, ReLU, SiLU, Softmax, Swish
+from .attention import KVCache, MultiHeadAttention
 from .base import Layer
 from .embedding import Embedding
 from .linear import Linear
 from .norm import LayerNorm, RMSNorm
 
-__all__ = ["GELU", "Embedding", "Layer", "LayerNorm", "Linear", "RMSNorm", "ReLU", "SiLU", "Softmax", "Swish"]
+__all__ = ["GELU", "Embedding", "KVCache", "Layer", "LayerNorm", "Linear", "MultiHeadAttention", "RMSNorm", "ReLU",
+           "SiLU", "Softmax", "Swish"]

@@ -1,0 +1,141 @@
+"""Multi-head attention: projections, optional RoPE, grouped-query fused attention, KV cache for decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._check import check_positive
+from ..kernels import attention as A
+from ..kernels import rope as R
+from .base import Layer, check_input
+from .linear import Linear
+
+ROPE_STYLES = (None, "rotate_half", "interleaved")
+
+
+class KVCache:
+    """Keys and values of past positions for incremental decoding: ``k``, ``v`` ``(B, max_seq_len, Hkv, D)``.
+
+    Allocated once for a whole generation; ``length`` is how many positions are filled.
+    """
+
+    def __init__(self, batch: int, max_seq_len: int, n_kv_heads: int, head_dim: int):
+        check_positive(batch=batch, max_seq_len=max_seq_len, n_kv_heads=n_kv_heads, head_dim=head_dim)
+        self.k = np.zeros((batch, max_seq_len, n_kv_heads, head_dim), np.float32)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.k.shape[1]
+
+
+class MultiHeadAttention(Layer):
+    """``x (B, T, dim) -> (B, T, dim)``: q/k/v projections, RoPE, scaled dot-product attention, output
+    projection.
+
+    ``n_kv_heads`` < ``n_heads`` is grouped-query attention. ``causal`` masks future keys (decoders);
+    ``rope`` is ``None``, ``"rotate_half"`` (Hugging Face Llama) or ``"interleaved"`` (llama2.c). ``bias``
+    puts biases on q/k/v, ``out_bias`` on the output projection. Children are named ``q_proj``,
+    ``k_proj``, ``v_proj`` and ``o_proj`` (Hugging Face Llama naming; checkpoint loaders map other names).
+    """
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, causal: bool = True,
+                 rope: str | None = None, rope_theta: float = 10000.0, max_seq_len: int = 2048,
+                 bias: bool = False, out_bias: bool = False, rng=None):
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        check_positive(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, max_seq_len=max_seq_len)
+        if dim % n_heads:
+            raise ValueError(f"n_heads: expected a divisor of dim = {dim}, got {n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads: expected a divisor of n_heads = {n_heads}, got {n_kv_heads}")
+        if rope not in ROPE_STYLES:
+            raise ValueError(f"rope: expected one of {ROPE_STYLES}, got {rope!r}")
+        self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads
+        self.head_dim = D = dim // n_heads
+        self.causal, self.rope, self.max_seq_len = bool(causal), rope, max_seq_len
+        rng = np.random.default_rng(rng)
+        self.q_proj = self.add_child("q_proj", Linear(dim, n_heads * D, bias=bias, rng=rng))
+        self.k_proj = self.add_child("k_proj", Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
+        self.v_proj = self.add_child("v_proj", Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
+        self.o_proj = self.add_child("o_proj", Linear(n_heads * D, dim, bias=out_bias, rng=rng))
+        self.cos = self.sin = None
+        if rope is not None:
+            self.cos, self.sin = R.rope_cache(max_seq_len, D, rope_theta)
+        self._saved = None
+
+    def _project(self, x, pos):
+        """q (B, T, H, D), k, v (B, T, Hkv, D) for positions pos .. pos + T - 1 (RoPE applied in place)."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj.forward(x).reshape(B, T, H, D)
+        k = self.k_proj.forward(x).reshape(B, T, Hkv, D)
+        v = self.v_proj.forward(x).reshape(B, T, Hkv, D)
+        if self.rope is not None:
+            inter = self.rope == "interleaved"
+            R.rope_forward(q, q, self.cos, self.sin, pos, inter)
+            R.rope_forward(k, k, self.cos, self.sin, pos, inter)
+        return q, k, v
+
+    def forward(self, x, key_mask=None, cache: KVCache | None = None):
+        """``x (B, T, dim)``; ``key_mask (B, S)`` nonzero = attend (padding mask, S = T, or the cache length
+        after this call when decoding). With ``cache``, the new positions start at ``cache.length``, their
+        keys and values are appended, and attention reads the whole cache (no backward in that mode)."""
+        check_input("x", x, self.dim, min_ndim=3)
+        if x.ndim != 3:
+            raise ValueError(f"x: expected shape (B, T, {self.dim}), got {x.shape}")
+        B, T, _ = x.shape
+        pos = 0 if cache is None else cache.length
+        if pos + T > self.max_seq_len:
+            raise ValueError(f"x: {pos} cached + {T} new positions exceed max_seq_len = {self.max_seq_len}")
+        q, k, v = self._project(x, pos)
+        out = self.buffer("attn", (B, T, self.n_heads, self.head_dim))
+        if cache is None:
+            lse = self.buffer("lse", (B, self.n_heads, T))
+            A.attention_forward(out, lse, q, k, v, self.causal, key_mask)
+            self._saved = (x, q, k, v, out, lse, key_mask)
+        else:
+            A.kv_cache_write(cache.k, cache.v, k, v, pos)
+            cache.length = L = pos + T
+            if T == 1:
+                A.attention_decode(out.reshape(B, self.n_heads, self.head_dim),
+                                   q.reshape(B, self.n_heads, self.head_dim), cache.k, cache.v, L, key_mask)
+            else:
+                ks = np.ascontiguousarray(cache.k[:, :L])
+                vs = np.ascontiguousarray(cache.v[:, :L])
+                lse = self.buffer("lse", (B, self.n_heads, T))
+                A.attention_forward(out, lse, q, ks, vs, self.causal, key_mask)
+            self._saved = None
+        return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("MultiHeadAttention.backward needs a forward without a KV cache first")
+        x, q, k, v, out, lse, key_mask = self._saved
+        B, T, _ = x.shape
+        dout = self.o_proj.backward(dy).reshape(out.shape)
+        dq = self.buffer("dq", q.shape, zero=True)
+        dk = self.buffer("dk", k.shape, zero=True)
+        dv = self.buffer("dv", v.shape, zero=True)
+        A.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask)
+        if self.rope is not None:
+            inter = self.rope == "interleaved"
+            dq_raw = self.buffer("dq_raw", q.shape, zero=True)
+            dk_raw = self.buffer("dk_raw", k.shape, zero=True)
+            R.rope_backward(dq_raw, dq, self.cos, self.sin, 0, inter)
+            R.rope_backward(dk_raw, dk, self.cos, self.sin, 0, inter)
+            dq, dk = dq_raw, dk_raw
+        dx = self.buffer("dx", x.shape)
+        np.copyto(dx, self.q_proj.backward(dq.reshape(B, T, -1)))
+        dx += self.k_proj.backward(dk.reshape(B, T, -1))
+        dx += self.v_proj.backward(dv.reshape(B, T, -1))
+        return dx
+
+    def new_cache(self, batch: int, max_seq_len: int | None = None) -> KVCache:
+        """A KV cache for ``batch`` sequences of up to ``max_seq_len`` (default: the layer's) positions."""
+        return KVCache(batch, max_seq_len or self.max_seq_len, self.n_kv_heads, self.head_dim)
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, causal={self.causal}, "
+                f"rope={self.rope!r}")
