@@ -3,9 +3,13 @@
 from .activations import GELU, ReLU, SiLU, Softmax, Swish
 from .attention import KVCache, MultiHeadAttention
 from .base import Layer
+from .block import TransformerBlock
 from .embedding import Embedding
+from .feedforward import FeedForward
 from .linear import Linear
 from .norm import LayerNorm, RMSNorm
 
-__all__ = ["GELU", "Embedding", "KVCache", "Layer", "LayerNorm", "Linear", "MultiHeadAttention", "RMSNorm", "ReLU",
-           "SiLU", "Softmax", "Swish"]
+__all__ = [
+    "GELU", "Embedding", "FeedForward", "KVCache", "Layer", "LayerNorm", "Linear", "MultiHeadAttention", "RMSNorm",
+    "ReLU", "SiLU", "Softmax", "Swish", "TransformerBlock",
+]

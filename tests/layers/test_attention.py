@@ -5,45 +5,7 @@ import pytest
 
 from qorus_jit.layers.attention import MultiHeadAttention
 from tests.helpers import assert_close, rand, torch_or_skip
-
-
-def torch_mha(torch, layer, x, key_mask=None):
-    """The same math in torch, from the layer's parameters; returns (y, x tensor, params dict)."""
-    F = torch.nn.functional
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in layer.parameters().items()}
-    tx = torch.tensor(x, requires_grad=True)
-    B, T, _ = x.shape
-    H, Hkv, D = layer.n_heads, layer.n_kv_heads, layer.head_dim
-
-    def proj(name, h):
-        return F.linear(tx, p[f"{name}.weight"], p.get(f"{name}.bias")).view(B, T, h, D).transpose(1, 2)
-
-    q, k, v = proj("q_proj", H), proj("k_proj", Hkv), proj("v_proj", Hkv)
-    if layer.rope is not None:
-        theta = 10000.0
-        inv = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
-        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
-        cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
-
-        def rot(t):
-            if layer.rope == "rotate_half":
-                a, b = t[..., : D // 2], t[..., D // 2:]
-                return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
-            a, b = t[..., 0::2], t[..., 1::2]
-            return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
-
-        q, k = rot(q), rot(k)
-    mask = None
-    if key_mask is not None:
-        mask = torch.tensor(key_mask.astype(bool))[:, None, None, :].expand(B, 1, T, T)
-        if layer.causal:
-            mask = mask & torch.ones(T, T, dtype=torch.bool).tril()
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layer.causal and mask is None,
-                                       enable_gqa=H != Hkv)
-    o = o.transpose(1, 2).reshape(B, T, H * D)
-    y = F.linear(o, p["o_proj.weight"], p.get("o_proj.bias"))
-    return y, tx, p
-
+from tests.layers.torch_parity import torch_attention
 
 CASES = [
     dict(dim=32, n_heads=4, n_kv_heads=4, causal=True, rope="rotate_half"),
@@ -64,7 +26,9 @@ def test_forward_backward_match_torch(cfg, T):
     key_mask = None if cfg["causal"] else np.array([[1] * T, [1] * max(1, T - 2) + [0] * (T - max(1, T - 2))])
     y = layer.forward(x, key_mask).copy()
     dx = layer.backward(dy)
-    ty, tx, tp = torch_mha(torch, layer, x, key_mask)
+    tx = torch.tensor(x, requires_grad=True)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in layer.parameters().items()}
+    ty = torch_attention(torch, layer, tx, tp, key_mask)
     ty.backward(torch.tensor(dy))
     assert_close(y, ty.detach().numpy(), 1e-4, 1e-5, "output")
     assert_close(dx, tx.grad.numpy(), 1e-4, 1e-5, "dx")

@@ -1,0 +1,68 @@
+"""Transformer block: attention and feed-forward with residuals, pre-norm (Llama, GPT-2) or post-norm (BERT)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .attention import KVCache, MultiHeadAttention
+from .base import Layer
+from .feedforward import FeedForward
+from .norm import LayerNorm, RMSNorm
+
+
+class TransformerBlock(Layer):
+    """``x (B, T, dim) -> (B, T, dim)``.
+
+    Pre-norm (``prenorm=True``, Llama and GPT-2): ``h = x + attn(norm1(x))``, ``y = h + mlp(norm2(h))``.
+    Post-norm (BERT): ``h = norm1(x + attn(x))``, ``y = norm2(h + mlp(h))``.
+    ``norm`` is ``"rms"`` or ``"layer"``; ``mlp`` a :class:`FeedForward` kind; the attention options are
+    those of :class:`MultiHeadAttention`. Children: ``input_layernorm``, ``self_attn``,
+    ``post_attention_layernorm``, ``mlp`` (Hugging Face Llama naming).
+    """
+
+    def __init__(self, dim: int, n_heads: int, hidden_dim: int, n_kv_heads: int | None = None, *,
+                 norm: str = "rms", norm_eps: float = 1e-5, prenorm: bool = True, mlp: str = "swiglu",
+                 mlp_bias: bool = False, causal: bool = True, rope: str | None = "rotate_half",
+                 rope_theta: float = 10000.0, max_seq_len: int = 2048, attn_bias: bool = False,
+                 out_bias: bool = False, rng=None):
+        super().__init__()
+        if norm not in ("rms", "layer"):
+            raise ValueError(f"norm: expected 'rms' or 'layer', got {norm!r}")
+        rng = np.random.default_rng(rng)
+
+        def make_norm():
+            return RMSNorm(dim, norm_eps) if norm == "rms" else LayerNorm(dim, norm_eps)
+
+        self.prenorm = bool(prenorm)
+        self.input_layernorm = self.add_child("input_layernorm", make_norm())
+        self.self_attn = self.add_child("self_attn", MultiHeadAttention(
+            dim, n_heads, n_kv_heads, causal=causal, rope=rope, rope_theta=rope_theta, max_seq_len=max_seq_len,
+            bias=attn_bias, out_bias=out_bias, rng=rng))
+        self.post_attention_layernorm = self.add_child("post_attention_layernorm", make_norm())
+        self.mlp = self.add_child("mlp", FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, rng=rng))
+
+    def forward(self, x, key_mask=None, cache: KVCache | None = None):
+        """``key_mask`` and ``cache`` as in :meth:`MultiHeadAttention.forward`."""
+        if self.prenorm:
+            h, y = self.buffer("h", x.shape), self.buffer("y", x.shape)
+            np.add(x, self.self_attn.forward(self.input_layernorm.forward(x), key_mask, cache), out=h)
+            np.add(h, self.mlp.forward(self.post_attention_layernorm.forward(h)), out=y)
+            return y
+        s1, s2 = self.buffer("s1", x.shape), self.buffer("s2", x.shape)  # the norms keep their inputs
+        np.add(x, self.self_attn.forward(x, key_mask, cache), out=s1)
+        h = self.input_layernorm.forward(s1)
+        np.add(h, self.mlp.forward(h), out=s2)
+        return self.post_attention_layernorm.forward(s2)
+
+    def backward(self, dy):
+        dh = self.buffer("dh", dy.shape)
+        dx = self.buffer("dx", dy.shape)
+        if self.prenorm:
+            np.add(dy, self.post_attention_layernorm.backward(self.mlp.backward(dy)), out=dh)
+            np.add(dh, self.input_layernorm.backward(self.self_attn.backward(dh)), out=dx)
+            return dx
+        ds = self.post_attention_layernorm.backward(dy)
+        np.add(ds, self.mlp.backward(ds), out=dh)
+        ds = self.input_layernorm.backward(dh)
+        np.add(ds, self.self_attn.backward(ds), out=dx)
+        return dx

@@ -1,0 +1,63 @@
+"""Feed-forward (MLP) block of a transformer: SwiGLU (Llama) or a two-layer MLP with GELU/ReLU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._check import check_positive, flat_views
+from ..kernels import activations as A
+from .activations import GELU, ReLU
+from .base import Layer
+from .linear import Linear
+
+KINDS = ("swiglu", "gelu", "gelu_tanh", "relu")
+
+
+class FeedForward(Layer):
+    """``(..., dim) -> (..., dim)``.
+
+    ``kind="swiglu"``: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Llama); otherwise
+    ``down_proj(act(up_proj(x)))`` with ``act`` GELU (exact or tanh) or ReLU. Children are named after
+    Hugging Face Llama (``gate_proj``, ``up_proj``, ``down_proj``); checkpoint loaders map other names.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, kind: str = "swiglu", bias: bool = False, rng=None):
+        super().__init__()
+        check_positive(dim=dim, hidden_dim=hidden_dim)
+        if kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        self.dim, self.hidden_dim, self.kind = dim, hidden_dim, kind
+        rng = np.random.default_rng(rng)
+        if kind == "swiglu":
+            self.gate_proj = self.add_child("gate_proj", Linear(dim, hidden_dim, bias=bias, rng=rng))
+        self.up_proj = self.add_child("up_proj", Linear(dim, hidden_dim, bias=bias, rng=rng))
+        self.down_proj = self.add_child("down_proj", Linear(hidden_dim, dim, bias=bias, rng=rng))
+        if kind != "swiglu":
+            self.act = ReLU() if kind == "relu" else GELU("tanh" if kind == "gelu_tanh" else "none")
+
+    def forward(self, x):
+        if self.kind == "swiglu":
+            g = self.gate_proj.forward(x)
+            u = self.up_proj.forward(x)
+            h = self.buffer("h", g.shape)
+            A._swiglu_forward(*flat_views(h, g, u))
+            self._gu = (g, u)
+        else:
+            h = self.act.forward(self.up_proj.forward(x))
+        return self.down_proj.forward(h)
+
+    def backward(self, dy):
+        dh = self.down_proj.backward(dy)
+        if self.kind != "swiglu":
+            return self.up_proj.backward(self.act.backward(dh))
+        g, u = self._gu
+        dg = self.buffer("dg", g.shape, zero=True)
+        du = self.buffer("du", u.shape, zero=True)
+        A._swiglu_backward(*flat_views(dg, du, dh, g, u))
+        dx = self.buffer("dx", self.gate_proj._x.shape)
+        np.copyto(dx, self.gate_proj.backward(dg))
+        dx += self.up_proj.backward(du)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, {self.hidden_dim}, kind={self.kind!r}"
