@@ -6,10 +6,11 @@ from .base import Layer
 from .block import TransformerBlock
 from .embedding import Embedding
 from .feedforward import FeedForward
+from .graph import Add, Graph, Sequential
 from .linear import Linear
 from .norm import LayerNorm, RMSNorm
 
 __all__ = [
-    "GELU", "Embedding", "FeedForward", "KVCache", "Layer", "LayerNorm", "Linear", "MultiHeadAttention", "RMSNorm",
-    "ReLU", "SiLU", "Softmax", "Swish", "TransformerBlock",
+    "GELU", "Add", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",
+    "MultiHeadAttention", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
 ]

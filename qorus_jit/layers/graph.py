@@ -1,0 +1,132 @@
+"""The model graph: layers as nodes, named tensors as edges; forward in order, backward in reverse.
+
+A node runs ``layer.forward(*input tensors)`` and names its output. A tensor read by several nodes
+(a branch) gets the sum of their gradients; :class:`Add` merges two tensors (a residual). Nodes run in
+the order they were added, which must be a topological order (each input defined before it is read).
+:class:`Sequential` is the common chain.
+
+A layer with several inputs returns a tuple of input gradients from ``backward`` (``None`` for an input
+that takes no gradient, such as token ids).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer
+
+
+class Add(Layer):
+    """``y = a + b`` (a residual merge); backward gives ``dy`` to both."""
+
+    def forward(self, a, b):
+        if a.shape != b.shape:
+            raise ValueError(f"b: expected the shape of a {a.shape}, got {b.shape}")
+        y = self.buffer("y", a.shape)
+        np.add(a, b, out=y)
+        return y
+
+    def backward(self, dy):
+        return dy, dy
+
+
+class Graph(Layer):
+    """A directed acyclic graph of layers over named tensors.
+
+    >>> g = Graph(inputs=["x"], output="y")
+    >>> g.add("fc1", Linear(4, 8), "x", "h")
+    >>> g.add("act", ReLU(), "h", "a")
+    >>> g.add("fc2", Linear(8, 4), "a", "b")
+    >>> g.add("res", Add(), ["x", "b"], "y")      # y = x + fc2(relu(fc1(x)))
+    """
+
+    def __init__(self, inputs: list[str], output: str):
+        super().__init__()
+        if not inputs:
+            raise ValueError("inputs: expected at least one input name")
+        self.inputs, self.output = list(inputs), output
+        self.nodes: list[tuple[str, Layer, list[str], str]] = []
+        self._defined = set(self.inputs)
+        self._values: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, layer: Layer, inputs: str | list[str], output: str) -> Layer:
+        """Append node ``name`` computing tensor ``output`` from the named ``inputs``."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        for t in inputs:
+            if t not in self._defined:
+                raise ValueError(f"{name}: input tensor {t!r} is not defined yet (known: {sorted(self._defined)})")
+        if output in self._defined:
+            raise ValueError(f"{name}: tensor {output!r} is already defined")
+        self.add_child(name, layer)
+        self.nodes.append((name, layer, inputs, output))
+        self._defined.add(output)
+        return layer
+
+    def forward(self, *args, **named):
+        """Inputs by position (in ``inputs`` order) or by name; returns the output tensor."""
+        values = dict(zip(self.inputs, args, strict=False))
+        values.update(named)
+        missing = [n for n in self.inputs if n not in values]
+        if missing or len(values) != len(self.inputs):
+            raise ValueError(f"inputs: expected {self.inputs}, got {sorted(values)}")
+        if self.output not in self._defined:
+            raise ValueError(f"output: tensor {self.output!r} is not computed by any node")
+        for _, layer, ins, out in self.nodes:
+            values[out] = layer.forward(*(values[t] for t in ins))
+        self._values = values
+        return values[self.output]
+
+    def backward(self, dy):
+        """Gradients flow from the output back; returns the input gradient (a tuple for several inputs)."""
+        if not self._values:
+            raise RuntimeError("Graph.backward called before forward")
+        grads: dict[str, np.ndarray] = {self.output: dy}
+        owned: set[str] = set()  # gradient buffers this graph owns (safe to add into)
+        for _, layer, ins, out in reversed(self.nodes):
+            g = grads.pop(out, None)
+            if g is None:
+                continue  # this node's output does not reach the graph output
+            got = layer.backward(g)
+            got = got if isinstance(got, tuple) else (got,)
+            for t, gt in zip(ins, got, strict=True):
+                if gt is None:
+                    continue
+                if t not in grads:
+                    grads[t] = gt
+                elif t in owned:
+                    grads[t] += gt
+                else:
+                    acc = self.buffer("grad:" + t, gt.shape)
+                    np.add(grads[t], gt, out=acc)
+                    grads[t] = acc
+                    owned.add(t)
+        result = tuple(grads.get(t) for t in self.inputs)
+        return result[0] if len(result) == 1 else result
+
+    def summary(self) -> str:
+        """A table of nodes: name, layer, inputs -> output, output shape (after a forward), parameters."""
+        rows = [("node", "layer", "tensors", "output shape", "params")]
+        for name, layer, ins, out in self.nodes:
+            shape = self._values[out].shape if out in self._values else "?"
+            rows.append((name, repr(layer), f"{', '.join(ins)} -> {out}", str(shape), f"{layer.num_parameters():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.num_parameters():,}")
+        return "\n".join(lines)
+
+
+class Sequential(Graph):
+    """Layers applied one after another: ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))``.
+
+    Nodes are named ``"0"``, ``"1"``, ... unless given as ``(name, layer)`` pairs.
+    """
+
+    def __init__(self, *layers):
+        super().__init__(inputs=["x"], output="x")
+        prev = "x"
+        for i, item in enumerate(layers):
+            name, layer = item if isinstance(item, tuple) else (str(i), item)
+            self.add(name, layer, prev, f"t{i}")
+            prev = f"t{i}"
+        self.output = prev

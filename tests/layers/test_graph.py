@@ -1,0 +1,84 @@
+"""The model graph: branches sum their gradients, residual merges, Sequential, summary, errors."""
+
+import numpy as np
+import pytest
+
+from qorus_jit.layers import GELU, Add, Graph, LayerNorm, Linear, ReLU, Sequential
+from tests.helpers import assert_close, rand
+
+
+def branchy_graph():
+    """y = norm(x + fc2(gelu(fc1(x))) + fc3(x)): x is read three times, two residual merges."""
+    g = Graph(inputs=["x"], output="y")
+    g.add("fc1", Linear(6, 10, rng=0), "x", "h")
+    g.add("act", GELU("tanh"), "h", "a")
+    g.add("fc2", Linear(10, 6, rng=1), "a", "b")
+    g.add("fc3", Linear(6, 6, rng=2), "x", "c")
+    g.add("res1", Add(), ["x", "b"], "r")
+    g.add("res2", Add(), ["r", "c"], "s")
+    g.add("norm", LayerNorm(6), "s", "y")
+    return g
+
+
+def fd(loss, arr, eps=1e-2):
+    """Central differences in float32 (eps large enough for float32 rounding)."""
+    out = np.zeros(arr.shape, np.float64)
+    flat, gflat = arr.reshape(-1), out.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        lp = loss()
+        flat[i] = old - eps
+        lm = loss()
+        flat[i] = old
+        gflat[i] = (lp - lm) / (2 * eps)
+    return out
+
+
+def test_branch_and_residual_gradients_match_finite_differences():
+    g = branchy_graph()
+    rng = np.random.default_rng(3)
+    x = rand(rng, 3, 6)
+    w = rand(rng, 3, 6)
+
+    def loss():
+        return float((g.forward(x).astype(np.float64) * w).sum())
+
+    g.zero_grad()
+    g.forward(x)
+    dx = g.backward(w).copy()
+    assert_close(dx, fd(loss, x), rtol=2e-2, atol=2e-3, what="dx")
+    for name, p in g.parameters().items():
+        assert_close(g.gradients()[name], fd(loss, p), rtol=2e-2, atol=2e-3, what=name)
+
+
+def test_sequential_equals_manual_chain_and_names():
+    layers = [Linear(4, 8, rng=0), ReLU(), Linear(8, 3, rng=1)]
+    seq = Sequential(*layers)
+    x = rand(np.random.default_rng(4), 5, 4)
+    want = x @ layers[0].weight.T + layers[0].bias
+    want = np.maximum(want, 0) @ layers[2].weight.T + layers[2].bias
+    assert_close(seq.forward(x), want)
+    assert list(seq.parameters()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    named = Sequential(("embed", Linear(4, 4)), ("head", Linear(4, 2)))
+    assert list(named.parameters())[0] == "embed.weight"
+
+
+def test_summary_lists_nodes_shapes_and_counts():
+    g = branchy_graph()
+    g.forward(rand(np.random.default_rng(5), 2, 6))
+    text = g.summary()
+    assert "fc1" in text and "(2, 10)" in text and f"{g.num_parameters():,}" in text
+
+
+def test_graph_errors():
+    g = Graph(inputs=["x"], output="y")
+    with pytest.raises(ValueError, match="input tensor 'h' is not defined"):
+        g.add("fc", Linear(2, 2), "h", "y")
+    g.add("fc", Linear(2, 2), "x", "y")
+    with pytest.raises(ValueError, match="already defined"):
+        g.add("fc2", Linear(2, 2), "x", "y")
+    with pytest.raises(ValueError, match="inputs: expected"):
+        g.forward()
+    with pytest.raises(RuntimeError, match="before forward"):
+        Graph(inputs=["x"], output="x").backward(np.zeros(2, np.float32))
