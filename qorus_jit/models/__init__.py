@@ -1,5 +1,7 @@
-"""The model library: architecture configs now; models and ``load_pretrained`` follow."""
+"""The model library: architectures built from the layers through the graph, and Hugging Face folders."""
 
 from .configs import BertConfig, GPT2Config, LlamaConfig
+from .llama import Llama
+from .pretrained import load_pretrained, save_pretrained
 
-__all__ = ["BertConfig", "GPT2Config", "LlamaConfig"]
+__all__ = ["BertConfig", "GPT2Config", "Llama", "LlamaConfig", "load_pretrained", "save_pretrained"]

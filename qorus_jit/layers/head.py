@@ -1,0 +1,39 @@
+"""Language-model head tied to an embedding: ``logits = x @ embedding.weight.T``."""
+
+from __future__ import annotations
+
+from ..kernels.matmul import _linear_backward, _linear_forward
+from .base import Layer, check_input
+from .embedding import Embedding
+
+
+class TiedLMHead(Layer):
+    """``(..., dim) -> (..., vocab)`` with the weight of ``embedding``: it owns no parameter, and its
+    weight gradient accumulates into the embedding's (the tied weight is listed once, by the embedding)."""
+
+    def __init__(self, embedding: Embedding):
+        super().__init__()
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"embedding: expected an Embedding, got {type(embedding).__name__}")
+        self.embedding = embedding
+        self._x = None
+
+    def forward(self, x):
+        w = self.embedding.weight
+        V, C = w.shape
+        check_input("x", x, C)
+        y = self.buffer("y", x.shape[:-1] + (V,))
+        _linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("TiedLMHead.backward called before forward")
+        w = self.embedding.weight
+        V, C = w.shape
+        check_input("dy", dy, V)
+        dx = self.buffer("dx", self._x.shape, zero=True)
+        _linear_backward(dx.reshape(-1, C), self.embedding.gradients()["weight"], None, dy.reshape(-1, V),
+                         self._x.reshape(-1, C), w)
+        return dx
