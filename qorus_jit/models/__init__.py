@@ -2,6 +2,7 @@
 
 from .configs import BertConfig, GPT2Config, LlamaConfig
 from .llama import Llama
+from .mlp import MLP
 from .pretrained import load_pretrained, save_pretrained
 
-__all__ = ["BertConfig", "GPT2Config", "Llama", "LlamaConfig", "load_pretrained", "save_pretrained"]
+__all__ = ["BertConfig", "GPT2Config", "Llama", "LlamaConfig", "MLP", "load_pretrained", "save_pretrained"]
