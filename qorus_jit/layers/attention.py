@@ -36,13 +36,16 @@ class MultiHeadAttention(Layer):
 
     ``n_kv_heads`` < ``n_heads`` is grouped-query attention. ``causal`` masks future keys (decoders);
     ``rope`` is ``None``, ``"rotate_half"`` (Hugging Face Llama) or ``"interleaved"`` (llama2.c). ``bias``
-    puts biases on q/k/v, ``out_bias`` on the output projection. Children are named ``q_proj``,
-    ``k_proj``, ``v_proj`` and ``o_proj`` (Hugging Face Llama naming; checkpoint loaders map other names).
+    puts biases on q/k/v, ``out_bias`` on the output projection. ``fused_qkv`` computes q, k and v with one
+    projection (GPT-2's ``c_attn``, rows ordered q, k, v). Children are named ``q_proj``, ``k_proj``,
+    ``v_proj`` (or ``qkv_proj`` when fused) and ``o_proj``; ``names`` renames them to follow another
+    architecture's checkpoint names, e.g. ``{"qkv_proj": "c_attn", "o_proj": "c_proj"}``.
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, causal: bool = True,
                  rope: str | None = None, rope_theta: float = 10000.0, max_seq_len: int = 2048,
-                 bias: bool = False, out_bias: bool = False, rng=None):
+                 bias: bool = False, out_bias: bool = False, fused_qkv: bool = False, names: dict | None = None,
+                 rng=None):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         check_positive(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, max_seq_len=max_seq_len)
@@ -56,10 +59,16 @@ class MultiHeadAttention(Layer):
         self.head_dim = D = dim // n_heads
         self.causal, self.rope, self.max_seq_len = bool(causal), rope, max_seq_len
         rng = np.random.default_rng(rng)
-        self.q_proj = self.add_child("q_proj", Linear(dim, n_heads * D, bias=bias, rng=rng))
-        self.k_proj = self.add_child("k_proj", Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
-        self.v_proj = self.add_child("v_proj", Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
-        self.o_proj = self.add_child("o_proj", Linear(n_heads * D, dim, bias=out_bias, rng=rng))
+        names = {**{k: k for k in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")}, **(names or {})}
+        self.fused_qkv = bool(fused_qkv)
+        if self.fused_qkv:
+            self.qkv_proj = self.add_child(names["qkv_proj"], Linear(dim, (n_heads + 2 * n_kv_heads) * D, bias=bias,
+                                                                     rng=rng))
+        else:
+            self.q_proj = self.add_child(names["q_proj"], Linear(dim, n_heads * D, bias=bias, rng=rng))
+            self.k_proj = self.add_child(names["k_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
+            self.v_proj = self.add_child(names["v_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
+        self.o_proj = self.add_child(names["o_proj"], Linear(n_heads * D, dim, bias=out_bias, rng=rng))
         self.cos = self.sin = None
         if rope is not None:
             self.cos, self.sin = R.rope_cache(max_seq_len, D, rope_theta)
@@ -69,9 +78,16 @@ class MultiHeadAttention(Layer):
         """q (B, T, H, D), k, v (B, T, Hkv, D) for positions pos .. pos + T - 1 (RoPE applied in place)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj.forward(x).reshape(B, T, H, D)
-        k = self.k_proj.forward(x).reshape(B, T, Hkv, D)
-        v = self.v_proj.forward(x).reshape(B, T, Hkv, D)
+        if self.fused_qkv:
+            qkv = self.qkv_proj.forward(x)
+            q, k, v = (self.buffer(n, (B, T, h, D)) for n, h in (("q", H), ("k", Hkv), ("v", Hkv)))
+            np.copyto(q, qkv[..., :H * D].reshape(B, T, H, D))
+            np.copyto(k, qkv[..., H * D:(H + Hkv) * D].reshape(B, T, Hkv, D))
+            np.copyto(v, qkv[..., (H + Hkv) * D:].reshape(B, T, Hkv, D))
+        else:
+            q = self.q_proj.forward(x).reshape(B, T, H, D)
+            k = self.k_proj.forward(x).reshape(B, T, Hkv, D)
+            v = self.v_proj.forward(x).reshape(B, T, Hkv, D)
         if self.rope is not None:
             inter = self.rope == "interleaved"
             R.rope_forward(q, q, self.cos, self.sin, pos, inter)
@@ -126,6 +142,13 @@ class MultiHeadAttention(Layer):
             R.rope_backward(dq_raw, dq, self.cos, self.sin, 0, inter)
             R.rope_backward(dk_raw, dk, self.cos, self.sin, 0, inter)
             dq, dk = dq_raw, dk_raw
+        if self.fused_qkv:
+            H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+            dqkv = self.buffer("dqkv", (B, T, (H + 2 * Hkv) * D))
+            dqkv[..., :H * D] = dq.reshape(B, T, -1)
+            dqkv[..., H * D:(H + Hkv) * D] = dk.reshape(B, T, -1)
+            dqkv[..., (H + Hkv) * D:] = dv.reshape(B, T, -1)
+            return self.qkv_proj.backward(dqkv)
         dx = self.buffer("dx", x.shape)
         np.copyto(dx, self.q_proj.backward(dq.reshape(B, T, -1)))
         dx += self.k_proj.backward(dk.reshape(B, T, -1))

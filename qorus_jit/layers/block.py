@@ -17,14 +17,16 @@ class TransformerBlock(Layer):
     Post-norm (BERT): ``h = norm1(x + attn(x))``, ``y = norm2(h + mlp(h))``.
     ``norm`` is ``"rms"`` or ``"layer"``; ``mlp`` a :class:`FeedForward` kind; the attention options are
     those of :class:`MultiHeadAttention`. Children: ``input_layernorm``, ``self_attn``,
-    ``post_attention_layernorm``, ``mlp`` (Hugging Face Llama naming).
+    ``post_attention_layernorm``, ``mlp`` (Hugging Face Llama naming); ``names``, ``attn_names`` and
+    ``mlp_names`` rename the block's, the attention's and the MLP's children (GPT-2: ``ln_1``, ``attn``, ...).
     """
 
     def __init__(self, dim: int, n_heads: int, hidden_dim: int, n_kv_heads: int | None = None, *,
                  norm: str = "rms", norm_eps: float = 1e-5, prenorm: bool = True, mlp: str = "swiglu",
                  mlp_bias: bool = False, causal: bool = True, rope: str | None = "rotate_half",
                  rope_theta: float = 10000.0, max_seq_len: int = 2048, attn_bias: bool = False,
-                 out_bias: bool = False, rng=None):
+                 out_bias: bool = False, fused_qkv: bool = False, names: dict | None = None,
+                 attn_names: dict | None = None, mlp_names: dict | None = None, rng=None):
         super().__init__()
         if norm not in ("rms", "layer"):
             raise ValueError(f"norm: expected 'rms' or 'layer', got {norm!r}")
@@ -33,13 +35,16 @@ class TransformerBlock(Layer):
         def make_norm():
             return RMSNorm(dim, norm_eps) if norm == "rms" else LayerNorm(dim, norm_eps)
 
+        names = {**{k: k for k in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")},
+                 **(names or {})}
         self.prenorm = bool(prenorm)
-        self.input_layernorm = self.add_child("input_layernorm", make_norm())
-        self.self_attn = self.add_child("self_attn", MultiHeadAttention(
+        self.input_layernorm = self.add_child(names["input_layernorm"], make_norm())
+        self.self_attn = self.add_child(names["self_attn"], MultiHeadAttention(
             dim, n_heads, n_kv_heads, causal=causal, rope=rope, rope_theta=rope_theta, max_seq_len=max_seq_len,
-            bias=attn_bias, out_bias=out_bias, rng=rng))
-        self.post_attention_layernorm = self.add_child("post_attention_layernorm", make_norm())
-        self.mlp = self.add_child("mlp", FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, rng=rng))
+            bias=attn_bias, out_bias=out_bias, fused_qkv=fused_qkv, names=attn_names, rng=rng))
+        self.post_attention_layernorm = self.add_child(names["post_attention_layernorm"], make_norm())
+        self.mlp = self.add_child(names["mlp"], FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, names=mlp_names,
+                                                            rng=rng))
 
     def forward(self, x, key_mask=None, cache: KVCache | None = None):
         """``key_mask`` and ``cache`` as in :meth:`MultiHeadAttention.forward`."""

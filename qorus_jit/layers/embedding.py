@@ -40,3 +40,37 @@ class Embedding(Layer):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.dim}"
+
+
+class PositionEmbedding(Layer):
+    """Learned positions: ``y = x + weight[pos : pos + T]`` for ``x (B, T, dim)`` (GPT-2's ``wpe``, BERT's
+    ``position_embeddings``). ``pos`` (default 0) is the first position, for decoding after a cache."""
+
+    def __init__(self, max_positions: int, dim: int, rng=None):
+        super().__init__()
+        check_positive(max_positions=max_positions, dim=dim)
+        self.max_positions, self.dim = max_positions, dim
+        self.weight = self.add_parameter("weight", np.random.default_rng(rng).standard_normal((max_positions, dim)))
+        self._span = None
+
+    def forward(self, x, pos: int = 0):
+        check_input("x", x, self.dim, min_ndim=3)
+        T = x.shape[-2]
+        if pos < 0 or pos + T > self.max_positions:
+            raise ValueError(f"x: positions {pos}..{pos + T - 1} exceed max_positions = {self.max_positions}")
+        y = self.buffer("y", x.shape)
+        np.add(x, self.weight[pos:pos + T], out=y)
+        self._span = (pos, T, x.shape)
+        return y
+
+    def backward(self, dy):
+        if self._span is None:
+            raise RuntimeError("PositionEmbedding.backward called before forward")
+        pos, T, shape = self._span
+        if dy.shape != shape:
+            raise ValueError(f"dy: expected shape {shape}, got {dy.shape}")
+        self._grads["weight"][pos:pos + T] += dy.reshape(-1, T, self.dim).sum(axis=0)
+        return dy
+
+    def extra_repr(self) -> str:
+        return f"{self.max_positions}, {self.dim}"

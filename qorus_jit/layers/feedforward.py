@@ -18,20 +18,23 @@ class FeedForward(Layer):
 
     ``kind="swiglu"``: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Llama); otherwise
     ``down_proj(act(up_proj(x)))`` with ``act`` GELU (exact or tanh) or ReLU. Children are named after
-    Hugging Face Llama (``gate_proj``, ``up_proj``, ``down_proj``); checkpoint loaders map other names.
+    Hugging Face Llama (``gate_proj``, ``up_proj``, ``down_proj``); ``names`` renames them, e.g.
+    ``{"up_proj": "c_fc", "down_proj": "c_proj"}`` for GPT-2.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, kind: str = "swiglu", bias: bool = False, rng=None):
+    def __init__(self, dim: int, hidden_dim: int, kind: str = "swiglu", bias: bool = False, names: dict | None = None,
+                 rng=None):
         super().__init__()
         check_positive(dim=dim, hidden_dim=hidden_dim)
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
         self.dim, self.hidden_dim, self.kind = dim, hidden_dim, kind
         rng = np.random.default_rng(rng)
+        names = {**{k: k for k in ("gate_proj", "up_proj", "down_proj")}, **(names or {})}
         if kind == "swiglu":
-            self.gate_proj = self.add_child("gate_proj", Linear(dim, hidden_dim, bias=bias, rng=rng))
-        self.up_proj = self.add_child("up_proj", Linear(dim, hidden_dim, bias=bias, rng=rng))
-        self.down_proj = self.add_child("down_proj", Linear(hidden_dim, dim, bias=bias, rng=rng))
+            self.gate_proj = self.add_child(names["gate_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
+        self.up_proj = self.add_child(names["up_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
+        self.down_proj = self.add_child(names["down_proj"], Linear(hidden_dim, dim, bias=bias, rng=rng))
         if kind != "swiglu":
             self.act = ReLU() if kind == "relu" else GELU("tanh" if kind == "gelu_tanh" else "none")
 

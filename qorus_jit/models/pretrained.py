@@ -5,26 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..hf import check_tensors, config_from_hf, read_hf_folder, write_hf_folder
-from .configs import LlamaConfig
+from . import gpt2
+from .configs import GPT2Config, LlamaConfig
 from .llama import Llama
 
 
 def load_pretrained(path):
     """Read a Hugging Face folder (``config.json`` + safetensors, sharded or not) into the matching model.
 
-    Supported: ``LlamaForCausalLM``. Errors name the file and the tensor.
+    Supported: ``LlamaForCausalLM`` and ``GPT2LMHeadModel``. Errors name the file and the tensor.
     """
     hf_config, tensors = read_hf_folder(path)
     config = config_from_hf(hf_config)
     params = check_tensors(config, tensors, source=str(path))
     if isinstance(config, LlamaConfig):
         model = Llama(config)
+    elif isinstance(config, GPT2Config):
+        model, params = gpt2.GPT2(config), gpt2.from_hf_tensors(params)
     else:
-        raise ValueError(f"{path}: {type(config).__name__} models are not built yet (supported: Llama)")
+        raise ValueError(f"{path}: {type(config).__name__} models are not built yet (supported: Llama, GPT-2)")
     model.load_parameters(params)
     return model
 
 
 def save_pretrained(model, path) -> None:
     """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``), atomically."""
-    write_hf_folder(Path(path), model.config.to_hf(), model.parameters())
+    params = model.parameters()
+    if isinstance(model.config, GPT2Config):
+        params = gpt2.to_hf_tensors(params)
+    write_hf_folder(Path(path), model.config.to_hf(), params)
