@@ -39,7 +39,7 @@ class Layer:
         return arr
 
     def add_child(self, name: str, layer: Layer) -> Layer:
-        """Register a sub-layer; its parameters appear under ``name.``."""
+        """Register a sub-layer; its parameters appear under ``name.`` (or unprefixed if ``name`` is "")."""
         if not isinstance(layer, Layer):
             raise TypeError(f"{name}: expected a Layer, got {type(layer).__name__}")
         self._children[name] = layer
@@ -72,14 +72,14 @@ class Layer:
         """Ordered ``{dotted name: parameter}`` of this layer and its children."""
         out = {prefix + k: v for k, v in self._params.items()}
         for name, child in self._children.items():
-            out.update(child.parameters(f"{prefix}{name}."))
+            out.update(child.parameters(f"{prefix}{name}." if name else prefix))
         return out
 
     def gradients(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Ordered ``{dotted name: gradient}``, the same keys as :meth:`parameters`."""
         out = {prefix + k: v for k, v in self._grads.items()}
         for name, child in self._children.items():
-            out.update(child.gradients(f"{prefix}{name}."))
+            out.update(child.gradients(f"{prefix}{name}." if name else prefix))
         return out
 
     def zero_grad(self) -> None:

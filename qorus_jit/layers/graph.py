@@ -6,7 +6,8 @@ the order they were added, which must be a topological order (each input defined
 :class:`Sequential` is the common chain.
 
 A layer with several inputs returns a tuple of input gradients from ``backward`` (``None`` for an input
-that takes no gradient, such as token ids).
+that takes no gradient, such as token ids); inputs past the end of what it returns (a padding mask read
+by an attention block) take no gradient.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Graph(Layer):
                 continue  # this node's output does not reach the graph output
             got = layer.backward(g)
             got = got if isinstance(got, tuple) else (got,)
-            for t, gt in zip(ins, got, strict=True):
+            for t, gt in zip(ins, got, strict=False):
                 if gt is None:
                     continue
                 if t not in grads:

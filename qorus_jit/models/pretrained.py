@@ -6,14 +6,16 @@ from pathlib import Path
 
 from ..hf import check_tensors, config_from_hf, read_hf_folder, write_hf_folder
 from . import gpt2
-from .configs import GPT2Config, LlamaConfig
+from .bert import POOLER, Bert
+from .configs import BertConfig, GPT2Config, LlamaConfig
 from .llama import Llama
 
 
 def load_pretrained(path):
     """Read a Hugging Face folder (``config.json`` + safetensors, sharded or not) into the matching model.
 
-    Supported: ``LlamaForCausalLM`` and ``GPT2LMHeadModel``. Errors name the file and the tensor.
+    Supported: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` and ``BertModel`` (its pooler is skipped).
+    Errors name the file and the tensor.
     """
     hf_config, tensors = read_hf_folder(path)
     config = config_from_hf(hf_config)
@@ -22,8 +24,10 @@ def load_pretrained(path):
         model = Llama(config)
     elif isinstance(config, GPT2Config):
         model, params = gpt2.GPT2(config), gpt2.from_hf_tensors(params)
+    elif isinstance(config, BertConfig):
+        model, params = Bert(config), {k: v for k, v in params.items() if k not in POOLER}
     else:
-        raise ValueError(f"{path}: {type(config).__name__} models are not built yet (supported: Llama, GPT-2)")
+        raise ValueError(f"{path}: {type(config).__name__} models are not supported")
     model.load_parameters(params)
     return model
 
