@@ -14,9 +14,14 @@ of the ``S`` keys, so ``T == S`` is ordinary causal self-attention and ``T < S``
 ``S - T`` cached positions. ``key_mask`` ``(B, S)`` (bool or integer, nonzero = attend) drops padding
 keys. A row with no attended key gets ``out = 0``, ``lse = -inf`` and zero gradients.
 
-The kernels never build a ``(T, S)`` score or mask matrix: each thread keeps the scores of one block of
-``_R`` query rows over the keys, plus a transposed copy of the V rows (forward, one per call) or of a
-block of K rows (backward) so that the long loops run over keys with contiguous loads. Backward
+The kernels never build a ``(T, S)`` score or mask matrix. Every product (scores ``q k^T``, ``p v``, and in
+backward ``dout v^T``, ``ds k``, ``p^T dout``, ``ds^T q``) runs through one register tile, :func:`_tile`:
+4 rows by 16 columns of the result stay in registers over the whole contraction, each step broadcasting 4
+values of one operand against 16 consecutive values of the other, vectorized along the result's columns
+(keys, or head dimensions), so no product needs a horizontal sum. The operand read 16 wide is packed first
+into zero-padded scratch: K^T in tiles of 16 keys and V padded to whole tiles (forward, once per call), the
+same for a block of ``_KB`` keys (backward), and q, dout packed per head (backward). Forward keeps the
+scores of 4 query rows over their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
 recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T), flash-attention style.
 """
 
@@ -26,7 +31,11 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
 from .._check import (
     check_arrays,
@@ -41,14 +50,82 @@ from .._check import (
 from ..config import kernel
 from ._math import exp
 
-_R = 4  # query rows per register block (the micro-kernels below are unrolled for 4)
+_R = 4  # rows of a register tile (query rows, or keys in the dK, dV products)
+_W = 16  # columns of a register tile (keys, or head dimensions): two ymm registers of float32
 _ROWS = 32  # query rows per forward work item
 _KEYS = 64  # smallest key chunk per backward work item
-_KB = 128  # keys per backward block (their K, dK, dV rows stay in L2 while all query rows pass)
+_KB = 64  # keys per backward block (their K, V, dK, dV rows stay in L1/L2 while the query rows pass)
+_TB = 64  # query rows per backward block (the contraction length of the dK, dV tiles)
 
 
 # ---------------------------------------------------------------------------------------------------
-# micro-kernels (serial; called inside the prange bodies)
+# register tile (the one place where the products are computed)
+
+
+@intrinsic
+def _tile(typingctx, C, ci, ldc, A, ai, a_rs, a_cs, B, bi, ldb, L, add):
+    """One 4 x 16 tile of a product over flat element offsets into the data of C, A and B::
+
+        C[ci + i * ldc + j] (+)= sum_{c < L} A[ai + i * a_rs + c * a_cs] * B[bi + c * ldb + j],  i < 4, j < 16
+
+    (``+=`` if ``add``, else ``=``). The 4 x 16 sums stay in registers (8 ymm for float32) over the whole
+    contraction: each step loads 16 consecutive B values, broadcasts 4 A values and issues the fused
+    multiply-adds, with no horizontal sum. LLVM's loop vectorizer (numba runs no SLP vectorizer) would
+    rather vectorize such a loop along the contraction, so the tile is written in vector IR directly.
+    Offsets are trusted: the caller pads its scratch so that every access is in bounds.
+    """
+    for t in (C, A, B):
+        if not isinstance(t, types.Array) or not isinstance(t.dtype, types.Float) or t.dtype != C.dtype:
+            raise TypingError(f"_tile: C, A and B must be float arrays of one dtype, got {C}, {A}, {B}")
+    i64 = types.int64
+
+    def codegen(context, builder, sig, args):
+        c, ci, ldc, a, ai, a_rs, a_cs, b, bi, ldb, n, add = args
+        cp, ap, bp = (context.make_array(t)(context, builder, v).data
+                      for t, v in ((sig.args[0], c), (sig.args[3], a), (sig.args[7], b)))
+        dtype = sig.args[0].dtype
+        elt = context.get_value_type(dtype)
+        vty = ir.VectorType(elt, _W)
+        align = dtype.bitwidth // 8
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                             f"llvm.fmuladd.v{_W}f{dtype.bitwidth}")
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), _W), [0] * _W)
+        zero32 = ir.Constant(ir.IntType(32), 0)
+
+        def vec(base, off):
+            return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+
+        acc, arow, crow = [], [], []
+        for i in range(_R):
+            ii = ir.Constant(ldc.type, i)
+            crow.append(vec(cp, builder.add(ci, builder.mul(ldc, ii))))
+            arow.append(builder.add(ai, builder.mul(a_rs, ii)))
+            slot = cgutils.alloca_once(builder, vty)
+            builder.store(builder.select(add, builder.load(crow[i], align=align), ir.Constant(vty, None)), slot)
+            acc.append(slot)
+        with cgutils.for_range(builder, n) as loop:
+            y = builder.load(vec(bp, builder.add(bi, builder.mul(loop.index, ldb))), align=align)
+            ac = builder.mul(loop.index, a_cs)
+            for i in range(_R):
+                x = builder.load(builder.gep(ap, [builder.add(arow[i], ac)]), align=align)
+                xs = builder.shuffle_vector(builder.insert_element(undef, x, zero32), undef, splat)
+                builder.store(builder.call(fma, [xs, y, builder.load(acc[i])]), acc[i])
+        for i in range(_R):
+            builder.store(builder.load(acc[i]), crow[i], align=align)
+        return context.get_dummy_value()
+
+    return types.void(C, i64, i64, A, i64, i64, i64, B, i64, i64, i64, types.boolean), codegen
+
+
+# ---------------------------------------------------------------------------------------------------
+# row helpers (serial; called inside the prange bodies)
+
+
+@kernel
+def _ceil(n, m):
+    """n rounded up to a multiple of m."""
+    return (n + m - 1) // m * m
 
 
 @kernel
@@ -65,7 +142,7 @@ def _exp_row(x, n, scale, shift):
 @kernel
 def _row_max(x, n):
     """max(x[:n]) (-inf if n == 0), eight independent running maxima; x (>= n,)."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = type(x[0])(-np.inf)  # in x's dtype: no float64 round trip
     n8 = n - n % 8
     for j in range(0, n8, 8):
         m0, m1, m2, m3 = max(m0, x[j]), max(m1, x[j + 1]), max(m2, x[j + 2]), max(m3, x[j + 3])
@@ -73,81 +150,6 @@ def _row_max(x, n):
     for j in range(n8, n):
         m0 = max(m0, x[j])
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-
-
-@kernel
-def _dot4(sc, x0, x1, x2, x3, k, b, hk, s_lo, n, zero):
-    """sc[r, j] = x_r . k[b, s_lo + j, hk] for r < 4, j < n; x_r (D,), k (B, S, Hkv, D), sc (4, >= n)."""
-    D = x0.shape[0]
-    for j in range(0, n, 2):
-        j1 = min(j + 1, n - 1)  # two keys per pass; an odd tail repeats the last key
-        kr, ks = k[b, s_lo + j, hk], k[b, s_lo + j1, hk]
-        a0, a1, a2, a3 = zero, zero, zero, zero
-        e0, e1, e2, e3 = zero, zero, zero, zero
-        for d in range(D):
-            kd, ke = kr[d], ks[d]
-            a0 += x0[d] * kd
-            a1 += x1[d] * kd
-            a2 += x2[d] * kd
-            a3 += x3[d] * kd
-            e0 += x0[d] * ke
-            e1 += x1[d] * ke
-            e2 += x2[d] * ke
-            e3 += x3[d] * ke
-        sc[0, j], sc[1, j], sc[2, j], sc[3, j] = a0, a1, a2, a3
-        sc[0, j1], sc[1, j1], sc[2, j1], sc[3, j1] = e0, e1, e2, e3
-
-
-@kernel
-def _sdot4(o, w, xt, n, zero):
-    """o[r, d] = sum_j w[r, j] * xt[d, j] over j < n; w (4, >= n), xt (D, >= n), o (4, D)."""
-    D = xt.shape[0]
-    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-    for d in range(0, D, 2):
-        d1 = min(d + 1, D - 1)  # two columns per pass; an odd tail repeats the last one
-        xd, xe = xt[d], xt[d1]
-        a0, a1, a2, a3 = zero, zero, zero, zero
-        e0, e1, e2, e3 = zero, zero, zero, zero
-        for j in range(n):
-            x, y = xd[j], xe[j]
-            a0 += w0[j] * x
-            a1 += w1[j] * x
-            a2 += w2[j] * x
-            a3 += w3[j] * x
-            e0 += w0[j] * y
-            e1 += w1[j] * y
-            e2 += w2[j] * y
-            e3 += w3[j] * y
-        o[0, d], o[1, d], o[2, d], o[3, d] = a0, a1, a2, a3
-        o[0, d1], o[1, d1], o[2, d1], o[3, d1] = e0, e1, e2, e3
-
-
-@kernel
-def _rank4(acc, x0, x1, x2, x3, w, n):
-    """acc[d, j] += sum_r x_r[d] * w[r, j] for j < n; acc (D, >= n), x_r (D,), w (4, >= n)."""
-    D = acc.shape[0]
-    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-    for d in range(0, D - 1, 2):
-        c0, c1, c2, c3 = x0[d], x1[d], x2[d], x3[d]
-        f0, f1, f2, f3 = x0[d + 1], x1[d + 1], x2[d + 1], x3[d + 1]
-        ad, ae = acc[d], acc[d + 1]
-        for j in range(n):
-            p0, p1, p2, p3 = w0[j], w1[j], w2[j], w3[j]
-            ad[j] += c0 * p0 + c1 * p1 + c2 * p2 + c3 * p3
-            ae[j] += f0 * p0 + f1 * p1 + f2 * p2 + f3 * p3
-    if D % 2 == 1:
-        c0, c1, c2, c3 = x0[D - 1], x1[D - 1], x2[D - 1], x3[D - 1]
-        ad = acc[D - 1]
-        for j in range(n):
-            ad[j] += c0 * w0[j] + c1 * w1[j] + c2 * w2[j] + c3 * w3[j]
-
-
-@kernel
-def _transpose_rows(xt, x, b, hk, s_lo, n):
-    """xt[d, j] = x[b, s_lo + j, hk, d] for j < n; x (B, S, Hkv, D), xt (D, >= n)."""
-    for d in range(xt.shape[0]):
-        for j in range(n):
-            xt[d, j] = x[b, s_lo + j, hk, d]
 
 
 @kernel
@@ -168,6 +170,32 @@ def _mask_row(sc, r, n_r, n, mask, b):
                 sc[r, j] = -np.inf
 
 
+@kernel
+def _pack_t(xt, x, b, hk, s_lo, n):
+    """xt (ceil(n / 16), D, 16) = rows s_lo..s_lo+n-1 of x[b, :, hk] (B, S, Hkv, D) transposed in tiles of 16
+    rows, zero padded: xt[j // 16, d, j % 16] = x[b, s_lo + j, hk, d]."""
+    D = x.shape[3]
+    for j0 in range(0, n, _W):
+        xj = xt[j0 // _W]
+        for j in range(j0, min(n, j0 + _W)):
+            xr = x[b, s_lo + j, hk]
+            for d in range(D):
+                xj[d, j - j0] = xr[d]
+    if n % _W != 0:
+        xt[n // _W, :, n % _W:] = 0
+
+
+@kernel
+def _pack_rows(xp, x, b, hk, s_lo, n):
+    """xp[j, :D] = x[b, s_lo + j, hk] for j < n and xp[j, D:] = 0; xp (>= n, >= D), x (B, S, Hkv, D)."""
+    D = x.shape[3]
+    for j in range(n):
+        xr, xj = x[b, s_lo + j, hk], xp[j]
+        for d in range(D):
+            xj[d] = xr[d]
+        xj[D:] = 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # forward
 
@@ -178,10 +206,14 @@ def _attention_forward(out, lse, q, k, v, mask, causal, scale):
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
-    zero = scale - scale
-    vt = np.empty((B, Hkv, D, S), q.dtype)  # v transposed once, read by every query row of the group
+    S16, D16 = _ceil(S, _W), _ceil(D, _W)
+    # per (batch, kv head), read by every query row of the group: K^T (keys along rows), V padded to D16
+    kt = np.empty((B, Hkv, S16 // _W, D, _W), q.dtype)
+    vp = np.empty((B, Hkv, S, D16), q.dtype)
     for bh in prange(B * Hkv):
-        _transpose_rows(vt[bh // Hkv, bh % Hkv], v, bh // Hkv, bh % Hkv, 0, S)
+        b, hk = bh // Hkv, bh % Hkv
+        _pack_t(kt[b, hk], k, b, hk, 0, S)
+        _pack_rows(vp[b, hk], v, b, hk, 0, S)
     nch = (T + _ROWS - 1) // _ROWS
     for it in prange(B * H * nch):
         b = it // (H * nch)
@@ -197,31 +229,38 @@ def _attention_forward(out, lse, q, k, v, mask, causal, scale):
                 out[b, t, h, :] = 0
                 lse[b, h, t] = -np.inf
             continue
-        sc = np.empty((_R, n_hi), q.dtype)
-        o = np.empty((_R, D), q.dtype)
+        ktb, vpb = kt[b, hk], vp[b, hk]
+        ld = _ceil(n_hi, _W)
+        qs = np.zeros((_ROWS, D), q.dtype)  # the chunk's query rows; rows past t_hi stay zero
+        for t in range(t_lo, t_hi):
+            qs[t - t_lo] = q[b, t, h]
+        sc = np.empty((_R, ld), q.dtype)
+        o = np.empty((_R, D16), q.dtype)
         m = np.empty(_R, q.dtype)
         lsum = np.empty(_R, q.dtype)
         for t0 in range(t_lo, t_hi, _R):
-            t3 = min(t0 + 3, t_hi - 1)
+            t3 = min(t0 + _R - 1, t_hi - 1)
             n = _key_limit(t3, T, S, causal)
             if n <= 0:
                 for t in range(t0, t3 + 1):
                     out[b, t, h, :] = 0
                     lse[b, h, t] = -np.inf
                 continue
-            _dot4(sc, q[b, min(t0, t3), h], q[b, min(t0 + 1, t3), h], q[b, min(t0 + 2, t3), h], q[b, t3, h],
-                  k, b, hk, 0, n, zero)
+            for j0 in range(0, n, _W):  # scores of the 4 rows: sc = q K^T
+                _tile(sc, j0, ld, qs, (t0 - t_lo) * D, D, 1, ktb, j0 * D, _W, D, False)
+            n16 = _ceil(n, _W)  # the rows run over whole tiles (no scalar remainder loops); -inf past n
             for r in range(_R):
-                _mask_row(sc, r, _key_limit(min(t0 + r, t3), T, S, causal), n, mask, b)
-                mx = _row_max(sc[r], n)
+                _mask_row(sc, r, _key_limit(min(t0 + r, t3), T, S, causal), n16, mask, b)
+                mx = _row_max(sc[r], n16)
                 if mx == -np.inf:
                     sc[r, :n] = 0
                     m[r] = -np.inf
                     lsum[r] = 0
                 else:
                     m[r] = scale * mx
-                    lsum[r] = _exp_row(sc[r], n, scale, m[r])
-            _sdot4(o, sc, vt[b, hk], n, zero)
+                    lsum[r] = _exp_row(sc[r], n16, scale, m[r])
+            for d0 in range(0, D, _W):  # o = p V
+                _tile(o, d0, D16, sc, 0, ld, 1, vpb, d0, D16, n, False)
             for r in range(t3 - t0 + 1):
                 t = t0 + r
                 if lsum[r] > 0:
@@ -256,63 +295,86 @@ def _key_bounds(nj, T, S, causal):
 
 
 @kernel
-def _backward_keys(g_dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, b, hk, s_lo, s_hi):
-    """g_dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients via keys s_lo..s_hi-1 of kv head hk, batch b."""
-    T, H, D = q.shape[1], q.shape[2], q.shape[3]
+def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk, s_lo, s_hi):
+    """g_dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients via keys s_lo..s_hi-1 of kv head hk, batch b.
+
+    qp, dop (B, H, T4, D16): q and dout packed per head, zero padded; di (B, H, T4): D_t = dout[t] . out[t].
+    """
+    H, T = lse.shape[1], lse.shape[2]
+    D = k.shape[3]
     S, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
-    zero = scale - scale
+    D16 = qp.shape[3]
     nk = s_hi - s_lo
-    kt = np.empty((D, nk), q.dtype)
-    _transpose_rows(kt, k, b, hk, s_lo, nk)
-    dkt = np.zeros((D, nk), q.dtype)
-    dvt = np.zeros((D, nk), q.dtype)
-    p = np.empty((_R, nk), q.dtype)
-    ds = np.empty((_R, nk), q.dtype)
-    dqb = np.empty((_R, D), q.dtype)
+    ld = _ceil(nk, _W)
+    # the block's keys: K^T and V^T (score and dp tiles run along keys), K padded to D16 (dq tiles)
+    kt = np.empty((ld // _W, D, _W), qp.dtype)
+    vt = np.empty((ld // _W, D, _W), qp.dtype)
+    kp = np.empty((nk, D16), qp.dtype)
+    _pack_t(kt, k, b, hk, s_lo, nk)
+    _pack_t(vt, v, b, hk, s_lo, nk)
+    _pack_rows(kp, k, b, hk, s_lo, nk)
+    dka = np.zeros((ld, D16), qp.dtype)  # dk, dv of the block's keys, rows padded to whole tiles
+    dva = np.zeros((ld, D16), qp.dtype)
+    p = np.empty((_TB, ld), qp.dtype)  # probabilities and ds of a row block over the block's keys
+    ds = np.empty((_TB, ld), qp.dtype)
+    dqs = np.empty((_R, D16), qp.dtype)
     t_min = max(0, s_lo - (S - T)) if causal else 0
+    t_min -= t_min % _R  # whole 4-row tiles stay inside the T4 packed rows
     for h in range(hk * G, hk * G + G):
-        for t0 in range(t_min, T, _R):
-            t3 = min(t0 + 3, T - 1)
-            n = min(s_hi, _key_limit(t3, T, S, causal)) - s_lo
-            q0, q1, q2, q3 = q[b, t0, h], q[b, min(t0 + 1, t3), h], q[b, min(t0 + 2, t3), h], q[b, t3, h]
-            g0, g1 = dout[b, t0, h], dout[b, min(t0 + 1, t3), h]
-            g2, g3 = dout[b, min(t0 + 2, t3), h], dout[b, t3, h]
-            _dot4(p, q0, q1, q2, q3, k, b, hk, s_lo, n, zero)
-            _dot4(ds, g0, g1, g2, g3, v, b, hk, s_lo, n, zero)
-            for r in range(_R):
-                t = t0 + r
-                if t > t3 or lse[b, h, t] == -np.inf:
-                    p[r, :n] = 0
-                    ds[r, :n] = 0
+        qs, dos, dih = qp[b, h], dop[b, h], di[b, h]
+        for tb in range(t_min, T, _TB):
+            nt = min(T, tb + _TB) - tb
+            for r0 in range(0, nt, _R):
+                n = min(nk, _key_limit(min(tb + r0 + _R - 1, T - 1), T, S, causal) - s_lo)
+                if n <= 0:
+                    p[r0:r0 + _R] = 0
+                    ds[r0:r0 + _R] = 0
                     continue
-                # D_t = dout[t] . out[t]
-                di = zero
-                for d in range(D):
-                    di += dout[b, t, h, d] * out[b, t, h, d]
-                # p = exp(scale * q.k - lse), 0 on masked keys
-                n_r = _key_limit(t, T, S, causal) - s_lo
-                for j in range(max(n_r, 0), n):
-                    p[r, j] = -np.inf
-                if mask.shape[0] > 0:
-                    for j in range(min(n_r, n)):
-                        if mask[b, s_lo + j] == 0:
-                            p[r, j] = -np.inf
-                _exp_row(p[r], n, scale, lse[b, h, t])
-                # ds = p * (dp - D_t), times scale for dq and dk (the score is scale * q.k)
-                for j in range(n):
-                    ds[r, j] = scale * p[r, j] * (ds[r, j] - di)
-            # dv[s] += sum_t p[t, s] dout[t];  dk[s] += sum_t ds[t, s] q[t];  dq[t] += sum_s ds[t, s] k[s]
-            _rank4(dvt, g0, g1, g2, g3, p, n)
-            _rank4(dkt, q0, q1, q2, q3, ds, n)
-            _sdot4(dqb, ds, kt, n, zero)
-            for r in range(t3 - t0 + 1):
-                for d in range(D):
-                    g_dq[b, t0 + r, h, d] += dqb[r, d]
+                a0 = (tb + r0) * D16
+                for j0 in range(0, n, _W):  # scores q K^T and dp = dout V^T of the 4 rows
+                    _tile(p, r0 * ld + j0, ld, qs, a0, D16, 1, kt, j0 * D, _W, D, False)
+                    _tile(ds, r0 * ld + j0, ld, dos, a0, D16, 1, vt, j0 * D, _W, D, False)
+                for r in range(r0, r0 + _R):
+                    t = tb + r
+                    pr, dr = p[r], ds[r]
+                    n_r = 0 if r >= nt or lse[b, h, t] == -np.inf else min(n, _key_limit(t, T, S, causal) - s_lo)
+                    if n_r > 0:
+                        # p = exp(scale * q.k - lse); ds = p * (dp - D_t), times scale for dq and dk; over whole
+                        # tiles (no scalar remainder loops), the columns from n_r are zeroed below
+                        n16 = _ceil(n, _W)
+                        _exp_row(pr, n16, scale, lse[b, h, t])
+                        dt = dih[t]
+                        for j in range(n16):
+                            dr[j] = scale * pr[j] * (dr[j] - dt)
+                        if mask.shape[0] > 0:
+                            mb = mask[b]
+                            for j in range(n_r):
+                                if mb[s_lo + j] == 0:
+                                    pr[j] = 0
+                                    dr[j] = 0
+                    pr[max(n_r, 0):] = 0
+                    dr[max(n_r, 0):] = 0
+                for d0 in range(0, D, _W):  # dq = ds K
+                    _tile(dqs, d0, D16, ds, r0 * ld, ld, 1, kp, d0, D16, n, False)
+                for r in range(min(_R, nt - r0)):
+                    gr, qr = g_dq[b, tb + r0 + r, h], dqs[r]
+                    for d in range(D):
+                        gr[d] += qr[d]
+            # dv += p^T dout, dk += ds^T q over the row block, 4 keys by 16 columns per tile
+            for j0 in range(0, nk, _R):
+                r_lo = max(0, s_lo + j0 - (S - T) - tb) if causal else 0  # rows before r_lo miss these keys
+                if r_lo >= nt:
+                    continue
+                b0 = (tb + r_lo) * D16
+                for d0 in range(0, D, _W):
+                    c0, a0 = j0 * D16 + d0, r_lo * ld + j0
+                    _tile(dva, c0, D16, p, a0, 1, ld, dos, b0 + d0, D16, nt - r_lo, True)
+                    _tile(dka, c0, D16, ds, a0, 1, ld, qs, b0 + d0, D16, nt - r_lo, True)
     for j in range(nk):
         for d in range(D):
-            dk[b, s_lo + j, hk, d] += dkt[d, j]
-            dv[b, s_lo + j, hk, d] += dvt[d, j]
+            dk[b, s_lo + j, hk, d] += dka[j, d]
+            dv[b, s_lo + j, hk, d] += dva[j, d]
 
 
 @kernel(parallel=True)
@@ -320,6 +382,27 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
     """dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients; dout, out (B, T, H, D), lse (B, H, T)."""
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
+    T4, D16 = _ceil(T, _R), _ceil(D, _W)
+    # q and dout rows packed per head (the tiles' operands), and D_t = dout[t] . out[t]
+    qp = np.empty((B, H, T4, D16), q.dtype)
+    dop = np.empty((B, H, T4, D16), q.dtype)
+    di = np.empty((B, H, T4), q.dtype)
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        qb, db = qp[b, h], dop[b, h]
+        for t in range(T):
+            qr, gr, orow, qo, go = q[b, t, h], dout[b, t, h], out[b, t, h], qb[t], db[t]
+            a = scale - scale
+            for d in range(D):
+                qo[d] = qr[d]
+                go[d] = gr[d]
+                a += gr[d] * orow[d]
+            qo[D:] = 0
+            go[D:] = 0
+            di[b, h, t] = a
+        qb[T:] = 0
+        db[T:] = 0
+        di[b, h, T:] = 0
     # work items (b, kv head, one of nj key chunks) own their dk, dv rows; if nj > 1 dq goes to per-chunk dqp
     bounds = _key_bounds(nj, T, S, causal)
     dqp = np.zeros((nj if nj > 1 else 0, B, T, H, D), q.dtype)
@@ -329,7 +412,7 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
         jc = it % nj
         g_dq = dqp[jc] if nj > 1 else dq
         for s_lo in range(bounds[jc], bounds[jc + 1], _KB):
-            _backward_keys(g_dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, b, hk,
+            _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk,
                            s_lo, min(s_lo + _KB, bounds[jc + 1]))
     if nj > 1:
         for bt in prange(B * T):
