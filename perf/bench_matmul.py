@@ -3,8 +3,8 @@
 ``python -m perf.bench_matmul [--quick]`` prints GFLOP/s and the ratio ours / numpy (= numpy time / ours);
 ``run`` returns the rows. Each case times its candidates in alternation, one sample each per round, so a
 busy machine slows them alike; figures are medians over the rounds. A short pause before each sample
-lets the previous candidate's thread pool (numpy's OpenBLAS, scipy's OpenBLAS or numba's) go idle.
-NumPy's ``@`` and our BLAS route call two separate OpenBLAS copies (numpy's and scipy's); each row
+lets the previous candidate's thread pool (numpy's OpenBLAS or numba's) go idle.
+NumPy's ``@`` and our BLAS route call the same OpenBLAS (numpy's, see qorus_jit/kernels/_blas.py); each row
 names the library on each side. Rows come at numba's thread count and, unless quick, on one thread
 (``qorus_jit.config.set_num_threads`` sets numba and both BLAS copies together).
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from perf._timing import median_time, record, thread_counts
 from qorus_jit.kernels import matmul
+from qorus_jit.kernels._blas import BLAS_SOURCE
 
 SQUARE = (512, 1024, 2048)
 TRANSFORMER = (2048, 256, 768)  # M, K, N: x (2048, 256) @ W (768, 256).T
@@ -28,8 +29,7 @@ ATTENTION = (32, 256, 64)  # G = batch * heads, T, head dim
 
 
 def _blas_libs() -> dict[str, str]:
-    """'numpy' and 'scipy' -> 'openblas 0.3.x, N threads, arch, file' from threadpoolctl."""
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that the kernels call)
+    """'numpy' (and 'scipy' if loaded) -> 'openblas 0.3.x, arch, file' from threadpoolctl."""
     from threadpoolctl import threadpool_info
 
     libs = {}
@@ -138,7 +138,7 @@ def run(quick: bool = False) -> list[dict]:
                     f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
                     default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,
                     ref_gflops=flops / t["numpy"] / 1e9,
-                    ours_blas=libs.get("scipy") if route == "blas" else "none (numba kernel)",
+                    ours_blas=f"{BLAS_SOURCE}: {libs.get('numpy')}" if route == "blas" else "none (numba kernel)",
                     ref_blas=libs.get("numpy")))
     return rows
 

@@ -23,17 +23,19 @@ def _cpu_model() -> str:
 
 
 def _blas_libraries() -> list[dict]:
-    """BLAS libraries loaded by numpy (``@``) and scipy (``np.dot`` inside njit kernels)."""
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that numba's np.dot calls)
+    """BLAS libraries loaded: NumPy's (``@``, and the kernels' BLAS route unless a fallback is in use)."""
     from threadpoolctl import threadpool_info
+
+    from qorus_jit.kernels._blas import BLAS_SOURCE
 
     rows = []
     for lib in threadpool_info():
         if lib.get("user_api") != "blas":
             continue
         path = lib.get("filepath", "")
-        used_by = "scipy (np.dot in njit)" if "scipy" in Path(path).parent.name else (
-            "numpy (@)" if "numpy" in Path(path).parent.name else "other")
+        folder = Path(path).parent.name
+        used_by = ("numpy (@) and qorus kernels" if BLAS_SOURCE == "numpy's OpenBLAS" else "numpy (@)") if (
+            "numpy" in folder) else "scipy" if "scipy" in folder else "other"
         rows.append({"used_by": used_by, "library": lib.get("internal_api"), "version": lib.get("version"),
                      "threads": lib.get("num_threads"), "architecture": lib.get("architecture"),
                      "path": path})
@@ -76,7 +78,6 @@ def collect() -> dict:
     import llvmlite.binding as ll
     import numba
     import numpy as np
-    import scipy
 
     import qorus_jit
     from qorus_jit.config import FASTMATH
@@ -94,7 +95,6 @@ def collect() -> dict:
             "numba": numba.__version__,
             "llvmlite": llvmlite.__version__,
             "numpy": np.__version__,
-            "scipy": scipy.__version__,
             "click": metadata.version("click"),
         },
         "threads": {

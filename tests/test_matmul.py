@@ -323,3 +323,23 @@ def test_private_kernels_run_inside_numba():
     h, y = np.empty((5, 6), np.float32), np.empty((5, 3), np.float32)
     _two_layers(h, y, x, w1, w2)
     assert_close(y, naive.linear(naive.linear(x, w1), w2))
+
+
+def test_blas_fallback_gemm_matches_numpy():
+    """The NumPy fallback registered when NumPy bundles no OpenBLAS computes the same row-major gemm."""
+    import ctypes
+
+    from qorus_jit.kernels._blas import NO_TRANS, ROW_MAJOR, TRANS, _fallback
+
+    rng = np.random.default_rng(0)
+    for dtype, ctype in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
+        fn = _fallback(dtype, ctype)
+        for ta, tb in ((NO_TRANS, NO_TRANS), (TRANS, NO_TRANS), (NO_TRANS, TRANS), (TRANS, TRANS)):
+            M, N, K = 3, 5, 4
+            a = rng.standard_normal((M, K) if ta == NO_TRANS else (K, M)).astype(dtype)
+            b = rng.standard_normal((K, N) if tb == NO_TRANS else (N, K)).astype(dtype)
+            c = rng.standard_normal((M, N)).astype(dtype)
+            want = (a if ta == NO_TRANS else a.T) @ (b if tb == NO_TRANS else b.T) + 0.5 * c
+            fn(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.5,
+               c.ctypes.data, N)
+            np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)

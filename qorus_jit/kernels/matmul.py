@@ -2,8 +2,8 @@
 
 Every product has two routes, chosen by the public functions' ``route=`` keyword:
 
-- ``"blas"`` (default of linear and matmul): scipy's BLAS ``sgemm``/``dgemm``, called from numba by
-  ``_gemm_blas`` with ``beta = 1`` where backward accumulates, so nothing is allocated. A transposed
+- ``"blas"`` (default of linear and matmul): NumPy's own OpenBLAS ``sgemm``/``dgemm`` (``_blas.py``), called
+  from numba by ``_gemm_blas`` with ``beta = 1`` where backward accumulates, so nothing is allocated. A transposed
   operand is passed as an F-contiguous view (``weight.T``), which BLAS reads as transposed, no copy.
 - ``"numba"`` (default of bmm): pure numba. For K >= 128, ``_gemm_nt`` computes ``c = a @ bt.T`` with
   both operands contiguous along K: each 4x3 tile of ``c`` keeps 12 accumulators that LLVM vectorizes
@@ -24,71 +24,16 @@ routes start threads (BLAS's or numba's), so inside a prange body call only ``_g
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.core.errors import TypingError
-from numba.extending import intrinsic
+from numba import prange
 
 from .._check import check_arrays, check_bool, check_choice, check_disjoint, check_writeable
 from ..config import kernel
+from ._blas import gemm as _blas_gemm
 
 ROUTES = ("blas", "numba")
 
 # ---------------------------------------------------------------------------------------------------
 # BLAS route
-
-_BLAS_KIND = {types.float32: "s", types.float64: "d"}
-_BLAS_INT_MAX = 2**31 - 1  # scipy's BLAS takes 32-bit sizes
-
-
-@intrinsic
-def _xgemm(typingctx, c, a, b, beta):
-    """c (M, N) = a (M, K) @ b (K, N) + beta * c by BLAS ?gemm; a, b C- or F-contiguous, c C-contiguous.
-
-    Returns BLAS's status (0 on success). Shapes are trusted and M, N, K must be >= 1.
-    """
-    for name, t in (("c", c), ("a", a), ("b", b)):
-        if not isinstance(t, types.Array) or t.ndim != 2 or t.dtype not in _BLAS_KIND:
-            raise TypingError(f"_xgemm: {name} must be a 2-D float32 or float64 array, got {t}")
-    if not a.dtype == b.dtype == c.dtype:
-        raise TypingError(f"_xgemm: c, a and b must share one dtype, got {c.dtype}, {a.dtype}, {b.dtype}")
-    if a.layout not in "CF" or b.layout not in "CF" or c.layout != "C":
-        raise TypingError(f"_xgemm: needs C- or F-contiguous a and b and a C-contiguous c, got {a}, {b}, {c}")
-    if not isinstance(beta, types.Number):
-        raise TypingError(f"_xgemm: beta must be a number, got {beta}")
-    dtype = c.dtype
-
-    def codegen(context, builder, sig, args):
-        cty, aty, bty, betaty = sig.args
-        cv, av, bv = (context.make_array(t)(context, builder, v)
-                      for t, v in zip(sig.args[:3], args[:3], strict=True))
-        m, n = cgutils.unpack_tuple(builder, cv.shape)
-        k = cgutils.unpack_tuple(builder, av.shape)[1]
-        char = ir.IntType(8)
-        intp = context.get_value_type(types.intp)
-        voidp = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp,
-                                                voidp, voidp, intp, voidp, intp, voidp, voidp, intp])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        alpha = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
-        betap = cgutils.alloca_once_value(builder, context.cast(builder, args[3], betaty, dtype))
-
-        def operand(ty, arr):
-            rows, cols = cgutils.unpack_tuple(builder, arr.shape)
-            trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
-            return trans, cols if ty.layout == "C" else rows, builder.bitcast(arr.data, voidp)
-
-        # Row-major c = a @ b is column-major c.T = b.T @ a.T: BLAS gets b first.
-        tb, ldb, pb = operand(bty, bv)
-        ta, lda, pa = operand(aty, av)
-        _, ldc, pc = operand(cty, cv)
-        kind = ir.Constant(char, ord(_BLAS_KIND[dtype]))
-        return builder.call(fn, (kind, tb, ta, n, m, k, builder.bitcast(alpha, voidp), pb, ldb, pa, lda,
-                                 builder.bitcast(betap, voidp), pc, ldc))
-
-    return types.int32(c, a, b, beta), codegen
-
 
 @kernel
 def _gemm_blas(c, a, b, beta):
@@ -96,16 +41,13 @@ def _gemm_blas(c, a, b, beta):
     M, N = c.shape
     if M == 0 or N == 0:
         return
-    if max(M, N, a.shape[1]) > _BLAS_INT_MAX:
-        raise ValueError("matrix dimension too large for 32-bit BLAS")
     if a.shape[1] == 0:
         if beta == 0:
             c[:] = 0
         else:
             c *= beta
         return
-    if _xgemm(c, a, b, beta) != 0:
-        raise RuntimeError("BLAS gemm failed (is scipy installed?)")
+    _blas_gemm(c, a, b, beta)
 
 
 @kernel
