@@ -14,12 +14,12 @@ def rand(rng, *shape, dtype=np.float32, scale=1.0):
 
 
 def fd_grad(loss, x, eps=1e-6):
-    """Central finite differences of the scalar ``loss()`` with respect to the float64 array ``x``.
+    """Central finite differences of the scalar ``loss()`` with respect to the array ``x`` (float64 for kernel
+    tests; float32 layers need a larger ``eps``, such as 1e-2).
 
-    ``x`` is perturbed in place, one element at a time, and restored.
+    ``x`` is perturbed in place, one element at a time, and restored. Returns float64.
     """
-    assert x.dtype == np.float64, "finite differences run in float64"
-    g = np.zeros_like(x)
+    g = np.zeros(x.shape, np.float64)
     flat, gflat = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):
         old = flat[i]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qorus_jit.layers import GELU, Add, Graph, LayerNorm, Linear, ReLU, Sequential
-from tests.helpers import assert_close, rand
+from tests.helpers import assert_close, fd_grad, rand
 
 
 def branchy_graph():
@@ -20,21 +20,6 @@ def branchy_graph():
     return g
 
 
-def fd(loss, arr, eps=1e-2):
-    """Central differences in float32 (eps large enough for float32 rounding)."""
-    out = np.zeros(arr.shape, np.float64)
-    flat, gflat = arr.reshape(-1), out.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        lp = loss()
-        flat[i] = old - eps
-        lm = loss()
-        flat[i] = old
-        gflat[i] = (lp - lm) / (2 * eps)
-    return out
-
-
 def test_branch_and_residual_gradients_match_finite_differences():
     g = branchy_graph()
     rng = np.random.default_rng(3)
@@ -47,9 +32,9 @@ def test_branch_and_residual_gradients_match_finite_differences():
     g.zero_grad()
     g.forward(x)
     dx = g.backward(w).copy()
-    assert_close(dx, fd(loss, x), rtol=2e-2, atol=2e-3, what="dx")
+    assert_close(dx, fd_grad(loss, x, eps=1e-2), rtol=2e-2, atol=2e-3, what="dx")
     for name, p in g.parameters().items():
-        assert_close(g.gradients()[name], fd(loss, p), rtol=2e-2, atol=2e-3, what=name)
+        assert_close(g.gradients()[name], fd_grad(loss, p, eps=1e-2), rtol=2e-2, atol=2e-3, what=name)
 
 
 def test_sequential_equals_manual_chain_and_names():

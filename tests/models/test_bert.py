@@ -5,22 +5,17 @@ import numpy as np
 import qorus_jit
 from qorus_jit.models import Bert, BertConfig, mean_pool
 from tests.helpers import torch_or_skip
-from tests.models.test_llama import transformers_or_skip
+from tests.models.reference import assert_gradients_match, saved_reference, transformers_or_skip
 
 
 def test_hidden_states_and_gradients_match_transformers(tmp_path):
     torch = torch_or_skip()
     transformers = transformers_or_skip()
-    torch.manual_seed(0)
     hf_cfg = transformers.BertConfig(vocab_size=53, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=40, max_position_embeddings=20, type_vocab_size=2,
                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    ref = transformers.BertModel(hf_cfg).float().eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    ref.save_pretrained(tmp_path, safe_serialization=True)
+    ref = saved_reference(torch, transformers.BertModel, hf_cfg, tmp_path,
+                          lambda n: "LayerNorm" in n or n.endswith("bias"))
     model = qorus_jit.load_pretrained(tmp_path)
     assert isinstance(model, Bert)
 
@@ -41,14 +36,7 @@ def test_hidden_states_and_gradients_match_transformers(tmp_path):
     (want * torch.tensor(g)).sum().backward()
     model.zero_grad()
     model.backward(g)
-    theirs = dict(ref.named_parameters())
-    # the key bias has an exactly zero gradient (softmax ignores a shift shared by a whole row): both sides
-    # hold rounding noise there, so errors are relative to the larger of the tensor's and 1e-3 of the largest
-    floor = 1e-3 * max(np.abs(p.grad.numpy()).max() for n, p in theirs.items() if n in model.gradients())
-    for name, grad in model.gradients().items():
-        w = theirs[name].grad.numpy()
-        err = np.abs(grad - w).max() / max(np.abs(w).max(), floor)
-        assert err < 1e-3, f"{name}: relative error {err:.2e}"
+    assert_gradients_match(model, ref)
 
 
 def test_save_pretrained_round_trip_loads_in_transformers(tmp_path):

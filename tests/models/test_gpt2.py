@@ -7,23 +7,18 @@ import qorus_jit
 from qorus_jit.kernels.loss import cross_entropy_forward_backward
 from qorus_jit.models import GPT2, GPT2Config
 from tests.helpers import torch_or_skip
-from tests.models.test_llama import transformers_or_skip
+from tests.models.reference import assert_gradients_match, saved_reference, transformers_or_skip
 
 
 @pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
 def test_logits_and_gradients_match_transformers(tmp_path, activation):
     torch = torch_or_skip()
     transformers = transformers_or_skip()
-    torch.manual_seed(0)
     hf_cfg = transformers.GPT2Config(vocab_size=57, n_embd=32, n_layer=2, n_head=4, n_positions=24,
                                      activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0,
                                      attn_pdrop=0.0)
-    ref = transformers.GPT2LMHeadModel(hf_cfg).float().eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "ln_" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    ref.save_pretrained(tmp_path, safe_serialization=True)
+    ref = saved_reference(torch, transformers.GPT2LMHeadModel, hf_cfg, tmp_path,
+                          lambda n: "ln_" in n or n.endswith("bias"))
 
     model = qorus_jit.load_pretrained(tmp_path)
     assert isinstance(model, GPT2)
@@ -39,13 +34,8 @@ def test_logits_and_gradients_match_transformers(tmp_path, activation):
     cross_entropy_forward_backward(dlogits, logits.reshape(-1, 57), targets)
     model.zero_grad()
     model.backward(dlogits.reshape(2, 9, 57))
-    theirs = dict(ref.named_parameters())
-    for name, g in model.gradients().items():
-        want = theirs[name].grad.numpy()
-        if want.ndim == 2 and "transformer.h." in name and name.endswith("weight"):
-            want = want.T  # Conv1D (in, out)
-        err = np.abs(g - want).max() / max(np.abs(want).max(), 1e-12)
-        assert err < 1e-3, f"{name}: relative error {err:.2e}"
+    assert_gradients_match(model, ref, transpose=lambda n: "transformer.h." in n and n.endswith("weight")
+                           and ref.get_parameter(n).ndim == 2)
 
 
 def test_save_pretrained_round_trip_loads_in_transformers(tmp_path):

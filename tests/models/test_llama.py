@@ -1,40 +1,23 @@
 """Llama against transformers' LlamaForCausalLM: logits and every parameter gradient, through a saved folder."""
 
-import os
-
 import numpy as np
 import pytest
 
 import qorus_jit
 from qorus_jit.models import Llama, LlamaConfig
 from tests.helpers import torch_or_skip
-
-
-def transformers_or_skip():
-    try:
-        import transformers
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("transformers is required in CI (pip install -e '.[test]')")
-        pytest.skip("transformers not installed")
-    return transformers
+from tests.models.reference import assert_gradients_match, saved_reference, transformers_or_skip
 
 
 @pytest.mark.parametrize("n_kv_heads,tie", [(4, False), (2, False), (1, True)])
 def test_logits_and_gradients_match_transformers(tmp_path, n_kv_heads, tie):
     torch = torch_or_skip()
     transformers = transformers_or_skip()
-    torch.manual_seed(0)
     hf_cfg = transformers.LlamaConfig(
         vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=n_kv_heads, max_position_embeddings=32, rms_norm_eps=1e-5, rope_theta=500.0,
         tie_word_embeddings=tie)
-    ref = transformers.LlamaForCausalLM(hf_cfg).float().eval()
-    with torch.no_grad():  # non-trivial norm weights
-        for name, p in ref.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    ref.save_pretrained(tmp_path, safe_serialization=True)
+    ref = saved_reference(torch, transformers.LlamaForCausalLM, hf_cfg, tmp_path, lambda n: "norm" in n)
 
     model = qorus_jit.load_pretrained(tmp_path)
     assert isinstance(model, Llama)
@@ -55,11 +38,7 @@ def test_logits_and_gradients_match_transformers(tmp_path, n_kv_heads, tie):
     assert abs(ours - loss.item()) < 1e-5
     model.zero_grad()
     model.backward(dlogits.reshape(2, 11, 61))
-    theirs = dict(ref.named_parameters())
-    for name, g in model.gradients().items():
-        want = theirs[name].grad.numpy()
-        err = np.abs(g - want).max() / max(np.abs(want).max(), 1e-12)
-        assert err < 1e-3, f"{name}: relative error {err:.2e}"
+    assert_gradients_match(model, ref)
 
 
 def test_save_pretrained_round_trip_loads_in_transformers(tmp_path):
