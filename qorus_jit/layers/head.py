@@ -34,6 +34,6 @@ class TiedLMHead(Layer):
         V, C = w.shape
         check_input("dy", dy, V)
         dx = self.buffer("dx", self._x.shape, zero=True)
-        _linear_backward(dx.reshape(-1, C), self.embedding.gradients()["weight"], None, dy.reshape(-1, V),
+        _linear_backward(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
                          self._x.reshape(-1, C), w)
         return dx
