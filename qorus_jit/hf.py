@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._io import fsync_dir, fsync_file, read_json, tmp_name
 from .models.configs import BertConfig, GPT2Config, LlamaConfig
 
 CONFIG_NAME = "config.json"
@@ -72,12 +72,12 @@ def read_hf_folder(path) -> tuple[dict, dict[str, np.ndarray]]:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
-    hf_config = _read_json(folder / CONFIG_NAME, "config.json")
+    hf_config = read_json(folder / CONFIG_NAME, "config.json")
     if not isinstance(hf_config, dict):
         raise ValueError(f"{folder / CONFIG_NAME}: expected a JSON object, got {type(hf_config).__name__}")
     single, index = folder / WEIGHTS_NAME, folder / INDEX_NAME
     if single.is_file():
-        return hf_config, _load_safetensors(single)
+        return hf_config, load_safetensors(single)
     if index.is_file():
         return hf_config, _load_sharded(folder, index)
     pickles = [n for n in _PICKLE_NAMES if (folder / n).exists()]
@@ -90,18 +90,8 @@ def read_hf_folder(path) -> tuple[dict, dict[str, np.ndarray]]:
     raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} found")
 
 
-def _read_json(file: Path, what: str):
-    if not file.is_file():
-        raise FileNotFoundError(f"{what} not found: {file}")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-
-
 def _load_sharded(folder: Path, index_file: Path) -> dict[str, np.ndarray]:
-    index = _read_json(index_file, "shard index")
+    index = read_json(index_file, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_file}: expected a non-empty 'weight_map' object of tensor name -> shard file")
@@ -115,7 +105,7 @@ def _load_sharded(folder: Path, index_file: Path) -> dict[str, np.ndarray]:
         file = folder / shard
         if not file.is_file():
             raise FileNotFoundError(f"shard {file} listed in {index_file} not found")
-        part = _load_safetensors(file)
+        part = load_safetensors(file)
         for name in names:
             if name not in part:
                 raise ValueError(f"{file}: tensor {name!r} listed in {index_file.name} is missing from the shard")
@@ -126,7 +116,7 @@ def _load_sharded(folder: Path, index_file: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _load_safetensors(file: Path) -> dict[str, np.ndarray]:
+def load_safetensors(file: Path) -> dict[str, np.ndarray]:
     """Every tensor of one safetensors file, floating ones as float32; corrupt files raise ValueError."""
     from safetensors import safe_open
 
@@ -355,11 +345,11 @@ def write_hf_folder(path, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
     except (TypeError, ValueError) as e:
         raise ValueError(f"write_hf_folder: hf_config is not JSON-serializable ({e})") from None
     folder.mkdir(parents=True, exist_ok=True)
-    weights_tmp = _tmp_name(folder, WEIGHTS_NAME)
-    config_tmp = _tmp_name(folder, CONFIG_NAME)
+    weights_tmp = tmp_name(folder, WEIGHTS_NAME)
+    config_tmp = tmp_name(folder, CONFIG_NAME)
     try:
         save_file(arrays, str(weights_tmp), metadata={"format": "pt"})
-        _fsync_file(weights_tmp)
+        fsync_file(weights_tmp)
         with open(config_tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -369,34 +359,8 @@ def write_hf_folder(path, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
     finally:
         for tmp in (weights_tmp, config_tmp):
             tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _remove_stale_index(folder)
-
-
-def _tmp_name(folder: Path, final: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{final}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp makes 0600; the final file should be as readable as any other
-    return Path(name)
-
-
-def _fsync_file(file: Path) -> None:
-    with open(file, "rb+") as f:
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_index(folder: Path) -> None:
