@@ -1,0 +1,814 @@
+"""qorus_jit.data: tokenizers, text and array datasets, checked against independent references.
+
+References: Python's own UTF-8 codec for the byte tokenizer, the ``tokenizers`` library used directly for
+BPE, the token array itself for every dataset window, and set/permutation arithmetic for the epochs.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qorus_jit import data
+from qorus_jit.data import (
+    ArrayDataset,
+    BPETokenizer,
+    ByteTokenizer,
+    TextDataset,
+    default_corpus,
+    load_tokenizer,
+    train_test_split,
+)
+
+SAMPLES = [
+    "",
+    "hello, world",
+    "héllo wörld: ça va? ñ",
+    "日本語のテキスト、中文，한국어",
+    "emoji 🙂👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
+    "control \x00\x01\t\r\n\x7f and combining e\u0301 a\u030a",
+    "math ∑∫√∞ ≠ ≤, arrows ← → and \U0001f600\U0010ffff",
+    "  leading and trailing spaces  \n\n\n",
+]
+
+
+def random_unicode(rng, n):
+    """``n`` random code points (any plane), surrogates excluded: always valid Unicode."""
+    cps = rng.integers(1, 0x110000, size=n)
+    cps = np.where((cps >= 0xD800) & (cps <= 0xDFFF), cps - 0x800, cps)
+    return "".join(map(chr, cps.tolist()))
+
+
+def json_round_trip(state):
+    return json.loads(json.dumps(state))
+
+
+def windows_of(tokens, width):
+    return np.lib.stride_tricks.sliding_window_view(np.asarray(tokens), width)
+
+
+# ------------------------------------------------------------------------------------------ ByteTokenizer
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_byte_tokenizer_matches_utf8_and_round_trips(text):
+    tok = ByteTokenizer()
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and ids.ndim == 1
+    assert ids.tolist() == list(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+    assert tok.decode(ids.tolist()) == text
+    assert tok.vocab_size == 256 and tok.name == "byte"
+
+
+def test_byte_tokenizer_random_unicode():
+    rng = np.random.default_rng(1)
+    tok = ByteTokenizer()
+    for _ in range(20):
+        text = random_unicode(rng, 200)
+        ids = tok.encode(text)
+        assert ids.tolist() == list(text.encode("utf-8"))
+        assert tok.decode(ids) == text
+
+
+def test_byte_tokenizer_decodes_any_byte_sequence():
+    tok = ByteTokenizer()
+    for raw in (b"\xff\xfe", b"abc\xc3(", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80" * 5):
+        assert tok.decode(np.frombuffer(raw, np.uint8)) == raw.decode("utf-8", errors="replace")
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        raw = rng.integers(0, 256, size=64).astype(np.uint8).tobytes()
+        assert tok.decode(np.frombuffer(raw, np.uint8).astype(np.int64)) == raw.decode("utf-8", errors="replace")
+
+
+def test_byte_tokenizer_errors():
+    tok = ByteTokenizer()
+    with pytest.raises(TypeError, match="text"):
+        tok.encode(b"bytes")
+    with pytest.raises(ValueError, match="text.*surrogate"):
+        tok.encode("a\ud800b")
+    with pytest.raises(ValueError, match=r"ids.*\[0, 256\).*256"):
+        tok.decode([65, 256])
+    with pytest.raises(ValueError, match="ids.*-1"):
+        tok.decode(np.array([-1, 3]))
+    with pytest.raises(ValueError, match="ids.*1-D"):
+        tok.decode(np.zeros((2, 2), np.int32))
+    with pytest.raises(TypeError, match="ids.*integer"):
+        tok.decode(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="ids"):
+        tok.decode("abc")
+
+
+def test_byte_tokenizer_save_and_load(tmp_path):
+    tok = ByteTokenizer()
+    file = tok.save(tmp_path / "tok.json")
+    assert file == tmp_path / "tok.json"
+    assert json.loads(file.read_text())["vocab_size"] == 256
+    assert isinstance(load_tokenizer(file), ByteTokenizer)
+    written = tok.save(tmp_path)  # a folder: tokenizer.json inside
+    assert written == tmp_path / "tokenizer.json"
+    assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
+    assert isinstance(load_tokenizer("byte"), ByteTokenizer)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------- BPETokenizer
+
+
+@pytest.fixture(scope="module")
+def tk():
+    return pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return default_corpus()[1]
+
+
+@pytest.fixture(scope="module")
+def bpe(tk, corpus):
+    return BPETokenizer.train([corpus], vocab_size=800)
+
+
+def test_bpe_round_trips_and_compresses(bpe, corpus):
+    ids = bpe.encode(corpus)
+    assert ids.dtype == np.int32 and ids.ndim == 1
+    assert ids.min() >= 0 and ids.max() < bpe.vocab_size
+    assert len(ids) < 0.6 * len(corpus.encode("utf-8"))  # merges learnt
+    assert bpe.decode(ids) == corpus
+    assert 256 < bpe.vocab_size <= 800
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_bpe_round_trips_unseen_text(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_round_trips_random_unicode(bpe):
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        text = random_unicode(rng, 300)
+        assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_is_byte_level(bpe, tk):
+    vocab = bpe.tokenizer.get_vocab()
+    alphabet = tk.pre_tokenizers.ByteLevel.alphabet()
+    assert len(alphabet) == 256
+    assert all(ch in vocab for ch in alphabet)
+
+
+def test_bpe_training_is_deterministic(bpe, corpus):
+    again = BPETokenizer.train([corpus], vocab_size=800)
+    assert again.to_json() == bpe.to_json()
+    assert again.fingerprint == bpe.fingerprint
+
+
+def test_bpe_trains_from_files_like_from_texts(tmp_path, tk, corpus):
+    text = corpus[:50_000]
+    f = tmp_path / "part.txt"
+    f.write_text(text, encoding="utf-8")
+    from_file = BPETokenizer.train([f], vocab_size=400)
+    from_text = BPETokenizer.train(text, vocab_size=400)
+    assert from_file.to_json() == from_text.to_json()
+
+
+def test_bpe_save_load_identical_ids(bpe, tk, corpus, tmp_path):
+    file = bpe.save(tmp_path / "tokenizer.json")
+    loaded = BPETokenizer.load(file)
+    text = corpus[:20_000] + "".join(SAMPLES)
+    want = bpe.encode(text)
+    np.testing.assert_array_equal(loaded.encode(text), want)
+    # the tokenizers library itself reads the file and encodes the same
+    direct = tk.Tokenizer.from_file(str(file))
+    assert direct.encode(text, add_special_tokens=False).ids == want.tolist()
+    assert loaded.vocab_size == direct.get_vocab_size()
+    assert loaded.decode(want) == text
+    # folder forms
+    folder = tmp_path / "model"
+    folder.mkdir()
+    bpe.save(folder)
+    for tok in (BPETokenizer.from_folder(folder), BPETokenizer.load(folder), load_tokenizer(folder),
+                load_tokenizer(folder / "tokenizer.json"), load_tokenizer(str(folder))):
+        assert isinstance(tok, BPETokenizer)
+        np.testing.assert_array_equal(tok.encode(text), want)
+
+
+def test_bpe_reads_a_tokenizer_json_built_by_the_library(tk, tmp_path):
+    # A WordLevel tokenizer made with the library alone: ids are fixed by its vocabulary.
+    vocab = {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3}
+    raw = tk.Tokenizer(tk.models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = BPETokenizer.from_folder(tmp_path)
+    assert tok.encode("the cat sat dog").tolist() == [1, 2, 3, 0]
+    assert tok.vocab_size == 4
+
+
+def test_bpe_missing_files(tk, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing_folder"):
+        BPETokenizer.from_folder(tmp_path / "missing_folder")
+    empty = tmp_path / "no_tok"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json in .*no_tok"):
+        BPETokenizer.from_folder(empty)
+    (empty / "vocab.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        BPETokenizer.from_folder(empty)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        BPETokenizer.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json at all")
+    with pytest.raises(ValueError, match="bad.json"):
+        BPETokenizer.load(bad)
+    with pytest.raises(ValueError, match="bad.json"):
+        load_tokenizer(bad)
+    with pytest.raises(FileNotFoundError, match="spec.*nowhere"):
+        load_tokenizer(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="spec.*no_tok"):
+        load_tokenizer(empty)
+    with pytest.raises(TypeError, match="spec"):
+        load_tokenizer(3)
+
+
+def test_bpe_bad_arguments(bpe, tk, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size.*256"):
+        BPETokenizer.train(["some text"], vocab_size=100)
+    with pytest.raises(ValueError, match="vocab_size"):
+        BPETokenizer.train(["some text"], vocab_size=0)
+    with pytest.raises(ValueError, match="texts_or_files"):
+        BPETokenizer.train([], vocab_size=300)
+    with pytest.raises(TypeError, match=r"texts_or_files\[1\]"):
+        BPETokenizer.train(["ok", 3], vocab_size=300)
+    with pytest.raises(FileNotFoundError, match=r"texts_or_files\[0\].*absent"):
+        BPETokenizer.train([tmp_path / "absent.txt"], vocab_size=300)
+    with pytest.raises(ValueError, match="min_frequency"):
+        BPETokenizer.train(["some text"], vocab_size=300, min_frequency=-1)
+    with pytest.raises(ValueError, match="ids"):
+        bpe.decode([bpe.vocab_size])
+    with pytest.raises(TypeError, match="text"):
+        bpe.encode(None)
+    with pytest.raises(TypeError, match="tokenizer"):
+        BPETokenizer("not a tokenizer")
+
+
+def test_bpe_special_tokens(tk, corpus):
+    tok = BPETokenizer.train([corpus[:30_000]], vocab_size=400, special_tokens=["<|endoftext|>"])
+    eot = tok.tokenizer.token_to_id("<|endoftext|>")
+    assert eot == 0
+    text = "first document<|endoftext|>second document"
+    ids = tok.encode(text)
+    assert eot in ids.tolist()
+    assert tok.decode(ids) == text
+    assert "<|endoftext|>" not in tok.decode(ids, skip_special_tokens=True)
+
+
+class _CountingTokenizer:
+    """Proxy of a tokenizers.Tokenizer that counts the texts it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pieces = 0
+
+    def encode(self, text, **kw):
+        self.pieces += 1
+        return self.inner.encode(text, **kw)
+
+    def encode_batch(self, texts, **kw):
+        self.pieces += len(texts)
+        return self.inner.encode_batch(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_bpe_long_text_in_pieces_equals_one_call(bpe, tk, corpus, tmp_path):
+    text = corpus + "\n".join(SAMPLES) + "tail\nend"
+    whole = tk.Tokenizer.from_str(bpe.to_json()).encode(text, add_special_tokens=False).ids
+    counting = _CountingTokenizer(bpe.tokenizer)
+    bpe._tok = counting
+    try:
+        got = bpe._encode(text, chunk_chars=1000)
+    finally:
+        bpe._tok = counting.inner
+    assert counting.pieces > 100  # really split
+    assert got.tolist() == whole
+
+
+def test_bpe_not_split_when_splitting_could_change_ids(tk, corpus):
+    # a prefix space is added to every piece: such a tokenizer is encoded in one call
+    raw = tk.Tokenizer(tk.models.BPE())
+    raw.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=True)
+    raw.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=400, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+                                     show_progress=False)
+    raw.train_from_iterator([corpus[:30_000]], trainer=trainer)
+    tok = BPETokenizer(raw)
+    text = corpus[:30_000]
+    got = tok._encode(text, chunk_chars=500)
+    assert got.tolist() == raw.encode(text, add_special_tokens=False).ids
+
+
+def test_bpe_without_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ImportError, match=r'pip install "qorus-jit\[bpe\]"'):
+        BPETokenizer.train(["text"], vocab_size=300)
+
+
+# --------------------------------------------------------------------------------------------- TextDataset
+
+
+def unique_tokens(n):
+    return np.arange(n, dtype=np.int64)
+
+
+def test_text_dataset_windows_are_train_slices():
+    n, T = 1000, 16
+    ds = TextDataset(unique_tokens(n), seq_len=T, val_fraction=0.1, seed=0)
+    n_train = 900  # the last 10% is validation
+    assert (ds.n_train, ds.n_val) == (n_train, 100)
+    for _ in range(20):
+        x, y = ds.train_batch(8)
+        for a in (x, y):
+            assert a.shape == (8, T) and a.dtype == np.int32 and a.flags.c_contiguous
+        starts = x[:, 0]
+        np.testing.assert_array_equal(x, starts[:, None] + np.arange(T))
+        np.testing.assert_array_equal(y, x + 1)
+        assert y.max() < n_train  # the target of the last position is still a train token
+
+
+def test_text_dataset_windows_of_random_tokens():
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 50_000, size=3000).astype(np.uint16)
+    T = 12
+    ds = TextDataset(tokens, seq_len=T, val_fraction=0.2, seed=1, vocab_size=50_000)
+    n_train = 2400
+    win = windows_of(tokens, T + 1)
+    for _ in range(10):
+        x, y = ds.train_batch(4)
+        for xi, yi in zip(x, y, strict=True):
+            full = np.concatenate([xi, yi[-1:]])
+            np.testing.assert_array_equal(yi[:-1], xi[1:])
+            hits = np.flatnonzero((win == full).all(axis=1))
+            assert hits.size and (hits + T + 1 <= n_train).any()
+
+
+def test_text_dataset_covers_every_train_start_and_no_other():
+    n, T = 250, 8
+    ds = TextDataset(unique_tokens(n), seq_len=T, val_fraction=0.2, seed=3)
+    n_train = 200
+    starts = set()
+    for _ in range(200):
+        x, _ = ds.train_batch(16)
+        starts.update(x[:, 0].tolist())
+    assert starts == set(range(n_train - T))  # the last start, n_train - T - 1, ends at n_train - 1
+
+
+def test_text_dataset_val_batches_fixed_and_inside_val_part():
+    n, T = 2000, 10
+    ds = TextDataset(unique_tokens(n), seq_len=T, val_fraction=0.25, seed=0)
+    n_train = 1500
+    first = ds.val_batches(batch_size=4, n_batches=5)
+    ds.train_batch(7)
+    ds.train_batch(3)
+    second = ds.val_batches(batch_size=4, n_batches=5)
+    other_seed = TextDataset(unique_tokens(n), seq_len=T, val_fraction=0.25, seed=9).val_batches(4, 5)
+    assert len(first) == 5
+    for (x1, y1), (x2, y2), (x3, _) in zip(first, second, other_seed, strict=True):
+        for a in (x1, y1):
+            assert a.shape == (4, T) and a.dtype == np.int32 and a.flags.c_contiguous
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x3)
+        np.testing.assert_array_equal(x1, x1[:, :1] + np.arange(T))
+        np.testing.assert_array_equal(y1, x1 + 1)
+        assert x1.min() >= n_train and y1.max() < n
+    starts = np.concatenate([x[:, 0] for x, _ in first])
+    assert len(set(starts.tolist())) == starts.size  # distinct
+    assert starts.min() == n_train and starts.max() == n - T - 1  # spread over the whole part
+    assert np.all(np.diff(starts) > T)  # evenly spread: disjoint windows when they fit
+
+
+def test_text_dataset_val_batches_too_many():
+    ds = TextDataset(unique_tokens(300), seq_len=10, val_fraction=0.1, seed=0)  # 30 val tokens: 20 starts
+    assert len(ds.val_batches(batch_size=4, n_batches=5)) == 5
+    with pytest.raises(ValueError, match="batch_size \\* n_batches.*20"):
+        ds.val_batches(batch_size=3, n_batches=7)
+    with pytest.raises(ValueError, match="n_batches"):
+        ds.val_batches(batch_size=3, n_batches=0)
+
+
+def test_text_dataset_seeds():
+    tokens = unique_tokens(5000)
+    a = TextDataset(tokens, 32, seed=7)
+    b = TextDataset(tokens, 32, seed=7)
+    c = TextDataset(tokens, 32, seed=8)
+    xa = [a.train_batch(8)[0] for _ in range(3)]
+    xb = [b.train_batch(8)[0] for _ in range(3)]
+    xc = [c.train_batch(8)[0] for _ in range(3)]
+    for p, q in zip(xa, xb, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert any(not np.array_equal(p, q) for p, q in zip(xa, xc, strict=True))
+
+
+def test_text_dataset_resumes_exactly_through_json():
+    tokens = np.random.default_rng(0).integers(0, 300, size=4000)
+    full = TextDataset(tokens, 16, seed=11)
+    uninterrupted = [full.train_batch(bs) for bs in (4, 4, 2, 8, 4, 4, 3, 4)]
+
+    first = TextDataset(tokens, 16, seed=11)
+    for bs in (4, 4, 2):
+        first.train_batch(bs)
+    state = json_round_trip(first.state_dict())
+    assert state["batches_drawn"] == 3
+    fresh = TextDataset(tokens, 16, seed=11)
+    fresh.load_state_dict(state)
+    assert fresh.batches_drawn == 3
+    resumed = [fresh.train_batch(bs) for bs in (8, 4, 4, 3, 4)]
+    for (x1, y1), (x2, y2) in zip(uninterrupted[3:], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    # the original keeps going identically too
+    np.testing.assert_array_equal(first.train_batch(8)[0], uninterrupted[3][0])
+
+
+def test_text_dataset_state_errors():
+    tokens = unique_tokens(1000)
+    ds = TextDataset(tokens, 16)
+    state = ds.state_dict()
+    with pytest.raises(ValueError, match="seq_len"):
+        TextDataset(tokens, 8).load_state_dict(state)
+    with pytest.raises(ValueError, match="n_train"):
+        TextDataset(unique_tokens(1200), 16).load_state_dict(state)
+    with pytest.raises(ValueError, match="rng"):
+        ds.load_state_dict({k: v for k, v in state.items() if k != "rng"})
+    with pytest.raises(ValueError, match="rng"):
+        ds.load_state_dict({**state, "rng": {"bit_generator": "MT19937"}})
+    with pytest.raises(ValueError, match="batches_drawn"):
+        ds.load_state_dict({**state, "batches_drawn": -1})
+    with pytest.raises(TypeError, match="state"):
+        ds.load_state_dict([1, 2])
+
+
+def test_text_dataset_input_errors():
+    good = unique_tokens(1000)
+    with pytest.raises(TypeError, match="tokens"):
+        TextDataset(list(range(1000)), 8)
+    with pytest.raises(ValueError, match="tokens.*1-D"):
+        TextDataset(good.reshape(10, 100), 8)
+    with pytest.raises(TypeError, match="tokens.*integer"):
+        TextDataset(good.astype(np.float32), 8)
+    with pytest.raises(ValueError, match="seq_len"):
+        TextDataset(good, 0)
+    with pytest.raises(ValueError, match="seq_len"):
+        TextDataset(good, 2.5)
+    for frac in (0, 1, 1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="val_fraction"):
+            TextDataset(good, 8, val_fraction=frac)
+    with pytest.raises(ValueError, match="seq_len \\+ 1 = 101"):
+        TextDataset(good, 100, val_fraction=0.05)  # 50 validation tokens
+    with pytest.raises(ValueError, match="seq_len \\+ 1"):
+        TextDataset(good, 950, val_fraction=0.01)  # train part too short... and val too
+    with pytest.raises(ValueError, match="tokens.*-3"):
+        TextDataset(np.array([1, 2, -3] * 100), 8)
+    with pytest.raises(ValueError, match="tokens.*vocab_size"):
+        TextDataset(good, 8, vocab_size=500)
+    with pytest.raises(ValueError, match="seed"):
+        TextDataset(good, 8, seed=-1)
+    ds = TextDataset(good, 8)
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.train_batch(0)
+
+
+# -------------------------------------------------------------------------------- TextDataset from files
+
+
+class CountingByteTokenizer(ByteTokenizer):
+    calls = 0
+
+    def encode(self, text):
+        CountingByteTokenizer.calls += 1
+        return super().encode(text)
+
+
+@pytest.fixture
+def text_file(tmp_path, corpus):
+    f = tmp_path / "corpus.txt"
+    f.write_text(corpus[:60_000] + "\nunicode ✓ 日本\n", encoding="utf-8")
+    return f
+
+
+@pytest.fixture
+def no_default_cache(tmp_path, monkeypatch):
+    """Point the default token cache into the test's folder, and return that folder."""
+    folder = tmp_path / "default_cache"
+    monkeypatch.setenv("QORUS_CACHE_DIR", str(folder))
+    return folder
+
+
+def test_from_text_file_in_memory(text_file, no_default_cache):
+    ds = TextDataset.from_text_file(text_file, "byte", seq_len=32, seed=4)
+    raw = np.frombuffer(text_file.read_bytes(), np.uint8)
+    assert not isinstance(ds.tokens, np.memmap)
+    np.testing.assert_array_equal(ds.tokens, raw)
+    assert ds.n_tokens == raw.size
+    assert not no_default_cache.exists()  # small: nothing written
+    json.dumps(ds.info)
+
+
+def test_from_text_file_cache_is_memory_mapped(text_file, tmp_path, no_default_cache):
+    cache = tmp_path / "cache"
+    CountingByteTokenizer.calls = 0
+    mm = TextDataset.from_text_file(text_file, CountingByteTokenizer(), seq_len=32, seed=4, cache_dir=cache)
+    assert CountingByteTokenizer.calls == 1
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npy"  # no temporary file left behind
+    assert isinstance(mm.tokens, np.memmap)
+    on_disk = np.load(files[0], allow_pickle=False)
+    assert on_disk.dtype == np.uint16
+    np.testing.assert_array_equal(on_disk, np.frombuffer(text_file.read_bytes(), np.uint8))
+    assert mm.info["memory_mapped"] and mm.info["tokens_file"] == str(files[0])
+
+    mem = TextDataset(np.frombuffer(text_file.read_bytes(), np.uint8), seq_len=32, seed=4)
+    for _ in range(5):
+        (x1, y1), (x2, y2) = mm.train_batch(6), mem.train_batch(6)
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    for (x1, _), (x2, _) in zip(mm.val_batches(3, 4), mem.val_batches(3, 4), strict=True):
+        np.testing.assert_array_equal(x1, x2)
+
+    again = TextDataset.from_text_file(text_file, CountingByteTokenizer(), seq_len=32, seed=4, cache_dir=cache)
+    assert CountingByteTokenizer.calls == 1  # reused, not tokenized again
+    np.testing.assert_array_equal(again.train_batch(6)[0], TextDataset(mem.tokens, 32, seed=4).train_batch(6)[0])
+
+    text_file.write_text("different text " * 100, encoding="utf-8")
+    changed = TextDataset.from_text_file(text_file, CountingByteTokenizer(), seq_len=32, cache_dir=cache)
+    assert CountingByteTokenizer.calls == 2 and len(list(cache.iterdir())) == 2
+    np.testing.assert_array_equal(changed.tokens, np.frombuffer(text_file.read_bytes(), np.uint8))
+    assert not no_default_cache.exists()
+
+
+def test_from_text_file_large_goes_to_the_default_cache(text_file, no_default_cache):
+    ds = TextDataset.from_text_file(text_file, "byte", seq_len=32, mmap_threshold=1000)
+    assert isinstance(ds.tokens, np.memmap)
+    assert [p.suffix for p in no_default_cache.iterdir()] == [".npy"]
+    np.testing.assert_array_equal(ds.tokens, np.frombuffer(text_file.read_bytes(), np.uint8))
+
+
+def test_from_text_file_bpe(bpe, tk, text_file, tmp_path):
+    tok_file = bpe.save(tmp_path / "tok" / "tokenizer.json")
+    ds = TextDataset.from_text_file(text_file, tok_file, seq_len=16, cache_dir=tmp_path / "cache")
+    want = tk.Tokenizer.from_file(str(tok_file)).encode(text_file.read_text(encoding="utf-8"),
+                                                         add_special_tokens=False).ids
+    assert isinstance(ds.tokens, np.memmap) and ds.tokens.dtype == np.uint16
+    assert ds.tokens.tolist() == want
+    assert ds.vocab_size == bpe.vocab_size
+
+
+def test_from_text_file_errors(tmp_path, no_default_cache):
+    with pytest.raises(FileNotFoundError, match="path.*missing.txt"):
+        TextDataset.from_text_file(tmp_path / "missing.txt", "byte", seq_len=8)
+    with pytest.raises(IsADirectoryError, match="path"):
+        TextDataset.from_text_file(tmp_path, "byte", seq_len=8)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        TextDataset.from_text_file(empty, "byte", seq_len=8)
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words here")
+    with pytest.raises(ValueError, match="short.txt.*too short"):
+        TextDataset.from_text_file(short, "byte", seq_len=8)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(ValueError, match="UTF-8"):
+        TextDataset.from_text_file(latin1, "byte", seq_len=8)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("plenty of text " * 100)
+    with pytest.raises(NotADirectoryError, match="cache_dir"):
+        TextDataset.from_text_file(ok, "byte", seq_len=8, cache_dir=ok)
+    with pytest.raises(FileNotFoundError, match="spec"):
+        TextDataset.from_text_file(ok, tmp_path / "no_tokenizer", seq_len=8)
+
+
+def test_from_tokens_file(tmp_path):
+    tokens = np.random.default_rng(6).integers(0, 70_000, size=5000).astype(np.int32)
+    np.save(tmp_path / "ids.npy", tokens)
+    ds = TextDataset.from_tokens_file(tmp_path / "ids.npy", seq_len=20, seed=2)
+    mem = TextDataset(tokens, seq_len=20, seed=2)
+    assert isinstance(ds.tokens, np.memmap)
+    for _ in range(3):
+        np.testing.assert_array_equal(ds.train_batch(5)[1], mem.train_batch(5)[1])
+    np.save(tmp_path / "floats.npy", tokens.astype(np.float32))
+    with pytest.raises(TypeError, match="tokens.*integer"):
+        TextDataset.from_tokens_file(tmp_path / "floats.npy", seq_len=20)
+    np.save(tmp_path / "two_d.npy", tokens.reshape(50, 100))
+    with pytest.raises(ValueError, match="tokens.*1-D"):
+        TextDataset.from_tokens_file(tmp_path / "two_d.npy", seq_len=20)
+    (tmp_path / "junk.npy").write_text("not an array")
+    with pytest.raises(ValueError, match="junk.npy"):
+        TextDataset.from_tokens_file(tmp_path / "junk.npy", seq_len=20)
+    np.savez(tmp_path / "arch.npz", ids=tokens)
+    with pytest.raises(ValueError, match="npz"):
+        TextDataset.from_tokens_file(tmp_path / "arch.npz", seq_len=20)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        TextDataset.from_tokens_file(tmp_path / "absent.npy", seq_len=20)
+
+
+# ----------------------------------------------------------------------------------------- default corpus
+
+
+def test_default_corpus():
+    from pydoc_data.topics import topics
+
+    name, text = default_corpus()
+    assert isinstance(name, str) and name
+    assert len(text) > 200_000
+    assert 'The "for" statement' in text
+    assert "for_stmt" in text or "for target_list in" in text
+    # every topic, in sorted topic order
+    pos = 0
+    for key in sorted(topics):
+        body = topics[key].strip()
+        at = text.find(body, pos)
+        assert at >= pos, key
+        pos = at + len(body)
+
+
+# ------------------------------------------------------------------------------------------- ArrayDataset
+
+
+def make_xy(n=23, f=3):
+    X = (np.arange(n * f, dtype=np.float32).reshape(n, f)) / 7
+    y = np.arange(n, dtype=np.int64)
+    return X, y
+
+
+def check_rows(X, xb, yb):
+    """Each batch row is the sample its label names (y = the sample index)."""
+    assert xb.flags.c_contiguous and yb.flags.c_contiguous
+    np.testing.assert_array_equal(xb, X[yb])
+
+
+def test_array_dataset_epochs_are_permutations():
+    X, y = make_xy()
+    ds = ArrayDataset(X, y, batch_size=5, seed=0)
+    assert len(ds) == 5
+    orders = []
+    for epoch in range(4):
+        assert ds.epoch == epoch
+        batches = list(ds)
+        assert [len(b[1]) for b in batches] == [5, 5, 5, 5, 3]
+        for xb, yb in batches:
+            assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.shape[1:] == (3,)
+            check_rows(X, xb, yb)
+        order = np.concatenate([b[1] for b in batches])
+        assert sorted(order.tolist()) == list(range(23))
+        orders.append(order.tolist())
+    assert ds.epoch == 4
+    assert len({tuple(o) for o in orders}) == 4  # reshuffled every epoch
+    again = ArrayDataset(X, y, batch_size=5, seed=0)
+    assert [np.concatenate([b[1] for b in again]).tolist() for _ in range(4)] == orders
+    other = ArrayDataset(X, y, batch_size=5, seed=1)
+    assert np.concatenate([b[1] for b in other]).tolist() != orders[0]
+
+
+def test_array_dataset_drop_last_and_no_shuffle():
+    X, y = make_xy()
+    ds = ArrayDataset(X, y, batch_size=5, drop_last=True, seed=2)
+    assert len(ds) == 4
+    for _ in range(3):
+        batches = list(ds)
+        assert [len(b[1]) for b in batches] == [5, 5, 5, 5]
+        seen = np.concatenate([b[1] for b in batches])
+        assert len(set(seen.tolist())) == 20
+    plain = ArrayDataset(X, y, batch_size=5, shuffle=False)
+    assert np.concatenate([b[1] for b in plain]).tolist() == list(range(23))
+    assert np.concatenate([b[1] for b in plain]).tolist() == list(range(23))
+
+
+def test_array_dataset_next_batch_crosses_epochs_like_iteration():
+    X, y = make_xy()
+    it = ArrayDataset(X, y, batch_size=4, seed=3)
+    by_iter = [yb.tolist() for _ in range(3) for _, yb in it]
+    nb = ArrayDataset(X, y, batch_size=4, seed=3)
+    by_next = [nb.next_batch()[1].tolist() for _ in range(len(by_iter))]
+    assert by_next == by_iter
+    assert nb.epoch == 2 and nb.position == 23
+    nb.next_batch()
+    assert nb.epoch == 3 and nb.position == 4
+
+
+def test_array_dataset_resumes_mid_epoch_through_json():
+    X, y = make_xy()
+    ref = ArrayDataset(X, y, batch_size=5, seed=9)
+    stream = [ref.next_batch() for _ in range(17)]
+
+    first = ArrayDataset(X, y, batch_size=5, seed=9)
+    for _ in range(7):  # epoch 1, two batches in
+        first.next_batch()
+    assert (first.epoch, first.position) == (1, 10)
+    state = json_round_trip(first.state_dict())
+    fresh = ArrayDataset(X, y, batch_size=5, seed=9)
+    fresh.load_state_dict(state)
+    for xb_ref, yb_ref in stream[7:]:
+        xb, yb = fresh.next_batch()
+        np.testing.assert_array_equal(xb, xb_ref)
+        np.testing.assert_array_equal(yb, yb_ref)
+
+    # iterating a resumed dataset finishes the interrupted epoch, then runs whole ones
+    fresh2 = ArrayDataset(X, y, batch_size=5, seed=9)
+    fresh2.load_state_dict(state)
+    rest = [yb.tolist() for _, yb in fresh2]
+    assert rest == [yb.tolist() for _, yb in stream[7:10]]
+    assert fresh2.epoch == 2
+    nxt = [yb.tolist() for _, yb in fresh2]
+    assert nxt == [yb.tolist() for _, yb in stream[10:15]]
+
+
+def test_array_dataset_inputs_other_layouts_and_targets():
+    X, _ = make_xy(30, 4)
+    Xs = X[:, ::2]  # not C-contiguous: batches are still contiguous copies
+    targets = np.random.default_rng(0).standard_normal((30, 2)).astype(np.float32)
+    ds = ArrayDataset(Xs, targets, batch_size=7, seed=1)
+    for xb, yb in ds:
+        assert xb.flags.c_contiguous and yb.flags.c_contiguous and yb.dtype == np.float32
+        rows = [int(np.flatnonzero((targets == r).all(axis=1))[0]) for r in yb]
+        np.testing.assert_array_equal(xb, Xs[rows])
+    labels = np.arange(30, dtype=np.int32) % 3
+    assert next(iter(ArrayDataset(X, labels, 8)))[1].dtype == np.int32
+
+
+def test_array_dataset_errors():
+    X, y = make_xy()
+    with pytest.raises(TypeError, match="X.*float32"):
+        ArrayDataset(X.astype(np.float64), y, 4)
+    with pytest.raises(TypeError, match="X"):
+        ArrayDataset(X.tolist(), y, 4)
+    with pytest.raises(TypeError, match="y.*dtype"):
+        ArrayDataset(X, y.astype(np.float16), 4)
+    with pytest.raises(TypeError, match="y.*dtype"):
+        ArrayDataset(X, y > 3, 4)
+    with pytest.raises(TypeError, match="y"):
+        ArrayDataset(X, list(y), 4)
+    with pytest.raises(ValueError, match="y.*22"):
+        ArrayDataset(X, y[:22], 4)
+    with pytest.raises(ValueError, match="X.*N >= 1"):
+        ArrayDataset(X[:0], y[:0], 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        ArrayDataset(X, y, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        ArrayDataset(X, y, 30, drop_last=True)
+    with pytest.raises(TypeError, match="shuffle"):
+        ArrayDataset(X, y, 4, shuffle="yes")
+    with pytest.raises(ValueError, match="seed"):
+        ArrayDataset(X, y, 4, seed=-2)
+    ds = ArrayDataset(X, y, 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.load_state_dict(ArrayDataset(X, y, 5).state_dict())
+    with pytest.raises(ValueError, match="n"):
+        ds.load_state_dict(ArrayDataset(X[:20], y[:20], 4).state_dict())
+    with pytest.raises(ValueError, match="shuffle"):
+        ds.load_state_dict(ArrayDataset(X, y, 4, shuffle=False).state_dict())
+    with pytest.raises(ValueError, match="position"):
+        ds.load_state_dict({**ds.state_dict(), "position": 99})
+    with pytest.raises(ValueError, match="epoch"):
+        ds.load_state_dict({k: v for k, v in ds.state_dict().items() if k != "epoch"})
+
+
+def test_train_test_split():
+    X, y = make_xy(50)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_fraction=0.2, seed=0)
+    assert (len(ytr), len(yte)) == (40, 10)
+    assert sorted(ytr.tolist() + yte.tolist()) == list(range(50))
+    for xs, ys in ((Xtr, ytr), (Xte, yte)):
+        check_rows(X, xs, ys)
+    assert ytr.tolist() != sorted(ytr.tolist())  # shuffled
+    again = train_test_split(X, y, test_fraction=0.2, seed=0)
+    assert again[3].tolist() == yte.tolist()
+    assert train_test_split(X, y, test_fraction=0.2, seed=1)[3].tolist() != yte.tolist()
+    for frac in (0, 1, 0.001, 0.999, "0.2"):
+        with pytest.raises(ValueError, match="test_fraction"):
+            train_test_split(X, y, test_fraction=frac)
+    with pytest.raises(ValueError, match="y"):
+        train_test_split(X, y[:10])
+
+
+# --------------------------------------------------------------------------------------------- the module
+
+
+def test_docstring_examples_run():
+    pytest.importorskip("tokenizers")  # the BPETokenizer example
+    result = doctest.testmod(data, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0
+
+
+def test_no_pickle_in_the_module():
+    source = Path(data.__file__).read_text()
+    assert "import pickle" not in source and "allow_pickle=True" not in source
+    loads = [line for line in source.splitlines() if "np.load(" in line]
+    assert loads and all("allow_pickle=False" in line for line in loads)
