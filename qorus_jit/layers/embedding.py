@@ -22,6 +22,7 @@ class Embedding(Layer):
     def forward(self, ids):
         if not isinstance(ids, np.ndarray) or ids.ndim < 1:
             raise TypeError(f"ids: expected an integer numpy array with at least one axis, got {type(ids).__name__}")
+        ids = np.ascontiguousarray(ids)  # a slice such as ids[:, :-1] is fine: ids are small
         check_index("ids", ids, tuple(f"d{i}" for i in range(ids.ndim)), self.num_embeddings)
         y = self.buffer("y", ids.shape + (self.dim,))
         _embedding_forward(y.reshape(-1, self.dim), ids.reshape(-1), self.weight)

@@ -1,0 +1,149 @@
+"""Training checkpoints: weights, optimizer state and the trainer's state, written atomically.
+
+A run directory holds ``checkpoints/step_NNNNNNN/`` folders, each with
+
+- ``model.safetensors``: the model's parameters under their dotted names;
+- ``optimizer.safetensors``: the optimizer's state tensors (moments, momentum buffers);
+- ``state.json``: the step, the optimizer's hyperparameters and counters, the data position and RNG
+  state, and whatever else the trainer records (written last: a folder without it is incomplete).
+
+A checkpoint is written into a hidden temporary folder beside the others, every file fsynced, and then
+renamed into place in one step; ``checkpoints/latest`` (a one-line text file naming the newest folder) is
+replaced atomically after that. A crash or SIGKILL at any moment leaves the previous checkpoint whole, and
+:func:`latest_checkpoint` skips leftovers of an interrupted write. No pickle is written or read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write_text, fsync_dir, fsync_file, read_json
+from .hf import load_safetensors
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+FORMAT = 1
+_NAME = re.compile(r"step_(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` reads back."""
+
+    path: Path
+    step: int
+    model: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    state: dict
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
+                    optimizer_tensors: dict[str, np.ndarray], state: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` under ``run_dir/checkpoints`` atomically; keep the newest ``keep`` of them.
+
+    ``state`` must be JSON-serializable (no NaN); it is stored with ``step`` and a format number.
+    Returns the checkpoint folder.
+    """
+    from safetensors.numpy import save_file
+
+    if keep < 1:
+        raise ValueError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    try:  # fails before anything is written
+        text = json.dumps({"format": FORMAT, "step": int(step), **state}, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"state: not JSON-serializable ({e})") from None
+    final = root / checkpoint_name(step)
+    if (final / STATE_FILE).is_file():  # this step is saved already (a finished run saved again): keep it
+        return final
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
+            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+            save_file(arrays, str(tmp / name), metadata={"format": "np"})
+            fsync_file(tmp / name)
+        (tmp / STATE_FILE).write_text(text, encoding="utf-8")
+        fsync_file(tmp / STATE_FILE)
+        os.chmod(tmp, 0o755)
+        fsync_dir(tmp)
+        if final.exists():  # an incomplete folder of this step (no state file): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoint folders of ``run_dir`` (those with a state file), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, or None. Leftovers of interrupted writes are skipped."""
+    root = Path(run_dir) / CHECKPOINTS
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except OSError:
+        name = ""
+    if _NAME.match(name) and (root / name / STATE_FILE).is_file():
+        return root / name
+    done = list_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def remove_partial(run_dir) -> int:
+    """Delete temporary folders left by checkpoint writes that were interrupted; returns how many."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return 0
+    stale = [p for p in root.iterdir() if p.name.startswith(".step_") and p.name.endswith(".tmp")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint folder written by :func:`save_checkpoint`; damaged files raise ValueError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a checkpoint folder")
+    state_file = path / STATE_FILE
+    try:
+        state = read_json(state_file, "checkpoint state")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: incomplete checkpoint (no {STATE_FILE})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("step"), int):
+        raise ValueError(f"{state_file}: not a qorus checkpoint state (format {FORMAT} with a step expected)")
+    tensors = {}
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        if not (path / name).is_file():
+            raise ValueError(f"{path}: incomplete checkpoint (no {name})")
+        tensors[name] = load_safetensors(path / name)
+    return Checkpoint(path, state.pop("step"), tensors[MODEL_FILE], tensors[OPTIMIZER_FILE],
+                      {k: v for k, v in state.items() if k != "format"})

@@ -1,0 +1,386 @@
+"""Training: losses and the :class:`Trainer` loop (mini-batches, accumulation, clipping, schedules,
+evaluation, JSONL metrics, atomic checkpoints and exact resume).
+
+>>> import numpy as np
+>>> from qorus_jit.data import ArrayDataset
+>>> from qorus_jit.models import MLP
+>>> from qorus_jit.optim import AdamW
+>>> from qorus_jit.train import Trainer
+>>> X = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32)
+>>> y = (X[:, 0] > 0).astype(np.int64)
+>>> model = MLP([8, 32, 2], rng=0)
+>>> trainer = Trainer(model, AdamW(model, lr=1e-2), ArrayDataset(X, y, batch_size=32), steps=50,
+...                   val_data=[(X, y)], progress=False)
+>>> history = trainer.fit()
+>>> history["val_accuracy"] > 0.9
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from ._io import atomic_write_text
+from .kernels.loss import _cross_entropy_forward_backward, _mse_backward, _mse_forward, cross_entropy_forward
+from .schedule import constant
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient); the message names the step."""
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+class CrossEntropyLoss:
+    """Mean cross-entropy of ``logits (..., V)`` against integer ``targets (...)``; ``ignore_index`` rows
+    count for nothing. Calling it returns ``(loss, dlogits)``: the gradient of ``scale * loss``, in a buffer
+    the loss owns (overwritten by the next call)."""
+
+    def __init__(self, ignore_index: int = -100):
+        self.ignore_index = int(ignore_index)
+        self._grad = None
+
+    def _flat(self, logits, targets):
+        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32 or logits.ndim < 2:
+            raise ValueError(f"logits: expected a float32 array (..., V), got {getattr(logits, 'shape', logits)}")
+        targets = np.asarray(targets)
+        if targets.shape != logits.shape[:-1] or targets.dtype.kind not in "iu":
+            raise ValueError(f"targets: expected integer ids of shape {logits.shape[:-1]}, got "
+                             f"{targets.dtype} {targets.shape}")
+        V = logits.shape[-1]
+        return np.ascontiguousarray(logits).reshape(-1, V), np.ascontiguousarray(targets, np.int64).reshape(-1), V
+
+    def __call__(self, logits, targets, scale: float = 1.0):
+        x, t, V = self._flat(logits, targets)
+        if t.size and (t.max() >= V or (t.min() < 0 and np.any((t < 0) & (t != self.ignore_index)))):
+            raise ValueError(f"targets: expected ids in [0, {V}) or {self.ignore_index}")
+        if self._grad is None or self._grad.shape != x.shape:
+            self._grad = np.empty(x.shape, np.float32)
+        losses = np.empty(x.shape[0], np.float64)
+        count = int(np.count_nonzero(t != self.ignore_index))
+        _cross_entropy_forward_backward(self._grad, losses, x, t, self.ignore_index, scale / count if count else 0.0)
+        loss = float(losses.sum() / count) if count else 0.0
+        return loss, self._grad.reshape(logits.shape)
+
+    def evaluate(self, logits, targets) -> tuple[float, int, int]:
+        """``(sum of row losses, rows counted, rows whose argmax is the target)`` without a gradient."""
+        x, t, _ = self._flat(logits, targets)
+        losses = np.empty(x.shape[0], x.dtype)
+        cross_entropy_forward(losses, x, t, self.ignore_index)
+        keep = t != self.ignore_index
+        correct = int(np.count_nonzero((x.argmax(axis=1) == t) & keep))
+        return float(losses.sum(dtype=np.float64)), int(keep.sum()), correct
+
+
+class MSELoss:
+    """Mean squared error of ``pred`` against ``target`` of the same shape; returns ``(loss, dpred)``."""
+
+    def __init__(self):
+        self._grad = None
+
+    def _check(self, pred, target):
+        target = np.ascontiguousarray(target, np.float32)
+        if not isinstance(pred, np.ndarray) or pred.dtype != np.float32:
+            raise ValueError(f"pred: expected a float32 array, got {type(pred).__name__}")
+        if target.shape != pred.shape:
+            if target.size == pred.size:
+                target = target.reshape(pred.shape)
+            else:
+                raise ValueError(f"target: expected shape {pred.shape}, got {target.shape}")
+        return np.ascontiguousarray(pred), target
+
+    def __call__(self, pred, target, scale: float = 1.0):
+        pred, target = self._check(pred, target)
+        if self._grad is None or self._grad.shape != pred.shape:
+            self._grad = np.empty(pred.shape, np.float32)
+        self._grad.fill(0)
+        loss = float(_mse_forward(pred.reshape(-1), target.reshape(-1)))
+        _mse_backward(self._grad.reshape(-1), pred.reshape(-1), target.reshape(-1), scale / pred.size)
+        return loss, self._grad
+
+    def evaluate(self, pred, target) -> tuple[float, int, int]:
+        pred, target = self._check(pred, target)
+        n = pred.shape[0] if pred.ndim else 1
+        return float(_mse_forward(pred.reshape(-1), target.reshape(-1))) * n, n, 0
+
+
+LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+
+
+def make_loss(loss):
+    """A loss object from a name in :data:`LOSSES` or an object with the loss protocol."""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+        return LOSSES[loss]()
+    if not callable(loss) or not hasattr(loss, "evaluate"):
+        raise TypeError(f"loss: expected a name or a loss object, got {type(loss).__name__}")
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on batches from ``data`` for ``steps`` optimizer steps.
+
+    - ``data``: a :class:`~qorus_jit.data.TextDataset` (``train_batch(batch_size)``; ``batch_size``
+      required) or an :class:`~qorus_jit.data.ArrayDataset` (``next_batch()``, its own batch size), or
+      any object with one of those and ``state_dict``/``load_state_dict``.
+    - ``val_data``: a list of ``(x, y)`` batches for evaluation; by default a text dataset's fixed
+      ``val_batches(batch_size, eval_batches)``.
+    - ``schedule``: ``step -> lr`` (see :mod:`qorus_jit.schedule`); by default the optimizer's lr throughout.
+    - ``grad_accum`` micro-batches per step (the loss is their mean); ``clip``: global gradient-norm limit.
+    - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
+      and ``checkpoints/`` (nothing is written without it); ``keep_checkpoints`` newest are kept.
+    - ``extra_state``: JSON data stored in every checkpoint (the CLI stores its config there).
+
+    ``fit()`` returns the last metrics. A NaN or inf loss or gradient norm raises :class:`TrainingError`
+    naming the step before the optimizer touches the weights; the last checkpoint stays as it was.
+    ``resume(path_or_run_dir)`` restores weights, optimizer, data position and step from a checkpoint, so
+    that the run continues exactly as if it had never stopped.
+    """
+
+    def __init__(self, model, optimizer, data, *, steps: int, batch_size: int | None = None, loss="cross_entropy",
+                 schedule=None, grad_accum: int = 1, clip: float | None = None, val_data=None,
+                 eval_every: int = 0, eval_batches: int = 8, ckpt_every: int = 0, keep_checkpoints: int = 2,
+                 run_dir=None, log_every: int = 1, progress: bool = True, extra_state: dict | None = None,
+                 handle_sigint: bool = False):
+        for name, value, low in (("steps", steps, 1), ("grad_accum", grad_accum, 1), ("eval_every", eval_every, 0),
+                                 ("eval_batches", eval_batches, 1), ("ckpt_every", ckpt_every, 0),
+                                 ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+            raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.steps, self.grad_accum, self.clip = steps, grad_accum, clip
+        self.loss = make_loss(loss)
+        self.schedule = schedule if schedule is not None else constant(optimizer.lr)
+        self._next_batch = self._batch_source(data, batch_size)
+        self.batch_size = batch_size
+        if val_data is None and hasattr(data, "val_batches") and batch_size:
+            val_data = data.val_batches(batch_size, eval_batches)
+        self.val_data = list(val_data) if val_data is not None else []
+        self.eval_every, self.ckpt_every, self.keep_checkpoints = eval_every, ckpt_every, keep_checkpoints
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.log_every, self.progress, self.handle_sigint = log_every, progress, handle_sigint
+        self.extra_state = dict(extra_state or {})
+        self.step = 0
+        self.elapsed = 0.0  # seconds of training before this process (restored on resume)
+        self.last: dict = {}
+        self.interrupted = False
+        self._stop = False
+
+    @staticmethod
+    def _batch_source(data, batch_size):
+        if hasattr(data, "train_batch"):
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise ValueError(f"batch_size: expected an int >= 1 for {type(data).__name__}, got {batch_size!r}")
+            return lambda: data.train_batch(batch_size)
+        if hasattr(data, "next_batch"):
+            if batch_size is not None:
+                raise ValueError(f"batch_size: {type(data).__name__} sets its own batch size; pass None")
+            return data.next_batch
+        raise TypeError(f"data: expected a dataset with train_batch(batch_size) or next_batch(), "
+                        f"got {type(data).__name__}")
+
+    # -- one step -----------------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
+        step = self.step
+        lr = float(self.schedule(step))
+        self.optimizer.lr = lr
+        self.optimizer.zero_grad()
+        loss, items = 0.0, 0
+        for _ in range(self.grad_accum):
+            x, y = self._next_batch()
+            out = self.model.forward(x)
+            part, dout = self.loss(out, y, 1.0 / self.grad_accum)
+            if not math.isfinite(part):
+                raise TrainingError(f"step {step + 1}: the loss is {part}; stopping (the weights were not updated)")
+            self.model.backward(dout)
+            loss += part / self.grad_accum
+            items += x.size if x.dtype.kind in "iu" else x.shape[0]  # tokens, or samples
+        norm = self.optimizer.clip_grad_norm(self.clip) if self.clip else self.optimizer.grad_norm()
+        if not math.isfinite(norm):
+            raise TrainingError(f"step {step + 1}: the gradient norm is {norm}; stopping (the weights were not "
+                                f"updated)")
+        self.optimizer.step()
+        self.step = step + 1
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "items": items}
+
+    def evaluate(self) -> dict:
+        """Mean loss (and accuracy for cross-entropy) over ``val_data``; empty if there is none."""
+        if not self.val_data:
+            return {}
+        total, count, correct = 0.0, 0, 0
+        for x, y in self.val_data:
+            s, n, c = self.loss.evaluate(self.model.forward(x), y)
+            total, count, correct = total + s, count + n, correct + c
+        out = {"val_loss": total / max(count, 1)}
+        if isinstance(self.loss, CrossEntropyLoss):
+            out["val_accuracy"] = correct / max(count, 1)
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Train from the current step to ``steps``; returns the last metrics (with the final evaluation).
+
+        Ctrl-C (with ``handle_sigint``) finishes the step under way, saves a checkpoint and returns with
+        ``interrupted`` set.
+        """
+        metrics = self._open_metrics()
+        bar = self._bar()
+        old_handler = self._install_sigint()
+        unit = "tok/s"
+        t_last, items_last = time.perf_counter(), 0
+        start_elapsed, t_start = self.elapsed, time.perf_counter()
+        try:
+            while self.step < self.steps and not self._stop:
+                row = self.train_step()
+                items_last += row.pop("items")
+                self.elapsed = start_elapsed + time.perf_counter() - t_start
+                if self.step % self.log_every == 0 or self.step == self.steps:
+                    now = time.perf_counter()
+                    rate = items_last / max(now - t_last, 1e-9)
+                    unit = "tok/s" if isinstance(self.loss, CrossEntropyLoss) and self._is_lm() else "samples/s"
+                    row[unit.replace("/", "_per_")] = rate
+                    t_last, items_last = now, 0
+                    row["elapsed"] = self.elapsed
+                    self._write(metrics, row)
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {row['loss']:.4f} lr {row['lr']:.2e} {rate:,.0f} {unit}")
+                if bar is not None:
+                    bar.update(1)
+                self.last.update(row)
+                end = self.step == self.steps
+                if self.eval_every and (self.step % self.eval_every == 0) and not end:
+                    self._eval_and_log(metrics, bar)
+                if self.run_dir is not None and self.ckpt_every and self.step % self.ckpt_every == 0 and not end:
+                    self.save()
+            if not self._stop:
+                self._eval_and_log(metrics, bar)
+            if self.run_dir is not None:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+            self._restore_sigint(old_handler)
+        self.interrupted = self._stop
+        return dict(self.last)
+
+    def _is_lm(self) -> bool:
+        x = self.val_data[0][0] if self.val_data else None
+        return hasattr(self.data, "train_batch") or (x is not None and x.dtype.kind in "iu")
+
+    def _eval_and_log(self, metrics, bar) -> None:
+        row = self.evaluate()
+        if not row:
+            return
+        row = {"step": self.step, **row, "elapsed": self.elapsed}
+        self.last.update(row)
+        self._write(metrics, row)
+        text = f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+        if bar is not None:
+            bar.write(text)
+        elif self.progress:
+            print(text, file=sys.stderr)
+
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5,
+                    disable=None, leave=True)
+
+    def _open_metrics(self):
+        if self.run_dir is None:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / METRICS_FILE
+        if path.exists():  # drop rows past the checkpoint we resumed from (they will be recomputed)
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _row_step(line) <= self.step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _write(metrics, row: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps({k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
+            metrics.flush()
+
+    # -- Ctrl-C -------------------------------------------------------------------------------------
+
+    def _install_sigint(self):
+        if not self.handle_sigint or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def stop(signum, frame):
+            if self._stop:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop = True
+            print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+                  file=sys.stderr)
+
+        return signal.signal(signal.SIGINT, stop)
+
+    @staticmethod
+    def _restore_sigint(old) -> None:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step into ``run_dir/checkpoints`` (atomically)."""
+        if self.run_dir is None:
+            raise ValueError("run_dir: the trainer has no run directory to save checkpoints into")
+        opt_tensors, opt_meta = self.optimizer.state_dict()
+        state = {"optimizer": opt_meta, "data": self.data.state_dict(), "elapsed": self.elapsed,
+                 "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                 **self.extra_state}
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model.parameters(), opt_tensors, state,
+                                    keep=self.keep_checkpoints)
+
+    def resume(self, path) -> Path:
+        """Restore from a checkpoint folder, or from the newest complete one of a run directory."""
+        path = Path(path)
+        if not (path / ckpt.STATE_FILE).is_file():
+            ckpt.remove_partial(path)
+            found = ckpt.latest_checkpoint(path)
+            if found is None:
+                raise ValueError(f"{path}: no complete checkpoint to resume from")
+            path = found
+        c = ckpt.load_checkpoint(path)
+        self.model.load_parameters(c.model)
+        self.optimizer.load_state_dict(c.optimizer, c.state["optimizer"])
+        self.data.load_state_dict(c.state["data"])
+        self.step, self.elapsed = c.step, float(c.state.get("elapsed", 0.0))
+        self.last = dict(c.state.get("last", {}))
+        return path
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 1 << 62  # a damaged line (cut by a kill) is dropped
