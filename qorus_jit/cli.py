@@ -46,5 +46,120 @@ def clear_cache():
     click.echo(f"removed {n} cached kernel files from {where}")
 
 
+class _OneLineErrors(click.Command):
+    """A command whose usage errors (unknown option, bad value) print one line and exit 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            click.echo(f"error: {e.format_message()} (see qorus {info_name} --help)", err=True)
+            raise SystemExit(2) from None
+
+
+def _train_options(fn):
+    """One option per TrainConfig setting (defaults None: only what is given overrides the config file)."""
+    from qorus_jit.run import config_fields
+
+    for name, kind, default, text, choices in reversed(config_fields()):
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{text} [default: {default!r}]"
+        if kind is bool:
+            fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)(fn)
+        else:
+            ptype = click.Choice(choices) if choices else kind
+            fn = click.option(flag, name, type=ptype, default=None, help=help_text)(fn)
+    return fn
+
+
+@main.command(cls=_OneLineErrors, context_settings={"max_content_width": 110})
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", "resume", metavar="RUN_DIR", default=None,
+              help="Continue the run in RUN_DIR from its newest checkpoint (its settings are kept; steps and "
+                   "the bookkeeping settings may change).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (metrics still go to metrics.jsonl).")
+@_train_options
+def train(config, resume, no_progress, **settings):
+    """Train a language model (by default a small byte-level Llama on the standard library's docs).
+
+    CONFIG is an optional TOML file of settings (the names below, without dashes: batch_size = 16);
+    options given here override it. Each run writes runs/NAME/: run.json, tokenizer.json, metrics.jsonl
+    and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
+    """
+    from qorus_jit.run import ConfigError, TrainConfig, is_finished, resume_run, start_run
+    from qorus_jit.train import TrainingError
+
+    overrides = {k: v for k, v in settings.items() if v is not None}
+    try:
+        if resume:
+            if config:
+                raise ConfigError("CONFIG: a run is resumed with its own settings; pass no config file with --resume")
+            run = resume_run(resume, overrides, progress=not no_progress)
+            click.echo(f"resuming {run.run_dir} at step {run.trainer.step} of {run.cfg.steps}", err=True)
+        else:
+            cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides)
+            run = start_run(cfg, progress=not no_progress)
+            n = run.model.num_parameters()
+            click.echo(f"run {run.run_dir}: {run.cfg.arch} with {n:,} parameters on {run.data_name} "
+                       f"({run.data.n_train:,} train / {run.data.n_val:,} val tokens), {run.cfg.steps} steps", err=True)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C before training began: nothing was written
+        click.echo("interrupted before training began; nothing was written", err=True)
+        raise SystemExit(130) from None
+    try:
+        last = run.fit()
+    except TrainingError as e:
+        click.echo(f"error: {e}; {_newest_checkpoint(run.run_dir, resumable=False)}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: the step under way was abandoned
+        click.echo(f"aborted at step {run.trainer.step}; {_newest_checkpoint(run.run_dir)}", err=True)
+        raise SystemExit(130) from None
+    t = run.trainer
+    if t.interrupted and not is_finished(run.run_dir, run.cfg.steps):
+        click.echo(f"stopped at step {t.step}; checkpoint saved. Continue with: qorus train --resume {run.run_dir}",
+                   err=True)
+        raise SystemExit(130)
+    parts = [f"step {t.step}", f"loss {last.get('loss', float('nan')):.4f}"]
+    if "val_loss" in last:
+        parts.append(f"val_loss {last['val_loss']:.4f}")
+    parts.append(f"{t.elapsed:.0f} s")
+    click.echo("done: " + ", ".join(parts) + f"; run directory {run.run_dir}", err=True)
+    if run.cfg.sample_tokens:
+        click.echo("sample:\n" + run.sample())
+
+
+def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
+    """Where a stopped run can continue from, in words."""
+    from qorus_jit.checkpoint import latest_checkpoint, load_checkpoint
+
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return f"no checkpoint was written, so {run_dir} cannot be resumed"
+    try:
+        step = load_checkpoint(found).step
+    except ValueError:
+        return f"the newest checkpoint in {run_dir} is damaged"
+    where = f"the checkpoint of step {step} in {run_dir} is intact"
+    return f"{where}; continue with: qorus train --resume {run_dir}" if resumable else where
+
+
+@main.command(cls=_OneLineErrors)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write [default: RUN_DIR/curves.png].")
+def plot(run_dir, out):
+    """Draw the loss and learning-rate curves of RUN_DIR's metrics.jsonl to a PNG (needs matplotlib)."""
+    from qorus_jit.plot import plot_run
+
+    try:
+        path = plot_run(run_dir, out)
+    except (ValueError, ImportError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -145,7 +145,7 @@ class Trainer:
     - ``grad_accum`` micro-batches per step (the loss is their mean); ``clip``: global gradient-norm limit.
     - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
       and ``checkpoints/`` (nothing is written without it); ``keep_checkpoints`` newest are kept.
-    - ``extra_state``: JSON data stored in every checkpoint (the CLI stores its config there).
+    - ``extra_state``: JSON data stored in every checkpoint's ``state.json`` beside the trainer's own.
 
     ``fit()`` returns the last metrics. A NaN or inf loss or gradient norm raises :class:`TrainingError`
     naming the step before the optimizer touches the weights; the last checkpoint stays as it was.
@@ -244,6 +244,9 @@ class Trainer:
         Ctrl-C (with ``handle_sigint``) finishes the step under way, saves a checkpoint and returns with
         ``interrupted`` set.
         """
+        if self.step >= self.steps:  # nothing left (a finished run resumed): no duplicate evaluation
+            self.interrupted = False
+            return dict(self.last)
         metrics = self._open_metrics()
         bar = self._bar()
         old_handler = self._install_sigint()
@@ -273,7 +276,7 @@ class Trainer:
                     self._eval_and_log(metrics, bar)
                 if self.run_dir is not None and self.ckpt_every and self.step % self.ckpt_every == 0 and not end:
                     self.save()
-            if not self._stop:
+            if self.step >= self.steps:
                 self._eval_and_log(metrics, bar)
             if self.run_dir is not None:
                 self.save()
@@ -283,7 +286,7 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
             self._restore_sigint(old_handler)
-        self.interrupted = self._stop
+        self.interrupted = self.step < self.steps
         return dict(self.last)
 
     def _is_lm(self) -> bool:

@@ -1,0 +1,419 @@
+"""A language-model training run from a config: what ``qorus train`` does, usable from Python.
+
+:class:`TrainConfig` lists every setting with its default and meaning (the ``qorus train --help`` text
+comes from here). :func:`start_run` validates the config, the data and the tokenizer *before* it creates
+the run directory, so a bad config leaves nothing behind; :func:`resume_run` picks a run up from its newest
+checkpoint. A run directory holds ``run.json`` (the config, the model config and the tokenizer),
+``tokenizer.json``, ``metrics.jsonl`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write_json, read_json
+
+RUN_FILE = "run.json"
+
+
+class ConfigError(ValueError):
+    """A bad setting, data file or run directory: reported as one line (exit code 2 on the command line)."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (defaults: a byte-level Llama on the standard library's docs)."""
+
+    # data
+    data: str = _f("", "Text file to train on (UTF-8). Empty: the standard library's documentation topics "
+                       "(pydoc_data), which every Python installation carries.")
+    tokenizer: str = _f("byte", "'byte' (256 ids, always works) or a tokenizer.json file / a folder holding one.")
+    val_fraction: float = _f(0.05, "Share of the tokens (at the end of the text) held out for validation.")
+    # model
+    arch: str = _f("llama", "Architecture: 'llama' or 'gpt2'.", choices=("llama", "gpt2"))
+    dim: int = _f(128, "Model width (embedding size).")
+    n_layers: int = _f(4, "Transformer blocks.")
+    n_heads: int = _f(4, "Attention heads (dim must be a multiple).")
+    n_kv_heads: int = _f(0, "Key/value heads for grouped-query attention (llama); 0: as many as n_heads.")
+    hidden_dim: int = _f(384, "Hidden size of the feed-forward block (SwiGLU for llama, GELU for gpt2).")
+    seq_len: int = _f(128, "Tokens per training window.")
+    max_seq_len: int = _f(0, "Longest sequence the model accepts (positions); 0: seq_len.")
+    tie_embeddings: bool = _f(True, "Share the token embedding with the output head (llama).")
+    # optimization
+    steps: int = _f(600, "Optimizer steps.")
+    batch_size: int = _f(16, "Windows per micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (gradient accumulation).")
+    optimizer: str = _f("adamw", "'adamw', 'adam' or 'sgd'.", choices=("adamw", "adam", "sgd"))
+    lr: float = _f(3e-3, "Peak learning rate.")
+    min_lr: float = _f(3e-4, "Final learning rate of the cosine or linear schedule.")
+    schedule: str = _f("cosine", "'cosine', 'linear', 'step' or 'constant' (after the warmup).",
+                       choices=("cosine", "linear", "step", "constant"))
+    warmup_steps: int = _f(30, "Linear warmup steps.")
+    weight_decay: float = _f(0.1, "Weight decay (AdamW: decoupled; not applied to norms, biases, embeddings).")
+    beta1: float = _f(0.9, "Adam beta1.")
+    beta2: float = _f(0.95, "Adam beta2.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    clip: float = _f(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    # bookkeeping
+    eval_every: int = _f(100, "Evaluate the validation loss every N steps (and at the end).")
+    eval_batches: int = _f(8, "Validation batches per evaluation (the same windows every time).")
+    ckpt_every: int = _f(200, "Save a checkpoint every N steps (and at the end, and on Ctrl-C).")
+    keep_checkpoints: int = _f(2, "Newest checkpoints to keep.")
+    out_dir: str = _f("runs", "Folder that receives run directories.")
+    name: str = _f("", "Run directory name under out_dir; empty: a timestamp.")
+    seed: int = _f(0, "Seed of the weights and of the batch order.")
+    threads: int = _f(0, "Threads for kernels and BLAS; 0: all cores.")
+    sample_tokens: int = _f(200, "Tokens of text to generate at the end (0: none).")
+    sample_prompt: str = _f("The ", "Prompt of the sample generated at the end.")
+    temperature: float = _f(0.8, "Sampling temperature of the final sample.")
+
+    # -- validation -------------------------------------------------------------------------------------
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = _type_of(f)
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok and not math.isfinite(value):
+                    raise ConfigError(f"{f.name}: expected a finite number, got {value!r}")
+                if ok:
+                    setattr(self, f.name, float(value))
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise ConfigError(f"{f.name}: expected {kind.__name__}, got {value!r}")
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise ConfigError(f"{f.name}: expected one of {', '.join(f.metadata['choices'])}, got {value!r}")
+        positive = ("dim", "n_layers", "n_heads", "hidden_dim", "seq_len", "steps", "batch_size", "grad_accum",
+                    "eval_batches", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
+        for name in ("n_kv_heads", "max_seq_len", "warmup_steps", "eval_every", "ckpt_every", "seed", "threads",
+                     "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected an int >= 0, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction: expected a number between 0 and 1, got {self.val_fraction}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"lr, min_lr: expected lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup_steps: expected fewer than steps = {self.steps}, got {self.warmup_steps}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"n_heads: expected a divisor of dim = {self.dim}, got {self.n_heads}")
+        if self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_kv_heads: expected a divisor of n_heads = {self.n_heads}, got {self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2 and self.arch == "llama":
+            raise ConfigError(f"n_heads: dim / n_heads must be even for rotary positions, got "
+                              f"{self.dim // self.n_heads}")
+        if self.max_seq_len and self.seq_len > self.max_seq_len:
+            raise ConfigError(f"seq_len: expected at most max_seq_len = {self.max_seq_len}, got {self.seq_len}")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise ConfigError(f"beta1, beta2: expected numbers in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.clip < 0 or self.weight_decay < 0 or self.temperature < 0:
+            raise ConfigError("clip, weight_decay, temperature: expected numbers >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "") -> TrainConfig:
+        """Build from a dict (a TOML table, ``run.json``); unknown keys raise a ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where or 'config'}: expected a table of settings, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{where or 'config'}: unknown setting(s) {', '.join(unknown)} (see qorus train --help)")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+    @classmethod
+    def from_toml(cls, path, overrides: dict | None = None) -> TrainConfig:
+        """Read a TOML file of settings (top level or a ``[train]`` table), then apply ``overrides``."""
+        p = Path(path)
+        try:
+            d = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such config file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p}: is a directory, expected a TOML config file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+        if isinstance(d.get("train"), dict):
+            if len(d) > 1:
+                raise ConfigError(f"{p}: settings both at the top level ({', '.join(sorted(set(d) - {'train'}))}) "
+                                  f"and in a [train] table; put them all in one place")
+            d = d["train"]
+        return cls.from_dict({**d, **(overrides or {})}, where=str(p))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_of(f) -> type:
+    name = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"bool": bool, "int": int, "float": float, "str": str}[name]
+
+
+def config_fields() -> list[tuple[str, type, object, str, tuple | None]]:
+    """``(name, type, default, help, choices)`` of every setting, in order (the CLI's options)."""
+    return [(f.name, _type_of(f), f.default, f.metadata["help"], f.metadata.get("choices"))
+            for f in dataclasses.fields(TrainConfig)]
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def build_model(cfg: TrainConfig, vocab_size: int):
+    """The model of ``cfg`` for ``vocab_size`` token ids, its weights drawn from ``cfg.seed``."""
+    from .models import GPT2, GPT2Config, Llama, LlamaConfig
+
+    max_len = cfg.max_seq_len or cfg.seq_len
+    if cfg.arch == "llama":
+        mc = LlamaConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads or None,
+                         hidden_dim=cfg.hidden_dim, vocab_size=vocab_size, max_seq_len=max_len,
+                         tie_embeddings=cfg.tie_embeddings)
+        return Llama(mc, rng=cfg.seed)
+    mc = GPT2Config(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, hidden_dim=cfg.hidden_dim,
+                    vocab_size=vocab_size, max_seq_len=max_len)
+    return GPT2(mc, rng=cfg.seed)
+
+
+def build_optimizer(cfg: TrainConfig, model):
+    from .optim import SGD, Adam, AdamW
+
+    if cfg.optimizer == "sgd":
+        return SGD(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = AdamW if cfg.optimizer == "adamw" else Adam
+    return cls(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+def build_schedule(cfg: TrainConfig):
+    from .schedule import make_schedule
+
+    kw = {"min_lr": cfg.min_lr} if cfg.schedule in ("cosine", "linear") else {}
+    if cfg.schedule == "step":
+        kw["step_size"] = max(1, (cfg.steps - cfg.warmup_steps) // 3)
+    return make_schedule(cfg.schedule, cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, **kw)
+
+
+def load_data(cfg: TrainConfig, tokenizer):
+    """The text dataset of ``cfg`` (the default corpus when ``cfg.data`` is empty) and its source name."""
+    from .data import TextDataset, default_corpus
+
+    try:
+        if cfg.data:
+            ds = TextDataset.from_text_file(cfg.data, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.seed)
+            name = str(Path(cfg.data).resolve())
+        else:
+            name, text = default_corpus()
+            ids = tokenizer.encode(text)
+            ds = TextDataset(ids, cfg.seq_len, cfg.val_fraction, cfg.seed, vocab_size=tokenizer.vocab_size)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise ConfigError(f"data: {e}") from None
+    if cfg.batch_size * cfg.eval_batches > ds.n_val_windows:
+        raise ConfigError(f"batch_size * eval_batches: the validation part of the data ({ds.n_val:,} tokens) holds "
+                          f"{ds.n_val_windows:,} windows of seq_len + 1 = {cfg.seq_len + 1}, fewer than "
+                          f"{cfg.batch_size} * {cfg.eval_batches} (use fewer or smaller batches, or more text)")
+    return ds, name
+
+
+class Run:
+    """A built run: config, tokenizer, dataset, model, optimizer and trainer, and its directory."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, tokenizer, data, data_name: str, progress: bool = True):
+        from .train import Trainer
+
+        self.cfg, self.run_dir, self.tokenizer, self.data, self.data_name = cfg, run_dir, tokenizer, data, data_name
+        if cfg.threads:
+            from .config import set_num_threads
+
+            set_num_threads(min(cfg.threads, _max_threads()))
+        self.model = build_model(cfg, tokenizer.vocab_size)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.trainer = Trainer(
+            self.model, self.optimizer, data, steps=cfg.steps, batch_size=cfg.batch_size, schedule=build_schedule(cfg),
+            grad_accum=cfg.grad_accum, clip=cfg.clip or None, eval_every=cfg.eval_every,
+            eval_batches=cfg.eval_batches, ckpt_every=cfg.ckpt_every, keep_checkpoints=cfg.keep_checkpoints,
+            run_dir=run_dir, progress=progress, handle_sigint=True)
+
+    def fit(self) -> dict:
+        return self.trainer.fit()
+
+    def sample(self, n_tokens: int | None = None, prompt: str | None = None, seed: int | None = None) -> str:
+        """Text generated by the trained model after ``prompt`` (temperature sampling)."""
+        n = self.cfg.sample_tokens if n_tokens is None else n_tokens
+        prompt = self.cfg.sample_prompt if prompt is None else prompt
+        ids = self.tokenizer.encode(prompt) if prompt else np.zeros(1, np.int64)
+        out = sample_tokens(self.model, np.asarray(ids, np.int64), n, self.model.config.max_seq_len,
+                            self.cfg.temperature, np.random.default_rng(self.cfg.seed if seed is None else seed))
+        return prompt + self.tokenizer.decode(out)
+
+
+def sample_tokens(model, ids: np.ndarray, n: int, max_len: int, temperature: float, rng) -> np.ndarray:
+    """``n`` new token ids after ``ids`` by temperature sampling (greedy at 0), each from a full forward over
+    the last ``max_len`` tokens. A short sample at the end of training; generation proper lives elsewhere."""
+    seq = list(int(i) for i in ids)
+    out = []
+    for _ in range(n):
+        window = np.asarray(seq[-max_len:], np.int64)[None]
+        logits = model.forward(window)[0, -1].astype(np.float64)
+        if temperature == 0:
+            tok = int(logits.argmax())
+        else:
+            p = np.exp((logits - logits.max()) / temperature)
+            tok = int(rng.choice(p.size, p=p / p.sum()))
+        seq.append(tok)
+        out.append(tok)
+    return np.asarray(out, np.int64)
+
+
+def _max_threads() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
+    """Validate ``cfg`` with its data and tokenizer, then create the run directory and build the run."""
+    from .data import load_tokenizer
+
+    cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise ConfigError(f"tokenizer: {e}") from None
+    data, data_name = load_data(cfg, tokenizer)
+    name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.out_dir) / name
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        what = "exists already" if run_dir.is_dir() else "is a file"
+        raise ConfigError(f"name: the run directory {run_dir} {what} (use --resume {run_dir}, or another --name)")
+    try:
+        run = Run(cfg, run_dir, tokenizer, data, data_name, progress)
+    except ValueError as e:  # the model or optimizer refused a setting
+        raise ConfigError(str(e)) from None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"out_dir: cannot create the run directory {run_dir} ({e.strerror or e})") from None
+    try:
+        tokenizer.save(run_dir / "tokenizer.json")
+        atomic_write_json(run_dir / RUN_FILE, {
+            "config": cfg.to_dict(), "model": {"arch": cfg.arch, **run.model.config.to_dict()},
+            "data": data_name, "tokens": {"train": data.n_train, "val": data.n_val}})
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run
+
+
+def _absolute_paths(d: dict) -> dict:
+    """The ``data`` and ``tokenizer`` paths of settings ``d`` made absolute (a run resumes from anywhere)."""
+    out = {}
+    if d.get("data"):
+        out["data"] = str(Path(d["data"]).resolve())
+    if d.get("tokenizer") and d["tokenizer"] != "byte":
+        out["tokenizer"] = str(Path(d["tokenizer"]).resolve())
+    return out
+
+
+def _read_run_file(run_dir: Path) -> dict:
+    f = run_dir / RUN_FILE
+    try:
+        d = read_json(f, "run file")
+    except FileNotFoundError:
+        what = "does not exist" if not run_dir.exists() else f"is not a run directory (no {RUN_FILE})"
+        raise ConfigError(f"--resume: {run_dir} {what}") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--resume: {e}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+        raise ConfigError(f"--resume: {f} is not a qorus run file (no config table)")
+    return d
+
+
+def read_run_config(run_dir) -> TrainConfig:
+    """The settings a run directory was started with (its ``run.json``)."""
+    run_dir = Path(run_dir)
+    return TrainConfig.from_dict(_read_run_file(run_dir)["config"], where=str(run_dir / RUN_FILE))
+
+
+def is_finished(run_dir, steps: int) -> bool:
+    """Whether the run in ``run_dir`` trained all ``steps`` and logged its final evaluation."""
+    from .plot import read_metrics
+    from .train import METRICS_FILE
+
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        return False
+    return any(r.get("step") == steps and "val_loss" in r for r in read_metrics(run_dir))
+
+
+#: Settings that may change when a run is resumed (the rest would change the computation).
+RESUMABLE_CHANGES = ("steps", "eval_every", "ckpt_every", "keep_checkpoints", "threads", "sample_tokens",
+                     "sample_prompt", "temperature")
+
+
+def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) -> Run:
+    """Rebuild the run of ``run_dir`` and restore its newest checkpoint (exact resume)."""
+    from .checkpoint import STATE_FILE, latest_checkpoint, remove_partial
+    from .data import load_tokenizer
+
+    run_dir = Path(run_dir)
+    record = _read_run_file(run_dir)
+    cfg = TrainConfig.from_dict(record["config"], where=str(run_dir / RUN_FILE))
+    overrides = dict(overrides or {})
+    overrides.update(_absolute_paths({k: v for k, v in overrides.items() if k in ("data", "tokenizer")}))
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"--resume: unknown setting(s) {', '.join(unknown)}")
+    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_CHANGES and getattr(cfg, k) != v)
+    if fixed:
+        raise ConfigError(f"--resume: {', '.join(fixed)} cannot change when resuming (only "
+                          f"{', '.join(RESUMABLE_CHANGES)} can)")
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, where="--resume")
+    remove_partial(run_dir)
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise ConfigError(f"--resume: {run_dir} has no complete checkpoint yet")
+    try:
+        step = int(read_json(found / STATE_FILE, "checkpoint state")["step"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"--resume: {found} is damaged ({e})") from None
+    if step > cfg.steps:
+        raise ConfigError(f"--resume: the newest checkpoint is at step {step}, past steps = {cfg.steps}; "
+                          f"expected --steps of at least {step}")
+    if step == cfg.steps and is_finished(run_dir, cfg.steps):
+        raise ConfigError(f"--resume: {run_dir} finished all {cfg.steps} steps; pass a larger --steps to train on")
+    tok_file = run_dir / "tokenizer.json"
+    try:
+        tokenizer = load_tokenizer(tok_file if tok_file.is_file() else cfg.tokenizer)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise ConfigError(f"tokenizer: {e}") from None
+    data, data_name = load_data(cfg, tokenizer)
+    try:
+        run = Run(cfg, run_dir, tokenizer, data, data_name, progress)
+        run.trainer.resume(found)
+    except (ValueError, TypeError, KeyError) as e:  # a damaged checkpoint, or data that changed since
+        raise ConfigError(f"--resume: cannot restore {found} ({e})") from None
+    if overrides:  # the new steps (etc.) hold for later resumes too
+        atomic_write_json(run_dir / RUN_FILE, {**record, "config": cfg.to_dict()})
+    return run
