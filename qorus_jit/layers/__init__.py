@@ -1,7 +1,7 @@
 """Layers: plain Python classes over the cached kernels, behind one small protocol (see ``base.Layer``)."""
 
 from .activations import GELU, ReLU, SiLU, Softmax, Swish
-from .attention import KVCache, MultiHeadAttention
+from .attention import DecodeState, KVCache, MultiHeadAttention
 from .base import Layer
 from .block import TransformerBlock
 from .embedding import Embedding
@@ -11,6 +11,6 @@ from .linear import Linear
 from .norm import LayerNorm, RMSNorm
 
 __all__ = [
-    "GELU", "Add", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",
+    "GELU", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",
     "MultiHeadAttention", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
 ]

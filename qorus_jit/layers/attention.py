@@ -30,6 +30,28 @@ class KVCache:
         return self.k.shape[1]
 
 
+class DecodeState:
+    """What incremental decoding carries from one call to the next: a :class:`KVCache` per attention
+    layer (allocated on first use, ``max_seq_len`` positions for ``batch`` sequences) and ``pos``, the
+    position of the next new token. Made by :meth:`Graph.forward_decode`'s caller, e.g.
+    ``state = DecodeState(batch=1, max_seq_len=256)``; :meth:`advance` moves ``pos`` after a call."""
+
+    def __init__(self, batch: int, max_seq_len: int):
+        check_positive(batch=batch, max_seq_len=max_seq_len)
+        self.batch, self.max_seq_len = batch, max_seq_len
+        self.pos = 0
+        self.caches: dict[int, KVCache] = {}
+
+    def cache_for(self, attn: MultiHeadAttention) -> KVCache:
+        cache = self.caches.get(id(attn))
+        if cache is None:
+            cache = self.caches[id(attn)] = attn.new_cache(self.batch, self.max_seq_len)
+        return cache
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+
 class MultiHeadAttention(Layer):
     """``x (B, T, dim) -> (B, T, dim)``: q/k/v projections, RoPE, scaled dot-product attention, output
     projection.
@@ -124,6 +146,13 @@ class MultiHeadAttention(Layer):
                 A.attention_forward(out, lse, q, ks, vs, self.causal, key_mask)
             self._saved = None
         return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
+
+    def forward_decode(self, x, key_mask=None, *, state: DecodeState):
+        """:meth:`forward` over ``state``'s KV cache for this layer (positions from ``state.pos``)."""
+        cache = state.cache_for(self)
+        if cache.length != state.pos:
+            raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
+        return self.forward(x, key_mask, cache)
 
     def backward(self, dy):
         if self._saved is None:

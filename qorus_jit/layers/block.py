@@ -59,6 +59,13 @@ class TransformerBlock(Layer):
         np.add(h, self.mlp.forward(h), out=s2)
         return self.post_attention_layernorm.forward(s2)
 
+    def forward_decode(self, x, key_mask=None, *, state):
+        """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward)."""
+        cache = state.cache_for(self.self_attn)
+        if cache.length != state.pos:
+            raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
+        return self.forward(x, key_mask, cache)
+
     def backward(self, dy):
         dh = self.buffer("dh", dy.shape)
         dx = self.buffer("dx", dy.shape)

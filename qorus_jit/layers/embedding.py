@@ -64,6 +64,10 @@ class PositionEmbedding(Layer):
         self._span = (pos, T, x.shape)
         return y
 
+    def forward_decode(self, x, *, state):
+        """:meth:`forward` at the positions ``state.pos ..`` of incremental decoding."""
+        return self.forward(x, state.pos)
+
     def backward(self, dy):
         if self._span is None:
             raise RuntimeError("PositionEmbedding.backward called before forward")

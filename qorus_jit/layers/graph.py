@@ -77,6 +77,18 @@ class Graph(Layer):
         self._values = values
         return values[self.output]
 
+    def forward_decode(self, *args, state):
+        """Forward for incremental decoding: layers with a ``forward_decode`` (attention blocks, learned
+        positions) read and extend ``state`` (a :class:`~qorus_jit.layers.DecodeState`: KV caches and
+        the position of the first new token); others run their plain ``forward``. No backward follows.
+        The caller then moves the position on: ``state.advance(T)``."""
+        values = dict(zip(self.inputs, args, strict=True))
+        for _, layer, ins, out in self.nodes:
+            inputs = (values[t] for t in ins)
+            decode = getattr(layer, "forward_decode", None)
+            values[out] = layer.forward(*inputs) if decode is None else decode(*inputs, state=state)
+        return values[self.output]
+
     def backward(self, dy):
         """Gradients flow from the output back; returns the input gradient (a tuple for several inputs)."""
         if not self._values:
