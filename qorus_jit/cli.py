@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+import numpy as np
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,6 +144,70 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
         return f"the newest checkpoint in {run_dir} is damaged"
     where = f"the checkpoint of step {step} in {run_dir} is intact"
     return f"{where}; continue with: qorus train --resume {run_dir}" if resumable else where
+
+
+@main.command(cls=_OneLineErrors)
+@click.argument("source")
+@click.option("--prompt", "-p", default="", help="Text to continue [default: empty, the model starts fresh].")
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Tokens to generate at most.")
+@click.option("--temperature", "-t", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="Sampling temperature; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the k most likely tokens.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True,
+              help="Sample from the smallest set of tokens whose probability reaches p (nucleus); 1 disables.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+@click.option("--tokenizer", default=None, metavar="FILE",
+              help="Tokenizer: tokenizer.bin (needed for llama2.c checkpoints) or tokenizer.json.")
+def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer):
+    """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2) or a
+    llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as they come; the last line reports prefill
+    and decode speed."""
+    from qorus_jit.generate import generate as run_generation
+    from qorus_jit.sources import SourceError, load_source
+
+    try:
+        src = load_source(source, tokenizer)
+        ids = src.encode(prompt)
+        if ids.size == 0:  # nothing to start from: a newline (byte-level) or the first id
+            ids = np.asarray(src.tokenizer.encode("\n") if src.kind != "llama2c" else [1], np.int64)
+        gen = run_generation(src.model, ids, max_new_tokens, temperature, top_k, top_p, seed, src.stop_ids)
+    except (SourceError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    click.echo(prompt, nl=False)
+    shown, new = "", []
+    context = [int(ids[-1])] if src.kind == "llama2c" and not prompt else []  # BOS: its next piece loses a space
+    for tok in gen:
+        if tok in src.stop_ids:
+            break
+        new.append(tok)
+        text = src.decode(context + new)
+        text = text.rstrip("\ufffd")  # a character whose bytes are not all out yet
+        if len(text) > len(shown) and text.startswith(shown):
+            click.echo(text[len(shown):], nl=False)
+            shown = text
+    final = src.decode(context + new)  # what is left, bytes that never formed a character included
+    click.echo(final[len(shown):] if final.startswith(shown) else "", nl=False)
+    click.echo()
+    click.echo(f"[{gen.finish_reason}] prefill {gen.prompt.size} tokens at {gen.prefill_tokens_per_s:,.1f} tok/s, "
+               f"decode {max(len(gen.tokens) - 1, 0)} tokens at {gen.decode_tokens_per_s:,.1f} tok/s", err=True)
+
+
+@main.command(cls=_OneLineErrors)
+@click.argument("folder")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--out", "-o", default=None, metavar="FILE", help="Write .npy or .json instead of printing JSON.")
+def embed(folder, texts, out):
+    """Sentence embeddings of TEXTS with the BERT-style sentence-transformers model in FOLDER (pooled as its
+    1_Pooling/config.json says, L2-normalized): one JSON list per text, or a file with --out."""
+    from qorus_jit.embeddings import embed_command
+
+    try:
+        embed_command(folder, list(texts), out)
+    except (ValueError, TypeError, ImportError, OSError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
 
 
 @main.command(cls=_OneLineErrors)

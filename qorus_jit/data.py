@@ -412,12 +412,17 @@ def _iter_texts(items) -> Iterator[str]:
                 yield "".join(block)
 
 
-def load_tokenizer(spec) -> ByteTokenizer | BPETokenizer:
+def load_tokenizer(spec):
     """The tokenizer of ``spec``: ``"byte"``, a tokenizer object (returned as is), a tokenizer JSON file
-    (written by either tokenizer's ``save``, or any ``tokenizer.json``) or a folder holding ``tokenizer.json``.
+    (written by either tokenizer's ``save``, or any ``tokenizer.json``), a folder holding ``tokenizer.json``,
+    or llama2.c's ``tokenizer.bin`` (a ``.bin`` file: :class:`~qorus_jit.llama2c.Llama2cTokenizer`).
     """
-    if isinstance(spec, (ByteTokenizer, BPETokenizer)):
+    if isinstance(spec, (ByteTokenizer, BPETokenizer)) or getattr(spec, "name", None) == "llama2c":
         return spec
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix == ".bin":
+        from .llama2c import Llama2cTokenizer
+
+        return Llama2cTokenizer.load(spec)
     if isinstance(spec, str) and spec == "byte":
         return ByteTokenizer()
     if not isinstance(spec, (str, os.PathLike)):

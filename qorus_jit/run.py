@@ -317,7 +317,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     except OSError as e:
         raise ConfigError(f"out_dir: cannot create the run directory {run_dir} ({e.strerror or e})") from None
     try:
-        tokenizer.save(run_dir / "tokenizer.json")
+        tokenizer.save(run_dir / tokenizer_file(tokenizer))
         atomic_write_json(run_dir / RUN_FILE, {
             "config": cfg.to_dict(), "model": {"arch": cfg.arch, **run.model.config.to_dict()},
             "data": data_name, "tokens": {"train": data.n_train, "val": data.n_val}})
@@ -349,6 +349,37 @@ def _read_run_file(run_dir: Path) -> dict:
     if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
         raise ConfigError(f"--resume: {f} is not a qorus run file (no config table)")
     return d
+
+
+def tokenizer_file(tokenizer) -> str:
+    """The name a run directory keeps ``tokenizer`` under: ``tokenizer.bin`` for llama2.c's, else JSON."""
+    return "tokenizer.bin" if getattr(tokenizer, "name", None) == "llama2c" else "tokenizer.json"
+
+
+def run_tokenizer_path(run_dir) -> Path:
+    """The tokenizer file of a run directory (``tokenizer.json``, or ``tokenizer.bin``)."""
+    run_dir = Path(run_dir)
+    binary = run_dir / "tokenizer.bin"
+    return binary if binary.is_file() and not (run_dir / "tokenizer.json").is_file() else run_dir / "tokenizer.json"
+
+
+def load_run_model(run_dir):
+    """``(model, tokenizer)`` of a run directory, with the weights of its newest complete checkpoint."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .data import load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(_read_run_file(run_dir)["config"], where=str(run_dir / RUN_FILE))
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise ConfigError(f"{run_dir}: the run has no complete checkpoint yet")
+    try:
+        tokenizer = load_tokenizer(run_tokenizer_path(run_dir))
+        model = build_model(cfg, tokenizer.vocab_size)
+        model.load_parameters(load_checkpoint(found).model)
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(f"{run_dir}: {e}") from None
+    return model, tokenizer
 
 
 def read_run_config(run_dir) -> TrainConfig:
@@ -403,7 +434,7 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
                           f"expected --steps of at least {step}")
     if step == cfg.steps and is_finished(run_dir, cfg.steps):
         raise ConfigError(f"--resume: {run_dir} finished all {cfg.steps} steps; pass a larger --steps to train on")
-    tok_file = run_dir / "tokenizer.json"
+    tok_file = run_tokenizer_path(run_dir)
     try:
         tokenizer = load_tokenizer(tok_file if tok_file.is_file() else cfg.tokenizer)
     except (OSError, ValueError, TypeError, ImportError) as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..hf import check_tensors, config_from_hf, read_hf_folder, write_hf_folder
 from . import gpt2
 from .bert import POOLER, Bert
 from .configs import BertConfig, GPT2Config, LlamaConfig
@@ -17,6 +16,8 @@ def load_pretrained(path):
     Supported: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` and ``BertModel`` (its pooler is skipped).
     Errors name the file and the tensor.
     """
+    from ..hf import check_tensors, config_from_hf, read_hf_folder  # hf imports the configs of this package
+
     hf_config, tensors = read_hf_folder(path)
     config = config_from_hf(hf_config)
     params = check_tensors(config, tensors, source=str(path))
@@ -34,6 +35,8 @@ def load_pretrained(path):
 
 def save_pretrained(model, path) -> None:
     """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``), atomically."""
+    from ..hf import write_hf_folder
+
     params = model.parameters()
     if isinstance(model.config, GPT2Config):
         params = gpt2.to_hf_tensors(params)

@@ -1,0 +1,108 @@
+"""Where a model to run comes from: a run directory of ``qorus train``, a Hugging Face folder or a llama2.c
+``.bin`` file, each with its tokenizer. What ``qorus generate`` reads.
+
+>>> src = load_source("runs/my-run")                                     # doctest: +SKIP
+>>> src.encode("Once upon a time")                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class SourceError(ValueError):
+    """A model source that cannot be used: reported as one line (exit code 2 on the command line)."""
+
+
+@dataclass
+class Source:
+    """A model with its tokenizer: ``kind`` is ``"run"``, ``"hf"`` or ``"llama2c"``; ``bos`` is prepended
+    to prompts when set; generation stops at ``stop_ids``."""
+
+    model: object
+    tokenizer: object
+    kind: str
+    path: Path
+    bos: int | None = None
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def encode(self, text: str) -> np.ndarray:
+        if self.kind == "llama2c":
+            return np.asarray(self.tokenizer.encode(text, bos=True), np.int64)
+        ids = np.asarray(self.tokenizer.encode(text), np.int64)
+        return ids if self.bos is None else np.concatenate([[self.bos], ids])
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+def load_source(source, tokenizer=None) -> Source:
+    """Load ``source``: a ``qorus train`` run directory (``run.json``; newest checkpoint), a Hugging Face
+    folder (``config.json``; its ``tokenizer.json``) or a llama2.c checkpoint (a file; ``tokenizer`` must
+    name its ``tokenizer.bin``). ``tokenizer`` overrides the source's own (any :func:`load_tokenizer` spec).
+    """
+    from .data import load_tokenizer
+
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"source: no such file or folder: {path}")
+    try:
+        tok = None if tokenizer is None else load_tokenizer(tokenizer)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise SourceError(f"tokenizer: {e}") from None
+    if path.is_dir() and (path / "run.json").is_file():
+        from .run import ConfigError, load_run_model
+
+        try:
+            model, own = load_run_model(path)
+        except ConfigError as e:
+            raise SourceError(str(e)) from None
+        return _checked(Source(model, tok or own, "run", path))
+    if path.is_dir() and (path / "config.json").is_file():
+        return _checked(_hf_source(path, tok))
+    if path.is_dir():
+        raise SourceError(f"source: {path} is neither a run directory (run.json) nor a Hugging Face folder "
+                          f"(config.json)")
+    from .llama2c import load_llama2c
+
+    if tok is None:
+        raise SourceError(f"tokenizer: a llama2.c checkpoint needs its tokenizer.bin (--tokenizer) for {path}")
+    try:
+        model = load_llama2c(path)
+    except (OSError, ValueError) as e:
+        raise SourceError(str(e)) from None
+    stop = {tok.eos_id, tok.bos_id} if getattr(tok, "name", None) == "llama2c" else set()
+    return _checked(Source(model, tok, "llama2c", path, stop_ids=frozenset(stop)))
+
+
+def _hf_source(path: Path, tok) -> Source:
+    from .data import load_tokenizer
+    from .models import load_pretrained
+
+    try:
+        model = load_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SourceError(str(e)) from None
+    if not hasattr(model, "forward_decode") or type(model).__name__ == "Bert":
+        raise SourceError(f"source: {path} holds a {type(model).__name__}, which does not generate text")
+    if tok is None:
+        try:
+            tok = load_tokenizer(path)
+        except (OSError, ValueError, ImportError) as e:
+            raise SourceError(f"tokenizer: {e} (pass --tokenizer)") from None
+    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    eos = hf.get("eos_token_id")
+    stop = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    bos = hf.get("bos_token_id") if hf.get("model_type") == "llama" else None
+    return Source(model, tok, "hf", path, bos=bos, stop_ids=stop)
+
+
+def _checked(src: Source) -> Source:
+    vocab = src.model.config.vocab_size
+    if src.tokenizer.vocab_size > vocab:
+        raise SourceError(f"tokenizer: {src.tokenizer.vocab_size} ids, more than the model's vocab_size {vocab}")
+    return src

@@ -1,0 +1,98 @@
+"""``qorus generate`` on each kind of source, as a user runs it: a run directory, a Hugging Face folder and a
+llama2.c checkpoint with its tokenizer.bin; its greedy text equals the Python API's."""
+
+import pytest
+from click.testing import CliRunner
+
+import qorus_jit
+from qorus_jit.cli import main
+from qorus_jit.data import BPETokenizer, ByteTokenizer
+from qorus_jit.generate import generate
+from qorus_jit.llama2c import Llama2cTokenizer, save_llama2c
+from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
+from qorus_jit.run import TrainConfig, start_run
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, ["generate", *map(str, args)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def tiny_llama(vocab):
+    return Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=vocab,
+                             max_seq_len=64, norm_eps=1e-5), rng=1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig(steps=3, warmup_steps=1, dim=32, n_heads=2, hidden_dim=64, seq_len=32, batch_size=2,
+                      eval_every=0, ckpt_every=0, sample_tokens=0, out_dir=str(out), name="r")
+    start_run(cfg, progress=False).fit()
+    return out / "r"
+
+
+def test_run_directory_greedy_text_equals_the_python_api(run_dir):
+    code, out, err = run_cli(run_dir, "--prompt", "def ", "-n", 20, "-t", 0)
+    assert code == 0, err
+    model, tok = qorus_jit.run.load_run_model(run_dir)
+    ids = list(generate(model, tok.encode("def "), 20, temperature=0.0))
+    assert out == "def " + tok.decode(ids) + "\n"
+    assert "[length] prefill 4 tokens" in err and "decode 19 tokens" in err
+
+
+def test_seeded_sampling_through_the_cli_is_reproducible(run_dir):
+    a = run_cli(run_dir, "-p", "x", "-n", 15, "--seed", 3, "--top-k", 20)
+    b = run_cli(run_dir, "-p", "x", "-n", 15, "--seed", 3, "--top-k", 20)
+    assert a[0] == 0 and a[1] == b[1]
+
+
+def test_hugging_face_folder_with_its_tokenizer_json(tmp_path):
+    tok = BPETokenizer.train(["the cat sat on the mat " * 20, "a dog and a cat"], vocab_size=300)
+    model = tiny_llama(tok.vocab_size)
+    qorus_jit.save_pretrained(model, tmp_path)
+    tok.save(tmp_path / "tokenizer.json")
+    code, out, err = run_cli(tmp_path, "-p", "the cat", "-n", 12, "-t", 0)
+    assert code == 0, err
+    loaded = qorus_jit.load_pretrained(tmp_path)
+    ids = list(generate(loaded, tok.encode("the cat"), 12, temperature=0.0))
+    assert out.rstrip("\n") == "the cat" + tok.decode(ids)
+
+
+def llama2c_tokenizer():
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    words = [" ", "o", "n", "c", "e", " o", "on", "nce", " once", "u", "p", " up", "pon", " upon"]
+    return Llama2cTokenizer(pieces + words, [0.0] * 259 + [float(-i) for i in range(len(words))])
+
+
+def test_llama2c_checkpoint_with_tokenizer_bin(tmp_path):
+    tok = llama2c_tokenizer()
+    tok.save(tmp_path / "tokenizer.bin")
+    model = tiny_llama(tok.vocab_size)
+    save_llama2c(model, tmp_path / "model.bin")
+    code, out, err = run_cli(tmp_path / "model.bin", "--tokenizer", tmp_path / "tokenizer.bin", "-p", "once upon",
+                             "-n", 10, "-t", 0)
+    assert code == 0, err
+    ids = [i for i in generate(model, tok.encode("once upon", bos=True), 10, temperature=0.0)]
+    stop = next((k for k, i in enumerate(ids) if i in (1, 2)), len(ids))
+    assert out.rstrip("\n") == "once upon" + tok.decode(ids[:stop])
+    code, out, err = run_cli(tmp_path / "model.bin", "-p", "x")
+    assert code == 2 and err.count("\n") == 1 and "tokenizer.bin" in err
+
+
+def test_bad_sources_give_one_line(tmp_path):
+    code, _, err = run_cli(tmp_path / "missing")
+    assert code == 2 and "no such file" in err and err.count("\n") == 1
+    code, _, err = run_cli(tmp_path)
+    assert code == 2 and "neither a run directory" in err
+    (tmp_path / "junk.bin").write_bytes(b"\x01\x02")
+    code, _, err = run_cli(tmp_path / "junk.bin", "--tokenizer", "byte")
+    assert code == 2 and "junk.bin" in err and "Traceback" not in err
+    bert = tmp_path / "bert"
+    qorus_jit.save_pretrained(Bert(BertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=256,
+                                              max_seq_len=16), rng=0), bert)
+    ByteTokenizer().save(bert / "tokenizer.json")
+    code, _, err = run_cli(bert)
+    assert code == 2 and "does not generate text" in err
+    code, _, err = run_cli(tmp_path / "missing", "--temperature", "-1")
+    assert code == 2 and err.count("\n") == 1
