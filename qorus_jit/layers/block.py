@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.decode import _llama_block_decode
 from .attention import KVCache, MultiHeadAttention
-from .base import Layer
+from .base import Layer, check_input
 from .feedforward import FeedForward
 from .norm import LayerNorm, RMSNorm
 
@@ -60,11 +61,45 @@ class TransformerBlock(Layer):
         return self.post_attention_layernorm.forward(s2)
 
     def forward_decode(self, x, key_mask=None, *, state):
-        """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward)."""
+        """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward).
+
+        One new token of one sequence through a Llama-style block (pre-norm RMSNorm, rotate-half RoPE,
+        SwiGLU, no biases) takes a single fused kernel call (``kernels.decode``); anything else runs the
+        layers one by one."""
         cache = state.cache_for(self.self_attn)
         if cache.length != state.pos:
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
+        if key_mask is None and x.shape[:2] == (1, 1) and self._fused_decode_ok():
+            return self._fused_decode(x, cache)
         return self.forward(x, key_mask, cache)
+
+    def _fused_decode_ok(self) -> bool:
+        a, m = self.self_attn, self.mlp
+        return (self.prenorm and isinstance(self.input_layernorm, RMSNorm) and a.rope == "rotate_half"
+                and not a.fused_qkv and m.kind == "swiglu"
+                and all(lin.bias is None for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
+                                                     m.down_proj)))
+
+    def _fused_decode(self, x, cache: KVCache):
+        check_input("x", x, self.self_attn.dim, min_ndim=3)
+        a, m = self.self_attn, self.mlp
+        pos = cache.length
+        if pos >= cache.max_seq_len or pos >= a.max_seq_len:
+            raise ValueError(f"x: position {pos} is past the cache ({cache.max_seq_len}) or max_seq_len "
+                             f"({a.max_seq_len})")
+        y = self.buffer("decode_y", x.shape)
+        np.copyto(y, x)
+        C, HD, KD, F = a.dim, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, m.hidden_dim
+        b = self.buffer
+        _llama_block_decode(
+            y.reshape(C), self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
+            a.o_proj.weight, self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight,
+            m.down_proj.weight, cache.k[0], cache.v[0], pos, a.cos, a.sin, np.float32(self.input_layernorm.eps),
+            np.float32(1 / np.sqrt(a.head_dim)), b("decode_h", (C,)), b("decode_q", (HD,)), b("decode_k", (KD,)),
+            b("decode_v", (KD,)), b("decode_att", (HD,)), b("decode_scores", (a.n_heads, cache.max_seq_len)),
+            b("decode_g", (F,)), b("decode_u", (F,)))
+        cache.length = pos + 1
+        return y
 
     def backward(self, dy):
         dh = self.buffer("dh", dy.shape)

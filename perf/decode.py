@@ -1,0 +1,139 @@
+"""Decode and prefill speed of the llama2.c "stories15M" shape, beside transformers' generate and the
+memory-bandwidth bound, all measured in the same run.
+
+    python -m perf.decode [--tokens 200] [--repeat 5] [--threads 2] [--out perf/results/decode.json]
+
+Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 positions, tied head, random
+weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
+
+- ours: tokens/s of the decode phase of :func:`qorus_jit.generate` (the prefill's token excluded);
+- transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
+  over the whole call, torch with the same thread count;
+- bound: a streaming-read bandwidth measured here (a parallel sum of squares over 256 MB) divided by the
+  bytes a decode step must read: every weight once (the tied embedding as the output head; one embedding
+  row is negligible) plus the keys and values cached so far, averaged over the decoded positions;
+- prefill: tokens/s of one forward over a 255-token prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256)
+
+
+def stream_bandwidth(repeat: int = 7) -> float:
+    """Bytes per second of a parallel read of a 256 MB float32 array (median of ``repeat``)."""
+    from qorus_jit.kernels.optim import _sum_squares
+
+    big = np.ones(64 << 20, np.float32)
+    _sum_squares(big)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        _sum_squares(big)
+        times.append(time.perf_counter() - t0)
+    return big.nbytes / statistics.median(times)
+
+
+def bytes_per_token(model, first_pos: int, n: int) -> float:
+    """Weight bytes plus the mean KV-cache bytes read by the decode steps at positions first_pos ..."""
+    c = model.config
+    weights = sum(p.nbytes for p in model.parameters().values())
+    kv_per_pos = 2 * c.n_layers * (c.n_kv_heads or c.n_heads) * (c.dim // c.n_heads) * 4
+    mean_len = first_pos + (n + 1) / 2
+    return weights + kv_per_pos * mean_len
+
+
+def ours(model, n: int, repeat: int) -> tuple[float, list[int]]:
+    from qorus_jit.generate import generate
+
+    list(generate(model, [1], 8, temperature=0.0))  # warm up (kernels loaded, buffers sized)
+    rates, tokens = [], []
+    for _ in range(repeat):
+        gen = generate(model, [1], n, temperature=0.0)
+        tokens = list(gen)
+        rates.append(gen.decode_tokens_per_s)
+    return statistics.median(rates), tokens
+
+
+def prefill(model, repeat: int) -> float:
+    from qorus_jit.generate import generate
+
+    prompt = np.random.default_rng(0).integers(3, SHAPE["vocab_size"], 255)
+    rates = []
+    for _ in range(repeat):
+        gen = generate(model, prompt, 1, temperature=0.0)
+        list(gen)
+        rates.append(gen.prefill_tokens_per_s)
+    return statistics.median(rates)
+
+
+def reference(model, n: int, repeat: int, threads: int) -> tuple[float, list[int]] | None:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    from qorus_jit import save_pretrained
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder)
+        ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([[1]])
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        ref.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+        rates, out = [], None
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = ref.generate(ids, **kw)
+            rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates), out[0, 1:].tolist()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode.json"))
+    args = ap.parse_args(argv)
+
+    from qorus_jit import set_num_threads
+    from qorus_jit.models import Llama, LlamaConfig
+
+    set_num_threads(args.threads)
+    model = Llama(LlamaConfig(**SHAPE, norm_eps=1e-5, tie_embeddings=True), rng=0)
+    bw = stream_bandwidth()
+    per_token = bytes_per_token(model, 1, args.tokens - 1)
+    rate, tokens = ours(model, args.tokens, args.repeat)
+    ref = reference(model, args.tokens, args.repeat, args.threads)
+    row = {
+        "shape": SHAPE, "threads": args.threads, "new_tokens": args.tokens,
+        "decode_tokens_per_s": rate, "prefill_tokens_per_s": prefill(model, args.repeat),
+        "bandwidth_GB_per_s": bw / 1e9, "bytes_per_token_MB": per_token / 1e6,
+        "bound_tokens_per_s": bw / per_token, "fraction_of_bound": rate * per_token / bw,
+    }
+    if ref is not None:
+        row.update(transformers_tokens_per_s=ref[0], speedup_vs_transformers=rate / ref[0],
+                   same_tokens_as_transformers=ref[1] == tokens)
+    for k, v in row.items():
+        print(f"{k:30s} {v:.3f}" if isinstance(v, float) else f"{k:30s} {v}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
