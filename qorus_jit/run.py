@@ -270,18 +270,18 @@ class Run:
 
 
 def sample_tokens(model, ids: np.ndarray, n: int, max_len: int, temperature: float, rng) -> np.ndarray:
-    """``n`` new token ids after ``ids`` by temperature sampling (greedy at 0), each from a full forward over
-    the last ``max_len`` tokens. A short sample at the end of training; generation proper lives elsewhere."""
-    seq = list(int(i) for i in ids)
+    """``n`` new token ids after ``ids`` (at least one) by temperature sampling (greedy at 0), each from a
+    full forward over the last ``max_len`` tokens: unlike :func:`qorus_jit.generate.generate`, which decodes
+    from a KV cache up to the model's context, it slides a window and so goes on past the context."""
+    from .generate import sample
+
+    seq = [int(i) for i in ids]
+    if not seq:
+        raise ValueError("ids: expected at least one token to start from")
     out = []
     for _ in range(n):
         window = np.asarray(seq[-max_len:], np.int64)[None]
-        logits = model.forward(window)[0, -1].astype(np.float64)
-        if temperature == 0:
-            tok = int(logits.argmax())
-        else:
-            p = np.exp((logits - logits.max()) / temperature)
-            tok = int(rng.choice(p.size, p=p / p.sum()))
+        tok = sample(model.forward(window)[0, -1], rng, temperature)
         seq.append(tok)
         out.append(tok)
     return np.asarray(out, np.int64)

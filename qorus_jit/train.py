@@ -140,7 +140,7 @@ class Trainer:
       required) or an :class:`~qorus_jit.data.ArrayDataset` (``next_batch()``, its own batch size), or
       any object with one of those and ``state_dict``/``load_state_dict``.
     - ``val_data``: a list of ``(x, y)`` batches for evaluation; by default a text dataset's fixed
-      ``val_batches(batch_size, eval_batches)``.
+      ``val_batches(batch_size, eval_batches)`` (fewer when the held-out text is short).
     - ``schedule``: ``step -> lr`` (see :mod:`qorus_jit.schedule`); by default the optimizer's lr throughout.
     - ``grad_accum`` micro-batches per step (the loss is their mean); ``clip``: global gradient-norm limit.
     - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
@@ -172,7 +172,8 @@ class Trainer:
         self._next_batch = self._batch_source(data, batch_size)
         self.batch_size = batch_size
         if val_data is None and hasattr(data, "val_batches") and batch_size:
-            val_data = data.val_batches(batch_size, eval_batches)
+            n = min(eval_batches, getattr(data, "n_val_windows", eval_batches * batch_size) // batch_size)
+            val_data = data.val_batches(batch_size, n) if n else None  # a short text: fewer batches, or none
         self.val_data = list(val_data) if val_data is not None else []
         self.eval_every, self.ckpt_every, self.keep_checkpoints = eval_every, ckpt_every, keep_checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -302,7 +303,7 @@ class Trainer:
         self._write(metrics, row)
         text = f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         if bar is not None:
-            bar.write(text)
+            bar.write(text, file=sys.stderr)
         elif self.progress:
             print(text, file=sys.stderr)
 

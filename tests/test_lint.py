@@ -16,5 +16,6 @@ def test_ruff_is_clean():
         if os.environ.get("CI"):
             pytest.fail("ruff is required in CI (pip install -e '.[test]')")
         pytest.skip("ruff not installed")
-    res = subprocess.run([ruff, "check", "qorus_jit", "tests", "perf"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([ruff, "check", "qorus_jit", "tests", "perf", "examples"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert res.returncode == 0, res.stdout + res.stderr
