@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..kernels.decode import _matvec
 from ..kernels.matmul import _linear_backward, _linear_forward
 from .base import Layer, check_input
 from .embedding import Embedding
@@ -23,7 +24,10 @@ class TiedLMHead(Layer):
         V, C = w.shape
         check_input("x", x, C)
         y = self.buffer("y", x.shape[:-1] + (V,))
-        _linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
+        if x.size == C:  # one row (decoding): a matrix-vector product, not a BLAS gemm
+            _matvec(y.reshape(-1), w, x.reshape(-1))
+        else:
+            _linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
         self._x = x
         return y
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .._check import check_positive
+from ..kernels.decode import _matvec
 from ..kernels.matmul import _linear_backward, _linear_forward
 from .base import Layer, check_input
 
@@ -31,7 +32,13 @@ class Linear(Layer):
     def forward(self, x):
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
-        _linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight, self.bias)
+        if x.size == self.in_features:  # one row (decoding): a matrix-vector product, not a BLAS gemm
+            _matvec(y.reshape(-1), self.weight, x.reshape(-1))
+            if self.bias is not None:
+                y.reshape(-1)[...] += self.bias
+        else:
+            _linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
+                            self.bias)
         self._x = x
         return y
 
