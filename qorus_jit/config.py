@@ -1,4 +1,5 @@
-"""One home for numerics: fastmath flags, the default dtype, the kernel decorator and threads.
+"""One home for numerics: fastmath flags, the default dtype, the kernel decorator and threads (how many,
+and when and how parallel kernels use them).
 
 Every kernel in ``qorus_jit.kernels`` is compiled through :func:`kernel`, so the flag set below is
 the only place where fastmath is spelled. ``nnan`` and ``ninf`` are left out on purpose: with them
@@ -22,6 +23,18 @@ FLOAT_DTYPES = (np.float32, np.float64)
 #: Integer dtypes accepted for token ids and targets.
 INDEX_DTYPES = (np.int32, np.int64)
 
+#: Work up to which a ``parallel=True`` kernel runs on the calling thread instead of entering a parallel
+#: region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
+#: length * D`` for decoding). Waking numba's threads costs 3-10 us on an idle 2-core machine and about
+#: 8 ms (a scheduler slice) when the other core is busy, which dominated single-token decoding and small
+#: models. Break-even with 2 threads on this shared 2-core machine (load about 1.3, medians): RMSNorm rows
+#: of 288 forward near 40k elements, backward near 50k; exact GELU near 32k; attention forward near 30k
+#: multiply-adds, decoding near 20k; exp-heavy softmax rows near 10k; memory-bound ``add`` near 230k. One
+#: threshold stays within about 3x of each; erring serial costs at most tens of us per call, erring
+#: parallel up to a scheduler slice. Kernels read it as a compile-time constant (numba freezes globals into
+#: the cached machine code), so after changing it run ``qorus clear-cache``.
+SERIAL_WORK = 1 << 15
+
 
 def kernel(fn=None, *, parallel: bool = False):
     """Compile ``fn`` as a qorus kernel: ``njit`` with the shared fastmath flags and ``cache=True``.
@@ -40,6 +53,19 @@ def kernel(fn=None, *, parallel: bool = False):
         )(f)
 
     return wrap if fn is None else wrap(fn)
+
+
+#: Most chunks a parallel kernel cuts its rows (or other work items) into. numba hands ``prange`` iterations
+#: to its threads in equal contiguous blocks, so more chunks than threads add no balance, only calls (about
+#: 0.1 us each for a row kernel taking six arrays: one call per row of 288 made LayerNorm 2x slower).
+MAX_CHUNKS = 32
+
+
+@kernel
+def row_chunks(n):
+    """(rows per chunk, chunk count) for n rows: at most MAX_CHUNKS chunks of equal size, fixed by n alone."""
+    per = max(1, (n + MAX_CHUNKS - 1) // MAX_CHUNKS)
+    return per, (n + per - 1) // per
 
 
 def get_num_threads() -> int:

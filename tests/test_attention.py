@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import attention as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import attention as naive
 
-# (B, T, S, H, Hkv, D, causal, masked)
+# (B, T, S, H, Hkv, D, causal, masked); B * H * T * S * D is up to config.SERIAL_WORK (serial) in most, above it
+# (parallel) in (3, 17, ...) and (1, 70, ...)
 SHAPES = [
     (1, 1, 1, 1, 1, 1, False, False),
     (1, 1, 1, 1, 1, 4, True, False),
@@ -128,11 +130,12 @@ def test_backward_accumulates():
         assert_close(a, d + 0.5, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("T", [150, 10])  # parallel and serial (B * H * T * S * D <= config.SERIAL_WORK)
 @pytest.mark.parametrize("causal", [True, False])
-def test_backward_key_chunks_agree(causal):
+def test_backward_key_chunks_agree(causal, T):
     """The key-chunked (nj > 1) and per-head (nj = 1) work splits give the same gradients."""
     rng = np.random.default_rng(7)
-    q, k, v, mask = _inputs(rng, 1, 150, 150, 2, 1, 8, True, np.float64)
+    q, k, v, mask = _inputs(rng, 1, T, T, 2, 1, 8, True, np.float64)
     g = rand(rng, *q.shape, dtype=np.float64)
     out, lse = _forward(q, k, v, causal, mask)
     m8, scale = mask.view(np.uint8), 8 ** -0.5
@@ -176,11 +179,13 @@ def test_matches_torch(shape):
     assert_close(dv, tv.grad.numpy(), rtol=1e-4, atol=2e-5)
 
 
+# with T0 = 300, B * H * length * D is above config.SERIAL_WORK (parallel) for H = 6 and 8, below it for H <= 4
+@pytest.mark.parametrize("T0", [10, 300])
 @pytest.mark.parametrize("H, Hkv, D, masked",
                          [(1, 1, 4, False), (4, 2, 5, True), (6, 1, 12, True), (8, 8, 16, False)])
-def test_decode_equals_last_row_of_causal_forward(H, Hkv, D, masked):
+def test_decode_equals_last_row_of_causal_forward(H, Hkv, D, masked, T0):
     rng = np.random.default_rng(9)
-    B, T_max, T0 = 2, 24, 10
+    B, T_max = 2, T0 + 14
     q, k, v, mask = _inputs(rng, B, T0 + 1, T0 + 1, H, Hkv, D, masked)
     kc, vc = np.zeros((B, T_max, Hkv, D), np.float32), np.zeros((B, T_max, Hkv, D), np.float32)
     K.kv_cache_write(kc, vc, k[:, :T0].copy(), v[:, :T0].copy(), 0)  # prefill
@@ -212,10 +217,11 @@ def test_decode_matches_naive_float64_and_masked_batch():
     assert np.all(out[0] == 0)
 
 
-def test_kv_cache_write():
+@pytest.mark.parametrize("T_new, Hkv, D", [(3, 2, 3), (SERIAL_WORK // 64 + 1, 2, 16)])  # serial, parallel
+def test_kv_cache_write(T_new, Hkv, D):
     rng = np.random.default_rng(11)
-    kc, vc = np.zeros((2, 8, 2, 3), np.float32), np.zeros((2, 8, 2, 3), np.float32)
-    k, v = rand(rng, 2, 3, 2, 3), rand(rng, 2, 3, 2, 3)
+    kc, vc = np.zeros((2, T_new + 5, Hkv, D), np.float32), np.zeros((2, T_new + 5, Hkv, D), np.float32)
+    k, v = rand(rng, 2, T_new, Hkv, D), rand(rng, 2, T_new, Hkv, D)
     K.kv_cache_write(kc, vc, k, v, 5)
     assert np.array_equal(kc[:, 5:], k) and np.array_equal(vc[:, 5:], v)
     assert not kc[:, :5].any() and not vc[:, :5].any()

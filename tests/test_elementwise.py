@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import elementwise as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import elementwise as naive
 
-SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,)]
+# the largest serial size, the smallest parallel one, several parallel chunks (config.SERIAL_WORK)
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (SERIAL_WORK,), (SERIAL_WORK + 1,), (40000,)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -19,6 +21,23 @@ def test_forward_matches_naive(shape):
     assert_close(out, naive.mul(a, b))
     K.scale_forward(out, a, -0.37)
     assert_close(out, a.astype(np.float64) * -0.37)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_naive(shape):
+    rng = np.random.default_rng(3)
+    a, b, g = rand(rng, *shape), rand(rng, *shape), rand(rng, *shape)
+    da, db = np.ones_like(a), np.full_like(b, 2.0)
+    K.add_backward(da, db, g)
+    assert_close(da, 1.0 + g.astype(np.float64))
+    assert_close(db, 2.0 + g.astype(np.float64))
+    da, db = np.zeros_like(a), np.zeros_like(b)
+    K.mul_backward(da, db, g, a, b)
+    assert_close(da, naive.mul(g, b))
+    assert_close(db, naive.mul(g, a))
+    da = np.zeros_like(a)
+    K.scale_backward(da, g, -0.37)
+    assert_close(da, g.astype(np.float64) * -0.37)
 
 
 @pytest.mark.parametrize("shape", [(1,), (3, 5)])

@@ -1,12 +1,16 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import loss as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import loss as naive
 
-CE_SHAPES = [(1, 1), (1, 7), (5, 7), (17, 33), (64, 1000), (3, 5003)]
-MSE_SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,)]
+# with sizes on both sides of config.SERIAL_WORK (the largest serial one, the smallest parallel one); MSE also
+# with two chunks of 2**14 elements summed serially
+CE_SHAPES = [(1, 1), (1, 7), (5, 7), (17, 33), (64, 1000), (3, 5003), (SERIAL_WORK // 1000, 1000),
+             (SERIAL_WORK // 1000 + 1, 1000), (1, SERIAL_WORK + 3)]
+MSE_SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,), (20000,), (SERIAL_WORK,), (SERIAL_WORK + 1,)]
 
 
 def _targets(rng, N, V, ignore_index=-100, every=3):

@@ -1,11 +1,15 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import norm as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import norm as naive
 
 SHAPES = [(1, 1), (1, 7), (5, 13), (3, 4, 33), (2, 1, 3, 10), (130, 24), (9, 768)]
+# N * C on both sides of config.SERIAL_WORK (the largest serial input, the smallest parallel one), and one
+# long row (serial whatever its size)
+THRESHOLD_SHAPES = [(SERIAL_WORK // 288, 288), (SERIAL_WORK // 288 + 1, 288), (40, 3, 300), (1, SERIAL_WORK + 3)]
 EPS = 1e-5
 
 
@@ -22,7 +26,7 @@ def _ln(x, w, b, eps=EPS):
     return out, mean, rstd
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + THRESHOLD_SHAPES)
 def test_forward_matches_naive(shape):
     rng = np.random.default_rng(0)
     x = rand(rng, *shape, scale=2.0) + 0.5
@@ -36,6 +40,30 @@ def test_forward_matches_naive(shape):
         assert_close(out, naive.layernorm(x, w, bias, EPS), what="layernorm out")
         assert_close(mean, want_mean, what="layernorm mean")
         assert_close(rstd, want_rstd, what="layernorm rstd")
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (5, 13), (3, 4, 33)] + THRESHOLD_SHAPES)
+def test_backward_matches_naive(shape):
+    rng = np.random.default_rng(8)
+    x, g = rand(rng, *shape, scale=2.0) + 0.5, rand(rng, *shape)
+    w, b = rand(rng, shape[-1]), rand(rng, shape[-1])
+    tol = dict(rtol=1e-4, atol=1e-4)  # dweight, dbias: float32 sums over up to ~120 rows
+    want_dx, want_dw = naive.rmsnorm_backward(g, x, w, EPS)
+    _, rstd = _rms(x, w)
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    K.rmsnorm_backward(dx, dw, g, x, w, rstd)
+    assert_close(dx, want_dx, what="rmsnorm dx")
+    assert_close(dw, want_dw, **tol, what="rmsnorm dweight")
+    want_dx, want_dw, want_db = naive.layernorm_backward(g, x, w, EPS)
+    for bias in (b, None):
+        _, mean, rstd = _ln(x, w, bias)
+        dx, dw = np.zeros_like(x), np.zeros_like(w)
+        db = None if bias is None else np.zeros_like(b)
+        K.layernorm_backward(dx, dw, db, g, x, w, mean, rstd)
+        assert_close(dx, want_dx, **tol, what="layernorm dx")
+        assert_close(dw, want_dw, **tol, what="layernorm dweight")
+        if bias is not None:
+            assert_close(db, want_db, **tol, what="layernorm dbias")
 
 
 def test_layernorm_forward_is_stable_with_a_large_offset():

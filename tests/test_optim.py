@@ -1,11 +1,14 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import optim as K
 from tests.helpers import assert_close, rand, torch_or_skip
 from tests.naive import optim as naive
 
-SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,)]
+# with sizes on both sides of config.SERIAL_WORK (the largest serial one, the smallest parallel one) and two
+# chunks of 2**14 elements run serially
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,), (20000,), (SERIAL_WORK,), (SERIAL_WORK + 1,)]
 STEPS = 10
 
 SGD_CONFIGS = [
@@ -111,7 +114,7 @@ def test_optimizers_match_torch(dtype, rtol, atol):
 
 def test_grad_norm_matches_naive():
     rng = np.random.default_rng(4)
-    grads = [rand(rng, *s) for s in [(1,), (3, 5), (40000,), (2, 3, 17)]]
+    grads = [rand(rng, *s) for s in [(1,), (3, 5), (40000,), (2, 3, 17), (20000,), (SERIAL_WORK,)]]
     assert_close(K.grad_norm(grads), naive.global_norm(grads), rtol=1e-10, atol=0)
     assert_close(K.grad_norm(grads[1]), naive.global_norm([grads[1]]), rtol=1e-10, atol=0)
     big = [np.full(1000, 1e30, np.float32)]
@@ -122,7 +125,7 @@ def test_grad_norm_matches_naive():
 @pytest.mark.parametrize("max_norm", [0.5, 1e6, 0.0])
 def test_clip_grad_norm_matches_naive(max_norm):
     rng = np.random.default_rng(5)
-    grads = [rand(rng, 4, 6), rand(rng, 13), rand(rng, 1)]
+    grads = [rand(rng, 4, 6), rand(rng, 13), rand(rng, 1), rand(rng, 20000), rand(rng, SERIAL_WORK + 1)]
     want_norm, want = naive.clip(grads, max_norm)
     assert_close(K.clip_grad_norm(grads, max_norm), want_norm, rtol=1e-10, atol=0)
     for got, ref in zip(grads, want, strict=True):

@@ -1,12 +1,15 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import SERIAL_WORK
 from qorus_jit.kernels import rope as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import rope as naive
 
 THETA = 10000.0
 SHAPES = [(1, 1, 1, 2), (2, 5, 3, 8), (1, 7, 1, 18), (2, 3, 4, 64), (3, 1, 2, 6)]
+# one decoded token, and sizes on both sides of config.SERIAL_WORK (the largest serial, a parallel one)
+THRESHOLD_SHAPES = [(1, 1, 6, 48), (1, SERIAL_WORK // 288, 6, 48), (2, 64, 6, 48)]
 NAIVE = {False: naive.rope_rotate_half, True: naive.rope_interleaved}
 
 
@@ -29,7 +32,7 @@ def test_tables_match_naive(dtype):
     assert_close(s2, sin, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + THRESHOLD_SHAPES)
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("pos", [0, 5])
 def test_forward_matches_naive(shape, interleaved, pos):
@@ -57,11 +60,12 @@ def test_backward_matches_finite_differences(interleaved):
     assert_close(dx, fd_grad(loss, x), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("shape", [(2, 9, 3, 12)] + THRESHOLD_SHAPES)
 @pytest.mark.parametrize("interleaved", [False, True])
-def test_backward_inverts_forward_and_accumulates(interleaved):
+def test_backward_inverts_forward_and_accumulates(shape, interleaved):
     rng = np.random.default_rng(2)
-    x = rand(rng, 2, 9, 3, 12)
-    cos, sin = K.rope_cache(16, 12, THETA)
+    x = rand(rng, *shape)
+    cos, sin = K.rope_cache(shape[1] + 7, shape[3], THETA)
     y = _fwd(x, cos, sin, 7, interleaved)
     dx = np.ones_like(x)
     K.rope_backward(dx, y, cos, sin, 7, interleaved)

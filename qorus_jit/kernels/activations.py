@@ -1,7 +1,9 @@
 """Activation kernels: ReLU, GELU (exact erf form and tanh approximation), SiLU, Swish, SwiGLU.
 
 Arrays of any shape are processed as flat views; inputs and outputs of one op share one shape.
-Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers.
+Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
+serial ``*_range`` kernel over elements ``lo..hi-1``, called once for up to ``config.SERIAL_WORK``
+elements (no thread launch) and per chunk of ``_CHUNK`` elements in parallel above.
 
 The sigmoid is computed from ``exp(-|x|)`` only, so it never overflows (``x = +-100`` or ``+-1e4`` in
 float32 give exact 0/1 limits, no inf or NaN). ``exp``, ``erf`` and ``sigmoid`` come from ``_math``:
@@ -15,12 +17,12 @@ from numba import prange
 from .._check import check_real, check_writeable
 from .._check import check_same_shape as _same_shape
 from .._check import flat_views as _flat
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel
 from ._math import erf as _erf
 from ._math import exp as _exp
 from ._math import sigmoid as _sigmoid
 
-_CHUNK = 1 << 14  # elements per parallel chunk
+_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
 
 _SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -28,143 +30,251 @@ _SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
 _GELU_C = 0.044715
 
 
+@kernel
+def _relu_forward_range(out, x, lo, hi):
+    """_relu_forward on elements lo..hi-1."""
+    zero = out.dtype.type(0.0)
+    for i in range(lo, hi):
+        v = x[i]
+        out[i] = zero if v < zero else v
+
+
 @kernel(parallel=True)
 def _relu_forward(out, x):
     """out = max(x, 0); all (n,). NaN stays NaN."""
     n = out.shape[0]
-    zero = out.dtype.type(0.0)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            out[i] = zero if v < zero else v
+    if n <= SERIAL_WORK:
+        _relu_forward_range(out, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _relu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _relu_backward_range(dx, dout, x, lo, hi):
+    """_relu_backward on elements lo..hi-1."""
+    zero = dx.dtype.type(0.0)
+    for i in range(lo, hi):
+        dx[i] += dout[i] if x[i] > zero else zero
 
 
 @kernel(parallel=True)
 def _relu_backward(dx, dout, x):
     """dx += dout * (x > 0); all (n,)."""
     n = dout.shape[0]
-    zero = dx.dtype.type(0.0)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            dx[i] += dout[i] if x[i] > zero else zero
+    if n <= SERIAL_WORK:
+        _relu_backward_range(dx, dout, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _relu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _gelu_forward_range(out, x, lo, hi):
+    """_gelu_forward on elements lo..hi-1."""
+    T = out.dtype.type
+    for i in range(lo, hi):
+        v = x[i]
+        out[i] = T(0.5) * v * (T(1.0) + _erf(v * T(_SQRT1_2)))
 
 
 @kernel(parallel=True)
 def _gelu_forward(out, x):
     """out = 0.5 x (1 + erf(x / sqrt(2))); all (n,)."""
     n = out.shape[0]
-    T = out.dtype.type
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            out[i] = T(0.5) * v * (T(1.0) + _erf(v * T(_SQRT1_2)))
+    if n <= SERIAL_WORK:
+        _gelu_forward_range(out, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _gelu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _gelu_backward_range(dx, dout, x, lo, hi):
+    """_gelu_backward on elements lo..hi-1."""
+    T = dx.dtype.type
+    for i in range(lo, hi):
+        v = x[i]
+        cdf = T(0.5) * (T(1.0) + _erf(v * T(_SQRT1_2)))
+        pdf = T(_INV_SQRT_2PI) * _exp(T(-0.5) * v * v)
+        dx[i] += dout[i] * (cdf + v * pdf)
 
 
 @kernel(parallel=True)
 def _gelu_backward(dx, dout, x):
     """dx += dout * (Phi(x) + x phi(x)), Phi/phi the normal cdf/pdf; all (n,)."""
     n = dout.shape[0]
-    T = dx.dtype.type
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            cdf = T(0.5) * (T(1.0) + _erf(v * T(_SQRT1_2)))
-            pdf = T(_INV_SQRT_2PI) * _exp(T(-0.5) * v * v)
-            dx[i] += dout[i] * (cdf + v * pdf)
+    if n <= SERIAL_WORK:
+        _gelu_backward_range(dx, dout, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _gelu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _gelu_tanh_forward_range(out, x, lo, hi):
+    """_gelu_tanh_forward on elements lo..hi-1."""
+    T = out.dtype.type
+    for i in range(lo, hi):
+        v = x[i]
+        u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
+        out[i] = v * _sigmoid(u2)
 
 
 @kernel(parallel=True)
 def _gelu_tanh_forward(out, x):
     """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2u); all (n,)."""
     n = out.shape[0]
-    T = out.dtype.type
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
-            out[i] = v * _sigmoid(u2)
+    if n <= SERIAL_WORK:
+        _gelu_tanh_forward_range(out, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _gelu_tanh_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _gelu_tanh_backward_range(dx, dout, x, lo, hi):
+    """_gelu_tanh_backward on elements lo..hi-1."""
+    T = dx.dtype.type
+    for i in range(lo, hi):
+        v = x[i]
+        u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
+        s = _sigmoid(u2)
+        du2 = T(2.0 * _SQRT_2_PI) * (T(1.0) + T(3.0 * _GELU_C) * v * v)
+        dx[i] += dout[i] * (s + v * (s * (T(1.0) - s)) * du2)
 
 
 @kernel(parallel=True)
 def _gelu_tanh_backward(dx, dout, x):
     """dx += dout * (s + x s (1 - s) du2/dx), s = sigmoid(u2), u2 = 2 sqrt(2/pi) (x + 0.044715 x^3); (n,)."""
     n = dout.shape[0]
-    T = dx.dtype.type
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
-            s = _sigmoid(u2)
-            du2 = T(2.0 * _SQRT_2_PI) * (T(1.0) + T(3.0 * _GELU_C) * v * v)
-            dx[i] += dout[i] * (s + v * (s * (T(1.0) - s)) * du2)
+    if n <= SERIAL_WORK:
+        _gelu_tanh_backward_range(dx, dout, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _gelu_tanh_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _swish_forward_range(out, x, beta, lo, hi):
+    """_swish_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        v = x[i]
+        out[i] = v * _sigmoid(beta * v)
 
 
 @kernel(parallel=True)
 def _swish_forward(out, x, beta):
     """out = x sigmoid(beta x); all (n,), beta a scalar of their dtype."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            out[i] = v * _sigmoid(beta * v)
+    if n <= SERIAL_WORK:
+        _swish_forward_range(out, x, beta, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _swish_forward_range(out, x, beta, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _swish_backward_range(dx, dout, x, beta, lo, hi):
+    """_swish_backward on elements lo..hi-1."""
+    one = dx.dtype.type(1.0)
+    for i in range(lo, hi):
+        v = x[i]
+        s = _sigmoid(beta * v)
+        dx[i] += dout[i] * s * (one + beta * v * (one - s))
 
 
 @kernel(parallel=True)
 def _swish_backward(dx, dout, x, beta):
     """dx += dout * s (1 + beta x (1 - s)), s = sigmoid(beta x); all (n,)."""
     n = dout.shape[0]
-    one = dx.dtype.type(1.0)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            s = _sigmoid(beta * v)
-            dx[i] += dout[i] * s * (one + beta * v * (one - s))
+    if n <= SERIAL_WORK:
+        _swish_backward_range(dx, dout, x, beta, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _swish_backward_range(dx, dout, x, beta, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _silu_forward_range(out, x, lo, hi):
+    """_silu_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        v = x[i]
+        out[i] = v * _sigmoid(v)
 
 
 @kernel(parallel=True)
 def _silu_forward(out, x):
     """out = x sigmoid(x); all (n,)."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            out[i] = v * _sigmoid(v)
+    if n <= SERIAL_WORK:
+        _silu_forward_range(out, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _silu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _silu_backward_range(dx, dout, x, lo, hi):
+    """_silu_backward on elements lo..hi-1."""
+    one = dx.dtype.type(1.0)
+    for i in range(lo, hi):
+        v = x[i]
+        s = _sigmoid(v)
+        dx[i] += dout[i] * s * (one + v * (one - s))
 
 
 @kernel(parallel=True)
 def _silu_backward(dx, dout, x):
     """dx += dout * s (1 + x (1 - s)), s = sigmoid(x); all (n,)."""
     n = dout.shape[0]
-    one = dx.dtype.type(1.0)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = x[i]
-            s = _sigmoid(v)
-            dx[i] += dout[i] * s * (one + v * (one - s))
+    if n <= SERIAL_WORK:
+        _silu_backward_range(dx, dout, x, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _silu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _swiglu_forward_range(out, a, b, lo, hi):
+    """_swiglu_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        v = a[i]
+        out[i] = v * _sigmoid(v) * b[i]
 
 
 @kernel(parallel=True)
 def _swiglu_forward(out, a, b):
     """out = silu(a) * b = a sigmoid(a) b; all (n,)."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = a[i]
-            out[i] = v * _sigmoid(v) * b[i]
+    if n <= SERIAL_WORK:
+        _swiglu_forward_range(out, a, b, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _swiglu_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _swiglu_backward_range(da, db, dout, a, b, lo, hi):
+    """_swiglu_backward on elements lo..hi-1."""
+    one = da.dtype.type(1.0)
+    for i in range(lo, hi):
+        v = a[i]
+        s = _sigmoid(v)
+        g = dout[i]
+        da[i] += g * b[i] * s * (one + v * (one - s))
+        db[i] += g * v * s
 
 
 @kernel(parallel=True)
 def _swiglu_backward(da, db, dout, a, b):
     """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,)."""
     n = dout.shape[0]
-    one = da.dtype.type(1.0)
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            v = a[i]
-            s = _sigmoid(v)
-            g = dout[i]
-            da[i] += g * b[i] * s * (one + v * (one - s))
-            db[i] += g * v * s
+    if n <= SERIAL_WORK:
+        _swiglu_backward_range(da, db, dout, a, b, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _swiglu_backward_range(da, db, dout, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
 def _check_approximate(approximate) -> bool:

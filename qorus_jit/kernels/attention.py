@@ -23,6 +23,11 @@ into zero-padded scratch: K^T in tiles of 16 keys and V padded to whole tiles (f
 same for a block of ``_KB`` keys (backward), and q, dout packed per head (backward). Forward keeps the
 scores of 4 query rows over their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
 recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T), flash-attention style.
+
+Each kernel's parallel loops call serial kernels over a range of work items (``_forward_items``,
+``_backward_items``, ``_decode_items``, ...). When the work is small (``B * H * T * S * D``, or
+``B * H * length * D`` when decoding, up to ``config.SERIAL_WORK``, or a single work item) they are
+called once over all items on the calling thread, without a thread launch, and give the same results.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel, row_chunks
 from ._math import exp
 
 _R = 4  # rows of a register tile (query rows, or keys in the dK, dV products)
@@ -200,22 +205,24 @@ def _pack_rows(xp, x, b, hk, s_lo, n):
 # forward
 
 
-@kernel(parallel=True)
-def _attention_forward(out, lse, q, k, v, mask, causal, scale):
-    """out (B, T, H, D), lse (B, H, T) = attention of q (B, T, H, D) over k, v (B, S, Hkv, D); mask (B, S)."""
-    B, T, H, D = q.shape
+@kernel
+def _pack_kv(kt, vp, k, v, lo, hi):
+    """kt[b, hk] = K^T in tiles of 16 keys, vp[b, hk] = V padded to D16, for items bh = b * Hkv + hk in lo..hi-1."""
     S, Hkv = k.shape[1], k.shape[2]
-    G = H // Hkv
-    S16, D16 = _ceil(S, _W), _ceil(D, _W)
-    # per (batch, kv head), read by every query row of the group: K^T (keys along rows), V padded to D16
-    kt = np.empty((B, Hkv, S16 // _W, D, _W), q.dtype)
-    vp = np.empty((B, Hkv, S, D16), q.dtype)
-    for bh in prange(B * Hkv):
+    for bh in range(lo, hi):
         b, hk = bh // Hkv, bh % Hkv
         _pack_t(kt[b, hk], k, b, hk, 0, S)
         _pack_rows(vp[b, hk], v, b, hk, 0, S)
+
+
+@kernel
+def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
+    """Work items lo..hi-1 of _attention_forward: item it = (b * H + h) * nch + c, a chunk of _ROWS query rows."""
+    T, H, D = q.shape[1], q.shape[2], q.shape[3]
+    Hkv, S, D16 = vp.shape[1], vp.shape[2], vp.shape[3]
+    G = H // Hkv
     nch = (T + _ROWS - 1) // _ROWS
-    for it in prange(B * H * nch):
+    for it in range(lo, hi):
         b = it // (H * nch)
         h = (it // nch) % H
         c = it % nch
@@ -271,6 +278,26 @@ def _attention_forward(out, lse, q, k, v, mask, causal, scale):
                 else:
                     out[b, t, h, :] = 0
                     lse[b, h, t] = -np.inf
+
+
+@kernel(parallel=True)
+def _attention_forward(out, lse, q, k, v, mask, causal, scale):
+    """out (B, T, H, D), lse (B, H, T) = attention of q (B, T, H, D) over k, v (B, S, Hkv, D); mask (B, S)."""
+    B, T, H, D = q.shape
+    S, Hkv = k.shape[1], k.shape[2]
+    S16, D16 = _ceil(S, _W), _ceil(D, _W)
+    # per (batch, kv head), read by every query row of the group: K^T (keys along rows), V padded to D16
+    kt = np.empty((B, Hkv, S16 // _W, D, _W), q.dtype)
+    vp = np.empty((B, Hkv, S, D16), q.dtype)
+    items = B * H * ((T + _ROWS - 1) // _ROWS)
+    if B * H * T * S * D <= SERIAL_WORK or items < 2:
+        _pack_kv(kt, vp, k, v, 0, B * Hkv)
+        _forward_items(out, lse, q, kt, vp, mask, causal, scale, 0, items)
+    else:
+        for bh in prange(B * Hkv):
+            _pack_kv(kt, vp, k, v, bh, bh + 1)
+        for it in prange(items):
+            _forward_items(out, lse, q, kt, vp, mask, causal, scale, it, it + 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,17 +404,17 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
             dv[b, s_lo + j, hk, d] += dva[j, d]
 
 
-@kernel(parallel=True)
-def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, nj):
-    """dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients; dout, out (B, T, H, D), lse (B, H, T)."""
-    B, T, H, D = q.shape
-    S, Hkv = k.shape[1], k.shape[2]
-    T4, D16 = _ceil(T, _R), _ceil(D, _W)
-    # q and dout rows packed per head (the tiles' operands), and D_t = dout[t] . out[t]
-    qp = np.empty((B, H, T4, D16), q.dtype)
-    dop = np.empty((B, H, T4, D16), q.dtype)
-    di = np.empty((B, H, T4), q.dtype)
-    for bh in prange(B * H):
+@kernel
+def _zeros(shape, like):
+    """np.zeros(shape) of like's dtype, allocated serially (np.zeros in a parallel kernel is a parfor)."""
+    return np.zeros(shape, like.dtype)
+
+
+@kernel
+def _pack_heads(qp, dop, di, q, dout, out, scale, lo, hi):
+    """qp, dop, di of _attention_backward for the (batch, head) items bh = b * H + h in lo..hi-1."""
+    T, H, D = q.shape[1], q.shape[2], q.shape[3]
+    for bh in range(lo, hi):
         b, h = bh // H, bh % H
         qb, db = qp[b, h], dop[b, h]
         for t in range(T):
@@ -403,10 +430,14 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
         qb[T:] = 0
         db[T:] = 0
         di[b, h, T:] = 0
-    # work items (b, kv head, one of nj key chunks) own their dk, dv rows; if nj > 1 dq goes to per-chunk dqp
-    bounds = _key_bounds(nj, T, S, causal)
-    dqp = np.zeros((nj if nj > 1 else 0, B, T, H, D), q.dtype)
-    for it in prange(B * Hkv * nj):
+
+
+@kernel
+def _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, lo, hi):
+    """Work items lo..hi-1 of _attention_backward: item it = (b * Hkv + hk) * nj + jc, key chunk jc."""
+    Hkv = k.shape[2]
+    nj = bounds.shape[0] - 1
+    for it in range(lo, hi):
         b = it // (Hkv * nj)
         hk = (it // nj) % Hkv
         jc = it % nj
@@ -414,27 +445,61 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
         for s_lo in range(bounds[jc], bounds[jc + 1], _KB):
             _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk,
                            s_lo, min(s_lo + _KB, bounds[jc + 1]))
-    if nj > 1:
-        for bt in prange(B * T):
-            b, t = bt // T, bt % T
-            for jc in range(nj):
-                for h in range(H):
-                    for d in range(D):
-                        dq[b, t, h, d] += dqp[jc, b, t, h, d]
+
+
+@kernel
+def _add_dq_parts(dq, dqp, lo, hi):
+    """dq[b, t] += sum over the key chunks jc of dqp[jc, b, t], for the rows bt = b * T + t in lo..hi-1."""
+    T, H, D = dq.shape[1], dq.shape[2], dq.shape[3]
+    for bt in range(lo, hi):
+        b, t = bt // T, bt % T
+        for jc in range(dqp.shape[0]):
+            for h in range(H):
+                for d in range(D):
+                    dq[b, t, h, d] += dqp[jc, b, t, h, d]
+
+
+@kernel(parallel=True)
+def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, nj):
+    """dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients; dout, out (B, T, H, D), lse (B, H, T)."""
+    B, T, H, D = q.shape
+    S, Hkv = k.shape[1], k.shape[2]
+    T4, D16 = _ceil(T, _R), _ceil(D, _W)
+    # q and dout rows packed per head (the tiles' operands), and D_t = dout[t] . out[t]
+    qp = np.empty((B, H, T4, D16), q.dtype)
+    dop = np.empty((B, H, T4, D16), q.dtype)
+    di = np.empty((B, H, T4), q.dtype)
+    # work items (b, kv head, one of nj key chunks) own their dk, dv rows; if nj > 1 dq goes to per-chunk dqp
+    bounds = _key_bounds(nj, T, S, causal)
+    dqp = _zeros((nj if nj > 1 else 0, B, T, H, D), q)
+    items = B * Hkv * nj
+    if B * H * T * S * D <= SERIAL_WORK or items < 2:
+        _pack_heads(qp, dop, di, q, dout, out, scale, 0, B * H)
+        _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, 0, items)
+        if nj > 1:
+            _add_dq_parts(dq, dqp, 0, B * T)
+    else:
+        for bh in prange(B * H):
+            _pack_heads(qp, dop, di, q, dout, out, scale, bh, bh + 1)
+        for it in prange(items):
+            _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, it, it + 1)
+        if nj > 1:
+            for bt in prange(B * T):
+                _add_dq_parts(dq, dqp, bt, bt + 1)
 
 
 # ---------------------------------------------------------------------------------------------------
 # decode and KV cache
 
 
-@kernel(parallel=True)
-def _attention_decode(out, q, k_cache, v_cache, length, mask, scale):
-    """out (B, H, D) = attention of q (B, H, D) over rows < length of k_cache, v_cache (B, T_max, Hkv, D)."""
-    B, H, D = q.shape
+@kernel
+def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
+    """_attention_decode for the (batch, kv head) items it = b * Hkv + hk in lo..hi-1."""
+    H, D = q.shape[1], q.shape[2]
     Hkv = k_cache.shape[2]
     G = H // Hkv
     zero = scale - scale
-    for it in prange(B * Hkv):
+    for it in range(lo, hi):
         b, hk = it // Hkv, it % Hkv
         h0 = hk * G
         sc = np.empty((G, length), q.dtype)
@@ -473,13 +538,37 @@ def _attention_decode(out, q, k_cache, v_cache, length, mask, scale):
 
 
 @kernel(parallel=True)
-def _kv_cache_write(k_cache, v_cache, k, v, pos):
-    """k_cache[:, pos:pos + T_new] = k, same for v; caches (B, T_max, Hkv, D), k, v (B, T_new, Hkv, D)."""
-    B, T_new = k.shape[0], k.shape[1]
-    for bt in prange(B * T_new):
+def _attention_decode(out, q, k_cache, v_cache, length, mask, scale):
+    """out (B, H, D) = attention of q (B, H, D) over rows < length of k_cache, v_cache (B, T_max, Hkv, D)."""
+    B, H, D = q.shape
+    items = B * k_cache.shape[2]
+    if B * H * length * D <= SERIAL_WORK or items < 2:
+        _decode_items(out, q, k_cache, v_cache, length, mask, scale, 0, items)
+    else:
+        for it in prange(items):
+            _decode_items(out, q, k_cache, v_cache, length, mask, scale, it, it + 1)
+
+
+@kernel
+def _kv_cache_write_rows(k_cache, v_cache, k, v, pos, lo, hi):
+    """_kv_cache_write for the (batch, token) rows bt = b * T_new + t in lo..hi-1."""
+    T_new = k.shape[1]
+    for bt in range(lo, hi):
         b, t = bt // T_new, bt % T_new
         k_cache[b, pos + t] = k[b, t]
         v_cache[b, pos + t] = v[b, t]
+
+
+@kernel(parallel=True)
+def _kv_cache_write(k_cache, v_cache, k, v, pos):
+    """k_cache[:, pos:pos + T_new] = k, same for v; caches (B, T_max, Hkv, D), k, v (B, T_new, Hkv, D)."""
+    BT = k.shape[0] * k.shape[1]
+    if k.size <= SERIAL_WORK or BT < 2:
+        _kv_cache_write_rows(k_cache, v_cache, k, v, pos, 0, BT)
+    else:
+        per, nc = row_chunks(BT)
+        for c in prange(nc):
+            _kv_cache_write_rows(k_cache, v_cache, k, v, pos, c * per, min(BT, (c + 1) * per))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Elementwise kernels: add (residual), mul (gating), scale.
 
 Arrays of any shape are processed as flat views; ``a``, ``b`` and ``out`` share one shape.
-Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers.
+Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
+serial ``*_range`` kernel over elements ``lo..hi-1``, called once for up to ``config.SERIAL_WORK``
+elements (no thread launch) and per chunk of ``_CHUNK`` elements in parallel above.
 """
 
 from __future__ import annotations
@@ -11,66 +13,120 @@ from numba import prange
 from .._check import check_same_shape as _same_shape
 from .._check import check_writeable
 from .._check import flat_views as _flat
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel
 
-_CHUNK = 1 << 14  # elements per parallel chunk
+_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
+
+
+@kernel
+def _add_forward_range(out, a, b, lo, hi):
+    """_add_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        out[i] = a[i] + b[i]
 
 
 @kernel(parallel=True)
 def _add_forward(out, a, b):
     """out = a + b; all (n,)."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            out[i] = a[i] + b[i]
+    if n <= SERIAL_WORK:
+        _add_forward_range(out, a, b, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _add_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _add_backward_range(da, db, dout, lo, hi):
+    """_add_backward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        da[i] += dout[i]
+        db[i] += dout[i]
 
 
 @kernel(parallel=True)
 def _add_backward(da, db, dout):
     """da += dout; db += dout; all (n,)."""
     n = dout.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            da[i] += dout[i]
-            db[i] += dout[i]
+    if n <= SERIAL_WORK:
+        _add_backward_range(da, db, dout, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _add_backward_range(da, db, dout, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _mul_forward_range(out, a, b, lo, hi):
+    """_mul_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        out[i] = a[i] * b[i]
 
 
 @kernel(parallel=True)
 def _mul_forward(out, a, b):
     """out = a * b; all (n,)."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            out[i] = a[i] * b[i]
+    if n <= SERIAL_WORK:
+        _mul_forward_range(out, a, b, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _mul_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _mul_backward_range(da, db, dout, a, b, lo, hi):
+    """_mul_backward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        g = dout[i]
+        da[i] += g * b[i]
+        db[i] += g * a[i]
 
 
 @kernel(parallel=True)
 def _mul_backward(da, db, dout, a, b):
     """da += dout * b; db += dout * a; all (n,)."""
     n = dout.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            g = dout[i]
-            da[i] += g * b[i]
-            db[i] += g * a[i]
+    if n <= SERIAL_WORK:
+        _mul_backward_range(da, db, dout, a, b, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _mul_backward_range(da, db, dout, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _scale_forward_range(out, a, s, lo, hi):
+    """_scale_forward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        out[i] = s * a[i]
 
 
 @kernel(parallel=True)
 def _scale_forward(out, a, s):
     """out = s * a; (n,), s a scalar."""
     n = out.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            out[i] = s * a[i]
+    if n <= SERIAL_WORK:
+        _scale_forward_range(out, a, s, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _scale_forward_range(out, a, s, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _scale_backward_range(da, dout, s, lo, hi):
+    """_scale_backward on elements lo..hi-1."""
+    for i in range(lo, hi):
+        da[i] += s * dout[i]
 
 
 @kernel(parallel=True)
 def _scale_backward(da, dout, s):
     """da += s * dout; (n,), s a scalar."""
     n = dout.shape[0]
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            da[i] += s * dout[i]
+    if n <= SERIAL_WORK:
+        _scale_backward_range(da, dout, s, 0, n)
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            _scale_backward_range(da, dout, s, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
 def add_forward(out, a, b):

@@ -3,7 +3,8 @@
 Kernels see ``ids`` flat as ``(N,)`` and ``out``/``dout`` as ``(N, C)``; the public wrappers accept
 ``ids`` of any shape ``(...)`` (usually ``(B, T)``) with ``out`` of shape ``(..., C)``.
 The same id may appear at many positions, so backward parallelises over blocks of columns: each
-chunk owns disjoint columns of ``dweight`` and walks all rows in order (deterministic sums).
+chunk owns disjoint columns of ``dweight`` and walks all rows in order (deterministic sums). Up to
+``config.SERIAL_WORK`` elements of ``out``/``dout`` run on the calling thread, without a thread launch.
 """
 
 from __future__ import annotations
@@ -11,33 +12,52 @@ from __future__ import annotations
 from numba import prange
 
 from .._check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel, row_chunks
 
 _COLS = 64  # columns of dweight per parallel chunk in backward
 
 
-@kernel(parallel=True)
-def _embedding_forward(out, ids, weight):
-    """out (N, C) = weight[ids]; ids (N,) in [0, V), weight (V, C)."""
-    N, C = out.shape
-    for n in prange(N):
+@kernel
+def _embedding_forward_rows(out, ids, weight, lo, hi):
+    """_embedding_forward on rows lo..hi-1."""
+    C = out.shape[1]
+    for n in range(lo, hi):
         row = ids[n]
         for j in range(C):
             out[n, j] = weight[row, j]
 
 
 @kernel(parallel=True)
+def _embedding_forward(out, ids, weight):
+    """out (N, C) = weight[ids]; ids (N,) in [0, V), weight (V, C)."""
+    N = out.shape[0]
+    if out.size <= SERIAL_WORK or N < 2:
+        _embedding_forward_rows(out, ids, weight, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _embedding_forward_rows(out, ids, weight, c * per, min(N, (c + 1) * per))
+
+
+@kernel
+def _embedding_backward_cols(dweight, dout, ids, j0, j1):
+    """_embedding_backward on columns j0..j1-1: all rows of dout in order."""
+    for n in range(dout.shape[0]):
+        row = ids[n]
+        # out[n, j] = weight[ids[n], j]
+        for j in range(j0, j1):
+            dweight[row, j] += dout[n, j]
+
+
+@kernel(parallel=True)
 def _embedding_backward(dweight, dout, ids):
     """dweight (V, C) += scatter of dout (N, C) to rows ids (N,) in [0, V)."""
-    N, C = dout.shape
-    for cb in prange((C + _COLS - 1) // _COLS):
-        j0 = cb * _COLS
-        j1 = min(C, j0 + _COLS)
-        for n in range(N):
-            row = ids[n]
-            # out[n, j] = weight[ids[n], j]
-            for j in range(j0, j1):
-                dweight[row, j] += dout[n, j]
+    C = dout.shape[1]
+    if dout.size <= SERIAL_WORK or C <= _COLS:
+        _embedding_backward_cols(dweight, dout, ids, 0, C)
+    else:
+        for cb in prange((C + _COLS - 1) // _COLS):
+            _embedding_backward_cols(dweight, dout, ids, cb * _COLS, min(C, (cb + 1) * _COLS))
 
 
 def _check_embedding(out_name, out, ids, weight_name, weight):

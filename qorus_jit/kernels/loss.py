@@ -7,7 +7,9 @@ MSE takes ``pred`` and ``target`` of one shared shape, viewed flat.
 
 Forward kernels write per-row losses; the public wrappers return the mean as a Python float.
 ``*_backward`` accumulates (``+=``) into the gradient buffer; ``cross_entropy_forward_backward``
-writes it (``=``), as the one fused pass of a training step.
+writes it (``=``), as the one fused pass of a training step. Up to ``config.SERIAL_WORK`` elements
+(or a single row) run on the calling thread, without a thread launch; MSE sums fixed chunks of
+``_CHUNK`` elements and adds their sums on one thread, so its mean does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel, row_chunks
 from ._math import exp as _exp
 
-_CHUNK = 1 << 14  # elements per parallel chunk (MSE); one chunk or less runs serially
+_CHUNK = 1 << 14  # elements per chunk (MSE); up to SERIAL_WORK elements run on the calling thread
 _BLOCK = 256  # exp terms summed in the logits dtype before adding into the float64 row sum
 
 
@@ -53,10 +55,10 @@ def _row_sumexp(x, m):
     return s
 
 
-@kernel(parallel=True)
-def _cross_entropy_forward(losses, logits, targets, ignore_index):
-    """losses[i] = logsumexp(logits[i]) - logits[i, t_i] (0 if ignored); logits (N, V), targets (N,)."""
-    for i in prange(logits.shape[0]):
+@kernel
+def _cross_entropy_forward_rows(losses, logits, targets, ignore_index, lo, hi):
+    """_cross_entropy_forward on rows lo..hi-1."""
+    for i in range(lo, hi):
         t = targets[i]
         if t == ignore_index:
             losses[i] = 0.0
@@ -66,6 +68,18 @@ def _cross_entropy_forward(losses, logits, targets, ignore_index):
             losses[i] = m + np.log(_row_sumexp(x, m)) - x[t]
 
 
+@kernel(parallel=True)
+def _cross_entropy_forward(losses, logits, targets, ignore_index):
+    """losses[i] = logsumexp(logits[i]) - logits[i, t_i] (0 if ignored); logits (N, V), targets (N,)."""
+    N = logits.shape[0]
+    if logits.size <= SERIAL_WORK or N < 2:
+        _cross_entropy_forward_rows(losses, logits, targets, ignore_index, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _cross_entropy_forward_rows(losses, logits, targets, ignore_index, c * per, min(N, (c + 1) * per))
+
+
 @kernel
 def _add_softmax_row(d, x, m, c):
     """d += c * exp(x - m); d, x (V,), m and c scalars."""
@@ -73,16 +87,28 @@ def _add_softmax_row(d, x, m, c):
         d[j] += c * _exp(x[j] - m)
 
 
-@kernel(parallel=True)
-def _cross_entropy_backward(dlogits, logits, targets, ignore_index, scale):
-    """dlogits[i] += scale * (softmax(logits[i]) - onehot(t_i)) unless ignored; (N, V), targets (N,)."""
-    for i in prange(logits.shape[0]):
+@kernel
+def _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, lo, hi):
+    """_cross_entropy_backward on rows lo..hi-1."""
+    for i in range(lo, hi):
         t = targets[i]
         if t != ignore_index:
             x = logits[i]
             m = _row_max(x)
             _add_softmax_row(dlogits[i], x, m, x.dtype.type(scale / _row_sumexp(x, m)))
             dlogits[i, t] -= scale
+
+
+@kernel(parallel=True)
+def _cross_entropy_backward(dlogits, logits, targets, ignore_index, scale):
+    """dlogits[i] += scale * (softmax(logits[i]) - onehot(t_i)) unless ignored; (N, V), targets (N,)."""
+    N = logits.shape[0]
+    if logits.size <= SERIAL_WORK or N < 2:
+        _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, c * per, min(N, (c + 1) * per))
 
 
 @kernel
@@ -107,10 +133,10 @@ def _scale_row(d, c):
         d[j] *= c
 
 
-@kernel(parallel=True)
-def _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore_index, scale):
-    """losses as forward; dlogits[i] = scale * (softmax - onehot), 0 if ignored; (N, V), (N,); in place ok."""
-    for i in prange(logits.shape[0]):
+@kernel
+def _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignore_index, scale, lo, hi):
+    """_cross_entropy_forward_backward on rows lo..hi-1."""
+    for i in range(lo, hi):
         t = targets[i]
         d = dlogits[i]
         if t == ignore_index:
@@ -126,6 +152,19 @@ def _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore_ind
             d[t] -= scale
 
 
+@kernel(parallel=True)
+def _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore_index, scale):
+    """losses as forward; dlogits[i] = scale * (softmax - onehot), 0 if ignored; (N, V), (N,); in place ok."""
+    N = logits.shape[0]
+    if logits.size <= SERIAL_WORK or N < 2:
+        _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignore_index, scale, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignore_index, scale, c * per,
+                                                 min(N, (c + 1) * per))
+
+
 @kernel
 def _sq_diff_sum(pred, target):
     """sum((pred - target)^2) accumulated in float64; pred, target (n,)."""
@@ -136,18 +175,38 @@ def _sq_diff_sum(pred, target):
     return s
 
 
+@kernel
+def _sq_diff_sum_chunks(partial, pred, target, lo, hi):
+    """partial[c] = _sq_diff_sum of chunk c of _CHUNK elements, for the chunks c in lo..hi-1."""
+    n = pred.shape[0]
+    for c in range(lo, hi):
+        a, b = c * _CHUNK, min(n, (c + 1) * _CHUNK)
+        partial[c] = _sq_diff_sum(pred[a:b], target[a:b])
+
+
+@kernel
+def _sum_in_order(x):
+    """sum(x) on one thread: fixed by n alone, unlike a parallel reduction split by the thread count; x (n,)."""
+    s = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
 @kernel(parallel=True)
 def _mse_forward(pred, target):
     """mean((pred - target)^2) in float64 over chunks, reduced after; pred, target (n,), n >= 1."""
     n = pred.shape[0]
-    if n <= _CHUNK:
-        return _sq_diff_sum(pred, target) / n
     nc = (n + _CHUNK - 1) // _CHUNK
+    if nc < 2:
+        return _sq_diff_sum(pred, target) / n
     partial = np.empty(nc)
-    for c in prange(nc):
-        lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
-        partial[c] = _sq_diff_sum(pred[lo:hi], target[lo:hi])
-    return partial.sum() / n
+    if n <= SERIAL_WORK:
+        _sq_diff_sum_chunks(partial, pred, target, 0, nc)
+    else:
+        for c in prange(nc):
+            _sq_diff_sum_chunks(partial, pred, target, c, c + 1)
+    return _sum_in_order(partial) / n
 
 
 @kernel
@@ -162,7 +221,7 @@ def _mse_backward(dpred, pred, target, scale):
     """dpred += 2 * scale * (pred - target) over chunks; all (n,)."""
     n = pred.shape[0]
     c2 = pred.dtype.type(2.0 * scale)
-    if n <= _CHUNK:
+    if n <= SERIAL_WORK:
         _mse_backward_chunk(dpred, pred, target, c2)
     else:
         for c in prange((n + _CHUNK - 1) // _CHUNK):

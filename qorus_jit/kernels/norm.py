@@ -3,8 +3,10 @@
 Kernels see ``x`` as rows ``(N, C)``; the public wrappers accept ``(..., C)`` and view it as rows.
 Forward saves the per-row statistics (``rstd``, and ``mean`` for LayerNorm) for backward; backward
 accumulates (``+=``) into ``dx``, ``dweight`` and ``dbias``. ``dweight`` and ``dbias`` sum over all
-rows: each parallel chunk of rows sums into its own row of a ``(n_chunks, C)`` scratch, reduced after
-the parallel loop.
+rows: each chunk of rows sums into its own row of a ``(n_chunks, C)`` scratch, reduced after the loop
+over the chunks (``config.row_chunks``: fixed by ``N``, so the sums do not depend on the thread count). Each
+kernel's body is a serial ``*_rows`` kernel over rows ``lo..hi-1``; up to ``config.SERIAL_WORK``
+elements (or a single row or chunk) run on the calling thread, without a thread launch.
 """
 
 from __future__ import annotations
@@ -22,23 +24,31 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import kernel
-
-_MAX_CHUNKS = 32  # row chunks (and scratch rows) of the backward kernels
+from ..config import SERIAL_WORK, kernel, row_chunks
 
 
 @kernel
-def _chunking(N):
-    """Rows per chunk and number of chunks for N rows: at most _MAX_CHUNKS, fixed by N alone."""
-    rows = max(1, (N + _MAX_CHUNKS - 1) // _MAX_CHUNKS)
-    return rows, (N + rows - 1) // rows
+def _add_column_sums(d, part):
+    """d (C,) += part (n, C) summed over its rows in order (the chunks' partial sums, reduced after)."""
+    n, C = part.shape
+    for j in range(C):
+        s = d.dtype.type(0)
+        for c in range(n):
+            s += part[c, j]
+        d[j] += s
 
 
-@kernel(parallel=True)
-def _rmsnorm_forward(out, rstd, x, weight, eps):
-    """out (N, C) = x * rstd * weight; rstd (N,) = 1 / sqrt(mean(x^2) + eps); x (N, C), weight (C,)."""
-    N, C = x.shape
-    for i in prange(N):
+@kernel
+def _partials(n_chunks, C, like):
+    """Zeroed (n_chunks, C) scratch of like's dtype (allocated here: np.zeros in a parallel kernel is a parfor)."""
+    return np.zeros((n_chunks, C), like.dtype)
+
+
+@kernel
+def _rmsnorm_forward_rows(out, rstd, x, weight, eps, lo, hi):
+    """_rmsnorm_forward on rows lo..hi-1."""
+    C = x.shape[1]
+    for i in range(lo, hi):
         ss = x.dtype.type(0)
         for j in range(C):
             ss += x[i, j] * x[i, j]
@@ -49,35 +59,54 @@ def _rmsnorm_forward(out, rstd, x, weight, eps):
 
 
 @kernel(parallel=True)
-def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
-    """dx (N, C) +=, dweight (C,) += grads of out = x * rstd * weight; dout, x (N, C), rstd (N,)."""
+def _rmsnorm_forward(out, rstd, x, weight, eps):
+    """out (N, C) = x * rstd * weight; rstd (N,) = 1 / sqrt(mean(x^2) + eps); x (N, C), weight (C,)."""
     N, C = x.shape
-    rows, n_chunks = _chunking(N)
-    dw_part = np.zeros((n_chunks, C), dweight.dtype)
-    for c in prange(n_chunks):
-        for i in range(c * rows, min(N, (c + 1) * rows)):
-            r = rstd[i]
-            # out[j] = x[j] * r * w[j], r = (mean(x^2) + eps)^(-1/2), dr/dx[j] = -r^3 x[j] / C
-            dot = dx.dtype.type(0)
-            for j in range(C):
-                dot += dout[i, j] * weight[j] * x[i, j]
-            k = dx.dtype.type(dot * r * r * r / C)
-            for j in range(C):
-                dx[i, j] += r * dout[i, j] * weight[j] - k * x[i, j]
-                dw_part[c, j] += dout[i, j] * x[i, j] * r
-    for j in range(C):
-        s = dweight.dtype.type(0)
-        for c in range(n_chunks):
-            s += dw_part[c, j]
-        dweight[j] += s
+    if N * C <= SERIAL_WORK or N < 2:
+        _rmsnorm_forward_rows(out, rstd, x, weight, eps, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _rmsnorm_forward_rows(out, rstd, x, weight, eps, c * per, min(N, (c + 1) * per))
+
+
+@kernel
+def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, lo, hi):
+    """_rmsnorm_backward on rows lo..hi-1, their dweight terms summed into dw (C,)."""
+    C = x.shape[1]
+    for i in range(lo, hi):
+        r = rstd[i]
+        # out[j] = x[j] * r * w[j], r = (mean(x^2) + eps)^(-1/2), dr/dx[j] = -r^3 x[j] / C
+        dot = dx.dtype.type(0)
+        for j in range(C):
+            dot += dout[i, j] * weight[j] * x[i, j]
+        k = dx.dtype.type(dot * r * r * r / C)
+        for j in range(C):
+            dx[i, j] += r * dout[i, j] * weight[j] - k * x[i, j]
+            dw[j] += dout[i, j] * x[i, j] * r
 
 
 @kernel(parallel=True)
-def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
-    """out (N, C) = (x - mean) * rstd * weight + bias; mean, rstd (N,); bias (C,) or (0,) for none."""
+def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
+    """dx (N, C) +=, dweight (C,) += grads of out = x * rstd * weight; dout, x (N, C), rstd (N,)."""
     N, C = x.shape
+    rows, n_chunks = row_chunks(N)
+    dw_part = _partials(n_chunks, C, dweight)
+    if N * C <= SERIAL_WORK or n_chunks < 2:
+        for c in range(n_chunks):
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, c * rows, min(N, (c + 1) * rows))
+    else:
+        for c in prange(n_chunks):
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, c * rows, min(N, (c + 1) * rows))
+    _add_column_sums(dweight, dw_part)
+
+
+@kernel
+def _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, lo, hi):
+    """_layernorm_forward on rows lo..hi-1."""
+    C = x.shape[1]
     has_bias = bias.shape[0] != 0
-    for i in prange(N):
+    for i in range(lo, hi):
         s = x.dtype.type(0)
         for j in range(C):
             s += x[i, j]
@@ -98,45 +127,61 @@ def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
 
 
 @kernel(parallel=True)
+def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
+    """out (N, C) = (x - mean) * rstd * weight + bias; mean, rstd (N,); bias (C,) or (0,) for none."""
+    N, C = x.shape
+    if N * C <= SERIAL_WORK or N < 2:
+        _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, c * per, min(N, (c + 1) * per))
+
+
+@kernel
+def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, lo, hi):
+    """_layernorm_backward on rows lo..hi-1, their dweight and dbias terms summed into dw, db (C,) (db (0,): none)."""
+    C = x.shape[1]
+    has_bias = db.shape[0] != 0
+    for i in range(lo, hi):
+        m = mean[i]
+        r = rstd[i]
+        # xhat = (x - m) * r; out = xhat * w + b; dxhat = dout * w
+        # dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        sg = dx.dtype.type(0)
+        sgx = dx.dtype.type(0)
+        for j in range(C):
+            g = dout[i, j] * weight[j]
+            sg += g
+            sgx += g * (x[i, j] - m) * r
+        mg = dx.dtype.type(sg / C)
+        mgx = dx.dtype.type(sgx / C)
+        for j in range(C):
+            xhat = (x[i, j] - m) * r
+            dx[i, j] += r * (dout[i, j] * weight[j] - mg - xhat * mgx)
+            dw[j] += dout[i, j] * xhat
+        if has_bias:
+            for j in range(C):
+                db[j] += dout[i, j]
+
+
+@kernel(parallel=True)
 def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
     """dx (N, C), dweight (C,), dbias (C,) or (0,) for none: += grads of LayerNorm; dout, x (N, C)."""
     N, C = x.shape
-    has_bias = dbias.shape[0] != 0
-    rows, n_chunks = _chunking(N)
-    dw_part = np.zeros((n_chunks, C), dweight.dtype)
-    db_part = np.zeros((n_chunks if has_bias else 0, C), dweight.dtype)
-    for c in prange(n_chunks):
-        for i in range(c * rows, min(N, (c + 1) * rows)):
-            m = mean[i]
-            r = rstd[i]
-            # xhat = (x - m) * r; out = xhat * w + b; dxhat = dout * w
-            # dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-            sg = dx.dtype.type(0)
-            sgx = dx.dtype.type(0)
-            for j in range(C):
-                g = dout[i, j] * weight[j]
-                sg += g
-                sgx += g * (x[i, j] - m) * r
-            mg = dx.dtype.type(sg / C)
-            mgx = dx.dtype.type(sgx / C)
-            for j in range(C):
-                xhat = (x[i, j] - m) * r
-                dx[i, j] += r * (dout[i, j] * weight[j] - mg - xhat * mgx)
-                dw_part[c, j] += dout[i, j] * xhat
-            if has_bias:
-                for j in range(C):
-                    db_part[c, j] += dout[i, j]
-    for j in range(C):
-        s = dweight.dtype.type(0)
+    rows, n_chunks = row_chunks(N)
+    dw_part = _partials(n_chunks, C, dweight)
+    db_part = _partials(n_chunks, dbias.shape[0], dweight)  # (n_chunks, 0) without bias
+    if N * C <= SERIAL_WORK or n_chunks < 2:
         for c in range(n_chunks):
-            s += dw_part[c, j]
-        dweight[j] += s
-    if has_bias:
-        for j in range(C):
-            s = dweight.dtype.type(0)
-            for c in range(n_chunks):
-                s += db_part[c, j]
-            dbias[j] += s
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, c * rows,
+                                     min(N, (c + 1) * rows))
+    else:
+        for c in prange(n_chunks):
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, c * rows,
+                                     min(N, (c + 1) * rows))
+    _add_column_sums(dweight, dw_part)
+    _add_column_sums(dbias, db_part)
 
 
 def _row_specs(x, stats):

@@ -22,9 +22,9 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel
 
-_CHUNK = 1 << 14  # elements per parallel chunk; arrays up to one chunk run serially (no thread launch)
+_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run serially (no thread launch)
 
 
 @kernel
@@ -43,7 +43,7 @@ def _sgd_chunk(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay
 def _sgd_update(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step):
     """SGD step in place over chunks; param, buf, grad (n,) (buf may be param itself when momentum == 0)."""
     n = param.shape[0]
-    if n <= _CHUNK:
+    if n <= SERIAL_WORK:
         _sgd_chunk(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step)
     else:
         for c in prange((n + _CHUNK - 1) // _CHUNK):
@@ -71,7 +71,7 @@ def _adam_update(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus
                  bc2_sqrt):
     """Adam(W) step in place over chunks; param, m, v, grad (n,)."""
     n = param.shape[0]
-    if n <= _CHUNK:
+    if n <= SERIAL_WORK:
         _adam_chunk(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
                     bc2_sqrt)
     else:
@@ -91,17 +91,37 @@ def _sum_squares_chunk(x):
     return s
 
 
+@kernel
+def _sum_squares_chunks(partial, x, lo, hi):
+    """partial[c] = _sum_squares_chunk of chunk c of _CHUNK elements, for the chunks c in lo..hi-1."""
+    n = x.shape[0]
+    for c in range(lo, hi):
+        partial[c] = _sum_squares_chunk(x[c * _CHUNK:min(n, (c + 1) * _CHUNK)])
+
+
+@kernel
+def _sum_in_order(x):
+    """sum(x) on one thread: fixed by n alone, unlike a parallel reduction split by the thread count; x (n,)."""
+    s = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
 @kernel(parallel=True)
 def _sum_squares(x):
     """sum(x * x) in float64 over chunks, reduced after; x (n,)."""
     n = x.shape[0]
-    if n <= _CHUNK:
-        return _sum_squares_chunk(x)
     nc = (n + _CHUNK - 1) // _CHUNK
+    if nc < 2:
+        return _sum_squares_chunk(x)
     partial = np.empty(nc)
-    for c in prange(nc):
-        partial[c] = _sum_squares_chunk(x[c * _CHUNK:min(n, (c + 1) * _CHUNK)])
-    return partial.sum()
+    if n <= SERIAL_WORK:
+        _sum_squares_chunks(partial, x, 0, nc)
+    else:
+        for c in prange(nc):
+            _sum_squares_chunks(partial, x, c, c + 1)
+    return _sum_in_order(partial)
 
 
 @kernel
@@ -115,7 +135,7 @@ def _scale_chunk(x, s):
 def _scale_inplace(x, s):
     """x *= s over chunks; x (n,), s a scalar."""
     n = x.shape[0]
-    if n <= _CHUNK:
+    if n <= SERIAL_WORK:
         _scale_chunk(x, s)
     else:
         for c in prange((n + _CHUNK - 1) // _CHUNK):

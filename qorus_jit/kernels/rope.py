@@ -9,7 +9,8 @@ Two pairings:
 - ``interleaved=False``: rotate-half, as Hugging Face Llama: pair ``i`` is ``(x[i], x[i + D/2])``.
 - ``interleaved=True``: llama2.c / Meta: pair ``i`` is ``(x[2i], x[2i + 1])``.
 
-Forward may run in place (``out is x``); backward accumulates the rotation by ``-angle``.
+Forward may run in place (``out is x``); backward accumulates the rotation by ``-angle``. Up to
+``config.SERIAL_WORK`` elements (or a single token) run on the calling thread, without a thread launch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import DTYPE, kernel
+from ..config import DTYPE, SERIAL_WORK, kernel, row_chunks
 
 
 @kernel
@@ -43,12 +44,12 @@ def _rope_tables(cos, sin, theta):
             sin[t, i] = math.sin(t * freq)
 
 
-@kernel(parallel=True)
-def _rope_forward(out, x, cos, sin, pos, interleaved):
-    """out (B, T, H, D) = x (B, T, H, D) rotated at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
-    B, T, H, D = x.shape
+@kernel
+def _rope_forward_rows(out, x, cos, sin, pos, interleaved, lo, hi):
+    """_rope_forward on the (batch, token) rows bt = b * T + t in lo..hi-1."""
+    T, H, D = x.shape[1], x.shape[2], x.shape[3]
     half = D // 2
-    for bt in prange(B * T):
+    for bt in range(lo, hi):
         b = bt // T
         t = bt % T
         p = pos + t
@@ -72,11 +73,23 @@ def _rope_forward(out, x, cos, sin, pos, interleaved):
 
 
 @kernel(parallel=True)
-def _rope_backward(dx, dout, cos, sin, pos, interleaved):
-    """dx (B, T, H, D) += dout (B, T, H, D) rotated by -angle at positions pos..pos+T-1."""
-    B, T, H, D = dout.shape
+def _rope_forward(out, x, cos, sin, pos, interleaved):
+    """out (B, T, H, D) = x (B, T, H, D) rotated at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
+    BT = x.shape[0] * x.shape[1]
+    if x.size <= SERIAL_WORK or BT < 2:
+        _rope_forward_rows(out, x, cos, sin, pos, interleaved, 0, BT)
+    else:
+        per, nc = row_chunks(BT)
+        for c in prange(nc):
+            _rope_forward_rows(out, x, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
+
+
+@kernel
+def _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, lo, hi):
+    """_rope_backward on the (batch, token) rows bt = b * T + t in lo..hi-1."""
+    T, H, D = dout.shape[1], dout.shape[2], dout.shape[3]
     half = D // 2
-    for bt in prange(B * T):
+    for bt in range(lo, hi):
         b = bt // T
         t = bt % T
         p = pos + t
@@ -98,6 +111,18 @@ def _rope_backward(dx, dout, cos, sin, pos, interleaved):
                     g1 = dout[b, t, h, i + half]
                     dx[b, t, h, i] += g0 * c + g1 * s
                     dx[b, t, h, i + half] += g1 * c - g0 * s
+
+
+@kernel(parallel=True)
+def _rope_backward(dx, dout, cos, sin, pos, interleaved):
+    """dx (B, T, H, D) += dout (B, T, H, D) rotated by -angle at positions pos..pos+T-1."""
+    BT = dout.shape[0] * dout.shape[1]
+    if dout.size <= SERIAL_WORK or BT < 2:
+        _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, 0, BT)
+    else:
+        per, nc = row_chunks(BT)
+        for c in prange(nc):
+            _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
 
 
 def rope_tables(cos, sin, theta: float = 10000.0):

@@ -2,7 +2,8 @@
 
 The wrappers view their arrays as rows: ``(N, C)`` with ``N`` the product of the leading axes, and
 ``(R, T, T)`` for the causal form. Each row subtracts its max before ``exp``. Backward uses the saved
-output: ``dx += out * (dout - sum(dout * out))``.
+output: ``dx += out * (dout - sum(dout * out))``. Up to ``config.SERIAL_WORK`` elements (or a single
+row) run on the calling thread, without a thread launch.
 
 ``-inf`` entries of ``x`` get probability 0. A row whose entries are all ``-inf`` (fully masked) gives
 all zeros and a zero gradient, where torch gives NaN. ``+inf`` or NaN entries give NaN, as in torch.
@@ -14,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from .._check import check_arrays, check_min_ndim, check_writeable
-from ..config import kernel
+from ..config import SERIAL_WORK, kernel, row_chunks
 from ._math import exp
 
 
@@ -52,18 +53,42 @@ def _softmax_row_backward(dx, dout, o):
         dx[j] += o[j] * (dout[j] - dot)
 
 
+@kernel
+def _softmax_rows(out, x, lo, hi):
+    """_softmax_forward on rows lo..hi-1."""
+    for n in range(lo, hi):
+        _softmax_row(out[n], x[n])
+
+
 @kernel(parallel=True)
 def _softmax_forward(out, x):
     """out[n] = softmax(x[n]); out, x (N, C)."""
-    for n in prange(x.shape[0]):
-        _softmax_row(out[n], x[n])
+    N = x.shape[0]
+    if x.size <= SERIAL_WORK or N < 2:
+        _softmax_rows(out, x, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _softmax_rows(out, x, c * per, min(N, (c + 1) * per))
+
+
+@kernel
+def _softmax_backward_rows(dx, dout, out, lo, hi):
+    """_softmax_backward on rows lo..hi-1."""
+    for n in range(lo, hi):
+        _softmax_row_backward(dx[n], dout[n], out[n])
 
 
 @kernel(parallel=True)
 def _softmax_backward(dx, dout, out):
     """dx[n] += out[n] * (dout[n] - <dout[n], out[n]>); all (N, C)."""
-    for n in prange(out.shape[0]):
-        _softmax_row_backward(dx[n], dout[n], out[n])
+    N = out.shape[0]
+    if out.size <= SERIAL_WORK or N < 2:
+        _softmax_backward_rows(dx, dout, out, 0, N)
+    else:
+        per, nc = row_chunks(N)
+        for c in prange(nc):
+            _softmax_backward_rows(dx, dout, out, c * per, min(N, (c + 1) * per))
 
 
 @kernel
@@ -75,15 +100,12 @@ def _causal_row(out, x, r, t):
         o[j] = out.dtype.type(0.0)
 
 
-@kernel(parallel=True)
-def _causal_softmax_forward(out, x):
-    """out[r, t] = softmax over columns <= t of x[r, t], 0 above the diagonal; out, x (R, T, T).
-
-    Each parallel step does rows t and T-1-t of one matrix, so every step costs about T + 1.
-    """
-    R, T = x.shape[0], x.shape[1]
+@kernel
+def _causal_forward_steps(out, x, lo, hi):
+    """Steps lo..hi-1 of _causal_softmax_forward: step p does rows t and T-1-t of matrix r (p = r * half + t)."""
+    T = x.shape[1]
     half = (T + 1) // 2
-    for p in prange(R * half):
+    for p in range(lo, hi):
         r, t = p // half, p % half
         _causal_row(out, x, r, t)
         if T - 1 - t != t:
@@ -91,16 +113,43 @@ def _causal_softmax_forward(out, x):
 
 
 @kernel(parallel=True)
-def _causal_softmax_backward(dx, dout, out):
-    """dx[r, t, :t+1] += softmax backward of row t over columns <= t (masked dx unchanged); all (R, T, T)."""
-    R, T = out.shape[0], out.shape[1]
+def _causal_softmax_forward(out, x):
+    """out[r, t] = softmax over columns <= t of x[r, t], 0 above the diagonal; out, x (R, T, T).
+
+    Each parallel step does rows t and T-1-t of one matrix, so every step costs about T + 1.
+    """
+    steps = x.shape[0] * ((x.shape[1] + 1) // 2)
+    if x.size <= SERIAL_WORK or steps < 2:
+        _causal_forward_steps(out, x, 0, steps)
+    else:
+        per, nc = row_chunks(steps)
+        for c in prange(nc):
+            _causal_forward_steps(out, x, c * per, min(steps, (c + 1) * per))
+
+
+@kernel
+def _causal_backward_steps(dx, dout, out, lo, hi):
+    """Steps lo..hi-1 of _causal_softmax_backward: step p does rows t and T-1-t of matrix r."""
+    T = out.shape[1]
     half = (T + 1) // 2
-    for p in prange(R * half):
+    for p in range(lo, hi):
         r, t = p // half, p % half
         _softmax_row_backward(dx[r, t, : t + 1], dout[r, t, : t + 1], out[r, t, : t + 1])
         u = T - 1 - t
         if u != t:
             _softmax_row_backward(dx[r, u, : u + 1], dout[r, u, : u + 1], out[r, u, : u + 1])
+
+
+@kernel(parallel=True)
+def _causal_softmax_backward(dx, dout, out):
+    """dx[r, t, :t+1] += softmax backward of row t over columns <= t (masked dx unchanged); all (R, T, T)."""
+    steps = out.shape[0] * ((out.shape[1] + 1) // 2)
+    if out.size <= SERIAL_WORK or steps < 2:
+        _causal_backward_steps(dx, dout, out, 0, steps)
+    else:
+        per, nc = row_chunks(steps)
+        for c in prange(nc):
+            _causal_backward_steps(dx, dout, out, c * per, min(steps, (c + 1) * per))
 
 
 def _rows(square: bool, **arrays):
