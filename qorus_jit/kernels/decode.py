@@ -97,11 +97,15 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     L = pos + 1
     # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append
     _rmsnorm_vec(h, x, attn_norm, eps)
-    for c in prange((wq.shape[0] + _ROWS - 1) // _ROWS):
-        _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
-    for c in prange((wk.shape[0] + _ROWS - 1) // _ROWS):
-        _matvec_rows(k, wk, h, c * _ROWS, min(wk.shape[0], (c + 1) * _ROWS))
-        _matvec_rows(v, wv, h, c * _ROWS, min(wv.shape[0], (c + 1) * _ROWS))
+    nq = (wq.shape[0] + _ROWS - 1) // _ROWS
+    nk = (wk.shape[0] + _ROWS - 1) // _ROWS
+    for c in prange(nq + nk):  # q, k and v in one parallel region
+        if c < nq:
+            _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+        else:
+            lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
+            _matvec_rows(k, wk, h, lo, hi)
+            _matvec_rows(v, wv, h, lo, hi)
     _rope_half_vec(q, cos, sin, pos, H, D)
     _rope_half_vec(k, cos, sin, pos, Hkv, D)
     for hk in range(Hkv):

@@ -44,6 +44,7 @@ class TransformerBlock(Layer):
             dim, n_heads, n_kv_heads, causal=causal, rope=rope, rope_theta=rope_theta, max_seq_len=max_seq_len,
             bias=attn_bias, out_bias=out_bias, fused_qkv=fused_qkv, names=attn_names, rng=rng))
         self.post_attention_layernorm = self.add_child(names["post_attention_layernorm"], make_norm())
+        self._decode_args = None  # (cache, arrays of the fused decoding call), see _fused_decode
         self.mlp = self.add_child(names["mlp"], FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, names=mlp_names,
                                                             rng=rng))
 
@@ -82,24 +83,32 @@ class TransformerBlock(Layer):
 
     def _fused_decode(self, x, cache: KVCache):
         check_input("x", x, self.self_attn.dim, min_ndim=3)
-        a, m = self.self_attn, self.mlp
+        a = self.self_attn
         pos = cache.length
         if pos >= cache.max_seq_len or pos >= a.max_seq_len:
             raise ValueError(f"x: position {pos} is past the cache ({cache.max_seq_len}) or max_seq_len "
                              f"({a.max_seq_len})")
-        y = self.buffer("decode_y", x.shape)
-        np.copyto(y, x)
+        args = self._decode_args
+        if args is None or args[0] is not cache:  # arrays of the call, gathered once per cache
+            args = self._decode_args = (cache, *self._gather_decode_args(cache))
+        y, before, after = args[1], args[2], args[3]
+        np.copyto(y.reshape(x.shape), x)
+        _llama_block_decode(y, *before, pos, *after)
+        cache.length = pos + 1
+        return y.reshape(x.shape)
+
+    def _gather_decode_args(self, cache: KVCache):
+        a, m = self.self_attn, self.mlp
         C, HD, KD, F = a.dim, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, m.hidden_dim
         b = self.buffer
-        _llama_block_decode(
-            y.reshape(C), self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
-            a.o_proj.weight, self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight,
-            m.down_proj.weight, cache.k[0], cache.v[0], pos, a.cos, a.sin, np.float32(self.input_layernorm.eps),
-            np.float32(1 / np.sqrt(a.head_dim)), b("decode_h", (C,)), b("decode_q", (HD,)), b("decode_k", (KD,)),
-            b("decode_v", (KD,)), b("decode_att", (HD,)), b("decode_scores", (a.n_heads, cache.max_seq_len)),
-            b("decode_g", (F,)), b("decode_u", (F,)))
-        cache.length = pos + 1
-        return y
+        before = (self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
+                  self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight,
+                  cache.k[0], cache.v[0])
+        after = (a.cos, a.sin, np.float32(self.input_layernorm.eps), np.float32(1 / np.sqrt(a.head_dim)),
+                 b("decode_h", (C,)), b("decode_q", (HD,)), b("decode_k", (KD,)), b("decode_v", (KD,)),
+                 b("decode_att", (HD,)), b("decode_scores", (a.n_heads, cache.max_seq_len)), b("decode_g", (F,)),
+                 b("decode_u", (F,)))
+        return b("decode_y", (C,)), before, after
 
     def backward(self, dy):
         dh = self.buffer("dh", dy.shape)
