@@ -126,6 +126,9 @@ def test_smoke_run_writes_the_run_directory_and_learns(smoke):
     assert sum(v.size for v in c.model.values()) == int(res.stderr.split(" with ")[1].split(" parameters")[0]
                                                          .replace(",", ""))
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    # the checkpoint carries the settings and the model config, so it stands on its own
+    assert c.state["config"]["dim"] == 32 and c.state["config"]["steps"] == 6
+    assert c.state["model"]["vocab_size"] == 256 and c.state["model"]["dim"] == 32
 
 
 def test_help_lists_every_setting():
