@@ -68,6 +68,15 @@ def row_chunks(n):
     return per, (n + per - 1) // per
 
 
+@kernel
+def sum_in_order(x):
+    """sum(x) on one thread: fixed by n alone, unlike a parallel reduction split by the thread count; x (n,)."""
+    s = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
 def get_num_threads() -> int:
     """Number of threads numba's parallel kernels use."""
     return numba.get_num_threads()

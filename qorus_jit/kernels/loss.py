@@ -26,7 +26,7 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel, row_chunks
+from ..config import SERIAL_WORK, kernel, row_chunks, sum_in_order
 from ._math import exp as _exp
 
 _CHUNK = 1 << 14  # elements per chunk (MSE); up to SERIAL_WORK elements run on the calling thread
@@ -184,15 +184,6 @@ def _sq_diff_sum_chunks(partial, pred, target, lo, hi):
         partial[c] = _sq_diff_sum(pred[a:b], target[a:b])
 
 
-@kernel
-def _sum_in_order(x):
-    """sum(x) on one thread: fixed by n alone, unlike a parallel reduction split by the thread count; x (n,)."""
-    s = x.dtype.type(0)
-    for i in range(x.shape[0]):
-        s += x[i]
-    return s
-
-
 @kernel(parallel=True)
 def _mse_forward(pred, target):
     """mean((pred - target)^2) in float64 over chunks, reduced after; pred, target (n,), n >= 1."""
@@ -206,7 +197,7 @@ def _mse_forward(pred, target):
     else:
         for c in prange(nc):
             _sq_diff_sum_chunks(partial, pred, target, c, c + 1)
-    return _sum_in_order(partial) / n
+    return sum_in_order(partial) / n
 
 
 @kernel

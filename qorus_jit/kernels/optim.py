@@ -22,7 +22,7 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel
+from ..config import SERIAL_WORK, kernel, sum_in_order
 
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run serially (no thread launch)
 
@@ -99,15 +99,6 @@ def _sum_squares_chunks(partial, x, lo, hi):
         partial[c] = _sum_squares_chunk(x[c * _CHUNK:min(n, (c + 1) * _CHUNK)])
 
 
-@kernel
-def _sum_in_order(x):
-    """sum(x) on one thread: fixed by n alone, unlike a parallel reduction split by the thread count; x (n,)."""
-    s = x.dtype.type(0)
-    for i in range(x.shape[0]):
-        s += x[i]
-    return s
-
-
 @kernel(parallel=True)
 def _sum_squares(x):
     """sum(x * x) in float64 over chunks, reduced after; x (n,)."""
@@ -121,7 +112,7 @@ def _sum_squares(x):
     else:
         for c in prange(nc):
             _sum_squares_chunks(partial, x, c, c + 1)
-    return _sum_in_order(partial)
+    return sum_in_order(partial)
 
 
 @kernel
