@@ -8,7 +8,8 @@ weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
 
 - ours: tokens/s of the decode phase of :func:`qorus_jit.generate` (the prefill's token excluded);
 - transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
-  over the whole call, torch with the same thread count;
+  over the whole call, torch with the same thread count, in a fresh process without qorus_jit's thread
+  settings;
 - bound: a streaming-read bandwidth measured here divided by the bytes a decode step must read: every
   weight once (the tied embedding as the output head; one embedding row is negligible) plus the keys and
   values cached so far, averaged over the decoded positions. The bandwidth is that of a parallel sum over
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +35,9 @@ import numpy as np
 from numba import prange
 
 from qorus_jit.config import kernel
+
+#: Variables qorus_jit sets at import when unset (its thread settings; see qorus_jit/__init__.py).
+QORUS_ENV = ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
 
 SHAPE = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256)
 
@@ -99,28 +106,42 @@ def prefill(model, repeat: int) -> float:
     return statistics.median(rates)
 
 
+REFERENCE = """
+import json, statistics, sys, time
+import torch, transformers
+folder, n, repeat, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+ids = torch.tensor([[1]])
+kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+with torch.no_grad():
+    ref.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = ref.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        rates.append(n / (time.perf_counter() - t0))
+print(json.dumps({"rate": statistics.median(rates), "tokens": out[0, 1:].tolist()}))
+"""
+
+
 def reference(model, n: int, repeat: int, threads: int) -> tuple[float, list[int]] | None:
-    try:
-        import torch
-        import transformers
-    except ImportError:
+    """transformers' generate on the same weights, in a fresh process with the environment this one was
+    started with (qorus_jit's thread settings, made at its import, left out), so each side runs as it would
+    alone. None without torch and transformers."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         return None
     from qorus_jit import save_pretrained
 
-    torch.set_num_threads(threads)
+    env = {k: v for k, v in os.environ.items() if k not in QORUS_ENV}
     with tempfile.TemporaryDirectory() as folder:
         save_pretrained(model, folder)
-        ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    ids = torch.tensor([[1]])
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
-    with torch.no_grad():
-        ref.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
-        rates, out = [], None
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            out = ref.generate(ids, **kw)
-            rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates), out[0, 1:].tolist()
+        out = subprocess.run([sys.executable, "-c", REFERENCE, folder, str(n), str(repeat), str(threads)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    return got["rate"], got["tokens"]
 
 
 def main(argv=None) -> int:
