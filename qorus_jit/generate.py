@@ -101,7 +101,6 @@ class Generation(Iterator[int]):
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.prefill_seconds = self.decode_seconds = 0.0
-        self._next: int | None = None
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
         out = self.model.forward_decode(ids[None], state=self.state)

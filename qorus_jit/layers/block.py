@@ -45,6 +45,7 @@ class TransformerBlock(Layer):
             bias=attn_bias, out_bias=out_bias, fused_qkv=fused_qkv, names=attn_names, rng=rng))
         self.post_attention_layernorm = self.add_child(names["post_attention_layernorm"], make_norm())
         self._decode_args = None  # (cache, arrays of the fused decoding call), see _fused_decode
+        self._fusable = None  # whether this block's structure allows the fused decoding call (found once)
         self.mlp = self.add_child(names["mlp"], FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, names=mlp_names,
                                                             rng=rng))
 
@@ -70,7 +71,9 @@ class TransformerBlock(Layer):
         cache = state.cache_for(self.self_attn)
         if cache.length != state.pos:
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
-        if key_mask is None and x.shape[:2] == (1, 1) and self._fused_decode_ok():
+        if self._fusable is None:
+            self._fusable = self._fused_decode_ok()
+        if key_mask is None and x.shape[:2] == (1, 1) and self._fusable:
             return self._fused_decode(x, cache)
         return self.forward(x, key_mask, cache)
 
