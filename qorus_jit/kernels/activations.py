@@ -12,6 +12,7 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
 from .._check import check_real, check_writeable
@@ -254,16 +255,31 @@ def _swiglu_forward(out, a, b):
             _swiglu_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
+_BLOCK = 512  # elements whose terms a backward kernel computes into local buffers before accumulating
+
+
 @kernel
 def _swiglu_backward_range(da, db, dout, a, b, lo, hi):
-    """_swiglu_backward on elements lo..hi-1."""
+    """_swiglu_backward on elements lo..hi-1.
+
+    The terms go to local buffers first and are added after: with ``+=`` into ``da`` and ``db`` in the same
+    loop as the sigmoid LLVM left the loop scalar (measured 3-4x slower on 2048 x 768).
+    """
     one = da.dtype.type(1.0)
-    for i in range(lo, hi):
-        v = a[i]
-        s = _sigmoid(v)
-        g = dout[i]
-        da[i] += g * b[i] * s * (one + v * (one - s))
-        db[i] += g * v * s
+    ta = np.empty(_BLOCK, da.dtype)
+    tb = np.empty(_BLOCK, da.dtype)
+    for c in range(lo, hi, _BLOCK):
+        m = min(hi, c + _BLOCK) - c
+        for j in range(m):
+            v = a[c + j]
+            s = _sigmoid(v)
+            g = dout[c + j]
+            ta[j] = g * b[c + j] * s * (one + v * (one - s))
+            tb[j] = g * v * s
+        for j in range(m):
+            da[c + j] += ta[j]
+        for j in range(m):
+            db[c + j] += tb[j]
 
 
 @kernel(parallel=True)
