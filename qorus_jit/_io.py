@@ -66,6 +66,18 @@ def atomic_write_json(path, data) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def atomic_write_npy(path, arr) -> Path:
+    """Write ``arr`` as a ``.npy`` file to ``path`` atomically (no pickle; through a file object, since
+    ``np.save`` given a name would append ``.npy`` to the temporary one)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
 def read_json(file: Path, what: str):
     """The parsed JSON of ``file``; FileNotFoundError names ``what`` is missing, ValueError bad JSON."""
     file = Path(file)

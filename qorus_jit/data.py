@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._check import check_bool, check_int, check_nonnegative, check_positive, check_real
-from ._io import atomic_write, atomic_write_text
+from ._io import atomic_write_npy, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 BPE_INSTALL_HINT = 'pip install "qorus-jit[bpe]"'
@@ -95,11 +95,6 @@ def _check_file(name: str, path) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{name}: file not found: {p}")
     return p
-
-
-def _write_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.lib.format.write_array(f, arr, allow_pickle=False)
 
 
 def _ids_array(name: str, ids, high: int) -> np.ndarray:
@@ -565,7 +560,7 @@ class TextDataset:
             if cache_dir is not None or (mmap_threshold is not None and len(ids) > mmap_threshold):
                 arr = ids.astype(dtype)
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(cache, lambda tmp: _write_npy(tmp, arr))
+                atomic_write_npy(cache, arr)
                 del arr, ids
                 ids = np.load(cache, mmap_mode="r", allow_pickle=False)
         try:

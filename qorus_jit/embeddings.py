@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ._check import check_bool, check_positive
-from ._io import atomic_write, atomic_write_text, read_json
+from ._io import atomic_write_npy, atomic_write_text, read_json
 from .data import BPE_INSTALL_HINT, BPETokenizer
 from .hf import CONFIG_NAME, config_from_hf
 from .models.bert import Bert
@@ -415,11 +415,6 @@ def _json_rows(emb: np.ndarray, digits: int | None) -> list[list[float]]:
     return [[float(f"{v:.{digits}g}") for v in row] for row in emb.tolist()]
 
 
-def _save_npy(tmp: Path, emb: np.ndarray) -> None:
-    with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
-        np.save(f, emb, allow_pickle=False)
-
-
 def embed_command(folder, texts, out=None) -> np.ndarray:
     """``qorus embed FOLDER TEXT... [--out FILE]``: embed ``texts`` with the model of ``folder``.
 
@@ -445,7 +440,7 @@ def embed_command(folder, texts, out=None) -> np.ndarray:
         sys.stdout.write(json.dumps(_json_rows(emb, 7), allow_nan=False) + "\n")
         sys.stdout.flush()
     elif path.suffix.lower() == ".npy":
-        atomic_write(path, lambda tmp: _save_npy(tmp, emb))
+        atomic_write_npy(path, emb)
     else:
         atomic_write_text(path, json.dumps(_json_rows(emb, None), allow_nan=False) + "\n")
     if path is not None:
