@@ -6,9 +6,9 @@ import os as _os
 # on the same cores, and a worker spinning after its region keeps the other library's thread off the core.
 # Measured on a Llama training step (dim 256, 4 layers, batch 8 x 256, 2 threads): 0.70 s with the default
 # spinning, 0.51 s with these, 0.34-0.38 s with OpenMP never spinning (OMP_WAIT_POLICY=PASSIVE), which in turn
-# made single-token decoding 35% slower (docs/design.md). The libraries read these when they load: they take
-# effect when qorus_jit is imported before NumPy (OpenBLAS) and before the first parallel kernel (OpenMP);
-# values already set win.
+# made single-token decoding 35% slower (docs/design.md). The libraries read these when they load: OpenMP at
+# the first parallel kernel, OpenBLAS at ``import numpy``, so kernels/_blas.py re-applies the OpenBLAS one
+# when NumPy came first. Values already set win.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

@@ -163,3 +163,21 @@ def test_every_public_kernel_function_is_documented():
                 if f"`{name}(" not in doc:
                     missing.append(f"{mod.name}.{name}")
     assert missing == [], "add these to docs/kernels.md"
+
+
+@pytest.mark.parametrize("env, expected", [({}, 4), ({"OPENBLAS_THREAD_TIMEOUT": "12"}, 12)])
+def test_blas_worker_spin_is_short_even_when_numpy_comes_first(env, expected):
+    """OpenBLAS reads its spin timeout when NumPy loads it; qorus_jit re-applies it (unless the user set one)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy, qorus_jit\n"
+            "from qorus_jit.kernels._blas import _LIB\n"
+            "print(_LIB.openblas_thread_timeout() if _LIB is not None else 'none')")
+    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()[-1]
+    if out == "none":
+        pytest.skip("NumPy has no bundled OpenBLAS here")
+    assert int(out) == expected

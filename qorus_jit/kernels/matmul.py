@@ -77,16 +77,26 @@ def _linear_forward(out, x, weight, bias):
 
 
 @kernel
+def _linear_backward_into(dx, dweight, dbias, dout, x, weight, dx_beta):
+    """dx (N, I) = dout (N, O) @ weight (O, I) + dx_beta * dx; dweight += dout.T @ x; dbias (O,) += dout.sum(0).
+
+    Forward: out = x @ weight.T + bias. dx and dbias may be None. ``dx_beta`` 0 writes dx without reading it
+    (no zero fill needed before), 1 accumulates into it.
+    """
+    if dx is not None:
+        _gemm_blas(dx, dout, weight, dx_beta)
+    _gemm_blas(dweight, dout.T, x, 1.0)
+    if dbias is not None:
+        _bias_grad(dbias, dout)
+
+
+@kernel
 def _linear_backward(dx, dweight, dbias, dout, x, weight):
     """dx (N, I) += dout (N, O) @ weight (O, I); dweight += dout.T @ x; dbias (O,) += dout.sum(0); BLAS route.
 
     Forward: out = x @ weight.T + bias. dx and dbias may be None.
     """
-    if dx is not None:
-        _gemm_blas(dx, dout, weight, 1.0)
-    _gemm_blas(dweight, dout.T, x, 1.0)
-    if dbias is not None:
-        _bias_grad(dbias, dout)
+    _linear_backward_into(dx, dweight, dbias, dout, x, weight, 1.0)
 
 
 @kernel

@@ -91,9 +91,10 @@ class MultiHeadAttention(Layer):
             self.k_proj = self.add_child(names["k_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
             self.v_proj = self.add_child(names["v_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
         self.o_proj = self.add_child(names["o_proj"], Linear(n_heads * D, dim, bias=out_bias, rng=rng))
-        self.cos = self.sin = None
+        self.cos = self.sin = self.neg_sin = None
         if rope is not None:
             self.cos, self.sin = R.rope_cache(max_seq_len, D, rope_theta)
+            self.neg_sin = -self.sin
         self._saved = None
 
     def _project(self, x, pos):
@@ -164,13 +165,10 @@ class MultiHeadAttention(Layer):
         dk = self.buffer("dk", k.shape, zero=True)
         dv = self.buffer("dv", v.shape, zero=True)
         A.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask)
-        if self.rope is not None:
+        if self.rope is not None:  # the transpose of a rotation: the rotation by the opposite angle, in place
             inter = self.rope == "interleaved"
-            dq_raw = self.buffer("dq_raw", q.shape, zero=True)
-            dk_raw = self.buffer("dk_raw", k.shape, zero=True)
-            R.rope_backward(dq_raw, dq, self.cos, self.sin, 0, inter)
-            R.rope_backward(dk_raw, dk, self.cos, self.sin, 0, inter)
-            dq, dk = dq_raw, dk_raw
+            R.rope_forward(dq, dq, self.cos, self.neg_sin, 0, inter)
+            R.rope_forward(dk, dk, self.cos, self.neg_sin, 0, inter)
         if self.fused_qkv:
             H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
             dqkv = self.buffer("dqkv", (B, T, (H + 2 * Hkv) * D))
@@ -178,10 +176,9 @@ class MultiHeadAttention(Layer):
             dqkv[..., H * D:(H + Hkv) * D] = dk.reshape(B, T, -1)
             dqkv[..., (H + Hkv) * D:] = dv.reshape(B, T, -1)
             return self.qkv_proj.backward(dqkv)
-        dx = self.buffer("dx", x.shape)
-        np.copyto(dx, self.q_proj.backward(dq.reshape(B, T, -1)))
-        dx += self.k_proj.backward(dk.reshape(B, T, -1))
-        dx += self.v_proj.backward(dv.reshape(B, T, -1))
+        dx = self.q_proj.backward(dq.reshape(B, T, -1))
+        self.k_proj.backward(dk.reshape(B, T, -1), out=dx, accumulate=True)
+        self.v_proj.backward(dv.reshape(B, T, -1), out=dx, accumulate=True)
         return dx
 
     def new_cache(self, batch: int, max_seq_len: int | None = None) -> KVCache:

@@ -126,3 +126,16 @@ def check_input(name: str, x, last: int | None = None, min_ndim: int = 1) -> Non
         raise ValueError(f"{name}: expected last axis {last}, got shape {x.shape}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray)")
+
+
+def input_grad_buffer(layer: Layer, out, shape: tuple[int, ...]) -> np.ndarray:
+    """Where ``layer.backward`` writes its input gradient: ``out`` when given (checked: float32, C-contiguous,
+    ``shape``, writeable), else the layer's own ``"dx"`` buffer."""
+    if out is None:
+        return layer.buffer("dx", shape)
+    check_input("out", out)
+    if out.shape != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: expected a writeable array")
+    return out

@@ -116,9 +116,11 @@ class TransformerBlock(Layer):
     def backward(self, dy):
         dh = self.buffer("dh", dy.shape)
         dx = self.buffer("dx", dy.shape)
-        if self.prenorm:
-            np.add(dy, self.post_attention_layernorm.backward(self.mlp.backward(dy)), out=dh)
-            np.add(dh, self.input_layernorm.backward(self.self_attn.backward(dh)), out=dx)
+        if self.prenorm:  # residual gradients: the norms add into a copy of the gradient that skips them
+            np.copyto(dh, dy)
+            self.post_attention_layernorm.backward(self.mlp.backward(dy), out=dh, accumulate=True)
+            np.copyto(dx, dh)
+            self.input_layernorm.backward(self.self_attn.backward(dh), out=dx, accumulate=True)
             return dx
         ds = self.post_attention_layernorm.backward(dy)
         np.add(ds, self.mlp.backward(ds), out=dh)

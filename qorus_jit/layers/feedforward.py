@@ -57,10 +57,8 @@ class FeedForward(Layer):
         dg = self.buffer("dg", g.shape, zero=True)
         du = self.buffer("du", u.shape, zero=True)
         A._swiglu_backward(*flat_views(dg, du, dh, g, u))
-        dx = self.buffer("dx", self.gate_proj._x.shape)
-        np.copyto(dx, self.gate_proj.backward(dg))
-        dx += self.up_proj.backward(du)
-        return dx
+        dx = self.gate_proj.backward(dg)
+        return self.up_proj.backward(du, out=dx, accumulate=True)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, {self.hidden_dim}, kind={self.kind!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..kernels.decode import _matvec
-from ..kernels.matmul import _linear_backward, _linear_forward
+from ..kernels.matmul import _linear_backward_into, _linear_forward
 from .base import Layer, check_input
 from .embedding import Embedding
 
@@ -37,7 +37,7 @@ class TiedLMHead(Layer):
         w = self.embedding.weight
         V, C = w.shape
         check_input("dy", dy, V)
-        dx = self.buffer("dx", self._x.shape, zero=True)
-        _linear_backward(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
-                         self._x.reshape(-1, C), w)
+        dx = self.buffer("dx", self._x.shape)
+        _linear_backward_into(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
+                              self._x.reshape(-1, C), w, 0.0)
         return dx

@@ -8,8 +8,8 @@ import numpy as np
 
 from .._check import check_positive
 from ..kernels.decode import _matvec
-from ..kernels.matmul import _linear_backward, _linear_forward
-from .base import Layer, check_input
+from ..kernels.matmul import _linear_backward_into, _linear_forward
+from .base import Layer, check_input, input_grad_buffer
 
 
 class Linear(Layer):
@@ -42,16 +42,19 @@ class Linear(Layer):
         self._x = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False):
+        """Accumulate the weight (and bias) gradients and return ``dx``: written into a buffer of the layer, or
+        into ``out`` (shaped as the input) when given, added to what ``out`` holds if ``accumulate``."""
         x = self._x
         if x is None:
             raise RuntimeError("Linear.backward called before forward")
         check_input("dy", dy, self.out_features)
         if dy.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
-        dx = self.buffer("dx", x.shape, zero=True)
-        _linear_backward(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
-                         dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight)
+        dx = input_grad_buffer(self, out, x.shape)
+        _linear_backward_into(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
+                              dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
+                              1.0 if accumulate else 0.0)
         return dx
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 
 from .._check import check_positive, check_positive_float
 from ..kernels.norm import _layernorm_backward, _layernorm_forward, _rmsnorm_backward, _rmsnorm_forward
-from .base import Layer, check_input
+from .base import Layer, check_input, input_grad_buffer
 
 
 class _Norm(Layer):
@@ -26,6 +26,13 @@ class _Norm(Layer):
         if dy.shape != self._x.shape:
             raise ValueError(f"dy: expected shape {self._x.shape}, got {dy.shape}")
         return self._x.reshape(-1, self.dim), dy.reshape(-1, self.dim)
+
+    def _dx(self, out, accumulate: bool):
+        """The input gradient's buffer, ready for the kernels to add into (they accumulate)."""
+        dx = input_grad_buffer(self, out, self._x.shape)
+        if not accumulate:
+            dx.fill(0)
+        return dx
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -51,9 +58,10 @@ class LayerNorm(_Norm):
         self._x = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False):
+        """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
         x2, dy2 = self._saved(dy)
-        dx = self.buffer("dx", self._x.shape, zero=True)
+        dx = self._dx(out, accumulate)
         db = self._grads.get("bias", np.empty(0, np.float32))
         _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
                             self._buffers["mean"], self._buffers["rstd"])
@@ -74,9 +82,10 @@ class RMSNorm(_Norm):
         self._x = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False):
+        """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
         x2, dy2 = self._saved(dy)
-        dx = self.buffer("dx", self._x.shape, zero=True)
+        dx = self._dx(out, accumulate)
         _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
                           self._buffers["rstd"])
         return dx

@@ -77,6 +77,28 @@ def test_gradients_accumulate_and_zero_grad_clears():
     assert all(not g.any() for g in layer.gradients().values())
 
 
+@pytest.mark.parametrize("make", [lambda: Linear(4, 3, rng=0), lambda: RMSNorm(4), lambda: LayerNorm(4)],
+                         ids=["linear", "rmsnorm", "layernorm"])
+def test_backward_into_out_writes_or_accumulates(make):
+    """backward(dy, out=, accumulate=) gives the same dx as the plain call, written into out or added to it."""
+    rng = np.random.default_rng(7)
+    layer = make()
+    x = rand(rng, 2, 5, 4)
+    y = layer.forward(x)
+    dy = rand(rng, *y.shape)
+    dx = layer.backward(dy).copy()
+    out = rand(rng, *x.shape)
+    before = out.copy()
+    assert layer.backward(dy, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, before + dx, rtol=1e-5, atol=1e-6)
+    layer.backward(dy, out=out)
+    np.testing.assert_allclose(out, dx, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"out: expected shape \(2, 5, 4\)"):
+        layer.backward(dy, out=np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="out: expected dtype float32"):
+        layer.backward(dy, out=np.zeros(x.shape))
+
+
 def test_parameters_names_counts_and_load():
     layer = Linear(4, 3)
     assert list(layer.parameters()) == ["weight", "bias"] == list(layer.gradients())

@@ -1,0 +1,173 @@
+"""W-train: seconds per training step and peak memory of a small Llama, ours beside PyTorch eager.
+
+    python -m perf.train [--steps 10] [--repeat 3] [--threads 2] [--out perf/results/train.json]
+
+Workload (the perf issue's W-train): Llama dim 256, 4 layers, 8 heads (head_dim 32), SwiGLU hidden 768,
+vocab 256, seq 256, batch 8, untied head, AdamW; one step is forward + cross-entropy + backward + optimizer
+update. The reference is ``transformers``' ``LlamaForCausalLM`` with ``torch.optim.AdamW`` (PyTorch eager,
+same shapes, same batches, the same thread count).
+
+Each side runs in its own fresh process (so each has its own peak RSS and thread settings), and the two
+alternate ``--repeat`` times so a busy machine slows them alike. A process builds the model, takes two
+warm-up steps, then times ``--steps`` steps; its figure is the median step. Reported: the median over the
+repeats of each side's median step, the ratio (torch / ours: above 1 means ours is faster), tokens/s, and
+each side's peak RSS (``ru_maxrss`` of the process: interpreter, libraries, model, optimizer state and
+activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SHAPE = dict(dim=256, n_layers=4, n_heads=8, hidden_dim=768, vocab_size=256, max_seq_len=256)
+BATCH, SEQ = 8, 256
+
+_COMMON = f"""
+import json, resource, statistics, sys, time
+import numpy as np
+SHAPE = {SHAPE!r}
+B, T, STEPS = {BATCH}, {SEQ}, int(sys.argv[1])
+rng = np.random.default_rng(0)
+batches = [(rng.integers(0, SHAPE["vocab_size"], (B, T)), rng.integers(0, SHAPE["vocab_size"], (B, T)))
+           for _ in range(4)]
+
+def report(times):
+    print(json.dumps({{"step_s": statistics.median(times), "steps": times,
+                      "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+OURS = _COMMON + """
+from qorus_jit.config import set_num_threads
+from qorus_jit.models import Llama, LlamaConfig
+from qorus_jit.optim import AdamW
+from qorus_jit.train import CrossEntropyLoss
+
+set_num_threads(int(sys.argv[2]))
+model = Llama(LlamaConfig(**SHAPE, tie_embeddings=False), rng=0)
+opt, loss_fn = AdamW(model, lr=1e-3, weight_decay=0.1), CrossEntropyLoss()
+
+def step(i):
+    x, y = batches[i % len(batches)]
+    opt.zero_grad()
+    loss, dlogits = loss_fn(model.forward(x), y)
+    model.backward(dlogits)
+    opt.step()
+    return loss
+
+times = []
+for i in range(2 + STEPS):
+    t0 = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - t0)
+report(times[2:])
+"""
+
+TORCH = _COMMON + """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+torch.set_num_threads(int(sys.argv[2]))
+torch.manual_seed(0)
+cfg = LlamaConfig(hidden_size=SHAPE["dim"], num_hidden_layers=SHAPE["n_layers"], num_attention_heads=SHAPE["n_heads"],
+                  num_key_value_heads=SHAPE["n_heads"], intermediate_size=SHAPE["hidden_dim"],
+                  vocab_size=SHAPE["vocab_size"], max_position_embeddings=SHAPE["max_seq_len"],
+                  tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+model = LlamaForCausalLM(cfg).float().train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+tb = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+
+def step(i):
+    x, y = tb[i % len(tb)]
+    opt.zero_grad(set_to_none=True)
+    logits = model(input_ids=x).logits
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+times = []
+for i in range(2 + STEPS):
+    t0 = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - t0)
+report(times[2:])
+"""
+
+
+def run_side(code: str, steps: int, threads: int) -> dict:
+    """Run one side in a fresh interpreter; returns its median step, the step times and its peak RSS."""
+    out = subprocess.run([sys.executable, "-c", code, str(steps), str(threads)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"W-train process failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def measure(steps: int = 10, repeat: int = 3, threads: int = 2, torch: bool | None = None) -> dict:
+    """Alternate ``repeat`` fresh processes of each side; returns per-repeat figures and their medians.
+
+    ``torch=None`` runs the reference when PyTorch and transformers are importable."""
+    torch = torch_available() if torch is None else torch
+    ours, ref = [], []
+    for _ in range(repeat):
+        ours.append(run_side(OURS, steps, threads))
+        if torch:
+            ref.append(run_side(TORCH, steps, threads))
+    res = {"shape": dict(SHAPE, batch=BATCH, seq=SEQ), "threads": threads, "tokens_per_step": BATCH * SEQ,
+           "ours_step_s": [r["step_s"] for r in ours], "ours_peak_rss_MB": [r["peak_rss_MB"] for r in ours]}
+    if torch:
+        res["torch_step_s"] = [r["step_s"] for r in ref]
+        res["torch_peak_rss_MB"] = [r["peak_rss_MB"] for r in ref]
+    return res
+
+
+def summary(res: dict) -> dict:
+    """Medians of :func:`measure`'s figures, tokens/s and the speed ratio (torch step / our step)."""
+    med = statistics.median
+    out = {"ours_step_s": med(res["ours_step_s"]), "ours_peak_rss_MB": med(res["ours_peak_rss_MB"])}
+    out["ours_tokens_per_s"] = res["tokens_per_step"] / out["ours_step_s"]
+    if "torch_step_s" in res:
+        out["torch_step_s"] = med(res["torch_step_s"])
+        out["torch_peak_rss_MB"] = med(res["torch_peak_rss_MB"])
+        out["torch_tokens_per_s"] = res["tokens_per_step"] / out["torch_step_s"]
+        out["speedup_vs_torch"] = out["torch_step_s"] / out["ours_step_s"]
+        out["rss_ratio_ours_over_torch"] = out["ours_peak_rss_MB"] / out["torch_peak_rss_MB"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    args = ap.parse_args(argv)
+    res = measure(args.steps, args.repeat, args.threads)
+    res["summary"] = summary(res)
+    for k, v in res.items():
+        if k != "summary":
+            print(f"{k:22s} {v}")
+    for k, v in res["summary"].items():
+        print(f"{k:26s} {v:.4g}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
