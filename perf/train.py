@@ -36,7 +36,13 @@ rng = np.random.default_rng(0)
 batches = [(rng.integers(0, SHAPE["vocab_size"], (B, T)), rng.integers(0, SHAPE["vocab_size"], (B, T)))
            for _ in range(4)]
 
-def report(times):
+def time_steps(step):  # two warm-up steps, then STEPS timed; prints median, times and peak RSS as JSON
+    times = []
+    for i in range(2 + STEPS):
+        t0 = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t0)
+    times = times[2:]
     print(json.dumps({{"step_s": statistics.median(times), "steps": times,
                       "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
@@ -59,12 +65,7 @@ def step(i):
     opt.step()
     return loss
 
-times = []
-for i in range(2 + STEPS):
-    t0 = time.perf_counter()
-    step(i)
-    times.append(time.perf_counter() - t0)
-report(times[2:])
+time_steps(step)
 """
 
 TORCH = _COMMON + """
@@ -90,12 +91,7 @@ def step(i):
     opt.step()
     return loss.item()
 
-times = []
-for i in range(2 + STEPS):
-    t0 = time.perf_counter()
-    step(i)
-    times.append(time.perf_counter() - t0)
-report(times[2:])
+time_steps(step)
 """
 
 
