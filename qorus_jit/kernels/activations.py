@@ -287,8 +287,8 @@ def _swiglu_forward(out, a, b):
 
 
 @kernel
-def _swiglu_backward_range(da, db, dout, a, b, lo, hi):
-    """_swiglu_backward on elements lo..hi-1 (terms into local blocks first, see _add_block)."""
+def _swiglu_backward_range(da, db, dout, a, b, add, lo, hi):
+    """_swiglu_backward_into on elements lo..hi-1 (terms into local blocks first, see _add_block)."""
     one = da.dtype.type(1.0)
     ta = np.empty(_BLOCK, da.dtype)
     tb = np.empty(_BLOCK, da.dtype)
@@ -300,19 +300,30 @@ def _swiglu_backward_range(da, db, dout, a, b, lo, hi):
             g = dout[c + j]
             ta[j] = g * b[c + j] * s * (one + v * (one - s))
             tb[j] = g * v * s
-        _add_block(da, ta, c, m)
-        _add_block(db, tb, c, m)
+        if add:
+            _add_block(da, ta, c, m)
+            _add_block(db, tb, c, m)
+        else:
+            da[c:c + m] = ta[:m]
+            db[c:c + m] = tb[:m]
 
 
 @kernel(parallel=True)
-def _swiglu_backward(da, db, dout, a, b):
-    """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,)."""
+def _swiglu_backward_into(da, db, dout, a, b, add):
+    """da (+)= dout * b * s (1 + a (1 - s)); db (+)= dout * a s; s = sigmoid(a); all (n,). ``add`` False
+    writes da and db without reading them (no zero fill needed before)."""
     n = dout.shape[0]
     if n <= SERIAL_WORK:
-        _swiglu_backward_range(da, db, dout, a, b, 0, n)
+        _swiglu_backward_range(da, db, dout, a, b, add, 0, n)
     else:
         for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _swiglu_backward_range(da, db, dout, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+            _swiglu_backward_range(da, db, dout, a, b, add, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+
+
+@kernel
+def _swiglu_backward(da, db, dout, a, b):
+    """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,)."""
+    _swiglu_backward_into(da, db, dout, a, b, True)
 
 
 def _check_approximate(approximate) -> bool:

@@ -54,9 +54,8 @@ class FeedForward(Layer):
         if self.kind != "swiglu":
             return self.up_proj.backward(self.act.backward(dh))
         g, u = self._gu
-        dg = self.buffer("dg", g.shape, zero=True)
-        du = self.buffer("du", u.shape, zero=True)
-        A._swiglu_backward(*flat_views(dg, du, dh, g, u))
+        dg, du = self.buffer("dg", g.shape), self.buffer("du", u.shape)
+        A._swiglu_backward_into(*flat_views(dg, du, dh, g, u), False)
         dx = self.gate_proj.backward(dg)
         return self.up_proj.backward(du, out=dx, accumulate=True)
 
