@@ -41,7 +41,7 @@ class Bert(Graph):
                        "post_attention_layernorm": "output.LayerNorm", "mlp": ""},
                 attn_names={"q_proj": "self.query", "k_proj": "self.key", "v_proj": "self.value",
                             "o_proj": "output.dense"},
-                mlp_names={"up_proj": "intermediate.dense", "down_proj": "output.dense"}),
+                mlp_names={"up_proj": "intermediate.dense", "down_proj": "output.dense"}, rng=rng),
                 [f"h{i}", "mask"], f"h{i + 1}")
         self.output = f"h{c.n_layers}"
         for name, p in self.parameters().items():

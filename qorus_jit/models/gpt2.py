@@ -47,9 +47,9 @@ class GPT2(Graph):
                 attn_bias=True, out_bias=True, fused_qkv=True,
                 names={"input_layernorm": "ln_1", "self_attn": "attn", "post_attention_layernorm": "ln_2"},
                 attn_names={"qkv_proj": "c_attn", "o_proj": "c_proj"},
-                mlp_names={"up_proj": "c_fc", "down_proj": "c_proj"}), f"h{i}", f"h{i + 1}")
+                mlp_names={"up_proj": "c_fc", "down_proj": "c_proj"}, rng=rng), f"h{i}", f"h{i + 1}")
         self.add("transformer.ln_f", LayerNorm(c.dim, c.norm_eps), f"h{c.n_layers}", "hn")
-        head = TiedLMHead(wte) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False)
+        head = TiedLMHead(wte) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False, rng=rng)
         self.add("lm_head", head, "hn", "logits")
         for name, p in self.parameters().items():
             if ".ln_" not in name and name.endswith("weight"):
