@@ -65,7 +65,7 @@ def numpy_decode(q, k_cache, v_cache, length, scale):
     return np.matmul(p[:, :, None, :], vh)[:, :, 0]
 
 
-def _train_rows(B, T, H, Hkv, D, causal, rng, kw, tag):
+def train_rows(B, T, H, Hkv, D, causal, rng, kw, tag):
     S = T
     q = rng.standard_normal((B, T, H, D)).astype(np.float32)
     k = rng.standard_normal((B, S, Hkv, D)).astype(np.float32)
@@ -112,7 +112,7 @@ def _paired(ours, ref, kw):
     return t_ours, t_ref
 
 
-def _decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
+def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
     q = rng.standard_normal((B, H, D)).astype(np.float32)
     kc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)
     vc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)
@@ -133,12 +133,12 @@ def run(quick: bool = False) -> list[dict]:
     kw = dict(repeat=3, min_time=0.02) if quick else {}
     tag = f" {get_num_threads()}T"
     rows = []
-    rows += _train_rows(4, 256, 6, 6, 48, True, rng, kw, tag)
-    rows += _train_rows(1, 512, 8, 2, 64, True, rng, kw, tag)
+    rows += train_rows(4, 256, 6, 6, 48, True, rng, kw, tag)
+    rows += train_rows(1, 512, 8, 2, 64, True, rng, kw, tag)
     if not quick:
-        rows += _train_rows(2, 128, 4, 4, 64, False, rng, kw, tag)
-    rows.append(_decode_row(4, 1024, 6, 6, 48, 700, rng, kw, tag))
-    rows.append(_decode_row(1, 1024, 8, 2, 64, 1000, rng, kw, tag))
+        rows += train_rows(2, 128, 4, 4, 64, False, rng, kw, tag)
+    rows.append(decode_row(4, 1024, 6, 6, 48, 700, rng, kw, tag))
+    rows.append(decode_row(1, 1024, 8, 2, 64, 1000, rng, kw, tag))
     return rows
 
 

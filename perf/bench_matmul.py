@@ -56,67 +56,83 @@ def _alternate(fns: dict, repeat: int, min_time: float, pause: float) -> dict[st
 
 
 def _cases(quick: bool):
+    """(name, shape, flops, make) per case, ``make()`` allocating the arrays and returning the candidates
+    {'blas', 'numba', 'numpy'}: functions of no argument. Quick: the first square and the transformer shapes."""
     rng = np.random.default_rng(0)
 
     def r(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    squares = SQUARE[:1] if quick else SQUARE
-    for n in squares:
+    def square(n):
         a, b, c = r(n, n), r(n, n), np.empty((n, n), np.float32)
-        yield ("matmul forward", f"({n}, {n}) @ ({n}, {n})", 2 * n**3,
-               {"blas": lambda a=a, b=b, c=c: matmul.matmul_forward(c, a, b),
-                "numba": lambda a=a, b=b, c=c: matmul.matmul_forward(c, a, b, route="numba"),
-                "numpy": lambda a=a, b=b, c=c: np.matmul(a, b, out=c)})
+        return {"blas": lambda: matmul.matmul_forward(c, a, b),
+                "numba": lambda: matmul.matmul_forward(c, a, b, route="numba"),
+                "numpy": lambda: np.matmul(a, b, out=c)}
+
+    for n in SQUARE[:1] if quick else SQUARE:
+        yield "matmul forward", f"({n}, {n}) @ ({n}, {n})", 2 * n**3, lambda n=n: square(n)
 
     M, K, N = TRANSFORMER
-    a, b, c = r(M, K), r(K, N), np.empty((M, N), np.float32)
-    yield ("matmul forward", f"({M}, {K}) @ ({K}, {N})", 2 * M * K * N,
-           {"blas": lambda: matmul.matmul_forward(c, a, b),
-            "numba": lambda: matmul.matmul_forward(c, a, b, route="numba"),
-            "numpy": lambda: np.matmul(a, b, out=c)})
 
-    x, w, bias, out = r(M, K), r(N, K), r(N), np.empty((M, N), np.float32)
-    yield ("linear forward", f"x ({M}, {K}) @ W ({N}, {K}).T + b", 2 * M * K * N,
-           {"blas": lambda: matmul.linear_forward(out, x, w, bias),
-            "numba": lambda: matmul.linear_forward(out, x, w, bias, route="numba"),
-            "numpy": lambda: np.add(np.matmul(x, w.T, out=out), bias, out=out)})
+    def transformer_matmul():
+        a, b, c = r(M, K), r(K, N), np.empty((M, N), np.float32)
+        return {"blas": lambda: matmul.matmul_forward(c, a, b),
+                "numba": lambda: matmul.matmul_forward(c, a, b, route="numba"),
+                "numpy": lambda: np.matmul(a, b, out=c)}
 
-    dout, dx, dw, db = r(M, N), np.zeros_like(x), np.zeros_like(w), np.zeros_like(bias)
+    def linear_forward():
+        x, w, bias, out = r(M, K), r(N, K), r(N), np.empty((M, N), np.float32)
+        return {"blas": lambda: matmul.linear_forward(out, x, w, bias),
+                "numba": lambda: matmul.linear_forward(out, x, w, bias, route="numba"),
+                "numpy": lambda: np.add(np.matmul(x, w.T, out=out), bias, out=out)}
 
-    def np_linear_backward():
-        dx[...] += dout @ w
-        dw[...] += dout.T @ x
-        db[...] += dout.sum(0)
+    def linear_backward():
+        x, w, dout = r(M, K), r(N, K), r(M, N)
+        dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros(N, np.float32)
 
-    yield ("linear backward", f"dout ({M}, {N}), x ({M}, {K}), W ({N}, {K})", 4 * M * K * N,
-           {"blas": lambda: matmul.linear_backward(dx, dw, db, dout, x, w),
-            "numba": lambda: matmul.linear_backward(dx, dw, db, dout, x, w, route="numba"),
-            "numpy": np_linear_backward})
+        def np_linear_backward():
+            dx[...] += dout @ w
+            dw[...] += dout.T @ x
+            db[...] += dout.sum(0)
 
+        return {"blas": lambda: matmul.linear_backward(dx, dw, db, dout, x, w),
+                "numba": lambda: matmul.linear_backward(dx, dw, db, dout, x, w, route="numba"),
+                "numpy": np_linear_backward}
+
+    yield "matmul forward", f"({M}, {K}) @ ({K}, {N})", 2 * M * K * N, transformer_matmul
+    yield "linear forward", f"x ({M}, {K}) @ W ({N}, {K}).T + b", 2 * M * K * N, linear_forward
+    yield "linear backward", f"dout ({M}, {N}), x ({M}, {K}), W ({N}, {K})", 4 * M * K * N, linear_backward
     if quick:
         return
     G, T, D = ATTENTION
-    q, k, s = r(G, T, D), r(G, T, D), np.empty((G, T, T), np.float32)
-    yield ("bmm forward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 2 * G * T * T * D,
-           {"blas": lambda: matmul.bmm_forward(s, q, k, True),
-            "numba": lambda: matmul.bmm_forward(s, q, k, True, route="numba"),
-            "numpy": lambda: np.matmul(q, k.transpose(0, 2, 1), out=s)})
-    p, v, o = r(G, T, T), r(G, T, D), np.empty((G, T, D), np.float32)
-    yield ("bmm forward p @ v", f"({G}, {T}, {T}) @ ({G}, {T}, {D})", 2 * G * T * T * D,
-           {"blas": lambda: matmul.bmm_forward(o, p, v),
-            "numba": lambda: matmul.bmm_forward(o, p, v, route="numba"),
-            "numpy": lambda: np.matmul(p, v, out=o)})
-    dq, dk = np.zeros_like(q), np.zeros_like(k)
 
-    def np_bmm_backward():
-        dq[...] += s @ k
-        dk[...] += s.transpose(0, 2, 1) @ q
+    def bmm_qk():
+        q, k, s = r(G, T, D), r(G, T, D), np.empty((G, T, T), np.float32)
+        return {"blas": lambda: matmul.bmm_forward(s, q, k, True),
+                "numba": lambda: matmul.bmm_forward(s, q, k, True, route="numba"),
+                "numpy": lambda: np.matmul(q, k.transpose(0, 2, 1), out=s)}
 
-    yield ("bmm backward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 4 * G * T * T * D,
-           {"blas": lambda: matmul.bmm_backward(dq, dk, s, q, k, True),
-            "numba": lambda: matmul.bmm_backward(dq, dk, s, q, k, True, route="numba"),
-            "numpy": np_bmm_backward})
+    def bmm_pv():
+        p, v, o = r(G, T, T), r(G, T, D), np.empty((G, T, D), np.float32)
+        return {"blas": lambda: matmul.bmm_forward(o, p, v),
+                "numba": lambda: matmul.bmm_forward(o, p, v, route="numba"),
+                "numpy": lambda: np.matmul(p, v, out=o)}
+
+    def bmm_backward():
+        q, k, s = r(G, T, D), r(G, T, D), r(G, T, T)
+        dq, dk = np.zeros_like(q), np.zeros_like(k)
+
+        def np_bmm_backward():
+            dq[...] += s @ k
+            dk[...] += s.transpose(0, 2, 1) @ q
+
+        return {"blas": lambda: matmul.bmm_backward(dq, dk, s, q, k, True),
+                "numba": lambda: matmul.bmm_backward(dq, dk, s, q, k, True, route="numba"),
+                "numpy": np_bmm_backward}
+
+    yield "bmm forward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 2 * G * T * T * D, bmm_qk
+    yield "bmm forward p @ v", f"({G}, {T}, {T}) @ ({G}, {T}, {D})", 2 * G * T * T * D, bmm_pv
+    yield "bmm backward q @ k.T", f"({G}, {T}, {D}) @ ({G}, {T}, {D}).T", 4 * G * T * T * D, bmm_backward
 
 
 def _default_route(name: str) -> str:
@@ -125,15 +141,22 @@ def _default_route(name: str) -> str:
     return inspect.signature(fn).parameters["route"].default
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Rows (``perf._timing.record``) for the BLAS and numba routes, each against numpy ``@``."""
+def run(quick: bool = False, select=None, routes=matmul.ROUTES, one_count: bool | None = None) -> list[dict]:
+    """Rows (``perf._timing.record``) for the BLAS and numba routes, each against numpy ``@``.
+
+    ``select(name, shape) -> bool`` keeps some cases of the full list (``quick`` then sets only the repeats);
+    ``routes`` names the routes timed; ``one_count`` times at numba's thread count only, not again on one
+    thread (default: when quick)."""
     repeat, min_time, pause = (3, 0.05, 0.1) if quick else (7, 0.2, 0.15)
     libs = _blas_libs()
     rows = []
-    for n in thread_counts(quick):
-        for name, shape, flops, fns in _cases(quick):
+    for n in thread_counts(quick if one_count is None else one_count):
+        for name, shape, flops, make in _cases(quick and select is None):
+            if select is not None and not select(name, shape):
+                continue
+            fns = {k: f for k, f in make().items() if k in routes or k == "numpy"}
             t = _alternate(fns, repeat, min_time, pause)
-            for route in matmul.ROUTES:
+            for route in routes:
                 rows.append(record(
                     f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
                     default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,

@@ -66,7 +66,7 @@ def np_rope_forward(out, x, cos, sin, pos, interleaved):
     o0[...] = a
 
 
-def _norm_rows(N, C, kw):
+def norm_rows(N, C, kw):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C)).astype(np.float32)
     dout = rng.standard_normal((N, C)).astype(np.float32)
@@ -103,7 +103,7 @@ def _norm_rows(N, C, kw):
     return rows
 
 
-def _rope_rows(B, T, H, D, kw):
+def rope_rows(B, T, H, D, kw):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((B, T, H, D)).astype(np.float32)
     out = np.empty_like(x)
@@ -125,8 +125,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for _ in thread_counts():
         for N, C in ((4096, 768), (16384, 288)):
-            rows += _norm_rows(N, C, kw)
-        rows += _rope_rows(4, 256, 8, 64, kw)
+            rows += norm_rows(N, C, kw)
+        rows += rope_rows(4, 256, 8, 64, kw)
     return rows
 
 

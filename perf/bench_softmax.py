@@ -85,7 +85,7 @@ def _both(f, g):
     return h
 
 
-def _softmax_rows(N, C, kw):
+def softmax_rows(N, C, kw):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((N, C)) * 3).astype(np.float32)
     dout = rng.standard_normal((N, C)).astype(np.float32)
@@ -98,7 +98,7 @@ def _softmax_rows(N, C, kw):
     return _rows("softmax", f"({N}, {C})", x.nbytes, N, fwd, bwd, kw)
 
 
-def _causal_rows(R, T, kw):
+def causal_rows(R, T, kw):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((R, T, T)) * 3).astype(np.float32)
     dout = rng.standard_normal((R, T, T)).astype(np.float32)
@@ -124,7 +124,7 @@ def _rows(name, shape, nbytes, nrows, fwd, bwd, kw):
     return rows
 
 
-def _activation_rows(N, C, kw):
+def activation_rows(N, C, kw):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((N, C)) * 3).astype(np.float32)
     b = rng.standard_normal((N, C)).astype(np.float32)
@@ -154,9 +154,9 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for _ in thread_counts():
         for N, C in ((4096, 1024), (256, 32000)):
-            rows += _softmax_rows(N, C, kw)
-        rows += _causal_rows(48, 256, kw)
-        rows += _activation_rows(2048, 768, kw)
+            rows += softmax_rows(N, C, kw)
+        rows += causal_rows(48, 256, kw)
+        rows += activation_rows(2048, 768, kw)
     return rows
 
 

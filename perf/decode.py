@@ -16,7 +16,10 @@ weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
   an array of those same bytes, read over and over as the weights are (so from the same level of the
   memory hierarchy: on a CPU with a large L3 cache, 62 MB stay there); the rate over a 1 GB array is
   reported beside it;
-- prefill: tokens/s of one forward over a 255-token prompt.
+- prefill: tokens/s of one forward over a 255-token prompt (ours: the prefill of :func:`qorus_jit.generate`;
+  transformers: one ``LlamaForCausalLM`` forward of the same prompt with its KV cache, in the process above).
+
+:func:`measure` returns the figures (with each repeat's rate, for the suite of ``qorus bench``).
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def bytes_per_token(model, first_pos: int, n: int) -> float:
     return weights + kv_per_pos * mean_len
 
 
-def ours(model, n: int, repeat: int) -> tuple[float, list[int]]:
+def ours(model, n: int, repeat: int) -> tuple[list[float], list[int]]:
+    """Decode tokens/s of each of ``repeat`` greedy generations of ``n`` tokens, and the last one's tokens."""
     from qorus_jit.generate import generate
 
     list(generate(model, [1], 8, temperature=0.0))  # warm up (kernels loaded, buffers sized)
@@ -91,25 +95,33 @@ def ours(model, n: int, repeat: int) -> tuple[float, list[int]]:
         gen = generate(model, [1], n, temperature=0.0)
         tokens = list(gen)
         rates.append(gen.decode_tokens_per_s)
-    return statistics.median(rates), tokens
+    return rates, tokens
 
 
-def prefill(model, repeat: int) -> float:
+def prefill_prompt() -> list[int]:
+    """The 255 token ids of the prefill figure."""
+    return np.random.default_rng(0).integers(3, SHAPE["vocab_size"], 255).tolist()
+
+
+def prefill(model, repeat: int) -> list[float]:
+    """Prefill tokens/s of each of ``repeat`` generations from :func:`prefill_prompt` (after one warm-up)."""
     from qorus_jit.generate import generate
 
-    prompt = np.random.default_rng(0).integers(3, SHAPE["vocab_size"], 255)
+    prompt = np.asarray(prefill_prompt(), np.int64)
+    list(generate(model, prompt, 1, temperature=0.0))
     rates = []
     for _ in range(repeat):
         gen = generate(model, prompt, 1, temperature=0.0)
         list(gen)
         rates.append(gen.prefill_tokens_per_s)
-    return statistics.median(rates)
+    return rates
 
 
 REFERENCE = """
-import json, statistics, sys, time
+import json, sys, time
 import torch, transformers
 folder, n, repeat, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompt = torch.tensor([json.loads(sys.argv[5])])
 torch.set_num_threads(threads)
 ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
 ids = torch.tensor([[1]])
@@ -121,14 +133,21 @@ with torch.no_grad():
         t0 = time.perf_counter()
         out = ref.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
         rates.append(n / (time.perf_counter() - t0))
-print(json.dumps({"rate": statistics.median(rates), "tokens": out[0, 1:].tolist()}))
+    ref(prompt)
+    prefill = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ref(prompt)
+        prefill.append(prompt.shape[1] / (time.perf_counter() - t0))
+print(json.dumps({"rates": rates, "tokens": out[0, 1:].tolist(), "prefill_rates": prefill}))
 """
 
 
-def reference(model, n: int, repeat: int, threads: int) -> tuple[float, list[int]] | None:
+def reference(model, n: int, repeat: int, threads: int) -> dict | None:
     """transformers' generate on the same weights, in a fresh process with the environment this one was
     started with (qorus_jit's thread settings, made at its import, left out), so each side runs as it would
-    alone. None without torch and transformers."""
+    alone: {'rates': decode tokens/s per repeat, 'tokens': the last run's, 'prefill_rates': tokens/s of a
+    forward over :func:`prefill_prompt` per repeat}. None without torch and transformers."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
@@ -138,10 +157,51 @@ def reference(model, n: int, repeat: int, threads: int) -> tuple[float, list[int
     env = {k: v for k, v in os.environ.items() if k not in QORUS_ENV}
     with tempfile.TemporaryDirectory() as folder:
         save_pretrained(model, folder)
-        out = subprocess.run([sys.executable, "-c", REFERENCE, folder, str(n), str(repeat), str(threads)], env=env,
-                             capture_output=True, text=True, check=True).stdout
-    got = json.loads(out.strip().splitlines()[-1])
-    return got["rate"], got["tokens"]
+        args = [folder, str(n), str(repeat), str(threads), json.dumps(prefill_prompt())]
+        out = subprocess.run([sys.executable, "-c", REFERENCE, *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"transformers reference failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference: bool = True,
+            dram: bool = True) -> dict:
+    """Every figure of this module as a dict: medians, each repeat's rates (``*_runs``) and, when torch and
+    transformers are importable and ``with_reference``, transformers' rates and our speedups over them.
+    ``dram`` adds the read rate of a 1 GB array (for scale). Sets numba's and BLAS's threads to ``threads``."""
+    from qorus_jit import set_num_threads
+    from qorus_jit.models import Llama, LlamaConfig
+
+    set_num_threads(threads)
+    model = Llama(LlamaConfig(**SHAPE, norm_eps=1e-5, tie_embeddings=True), rng=0)
+    per_token = bytes_per_token(model, 1, tokens - 1)
+    bws, rates, toks = [], [], []
+    for _ in range(repeat):  # the bound measured beside each run: it moves with the machine's state as ours does
+        bws.append(stream_bandwidth(int(per_token)))  # the bytes of one token: where the weights live between tokens
+        got, toks = ours(model, tokens, 1)
+        rates += got
+    bw = statistics.median(bws)
+    pre = prefill(model, repeat)
+    ref = reference(model, tokens, repeat, threads) if with_reference else None
+    med = statistics.median
+    row = {
+        "shape": SHAPE, "threads": threads, "new_tokens": tokens,
+        "decode_tokens_per_s": med(rates), "prefill_tokens_per_s": med(pre),
+        "bandwidth_GB_per_s": bw / 1e9,
+    }
+    if dram:
+        row["bandwidth_1GB_array_GB_per_s"] = stream_bandwidth(1 << 30) / 1e9  # beyond any cache, for scale
+    row.update(bytes_per_token_MB=per_token / 1e6, bound_tokens_per_s=bw / per_token,
+               fraction_of_bound=med(rates) * per_token / bw)
+    if ref is not None:
+        row.update(transformers_tokens_per_s=med(ref["rates"]), speedup_vs_transformers=med(rates) / med(ref["rates"]),
+                   same_tokens_as_transformers=ref["tokens"] == toks,
+                   transformers_prefill_tokens_per_s=med(ref["prefill_rates"]),
+                   prefill_speedup_vs_transformers=med(pre) / med(ref["prefill_rates"]))
+    row.update(decode_runs=rates, bound_runs=[b / per_token for b in bws], prefill_runs=pre)
+    if ref is not None:
+        row.update(transformers_decode_runs=ref["rates"], transformers_prefill_runs=ref["prefill_rates"])
+    return row
 
 
 def main(argv=None) -> int:
@@ -152,28 +212,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode.json"))
     args = ap.parse_args(argv)
 
-    from qorus_jit import set_num_threads
-    from qorus_jit.models import Llama, LlamaConfig
-
-    set_num_threads(args.threads)
-    model = Llama(LlamaConfig(**SHAPE, norm_eps=1e-5, tie_embeddings=True), rng=0)
-    per_token = bytes_per_token(model, 1, args.tokens - 1)
-    bw = stream_bandwidth(int(per_token))  # the bytes of one token: where the weights live between tokens
-    bw_dram = stream_bandwidth(1 << 30)  # far larger than any cache, for scale
-    rate, tokens = ours(model, args.tokens, args.repeat)
-    ref = reference(model, args.tokens, args.repeat, args.threads)
-    row = {
-        "shape": SHAPE, "threads": args.threads, "new_tokens": args.tokens,
-        "decode_tokens_per_s": rate, "prefill_tokens_per_s": prefill(model, args.repeat),
-        "bandwidth_GB_per_s": bw / 1e9, "bandwidth_1GB_array_GB_per_s": bw_dram / 1e9,
-        "bytes_per_token_MB": per_token / 1e6,
-        "bound_tokens_per_s": bw / per_token, "fraction_of_bound": rate * per_token / bw,
-    }
-    if ref is not None:
-        row.update(transformers_tokens_per_s=ref[0], speedup_vs_transformers=rate / ref[0],
-                   same_tokens_as_transformers=ref[1] == tokens)
+    row = measure(args.tokens, args.repeat, args.threads)
     for k, v in row.items():
-        print(f"{k:30s} {v:.3f}" if isinstance(v, float) else f"{k:30s} {v}")
+        if isinstance(v, float):
+            print(f"{k:34s} {v:.3f}")
+        elif isinstance(v, list):
+            print(f"{k:34s} " + " ".join(f"{x:.1f}" for x in v))
+        else:
+            print(f"{k:34s} {v}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=2) + "\n")

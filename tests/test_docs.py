@@ -12,7 +12,7 @@ def blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
-@pytest.mark.parametrize("doc", ["layers.md", "kernels.md", "training.md", "generation.md"])
+@pytest.mark.parametrize("doc", ["layers.md", "kernels.md", "training.md", "generation.md", "profiling.md"])
 def test_python_blocks_run(doc):
     for code in blocks(DOCS / doc):
         if "path/to/" in code:
