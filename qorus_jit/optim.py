@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
+from . import _alloc
 from ._check import check_real
 from .config import FLOAT_DTYPES
 from .kernels.optim import _adam_update, _sgd_update, clip_grad_norm, grad_norm
@@ -242,7 +243,7 @@ class Optimizer:
         state = self._state.setdefault(name, {})
         arr = state.get(buf)
         if arr is None:
-            arr = state[buf] = np.zeros_like(param)
+            arr = state[buf] = _alloc.zeros_like(param)
         elif arr.shape != param.shape or arr.dtype != param.dtype:
             raise ValueError(f"model parameter {name}: its shape or dtype changed to {param.shape} {param.dtype} "
                              f"(optimizer state {buf}: {arr.shape} {arr.dtype})")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _alloc
 from . import checkpoint as ckpt
 from ._io import atomic_write_text
 from .kernels.loss import _cross_entropy_forward_backward, _mse_backward, _mse_forward, cross_entropy_forward
@@ -67,7 +68,7 @@ class CrossEntropyLoss:
         if t.size and (t.max() >= V or (t.min() < 0 and np.any((t < 0) & (t != self.ignore_index)))):
             raise ValueError(f"targets: expected ids in [0, {V}) or {self.ignore_index}")
         if self._grad is None or self._grad.shape != x.shape:
-            self._grad = np.empty(x.shape, np.float32)
+            self._grad = _alloc.empty(x.shape, np.float32)
         losses = np.empty(x.shape[0], np.float64)
         count = int(np.count_nonzero(t != self.ignore_index))
         _cross_entropy_forward_backward(self._grad, losses, x, t, self.ignore_index, scale / count if count else 0.0)
@@ -104,7 +105,7 @@ class MSELoss:
     def __call__(self, pred, target, scale: float = 1.0):
         pred, target = self._check(pred, target)
         if self._grad is None or self._grad.shape != pred.shape:
-            self._grad = np.empty(pred.shape, np.float32)
+            self._grad = _alloc.empty(pred.shape, np.float32)
         self._grad.fill(0)
         loss = float(_mse_forward(pred.reshape(-1), target.reshape(-1)))
         _mse_backward(self._grad.reshape(-1), pred.reshape(-1), target.reshape(-1), scale / pred.size)

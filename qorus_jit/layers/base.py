@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _alloc
 from ..config import DTYPE
 
 
@@ -33,9 +34,9 @@ class Layer:
 
     def add_parameter(self, name: str, value) -> np.ndarray:
         """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient."""
-        arr = np.array(value, dtype=DTYPE, order="C", copy=True)
+        arr = _alloc.copy(value, DTYPE)
         self._params[name] = arr
-        self._grads[name] = np.zeros_like(arr)
+        self._grads[name] = _alloc.zeros_like(arr)
         return arr
 
     def add_child(self, name: str, layer: Layer) -> Layer:
@@ -49,7 +50,7 @@ class Layer:
         """A work buffer of ``shape`` owned by the layer, allocated once per shape and reused."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = np.empty(shape, dtype)
+            buf = _alloc.empty(shape, dtype)
             self._buffers[name] = buf
         if zero:
             buf.fill(0)

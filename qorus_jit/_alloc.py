@@ -1,0 +1,55 @@
+"""Arrays for kernels to write into: 64-byte aligned, with unused room after the last element.
+
+LLVM vectorizes a kernel loop such as ``out[i] = f(a[i], b[i])`` with a runtime check that ``out`` does not
+overlap its inputs, and runs a scalar copy of the loop when the check fails. The check is conservative by a
+few vector widths: arrays that merely touch fail it. Two large NumPy arrays allocated one after the other
+often touch (glibc's heap puts 16 bytes between them), and then the kernel silently runs scalar code.
+Measured: SwiGLU forward over 200,000 elements took 2.5 ms with its output 16 bytes after an input and
+0.39 ms with 64 bytes or more between them; over 1.57 million elements, 10.5 ms against 1.8 ms.
+
+Layers, the optimizer and the losses allocate their parameters, gradients, state and buffers here, so any
+two of them are at least :data:`PAD` bytes apart. Arrays a user passes in may still touch; only speed is
+at stake, never results.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import DTYPE
+
+ALIGN = 64  # bytes: a cache line, and the widest vector load
+PAD = 256  # bytes of unused room after each array's data
+
+
+def empty(shape, dtype=DTYPE) -> np.ndarray:
+    """An uninitialized C-contiguous array of ``shape``, 64-byte aligned, with :data:`PAD` bytes spare after it."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    room = (ALIGN + PAD + dtype.itemsize - 1) // dtype.itemsize
+    raw = np.empty(n + room, dtype)
+    start = (-raw.ctypes.data % ALIGN) // dtype.itemsize
+    return raw[start:start + n].reshape(shape)
+
+
+def zeros(shape, dtype=DTYPE) -> np.ndarray:
+    """:func:`empty`, filled with zeros."""
+    out = empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
+def zeros_like(a: np.ndarray) -> np.ndarray:
+    """:func:`zeros` of ``a``'s shape and dtype."""
+    return zeros(a.shape, a.dtype)
+
+
+def copy(value, dtype=DTYPE) -> np.ndarray:
+    """A C-contiguous copy of ``value`` in ``dtype``, allocated by :func:`empty`."""
+    value = np.asarray(value)
+    out = empty(value.shape, dtype)
+    out[...] = value
+    return out
