@@ -103,7 +103,7 @@ class Generation(Iterator[int]):
         self.prefill_seconds = self.decode_seconds = 0.0
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
-        out = self.model.forward_decode(ids[None], state=self.state)
+        out = self.model.forward_decode(ids[None], state=self.state, last_only=True)
         self.state.advance(ids.size)
         return out[0, -1]
 

@@ -13,6 +13,8 @@ from .base import Layer, check_input
 class _Elementwise(Layer):
     """``y = f(x)`` elementwise; backward ``dx = dy * f'(x)`` from the saved input."""
 
+    rowwise = True
+
     def _forward_kernel(self, y, x):
         raise NotImplementedError
 
@@ -85,6 +87,8 @@ class Swish(_Elementwise):
 
 class Softmax(Layer):
     """Softmax over the last axis; backward uses the saved output."""
+
+    rowwise = True
 
     def forward(self, x):
         check_input("x", x)

@@ -24,6 +24,10 @@ from ..config import DTYPE
 class Layer:
     """Base class of every layer. Subclasses register parameters and children in ``__init__``."""
 
+    #: True for a layer that maps each position (row of the last axis) on its own, from its one input: what it
+    #: gives for the last position does not depend on the others (see :meth:`Graph.forward_decode`).
+    rowwise = False
+
     def __init__(self):
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}

@@ -77,17 +77,35 @@ class Graph(Layer):
         self._values = values
         return values[self.output]
 
-    def forward_decode(self, *args, state):
+    def forward_decode(self, *args, state, last_only: bool = False):
         """Forward for incremental decoding: layers with a ``forward_decode`` (attention blocks, learned
         positions) read and extend ``state`` (a :class:`~qorus_jit.layers.DecodeState`: KV caches and
         the position of the first new token); others run their plain ``forward``. No backward follows.
-        The caller then moves the position on: ``state.advance(T)``."""
+        The caller then moves the position on: ``state.advance(T)``.
+
+        ``last_only``: the output holds only the last position (``(B, 1, ...)``); a tail of row-wise layers
+        (a final norm and the head, say) then runs on that position alone, e.g. for a prompt's prefill."""
         values = dict(zip(self.inputs, args, strict=True))
-        for _, layer, ins, out in self.nodes:
-            inputs = (values[t] for t in ins)
+        tail = self._rowwise_tail() if last_only else None
+        for i, (_, layer, ins, out) in enumerate(self.nodes):
+            inputs = [values[t] for t in ins]
+            if i == tail:
+                inputs = [np.ascontiguousarray(inputs[0][:, -1:])]
             decode = getattr(layer, "forward_decode", None)
             values[out] = layer.forward(*inputs) if decode is None else decode(*inputs, state=state)
-        return values[self.output]
+        y = values[self.output]
+        return y if tail is not None or not last_only else np.ascontiguousarray(y[:, -1:])
+
+    def _rowwise_tail(self) -> int | None:
+        """Index of the first node of the longest chain of row-wise nodes that ends at the output, each reading
+        the one before (None if the last node is not row-wise)."""
+        tail, want = None, self.output
+        for i in range(len(self.nodes) - 1, -1, -1):
+            _, layer, ins, out = self.nodes[i]
+            if out != want or not layer.rowwise or len(ins) != 1:
+                break
+            tail, want = i, ins[0]
+        return tail
 
     def backward(self, dy):
         """Gradients flow from the output back; returns the input gradient (a tuple for several inputs)."""

@@ -12,6 +12,8 @@ class TiedLMHead(Layer):
     """``(..., dim) -> (..., vocab)`` with the weight of ``embedding``: it owns no parameter, and its
     weight gradient accumulates into the embedding's (the tied weight is listed once, by the embedding)."""
 
+    rowwise = True
+
     def __init__(self, embedding: Embedding):
         super().__init__()
         if not isinstance(embedding, Embedding):

@@ -19,6 +19,8 @@ class Linear(Layer):
     ``numpy.random.Generator``.
     """
 
+    rowwise = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
         check_positive(in_features=in_features, out_features=out_features)

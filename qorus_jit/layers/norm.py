@@ -10,6 +10,8 @@ from .base import Layer, check_input, input_grad_buffer
 
 
 class _Norm(Layer):
+    rowwise = True
+
     def __init__(self, dim: int, eps: float, bias: bool):
         super().__init__()
         check_positive(dim=dim)

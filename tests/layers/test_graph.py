@@ -67,3 +67,29 @@ def test_graph_errors():
         g.forward()
     with pytest.raises(RuntimeError, match="before forward"):
         Graph(inputs=["x"], output="x").backward(np.zeros(2, np.float32))
+
+
+def test_forward_decode_last_only_gives_the_last_position():
+    """The row-wise tail (final norm, head) runs on the last position alone; the result is that position's."""
+    from qorus_jit.layers import DecodeState
+    from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
+
+    ids = np.random.default_rng(3).integers(0, 40, (1, 9))
+    for model, tail in ((Llama(LlamaConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=24, vocab_size=40,
+                                            max_seq_len=16), rng=0), ["model.norm", "lm_head"]),
+                        (GPT2(GPT2Config(dim=16, n_layers=2, n_heads=2, hidden_dim=24, vocab_size=40,
+                                         max_seq_len=16), rng=0), ["transformer.ln_f", "lm_head"])):
+        assert [n[0] for n in model.nodes[model._rowwise_tail():]] == tail
+        full = model.forward_decode(ids, state=DecodeState(1, 16)).copy()
+        last = model.forward_decode(ids, state=DecodeState(1, 16), last_only=True)
+        assert last.shape == (1, 1, 40)
+        np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_tail_stops_at_a_layer_that_mixes_positions():
+    g = Graph(inputs=["x"], output="y")
+    g.add("fc", Linear(4, 4, rng=0), "x", "h")
+    g.add("res", Add(), ["x", "h"], "y")
+    assert g._rowwise_tail() is None
+    seq = Sequential(Linear(4, 4, rng=0), ReLU(), Linear(4, 2, rng=1))
+    assert seq._rowwise_tail() == 0
