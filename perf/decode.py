@@ -16,6 +16,8 @@ weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
   an array of those same bytes, read over and over as the weights are (so from the same level of the
   memory hierarchy: on a CPU with a large L3 cache, 62 MB stay there); the rate over a 1 GB array is
   reported beside it;
+- bound_over_transformers: the bound divided by transformers' rate, the ceiling of the speedup on this
+  machine for a decoder that reads the float32 weights once per token;
 - prefill: tokens/s of one forward over a 255-token prompt, logits of the last position only, as generation
   needs (ours: the prefill of :func:`qorus_jit.generate`; transformers: one ``LlamaForCausalLM`` forward of
   the same prompt with ``logits_to_keep=1``, in the process above).
@@ -196,6 +198,8 @@ def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference
                fraction_of_bound=med(rates) * per_token / bw)
     if ref is not None:
         row.update(transformers_tokens_per_s=med(ref["rates"]), speedup_vs_transformers=med(rates) / med(ref["rates"]),
+                   # the most any decoder reading float32 weights could reach over transformers on this machine
+                   bound_over_transformers=bw / per_token / med(ref["rates"]),
                    same_tokens_as_transformers=ref["tokens"] == toks,
                    transformers_prefill_tokens_per_s=med(ref["prefill_rates"]),
                    prefill_speedup_vs_transformers=med(pre) / med(ref["prefill_rates"]))
