@@ -11,8 +11,9 @@ Each side runs in its own fresh process (so each has its own peak RSS and thread
 alternate ``--repeat`` times so a busy machine slows them alike. A process builds the model, takes two
 warm-up steps, then times ``--steps`` steps; its figure is the median step. Reported: the median over the
 repeats of each side's median step, the ratio (torch / ours: above 1 means ours is faster), tokens/s, and
-each side's peak RSS (``ru_maxrss`` of the process: interpreter, libraries, model, optimizer state and
-activations).
+each side's peak RSS (``VmHWM`` of ``/proc/self/status``: interpreter, libraries, model, optimizer state and
+activations). Not ``ru_maxrss``: Linux carries the parent's peak into a child across ``exec``, so under
+``qorus bench`` (a large parent) both sides read the parent's size.
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ def time_steps(step):  # two warm-up steps, then STEPS timed; prints median, tim
         times.append(time.perf_counter() - t0)
     times = times[2:]
     print(json.dumps({{"step_s": statistics.median(times), "steps": times,
-                      "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                      "peak_rss_MB": peak_rss_MB()}}))
+
+def peak_rss_MB():  # this process's own high-water mark (ru_maxrss would include the parent's, see above)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 """
 
 OURS = _COMMON + """
