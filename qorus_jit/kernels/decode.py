@@ -3,8 +3,10 @@
 Decoding one token reads every weight once and does little arithmetic per byte, so its speed is set by
 memory bandwidth and by per-call overhead. ``_llama_block_decode`` runs a whole block (RMSNorm, q/k/v
 projections, rotate-half RoPE, KV-cache append, grouped-query attention over the cache, output projection,
-residual, RMSNorm, SwiGLU MLP, residual) in one call, with a parallel loop per matrix-vector product and
-over heads, instead of about fifteen kernel calls from Python. Layers validate once and call these
+residual, RMSNorm, SwiGLU MLP, residual) in one call of four parallel regions instead of about fifteen
+kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append and attention (a head
+needs no other head's rows; with fewer kv heads than threads, two regions: the projections by rows, then
+attention by query head), the output projection, gate and up, the down projection. Layers validate once and call these
 kernels directly (:class:`~qorus_jit.layers.TransformerBlock` for batch 1 and one new token).
 """
 
@@ -66,76 +68,107 @@ def _rmsnorm_vec(out, x, weight, eps):
 
 
 @kernel
-def _rope_half_vec(x, cos, sin, p, H, D):
-    """Rotate-half RoPE in place at position p for x (H * D,) seen as H heads of D; cos, sin (T_max, D/2)."""
+def _rope_half_head(x, cos, sin, p, o, D):
+    """Rotate-half RoPE in place at position p for the head x[o:o + D]; cos, sin (T_max, D/2)."""
     half = D // 2
-    for h in range(H):
-        o = h * D
-        for i in range(half):
-            c = cos[p, i]
-            s = sin[p, i]
-            x0 = x[o + i]
-            x1 = x[o + i + half]
-            x[o + i] = x0 * c - x1 * s
-            x[o + i + half] = x0 * s + x1 * c
+    for i in range(half):
+        c = cos[p, i]
+        s = sin[p, i]
+        x0 = x[o + i]
+        x1 = x[o + i + half]
+        x[o + i] = x0 * c - x1 * s
+        x[o + i + half] = x0 * s + x1 * c
+
+
+@kernel
+def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
+    """RoPE on kv head hk's key and its G query heads at position pos; its key and value into cache row pos."""
+    D = k_cache.shape[2]
+    o = hk * D
+    _rope_half_head(k, cos, sin, pos, o, D)
+    for hh in range(hk * G, hk * G + G):
+        _rope_half_head(q, cos, sin, pos, hh * D, D)
+    for d in range(D):
+        k_cache[pos, hk, d] = k[o + d]
+        v_cache[pos, hk, d] = v[o + d]
+
+
+@kernel
+def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G):
+    """kv head hk's rows of k, v = W h and of its G query heads' q, then :func:`_rope_cache_append`."""
+    D = k_cache.shape[2]
+    _matvec_rows(k, wk, h, hk * D, hk * D + D)
+    _matvec_rows(v, wv, h, hk * D, hk * D + D)
+    _matvec_rows(q, wq, h, hk * G * D, (hk + 1) * G * D)
+    _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+
+
+@kernel
+def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
+    """att[hh*D:(hh+1)*D] = softmax(q_hh k^T * scale) v over cache rows 0..L-1 of kv head hk; q, att (H*D,),
+    k_cache, v_cache (T_max, Hkv, D); scores (H, T_max) scratch."""
+    D = k_cache.shape[2]
+    qo = hh * D
+    m = -np.inf
+    for j in range(L):
+        a = q.dtype.type(0)
+        for d in range(D):
+            a += q[qo + d] * k_cache[j, hk, d]
+        a *= scale
+        scores[hh, j] = a
+        m = max(m, a)
+    total = q.dtype.type(0)
+    for j in range(L):
+        e = exp(scores[hh, j] - m)
+        scores[hh, j] = e
+        total += e
+    inv = 1 / total
+    for d in range(D):
+        att[qo + d] = 0
+    for j in range(L):
+        p = scores[hh, j] * inv
+        for d in range(D):
+            att[qo + d] += p * v_cache[j, hk, d]
 
 
 @kernel(parallel=True)
 def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache, pos,
-                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u):
+                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, by_kv_head):
     """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals).
 
     Weights in ``nn.Linear`` layout: wq (H*D, C), wk, wv (Hkv*D, C), wo (C, H*D), w_gate, w_up (F, C),
     w_down (C, F); norms (C,). k_cache, v_cache (T_max, Hkv, D): the token's key and value are written at
     row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h (C,), q, att (H*D,),
-    k, v (Hkv*D,), scores (H, T_max), g, u (F,).
+    k, v (Hkv*D,), scores (H, T_max), g, u (F,). ``by_kv_head``: project and attend in one region per kv head
+    (give it ``Hkv >= threads``; the thread count is an argument, since reading it here would keep numba from
+    caching the kernel).
     """
     C = x.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
-    L = pos + 1
-    # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append
+    # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append; softmax(q k^T * scale) v over the cache
     _rmsnorm_vec(h, x, attn_norm, eps)
-    nq = (wq.shape[0] + _ROWS - 1) // _ROWS
-    nk = (wk.shape[0] + _ROWS - 1) // _ROWS
-    for c in prange(nq + nk):  # q, k and v in one parallel region
-        if c < nq:
-            _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
-        else:
-            lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
-            _matvec_rows(k, wk, h, lo, hi)
-            _matvec_rows(v, wv, h, lo, hi)
-    _rope_half_vec(q, cos, sin, pos, H, D)
-    _rope_half_vec(k, cos, sin, pos, Hkv, D)
-    for hk in range(Hkv):
-        for d in range(D):
-            k_cache[pos, hk, d] = k[hk * D + d]
-            v_cache[pos, hk, d] = v[hk * D + d]
-    # softmax(q k^T * scale) v per head, over the L cached positions
-    for hh in prange(H):
-        hk = hh // G
-        qo = hh * D
-        m = -np.inf
-        for j in range(L):
-            a = x.dtype.type(0)
-            for d in range(D):
-                a += q[qo + d] * k_cache[j, hk, d]
-            a *= scale
-            scores[hh, j] = a
-            m = max(m, a)
-        total = x.dtype.type(0)
-        for j in range(L):
-            e = exp(scores[hh, j] - m)
-            scores[hh, j] = e
-            total += e
-        inv = 1 / total
-        for d in range(D):
-            att[qo + d] = 0
-        for j in range(L):
-            p = scores[hh, j] * inv
-            for d in range(D):
-                att[qo + d] += p * v_cache[j, hk, d]
+    if by_kv_head:
+        # one parallel region: each kv head projects its own rows and attends (no head reads another's rows)
+        for hk in prange(Hkv):
+            _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G)
+            for hh in range(hk * G, hk * G + G):
+                _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+    else:  # too few kv heads to keep the threads busy: the projections by rows, then attention by query head
+        nq = (wq.shape[0] + _ROWS - 1) // _ROWS
+        nk = (wk.shape[0] + _ROWS - 1) // _ROWS
+        for c in prange(nq + nk):
+            if c < nq:
+                _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+            else:
+                lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
+                _matvec_rows(k, wk, h, lo, hi)
+                _matvec_rows(v, wv, h, lo, hi)
+        for hk in range(Hkv):
+            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+        for hh in prange(H):
+            _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
     # x += wo att
     for c in prange((C + _ROWS - 1) // _ROWS):
         lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)

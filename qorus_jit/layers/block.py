@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import get_num_threads
 from ..kernels.decode import _llama_block_decode
 from .attention import KVCache, MultiHeadAttention
 from .base import Layer, check_input
@@ -96,7 +97,7 @@ class TransformerBlock(Layer):
             args = self._decode_args = (cache, *self._gather_decode_args(cache))
         y, before, after = args[1], args[2], args[3]
         np.copyto(y.reshape(x.shape), x)
-        _llama_block_decode(y, *before, pos, *after)
+        _llama_block_decode(y, *before, pos, *after, a.n_kv_heads >= get_num_threads())
         cache.length = pos + 1
         return y.reshape(x.shape)
 
