@@ -44,3 +44,13 @@ def thread_counts(quick: bool = False) -> Iterator[int]:
             yield n
     finally:
         set_num_threads(threads)
+
+
+def print_rows(rows: list[dict], name_width: int = 32, shape_width: int = 14) -> None:
+    """Print benchmark rows (:func:`record` rows with ``threads`` and ``gbytes_per_s``) as a table."""
+    print(f"{'op':{name_width}s} {'shape':{shape_width}s} {'threads':>7s} {'ours ms':>9s} {'numpy ms':>9s} "
+          f"{'speedup':>8s} {'GB/s':>6s}")
+    for r in rows:
+        print(f"{r['name']:{name_width}s} {r['shape']:{shape_width}s} {r['threads']:7d} {r['ours_s'] * 1e3:9.3f} "
+              f"{r['ref_s'] * 1e3:9.3f} {r['speedup']:7.2f}x {r['gbytes_per_s']:6.1f}")
+    print("medians; speedup = numpy / ours; NumPy elementwise runs on one thread")

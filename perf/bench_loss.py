@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, record, thread_counts
+from perf._timing import median_time, print_rows, record, thread_counts
 from qorus_jit.config import get_num_threads
 from qorus_jit.kernels import loss
 
@@ -61,11 +61,7 @@ def run(quick: bool = False) -> list[dict]:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    print(f"{'op':32s} {'shape':14s} {'threads':>7s} {'ours ms':>9s} {'numpy ms':>9s} {'speedup':>8s} {'GB/s':>6s}")
-    for r in run(quick="--quick" in argv):
-        print(f"{r['name']:32s} {r['shape']:14s} {r['threads']:7d} {r['ours_s'] * 1e3:9.3f} {r['ref_s'] * 1e3:9.3f} "
-              f"{r['speedup']:7.2f}x {r['gbytes_per_s']:6.1f}")
-    print("medians; speedup = numpy / ours; NumPy elementwise runs on one thread")
+    print_rows(run(quick="--quick" in argv), 32, 14)
 
 
 if __name__ == "__main__":
