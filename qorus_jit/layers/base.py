@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _alloc
+from .._check import check_disjoint
 from ..config import DTYPE
 
 
@@ -133,9 +134,10 @@ def check_input(name: str, x, last: int | None = None, min_ndim: int = 1) -> Non
         raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray)")
 
 
-def input_grad_buffer(layer: Layer, out, shape: tuple[int, ...]) -> np.ndarray:
+def input_grad_buffer(layer: Layer, out, shape: tuple[int, ...], **reads) -> np.ndarray:
     """Where ``layer.backward`` writes its input gradient: ``out`` when given (checked: float32, C-contiguous,
-    ``shape``, writeable), else the layer's own ``"dx"`` buffer."""
+    ``shape``, writeable, sharing no memory with the arrays the backward ``reads``, by name), else the layer's
+    own ``"dx"`` buffer."""
     if out is None:
         return layer.buffer("dx", shape)
     check_input("out", out)
@@ -143,4 +145,5 @@ def input_grad_buffer(layer: Layer, out, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out: expected a writeable array")
+    check_disjoint({"out": out}, reads)
     return out

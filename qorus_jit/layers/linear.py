@@ -53,7 +53,7 @@ class Linear(Layer):
         check_input("dy", dy, self.out_features)
         if dy.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
-        dx = input_grad_buffer(self, out, x.shape)
+        dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x, weight=self.weight)
         _linear_backward_into(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
                               dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
                               1.0 if accumulate else 0.0)

@@ -29,9 +29,9 @@ class _Norm(Layer):
             raise ValueError(f"dy: expected shape {self._x.shape}, got {dy.shape}")
         return self._x.reshape(-1, self.dim), dy.reshape(-1, self.dim)
 
-    def _dx(self, out, accumulate: bool):
+    def _dx(self, out, accumulate: bool, dy):
         """The input gradient's buffer, ready for the kernels to add into (they accumulate)."""
-        dx = input_grad_buffer(self, out, self._x.shape)
+        dx = input_grad_buffer(self, out, self._x.shape, dy=dy, x=self._x)
         if not accumulate:
             dx.fill(0)
         return dx
@@ -63,7 +63,7 @@ class LayerNorm(_Norm):
     def backward(self, dy, out=None, accumulate: bool = False):
         """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
         x2, dy2 = self._saved(dy)
-        dx = self._dx(out, accumulate)
+        dx = self._dx(out, accumulate, dy)
         db = self._grads.get("bias", np.empty(0, np.float32))
         _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
                             self._buffers["mean"], self._buffers["rstd"])
@@ -87,7 +87,7 @@ class RMSNorm(_Norm):
     def backward(self, dy, out=None, accumulate: bool = False):
         """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
         x2, dy2 = self._saved(dy)
-        dx = self._dx(out, accumulate)
+        dx = self._dx(out, accumulate, dy)
         _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
                           self._buffers["rstd"])
         return dx

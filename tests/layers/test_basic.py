@@ -97,6 +97,8 @@ def test_backward_into_out_writes_or_accumulates(make):
         layer.backward(dy, out=np.zeros((2, 4), np.float32))
     with pytest.raises(TypeError, match="out: expected dtype float32"):
         layer.backward(dy, out=np.zeros(x.shape))
+    with pytest.raises(ValueError, match="out: expected a buffer that does not overlap x"):
+        layer.backward(dy, out=x)
 
 
 def test_parameters_names_counts_and_load():
