@@ -130,10 +130,40 @@ def test_backward_accumulates():
         assert_close(a, d + 0.5, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("T", [150, 10])  # parallel and serial
+def test_backward_writes_and_reuses_scratch(T):
+    """accumulate=False ignores what dq, dk, dv held; a reused ``work`` array full of NaN changes nothing."""
+    rng = np.random.default_rng(16)
+    q, k, v, mask = _inputs(rng, 2, T, T, 4, 2, 8, True, np.float64)
+    g = rand(rng, *q.shape, dtype=np.float64)
+    out, lse = _forward(q, k, v, True, mask)
+    want = _backward(g, q, k, v, out, lse, True, mask)
+    work = np.full(K.attention_work_size(q.shape, k.shape), np.nan)
+    o2, l2 = np.full_like(q, np.nan), np.full_like(lse, np.nan)
+    K.attention_forward(o2, l2, q, k, v, True, mask, work=work)
+    assert_close(o2, out, rtol=1e-12, atol=1e-12)
+    for _ in range(2):  # the second call finds the first call's leftovers in work
+        got = [np.full_like(x, np.nan) for x in (q, k, v)]
+        K.attention_backward(*got, g, q, k, v, out, lse, True, mask, accumulate=False, work=work)
+        for a, d in zip(got, want, strict=True):
+            assert_close(a, d, rtol=1e-12, atol=1e-12)
+
+
+def test_work_must_be_large_enough():
+    rng = np.random.default_rng(17)
+    q, k, v, _ = _inputs(rng, 1, 5, 5, 2, 1, 4, False, np.float32)
+    out, lse = np.empty_like(q), np.empty((1, 2, 5), np.float32)
+    with pytest.raises(ValueError, match="work: expected .* at least"):
+        K.attention_forward(out, lse, q, k, v, True, work=np.empty(3, np.float32))
+    with pytest.raises(ValueError, match="work: expected .*float32"):
+        K.attention_forward(out, lse, q, k, v, True, work=np.empty(10_000, np.float64))
+
+
 @pytest.mark.parametrize("T", [150, 10])  # parallel and serial (B * H * T * S * D <= config.SERIAL_WORK)
 @pytest.mark.parametrize("causal", [True, False])
 def test_backward_key_chunks_agree(causal, T):
-    """The key-chunked (nj > 1) and per-head (nj = 1) work splits give the same gradients."""
+    """The key-chunked (nj > 1) and per-head (nj = 1) work splits give the same gradients, added to zeros
+    or written over NaN, with scratch full of NaN."""
     rng = np.random.default_rng(7)
     q, k, v, mask = _inputs(rng, 1, T, T, 2, 1, 8, True, np.float64)
     g = rand(rng, *q.shape, dtype=np.float64)
@@ -141,9 +171,12 @@ def test_backward_key_chunks_agree(causal, T):
     m8, scale = mask.view(np.uint8), 8 ** -0.5
     grads = []
     for nj in (1, 2, 3):
-        dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-        K._attention_backward(dq, dk, dv, g, q, k, v, out, lse, m8, causal, scale, nj)
-        grads.append((dq, dk, dv))
+        for accumulate in (True, False):
+            dq, dk, dv = (np.zeros_like(x) if accumulate else np.full_like(x, np.nan) for x in (q, k, v))
+            _, shapes = K._work_shapes(1, T, T, 2, 1, 8, nj)
+            work = [np.full(s, np.nan) for s in shapes]
+            K._attention_backward(dq, dk, dv, g, q, k, v, out, lse, m8, causal, scale, accumulate, *work)
+            grads.append((dq, dk, dv))
     for other in grads[1:]:
         for a, b in zip(grads[0], other, strict=True):
             assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -16,12 +16,14 @@ keys. A row with no attended key gets ``out = 0``, ``lse = -inf`` and zero gradi
 
 The kernels never build a ``(T, S)`` score or mask matrix. Every product (scores ``q k^T``, ``p v``, and in
 backward ``dout v^T``, ``ds k``, ``p^T dout``, ``ds^T q``) runs through one register tile, :func:`_tile`:
-4 rows by 16 columns of the result stay in registers over the whole contraction, each step broadcasting 4
-values of one operand against 16 consecutive values of the other, vectorized along the result's columns
-(keys, or head dimensions), so no product needs a horizontal sum. The operand read 16 wide is packed first
-into zero-padded scratch: K^T in tiles of 16 keys and V padded to whole tiles (forward, once per call), the
-same for a block of ``_KB`` keys (backward), and q, dout packed per head (backward). Forward keeps the
-scores of 4 query rows over their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
+``_R`` rows by ``_W`` columns of the result (8 x 32 with AVX-512, else 4 x 16) stay in registers over the
+whole contraction, each step broadcasting ``_R`` values of one operand against ``_W`` consecutive values of
+the other, vectorized along the result's columns (keys, or head dimensions), so no product needs a
+horizontal sum. The operand read ``_W`` wide is packed first into zero-padded scratch: K^T in tiles of
+``_W`` keys and V padded to whole tiles (forward, once per call), the same for a block of ``_KB`` keys
+(backward), and q, dout packed per head (backward). ``DW``, ``SW`` and ``TR`` are D and S rounded up to
+whole tiles of ``_W`` and T to whole tiles of ``_R``. Forward keeps the scores of ``_R`` query rows over
+their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
 recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T), flash-attention style.
 
 Each kernel's parallel loops call serial kernels over a range of work items (``_forward_items``,
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
@@ -42,6 +45,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from .. import _alloc
 from .._check import (
     check_arrays,
     check_bool,
@@ -55,8 +59,13 @@ from .._check import (
 from ..config import SERIAL_WORK, kernel, row_chunks
 from ._math import exp
 
-_R = 4  # rows of a register tile (query rows, or keys in the dK, dV products)
-_W = 16  # columns of a register tile (keys, or head dimensions): two ymm registers of float32
+# The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
+# dimensions). With AVX-512, 8 x 32 keeps 16 zmm accumulators busy (two FMA units of 4-cycle latency need at
+# least 8 independent sums; 4 x 16 on zmm left them half idle: the W-train attention backward ran at 6.6 ms
+# against 4.9 ms with 8 x 32). With AVX2's 16 ymm registers, 4 x 16 (8 accumulators) is the largest that fits.
+_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
+_R = 8 if _AVX512 else 4
+_W = 32 if _AVX512 else 16
 _ROWS = 32  # query rows per forward work item
 _KEYS = 64  # smallest key chunk per backward work item
 _KB = 64  # keys per backward block (their K, V, dK, dV rows stay in L1/L2 while the query rows pass)
@@ -69,12 +78,12 @@ _TB = 64  # query rows per backward block (the contraction length of the dK, dV 
 
 @intrinsic
 def _tile(typingctx, C, ci, ldc, A, ai, a_rs, a_cs, B, bi, ldb, L, add):
-    """One 4 x 16 tile of a product over flat element offsets into the data of C, A and B::
+    """One _R x _W tile of a product over flat element offsets into the data of C, A and B::
 
-        C[ci + i * ldc + j] (+)= sum_{c < L} A[ai + i * a_rs + c * a_cs] * B[bi + c * ldb + j],  i < 4, j < 16
+        C[ci + i * ldc + j] (+)= sum_{c < L} A[ai + i * a_rs + c * a_cs] * B[bi + c * ldb + j],  i < _R, j < _W
 
-    (``+=`` if ``add``, else ``=``). The 4 x 16 sums stay in registers (8 ymm for float32) over the whole
-    contraction: each step loads 16 consecutive B values, broadcasts 4 A values and issues the fused
+    (``+=`` if ``add``, else ``=``). The _R x _W sums stay in registers (16 zmm or 8 ymm for float32) over
+    the whole contraction: each step loads _W consecutive B values, broadcasts _R A values and issues the fused
     multiply-adds, with no horizontal sum. LLVM's loop vectorizer (numba runs no SLP vectorizer) would
     rather vectorize such a loop along the contraction, so the tile is written in vector IR directly.
     Offsets are trusted: the caller pads its scratch so that every access is in bounds.
@@ -177,8 +186,8 @@ def _mask_row(sc, r, n_r, n, mask, b):
 
 @kernel
 def _pack_t(xt, x, b, hk, s_lo, n):
-    """xt (ceil(n / 16), D, 16) = rows s_lo..s_lo+n-1 of x[b, :, hk] (B, S, Hkv, D) transposed in tiles of 16
-    rows, zero padded: xt[j // 16, d, j % 16] = x[b, s_lo + j, hk, d]."""
+    """xt (ceil(n / _W), D, _W) = rows s_lo..s_lo+n-1 of x[b, :, hk] (B, S, Hkv, D) transposed in tiles of _W
+    rows, zero padded: xt[j // _W, d, j % _W] = x[b, s_lo + j, hk, d]."""
     D = x.shape[3]
     for j0 in range(0, n, _W):
         xj = xt[j0 // _W]
@@ -207,7 +216,7 @@ def _pack_rows(xp, x, b, hk, s_lo, n):
 
 @kernel
 def _pack_kv(kt, vp, k, v, lo, hi):
-    """kt[b, hk] = K^T in tiles of 16 keys, vp[b, hk] = V padded to D16, for items bh = b * Hkv + hk in lo..hi-1."""
+    """kt[b, hk] = K^T in tiles of _W keys, vp[b, hk] = V padded to DW, for items bh = b * Hkv + hk in lo..hi-1."""
     S, Hkv = k.shape[1], k.shape[2]
     for bh in range(lo, hi):
         b, hk = bh // Hkv, bh % Hkv
@@ -219,7 +228,7 @@ def _pack_kv(kt, vp, k, v, lo, hi):
 def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
     """Work items lo..hi-1 of _attention_forward: item it = (b * H + h) * nch + c, a chunk of _ROWS query rows."""
     T, H, D = q.shape[1], q.shape[2], q.shape[3]
-    Hkv, S, D16 = vp.shape[1], vp.shape[2], vp.shape[3]
+    Hkv, S, DW = vp.shape[1], vp.shape[2], vp.shape[3]
     G = H // Hkv
     nch = (T + _ROWS - 1) // _ROWS
     for it in range(lo, hi):
@@ -242,7 +251,7 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
         for t in range(t_lo, t_hi):
             qs[t - t_lo] = q[b, t, h]
         sc = np.empty((_R, ld), q.dtype)
-        o = np.empty((_R, D16), q.dtype)
+        o = np.empty((_R, DW), q.dtype)
         m = np.empty(_R, q.dtype)
         lsum = np.empty(_R, q.dtype)
         for t0 in range(t_lo, t_hi, _R):
@@ -253,21 +262,21 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
                     out[b, t, h, :] = 0
                     lse[b, h, t] = -np.inf
                 continue
-            for j0 in range(0, n, _W):  # scores of the 4 rows: sc = q K^T
+            for j0 in range(0, n, _W):  # scores of the _R rows: sc = q K^T
                 _tile(sc, j0, ld, qs, (t0 - t_lo) * D, D, 1, ktb, j0 * D, _W, D, False)
-            n16 = _ceil(n, _W)  # the rows run over whole tiles (no scalar remainder loops); -inf past n
+            nw = _ceil(n, _W)  # the rows run over whole tiles (no scalar remainder loops); -inf past n
             for r in range(_R):
-                _mask_row(sc, r, _key_limit(min(t0 + r, t3), T, S, causal), n16, mask, b)
-                mx = _row_max(sc[r], n16)
+                _mask_row(sc, r, _key_limit(min(t0 + r, t3), T, S, causal), nw, mask, b)
+                mx = _row_max(sc[r], nw)
                 if mx == -np.inf:
                     sc[r, :n] = 0
                     m[r] = -np.inf
                     lsum[r] = 0
                 else:
                     m[r] = scale * mx
-                    lsum[r] = _exp_row(sc[r], n16, scale, m[r])
+                    lsum[r] = _exp_row(sc[r], nw, scale, m[r])
             for d0 in range(0, D, _W):  # o = p V
-                _tile(o, d0, D16, sc, 0, ld, 1, vpb, d0, D16, n, False)
+                _tile(o, d0, DW, sc, 0, ld, 1, vpb, d0, DW, n, False)
             for r in range(t3 - t0 + 1):
                 t = t0 + r
                 if lsum[r] > 0:
@@ -281,14 +290,14 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
 
 
 @kernel(parallel=True)
-def _attention_forward(out, lse, q, k, v, mask, causal, scale):
-    """out (B, T, H, D), lse (B, H, T) = attention of q (B, T, H, D) over k, v (B, S, Hkv, D); mask (B, S)."""
+def _attention_forward(out, lse, q, k, v, mask, causal, scale, kt, vp):
+    """out (B, T, H, D), lse (B, H, T) = attention of q (B, T, H, D) over k, v (B, S, Hkv, D); mask (B, S).
+
+    Scratch (written here): kt (B, Hkv, SW / _W, D, _W) and vp (B, Hkv, S, DW), per (batch, kv head)
+    K^T in tiles of _W keys and V padded to DW, read by every query row of the group.
+    """
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
-    S16, D16 = _ceil(S, _W), _ceil(D, _W)
-    # per (batch, kv head), read by every query row of the group: K^T (keys along rows), V padded to D16
-    kt = np.empty((B, Hkv, S16 // _W, D, _W), q.dtype)
-    vp = np.empty((B, Hkv, S, D16), q.dtype)
     items = B * H * ((T + _ROWS - 1) // _ROWS)
     if B * H * T * S * D <= SERIAL_WORK or items < 2:
         _pack_kv(kt, vp, k, v, 0, B * Hkv)
@@ -322,32 +331,33 @@ def _key_bounds(nj, T, S, causal):
 
 
 @kernel
-def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk, s_lo, s_hi):
-    """g_dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients via keys s_lo..s_hi-1 of kv head hk, batch b.
+def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk, s_lo, s_hi, accumulate):
+    """g_dq (B, T, H, D) += gradients via keys s_lo..s_hi-1 of kv head hk, batch b; dk, dv (B, S, Hkv, D)
+    of those keys += them if ``accumulate``, else = them.
 
-    qp, dop (B, H, T4, D16): q and dout packed per head, zero padded; di (B, H, T4): D_t = dout[t] . out[t].
+    qp, dop (B, H, TR, DW): q and dout packed per head, zero padded; di (B, H, TR): D_t = dout[t] . out[t].
     """
     H, T = lse.shape[1], lse.shape[2]
     D = k.shape[3]
     S, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
-    D16 = qp.shape[3]
+    DW = qp.shape[3]
     nk = s_hi - s_lo
     ld = _ceil(nk, _W)
-    # the block's keys: K^T and V^T (score and dp tiles run along keys), K padded to D16 (dq tiles)
+    # the block's keys: K^T and V^T (score and dp tiles run along keys), K padded to DW (dq tiles)
     kt = np.empty((ld // _W, D, _W), qp.dtype)
     vt = np.empty((ld // _W, D, _W), qp.dtype)
-    kp = np.empty((nk, D16), qp.dtype)
+    kp = np.empty((nk, DW), qp.dtype)
     _pack_t(kt, k, b, hk, s_lo, nk)
     _pack_t(vt, v, b, hk, s_lo, nk)
     _pack_rows(kp, k, b, hk, s_lo, nk)
-    dka = np.zeros((ld, D16), qp.dtype)  # dk, dv of the block's keys, rows padded to whole tiles
-    dva = np.zeros((ld, D16), qp.dtype)
+    dka = np.zeros((ld, DW), qp.dtype)  # dk, dv of the block's keys, rows padded to whole tiles
+    dva = np.zeros((ld, DW), qp.dtype)
     p = np.empty((_TB, ld), qp.dtype)  # probabilities and ds of a row block over the block's keys
     ds = np.empty((_TB, ld), qp.dtype)
-    dqs = np.empty((_R, D16), qp.dtype)
+    dqs = np.empty((_R, DW), qp.dtype)
     t_min = max(0, s_lo - (S - T)) if causal else 0
-    t_min -= t_min % _R  # whole 4-row tiles stay inside the T4 packed rows
+    t_min -= t_min % _R  # whole _R-row tiles stay inside the TR packed rows
     for h in range(hk * G, hk * G + G):
         qs, dos, dih = qp[b, h], dop[b, h], di[b, h]
         for tb in range(t_min, T, _TB):
@@ -358,10 +368,10 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     p[r0:r0 + _R] = 0
                     ds[r0:r0 + _R] = 0
                     continue
-                a0 = (tb + r0) * D16
-                for j0 in range(0, n, _W):  # scores q K^T and dp = dout V^T of the 4 rows
-                    _tile(p, r0 * ld + j0, ld, qs, a0, D16, 1, kt, j0 * D, _W, D, False)
-                    _tile(ds, r0 * ld + j0, ld, dos, a0, D16, 1, vt, j0 * D, _W, D, False)
+                a0 = (tb + r0) * DW
+                for j0 in range(0, n, _W):  # scores q K^T and dp = dout V^T of the _R rows
+                    _tile(p, r0 * ld + j0, ld, qs, a0, DW, 1, kt, j0 * D, _W, D, False)
+                    _tile(ds, r0 * ld + j0, ld, dos, a0, DW, 1, vt, j0 * D, _W, D, False)
                 for r in range(r0, r0 + _R):
                     t = tb + r
                     pr, dr = p[r], ds[r]
@@ -369,10 +379,10 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     if n_r > 0:
                         # p = exp(scale * q.k - lse); ds = p * (dp - D_t), times scale for dq and dk; over whole
                         # tiles (no scalar remainder loops), the columns from n_r are zeroed below
-                        n16 = _ceil(n, _W)
-                        _exp_row(pr, n16, scale, lse[b, h, t])
+                        nw = _ceil(n, _W)
+                        _exp_row(pr, nw, scale, lse[b, h, t])
                         dt = dih[t]
-                        for j in range(n16):
+                        for j in range(nw):
                             dr[j] = scale * pr[j] * (dr[j] - dt)
                         if mask.shape[0] > 0:
                             mb = mask[b]
@@ -383,31 +393,31 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     pr[max(n_r, 0):] = 0
                     dr[max(n_r, 0):] = 0
                 for d0 in range(0, D, _W):  # dq = ds K
-                    _tile(dqs, d0, D16, ds, r0 * ld, ld, 1, kp, d0, D16, n, False)
+                    _tile(dqs, d0, DW, ds, r0 * ld, ld, 1, kp, d0, DW, n, False)
                 for r in range(min(_R, nt - r0)):
                     gr, qr = g_dq[b, tb + r0 + r, h], dqs[r]
                     for d in range(D):
                         gr[d] += qr[d]
-            # dv += p^T dout, dk += ds^T q over the row block, 4 keys by 16 columns per tile
+            # dv += p^T dout, dk += ds^T q over the row block, _R keys by _W columns per tile
             for j0 in range(0, nk, _R):
                 r_lo = max(0, s_lo + j0 - (S - T) - tb) if causal else 0  # rows before r_lo miss these keys
                 if r_lo >= nt:
                     continue
-                b0 = (tb + r_lo) * D16
+                b0 = (tb + r_lo) * DW
                 for d0 in range(0, D, _W):
-                    c0, a0 = j0 * D16 + d0, r_lo * ld + j0
-                    _tile(dva, c0, D16, p, a0, 1, ld, dos, b0 + d0, D16, nt - r_lo, True)
-                    _tile(dka, c0, D16, ds, a0, 1, ld, qs, b0 + d0, D16, nt - r_lo, True)
+                    c0, a0 = j0 * DW + d0, r_lo * ld + j0
+                    _tile(dva, c0, DW, p, a0, 1, ld, dos, b0 + d0, DW, nt - r_lo, True)
+                    _tile(dka, c0, DW, ds, a0, 1, ld, qs, b0 + d0, DW, nt - r_lo, True)
     for j in range(nk):
-        for d in range(D):
-            dk[b, s_lo + j, hk, d] += dka[j, d]
-            dv[b, s_lo + j, hk, d] += dva[j, d]
-
-
-@kernel
-def _zeros(shape, like):
-    """np.zeros(shape) of like's dtype, allocated serially (np.zeros in a parallel kernel is a parfor)."""
-    return np.zeros(shape, like.dtype)
+        dkr, dvr = dk[b, s_lo + j, hk], dv[b, s_lo + j, hk]
+        if accumulate:
+            for d in range(D):
+                dkr[d] += dka[j, d]
+                dvr[d] += dva[j, d]
+        else:
+            for d in range(D):
+                dkr[d] = dka[j, d]
+                dvr[d] = dva[j, d]
 
 
 @kernel
@@ -433,26 +443,35 @@ def _pack_heads(qp, dop, di, q, dout, out, scale, lo, hi):
 
 
 @kernel
-def _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, lo, hi):
-    """Work items lo..hi-1 of _attention_backward: item it = (b * Hkv + hk) * nj + jc, key chunk jc."""
+def _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate, lo, hi):
+    """Work items lo..hi-1 of _attention_backward: item it = (b * Hkv + hk) * nj + jc, key chunk jc.
+
+    The item owns the dk, dv rows of its keys, and its query heads' rows of dq (nj == 1) or of dqp[jc]."""
+    T, H = dq.shape[1], dq.shape[2]
     Hkv = k.shape[2]
+    G = H // Hkv
     nj = bounds.shape[0] - 1
     for it in range(lo, hi):
         b = it // (Hkv * nj)
         hk = (it // nj) % Hkv
         jc = it % nj
         g_dq = dqp[jc] if nj > 1 else dq
+        if nj > 1 or not accumulate:
+            for t in range(T):
+                g_dq[b, t, hk * G:hk * G + G] = 0
         for s_lo in range(bounds[jc], bounds[jc + 1], _KB):
             _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk,
-                           s_lo, min(s_lo + _KB, bounds[jc + 1]))
+                           s_lo, min(s_lo + _KB, bounds[jc + 1]), accumulate)
 
 
 @kernel
-def _add_dq_parts(dq, dqp, lo, hi):
-    """dq[b, t] += sum over the key chunks jc of dqp[jc, b, t], for the rows bt = b * T + t in lo..hi-1."""
+def _add_dq_parts(dq, dqp, accumulate, lo, hi):
+    """dq[b, t] (+)= sum over the key chunks jc of dqp[jc, b, t], for the rows bt = b * T + t in lo..hi-1."""
     T, H, D = dq.shape[1], dq.shape[2], dq.shape[3]
     for bt in range(lo, hi):
         b, t = bt // T, bt % T
+        if not accumulate:
+            dq[b, t] = 0
         for jc in range(dqp.shape[0]):
             for h in range(H):
                 for d in range(D):
@@ -460,32 +479,32 @@ def _add_dq_parts(dq, dqp, lo, hi):
 
 
 @kernel(parallel=True)
-def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, nj):
-    """dq (B, T, H, D), dk, dv (B, S, Hkv, D) += gradients; dout, out (B, T, H, D), lse (B, H, T)."""
+def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, accumulate, qp, dop, di, dqp):
+    """dq (B, T, H, D), dk, dv (B, S, Hkv, D) (+)= gradients; dout, out (B, T, H, D), lse (B, H, T).
+
+    Scratch (written here): qp, dop (B, H, TR, DW) q and dout rows packed per head (the tiles' operands),
+    di (B, H, TR) D_t = dout[t] . out[t], and dqp (nj, B, T, H, D) or (0, ...): the work items (b, kv head,
+    one of nj key chunks) own their dk, dv rows, and with nj > 1 chunks each adds its dq part to dqp[jc].
+    """
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
-    T4, D16 = _ceil(T, _R), _ceil(D, _W)
-    # q and dout rows packed per head (the tiles' operands), and D_t = dout[t] . out[t]
-    qp = np.empty((B, H, T4, D16), q.dtype)
-    dop = np.empty((B, H, T4, D16), q.dtype)
-    di = np.empty((B, H, T4), q.dtype)
-    # work items (b, kv head, one of nj key chunks) own their dk, dv rows; if nj > 1 dq goes to per-chunk dqp
+    nj = max(1, dqp.shape[0])
     bounds = _key_bounds(nj, T, S, causal)
-    dqp = _zeros((nj if nj > 1 else 0, B, T, H, D), q)
     items = B * Hkv * nj
     if B * H * T * S * D <= SERIAL_WORK or items < 2:
         _pack_heads(qp, dop, di, q, dout, out, scale, 0, B * H)
-        _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, 0, items)
+        _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate, 0, items)
         if nj > 1:
-            _add_dq_parts(dq, dqp, 0, B * T)
+            _add_dq_parts(dq, dqp, accumulate, 0, B * T)
     else:
         for bh in prange(B * H):
             _pack_heads(qp, dop, di, q, dout, out, scale, bh, bh + 1)
         for it in prange(items):
-            _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, it, it + 1)
+            _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate,
+                            it, it + 1)
         if nj > 1:
             for bt in prange(B * T):
-                _add_dq_parts(dq, dqp, bt, bt + 1)
+                _add_dq_parts(dq, dqp, accumulate, bt, bt + 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -608,11 +627,61 @@ def _check_attention(causal, key_mask, scale, **arrays):
     return dims, _mask(key_mask, dims), _scale(scale, dims["D"], arrays["q"][0].dtype)
 
 
-def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: float | None = None):
+def _up(n, m):
+    """n rounded up to a multiple of m (plain Python: the wrappers run per call)."""
+    return -(-n // m) * m
+
+
+def _work_shapes(B, T, S, H, Hkv, D, nj):
+    """Shapes of the scratch arrays of :func:`_attention_forward` (kt, vp) and :func:`_attention_backward`
+    (qp, dop, di, dqp)."""
+    SW, TR, DW = _up(S, _W), _up(T, _R), _up(D, _W)
+    forward = ((B, Hkv, SW // _W, D, _W), (B, Hkv, S, DW))
+    backward = ((B, H, TR, DW), (B, H, TR, DW), (B, H, TR), (nj if nj > 1 else 0, B, T, H, D))
+    return forward, backward
+
+
+def _size(shape):
+    return _up(math.prod(shape), _W)  # whole tiles of _W elements per array: each view stays 64-byte aligned
+
+
+def attention_work_size(q_shape, k_shape) -> int:
+    """Elements of the ``work`` scratch array that :func:`attention_forward` and :func:`attention_backward`
+    need for q (B, T, H, D) and k (B, S, Hkv, D) at the current thread count (one array serves both)."""
+    (B, T, H, D), (S, Hkv) = q_shape, k_shape[1:3]
+    return max(sum(_size(s) for s in shapes)
+               for shapes in _work_shapes(B, T, S, H, Hkv, D, backward_chunks(B, Hkv, S)))
+
+
+def _carve(work, shapes, dtype):
+    """Views of ``shapes`` cut one after another from the flat scratch ``work`` (allocated when None)."""
+    need = sum(_size(s) for s in shapes)
+    if work is None:
+        work = _alloc.empty(need, dtype)
+    elif (not isinstance(work, np.ndarray) or work.ndim != 1 or work.dtype != dtype
+          or not work.flags.c_contiguous or not work.flags.writeable or work.size < need):
+        raise ValueError(f"work: expected a writeable C-contiguous 1-D {dtype} array of at least {need} elements "
+                         f"(attention_work_size), got {_describe(work)}")
+    views, at = [], 0
+    for s in shapes:
+        views.append(work[at:at + math.prod(s)].reshape(s))
+        at += _size(s)
+    return views
+
+
+def _describe(a):
+    if not isinstance(a, np.ndarray):
+        return type(a).__name__
+    return f"{a.dtype} array of shape {a.shape}" + ("" if a.flags.c_contiguous else " (not C-contiguous)")
+
+
+def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: float | None = None, work=None):
     """``out = softmax(scale * q k^T) v`` per (batch, head), saving the row log-sum-exp ``lse``.
 
     out, q (B, T, H, D); k, v (B, S, Hkv, D) with H % Hkv == 0; lse (B, H, T). ``causal``: query t
     attends keys s <= t + (S - T). ``key_mask`` (B, S), nonzero = attend. ``scale`` defaults to 1/sqrt(D).
+    ``work``: optional 1-D scratch of :func:`attention_work_size` elements in q's dtype, reused across calls
+    (allocated per call when None).
     """
     dims, mask, scale = _check_attention(
         causal, key_mask, scale,
@@ -621,15 +690,18 @@ def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: flo
     )
     check_writeable(out=out, lse=lse)
     check_disjoint(dict(out=out, lse=lse), dict(q=q, k=k, v=v))
-    _attention_forward(out, lse, q, k, v, mask, bool(causal), scale)
+    if work is not None:
+        check_disjoint(dict(work=work), dict(out=out, lse=lse, q=q, k=k, v=v))
+    shapes, _ = _work_shapes(*(dims[n] for n in ("B", "T", "S", "H", "Hkv", "D")), 1)
+    _attention_forward(out, lse, q, k, v, mask, bool(causal), scale, *_carve(work, shapes, q.dtype))
 
 
 def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_mask=None,
-                       scale: float | None = None):
-    """Accumulate (``+=``) the gradients of :func:`attention_forward` into dq, dk, dv.
+                       scale: float | None = None, accumulate: bool = True, work=None):
+    """Add (``accumulate``, the default) or write the gradients of :func:`attention_forward` into dq, dk, dv.
 
     dq, dout, q, out (B, T, H, D); dk, dv, k, v (B, S, Hkv, D); lse (B, H, T) as saved by the forward
-    with the same ``causal``, ``key_mask`` and ``scale``.
+    with the same ``causal``, ``key_mask`` and ``scale``. ``work`` as in :func:`attention_forward`.
     """
     bthd, bshd = ("B", "T", "H", "D"), ("B", "S", "Hkv", "D")
     dims, mask, scale = _check_attention(
@@ -637,10 +709,16 @@ def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_ma
         q=(q, bthd), k=(k, bshd), v=(v, bshd), out=(out, bthd), lse=(lse, ("B", "H", "T")),
         dout=(dout, bthd), dq=(dq, bthd), dk=(dk, bshd), dv=(dv, bshd),
     )
+    check_bool(accumulate=accumulate)
     check_writeable(dq=dq, dk=dk, dv=dv)
-    check_disjoint(dict(dq=dq, dk=dk, dv=dv), dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse))
-    _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, bool(causal), scale,
-                        backward_chunks(dims["B"], dims["Hkv"], dims["S"]))
+    reads = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
+    check_disjoint(dict(dq=dq, dk=dk, dv=dv), reads)
+    if work is not None:
+        check_disjoint(dict(work=work), dict(dq=dq, dk=dk, dv=dv, **reads))
+    B, S, Hkv = dims["B"], dims["S"], dims["Hkv"]
+    _, shapes = _work_shapes(B, dims["T"], S, dims["H"], Hkv, dims["D"], backward_chunks(B, Hkv, S))
+    _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, bool(causal), scale, bool(accumulate),
+                        *_carve(work, shapes, q.dtype))
 
 
 def attention_decode(out, q, k_cache, v_cache, length: int, key_mask=None, scale: float | None = None):

@@ -132,7 +132,7 @@ class MultiHeadAttention(Layer):
         out = self.buffer("attn", (B, T, self.n_heads, self.head_dim))
         if cache is None:
             lse = self.buffer("lse", (B, self.n_heads, T))
-            A.attention_forward(out, lse, q, k, v, self.causal, key_mask)
+            A.attention_forward(out, lse, q, k, v, self.causal, key_mask, work=self._work(q, k))
             self._saved = (x, q, k, v, out, lse, key_mask)
         else:
             A.kv_cache_write(cache.k, cache.v, k, v, pos)
@@ -144,9 +144,13 @@ class MultiHeadAttention(Layer):
                 ks = np.ascontiguousarray(cache.k[:, :L])
                 vs = np.ascontiguousarray(cache.v[:, :L])
                 lse = self.buffer("lse", (B, self.n_heads, T))
-                A.attention_forward(out, lse, q, ks, vs, self.causal, key_mask)
+                A.attention_forward(out, lse, q, ks, vs, self.causal, key_mask, work=self._work(q, ks))
             self._saved = None
         return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
+
+    def _work(self, q, k):
+        """The attention kernels' scratch, kept across calls (fresh pages each step cost page faults)."""
+        return self.buffer("attn_work", (A.attention_work_size(q.shape, k.shape),))
 
     def forward_decode(self, x, key_mask=None, *, state: DecodeState):
         """:meth:`forward` over ``state``'s KV cache for this layer (positions from ``state.pos``)."""
@@ -161,10 +165,9 @@ class MultiHeadAttention(Layer):
         x, q, k, v, out, lse, key_mask = self._saved
         B, T, _ = x.shape
         dout = self.o_proj.backward(dy).reshape(out.shape)
-        dq = self.buffer("dq", q.shape, zero=True)
-        dk = self.buffer("dk", k.shape, zero=True)
-        dv = self.buffer("dv", v.shape, zero=True)
-        A.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask)
+        dq, dk, dv = self.buffer("dq", q.shape), self.buffer("dk", k.shape), self.buffer("dv", v.shape)
+        A.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask, accumulate=False,
+                             work=self._work(q, k))
         if self.rope is not None:  # the transpose of a rotation: the rotation by the opposite angle, in place
             inter = self.rope == "interleaved"
             R.rope_forward(dq, dq, self.cos, self.neg_sin, 0, inter)
