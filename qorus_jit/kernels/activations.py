@@ -5,6 +5,11 @@ Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers.
 serial ``*_range`` kernel over elements ``lo..hi-1``, called once for up to ``config.SERIAL_WORK``
 elements (no thread launch) and per chunk of ``_CHUNK`` elements in parallel above.
 
+A ``*_range`` kernel first slices its arrays to ``[lo:hi]`` and then counts ``i`` from 0. Indexing with
+``a[i]`` for ``i`` in ``range(lo, hi)`` makes numba handle negative indices (``i + n`` when ``i < 0``),
+and LLVM then vectorizes the loop with gathers and scatters: SwiGLU forward over 1M float32 elements took
+11.8 ns per element that way against 0.80 from 0 (one thread).
+
 The sigmoid is computed from ``exp(-|x|)`` only, so it never overflows (``x = +-100`` or ``+-1e4`` in
 float32 give exact 0/1 limits, no inf or NaN). ``exp``, ``erf`` and ``sigmoid`` come from ``_math``:
 plain arithmetic in float32 that LLVM vectorizes, full-precision library calls in float64.
@@ -12,7 +17,6 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._check import check_real, check_writeable
@@ -26,15 +30,6 @@ from ._math import sigmoid as _sigmoid
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
 
 
-_BLOCK = 512  # elements whose terms a backward kernel computes into a local buffer before accumulating
-
-
-@kernel
-def _add_block(dst, t, c, m):
-    """dst[c:c + m] += t[:m]. Backward kernels compute their terms into ``t`` first: with ``+=`` in the same
-    loop as exp/erf/sigmoid, LLVM left the loop scalar (measured 3-6x slower than the forward kernels)."""
-    for j in range(m):
-        dst[c + j] += t[j]
 
 _SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -46,7 +41,8 @@ _GELU_C = 0.044715
 def _relu_forward_range(out, x, lo, hi):
     """_relu_forward on elements lo..hi-1."""
     zero = out.dtype.type(0.0)
-    for i in range(lo, hi):
+    out, x = out[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
         v = x[i]
         out[i] = zero if v < zero else v
 
@@ -66,12 +62,9 @@ def _relu_forward(out, x):
 def _relu_backward_range(dx, dout, x, lo, hi):
     """_relu_backward on elements lo..hi-1."""
     zero = dx.dtype.type(0.0)
-    t = np.empty(_BLOCK, dx.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            t[j] = dout[c + j] if x[c + j] > zero else zero
-        _add_block(dx, t, c, m)
+    dx, dout, x = dx[lo:hi], dout[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
+        dx[i] += dout[i] if x[i] > zero else zero
 
 
 @kernel(parallel=True)
@@ -89,7 +82,8 @@ def _relu_backward(dx, dout, x):
 def _gelu_forward_range(out, x, lo, hi):
     """_gelu_forward on elements lo..hi-1."""
     T = out.dtype.type
-    for i in range(lo, hi):
+    out, x = out[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
         v = x[i]
         out[i] = T(0.5) * v * (T(1.0) + _erf(v * T(_SQRT1_2)))
 
@@ -109,15 +103,12 @@ def _gelu_forward(out, x):
 def _gelu_backward_range(dx, dout, x, lo, hi):
     """_gelu_backward on elements lo..hi-1."""
     T = dx.dtype.type
-    t = np.empty(_BLOCK, dx.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            v = x[c + j]
-            cdf = T(0.5) * (T(1.0) + _erf(v * T(_SQRT1_2)))
-            pdf = T(_INV_SQRT_2PI) * _exp(T(-0.5) * v * v)
-            t[j] = dout[c + j] * (cdf + v * pdf)
-        _add_block(dx, t, c, m)
+    dx, dout, x = dx[lo:hi], dout[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
+        v = x[i]
+        cdf = T(0.5) * (T(1.0) + _erf(v * T(_SQRT1_2)))
+        pdf = T(_INV_SQRT_2PI) * _exp(T(-0.5) * v * v)
+        dx[i] += dout[i] * (cdf + v * pdf)
 
 
 @kernel(parallel=True)
@@ -135,7 +126,8 @@ def _gelu_backward(dx, dout, x):
 def _gelu_tanh_forward_range(out, x, lo, hi):
     """_gelu_tanh_forward on elements lo..hi-1."""
     T = out.dtype.type
-    for i in range(lo, hi):
+    out, x = out[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
         v = x[i]
         u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
         out[i] = v * _sigmoid(u2)
@@ -156,16 +148,13 @@ def _gelu_tanh_forward(out, x):
 def _gelu_tanh_backward_range(dx, dout, x, lo, hi):
     """_gelu_tanh_backward on elements lo..hi-1."""
     T = dx.dtype.type
-    t = np.empty(_BLOCK, dx.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            v = x[c + j]
-            u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
-            s = _sigmoid(u2)
-            du2 = T(2.0 * _SQRT_2_PI) * (T(1.0) + T(3.0 * _GELU_C) * v * v)
-            t[j] = dout[c + j] * (s + v * (s * (T(1.0) - s)) * du2)
-        _add_block(dx, t, c, m)
+    dx, dout, x = dx[lo:hi], dout[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
+        v = x[i]
+        u2 = T(2.0 * _SQRT_2_PI) * v * (T(1.0) + T(_GELU_C) * v * v)
+        s = _sigmoid(u2)
+        du2 = T(2.0 * _SQRT_2_PI) * (T(1.0) + T(3.0 * _GELU_C) * v * v)
+        dx[i] += dout[i] * (s + v * (s * (T(1.0) - s)) * du2)
 
 
 @kernel(parallel=True)
@@ -182,7 +171,8 @@ def _gelu_tanh_backward(dx, dout, x):
 @kernel
 def _swish_forward_range(out, x, beta, lo, hi):
     """_swish_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, x = out[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
         v = x[i]
         out[i] = v * _sigmoid(beta * v)
 
@@ -202,14 +192,11 @@ def _swish_forward(out, x, beta):
 def _swish_backward_range(dx, dout, x, beta, lo, hi):
     """_swish_backward on elements lo..hi-1."""
     one = dx.dtype.type(1.0)
-    t = np.empty(_BLOCK, dx.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            v = x[c + j]
-            s = _sigmoid(beta * v)
-            t[j] = dout[c + j] * s * (one + beta * v * (one - s))
-        _add_block(dx, t, c, m)
+    dx, dout, x = dx[lo:hi], dout[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
+        v = x[i]
+        s = _sigmoid(beta * v)
+        dx[i] += dout[i] * s * (one + beta * v * (one - s))
 
 
 @kernel(parallel=True)
@@ -226,7 +213,8 @@ def _swish_backward(dx, dout, x, beta):
 @kernel
 def _silu_forward_range(out, x, lo, hi):
     """_silu_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, x = out[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
         v = x[i]
         out[i] = v * _sigmoid(v)
 
@@ -246,14 +234,11 @@ def _silu_forward(out, x):
 def _silu_backward_range(dx, dout, x, lo, hi):
     """_silu_backward on elements lo..hi-1."""
     one = dx.dtype.type(1.0)
-    t = np.empty(_BLOCK, dx.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            v = x[c + j]
-            s = _sigmoid(v)
-            t[j] = dout[c + j] * s * (one + v * (one - s))
-        _add_block(dx, t, c, m)
+    dx, dout, x = dx[lo:hi], dout[lo:hi], x[lo:hi]
+    for i in range(hi - lo):
+        v = x[i]
+        s = _sigmoid(v)
+        dx[i] += dout[i] * s * (one + v * (one - s))
 
 
 @kernel(parallel=True)
@@ -270,7 +255,8 @@ def _silu_backward(dx, dout, x):
 @kernel
 def _swiglu_forward_range(out, a, b, lo, hi):
     """_swiglu_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, a, b = out[lo:hi], a[lo:hi], b[lo:hi]
+    for i in range(hi - lo):
         v = a[i]
         out[i] = v * _sigmoid(v) * b[i]
 
@@ -288,24 +274,20 @@ def _swiglu_forward(out, a, b):
 
 @kernel
 def _swiglu_backward_range(da, db, dout, a, b, add, lo, hi):
-    """_swiglu_backward_into on elements lo..hi-1 (terms into local blocks first, see _add_block)."""
+    """_swiglu_backward_into on elements lo..hi-1."""
     one = da.dtype.type(1.0)
-    ta = np.empty(_BLOCK, da.dtype)
-    tb = np.empty(_BLOCK, da.dtype)
-    for c in range(lo, hi, _BLOCK):
-        m = min(hi, c + _BLOCK) - c
-        for j in range(m):
-            v = a[c + j]
-            s = _sigmoid(v)
-            g = dout[c + j]
-            ta[j] = g * b[c + j] * s * (one + v * (one - s))
-            tb[j] = g * v * s
+    da, db, dout, a, b = da[lo:hi], db[lo:hi], dout[lo:hi], a[lo:hi], b[lo:hi]
+    for i in range(hi - lo):
+        v = a[i]
+        s = _sigmoid(v)
+        g = dout[i]
+        ga = g * b[i] * s * (one + v * (one - s))
+        gb = g * v * s
         if add:
-            _add_block(da, ta, c, m)
-            _add_block(db, tb, c, m)
-        else:
-            da[c:c + m] = ta[:m]
-            db[c:c + m] = tb[:m]
+            ga += da[i]
+            gb += db[i]
+        da[i] = ga
+        db[i] = gb
 
 
 @kernel(parallel=True)

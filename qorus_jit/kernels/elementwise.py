@@ -21,7 +21,8 @@ _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run 
 @kernel
 def _add_forward_range(out, a, b, lo, hi):
     """_add_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, a, b = out[lo:hi], a[lo:hi], b[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         out[i] = a[i] + b[i]
 
 
@@ -39,7 +40,8 @@ def _add_forward(out, a, b):
 @kernel
 def _add_backward_range(da, db, dout, lo, hi):
     """_add_backward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    da, db, dout = da[lo:hi], db[lo:hi], dout[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         da[i] += dout[i]
         db[i] += dout[i]
 
@@ -58,7 +60,8 @@ def _add_backward(da, db, dout):
 @kernel
 def _mul_forward_range(out, a, b, lo, hi):
     """_mul_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, a, b = out[lo:hi], a[lo:hi], b[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         out[i] = a[i] * b[i]
 
 
@@ -76,7 +79,8 @@ def _mul_forward(out, a, b):
 @kernel
 def _mul_backward_range(da, db, dout, a, b, lo, hi):
     """_mul_backward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    da, db, dout, a, b = da[lo:hi], db[lo:hi], dout[lo:hi], a[lo:hi], b[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         g = dout[i]
         da[i] += g * b[i]
         db[i] += g * a[i]
@@ -96,7 +100,8 @@ def _mul_backward(da, db, dout, a, b):
 @kernel
 def _scale_forward_range(out, a, s, lo, hi):
     """_scale_forward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    out, a = out[lo:hi], a[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         out[i] = s * a[i]
 
 
@@ -114,7 +119,8 @@ def _scale_forward(out, a, s):
 @kernel
 def _scale_backward_range(da, dout, s, lo, hi):
     """_scale_backward on elements lo..hi-1."""
-    for i in range(lo, hi):
+    da, dout = da[lo:hi], dout[lo:hi]  # from 0: see kernels/activations.py
+    for i in range(hi - lo):
         da[i] += s * dout[i]
 
 

@@ -49,8 +49,9 @@ def _row_sumexp(x, m):
     s = 0.0
     for j0 in range(0, V, _BLOCK):
         b = x.dtype.type(0.0)
-        for j in range(j0, min(j0 + _BLOCK, V)):
-            b += _exp(x[j] - m)
+        xb = x[j0:min(j0 + _BLOCK, V)]  # indices from 0 vectorize (see kernels/activations.py)
+        for j in range(xb.shape[0]):
+            b += _exp(xb[j] - m)
         s += b
     return s
 
@@ -118,9 +119,10 @@ def _exp_row(d, x, m):
     s = 0.0
     for j0 in range(0, V, _BLOCK):
         b = x.dtype.type(0.0)
-        for j in range(j0, min(j0 + _BLOCK, V)):
-            e = _exp(x[j] - m)
-            d[j] = e
+        xb, db = x[j0:min(j0 + _BLOCK, V)], d[j0:min(j0 + _BLOCK, V)]  # indices from 0 (kernels/activations.py)
+        for j in range(xb.shape[0]):
+            e = _exp(xb[j] - m)
+            db[j] = e
             b += e
         s += b
     return s
