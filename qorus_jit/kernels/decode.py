@@ -71,13 +71,14 @@ def _rmsnorm_vec(out, x, weight, eps):
 def _rope_half_head(x, cos, sin, p, o, D):
     """Rotate-half RoPE in place at position p for the head x[o:o + D]; cos, sin (T_max, D/2)."""
     half = D // 2
+    x0s, x1s, cp, sp = x[o:o + half], x[o + half:o + D], cos[p], sin[p]  # views: indices from 0 vectorize
     for i in range(half):
-        c = cos[p, i]
-        s = sin[p, i]
-        x0 = x[o + i]
-        x1 = x[o + i + half]
-        x[o + i] = x0 * c - x1 * s
-        x[o + i + half] = x0 * s + x1 * c
+        c = cp[i]
+        s = sp[i]
+        x0 = x0s[i]
+        x1 = x1s[i]
+        x0s[i] = x0 * c - x1 * s
+        x1s[i] = x0 * s + x1 * c
 
 
 @kernel
@@ -88,9 +89,8 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
     _rope_half_head(k, cos, sin, pos, o, D)
     for hh in range(hk * G, hk * G + G):
         _rope_half_head(q, cos, sin, pos, hh * D, D)
-    for d in range(D):
-        k_cache[pos, hk, d] = k[o + d]
-        v_cache[pos, hk, d] = v[o + d]
+    k_cache[pos, hk] = k[o:o + D]
+    v_cache[pos, hk] = v[o:o + D]
 
 
 @kernel
@@ -108,27 +108,30 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
     """att[hh*D:(hh+1)*D] = softmax(q_hh k^T * scale) v over cache rows 0..L-1 of kv head hk; q, att (H*D,),
     k_cache, v_cache (T_max, Hkv, D); scores (H, T_max) scratch."""
     D = k_cache.shape[2]
-    qo = hh * D
+    # views, so that every index counts from 0: an index like q[qo + d] makes numba handle negative
+    # indices and LLVM vectorize with gathers (see kernels/activations.py)
+    qh, ah, sc = q[hh * D:hh * D + D], att[hh * D:hh * D + D], scores[hh]
     m = -np.inf
     for j in range(L):
+        kr = k_cache[j, hk]
         a = q.dtype.type(0)
         for d in range(D):
-            a += q[qo + d] * k_cache[j, hk, d]
+            a += qh[d] * kr[d]
         a *= scale
-        scores[hh, j] = a
+        sc[j] = a
         m = max(m, a)
     total = q.dtype.type(0)
     for j in range(L):
-        e = exp(scores[hh, j] - m)
-        scores[hh, j] = e
+        e = exp(sc[j] - m)
+        sc[j] = e
         total += e
     inv = 1 / total
-    for d in range(D):
-        att[qo + d] = 0
+    ah[:] = 0
     for j in range(L):
-        p = scores[hh, j] * inv
+        p = sc[j] * inv
+        vr = v_cache[j, hk]
         for d in range(D):
-            att[qo + d] += p * v_cache[j, hk, d]
+            ah[d] += p * vr[d]
 
 
 @kernel(parallel=True)
@@ -173,8 +176,9 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     for c in prange((C + _ROWS - 1) // _ROWS):
         lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
         _matvec_rows(h, wo, att, lo, hi)
-        for i in range(lo, hi):
-            x[i] += h[i]
+        xs, hs = x[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += hs[i]
     # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x)
     _rmsnorm_vec(h, x, mlp_norm, eps)
     F = w_gate.shape[0]
@@ -182,10 +186,12 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
         lo, hi = c * _ROWS, min(F, (c + 1) * _ROWS)
         _matvec_rows(g, w_gate, h, lo, hi)
         _matvec_rows(u, w_up, h, lo, hi)
-        for i in range(lo, hi):
-            g[i] = g[i] / (1 + exp(-g[i])) * u[i]
+        gs, us = g[lo:hi], u[lo:hi]
+        for i in range(hi - lo):
+            gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
     for c in prange((C + _ROWS - 1) // _ROWS):
         lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
         _matvec_rows(h, w_down, g, lo, hi)
-        for i in range(lo, hi):
-            x[i] += h[i]
+        xs, hs = x[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += hs[i]
