@@ -43,10 +43,10 @@ def _embedding_forward(out, ids, weight):
 def _embedding_backward_cols(dweight, dout, ids, j0, j1):
     """_embedding_backward on columns j0..j1-1: all rows of dout in order."""
     for n in range(dout.shape[0]):
-        row = ids[n]
-        # out[n, j] = weight[ids[n], j]
-        for j in range(j0, j1):
-            dweight[row, j] += dout[n, j]
+        # out[n, j] = weight[ids[n], j]; row views count from 0 and vectorize (see kernels/activations.py)
+        dw, g = dweight[ids[n], j0:j1], dout[n, j0:j1]
+        for j in range(j1 - j0):
+            dw[j] += g[j]
 
 
 @kernel(parallel=True)
