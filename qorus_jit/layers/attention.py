@@ -149,7 +149,7 @@ class MultiHeadAttention(Layer):
         return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
 
     def _work(self, q, k):
-        """The attention kernels' scratch, kept across calls (fresh pages each step cost page faults)."""
+        """The attention kernels' scratch, kept across calls so that a training step allocates none."""
         return self.buffer("attn_work", (A.attention_work_size(q.shape, k.shape),))
 
     def forward_decode(self, x, key_mask=None, *, state: DecodeState):
