@@ -322,3 +322,45 @@ def test_bad_inputs_raise():
         K.kv_cache_write(kc, vc, k, v, -1)
     with pytest.raises(ValueError, match="k: expected shape"):
         K.kv_cache_write(kc, vc, np.zeros((2, 5, 3, 4), f32), v, 0)
+
+
+
+def test_other_register_tile_agrees(tmp_path):
+    """The register tile this CPU does not use (4 x 16 on AVX-512, 8 x 32 elsewhere) gives the same results:
+    a copy of the module with the other shape, loaded from its own file (so that numba caches it apart: the
+    cache does not record module constants)."""
+    import importlib.util
+    from pathlib import Path
+
+    src = Path(K.__file__).read_text()
+    flag = '_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))'
+    assert flag in src
+    src = src.replace(flag, f"_AVX512 = {not K._AVX512}")
+    for rel, absolute in (("from .. import _alloc", "from qorus_jit import _alloc"),
+                          ("from .._check import", "from qorus_jit._check import"),
+                          ("from ..config import", "from qorus_jit.config import"),
+                          ("from ._math import", "from qorus_jit.kernels._math import")):
+        assert rel in src
+        src = src.replace(rel, absolute)
+    path = tmp_path / "attention_other_tile.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("attention_other_tile", path)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    assert (other._R, other._W) != (K._R, K._W)
+    rng = np.random.default_rng(21)
+    for B, T, S, H, Hkv, D, causal, masked in [(2, 37, 37, 4, 2, 32, True, True), (1, 70, 70, 2, 1, 24, False, False),
+                                               (2, 9, 45, 6, 3, 8, True, True), (1, 150, 150, 2, 2, 40, True, False)]:
+        q, k, v, mask = _inputs(rng, B, T, S, H, Hkv, D, masked)
+        g = rand(rng, *q.shape)
+        got = []
+        for m in (other, K):
+            out, lse = np.empty_like(q), np.empty((B, H, T), np.float32)
+            m.attention_forward(out, lse, q, k, v, causal, mask)
+            dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+            m.attention_backward(dq, dk, dv, g, q, k, v, out, lse, causal, mask)
+            got.append((out, lse, dq, dk, dv))
+        want, _ = naive.attention(q, k, v, causal, mask)
+        assert_close(got[0][0], want, rtol=1e-5, atol=1e-5)
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *got, strict=True):
+            assert_close(a, b, rtol=1e-5, atol=1e-5, what=name)
