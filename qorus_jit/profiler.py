@@ -87,6 +87,17 @@ def _merge_name(name: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name)
 
 
+
+def _count(rec, dt, dk, top):
+    """Add one call of ``dt`` seconds (``dk`` of them in kernels) to a frame record [calls, total, kernels,
+    top-level total, top-level kernels]; ``top``: the call had no enclosing frame."""
+    rec[0] += 1
+    rec[1] += dt
+    rec[2] += dk
+    if top:
+        rec[3] += dt
+        rec[4] += dk
+
 class _KernelModule(types.ModuleType):
     """Stands for a kernel module in a layer module's namespace: attributes that are kernels come back
     as the profiler's timing wrappers, everything else unchanged."""
@@ -221,14 +232,8 @@ class Profile:
             try:
                 return fn(*args, **kwargs)
             finally:
-                dt, dk = perf_counter() - t0, prof._kernel_s - k0
                 stack.pop()
-                rec[0] += 1
-                rec[1] += dt
-                rec[2] += dk
-                if top:
-                    rec[3] += dt
-                    rec[4] += dk
+                _count(rec, perf_counter() - t0, prof._kernel_s - k0, top)
 
         timed.__name__ = timed.__qualname__ = getattr(fn, "__name__", "timed")
         timed.__wrapped__ = fn
@@ -370,14 +375,8 @@ class Profile:
         try:
             yield
         finally:
-            dt, dk = time.perf_counter() - t0, self._kernel_s - k0
             self._stack.pop()
-            rec[0] += 1
-            rec[1] += dt
-            rec[2] += dk
-            if top:
-                rec[3] += dt
-                rec[4] += dk
+            _count(rec, time.perf_counter() - t0, self._kernel_s - k0, top)
 
     # -- results -------------------------------------------------------------------------------------
 
