@@ -149,14 +149,18 @@ def test_backward_writes_and_reuses_scratch(T):
             assert_close(a, d, rtol=1e-12, atol=1e-12)
 
 
-def test_work_must_be_large_enough():
+def test_work_is_checked():
     rng = np.random.default_rng(17)
     q, k, v, _ = _inputs(rng, 1, 5, 5, 2, 1, 4, False, np.float32)
     out, lse = np.empty_like(q), np.empty((1, 2, 5), np.float32)
-    with pytest.raises(ValueError, match="work: expected .* at least"):
+    with pytest.raises(ValueError, match="work: expected at least"):
         K.attention_forward(out, lse, q, k, v, True, work=np.empty(3, np.float32))
-    with pytest.raises(ValueError, match="work: expected .*float32"):
+    with pytest.raises(TypeError, match="work: expected .*float32"):
         K.attention_forward(out, lse, q, k, v, True, work=np.empty(10_000, np.float64))
+    with pytest.raises(ValueError, match="work: expected a C-contiguous"):
+        K.attention_forward(out, lse, q, k, v, True, work=np.empty(20_000, np.float32)[::2])
+    with pytest.raises(ValueError, match="out: expected a buffer that does not overlap work"):
+        K.attention_forward(out, lse, q, k, v, True, work=out.reshape(-1))
 
 
 @pytest.mark.parametrize("T", [150, 10])  # parallel and serial (B * H * T * S * D <= config.SERIAL_WORK)

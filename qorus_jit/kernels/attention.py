@@ -621,7 +621,7 @@ def _mask(key_mask, dims):
 
 
 def _check_attention(causal, key_mask, scale, **arrays):
-    dims = check_arrays(**arrays)
+    dims = check_arrays(optional=("work",), **arrays)
     _check_heads(dims, "k")
     check_bool(causal=causal)
     return dims, _mask(key_mask, dims), _scale(scale, dims["D"], arrays["q"][0].dtype)
@@ -654,25 +654,18 @@ def attention_work_size(q_shape, k_shape) -> int:
 
 
 def _carve(work, shapes, dtype):
-    """Views of ``shapes`` cut one after another from the flat scratch ``work`` (allocated when None)."""
+    """Views of ``shapes`` cut one after another from the flat scratch ``work`` (allocated when None; checked
+    as an array by the caller)."""
     need = sum(_size(s) for s in shapes)
     if work is None:
         work = _alloc.empty(need, dtype)
-    elif (not isinstance(work, np.ndarray) or work.ndim != 1 or work.dtype != dtype
-          or not work.flags.c_contiguous or not work.flags.writeable or work.size < need):
-        raise ValueError(f"work: expected a writeable C-contiguous 1-D {dtype} array of at least {need} elements "
-                         f"(attention_work_size), got {_describe(work)}")
+    elif work.size < need:
+        raise ValueError(f"work: expected at least {need} elements (attention_work_size), got {work.size}")
     views, at = [], 0
     for s in shapes:
         views.append(work[at:at + math.prod(s)].reshape(s))
         at += _size(s)
     return views
-
-
-def _describe(a):
-    if not isinstance(a, np.ndarray):
-        return type(a).__name__
-    return f"{a.dtype} array of shape {a.shape}" + ("" if a.flags.c_contiguous else " (not C-contiguous)")
 
 
 def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: float | None = None, work=None):
@@ -686,12 +679,10 @@ def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: flo
     dims, mask, scale = _check_attention(
         causal, key_mask, scale,
         q=(q, ("B", "T", "H", "D")), k=(k, ("B", "S", "Hkv", "D")), v=(v, ("B", "S", "Hkv", "D")),
-        out=(out, ("B", "T", "H", "D")), lse=(lse, ("B", "H", "T")),
+        out=(out, ("B", "T", "H", "D")), lse=(lse, ("B", "H", "T")), work=(work, ("W",)),
     )
-    check_writeable(out=out, lse=lse)
-    check_disjoint(dict(out=out, lse=lse), dict(q=q, k=k, v=v))
-    if work is not None:
-        check_disjoint(dict(work=work), dict(out=out, lse=lse, q=q, k=k, v=v))
+    check_writeable(out=out, lse=lse, work=work)
+    check_disjoint(dict(out=out, lse=lse, work=work), dict(q=q, k=k, v=v))
     shapes, _ = _work_shapes(*(dims[n] for n in ("B", "T", "S", "H", "Hkv", "D")), 1)
     _attention_forward(out, lse, q, k, v, mask, bool(causal), scale, *_carve(work, shapes, q.dtype))
 
@@ -707,14 +698,11 @@ def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_ma
     dims, mask, scale = _check_attention(
         causal, key_mask, scale,
         q=(q, bthd), k=(k, bshd), v=(v, bshd), out=(out, bthd), lse=(lse, ("B", "H", "T")),
-        dout=(dout, bthd), dq=(dq, bthd), dk=(dk, bshd), dv=(dv, bshd),
+        dout=(dout, bthd), dq=(dq, bthd), dk=(dk, bshd), dv=(dv, bshd), work=(work, ("W",)),
     )
     check_bool(accumulate=accumulate)
-    check_writeable(dq=dq, dk=dk, dv=dv)
-    reads = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
-    check_disjoint(dict(dq=dq, dk=dk, dv=dv), reads)
-    if work is not None:
-        check_disjoint(dict(work=work), dict(dq=dq, dk=dk, dv=dv, **reads))
+    check_writeable(dq=dq, dk=dk, dv=dv, work=work)
+    check_disjoint(dict(dq=dq, dk=dk, dv=dv, work=work), dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse))
     B, S, Hkv = dims["B"], dims["S"], dims["Hkv"]
     _, shapes = _work_shapes(B, dims["T"], S, dims["H"], Hkv, dims["D"], backward_chunks(B, Hkv, S))
     _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, bool(causal), scale, bool(accumulate),
