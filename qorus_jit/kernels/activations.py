@@ -29,8 +29,6 @@ from ._math import sigmoid as _sigmoid
 
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
 
-
-
 _SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
 _SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
