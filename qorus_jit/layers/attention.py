@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._check import check_positive
+from ..config import get_num_threads
 from ..kernels import attention as A
 from ..kernels import rope as R
 from .base import Layer, check_input
@@ -96,6 +97,7 @@ class MultiHeadAttention(Layer):
             self.cos, self.sin = R.rope_cache(max_seq_len, D, rope_theta)
             self.neg_sin = -self.sin
         self._saved = None
+        self._work_size = (None, 0)  # ((q shape, k shape, threads), elements of the attention scratch)
 
     def _project(self, x, pos):
         """q (B, T, H, D), k, v (B, T, Hkv, D) for positions pos .. pos + T - 1 (RoPE applied in place)."""
@@ -149,8 +151,12 @@ class MultiHeadAttention(Layer):
         return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
 
     def _work(self, q, k):
-        """The attention kernels' scratch, kept across calls so that a training step allocates none."""
-        return self.buffer("attn_work", (A.attention_work_size(q.shape, k.shape),))
+        """The attention kernels' scratch, kept across calls so that a training step allocates none (its
+        size depends on the shapes and the thread count)."""
+        key = (q.shape, k.shape, get_num_threads())
+        if self._work_size[0] != key:
+            self._work_size = (key, A.attention_work_size(q.shape, k.shape))
+        return self.buffer("attn_work", (self._work_size[1],))
 
     def forward_decode(self, x, key_mask=None, *, state: DecodeState):
         """:meth:`forward` over ``state``'s KV cache for this layer (positions from ``state.pos``)."""
