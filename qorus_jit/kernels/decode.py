@@ -1,4 +1,4 @@
-"""Single-token decoding kernels: a matrix-vector product, and a whole pre-norm Llama block for one token.
+"""Single-token decoding kernels: a matrix-vector product, a whole pre-norm Llama block, and a whole Llama.
 
 Decoding one token reads every weight once and does little arithmetic per byte, so its speed is set by
 memory bandwidth and by per-call overhead. ``_llama_block_decode`` runs a whole block (RMSNorm, q/k/v
@@ -7,7 +7,8 @@ residual, RMSNorm, SwiGLU MLP, residual) in one call of four parallel regions in
 kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append and attention (a head
 needs no other head's rows; with fewer kv heads than threads, two regions: the projections by rows, then
 attention by query head), the output projection, gate and up, the down projection. Layers validate once and call these
-kernels directly (:class:`~qorus_jit.layers.TransformerBlock` for batch 1 and one new token).
+kernels directly (:class:`~qorus_jit.layers.TransformerBlock` for batch 1 and one new token;
+:class:`~qorus_jit.models.Llama` calls ``_llama_decode`` for its whole token).
 """
 
 from __future__ import annotations
@@ -106,32 +107,57 @@ def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk
 @kernel
 def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
     """att[hh*D:(hh+1)*D] = softmax(q_hh k^T * scale) v over cache rows 0..L-1 of kv head hk; q, att (H*D,),
-    k_cache, v_cache (T_max, Hkv, D); scores (H, T_max) scratch."""
+    k_cache, v_cache (T_max, Hkv, D); scores (H, T_max) scratch. Four cache rows per step, as in
+    :func:`_matvec_rows`: four independent sums hide the latency of each one's reduction (and of each
+    update of ``att``)."""
     D = k_cache.shape[2]
     # views, so that every index counts from 0: an index like q[qo + d] makes numba handle negative
     # indices and LLVM vectorize with gathers (see kernels/activations.py)
     qh, ah, sc = q[hh * D:hh * D + D], att[hh * D:hh * D + D], scores[hh]
-    m = -np.inf
-    for j in range(L):
+    zero = q.dtype.type(0)
+    j = 0
+    while j + 4 <= L:
+        k0, k1, k2, k3 = k_cache[j, hk], k_cache[j + 1, hk], k_cache[j + 2, hk], k_cache[j + 3, hk]
+        a0 = a1 = a2 = a3 = zero
+        for d in range(D):
+            qd = qh[d]
+            a0 += qd * k0[d]
+            a1 += qd * k1[d]
+            a2 += qd * k2[d]
+            a3 += qd * k3[d]
+        sc[j], sc[j + 1], sc[j + 2], sc[j + 3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+        j += 4
+    while j < L:
         kr = k_cache[j, hk]
-        a = q.dtype.type(0)
+        a = zero
         for d in range(D):
             a += qh[d] * kr[d]
-        a *= scale
-        sc[j] = a
-        m = max(m, a)
-    total = q.dtype.type(0)
+        sc[j] = a * scale
+        j += 1
+    s = sc[:L]
+    m = -np.inf
     for j in range(L):
-        e = exp(sc[j] - m)
-        sc[j] = e
+        m = max(m, s[j])
+    total = zero
+    for j in range(L):
+        e = exp(s[j] - m)
+        s[j] = e
         total += e
     inv = 1 / total
     ah[:] = 0
-    for j in range(L):
-        p = sc[j] * inv
+    j = 0
+    while j + 4 <= L:
+        v0, v1, v2, v3 = v_cache[j, hk], v_cache[j + 1, hk], v_cache[j + 2, hk], v_cache[j + 3, hk]
+        p0, p1, p2, p3 = s[j] * inv, s[j + 1] * inv, s[j + 2] * inv, s[j + 3] * inv
+        for d in range(D):
+            ah[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
+        j += 4
+    while j < L:
+        p = s[j] * inv
         vr = v_cache[j, hk]
         for d in range(D):
             ah[d] += p * vr[d]
+        j += 1
 
 
 @kernel(parallel=True)
@@ -195,3 +221,22 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
         xs, hs = x[lo:hi], h[lo:hi]
         for i in range(hi - lo):
             xs[i] += hs[i]
+
+
+@kernel
+def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache,
+                  pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, by_kv_head, norm_w, norm_eps, head_w):
+    """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
+    embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``.
+
+    The per-block arguments of :func:`_llama_block_decode` come as tuples with one entry per block (weights,
+    caches, ``cos``, ``sin``) and ``eps (n_layers,)``; scratch and ``scale`` are shared by the blocks.
+    embed (V0, C), head_w (V, C), norm_w (C,). One call instead of a Python call per layer saves about
+    0.1 ms a token (see docs/design.md, "Decoding one token")."""
+    x[:] = embed[tok]
+    for i in range(len(wq)):
+        _llama_block_decode(x, attn_norm[i], wq[i], wk[i], wv[i], wo[i], mlp_norm[i], w_gate[i], w_up[i], w_down[i],
+                            k_cache[i], v_cache[i], pos, cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u,
+                            by_kv_head)
+    _rmsnorm_vec(h, x, norm_w, norm_eps)
+    _matvec(logits, head_w, h)
