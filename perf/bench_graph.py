@@ -66,8 +66,8 @@ class Straight:
             _rmsnorm_forward(self.xn[i], self.r1[i], self.h[i], p[w + "input_layernorm.weight"], eps)
             for t, name in ((self.q[i], "q_proj"), (self.k[i], "k_proj"), (self.v[i], "v_proj")):
                 _linear_forward(t.reshape(N, -1), self.xn[i], p[w + f"self_attn.{name}.weight"], None)
-            R._rope_forward(self.q[i], self.q[i], self.cos, self.sin, 0, False)
-            R._rope_forward(self.k[i], self.k[i], self.cos, self.sin, 0, False)
+            R._rope_forward(self.q[i], self.cos, self.sin, 0, False)
+            R._rope_forward(self.k[i], self.cos, self.sin, 0, False)
             A.attention_forward(self.att[i], self.lse[i], self.q[i], self.k[i], self.v[i], True)
             _linear_forward(self.tmp, self.att[i].reshape(N, -1), p[w + "self_attn.o_proj.weight"], None)
             np.add(self.h[i], self.tmp, out=self.h2[i])

@@ -9,7 +9,8 @@ Two pairings:
 - ``interleaved=False``: rotate-half, as Hugging Face Llama: pair ``i`` is ``(x[i], x[i + D/2])``.
 - ``interleaved=True``: llama2.c / Meta: pair ``i`` is ``(x[2i], x[2i + 1])``.
 
-Forward may run in place (``out is x``); backward accumulates the rotation by ``-angle``. Up to
+Forward may run in place (``out is x``; the kernel always does: a separate ``out`` is first a copy of ``x``);
+backward accumulates the rotation by ``-angle``. Up to
 ``config.SERIAL_WORK`` elements (or a single token) run on the calling thread, without a thread launch.
 """
 
@@ -45,43 +46,44 @@ def _rope_tables(cos, sin, theta):
 
 
 @kernel
-def _rope_forward_rows(out, x, cos, sin, pos, interleaved, lo, hi):
-    """_rope_forward on the (batch, token) rows bt = b * T + t in lo..hi-1."""
+def _rope_rows(x, cos, sin, pos, interleaved, lo, hi):
+    """x rotated in place, for the (batch, token) rows bt = b * T + t in lo..hi-1 (position pos + t).
+
+    Each pair's two values are loaded before either is stored, through views that count from 0 (see
+    docs/design.md, "Loops must count from 0"), so LLVM vectorizes the pairs. In place only: with a separate
+    output, LLVM could not prove the output and the input distinct or equal and kept the scalar loop."""
     T, H, D = x.shape[1], x.shape[2], x.shape[3]
     half = D // 2
     for bt in range(lo, hi):
         b = bt // T
         t = bt % T
-        p = pos + t
+        cp, sp = cos[pos + t], sin[pos + t]
         for h in range(H):
+            xr = x[b, t, h]
             if interleaved:
+                e0, e1 = xr[0::2], xr[1::2]
                 for i in range(half):
-                    c = cos[p, i]
-                    s = sin[p, i]
-                    x0 = x[b, t, h, 2 * i]
-                    x1 = x[b, t, h, 2 * i + 1]
-                    out[b, t, h, 2 * i] = x0 * c - x1 * s
-                    out[b, t, h, 2 * i + 1] = x0 * s + x1 * c
+                    c, s, x0, x1 = cp[i], sp[i], e0[i], e1[i]
+                    e0[i] = x0 * c - x1 * s
+                    e1[i] = x0 * s + x1 * c
             else:
+                h0, h1 = xr[:half], xr[half:]
                 for i in range(half):
-                    c = cos[p, i]
-                    s = sin[p, i]
-                    x0 = x[b, t, h, i]
-                    x1 = x[b, t, h, i + half]
-                    out[b, t, h, i] = x0 * c - x1 * s
-                    out[b, t, h, i + half] = x0 * s + x1 * c
+                    c, s, x0, x1 = cp[i], sp[i], h0[i], h1[i]
+                    h0[i] = x0 * c - x1 * s
+                    h1[i] = x0 * s + x1 * c
 
 
 @kernel(parallel=True)
-def _rope_forward(out, x, cos, sin, pos, interleaved):
-    """out (B, T, H, D) = x (B, T, H, D) rotated at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
+def _rope_forward(x, cos, sin, pos, interleaved):
+    """x (B, T, H, D) rotated in place at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
     BT = x.shape[0] * x.shape[1]
     if x.size <= SERIAL_WORK or BT < 2:
-        _rope_forward_rows(out, x, cos, sin, pos, interleaved, 0, BT)
+        _rope_rows(x, cos, sin, pos, interleaved, 0, BT)
     else:
         per, nc = row_chunks(BT)
         for c in prange(nc):
-            _rope_forward_rows(out, x, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
+            _rope_rows(x, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
 
 
 @kernel
@@ -166,7 +168,9 @@ def rope_forward(out, x, cos, sin, pos: int = 0, interleaved: bool = False):
     _check_rope("x", x, cos, sin, pos, interleaved, out=out)
     check_writeable(out=out)
     check_inplace_or_disjoint("out", out, "x", x)
-    _rope_forward(out, x, cos, sin, int(pos), bool(interleaved))
+    if out is not x:
+        np.copyto(out, x)
+    _rope_forward(out, cos, sin, int(pos), bool(interleaved))
 
 
 def rope_backward(dx, dout, cos, sin, pos: int = 0, interleaved: bool = False):
