@@ -175,8 +175,7 @@ def _key_limit(t, T, S, causal):
 @kernel
 def _mask_row(sc, r, n_r, n, mask, b):
     """sc[r, j] = -inf for the keys j in [n_r, n) beyond the causal limit and where mask[b, j] == 0."""
-    for j in range(max(n_r, 0), n):
-        sc[r, j] = -np.inf
+    sc[r, max(n_r, 0):n] = -np.inf  # a slice assignment: a loop from n_r would vectorize with scatters
     if mask.shape[0] > 0:
         mb = mask[b]
         for j in range(min(n_r, n)):
