@@ -39,7 +39,7 @@ class Block:
     def backward(self, dx, dy, x):
         dh = np.zeros_like(self.h)
         _linear_backward(dh, self.dw, self.db, dy, self.h, self.w)
-        _rmsnorm_backward(dx, self.dg, dh, x, self.g, self.rstd)
+        _rmsnorm_backward(dx, self.dg, dh, x, self.g, self.rstd, dx)
 
 
 def main(mode: str) -> None:

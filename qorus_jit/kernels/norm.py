@@ -71,9 +71,10 @@ def _rmsnorm_forward(out, rstd, x, weight, eps):
 
 
 @kernel
-def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, lo, hi):
+def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, base, lo, hi):
     """_rmsnorm_backward on rows lo..hi-1, their dweight terms summed into dw (C,)."""
     C = x.shape[1]
+    add = base.shape[0] != 0
     for i in range(lo, hi):
         r = rstd[i]
         # out[j] = x[j] * r * w[j], r = (mean(x^2) + eps)^(-1/2), dr/dx[j] = -r^3 x[j] / C
@@ -81,23 +82,29 @@ def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, lo, hi):
         for j in range(C):
             dot += dout[i, j] * weight[j] * x[i, j]
         k = dx.dtype.type(dot * r * r * r / C)
-        for j in range(C):
-            dx[i, j] += r * dout[i, j] * weight[j] - k * x[i, j]
-            dw[j] += dout[i, j] * x[i, j] * r
+        if add:
+            for j in range(C):
+                dx[i, j] = base[i, j] + r * dout[i, j] * weight[j] - k * x[i, j]
+                dw[j] += dout[i, j] * x[i, j] * r
+        else:
+            for j in range(C):
+                dx[i, j] = r * dout[i, j] * weight[j] - k * x[i, j]
+                dw[j] += dout[i, j] * x[i, j] * r
 
 
 @kernel(parallel=True)
-def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
-    """dx (N, C) +=, dweight (C,) += grads of out = x * rstd * weight; dout, x (N, C), rstd (N,)."""
+def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd, base):
+    """dx (N, C) = base + the input gradient, dweight (C,) += its gradient, of out = x * rstd * weight;
+    dout, x (N, C), rstd (N,). base (N, C), which may be dx itself (accumulate), or (0, C): dx = the gradient."""
     N, C = x.shape
     rows, n_chunks = row_chunks(N)
     dw_part = _partials(n_chunks, C, dweight)
     if N * C <= SERIAL_WORK or n_chunks < 2:
         for c in range(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, c * rows, min(N, (c + 1) * rows))
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, base, c * rows, min(N, (c + 1) * rows))
     else:
         for c in prange(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, c * rows, min(N, (c + 1) * rows))
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, base, c * rows, min(N, (c + 1) * rows))
     _add_column_sums(dweight, dw_part)
 
 
@@ -139,10 +146,11 @@ def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
 
 
 @kernel
-def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, lo, hi):
+def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, base, lo, hi):
     """_layernorm_backward on rows lo..hi-1, their dweight and dbias terms summed into dw, db (C,) (db (0,): none)."""
     C = x.shape[1]
     has_bias = db.shape[0] != 0
+    add = base.shape[0] != 0
     for i in range(lo, hi):
         m = mean[i]
         r = rstd[i]
@@ -156,29 +164,36 @@ def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, lo, hi):
             sgx += g * (x[i, j] - m) * r
         mg = dx.dtype.type(sg / C)
         mgx = dx.dtype.type(sgx / C)
-        for j in range(C):
-            xhat = (x[i, j] - m) * r
-            dx[i, j] += r * (dout[i, j] * weight[j] - mg - xhat * mgx)
-            dw[j] += dout[i, j] * xhat
+        if add:
+            for j in range(C):
+                xhat = (x[i, j] - m) * r
+                dx[i, j] = base[i, j] + r * (dout[i, j] * weight[j] - mg - xhat * mgx)
+                dw[j] += dout[i, j] * xhat
+        else:
+            for j in range(C):
+                xhat = (x[i, j] - m) * r
+                dx[i, j] = r * (dout[i, j] * weight[j] - mg - xhat * mgx)
+                dw[j] += dout[i, j] * xhat
         if has_bias:
             for j in range(C):
                 db[j] += dout[i, j]
 
 
 @kernel(parallel=True)
-def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
-    """dx (N, C), dweight (C,), dbias (C,) or (0,) for none: += grads of LayerNorm; dout, x (N, C)."""
+def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, base):
+    """dx (N, C) = base + the input gradient (base as in _rmsnorm_backward), dweight (C,), dbias (C,) or (0,)
+    for none += theirs, of LayerNorm; dout, x (N, C)."""
     N, C = x.shape
     rows, n_chunks = row_chunks(N)
     dw_part = _partials(n_chunks, C, dweight)
     db_part = _partials(n_chunks, dbias.shape[0], dweight)  # (n_chunks, 0) without bias
     if N * C <= SERIAL_WORK or n_chunks < 2:
         for c in range(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, c * rows,
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, base, c * rows,
                                      min(N, (c + 1) * rows))
     else:
         for c in prange(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, c * rows,
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, base, c * rows,
                                      min(N, (c + 1) * rows))
     _add_column_sums(dweight, dw_part)
     _add_column_sums(dbias, db_part)
@@ -219,7 +234,7 @@ def rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
                  weight=(weight, ("C",)), rstd=(rstd, ss))
     check_writeable(dx=dx, dweight=dweight)
     check_disjoint({"dx": dx, "dweight": dweight}, {"dout": dout, "x": x, "weight": weight, "rstd": rstd})
-    _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1))
+    _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1), _as_rows(dx))
 
 
 def layernorm_forward(out, mean, rstd, x, weight, bias, eps: float = 1e-5):
@@ -250,4 +265,4 @@ def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
                    {"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd})
     db = np.empty(0, x.dtype) if dbias is None else dbias
     _layernorm_backward(_as_rows(dx), dweight, db, _as_rows(dout), _as_rows(x), weight,
-                        mean.reshape(-1), rstd.reshape(-1))
+                        mean.reshape(-1), rstd.reshape(-1), _as_rows(dx))

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._check import flat_views
 from ..config import get_num_threads
 from ..kernels.decode import _llama_block_decode
+from ..kernels.elementwise import _add_forward
 from .attention import KVCache, MultiHeadAttention
 from .base import Layer, check_input
 from .feedforward import FeedForward
 from .norm import LayerNorm, RMSNorm
+
+
+def _add(out, a, b) -> None:
+    """out = a + b over arrays of one shape (the residual connections), on the kernel threads."""
+    _add_forward(*flat_views(out, a, b))
 
 
 class TransformerBlock(Layer):
@@ -54,13 +61,13 @@ class TransformerBlock(Layer):
         """``key_mask`` and ``cache`` as in :meth:`MultiHeadAttention.forward`."""
         if self.prenorm:
             h, y = self.buffer("h", x.shape), self.buffer("y", x.shape)
-            np.add(x, self.self_attn.forward(self.input_layernorm.forward(x), key_mask, cache), out=h)
-            np.add(h, self.mlp.forward(self.post_attention_layernorm.forward(h)), out=y)
+            _add(h, x, self.self_attn.forward(self.input_layernorm.forward(x), key_mask, cache))
+            _add(y, h, self.mlp.forward(self.post_attention_layernorm.forward(h)))
             return y
         s1, s2 = self.buffer("s1", x.shape), self.buffer("s2", x.shape)  # the norms keep their inputs
-        np.add(x, self.self_attn.forward(x, key_mask, cache), out=s1)
+        _add(s1, x, self.self_attn.forward(x, key_mask, cache))
         h = self.input_layernorm.forward(s1)
-        np.add(h, self.mlp.forward(h), out=s2)
+        _add(s2, h, self.mlp.forward(h))
         return self.post_attention_layernorm.forward(s2)
 
     def forward_decode(self, x, key_mask=None, *, state):
@@ -117,14 +124,11 @@ class TransformerBlock(Layer):
     def backward(self, dy):
         dh = self.buffer("dh", dy.shape)
         dx = self.buffer("dx", dy.shape)
-        if self.prenorm:  # residual gradients: the norms add into a copy of the gradient that skips them
-            np.copyto(dh, dy)
-            self.post_attention_layernorm.backward(self.mlp.backward(dy), out=dh, accumulate=True)
-            np.copyto(dx, dh)
-            self.input_layernorm.backward(self.self_attn.backward(dh), out=dx, accumulate=True)
-            return dx
+        if self.prenorm:  # each norm's input gradient plus the residual's, which skips it, in one pass
+            self.post_attention_layernorm.backward(self.mlp.backward(dy), out=dh, residual=dy)
+            return self.input_layernorm.backward(self.self_attn.backward(dh), out=dx, residual=dh)
         ds = self.post_attention_layernorm.backward(dy)
-        np.add(ds, self.mlp.backward(ds), out=dh)
+        _add(dh, ds, self.mlp.backward(ds))
         ds = self.input_layernorm.backward(dh)
-        np.add(ds, self.self_attn.backward(ds), out=dx)
+        _add(dx, ds, self.self_attn.backward(ds))
         return dx

@@ -29,12 +29,20 @@ class _Norm(Layer):
             raise ValueError(f"dy: expected shape {self._x.shape}, got {dy.shape}")
         return self._x.reshape(-1, self.dim), dy.reshape(-1, self.dim)
 
-    def _dx(self, out, accumulate: bool, dy):
-        """The input gradient's buffer, ready for the kernels to add into (they accumulate)."""
-        dx = input_grad_buffer(self, out, self._x.shape, dy=dy, x=self._x)
-        if not accumulate:
-            dx.fill(0)
-        return dx
+    def _dx(self, out, accumulate: bool, residual, dy):
+        """The input gradient's buffer and what the kernels add the gradient to: the buffer itself
+        (``accumulate``), ``residual``, or nothing (an empty ``(0, dim)`` base)."""
+        reads = {"dy": dy, "x": self._x}
+        if residual is not None:
+            if accumulate:
+                raise ValueError("residual: cannot be combined with accumulate=True")
+            check_input("residual", residual, self.dim)
+            if residual.shape != self._x.shape:
+                raise ValueError(f"residual: expected shape {self._x.shape}, got {residual.shape}")
+            reads["residual"] = residual
+        dx = input_grad_buffer(self, out, self._x.shape, **reads)
+        base = dx if accumulate else residual if residual is not None else np.empty((0, self.dim), np.float32)
+        return dx, base.reshape(-1, self.dim)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -60,13 +68,15 @@ class LayerNorm(_Norm):
         self._x = x
         return y
 
-    def backward(self, dy, out=None, accumulate: bool = False):
-        """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`.
+        ``residual`` (the input's shape) is added to ``dx`` in the same pass: the gradient of a residual
+        connection around the norm."""
         x2, dy2 = self._saved(dy)
-        dx = self._dx(out, accumulate, dy)
+        dx, base = self._dx(out, accumulate, residual, dy)
         db = self._grads.get("bias", np.empty(0, np.float32))
         _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
-                            self._buffers["mean"], self._buffers["rstd"])
+                            self._buffers["mean"], self._buffers["rstd"], base)
         return dx
 
 
@@ -84,10 +94,10 @@ class RMSNorm(_Norm):
         self._x = x
         return y
 
-    def backward(self, dy, out=None, accumulate: bool = False):
-        """``dx`` into a buffer, or into (or added to, if ``accumulate``) ``out``; as :meth:`Linear.backward`."""
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """As :meth:`LayerNorm.backward`."""
         x2, dy2 = self._saved(dy)
-        dx = self._dx(out, accumulate, dy)
+        dx, base = self._dx(out, accumulate, residual, dy)
         _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
-                          self._buffers["rstd"])
+                          self._buffers["rstd"], base)
         return dx

@@ -101,6 +101,27 @@ def test_backward_into_out_writes_or_accumulates(make):
         layer.backward(dy, out=x)
 
 
+@pytest.mark.parametrize("make", [lambda: RMSNorm(4), lambda: LayerNorm(4)], ids=["rmsnorm", "layernorm"])
+def test_norm_backward_adds_a_residual_gradient_in_the_same_pass(make):
+    """backward(dy, residual=r) is dx + r (into a buffer or out), as the pre-norm blocks use it."""
+    rng = np.random.default_rng(8)
+    layer = make()
+    x = rand(rng, 2, 5, 4)
+    dy = rand(rng, *layer.forward(x).shape)
+    dx = layer.backward(dy).copy()
+    r = rand(rng, *x.shape)
+    np.testing.assert_allclose(layer.backward(dy, residual=r), dx + r, rtol=1e-5, atol=1e-6)
+    out = rand(rng, *x.shape)
+    assert layer.backward(dy, out=out, residual=r) is out
+    np.testing.assert_allclose(out, dx + r, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="residual: cannot be combined with accumulate"):
+        layer.backward(dy, out=out, accumulate=True, residual=r)
+    with pytest.raises(ValueError, match=r"residual: expected shape \(2, 5, 4\)"):
+        layer.backward(dy, residual=r[0])
+    with pytest.raises(ValueError, match="out: expected a buffer that does not overlap residual"):
+        layer.backward(dy, out=r, residual=r)
+
+
 def test_parameters_names_counts_and_load():
     layer = Linear(4, 3)
     assert list(layer.parameters()) == ["weight", "bias"] == list(layer.gradients())
