@@ -71,7 +71,7 @@ def _rmsnorm_forward(out, rstd, x, weight, eps):
 
 
 @kernel
-def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, base, lo, hi):
+def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, accumulate, base, lo, hi):
     """_rmsnorm_backward on rows lo..hi-1, their dweight terms summed into dw (C,)."""
     C = x.shape[1]
     add = base.shape[0] != 0
@@ -82,7 +82,11 @@ def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, base, lo, hi):
         for j in range(C):
             dot += dout[i, j] * weight[j] * x[i, j]
         k = dx.dtype.type(dot * r * r * r / C)
-        if add:
+        if accumulate:  # its own loop: dx[i, j] = dx[i, j] + ... through base would not vectorize (see _rope_rows)
+            for j in range(C):
+                dx[i, j] += r * dout[i, j] * weight[j] - k * x[i, j]
+                dw[j] += dout[i, j] * x[i, j] * r
+        elif add:
             for j in range(C):
                 dx[i, j] = base[i, j] + r * dout[i, j] * weight[j] - k * x[i, j]
                 dw[j] += dout[i, j] * x[i, j] * r
@@ -93,18 +97,20 @@ def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, base, lo, hi):
 
 
 @kernel(parallel=True)
-def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd, base):
-    """dx (N, C) = base + the input gradient, dweight (C,) += its gradient, of out = x * rstd * weight;
-    dout, x (N, C), rstd (N,). base (N, C), which may be dx itself (accumulate), or (0, C): dx = the gradient."""
+def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd, accumulate, base):
+    """dx (N, C) (+)= the input gradient, plus base (N, C) unless base is (0, C); dweight (C,) += its
+    gradient; of out = x * rstd * weight; dout, x (N, C), rstd (N,). base is not read when accumulating."""
     N, C = x.shape
     rows, n_chunks = row_chunks(N)
     dw_part = _partials(n_chunks, C, dweight)
     if N * C <= SERIAL_WORK or n_chunks < 2:
         for c in range(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, base, c * rows, min(N, (c + 1) * rows))
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, accumulate, base, c * rows,
+                                   min(N, (c + 1) * rows))
     else:
         for c in prange(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, base, c * rows, min(N, (c + 1) * rows))
+            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, accumulate, base, c * rows,
+                                   min(N, (c + 1) * rows))
     _add_column_sums(dweight, dw_part)
 
 
@@ -146,7 +152,7 @@ def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
 
 
 @kernel
-def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, base, lo, hi):
+def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, accumulate, base, lo, hi):
     """_layernorm_backward on rows lo..hi-1, their dweight and dbias terms summed into dw, db (C,) (db (0,): none)."""
     C = x.shape[1]
     has_bias = db.shape[0] != 0
@@ -164,7 +170,12 @@ def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, base, lo, 
             sgx += g * (x[i, j] - m) * r
         mg = dx.dtype.type(sg / C)
         mgx = dx.dtype.type(sgx / C)
-        if add:
+        if accumulate:
+            for j in range(C):
+                xhat = (x[i, j] - m) * r
+                dx[i, j] += r * (dout[i, j] * weight[j] - mg - xhat * mgx)
+                dw[j] += dout[i, j] * xhat
+        elif add:
             for j in range(C):
                 xhat = (x[i, j] - m) * r
                 dx[i, j] = base[i, j] + r * (dout[i, j] * weight[j] - mg - xhat * mgx)
@@ -180,8 +191,8 @@ def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, base, lo, 
 
 
 @kernel(parallel=True)
-def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, base):
-    """dx (N, C) = base + the input gradient (base as in _rmsnorm_backward), dweight (C,), dbias (C,) or (0,)
+def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, accumulate, base):
+    """dx (N, C) (+)= the input gradient plus base (as in _rmsnorm_backward), dweight (C,), dbias (C,) or (0,)
     for none += theirs, of LayerNorm; dout, x (N, C)."""
     N, C = x.shape
     rows, n_chunks = row_chunks(N)
@@ -189,12 +200,12 @@ def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, base):
     db_part = _partials(n_chunks, dbias.shape[0], dweight)  # (n_chunks, 0) without bias
     if N * C <= SERIAL_WORK or n_chunks < 2:
         for c in range(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, base, c * rows,
-                                     min(N, (c + 1) * rows))
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, accumulate, base,
+                                     c * rows, min(N, (c + 1) * rows))
     else:
         for c in prange(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, base, c * rows,
-                                     min(N, (c + 1) * rows))
+            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, accumulate, base,
+                                     c * rows, min(N, (c + 1) * rows))
     _add_column_sums(dweight, dw_part)
     _add_column_sums(dbias, db_part)
 
@@ -234,7 +245,8 @@ def rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
                  weight=(weight, ("C",)), rstd=(rstd, ss))
     check_writeable(dx=dx, dweight=dweight)
     check_disjoint({"dx": dx, "dweight": dweight}, {"dout": dout, "x": x, "weight": weight, "rstd": rstd})
-    _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1), _as_rows(dx))
+    _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1), True,
+                      np.empty((0, 0), x.dtype))
 
 
 def layernorm_forward(out, mean, rstd, x, weight, bias, eps: float = 1e-5):
@@ -265,4 +277,4 @@ def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
                    {"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd})
     db = np.empty(0, x.dtype) if dbias is None else dbias
     _layernorm_backward(_as_rows(dx), dweight, db, _as_rows(dout), _as_rows(x), weight,
-                        mean.reshape(-1), rstd.reshape(-1), _as_rows(dx))
+                        mean.reshape(-1), rstd.reshape(-1), True, np.empty((0, 0), x.dtype))

@@ -30,8 +30,7 @@ class _Norm(Layer):
         return self._x.reshape(-1, self.dim), dy.reshape(-1, self.dim)
 
     def _dx(self, out, accumulate: bool, residual, dy):
-        """The input gradient's buffer and what the kernels add the gradient to: the buffer itself
-        (``accumulate``), ``residual``, or nothing (an empty ``(0, dim)`` base)."""
+        """The input gradient's buffer and the kernels' base: ``residual`` as rows, or an empty ``(0, dim)``."""
         reads = {"dy": dy, "x": self._x}
         if residual is not None:
             if accumulate:
@@ -41,7 +40,7 @@ class _Norm(Layer):
                 raise ValueError(f"residual: expected shape {self._x.shape}, got {residual.shape}")
             reads["residual"] = residual
         dx = input_grad_buffer(self, out, self._x.shape, **reads)
-        base = dx if accumulate else residual if residual is not None else np.empty((0, self.dim), np.float32)
+        base = np.empty((0, self.dim), np.float32) if residual is None else residual
         return dx, base.reshape(-1, self.dim)
 
     def extra_repr(self) -> str:
@@ -76,7 +75,7 @@ class LayerNorm(_Norm):
         dx, base = self._dx(out, accumulate, residual, dy)
         db = self._grads.get("bias", np.empty(0, np.float32))
         _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
-                            self._buffers["mean"], self._buffers["rstd"], base)
+                            self._buffers["mean"], self._buffers["rstd"], accumulate, base)
         return dx
 
 
@@ -99,5 +98,5 @@ class RMSNorm(_Norm):
         x2, dy2 = self._saved(dy)
         dx, base = self._dx(out, accumulate, residual, dy)
         _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
-                          self._buffers["rstd"], base)
+                          self._buffers["rstd"], accumulate, base)
         return dx
