@@ -328,7 +328,6 @@ def test_bad_inputs_raise():
         K.kv_cache_write(kc, vc, np.zeros((2, 5, 3, 4), f32), v, 0)
 
 
-
 def test_other_register_tile_agrees(tmp_path):
     """The register tile this CPU does not use (4 x 16 on AVX-512, 8 x 32 elsewhere) gives the same results:
     a copy of the module with the other shape, loaded from its own file (so that numba caches it apart: the
