@@ -32,8 +32,8 @@ def info(as_json):
     click.echo(f"  cpu:        {c['model']} (LLVM target {c['llvm_target']})")
     click.echo(f"  simd:       {' '.join(c['simd']) or 'none'}")
     for lib in data["blas"]:
-        click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} "
-                   f"({lib['architecture']}, {lib['threads']} threads)")
+        where = ", ".join(str(v) for v in (lib["architecture"], f"{lib['threads']} threads") if v is not None)
+        click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} ({where})")
     click.echo(f"  cache:      {data['numba_cache']}")
     click.echo(f"  fastmath:   {' '.join(data['fastmath'])}")
 

@@ -23,7 +23,7 @@ def _cpu_model() -> str:
 
 
 def _blas_libraries() -> list[dict]:
-    """BLAS libraries loaded: NumPy's (``@``, and the kernels' BLAS route unless a fallback is in use)."""
+    """BLAS libraries loaded: NumPy's (``@``, and the kernels' BLAS route when that is OpenBLAS) and MKL."""
     from threadpoolctl import threadpool_info
 
     from qorus_jit.kernels._blas import BLAS_SOURCE
@@ -34,8 +34,12 @@ def _blas_libraries() -> list[dict]:
             continue
         path = lib.get("filepath", "")
         folder = Path(path).parent.name
-        used_by = ("numpy (@) and qorus kernels" if BLAS_SOURCE == "numpy's OpenBLAS" else "numpy (@)") if (
-            "numpy" in folder) else "scipy" if "scipy" in folder else "other"
+        if "numpy" in folder:
+            used_by = "numpy (@) and qorus kernels" if BLAS_SOURCE == "numpy's OpenBLAS" else "numpy (@)"
+        elif lib.get("internal_api") == "mkl" and BLAS_SOURCE == "Intel MKL":
+            used_by = "qorus kernels"
+        else:
+            used_by = "scipy" if "scipy" in folder else "other"
         rows.append({"used_by": used_by, "library": lib.get("internal_api"), "version": lib.get("version"),
                      "threads": lib.get("num_threads"), "architecture": lib.get("architecture"),
                      "path": path})

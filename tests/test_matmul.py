@@ -343,3 +343,61 @@ def test_blas_fallback_gemm_matches_numpy():
             fn(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.5,
                c.ctypes.data, N)
             np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
+_BLAS_CHECK = """
+import numpy as np
+from qorus_jit.kernels import _blas
+from qorus_jit.kernels.matmul import linear_backward, linear_forward
+
+rng = np.random.default_rng(0)
+worst = 0.0
+for dtype in (np.float32, np.float64):
+    x, w, b, dy = (rng.standard_normal(s).astype(dtype) for s in ((37, 29), (23, 29), (23,), (37, 23)))
+    y = np.empty((37, 23), dtype)
+    linear_forward(y, x, w, b)
+    dx, dw, db = np.ones((37, 29), dtype), np.ones((23, 29), dtype), np.ones(23, dtype)
+    linear_backward(dx, dw, db, dy, x, w)  # adds: dx += dy @ w, dw += dy.T @ x (beta = 1 paths)
+    x, w, b, dy = (a.astype(np.float64) for a in (x, w, b, dy))
+    for got, want in ((y, x @ w.T + b), (dx, 1 + dy @ w), (dw, 1 + dy.T @ x), (db, 1 + dy.sum(0))):
+        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+print(_blas.BLAS_SOURCE, "|", worst)
+"""
+
+
+def _blas_mkl_installed():
+    import sys
+    from pathlib import Path
+
+    return any(Path(p, "lib").glob("libmkl_rt.so*") for p in {sys.prefix, sys.base_prefix})
+
+
+@pytest.mark.parametrize("choice, source", [("openblas", "numpy's OpenBLAS"), ("mkl", "Intel MKL"),
+                                            ("auto", None)])
+def test_blas_choice_computes_the_products(choice, source):
+    """QORUS_BLAS picks the kernels' BLAS in a fresh process; each computes linear forward and backward (with
+    beta = 1 accumulation) as float64 NumPy does. ``auto`` takes MKL exactly when its wheel is installed."""
+    import os
+    import subprocess
+    import sys
+
+    if choice == "mkl" and not _blas_mkl_installed():
+        pytest.skip('the mkl extra is not installed (pip install "qorus-jit[mkl]")')
+    if source is None:
+        source = "Intel MKL" if _blas_mkl_installed() else "numpy's OpenBLAS"
+    out = subprocess.run([sys.executable, "-c", _BLAS_CHECK], env={**os.environ, "QORUS_BLAS": choice},
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    got_source, worst = out.split(" | ")
+    assert got_source == source
+    assert float(worst) < 1e-5
+
+
+def test_blas_choice_rejects_unknown_names():
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import qorus_jit"], env={**os.environ, "QORUS_BLAS": "cuda"},
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "QORUS_BLAS: expected 'auto', 'mkl' or 'openblas', got 'cuda'" in out.stderr
