@@ -2,9 +2,10 @@
 
 Every product has two routes, chosen by the public functions' ``route=`` keyword:
 
-- ``"blas"`` (default of linear and matmul): NumPy's own OpenBLAS ``sgemm``/``dgemm`` (``_blas.py``), called
-  from numba by ``_gemm_blas`` with ``beta = 1`` where backward accumulates, so nothing is allocated. A transposed
-  operand is passed as an F-contiguous view (``weight.T``), which BLAS reads as transposed, no copy.
+- ``"blas"`` (default of linear and matmul): ``sgemm``/``dgemm`` of Intel MKL when the ``mkl`` extra is
+  installed, else of NumPy's own OpenBLAS (``_blas.py``, ``QORUS_BLAS``), called from numba by ``_gemm_blas``
+  with ``beta = 1`` where backward accumulates, so nothing is allocated. A transposed operand is passed as an
+  F-contiguous view (``weight.T``), which BLAS reads as transposed, no copy.
 - ``"numba"`` (default of bmm): pure numba. For K >= 128, ``_gemm_nt`` computes ``c = a @ bt.T`` with
   both operands contiguous along K: each 4x3 tile of ``c`` keeps 12 accumulators that LLVM vectorizes
   along K (one ``vfmadd`` on ymm registers each) and reduces once per K block. For smaller K,
