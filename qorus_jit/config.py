@@ -82,6 +82,11 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+def max_threads() -> int:
+    """The most threads :func:`set_num_threads` accepts (``numba.config.NUMBA_NUM_THREADS``)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def set_num_threads(n: int) -> None:
     """Set the thread count of numba's parallel kernels and of BLAS together.
 

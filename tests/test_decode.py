@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from qorus_jit.config import get_num_threads, max_threads, set_num_threads
 from qorus_jit.kernels.decode import _matvec
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig
@@ -18,19 +19,26 @@ def test_matvec_matches_numpy(n, k):
     np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_fused_block_decode_equals_the_layers_one_by_one(n_kv_heads):
-    block = TransformerBlock(32, 4, 48, n_kv_heads, norm_eps=1e-5, max_seq_len=16, rng=3)
+@pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
+def test_fused_block_decode_equals_the_layers_one_by_one(n_kv_heads, threads, hidden):
+    """With as many kv heads as threads, each kv head's region also applies its columns of the output
+    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours)."""
+    block = TransformerBlock(32, 4, hidden, n_kv_heads, norm_eps=1e-5, max_seq_len=16, rng=3)
     for p in block.parameters().values():  # norms away from 1 so that their weights matter
         p += np.random.default_rng(4).normal(0, 0.1, p.shape).astype(np.float32)
     xs = np.random.default_rng(5).standard_normal((12, 1, 1, 32)).astype(np.float32)
     fused, plain = DecodeState(1, 16), DecodeState(1, 16)
-    for t, x in enumerate(xs):
-        got = block.forward_decode(x, state=fused).copy()
-        want = block.forward(x, None, plain.cache_for(block.self_attn)).copy()
-        fused.advance(1)
-        plain.advance(1)
-        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
+    before = get_num_threads()
+    set_num_threads(min(threads, max_threads()))
+    try:
+        for t, x in enumerate(xs):
+            got = block.forward_decode(x, state=fused).copy()
+            want = block.forward(x, None, plain.cache_for(block.self_attn)).copy()
+            fused.advance(1)
+            plain.advance(1)
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
+    finally:
+        set_num_threads(before)
     cf, cp = fused.cache_for(block.self_attn), plain.cache_for(block.self_attn)
     np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
     np.testing.assert_allclose(cf.v[:, :12], cp.v[:, :12], atol=1e-6)

@@ -3,10 +3,11 @@
 Decoding one token reads every weight once and does little arithmetic per byte, so its speed is set by
 memory bandwidth and by per-call overhead. ``_llama_block_decode`` runs a whole block (RMSNorm, q/k/v
 projections, rotate-half RoPE, KV-cache append, grouped-query attention over the cache, output projection,
-residual, RMSNorm, SwiGLU MLP, residual) in one call of four parallel regions instead of about fifteen
-kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append and attention (a head
-needs no other head's rows; with fewer kv heads than threads, two regions: the projections by rows, then
-attention by query head), the output projection, gate and up, the down projection. Layers validate once and call these
+residual, RMSNorm, SwiGLU MLP, residual) in one call of two parallel regions instead of about fifteen
+kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append, attention and its part of
+the output projection (a head needs no other head's rows; with fewer kv heads than threads, three regions:
+the projections by rows, attention by query head, the output projection by rows), and one per slice of
+the hidden units for gate, up and their part of the down projection. Layers validate once and call these
 kernels directly (:class:`~qorus_jit.layers.TransformerBlock` for batch 1 and one new token;
 :class:`~qorus_jit.models.Llama` calls ``_llama_decode`` for its whole token).
 """
@@ -46,6 +47,42 @@ def _matvec_rows(out, w, x, lo, hi):
             s += w[i, k] * x[k]
         out[i] = s
         i += 1
+
+
+@kernel
+def _matvec_cols(out, w, x, c0, c1):
+    """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,); four rows share each load of x."""
+    N = w.shape[0]
+    zero = x.dtype.type(0)
+    n = c1 - c0
+    i = 0
+    while i + 4 <= N:
+        r0, r1, r2, r3 = w[i, c0:c1], w[i + 1, c0:c1], w[i + 2, c0:c1], w[i + 3, c0:c1]
+        s0 = s1 = s2 = s3 = zero
+        for k in range(n):
+            xk = x[k]
+            s0 += r0[k] * xk
+            s1 += r1[k] * xk
+            s2 += r2[k] * xk
+            s3 += r3[k] * xk
+        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
+        i += 4
+    while i < N:
+        r = w[i, c0:c1]
+        s = zero
+        for k in range(n):
+            s += r[k] * x[k]
+        out[i] = s
+        i += 1
+
+
+@kernel
+def _add_parts(x, parts, lo, hi):
+    """x (C,) += parts[p] for lo <= p < hi; parts (P, C)."""
+    for p in range(lo, hi):
+        pr = parts[p]
+        for i in range(x.shape[0]):
+            x[i] += pr[i]
 
 
 @kernel(parallel=True)
@@ -162,15 +199,22 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
 
 @kernel(parallel=True)
 def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache, pos,
-                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, by_kv_head):
+                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts):
     """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals).
 
     Weights in ``nn.Linear`` layout: wq (H*D, C), wk, wv (Hkv*D, C), wo (C, H*D), w_gate, w_up (F, C),
     w_down (C, F); norms (C,). k_cache, v_cache (T_max, Hkv, D): the token's key and value are written at
     row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h (C,), q, att (H*D,),
-    k, v (Hkv*D,), scores (H, T_max), g, u (F,). ``by_kv_head``: project and attend in one region per kv head
-    (give it ``Hkv >= threads``; the thread count is an argument, since reading it here would keep numba from
-    caching the kernel).
+    k, v (Hkv*D,), scores (H, T_max), g, u (F,), parts (>= Hkv + n_parts, C).
+
+    Two parallel regions when ``by_kv_head`` (give it ``Hkv >= threads``): one per kv head projects its
+    own q, k, v rows, attends, and multiplies its heads' outputs by their columns of wo into ``parts[hk]``;
+    then one per slice of the hidden units (``n_parts``, give it the thread count) computes its gate and up
+    rows, SwiGLU, and its columns of w_down into ``parts[Hkv + c]``. The residual adds those partial sums
+    on the calling thread. Fewer regions than a product per region: each region costs its start and join,
+    and its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md,
+    "Decoding one token"). The thread count is an argument, since reading it here would keep numba from
+    caching the kernel.
     """
     C = x.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
@@ -179,11 +223,14 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append; softmax(q k^T * scale) v over the cache
     _rmsnorm_vec(h, x, attn_norm, eps)
     if by_kv_head:
-        # one parallel region: each kv head projects its own rows and attends (no head reads another's rows)
+        # one parallel region: each kv head projects its own rows, attends, and applies its part of wo
         for hk in prange(Hkv):
             _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G)
             for hh in range(hk * G, hk * G + G):
                 _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+            c0 = hk * G * D
+            _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D)
+        _add_parts(x, parts, 0, Hkv)
     else:  # too few kv heads to keep the threads busy: the projections by rows, then attention by query head
         nq = (wq.shape[0] + _ROWS - 1) // _ROWS
         nk = (wk.shape[0] + _ROWS - 1) // _ROWS
@@ -198,34 +245,34 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
             _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
         for hh in prange(H):
             _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
-    # x += wo att
-    for c in prange((C + _ROWS - 1) // _ROWS):
-        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-        _matvec_rows(h, wo, att, lo, hi)
-        xs, hs = x[lo:hi], h[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += hs[i]
-    # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x)
+        # x += wo att
+        for c in prange((C + _ROWS - 1) // _ROWS):
+            lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
+            _matvec_rows(h, wo, att, lo, hi)
+            xs, hs = x[lo:hi], h[lo:hi]
+            for i in range(hi - lo):
+                xs[i] += hs[i]
+    # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
     _rmsnorm_vec(h, x, mlp_norm, eps)
     F = w_gate.shape[0]
-    for c in prange((F + _ROWS - 1) // _ROWS):
-        lo, hi = c * _ROWS, min(F, (c + 1) * _ROWS)
+    step = (F // n_parts + 3) // 4 * 4  # whole groups of four rows
+    for c in prange(n_parts):
+        lo, hi = min(F, c * step), min(F, (c + 1) * step)
+        if c == n_parts - 1:
+            hi = F
         _matvec_rows(g, w_gate, h, lo, hi)
         _matvec_rows(u, w_up, h, lo, hi)
         gs, us = g[lo:hi], u[lo:hi]
         for i in range(hi - lo):
             gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-    for c in prange((C + _ROWS - 1) // _ROWS):
-        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-        _matvec_rows(h, w_down, g, lo, hi)
-        xs, hs = x[lo:hi], h[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += hs[i]
+        _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi)
+    _add_parts(x, parts, Hkv, Hkv + n_parts)
 
 
 @kernel
 def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache,
-                  pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, by_kv_head, norm_w, norm_eps, head_w):
+                  pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, norm_w,
+                  norm_eps, head_w):
     """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
     embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``.
 
@@ -237,6 +284,6 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
     for i in range(len(wq)):
         _llama_block_decode(x, attn_norm[i], wq[i], wk[i], wv[i], wo[i], mlp_norm[i], w_gate[i], w_up[i], w_down[i],
                             k_cache[i], v_cache[i], pos, cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u,
-                            by_kv_head)
+                            parts, by_kv_head, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _matvec(logits, head_w, h)

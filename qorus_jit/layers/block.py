@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._check import flat_views
-from ..config import get_num_threads
+from ..config import get_num_threads, max_threads
 from ..kernels.decode import _llama_block_decode
 from ..kernels.elementwise import _add_forward
 from .attention import KVCache, MultiHeadAttention
@@ -104,7 +104,8 @@ class TransformerBlock(Layer):
             args = self._decode_args = (cache, *self._gather_decode_args(cache))
         y, before, after = args[1], args[2], args[3]
         np.copyto(y.reshape(x.shape), x)
-        _llama_block_decode(y, *before, pos, *after, a.n_kv_heads >= get_num_threads())
+        threads = get_num_threads()
+        _llama_block_decode(y, *before, pos, *after, a.n_kv_heads >= threads, threads)
         cache.length = pos + 1
         return y.reshape(x.shape)
 
@@ -118,7 +119,7 @@ class TransformerBlock(Layer):
         after = (a.cos, a.sin, np.float32(self.input_layernorm.eps), np.float32(1 / np.sqrt(a.head_dim)),
                  b("decode_h", (C,)), b("decode_q", (HD,)), b("decode_k", (KD,)), b("decode_v", (KD,)),
                  b("decode_att", (HD,)), b("decode_scores", (a.n_heads, cache.max_seq_len)), b("decode_g", (F,)),
-                 b("decode_u", (F,)))
+                 b("decode_u", (F,)), b("decode_parts", (a.n_kv_heads + max_threads(), C)))
         return b("decode_y", (C,)), before, after
 
     def backward(self, dy):

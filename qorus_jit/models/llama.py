@@ -72,7 +72,8 @@ class Llama(Graph):
         if call is None or call[0] is not caches[0]:  # arrays of the call, gathered once per cache
             call = self._decode_call = (caches[0], *self._gather_decode_call(blocks, caches))
         _, out, weights, rest, final = call
-        _llama_decode(*out, tok, *weights, pos, *rest, self.config.n_kv_heads >= get_num_threads(), *final)
+        threads = get_num_threads()
+        _llama_decode(*out, tok, *weights, pos, *rest, self.config.n_kv_heads >= threads, threads, *final)
         for cache in caches:
             cache.length = pos + 1
         return out[0].reshape(1, 1, -1)
