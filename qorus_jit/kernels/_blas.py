@@ -6,8 +6,8 @@ At import this module registers ``qorus_gemm_f32`` / ``qorus_gemm_f64`` with LLV
 - ``auto`` (default): MKL if the ``mkl`` wheel is installed (``pip install "qorus-jit[mkl]"``), else OpenBLAS.
 - ``mkl``: Intel MKL's ILP64 ``cblas_?gemm_64`` from the ``mkl`` wheel's ``libmkl_rt``, threaded by GNU
   OpenMP, the runtime numba's own parallel kernels use, so the products and the other kernels share one
-  pool of worker threads. Measured on the W-train step (docs/design.md): about 12-16% less time per step
-  than OpenBLAS, in alternating fresh processes; the products of a step ran 13-19% faster.
+  pool of worker threads. Measured here (docs/design.md, "Matrix products"): as fast as OpenBLAS on a quiet
+  machine, and 12-16% less time per W-train step (its products 13-19% faster) while other work shared it.
 - ``openblas``: the OpenBLAS that NumPy wheels bundle (ILP64, symbols prefixed ``scipy_``): one BLAS thread
   pool in the process, shared with NumPy's ``@`` (scipy's separate copy, the one numba's ``np.dot`` calls,
   measured 0.91-0.96x of it at 512^2 here).
