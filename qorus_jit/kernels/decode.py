@@ -26,30 +26,6 @@ _ROWS = 16  # rows of a matrix-vector product per parallel work item
 
 
 @kernel
-def _matvec_rows(out, w, x, lo, hi):
-    """out[i] = w[i] . x for lo <= i < hi; w (N, K), x (K,); four rows share each load of x."""
-    K = w.shape[1]
-    zero = x.dtype.type(0)
-    i = lo
-    while i + 4 <= hi:
-        s0 = s1 = s2 = s3 = zero
-        for k in range(K):
-            xk = x[k]
-            s0 += w[i, k] * xk
-            s1 += w[i + 1, k] * xk
-            s2 += w[i + 2, k] * xk
-            s3 += w[i + 3, k] * xk
-        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
-        i += 4
-    while i < hi:
-        s = zero
-        for k in range(K):
-            s += w[i, k] * x[k]
-        out[i] = s
-        i += 1
-
-
-@kernel
 def _matvec_cols(out, w, x, c0, c1):
     """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,); four rows share each load of x."""
     N = w.shape[0]
@@ -74,6 +50,12 @@ def _matvec_cols(out, w, x, c0, c1):
             s += r[k] * x[k]
         out[i] = s
         i += 1
+
+
+@kernel
+def _matvec_rows(out, w, x, lo, hi):
+    """out[i] = w[i] . x for lo <= i < hi; w (N, K), x (K,)."""
+    _matvec_cols(out[lo:hi], w[lo:hi], x, 0, w.shape[1])
 
 
 @kernel
@@ -211,7 +193,7 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     own q, k, v rows, attends, and multiplies its heads' outputs by their columns of wo into ``parts[hk]``;
     then one per slice of the hidden units (``n_parts``, give it the thread count) computes its gate and up
     rows, SwiGLU, and its columns of w_down into ``parts[Hkv + c]``. The residual adds those partial sums
-    on the calling thread. Fewer regions than a product per region: each region costs its start and join,
+    on the calling thread. Two regions rather than one per product: each region costs its start and join,
     and its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md,
     "Decoding one token"). The thread count is an argument, since reading it here would keep numba from
     caching the kernel.
