@@ -19,6 +19,13 @@ def _add(out, a, b) -> None:
     _add_forward(*flat_views(out, a, b))
 
 
+def decode_split(n_kv_heads: int) -> tuple[bool, int]:
+    """The thread split arguments of the decode kernels (``by_kv_head``, ``n_parts``): a region per kv head
+    when there are at least as many kv heads as threads, and one slice of the hidden units per thread."""
+    threads = get_num_threads()
+    return n_kv_heads >= threads, threads
+
+
 class TransformerBlock(Layer):
     """``x (B, T, dim) -> (B, T, dim)``.
 
@@ -104,8 +111,7 @@ class TransformerBlock(Layer):
             args = self._decode_args = (cache, *self._gather_decode_args(cache))
         y, before, after = args[1], args[2], args[3]
         np.copyto(y.reshape(x.shape), x)
-        threads = get_num_threads()
-        _llama_block_decode(y, *before, pos, *after, a.n_kv_heads >= threads, threads)
+        _llama_block_decode(y, *before, pos, *after, *decode_split(a.n_kv_heads))
         cache.length = pos + 1
         return y.reshape(x.shape)
 

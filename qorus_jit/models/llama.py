@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._check import INDEX_DTYPES
-from ..config import get_num_threads
 from ..kernels.decode import _llama_decode
 from ..layers import DecodeState, Embedding, Graph, Linear, RMSNorm, TransformerBlock
+from ..layers.block import decode_split
 from ..layers.head import TiedLMHead
 from .configs import LlamaConfig
 
@@ -72,8 +72,7 @@ class Llama(Graph):
         if call is None or call[0] is not caches[0]:  # arrays of the call, gathered once per cache
             call = self._decode_call = (caches[0], *self._gather_decode_call(blocks, caches))
         _, out, weights, rest, final = call
-        threads = get_num_threads()
-        _llama_decode(*out, tok, *weights, pos, *rest, self.config.n_kv_heads >= threads, threads, *final)
+        _llama_decode(*out, tok, *weights, pos, *rest, *decode_split(self.config.n_kv_heads), *final)
         for cache in caches:
             cache.length = pos + 1
         return out[0].reshape(1, 1, -1)
