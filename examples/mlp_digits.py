@@ -19,9 +19,9 @@ from sklearn.datasets import load_digits
 
 from qorus_jit.data import ArrayDataset, train_test_split
 from qorus_jit.models import MLP
-from qorus_jit.optim import AdamW
-from qorus_jit.schedule import warmup_cosine
-from qorus_jit.train import Trainer
+from qorus_jit.train.optim import AdamW
+from qorus_jit.train.schedule import warmup_cosine
+from qorus_jit.train.trainer import Trainer
 
 
 def load_data():

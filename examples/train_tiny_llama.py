@@ -12,7 +12,7 @@ Run it::
     python examples/train_tiny_llama.py
     python examples/train_tiny_llama.py --data my_text.txt --steps 3000 --seed 1
 
-For longer runs with checkpoints, resume and metrics, use ``qorus train`` (``qorus_jit.run``).
+For longer runs with checkpoints, resume and metrics, use ``qorus train`` (``qorus_jit.train.run``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 
 from qorus_jit.data import ByteTokenizer, TextDataset, default_corpus
 from qorus_jit.models import Llama, LlamaConfig
-from qorus_jit.optim import AdamW
-from qorus_jit.run import sample_tokens
-from qorus_jit.schedule import warmup_cosine
-from qorus_jit.train import Trainer
+from qorus_jit.train.optim import AdamW
+from qorus_jit.train.run import sample_tokens
+from qorus_jit.train.schedule import warmup_cosine
+from qorus_jit.train.trainer import Trainer
 
 SEQ_LEN = 64  # bytes of context per training window
 

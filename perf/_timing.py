@@ -6,7 +6,7 @@ import statistics
 import time
 from collections.abc import Iterator
 
-from qorus_jit.config import get_num_threads, set_num_threads
+from qorus_jit.core.numerics import get_num_threads, set_num_threads
 
 
 def median_time(fn, *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05) -> float:

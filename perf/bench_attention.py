@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from perf._timing import median_time, record
-from qorus_jit.config import get_num_threads, set_num_threads
+from qorus_jit.core.numerics import get_num_threads, set_num_threads
 from qorus_jit.kernels.attention import attention_backward, attention_decode, attention_forward
 
 

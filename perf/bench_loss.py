@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from perf._timing import median_time, print_rows, record, thread_counts
-from qorus_jit.config import get_num_threads
+from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import loss
 
 #: (N, V): a byte-level model's batch of 8 x 256 positions, and a 32000-token vocabulary.

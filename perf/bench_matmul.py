@@ -6,7 +6,7 @@ busy machine slows them alike; figures are medians over the rounds. A short paus
 lets the previous candidate's thread pool (numpy's OpenBLAS or numba's) go idle.
 NumPy's ``@`` and our BLAS route call the same OpenBLAS (numpy's, see qorus_jit/kernels/_blas.py); each row
 names the library on each side. Rows come at numba's thread count and, unless quick, on one thread
-(``qorus_jit.config.set_num_threads`` sets numba and both BLAS copies together).
+(``qorus_jit.core.numerics.set_num_threads`` sets numba and both BLAS copies together).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from perf._timing import median_time, record, thread_counts
-from qorus_jit.config import get_num_threads
+from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import norm, rope
 
 EPS = 1e-5

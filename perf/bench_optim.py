@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from perf._timing import median_time, print_rows, record, thread_counts
-from qorus_jit.config import get_num_threads
+from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import optim
 
 SIZES = (1 << 20,)  # about a million parameters

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import erf
 
 from perf._timing import median_time, record, thread_counts
-from qorus_jit.config import get_num_threads
+from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import activations as act
 from qorus_jit.kernels import softmax as sm
 

@@ -4,7 +4,7 @@
 
 The workload of ``perf.train`` (Llama dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256, seq 256,
 batch 8, untied head, AdamW; one step is forward + cross-entropy + backward + optimizer update) runs two
-warm-up steps, then ``--steps`` steps under :func:`qorus_jit.profiler.profile`. Printed: the step split
+warm-up steps, then ``--steps`` steps under :func:`qorus_jit.train.profiler.profile`. Printed: the step split
 into forward, backward, loss and optimizer (each into kernel time and the rest: Python, the graph, NumPy
 glue), the layer tree with inclusive times and the kernels under each layer (the four blocks folded into
 ``model.layers.*``), and every kernel by calling layer. Times are per step, from one process on a shared
@@ -17,11 +17,11 @@ import argparse
 import time
 
 from perf.train import BATCH, SEQ, SHAPE
-from qorus_jit.config import set_num_threads
+from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import Llama, LlamaConfig
-from qorus_jit.optim import AdamW
-from qorus_jit.profiler import Profile, profile
-from qorus_jit.train import CrossEntropyLoss
+from qorus_jit.train.optim import AdamW
+from qorus_jit.train.profiler import Profile, profile
+from qorus_jit.train.trainer import CrossEntropyLoss
 
 
 def measure(threads: int = 2, steps: int = 5, warmup: int = 2, *, shape: dict | None = None, batch: int = BATCH,

@@ -6,7 +6,7 @@ memory-bandwidth bound, all measured in the same run.
 Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 positions, tied head, random
 weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
 
-- ours: tokens/s of the decode phase of :func:`qorus_jit.generate` (the prefill's token excluded);
+- ours: tokens/s of the decode phase of :func:`qorus_jit.infer.generate` (the prefill's token excluded);
 - transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
   over the whole call, torch with the same thread count, in a fresh process without qorus_jit's thread
   settings;
@@ -19,7 +19,7 @@ weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
 - bound_over_transformers: the bound divided by transformers' rate, the ceiling of the speedup on this
   machine for a decoder that reads the float32 weights once per token;
 - prefill: tokens/s of one forward over a 255-token prompt, logits of the last position only, as generation
-  needs (ours: the prefill of :func:`qorus_jit.generate`; transformers: one ``LlamaForCausalLM`` forward of
+  needs (ours: the prefill of :func:`qorus_jit.infer.generate`; transformers: one ``LlamaForCausalLM`` forward of
   the same prompt with ``logits_to_keep=1``, in the process above).
 
 :func:`measure` returns the figures (with each repeat's rate, for the suite of ``qorus bench``).
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from numba import prange
 
-from qorus_jit.config import kernel
+from qorus_jit.core.numerics import kernel
 
 #: Variables qorus_jit sets at import when unset (its thread settings; see qorus_jit/__init__.py).
 QORUS_ENV = ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
@@ -91,7 +91,7 @@ def bytes_per_token(model, first_pos: int, n: int) -> float:
 
 def ours(model, n: int, repeat: int) -> tuple[list[float], list[int]]:
     """Decode tokens/s of each of ``repeat`` greedy generations of ``n`` tokens, and the last one's tokens."""
-    from qorus_jit.generate import generate
+    from qorus_jit.infer.generate import generate
 
     list(generate(model, [1], 8, temperature=0.0))  # warm up (kernels loaded, buffers sized)
     rates, tokens = [], []
@@ -109,7 +109,7 @@ def prefill_prompt() -> list[int]:
 
 def prefill(model, repeat: int) -> list[float]:
     """Prefill tokens/s of each of ``repeat`` generations from :func:`prefill_prompt` (after one warm-up)."""
-    from qorus_jit.generate import generate
+    from qorus_jit.infer.generate import generate
 
     prompt = np.asarray(prefill_prompt(), np.int64)
     list(generate(model, prompt, 1, temperature=0.0))

@@ -444,7 +444,7 @@ def run_suite(suite: str = "quick", only=None, threads: int = 2, log=None) -> di
     'ref_value', 'n', 'runs' (or 'skipped' / 'error') and 'other_cpu': the share of the machine's CPU that
     other processes used during its workload (a busy machine makes figures unreliable). ``log(str)`` receives
     progress lines."""
-    from qorus_jit.config import set_num_threads
+    from qorus_jit.core.numerics import set_num_threads
 
     figs = select(suite, only)
     try:

@@ -59,10 +59,10 @@ def peak_rss_MB():  # this process's own high-water mark (ru_maxrss would includ
 """
 
 OURS = _COMMON + """
-from qorus_jit.config import set_num_threads
+from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import Llama, LlamaConfig
-from qorus_jit.optim import AdamW
-from qorus_jit.train import CrossEntropyLoss
+from qorus_jit.train.optim import AdamW
+from qorus_jit.train.trainer import CrossEntropyLoss
 
 set_num_threads(int(sys.argv[2]))
 model = Llama(LlamaConfig(**SHAPE, tie_embeddings=False), rng=0)

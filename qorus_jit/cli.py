@@ -60,7 +60,7 @@ class _OneLineErrors(click.Command):
 
 def _train_options(fn):
     """One option per TrainConfig setting (defaults None: only what is given overrides the config file)."""
-    from qorus_jit.run import config_fields
+    from qorus_jit.train.run import config_fields
 
     for name, kind, default, text, choices in reversed(config_fields()):
         flag = "--" + name.replace("_", "-")
@@ -87,8 +87,8 @@ def train(config, resume, no_progress, **settings):
     options given here override it. Each run writes runs/NAME/: run.json, tokenizer.json, metrics.jsonl
     and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
     """
-    from qorus_jit.run import ConfigError, TrainConfig, is_finished, resume_run, start_run
-    from qorus_jit.train import TrainingError
+    from qorus_jit.train.run import ConfigError, TrainConfig, is_finished, resume_run, start_run
+    from qorus_jit.train.trainer import TrainingError
 
     overrides = {k: v for k, v in settings.items() if v is not None}
     try:
@@ -133,7 +133,7 @@ def train(config, resume, no_progress, **settings):
 
 def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
     """Where a stopped run can continue from, in words."""
-    from qorus_jit.checkpoint import latest_checkpoint, load_checkpoint
+    from qorus_jit.formats.checkpoint import latest_checkpoint, load_checkpoint
 
     found = latest_checkpoint(run_dir)
     if found is None:
@@ -163,8 +163,8 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
     """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2) or a
     llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as they come; the last line reports prefill
     and decode speed."""
-    from qorus_jit.generate import generate as run_generation
-    from qorus_jit.sources import SourceError, load_source
+    from qorus_jit.infer.generate import generate as run_generation
+    from qorus_jit.infer.sources import SourceError, load_source
 
     try:
         src = load_source(source, tokenizer)
@@ -201,7 +201,7 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 def embed(folder, texts, out):
     """Sentence embeddings of TEXTS with the BERT-style sentence-transformers model in FOLDER (pooled as its
     1_Pooling/config.json says, L2-normalized): one JSON list per text, or a file with --out."""
-    from qorus_jit.embeddings import embed_command
+    from qorus_jit.infer.embeddings import embed_command
 
     try:
         embed_command(folder, list(texts), out)
@@ -216,7 +216,7 @@ def embed(folder, texts, out):
               help="PNG to write [default: RUN_DIR/curves.png].")
 def plot(run_dir, out):
     """Draw the loss and learning-rate curves of RUN_DIR's metrics.jsonl to a PNG (needs matplotlib)."""
-    from qorus_jit.plot import plot_run
+    from qorus_jit.train.plot import plot_run
 
     try:
         path = plot_run(run_dir, out)

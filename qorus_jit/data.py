@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._check import check_bool, check_int, check_nonnegative, check_positive, check_real
-from ._io import atomic_write_npy, atomic_write_text
+from qorus_jit.core.check import check_bool, check_int, check_nonnegative, check_positive, check_real
+from qorus_jit.core.files import atomic_write_npy, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 BPE_INSTALL_HINT = 'pip install "qorus-jit[bpe]"'
@@ -410,12 +410,12 @@ def _iter_texts(items) -> Iterator[str]:
 def load_tokenizer(spec):
     """The tokenizer of ``spec``: ``"byte"``, a tokenizer object (returned as is), a tokenizer JSON file
     (written by either tokenizer's ``save``, or any ``tokenizer.json``), a folder holding ``tokenizer.json``,
-    or llama2.c's ``tokenizer.bin`` (a ``.bin`` file: :class:`~qorus_jit.llama2c.Llama2cTokenizer`).
+    or llama2.c's ``tokenizer.bin`` (a ``.bin`` file: :class:`~qorus_jit.formats.llama2c.Llama2cTokenizer`).
     """
     if isinstance(spec, (ByteTokenizer, BPETokenizer)) or getattr(spec, "name", None) == "llama2c":
         return spec
     if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix == ".bin":
-        from .llama2c import Llama2cTokenizer
+        from qorus_jit.formats.llama2c import Llama2cTokenizer
 
         return Llama2cTokenizer.load(spec)
     if isinstance(spec, str) and spec == "byte":

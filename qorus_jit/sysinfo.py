@@ -84,7 +84,7 @@ def collect() -> dict:
     import numpy as np
 
     import qorus_jit
-    from qorus_jit.config import FASTMATH
+    from qorus_jit.core.numerics import FASTMATH
     from qorus_jit.kernels.elementwise import add_forward
 
     # numba picks its threading layer at the first parallel call: make one.

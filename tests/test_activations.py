@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from qorus_jit.config import SERIAL_WORK
+from qorus_jit.core.numerics import SERIAL_WORK
 from qorus_jit.kernels import activations as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import activations as naive

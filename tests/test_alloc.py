@@ -1,9 +1,9 @@
-"""Kernel-facing arrays: aligned, padded, and never touching one another (see qorus_jit/_alloc.py)."""
+"""Kernel-facing arrays: aligned, padded, and never touching one another (see qorus_jit/core/alloc.py)."""
 
 import numpy as np
 import pytest
 
-from qorus_jit import _alloc
+from qorus_jit.core import alloc as _alloc
 from qorus_jit.kernels import activations as A
 from qorus_jit.layers import Linear
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qorus_jit.config import SERIAL_WORK
+from qorus_jit.core.numerics import SERIAL_WORK
 from qorus_jit.kernels import attention as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import attention as naive
@@ -340,8 +340,8 @@ def test_other_register_tile_agrees(tmp_path):
     assert flag in src
     src = src.replace(flag, f"_AVX512 = {not K._AVX512}")
     for rel, absolute in (("from .. import _alloc", "from qorus_jit import _alloc"),
-                          ("from .._check import", "from qorus_jit._check import"),
-                          ("from ..config import", "from qorus_jit.config import"),
+                          ("from .._check import", "from qorus_jit.core.check import"),
+                          ("from ..config import", "from qorus_jit.core.numerics import"),
                           ("from ._math import", "from qorus_jit.kernels._math import")):
         assert rel in src
         src = src.replace(rel, absolute)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qorus_jit._check import check_arrays, check_index, check_positive, check_writeable
+from qorus_jit.core.check import check_arrays, check_index, check_positive, check_writeable
 
 
 def test_symbols_bind_and_must_agree():

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 import qorus_jit
 from qorus_jit.cli import main
 from qorus_jit.data import BPETokenizer, ByteTokenizer
-from qorus_jit.generate import generate
-from qorus_jit.llama2c import Llama2cTokenizer, save_llama2c
+from qorus_jit.formats.llama2c import Llama2cTokenizer, save_llama2c
+from qorus_jit.infer.generate import generate
 from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
-from qorus_jit.run import TrainConfig, start_run
+from qorus_jit.train.run import TrainConfig, start_run
 
 
 def run_cli(*args):
@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory):
 def test_run_directory_greedy_text_equals_the_python_api(run_dir):
     code, out, err = run_cli(run_dir, "--prompt", "def ", "-n", 20, "-t", 0)
     assert code == 0, err
-    model, tok = qorus_jit.run.load_run_model(run_dir)
+    model, tok = qorus_jit.train.run.load_run_model(run_dir)
     ids = list(generate(model, tok.encode("def "), 20, temperature=0.0))
     assert out == "def " + tok.decode(ids) + "\n"
     assert "[length] prefill 4 tokens" in err and "decode 19 tokens" in err

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qorus_jit.config import get_num_threads, max_threads, set_num_threads
+from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
 from qorus_jit.kernels.decode import _matvec
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import qorus_jit
-from qorus_jit.embeddings import SentenceEncoder, embed, embed_command
+from qorus_jit.infer.embeddings import SentenceEncoder, embed, embed_command
 from qorus_jit.models import Llama, LlamaConfig
 from tests.helpers import torch_or_skip
 from tests.models.reference import saved_reference, transformers_or_skip

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import qorus_jit
-from qorus_jit.generate import filter_logits, generate, sample
+from qorus_jit.infer.generate import filter_logits, generate, sample
 from qorus_jit.layers import DecodeState
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from tests.helpers import torch_or_skip

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from qorus_jit.hf import (
+from qorus_jit.formats.hf import (
     INDEX_NAME,
     check_tensors,
     config_from_hf,

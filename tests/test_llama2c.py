@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from qorus_jit.llama2c import Llama2cTokenizer, load_llama2c, save_llama2c
+from qorus_jit.formats.llama2c import Llama2cTokenizer, load_llama2c, save_llama2c
 from qorus_jit.models import GPT2, Llama, LlamaConfig
 from qorus_jit.models.configs import GPT2Config
 

@@ -11,9 +11,9 @@ import pytest
 from qorus_jit.kernels.activations import _relu_forward
 from qorus_jit.layers import Layer
 from qorus_jit.models import GPT2, MLP, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
-from qorus_jit.optim import AdamW
-from qorus_jit.profiler import profile
-from qorus_jit.train import CrossEntropyLoss
+from qorus_jit.train.optim import AdamW
+from qorus_jit.train.profiler import profile
+from qorus_jit.train.trainer import CrossEntropyLoss
 
 TINY = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=40, max_seq_len=16)
 EPS = 1e-6  # ms: float rounding of sums
@@ -341,7 +341,7 @@ def test_sections_steps_and_misuse():
 def test_breakdown_script_small():
     """perf/breakdown's loop on a tiny shape (the W-train shape itself is for the benchmark run)."""
     from perf.breakdown import measure
-    from qorus_jit.config import get_num_threads, set_num_threads
+    from qorus_jit.core.numerics import get_num_threads, set_num_threads
 
     threads = get_num_threads()
     try:

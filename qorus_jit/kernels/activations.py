@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from numba import prange
 
-from .._check import check_real, check_writeable
-from .._check import check_same_shape as _same_shape
-from .._check import flat_views as _flat
-from ..config import SERIAL_WORK, kernel
-from ._math import erf as _erf
-from ._math import exp as _exp
-from ._math import sigmoid as _sigmoid
+from qorus_jit.core.check import check_real, check_writeable
+from qorus_jit.core.check import check_same_shape as _same_shape
+from qorus_jit.core.check import flat_views as _flat
+from qorus_jit.core.numerics import SERIAL_WORK, kernel
+from qorus_jit.kernels._math import erf as _erf
+from qorus_jit.kernels._math import exp as _exp
+from qorus_jit.kernels._math import sigmoid as _sigmoid
 
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
 

@@ -45,8 +45,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from .. import _alloc
-from .._check import (
+from qorus_jit.core import alloc as _alloc
+from qorus_jit.core.check import (
     check_arrays,
     check_bool,
     check_disjoint,
@@ -56,8 +56,8 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel, row_chunks
-from ._math import exp
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.kernels._math import exp
 
 # The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
 # dimensions). With AVX-512, 8 x 32 keeps 16 zmm accumulators busy (two FMA units of 4-cycle latency need at

@@ -19,8 +19,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ..config import kernel
-from ._math import exp
+from qorus_jit.core.numerics import kernel
+from qorus_jit.kernels._math import exp
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from numba import prange
 
-from .._check import check_same_shape as _same_shape
-from .._check import check_writeable
-from .._check import flat_views as _flat
-from ..config import SERIAL_WORK, kernel
+from qorus_jit.core.check import check_same_shape as _same_shape
+from qorus_jit.core.check import check_writeable
+from qorus_jit.core.check import flat_views as _flat
+from qorus_jit.core.numerics import SERIAL_WORK, kernel
 
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from numba import prange
 
-from .._check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
-from ..config import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
 
 _COLS = 64  # columns of dweight per parallel chunk in backward
 

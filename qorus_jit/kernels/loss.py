@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._check import (
+from qorus_jit.core.check import (
     check_arrays,
     check_disjoint,
     check_index,
@@ -26,8 +26,8 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel, row_chunks, sum_in_order
-from ._math import exp as _exp
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks, sum_in_order
+from qorus_jit.kernels._math import exp as _exp
 
 _CHUNK = 1 << 14  # elements per chunk (MSE); up to SERIAL_WORK elements run on the calling thread
 _BLOCK = 256  # exp terms summed in the logits dtype before adding into the float64 row sum

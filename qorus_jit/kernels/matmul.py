@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._check import check_arrays, check_bool, check_choice, check_disjoint, check_writeable
-from ..config import kernel
-from ._blas import gemm as _blas_gemm
+from qorus_jit.core.check import check_arrays, check_bool, check_choice, check_disjoint, check_writeable
+from qorus_jit.core.numerics import kernel
+from qorus_jit.kernels._blas import gemm as _blas_gemm
 
 ROUTES = ("blas", "numba")
 

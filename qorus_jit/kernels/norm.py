@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .._check import (
+from qorus_jit.core.check import (
     check_arrays,
     check_disjoint,
     check_inplace_or_disjoint,
@@ -24,7 +24,7 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
 
 
 @kernel

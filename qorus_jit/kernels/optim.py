@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .._check import (
+from qorus_jit.core.check import (
     check_arrays,
     check_bool,
     check_disjoint,
@@ -22,7 +22,7 @@ from .._check import (
     check_real,
     check_writeable,
 )
-from ..config import SERIAL_WORK, kernel, sum_in_order
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, sum_in_order
 
 _CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run serially (no thread launch)
 

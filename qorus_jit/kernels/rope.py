@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .._check import (
+from qorus_jit.core.check import (
     check_arrays,
     check_bool,
     check_inplace_or_disjoint,
@@ -30,7 +30,7 @@ from .._check import (
     check_positive_float,
     check_writeable,
 )
-from ..config import DTYPE, SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import DTYPE, SERIAL_WORK, kernel, row_chunks
 
 
 @kernel

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._check import check_arrays, check_min_ndim, check_writeable
-from ..config import SERIAL_WORK, kernel, row_chunks
-from ._math import exp
+from qorus_jit.core.check import check_arrays, check_min_ndim, check_writeable
+from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.kernels._math import exp
 
 
 @kernel

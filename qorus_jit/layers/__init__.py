@@ -1,14 +1,14 @@
 """Layers: plain Python classes over the cached kernels, behind one small protocol (see ``base.Layer``)."""
 
-from .activations import GELU, ReLU, SiLU, Softmax, Swish
-from .attention import DecodeState, KVCache, MultiHeadAttention
-from .base import Layer
-from .block import TransformerBlock
-from .embedding import Embedding
-from .feedforward import FeedForward
-from .graph import Add, Graph, Sequential
-from .linear import Linear
-from .norm import LayerNorm, RMSNorm
+from qorus_jit.layers.activations import GELU, ReLU, SiLU, Softmax, Swish
+from qorus_jit.layers.attention import DecodeState, KVCache, MultiHeadAttention
+from qorus_jit.layers.base import Layer
+from qorus_jit.layers.block import TransformerBlock
+from qorus_jit.layers.embedding import Embedding
+from qorus_jit.layers.feedforward import FeedForward
+from qorus_jit.layers.graph import Add, Graph, Sequential
+from qorus_jit.layers.linear import Linear
+from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 __all__ = [
     "GELU", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import flat_views
-from ..kernels import activations as A
-from ..kernels import softmax as S
-from .base import Layer, check_input
+from qorus_jit.core.check import flat_views
+from qorus_jit.kernels import activations as A
+from qorus_jit.kernels import softmax as S
+from qorus_jit.layers.base import Layer, check_input
 
 
 class _Elementwise(Layer):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import check_positive
-from ..config import get_num_threads
-from ..kernels import attention as A
-from ..kernels import rope as R
-from .base import Layer, check_input
-from .linear import Linear
+from qorus_jit.core.check import check_positive
+from qorus_jit.core.numerics import get_num_threads
+from qorus_jit.kernels import attention as A
+from qorus_jit.kernels import rope as R
+from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.linear import Linear
 
 ROPE_STYLES = (None, "rotate_half", "interleaved")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _alloc
-from .._check import check_disjoint
-from ..config import DTYPE
+from qorus_jit.core import alloc as _alloc
+from qorus_jit.core.check import check_disjoint
+from qorus_jit.core.numerics import DTYPE
 
 
 class Layer:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import flat_views
-from ..config import get_num_threads, max_threads
-from ..kernels.decode import _llama_block_decode
-from ..kernels.elementwise import _add_forward
-from .attention import KVCache, MultiHeadAttention
-from .base import Layer, check_input
-from .feedforward import FeedForward
-from .norm import LayerNorm, RMSNorm
+from qorus_jit.core.check import flat_views
+from qorus_jit.core.numerics import get_num_threads, max_threads
+from qorus_jit.kernels.decode import _llama_block_decode
+from qorus_jit.kernels.elementwise import _add_forward
+from qorus_jit.layers.attention import KVCache, MultiHeadAttention
+from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.feedforward import FeedForward
+from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 
 def _add(out, a, b) -> None:

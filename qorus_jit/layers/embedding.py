@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import check_index, check_positive
-from ..kernels.embedding import _embedding_backward, _embedding_forward
-from .base import Layer, check_input
+from qorus_jit.core.check import check_index, check_positive
+from qorus_jit.kernels.embedding import _embedding_backward, _embedding_forward
+from qorus_jit.layers.base import Layer, check_input
 
 
 class Embedding(Layer):

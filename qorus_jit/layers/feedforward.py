@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import check_positive, flat_views
-from ..kernels import activations as A
-from .activations import GELU, ReLU
-from .base import Layer
-from .linear import Linear
+from qorus_jit.core.check import check_positive, flat_views
+from qorus_jit.kernels import activations as A
+from qorus_jit.layers.activations import GELU, ReLU
+from qorus_jit.layers.base import Layer
+from qorus_jit.layers.linear import Linear
 
 KINDS = ("swiglu", "gelu", "gelu_tanh", "relu")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer
+from qorus_jit.layers.base import Layer
 
 
 class Add(Layer):

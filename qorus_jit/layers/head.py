@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..kernels.decode import _matvec
-from ..kernels.matmul import _linear_backward_into, _linear_forward
-from .base import Layer, check_input
-from .embedding import Embedding
+from qorus_jit.kernels.decode import _matvec
+from qorus_jit.kernels.matmul import _linear_backward_into, _linear_forward
+from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.embedding import Embedding
 
 
 class TiedLMHead(Layer):

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from .._check import check_positive
-from ..kernels.decode import _matvec
-from ..kernels.matmul import _linear_backward_into, _linear_forward
-from .base import Layer, check_input, input_grad_buffer
+from qorus_jit.core.check import check_positive
+from qorus_jit.kernels.decode import _matvec
+from qorus_jit.kernels.matmul import _linear_backward_into, _linear_forward
+from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
 class Linear(Layer):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import check_positive, check_positive_float
-from ..kernels.norm import _layernorm_backward, _layernorm_forward, _rmsnorm_backward, _rmsnorm_forward
-from .base import Layer, check_input, input_grad_buffer
+from qorus_jit.core.check import check_positive, check_positive_float
+from qorus_jit.kernels.norm import _layernorm_backward, _layernorm_forward, _rmsnorm_backward, _rmsnorm_forward
+from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
 class _Norm(Layer):

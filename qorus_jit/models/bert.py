@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers import Add, Embedding, Graph, LayerNorm, TransformerBlock
-from ..layers.embedding import PositionEmbedding
-from .configs import BertConfig
+from qorus_jit.layers import Add, Embedding, Graph, LayerNorm, TransformerBlock
+from qorus_jit.layers.embedding import PositionEmbedding
+from qorus_jit.models.configs import BertConfig
 
 _MLP = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 POOLER = ("pooler.dense.weight", "pooler.dense.bias")

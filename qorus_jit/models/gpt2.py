@@ -10,10 +10,10 @@ import re
 
 import numpy as np
 
-from ..layers import Embedding, Graph, LayerNorm, Linear, TransformerBlock
-from ..layers.embedding import PositionEmbedding
-from ..layers.head import TiedLMHead
-from .configs import GPT2Config
+from qorus_jit.layers import Embedding, Graph, LayerNorm, Linear, TransformerBlock
+from qorus_jit.layers.embedding import PositionEmbedding
+from qorus_jit.layers.head import TiedLMHead
+from qorus_jit.models.configs import GPT2Config
 
 _CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 _MLP = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import INDEX_DTYPES
-from ..kernels.decode import _llama_decode
-from ..layers import DecodeState, Embedding, Graph, Linear, RMSNorm, TransformerBlock
-from ..layers.block import decode_split
-from ..layers.head import TiedLMHead
-from .configs import LlamaConfig
+from qorus_jit.core.check import INDEX_DTYPES
+from qorus_jit.kernels.decode import _llama_decode
+from qorus_jit.layers import DecodeState, Embedding, Graph, Linear, RMSNorm, TransformerBlock
+from qorus_jit.layers.block import decode_split
+from qorus_jit.layers.head import TiedLMHead
+from qorus_jit.models.configs import LlamaConfig
 
 
 class Llama(Graph):

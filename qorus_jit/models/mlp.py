@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers import GELU, Linear, ReLU, Sequential, SiLU
+from qorus_jit.layers import GELU, Linear, ReLU, Sequential, SiLU
 
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "silu": SiLU}
 

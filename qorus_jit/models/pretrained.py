@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import gpt2
-from .bert import POOLER, Bert
-from .configs import BertConfig, GPT2Config, LlamaConfig
-from .llama import Llama
+from qorus_jit.models import gpt2
+from qorus_jit.models.bert import POOLER, Bert
+from qorus_jit.models.configs import BertConfig, GPT2Config, LlamaConfig
+from qorus_jit.models.llama import Llama
 
 
 def load_pretrained(path):
@@ -16,7 +16,11 @@ def load_pretrained(path):
     Supported: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` and ``BertModel`` (its pooler is skipped).
     Errors name the file and the tensor.
     """
-    from ..hf import check_tensors, config_from_hf, read_hf_folder  # hf imports the configs of this package
+    from qorus_jit.formats.hf import (  # hf imports the configs of this package
+        check_tensors,
+        config_from_hf,
+        read_hf_folder,
+    )
 
     hf_config, tensors = read_hf_folder(path)
     config = config_from_hf(hf_config)
@@ -35,7 +39,7 @@ def load_pretrained(path):
 
 def save_pretrained(model, path) -> None:
     """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``), atomically."""
-    from ..hf import write_hf_folder
+    from qorus_jit.formats.hf import write_hf_folder
 
     params = model.parameters()
     if isinstance(model.config, GPT2Config):

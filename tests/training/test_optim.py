@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import qorus_jit
-import qorus_jit.optim as O
+import qorus_jit.train.optim as O
 from qorus_jit.kernels.loss import cross_entropy_forward_backward
 from qorus_jit.models import GPT2, MLP, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
-from qorus_jit.optim import SGD, Adam, AdamW, decay_groups
-from qorus_jit.schedule import warmup_cosine
+from qorus_jit.train.optim import SGD, Adam, AdamW, decay_groups
+from qorus_jit.train.schedule import warmup_cosine
 from tests.helpers import torch_or_skip
 from tests.models.reference import transformers_or_skip
 

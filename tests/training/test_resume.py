@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from qorus_jit.checkpoint import latest_checkpoint, load_checkpoint
+from qorus_jit.formats.checkpoint import latest_checkpoint, load_checkpoint
 
 SETTINGS = dict(steps=24, warmup_steps=2, dim=32, n_heads=2, hidden_dim=64, seq_len=32, batch_size=4,
                 eval_every=8, eval_batches=2, ckpt_every=3, sample_tokens=0)
 
 START = """
 import sys
-from qorus_jit.run import TrainConfig, start_run
+from qorus_jit.train.run import TrainConfig, start_run
 cfg = TrainConfig(**{settings!r}, out_dir=sys.argv[1], name=sys.argv[2])
 {before}
 start_run(cfg, progress=False).fit()
@@ -45,7 +45,7 @@ stn.save_file = save_file
 # milliseconds of the step it waits for, lands before the run ends even on a fast or a busy machine.
 PACED = """
 import time
-from qorus_jit.train import Trainer
+from qorus_jit.train.trainer import Trainer
 _step = Trainer.train_step
 def train_step(self):
     row = _step(self)

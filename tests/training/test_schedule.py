@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import qorus_jit.schedule as S
+import qorus_jit.train.schedule as S
 from tests.helpers import torch_or_skip
 
 STEPS = np.arange(0, 60, dtype=np.float64)

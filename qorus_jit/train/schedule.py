@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._check import check_real
+from qorus_jit.core.check import check_real
 
 __all__ = [
     "Schedule", "constant", "cosine", "linear", "make_schedule", "step_decay", "warmup", "warmup_cosine",

@@ -4,8 +4,8 @@ evaluation, JSONL metrics, atomic checkpoints and exact resume).
 >>> import numpy as np
 >>> from qorus_jit.data import ArrayDataset
 >>> from qorus_jit.models import MLP
->>> from qorus_jit.optim import AdamW
->>> from qorus_jit.train import Trainer
+>>> from qorus_jit.train.optim import AdamW
+>>> from qorus_jit.train.trainer import Trainer
 >>> X = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32)
 >>> y = (X[:, 0] > 0).astype(np.int64)
 >>> model = MLP([8, 32, 2], rng=0)
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _alloc
-from . import checkpoint as ckpt
-from ._io import atomic_write_text
-from .kernels.loss import _cross_entropy_forward_backward, _mse_backward, _mse_forward, cross_entropy_forward
-from .schedule import constant
+from qorus_jit.core import alloc as _alloc
+from qorus_jit.core.files import atomic_write_text
+from qorus_jit.formats import checkpoint as ckpt
+from qorus_jit.kernels.loss import _cross_entropy_forward_backward, _mse_backward, _mse_forward, cross_entropy_forward
+from qorus_jit.train.schedule import constant
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -142,7 +142,7 @@ class Trainer:
       any object with one of those and ``state_dict``/``load_state_dict``.
     - ``val_data``: a list of ``(x, y)`` batches for evaluation; by default a text dataset's fixed
       ``val_batches(batch_size, eval_batches)`` (fewer when the held-out text is short).
-    - ``schedule``: ``step -> lr`` (see :mod:`qorus_jit.schedule`); by default the optimizer's lr throughout.
+    - ``schedule``: ``step -> lr`` (see :mod:`qorus_jit.train.schedule`); by default the optimizer's lr throughout.
     - ``grad_accum`` micro-batches per step (the loss is their mean); ``clip``: global gradient-norm limit.
     - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
       and ``checkpoints/`` (nothing is written without it); ``keep_checkpoints`` newest are kept.

@@ -8,7 +8,7 @@ and dtype. Each step follows the ``torch.optim`` optimizer of the same name (sin
 
 A training step::
 
-    optimizer.lr = schedule(optimizer.step_count)   # qorus_jit.schedule, optional
+    optimizer.lr = schedule(optimizer.step_count)   # qorus_jit.train.schedule, optional
     model.zero_grad()                                # or optimizer.zero_grad()
     ... forward, loss, model.backward(dlogits) ...
     optimizer.clip_grad_norm(1.0)                    # optional
@@ -30,10 +30,10 @@ from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
-from . import _alloc
-from ._check import check_real
-from .config import FLOAT_DTYPES
-from .kernels.optim import _adam_update, _sgd_update, clip_grad_norm, grad_norm
+from qorus_jit.core import alloc as _alloc
+from qorus_jit.core.check import check_real
+from qorus_jit.core.numerics import FLOAT_DTYPES
+from qorus_jit.kernels.optim import _adam_update, _sgd_update, clip_grad_norm, grad_norm
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "decay_groups"]
 
@@ -58,7 +58,7 @@ def _params_of(model) -> dict[str, np.ndarray]:
 def _embedding_names(layer, prefix: str, out: set[str]) -> None:
     """Add to ``out`` the parameter names owned by embedding layers under ``layer`` (the naming of
     ``Layer.parameters``: a child named ``""`` adds no prefix)."""
-    from .layers.embedding import Embedding, PositionEmbedding
+    from qorus_jit.layers.embedding import Embedding, PositionEmbedding
 
     if isinstance(layer, (Embedding, PositionEmbedding)):
         out.update(prefix + k for k in layer._params)
@@ -153,7 +153,7 @@ class Optimizer:
     >>> import numpy as np
     >>> from qorus_jit.kernels.loss import cross_entropy_forward_backward
     >>> from qorus_jit.models import MLP
-    >>> from qorus_jit.schedule import warmup_cosine
+    >>> from qorus_jit.train.schedule import warmup_cosine
     >>> model = MLP([4, 8, 3], rng=0)
     >>> opt, schedule = AdamW(model, lr=1e-2), warmup_cosine(1e-2, warmup_steps=2, total_steps=10)
     >>> rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_json, read_json
+from qorus_jit.core.files import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 
@@ -185,7 +185,7 @@ def config_fields() -> list[tuple[str, type, object, str, tuple | None]]:
 
 def build_model(cfg: TrainConfig, vocab_size: int):
     """The model of ``cfg`` for ``vocab_size`` token ids, its weights drawn from ``cfg.seed``."""
-    from .models import GPT2, GPT2Config, Llama, LlamaConfig
+    from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 
     max_len = cfg.max_seq_len or cfg.seq_len
     if cfg.arch == "llama":
@@ -199,7 +199,7 @@ def build_model(cfg: TrainConfig, vocab_size: int):
 
 
 def build_optimizer(cfg: TrainConfig, model):
-    from .optim import SGD, Adam, AdamW
+    from qorus_jit.train.optim import SGD, Adam, AdamW
 
     if cfg.optimizer == "sgd":
         return SGD(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -208,7 +208,7 @@ def build_optimizer(cfg: TrainConfig, model):
 
 
 def build_schedule(cfg: TrainConfig):
-    from .schedule import make_schedule
+    from qorus_jit.train.schedule import make_schedule
 
     kw = {"min_lr": cfg.min_lr} if cfg.schedule in ("cosine", "linear") else {}
     if cfg.schedule == "step":
@@ -218,7 +218,7 @@ def build_schedule(cfg: TrainConfig):
 
 def load_data(cfg: TrainConfig, tokenizer):
     """The text dataset of ``cfg`` (the default corpus when ``cfg.data`` is empty) and its source name."""
-    from .data import TextDataset, default_corpus
+    from qorus_jit.data import TextDataset, default_corpus
 
     try:
         if cfg.data:
@@ -241,11 +241,11 @@ class Run:
     """A built run: config, tokenizer, dataset, model, optimizer and trainer, and its directory."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, tokenizer, data, data_name: str, progress: bool = True):
-        from .train import Trainer
+        from qorus_jit.train.trainer import Trainer
 
         self.cfg, self.run_dir, self.tokenizer, self.data, self.data_name = cfg, run_dir, tokenizer, data, data_name
         if cfg.threads:
-            from .config import set_num_threads
+            from qorus_jit.core.numerics import set_num_threads
 
             set_num_threads(min(cfg.threads, _max_threads()))
         self.model = build_model(cfg, tokenizer.vocab_size)
@@ -272,9 +272,9 @@ class Run:
 
 def sample_tokens(model, ids: np.ndarray, n: int, max_len: int, temperature: float, rng) -> np.ndarray:
     """``n`` new token ids after ``ids`` (at least one) by temperature sampling (greedy at 0), each from a
-    full forward over the last ``max_len`` tokens: unlike :func:`qorus_jit.generate.generate`, which decodes
+    full forward over the last ``max_len`` tokens: unlike :func:`qorus_jit.infer.generate.generate`, which decodes
     from a KV cache up to the model's context, it slides a window and so goes on past the context."""
-    from .generate import sample
+    from qorus_jit.infer.generate import sample
 
     seq = [int(i) for i in ids]
     if not seq:
@@ -296,7 +296,7 @@ def _max_threads() -> int:
 
 def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     """Validate ``cfg`` with its data and tokenizer, then create the run directory and build the run."""
-    from .data import load_tokenizer
+    from qorus_jit.data import load_tokenizer
 
     cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
     try:
@@ -366,8 +366,8 @@ def run_tokenizer_path(run_dir) -> Path:
 
 def load_run_model(run_dir):
     """``(model, tokenizer)`` of a run directory, with the weights of its newest complete checkpoint."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .data import load_tokenizer
+    from qorus_jit.data import load_tokenizer
+    from qorus_jit.formats.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(_read_run_file(run_dir)["config"], where=str(run_dir / RUN_FILE))
@@ -391,8 +391,8 @@ def read_run_config(run_dir) -> TrainConfig:
 
 def is_finished(run_dir, steps: int) -> bool:
     """Whether the run in ``run_dir`` trained all ``steps`` and logged its final evaluation."""
-    from .plot import read_metrics
-    from .train import METRICS_FILE
+    from qorus_jit.train.plot import read_metrics
+    from qorus_jit.train.trainer import METRICS_FILE
 
     if not (Path(run_dir) / METRICS_FILE).is_file():
         return False
@@ -406,8 +406,8 @@ RESUMABLE_CHANGES = ("steps", "eval_every", "ckpt_every", "keep_checkpoints", "t
 
 def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) -> Run:
     """Rebuild the run of ``run_dir`` and restore its newest checkpoint (exact resume)."""
-    from .checkpoint import STATE_FILE, latest_checkpoint, remove_partial
-    from .data import load_tokenizer
+    from qorus_jit.data import load_tokenizer
+    from qorus_jit.formats.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
 
     run_dir = Path(run_dir)
     record = _read_run_file(run_dir)

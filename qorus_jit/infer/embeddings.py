@@ -48,13 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._check import check_bool, check_positive
-from ._io import atomic_write_npy, atomic_write_text, read_json
-from .data import BPE_INSTALL_HINT, BPETokenizer
-from .hf import CONFIG_NAME, config_from_hf
-from .models.bert import Bert
-from .models.configs import BertConfig
-from .models.pretrained import load_pretrained
+from qorus_jit.core.check import check_bool, check_positive
+from qorus_jit.core.files import atomic_write_npy, atomic_write_text, read_json
+from qorus_jit.data import BPE_INSTALL_HINT, BPETokenizer
+from qorus_jit.formats.hf import CONFIG_NAME, config_from_hf
+from qorus_jit.models.bert import Bert
+from qorus_jit.models.configs import BertConfig
+from qorus_jit.models.pretrained import load_pretrained
 
 #: Pooling modes, in the order sentence-transformers concatenates them when several are enabled.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .config import DTYPE
+from qorus_jit.core.numerics import DTYPE
 
 ALIGN = 64  # bytes: a cache line, and the widest vector load
 PAD = 256  # bytes of unused room after each array's data

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import fsync_dir, fsync_file, read_json, tmp_name
-from .models.configs import BertConfig, GPT2Config, LlamaConfig
+from qorus_jit.core.files import fsync_dir, fsync_file, read_json, tmp_name
+from qorus_jit.models.configs import BertConfig, GPT2Config, LlamaConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_text, fsync_dir, fsync_file, read_json
-from .hf import load_safetensors
+from qorus_jit.core.files import atomic_write_text, fsync_dir, fsync_file, read_json
+from qorus_jit.formats.hf import load_safetensors
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._check import check_bool, check_positive
-from ._io import atomic_write
-from .data import _ids_array
-from .models.configs import LlamaConfig
-from .models.llama import Llama
+from qorus_jit.core.check import check_bool, check_positive
+from qorus_jit.core.files import atomic_write
+from qorus_jit.data import _ids_array
+from qorus_jit.models.configs import LlamaConfig
+from qorus_jit.models.llama import Llama
 
 MAGIC = 0x616B3432  #: "ak42", the first uint32 of version 1 (and later) files
 NORM_EPS = 1e-5  #: RMSNorm epsilon of llama2.c

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import FLOAT_DTYPES, INDEX_DTYPES
+from qorus_jit.core.numerics import FLOAT_DTYPES, INDEX_DTYPES
 
 Shape = Sequence[int | str]
 

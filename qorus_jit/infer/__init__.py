@@ -1,0 +1,1 @@
+"""Inference: generation from a KV cache, sentence embeddings and the model sources `qorus generate` reads."""
