@@ -83,7 +83,6 @@ def collect() -> dict:
     import numba
     import numpy as np
 
-    import qorus_jit
     from qorus_jit.core.numerics import FASTMATH
     from qorus_jit.kernels.elementwise import add_forward
 
@@ -94,7 +93,7 @@ def collect() -> dict:
     features = ll.get_host_cpu_features()
     return {
         "versions": {
-            "qorus_jit": qorus_jit.__version__,
+            "qorus_jit": metadata.version("qorus-jit"),
             "python": platform.python_version(),
             "numba": numba.__version__,
             "llvmlite": llvmlite.__version__,
