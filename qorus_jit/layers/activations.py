@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import flat_views
-from qorus_jit.kernels import activations as A
-from qorus_jit.kernels import softmax as S
+from qorus_jit.core.check import check_choice, check_real, flat_views
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 
 
@@ -43,15 +42,21 @@ class _Elementwise(Layer):
 class ReLU(_Elementwise):
     """``max(x, 0)``."""
 
-    _forward_kernel = staticmethod(A._relu_forward)
-    _backward_kernel = staticmethod(A._relu_backward)
+    def _forward_kernel(self, y, x):
+        K.relu_forward(y, x)
+
+    def _backward_kernel(self, dx, dy, x):
+        K.relu_backward(dx, dy, x)
 
 
 class SiLU(_Elementwise):
     """``x * sigmoid(x)``."""
 
-    _forward_kernel = staticmethod(A._silu_forward)
-    _backward_kernel = staticmethod(A._silu_backward)
+    def _forward_kernel(self, y, x):
+        K.silu_forward(y, x)
+
+    def _backward_kernel(self, dx, dy, x):
+        K.silu_backward(dx, dy, x)
 
 
 class GELU(_Elementwise):
@@ -59,10 +64,15 @@ class GELU(_Elementwise):
 
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        tanh = A._check_approximate(approximate)
+        check_choice("approximate", approximate, ("none", "tanh"))
         self.approximate = approximate
-        self._forward_kernel = A._gelu_tanh_forward if tanh else A._gelu_forward
-        self._backward_kernel = A._gelu_tanh_backward if tanh else A._gelu_backward
+        self._tanh = approximate == "tanh"
+
+    def _forward_kernel(self, y, x):
+        (K.gelu_tanh_forward if self._tanh else K.gelu_forward)(y, x)
+
+    def _backward_kernel(self, dx, dy, x):
+        (K.gelu_tanh_backward if self._tanh else K.gelu_backward)(dx, dy, x)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -73,13 +83,13 @@ class Swish(_Elementwise):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        self.beta = float(A._check_beta(beta, np.dtype(np.float32)))
+        self.beta = float(np.float32(check_real("beta", beta)))
 
     def _forward_kernel(self, y, x):
-        A._swish_forward(y, x, y.dtype.type(self.beta))
+        K.swish_forward(y, x, y.dtype.type(self.beta))
 
     def _backward_kernel(self, dx, dy, x):
-        A._swish_backward(dx, dy, x, dx.dtype.type(self.beta))
+        K.swish_backward(dx, dy, x, dx.dtype.type(self.beta))
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
@@ -93,7 +103,7 @@ class Softmax(Layer):
     def forward(self, x):
         check_input("x", x)
         y = self.buffer("y", x.shape)
-        S._softmax_forward(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
+        K.softmax_forward(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
         self._y = y
         return y
 
@@ -106,5 +116,5 @@ class Softmax(Layer):
             raise ValueError(f"dy: expected shape {y.shape}, got {dy.shape}")
         dx = self.buffer("dx", y.shape, zero=True)
         C = y.shape[-1]
-        S._softmax_backward(dx.reshape(-1, C), dy.reshape(-1, C), y.reshape(-1, C))
+        K.softmax_backward(dx.reshape(-1, C), dy.reshape(-1, C), y.reshape(-1, C))
         return dx

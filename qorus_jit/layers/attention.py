@@ -6,8 +6,9 @@ import numpy as np
 
 from qorus_jit.core.check import check_positive
 from qorus_jit.core.numerics import get_num_threads
-from qorus_jit.kernels import attention as A
-from qorus_jit.kernels import rope as R
+from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels.attention import attention_work_size
+from qorus_jit.kernels.rope import rope_cache
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.linear import Linear
 
@@ -94,7 +95,7 @@ class MultiHeadAttention(Layer):
         self.o_proj = self.add_child(names["o_proj"], Linear(n_heads * D, dim, bias=out_bias, rng=rng))
         self.cos = self.sin = self.neg_sin = None
         if rope is not None:
-            self.cos, self.sin = R.rope_cache(max_seq_len, D, rope_theta)
+            self.cos, self.sin = rope_cache(max_seq_len, D, rope_theta)
             self.neg_sin = -self.sin
         self._saved = None
         self._work_size = (None, 0)  # ((q shape, k shape, threads), elements of the attention scratch)
@@ -115,8 +116,8 @@ class MultiHeadAttention(Layer):
             v = self.v_proj.forward(x).reshape(B, T, Hkv, D)
         if self.rope is not None:
             inter = self.rope == "interleaved"
-            R.rope_forward(q, q, self.cos, self.sin, pos, inter)
-            R.rope_forward(k, k, self.cos, self.sin, pos, inter)
+            K.rope_forward(q, q, self.cos, self.sin, pos, inter)
+            K.rope_forward(k, k, self.cos, self.sin, pos, inter)
         return q, k, v
 
     def forward(self, x, key_mask=None, cache: KVCache | None = None):
@@ -134,19 +135,19 @@ class MultiHeadAttention(Layer):
         out = self.buffer("attn", (B, T, self.n_heads, self.head_dim))
         if cache is None:
             lse = self.buffer("lse", (B, self.n_heads, T))
-            A.attention_forward(out, lse, q, k, v, self.causal, key_mask, work=self._work(q, k))
+            K.attention_forward(out, lse, q, k, v, self.causal, key_mask, work=self._work(q, k))
             self._saved = (x, q, k, v, out, lse, key_mask)
         else:
-            A.kv_cache_write(cache.k, cache.v, k, v, pos)
+            K.kv_cache_write(cache.k, cache.v, k, v, pos)
             cache.length = L = pos + T
             if T == 1:
-                A.attention_decode(out.reshape(B, self.n_heads, self.head_dim),
+                K.attention_decode(out.reshape(B, self.n_heads, self.head_dim),
                                    q.reshape(B, self.n_heads, self.head_dim), cache.k, cache.v, L, key_mask)
             else:
                 ks = np.ascontiguousarray(cache.k[:, :L])
                 vs = np.ascontiguousarray(cache.v[:, :L])
                 lse = self.buffer("lse", (B, self.n_heads, T))
-                A.attention_forward(out, lse, q, ks, vs, self.causal, key_mask, work=self._work(q, ks))
+                K.attention_forward(out, lse, q, ks, vs, self.causal, key_mask, work=self._work(q, ks))
             self._saved = None
         return self.o_proj.forward(out.reshape(B, T, self.n_heads * self.head_dim))
 
@@ -155,7 +156,7 @@ class MultiHeadAttention(Layer):
         size depends on the shapes and the thread count)."""
         key = (q.shape, k.shape, get_num_threads())
         if self._work_size[0] != key:
-            self._work_size = (key, A.attention_work_size(q.shape, k.shape))
+            self._work_size = (key, attention_work_size(q.shape, k.shape))
         return self.buffer("attn_work", (self._work_size[1],))
 
     def forward_decode(self, x, key_mask=None, *, state: DecodeState):
@@ -172,12 +173,12 @@ class MultiHeadAttention(Layer):
         B, T, _ = x.shape
         dout = self.o_proj.backward(dy).reshape(out.shape)
         dq, dk, dv = self.buffer("dq", q.shape), self.buffer("dk", k.shape), self.buffer("dv", v.shape)
-        A.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask, accumulate=False,
+        K.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, self.causal, key_mask, accumulate=False,
                              work=self._work(q, k))
         if self.rope is not None:  # the transpose of a rotation: the rotation by the opposite angle, in place
             inter = self.rope == "interleaved"
-            R.rope_forward(dq, dq, self.cos, self.neg_sin, 0, inter)
-            R.rope_forward(dk, dk, self.cos, self.neg_sin, 0, inter)
+            K.rope_forward(dq, dq, self.cos, self.neg_sin, 0, inter)
+            K.rope_forward(dk, dk, self.cos, self.neg_sin, 0, inter)
         if self.fused_qkv:
             H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
             dqkv = self.buffer("dqkv", (B, T, (H + 2 * Hkv) * D))

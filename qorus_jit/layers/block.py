@@ -6,8 +6,7 @@ import numpy as np
 
 from qorus_jit.core.check import flat_views
 from qorus_jit.core.numerics import get_num_threads, max_threads
-from qorus_jit.kernels.decode import _llama_block_decode
-from qorus_jit.kernels.elementwise import _add_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.attention import KVCache, MultiHeadAttention
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.feedforward import FeedForward
@@ -16,7 +15,7 @@ from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 def _add(out, a, b) -> None:
     """out = a + b over arrays of one shape (the residual connections), on the kernel threads."""
-    _add_forward(*flat_views(out, a, b))
+    K.add_forward(*flat_views(out, a, b))
 
 
 def decode_split(n_kv_heads: int) -> tuple[bool, int]:
@@ -111,7 +110,7 @@ class TransformerBlock(Layer):
             args = self._decode_args = (cache, *self._gather_decode_args(cache))
         y, before, after = args[1], args[2], args[3]
         np.copyto(y.reshape(x.shape), x)
-        _llama_block_decode(y, *before, pos, *after, *decode_split(a.n_kv_heads))
+        K.llama_block_decode(y, *before, pos, *after, *decode_split(a.n_kv_heads))
         cache.length = pos + 1
         return y.reshape(x.shape)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.core.check import check_index, check_positive
-from qorus_jit.kernels.embedding import _embedding_backward, _embedding_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 
 
@@ -25,7 +25,7 @@ class Embedding(Layer):
         ids = np.ascontiguousarray(ids)  # a slice such as ids[:, :-1] is fine: ids are small
         check_index("ids", ids, tuple(f"d{i}" for i in range(ids.ndim)), self.num_embeddings)
         y = self.buffer("y", ids.shape + (self.dim,))
-        _embedding_forward(y.reshape(-1, self.dim), ids.reshape(-1), self.weight)
+        K.embedding_forward(y.reshape(-1, self.dim), ids.reshape(-1), self.weight)
         self._ids = ids
         return y
 
@@ -36,7 +36,7 @@ class Embedding(Layer):
         check_input("dy", dy, self.dim)
         if dy.shape != self._ids.shape + (self.dim,):
             raise ValueError(f"dy: expected shape {self._ids.shape + (self.dim,)}, got {dy.shape}")
-        _embedding_backward(self._grads["weight"], dy.reshape(-1, self.dim), self._ids.reshape(-1))
+        K.embedding_backward(self._grads["weight"], dy.reshape(-1, self.dim), self._ids.reshape(-1))
         return None
 
     def extra_repr(self) -> str:

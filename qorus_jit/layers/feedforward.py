@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.core.check import check_positive, flat_views
-from qorus_jit.kernels import activations as A
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.activations import GELU, ReLU
 from qorus_jit.layers.base import Layer
 from qorus_jit.layers.linear import Linear
@@ -43,7 +43,7 @@ class FeedForward(Layer):
             g = self.gate_proj.forward(x)
             u = self.up_proj.forward(x)
             h = self.buffer("h", g.shape)
-            A._swiglu_forward(*flat_views(h, g, u))
+            K.swiglu_forward(*flat_views(h, g, u))
             self._gu = (g, u)
         else:
             h = self.act.forward(self.up_proj.forward(x))
@@ -55,7 +55,7 @@ class FeedForward(Layer):
             return self.up_proj.backward(self.act.backward(dh))
         g, u = self._gu
         dg, du = self.buffer("dg", g.shape), self.buffer("du", u.shape)
-        A._swiglu_backward_into(*flat_views(dg, du, dh, g, u), False)
+        K.swiglu_backward_into(*flat_views(dg, du, dh, g, u), False)
         dx = self.gate_proj.backward(dg)
         return self.up_proj.backward(du, out=dx, accumulate=True)
 

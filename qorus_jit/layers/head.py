@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from qorus_jit.kernels.decode import _matvec
-from qorus_jit.kernels.matmul import _linear_backward_into, _linear_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.embedding import Embedding
 
@@ -27,9 +26,9 @@ class TiedLMHead(Layer):
         check_input("x", x, C)
         y = self.buffer("y", x.shape[:-1] + (V,))
         if x.size == C:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            _matvec(y.reshape(-1), w, x.reshape(-1))
+            K.matvec(y.reshape(-1), w, x.reshape(-1))
         else:
-            _linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
+            K.linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
         self._x = x
         return y
 
@@ -40,6 +39,6 @@ class TiedLMHead(Layer):
         V, C = w.shape
         check_input("dy", dy, V)
         dx = self.buffer("dx", self._x.shape)
-        _linear_backward_into(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
+        K.linear_backward_into(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
                               self._x.reshape(-1, C), w, 0.0)
         return dx

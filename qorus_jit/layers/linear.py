@@ -7,8 +7,7 @@ import math
 import numpy as np
 
 from qorus_jit.core.check import check_positive
-from qorus_jit.kernels.decode import _matvec
-from qorus_jit.kernels.matmul import _linear_backward_into, _linear_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
@@ -35,11 +34,11 @@ class Linear(Layer):
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
         if x.size == self.in_features:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            _matvec(y.reshape(-1), self.weight, x.reshape(-1))
+            K.matvec(y.reshape(-1), self.weight, x.reshape(-1))
             if self.bias is not None:
                 y.reshape(-1)[...] += self.bias
         else:
-            _linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
+            K.linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
                             self.bias)
         self._x = x
         return y
@@ -54,7 +53,7 @@ class Linear(Layer):
         if dy.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
         dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x, weight=self.weight)
-        _linear_backward_into(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
+        K.linear_backward_into(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
                               dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
                               1.0 if accumulate else 0.0)
         return dx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.core.check import check_positive, check_positive_float
-from qorus_jit.kernels.norm import _layernorm_backward, _layernorm_forward, _rmsnorm_backward, _rmsnorm_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
@@ -62,8 +62,8 @@ class LayerNorm(_Norm):
         n = x.size // self.dim
         mean, rstd = self.buffer("mean", (n,)), self.buffer("rstd", (n,))
         b = self.bias if self.bias is not None else np.empty(0, np.float32)
-        _layernorm_forward(y.reshape(-1, self.dim), mean, rstd, x.reshape(-1, self.dim), self.weight, b,
-                           np.float32(self.eps))
+        K.layernorm_forward(y.reshape(-1, self.dim), mean, rstd, x.reshape(-1, self.dim), self.weight, b,
+                            np.float32(self.eps))
         self._x = x
         return y
 
@@ -74,8 +74,8 @@ class LayerNorm(_Norm):
         x2, dy2 = self._saved(dy)
         dx, base = self._dx(out, accumulate, residual, dy)
         db = self._grads.get("bias", np.empty(0, np.float32))
-        _layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
-                            self._buffers["mean"], self._buffers["rstd"], accumulate, base)
+        K.layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
+                             self._buffers["mean"], self._buffers["rstd"], accumulate, base)
         return dx
 
 
@@ -89,7 +89,7 @@ class RMSNorm(_Norm):
         check_input("x", x, self.dim)
         y = self.buffer("y", x.shape)
         rstd = self.buffer("rstd", (x.size // self.dim,))
-        _rmsnorm_forward(y.reshape(-1, self.dim), rstd, x.reshape(-1, self.dim), self.weight, np.float32(self.eps))
+        K.rmsnorm_forward(y.reshape(-1, self.dim), rstd, x.reshape(-1, self.dim), self.weight, np.float32(self.eps))
         self._x = x
         return y
 
@@ -97,6 +97,6 @@ class RMSNorm(_Norm):
         """As :meth:`LayerNorm.backward`."""
         x2, dy2 = self._saved(dy)
         dx, base = self._dx(out, accumulate, residual, dy)
-        _rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
-                          self._buffers["rstd"], accumulate, base)
+        K.rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
+                           self._buffers["rstd"], accumulate, base)
         return dx
