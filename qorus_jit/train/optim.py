@@ -33,7 +33,7 @@ import numpy as np
 from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_real
 from qorus_jit.core.numerics import FLOAT_DTYPES
-from qorus_jit.kernels.optim import _adam_update, _sgd_update, clip_grad_norm, grad_norm
+from qorus_jit.kernels import trusted as K
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "decay_groups"]
 
@@ -273,7 +273,7 @@ class Optimizer:
 
     def grad_norm(self) -> float:
         """Global L2 norm of all gradients, accumulated in float64."""
-        return grad_norm(list(self.model.gradients().values()))
+        return K.grad_norm(list(self.model.gradients().values()))
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Scale all gradients in place so that their global L2 norm is at most ``max_norm``, as
@@ -282,7 +282,7 @@ class Optimizer:
         Returns the norm before clipping; a NaN or inf norm is returned as is and leaves the gradients
         untouched (skip the step then).
         """
-        return clip_grad_norm(list(self.model.gradients().values()), max_norm)
+        return K.clip_grad_norm(list(self.model.gradients().values()), max_norm)
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -467,8 +467,8 @@ class SGD(Optimizer):
             state = self._state.get(name)
             first = state is None or "momentum_buffer" not in state
             buf = self._buffer(name, param, "momentum_buffer")
-        _sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), t(self.lr), t(self.momentum),
-                    t(1 - self.dampening), t(weight_decay), bool(self.nesterov), bool(first))
+        K.sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), t(self.lr), t(self.momentum),
+                     t(1 - self.dampening), t(weight_decay), bool(self.nesterov), bool(first))
 
 
 class _AdamBase(Optimizer):
@@ -519,8 +519,8 @@ class _AdamBase(Optimizer):
         lr = self.lr
         decay, l2 = (1 - lr * weight_decay, 0.0) if self._decoupled else (1.0, weight_decay)
         t = param.dtype.type
-        _adam_update(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), t(decay), t(l2),
-                     t(1 - b1), t(b2), t(1 - b2), t(self.eps), t(lr / bc1), t(math.sqrt(bc2)))
+        K.adam_update(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), t(decay), t(l2),
+                      t(1 - b1), t(b2), t(1 - b2), t(self.eps), t(lr / bc1), t(math.sqrt(bc2)))
 
 
 class Adam(_AdamBase):

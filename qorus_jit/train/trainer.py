@@ -31,7 +31,7 @@ import numpy as np
 from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.files import atomic_write_text
 from qorus_jit.formats import checkpoint as ckpt
-from qorus_jit.kernels.loss import _cross_entropy_forward_backward, _mse_backward, _mse_forward, cross_entropy_forward
+from qorus_jit.kernels import trusted as K
 from qorus_jit.train.schedule import constant
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +71,7 @@ class CrossEntropyLoss:
             self._grad = _alloc.empty(x.shape, np.float32)
         losses = np.empty(x.shape[0], np.float64)
         count = int(np.count_nonzero(t != self.ignore_index))
-        _cross_entropy_forward_backward(self._grad, losses, x, t, self.ignore_index, scale / count if count else 0.0)
+        K.cross_entropy_forward_backward(self._grad, losses, x, t, self.ignore_index, scale / count if count else 0.0)
         loss = float(losses.sum() / count) if count else 0.0
         return loss, self._grad.reshape(logits.shape)
 
@@ -79,7 +79,7 @@ class CrossEntropyLoss:
         """``(sum of row losses, rows counted, rows whose argmax is the target)`` without a gradient."""
         x, t, _ = self._flat(logits, targets)
         losses = np.empty(x.shape[0], x.dtype)
-        cross_entropy_forward(losses, x, t, self.ignore_index)
+        K.cross_entropy_forward(losses, x, t, self.ignore_index)
         keep = t != self.ignore_index
         correct = int(np.count_nonzero((x.argmax(axis=1) == t) & keep))
         return float(losses.sum(dtype=np.float64)), int(keep.sum()), correct
@@ -107,14 +107,14 @@ class MSELoss:
         if self._grad is None or self._grad.shape != pred.shape:
             self._grad = _alloc.empty(pred.shape, np.float32)
         self._grad.fill(0)
-        loss = float(_mse_forward(pred.reshape(-1), target.reshape(-1)))
-        _mse_backward(self._grad.reshape(-1), pred.reshape(-1), target.reshape(-1), scale / pred.size)
+        loss = float(K.mse_forward(pred.reshape(-1), target.reshape(-1)))
+        K.mse_backward(self._grad.reshape(-1), pred.reshape(-1), target.reshape(-1), scale / pred.size)
         return loss, self._grad
 
     def evaluate(self, pred, target) -> tuple[float, int, int]:
         pred, target = self._check(pred, target)
         n = pred.shape[0] if pred.ndim else 1
-        return float(_mse_forward(pred.reshape(-1), target.reshape(-1))) * n, n, 0
+        return float(K.mse_forward(pred.reshape(-1), target.reshape(-1))) * n, n, 0
 
 
 LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
