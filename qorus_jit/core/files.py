@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, flushed and fsynced, then ``os.replace``.
 
 An interrupted write (a crash, SIGKILL, a full disk) leaves either the old file or the new one, never a
-damaged one. Used by Hugging Face folders, checkpoints, token caches and run files.
+damaged one. Used by Hugging Face folders, checkpoints, token caches and run files. Also the checks of
+path arguments.
 """
 
 from __future__ import annotations
@@ -88,3 +89,21 @@ def read_json(file: Path, what: str):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
+def check_path(name: str, path) -> Path:
+    """``path`` (a str or os.PathLike) as a Path; a TypeError names the argument otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
+def check_file(name: str, path, what: str = "file") -> Path:
+    """``path`` as a Path to an existing file: IsADirectoryError for a folder, FileNotFoundError if absent;
+    ``what`` names the kind of file in the messages."""
+    p = check_path(name, path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{name}: expected a {what}, got the directory {p}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{name}: {what} not found: {p}")
+    return p

@@ -50,11 +50,10 @@ import numpy as np
 
 from qorus_jit.core.check import check_bool, check_positive
 from qorus_jit.core.files import atomic_write_npy, atomic_write_text, read_json
-from qorus_jit.data import BPE_INSTALL_HINT, BPETokenizer
-from qorus_jit.formats.hf import CONFIG_NAME, config_from_hf
-from qorus_jit.models.bert import Bert
-from qorus_jit.models.configs import BertConfig
-from qorus_jit.models.pretrained import load_pretrained
+from qorus_jit.formats.hf import CONFIG_NAME
+from qorus_jit.models.bert import Bert, BertConfig
+from qorus_jit.models.registry import config_from_hf, load_pretrained
+from qorus_jit.tokenizers import BPE_INSTALL_HINT, BPETokenizer
 
 #: Pooling modes, in the order sentence-transformers concatenates them when several are enabled.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
@@ -118,7 +117,7 @@ class SentenceEncoder:
 
     Usually made by :meth:`load` from a sentence-transformers folder. Direct construction: ``model`` a
     :class:`~qorus_jit.models.Bert`, ``tokenizer`` a ``tokenizers.Tokenizer`` or a
-    :class:`~qorus_jit.data.BPETokenizer` (copied: its truncation and padding settings are replaced),
+    :class:`~qorus_jit.tokenizers.BPETokenizer` (copied: its truncation and padding settings are replaced),
     ``pooling`` one mode of :data:`POOLING_MODES` or several (concatenated), ``normalize`` the default of
     :meth:`encode`, ``max_seq_len`` the truncation length (the model's positions when None), ``lowercase``
     to lowercase texts before tokenizing, ``pad_id`` the id padding is filled with (the tokenizer's padding

@@ -45,7 +45,7 @@ def load_source(source, tokenizer=None) -> Source:
     folder (``config.json``; its ``tokenizer.json``) or a llama2.c checkpoint (a file; ``tokenizer`` must
     name its ``tokenizer.bin``). ``tokenizer`` overrides the source's own (any :func:`load_tokenizer` spec).
     """
-    from qorus_jit.data import load_tokenizer
+    from qorus_jit.tokenizers import load_tokenizer
 
     path = Path(source)
     if not path.exists():
@@ -67,7 +67,7 @@ def load_source(source, tokenizer=None) -> Source:
     if path.is_dir():
         raise SourceError(f"source: {path} is neither a run directory (run.json) nor a Hugging Face folder "
                           f"(config.json)")
-    from qorus_jit.formats.llama2c import load_llama2c
+    from qorus_jit.models.llama import load_llama2c
 
     if tok is None:
         raise SourceError(f"tokenizer: a llama2.c checkpoint needs its tokenizer.bin (--tokenizer) for {path}")
@@ -80,8 +80,8 @@ def load_source(source, tokenizer=None) -> Source:
 
 
 def _hf_source(path: Path, tok) -> Source:
-    from qorus_jit.data import load_tokenizer
     from qorus_jit.models import load_pretrained
+    from qorus_jit.tokenizers import load_tokenizer
 
     try:
         model = load_pretrained(path)

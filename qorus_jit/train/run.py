@@ -296,7 +296,7 @@ def _max_threads() -> int:
 
 def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     """Validate ``cfg`` with its data and tokenizer, then create the run directory and build the run."""
-    from qorus_jit.data import load_tokenizer
+    from qorus_jit.tokenizers import load_tokenizer
 
     cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
     try:
@@ -366,8 +366,8 @@ def run_tokenizer_path(run_dir) -> Path:
 
 def load_run_model(run_dir):
     """``(model, tokenizer)`` of a run directory, with the weights of its newest complete checkpoint."""
-    from qorus_jit.data import load_tokenizer
     from qorus_jit.formats.checkpoint import latest_checkpoint, load_checkpoint
+    from qorus_jit.tokenizers import load_tokenizer
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(_read_run_file(run_dir)["config"], where=str(run_dir / RUN_FILE))
@@ -406,8 +406,8 @@ RESUMABLE_CHANGES = ("steps", "eval_every", "ckpt_every", "keep_checkpoints", "t
 
 def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) -> Run:
     """Rebuild the run of ``run_dir`` and restore its newest checkpoint (exact resume)."""
-    from qorus_jit.data import load_tokenizer
     from qorus_jit.formats.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
+    from qorus_jit.tokenizers import load_tokenizer
 
     run_dir = Path(run_dir)
     record = _read_run_file(run_dir)

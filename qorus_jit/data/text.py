@@ -1,0 +1,254 @@
+"""Next-token windows of one token stream (:class:`TextDataset`), and the memory-mapped ``.npy`` cache of a
+tokenized text file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from qorus_jit.core.check import check_int, check_nonnegative, check_positive, check_real
+from qorus_jit.core.files import atomic_write_npy, check_file, check_path
+from qorus_jit.data._state import plain, set_rng_state, state_get, state_int
+from qorus_jit.tokenizers import load_tokenizer
+
+#: Token count above which :meth:`TextDataset.from_text_file` writes the ids to a memory-mapped ``.npy``.
+MMAP_THRESHOLD = 4_000_000
+
+
+class TextDataset:
+    """Next-token windows of one token stream: random training batches and fixed validation batches.
+
+    ``tokens``: ``(n,)`` integer ids (any integer dtype, in memory or a memory-mapped ``.npy``). The last
+    ``val_fraction`` of them (rounded down) is held out for validation; each part must hold at least one
+    window of ``seq_len + 1`` tokens. A window ``w`` of ``seq_len + 1`` consecutive tokens gives
+    ``x = w[:-1]`` and ``y = w[1:]`` (the next token of each position); windows never cross the boundary.
+
+    - :meth:`train_batch` draws windows uniformly at random from the training part with the dataset's
+      own ``np.random.default_rng(seed)``.
+    - :meth:`val_batches` returns the same evenly spaced validation windows on every call.
+    - :meth:`state_dict` / :meth:`load_state_dict` save and restore the random state.
+
+    Example::
+
+        >>> ds = TextDataset(np.arange(1000) % 50, seq_len=8, val_fraction=0.1, seed=0)
+        >>> x, y = ds.train_batch(4)
+        >>> x.shape, x.dtype, bool((y[:, :-1] == x[:, 1:]).all())
+        ((4, 8), dtype('int32'), True)
+        >>> len(ds.val_batches(batch_size=2, n_batches=3))
+        3
+    """
+
+    def __init__(self, tokens, seq_len: int, val_fraction: float = 0.1, seed: int = 0, *,
+                 vocab_size: int | None = None):
+        if not isinstance(tokens, np.ndarray):
+            raise TypeError(f"tokens: expected a 1-D numpy array of integer ids, got {type(tokens).__name__}")
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens: expected a 1-D array of shape (n,), got shape {tokens.shape}")
+        if tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens: expected an integer dtype, got {tokens.dtype}")
+        check_positive(seq_len=seq_len)
+        check_real("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int(seed=seed)
+        if seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed}")
+        if vocab_size is not None:
+            check_positive(vocab_size=vocab_size)
+        n = int(tokens.shape[0])
+        n_val = int(n * float(val_fraction))
+        n_train = n - n_val
+        need = int(seq_len) + 1
+        if n_train < need or n_val < need:
+            raise ValueError(
+                f"tokens: {n} tokens split by val_fraction={val_fraction} into {n_train} train and {n_val} "
+                f"validation tokens; each part needs at least seq_len + 1 = {need} (use more text, a smaller "
+                "seq_len or another val_fraction)")
+        _check_token_range(tokens, vocab_size)
+        self.tokens = tokens
+        self.seq_len = int(seq_len)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.vocab_size = None if vocab_size is None else int(vocab_size)
+        self.n_train = n_train
+        self.n_val = n_val
+        self.batches_drawn = 0
+        self.source: dict = {}
+        self._rng = np.random.default_rng(self.seed)
+        self._offsets = np.arange(need, dtype=np.int64)
+
+    # -- constructors
+
+    @classmethod
+    def from_text_file(cls, path, tokenizer, seq_len: int, val_fraction: float = 0.1, seed: int = 0, *,
+                       cache_dir=None, mmap_threshold: int | None = MMAP_THRESHOLD) -> TextDataset:
+        """Tokenize a UTF-8 text file into a dataset.
+
+        ``tokenizer``: a tokenizer or a :func:`load_tokenizer` spec. When ``cache_dir`` is given, or the text
+        has more than ``mmap_threshold`` tokens (``None``: never), the ids are written atomically to a
+        ``.npy`` (uint16 for a vocabulary of at most 65536 ids, else int32) named after the file, the
+        tokenizer and a hash of both, and memory-mapped from there; a later call with the same file and
+        tokenizer reuses it without tokenizing. Without ``cache_dir`` the folder is ``$QORUS_CACHE_DIR``,
+        else ``$XDG_CACHE_HOME/qorus_jit/tokens``, else ``~/.cache/qorus_jit/tokens``.
+        """
+        p = check_file("path", path)
+        tok = load_tokenizer(tokenizer)
+        check_positive(seq_len=seq_len)
+        if mmap_threshold is not None:
+            check_nonnegative(mmap_threshold=mmap_threshold)
+        folder = check_path("cache_dir", cache_dir) if cache_dir is not None else _default_cache_dir()
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"cache_dir: expected a folder, got the file {folder}")
+        raw = p.read_bytes()
+        if not raw:
+            raise ValueError(f"path: the text file {p} is empty")
+        key = hashlib.sha256(hashlib.sha256(raw).digest() + tok.fingerprint.encode()).hexdigest()[:16]
+        cache = folder / f"{p.stem}.{tok.name}.{key}.npy"
+        dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
+        ids = _open_cached(cache, dtype)
+        if ids is None:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"path: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+            del raw
+            ids = tok.encode(text)
+            del text
+            if len(ids) == 0:
+                raise ValueError(f"path: the text file {p} holds no tokens")
+            if cache_dir is not None or (mmap_threshold is not None and len(ids) > mmap_threshold):
+                arr = ids.astype(dtype)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_npy(cache, arr)
+                del arr, ids
+                ids = np.load(cache, mmap_mode="r", allow_pickle=False)
+        try:
+            ds = cls(ids, seq_len, val_fraction, seed, vocab_size=tok.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"path: {p} is too short for this dataset: {e}") from None
+        ds.source = {"text_file": str(p), "tokenizer": tok.name, "tokenizer_sha256": tok.fingerprint,
+                     "tokens_file": str(cache) if isinstance(ids, np.memmap) else None}
+        return ds
+
+    @classmethod
+    def from_tokens_file(cls, path, seq_len: int, val_fraction: float = 0.1, seed: int = 0, *,
+                         vocab_size: int | None = None) -> TextDataset:
+        """Memory-map a ``.npy`` of 1-D integer token ids (as :meth:`from_text_file` writes) into a dataset."""
+        p = check_file("path", path)
+        try:
+            ids = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"path: {p} is not a readable .npy file of token ids ({e})") from None
+        if not isinstance(ids, np.ndarray):
+            raise ValueError(f"path: {p} holds a .npz archive, expected a .npy of token ids")
+        ds = cls(ids, seq_len, val_fraction, seed, vocab_size=vocab_size)
+        ds.source = {"tokens_file": str(p)}
+        return ds
+
+    # -- batches
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_train + self.n_val
+
+    @property
+    def n_val_windows(self) -> int:
+        """Number of distinct validation windows (start positions) the validation part holds."""
+        return self.n_val - self.seq_len
+
+    def _gather(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        win = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int32)
+        return np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:])
+
+    def train_batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)``, each ``(batch_size, seq_len)`` C-contiguous int32, from random training windows."""
+        check_positive(batch_size=batch_size)
+        starts = self._rng.integers(0, self.n_train - self.seq_len, size=int(batch_size), dtype=np.int64)
+        self.batches_drawn += 1
+        return self._gather(starts)
+
+    def val_batches(self, batch_size: int, n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``n_batches`` batches ``(x, y)`` of ``(batch_size, seq_len)`` int32: the same on every call.
+
+        The ``batch_size * n_batches`` windows are evenly spaced over the validation part (disjoint when
+        they fit, overlapping otherwise); at most :attr:`n_val_windows` distinct windows exist.
+        """
+        check_positive(batch_size=batch_size, n_batches=n_batches)
+        total = int(batch_size) * int(n_batches)
+        if total > self.n_val_windows:
+            raise ValueError(
+                f"batch_size * n_batches: expected at most {self.n_val_windows} windows (the validation part "
+                f"holds {self.n_val} tokens, so {self.n_val_windows} windows of seq_len + 1 = {self.seq_len + 1}), "
+                f"got {batch_size} * {n_batches} = {total}")
+        starts = self.n_train + np.linspace(0, self.n_val_windows - 1, total).astype(np.int64)
+        starts = starts.reshape(int(n_batches), int(batch_size))
+        return [self._gather(s) for s in starts]
+
+    # -- state
+
+    def state_dict(self) -> dict:
+        """The random state and the number of batches drawn, as plain JSON types."""
+        return {"kind": "TextDataset", "seed": self.seed, "batches_drawn": self.batches_drawn,
+                "rng": plain(self._rng.bit_generator.state), "seq_len": self.seq_len,
+                "n_train": self.n_train, "n_val": self.n_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (of a dataset over the same tokens and seq_len): batches continue exactly."""
+        what = "TextDataset"
+        for key, mine in (("seq_len", self.seq_len), ("n_train", self.n_train), ("n_val", self.n_val)):
+            theirs = state_int(state, key, what)
+            if theirs != mine:
+                raise ValueError(f"state[{key!r}]: the state is of a dataset with {key}={theirs}, this one has {mine}")
+        batches = state_int(state, "batches_drawn", what)
+        seed = state_int(state, "seed", what)
+        set_rng_state(self._rng, state_get(state, "rng", what))
+        self.batches_drawn, self.seed = batches, seed
+
+    @property
+    def info(self) -> dict:
+        """Sizes and source of the dataset, as plain JSON types (for a run's record)."""
+        return {"n_tokens": self.n_tokens, "n_train": self.n_train, "n_val": self.n_val, "seq_len": self.seq_len,
+                "val_fraction": self.val_fraction, "seed": self.seed, "vocab_size": self.vocab_size,
+                "memory_mapped": isinstance(self.tokens, np.memmap), **self.source}
+
+    def __repr__(self) -> str:
+        return (f"TextDataset(n_train={self.n_train}, n_val={self.n_val}, seq_len={self.seq_len}, "
+                f"seed={self.seed})")
+
+
+def _check_token_range(tokens: np.ndarray, vocab_size: int | None) -> None:
+    """Ids must be >= 0, fit int32, and lie below ``vocab_size`` when given (checked in blocks: memmaps)."""
+    high = 2**31 if vocab_size is None else vocab_size
+    info = np.iinfo(tokens.dtype)
+    if info.min >= 0 and info.max < high:
+        return
+    step = 1 << 22
+    for i in range(0, tokens.shape[0], step):
+        block = tokens[i:i + step]
+        lo, hi = int(block.min()), int(block.max())
+        if lo < 0 or hi >= high:
+            bad = lo if lo < 0 else hi
+            where = f"[0, {vocab_size}) (vocab_size)" if vocab_size is not None else "[0, 2**31)"
+            raise ValueError(f"tokens: expected ids in {where}, got {bad}")
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("QORUS_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "qorus_jit" / "tokens"
+
+
+def _open_cached(path: Path, dtype) -> np.ndarray | None:
+    """The memory-mapped ids of a token cache file, or None if it is absent or not what it should be."""
+    if not path.is_file():
+        return None
+    try:
+        ids = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype != dtype or ids.shape[0] == 0:
+        return None
+    return ids
