@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from qorus_jit.kernels import trusted as K
 from qorus_jit.kernels.activations import _relu_forward
 from qorus_jit.layers import Layer
 from qorus_jit.models import GPT2, MLP, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
@@ -20,16 +21,26 @@ EPS = 1e-6  # ms: float rounding of sums
 
 
 class DoubleReLU(Layer):
-    """A user layer in a user module, calling a kernel it imported by name (``2 * relu(x)``)."""
+    """A user layer in a user module, calling a kernel through kernels.trusted (``2 * relu(x)``)."""
+
+    def forward(self, x):
+        y = self.buffer("y", x.shape)
+        K.relu_forward(y.reshape(-1), x.reshape(-1))
+        y *= 2
+        return y
+
+    def backward(self, dy):
+        return dy
+
+
+class BoundReLU(DoubleReLU):
+    """The same, with the kernel bound to a name at import time: it runs, but is not timed."""
 
     def forward(self, x):
         y = self.buffer("y", x.shape)
         _relu_forward(y.reshape(-1), x.reshape(-1))
         y *= 2
         return y
-
-    def backward(self, dy):
-        return dy
 
 
 def _llama_setup():
@@ -115,8 +126,8 @@ def test_results_identical_with_and_without_profiler():
     assert np.array_equal(after[0][0], again[0][0])
 
 
-def test_mlp_class_and_instance_kernels_identical():
-    """ReLU holds its kernels as class attributes, GELU as instance attributes: both are timed, both put back."""
+def test_mlp_activation_kernels_identical():
+    """ReLU's kernels and GELU's (exact or tanh, chosen per instance) are timed; everything is put back."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 8)).astype(np.float32)
     dy = rng.standard_normal((16, 3)).astype(np.float32)
@@ -210,7 +221,7 @@ def test_originals_restored_after_exception():
 
 
 def test_user_layer_module_kernels():
-    """A layer class defined outside qorus_jit calling a kernel it imported by name is timed too."""
+    """A layer class defined outside qorus_jit calling a kernel through kernels.trusted is timed too."""
     model = MLP([4, 6], rng=0)
     model.add("double", DoubleReLU(), model.output, "d")
     model.output = "d"
@@ -223,6 +234,32 @@ def test_user_layer_module_kernels():
     assert np.array_equal(y, ref)
     rows = [r for r in prof.rows("kernel") if r["name"] == "activations._relu_forward"]
     assert [r["caller"] for r in rows] == ["DoubleReLU"]
+
+
+def test_one_dispatch_hook():
+    """The profiler swaps the entries of kernels.trusted and nothing else of any module: inside the block
+    each entry is a timing wrapper of the kernel, after it the kernel itself. A kernel bound to a name at
+    import time still runs (same result) but is not timed."""
+    model = MLP([4, 6], rng=0)
+    model.add("double", BoundReLU(), model.output, "d")
+    model.output = "d"
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    ref = model.forward(x).copy()
+    entries = {n: getattr(K, n) for n in K.__all__}
+    mods, _, _ = _snapshot([])
+    with profile(model) as prof:
+        inside, _, _ = _snapshot([])
+        y = model.forward(x).copy()
+        swapped = {n: getattr(K, n) for n in K.__all__}
+    for n, kernel in entries.items():
+        assert swapped[n] is not kernel and swapped[n].__wrapped__ is kernel, n
+        assert getattr(K, n) is kernel, n
+    changed = {name: {k for k in d if inside[name].get(k) is not d[k]} for name, d in mods.items()}
+    assert {name for name, keys in changed.items() if keys} == {K.__name__}
+    assert changed[K.__name__] == set(K.__all__)
+    assert np.array_equal(y, ref)
+    kernels = {r["name"]: r["caller"] for r in prof.rows("kernel")}
+    assert kernels["matmul._linear_forward"] == "Linear" and "activations._relu_forward" not in kernels
 
 
 def test_rows_cover_layers_and_kernels():

@@ -12,21 +12,18 @@ Inside the ``with`` block the profiler times, with ``time.perf_counter`` around 
 
 - every layer's ``forward`` and ``backward`` (the model and each sub-layer reached through the children of
   the layer protocol), by setting timing wrappers as attributes of the layer instances;
-- every kernel the layers, the loss and the optimizer call: a numba dispatcher, or a function of
-  ``qorus_jit.kernels``, that their modules reference by name (``from ..kernels.matmul import
-  _linear_forward``) or through a kernel module (``from ..kernels import attention as A``), or that a layer
-  class or instance holds as an attribute (``ReLU._forward_kernel``). Their names are replaced by timing
-  wrappers in those module namespaces, classes and instances; the kernel modules themselves are not
-  touched, so compiled code never sees a wrapper;
+- every kernel called through ``qorus_jit.kernels.trusted`` (``K.linear_forward(...)``), the one namespace
+  of kernels that layers, models, losses and optimizers call: each of its entries is swapped for a timing
+  wrapper while the block runs (its one dispatch hook). Kernels call one another inside the kernel modules,
+  never through that namespace, so compiled code never sees a wrapper;
 - ``loss(...)`` calls of the ``loss`` object (Python looks ``__call__`` up on the class, so for the block
   the object's class is a subclass with a timed ``__call__``: ``isinstance`` still holds), the ``step``,
   ``zero_grad``, ``clip_grad_norm`` and ``grad_norm`` calls of the ``optimizer``, and any block under
   ``prof.section(name)``.
 
-On exit (also after an exception) every name, class attribute and instance attribute is put back: the
-model, optimizer and loss are left exactly as they were, and results are the same with and without the
-profiler (the wrappers only call through). Each wrapped call costs one or two microseconds; a Llama training
-step makes a few hundred such calls.
+On exit (also after an exception) every entry and attribute is put back: the model, optimizer and loss are
+left exactly as they were, and results are the same with and without the profiler (the wrappers only call
+through). Each wrapped call costs one or two microseconds; a Llama training step makes a few hundred.
 
 Times are inclusive: a transformer block's time holds its attention and MLP, whose own rows follow it.
 "Kernels" is the time inside kernel calls; "other" is the rest: Python, the graph and NumPy glue (residual
@@ -39,53 +36,33 @@ from __future__ import annotations
 
 import inspect
 import re
-import sys
 import time
 import types
 from contextlib import contextmanager
 
 from numba.core.dispatcher import Dispatcher
 
+from qorus_jit.kernels import trusted
 from qorus_jit.layers.base import Layer
 
 __all__ = ["Profile", "profile"]
 
-_KERNEL_PACKAGE = "qorus_jit.kernels"
 _OPTIMIZER_METHODS = ("step", "zero_grad", "clip_grad_norm", "grad_norm")
 _TABLES = ("step", "path", "type", "kernel")
 _active: list[Profile] = []  # the profile in effect (one at a time)
 
 
-def _in_kernel_package(name: str) -> bool:
-    return name == _KERNEL_PACKAGE or name.startswith(_KERNEL_PACKAGE + ".")
-
-
-def _kernel_name(obj) -> str | None:
-    """``family.function`` for a numba dispatcher or a function of ``qorus_jit.kernels``; else None."""
-    if isinstance(obj, Dispatcher):
-        fn = obj.py_func
-    elif isinstance(obj, types.FunctionType) and _in_kernel_package(getattr(obj, "__module__", None) or ""):
-        fn = obj
-    else:
-        return None
+def _kernel_name(kernel) -> str:
+    """``family.function`` of a kernel (a numba dispatcher or a function of ``qorus_jit.kernels``), named
+    after its definition: ``matmul._linear_forward`` for ``K.linear_forward``."""
+    fn = kernel.py_func if isinstance(kernel, Dispatcher) else kernel
     mod = getattr(fn, "__module__", None) or "?"
-    if _in_kernel_package(mod):
-        mod = mod[len(_KERNEL_PACKAGE) + 1:] or mod
-    return f"{mod}.{fn.__name__}"
-
-
-def _defines_dispatchers(module) -> bool:
-    """Whether ``module`` compiles numba code of its own (its globals are then left alone: a kernel
-    compiled while a wrapper sat in them would try to call the wrapper)."""
-    name = module.__name__
-    return any(isinstance(v, Dispatcher) and getattr(v.py_func, "__module__", None) == name
-               for v in list(vars(module).values()))
+    return f"{mod.removeprefix('qorus_jit.kernels.')}.{getattr(fn, '__name__', '?')}"
 
 
 def _merge_name(name: str) -> str:
     """``model.layers.3`` -> ``model.layers.*`` (numbered children of one kind fold into one row)."""
     return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name)
-
 
 
 def _count(rec, dt, dk, top):
@@ -97,21 +74,6 @@ def _count(rec, dt, dk, top):
     if top:
         rec[3] += dt
         rec[4] += dk
-
-class _KernelModule(types.ModuleType):
-    """Stands for a kernel module in a layer module's namespace: attributes that are kernels come back
-    as the profiler's timing wrappers, everything else unchanged."""
-
-    def __init__(self, module, prof: Profile):
-        super().__init__(module.__name__, module.__doc__)
-        object.__setattr__(self, "_qj_module", module)
-        object.__setattr__(self, "_qj_prof", prof)
-
-    def __getattribute__(self, name):
-        if name in ("_qj_module", "_qj_prof", "__class__"):
-            return object.__getattribute__(self, name)
-        value = getattr(object.__getattribute__(self, "_qj_module"), name)
-        return object.__getattribute__(self, "_qj_prof")._wrapped(value)
 
 
 class Profile:
@@ -134,8 +96,7 @@ class Profile:
         self._kernel_s = 0.0  # all kernel time so far (frames take differences of it)
         self._in_kernel = False
         self._on = False  # inside the with block
-        self._wrappers: dict[int, tuple] = {}  # id(original) -> (original, wrapper or original)
-        self._undo: list = []  # callables restoring what was patched, in patch order
+        self._undo: list = []  # callables restoring what was swapped, in swap order
         self._tree: list[tuple[str, str | None, str, str, int]] = []  # (path, parent, name, type, depth)
         self._forwards = 0  # top-level model.forward calls
         self.total_s = 0.0
@@ -168,30 +129,15 @@ class Profile:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-        self._wrappers.clear()
 
     # -- instrumentation -----------------------------------------------------------------------------
-
-    def _wrapped(self, obj):
-        """The timing wrapper of ``obj`` if it is a kernel (one wrapper per kernel), else ``obj``."""
-        got = self._wrappers.get(id(obj))
-        if got is not None and got[0] is obj:
-            return got[1]
-        if isinstance(obj, types.ModuleType) and _in_kernel_package(obj.__name__) \
-                and not isinstance(obj, _KernelModule):
-            wrapper = _KernelModule(obj, self)
-        else:
-            name = _kernel_name(obj)
-            wrapper = obj if name is None else self._kernel_wrapper(obj, name)
-        self._wrappers[id(obj)] = (obj, wrapper)
-        return wrapper
 
     def _kernel_wrapper(self, fn, name: str):
         prof, kernels, perf_counter = self, self._kernels, time.perf_counter
 
         def timed_kernel(*args, **kwargs):
-            # a kernel calling a kernel is counted once, by the outer call; a wrapper kept past the profile
-            # (a layer built inside it that stored a kernel) just calls through
+            # a kernel called from inside another kernel's call counts once, by the outer one; a wrapper kept
+            # past the profile (``f = K.relu_forward`` inside the block) just calls through
             if prof._in_kernel or not prof._on:
                 return fn(*args, **kwargs)
             prof._in_kernel = True
@@ -240,7 +186,7 @@ class Profile:
         return timed
 
     def _set_attr(self, obj, name: str, value) -> None:
-        """Set an instance attribute, to be put back (or removed) on exit."""
+        """Set an attribute of an instance or a module, to be put back (or removed) on exit."""
         d = vars(obj)
         had, old = name in d, d.get(name)
         d[name] = value
@@ -250,21 +196,6 @@ class Profile:
                 d[name] = old
             else:
                 d.pop(name, None)
-
-        self._undo.append(undo)
-
-    def _set_class_attr(self, cls, name: str, value) -> None:
-        old = cls.__dict__[name]
-        setattr(cls, name, value)
-        self._undo.append(lambda: setattr(cls, name, old))
-
-    def _set_global(self, module, name: str, value) -> None:
-        d = vars(module)
-        old = d[name]
-        d[name] = value
-
-        def undo():
-            d[name] = old
 
         self._undo.append(undo)
 
@@ -292,49 +223,10 @@ class Profile:
     def _instrument(self) -> None:
         layers = self._layers()
         self._tree = [(path, parent, name, type(layer).__name__, depth) for path, parent, name, layer, depth in layers]
-        objects = [layer for *_, layer, _ in layers] + [o for o in (self.optimizer, self.loss) if o is not None]
-
-        # kernels named in module namespaces: every loaded qorus_jit module outside the kernels, and the
-        # modules of the classes (and their bases) of the layers, the optimizer and the loss
-        classes = []
-        for obj in objects:
-            for cls in type(obj).__mro__:
-                if cls is not object and cls not in classes:
-                    classes.append(cls)
-        names = {n for n in list(sys.modules) if n == "qorus_jit" or n.startswith("qorus_jit.")}
-        names.update(cls.__module__ for cls in classes)
-        for mod_name in sorted(names):
-            module = sys.modules.get(mod_name)
-            if module is None or _in_kernel_package(mod_name) or mod_name == __name__ \
-                    or _defines_dispatchers(module):
-                continue
-            for name, value in list(vars(module).items()):
-                if isinstance(value, types.ModuleType) and value.__name__ == f"{mod_name}.{name}":
-                    continue  # a package's own submodule (``qorus_jit.kernels``): not a reference to patch
-                wrapper = self._wrapped(value)
-                if wrapper is not value:
-                    self._set_global(module, name, wrapper)
-
-        # kernels held by classes (``staticmethod(A._relu_forward)``) and instances (GELU's kernel)
-        for cls in classes:
-            mod = sys.modules.get(cls.__module__)
-            if mod is None or _in_kernel_package(cls.__module__) or _defines_dispatchers(mod):
-                continue
-            for name, value in list(vars(cls).items()):
-                if isinstance(value, staticmethod):
-                    wrapper = self._wrapped(value.__func__)
-                    if wrapper is not value.__func__:
-                        self._set_class_attr(cls, name, staticmethod(wrapper))
-                elif not isinstance(value, (types.ModuleType, type)):
-                    wrapper = self._wrapped(value)
-                    if wrapper is not value:
-                        self._set_class_attr(cls, name, wrapper)
-        for obj in objects:
-            for name, value in list(getattr(obj, "__dict__", {}).items()):
-                if not isinstance(value, (types.ModuleType, type)):
-                    wrapper = self._wrapped(value)
-                    if wrapper is not value:
-                        self._set_attr(obj, name, wrapper)
+        # the kernels: every entry of kernels.trusted, the namespace layers, losses and optimizers call
+        for name in trusted.__all__:
+            kernel = getattr(trusted, name)
+            self._set_attr(trusted, name, self._kernel_wrapper(kernel, _kernel_name(kernel)))
 
         # the layers' forward and backward, the optimizer's methods, the loss's __call__
         for path, _, _, layer, _ in layers:
