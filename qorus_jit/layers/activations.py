@@ -1,6 +1,13 @@
-"""Activation layers (elementwise, any shape): ReLU, GELU, SiLU, Swish; and Softmax over the last axis."""
+"""Activation layers (elementwise, any shape): ReLU, GELU, SiLU, Swish; and Softmax over the last axis.
+
+:data:`ACTIVATIONS` names them for the layers and models that take an activation by name (``FeedForward``'s
+``kind``, ``MLP``'s ``activation``).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -13,6 +20,7 @@ class _Elementwise(Layer):
     """``y = f(x)`` elementwise; backward ``dx = dy * f'(x)`` from the saved input."""
 
     rowwise = True
+    _x = None  # the input of the last forward
 
     def _forward_kernel(self, y, x):
         raise NotImplementedError
@@ -27,8 +35,9 @@ class _Elementwise(Layer):
         self._x = x
         return y
 
-    def backward(self, dy):
-        x = getattr(self, "_x", None)
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
+        x = self._x
         if x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         check_input("dy", dy)
@@ -99,6 +108,7 @@ class Softmax(Layer):
     """Softmax over the last axis; backward uses the saved output."""
 
     rowwise = True
+    _y = None  # the output of the last forward
 
     def forward(self, x):
         check_input("x", x)
@@ -107,8 +117,9 @@ class Softmax(Layer):
         self._y = y
         return y
 
-    def backward(self, dy):
-        y = getattr(self, "_y", None)
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
+        y = self._y
         if y is None:
             raise RuntimeError("Softmax.backward called before forward")
         check_input("dy", dy)
@@ -118,3 +129,13 @@ class Softmax(Layer):
         C = y.shape[-1]
         K.softmax_backward(dx.reshape(-1, C), dy.reshape(-1, C), y.reshape(-1, C))
         return dx
+
+
+#: Activation name -> its layer, made without arguments: the names ``FeedForward`` (``kind``, besides
+#: ``"swiglu"``) and ``MLP`` (``activation``) take. ``"gelu"`` is exact (erf), ``"gelu_tanh"`` the tanh form.
+ACTIVATIONS: dict[str, Callable[[], Layer]] = {
+    "relu": ReLU,
+    "gelu": GELU,
+    "gelu_tanh": partial(GELU, "tanh"),
+    "silu": SiLU,
+}

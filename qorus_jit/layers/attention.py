@@ -100,6 +100,12 @@ class MultiHeadAttention(Layer):
         self._saved = None
         self._work_size = (None, 0)  # ((q shape, k shape, threads), elements of the attention scratch)
 
+    @property
+    def incremental(self) -> bool:
+        """Causal attention decodes incrementally from its KV cache; bidirectional attention cannot (each
+        position attends to later ones)."""
+        return self.causal
+
     def _project(self, x, pos):
         """q (B, T, H, D), k, v (B, T, Hkv, D) for positions pos .. pos + T - 1 (RoPE applied in place)."""
         B, T, _ = x.shape
@@ -166,7 +172,8 @@ class MultiHeadAttention(Layer):
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
         return self.forward(x, key_mask, cache)
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         if self._saved is None:
             raise RuntimeError("MultiHeadAttention.backward needs a forward without a KV cache first")
         x, q, k, v, out, lse, key_mask = self._saved

@@ -1,4 +1,5 @@
-"""The layer protocol: forward, backward, parameters, gradients, zero_grad.
+"""The layer protocol: forward, backward (and its variants), forward_decode, parameters, gradients, zero_grad,
+and the capabilities a layer declares.
 
 Layers are plain Python classes over the cached numba kernels (a jitclass cannot be cached and would
 recompile in every process: docs/design.md). A layer holds its parameters, their gradients, what
@@ -11,6 +12,11 @@ a shape and reused while the shape stays the same. So:
   buffer the layer owns (``None`` for inputs that take no gradient, such as token ids).
 - ``parameters()`` and ``gradients()`` are ordered ``{dotted name: array}`` dicts with the same keys,
   names following the Hugging Face naming of the architecture (``model.layers.0.self_attn.q_proj.weight``).
+  Each parameter carries its weight-decay mark (``add_parameter(..., decay=)``); ``no_decay()`` lists the
+  names marked not to decay, which the optimizers use by default.
+
+Capabilities are class attributes (or properties) that callers read instead of probing for methods:
+``backward_variants`` (which optional arguments ``backward`` takes), ``rowwise`` and ``incremental``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,15 @@ from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_disjoint
 from qorus_jit.core.numerics import DTYPE
 
+#: The optional arguments of :meth:`Layer.backward`, each a variant that a layer may support.
+BACKWARD_VARIANTS = ("out", "accumulate", "residual")
+
+
+def decays_by_default(value) -> bool:
+    """The weight-decay convention for a parameter its layer does not mark: matrices (2 or more axes) decay;
+    vectors and scalars (biases, norm weights, scales) do not."""
+    return np.ndim(value) >= 2
+
 
 class Layer:
     """Base class of every layer. Subclasses register parameters and children in ``__init__``."""
@@ -29,19 +44,40 @@ class Layer:
     #: gives for the last position does not depend on the others (see :meth:`Graph.forward_decode`).
     rowwise = False
 
+    #: The optional arguments of :meth:`backward` this layer takes, a subset of :data:`BACKWARD_VARIANTS`.
+    backward_variants: frozenset[str] = frozenset()
+
+    @property
+    def incremental(self) -> bool:
+        """True when the layer can decode incrementally: :meth:`forward_decode` over consecutive chunks of
+        positions gives what :meth:`forward` gives over the whole sequence. Row-wise layers can; a layer that
+        mixes positions can when it keeps what it needs in the decode state (causal attention's KV cache);
+        bidirectional attention cannot. A model generates text only if it is incremental."""
+        return self.rowwise
+
     def __init__(self):
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
+        self._no_decay: set[str] = set()
         self._children: dict[str, Layer] = {}
         self._buffers: dict[str, np.ndarray] = {}
 
     # -- construction -------------------------------------------------------------------------------
 
-    def add_parameter(self, name: str, value) -> np.ndarray:
-        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient."""
+    def add_parameter(self, name: str, value, decay: bool | None = None) -> np.ndarray:
+        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient.
+
+        ``decay``: whether weight decay applies to it (see :meth:`no_decay`); ``None`` follows
+        :func:`decays_by_default` (matrices decay, vectors do not). Embeddings pass ``False``."""
+        if decay is not None and not isinstance(decay, bool):
+            raise TypeError(f"decay: expected True, False or None, got {decay!r}")
         arr = _alloc.copy(value, DTYPE)
         self._params[name] = arr
         self._grads[name] = _alloc.zeros_like(arr)
+        if decay if decay is not None else decays_by_default(arr):
+            self._no_decay.discard(name)
+        else:
+            self._no_decay.add(name)
         return arr
 
     def add_child(self, name: str, layer: Layer) -> Layer:
@@ -67,9 +103,39 @@ class Layer:
         """Compute the output for ``x`` and save what backward needs."""
         raise NotImplementedError
 
-    def backward(self, dy):
-        """Accumulate parameter gradients for the last forward and return the input gradient."""
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """Accumulate parameter gradients for the last forward and return the input gradient.
+
+        The optional arguments are variants that let a block sum its branches' gradients without zero fills
+        or extra passes; a layer takes those named in :attr:`backward_variants` and refuses the others with
+        a TypeError naming the argument (:meth:`check_variants`). A layer that takes none may define
+        ``backward(self, dy)``.
+
+        - ``out``: write the input gradient into this array (float32, C-contiguous, the input's shape, sharing
+          no memory with what backward reads) and return it, instead of a buffer of the layer.
+        - ``accumulate``: add the input gradient to what ``out`` holds (needs ``out``).
+        - ``residual``: an array of the input's shape added to the input gradient in the same pass: the
+          gradient of a residual connection around the layer.
+        """
         raise NotImplementedError
+
+    def check_variants(self, out=None, accumulate: bool = False, residual=None) -> None:
+        """Check the optional arguments given to :meth:`backward`: a TypeError for a variant the layer does not
+        declare in :attr:`backward_variants`, a ValueError for ``accumulate`` without ``out``."""
+        given = {"out": out is not None, "accumulate": bool(accumulate), "residual": residual is not None}
+        for name, used in given.items():
+            if used and name not in self.backward_variants:
+                takes = ", ".join(f"{v}=" for v in BACKWARD_VARIANTS if v in self.backward_variants) or "none"
+                raise TypeError(f"{name}: {type(self).__name__}.backward does not take {name}= (its variants: "
+                                f"{takes})")
+        if accumulate and out is None:
+            raise ValueError("accumulate: needs out, the array to add the input gradient to")
+
+    def forward_decode(self, *inputs, state):
+        """Forward for incremental decoding over ``state`` (a :class:`~qorus_jit.layers.DecodeState`): the
+        positions from ``state.pos`` on; no backward follows. A layer that keeps decode state (an attention
+        layer's KV cache, learned positions) overrides it; the others run their plain :meth:`forward`."""
+        return self.forward(*inputs)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -86,6 +152,14 @@ class Layer:
         out = {prefix + k: v for k, v in self._grads.items()}
         for name, child in self._children.items():
             out.update(child.gradients(f"{prefix}{name}." if name else prefix))
+        return out
+
+    def no_decay(self, prefix: str = "") -> list[str]:
+        """The names of the parameters marked to take no weight decay (``add_parameter(..., decay=)``), in
+        :meth:`parameters` order: by default biases, norm weights and embeddings."""
+        out = [prefix + k for k in self._params if k in self._no_decay]
+        for name, child in self._children.items():
+            out.extend(child.no_decay(f"{prefix}{name}." if name else prefix))
         return out
 
     def zero_grad(self) -> None:

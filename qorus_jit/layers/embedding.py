@@ -12,11 +12,14 @@ from qorus_jit.layers.base import Layer, check_input
 class Embedding(Layer):
     """``ids (...) -> (..., dim)`` from ``weight (num_embeddings, dim)``, initialised N(0, 1) as torch."""
 
+    incremental = True  # each position's row from its own id
+
     def __init__(self, num_embeddings: int, dim: int, rng=None):
         super().__init__()
         check_positive(num_embeddings=num_embeddings, dim=dim)
         self.num_embeddings, self.dim = num_embeddings, dim
-        self.weight = self.add_parameter("weight", np.random.default_rng(rng).standard_normal((num_embeddings, dim)))
+        weight = np.random.default_rng(rng).standard_normal((num_embeddings, dim))
+        self.weight = self.add_parameter("weight", weight, decay=False)  # embeddings take no weight decay
         self._ids = None
 
     def forward(self, ids):
@@ -29,8 +32,9 @@ class Embedding(Layer):
         self._ids = ids
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         """Accumulates into the weight gradient; ids take no gradient, so returns None."""
+        self.check_variants(out, accumulate, residual)
         if self._ids is None:
             raise RuntimeError("Embedding.backward called before forward")
         check_input("dy", dy, self.dim)
@@ -47,11 +51,14 @@ class PositionEmbedding(Layer):
     """Learned positions: ``y = x + weight[pos : pos + T]`` for ``x (B, T, dim)`` (GPT-2's ``wpe``, BERT's
     ``position_embeddings``). ``pos`` (default 0) is the first position, for decoding after a cache."""
 
+    incremental = True  # decodes from state.pos
+
     def __init__(self, max_positions: int, dim: int, rng=None):
         super().__init__()
         check_positive(max_positions=max_positions, dim=dim)
         self.max_positions, self.dim = max_positions, dim
-        self.weight = self.add_parameter("weight", np.random.default_rng(rng).standard_normal((max_positions, dim)))
+        weight = np.random.default_rng(rng).standard_normal((max_positions, dim))
+        self.weight = self.add_parameter("weight", weight, decay=False)
         self._span = None
 
     def forward(self, x, pos: int = 0):
@@ -68,7 +75,8 @@ class PositionEmbedding(Layer):
         """:meth:`forward` at the positions ``state.pos ..`` of incremental decoding."""
         return self.forward(x, state.pos)
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         if self._span is None:
             raise RuntimeError("PositionEmbedding.backward called before forward")
         pos, T, shape = self._span

@@ -1,4 +1,4 @@
-"""Feed-forward (MLP) block of a transformer: SwiGLU (Llama) or a two-layer MLP with GELU/ReLU."""
+"""Feed-forward (MLP) block of a transformer: SwiGLU (Llama) or a two-layer MLP with an activation."""
 
 from __future__ import annotations
 
@@ -6,21 +6,25 @@ import numpy as np
 
 from qorus_jit.core.check import check_positive, flat_views
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.activations import GELU, ReLU
+from qorus_jit.layers.activations import ACTIVATIONS
 from qorus_jit.layers.base import Layer
 from qorus_jit.layers.linear import Linear
 
-KINDS = ("swiglu", "gelu", "gelu_tanh", "relu")
+#: The feed-forward kinds: SwiGLU and a two-layer MLP with each activation of ``ACTIVATIONS``.
+KINDS = ("swiglu", *ACTIVATIONS)
 
 
 class FeedForward(Layer):
     """``(..., dim) -> (..., dim)``.
 
     ``kind="swiglu"``: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Llama); otherwise
-    ``down_proj(act(up_proj(x)))`` with ``act`` GELU (exact or tanh) or ReLU. Children are named after
+    ``down_proj(act(up_proj(x)))`` with ``act`` the activation of that name (``layers.activations.ACTIVATIONS``:
+    ``"gelu"`` exact, ``"gelu_tanh"``, ``"relu"``, ``"silu"``). Children are named after
     Hugging Face Llama (``gate_proj``, ``up_proj``, ``down_proj``); ``names`` renames them, e.g.
     ``{"up_proj": "c_fc", "down_proj": "c_proj"}`` for GPT-2.
     """
+
+    rowwise = True
 
     def __init__(self, dim: int, hidden_dim: int, kind: str = "swiglu", bias: bool = False, names: dict | None = None,
                  rng=None):
@@ -36,7 +40,7 @@ class FeedForward(Layer):
         self.up_proj = self.add_child(names["up_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
         self.down_proj = self.add_child(names["down_proj"], Linear(hidden_dim, dim, bias=bias, rng=rng))
         if kind != "swiglu":
-            self.act = ReLU() if kind == "relu" else GELU("tanh" if kind == "gelu_tanh" else "none")
+            self.act = ACTIVATIONS[kind]()
 
     def forward(self, x):
         if self.kind == "swiglu":
@@ -49,7 +53,8 @@ class FeedForward(Layer):
             h = self.act.forward(self.up_proj.forward(x))
         return self.down_proj.forward(h)
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         dh = self.down_proj.backward(dy)
         if self.kind != "swiglu":
             return self.up_proj.backward(self.act.backward(dh))

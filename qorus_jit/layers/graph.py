@@ -20,6 +20,8 @@ from qorus_jit.layers.base import Layer
 class Add(Layer):
     """``y = a + b`` (a residual merge); backward gives ``dy`` to both."""
 
+    incremental = True  # elementwise: each position from the same position of a and b
+
     def forward(self, a, b):
         if a.shape != b.shape:
             raise ValueError(f"b: expected the shape of a {a.shape}, got {b.shape}")
@@ -27,7 +29,8 @@ class Add(Layer):
         np.add(a, b, out=y)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         return dy, dy
 
 
@@ -77,11 +80,16 @@ class Graph(Layer):
         self._values = values
         return values[self.output]
 
+    @property
+    def incremental(self) -> bool:
+        """True when every node is (see :attr:`Layer.incremental`)."""
+        return all(layer.incremental for _, layer, _, _ in self.nodes)
+
     def forward_decode(self, *args, state, last_only: bool = False):
-        """Forward for incremental decoding: layers with a ``forward_decode`` (attention blocks, learned
-        positions) read and extend ``state`` (a :class:`~qorus_jit.layers.DecodeState`: KV caches and
-        the position of the first new token); others run their plain ``forward``. No backward follows.
-        The caller then moves the position on: ``state.advance(T)``.
+        """Forward for incremental decoding: each node runs its ``forward_decode``, which for attention blocks
+        and learned positions reads and extends ``state`` (a :class:`~qorus_jit.layers.DecodeState`: KV caches
+        and the position of the first new token) and for the others is the plain ``forward``. No backward
+        follows. The caller then moves the position on: ``state.advance(T)``.
 
         ``last_only``: the output holds only the last position (``(B, 1, ...)``); a tail of row-wise layers
         (a final norm and the head, say) then runs on that position alone, e.g. for a prompt's prefill."""
@@ -91,8 +99,7 @@ class Graph(Layer):
             inputs = [values[t] for t in ins]
             if i == tail:
                 inputs = [np.ascontiguousarray(inputs[0][:, -1:])]
-            decode = getattr(layer, "forward_decode", None)
-            values[out] = layer.forward(*inputs) if decode is None else decode(*inputs, state=state)
+            values[out] = layer.forward_decode(*inputs, state=state)
         y = values[self.output]
         return y if tail is not None or not last_only else np.ascontiguousarray(y[:, -1:])
 
@@ -107,8 +114,9 @@ class Graph(Layer):
             tail, want = i, ins[0]
         return tail
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         """Gradients flow from the output back; returns the input gradient (a tuple for several inputs)."""
+        self.check_variants(out, accumulate, residual)
         if not self._values:
             raise RuntimeError("Graph.backward called before forward")
         grads: dict[str, np.ndarray] = {self.output: dy}

@@ -32,13 +32,14 @@ class TiedLMHead(Layer):
         self._x = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         if self._x is None:
             raise RuntimeError("TiedLMHead.backward called before forward")
         w = self.embedding.weight
         V, C = w.shape
         check_input("dy", dy, V)
         dx = self.buffer("dx", self._x.shape)
-        K.linear_backward_into(dx.reshape(-1, C), self.embedding._grads["weight"], None, dy.reshape(-1, V),
+        K.linear_backward_into(dx.reshape(-1, C), self.embedding.gradients()["weight"], None, dy.reshape(-1, V),
                               self._x.reshape(-1, C), w, 0.0)
         return dx

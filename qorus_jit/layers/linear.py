@@ -19,6 +19,7 @@ class Linear(Layer):
     """
 
     rowwise = True
+    backward_variants = frozenset({"out", "accumulate"})
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
@@ -27,7 +28,7 @@ class Linear(Layer):
         rng = np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(in_features)
         self.weight = self.add_parameter("weight", rng.uniform(-bound, bound, (out_features, in_features)))
-        self.bias = self.add_parameter("bias", rng.uniform(-bound, bound, out_features)) if bias else None
+        self.bias = self.add_parameter("bias", rng.uniform(-bound, bound, out_features), decay=False) if bias else None
         self._x = None
 
     def forward(self, x):
@@ -43,9 +44,10 @@ class Linear(Layer):
         self._x = x
         return y
 
-    def backward(self, dy, out=None, accumulate: bool = False):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         """Accumulate the weight (and bias) gradients and return ``dx``: written into a buffer of the layer, or
         into ``out`` (shaped as the input) when given, added to what ``out`` holds if ``accumulate``."""
+        self.check_variants(out, accumulate, residual)
         x = self._x
         if x is None:
             raise RuntimeError("Linear.backward called before forward")

@@ -11,14 +11,15 @@ from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 class _Norm(Layer):
     rowwise = True
+    backward_variants = frozenset({"out", "accumulate", "residual"})
 
     def __init__(self, dim: int, eps: float, bias: bool):
         super().__init__()
         check_positive(dim=dim)
         check_positive_float(eps=eps)
         self.dim, self.eps = dim, float(eps)
-        self.weight = self.add_parameter("weight", np.ones(dim))
-        self.bias = self.add_parameter("bias", np.zeros(dim)) if bias else None
+        self.weight = self.add_parameter("weight", np.ones(dim), decay=False)
+        self.bias = self.add_parameter("bias", np.zeros(dim), decay=False) if bias else None
         self._x = None
 
     def _saved(self, dy):
@@ -31,6 +32,7 @@ class _Norm(Layer):
 
     def _dx(self, out, accumulate: bool, residual, dy):
         """The input gradient's buffer and the kernels' base: ``residual`` as rows, or an empty ``(0, dim)``."""
+        self.check_variants(out, accumulate, residual)
         reads = {"dy": dy, "x": self._x}
         if residual is not None:
             if accumulate:

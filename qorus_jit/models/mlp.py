@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.layers import GELU, Linear, ReLU, Sequential, SiLU
-
-ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "silu": SiLU}
+from qorus_jit.layers import Linear, Sequential
+from qorus_jit.layers.activations import ACTIVATIONS
 
 
 class MLP(Sequential):

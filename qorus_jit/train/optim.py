@@ -14,10 +14,10 @@ A training step::
     optimizer.clip_grad_norm(1.0)                    # optional
     optimizer.step()
 
-Weight decay goes by parameter groups. By default (``no_decay=None``) it is not applied to the weights
-of norms, to biases or to embeddings (:func:`decay_groups`): a common convention for transformers. Pass
-``no_decay=()`` to decay every parameter, as ``torch.optim`` does with one parameter group, or a
-collection of names / a callable ``name -> bool`` to choose.
+Weight decay goes by parameter groups. By default (``no_decay=None``) it is not applied to the parameters
+their layers mark so (``Layer.no_decay()``: the weights of norms, biases and embeddings; :func:`decay_groups`),
+a common convention for transformers. Pass ``no_decay=()`` to decay every parameter, as ``torch.optim`` does
+with one parameter group, or a collection of names / a callable ``name -> bool`` to choose.
 
 ``state_dict()`` returns the state as ``({name: np.ndarray}, meta)`` with a JSON-serializable ``meta``,
 ready for safetensors and JSON (no pickle); ``load_state_dict`` restores it exactly.
@@ -34,6 +34,7 @@ from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_real
 from qorus_jit.core.numerics import FLOAT_DTYPES
 from qorus_jit.kernels import trusted as K
+from qorus_jit.layers.base import Layer, decays_by_default
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "decay_groups"]
 
@@ -55,36 +56,27 @@ def _params_of(model) -> dict[str, np.ndarray]:
     return dict(params)
 
 
-def _embedding_names(layer, prefix: str, out: set[str]) -> None:
-    """Add to ``out`` the parameter names owned by embedding layers under ``layer`` (the naming of
-    ``Layer.parameters``: a child named ``""`` adds no prefix)."""
-    from qorus_jit.layers.embedding import Embedding, PositionEmbedding
-
-    if isinstance(layer, (Embedding, PositionEmbedding)):
-        out.update(prefix + k for k in layer._params)
-    for name, child in getattr(layer, "_children", {}).items():
-        _embedding_names(child, f"{prefix}{name}." if name else prefix, out)
-
-
 def decay_groups(model) -> tuple[list[str], list[str]]:
     """Split the parameter names of ``model`` into ``(decayed, not decayed)``, each in ``parameters()`` order.
 
-    Not decayed: every parameter with fewer than 2 axes (norm weights, biases) and every parameter owned by
-    an embedding layer (``Embedding``: token, BERT word and token-type embeddings; ``PositionEmbedding``:
-    GPT-2's ``wpe``, BERT's position embeddings), found by walking the layer tree. A tied LM head owns no
-    parameter, so a tied weight is listed once, by its embedding. A model that is not a qorus ``Layer``
-    is split by the number of axes only.
+    Not decayed: the parameters a qorus ``Layer`` marks so (:meth:`Layer.no_decay`): those its layers
+    register with ``decay=False`` (norm weights, biases, the embeddings: token, BERT word, token-type and
+    position embeddings, GPT-2's ``wpe``) and, unmarked, those with fewer than 2 axes. A tied LM head owns no
+    parameter, so a tied weight is listed once, by its embedding. A model that is not a qorus ``Layer`` is
+    split by the number of axes only.
 
     >>> from qorus_jit.models import MLP
     >>> decay_groups(MLP([4, 8, 2], rng=0))
     (['fc0.weight', 'fc1.weight'], ['fc0.bias', 'fc1.bias'])
     """
     params = _params_of(model)
-    embedded: set[str] = set()
-    _embedding_names(model, "", embedded)
+    if isinstance(model, Layer):
+        marked = set(model.no_decay())
+    else:
+        marked = {name for name, p in params.items() if not decays_by_default(p)}
     decayed, not_decayed = [], []
-    for name, p in params.items():
-        (not_decayed if np.ndim(p) < 2 or name in embedded else decayed).append(name)
+    for name in params:
+        (not_decayed if name in marked else decayed).append(name)
     return decayed, not_decayed
 
 
