@@ -13,10 +13,10 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from qorus_jit.core.numerics import DTYPE, FASTMATH, get_num_threads, set_num_threads
-from qorus_jit.formats.llama2c import load_llama2c, save_llama2c
 from qorus_jit.infer.embeddings import embed
 from qorus_jit.infer.generate import generate, generate_text
 from qorus_jit.models import load_pretrained, save_pretrained
+from qorus_jit.models.llama import load_llama2c, save_llama2c
 
 __version__ = "0.1.0"
 

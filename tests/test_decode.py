@@ -19,39 +19,64 @@ def test_matvec_matches_numpy(n, k):
     np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
-def test_fused_block_decode_equals_the_layers_one_by_one(n_kv_heads, threads, hidden):
-    """With as many kv heads as threads, each kv head's region also applies its columns of the output
-    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours)."""
-    block = TransformerBlock(32, 4, hidden, n_kv_heads, norm_eps=1e-5, max_seq_len=16, rng=3)
-    for p in block.parameters().values():  # norms away from 1 so that their weights matter
-        p += np.random.default_rng(4).normal(0, 0.1, p.shape).astype(np.float32)
-    xs = np.random.default_rng(5).standard_normal((12, 1, 1, 32)).astype(np.float32)
-    fused, plain = DecodeState(1, 16), DecodeState(1, 16)
-    before = get_num_threads()
-    set_num_threads(min(threads, max_threads()))
-    try:
-        for t, x in enumerate(xs):
-            got = block.forward_decode(x, state=fused).copy()
-            want = block.forward(x, None, plain.cache_for(block.self_attn)).copy()
-            fused.advance(1)
-            plain.advance(1)
-            np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
-    finally:
-        set_num_threads(before)
-    cf, cp = fused.cache_for(block.self_attn), plain.cache_for(block.self_attn)
-    np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
-    np.testing.assert_allclose(cf.v[:, :12], cp.v[:, :12], atol=1e-6)
-
-
-@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
-def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, tie):
-    cfg = LlamaConfig(dim=32, n_layers=3, n_heads=4, n_kv_heads=n_kv_heads, hidden_dim=48, vocab_size=61,
+def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):
+    cfg = LlamaConfig(dim=32, n_layers=n_layers, n_heads=4, n_kv_heads=n_kv_heads, hidden_dim=hidden, vocab_size=61,
                       max_seq_len=16, norm_eps=1e-5, tie_embeddings=tie)
     model = Llama(cfg, rng=1)
     for name, p in model.parameters().items():  # norms away from 1 so that their weights matter
         if "norm" in name:
             p += np.random.default_rng(2).normal(0, 0.1, p.shape).astype(np.float32)
+    return model
+
+
+@pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
+def test_fused_decode_thread_splits_equal_the_layers_one_by_one(n_kv_heads, threads, hidden):
+    """With as many kv heads as threads, each kv head's region also applies its columns of the output
+    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours).
+    The layers one by one (``Graph.forward_decode``, the generic step) are the reference, caches included."""
+    model = _llama(n_kv_heads, hidden, n_layers=1)
+    ids = np.random.default_rng(5).integers(0, 61, 12)
+    fused, plain = DecodeState(1, 16), DecodeState(1, 16)
+    before = get_num_threads()
+    set_num_threads(min(threads, max_threads()))
+    try:
+        for t, tok in enumerate(ids):
+            x = np.array([[tok]], np.int64)
+            got = model.forward_decode(x, state=fused).copy()
+            want = Graph.forward_decode(model, x, state=plain).copy()
+            fused.advance(1)
+            plain.advance(1)
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
+    finally:
+        set_num_threads(before)
+    assert model._decoder is not None  # the one-call path ran
+    attn = model._blocks[0].self_attn
+    cf, cp = fused.cache_for(attn), plain.cache_for(attn)
+    np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
+    np.testing.assert_allclose(cf.v[:, :12], cp.v[:, :12], atol=1e-6)
+
+
+def test_transformer_block_decodes_with_its_cache():
+    """The generic decoding step of a block: :meth:`TransformerBlock.forward` over the state's cache."""
+    block = TransformerBlock(32, 4, 48, 2, norm_eps=1e-5, max_seq_len=16, rng=3)
+    xs = np.random.default_rng(5).standard_normal((6, 1, 1, 32)).astype(np.float32)
+    state, cache_state = DecodeState(1, 16), DecodeState(1, 16)
+    full = block.forward(np.ascontiguousarray(xs[:, 0, 0][None])).copy()  # (1, 6, 32): every position at once
+    for t, x in enumerate(xs):
+        got = block.forward_decode(x, state=state).copy()
+        want = block.forward(x, None, cache_state.cache_for(block.self_attn)).copy()
+        state.advance(1)
+        cache_state.advance(1)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got[0, 0], full[0, t], atol=1e-5, rtol=0, err_msg=f"position {t}")
+    with pytest.raises(ValueError, match="expected state.pos = 7"):
+        state.advance(1)
+        block.forward_decode(xs[0], state=state)
+
+
+@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
+def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, tie):
+    model = _llama(n_kv_heads, tie=tie)
     fused, nodes = DecodeState(1, 16), DecodeState(1, 16)
     tok = 7
     for t in range(14):
@@ -62,8 +87,23 @@ def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, 
         nodes.advance(1)
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
         tok = int(np.argmax(got))
-    assert model._decode_call is not None  # the one-call path ran
+    assert model._decoder is not None  # the one-call path ran
     assert all(c.length == 14 for c in fused.caches.values())
+
+
+def test_models_with_biases_decode_node_by_node():
+    """A Llama with biases has no fused kernel: it decodes through the layers, to the full forward's logits."""
+    cfg = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=61, max_seq_len=16,
+                      attention_bias=True, mlp_bias=True)
+    model = Llama(cfg, rng=1)
+    ids = np.random.default_rng(3).integers(0, 61, 8)
+    full = model.forward(ids[None]).copy()[0]
+    state = DecodeState(1, 16)
+    for t, tok in enumerate(ids):
+        got = model.forward_decode(np.array([[tok]]), state=state)[0, 0]
+        state.advance(1)
+        np.testing.assert_allclose(got, full[t], atol=1e-4, rtol=0, err_msg=f"position {t}")
+    assert model._decoder is None
 
 
 def test_whole_model_decode_rejects_bad_ids_and_positions():

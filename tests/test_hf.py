@@ -9,15 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from qorus_jit.formats.hf import (
-    INDEX_NAME,
-    check_tensors,
-    config_from_hf,
-    expected_shapes,
-    read_hf_folder,
-    write_hf_folder,
-)
+from qorus_jit.formats.hf import INDEX_NAME, read_hf_folder, write_hf_folder
 from qorus_jit.models import BertConfig, GPT2Config, LlamaConfig
+from qorus_jit.models.registry import check_tensors, config_from_hf, expected_shapes
 from tests.helpers import torch_or_skip
 
 

@@ -10,9 +10,9 @@ import struct
 import numpy as np
 import pytest
 
-from qorus_jit.formats.llama2c import Llama2cTokenizer, load_llama2c, save_llama2c
-from qorus_jit.models import GPT2, Llama, LlamaConfig
-from qorus_jit.models.configs import GPT2Config
+from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
+from qorus_jit.models.llama import load_llama2c, save_llama2c
+from qorus_jit.tokenizers import Llama2cTokenizer
 
 MAGIC = 0x616B3432
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.core.check import flat_views
-from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.attention import KVCache, MultiHeadAttention
-from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.base import Layer
 from qorus_jit.layers.feedforward import FeedForward
 from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
@@ -16,13 +15,6 @@ from qorus_jit.layers.norm import LayerNorm, RMSNorm
 def _add(out, a, b) -> None:
     """out = a + b over arrays of one shape (the residual connections), on the kernel threads."""
     K.add_forward(*flat_views(out, a, b))
-
-
-def decode_split(n_kv_heads: int) -> tuple[bool, int]:
-    """The thread split arguments of the decode kernels (``by_kv_head``, ``n_parts``): a region per kv head
-    when there are at least as many kv heads as threads, and one slice of the hidden units per thread."""
-    threads = get_num_threads()
-    return n_kv_heads >= threads, threads
 
 
 class TransformerBlock(Layer):
@@ -58,8 +50,6 @@ class TransformerBlock(Layer):
             dim, n_heads, n_kv_heads, causal=causal, rope=rope, rope_theta=rope_theta, max_seq_len=max_seq_len,
             bias=attn_bias, out_bias=out_bias, fused_qkv=fused_qkv, names=attn_names, rng=rng))
         self.post_attention_layernorm = self.add_child(names["post_attention_layernorm"], make_norm())
-        self._decode_args = None  # (cache, arrays of the fused decoding call), see _fused_decode
-        self._fusable = None  # whether this block's structure allows the fused decoding call (found once)
         self.mlp = self.add_child(names["mlp"], FeedForward(dim, hidden_dim, mlp, bias=mlp_bias, names=mlp_names,
                                                             rng=rng))
 
@@ -77,57 +67,19 @@ class TransformerBlock(Layer):
         return self.post_attention_layernorm.forward(s2)
 
     def forward_decode(self, x, key_mask=None, *, state):
-        """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward).
-
-        One new token of one sequence through a Llama-style block (pre-norm RMSNorm, rotate-half RoPE,
-        SwiGLU, no biases) takes a single fused kernel call (``kernels.decode``); anything else runs the
-        layers one by one."""
+        """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward)."""
         cache = state.cache_for(self.self_attn)
         if cache.length != state.pos:
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
-        if self._fusable is None:
-            self._fusable = self._fused_decode_ok()
-        if key_mask is None and x.shape[:2] == (1, 1) and self._fusable:
-            return self._fused_decode(x, cache)
         return self.forward(x, key_mask, cache)
 
-    def _fused_decode_ok(self) -> bool:
-        a, m = self.self_attn, self.mlp
-        return (self.prenorm and isinstance(self.input_layernorm, RMSNorm) and a.rope == "rotate_half"
-                and not a.fused_qkv and m.kind == "swiglu"
-                and all(lin.bias is None for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
-                                                     m.down_proj)))
+    @property
+    def incremental(self) -> bool:
+        """As its attention's (:attr:`MultiHeadAttention.incremental`): True when causal."""
+        return self.self_attn.incremental
 
-    def _fused_decode(self, x, cache: KVCache):
-        check_input("x", x, self.self_attn.dim, min_ndim=3)
-        a = self.self_attn
-        pos = cache.length
-        if pos >= cache.max_seq_len or pos >= a.max_seq_len:
-            raise ValueError(f"x: position {pos} is past the cache ({cache.max_seq_len}) or max_seq_len "
-                             f"({a.max_seq_len})")
-        args = self._decode_args
-        if args is None or args[0] is not cache:  # arrays of the call, gathered once per cache
-            args = self._decode_args = (cache, *self._gather_decode_args(cache))
-        y, before, after = args[1], args[2], args[3]
-        np.copyto(y.reshape(x.shape), x)
-        K.llama_block_decode(y, *before, pos, *after, *decode_split(a.n_kv_heads))
-        cache.length = pos + 1
-        return y.reshape(x.shape)
-
-    def _gather_decode_args(self, cache: KVCache):
-        a, m = self.self_attn, self.mlp
-        C, HD, KD, F = a.dim, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, m.hidden_dim
-        b = self.buffer
-        before = (self.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
-                  self.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight,
-                  cache.k[0], cache.v[0])
-        after = (a.cos, a.sin, np.float32(self.input_layernorm.eps), np.float32(1 / np.sqrt(a.head_dim)),
-                 b("decode_h", (C,)), b("decode_q", (HD,)), b("decode_k", (KD,)), b("decode_v", (KD,)),
-                 b("decode_att", (HD,)), b("decode_scores", (a.n_heads, cache.max_seq_len)), b("decode_g", (F,)),
-                 b("decode_u", (F,)), b("decode_parts", (a.n_kv_heads + max_threads(), C)))
-        return b("decode_y", (C,)), before, after
-
-    def backward(self, dy):
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        self.check_variants(out, accumulate, residual)
         dh = self.buffer("dh", dy.shape)
         dx = self.buffer("dx", dy.shape)
         if self.prenorm:  # each norm's input gradient plus the residual's, which skips it, in one pass

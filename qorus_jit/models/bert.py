@@ -1,25 +1,121 @@
 """BERT-style encoder: word + position + token-type embeddings, post-norm blocks (bidirectional attention with
 a padding mask, GELU MLP, biases), returning hidden states; built from the layers through the graph.
-Parameter names are those of Hugging Face ``BertModel`` (the pooler is not built: its tensors are skipped
-on load and absent on save)."""
+
+:class:`BertConfig` maps to the ``config.json`` of Hugging Face ``BertModel``, and the parameter names are
+that model's. The pooler is not built: its tensors are skipped on load and absent on save.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import numpy as np
 
-from qorus_jit.layers import Add, Embedding, Graph, LayerNorm, TransformerBlock
+from qorus_jit.layers import Add, Embedding, LayerNorm, TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
-from qorus_jit.models.configs import BertConfig
+from qorus_jit.models.base import (
+    HF_ACTIVATIONS,
+    Architecture,
+    Config,
+    _check_choice,
+    _check_int,
+    _hf_get,
+    _hf_reject,
+)
 
-_MLP = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-POOLER = ("pooler.dense.weight", "pooler.dense.bias")
+
+@dataclass(frozen=True, kw_only=True)
+class BertConfig(Config):
+    """A BERT encoder: word, position and token-type embeddings, post-LayerNorm blocks, a pooler.
+
+    ``activation`` is the HF name, one of :data:`~qorus_jit.models.base.HF_ACTIVATIONS` (BERT's own
+    ``gelu`` is exact erf).
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    hidden_dim: int
+    vocab_size: int
+    max_seq_len: int = 512
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-12
+    activation: str = "gelu"
+    pad_token_id: int = 0
+
+    _what: ClassVar[str] = "BERT"
+    hf_architecture: ClassVar[str] = "BertModel"
+    hf_model_type: ClassVar[str] = "bert"
+
+    def __post_init__(self):
+        self._check_fields(ints=("dim", "n_layers", "n_heads", "hidden_dim", "vocab_size", "max_seq_len",
+                                 "type_vocab_size"),
+                           floats=("norm_eps",))
+        _check_int("BertConfig", "pad_token_id", self.pad_token_id, minimum=0)
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"BertConfig.pad_token_id: expected < vocab_size ({self.vocab_size}), "
+                             f"got {self.pad_token_id}")
+        _check_choice("BertConfig", "activation", self.activation, HF_ACTIVATIONS)
+        if self.dim % self.n_heads:
+            raise ValueError(f"BertConfig.n_heads: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``dim // n_heads``."""
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_hf(cls, hf_config: dict) -> BertConfig:
+        """Build from the ``config.json`` dict of a ``BertModel``."""
+        w = cls._what
+        _hf_get(hf_config, "hidden_size", w)
+        _hf_reject(hf_config, w, "position_embedding_type", ("absolute",))
+        _hf_reject(hf_config, w, "is_decoder", (False,))
+        _hf_reject(hf_config, w, "add_cross_attention", (False,))
+        return cls(
+            dim=_hf_get(hf_config, "hidden_size", w),
+            n_layers=_hf_get(hf_config, "num_hidden_layers", w),
+            n_heads=_hf_get(hf_config, "num_attention_heads", w),
+            hidden_dim=_hf_get(hf_config, "intermediate_size", w),
+            vocab_size=_hf_get(hf_config, "vocab_size", w),
+            max_seq_len=_hf_get(hf_config, "max_position_embeddings", w, 512),
+            type_vocab_size=_hf_get(hf_config, "type_vocab_size", w, 2),
+            norm_eps=_hf_get(hf_config, "layer_norm_eps", w, 1e-12),
+            activation=_hf_get(hf_config, "hidden_act", w, "gelu"),
+            pad_token_id=_hf_get(hf_config, "pad_token_id", w, 0),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A ``config.json`` dict that transformers loads as a ``BertModel`` of this shape."""
+        return {
+            **self._hf_header(),
+            "hidden_size": self.dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "intermediate_size": self.hidden_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_seq_len,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.norm_eps,
+            "hidden_act": self.activation,
+            "pad_token_id": self.pad_token_id,
+            "position_embedding_type": "absolute",
+            "is_decoder": False,
+            "add_cross_attention": False,
+        }
 
 
-class Bert(Graph):
+class Bert(Architecture):
     """``forward(ids (B, T), attention_mask=None, token_type_ids=None) -> hidden (B, T, dim)``.
 
     ``attention_mask`` (B, T): nonzero for real tokens, 0 for padding (keys that are never attended).
     """
+
+    config_class = BertConfig
+    arch = "bert"
+    hf_ignored = (r"embeddings\.(position_ids|token_type_ids)",)
+    hf_optional = frozenset({"pooler.dense.weight", "pooler.dense.bias"})  # BertModel(add_pooling_layer=False)
 
     def __init__(self, config: BertConfig, rng=None):
         super().__init__(inputs=["ids", "token_type_ids", "mask"], output="hidden")
@@ -35,7 +131,7 @@ class Bert(Graph):
         for i in range(c.n_layers):
             self.add(f"encoder.layer.{i}", TransformerBlock(
                 c.dim, c.n_heads, c.hidden_dim, norm="layer", norm_eps=c.norm_eps, prenorm=False,
-                mlp=_MLP[c.activation], mlp_bias=True, causal=False, rope=None, max_seq_len=c.max_seq_len,
+                mlp=HF_ACTIVATIONS[c.activation], mlp_bias=True, causal=False, rope=None, max_seq_len=c.max_seq_len,
                 attn_bias=True, out_bias=True,
                 names={"self_attn": "attention", "input_layernorm": "attention.output.LayerNorm",
                        "post_attention_layernorm": "output.LayerNorm", "mlp": ""},
@@ -47,6 +143,30 @@ class Bert(Graph):
         for name, p in self.parameters().items():
             if "LayerNorm" not in name and name.endswith("weight"):
                 p[...] = rng.normal(0.0, 0.02, p.shape)
+
+    @staticmethod
+    def hf_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+        """``nn.Linear`` weights ``(out, in)``, the pooler included (it is optional)."""
+        c = config
+        d, f = c.dim, c.hidden_dim
+        s: dict[str, tuple[int, ...]] = {
+            "embeddings.word_embeddings.weight": (c.vocab_size, d),
+            "embeddings.position_embeddings.weight": (c.max_seq_len, d),
+            "embeddings.token_type_embeddings.weight": (c.type_vocab_size, d),
+            "embeddings.LayerNorm.weight": (d,),
+            "embeddings.LayerNorm.bias": (d,),
+        }
+        for i in range(c.n_layers):
+            p = f"encoder.layer.{i}."
+            for name, out, inp in (("attention.self.query", d, d), ("attention.self.key", d, d),
+                                   ("attention.self.value", d, d), ("attention.output.dense", d, d),
+                                   ("attention.output.LayerNorm", d, None), ("intermediate.dense", f, d),
+                                   ("output.dense", d, f), ("output.LayerNorm", d, None)):
+                s[p + name + ".weight"] = (out,) if inp is None else (out, inp)
+                s[p + name + ".bias"] = (out,)
+        s["pooler.dense.weight"] = (d, d)
+        s["pooler.dense.bias"] = (d,)
+        return s
 
     def forward(self, ids, attention_mask=None, token_type_ids=None):
         ids = np.asarray(ids)

@@ -1,21 +1,166 @@
 """Llama: token embedding, pre-norm transformer blocks (RMSNorm, RoPE, grouped-query attention, SwiGLU),
-final RMSNorm and LM head, built from the layers through the graph. Parameter names are those of
-Hugging Face ``LlamaForCausalLM``."""
+final RMSNorm and LM head, built from the layers through the graph.
+
+This module is the whole architecture: :class:`LlamaConfig` (``config.json`` of ``LlamaForCausalLM``), the
+model with the Hugging Face tensor names and shapes, its fast single-token decoding (llama2.c-like: the
+weights gathered as views once, the run state allocated once per KV cache, one kernel call a token), and
+llama2.c checkpoints in and out (:func:`load_llama2c`, :func:`save_llama2c`).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from qorus_jit.core.check import INDEX_DTYPES
-from qorus_jit.kernels.decode import _llama_decode
-from qorus_jit.layers import DecodeState, Embedding, Graph, Linear, RMSNorm, TransformerBlock
-from qorus_jit.layers.block import decode_split
+from qorus_jit.core.numerics import get_num_threads, max_threads
+from qorus_jit.formats import llama2c
+from qorus_jit.kernels import trusted as K
+from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.head import TiedLMHead
-from qorus_jit.models.configs import LlamaConfig
+from qorus_jit.models.base import Architecture, Config, _hf_get
+
+_INT32_MAX = 2**31 - 1
 
 
-class Llama(Graph):
-    """``ids (B, T) -> logits (B, T, vocab_size)``; weights initialised N(0, 0.02) as Hugging Face does."""
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig(Config):
+    """A Llama-style decoder: RMSNorm, rotary positions, grouped-query attention and a SwiGLU MLP.
+
+    ``n_kv_heads`` defaults to ``n_heads`` (plain multi-head attention); ``head_dim`` is ``dim // n_heads``.
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    hidden_dim: int
+    vocab_size: int
+    max_seq_len: int = 2048
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    _what: ClassVar[str] = "Llama"
+    hf_architecture: ClassVar[str] = "LlamaForCausalLM"
+    hf_model_type: ClassVar[str] = "llama"
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        self._check_fields(ints=("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size",
+                                 "max_seq_len"),
+                           floats=("norm_eps", "rope_theta"),
+                           bools=("tie_embeddings", "attention_bias", "mlp_bias"))
+        if self.dim % self.n_heads:
+            raise ValueError(f"LlamaConfig.n_heads: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"LlamaConfig.n_kv_heads: n_heads ({self.n_heads}) must be divisible by "
+                             f"n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig.n_heads: head_dim = dim // n_heads = {self.head_dim} must be even "
+                             "for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``dim // n_heads``."""
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_hf(cls, hf_config: dict) -> LlamaConfig:
+        """Build from the ``config.json`` dict of a ``LlamaForCausalLM`` (transformers 4.45+ or 5.x)."""
+        w = cls._what
+        act = _hf_get(hf_config, "hidden_act", w, "silu")
+        if act != "silu":
+            raise ValueError(f"Llama config.json: hidden_act={act!r} is not supported (expected 'silu')")
+        dim = _hf_get(hf_config, "hidden_size", w)
+        n_heads = _hf_get(hf_config, "num_attention_heads", w)
+        head_dim = hf_config.get("head_dim")
+        if head_dim is not None and isinstance(dim, int) and isinstance(n_heads, int) and n_heads > 0 \
+                and head_dim != dim // n_heads:
+            raise ValueError(f"Llama config.json: head_dim={head_dim!r} differs from hidden_size // "
+                             f"num_attention_heads = {dim // n_heads}; not supported")
+        return cls(
+            dim=dim,
+            n_layers=_hf_get(hf_config, "num_hidden_layers", w),
+            n_heads=n_heads,
+            n_kv_heads=_hf_get(hf_config, "num_key_value_heads", w, n_heads),
+            hidden_dim=_hf_get(hf_config, "intermediate_size", w),
+            vocab_size=_hf_get(hf_config, "vocab_size", w),
+            max_seq_len=_hf_get(hf_config, "max_position_embeddings", w, 2048),
+            norm_eps=_hf_get(hf_config, "rms_norm_eps", w, 1e-6),
+            rope_theta=_rope_theta(hf_config),
+            tie_embeddings=_hf_get(hf_config, "tie_word_embeddings", w, False),
+            attention_bias=_hf_get(hf_config, "attention_bias", w, False),
+            mlp_bias=_hf_get(hf_config, "mlp_bias", w, False),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A ``config.json`` dict that transformers loads as a ``LlamaForCausalLM`` of this shape.
+
+        The rope theta is written in both forms: top-level ``rope_theta`` (transformers 4.x) and
+        ``rope_parameters`` (5.x).
+        """
+        return {
+            **self._hf_header(),
+            "hidden_size": self.dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.hidden_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_seq_len,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": "silu",
+        }
+
+
+def _rope_theta(hf: dict) -> float:
+    """The rope theta of a Llama config.json, from ``rope_parameters`` (5.x) or ``rope_theta`` (4.x).
+
+    Any rope scaling other than ``default`` (linear, dynamic, yarn, llama3, ...) raises a ValueError.
+    """
+    params = hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling")
+    for key, d in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise ValueError(f"Llama config.json: {key} must be a dict, got {d!r}")
+        kind = d.get("rope_type", d.get("type", "default"))
+        if kind != "default":
+            raise ValueError(f"Llama config.json: {key} rope_type={kind!r} is not supported; only 'default' "
+                             "rotary embeddings (no scaling) are")
+        factor = d.get("partial_rotary_factor", 1.0)
+        if factor != 1.0:
+            raise ValueError(f"Llama config.json: {key} partial_rotary_factor={factor!r} is not supported")
+    if params is not None and params.get("rope_theta") is not None:
+        return params["rope_theta"]
+    if scaling is not None and scaling.get("rope_theta") is not None:
+        return scaling["rope_theta"]
+    return _hf_get(hf, "rope_theta", "Llama", 10000.0)
+
+
+class Llama(Architecture):
+    """``ids (B, T) -> logits (B, T, vocab_size)``; weights initialised N(0, 0.02) as Hugging Face does.
+    Parameter names are those of Hugging Face ``LlamaForCausalLM``."""
+
+    config_class = LlamaConfig
+    arch = "llama"
+    hf_base_prefix = "model."
+    hf_embedding = "model.embed_tokens.weight"
+    hf_ignored = (r"model\.rotary_emb\.(original_)?inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
     def __init__(self, config: LlamaConfig, rng=None):
         super().__init__(inputs=["ids"], output="logits")
@@ -24,43 +169,59 @@ class Llama(Graph):
         self.config = c = config
         rng = np.random.default_rng(rng)
         emb = self.add("model.embed_tokens", Embedding(c.vocab_size, c.dim), "ids", "h0")
-        for i in range(c.n_layers):
-            self.add(f"model.layers.{i}", TransformerBlock(
-                c.dim, c.n_heads, c.hidden_dim, c.n_kv_heads, norm="rms", norm_eps=c.norm_eps, prenorm=True,
-                mlp="swiglu", mlp_bias=c.mlp_bias, causal=True, rope="rotate_half", rope_theta=c.rope_theta,
-                max_seq_len=c.max_seq_len, attn_bias=c.attention_bias, out_bias=c.attention_bias),
-                f"h{i}", f"h{i + 1}")
+        self._blocks = [self.add(f"model.layers.{i}", TransformerBlock(
+            c.dim, c.n_heads, c.hidden_dim, c.n_kv_heads, norm="rms", norm_eps=c.norm_eps, prenorm=True,
+            mlp="swiglu", mlp_bias=c.mlp_bias, causal=True, rope="rotate_half", rope_theta=c.rope_theta,
+            max_seq_len=c.max_seq_len, attn_bias=c.attention_bias, out_bias=c.attention_bias), f"h{i}", f"h{i + 1}")
+            for i in range(c.n_layers)]
         self.add("model.norm", RMSNorm(c.dim, c.norm_eps), f"h{c.n_layers}", "hn")
         head = TiedLMHead(emb) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False)
         self.add("lm_head", head, "hn", "logits")
         for name, p in self.parameters().items():
             if not name.endswith("norm.weight") and "layernorm" not in name:
                 p[...] = rng.normal(0.0, 0.02, p.shape)
-        self._decode_call = None  # (first cache, arguments of the one-call decoding), see _fused_decode
-        self._fused = None  # whether the structure allows it (found once)
+        self._decoder: _Decoder | None = None  # the run state of the last DecodeState's caches
+
+    # -- Hugging Face names and shapes
+
+    @staticmethod
+    def hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+        """``nn.Linear`` weights ``(out, in)``; ``lm_head.weight`` only when the embeddings are untied."""
+        c = config
+        d, f, hd = c.dim, c.hidden_dim, c.head_dim
+        q, kv = c.n_heads * hd, c.n_kv_heads * hd
+        s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, d)}
+        for i in range(c.n_layers):
+            p = f"model.layers.{i}."
+            s[p + "input_layernorm.weight"] = (d,)
+            for name, out, inp in (("q_proj", q, d), ("k_proj", kv, d), ("v_proj", kv, d), ("o_proj", d, q)):
+                s[p + f"self_attn.{name}.weight"] = (out, inp)
+                if c.attention_bias:
+                    s[p + f"self_attn.{name}.bias"] = (out,)
+            s[p + "post_attention_layernorm.weight"] = (d,)
+            for name, out, inp in (("gate_proj", f, d), ("up_proj", f, d), ("down_proj", d, f)):
+                s[p + f"mlp.{name}.weight"] = (out, inp)
+                if c.mlp_bias:
+                    s[p + f"mlp.{name}.bias"] = (out,)
+        s["model.norm.weight"] = (d,)
+        if not c.tie_embeddings:
+            s["lm_head.weight"] = (c.vocab_size, d)
+        return s
+
+    # -- decoding
 
     def forward_decode(self, ids, *, state: DecodeState, last_only: bool = False):
         """:meth:`Graph.forward_decode`. One new token of one sequence goes through the whole model in a
-        single kernel call (``kernels.decode._llama_decode``) when every block decodes fused (see
-        :meth:`TransformerBlock.forward_decode`) and the head has no bias; anything else runs node by node."""
+        single kernel call (``kernels.trusted.llama_decode``) when the blocks have no biases; anything else
+        runs node by node."""
         if (isinstance(ids, np.ndarray) and ids.shape == (1, 1) and ids.dtype.type in INDEX_DTYPES
-                and 0 <= ids[0, 0] < self.config.vocab_size and state.batch == 1 and self._fusable()):
-            return self._fused_decode(int(ids[0, 0]), state)
+                and 0 <= ids[0, 0] < self.config.vocab_size and state.batch == 1
+                and not (self.config.attention_bias or self.config.mlp_bias)):
+            return self._decode_token(int(ids[0, 0]), state)
         return super().forward_decode(ids, state=state, last_only=last_only)
 
-    def _fusable(self) -> bool:
-        if self._fused is None:
-            head = self._children["lm_head"]
-            self._fused = (isinstance(head, TiedLMHead) or (isinstance(head, Linear) and head.bias is None)) and all(
-                b._fused_decode_ok() for b in self._blocks())
-        return self._fused
-
-    def _blocks(self) -> list[TransformerBlock]:
-        return [self._children[f"model.layers.{i}"] for i in range(self.config.n_layers)]
-
-    def _fused_decode(self, tok: int, state: DecodeState) -> np.ndarray:
-        blocks = self._blocks()
-        caches = [state.cache_for(b.self_attn) for b in blocks]
+    def _decode_token(self, tok: int, state: DecodeState) -> np.ndarray:
+        caches = [state.cache_for(b.self_attn) for b in self._blocks]
         pos = state.pos
         for cache in caches:
             if cache.length != pos:
@@ -68,26 +229,143 @@ class Llama(Graph):
         if pos >= caches[0].max_seq_len or pos >= self.config.max_seq_len:
             raise ValueError(f"ids: position {pos} is past the cache ({caches[0].max_seq_len}) or max_seq_len "
                              f"({self.config.max_seq_len})")
-        call = self._decode_call
-        if call is None or call[0] is not caches[0]:  # arrays of the call, gathered once per cache
-            call = self._decode_call = (caches[0], *self._gather_decode_call(blocks, caches))
-        _, out, weights, rest, final = call
-        _llama_decode(*out, tok, *weights, pos, *rest, *decode_split(self.config.n_kv_heads), *final)
+        if self._decoder is None or self._decoder.caches[0] is not caches[0]:
+            self._decoder = _Decoder(self, caches)
+        logits = self._decoder.step(tok, pos)
         for cache in caches:
             cache.length = pos + 1
-        return out[0].reshape(1, 1, -1)
+        return logits.reshape(1, 1, -1)
 
-    def _gather_decode_call(self, blocks, caches):
-        """The arguments of ``_llama_decode`` but the token, position and thread split: per-block arrays
-        as tuples (from each block's fused-decoding arguments), scratch shared (the first block's)."""
-        per_block = [b._gather_decode_args(c)[1:] for b, c in zip(blocks, caches, strict=True)]
-        before = [bef for bef, _ in per_block]
-        after = [aft for _, aft in per_block]
-        norm, head = self._children["model.norm"], self._children["lm_head"]
-        head_w = head.embedding.weight if isinstance(head, TiedLMHead) else head.weight
-        embed = self._children["model.embed_tokens"].weight
-        out = (self.buffer("decode_logits", (head_w.shape[0],)), self.buffer("decode_x", (self.config.dim,)))
-        weights = (embed, *(tuple(b[j] for b in before) for j in range(len(before[0]))))
-        rest = (tuple(a[0] for a in after), tuple(a[1] for a in after), np.array([a[2] for a in after], np.float32),
-                *after[0][3:])
-        return out, weights, rest, (norm.weight, np.float32(norm.eps), head_w)
+
+def decode_split(n_kv_heads: int) -> tuple[bool, int]:
+    """The thread split arguments of the decode kernels (``by_kv_head``, ``n_parts``): a region per kv head
+    when there are at least as many kv heads as threads, and one slice of the hidden units per thread."""
+    threads = get_num_threads()
+    return n_kv_heads >= threads, threads
+
+
+class _Decoder:
+    """llama2.c's run state for one sequence: the weights as views of the model's parameters, the KV caches
+    of one :class:`DecodeState` (one per block) and the activations and scratch of one token, gathered and
+    allocated once. :meth:`step` takes one token through the whole model in one kernel call."""
+
+    def __init__(self, model: Llama, caches):
+        c, p, b = model.config, model.parameters(), model.buffer
+        self.caches = caches
+        self.n_kv_heads = c.n_kv_heads
+        layers = [f"model.layers.{i}." for i in range(c.n_layers)]
+
+        def per_layer(name):
+            return tuple(p[x + name] for x in layers)
+
+        attn = [blk.self_attn for blk in model._blocks]
+        head_w = p["model.embed_tokens.weight"] if c.tie_embeddings else p["lm_head.weight"]
+        hd, kd, H = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_heads
+        self.out = (b("decode_logits", (head_w.shape[0],)), b("decode_x", (c.dim,)))
+        self.weights = (p["model.embed_tokens.weight"], per_layer("input_layernorm.weight"),
+                        per_layer("self_attn.q_proj.weight"), per_layer("self_attn.k_proj.weight"),
+                        per_layer("self_attn.v_proj.weight"), per_layer("self_attn.o_proj.weight"),
+                        per_layer("post_attention_layernorm.weight"), per_layer("mlp.gate_proj.weight"),
+                        per_layer("mlp.up_proj.weight"), per_layer("mlp.down_proj.weight"),
+                        tuple(cache.k[0] for cache in caches), tuple(cache.v[0] for cache in caches))
+        self.rest = (tuple(a.cos for a in attn), tuple(a.sin for a in attn),
+                     np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)),
+                     b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
+                     b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
+                     b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)),
+                     b("decode_parts", (c.n_kv_heads + max_threads(), c.dim)))
+        self.final = (p["model.norm.weight"], np.float32(c.norm_eps), head_w)
+
+    def step(self, tok: int, pos: int) -> np.ndarray:
+        """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model)."""
+        K.llama_decode(*self.out, tok, *self.weights, pos, *self.rest, *decode_split(self.n_kv_heads), *self.final)
+        return self.out[0]
+
+
+# ------------------------------------------------------------------------------------------ llama2.c files
+
+
+def load_llama2c(path) -> Llama:
+    """Read a llama2.c checkpoint (legacy version 0 or version 1, told apart by the magic) into a
+    :class:`Llama` with ``norm_eps=1e-5``, ``rope_theta=10000`` and the classifier tied or not as the file
+    says. The rows of ``wq``/``wk`` are permuted from llama2.c's interleaved RoPE pairs to the model's
+    rotate-half pairs, so the logits are those of llama2.c.
+
+    Raises FileNotFoundError / IsADirectoryError for a missing file or a folder, and a ValueError naming the
+    file for a short file, nonsense header values, an unknown version or a size that does not match the
+    header (expected and actual bytes).
+    """
+    h, t = llama2c.read_llama2c(path)
+    c = LlamaConfig(dim=h.dim, n_layers=h.n_layers, n_heads=h.n_heads, n_kv_heads=h.n_kv_heads,
+                    hidden_dim=h.hidden_dim, vocab_size=h.vocab_size, max_seq_len=h.seq_len,
+                    norm_eps=llama2c.NORM_EPS, rope_theta=llama2c.ROPE_THETA, tie_embeddings=h.shared)
+    p = {"model.embed_tokens.weight": t["tok_embeddings"]}
+    for i in range(c.n_layers):
+        pre = f"model.layers.{i}."
+        p[pre + "input_layernorm.weight"] = t["attention_norm"][i]
+        p[pre + "self_attn.q_proj.weight"] = llama2c.interleaved_to_half(t["wq"][i], c.n_heads)
+        p[pre + "self_attn.k_proj.weight"] = llama2c.interleaved_to_half(t["wk"][i], c.n_kv_heads)
+        p[pre + "self_attn.v_proj.weight"] = t["wv"][i]
+        p[pre + "self_attn.o_proj.weight"] = t["wo"][i]
+        p[pre + "post_attention_layernorm.weight"] = t["ffn_norm"][i]
+        p[pre + "mlp.gate_proj.weight"] = t["w1"][i]
+        p[pre + "mlp.down_proj.weight"] = t["w2"][i]
+        p[pre + "mlp.up_proj.weight"] = t["w3"][i]
+    p["model.norm.weight"] = t["norm"]
+    if not c.tie_embeddings:
+        p["lm_head.weight"] = t["output"]
+    model = Llama(c)
+    model.load_parameters(p)
+    return model
+
+
+def save_llama2c(model, path, version: int = 0) -> Path:
+    """Write a :class:`Llama` as a llama2.c checkpoint, atomically; returns the path.
+
+    ``version`` 0 is the legacy format that llama2.c's ``run.c`` reads (with the RoPE tables, a negative
+    vocab size for a separate classifier); 1 the 256-byte-header format of ``export.py``. The q/k rows are
+    permuted back to llama2.c's interleaved RoPE pairs. A model the format cannot hold raises: not a Llama
+    (TypeError), biases, ``rope_theta != 10000`` or ``norm_eps != 1e-5`` (ValueError naming the field).
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version not in (0, 1):
+        raise ValueError(f"version: expected 0 (legacy) or 1, got {version!r}")
+    c = _check_llama2c_saveable(model)
+    h = llama2c.Llama2cHeader(version=version, dim=c.dim, hidden_dim=c.hidden_dim, n_layers=c.n_layers,
+                              n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, vocab_size=c.vocab_size,
+                              seq_len=c.max_seq_len, shared=c.tie_embeddings)
+    p = model.parameters()
+    layers = [f"model.layers.{i}." for i in range(c.n_layers)]
+    tensors = {
+        "tok_embeddings": p["model.embed_tokens.weight"],
+        "attention_norm": [p[x + "input_layernorm.weight"] for x in layers],
+        "wq": [llama2c.half_to_interleaved(p[x + "self_attn.q_proj.weight"], c.n_heads) for x in layers],
+        "wk": [llama2c.half_to_interleaved(p[x + "self_attn.k_proj.weight"], c.n_kv_heads) for x in layers],
+        "wv": [p[x + "self_attn.v_proj.weight"] for x in layers],
+        "wo": [p[x + "self_attn.o_proj.weight"] for x in layers],
+        "ffn_norm": [p[x + "post_attention_layernorm.weight"] for x in layers],
+        "w1": [p[x + "mlp.gate_proj.weight"] for x in layers],
+        "w2": [p[x + "mlp.down_proj.weight"] for x in layers],
+        "w3": [p[x + "mlp.up_proj.weight"] for x in layers],
+        "norm": p["model.norm.weight"],
+    }
+    if not c.tie_embeddings:
+        tensors["output"] = p["lm_head.weight"]
+    return llama2c.write_llama2c(path, h, tensors)
+
+
+def _check_llama2c_saveable(model) -> LlamaConfig:
+    if not isinstance(model, Llama):
+        raise TypeError(f"model: llama2.c files hold Llama-2 architectures only; expected a qorus_jit.models.Llama, "
+                        f"got {type(model).__name__}")
+    c = model.config
+    for field in ("attention_bias", "mlp_bias"):
+        if getattr(c, field):
+            raise ValueError(f"LlamaConfig.{field}: llama2.c files hold no biases, got True")
+    if float(c.rope_theta) != llama2c.ROPE_THETA:
+        raise ValueError(f"LlamaConfig.rope_theta: llama2.c uses {llama2c.ROPE_THETA}, got {c.rope_theta!r}")
+    if float(c.norm_eps) != llama2c.NORM_EPS:
+        raise ValueError(f"LlamaConfig.norm_eps: llama2.c uses {llama2c.NORM_EPS}, got {c.norm_eps!r}")
+    for field in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+        if getattr(c, field) > _INT32_MAX:
+            raise ValueError(f"LlamaConfig.{field}: llama2.c stores int32, got {getattr(c, field)}")
+    return c

@@ -1,0 +1,84 @@
+"""safetensors files, read and written with the ``safetensors`` package's NumPy API (never pickle).
+
+Reading gives every tensor C-contiguous; float16, bfloat16 and float64 become float32 (NumPy has no
+bfloat16: its bits are widened by hand, exactly), integer and bool tensors keep their dtype. A corrupt
+or truncated file raises a ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qorus_jit.core.files import fsync_file
+
+_TO_FLOAT32 = {"F16", "F64", "BF16"}
+_KEEP = {"F32", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
+
+
+def load_safetensors(file) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file, floating ones as float32; corrupt files raise ValueError."""
+    from safetensors import safe_open
+
+    file = Path(file)
+    size = file.stat().st_size
+    if size < 8:
+        raise ValueError(f"{file}: not a valid safetensors file ({size} bytes; truncated?)")
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(file), framework="np") as f:
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype == "BF16":
+                    arr = _read_bf16(file, name)
+                elif dtype in _TO_FLOAT32 or dtype in _KEEP:
+                    arr = f.get_tensor(name)
+                else:
+                    raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported")
+                if arr.dtype.kind == "f" and arr.dtype != np.float32:
+                    arr = arr.astype(np.float32)
+                tensors[name] = np.ascontiguousarray(arr)
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError and friends: header garbage, file cut short
+        raise ValueError(f"{file}: not a valid safetensors file, truncated or corrupt ({e})") from None
+    return tensors
+
+
+def _read_bf16(file: Path, name: str) -> np.ndarray:
+    """Read a bfloat16 tensor's raw bits (NumPy has no bfloat16) and widen them to float32 exactly."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))  # already validated by safe_open
+    info = header[name]
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    count = (end - start) // 2
+    bits = np.fromfile(file, dtype="<u2", count=count, offset=8 + n + start)
+    if bits.size != count or count != int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"{file}: tensor {name!r} is truncated or its size does not match its shape")
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+
+
+def contiguous_tensors(tensors, what: str = "tensors") -> dict[str, np.ndarray]:
+    """``tensors`` checked (a dict of str -> NumPy array; errors name ``what``), each array C-contiguous."""
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{what}: expected a dict of name -> numpy array, got {type(tensors).__name__}")
+    arrays = {}
+    for name, arr in tensors.items():
+        if not isinstance(name, str) or not isinstance(arr, np.ndarray):
+            raise ValueError(f"{what}: tensor {name!r} must be a numpy array under a str name, "
+                             f"got {type(arr).__name__}")
+        arrays[name] = np.ascontiguousarray(arr)
+    return arrays
+
+
+def write_safetensors(file, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> NumPy array, each stored in its own dtype) and ``metadata`` to ``file``,
+    flushed to disk. Not atomic on its own: callers write to a temporary name and rename."""
+    from safetensors.numpy import save_file
+
+    save_file(contiguous_tensors(tensors), str(file), metadata=metadata)
+    fsync_file(Path(file))

@@ -1,0 +1,151 @@
+"""What the architectures of the model library share: the config base class and its field checks, the
+``config.json`` helpers, the Hugging Face activation names, and :class:`Architecture`, the interface of a
+model class that the registry (``models/registry.py``) lists.
+
+An architecture's module (``models/llama.py``, ...) holds its config dataclass (a :class:`Config`, which
+maps to and from the ``config.json`` of its ``transformers`` counterpart) and its model class (an
+:class:`Architecture`, which names the checkpoint's tensors and their shapes and converts them to the
+model's parameters and back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qorus_jit.layers import Graph
+
+#: Feed-forward kind (``layers.FeedForward``) of each activation name a ``config.json`` may give (GPT-2's
+#: ``activation_function``, BERT's ``hidden_act``): ``gelu`` is exact (erf); ``gelu_new`` and
+#: ``gelu_pytorch_tanh`` are the tanh approximation.
+HF_ACTIVATIONS: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                                  "relu": "relu"}
+
+
+def _check_int(cls_name: str, name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{cls_name}.{name}: expected an int >= {minimum}, got {value!r}")
+
+
+def _check_float(cls_name: str, name: str, value) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{cls_name}.{name}: expected a finite float > 0, got {value!r}")
+
+
+def _check_bool(cls_name: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{cls_name}.{name}: expected a bool, got {value!r}")
+
+
+def _check_choice(cls_name: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{cls_name}.{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _hf_get(hf: dict, key: str, what: str, default=dataclasses.MISSING):
+    """``hf[key]``, or ``default``; a missing key without default raises a ValueError naming it."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{what} config: expected a dict (the parsed config.json), got {type(hf).__name__}")
+    if key in hf and hf[key] is not None:
+        return hf[key]
+    if default is dataclasses.MISSING:
+        raise ValueError(f"{what} config.json: missing required key {key!r}")
+    return default
+
+
+def _hf_reject(hf: dict, what: str, key: str, allowed) -> None:
+    """Raise if ``hf[key]`` is present and not in ``allowed`` (a setting these configs cannot express)."""
+    if key in hf and hf[key] not in allowed:
+        raise ValueError(f"{what} config.json: {key}={hf[key]!r} is not supported (expected {allowed[0]!r})")
+
+
+class Config:
+    """Base of the config dataclasses: ``to_dict``/``from_dict``, field checks, and the ``config.json`` names.
+
+    A subclass is a frozen, keyword-only dataclass that checks itself on construction (a ``ValueError``
+    naming the field) and implements ``from_hf`` / ``to_hf``. ``from_hf`` rejects settings that would
+    change the computation in a way the config cannot express, so a config that parses describes the
+    checkpoint exactly.
+    """
+
+    _what: ClassVar[str] = ""  #: the architecture's name in error messages ("Llama", "GPT-2", ...)
+    hf_architecture: ClassVar[str] = ""  #: the ``architectures`` entry of its config.json
+    hf_model_type: ClassVar[str] = ""  #: the ``model_type`` of its config.json
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-serializable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Build from a dict of fields, as made by :meth:`to_dict`; unknown keys raise a ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_hf(cls, hf_config: dict):
+        """Build from the parsed ``config.json`` of the ``transformers`` counterpart."""
+        raise NotImplementedError
+
+    def to_hf(self) -> dict[str, Any]:
+        """A ``config.json`` dict that ``transformers`` loads as the counterpart of this shape."""
+        raise NotImplementedError
+
+    def _check_fields(self, ints=(), floats=(), bools=()) -> None:
+        name = type(self).__name__
+        for f in ints:
+            _check_int(name, f, getattr(self, f))
+        for f in floats:
+            _check_float(name, f, getattr(self, f))
+        for f in bools:
+            _check_bool(name, f, getattr(self, f))
+
+    def _hf_header(self) -> dict[str, Any]:
+        """The ``architectures`` and ``model_type`` entries that begin :meth:`to_hf`."""
+        return {"architectures": [self.hf_architecture], "model_type": self.hf_model_type}
+
+
+class Architecture(Graph):
+    """A model class of the library, built from its config: ``cls(config, rng=None)``.
+
+    The class attributes and static methods describe its checkpoints in the ``transformers`` layout, which
+    ``models/registry.py`` uses to check, load and save Hugging Face folders for every architecture alike.
+    """
+
+    #: Its config dataclass (a :class:`Config`).
+    config_class: ClassVar[type[Config]]
+    #: Short name, used by run folders (``run.json``) and ``TrainConfig.arch``.
+    arch: ClassVar[str]
+    #: Prefix of the base model that some causal-LM checkpoints omit (the original ``gpt2``), or "".
+    hf_base_prefix: ClassVar[str] = ""
+    #: The embedding table that a tied checkpoint's ``lm_head.weight`` equals, or None.
+    hf_embedding: ClassVar[str | None] = None
+    #: Regular expressions of non-parameter buffers a checkpoint may hold; recomputed from the config.
+    hf_ignored: ClassVar[tuple[str, ...]] = ()
+    #: Tensors listed by :meth:`hf_shapes` that a checkpoint may leave out (and the model does not build).
+    hf_optional: ClassVar[frozenset[str]] = frozenset()
+
+    @staticmethod
+    def hf_shapes(config) -> dict[str, tuple[int, ...]]:
+        """Every tensor name of a checkpoint of ``config`` and its shape, in the ``transformers`` layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_hf_tensors(cls, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checked checkpoint tensors (:func:`~qorus_jit.models.registry.check_tensors`) to the model's
+        parameters: the optional tensors the model does not build are dropped."""
+        return {k: v for k, v in tensors.items() if k not in cls.hf_optional}
+
+    @classmethod
+    def to_hf_tensors(cls, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's parameters to checkpoint tensors (the inverse of :meth:`from_hf_tensors`)."""
+        return dict(params)
