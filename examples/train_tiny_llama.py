@@ -22,10 +22,10 @@ import argparse
 import numpy as np
 
 from qorus_jit.data import TextDataset, default_corpus
+from qorus_jit.infer.generate import sample_tokens
 from qorus_jit.models import Llama, LlamaConfig
 from qorus_jit.tokenizers import ByteTokenizer
 from qorus_jit.train.optim import AdamW
-from qorus_jit.train.run import sample_tokens
 from qorus_jit.train.schedule import warmup_cosine
 from qorus_jit.train.trainer import Trainer
 

@@ -87,8 +87,9 @@ def train(config, resume, no_progress, **settings):
     options given here override it. Each run writes runs/NAME/: run.json, tokenizer.json, metrics.jsonl
     and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
     """
-    from qorus_jit.train.run import ConfigError, TrainConfig, is_finished, resume_run, start_run
-    from qorus_jit.train.trainer import TrainingError
+    from qorus_jit.infer.generate import sample_text
+    from qorus_jit.train import ConfigError, TrainConfig, TrainingError, resume_run, start_run
+    from qorus_jit.train.run import is_finished
 
     overrides = {k: v for k, v in settings.items() if v is not None}
     try:
@@ -128,7 +129,9 @@ def train(config, resume, no_progress, **settings):
     parts.append(f"{t.elapsed:.0f} s")
     click.echo("done: " + ", ".join(parts) + f"; run directory {run.run_dir}", err=True)
     if run.cfg.sample_tokens:
-        click.echo("sample:\n" + run.sample())
+        c = run.cfg
+        click.echo("sample:\n" + sample_text(run.model, run.tokenizer, c.sample_prompt, c.sample_tokens, c.temperature,
+                                             seed=c.seed))
 
 
 def _newest_checkpoint(run_dir, resumable: bool = True) -> str:

@@ -1,12 +1,16 @@
 """``qorus generate`` on each kind of source, as a user runs it: a run directory, a Hugging Face folder and a
 llama2.c checkpoint with its tokenizer.bin; its greedy text equals the Python API's."""
 
+import json
+import shutil
+
 import pytest
 from click.testing import CliRunner
 
 import qorus_jit
 from qorus_jit.cli import main
 from qorus_jit.infer.generate import generate
+from qorus_jit.infer.sources import load_run_model
 from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
 from qorus_jit.models.llama import save_llama2c
 from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
@@ -35,7 +39,7 @@ def run_dir(tmp_path_factory):
 def test_run_directory_greedy_text_equals_the_python_api(run_dir):
     code, out, err = run_cli(run_dir, "--prompt", "def ", "-n", 20, "-t", 0)
     assert code == 0, err
-    model, tok = qorus_jit.train.run.load_run_model(run_dir)
+    model, tok = load_run_model(run_dir)
     ids = list(generate(model, tok.encode("def "), 20, temperature=0.0))
     assert out == "def " + tok.decode(ids) + "\n"
     assert "[length] prefill 4 tokens" in err and "decode 19 tokens" in err
@@ -78,6 +82,25 @@ def test_llama2c_checkpoint_with_tokenizer_bin(tmp_path):
     assert out.rstrip("\n") == "once upon" + tok.decode(ids[:stop])
     code, out, err = run_cli(tmp_path / "model.bin", "-p", "x")
     assert code == 2 and err.count("\n") == 1 and "tokenizer.bin" in err
+
+
+def test_damaged_run_directories_give_one_line(run_dir, tmp_path):
+    no_ckpt = tmp_path / "no_ckpt"
+    shutil.copytree(run_dir, no_ckpt)
+    shutil.rmtree(no_ckpt / "checkpoints")
+    code, _, err = run_cli(no_ckpt)
+    assert code == 2 and err.count("\n") == 1 and "no complete checkpoint" in err and str(no_ckpt) in err
+    no_record = tmp_path / "no_record"
+    shutil.copytree(run_dir, no_record)
+    record = json.loads((no_record / "run.json").read_text())
+    assert record["model"]["arch"] == "llama" and record["model"]["dim"] == 32
+    del record["model"]
+    (no_record / "run.json").write_text(json.dumps(record))
+    code, _, err = run_cli(no_record)
+    assert code == 2 and err.count("\n") == 1 and "no model record" in err
+    (no_record / "run.json").write_text("{not json")
+    code, _, err = run_cli(no_record)
+    assert code == 2 and err.count("\n") == 1 and "not valid JSON" in err
 
 
 def test_bad_sources_give_one_line(tmp_path):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import qorus_jit
-from qorus_jit.infer.generate import filter_logits, generate, sample
+from qorus_jit.infer.generate import filter_logits, generate, sample, sample_text, sample_tokens
 from qorus_jit.layers import DecodeState
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
+from qorus_jit.tokenizers import ByteTokenizer
 from tests.helpers import torch_or_skip
 from tests.models.reference import saved_reference, transformers_or_skip
 
@@ -132,3 +133,30 @@ def test_stop_tokens_context_limit_and_bad_arguments():
         generate(model, [1], 5, top_p=0)
     with pytest.raises(ValueError, match="top_k"):
         generate(model, [1], 5, top_k=0)
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_sliding_window_sampler_matches_cached_greedy_generation_and_goes_past_the_context(make):
+    model = make(max_seq_len=16)
+    prompt = np.array([5, 17, 2], np.int64)
+    cached = list(generate(model, prompt, max_new_tokens=13, temperature=0.0))  # fills the 16 positions
+    slid = sample_tokens(model, prompt, 30, max_len=16, temperature=0.0, rng=np.random.default_rng(0))
+    assert slid.dtype == np.int64 and slid.shape == (30,)
+    assert slid[:13].tolist() == cached
+    seq = np.concatenate([prompt, slid])
+    for t in (20, 32):  # past the context: greedy over the last 16 tokens only
+        assert slid[t - 3] == int(np.argmax(model.forward(seq[None, t - 16:t])[0, -1]))
+    with pytest.raises(ValueError, match="ids"):
+        sample_tokens(model, [], 3, 16, 0.0, np.random.default_rng(0))
+
+
+def test_sample_text_is_the_prompt_and_seeded_samples():
+    model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=256, max_seq_len=32), rng=0)
+    tok = ByteTokenizer()
+    a = sample_text(model, tok, "The ", 40, temperature=0.8, seed=3)
+    b = sample_text(model, tok, "The ", 40, temperature=0.8, seed=3)
+    assert a == b and a.startswith("The ")
+    ids = sample_tokens(model, tok.encode("The "), 40, 32, 0.8, np.random.default_rng(3))
+    assert a == "The " + tok.decode(ids)
+    empty = sample_text(model, tok, "", 5, temperature=0.0)  # token 0 starts an empty prompt
+    assert empty == tok.decode(sample_tokens(model, [0], 5, 32, 0.0, np.random.default_rng(0)))

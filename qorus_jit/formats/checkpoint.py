@@ -1,11 +1,18 @@
-"""Training checkpoints: weights, optimizer state and the trainer's state, written atomically.
+"""Run folders and training checkpoints: the names of a run folder's files, and checkpoints (weights,
+optimizer state and the trainer's state) written atomically.
 
-A run directory holds ``checkpoints/step_NNNNNNN/`` folders, each with
+A run folder (what ``qorus train`` writes; training writes it, inference reads it) holds
 
-- ``model.safetensors``: the model's parameters under their dotted names;
-- ``optimizer.safetensors``: the optimizer's state tensors (moments, momentum buffers);
-- ``state.json``: the step, the optimizer's hyperparameters and counters, the data position and RNG
-  state, and whatever else the trainer records (written last: a folder without it is incomplete).
+- ``run.json``: the run's settings (``config``), the model record ``{"arch": ..., **config.to_dict()}``
+  (``model``), the data source and token counts;
+- ``tokenizer.json`` (``tokenizer.bin`` for llama2.c's tokenizer);
+- ``metrics.jsonl``: one JSON object per logged step and per evaluation;
+- ``checkpoints/step_NNNNNNN/`` folders, each with
+
+  - ``model.safetensors``: the model's parameters under their dotted names;
+  - ``optimizer.safetensors``: the optimizer's state tensors (moments, momentum buffers);
+  - ``state.json``: the step, the optimizer's hyperparameters and counters, the data position and RNG
+    state, and whatever else the trainer records (written last: a folder without it is incomplete).
 
 A checkpoint is written into a hidden temporary folder beside the others, every file fsynced, and then
 renamed into place in one step; ``checkpoints/latest`` (a one-line text file naming the newest folder) is
@@ -26,8 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from qorus_jit.core.files import atomic_write_text, fsync_dir, fsync_file, read_json
-from qorus_jit.formats.hf import load_safetensors
+from qorus_jit.formats.safetensors import load_safetensors
 
+RUN_FILE = "run.json"
+RUN_TOKENIZER_JSON = "tokenizer.json"
+RUN_TOKENIZER_BIN = "tokenizer.bin"
+METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 MODEL_FILE = "model.safetensors"
@@ -35,6 +46,35 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT = 1
 _NAME = re.compile(r"step_(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------- run folders
+
+
+def run_tokenizer_name(tokenizer) -> str:
+    """The name a run folder keeps ``tokenizer`` under: ``tokenizer.bin`` for llama2.c's, else JSON."""
+    return RUN_TOKENIZER_BIN if getattr(tokenizer, "name", None) == "llama2c" else RUN_TOKENIZER_JSON
+
+
+def run_tokenizer_path(run_dir) -> Path:
+    """The tokenizer file of a run folder (``tokenizer.json``, or ``tokenizer.bin``)."""
+    run_dir = Path(run_dir)
+    binary = run_dir / RUN_TOKENIZER_BIN
+    json_file = run_dir / RUN_TOKENIZER_JSON
+    return binary if binary.is_file() and not json_file.is_file() else json_file
+
+
+def read_run_record(run_dir) -> dict:
+    """The parsed ``run.json`` of a run folder. FileNotFoundError when it is absent; ValueError for bad JSON
+    or a file without a ``config`` table."""
+    file = Path(run_dir) / RUN_FILE
+    d = read_json(file, "run file")
+    if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+        raise ValueError(f"{file} is not a qorus run file (no config table)")
+    return d
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
 
 
 @dataclass

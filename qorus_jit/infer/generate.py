@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from qorus_jit.layers import DecodeState
+from qorus_jit.layers import DecodeState, Layer
 
 
 def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
@@ -81,7 +81,7 @@ class Generation(Iterator[int]):
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop_tokens: Iterable[int] = (), max_seq_len: int | None = None):
         _check_options(max_new_tokens, temperature, top_k, top_p)
-        if not hasattr(model, "forward_decode") or not hasattr(model, "config"):
+        if not isinstance(model, Layer) or not model.incremental or not hasattr(model, "config"):
             raise TypeError(f"model: expected a Llama or GPT-2 model, got {type(model).__name__}")
         limit = model.config.max_seq_len if max_seq_len is None else min(max_seq_len, model.config.max_seq_len)
         ids = np.asarray(list(prompt), np.int64)
@@ -153,3 +153,28 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 128, **kw
     """The prompt and its continuation as text: :func:`generate` on ``tokenizer.encode(prompt)``."""
     ids = tokenizer.encode(prompt)
     return prompt + tokenizer.decode(list(generate(model, ids, max_new_tokens, **kw)))
+
+
+def sample_tokens(model, ids, n: int, max_len: int, temperature: float, rng) -> np.ndarray:
+    """``n`` new token ids after ``ids`` (at least one) by temperature sampling (greedy at 0), each from a
+    full forward over the last ``max_len`` tokens: unlike :func:`generate`, which decodes from a KV cache up
+    to the model's context, it slides a window and so goes on past the context."""
+    seq = [int(i) for i in ids]
+    if not seq:
+        raise ValueError("ids: expected at least one token to start from")
+    out = []
+    for _ in range(n):
+        window = np.asarray(seq[-max_len:], np.int64)[None]
+        tok = sample(model.forward(window)[0, -1], rng, temperature)
+        seq.append(tok)
+        out.append(tok)
+    return np.asarray(out, np.int64)
+
+
+def sample_text(model, tokenizer, prompt: str, n_tokens: int, temperature: float = 0.8, seed: int | None = 0) -> str:
+    """The prompt and ``n_tokens`` sampled after it by :func:`sample_tokens` over the model's context (token
+    0 starts an empty prompt): the sample ``qorus train`` prints at the end of a run."""
+    ids = tokenizer.encode(prompt) if prompt else np.zeros(1, np.int64)
+    out = sample_tokens(model, np.asarray(ids, np.int64), n_tokens, model.config.max_seq_len, temperature,
+                        np.random.default_rng(seed))
+    return prompt + tokenizer.decode(out)

@@ -13,6 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.formats.checkpoint import (
+    RUN_FILE,
+    latest_checkpoint,
+    load_checkpoint,
+    read_run_record,
+    run_tokenizer_path,
+)
+from qorus_jit.tokenizers import load_tokenizer
+
 
 class SourceError(ValueError):
     """A model source that cannot be used: reported as one line (exit code 2 on the command line)."""
@@ -45,8 +54,6 @@ def load_source(source, tokenizer=None) -> Source:
     folder (``config.json``; its ``tokenizer.json``) or a llama2.c checkpoint (a file; ``tokenizer`` must
     name its ``tokenizer.bin``). ``tokenizer`` overrides the source's own (any :func:`load_tokenizer` spec).
     """
-    from qorus_jit.tokenizers import load_tokenizer
-
     path = Path(source)
     if not path.exists():
         raise SourceError(f"source: no such file or folder: {path}")
@@ -54,13 +61,8 @@ def load_source(source, tokenizer=None) -> Source:
         tok = None if tokenizer is None else load_tokenizer(tokenizer)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise SourceError(f"tokenizer: {e}") from None
-    if path.is_dir() and (path / "run.json").is_file():
-        from qorus_jit.train.run import ConfigError, load_run_model
-
-        try:
-            model, own = load_run_model(path)
-        except ConfigError as e:
-            raise SourceError(str(e)) from None
+    if path.is_dir() and (path / RUN_FILE).is_file():
+        model, own = load_run_model(path)
         return _checked(Source(model, tok or own, "run", path))
     if path.is_dir() and (path / "config.json").is_file():
         return _checked(_hf_source(path, tok))
@@ -79,15 +81,40 @@ def load_source(source, tokenizer=None) -> Source:
     return _checked(Source(model, tok, "llama2c", path, stop_ids=frozenset(stop)))
 
 
+def load_run_model(run_dir):
+    """``(model, tokenizer)`` of a ``qorus train`` run directory: the model rebuilt from the model record of
+    its ``run.json`` through the models registry, with the weights of its newest complete checkpoint, and
+    the run's tokenizer. A SourceError names the directory when something is missing or damaged."""
+    from qorus_jit.models.registry import build_model
+
+    run_dir = Path(run_dir)
+    try:
+        record = read_run_record(run_dir)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{run_dir}: {e}") from None
+    fields = record.get("model")
+    if not isinstance(fields, dict) or not isinstance(fields.get("arch"), str):
+        raise SourceError(f"{run_dir / RUN_FILE}: no model record (expected a 'model' table with an 'arch')")
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise SourceError(f"{run_dir}: the run has no complete checkpoint yet")
+    try:
+        tokenizer = load_tokenizer(run_tokenizer_path(run_dir))
+        model = build_model(fields["arch"], {k: v for k, v in fields.items() if k != "arch"})
+        model.load_parameters(load_checkpoint(found).model)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise SourceError(f"{run_dir}: {e}") from None
+    return model, tokenizer
+
+
 def _hf_source(path: Path, tok) -> Source:
     from qorus_jit.models import load_pretrained
-    from qorus_jit.tokenizers import load_tokenizer
 
     try:
         model = load_pretrained(path)
     except (OSError, ValueError) as e:
         raise SourceError(str(e)) from None
-    if not hasattr(model, "forward_decode") or type(model).__name__ == "Bert":
+    if not model.incremental:  # bidirectional attention (BERT) cannot decode token by token
         raise SourceError(f"source: {path} holds a {type(model).__name__}, which does not generate text")
     if tok is None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qorus_jit.train.trainer import METRICS_FILE
+from qorus_jit.formats.checkpoint import METRICS_FILE
 
 
 def read_metrics(run_dir) -> list[dict]:

@@ -23,8 +23,9 @@ from safetensors.numpy import load_file
 from qorus_jit.cli import main
 from qorus_jit.data import default_corpus
 from qorus_jit.formats.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from qorus_jit.train.losses import CrossEntropyLoss
 from qorus_jit.train.run import TrainConfig, start_run
-from qorus_jit.train.trainer import CrossEntropyLoss, TrainingError
+from qorus_jit.train.trainer import TrainingError
 
 # A tiny model on the default corpus (the smoke settings; --ckpt-every 2 so that pruning shows).
 TINY = ["--warmup-steps", "1", "--dim", "32", "--n-heads", "2", "--hidden-dim", "64", "--seq-len", "32",

@@ -9,9 +9,10 @@ import pytest
 from qorus_jit.data import ArrayDataset, TextDataset
 from qorus_jit.formats.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from qorus_jit.models import MLP, Llama, LlamaConfig
+from qorus_jit.train.losses import CrossEntropyLoss, MSELoss
 from qorus_jit.train.optim import SGD, AdamW
 from qorus_jit.train.schedule import warmup_cosine
-from qorus_jit.train.trainer import CrossEntropyLoss, MSELoss, Trainer, TrainingError
+from qorus_jit.train.trainer import Trainer, TrainingError
 
 
 def ref_cross_entropy(logits, targets, ignore_index=-100):
