@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import qorus_jit
-from qorus_jit.core.numerics import FASTMATH, SERIAL_WORK, kernel
+from qorus_jit.core.numerics import FASTMATH, SERIAL_WORK, for_chunks, kernel
 
 PACKAGE = Path(qorus_jit.__file__).parent
 
@@ -48,6 +48,17 @@ def _sum_is_nan(x):
     for i in numba.prange(x.shape[0]):
         s += x[i]
     return np.isnan(s)
+
+
+@kernel
+def _record_range(calls, lo, hi):
+    calls[lo, 0] = lo
+    calls[lo, 1] = hi
+
+
+@kernel(parallel=True)
+def _record_chunks(calls, items, per, work):
+    for_chunks(_record_range, (calls,), items, per, work)
 
 
 def test_flags_leave_out_nnan_and_ninf():
@@ -101,17 +112,21 @@ def test_every_kernel_is_cached_with_the_shared_flags():
 
 
 def test_every_parallel_kernel_runs_small_work_serially():
-    """Each ``parallel=True`` kernel branches on the shared ``config.SERIAL_WORK`` to run small work on the calling
-    thread (the family tests run every kernel below and above it). Not yet covered: matmul keeps its own threshold
-    in multiply-adds, checked by ``_gemm_numba`` before it calls the parallel block kernels (bmm has none), and
-    decode's fused Llama block (about 1M multiply-adds per call already at the stories15M shape)."""
+    """Each ``parallel=True`` kernel splits its work through the one helper, ``numerics.for_chunks`` (or
+    ``for_rows`` over it), which runs work up to ``SERIAL_WORK`` on the calling thread (the family tests run
+    every kernel below and above it), and spells no ``prange`` of its own. Not yet covered: matmul keeps its own
+    threshold in multiply-adds, checked by ``_gemm_numba`` before it calls the parallel block kernels (bmm has
+    none), and decode's fused Llama block (about 1M multiply-adds per call already at the stories15M shape)."""
     import importlib
     import inspect
     import pkgutil
 
     import qorus_jit.kernels as kernels
+    from qorus_jit.core import numerics
 
     assert isinstance(SERIAL_WORK, int) and SERIAL_WORK >= 1
+    assert re.search(r"if work <= SERIAL_WORK\b", inspect.getsource(numerics.for_chunks.py_func))
+    assert "for_chunks(" in inspect.getsource(numerics.for_rows.py_func)
     found, missing = 0, []
     for mod in pkgutil.iter_modules(kernels.__path__):
         if mod.name in ("matmul", "decode"):
@@ -121,11 +136,28 @@ def test_every_parallel_kernel_runs_small_work_serially():
             if (isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == module.__name__
                     and obj.targetoptions.get("parallel")):
                 found += 1
-                assert module.SERIAL_WORK is SERIAL_WORK, mod.name
-                if not re.search(r"if .*\bSERIAL_WORK\b", inspect.getsource(obj.py_func)):
+                src = inspect.getsource(obj.py_func)
+                uses = [h for h in ("for_chunks", "for_rows") if re.search(rf"\b{h}\(", src)]
+                for h in uses:
+                    assert getattr(module, h) is getattr(numerics, h), f"{mod.name}.{h}"
+                if not uses or "prange" in src or "SERIAL_WORK" in src:
                     missing.append(f"{mod.name}.{name}")
     assert found >= 30
     assert missing == []
+
+
+@pytest.mark.parametrize("items, per, work", [(0, 4, 0), (1, 1, 10**9), (7, 3, SERIAL_WORK), (10, 4, 10),
+                                              (10, 4, SERIAL_WORK + 1), (10, 3, 10**9), (3, 4, 10**9)])
+def test_for_chunks_calls_once_when_serial_else_per_fixed_chunk(items, per, work):
+    """One call over all items when the work is small or one chunk holds them all, else one call per chunk of
+    ``per`` items (fixed by the sizes, whatever the thread count)."""
+    calls = np.full((max(items, 1), 2), -1, np.int64)
+    _record_chunks(calls, items, per, work)
+    got = [tuple(r) for r in calls if r[0] >= 0]
+    if work <= SERIAL_WORK or items <= per:
+        assert got == [(0, items)]
+    else:
+        assert got == [(lo, min(items, lo + per)) for lo in range(0, items, per)]
 
 
 def test_set_num_threads_controls_numba_and_blas():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import prange
 
 #: LLVM fast-math flags for every kernel (no ``nnan``, no ``ninf``).
 FASTMATH: frozenset[str] = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
@@ -23,16 +24,12 @@ FLOAT_DTYPES = (np.float32, np.float64)
 #: Integer dtypes accepted for token ids and targets.
 INDEX_DTYPES = (np.int32, np.int64)
 
-#: Work up to which a ``parallel=True`` kernel runs on the calling thread instead of entering a parallel
-#: region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
-#: length * D`` for decoding). Waking numba's threads costs 3-10 us on an idle 2-core machine and about
-#: 8 ms (a scheduler slice) when the other core is busy, which dominated single-token decoding and small
-#: models. Break-even with 2 threads on this shared 2-core machine (load about 1.3, medians): RMSNorm rows
-#: of 288 forward near 40k elements, backward near 50k; exact GELU near 32k; attention forward near 30k
-#: multiply-adds, decoding near 20k; exp-heavy softmax rows near 10k; memory-bound ``add`` near 230k. One
-#: threshold stays within about 3x of each; erring serial costs at most tens of us per call, erring
-#: parallel up to a scheduler slice. Kernels read it as a compile-time constant (numba freezes globals into
-#: the cached machine code), so after changing it run ``qorus clear-cache``.
+#: Work up to which :func:`for_chunks` runs a kernel's body on the calling thread instead of entering a
+#: parallel region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
+#: length * D`` for decoding). Waking numba's threads costs microseconds on an idle machine and up to a scheduler
+#: slice on a busy one; the break-even figures behind the value are in docs/design.md ("Kernel conventions").
+#: Kernels read it as a compile-time constant (numba freezes globals into the cached machine code), so after
+#: changing it run ``qorus clear-cache``.
 SERIAL_WORK = 1 << 15
 
 
@@ -56,8 +53,7 @@ def kernel(fn=None, *, parallel: bool = False):
 
 
 #: Most chunks a parallel kernel cuts its rows (or other work items) into. numba hands ``prange`` iterations
-#: to its threads in equal contiguous blocks, so more chunks than threads add no balance, only calls (about
-#: 0.1 us each for a row kernel taking six arrays: one call per row of 288 made LayerNorm 2x slower).
+#: to its threads in equal contiguous blocks, so more chunks than threads add no balance, only calls.
 MAX_CHUNKS = 32
 
 
@@ -66,6 +62,29 @@ def row_chunks(n):
     """(rows per chunk, chunk count) for n rows: at most MAX_CHUNKS chunks of equal size, fixed by n alone."""
     per = max(1, (n + MAX_CHUNKS - 1) // MAX_CHUNKS)
     return per, (n + per - 1) // per
+
+
+@numba.njit(inline="always")
+def for_chunks(body, args, items, per, work):
+    """``body(*args, lo, hi)`` over the work items ``0..items-1``: one call on the calling thread when ``work <=
+    SERIAL_WORK`` or all items fit in one chunk of ``per``, else one call per chunk of ``per`` items in ``prange``.
+
+    The one serial-or-parallel split of every parallel kernel (docs/design.md, "Kernel conventions"). Inlined
+    into the calling ``@kernel(parallel=True)`` before typing, so it compiles and caches as part of that kernel:
+    the serial branch holds no parfor and enters no parallel region, and the chunks depend on ``items`` and
+    ``per`` only, never on the thread count. ``body`` must be a serial ``@kernel``; ``args`` is a tuple.
+    """
+    if work <= SERIAL_WORK or items <= per:
+        body(*(args + (0, items)))
+    else:
+        for c in prange((items + per - 1) // per):
+            body(*(args + (c * per, min(items, (c + 1) * per))))
+
+
+@numba.njit(inline="always")
+def for_rows(body, args, rows, work):
+    """:func:`for_chunks` over ``rows`` items in the chunks of :func:`row_chunks`."""
+    for_chunks(body, args, rows, row_chunks(rows)[0], work)
 
 
 @kernel

@@ -2,13 +2,11 @@
 
 Arrays of any shape are processed as flat views; inputs and outputs of one op share one shape.
 Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
-serial ``*_range`` kernel over elements ``lo..hi-1``, called once for up to ``config.SERIAL_WORK``
-elements (no thread launch) and per chunk of ``_CHUNK`` elements in parallel above.
+serial ``*_range`` kernel over elements ``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
 
-A ``*_range`` kernel first slices its arrays to ``[lo:hi]`` and then counts ``i`` from 0. Indexing with
-``a[i]`` for ``i`` in ``range(lo, hi)`` makes numba handle negative indices (``i + n`` when ``i < 0``),
-and LLVM then vectorizes the loop with gathers and scatters: SwiGLU forward over 1M float32 elements took
-11.8 ns per element that way against 0.80 from 0 (one thread).
+A ``*_range`` kernel first slices its arrays to ``[lo:hi]`` and then counts ``i`` from 0: indexing with ``i``
+in ``range(lo, hi)`` makes numba handle negative indices, and LLVM then vectorizes the loop with gathers and
+scatters (docs/design.md, "Loops must count from 0").
 
 The sigmoid is computed from ``exp(-|x|)`` only, so it never overflows (``x = +-100`` or ``+-1e4`` in
 float32 give exact 0/1 limits, no inf or NaN). ``exp``, ``erf`` and ``sigmoid`` come from ``_math``:
@@ -17,17 +15,15 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
-from numba import prange
-
 from qorus_jit.core.check import check_real, check_writeable
 from qorus_jit.core.check import check_same_shape as _same_shape
 from qorus_jit.core.check import flat_views as _flat
-from qorus_jit.core.numerics import SERIAL_WORK, kernel
+from qorus_jit.core.numerics import for_chunks, kernel
 from qorus_jit.kernels._math import erf as _erf
 from qorus_jit.kernels._math import exp as _exp
 from qorus_jit.kernels._math import sigmoid as _sigmoid
 
-_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
+_CHUNK = 1 << 14  # elements per parallel chunk
 
 _SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -49,11 +45,7 @@ def _relu_forward_range(out, x, lo, hi):
 def _relu_forward(out, x):
     """out = max(x, 0); all (n,). NaN stays NaN."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _relu_forward_range(out, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _relu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_relu_forward_range, (out, x), n, _CHUNK, n)
 
 
 @kernel
@@ -69,11 +61,7 @@ def _relu_backward_range(dx, dout, x, lo, hi):
 def _relu_backward(dx, dout, x):
     """dx += dout * (x > 0); all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _relu_backward_range(dx, dout, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _relu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_relu_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
 @kernel
@@ -90,11 +78,7 @@ def _gelu_forward_range(out, x, lo, hi):
 def _gelu_forward(out, x):
     """out = 0.5 x (1 + erf(x / sqrt(2))); all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _gelu_forward_range(out, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _gelu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_gelu_forward_range, (out, x), n, _CHUNK, n)
 
 
 @kernel
@@ -113,11 +97,7 @@ def _gelu_backward_range(dx, dout, x, lo, hi):
 def _gelu_backward(dx, dout, x):
     """dx += dout * (Phi(x) + x phi(x)), Phi/phi the normal cdf/pdf; all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _gelu_backward_range(dx, dout, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _gelu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_gelu_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
 @kernel
@@ -135,11 +115,7 @@ def _gelu_tanh_forward_range(out, x, lo, hi):
 def _gelu_tanh_forward(out, x):
     """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2u); all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _gelu_tanh_forward_range(out, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _gelu_tanh_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_gelu_tanh_forward_range, (out, x), n, _CHUNK, n)
 
 
 @kernel
@@ -159,11 +135,7 @@ def _gelu_tanh_backward_range(dx, dout, x, lo, hi):
 def _gelu_tanh_backward(dx, dout, x):
     """dx += dout * (s + x s (1 - s) du2/dx), s = sigmoid(u2), u2 = 2 sqrt(2/pi) (x + 0.044715 x^3); (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _gelu_tanh_backward_range(dx, dout, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _gelu_tanh_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_gelu_tanh_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
 @kernel
@@ -179,11 +151,7 @@ def _swish_forward_range(out, x, beta, lo, hi):
 def _swish_forward(out, x, beta):
     """out = x sigmoid(beta x); all (n,), beta a scalar of their dtype."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _swish_forward_range(out, x, beta, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _swish_forward_range(out, x, beta, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_swish_forward_range, (out, x, beta), n, _CHUNK, n)
 
 
 @kernel
@@ -201,11 +169,7 @@ def _swish_backward_range(dx, dout, x, beta, lo, hi):
 def _swish_backward(dx, dout, x, beta):
     """dx += dout * s (1 + beta x (1 - s)), s = sigmoid(beta x); all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _swish_backward_range(dx, dout, x, beta, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _swish_backward_range(dx, dout, x, beta, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_swish_backward_range, (dx, dout, x, beta), n, _CHUNK, n)
 
 
 @kernel
@@ -221,11 +185,7 @@ def _silu_forward_range(out, x, lo, hi):
 def _silu_forward(out, x):
     """out = x sigmoid(x); all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _silu_forward_range(out, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _silu_forward_range(out, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_silu_forward_range, (out, x), n, _CHUNK, n)
 
 
 @kernel
@@ -243,11 +203,7 @@ def _silu_backward_range(dx, dout, x, lo, hi):
 def _silu_backward(dx, dout, x):
     """dx += dout * s (1 + x (1 - s)), s = sigmoid(x); all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _silu_backward_range(dx, dout, x, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _silu_backward_range(dx, dout, x, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_silu_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
 @kernel
@@ -263,11 +219,7 @@ def _swiglu_forward_range(out, a, b, lo, hi):
 def _swiglu_forward(out, a, b):
     """out = silu(a) * b = a sigmoid(a) b; all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _swiglu_forward_range(out, a, b, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _swiglu_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_swiglu_forward_range, (out, a, b), n, _CHUNK, n)
 
 
 @kernel
@@ -293,11 +245,7 @@ def _swiglu_backward_into(da, db, dout, a, b, add):
     """da (+)= dout * b * s (1 + a (1 - s)); db (+)= dout * a s; s = sigmoid(a); all (n,). ``add`` False
     writes da and db without reading them (no zero fill needed before)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _swiglu_backward_range(da, db, dout, a, b, add, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _swiglu_backward_range(da, db, dout, a, b, add, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_swiglu_backward_range, (da, db, dout, a, b, add), n, _CHUNK, n)
 
 
 @kernel

@@ -2,20 +2,17 @@
 
 Arrays of any shape are processed as flat views; ``a``, ``b`` and ``out`` share one shape.
 Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
-serial ``*_range`` kernel over elements ``lo..hi-1``, called once for up to ``config.SERIAL_WORK``
-elements (no thread launch) and per chunk of ``_CHUNK`` elements in parallel above.
+serial ``*_range`` kernel over elements ``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
 """
 
 from __future__ import annotations
 
-from numba import prange
-
 from qorus_jit.core.check import check_same_shape as _same_shape
 from qorus_jit.core.check import check_writeable
 from qorus_jit.core.check import flat_views as _flat
-from qorus_jit.core.numerics import SERIAL_WORK, kernel
+from qorus_jit.core.numerics import for_chunks, kernel
 
-_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run on the calling thread
+_CHUNK = 1 << 14  # elements per parallel chunk
 
 
 @kernel
@@ -30,11 +27,7 @@ def _add_forward_range(out, a, b, lo, hi):
 def _add_forward(out, a, b):
     """out = a + b; all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _add_forward_range(out, a, b, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _add_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_add_forward_range, (out, a, b), n, _CHUNK, n)
 
 
 @kernel
@@ -50,11 +43,7 @@ def _add_backward_range(da, db, dout, lo, hi):
 def _add_backward(da, db, dout):
     """da += dout; db += dout; all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _add_backward_range(da, db, dout, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _add_backward_range(da, db, dout, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_add_backward_range, (da, db, dout), n, _CHUNK, n)
 
 
 @kernel
@@ -69,11 +58,7 @@ def _mul_forward_range(out, a, b, lo, hi):
 def _mul_forward(out, a, b):
     """out = a * b; all (n,)."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _mul_forward_range(out, a, b, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _mul_forward_range(out, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_mul_forward_range, (out, a, b), n, _CHUNK, n)
 
 
 @kernel
@@ -90,11 +75,7 @@ def _mul_backward_range(da, db, dout, a, b, lo, hi):
 def _mul_backward(da, db, dout, a, b):
     """da += dout * b; db += dout * a; all (n,)."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _mul_backward_range(da, db, dout, a, b, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _mul_backward_range(da, db, dout, a, b, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_mul_backward_range, (da, db, dout, a, b), n, _CHUNK, n)
 
 
 @kernel
@@ -109,11 +90,7 @@ def _scale_forward_range(out, a, s, lo, hi):
 def _scale_forward(out, a, s):
     """out = s * a; (n,), s a scalar."""
     n = out.shape[0]
-    if n <= SERIAL_WORK:
-        _scale_forward_range(out, a, s, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _scale_forward_range(out, a, s, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_scale_forward_range, (out, a, s), n, _CHUNK, n)
 
 
 @kernel
@@ -128,11 +105,7 @@ def _scale_backward_range(da, dout, s, lo, hi):
 def _scale_backward(da, dout, s):
     """da += s * dout; (n,), s a scalar."""
     n = dout.shape[0]
-    if n <= SERIAL_WORK:
-        _scale_backward_range(da, dout, s, 0, n)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _scale_backward_range(da, dout, s, c * _CHUNK, min(n, (c + 1) * _CHUNK))
+    for_chunks(_scale_backward_range, (da, dout, s), n, _CHUNK, n)
 
 
 def add_forward(out, a, b):

@@ -3,16 +3,14 @@
 Kernels see ``ids`` flat as ``(N,)`` and ``out``/``dout`` as ``(N, C)``; the public wrappers accept
 ``ids`` of any shape ``(...)`` (usually ``(B, T)``) with ``out`` of shape ``(..., C)``.
 The same id may appear at many positions, so backward parallelises over blocks of columns: each
-chunk owns disjoint columns of ``dweight`` and walks all rows in order (deterministic sums). Up to
-``config.SERIAL_WORK`` elements of ``out``/``dout`` run on the calling thread, without a thread launch.
+chunk owns disjoint columns of ``dweight`` and walks all rows in order (deterministic sums). The bodies
+(``*_rows``, ``*_cols``) run through ``numerics.for_rows`` and ``for_chunks``.
 """
 
 from __future__ import annotations
 
-from numba import prange
-
 from qorus_jit.core.check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 
 _COLS = 64  # columns of dweight per parallel chunk in backward
 
@@ -30,13 +28,7 @@ def _embedding_forward_rows(out, ids, weight, lo, hi):
 @kernel(parallel=True)
 def _embedding_forward(out, ids, weight):
     """out (N, C) = weight[ids]; ids (N,) in [0, V), weight (V, C)."""
-    N = out.shape[0]
-    if out.size <= SERIAL_WORK or N < 2:
-        _embedding_forward_rows(out, ids, weight, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _embedding_forward_rows(out, ids, weight, c * per, min(N, (c + 1) * per))
+    for_rows(_embedding_forward_rows, (out, ids, weight), out.shape[0], out.size)
 
 
 @kernel
@@ -52,12 +44,7 @@ def _embedding_backward_cols(dweight, dout, ids, j0, j1):
 @kernel(parallel=True)
 def _embedding_backward(dweight, dout, ids):
     """dweight (V, C) += scatter of dout (N, C) to rows ids (N,) in [0, V)."""
-    C = dout.shape[1]
-    if dout.size <= SERIAL_WORK or C <= _COLS:
-        _embedding_backward_cols(dweight, dout, ids, 0, C)
-    else:
-        for cb in prange((C + _COLS - 1) // _COLS):
-            _embedding_backward_cols(dweight, dout, ids, cb * _COLS, min(C, (cb + 1) * _COLS))
+    for_chunks(_embedding_backward_cols, (dweight, dout, ids), dout.shape[1], _COLS, dout.size)
 
 
 def _check_embedding(out_name, out, ids, weight_name, weight):

@@ -4,9 +4,9 @@ Kernels see ``x`` as rows ``(N, C)``; the public wrappers accept ``(..., C)`` an
 Forward saves the per-row statistics (``rstd``, and ``mean`` for LayerNorm) for backward; backward
 accumulates (``+=``) into ``dx``, ``dweight`` and ``dbias``. ``dweight`` and ``dbias`` sum over all
 rows: each chunk of rows sums into its own row of a ``(n_chunks, C)`` scratch, reduced after the loop
-over the chunks (``config.row_chunks``: fixed by ``N``, so the sums do not depend on the thread count). Each
-kernel's body is a serial ``*_rows`` kernel over rows ``lo..hi-1``; up to ``config.SERIAL_WORK``
-elements (or a single row or chunk) run on the calling thread, without a thread launch.
+over the chunks (``numerics.row_chunks``: fixed by ``N``, so the sums do not depend on the thread count). Each
+kernel's body is a serial ``*_rows`` kernel over rows ``lo..hi-1`` (backward: ``*_chunks`` over chunks of
+rows), run by ``numerics.for_rows`` or ``for_chunks``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
 from qorus_jit.core.check import (
     check_arrays,
@@ -24,7 +23,7 @@ from qorus_jit.core.check import (
     check_positive_float,
     check_writeable,
 )
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import for_chunks, for_rows, kernel, row_chunks
 
 
 @kernel
@@ -62,12 +61,7 @@ def _rmsnorm_forward_rows(out, rstd, x, weight, eps, lo, hi):
 def _rmsnorm_forward(out, rstd, x, weight, eps):
     """out (N, C) = x * rstd * weight; rstd (N,) = 1 / sqrt(mean(x^2) + eps); x (N, C), weight (C,)."""
     N, C = x.shape
-    if N * C <= SERIAL_WORK or N < 2:
-        _rmsnorm_forward_rows(out, rstd, x, weight, eps, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _rmsnorm_forward_rows(out, rstd, x, weight, eps, c * per, min(N, (c + 1) * per))
+    for_rows(_rmsnorm_forward_rows, (out, rstd, x, weight, eps), N, N * C)
 
 
 @kernel
@@ -96,6 +90,15 @@ def _rmsnorm_backward_rows(dx, dw, dout, x, weight, rstd, accumulate, base, lo, 
                 dw[j] += dout[i, j] * x[i, j] * r
 
 
+@kernel
+def _rmsnorm_backward_chunks(dx, dw_part, dout, x, weight, rstd, accumulate, base, rows, lo, hi):
+    """_rmsnorm_backward on chunks lo..hi-1 (``rows`` rows each); chunk c sums its dweight terms into dw_part[c]."""
+    N = x.shape[0]
+    for c in range(lo, hi):
+        _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, accumulate, base, c * rows,
+                               min(N, (c + 1) * rows))
+
+
 @kernel(parallel=True)
 def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd, accumulate, base):
     """dx (N, C) (+)= the input gradient, plus base (N, C) unless base is (0, C); dweight (C,) += its
@@ -103,14 +106,8 @@ def _rmsnorm_backward(dx, dweight, dout, x, weight, rstd, accumulate, base):
     N, C = x.shape
     rows, n_chunks = row_chunks(N)
     dw_part = _partials(n_chunks, C, dweight)
-    if N * C <= SERIAL_WORK or n_chunks < 2:
-        for c in range(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, accumulate, base, c * rows,
-                                   min(N, (c + 1) * rows))
-    else:
-        for c in prange(n_chunks):
-            _rmsnorm_backward_rows(dx, dw_part[c], dout, x, weight, rstd, accumulate, base, c * rows,
-                                   min(N, (c + 1) * rows))
+    for_chunks(_rmsnorm_backward_chunks, (dx, dw_part, dout, x, weight, rstd, accumulate, base, rows), n_chunks, 1,
+               N * C)
     _add_column_sums(dweight, dw_part)
 
 
@@ -143,12 +140,7 @@ def _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, lo, hi):
 def _layernorm_forward(out, mean, rstd, x, weight, bias, eps):
     """out (N, C) = (x - mean) * rstd * weight + bias; mean, rstd (N,); bias (C,) or (0,) for none."""
     N, C = x.shape
-    if N * C <= SERIAL_WORK or N < 2:
-        _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _layernorm_forward_rows(out, mean, rstd, x, weight, bias, eps, c * per, min(N, (c + 1) * per))
+    for_rows(_layernorm_forward_rows, (out, mean, rstd, x, weight, bias, eps), N, N * C)
 
 
 @kernel
@@ -190,6 +182,15 @@ def _layernorm_backward_rows(dx, dw, db, dout, x, weight, mean, rstd, accumulate
                 db[j] += dout[i, j]
 
 
+@kernel
+def _layernorm_backward_chunks(dx, dw_part, db_part, dout, x, weight, mean, rstd, accumulate, base, rows, lo, hi):
+    """_layernorm_backward on chunks lo..hi-1 (``rows`` rows each); chunk c sums into dw_part[c], db_part[c]."""
+    N = x.shape[0]
+    for c in range(lo, hi):
+        _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, accumulate, base,
+                                 c * rows, min(N, (c + 1) * rows))
+
+
 @kernel(parallel=True)
 def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, accumulate, base):
     """dx (N, C) (+)= the input gradient plus base (as in _rmsnorm_backward), dweight (C,), dbias (C,) or (0,)
@@ -198,14 +199,8 @@ def _layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd, accumul
     rows, n_chunks = row_chunks(N)
     dw_part = _partials(n_chunks, C, dweight)
     db_part = _partials(n_chunks, dbias.shape[0], dweight)  # (n_chunks, 0) without bias
-    if N * C <= SERIAL_WORK or n_chunks < 2:
-        for c in range(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, accumulate, base,
-                                     c * rows, min(N, (c + 1) * rows))
-    else:
-        for c in prange(n_chunks):
-            _layernorm_backward_rows(dx, dw_part[c], db_part[c], dout, x, weight, mean, rstd, accumulate, base,
-                                     c * rows, min(N, (c + 1) * rows))
+    for_chunks(_layernorm_backward_chunks, (dx, dw_part, db_part, dout, x, weight, mean, rstd, accumulate, base, rows),
+               n_chunks, 1, N * C)
     _add_column_sums(dweight, dw_part)
     _add_column_sums(dbias, db_part)
 
