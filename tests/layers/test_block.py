@@ -16,11 +16,12 @@ def torch_ffn(torch, layer, x_t, p, prefix=""):
 
     if layer.kind == "swiglu":
         return lin("down_proj", F.silu(lin("gate_proj", x_t)) * lin("up_proj", x_t))
-    act = {"gelu": F.gelu, "relu": F.relu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[layer.kind]
+    act = {"gelu": F.gelu, "relu": F.relu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+           "silu": F.silu}[layer.kind]
     return lin("down_proj", act(lin("up_proj", x_t)))
 
 
-@pytest.mark.parametrize("kind", ["swiglu", "gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("kind", ["swiglu", "gelu", "gelu_tanh", "relu", "silu"])
 def test_feedforward_matches_torch(kind):
     torch = torch_or_skip()
     layer = FeedForward(12, 20, kind, bias=kind != "swiglu", rng=0)

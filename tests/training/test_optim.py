@@ -224,6 +224,50 @@ def test_decay_groups_bert():
     assert SGD(model, lr=0.1, weight_decay=0.01).decayed == decayed
 
 
+def _old_rule(model):
+    """The rule decay_groups followed before parameters carried their marks: not decayed are the parameters
+    with fewer than 2 axes and those owned by an Embedding or PositionEmbedding, found by walking the tree."""
+    from qorus_jit.layers import Embedding
+    from qorus_jit.layers.embedding import PositionEmbedding
+
+    embedded = set()
+
+    def walk(layer, prefix):
+        if isinstance(layer, (Embedding, PositionEmbedding)):
+            embedded.update(prefix + k for k in layer._params)
+        for name, child in layer._children.items():
+            walk(child, f"{prefix}{name}." if name else prefix)
+
+    walk(model, "")
+    params = model.parameters()
+    not_decayed = [n for n, p in params.items() if p.ndim < 2 or n in embedded]
+    return [n for n in params if n not in not_decayed], not_decayed
+
+
+MODELS = {
+    "mlp": lambda: MLP([4, 8, 8, 2], rng=0),
+    "llama": lambda: Llama(LlamaConfig(dim=16, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=32, vocab_size=20,
+                                       max_seq_len=8, attention_bias=True), rng=0),
+    "llama-tied": lambda: Llama(LlamaConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=20,
+                                            max_seq_len=8, tie_embeddings=True), rng=0),
+    "gpt2": lambda: GPT2(GPT2Config(dim=16, n_layers=2, n_heads=2, vocab_size=20, max_seq_len=8), rng=0),
+    "bert": lambda: Bert(BertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=20, max_seq_len=8),
+                         rng=0),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_decay_marks_give_the_old_rule(name):
+    """The layers' marks (Layer.no_decay) split every model as the old type-and-shape rule did."""
+    model = MODELS[name]()
+    want = _old_rule(model)
+    assert want[0] and want[1]
+    assert decay_groups(model) == want
+    assert model.no_decay() == want[1]
+    opt = AdamW(model)
+    assert (opt.decayed, opt.not_decayed) == want
+
+
 def test_no_decay_override_and_decay_applied_only_to_decayed():
     model = MLP(SIZES, rng=0)
     assert AdamW(model, no_decay=()).not_decayed == []
