@@ -19,9 +19,9 @@ import time
 from perf.train import BATCH, SEQ, SHAPE
 from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import Llama, LlamaConfig
+from qorus_jit.train.losses import CrossEntropyLoss
 from qorus_jit.train.optim import AdamW
 from qorus_jit.train.profiler import Profile, profile
-from qorus_jit.train.trainer import CrossEntropyLoss
 
 
 def measure(threads: int = 2, steps: int = 5, warmup: int = 2, *, shape: dict | None = None, batch: int = BATCH,

@@ -40,7 +40,7 @@ OURS = _COMMON + """
 from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import MLP
 from qorus_jit.train.optim import AdamW
-from qorus_jit.train.trainer import CrossEntropyLoss
+from qorus_jit.train.losses import CrossEntropyLoss
 
 set_num_threads(int(sys.argv[2]))
 model = MLP(SIZES, activation="relu", rng=0)

@@ -62,7 +62,7 @@ OURS = _COMMON + """
 from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import Llama, LlamaConfig
 from qorus_jit.train.optim import AdamW
-from qorus_jit.train.trainer import CrossEntropyLoss
+from qorus_jit.train.losses import CrossEntropyLoss
 
 set_num_threads(int(sys.argv[2]))
 model = Llama(LlamaConfig(**SHAPE, tie_embeddings=False), rng=0)

@@ -12,9 +12,9 @@ from qorus_jit.kernels import trusted as K
 from qorus_jit.kernels.activations import _relu_forward
 from qorus_jit.layers import Layer
 from qorus_jit.models import GPT2, MLP, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
+from qorus_jit.train.losses import CrossEntropyLoss
 from qorus_jit.train.optim import AdamW
 from qorus_jit.train.profiler import profile
-from qorus_jit.train.trainer import CrossEntropyLoss
 
 TINY = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=40, max_seq_len=16)
 EPS = 1e-6  # ms: float rounding of sums

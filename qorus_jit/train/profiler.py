@@ -500,7 +500,7 @@ def profile(model, optimizer=None, loss=None, steps: int | None = None) -> Profi
     """Profile what runs inside ``with profile(model, ...) as prof:``; then ``prof.table()``, ``prof.rows()``.
 
     ``optimizer``: time its ``step``/``zero_grad``/``clip_grad_norm``/``grad_norm``; ``loss``: a loss object
-    (such as :class:`~qorus_jit.train.trainer.CrossEntropyLoss`) whose calls are timed; ``steps``: the number of steps
+    (such as :class:`~qorus_jit.train.losses.CrossEntropyLoss`) whose calls are timed; ``steps``: the number of steps
     run inside the block (default: the number of ``model.forward`` calls). Anything else:
     ``with prof.section("name"): ...``."""
     return Profile(model, optimizer=optimizer, loss=loss, steps=steps)
