@@ -30,7 +30,6 @@ from qorus_jit.kernels.activations import _swiglu_forward as swiglu_forward
 from qorus_jit.kernels.activations import _swish_backward as swish_backward
 from qorus_jit.kernels.activations import _swish_forward as swish_forward
 from qorus_jit.kernels.attention import attention_backward, attention_decode, attention_forward, kv_cache_write
-from qorus_jit.kernels.decode import _llama_block_decode as llama_block_decode
 from qorus_jit.kernels.decode import _llama_decode as llama_decode
 from qorus_jit.kernels.decode import _matvec as matvec
 from qorus_jit.kernels.elementwise import _add_forward as add_forward
@@ -55,8 +54,8 @@ from qorus_jit.kernels.softmax import _softmax_forward as softmax_forward
 
 __all__ = [
     # unchecked: the caller guarantees shapes, dtypes and contiguity (the wrappers in kernels/<family>.py check them)
-    # matmul, decode: 2-D row-major operands; matvec and the llama decode kernels take one token of one sequence
-    "linear_forward", "linear_backward_into", "matvec", "llama_block_decode", "llama_decode",
+    # matmul, decode: 2-D row-major operands; matvec and llama_decode take one token of one sequence
+    "linear_forward", "linear_backward_into", "matvec", "llama_decode",
     # elementwise and activations: 1-D views of equal length (``flat_views``)
     "add_forward", "relu_forward", "relu_backward", "silu_forward", "silu_backward", "gelu_forward", "gelu_backward",
     "gelu_tanh_forward", "gelu_tanh_backward", "swish_forward", "swish_backward", "swiglu_forward",
