@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 
+from qorus_jit.formats.llama2c import half_to_interleaved, interleaved_to_half, read_llama2c, write_llama2c
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from qorus_jit.models.llama import load_llama2c, save_llama2c
 from qorus_jit.tokenizers import Llama2cTokenizer
@@ -454,6 +455,45 @@ def test_empty_file_directory_and_missing_file(tmp_path):
         load_llama2c(tmp_path / "missing.bin")
     with pytest.raises(TypeError):
         load_llama2c(42)
+
+
+# ------------------------------------------------------------------------------------- the format alone
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_format_reads_and_writes_the_raw_arrays(tmp_path, version):
+    """formats.llama2c on its own: the arrays of an independently written file by their llama2.c names, and
+    written back (per-layer stacks as lists of layers) to the same bytes."""
+    w = random_weights(np.random.default_rng(8), DIMS, shared=False)
+    path = tmp_path / "raw.bin"
+    (write_legacy if version == 0 else write_v1)(path, DIMS, w)
+    h, t = read_llama2c(path)
+    assert (h.version, h.shared) == (version, False)
+    assert (h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads, h.vocab_size, h.seq_len) == DIMS
+    names = {"emb": "tok_embeddings", "rms_att": "attention_norm", "rms_ffn": "ffn_norm", "rms_final": "norm",
+             "wcls": "output"}
+    assert set(t) == {names.get(k, k) for k in w}  # the RoPE tables are skipped
+    for k, v in w.items():
+        np.testing.assert_array_equal(t[names.get(k, k)], v, err_msg=k)
+    per_layer = {k: list(v) if v.ndim == 3 or k in ("attention_norm", "ffn_norm") else v for k, v in t.items()}
+    out = write_llama2c(tmp_path / "copy.bin", h, per_layer)
+    assert out.read_bytes() == path.read_bytes()
+
+
+def test_format_write_checks_before_touching_the_file(tmp_path):
+    w = random_weights(np.random.default_rng(9), DIMS, shared=True)
+    path = tmp_path / "raw.bin"
+    write_v1(path, DIMS, w)
+    h, t = read_llama2c(path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"tensors\['wk'\]: expected shape \(24, 48\), got \(48, 48\)"):
+        write_llama2c(path, h, {**t, "wk": [np.zeros((48, 48), np.float32)] * DIMS[2]})
+    with pytest.raises(ValueError, match=r"tensors\['wq'\]: expected 2 arrays \(one per layer\), got 1"):
+        write_llama2c(path, h, {**t, "wq": t["wq"][:1]})
+    with pytest.raises(ValueError, match="tensors: missing 'norm'"):
+        write_llama2c(path, h, {k: v for k, v in t.items() if k != "norm"})
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(half_to_interleaved(interleaved_to_half(t["wq"][0], 4), 4), t["wq"][0])
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
