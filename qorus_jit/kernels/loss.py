@@ -7,15 +7,14 @@ MSE takes ``pred`` and ``target`` of one shared shape, viewed flat.
 
 Forward kernels write per-row losses; the public wrappers return the mean as a Python float.
 ``*_backward`` accumulates (``+=``) into the gradient buffer; ``cross_entropy_forward_backward``
-writes it (``=``), as the one fused pass of a training step. Up to ``config.SERIAL_WORK`` elements
-(or a single row) run on the calling thread, without a thread launch; MSE sums fixed chunks of
-``_CHUNK`` elements and adds their sums on one thread, so its mean does not depend on the thread count.
+writes it (``=``), as the one fused pass of a training step. The bodies run over rows (cross-entropy) or
+chunks of ``_CHUNK`` elements (MSE) through ``numerics.for_rows`` and ``for_chunks``; MSE sums fixed chunks and
+adds their sums on one thread, so its mean does not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from qorus_jit.core.check import (
     check_arrays,
@@ -26,10 +25,10 @@ from qorus_jit.core.check import (
     check_real,
     check_writeable,
 )
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks, sum_in_order
+from qorus_jit.core.numerics import for_chunks, for_rows, kernel, sum_in_order
 from qorus_jit.kernels._math import exp as _exp
 
-_CHUNK = 1 << 14  # elements per chunk (MSE); up to SERIAL_WORK elements run on the calling thread
+_CHUNK = 1 << 14  # elements per chunk (MSE)
 _BLOCK = 256  # exp terms summed in the logits dtype before adding into the float64 row sum
 
 
@@ -72,13 +71,7 @@ def _cross_entropy_forward_rows(losses, logits, targets, ignore_index, lo, hi):
 @kernel(parallel=True)
 def _cross_entropy_forward(losses, logits, targets, ignore_index):
     """losses[i] = logsumexp(logits[i]) - logits[i, t_i] (0 if ignored); logits (N, V), targets (N,)."""
-    N = logits.shape[0]
-    if logits.size <= SERIAL_WORK or N < 2:
-        _cross_entropy_forward_rows(losses, logits, targets, ignore_index, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _cross_entropy_forward_rows(losses, logits, targets, ignore_index, c * per, min(N, (c + 1) * per))
+    for_rows(_cross_entropy_forward_rows, (losses, logits, targets, ignore_index), logits.shape[0], logits.size)
 
 
 @kernel
@@ -103,13 +96,8 @@ def _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, 
 @kernel(parallel=True)
 def _cross_entropy_backward(dlogits, logits, targets, ignore_index, scale):
     """dlogits[i] += scale * (softmax(logits[i]) - onehot(t_i)) unless ignored; (N, V), targets (N,)."""
-    N = logits.shape[0]
-    if logits.size <= SERIAL_WORK or N < 2:
-        _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _cross_entropy_backward_rows(dlogits, logits, targets, ignore_index, scale, c * per, min(N, (c + 1) * per))
+    for_rows(_cross_entropy_backward_rows, (dlogits, logits, targets, ignore_index, scale), logits.shape[0],
+             logits.size)
 
 
 @kernel
@@ -157,14 +145,8 @@ def _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignor
 @kernel(parallel=True)
 def _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore_index, scale):
     """losses as forward; dlogits[i] = scale * (softmax - onehot), 0 if ignored; (N, V), (N,); in place ok."""
-    N = logits.shape[0]
-    if logits.size <= SERIAL_WORK or N < 2:
-        _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignore_index, scale, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignore_index, scale, c * per,
-                                                 min(N, (c + 1) * per))
+    for_rows(_cross_entropy_forward_backward_rows, (dlogits, losses, logits, targets, ignore_index, scale),
+             logits.shape[0], logits.size)
 
 
 @kernel
@@ -194,11 +176,7 @@ def _mse_forward(pred, target):
     if nc < 2:
         return _sq_diff_sum(pred, target) / n
     partial = np.empty(nc)
-    if n <= SERIAL_WORK:
-        _sq_diff_sum_chunks(partial, pred, target, 0, nc)
-    else:
-        for c in prange(nc):
-            _sq_diff_sum_chunks(partial, pred, target, c, c + 1)
+    for_chunks(_sq_diff_sum_chunks, (partial, pred, target), nc, 1, n)
     return sum_in_order(partial) / n
 
 
@@ -209,17 +187,17 @@ def _mse_backward_chunk(dpred, pred, target, c2):
         dpred[i] += c2 * (pred[i] - target[i])
 
 
+@kernel
+def _mse_backward_range(dpred, pred, target, c2, lo, hi):
+    """_mse_backward_chunk on elements lo..hi-1."""
+    _mse_backward_chunk(dpred[lo:hi], pred[lo:hi], target[lo:hi], c2)
+
+
 @kernel(parallel=True)
 def _mse_backward(dpred, pred, target, scale):
     """dpred += 2 * scale * (pred - target) over chunks; all (n,)."""
     n = pred.shape[0]
-    c2 = pred.dtype.type(2.0 * scale)
-    if n <= SERIAL_WORK:
-        _mse_backward_chunk(dpred, pred, target, c2)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
-            _mse_backward_chunk(dpred[lo:hi], pred[lo:hi], target[lo:hi], c2)
+    for_chunks(_mse_backward_range, (dpred, pred, target, pred.dtype.type(2.0 * scale)), n, _CHUNK, n)
 
 
 _OUT_SPECS = {"losses": ("N",), "dlogits": ("N", "V")}

@@ -3,7 +3,8 @@
 Updates follow ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` (single-tensor path) step for step. ``param``,
 its state buffers and ``grad`` share one shape (any shape, processed as flat views) and one float dtype;
 ``grad`` is only read. Per-step constants (bias corrections, the decoupled decay factor) are computed
-once in float64 by the wrappers and passed to the kernels in the arrays' dtype.
+once in float64 by the wrappers and passed to the kernels in the arrays' dtype. The bodies run over chunks
+of ``_CHUNK`` elements through ``numerics.for_chunks``; the gradient norm adds the chunks' sums on one thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
 from qorus_jit.core.check import (
     check_arrays,
@@ -22,9 +22,9 @@ from qorus_jit.core.check import (
     check_real,
     check_writeable,
 )
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, sum_in_order
+from qorus_jit.core.numerics import for_chunks, kernel, sum_in_order
 
-_CHUNK = 1 << 14  # elements per parallel chunk; up to SERIAL_WORK elements run serially (no thread launch)
+_CHUNK = 1 << 14  # elements per parallel chunk
 
 
 @kernel
@@ -39,17 +39,19 @@ def _sgd_chunk(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay
         param[i] -= lr * g
 
 
+@kernel
+def _sgd_range(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step, lo, hi):
+    """_sgd_chunk on elements lo..hi-1."""
+    _sgd_chunk(param[lo:hi], buf[lo:hi], grad[lo:hi], lr, momentum, one_minus_dampening, weight_decay, nesterov,
+               first_step)
+
+
 @kernel(parallel=True)
 def _sgd_update(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step):
     """SGD step in place over chunks; param, buf, grad (n,) (buf may be param itself when momentum == 0)."""
     n = param.shape[0]
-    if n <= SERIAL_WORK:
-        _sgd_chunk(param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
-            _sgd_chunk(param[lo:hi], buf[lo:hi], grad[lo:hi], lr, momentum, one_minus_dampening, weight_decay,
-                       nesterov, first_step)
+    for_chunks(_sgd_range, (param, buf, grad, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step),
+               n, _CHUNK, n)
 
 
 @kernel
@@ -66,19 +68,21 @@ def _adam_chunk(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_
         param[i] = p - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
 
 
+@kernel
+def _adam_range(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt,
+                lo, hi):
+    """_adam_chunk on elements lo..hi-1."""
+    _adam_chunk(param[lo:hi], m[lo:hi], v[lo:hi], grad[lo:hi], decay, l2, one_minus_beta1, beta2, one_minus_beta2,
+                eps, step_size, bc2_sqrt)
+
+
 @kernel(parallel=True)
 def _adam_update(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
                  bc2_sqrt):
     """Adam(W) step in place over chunks; param, m, v, grad (n,)."""
     n = param.shape[0]
-    if n <= SERIAL_WORK:
-        _adam_chunk(param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-                    bc2_sqrt)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            lo, hi = c * _CHUNK, min(n, (c + 1) * _CHUNK)
-            _adam_chunk(param[lo:hi], m[lo:hi], v[lo:hi], grad[lo:hi], decay, l2, one_minus_beta1, beta2,
-                        one_minus_beta2, eps, step_size, bc2_sqrt)
+    for_chunks(_adam_range, (param, m, v, grad, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                             bc2_sqrt), n, _CHUNK, n)
 
 
 @kernel
@@ -107,11 +111,7 @@ def _sum_squares(x):
     if nc < 2:
         return _sum_squares_chunk(x)
     partial = np.empty(nc)
-    if n <= SERIAL_WORK:
-        _sum_squares_chunks(partial, x, 0, nc)
-    else:
-        for c in prange(nc):
-            _sum_squares_chunks(partial, x, c, c + 1)
+    for_chunks(_sum_squares_chunks, (partial, x), nc, 1, n)
     return sum_in_order(partial)
 
 
@@ -122,15 +122,17 @@ def _scale_chunk(x, s):
         x[i] *= s
 
 
+@kernel
+def _scale_range(x, s, lo, hi):
+    """_scale_chunk on elements lo..hi-1."""
+    _scale_chunk(x[lo:hi], s)
+
+
 @kernel(parallel=True)
 def _scale_inplace(x, s):
     """x *= s over chunks; x (n,), s a scalar."""
     n = x.shape[0]
-    if n <= SERIAL_WORK:
-        _scale_chunk(x, s)
-    else:
-        for c in prange((n + _CHUNK - 1) // _CHUNK):
-            _scale_chunk(x[c * _CHUNK:min(n, (c + 1) * _CHUNK)], s)
+    for_chunks(_scale_range, (x, s), n, _CHUNK, n)
 
 
 def _check_state(param, grad, **state) -> None:

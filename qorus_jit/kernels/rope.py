@@ -10,8 +10,8 @@ Two pairings:
 - ``interleaved=True``: llama2.c / Meta: pair ``i`` is ``(x[2i], x[2i + 1])``.
 
 Forward may run in place (``out is x``; the kernel always does: a separate ``out`` is first a copy of ``x``);
-backward accumulates the rotation by ``-angle``. Up to
-``config.SERIAL_WORK`` elements (or a single token) run on the calling thread, without a thread launch.
+backward accumulates the rotation by ``-angle``. The bodies run over (batch, token) rows through
+``numerics.for_rows``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
 from qorus_jit.core.check import (
     check_arrays,
@@ -30,7 +29,7 @@ from qorus_jit.core.check import (
     check_positive_float,
     check_writeable,
 )
-from qorus_jit.core.numerics import DTYPE, SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import DTYPE, for_rows, kernel
 
 
 @kernel
@@ -77,13 +76,7 @@ def _rope_rows(x, cos, sin, pos, interleaved, lo, hi):
 @kernel(parallel=True)
 def _rope_forward(x, cos, sin, pos, interleaved):
     """x (B, T, H, D) rotated in place at positions pos..pos+T-1; cos, sin (T_max, D/2)."""
-    BT = x.shape[0] * x.shape[1]
-    if x.size <= SERIAL_WORK or BT < 2:
-        _rope_rows(x, cos, sin, pos, interleaved, 0, BT)
-    else:
-        per, nc = row_chunks(BT)
-        for c in prange(nc):
-            _rope_rows(x, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
+    for_rows(_rope_rows, (x, cos, sin, pos, interleaved), x.shape[0] * x.shape[1], x.size)
 
 
 @kernel
@@ -118,13 +111,7 @@ def _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, lo, hi):
 @kernel(parallel=True)
 def _rope_backward(dx, dout, cos, sin, pos, interleaved):
     """dx (B, T, H, D) += dout (B, T, H, D) rotated by -angle at positions pos..pos+T-1."""
-    BT = dout.shape[0] * dout.shape[1]
-    if dout.size <= SERIAL_WORK or BT < 2:
-        _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, 0, BT)
-    else:
-        per, nc = row_chunks(BT)
-        for c in prange(nc):
-            _rope_backward_rows(dx, dout, cos, sin, pos, interleaved, c * per, min(BT, (c + 1) * per))
+    for_rows(_rope_backward_rows, (dx, dout, cos, sin, pos, interleaved), dout.shape[0] * dout.shape[1], dout.size)
 
 
 def rope_tables(cos, sin, theta: float = 10000.0):
