@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from qorus_jit.core.files import atomic_write_text, fsync_dir, fsync_file, read_json
-from qorus_jit.formats.safetensors import load_safetensors
+from qorus_jit.formats.safetensors import load_safetensors, write_safetensors
 
 RUN_FILE = "run.json"
 RUN_TOKENIZER_JSON = "tokenizer.json"
@@ -99,8 +99,6 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
     ``state`` must be JSON-serializable (no NaN); it is stored with ``step`` and a format number.
     Returns the checkpoint folder.
     """
-    from safetensors.numpy import save_file
-
     if keep < 1:
         raise ValueError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
     root = Path(run_dir) / CHECKPOINTS
@@ -115,9 +113,7 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
-            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-            save_file(arrays, str(tmp / name), metadata={"format": "np"})
-            fsync_file(tmp / name)
+            write_safetensors(tmp / name, tensors, metadata={"format": "np"})
         (tmp / STATE_FILE).write_text(text, encoding="utf-8")
         fsync_file(tmp / STATE_FILE)
         os.chmod(tmp, 0o755)
