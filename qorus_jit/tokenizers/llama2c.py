@@ -6,7 +6,7 @@ The vocabulary size is not stored.
 
 Example::
 
-    model = load_llama2c("stories15M.bin")
+    model = qorus_jit.load_llama2c("stories15M.bin")
     tok = Llama2cTokenizer.load("tokenizer.bin", vocab_size=model.config.vocab_size)
     logits = model.forward(tok.encode("Once upon a time")[None])
 """
