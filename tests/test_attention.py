@@ -339,12 +339,7 @@ def test_other_register_tile_agrees(tmp_path):
     flag = '_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))'
     assert flag in src
     src = src.replace(flag, f"_AVX512 = {not K._AVX512}")
-    for rel, absolute in (("from .. import _alloc", "from qorus_jit import _alloc"),
-                          ("from .._check import", "from qorus_jit.core.check import"),
-                          ("from ..config import", "from qorus_jit.core.numerics import"),
-                          ("from ._math import", "from qorus_jit.kernels._math import")):
-        assert rel in src
-        src = src.replace(rel, absolute)
+    assert "from ." not in src  # absolute imports: the copy loads from another folder as it is
     path = tmp_path / "attention_other_tile.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("attention_other_tile", path)

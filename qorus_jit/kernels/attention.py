@@ -26,10 +26,10 @@ whole tiles of ``_W`` and T to whole tiles of ``_R``. Forward keeps the scores o
 their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
 recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T), flash-attention style.
 
-Each kernel's parallel loops call serial kernels over a range of work items (``_forward_items``,
-``_backward_items``, ``_decode_items``, ...). When the work is small (``B * H * T * S * D``, or
-``B * H * length * D`` when decoding, up to ``config.SERIAL_WORK``, or a single work item) they are
-called once over all items on the calling thread, without a thread launch, and give the same results.
+Each kernel's phases are serial kernels over a range of work items (``_forward_items``, ``_backward_items``,
+``_decode_items``, ...) run through ``numerics.for_chunks``; the work that decides between the calling thread
+and a parallel region is ``B * H * T * S * D`` (``B * H * length * D`` when decoding). Both give the same
+results.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
@@ -56,13 +56,13 @@ from qorus_jit.core.check import (
     check_positive_float,
     check_writeable,
 )
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 from qorus_jit.kernels._math import exp
 
 # The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
 # dimensions). With AVX-512, 8 x 32 keeps 16 zmm accumulators busy (two FMA units of 4-cycle latency need at
-# least 8 independent sums; 4 x 16 on zmm left them half idle: the W-train attention backward ran at 6.6 ms
-# against 4.9 ms with 8 x 32). With AVX2's 16 ymm registers, 4 x 16 (8 accumulators) is the largest that fits.
+# least 8 independent sums); with AVX2's 16 ymm registers, 4 x 16 (8 accumulators) is the largest that fits
+# (docs/design.md, "Attention kernels").
 _AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
 _R = 8 if _AVX512 else 4
 _W = 32 if _AVX512 else 16
@@ -133,7 +133,7 @@ def _tile(typingctx, C, ci, ldc, A, ai, a_rs, a_cs, B, bi, ldb, L, add):
 
 
 # ---------------------------------------------------------------------------------------------------
-# row helpers (serial; called inside the prange bodies)
+# row helpers (serial; called by the work-item bodies)
 
 
 @kernel
@@ -298,14 +298,9 @@ def _attention_forward(out, lse, q, k, v, mask, causal, scale, kt, vp):
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     items = B * H * ((T + _ROWS - 1) // _ROWS)
-    if B * H * T * S * D <= SERIAL_WORK or items < 2:
-        _pack_kv(kt, vp, k, v, 0, B * Hkv)
-        _forward_items(out, lse, q, kt, vp, mask, causal, scale, 0, items)
-    else:
-        for bh in prange(B * Hkv):
-            _pack_kv(kt, vp, k, v, bh, bh + 1)
-        for it in prange(items):
-            _forward_items(out, lse, q, kt, vp, mask, causal, scale, it, it + 1)
+    work = B * H * T * S * D if items > 1 else 0  # a single work item: both phases on the calling thread
+    for_chunks(_pack_kv, (kt, vp, k, v), B * Hkv, 1, work)
+    for_chunks(_forward_items, (out, lse, q, kt, vp, mask, causal, scale), items, 1, work)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,20 +485,12 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
     nj = max(1, dqp.shape[0])
     bounds = _key_bounds(nj, T, S, causal)
     items = B * Hkv * nj
-    if B * H * T * S * D <= SERIAL_WORK or items < 2:
-        _pack_heads(qp, dop, di, q, dout, out, scale, 0, B * H)
-        _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate, 0, items)
-        if nj > 1:
-            _add_dq_parts(dq, dqp, accumulate, 0, B * T)
-    else:
-        for bh in prange(B * H):
-            _pack_heads(qp, dop, di, q, dout, out, scale, bh, bh + 1)
-        for it in prange(items):
-            _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate,
-                            it, it + 1)
-        if nj > 1:
-            for bt in prange(B * T):
-                _add_dq_parts(dq, dqp, accumulate, bt, bt + 1)
+    work = B * H * T * S * D if items > 1 else 0  # a single work item: every phase on the calling thread
+    for_chunks(_pack_heads, (qp, dop, di, q, dout, out, scale), B * H, 1, work)
+    for_chunks(_backward_items, (dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate),
+               items, 1, work)
+    if nj > 1:
+        for_chunks(_add_dq_parts, (dq, dqp, accumulate), B * T, 1, work)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -559,12 +546,8 @@ def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
 def _attention_decode(out, q, k_cache, v_cache, length, mask, scale):
     """out (B, H, D) = attention of q (B, H, D) over rows < length of k_cache, v_cache (B, T_max, Hkv, D)."""
     B, H, D = q.shape
-    items = B * k_cache.shape[2]
-    if B * H * length * D <= SERIAL_WORK or items < 2:
-        _decode_items(out, q, k_cache, v_cache, length, mask, scale, 0, items)
-    else:
-        for it in prange(items):
-            _decode_items(out, q, k_cache, v_cache, length, mask, scale, it, it + 1)
+    for_chunks(_decode_items, (out, q, k_cache, v_cache, length, mask, scale), B * k_cache.shape[2], 1,
+               B * H * length * D)
 
 
 @kernel
@@ -580,13 +563,7 @@ def _kv_cache_write_rows(k_cache, v_cache, k, v, pos, lo, hi):
 @kernel(parallel=True)
 def _kv_cache_write(k_cache, v_cache, k, v, pos):
     """k_cache[:, pos:pos + T_new] = k, same for v; caches (B, T_max, Hkv, D), k, v (B, T_new, Hkv, D)."""
-    BT = k.shape[0] * k.shape[1]
-    if k.size <= SERIAL_WORK or BT < 2:
-        _kv_cache_write_rows(k_cache, v_cache, k, v, pos, 0, BT)
-    else:
-        per, nc = row_chunks(BT)
-        for c in prange(nc):
-            _kv_cache_write_rows(k_cache, v_cache, k, v, pos, c * per, min(BT, (c + 1) * per))
+    for_rows(_kv_cache_write_rows, (k_cache, v_cache, k, v, pos), k.shape[0] * k.shape[1], k.size)
 
 
 # ---------------------------------------------------------------------------------------------------

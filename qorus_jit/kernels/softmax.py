@@ -2,8 +2,8 @@
 
 The wrappers view their arrays as rows: ``(N, C)`` with ``N`` the product of the leading axes, and
 ``(R, T, T)`` for the causal form. Each row subtracts its max before ``exp``. Backward uses the saved
-output: ``dx += out * (dout - sum(dout * out))``. Up to ``config.SERIAL_WORK`` elements (or a single
-row) run on the calling thread, without a thread launch.
+output: ``dx += out * (dout - sum(dout * out))``. The bodies (``*_rows``, ``*_steps``) run through
+``numerics.for_rows``.
 
 ``-inf`` entries of ``x`` get probability 0. A row whose entries are all ``-inf`` (fully masked) gives
 all zeros and a zero gradient, where torch gives NaN. ``+inf`` or NaN entries give NaN, as in torch.
@@ -12,10 +12,9 @@ all zeros and a zero gradient, where torch gives NaN. ``+inf`` or NaN entries gi
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from qorus_jit.core.check import check_arrays, check_min_ndim, check_writeable
-from qorus_jit.core.numerics import SERIAL_WORK, kernel, row_chunks
+from qorus_jit.core.numerics import for_rows, kernel
 from qorus_jit.kernels._math import exp
 
 
@@ -63,13 +62,7 @@ def _softmax_rows(out, x, lo, hi):
 @kernel(parallel=True)
 def _softmax_forward(out, x):
     """out[n] = softmax(x[n]); out, x (N, C)."""
-    N = x.shape[0]
-    if x.size <= SERIAL_WORK or N < 2:
-        _softmax_rows(out, x, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _softmax_rows(out, x, c * per, min(N, (c + 1) * per))
+    for_rows(_softmax_rows, (out, x), x.shape[0], x.size)
 
 
 @kernel
@@ -82,13 +75,7 @@ def _softmax_backward_rows(dx, dout, out, lo, hi):
 @kernel(parallel=True)
 def _softmax_backward(dx, dout, out):
     """dx[n] += out[n] * (dout[n] - <dout[n], out[n]>); all (N, C)."""
-    N = out.shape[0]
-    if out.size <= SERIAL_WORK or N < 2:
-        _softmax_backward_rows(dx, dout, out, 0, N)
-    else:
-        per, nc = row_chunks(N)
-        for c in prange(nc):
-            _softmax_backward_rows(dx, dout, out, c * per, min(N, (c + 1) * per))
+    for_rows(_softmax_backward_rows, (dx, dout, out), out.shape[0], out.size)
 
 
 @kernel
@@ -118,13 +105,7 @@ def _causal_softmax_forward(out, x):
 
     Each parallel step does rows t and T-1-t of one matrix, so every step costs about T + 1.
     """
-    steps = x.shape[0] * ((x.shape[1] + 1) // 2)
-    if x.size <= SERIAL_WORK or steps < 2:
-        _causal_forward_steps(out, x, 0, steps)
-    else:
-        per, nc = row_chunks(steps)
-        for c in prange(nc):
-            _causal_forward_steps(out, x, c * per, min(steps, (c + 1) * per))
+    for_rows(_causal_forward_steps, (out, x), x.shape[0] * ((x.shape[1] + 1) // 2), x.size)
 
 
 @kernel
@@ -143,13 +124,7 @@ def _causal_backward_steps(dx, dout, out, lo, hi):
 @kernel(parallel=True)
 def _causal_softmax_backward(dx, dout, out):
     """dx[r, t, :t+1] += softmax backward of row t over columns <= t (masked dx unchanged); all (R, T, T)."""
-    steps = out.shape[0] * ((out.shape[1] + 1) // 2)
-    if out.size <= SERIAL_WORK or steps < 2:
-        _causal_backward_steps(dx, dout, out, 0, steps)
-    else:
-        per, nc = row_chunks(steps)
-        for c in prange(nc):
-            _causal_backward_steps(dx, dout, out, c * per, min(steps, (c + 1) * per))
+    for_rows(_causal_backward_steps, (dx, dout, out), out.shape[0] * ((out.shape[1] + 1) // 2), out.size)
 
 
 def _rows(square: bool, **arrays):
