@@ -16,6 +16,7 @@ everywhere else it appears::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -229,3 +230,13 @@ def check_same_shape(**arrays) -> None:
 def flat_views(*arrays) -> list[np.ndarray]:
     """The 1-D views of C-contiguous arrays."""
     return [a.reshape(-1) for a in arrays]
+
+
+def check_fields(cls, d, what: str, error: type[Exception] = ValueError, noun: str = "field", hint: str = "") -> None:
+    """``d`` is a dict whose keys are all fields of the dataclass ``cls`` (what ``cls(**d)`` needs); else
+    ``error`` naming ``what`` and the unknown keys (``noun`` and ``hint`` word the message)."""
+    if not isinstance(d, dict):
+        raise error(f"{what}: expected a dict of {noun}s, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise error(f"{what}: unknown {noun}(s) {', '.join(map(str, unknown))}{hint}")

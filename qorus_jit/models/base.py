@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qorus_jit.core.check import check_fields
 from qorus_jit.layers import Graph
 
 #: Feed-forward kind (``layers.FeedForward``) of each activation name a ``config.json`` may give (GPT-2's
@@ -83,12 +84,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         """Build from a dict of fields, as made by :meth:`to_dict`; unknown keys raise a ValueError."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {', '.join(unknown)}")
+        check_fields(cls, d, f"{cls.__name__}.from_dict")
         return cls(**d)
 
     @classmethod

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qorus_jit.core.check import check_fields
 from qorus_jit.core.files import atomic_write_json, read_json
 from qorus_jit.formats.checkpoint import RUN_FILE, read_run_record, run_tokenizer_name, run_tokenizer_path
 
@@ -131,12 +132,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "") -> TrainConfig:
         """Build from a dict (a TOML table, ``run.json``); unknown keys raise a ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where or 'config'}: expected a table of settings, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{where or 'config'}: unknown setting(s) {', '.join(unknown)} (see qorus train --help)")
+        check_fields(cls, d, where or "config", ConfigError, "setting", " (see qorus train --help)")
         try:
             return cls(**d)
         except ConfigError as e:
