@@ -3,9 +3,8 @@
 LLVM vectorizes a kernel loop such as ``out[i] = f(a[i], b[i])`` with a runtime check that ``out`` does not
 overlap its inputs, and runs a scalar copy of the loop when the check fails. The check is conservative by a
 few vector widths: arrays that merely touch fail it. Two large NumPy arrays allocated one after the other
-often touch (glibc's heap puts 16 bytes between them), and then the kernel silently runs scalar code.
-Measured: SwiGLU forward over 200,000 elements took 2.5 ms with its output 16 bytes after an input and
-0.39 ms with 64 bytes or more between them; over 1.57 million elements, 10.5 ms against 1.8 ms.
+often touch (glibc's heap puts 16 bytes between them), and then the kernel silently runs scalar code
+(measured in docs/design.md, "Arrays that touch run scalar code").
 
 Layers, the optimizer and the losses allocate their parameters, gradients, state and buffers here, so any
 two of them are at least :data:`PAD` bytes apart. Arrays a user passes in may still touch; only speed is
