@@ -20,6 +20,7 @@ from qorus_jit.infer.generate import generate, generate_text, sample_text  # noq
 from qorus_jit.infer.sources import load_source  # noqa: E402
 from qorus_jit.layers import (  # noqa: E402
     GELU,
+    Activation,
     Add,
     DecodeState,
     Embedding,
@@ -86,8 +87,8 @@ __all__ = [
     # numerics and threads
     "DTYPE", "FASTMATH", "get_num_threads", "set_num_threads",
     # layers and the graph
-    "Add", "DecodeState", "Embedding", "FeedForward", "GELU", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",
-    "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish",
+    "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "GELU", "Graph", "KVCache", "Layer", "LayerNorm",
+    "Linear", "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish",
     "TransformerBlock",
     # models and their files
     "Bert", "BertConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig", "MLP", "load_llama2c", "load_pretrained",

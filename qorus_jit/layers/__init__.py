@@ -1,6 +1,6 @@
 """Layers: plain Python classes over the cached kernels, behind one small protocol (see ``base.Layer``)."""
 
-from qorus_jit.layers.activations import GELU, ReLU, SiLU, Softmax, Swish
+from qorus_jit.layers.activations import GELU, Activation, ReLU, SiLU, Softmax, Swish
 from qorus_jit.layers.attention import DecodeState, KVCache, MultiHeadAttention
 from qorus_jit.layers.base import Layer
 from qorus_jit.layers.block import TransformerBlock
@@ -11,6 +11,6 @@ from qorus_jit.layers.linear import Linear
 from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 __all__ = [
-    "GELU", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm", "Linear",
-    "MultiHeadAttention", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
+    "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm",
+    "Linear", "MultiHeadAttention", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
 ]

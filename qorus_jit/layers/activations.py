@@ -1,13 +1,7 @@
-"""Activation layers (elementwise, any shape): ReLU, GELU, SiLU, Swish; and Softmax over the last axis.
-
-:data:`ACTIVATIONS` names them for the layers and models that take an activation by name (``FeedForward``'s
-``kind``, ``MLP``'s ``activation``).
-"""
+"""Activation layers (elementwise, any shape): :class:`Activation` by name (:data:`ACTIVATIONS`: ReLU, GELU,
+SiLU), Swish; and Softmax over the last axis."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 
@@ -48,40 +42,63 @@ class _Elementwise(Layer):
         return dx
 
 
-class ReLU(_Elementwise):
+#: Activation name -> its forward and backward kernels in ``kernels.trusted`` (``f(y, x)``, ``f'(dx, dy, x)``):
+#: the names :class:`Activation`, ``FeedForward`` (``kind``, besides ``"swiglu"``) and ``MLP`` (``activation``)
+#: take. ``"gelu"`` is exact (erf), ``"gelu_tanh"`` the tanh form. A new activation is one entry here.
+ACTIVATIONS: dict[str, tuple[str, str]] = {
+    "relu": ("relu_forward", "relu_backward"),
+    "gelu": ("gelu_forward", "gelu_backward"),
+    "gelu_tanh": ("gelu_tanh_forward", "gelu_tanh_backward"),
+    "silu": ("silu_forward", "silu_backward"),
+}
+
+
+class Activation(_Elementwise):
+    """The elementwise activation ``name``, one of :data:`ACTIVATIONS`: ``Activation("gelu_tanh")``."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        check_choice("name", name, tuple(ACTIVATIONS))
+        self.name = name
+        self._kernels = ACTIVATIONS[name]
+
+    def _forward_kernel(self, y, x):
+        getattr(K, self._kernels[0])(y, x)  # looked up per call: the profiler swaps entries of K
+
+    def _backward_kernel(self, dx, dy, x):
+        getattr(K, self._kernels[1])(dx, dy, x)
+
+    def extra_repr(self) -> str:
+        return repr(self.name)
+
+
+class ReLU(Activation):
     """``max(x, 0)``."""
 
-    def _forward_kernel(self, y, x):
-        K.relu_forward(y, x)
+    def __init__(self):
+        super().__init__("relu")
 
-    def _backward_kernel(self, dx, dy, x):
-        K.relu_backward(dx, dy, x)
+    def extra_repr(self) -> str:
+        return ""
 
 
-class SiLU(_Elementwise):
+class SiLU(Activation):
     """``x * sigmoid(x)``."""
 
-    def _forward_kernel(self, y, x):
-        K.silu_forward(y, x)
+    def __init__(self):
+        super().__init__("silu")
 
-    def _backward_kernel(self, dx, dy, x):
-        K.silu_backward(dx, dy, x)
+    def extra_repr(self) -> str:
+        return ""
 
 
-class GELU(_Elementwise):
+class GELU(Activation):
     """``x * Phi(x)``; ``approximate="tanh"`` is the tanh form of GPT-2 (torch's ``approximate``)."""
 
     def __init__(self, approximate: str = "none"):
-        super().__init__()
         check_choice("approximate", approximate, ("none", "tanh"))
+        super().__init__("gelu_tanh" if approximate == "tanh" else "gelu")
         self.approximate = approximate
-        self._tanh = approximate == "tanh"
-
-    def _forward_kernel(self, y, x):
-        (K.gelu_tanh_forward if self._tanh else K.gelu_forward)(y, x)
-
-    def _backward_kernel(self, dx, dy, x):
-        (K.gelu_tanh_backward if self._tanh else K.gelu_backward)(dx, dy, x)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -130,12 +147,3 @@ class Softmax(Layer):
         K.softmax_backward(dx.reshape(-1, C), dy.reshape(-1, C), y.reshape(-1, C))
         return dx
 
-
-#: Activation name -> its layer, made without arguments: the names ``FeedForward`` (``kind``, besides
-#: ``"swiglu"``) and ``MLP`` (``activation``) take. ``"gelu"`` is exact (erf), ``"gelu_tanh"`` the tanh form.
-ACTIVATIONS: dict[str, Callable[[], Layer]] = {
-    "relu": ReLU,
-    "gelu": GELU,
-    "gelu_tanh": partial(GELU, "tanh"),
-    "silu": SiLU,
-}

@@ -6,7 +6,7 @@ import numpy as np
 
 from qorus_jit.core.check import check_positive, flat_views
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.activations import ACTIVATIONS
+from qorus_jit.layers.activations import ACTIVATIONS, Activation
 from qorus_jit.layers.base import Layer
 from qorus_jit.layers.linear import Linear
 
@@ -40,7 +40,7 @@ class FeedForward(Layer):
         self.up_proj = self.add_child(names["up_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
         self.down_proj = self.add_child(names["down_proj"], Linear(hidden_dim, dim, bias=bias, rng=rng))
         if kind != "swiglu":
-            self.act = ACTIVATIONS[kind]()
+            self.act = Activation(kind)
 
     def forward(self, x):
         if self.kind == "swiglu":

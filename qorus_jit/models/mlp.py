@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.layers import Linear, Sequential
-from qorus_jit.layers.activations import ACTIVATIONS
+from qorus_jit.layers.activations import ACTIVATIONS, Activation
 
 
 class MLP(Sequential):
@@ -25,6 +25,6 @@ class MLP(Sequential):
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append((f"fc{i}", Linear(n_in, n_out, bias=bias, rng=rng)))
             if i < len(sizes) - 2:
-                layers.append((f"act{i}", ACTIVATIONS[activation]()))
+                layers.append((f"act{i}", Activation(activation)))
         super().__init__(*layers)
         self.sizes, self.activation = list(sizes), activation

@@ -7,6 +7,7 @@ import pytest
 
 from qorus_jit.layers import (
     GELU,
+    Activation,
     Add,
     DecodeState,
     Embedding,
@@ -58,6 +59,7 @@ LAYERS = {
     "relu": (ReLU, lambda r: [_x(r)]),
     "gelu": (GELU, lambda r: [_x(r)]),
     "silu": (SiLU, lambda r: [_x(r)]),
+    "activation": (lambda: Activation("gelu_tanh"), lambda r: [_x(r)]),
     "swish": (lambda: Swish(1.5), lambda r: [_x(r)]),
     "softmax": (Softmax, lambda r: [_x(r)]),
     "embedding": (lambda: Embedding(11, C, rng=0), lambda r: [_ids(r)]),
@@ -254,13 +256,20 @@ def test_one_activation_map_for_feedforward_and_mlp():
     from qorus_jit.models import MLP
 
     assert KINDS == ("swiglu", *ACTIVATIONS)
-    assert {n: type(f()) for n, f in ACTIVATIONS.items()} == {"relu": ReLU, "gelu": GELU, "gelu_tanh": GELU,
-                                                             "silu": SiLU}
-    assert ACTIVATIONS["gelu"]().approximate == "none" and ACTIVATIONS["gelu_tanh"]().approximate == "tanh"
-    for name in ACTIVATIONS:
+    from qorus_jit.kernels import trusted as K
+
+    for name, kernels in ACTIVATIONS.items():
+        assert all(k in K.__all__ for k in kernels)
         ff = FeedForward(4, 6, name, rng=0)
-        assert repr(ff.act) == repr(ACTIVATIONS[name]())
+        assert type(ff.act) is Activation and ff.act.name == name
         mlp = MLP([4, 6, 2], activation=name, rng=0)
-        assert repr(mlp.nodes[1][1]) == repr(ACTIVATIONS[name]())
+        assert type(mlp.nodes[1][1]) is Activation and mlp.nodes[1][1].name == name
+    # the named classes are the same activations
+    assert (ReLU().name, SiLU().name, GELU().name, GELU("tanh").name) == ("relu", "silu", "gelu", "gelu_tanh")
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    for named, name in ((ReLU(), "relu"), (SiLU(), "silu"), (GELU("tanh"), "gelu_tanh")):
+        np.testing.assert_array_equal(named.forward(x), Activation(name).forward(x))
+    with pytest.raises(ValueError, match="name: expected one of"):
+        Activation("tanh")
     with pytest.raises(ValueError, match="kind: expected one of"):
         FeedForward(4, 6, "tanh")
