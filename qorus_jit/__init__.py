@@ -31,6 +31,7 @@ from qorus_jit.layers import (  # noqa: E402
     LayerNorm,
     Linear,
     MultiHeadAttention,
+    PositionEmbedding,
     ReLU,
     RMSNorm,
     Sequential,
@@ -39,7 +40,6 @@ from qorus_jit.layers import (  # noqa: E402
     Swish,
     TransformerBlock,
 )
-from qorus_jit.layers.embedding import PositionEmbedding  # noqa: E402
 from qorus_jit.models import (  # noqa: E402
     GPT2,
     MLP,

@@ -4,7 +4,7 @@ from qorus_jit.layers.activations import GELU, Activation, ReLU, SiLU, Softmax, 
 from qorus_jit.layers.attention import DecodeState, KVCache, MultiHeadAttention
 from qorus_jit.layers.base import Layer
 from qorus_jit.layers.block import TransformerBlock
-from qorus_jit.layers.embedding import Embedding
+from qorus_jit.layers.embedding import Embedding, PositionEmbedding
 from qorus_jit.layers.feedforward import FeedForward
 from qorus_jit.layers.graph import Add, Graph, Sequential
 from qorus_jit.layers.linear import Linear
@@ -12,5 +12,6 @@ from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 __all__ = [
     "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm",
-    "Linear", "MultiHeadAttention", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
+    "Linear", "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish",
+    "TransformerBlock",
 ]

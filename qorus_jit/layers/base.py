@@ -87,6 +87,17 @@ class Layer:
         self._children[name] = layer
         return layer
 
+    def grad(self, name: str) -> np.ndarray:
+        """The gradient of this layer's own parameter ``name``, which ``backward`` accumulates into."""
+        g = self._grads.get(name)
+        if g is None:
+            raise KeyError(f"name: {type(self).__name__} has no parameter {name!r} (its own: {sorted(self._grads)})")
+        return g
+
+    def children(self) -> dict[str, Layer]:
+        """The sub-layers registered with :meth:`add_child`, by name, in order."""
+        return dict(self._children)
+
     def buffer(self, name: str, shape: tuple[int, ...], dtype=DTYPE, zero: bool = False) -> np.ndarray:
         """A work buffer of ``shape`` owned by the layer, allocated once per shape and reused."""
         buf = self._buffers.get(name)

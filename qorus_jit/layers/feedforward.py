@@ -40,7 +40,7 @@ class FeedForward(Layer):
         self.up_proj = self.add_child(names["up_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
         self.down_proj = self.add_child(names["down_proj"], Linear(hidden_dim, dim, bias=bias, rng=rng))
         if kind != "swiglu":
-            self.act = Activation(kind)
+            self.act = self.add_child("act", Activation(kind))
 
     def forward(self, x):
         if self.kind == "swiglu":

@@ -210,7 +210,7 @@ class Profile:
                 return
             seen.add(id(layer))
             out.append((path, parent, name, layer, depth))
-            children = [(n or f"({type(c).__name__})", c) for n, c in getattr(layer, "_children", {}).items()]
+            children = [(n or f"({type(c).__name__})", c) for n, c in layer.children().items()]
             children += [(n, c) for n, c in vars(layer).items() if isinstance(c, Layer) and id(c) not in seen
                          and all(c is not k for _, k in children)]
             for child_name, child in children:
