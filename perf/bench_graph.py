@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, record
+from qorus_jit.bench._timing import median_time, record
 from qorus_jit.kernels import attention as A
 from qorus_jit.kernels import rope as R
 from qorus_jit.kernels.activations import _swiglu_backward, _swiglu_forward

@@ -1,7 +1,7 @@
 """The perf gate catches a slowdown: the norm figures against the baseline as they are, then with the RMSNorm
 forward kernel doing its work four times.
 
-    python -m perf.demo_gate [BASELINE.json]    # default perf/baseline.json
+    python -m perf.demo_gate [BASELINE]    # a file or folder; default perf/baselines/ (this CPU's file there)
 
 Runs ``qorus bench --only norm --compare BASELINE`` twice in this process (no source file changes): first as
 is (the gate should pass), then with ``qorus_jit.kernels.norm.rmsnorm_forward``, the kernel the norm benchmark
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-from perf import suite
+from qorus_jit.bench import suite
 from qorus_jit.kernels import norm
 
 FIGURES = "norm"
@@ -34,7 +35,7 @@ def slowed(fn, times: int = TIMES):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    baseline = argv[0] if argv else os.path.relpath(suite.HERE / "baseline.json")
+    baseline = argv[0] if argv else os.path.relpath(Path(__file__).parent / "baselines") + "/"
     print(f"== 1. qorus bench --only {FIGURES} --compare {baseline}, kernels as they are", flush=True)
     as_is = suite.bench(only=FIGURES, baseline=baseline)
     print(f"exit code {as_is}\n", flush=True)

@@ -1,9 +1,10 @@
-"""Run every kernel benchmark in perf/ and write the figures as JSON.
+"""Run every kernel benchmark and write the figures as JSON.
 
     python -m perf.run [--quick] [--only matmul,attention] [--out perf/results/kernels.json]
 
-Each ``perf/bench_<family>.py`` exposes ``run(quick=False) -> list[dict]`` whose rows hold our median
-time, the reference's median time in the same run, and the speedup (reference / ours).
+The benchmarks are ``qorus_jit/bench/bench_<family>.py`` and ``perf/bench_graph.py``; each exposes
+``run(quick=False) -> list[dict]`` whose rows hold our median time, the reference's median time in the same
+run, and the speedup (reference / ours).
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import platform
 import time
 from pathlib import Path
 
+import qorus_jit.bench
+
 HERE = Path(__file__).parent
+#: Where each family's benchmark module lives: the package's, then the heavier ones of perf/.
+PACKAGES = {"qorus_jit.bench": Path(qorus_jit.bench.__file__).parent, "perf": HERE}
+
+
+def modules() -> dict[str, str]:
+    """family -> the module of its benchmark, e.g. 'norm' -> 'qorus_jit.bench.bench_norm'."""
+    return {p.stem.removeprefix("bench_"): f"{pkg}.{p.stem}"
+            for pkg, folder in PACKAGES.items() for p in sorted(folder.glob("bench_*.py"))}
 
 
 def families() -> list[str]:
-    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    return sorted(modules())
 
 
 def main(argv=None) -> int:
@@ -37,7 +48,7 @@ def main(argv=None) -> int:
         ap.error(f"--only: unknown families {sorted(unknown)}; known: {families()}")
     rows = []
     for fam in chosen:
-        mod = importlib.import_module(f"perf.bench_{fam}")
+        mod = importlib.import_module(modules()[fam])
         t0 = time.perf_counter()
         got = mod.run(quick=args.quick)
         for r in got:

@@ -229,30 +229,6 @@ def plot(run_dir, out):
     click.echo(f"wrote {path}")
 
 
-def _repo_root():
-    """The folder holding qorus_jit/ (and, in a source checkout, perf/)."""
-    from pathlib import Path
-
-    import qorus_jit
-
-    return Path(qorus_jit.__file__).resolve().parents[1]
-
-
-def _perf_suite():
-    """perf/suite.py of the source checkout qorus_jit runs from; one clear line and exit 2 without one."""
-    import importlib
-    import sys
-
-    root = _repo_root()
-    if not (root / "perf" / "suite.py").is_file():
-        click.echo(f"error: qorus bench needs a source checkout: it runs the benchmarks in perf/ beside qorus_jit/, "
-                   f"and {root} has none (git clone the project and pip install -e .)", err=True)
-        raise SystemExit(2)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return importlib.import_module("perf.suite")
-
-
 @main.command(cls=_OneLineErrors, context_settings={"max_content_width": 110})
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick: one or two shapes per kernel family and short model runs (a few minutes); full: every "
@@ -261,23 +237,27 @@ def _perf_suite():
               help="Write every figure, its raw runs and the machine info to OUT.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads of numba and BLAS here and of every benchmark process.")
-@click.option("--compare", "baseline", metavar="BASELINE.json", default=None,
-              help="Gate: exit 1 if a figure's ratio fell below the baseline's by more than its tolerance.")
+@click.option("--compare", "baseline", metavar="PATH", default=None,
+              help="Gate against a baseline file or a folder of them (the one recorded on this CPU): exit 1 if a "
+                   "figure's ratio fell below the baseline's by more than its tolerance. With no baseline of this "
+                   "CPU, say so on one line and exit 0.")
 @click.option("--only", metavar="NAMES", default=None,
               help="Comma-separated figures, groups (norm, w-train, ...) or kinds (kernels, models); see --list.")
 @click.option("--breakdown", is_flag=True, help="After the table, print where a W-train step spends its time.")
 @click.option("--write-baseline", metavar="PATH", default=None,
-              help="Run the suite --rounds times (default 3) and write a baseline with per-figure tolerances to PATH.")
+              help="Run the suite --rounds times (default 3) and write a baseline with per-figure tolerances to "
+                   "PATH: a .json file, or a folder (this CPU's file in it).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Run the whole suite this many times and pool the runs [default: 1, or 3 with --write-baseline].")
 @click.option("--list", "list_figures", is_flag=True, help="List the figures of both suites and exit.")
 def bench(suite, json_out, threads, baseline, only, breakdown, write_baseline, rounds, list_figures):
-    """Run the benchmark suite of perf/ and print one row per figure: ours, the reference timed in the same run,
-    their ratio (above 1: ours better), the median of several runs and its spread. Needs a source checkout.
+    """Run the benchmark suite (qorus_jit.bench) and print one row per figure: ours, the reference timed in the
+    same run, their ratio (above 1: ours better), the median of several runs and its spread.
 
-    Refresh the gate's baseline on purpose with: qorus bench --suite quick --write-baseline perf/baseline.json
+    Record this CPU's baseline on purpose with: qorus bench --suite quick --write-baseline perf/baselines/
     """
-    suite_mod = _perf_suite()
+    from qorus_jit.bench import suite as suite_mod
+
     try:
         code = suite_mod.bench(suite=suite, json_out=json_out, threads=threads, baseline=baseline, only=only,
                                breakdown=breakdown, write_baseline=write_baseline, rounds=rounds,

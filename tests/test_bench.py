@@ -1,15 +1,21 @@
-"""``qorus bench`` and the perf gate: the compare logic on synthetic results, the baseline's tolerances, and the
-command on one tiny figure against synthetic baselines. No assertion here depends on how fast anything ran."""
+"""``qorus bench`` and the perf gate: the compare logic on synthetic results, the baseline's tolerances, the
+choice of a baseline by CPU, and the command on one tiny figure against synthetic baselines, also from a copy of
+the package alone (no source checkout). No assertion here depends on how fast anything ran."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from perf import suite
+from qorus_jit.bench import suite
 from qorus_jit.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 MACHINE = {"cpu": {"model": "test cpu"}, "threads": {"cpu_count": 2}}
 
 
@@ -175,15 +181,20 @@ def test_table_shows_ratios_skips_and_verdicts():
     assert "skipped: torch not importable" in table
 
 
-def test_the_checked_in_baseline_matches_the_registry():
-    path = Path(suite.HERE) / "baseline.json"
-    base = suite.load_json(str(path), "baseline")
+def test_the_checked_in_baselines_match_the_registry():
+    """CI's baselines (perf/baselines/, one per CPU): each holds exactly the quick suite's figures and is named
+    for the CPU it records, so that --write-baseline into the folder replaces it."""
+    paths = sorted((ROOT / suite.BASELINES).glob("*.json"))
+    assert paths, f"no baseline in {suite.BASELINES}"
     quick = {f.name for f in suite.select("quick")}
-    assert set(base["figures"]) == quick, "refresh it: " + suite.BASELINE_COMMAND
-    assert base["suite"] == "quick" and base["rule"] and base["machine"]["cpu"]
-    for name, e in base["figures"].items():
-        if e.get("gated"):
-            assert 0 < e["tolerance"] <= base["rule"]["cap"] and e["ratio"] > 0, name
+    for path in paths:
+        base = suite.load_json(str(path), "baseline")
+        assert set(base["figures"]) == quick, f"{path.name}: refresh it on its CPU: " + suite.BASELINE_COMMAND
+        assert base["suite"] == "quick" and base["rule"] and suite.cpu_key(base["machine"]["cpu"])
+        assert path.name.startswith(suite.cpu_slug(base["machine"]["cpu"])), path.name
+        for name, e in base["figures"].items():
+            if e.get("gated"):
+                assert 0 < e["tolerance"] <= base["rule"]["cap"] and e["ratio"] > 0, (path.name, name)
 
 
 # --- the command ------------------------------------------------------------------------------------------
@@ -196,7 +207,7 @@ def run_bench(*args):
 @pytest.mark.parametrize("ratio, code, line", [(1000.0, 1, "perf gate FAILED"), (0.0001, 0, "perf gate passed")])
 def test_bench_compare_against_a_synthetic_baseline(tmp_path, ratio, code, line):
     path = tmp_path / "baseline.json"
-    path.write_text(json.dumps(baseline({"optim.adamw": ratio})))
+    path.write_text(json.dumps(baseline({"optim.adamw": ratio}, machine={"cpu": suite.this_cpu()})))
     out = tmp_path / "results.json"
     res = run_bench("--only", "optim.adamw", "--compare", str(path), "--json", str(out))
     assert res.exit_code == code, res.output
@@ -221,20 +232,40 @@ def test_bench_list_and_one_line_errors(tmp_path):
     assert res.exit_code == 2 and "expected the JSON of qorus bench" in res.output
 
 
-def test_bench_needs_a_source_checkout(monkeypatch, tmp_path):
-    import qorus_jit.cli as cli
+def test_bench_runs_from_the_package_alone(tmp_path):
+    """A copy of qorus_jit/ alone (what a wheel installs: no perf/, no tests/) run from a folder outside the
+    checkout lists the figures and measures one."""
+    site, work = tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(ROOT / "qorus_jit", site / "qorus_jit")  # with numba's caches, whose stamps copy2 keeps
+    code = ("import importlib.util, sys, qorus_jit\n"
+            "assert importlib.util.find_spec('perf') is None, 'perf/ is importable'\n"
+            "print('package:', qorus_jit.__file__)\n"
+            "from qorus_jit.cli import main\n"
+            "main(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
 
-    monkeypatch.setattr(cli, "_repo_root", lambda: tmp_path)
-    res = run_bench("--only", "optim")
-    assert res.exit_code == 2
-    assert res.output.startswith("error: qorus bench needs a source checkout") and len(res.output.splitlines()) == 1
+    def qorus(*args):
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    res = qorus("bench", "--list")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"package: {site / 'qorus_jit' / '__init__.py'}" in res.stdout
+    assert "w-train.speed" in res.stdout and "optim.adamw" in res.stdout
+    res = qorus("bench", "--only", "optim.adamw", "--json", "out.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads((work / "out.json").read_text())["figures"]["optim.adamw"]["ratio"] > 0
 
 
-def test_breakdown_without_its_module_is_a_clear_error(monkeypatch):
-    real = suite.importlib.util.find_spec
-    monkeypatch.setattr(suite.importlib.util, "find_spec", lambda n: None if n == "perf.breakdown" else real(n))
-    with pytest.raises(suite.BenchError, match="perf/breakdown.py is not in this checkout"):
-        suite.bench(only="optim", breakdown=True)
+def test_breakdown_prints_the_step_breakdown_after_the_table(monkeypatch):
+    from qorus_jit.bench import breakdown
+
+    monkeypatch.setattr(suite, "run_suite", lambda name_suite, only, threads, log=None: results({"a.x": 1.0}))
+    monkeypatch.setattr(breakdown, "main_table", lambda threads: f"W-train step breakdown at {threads} threads")
+    lines = []
+    assert suite.bench(only="optim", breakdown=True, threads=1, out=lines.append) == 0
+    assert lines[-1] == "W-train step breakdown at 1 threads" and "a.x" in lines[0]
 
 
 def test_the_noise_of_a_median_is_half_the_range_of_its_runs():
@@ -246,7 +277,7 @@ def test_the_noise_of_a_median_is_half_the_range_of_its_runs():
 
 
 def test_model_figures_are_skipped_without_torch(monkeypatch):
-    monkeypatch.setattr(suite, "_torch_missing", lambda *modules: "torch not importable")
+    monkeypatch.setattr(suite, "_missing", lambda *modules: "torch not importable")
     res = suite.run_suite("quick", "w-train,mlp,startup", log=lambda line: None)
     assert set(res["figures"]) == {"w-train.speed", "w-train.memory", "mlp.train", "startup.warm"}
     assert all(e["skipped"] == "torch not importable" for e in res["figures"].values())
@@ -256,3 +287,129 @@ def test_model_figures_are_skipped_without_torch(monkeypatch):
 def test_bench_threads_beyond_the_machine_is_a_usage_error():
     res = run_bench("--only", "optim", "--threads", "4096")
     assert res.exit_code == 2 and res.output.startswith("error: --threads:")
+
+
+def test_a_figure_whose_reference_library_is_missing_is_skipped_with_the_install_hint(monkeypatch):
+    from qorus_jit.bench import bench_softmax
+
+    monkeypatch.setattr(bench_softmax, "activation_rows", lambda N, C, kw: [])  # as without scipy
+    monkeypatch.setattr(suite.importlib.util, "find_spec", lambda name: None)
+    res = suite.run_suite("full", "act.gelu", log=lambda line: None)
+    assert res["figures"]["act.gelu"]["skipped"] == 'scipy not importable (pip install "qorus-jit[test]")'
+    assert "act.gelu" in suite.format_table(res) and "Traceback" not in suite.format_table(res)
+
+
+# --- baselines per CPU ------------------------------------------------------------------------------------
+
+XEON = {"model": "Intel(R) Xeon(R) Processor", "llvm_target": "emeraldrapids",
+        "simd": ["sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw"]}
+EPYC = {"model": "AMD EPYC", "llvm_target": "znver1", "simd": ["sse4.2", "avx", "avx2", "fma", "f16c"]}
+
+
+def write_baseline(folder: Path, name: str, cpu: dict, ratio: float = 2.0, **extra) -> Path:
+    path = folder / name
+    path.write_text(json.dumps(baseline({"a.x": ratio}, machine={"cpu": cpu, "threads": {"cpu_count": 2}},
+                                        **extra)))
+    return path
+
+
+def test_baseline_file_names_carry_the_cpu_model_and_widest_simd():
+    assert suite.cpu_slug(XEON) == "intel-xeon-processor-avx512"
+    assert suite.cpu_slug(EPYC) == "amd-epyc-avx2"
+    assert suite.cpu_slug({"model": "Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz", "simd": ["avx"]}) == \
+        "intel-core-i7-8700-cpu-3-20ghz-avx"
+    assert suite.baseline_name(EPYC) == "amd-epyc-avx2.json"
+    assert suite.baseline_name(EPYC, "full", 1) == "amd-epyc-avx2-full-1t.json"
+    assert suite.cpu_key(EPYC) != suite.cpu_key(EPYC | {"simd": EPYC["simd"] + ["avx512f"]})
+    assert suite.cpu_key(EPYC) == suite.cpu_key(EPYC | {"llvm_target": "other", "simd": EPYC["simd"][::-1]})
+    assert suite.cpu_key({"simd": ["avx"]}) is None
+
+
+def test_a_folder_of_baselines_gives_the_one_of_this_cpu(tmp_path):
+    write_baseline(tmp_path, "intel-xeon-processor-avx512.json", XEON, 1.0)
+    mine = write_baseline(tmp_path, "amd-epyc-avx2.json", EPYC, 2.0, time="2026-01-01T00:00:00")
+    write_baseline(tmp_path, "amd-epyc-avx2-1t.json", EPYC, 3.0, threads=1)
+    write_baseline(tmp_path, "amd-epyc-avx2-full.json", EPYC, 4.0, suite="full")
+    pick = suite.find_baseline(str(tmp_path), EPYC)
+    assert pick.path == str(mine) and pick.data["figures"]["a.x"]["ratio"] == 2.0
+    assert suite.find_baseline(str(tmp_path), EPYC, threads=1).data["figures"]["a.x"]["ratio"] == 3.0
+    assert suite.find_baseline(str(tmp_path), EPYC, suite="full").data["figures"]["a.x"]["ratio"] == 4.0
+    assert suite.find_baseline(str(tmp_path), XEON).data["figures"]["a.x"]["ratio"] == 1.0
+    # same CPU, suite and threads in two files: the one named for the CPU, then the newest
+    write_baseline(tmp_path, "copy.json", EPYC, 5.0, time="2027-01-01T00:00:00")
+    assert suite.find_baseline(str(tmp_path), EPYC).path == str(mine)
+    mine.unlink()
+    assert suite.find_baseline(str(tmp_path), EPYC).data["figures"]["a.x"]["ratio"] == 5.0
+
+
+def test_no_baseline_of_this_cpu_is_said_in_one_line(tmp_path):
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    write_baseline(folder, "intel-xeon-processor-avx512.json", XEON)
+    pick = suite.find_baseline(str(folder), EPYC)
+    assert pick.data is None and pick.path is None
+    msg = suite.no_baseline_message(pick, str(folder))
+    assert len(msg.splitlines()) == 1 and msg.startswith("perf gate NOT RUN: no baseline in")
+    assert "AMD EPYC, avx2" in msg and "Intel(R) Xeon(R) Processor, avx512" in msg
+    assert msg.endswith(f"qorus bench --suite quick --write-baseline {folder}/")
+    # a file recorded on another CPU gates nothing either; an empty folder has none
+    xeon_file = folder / "intel-xeon-processor-avx512.json"
+    pick = suite.find_baseline(str(xeon_file), EPYC)
+    assert pick.data is None and "was recorded on another CPU (Intel(R) Xeon(R) Processor, avx512" in pick.why_none
+    assert suite.no_baseline_message(pick, str(xeon_file)).endswith(f"--write-baseline {folder}/")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "it has: none" in suite.find_baseline(str(empty), EPYC).why_none
+    # a file that records no CPU (hand-made) is used as given; a missing path or a broken file is a usage error
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"figures": {"a.x": {"ratio": 1.0}}}))
+    assert suite.find_baseline(str(bare), EPYC).path == str(bare)
+    with pytest.raises(suite.BenchError, match="no such file or folder"):
+        suite.find_baseline(str(tmp_path / "nope"), EPYC)
+    (folder / "broken.json").write_text("[]")
+    with pytest.raises(suite.BenchError, match="expected the JSON of qorus bench"):
+        suite.find_baseline(str(folder), EPYC)
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """bench() on this 'EPYC' with a suite run of one figure, a.x, at ratio 1.0 (no benchmark runs)."""
+    monkeypatch.setattr(suite, "this_cpu", lambda: EPYC)
+    monkeypatch.setattr(suite, "run_suite", lambda name_suite, only, threads, log=None:
+                        results({"a.x": 1.0}) | {"machine": {"cpu": EPYC, "threads": {"cpu_count": 2}}})
+
+
+def test_the_gate_without_a_baseline_of_this_cpu_prints_the_figures_and_exits_0(tmp_path, fake_run):
+    write_baseline(tmp_path, "intel-xeon-processor-avx512.json", XEON, ratio=1000.0)  # would fail the gate
+    lines = []
+    code = suite.bench(baseline=str(tmp_path), json_out=str(tmp_path / "out.json"), out=lines.append)
+    assert code == 0
+    text = "\n".join(lines)
+    assert "a.x" in text and "REGRESSED" not in text and "perf gate FAILED" not in text
+    not_run = [line for line in lines if line.startswith("perf gate NOT RUN")]
+    assert len(not_run) == 1 and "--write-baseline" in not_run[0]
+    assert json.loads((tmp_path / "out.json").read_text())["compare"] == {"passed": None, "baseline": None,
+                                                                          "not_run": not_run[0]}
+
+
+def test_the_gate_compares_against_this_cpus_baseline_in_the_folder(tmp_path, fake_run):
+    write_baseline(tmp_path, "intel-xeon-processor-avx512.json", XEON, ratio=0.001)  # would pass
+    mine = write_baseline(tmp_path, "amd-epyc-avx2.json", EPYC, ratio=1000.0)
+    lines = []
+    assert suite.bench(baseline=str(tmp_path), retry=False, out=lines.append) == 1
+    assert lines[-1].startswith(f"perf gate FAILED against {mine}")
+
+
+def test_write_baseline_into_a_folder_names_the_file_for_this_cpu(tmp_path, fake_run):
+    folder = tmp_path / "baselines"
+    lines = []
+    assert suite.bench(write_baseline=f"{folder}/", rounds=2, out=lines.append) == 0
+    written = folder / "amd-epyc-avx2.json"
+    assert f"wrote {written}" in "\n".join(lines)
+    assert suite.find_baseline(str(folder), EPYC).path == str(written)
+    # a file of the same name recorded on a CPU with other SIMD features is kept: this one gets a hash suffix
+    other = EPYC | {"simd": EPYC["simd"] + ["avx512vnni"]}
+    written.write_text(json.dumps(baseline({"a.x": 1.0}, machine={"cpu": other})))
+    target = Path(suite.baseline_target(str(folder), EPYC))
+    assert target.parent == folder and target.name.startswith("amd-epyc-avx2-") and target != written
+    assert suite.baseline_target(str(tmp_path / "one.json"), EPYC) == str(tmp_path / "one.json")

@@ -376,8 +376,8 @@ def test_sections_steps_and_misuse():
 
 
 def test_breakdown_script_small():
-    """perf/breakdown's loop on a tiny shape (the W-train shape itself is for the benchmark run)."""
-    from perf.breakdown import measure
+    """qorus_jit.bench.breakdown's loop on a tiny shape (the W-train shape itself is for the benchmark run)."""
+    from qorus_jit.bench.breakdown import measure
     from qorus_jit.core.numerics import get_num_threads, set_num_threads
 
     threads = get_num_threads()

@@ -1,6 +1,6 @@
 """Attention benchmark: fused forward + backward and decode against a NumPy implementation of the same math.
 
-    python -m perf.bench_attention [--quick] [--threads N]
+    python -m qorus_jit.bench.bench_attention [--quick] [--threads N]
 
 The NumPy reference materializes the (T, S) scores and mask and runs the standard backward with
 np.matmul (BLAS); both sides run in float32 in the same process with the same thread count, and rows
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from perf._timing import median_time, record
+from qorus_jit.bench._timing import median_time, record
 from qorus_jit.core.numerics import get_num_threads, set_num_threads
 from qorus_jit.kernels.attention import attention_backward, attention_decode, attention_forward
 
@@ -127,7 +127,7 @@ def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (see perf/run.py) at the current thread count: medians of ours and of the NumPy
+    """Benchmark rows (``_timing.record``) at the current thread count: medians of ours and of the NumPy
     reference, and their ratio."""
     rng = np.random.default_rng(0)
     kw = dict(repeat=3, min_time=0.02) if quick else {}

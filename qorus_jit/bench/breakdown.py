@@ -1,8 +1,8 @@
 """W-train breakdown: where the time of one training step goes, per layer and per kernel.
 
-    python -m perf.breakdown [--steps 5] [--threads 2]
+    python -m qorus_jit.bench.breakdown [--steps 5] [--threads 2]
 
-The workload of ``perf.train`` (Llama dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256, seq 256,
+The workload of ``qorus_jit.bench.train`` (Llama dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256, seq 256,
 batch 8, untied head, AdamW; one step is forward + cross-entropy + backward + optimizer update) runs two
 warm-up steps, then ``--steps`` steps under :func:`qorus_jit.train.profiler.profile`. Printed: the step split
 into forward, backward, loss and optimizer (each into kernel time and the rest: Python, the graph, NumPy
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from perf.train import BATCH, SEQ, SHAPE
+from qorus_jit.bench.train import BATCH, SEQ, SHAPE
 from qorus_jit.core.numerics import set_num_threads
 from qorus_jit.models import Llama, LlamaConfig
 from qorus_jit.train.losses import CrossEntropyLoss

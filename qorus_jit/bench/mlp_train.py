@@ -1,6 +1,6 @@
 """MLP training throughput: samples/s of ``qorus_jit.models.MLP`` beside the same MLP in PyTorch eager.
 
-    python -m perf.mlp_train [--steps 50] [--repeat 3] [--threads 2]
+    python -m qorus_jit.bench.mlp_train [--steps 50] [--repeat 3] [--threads 2]
 
 Workload: an MLP [784, 256, 256, 10] with ReLU, batch 128 of random float32 inputs and labels, AdamW
 (lr 1e-3, weight decay 0.01); one step is forward + cross-entropy + backward + optimizer update. The
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from perf.train import run_side, torch_available
+from qorus_jit.bench.train import run_side, torch_available
 
 SIZES, BATCH = [784, 256, 256, 10], 128
 

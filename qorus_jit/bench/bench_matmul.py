@@ -1,6 +1,6 @@
 """Matmul, linear and bmm kernels (BLAS route and numba route) against NumPy's ``@`` in the same run.
 
-``python -m perf.bench_matmul [--quick]`` prints GFLOP/s and the ratio ours / numpy (= numpy time / ours);
+``python -m qorus_jit.bench.bench_matmul [--quick]`` prints GFLOP/s and the ratio ours / numpy (= numpy time / ours);
 ``run`` returns the rows. Each case times its candidates in alternation, one sample each per round, so a
 busy machine slows them alike; figures are medians over the rounds. A short pause before each sample
 lets the previous candidate's thread pool (numpy's OpenBLAS or numba's) go idle.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf._timing import median_time, record, thread_counts
+from qorus_jit.bench._timing import median_time, record, thread_counts
 from qorus_jit.kernels import matmul
 from qorus_jit.kernels._blas import BLAS_SOURCE
 
@@ -142,7 +142,7 @@ def _default_route(name: str) -> str:
 
 
 def run(quick: bool = False, select=None, routes=matmul.ROUTES, one_count: bool | None = None) -> list[dict]:
-    """Rows (``perf._timing.record``) for the BLAS and numba routes, each against numpy ``@``.
+    """Rows (``_timing.record``) for the BLAS and numba routes, each against numpy ``@``.
 
     ``select(name, shape) -> bool`` keeps some cases of the full list (``quick`` then sets only the repeats);
     ``routes`` names the routes timed; ``one_count`` times at numba's thread count only, not again on one

@@ -1,7 +1,7 @@
 """Decode and prefill speed of the llama2.c "stories15M" shape, beside transformers' generate and the
 memory-bandwidth bound, all measured in the same run.
 
-    python -m perf.decode [--tokens 200] [--repeat 5] [--threads 2] [--out perf/results/decode.json]
+    python -m qorus_jit.bench.decode [--tokens 200] [--repeat 5] [--threads 2] [--out perf/results/decode.json]
 
 Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 positions, tied head, random
 weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
@@ -156,7 +156,7 @@ def reference(model, n: int, repeat: int, threads: int) -> dict | None:
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         return None
-    from qorus_jit import save_pretrained
+    from qorus_jit.models.registry import save_pretrained
 
     env = {k: v for k, v in os.environ.items() if k not in QORUS_ENV}
     with tempfile.TemporaryDirectory() as folder:
@@ -173,7 +173,7 @@ def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference
     """Every figure of this module as a dict: medians, each repeat's rates (``*_runs``) and, when torch and
     transformers are importable and ``with_reference``, transformers' rates and our speedups over them.
     ``dram`` adds the read rate of a 1 GB array (for scale). Sets numba's and BLAS's threads to ``threads``."""
-    from qorus_jit import set_num_threads
+    from qorus_jit.core.numerics import set_num_threads
     from qorus_jit.models import Llama, LlamaConfig
 
     set_num_threads(threads)
@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode.json"))
+    ap.add_argument("--out", default="perf/results/decode.json",
+                    help="the JSON to write, from the working directory (default: %(default)s)")
     args = ap.parse_args(argv)
 
     row = measure(args.tokens, args.repeat, args.threads)

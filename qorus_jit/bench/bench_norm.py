@@ -1,6 +1,6 @@
 """RMSNorm, LayerNorm and RoPE kernels against NumPy implementations of the same math.
 
-``python -m perf.bench_norm [--quick]`` prints medians and speedups (NumPy time / ours); ``run``
+``python -m qorus_jit.bench.bench_norm [--quick]`` prints medians and speedups (NumPy time / ours); ``run``
 returns the rows. NumPy's elementwise ops run on one thread, the kernels on numba's threads.
 """
 
@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, record, thread_counts
+from qorus_jit.bench._timing import median_time, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import norm, rope
 
@@ -119,7 +119,7 @@ def rope_rows(B, T, H, D, kw):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (``perf._timing.record``) for the norm and RoPE kernels, at numba's thread count
+    """Benchmark rows (``_timing.record``) for the norm and RoPE kernels, at numba's thread count
     and, when that is more than one, again on one thread (robust to a busy machine)."""
     kw = dict(repeat=3, warmup=1, min_time=0.02) if quick else dict(repeat=9, warmup=2, min_time=0.1)
     rows = []

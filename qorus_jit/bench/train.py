@@ -1,6 +1,6 @@
 """W-train: seconds per training step and peak memory of a small Llama, ours beside PyTorch eager.
 
-    python -m perf.train [--steps 10] [--repeat 3] [--threads 2] [--out perf/results/train.json]
+    python -m qorus_jit.bench.train [--steps 10] [--repeat 3] [--threads 2] [--out perf/results/train.json]
 
 Workload (the perf issue's W-train): Llama dim 256, 4 layers, 8 heads (head_dim 32), SwiGLU hidden 768,
 vocab 256, seq 256, batch 8, untied head, AdamW; one step is forward + cross-entropy + backward + optimizer
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    ap.add_argument("--out", default="perf/results/train.json",
+                    help="the JSON to write, from the working directory (default: %(default)s)")
     args = ap.parse_args(argv)
     res = measure(args.steps, args.repeat, args.threads)
     res["summary"] = summary(res)

@@ -1,6 +1,6 @@
 """Cross-entropy forward + backward (the fused kernel training uses) against NumPy in the same run.
 
-``python -m perf.bench_loss [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
+``python -m qorus_jit.bench.bench_loss [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
 rows. Both sides write the loss and ``dlogits = (softmax - onehot) / N`` from float32 logits into
 preallocated buffers; NumPy's elementwise ops run on one thread, the kernel on numba's threads.
 """
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, print_rows, record, thread_counts
+from qorus_jit.bench._timing import median_time, print_rows, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import loss
 
@@ -50,7 +50,7 @@ def cross_entropy_rows(N, V, kw):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (``perf._timing.record``) at numba's thread count and, unless quick, on one thread."""
+    """Benchmark rows (``_timing.record``) at numba's thread count and, unless quick, on one thread."""
     kw = dict(repeat=3, warmup=1, min_time=0.02) if quick else dict(repeat=9, warmup=2, min_time=0.1)
     rows = []
     for _ in thread_counts(quick):

@@ -4,21 +4,25 @@ Every figure is a ratio of our figure to a reference's measured in the same run,
 means ours is better (reference time / our time, our rate / the reference's rate, reference memory / ours).
 A figure is measured ``n`` times (kernels: ``n`` calls of the benchmark, each a median of timed samples;
 model workloads: ``n`` fresh processes a side); the table shows the median ratio and its spread. The
-kernel benchmarks, model workloads and their references live in the other perf/ modules; this module picks
-the shapes. ``docs/perf.md`` lists every figure.
+kernel benchmarks, model workloads and their references live in the other modules of ``qorus_jit.bench``;
+this module picks the shapes. ``docs/perf.md`` lists every figure.
 
 The gate (:func:`compare`) flags a figure whose ratio falls below its baseline ratio by more than the
 figure's tolerance. :func:`make_baseline` sets the tolerances from the spread measured over several rounds
-of the suite (:data:`RULE`).
+of the suite (:data:`RULE`). A baseline gates only the CPU it was recorded on: ``--compare`` takes a file or
+a folder of baselines and picks the one of this CPU (:func:`find_baseline`); with none, the figures are
+printed and the gate says on one line that it did not run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -26,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).parent
 SUITES = ("quick", "full")
 KINDS = ("kernels", "models")
 
@@ -45,8 +48,12 @@ RULE = {
 }
 #: Above this share of the CPU taken by other processes during a workload, its figures are flagged unreliable.
 BUSY = 0.2
-#: The command that refreshes perf/baseline.json (docs/perf.md).
-BASELINE_COMMAND = "qorus bench --suite quick --write-baseline perf/baseline.json"
+#: The folder of CI's baselines in a source checkout, one file per CPU (docs/perf.md).
+BASELINES = "perf/baselines/"
+#: The command that records this CPU's baseline into that folder.
+BASELINE_COMMAND = f"qorus bench --suite quick --write-baseline {BASELINES}"
+#: How to install the references of the model figures and of GELU (torch, transformers, scipy).
+INSTALL_HINT = 'pip install "qorus-jit[test]"'
 
 
 class BenchError(ValueError):
@@ -118,7 +125,10 @@ def _kernel(rows_fn: Callable[[Context, list[Figure]], list[dict]]):
         got: dict = {}
         for _ in range(ctx.runs):
             for r in rows_fn(ctx, wanted):
-                got.setdefault((r["name"], r["shape"]), []).append((r["ours_s"], r["ref_s"]))
+                if "skipped" in r:  # {"name", "shape": "", "skipped": why}: a row whose reference is missing
+                    got[(r["name"], r["shape"])] = Skipped(r["skipped"])
+                else:
+                    got.setdefault((r["name"], r["shape"]), []).append((r["ours_s"], r["ref_s"]))
         return got
 
     return workload
@@ -132,7 +142,7 @@ def _wants(wanted: list[Figure], *rows: str) -> bool:
 
 
 def _matmul(ctx, wanted):
-    from perf import bench_matmul
+    from qorus_jit.bench import bench_matmul
 
     rows = []
     for route in ("blas", "numba"):
@@ -147,7 +157,7 @@ def _matmul(ctx, wanted):
 def _attention(ctx, wanted):
     import numpy as np
 
-    from perf import bench_attention as ba
+    from qorus_jit.bench import bench_attention as ba
 
     rng, kw, tag = np.random.default_rng(0), ctx.kernel_kw(), f" {ctx.threads}T"
     shapes = {f.shape for f in wanted}
@@ -162,7 +172,7 @@ def _attention(ctx, wanted):
 
 
 def _norm(ctx, wanted):
-    from perf import bench_norm
+    from qorus_jit.bench import bench_norm
 
     rows, shapes = [], {f.shape for f in wanted}
     for N, C in ((4096, 768), (16384, 288)):
@@ -174,7 +184,7 @@ def _norm(ctx, wanted):
 
 
 def _softmax(ctx, wanted):
-    from perf import bench_softmax as bs
+    from qorus_jit.bench import bench_softmax as bs
 
     rows, shapes, kw = [], {f.shape for f in wanted}, ctx.kernel_kw()
     for N, C in ((4096, 1024), (256, 32000)):
@@ -184,11 +194,14 @@ def _softmax(ctx, wanted):
         rows += bs.causal_rows(48, 256, kw)
     if any(f.group == "act" for f in wanted):
         rows += bs.activation_rows(2048, 768, kw)
+        why = _missing("scipy")  # GELU's reference; activation_rows leaves the row out without it
+        if why:
+            rows.append({"name": "gelu forward", "shape": "", "skipped": why})
     return rows
 
 
 def _loss(ctx, wanted):
-    from perf import bench_loss
+    from qorus_jit.bench import bench_loss
 
     rows = []
     for N, V in bench_loss.SHAPES:
@@ -198,7 +211,7 @@ def _loss(ctx, wanted):
 
 
 def _optim(ctx, wanted):
-    from perf import bench_optim
+    from qorus_jit.bench import bench_optim
 
     return bench_optim.adamw_rows(bench_optim.SIZES[0], ctx.kernel_kw())
 
@@ -206,15 +219,16 @@ def _optim(ctx, wanted):
 # --- model workloads --------------------------------------------------------------------------------------
 
 
-def _torch_missing(*modules: str) -> str | None:
+def _missing(*modules: str) -> str | None:
+    """Why a figure whose reference needs ``modules`` is skipped here (one line), or None when all import."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"{' and '.join(missing)} not importable" if missing else None
+    return f"{' and '.join(missing)} not importable ({INSTALL_HINT})" if missing else None
 
 
 def _w_train(ctx, wanted):
-    from perf import train
+    from qorus_jit.bench import train
 
-    why = _torch_missing("torch", "transformers")
+    why = _missing("torch", "transformers")
     if why:
         return {("speed", ""): Skipped(why), ("memory", ""): Skipped(why)}
     steps, repeat = (10, 3) if ctx.full else (4, 2)
@@ -224,9 +238,9 @@ def _w_train(ctx, wanted):
 
 
 def _w_decode(ctx, wanted):
-    from perf import decode
+    from qorus_jit.bench import decode
 
-    why = _torch_missing("torch", "transformers")
+    why = _missing("torch", "transformers")
     tokens, repeat = (200, 5) if ctx.full else (100, 3)
     res = decode.measure(tokens, repeat, ctx.threads, with_reference=why is None, dram=False)
     out = {("bound", ""): list(zip(res["decode_runs"], res["bound_runs"], strict=True))}
@@ -239,9 +253,9 @@ def _w_decode(ctx, wanted):
 
 
 def _mlp(ctx, wanted):
-    from perf import mlp_train
+    from qorus_jit.bench import mlp_train
 
-    why = _torch_missing("torch")
+    why = _missing("torch")
     if why:
         return {("train", ""): Skipped(why)}
     steps, repeat = (200, 5) if ctx.full else (100, 3)
@@ -250,9 +264,9 @@ def _mlp(ctx, wanted):
 
 
 def _startup(ctx, wanted):
-    from perf import model_startup
+    from qorus_jit.bench import model_startup
 
-    why = _torch_missing("torch", "transformers")
+    why = _missing("torch", "transformers")
     if why:
         return {("warm", ""): Skipped(why), ("cold", ""): Skipped(why)}
     cold = _wants(wanted, "cold")
@@ -626,6 +640,115 @@ def gate_message(outcome: dict, baseline_path: str) -> str:
     return "\n".join(lines)
 
 
+# --- baselines per CPU ------------------------------------------------------------------------------------
+
+#: The SIMD tier a baseline's file name carries, widest first (the file records the full feature list).
+_TIERS = (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"))
+
+
+def this_cpu() -> dict:
+    """This machine's CPU as a baseline records it (``qorus info``): {'model', 'llvm_target', 'simd'}."""
+    return _machine()["cpu"]
+
+
+def cpu_key(cpu: dict | None) -> tuple | None:
+    """What makes two CPUs the same for the gate: the model name and the SIMD features (None: not recorded)."""
+    if not cpu or not cpu.get("model"):
+        return None
+    return cpu["model"], tuple(sorted(cpu.get("simd") or ()))
+
+
+def _tier(cpu: dict) -> str:
+    simd = cpu.get("simd") or ()
+    return next((name for feature, name in _TIERS if feature in simd), "sse")
+
+
+def cpu_line(cpu: dict | None) -> str:
+    """A CPU in a few words: its model name and widest SIMD."""
+    return f"{cpu['model']}, {_tier(cpu)}" if cpu_key(cpu) else "a CPU it does not record"
+
+
+def cpu_slug(cpu: dict) -> str:
+    """The file name stem of ``cpu``'s baselines: model name and widest SIMD, e.g. 'intel-xeon-processor-avx512'."""
+    model = re.sub(r"\((r|tm)\)", "", str(cpu.get("model") or "unknown").lower())
+    return f"{re.sub(r'[^a-z0-9]+', '-', model).strip('-') or 'unknown'}-{_tier(cpu)}"
+
+
+def baseline_name(cpu: dict, suite: str = "quick", threads: int = 2) -> str:
+    """The file of ``cpu``'s baseline in a folder of baselines: the slug, then the suite and thread count
+    when they are not the gate's (quick, 2 threads)."""
+    return (cpu_slug(cpu) + ("" if suite == "quick" else f"-{suite}")
+            + ("" if threads == 2 else f"-{threads}t") + ".json")
+
+
+@dataclass
+class Pick:
+    """The baseline ``--compare`` chose (its data and file), or, with ``data`` None, why there is none."""
+
+    data: dict | None
+    path: str | None
+    why_none: str = ""
+
+
+def _recorded_cpu(data: dict) -> dict | None:
+    machine = data.get("machine")
+    return machine.get("cpu") if isinstance(machine, dict) else None
+
+
+def find_baseline(path: str, cpu: dict, suite: str = "quick", threads: int = 2) -> Pick:
+    """The baseline at ``path`` for a run on ``cpu``: a file (used when recorded on this CPU, or when it
+    records no CPU) or a folder of files (the one recorded on this CPU; among several, the one of this
+    suite, then of this thread count, then the one named :func:`baseline_name`, then the newest). An
+    unreadable file or a missing path raises :class:`BenchError`."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.json"))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise BenchError(f"--compare {path}: no such file or folder")
+    loaded = [(str(f), load_json(str(f), "--compare")) for f in files]
+    if p.is_file() and cpu_key(_recorded_cpu(loaded[0][1])) is None:
+        return Pick(loaded[0][1], path)
+    mine = [(f, d) for f, d in loaded if cpu_key(_recorded_cpu(d)) == cpu_key(cpu)]
+    if not mine:
+        held = "; ".join(sorted({cpu_line(_recorded_cpu(d)) for _, d in loaded})) or "none"
+        if p.is_file():
+            return Pick(None, None, f"{path} was recorded on another CPU ({held}; this one: {cpu_line(cpu)})")
+        return Pick(None, None, f"no baseline in {path} was recorded on this CPU ({cpu_line(cpu)}; it has: {held})")
+    name = baseline_name(cpu, suite, threads)
+    path_, data = max(mine, key=lambda fd: (fd[1].get("suite") == suite, fd[1].get("threads") == threads,
+                                            Path(fd[0]).name == name, str(fd[1].get("time", ""))))
+    return Pick(data, path_)
+
+
+def no_baseline_message(pick: Pick, path: str, suite: str = "quick", threads: int = 2) -> str:
+    """The one line the gate prints instead of a verdict when no baseline was recorded on this CPU."""
+    folder = path if Path(path).is_dir() else str(Path(path).parent)
+    command = (f"qorus bench --suite {suite}" + (f" --threads {threads}" if threads != 2 else "")
+               + f" --write-baseline {folder.rstrip('/')}/")
+    return f"perf gate NOT RUN: {pick.why_none}; record one on a quiet machine with: {command}"
+
+
+def baseline_target(path: str, cpu: dict, suite: str = "quick", threads: int = 2) -> str:
+    """Where ``--write-baseline PATH`` writes: PATH when it names a .json file, else this CPU's file in the
+    folder PATH (:func:`baseline_name`; a short hash of the CPU is added when a file of that name holds
+    another CPU with the same name and SIMD tier)."""
+    p = Path(path)
+    if p.suffix == ".json" and not p.is_dir():
+        return path
+    target = p / baseline_name(cpu, suite, threads)
+    if target.is_file():
+        try:
+            held = _recorded_cpu(json.loads(target.read_text()))
+        except (OSError, ValueError, AttributeError):
+            held = None
+        if cpu_key(held) not in (None, cpu_key(cpu)):
+            digest = hashlib.sha1(repr(cpu_key(cpu)).encode()).hexdigest()[:6]
+            target = target.with_name(f"{target.stem}-{digest}.json")
+    return str(target)
+
+
 # --- the table --------------------------------------------------------------------------------------------
 
 
@@ -726,14 +849,18 @@ def bench(suite: str = "quick", json_out: str | None = None, threads: int = 2, b
           rounds: int | None = None, list_figures: bool = False, retry: bool = True, out=print) -> int:
     """``qorus bench``: run the suite and print the table; returns the exit code (1: the gate failed).
 
-    With ``baseline``, figures that regressed are measured once more (``retry``) before the verdict."""
+    ``baseline``: a baseline file or a folder of them, one per CPU (:func:`find_baseline`). Without one
+    recorded on this CPU the figures are printed with one line saying the gate did not run, and the exit code
+    is 0. Figures that regressed are measured once more (``retry``) before the verdict. ``write_baseline``:
+    a .json file, or a folder to write this CPU's file into (:func:`baseline_target`)."""
     if list_figures:
         out(format_list())
         return 0
-    select(suite, only)  # unknown names fail before anything runs
-    base = load_json(baseline, "--compare") if baseline else None
-    if breakdown and importlib.util.find_spec("perf.breakdown") is None:
-        raise BenchError("--breakdown: perf/breakdown.py is not in this checkout yet")
+    select(suite, only)  # unknown names and unreadable baselines fail before anything runs
+    cpu = this_cpu() if baseline or write_baseline else None
+    pick = find_baseline(baseline, cpu, suite, threads) if baseline else None
+    base = pick.data if pick else None
+    write_path = baseline_target(write_baseline, cpu, suite, threads) if write_baseline else None
     if rounds is not None and rounds < 1:
         raise BenchError(f"--rounds: expected at least 1, got {rounds}")
     rounds = rounds or (3 if write_baseline else 1)
@@ -753,22 +880,26 @@ def bench(suite: str = "quick", json_out: str | None = None, threads: int = 2, b
         results, outcome, again = remeasure(results, base, threads)
         out(format_table(results | {"figures": {n: results["figures"][n] for n in again}}, outcome))
     if breakdown:
-        from perf.breakdown import main_table
+        from qorus_jit.bench.breakdown import main_table
 
         out(main_table(threads=threads))
+    not_run = no_baseline_message(pick, baseline, suite, threads) if pick and base is None else None
     if json_out:
-        _write(json_out, results | ({"compare": outcome | {"baseline": baseline}} if outcome else {})
-               | ({"round_results": done} if len(done) > 1 else {}))
+        gate = ({"compare": outcome | {"baseline": pick.path}} if outcome else
+                {"compare": {"passed": None, "baseline": None, "not_run": not_run}} if not_run else {})
+        _write(json_out, results | gate | ({"round_results": done} if len(done) > 1 else {}))
         out(f"wrote {json_out}")
-    if write_baseline:
+    if write_path:
         made = make_baseline(done)
-        _write(write_baseline, made)
+        _write(write_path, made)
         gated = [n for n, e in made["figures"].items() if e.get("gated")]
-        out(f"wrote {write_baseline}: {len(gated)} gated figures of {len(made['figures'])}, from {rounds} rounds")
+        out(f"wrote {write_path}: {len(gated)} gated figures of {len(made['figures'])}, from {rounds} rounds")
         busy = [n for n, e in made["figures"].items() if e.get("other_cpu", 0) > BUSY]
         if busy:
             out(f"warning: other processes took more than {BUSY:.0%} of the CPU while {', '.join(busy)} ran: "
                 f"their tolerances may be wider than a quiet machine needs; consider writing the baseline again")
+    if not_run:
+        out(not_run)
     if outcome is None:
         return 0
     for w in outcome["warnings"]:
@@ -777,5 +908,5 @@ def bench(suite: str = "quick", json_out: str | None = None, threads: int = 2, b
     if busy:
         out(f"warning: other processes took more than {BUSY:.0%} of the CPU while {', '.join(busy)} ran: "
             f"re-run on a quiet machine before trusting the verdict")
-    out(gate_message(outcome, baseline))
+    out(gate_message(outcome, pick.path))
     return 0 if outcome["passed"] else 1

@@ -1,6 +1,6 @@
 """Start-up: seconds from a fresh process to the first finished forward + backward of a small Llama.
 
-    python -m perf.model_startup [--threads 2] [--no-torch] [--out perf/results/model_startup.json]
+    python -m qorus_jit.bench.model_startup [--threads 2] [--no-torch] [--out perf/results/model_startup.json]
 
 Config (the layer issue's bar, W-train's shape): dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256,
 seq 256, batch 8. Runs in fresh interpreters: twice with the machine's numba cache (warm; the first run may
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="threads of each process (default: the libraries')")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch + transformers reference")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_startup.json"))
+    ap.add_argument("--out", default="perf/results/model_startup.json",
+                    help="the JSON to write, from the working directory (default: %(default)s)")
     args = ap.parse_args(argv)
     rows = measure(runs=1, threads=args.threads, torch=False if args.no_torch else None)
     for name, runs in rows.items():

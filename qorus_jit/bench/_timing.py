@@ -1,4 +1,4 @@
-"""Timing helpers for perf/: medians of repeated runs, ratios against a reference in the same run."""
+"""Timing helpers of the benchmarks: medians of repeated runs, ratios against a reference in the same run."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The AdamW update kernel against the same update written in NumPy, in the same run.
 
-``python -m perf.bench_optim [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
+``python -m qorus_jit.bench.bench_optim [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
 rows. One step of ``torch.optim.AdamW`` (decoupled weight decay, bias corrections) on float32 parameters,
 first and second moments and a gradient, in place; NumPy uses one preallocated temporary and runs on one
 thread, the kernel on numba's threads.
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from perf._timing import median_time, print_rows, record, thread_counts
+from qorus_jit.bench._timing import median_time, print_rows, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import optim
 
@@ -62,7 +62,7 @@ def adamw_rows(n, kw):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (``perf._timing.record``) at numba's thread count and, unless quick, on one thread."""
+    """Benchmark rows (``_timing.record``) at numba's thread count and, unless quick, on one thread."""
     kw = dict(repeat=3, warmup=1, min_time=0.02) if quick else dict(repeat=9, warmup=2, min_time=0.1)
     rows = []
     for _ in thread_counts(quick):
