@@ -7,7 +7,7 @@ Runs ``qorus bench --only norm --compare BASELINE`` twice in this process (no so
 is (the gate should pass), then with ``qorus_jit.kernels.norm.rmsnorm_forward``, the kernel the norm benchmark
 calls, replaced by a wrapper calling it four times (the gate should fail on ``norm.rmsnorm_fwd`` and
 ``norm.rmsnorm_fwd_bwd``, and keep ``norm.layernorm_*``, which the wrapper does not touch). Exits 0 when the
-gate did both, 1 otherwise.
+gate did both, 1 otherwise, 2 when no baseline was recorded on this CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def slowed(fn, times: int = TIMES):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     baseline = argv[0] if argv else os.path.relpath(Path(__file__).parent / "baselines") + "/"
+    pick = suite.find_baseline(baseline, suite.this_cpu())
+    if pick.data is None:  # the gate would not run, so there is nothing to demonstrate
+        print(suite.no_baseline_message(pick, baseline))
+        return 2
     print(f"== 1. qorus bench --only {FIGURES} --compare {baseline}, kernels as they are", flush=True)
     as_is = suite.bench(only=FIGURES, baseline=baseline)
     print(f"exit code {as_is}\n", flush=True)
