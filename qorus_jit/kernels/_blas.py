@@ -6,11 +6,11 @@ At import this module registers ``qorus_gemm_f32`` / ``qorus_gemm_f64`` with LLV
 - ``auto`` (default): MKL if the ``mkl`` wheel is installed (``pip install "qorus-jit[mkl]"``), else OpenBLAS.
 - ``mkl``: Intel MKL's ILP64 ``cblas_?gemm_64`` from the ``mkl`` wheel's ``libmkl_rt``, threaded by GNU
   OpenMP, the runtime numba's own parallel kernels use, so the products and the other kernels share one
-  pool of worker threads. Measured here (docs/design.md, "Matrix products"): as fast as OpenBLAS on a quiet
-  machine, and 12-16% less time per W-train step (its products 13-19% faster) while other work shared it.
+  pool of worker threads: as fast as OpenBLAS on a quiet machine, faster while other work shares it
+  (docs/design.md, "Matrix products").
 - ``openblas``: the OpenBLAS that NumPy wheels bundle (ILP64, symbols prefixed ``scipy_``): one BLAS thread
-  pool in the process, shared with NumPy's ``@`` (scipy's separate copy, the one numba's ``np.dot`` calls,
-  measured 0.91-0.96x of it at 512^2 here).
+  pool in the process, shared with NumPy's ``@`` (scipy's separate copy, the one numba's ``np.dot`` calls, is
+  an older and slower OpenBLAS; docs/design.md, "Matrix products").
 
 If neither is found, the names point to a slow but correct NumPy fallback, so cached machine code always
 finds them. ``BLAS_SOURCE`` says which one is in use (``qorus info`` shows it).
@@ -120,9 +120,9 @@ def _short_blas_spin(lib) -> bool:
 
     OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` (set by ``qorus_jit/__init__.py`` unless the user set it) when
     it loads, i.e. at ``import numpy``; most scripts import NumPy first. Re-reading the environment and
-    stopping the worker pool (it restarts at the next threaded call, with the new timeout) applies it anyway.
-    Measured (2 threads): a 2048 x 256 x 256 product followed by an attention forward took 16.0 ms with
-    OpenBLAS's default spinning and 6.6 ms with this, the attention alone 5.3 ms. Returns whether it applied.
+    stopping the worker pool (it restarts at the next threaded call, with the new timeout) applies it anyway, so
+    a product's spinning workers leave the cores to the next numba kernel (docs/design.md, "Threads on a shared
+    machine"). Returns whether it applied.
     """
     read_env, shutdown = (getattr(lib, n, None) for n in ("openblas_read_env", "blas_thread_shutdown_"))
     if lib is None or read_env is None or shutdown is None:

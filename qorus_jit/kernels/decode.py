@@ -260,8 +260,8 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
 
     The per-block arguments of :func:`_llama_block_decode` come as tuples with one entry per block (weights,
     caches, ``cos``, ``sin``) and ``eps (n_layers,)``; scratch and ``scale`` are shared by the blocks.
-    embed (V0, C), head_w (V, C), norm_w (C,). One call instead of a Python call per layer saves about
-    0.1 ms a token (see docs/design.md, "Decoding one token")."""
+    embed (V0, C), head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their
+    call overhead (docs/design.md, "Decoding one token")."""
     x[:] = embed[tok]
     for i in range(len(wq)):
         _llama_block_decode(x, attn_norm[i], wq[i], wk[i], wv[i], wo[i], mlp_norm[i], w_gate[i], w_up[i], w_down[i],

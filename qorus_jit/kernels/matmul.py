@@ -12,10 +12,10 @@ Every product has two routes, chosen by the public functions' ``route=`` keyword
   ``_gemm_nn`` adds rank-4 updates to two rows of ``c`` at a time. Operands in another layout are
   transposed into scratch first. Blocks of ``c`` (bmm: the matrices of the batch) run in parallel.
 
-On one thread the BLAS route matches NumPy's ``@`` and the numba route reaches about 0.8-0.9 of it on
-large products; on the many small products of a bmm both routes are about even on one thread, and the
-numba route, one parallel region for the whole batch, is far steadier on several threads than one BLAS
-thread team per matrix (``perf/bench_matmul.py``).
+On one thread the BLAS route matches NumPy's ``@`` and the numba route comes close to it on large products;
+on the many small products of a bmm the numba route, one parallel region for the whole batch, is steadier on
+several threads than one BLAS thread team per matrix (``qorus_jit/bench/bench_matmul.py``; figures in
+docs/design.md, "Matrix products").
 
 Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers, any of which but
 ``dweight`` may be ``None`` (no gradient wanted). Layers may call the private kernels directly. Both
