@@ -6,7 +6,7 @@ from qorus_jit.kernels import attention as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import attention as naive
 
-# (B, T, S, H, Hkv, D, causal, masked); B * H * T * S * D is up to config.SERIAL_WORK (serial) in most, above it
+# (B, T, S, H, Hkv, D, causal, masked); B * H * T * S * D is up to numerics.SERIAL_WORK (serial) in most, above it
 # (parallel) in (3, 17, ...) and (1, 70, ...)
 SHAPES = [
     (1, 1, 1, 1, 1, 1, False, False),
@@ -163,7 +163,7 @@ def test_work_is_checked():
         K.attention_forward(out, lse, q, k, v, True, work=out.reshape(-1))
 
 
-@pytest.mark.parametrize("T", [150, 10])  # parallel and serial (B * H * T * S * D <= config.SERIAL_WORK)
+@pytest.mark.parametrize("T", [150, 10])  # parallel and serial (B * H * T * S * D <= numerics.SERIAL_WORK)
 @pytest.mark.parametrize("causal", [True, False])
 def test_backward_key_chunks_agree(causal, T):
     """The key-chunked (nj > 1) and per-head (nj = 1) work splits give the same gradients, added to zeros
@@ -216,7 +216,7 @@ def test_matches_torch(shape):
     assert_close(dv, tv.grad.numpy(), rtol=1e-4, atol=2e-5)
 
 
-# with T0 = 300, B * H * length * D is above config.SERIAL_WORK (parallel) for H = 6 and 8, below it for H <= 4
+# with T0 = 300, B * H * length * D is above numerics.SERIAL_WORK (parallel) for H = 6 and 8, below it for H <= 4
 @pytest.mark.parametrize("T0", [10, 300])
 @pytest.mark.parametrize("H, Hkv, D, masked",
                          [(1, 1, 4, False), (4, 2, 5, True), (6, 1, 12, True), (8, 8, 16, False)])

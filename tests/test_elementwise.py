@@ -6,7 +6,7 @@ from qorus_jit.kernels import elementwise as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import elementwise as naive
 
-# the largest serial size, the smallest parallel one, several parallel chunks (config.SERIAL_WORK)
+# the largest serial size, the smallest parallel one, several parallel chunks (numerics.SERIAL_WORK)
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (SERIAL_WORK,), (SERIAL_WORK + 1,), (40000,)]
 
 

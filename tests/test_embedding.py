@@ -7,7 +7,7 @@ from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import embedding as naive
 
 CASES = [((1, 1), 1, 1), ((2, 5), 50, 13), ((3, 7), 11, 130), ((17,), 4, 64), ((2, 2, 3), 9, 7),
-         # N * C on both sides of config.SERIAL_WORK (the largest serial one, parallel ones)
+         # N * C on both sides of numerics.SERIAL_WORK (the largest serial one, parallel ones)
          ((SERIAL_WORK // 130,), 20, 130), ((2, SERIAL_WORK // 260 + 1), 20, 130), ((3, 200), 30, 70)]
 
 

@@ -6,7 +6,7 @@ from qorus_jit.kernels import loss as K
 from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import loss as naive
 
-# with sizes on both sides of config.SERIAL_WORK (the largest serial one, the smallest parallel one); MSE also
+# with sizes on both sides of numerics.SERIAL_WORK (the largest serial one, the smallest parallel one); MSE also
 # with two chunks of 2**14 elements summed serially
 CE_SHAPES = [(1, 1), (1, 7), (5, 7), (17, 33), (64, 1000), (3, 5003), (SERIAL_WORK // 1000, 1000),
              (SERIAL_WORK // 1000 + 1, 1000), (1, SERIAL_WORK + 3)]

@@ -7,7 +7,7 @@ from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import norm as naive
 
 SHAPES = [(1, 1), (1, 7), (5, 13), (3, 4, 33), (2, 1, 3, 10), (130, 24), (9, 768)]
-# N * C on both sides of config.SERIAL_WORK (the largest serial input, the smallest parallel one), and one
+# N * C on both sides of numerics.SERIAL_WORK (the largest serial input, the smallest parallel one), and one
 # long row (serial whatever its size)
 THRESHOLD_SHAPES = [(SERIAL_WORK // 288, 288), (SERIAL_WORK // 288 + 1, 288), (40, 3, 300), (1, SERIAL_WORK + 3)]
 EPS = 1e-5

@@ -6,7 +6,7 @@ from qorus_jit.kernels import optim as K
 from tests.helpers import assert_close, rand, torch_or_skip
 from tests.naive import optim as naive
 
-# with sizes on both sides of config.SERIAL_WORK (the largest serial one, the smallest parallel one) and two
+# with sizes on both sides of numerics.SERIAL_WORK (the largest serial one, the smallest parallel one) and two
 # chunks of 2**14 elements run serially
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (40000,), (20000,), (SERIAL_WORK,), (SERIAL_WORK + 1,)]
 STEPS = 10

@@ -8,7 +8,7 @@ from tests.naive import rope as naive
 
 THETA = 10000.0
 SHAPES = [(1, 1, 1, 2), (2, 5, 3, 8), (1, 7, 1, 18), (2, 3, 4, 64), (3, 1, 2, 6)]
-# one decoded token, and sizes on both sides of config.SERIAL_WORK (the largest serial, a parallel one)
+# one decoded token, and sizes on both sides of numerics.SERIAL_WORK (the largest serial, a parallel one)
 THRESHOLD_SHAPES = [(1, 1, 6, 48), (1, SERIAL_WORK // 288, 6, 48), (2, 64, 6, 48)]
 NAIVE = {False: naive.rope_rotate_half, True: naive.rope_interleaved}
 

@@ -7,7 +7,7 @@ from tests.helpers import assert_close, fd_grad, rand, torch_or_skip
 from tests.naive import softmax as naive
 
 SHAPES = [(1,), (7,), (1, 1), (3, 5), (2, 3, 17), (5, 1000), (2, 2, 2, 33),
-          # sizes on both sides of config.SERIAL_WORK (the largest serial one, a parallel one)
+          # sizes on both sides of numerics.SERIAL_WORK (the largest serial one, a parallel one)
           (SERIAL_WORK // 1000, 1000), (SERIAL_WORK // 1000 + 1, 1000), (1, SERIAL_WORK + 3)]
 CAUSAL_SHAPES = [(1, 1, 1), (1, 2, 2), (3, 5, 5), (2, 8, 8), (2, 3, 7, 7), (1, 33, 33), (17, 17),
                  (SERIAL_WORK // 4096, 64, 64), (SERIAL_WORK // 4096 + 1, 64, 64)]
