@@ -28,8 +28,8 @@ recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T
 
 Each kernel's phases are serial kernels over a range of work items (``_forward_items``, ``_backward_items``,
 ``_decode_items``, ...) run through ``numerics.for_chunks``; the work that decides between the calling thread
-and a parallel region is ``B * H * T * S * D`` (``B * H * length * D`` when decoding). Both give the same
-results.
+and a parallel region is ``B * H * T * S * D`` (``B * H * length * D`` when decoding), and either way the
+results are the same.
 """
 
 from __future__ import annotations
