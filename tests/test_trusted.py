@@ -138,7 +138,9 @@ def test_kernels_reached_through_the_trusted_module():
     """Outside qorus_jit/kernels a kernel (a numba dispatcher, or an entry of kernels.trusted) is never bound
     to a name at import time, nor read off another kernel module: the calls go through ``K.name``, the
     entries the profiler swaps."""
-    bad = [b for mod in _modules_outside_kernels() for b in _bypasses(*mod)]
+    # the benchmarks time the public kernels themselves, as a user calls them, not through the profiler's hook
+    engine = [mod for mod in _modules_outside_kernels() if not mod[0].startswith("qorus_jit.bench")]
+    bad = [b for mod in engine for b in _bypasses(*mod)]
     assert not bad, "kernels called around kernels.trusted:\n" + "\n".join(bad)
 
 
