@@ -7,9 +7,9 @@ residual, RMSNorm, SwiGLU MLP, residual) in one call of two parallel regions ins
 kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append, attention and its part of
 the output projection (a head needs no other head's rows; with fewer kv heads than threads, three regions:
 the projections by rows, attention by query head, the output projection by rows), and one per slice of
-the hidden units for gate, up and their part of the down projection. Layers validate once and call these
-kernels directly (:class:`~qorus_jit.layers.TransformerBlock` for batch 1 and one new token;
-:class:`~qorus_jit.models.Llama` calls ``_llama_decode`` for its whole token).
+the hidden units for gate, up and their part of the down projection. ``_llama_decode`` runs it for every
+block of a Llama, then the final norm and the head: :class:`~qorus_jit.models.Llama` makes that one call per
+token (through ``kernels.trusted``), having checked its arguments once per cache.
 """
 
 from __future__ import annotations
