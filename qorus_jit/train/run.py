@@ -59,7 +59,7 @@ class TrainConfig:
     min_lr: float = _f(3e-4, "Final learning rate of the cosine or linear schedule.")
     schedule: str = _f("cosine", "'cosine', 'linear', 'step' or 'constant' (after the warmup).",
                        choices=("cosine", "linear", "step", "constant"))
-    warmup_steps: int = _f(30, "Linear warmup steps.")
+    warmup_steps: int = _f(-1, "Linear warmup steps; -1: a twentieth of steps (30 of the default 600).")
     weight_decay: float = _f(0.1, "Weight decay (AdamW: decoupled; not applied to norms, biases, embeddings).")
     beta1: float = _f(0.9, "Adam beta1.")
     beta2: float = _f(0.95, "Adam beta2.")
@@ -105,15 +105,17 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
-        for name in ("n_kv_heads", "max_seq_len", "warmup_steps", "eval_every", "ckpt_every", "seed", "threads",
-                     "sample_tokens"):
+        if self.warmup_steps < -1:
+            raise ConfigError(f"warmup_steps: expected an int >= 0, or -1 for a twentieth of steps, got "
+                              f"{self.warmup_steps}")
+        for name in ("n_kv_heads", "max_seq_len", "eval_every", "ckpt_every", "seed", "threads", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected an int >= 0, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction: expected a number between 0 and 1, got {self.val_fraction}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"lr, min_lr: expected lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
-        if self.warmup_steps >= self.steps:
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError(f"warmup_steps: expected fewer than steps = {self.steps}, got {self.warmup_steps}")
         if self.dim % self.n_heads:
             raise ConfigError(f"n_heads: expected a divisor of dim = {self.dim}, got {self.n_heads}")
@@ -202,8 +204,13 @@ def build_schedule(cfg: TrainConfig):
 
     kw = {"min_lr": cfg.min_lr} if cfg.schedule in ("cosine", "linear") else {}
     if cfg.schedule == "step":
-        kw["step_size"] = max(1, (cfg.steps - cfg.warmup_steps) // 3)
-    return make_schedule(cfg.schedule, cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, **kw)
+        kw["step_size"] = max(1, (cfg.steps - warmup_of(cfg)) // 3)
+    return make_schedule(cfg.schedule, cfg.lr, warmup_steps=warmup_of(cfg), total_steps=cfg.steps, **kw)
+
+
+def warmup_of(cfg: TrainConfig) -> int:
+    """The warmup steps of ``cfg``: its ``warmup_steps``, or a twentieth of ``steps`` when that is -1."""
+    return cfg.steps // 20 if cfg.warmup_steps == -1 else cfg.warmup_steps
 
 
 def load_data(cfg: TrainConfig, tokenizer):
@@ -264,6 +271,8 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     from qorus_jit.tokenizers import load_tokenizer
 
     cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
+    # run.json keeps the warmup -1 resolved to, so a resume with more steps keeps it
+    cfg = dataclasses.replace(cfg, warmup_steps=warmup_of(cfg))
     try:
         tokenizer = load_tokenizer(cfg.tokenizer)
     except (OSError, ValueError, TypeError, ImportError) as e:

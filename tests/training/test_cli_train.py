@@ -24,7 +24,7 @@ from qorus_jit.cli import main
 from qorus_jit.data import default_corpus
 from qorus_jit.formats.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from qorus_jit.train.losses import CrossEntropyLoss
-from qorus_jit.train.run import TrainConfig, start_run
+from qorus_jit.train.run import ConfigError, TrainConfig, start_run
 from qorus_jit.train.trainer import TrainingError
 
 # A tiny model on the default corpus (the issue's smoke settings; --ckpt-every 2 so that pruning shows).
@@ -447,3 +447,22 @@ def test_plot_errors_are_one_line(tmp_path):
     res = qorus(["plot", tmp_path / "no_metrics"], cwd=tmp_path)
     assert_one_line_error(res.returncode, res.stdout, res.stderr, 2, "no metrics.jsonl")
     assert not (tmp_path / "no_metrics" / "curves.png").exists()
+
+
+def test_default_warmup_is_a_twentieth_of_steps(tmp_path):
+    """The default warmup follows steps (a short run needs no --warmup-steps), and run.json keeps the number."""
+    from qorus_jit.train.run import build_schedule
+
+    assert TrainConfig().warmup_steps == -1
+    for steps, warmup in ((600, 30), (20, 1), (10, 0)):
+        cfg = TrainConfig(steps=steps)
+        lrs = [build_schedule(cfg)(s) for s in range(steps)]
+        # linear warmup: step s < warmup runs at lr * (s + 1) / warmup, then the cosine starts at the peak
+        want = [cfg.lr * (s + 1) / warmup for s in range(warmup)] + [cfg.lr]
+        assert np.allclose(lrs[:warmup + 1], want), (steps, lrs[:warmup + 1])
+    run = start_run(TrainConfig(steps=20, dim=16, n_layers=1, n_heads=2, hidden_dim=32, seq_len=8, batch_size=2,
+                                eval_batches=1, sample_tokens=0, out_dir=str(tmp_path), name="r"), progress=False)
+    assert run.cfg.warmup_steps == 1
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["warmup_steps"] == 1
+    with pytest.raises(ConfigError, match="warmup_steps: expected an int >= 0, or -1"):
+        TrainConfig(warmup_steps=-2)
