@@ -52,6 +52,8 @@ class Trainer:
     - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
       and ``checkpoints/`` (nothing is written without it); ``keep_checkpoints`` newest are kept.
     - ``extra_state``: JSON data stored in every checkpoint's ``state.json`` beside the trainer's own.
+    - ``progress``: a progress bar; ``print_evals``: print each evaluation's line (by default as ``progress``;
+      ``qorus train --no-progress`` keeps the lines without the bar).
 
     ``fit()`` returns the last metrics. A NaN or inf loss or gradient norm raises :class:`TrainingError`
     naming the step before the optimizer touches the weights; the last checkpoint stays as it was.
@@ -62,8 +64,8 @@ class Trainer:
     def __init__(self, model, optimizer, data, *, steps: int, batch_size: int | None = None, loss="cross_entropy",
                  schedule=None, grad_accum: int = 1, clip: float | None = None, val_data=None,
                  eval_every: int = 0, eval_batches: int = 8, ckpt_every: int = 0, keep_checkpoints: int = 2,
-                 run_dir=None, log_every: int = 1, progress: bool = True, extra_state: dict | None = None,
-                 handle_sigint: bool = False):
+                 run_dir=None, log_every: int = 1, progress: bool = True, print_evals: bool | None = None,
+                 extra_state: dict | None = None, handle_sigint: bool = False):
         for name, value, low in (("steps", steps, 1), ("grad_accum", grad_accum, 1), ("eval_every", eval_every, 0),
                                  ("eval_batches", eval_batches, 1), ("ckpt_every", ckpt_every, 0),
                                  ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):
@@ -84,6 +86,7 @@ class Trainer:
         self.eval_every, self.ckpt_every, self.keep_checkpoints = eval_every, ckpt_every, keep_checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log_every, self.progress, self.handle_sigint = log_every, progress, handle_sigint
+        self.print_evals = progress if print_evals is None else bool(print_evals)
         self.extra_state = dict(extra_state or {})
         self.step = 0
         self.elapsed = 0.0  # seconds of training before this process (restored on resume)
@@ -210,7 +213,7 @@ class Trainer:
         text = f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         if bar is not None:
             bar.write(text, file=sys.stderr)
-        elif self.progress:
+        elif self.print_evals:
             print(text, file=sys.stderr)
 
     def _bar(self):

@@ -466,3 +466,12 @@ def test_default_warmup_is_a_twentieth_of_steps(tmp_path):
     assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["warmup_steps"] == 1
     with pytest.raises(ConfigError, match="warmup_steps: expected an int >= 0, or -1"):
         TrainConfig(warmup_steps=-2)
+
+
+def test_no_progress_keeps_the_validation_lines(tmp_path):
+    """--no-progress drops the bar, not the evaluations: each one prints its line."""
+    res = qorus(["train", *SMOKE, "--sample-tokens", "0", "--out-dir", tmp_path / "runs", "--name", "r"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 3", "step 6"], res.stderr
+    assert all("val_loss" in line for line in lines)
