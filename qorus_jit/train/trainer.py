@@ -177,7 +177,9 @@ class Trainer:
                     row["elapsed"] = self.elapsed
                     self._write(metrics, row)
                     if bar is not None:
-                        bar.set_postfix_str(f"loss {row['loss']:.4f} lr {row['lr']:.2e} {rate:,.0f} {unit}")
+                        # drawn by the update below, so the count and the loss shown are of the same step
+                        bar.set_postfix_str(f"loss {row['loss']:.4f} lr {row['lr']:.2e} {rate:,.0f} {unit}",
+                                            refresh=False)
                 if bar is not None:
                     bar.update(1)
                 self.last.update(row)

@@ -188,3 +188,37 @@ def test_trainer_rejects_bad_settings():
         Trainer(model, SGD(model, lr=0.1), object(), steps=1)
     with pytest.raises(ValueError, match="loss"):
         Trainer(model, SGD(model, lr=0.1), data, steps=1, loss="hinge")
+
+
+def test_progress_bar_shows_the_loss_of_the_step_it_counts(monkeypatch):
+    """Every frame the bar draws pairs its step count with that step's loss."""
+    import io
+    import re
+
+    import tqdm.auto
+
+    screen, real = io.StringIO(), tqdm.auto.tqdm
+
+    def drawn_tqdm(*args, **kw):  # every update drawn, into screen
+        return real(*args, **{**kw, "file": screen, "disable": False, "mininterval": 0, "ascii": True})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", drawn_tqdm)
+    X = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    model = MLP([4, 8, 2], rng=0)
+    trainer = Trainer(model, AdamW(model, lr=1e-2), ArrayDataset(X, y, batch_size=16), steps=5)
+    losses, train_step = [], trainer.train_step
+
+    def recorded_step():
+        row = train_step()
+        losses.append(row["loss"])
+        return row
+
+    monkeypatch.setattr(trainer, "train_step", recorded_step)
+    trainer.fit()
+    frames = [f for f in re.split(r"[\r\n]", screen.getvalue()) if "loss" in f]
+    assert frames
+    for frame in frames:
+        count = int(re.search(r"\| *(\d+)/5", frame).group(1))
+        shown = float(re.search(r"loss ([0-9.]+)", frame).group(1))
+        assert shown == pytest.approx(losses[count - 1], abs=1e-4), frame
