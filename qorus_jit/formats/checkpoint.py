@@ -127,8 +127,20 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
     fsync_dir(root)
     atomic_write_text(root / LATEST, final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+    remove_partial(run_dir)
     return final
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder, renamed first to a temporary name: a kill in the middle leaves a folder that
+    :func:`remove_partial` finishes, never a half-deleted ``step_N``."""
+    trash = folder.with_name(f".{folder.name}.pruned.tmp")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(run_dir) -> list[Path]:
@@ -154,11 +166,16 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def remove_partial(run_dir) -> int:
-    """Delete temporary folders left by checkpoint writes that were interrupted; returns how many."""
+    """Delete what interrupted checkpoint writes and prunings left: temporary folders, and ``step_N`` folders
+    without a state file older than the newest complete checkpoint; returns how many."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return 0
+    done = list_checkpoints(run_dir)
+    newest = int(_NAME.match(done[-1].name).group(1)) if done else -1
     stale = [p for p in root.iterdir() if p.name.startswith(".step_") and p.name.endswith(".tmp")]
+    stale += [p for p in root.iterdir() if (m := _NAME.match(p.name)) and int(m.group(1)) < newest
+              and not (p / STATE_FILE).is_file()]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return len(stale)

@@ -175,6 +175,26 @@ def test_checkpoints_are_pruned_and_partial_writes_are_skipped(tmp_path):
         load_checkpoint(root / "step_0000003")
 
 
+def test_a_killed_pruning_is_finished_by_the_next_run(tmp_path):
+    """A kill while an old checkpoint was being deleted leaves a half-deleted folder; the next save or resume
+    (remove_partial) deletes it, and keeps every complete checkpoint and a newer incomplete one."""
+    from qorus_jit.formats.checkpoint import remove_partial
+
+    w = {"w": np.ones((2, 2), np.float32)}
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, w, {}, {}, keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "step_0000001" / "state.json").unlink()   # pruning killed after the state file went
+    (root / ".step_0000002.pruned.tmp").mkdir()      # pruning killed after the rename
+    (root / "step_0000009").mkdir()                   # a newer write without its state file: not ours to delete
+    assert remove_partial(tmp_path) == 2
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000002", "step_0000003", "step_0000009"]
+    (root / "step_0000002" / "model.safetensors").unlink()
+    (root / "step_0000002" / "state.json").unlink()  # half-deleted again, found by the next save
+    save_checkpoint(tmp_path, 4, w, {}, {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000003", "step_0000004", "step_0000009"]
+
+
 def test_trainer_rejects_bad_settings():
     model = MLP([2, 2], rng=0)
     data = ArrayDataset(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), batch_size=2)
