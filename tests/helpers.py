@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,11 +26,11 @@ def fd_grad(loss, x, eps=1e-6):
     for i in range(flat.size):
         old = flat[i]
         flat[i] = old + eps
-        lp = loss()
+        xp, lp = np.float64(flat[i]), loss()
         flat[i] = old - eps
-        lm = loss()
+        xm, lm = np.float64(flat[i]), loss()
         flat[i] = old
-        gflat[i] = (lp - lm) / (2 * eps)
+        gflat[i] = (lp - lm) / (xp - xm)  # the step the array actually stored (float32 rounds x +- eps)
     return g
 
 
@@ -48,3 +50,25 @@ def torch_or_skip():
         pytest.skip("torch not installed")
     torch.set_num_threads(1)
     return torch
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """The module ``examples/<name>.py``, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def split_digits():
+    """All digits (pixels / 16) and the row indices of the documented split: the last round(0.2 N) of
+    ``np.random.default_rng(0).permutation(N)`` are held out for testing, the others train."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    perm = np.random.default_rng(0).permutation(len(d.target))
+    n_test = round(len(perm) * 0.2)
+    return d.data / 16.0, d.target, perm[:-n_test], perm[-n_test:]

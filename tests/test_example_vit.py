@@ -17,7 +17,6 @@ The runs use one thread: the model is tiny, and on shared CI cores idle worker t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -31,21 +30,16 @@ import qorus_jit
 import qorus_jit.layers
 from qorus_jit.layers import TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
+from tests.helpers import fd_grad, load_example, rand, split_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vit_digits.py"
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("example_vit_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def vit():
-    return load_example()
+    return load_example("vit_digits")
 
 
 @pytest.fixture(autouse=True)
@@ -58,21 +52,6 @@ def one_thread():
 
 # ------------------------------------------------------------------------------ finite differences
 
-
-def numeric_grad(f, arr: np.ndarray, h: float = 1e-2) -> np.ndarray:
-    """Central differences of the scalar ``f()`` (float64) with respect to every entry of ``arr``, perturbed
-    in place. The step is what float32 actually stored, so the quotient has no rounding of ``x +- h``."""
-    grad = np.zeros(arr.shape, np.float64)
-    flat, g = arr.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        x0 = flat[i]
-        flat[i] = x0 + h
-        xp, fp = np.float64(flat[i]), f()
-        flat[i] = x0 - h
-        xm, fm = np.float64(flat[i]), f()
-        flat[i] = x0
-        g[i] = (fp - fm) / (xp - xm)
-    return grad
 
 
 def projection(layer, x: np.ndarray, rng) -> tuple[np.ndarray, Callable[[], float]]:
@@ -88,8 +67,8 @@ def projection(layer, x: np.ndarray, rng) -> tuple[np.ndarray, Callable[[], floa
 def check_backward(layer, x: np.ndarray, rng, params=()) -> None:
     """The input gradient (and the gradients of the named ``params``) of ``layer`` match finite differences."""
     r, f = projection(layer, x, rng)
-    want_dx = numeric_grad(f, x)
-    want_params = {name: numeric_grad(f, layer.parameters()[name]) for name in params}
+    want_dx = fd_grad(f, x, eps=1e-2)
+    want_params = {name: fd_grad(f, layer.parameters()[name], eps=1e-2) for name in params}
     layer.zero_grad()
     layer.forward(x)
     dx = layer.backward(r.astype(np.float32))
@@ -98,9 +77,6 @@ def check_backward(layer, x: np.ndarray, rng, params=()) -> None:
     for name, want in want_params.items():
         np.testing.assert_allclose(layer.gradients()[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
-
-def rand(rng, *shape) -> np.ndarray:
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("patch", [2, 4])
@@ -178,25 +154,16 @@ def test_model_gradients(vit, pool):
     p[np.arange(4), labels] -= 1
     model.zero_grad()
     dx = model.backward((p / 4).astype(np.float32)).copy()
-    np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-2, atol=2e-5)
+    np.testing.assert_allclose(dx, fd_grad(f, x, eps=1e-2), rtol=1e-2, atol=2e-5)
     if pool == "cls":  # a smaller step: the [CLS] vector is small, N(0, 0.02), and its norm curves fast at 1e-2
         cls = model.parameters()["cls_token.cls"]
-        want = numeric_grad(f, cls, h=1e-3)
+        want = fd_grad(f, cls, eps=1e-3)
         np.testing.assert_allclose(model.gradients()["cls_token.cls"], want, rtol=1e-2, atol=2e-5)
 
 
 # -------------------------------------------------------------------------------------------- training
 
 
-def split_digits():
-    """All digits (pixels / 16) and the row indices of the documented split: the last round(0.2 N) of
-    ``np.random.default_rng(0).permutation(N)`` are held out for testing, the others train."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    perm = np.random.default_rng(0).permutation(len(d.target))
-    n_test = round(len(perm) * 0.2)
-    return d.data / 16.0, d.target, perm[:-n_test], perm[-n_test:]
 
 
 def layer_classes(layer) -> set[type]:

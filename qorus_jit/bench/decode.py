@@ -40,21 +40,12 @@ from pathlib import Path
 import numpy as np
 from numba import prange
 
-from qorus_jit.core.numerics import kernel
+from qorus_jit.core.numerics import kernel, sum_in_order
 
 #: Variables qorus_jit sets at import when unset (its thread settings; see qorus_jit/__init__.py).
 QORUS_ENV = ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
 
 SHAPE = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256)
-
-
-@kernel
-def _sum(x):
-    """The sum of x (n,): a loop from 0 over a contiguous slice, which LLVM vectorizes into several sums."""
-    s = x.dtype.type(0)
-    for i in range(x.shape[0]):
-        s += x[i]
-    return s
 
 
 @kernel(parallel=True)
@@ -63,7 +54,7 @@ def _stream_read(x, part):
     n, nc = x.shape[0], part.shape[0]
     per = (n + nc - 1) // nc
     for c in prange(nc):
-        part[c] = _sum(x[c * per:min(n, (c + 1) * per)])
+        part[c] = sum_in_order(x[c * per:min(n, (c + 1) * per)])
 
 
 def stream_bandwidth(n_bytes: int, repeat: int = 9) -> float:

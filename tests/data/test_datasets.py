@@ -16,7 +16,7 @@ import pytest
 
 import qorus_jit.data
 from qorus_jit.data import ArrayDataset, TextDataset, default_corpus, train_test_split
-from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
+from qorus_jit.tokenizers import ByteTokenizer
 
 
 def json_round_trip(state):
@@ -28,19 +28,6 @@ def windows_of(tokens, width):
 
 
 
-@pytest.fixture(scope="module")
-def tk():
-    return pytest.importorskip("tokenizers")
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return default_corpus()[1]
-
-
-@pytest.fixture(scope="module")
-def bpe(tk, corpus):
-    return BPETokenizer.train([corpus], vocab_size=800)
 
 
 # --------------------------------------------------------------------------------------------- TextDataset

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import qorus_jit.tokenizers
-from qorus_jit.data import default_corpus
 from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
 
 SAMPLES = [
@@ -110,19 +109,6 @@ def test_byte_tokenizer_save_and_load(tmp_path):
 # ------------------------------------------------------------------------------------------- BPETokenizer
 
 
-@pytest.fixture(scope="module")
-def tk():
-    return pytest.importorskip("tokenizers")
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return default_corpus()[1]
-
-
-@pytest.fixture(scope="module")
-def bpe(tk, corpus):
-    return BPETokenizer.train([corpus], vocab_size=800)
 
 
 def test_bpe_round_trips_and_compresses(bpe, corpus):

@@ -12,7 +12,6 @@ The runs use one thread: the models are tiny, and on shared CI cores idle worker
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -24,17 +23,12 @@ import pytest
 
 import qorus_jit
 from qorus_jit.data import default_corpus
+from tests.helpers import load_example, split_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 LN256 = math.log(256)
 
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -61,15 +55,6 @@ def digits():
     return load_example("mlp_digits")
 
 
-def split_digits():
-    """All digits (pixels / 16) and the row indices of the documented split: the last round(0.2 N) of
-    ``np.random.default_rng(0).permutation(N)`` are held out for testing, the others train."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    perm = np.random.default_rng(0).permutation(len(d.target))
-    n_test = round(len(perm) * 0.2)
-    return d.data / 16.0, d.target, perm[:-n_test], perm[-n_test:]
 
 
 def test_digits_trains_on_the_training_rows_only(digits):
