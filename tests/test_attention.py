@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -328,10 +330,11 @@ def test_bad_inputs_raise():
         K.kv_cache_write(kc, vc, np.zeros((2, 5, 3, 4), f32), v, 0)
 
 
-def test_other_register_tile_agrees(tmp_path):
+def test_other_register_tile_agrees(request, monkeypatch):
     """The register tile this CPU does not use (4 x 16 on AVX-512, 8 x 32 elsewhere) gives the same results:
     a copy of the module with the other shape, loaded from its own file (so that numba caches it apart: the
-    cache does not record module constants)."""
+    cache does not record module constants). The file lives in pytest's cache folder and is rewritten only
+    when the module changes, so its kernels compile once, not on every run."""
     import importlib.util
     from pathlib import Path
 
@@ -340,10 +343,12 @@ def test_other_register_tile_agrees(tmp_path):
     assert flag in src
     src = src.replace(flag, f"_AVX512 = {not K._AVX512}")
     assert "from ." not in src  # absolute imports: the copy loads from another folder as it is
-    path = tmp_path / "attention_other_tile.py"
-    path.write_text(src)
+    path = request.config.cache.mkdir("attention_other_tile") / "attention_other_tile.py"
+    if not path.exists() or path.read_text() != src:
+        path.write_text(src)
     spec = importlib.util.spec_from_file_location("attention_other_tile", path)
     other = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, other)  # importable by name, as numba's cache needs to reload it
     spec.loader.exec_module(other)
     assert (other._R, other._W) != (K._R, K._W)
     rng = np.random.default_rng(21)

@@ -30,6 +30,10 @@ def softmax_backward(dout, out):
     dout, out = np.asarray(dout, np.float64), np.asarray(out, np.float64)
     C = out.shape[-1]
     dx = np.zeros_like(out)
+    step = max(1, 2**24 // C)  # rows of J per block: at most 128 MiB of float64 for any width
     for g, y, d in zip(dout.reshape(-1, C), out.reshape(-1, C), dx.reshape(-1, C), strict=True):
-        d[:] = (np.diag(y) - np.outer(y, y)).T @ g
+        for j in range(0, C, step):  # J is symmetric: block j of J^T g is J[j:j+step] @ g
+            block = -np.outer(y[j:j + step], y)
+            block[np.arange(block.shape[0]), np.arange(j, j + block.shape[0])] += y[j:j + step]
+            d[j:j + step] = block @ g
     return dx
