@@ -4,12 +4,14 @@ Kernels trust their inputs (numba does not bounds-check), so every public wrappe
 and raises an error that names the argument, what was expected and what it got.
 
 Shapes are given as tuples of ints and symbol names; a symbol binds on first use and must match
-everywhere else it appears::
+everywhere else it appears. ``writes`` names the arrays the call writes: they must be writeable and share
+no memory with any other array of the call (``inplace`` lists the exact aliases a kernel supports)::
 
     dims = check_arrays(
         out=(out, ("N", "out")),
         x=(x, ("N", "in")),
         weight=(weight, ("out", "in")),
+        writes=("out",),
     )
     dims["N"]  # -> the bound size
 """
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from qorus_jit.core.numerics import FLOAT_DTYPES, INDEX_DTYPES
+
+# The dtypes themselves, in native byte order: np.dtype(">f4").type is np.float32, but numba refuses it.
+_FLOATS = tuple(np.dtype(t) for t in FLOAT_DTYPES)
+_INDEXES = tuple(np.dtype(t) for t in INDEX_DTYPES)
 
 Shape = Sequence[int | str]
 
@@ -31,13 +37,18 @@ def _fmt_shape(spec: Shape) -> str:
     return "(" + ", ".join(str(s) for s in spec) + ("," if len(spec) == 1 else "") + ")"
 
 
-def check_arrays(*, dtype=None, optional=(), **arrays) -> dict[str, int]:
+def check_arrays(*, dtype=None, optional=(), writes=(), inplace: Mapping | None = None,
+                 reads: Mapping | None = None, **arrays) -> dict[str, int]:
     """Validate floating arrays that must share one dtype and C-contiguous layout.
 
     Each keyword is ``name=(array, shape_spec)``; a spec of ``None`` checks only that it is an array.
     An array may be ``None`` only if its name is in ``optional`` (e.g. a bias); it is then skipped.
     ``dtype``, if given, fixes the dtype; otherwise the first array's dtype is used and must be float32
-    or float64. Returns the bound symbol sizes.
+    or float64 (native byte order). Returns the bound symbol sizes.
+
+    ``writes`` names the arrays the call writes (outputs, gradients, state updated in place); see
+    :func:`check_writes`, which is given the arrays here and ``reads`` (``{name: array}``: the call's index
+    arrays and masks, validated apart) and ``inplace``.
     """
     dims: dict[str, int] = {}
     ref_name = None
@@ -46,13 +57,87 @@ def check_arrays(*, dtype=None, optional=(), **arrays) -> dict[str, int]:
             continue
         _check_one(name, arr, spec, dims)
         if dtype is None:
-            if arr.dtype.type not in FLOAT_DTYPES:
-                raise TypeError(f"{name}: expected dtype float32 or float64, got {arr.dtype}")
+            if arr.dtype not in _FLOATS:
+                raise TypeError(f"{name}: expected dtype float32 or float64, got {_dtype_name(arr.dtype)}")
             dtype, ref_name = arr.dtype, name
         elif arr.dtype != dtype:
             what = f"the dtype of {ref_name}" if ref_name else "dtype"
             raise TypeError(f"{name}: expected {what} ({np.dtype(dtype)}), got {arr.dtype}")
+    if writes:
+        named = {name: arr for name, (arr, _) in arrays.items()}
+        check_writes(writes, {**named, **(reads or {})}, inplace)
     return dims
+
+
+def check_writes(writes: Sequence[str], arrays: Mapping, inplace: Mapping | None = None) -> None:
+    """The arrays named in ``writes`` (keys of ``arrays``, ``{name: array or None}``) are written by the call:
+    each must be writeable and share no memory with any other array of ``arrays`` (an overlap gives wrong
+    numbers, or reads what was just written), except that output ``w`` may be exactly an input named in
+    ``inplace[w]`` (a name or a tuple of names): the same memory, shape and strides, for a kernel that runs in
+    place. Two outputs never alias. ``np.may_share_memory`` compares bounds only: cheap, no scan of the data.
+    """
+    inplace = inplace or {}
+    outs = [w for w in writes if arrays.get(w) is not None]
+    check_writeable(**{w: arrays[w] for w in outs})
+    for i, w in enumerate(outs):
+        out = arrays[w]
+        allowed = inplace.get(w, ())
+        allowed = (allowed,) if isinstance(allowed, str) else tuple(allowed)
+        others = outs[i + 1:] + [n for n in arrays if n not in writes]
+        for other in others:
+            a = arrays[other]
+            if not isinstance(a, np.ndarray) or not np.may_share_memory(out, a):
+                continue
+            if other not in allowed:
+                raise ValueError(f"{w}: expected a buffer that does not overlap {other}, got arrays sharing memory")
+            if not _same_view(out, a):
+                raise ValueError(f"{w}: expected either {other} itself (in place) or an array that does not "
+                                 f"overlap {other}, got a partially overlapping view")
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    """``dt`` for an error message, saying when its byte order is not the machine's (numba refuses it)."""
+    return f"{dt} (not in native byte order)" if not dt.isnative else str(dt)
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` view the same memory the same way (one array, or two views of it alike)."""
+    return a is b or (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def check_distinct(name: str, arrays: Sequence[np.ndarray]) -> None:
+    """Arrays of one list argument (``name``), all written, must share no memory with each other.
+
+    Arrays are grouped by the numpy allocation they view (two allocations never overlap), so a list of
+    separately allocated gradients costs one walk per array, not a comparison per pair.
+    """
+    groups: dict[int | None, list[int]] = {}
+    for k, a in enumerate(arrays):
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        # memory numpy did not allocate (a buffer, a mapped file, numba's) is compared with every other array
+        groups.setdefault(id(root) if root.flags.owndata else None, []).append(k)
+    unknown = groups.get(None, [])
+    for key, ks in groups.items():
+        for i, k in enumerate(ks):
+            for j in (ks[i + 1:] if key is None else ks[i + 1:] + unknown):
+                if np.may_share_memory(arrays[k], arrays[j]):
+                    first, second = sorted((k, j))
+                    raise ValueError(f"{name}[{second}]: expected an array that does not overlap {name}[{first}], "
+                                     "got arrays sharing memory")
+
+
+def check_float_dtype(name: str, dtype) -> np.dtype:
+    """A dtype argument (``dtype=``) that must be float32 or float64 in native byte order; returns it."""
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None  # np.dtype(None) would be float64
+    except TypeError:
+        dt = None
+    if dt is None or dt not in _FLOATS:
+        raise TypeError(f"{name}: expected float32 or float64, got {_dtype_name(dt) if dt else repr(dtype)}")
+    return dt
 
 
 def check_index(name: str, arr, spec: Shape, high: int, dims: dict[str, int] | None = None,
@@ -63,8 +148,8 @@ def check_index(name: str, arr, spec: Shape, high: int, dims: dict[str, int] | N
     """
     dims = {} if dims is None else dims
     _check_one(name, arr, spec, dims)
-    if arr.dtype.type not in INDEX_DTYPES:
-        raise TypeError(f"{name}: expected dtype int32 or int64, got {arr.dtype}")
+    if arr.dtype not in _INDEXES:
+        raise TypeError(f"{name}: expected dtype int32 or int64, got {_dtype_name(arr.dtype)}")
     if arr.size:
         bad = (arr < 0) | (arr >= high)
         if allow is not None:
@@ -83,9 +168,14 @@ def check_positive(**values) -> None:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
 
 
-def _check_one(name: str, arr, spec: Shape | None, dims: dict[str, int]) -> None:
-    if not isinstance(arr, np.ndarray):
+def _check_array(name: str, arr) -> None:
+    """A numpy array (a masked array's mask would be ignored, and numba refuses it)."""
+    if not isinstance(arr, np.ndarray) or isinstance(arr, np.ma.MaskedArray):
         raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+
+
+def _check_one(name: str, arr, spec: Shape | None, dims: dict[str, int]) -> None:
+    _check_array(name, arr)
     if spec is None:
         return
     if arr.ndim != len(spec):
@@ -118,8 +208,7 @@ def check_writeable(**arrays) -> None:
 
 def check_min_ndim(name: str, arr, ndim: int) -> None:
     """``arr`` must be a numpy array with at least ``ndim`` dimensions (e.g. a ``(..., C)`` input)."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    _check_array(name, arr)
     if arr.ndim < ndim:
         raise ValueError(f"{name}: expected an array with at least {ndim} dimensions, "
                          f"got {arr.ndim}-D array of shape {arr.shape}")
@@ -146,14 +235,8 @@ def check_bool(**values) -> None:
 
 
 def check_inplace_or_disjoint(out_name: str, out, in_name: str, inp) -> None:
-    """``out`` must be the same memory as ``inp`` (in place) or not overlap it at all."""
-    if out is inp or not np.may_share_memory(out, inp):
-        return
-    same = (out.shape == inp.shape and out.strides == inp.strides
-            and out.__array_interface__["data"][0] == inp.__array_interface__["data"][0])
-    if not same:
-        raise ValueError(f"{out_name}: expected either {in_name} itself (in place) or an array that "
-                         f"does not overlap {in_name}, got a partially overlapping view")
+    """``out`` must be writeable and the same memory as ``inp`` (in place) or not overlap it at all."""
+    check_writes((out_name,), {out_name: out, in_name: inp}, {out_name: in_name})
 
 
 def check_mask(name: str, arr, spec: Shape, dims: dict[str, int] | None = None) -> np.ndarray:
@@ -218,13 +301,13 @@ def check_choice(name: str, value, choices: Sequence) -> None:
         raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
-def check_same_shape(**arrays) -> None:
-    """All arrays numpy, C-contiguous, of one float dtype and of the first one's shape (elementwise ops)."""
-    first = next(iter(arrays.values()))
-    if not isinstance(first, np.ndarray):
-        check_arrays(**{k: (v, None) for k, v in arrays.items()})
+def check_same_shape(*, writes=(), inplace: Mapping | None = None, **arrays) -> None:
+    """All arrays numpy, C-contiguous, of one float dtype and of the first one's shape (elementwise ops);
+    ``writes`` and ``inplace`` as in :func:`check_arrays`."""
+    first_name, first = next(iter(arrays.items()))
+    _check_array(first_name, first)
     spec = tuple(f"d{i}" for i in range(first.ndim))
-    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
+    check_arrays(**{k: (v, spec) for k, v in arrays.items()}, writes=writes, inplace=inplace)
 
 
 def flat_views(*arrays) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
 """Activation kernels: ReLU, GELU (exact erf form and tanh approximation), SiLU, Swish, SwiGLU.
 
 Arrays of any shape are processed as flat views; inputs and outputs of one op share one shape.
-Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
-serial ``*_range`` kernel over elements ``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
+Forward writes ``out``, which may be an input itself (in place); backward accumulates (``+=``) into the
+gradient buffers, which overlap nothing else. Each kernel's body is a serial ``*_range`` kernel over elements
+``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
 
 A ``*_range`` kernel first slices its arrays to ``[lo:hi]`` and then counts ``i`` from 0: indexing with ``i``
 in ``range(lo, hi)`` makes numba handle negative indices, and LLVM then vectorizes the loop with gathers and
@@ -15,7 +16,7 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
-from qorus_jit.core.check import check_real, check_writeable
+from qorus_jit.core.check import check_real
 from qorus_jit.core.check import check_same_shape as _same_shape
 from qorus_jit.core.check import flat_views as _flat
 from qorus_jit.core.numerics import for_chunks, kernel
@@ -268,71 +269,61 @@ def _check_beta(beta, dtype):
 
 def relu_forward(out, x):
     """``out = max(x, 0)`` (any shape, all equal)."""
-    _same_shape(out=out, x=x)
-    check_writeable(out=out)
+    _same_shape(out=out, x=x, writes=("out",), inplace={"out": "x"})
     _relu_forward(*_flat(out, x))
 
 
 def relu_backward(dx, dout, x):
     """``dx += dout * (x > 0)`` (the gradient at 0 is 0, as in torch)."""
-    _same_shape(dx=dx, dout=dout, x=x)
-    check_writeable(dx=dx)
+    _same_shape(dx=dx, dout=dout, x=x, writes=("dx",))
     _relu_backward(*_flat(dx, dout, x))
 
 
 def gelu_forward(out, x, approximate: str = "none"):
     """``out = gelu(x)``: ``"none"`` is ``x Phi(x)`` (erf), ``"tanh"`` torch's tanh approximation."""
     tanh = _check_approximate(approximate)
-    _same_shape(out=out, x=x)
-    check_writeable(out=out)
+    _same_shape(out=out, x=x, writes=("out",), inplace={"out": "x"})
     (_gelu_tanh_forward if tanh else _gelu_forward)(*_flat(out, x))
 
 
 def gelu_backward(dx, dout, x, approximate: str = "none"):
     """``dx += dout * gelu'(x)`` for the same ``approximate`` as the forward."""
     tanh = _check_approximate(approximate)
-    _same_shape(dx=dx, dout=dout, x=x)
-    check_writeable(dx=dx)
+    _same_shape(dx=dx, dout=dout, x=x, writes=("dx",))
     (_gelu_tanh_backward if tanh else _gelu_backward)(*_flat(dx, dout, x))
 
 
 def silu_forward(out, x):
     """``out = x * sigmoid(x)``."""
-    _same_shape(out=out, x=x)
-    check_writeable(out=out)
+    _same_shape(out=out, x=x, writes=("out",), inplace={"out": "x"})
     _silu_forward(*_flat(out, x))
 
 
 def silu_backward(dx, dout, x):
     """``dx += dout * silu'(x)``."""
-    _same_shape(dx=dx, dout=dout, x=x)
-    check_writeable(dx=dx)
+    _same_shape(dx=dx, dout=dout, x=x, writes=("dx",))
     _silu_backward(*_flat(dx, dout, x))
 
 
 def swish_forward(out, x, beta: float):
     """``out = x * sigmoid(beta * x)``; ``beta`` is a fixed finite real (``beta = 1`` is SiLU)."""
-    _same_shape(out=out, x=x)
-    check_writeable(out=out)
+    _same_shape(out=out, x=x, writes=("out",), inplace={"out": "x"})
     _swish_forward(*_flat(out, x), _check_beta(beta, out.dtype))
 
 
 def swish_backward(dx, dout, x, beta: float):
     """``dx += dout * d/dx [x sigmoid(beta x)]``; ``beta`` is not trained, so it has no gradient."""
-    _same_shape(dx=dx, dout=dout, x=x)
-    check_writeable(dx=dx)
+    _same_shape(dx=dx, dout=dout, x=x, writes=("dx",))
     _swish_backward(*_flat(dx, dout, x), _check_beta(beta, dx.dtype))
 
 
 def swiglu_forward(out, a, b):
     """``out = silu(a) * b``, ``a`` the gate and ``b`` the up projection (any shape, all equal)."""
-    _same_shape(out=out, a=a, b=b)
-    check_writeable(out=out)
+    _same_shape(out=out, a=a, b=b, writes=("out",), inplace={"out": ("a", "b")})
     _swiglu_forward(*_flat(out, a, b))
 
 
 def swiglu_backward(da, db, dout, a, b):
     """``da += dout * b * silu'(a)``, ``db += dout * silu(a)``."""
-    _same_shape(da=da, db=db, dout=dout, a=a, b=b)
-    check_writeable(da=da, db=db)
+    _same_shape(da=da, db=db, dout=dout, a=a, b=b, writes=("da", "db"))
     _swiglu_backward(*_flat(da, db, dout, a, b))

@@ -49,12 +49,10 @@ from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import (
     check_arrays,
     check_bool,
-    check_disjoint,
     check_mask,
     check_nonnegative,
     check_positive,
     check_positive_float,
-    check_writeable,
 )
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 from qorus_jit.kernels._math import exp
@@ -572,7 +570,7 @@ def _kv_cache_write(k_cache, v_cache, k, v, pos):
 
 def backward_chunks(B: int, Hkv: int, S: int) -> int:
     """Key chunks per (batch, kv head) for :func:`_attention_backward`: at least one work item per thread."""
-    items = B * Hkv
+    items = max(1, B * Hkv)  # an empty batch has no work item
     return min(max(1, (numba.get_num_threads() + items - 1) // items), max(1, S // _KEYS))
 
 
@@ -584,6 +582,8 @@ def _check_heads(dims, name):
 
 
 def _scale(scale, D, dtype):
+    if D == 0:
+        raise ValueError("q: expected a head size D >= 1, got D = 0")
     if scale is None:
         return dtype.type(1.0 / math.sqrt(D))
     check_positive_float(scale=scale)
@@ -596,8 +596,8 @@ def _mask(key_mask, dims):
     return check_mask("key_mask", key_mask, ("B", "S"), dims)
 
 
-def _check_attention(causal, key_mask, scale, **arrays):
-    dims = check_arrays(optional=("work",), **arrays)
+def _check_attention(causal, key_mask, scale, writes, **arrays):
+    dims = check_arrays(optional=("work",), **arrays, writes=writes, reads={"key_mask": key_mask})
     _check_heads(dims, "k")
     check_bool(causal=causal)
     return dims, _mask(key_mask, dims), _scale(scale, dims["D"], arrays["q"][0].dtype)
@@ -653,12 +653,10 @@ def attention_forward(out, lse, q, k, v, causal: bool, key_mask=None, scale: flo
     (allocated per call when None).
     """
     dims, mask, scale = _check_attention(
-        causal, key_mask, scale,
+        causal, key_mask, scale, ("out", "lse", "work"),
         q=(q, ("B", "T", "H", "D")), k=(k, ("B", "S", "Hkv", "D")), v=(v, ("B", "S", "Hkv", "D")),
         out=(out, ("B", "T", "H", "D")), lse=(lse, ("B", "H", "T")), work=(work, ("W",)),
     )
-    check_writeable(out=out, lse=lse, work=work)
-    check_disjoint(dict(out=out, lse=lse, work=work), dict(q=q, k=k, v=v))
     shapes, _ = _work_shapes(*(dims[n] for n in ("B", "T", "S", "H", "Hkv", "D")), 1)
     _attention_forward(out, lse, q, k, v, mask, bool(causal), scale, *_carve(work, shapes, q.dtype))
 
@@ -672,13 +670,11 @@ def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_ma
     """
     bthd, bshd = ("B", "T", "H", "D"), ("B", "S", "Hkv", "D")
     dims, mask, scale = _check_attention(
-        causal, key_mask, scale,
+        causal, key_mask, scale, ("dq", "dk", "dv", "work"),
         q=(q, bthd), k=(k, bshd), v=(v, bshd), out=(out, bthd), lse=(lse, ("B", "H", "T")),
         dout=(dout, bthd), dq=(dq, bthd), dk=(dk, bshd), dv=(dv, bshd), work=(work, ("W",)),
     )
     check_bool(accumulate=accumulate)
-    check_writeable(dq=dq, dk=dk, dv=dv, work=work)
-    check_disjoint(dict(dq=dq, dk=dk, dv=dv, work=work), dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse))
     B, S, Hkv = dims["B"], dims["S"], dims["Hkv"]
     _, shapes = _work_shapes(B, dims["T"], S, dims["H"], Hkv, dims["D"], backward_chunks(B, Hkv, S))
     _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, bool(causal), scale, bool(accumulate),
@@ -693,10 +689,9 @@ def attention_decode(out, q, k_cache, v_cache, length: int, key_mask=None, scale
     (B, length), nonzero = attend; only its first ``length`` columns are read.
     """
     dims = check_arrays(q=(q, ("B", "H", "D")), k_cache=(k_cache, ("B", "T_max", "Hkv", "D")),
-                        v_cache=(v_cache, ("B", "T_max", "Hkv", "D")), out=(out, ("B", "H", "D")))
+                        v_cache=(v_cache, ("B", "T_max", "Hkv", "D")), out=(out, ("B", "H", "D")),
+                        writes=("out",), reads={"key_mask": key_mask})
     _check_heads(dims, "k_cache")
-    check_writeable(out=out)
-    check_disjoint(dict(out=out), dict(q=q, k_cache=k_cache, v_cache=v_cache))
     check_positive(length=length)
     if length > dims["T_max"]:
         raise ValueError(f"length: expected length <= T_max = {dims['T_max']}, got {length}")
@@ -714,9 +709,8 @@ def kv_cache_write(k_cache, v_cache, k, v, pos: int):
     ``pos + T_new <= T_max`` is checked.
     """
     cache, new = ("B", "T_max", "Hkv", "D"), ("B", "T_new", "Hkv", "D")
-    dims = check_arrays(k_cache=(k_cache, cache), v_cache=(v_cache, cache), k=(k, new), v=(v, new))
-    check_writeable(k_cache=k_cache, v_cache=v_cache)
-    check_disjoint(dict(k_cache=k_cache, v_cache=v_cache), dict(k=k, v=v))
+    dims = check_arrays(k_cache=(k_cache, cache), v_cache=(v_cache, cache), k=(k, new), v=(v, new),
+                        writes=("k_cache", "v_cache"))
     check_nonnegative(pos=pos)
     if pos + dims["T_new"] > dims["T_max"]:
         raise ValueError(f"pos: expected pos + T_new <= T_max = {dims['T_max']} (T_new = {dims['T_new']}), "

@@ -1,14 +1,15 @@
 """Elementwise kernels: add (residual), mul (gating), scale.
 
 Arrays of any shape are processed as flat views; ``a``, ``b`` and ``out`` share one shape.
-Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers. Each kernel's body is a
-serial ``*_range`` kernel over elements ``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
+Forward writes ``out``, which may be an input itself (in place); backward accumulates (``+=``) into the
+gradient buffers, which overlap nothing else. Each kernel's body is a serial ``*_range`` kernel over elements
+``lo..hi-1``, run by ``numerics.for_chunks`` in chunks of ``_CHUNK``.
 """
 
 from __future__ import annotations
 
+from qorus_jit.core.check import check_real
 from qorus_jit.core.check import check_same_shape as _same_shape
-from qorus_jit.core.check import check_writeable
 from qorus_jit.core.check import flat_views as _flat
 from qorus_jit.core.numerics import for_chunks, kernel
 
@@ -110,41 +111,35 @@ def _scale_backward(da, dout, s):
 
 def add_forward(out, a, b):
     """``out = a + b`` (any shape, all equal)."""
-    _same_shape(out=out, a=a, b=b)
-    check_writeable(out=out)
+    _same_shape(out=out, a=a, b=b, writes=("out",), inplace={"out": ("a", "b")})
     _add_forward(*_flat(out, a, b))
 
 
 def add_backward(da, db, dout):
     """``da += dout``, ``db += dout``."""
-    _same_shape(da=da, db=db, dout=dout)
-    check_writeable(da=da, db=db)
+    _same_shape(da=da, db=db, dout=dout, writes=("da", "db"))
     _add_backward(*_flat(da, db, dout))
 
 
 def mul_forward(out, a, b):
     """``out = a * b`` (any shape, all equal)."""
-    _same_shape(out=out, a=a, b=b)
-    check_writeable(out=out)
+    _same_shape(out=out, a=a, b=b, writes=("out",), inplace={"out": ("a", "b")})
     _mul_forward(*_flat(out, a, b))
 
 
 def mul_backward(da, db, dout, a, b):
     """``da += dout * b``, ``db += dout * a``."""
-    _same_shape(da=da, db=db, dout=dout, a=a, b=b)
-    check_writeable(da=da, db=db)
+    _same_shape(da=da, db=db, dout=dout, a=a, b=b, writes=("da", "db"))
     _mul_backward(*_flat(da, db, dout, a, b))
 
 
 def scale_forward(out, a, s: float):
     """``out = s * a``."""
-    _same_shape(out=out, a=a)
-    check_writeable(out=out)
-    _scale_forward(*_flat(out, a), out.dtype.type(s))
+    _same_shape(out=out, a=a, writes=("out",), inplace={"out": "a"})
+    _scale_forward(*_flat(out, a), out.dtype.type(check_real("s", s)))
 
 
 def scale_backward(da, dout, s: float):
     """``da += s * dout``."""
-    _same_shape(da=da, dout=dout)
-    check_writeable(da=da)
-    _scale_backward(*_flat(da, dout), da.dtype.type(s))
+    _same_shape(da=da, dout=dout, writes=("da",))
+    _scale_backward(*_flat(da, dout), da.dtype.type(check_real("s", s)))

@@ -9,7 +9,7 @@ chunk owns disjoint columns of ``dweight`` and walks all rows in order (determin
 
 from __future__ import annotations
 
-from qorus_jit.core.check import check_arrays, check_disjoint, check_index, check_min_ndim, check_writeable
+from qorus_jit.core.check import check_arrays, check_index, check_min_ndim
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 
 _COLS = 64  # columns of dweight per parallel chunk in backward
@@ -47,10 +47,12 @@ def _embedding_backward(dweight, dout, ids):
     for_chunks(_embedding_backward_cols, (dweight, dout, ids), dout.shape[1], _COLS, dout.size)
 
 
-def _check_embedding(out_name, out, ids, weight_name, weight):
-    """Validate weight (V, C), out (*ids.shape, C) and ids int32/int64 in [0, V)."""
+def _check_embedding(out_name, out, ids, weight_name, weight, written):
+    """Validate weight (V, C), out (*ids.shape, C), ids int32/int64 in [0, V) and that ``written`` (out or
+    weight) shares memory with nothing else."""
     check_min_ndim("ids", ids, 1)
-    dims = check_arrays(**{weight_name: (weight, ("V", "C")), out_name: (out, ids.shape + ("C",))})
+    dims = check_arrays(**{weight_name: (weight, ("V", "C")), out_name: (out, ids.shape + ("C",))},
+                        writes=(written,), reads={"ids": ids})
     check_index("ids", ids, ids.shape, dims["V"])
 
 
@@ -59,15 +61,11 @@ def embedding_forward(out, ids, weight):
 
     ``ids``: ``(...)`` int32/int64 in ``[0, V)``; ``weight``: ``(V, C)``; ``out``: ``(..., C)``.
     """
-    _check_embedding("out", out, ids, "weight", weight)
-    check_writeable(out=out)
-    check_disjoint({"out": out}, {"weight": weight, "ids": ids})
+    _check_embedding("out", out, ids, "weight", weight, "out")
     _embedding_forward(out.reshape(-1, out.shape[-1]), ids.reshape(-1), weight)
 
 
 def embedding_backward(dweight, dout, ids):
     """``dweight[ids[n]] += dout[n]`` for every position ``n`` (repeated ids add up)."""
-    _check_embedding("dout", dout, ids, "dweight", dweight)
-    check_writeable(dweight=dweight)
-    check_disjoint({"dweight": dweight}, {"dout": dout, "ids": ids})
+    _check_embedding("dout", dout, ids, "dweight", dweight, "dweight")
     _embedding_backward(dweight, dout.reshape(-1, dout.shape[-1]), ids.reshape(-1))

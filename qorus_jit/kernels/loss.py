@@ -16,15 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import (
-    check_arrays,
-    check_disjoint,
-    check_index,
-    check_inplace_or_disjoint,
-    check_int,
-    check_real,
-    check_writeable,
-)
+from qorus_jit.core.check import check_arrays, check_index, check_int, check_real, check_same_shape
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel, sum_in_order
 from qorus_jit.kernels._math import exp as _exp
 
@@ -203,12 +195,13 @@ def _mse_backward(dpred, pred, target, scale):
 _OUT_SPECS = {"losses": ("N",), "dlogits": ("N", "V")}
 
 
-def _check_ce(logits, targets, ignore_index, **outputs) -> int:
-    """Validate logits (N, V), targets (N,) and the outputs; returns the count of non-ignored rows."""
+def _check_ce(logits, targets, ignore_index, inplace=None, **outputs) -> int:
+    """Validate logits (N, V), targets (N,) and the outputs (written; ``inplace`` as in ``check_arrays``);
+    returns the count of non-ignored rows."""
     check_int(ignore_index=ignore_index)
-    dims = check_arrays(logits=(logits, ("N", "V")), **{k: (v, _OUT_SPECS[k]) for k, v in outputs.items()})
+    dims = check_arrays(logits=(logits, ("N", "V")), **{k: (v, _OUT_SPECS[k]) for k, v in outputs.items()},
+                        writes=tuple(outputs), inplace=inplace, reads={"targets": targets})
     check_index("targets", targets, ("N",), dims["V"], dims, allow=int(ignore_index))
-    check_writeable(**outputs)
     return int(np.count_nonzero(targets != ignore_index))
 
 
@@ -226,7 +219,6 @@ def cross_entropy_forward(losses, logits, targets, ignore_index: int = -100) -> 
     the non-ignored rows, or 0.0 when every row is ignored.
     """
     count = _check_ce(logits, targets, ignore_index, losses=losses)
-    check_disjoint({"losses": losses}, {"logits": logits, "targets": targets})
     _cross_entropy_forward(losses, logits, targets, int(ignore_index))
     return float(losses.sum(dtype=np.float64) / count) if count else 0.0
 
@@ -237,7 +229,6 @@ def cross_entropy_backward(dlogits, logits, targets, ignore_index: int = -100, s
     ``scale`` defaults to 1 / (number of non-ignored rows), the gradient of the mean loss.
     """
     count = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
-    check_disjoint({"dlogits": dlogits}, {"logits": logits, "targets": targets})
     _cross_entropy_backward(dlogits, logits, targets, int(ignore_index), _mean_scale(scale, count))
 
 
@@ -247,26 +238,18 @@ def cross_entropy_forward_backward(dlogits, logits, targets, ignore_index: int =
     Writes (does not accumulate) ``dlogits``, zero on ignored rows; the softmax is computed once per
     row. ``dlogits`` may be ``logits`` itself (overwritten in place) or a separate buffer.
     """
-    count = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
-    check_inplace_or_disjoint("dlogits", dlogits, "logits", logits)
-    check_disjoint({"dlogits": dlogits}, {"targets": targets})
+    count = _check_ce(logits, targets, ignore_index, {"dlogits": "logits"}, dlogits=dlogits)
     losses = np.empty(logits.shape[0], np.float64)
     scale = _mean_scale(None, count)
     _cross_entropy_forward_backward(dlogits, losses, logits, targets, int(ignore_index), scale)
     return float(losses.sum() / count) if count else 0.0
 
 
-def _check_same_shape(**arrays) -> None:
-    """All arrays C-contiguous, one float dtype and the shape of the first."""
-    first = next(iter(arrays.values()))
-    check_arrays(**{next(iter(arrays)): (first, None)})
-    spec = tuple(f"d{i}" for i in range(first.ndim))
-    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
 
 
 def mse_forward(pred, target) -> float:
     """Mean of ``(pred - target)**2`` over all elements (any shared shape, at least one element)."""
-    _check_same_shape(pred=pred, target=target)
+    check_same_shape(pred=pred, target=target)
     if pred.size == 0:
         raise ValueError(f"pred: expected at least one element, got shape {pred.shape}")
     return float(_mse_forward(pred.reshape(-1), target.reshape(-1)))
@@ -274,8 +257,6 @@ def mse_forward(pred, target) -> float:
 
 def mse_backward(dpred, pred, target, scale: float | None = None):
     """``dpred += 2 * (pred - target) * scale``; ``scale`` defaults to 1 / pred.size (the mean)."""
-    _check_same_shape(pred=pred, target=target, dpred=dpred)
-    check_writeable(dpred=dpred)
-    check_disjoint({"dpred": dpred}, {"pred": pred, "target": target})
+    check_same_shape(pred=pred, target=target, dpred=dpred, writes=("dpred",))
     scale = _mean_scale(scale, pred.size)
     _mse_backward(dpred.reshape(-1), pred.reshape(-1), target.reshape(-1), scale)

@@ -15,14 +15,7 @@ import math
 
 import numpy as np
 
-from qorus_jit.core.check import (
-    check_arrays,
-    check_disjoint,
-    check_inplace_or_disjoint,
-    check_min_ndim,
-    check_positive_float,
-    check_writeable,
-)
+from qorus_jit.core.check import check_arrays, check_min_ndim, check_positive_float
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel, row_chunks
 
 
@@ -213,6 +206,12 @@ def _row_specs(x, stats):
     return lead + ("C",), (math.prod(x.shape[:-1]),) if flat else lead
 
 
+def _check_width(x):
+    """The statistics are means over the last axis: it needs at least one element."""
+    if x.shape[-1] == 0:
+        raise ValueError(f"x: expected a last axis (C) of at least 1 to normalize over, got shape {x.shape}")
+
+
 def _as_rows(a):
     """A C-contiguous (..., C) array as its (N, C) view."""
     return a.reshape(-1, a.shape[-1])
@@ -225,10 +224,9 @@ def rmsnorm_forward(out, rstd, x, weight, eps: float = 1e-5):
     ``(N,)`` (saved for backward).
     """
     xs, ss = _row_specs(x, rstd)
-    check_arrays(x=(x, xs), out=(out, xs), rstd=(rstd, ss), weight=(weight, ("C",)))
-    check_writeable(out=out, rstd=rstd)
-    check_inplace_or_disjoint("out", out, "x", x)
-    check_disjoint({"rstd": rstd}, {"out": out, "x": x, "weight": weight})
+    check_arrays(x=(x, xs), out=(out, xs), rstd=(rstd, ss), weight=(weight, ("C",)),
+                 writes=("out", "rstd"), inplace={"out": "x"})
+    _check_width(x)
     check_positive_float(eps=eps)
     _rmsnorm_forward(_as_rows(out), rstd.reshape(-1), _as_rows(x), weight, x.dtype.type(eps))
 
@@ -237,9 +235,8 @@ def rmsnorm_backward(dx, dweight, dout, x, weight, rstd):
     """``dx += d out / d x``, ``dweight += d out / d weight`` (contracted with ``dout``)."""
     xs, ss = _row_specs(x, rstd)
     check_arrays(x=(x, xs), dx=(dx, xs), dweight=(dweight, ("C",)), dout=(dout, xs),
-                 weight=(weight, ("C",)), rstd=(rstd, ss))
-    check_writeable(dx=dx, dweight=dweight)
-    check_disjoint({"dx": dx, "dweight": dweight}, {"dout": dout, "x": x, "weight": weight, "rstd": rstd})
+                 weight=(weight, ("C",)), rstd=(rstd, ss), writes=("dx", "dweight"))
+    _check_width(x)
     _rmsnorm_backward(_as_rows(dx), dweight, _as_rows(dout), _as_rows(x), weight, rstd.reshape(-1), True,
                       np.empty((0, 0), x.dtype))
 
@@ -252,10 +249,8 @@ def layernorm_forward(out, mean, rstd, x, weight, bias, eps: float = 1e-5):
     """
     xs, ss = _row_specs(x, rstd)
     check_arrays(x=(x, xs), out=(out, xs), mean=(mean, ss), rstd=(rstd, ss), weight=(weight, ("C",)),
-                 bias=(bias, ("C",)), optional=("bias",))
-    check_writeable(out=out, mean=mean, rstd=rstd)
-    check_inplace_or_disjoint("out", out, "x", x)
-    check_disjoint({"mean": mean, "rstd": rstd}, {"out": out, "x": x, "weight": weight, "bias": bias})
+                 bias=(bias, ("C",)), optional=("bias",), writes=("out", "mean", "rstd"), inplace={"out": "x"})
+    _check_width(x)
     check_positive_float(eps=eps)
     b = np.empty(0, x.dtype) if bias is None else bias
     _layernorm_forward(_as_rows(out), mean.reshape(-1), rstd.reshape(-1), _as_rows(x), weight, b,
@@ -266,10 +261,9 @@ def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
     """``dx``, ``dweight``, ``dbias`` += LayerNorm gradients; ``dbias`` is None when there is no bias."""
     xs, ss = _row_specs(x, rstd)
     check_arrays(x=(x, xs), dx=(dx, xs), dweight=(dweight, ("C",)), dbias=(dbias, ("C",)),
-                 dout=(dout, xs), weight=(weight, ("C",)), mean=(mean, ss), rstd=(rstd, ss), optional=("dbias",))
-    check_writeable(dx=dx, dweight=dweight, dbias=dbias)
-    check_disjoint({"dx": dx, "dweight": dweight, "dbias": dbias},
-                   {"dout": dout, "x": x, "weight": weight, "mean": mean, "rstd": rstd})
+                 dout=(dout, xs), weight=(weight, ("C",)), mean=(mean, ss), rstd=(rstd, ss), optional=("dbias",),
+                 writes=("dx", "dweight", "dbias"))
+    _check_width(x)
     db = np.empty(0, x.dtype) if dbias is None else dbias
     _layernorm_backward(_as_rows(dx), dweight, db, _as_rows(dout), _as_rows(x), weight,
                         mean.reshape(-1), rstd.reshape(-1), True, np.empty((0, 0), x.dtype))

@@ -16,7 +16,7 @@ import numpy as np
 from qorus_jit.core.check import (
     check_arrays,
     check_bool,
-    check_disjoint,
+    check_distinct,
     check_positive,
     check_positive_float,
     check_real,
@@ -139,9 +139,8 @@ def _check_state(param, grad, **state) -> None:
     """param, grad and the state buffers: one shape, one float dtype, C-contiguous; all but grad writeable."""
     check_arrays(param=(param, None))
     spec = tuple(f"d{i}" for i in range(param.ndim))
-    check_arrays(param=(param, spec), **{k: (v, spec) for k, v in state.items()}, grad=(grad, spec))
-    check_writeable(param=param, **state)
-    check_disjoint({"param": param, **state}, {"grad": grad})
+    check_arrays(param=(param, spec), **{k: (v, spec) for k, v in state.items()}, grad=(grad, spec),
+                 writes=("param", *state))
 
 
 def sgd_update(param, momentum_buf, grad, lr: float, momentum: float = 0.0, dampening: float = 0.0,
@@ -233,6 +232,7 @@ def clip_grad_norm(grads, max_norm: float) -> float:
     grads = _check_grads(grads)
     for k, g in enumerate(grads):
         check_writeable(**{f"grads[{k}]": g})
+    check_distinct("grads", grads)  # an array listed twice would be counted and scaled twice
     norm = math.sqrt(sum(_sum_squares(g.reshape(-1)) for g in grads))
     coef = max_norm / (norm + 1e-6)
     if math.isfinite(norm) and coef < 1.0:

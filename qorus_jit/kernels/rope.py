@@ -23,11 +23,10 @@ import numpy as np
 from qorus_jit.core.check import (
     check_arrays,
     check_bool,
-    check_inplace_or_disjoint,
+    check_float_dtype,
     check_nonnegative,
     check_positive,
     check_positive_float,
-    check_writeable,
 )
 from qorus_jit.core.numerics import DTYPE, for_rows, kernel
 
@@ -116,8 +115,7 @@ def _rope_backward(dx, dout, cos, sin, pos, interleaved):
 
 def rope_tables(cos, sin, theta: float = 10000.0):
     """Fill ``cos``, ``sin`` ``(T_max, D/2)`` with the rotation tables for head size ``D``."""
-    check_arrays(cos=(cos, ("T_max", "half")), sin=(sin, ("T_max", "half")))
-    check_writeable(cos=cos, sin=sin)
+    check_arrays(cos=(cos, ("T_max", "half")), sin=(sin, ("T_max", "half")), writes=("cos", "sin"))
     check_positive_float(theta=theta)
     _rope_tables(cos, sin, float(theta))
 
@@ -127,17 +125,18 @@ def rope_cache(max_seq_len: int, head_dim: int, theta: float = 10000.0, dtype=DT
     check_positive(max_seq_len=max_seq_len, head_dim=head_dim)
     if head_dim % 2:
         raise ValueError(f"head_dim: expected an even int, got {head_dim}")
-    cos = np.empty((max_seq_len, head_dim // 2), dtype)
+    cos = np.empty((int(max_seq_len), int(head_dim) // 2), check_float_dtype("dtype", dtype))
     sin = np.empty_like(cos)
     rope_tables(cos, sin, theta)
     return cos, sin
 
 
-def _check_rope(x_name, x, cos, sin, pos, interleaved, **others):
-    """Validate x (B, T, H, D) with D even, tables (T_max, D/2), pos + T <= T_max and the flag."""
+def _check_rope(x_name, x, cos, sin, pos, interleaved, out_name, out):
+    """Validate x (B, T, H, D) with D even, out (x's shape, written, may be x), tables (T_max, D/2),
+    pos + T <= T_max and the flag."""
     spec = ("B", "T", "H", "D")
-    dims = check_arrays(**{x_name: (x, spec)}, **{k: (v, spec) for k, v in others.items()},
-                        cos=(cos, ("T_max", "half")), sin=(sin, ("T_max", "half")))
+    dims = check_arrays(**{x_name: (x, spec), out_name: (out, spec)}, cos=(cos, ("T_max", "half")),
+                        sin=(sin, ("T_max", "half")), writes=(out_name,), inplace={out_name: x_name})
     if dims["D"] % 2:
         raise ValueError(f"{x_name}: expected an even head size D, got shape {x.shape} (D = {dims['D']})")
     if dims["half"] != dims["D"] // 2:
@@ -152,9 +151,7 @@ def _check_rope(x_name, x, cos, sin, pos, interleaved, **others):
 
 def rope_forward(out, x, cos, sin, pos: int = 0, interleaved: bool = False):
     """``out = rope(x)`` for tokens at positions ``pos .. pos + T - 1``; ``out`` may be ``x``."""
-    _check_rope("x", x, cos, sin, pos, interleaved, out=out)
-    check_writeable(out=out)
-    check_inplace_or_disjoint("out", out, "x", x)
+    _check_rope("x", x, cos, sin, pos, interleaved, "out", out)
     if out is not x:
         np.copyto(out, x)
     _rope_forward(out, cos, sin, int(pos), bool(interleaved))
@@ -162,7 +159,5 @@ def rope_forward(out, x, cos, sin, pos: int = 0, interleaved: bool = False):
 
 def rope_backward(dx, dout, cos, sin, pos: int = 0, interleaved: bool = False):
     """``dx += rope(dout)`` rotated by ``-angle`` (the transpose of the forward rotation)."""
-    _check_rope("dout", dout, cos, sin, pos, interleaved, dx=dx)
-    check_writeable(dx=dx)
-    check_inplace_or_disjoint("dx", dx, "dout", dout)
+    _check_rope("dout", dout, cos, sin, pos, interleaved, "dx", dx)
     _rope_backward(dx, dout, cos, sin, int(pos), bool(interleaved))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import check_arrays, check_min_ndim, check_writeable
+from qorus_jit.core.check import check_arrays, check_min_ndim
 from qorus_jit.core.numerics import for_rows, kernel
 from qorus_jit.kernels._math import exp
 
@@ -127,14 +127,15 @@ def _causal_softmax_backward(dx, dout, out):
     for_rows(_causal_backward_steps, (dx, dout, out), out.shape[0] * ((out.shape[1] + 1) // 2), out.size)
 
 
-def _rows(square: bool, **arrays):
-    """Validate arrays of one shape, ``(..., C)`` or with ``square`` ``(..., T, T)``; view them as
-    ``(N, C)`` or ``(R, T, T)``. Returns the views, or None when the arrays are empty."""
+def _rows(square: bool, writes, inplace=None, **arrays):
+    """Validate arrays of one shape, ``(..., C)`` or with ``square`` ``(..., T, T)``, the first one written
+    (``writes``, ``inplace`` as in ``check_arrays``); view them as ``(N, C)`` or ``(R, T, T)``. Returns the
+    views, or None when the arrays are empty."""
     first_name, first = next(iter(arrays.items()))
     check_min_ndim(first_name, first, 2 if square else 1)
     lead = tuple(f"d{i}" for i in range(first.ndim - (2 if square else 1)))
     spec = lead + (("T", "T") if square else ("C",))
-    check_arrays(**{k: (v, spec) for k, v in arrays.items()})
+    check_arrays(**{k: (v, spec) for k, v in arrays.items()}, writes=writes, inplace=inplace)
     if first.size == 0:
         return None
     shape = (-1,) + first.shape[-2:] if square else (-1, first.shape[-1])
@@ -142,33 +143,30 @@ def _rows(square: bool, **arrays):
 
 
 def softmax_forward(out, x):
-    """``out = softmax(x)`` over the last axis; ``out``, ``x`` (..., C). All -inf rows give zeros."""
-    views = _rows(False, out=out, x=x)
-    check_writeable(out=out)
+    """``out = softmax(x)`` over the last axis; ``out`` (may be ``x``), ``x`` (..., C). All -inf rows give
+    zeros."""
+    views = _rows(False, ("out",), {"out": "x"}, out=out, x=x)
     if views is not None:
         _softmax_forward(*views)
 
 
 def softmax_backward(dx, dout, out):
     """``dx += out * (dout - sum(dout * out, -1))`` with ``out`` the saved forward output; all (..., C)."""
-    views = _rows(False, dx=dx, dout=dout, out=out)
-    check_writeable(dx=dx)
+    views = _rows(False, ("dx",), dx=dx, dout=dout, out=out)
     if views is not None:
         _softmax_backward(*views)
 
 
 def causal_softmax_forward(out, x):
     """Row ``t`` of each ``(T, T)`` matrix of ``x`` (..., T, T) is softmaxed over columns ``<= t``;
-    the entries above the diagonal of ``out`` are exactly 0 (``x`` there is never read)."""
-    views = _rows(True, out=out, x=x)
-    check_writeable(out=out)
+    the entries above the diagonal of ``out`` are exactly 0 (``x`` there is never read). ``out`` may be ``x``."""
+    views = _rows(True, ("out",), {"out": "x"}, out=out, x=x)
     if views is not None:
         _causal_softmax_forward(*views)
 
 
 def causal_softmax_backward(dx, dout, out):
     """Softmax backward of each row over columns ``<= t``; ``dx`` above the diagonal is left as is."""
-    views = _rows(True, dx=dx, dout=dout, out=out)
-    check_writeable(dx=dx)
+    views = _rows(True, ("dx",), dx=dx, dout=dout, out=out)
     if views is not None:
         _causal_softmax_backward(*views)
