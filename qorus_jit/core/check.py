@@ -88,7 +88,7 @@ def check_writes(writes: Sequence[str], arrays: Mapping, inplace: Mapping | None
             a = arrays[other]
             if not isinstance(a, np.ndarray) or not np.may_share_memory(out, a):
                 continue
-            if other not in allowed:
+            if other not in allowed or other in writes:
                 raise ValueError(f"{w}: expected a buffer that does not overlap {other}, got arrays sharing memory")
             if not _same_view(out, a):
                 raise ValueError(f"{w}: expected either {other} itself (in place) or an array that does not "

@@ -62,10 +62,10 @@ def embedding_forward(out, ids, weight):
     ``ids``: ``(...)`` int32/int64 in ``[0, V)``; ``weight``: ``(V, C)``; ``out``: ``(..., C)``.
     """
     _check_embedding("out", out, ids, "weight", weight, "out")
-    _embedding_forward(out.reshape(-1, out.shape[-1]), ids.reshape(-1), weight)
+    _embedding_forward(out.reshape(ids.size, out.shape[-1]), ids.reshape(-1), weight)  # not -1: C may be 0
 
 
 def embedding_backward(dweight, dout, ids):
     """``dweight[ids[n]] += dout[n]`` for every position ``n`` (repeated ids add up)."""
     _check_embedding("dout", dout, ids, "dweight", dweight, "dweight")
-    _embedding_backward(dweight, dout.reshape(-1, dout.shape[-1]), ids.reshape(-1))
+    _embedding_backward(dweight, dout.reshape(ids.size, dout.shape[-1]), ids.reshape(-1))
