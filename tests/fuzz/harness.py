@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: surface -> the module whose ``cases()`` lists its cases
 SURFACES = {
     "kernels": "tests.fuzz.cases_kernels",
+    "layers": "tests.fuzz.cases_layers",
     "selftest": "tests.fuzz.cases_selftest",  # known verdicts, for test_harness.py
 }
 
