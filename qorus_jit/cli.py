@@ -161,40 +161,57 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
               help="Sample from the smallest set of tokens whose probability reaches p (nucleus); 1 disables.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
 @click.option("--tokenizer", default=None, metavar="FILE",
-              help="Tokenizer: tokenizer.bin (needed for llama2.c checkpoints) or tokenizer.json.")
+              help="Tokenizer: tokenizer.bin (needed for llama2.c checkpoints) or tokenizer.json; at most as many "
+                   "ids as the model's vocabulary (a padded vocabulary's extra ids are never sampled).")
 def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer):
     """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2) or a
     llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as they come; the last line reports prefill
-    and decode speed."""
+    and decode speed, measured after a warm-up that compiles or loads the kernels, so loading the model and
+    compiling are left out (their seconds are given apart)."""
+    import time
+
     from qorus_jit.infer.generate import generate as run_generation
+    from qorus_jit.infer.generate import warm_up
     from qorus_jit.infer.sources import SourceError, load_source
 
+    t0 = time.perf_counter()
     try:
         src = load_source(source, tokenizer)
         ids = src.encode(prompt)
         if ids.size == 0:  # nothing to start from: a newline (byte-level) or the first id
             ids = np.asarray(src.tokenizer.encode("\n") if src.kind != "llama2c" else [1], np.int64)
-        gen = run_generation(src.model, ids, max_new_tokens, temperature, top_k, top_p, seed, src.stop_ids)
-    except (SourceError, ValueError) as e:
+        gen = run_generation(src.model, ids, max_new_tokens, temperature, top_k, top_p, seed, src.stop_ids,
+                             vocab_limit=src.vocab_limit)
+    except (SourceError, ValueError, TypeError) as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
+    load_seconds = time.perf_counter() - t0
+    warm_seconds = warm_up(src.model)
     click.echo(prompt, nl=False)
     shown, new = "", []
     context = [int(ids[-1])] if src.kind == "llama2c" and not prompt else []  # BOS: its next piece loses a space
-    for tok in gen:
-        if tok in src.stop_ids:
-            break
-        new.append(tok)
-        text = src.decode(context + new)
-        text = text.rstrip("\ufffd")  # a character whose bytes are not all out yet
-        if len(text) > len(shown) and text.startswith(shown):
-            click.echo(text[len(shown):], nl=False)
-            shown = text
+    try:
+        for tok in gen:
+            if tok in src.stop_ids:
+                break
+            new.append(tok)
+            text = src.decode(context + new)
+            text = text.rstrip("\ufffd")  # a character whose bytes are not all out yet
+            if len(text) > len(shown) and text.startswith(shown):
+                click.echo(text[len(shown):], nl=False)
+                shown = text
+    except ValueError as e:  # non-finite logits: the model is broken, not the command line
+        click.echo()
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1) from None
     final = src.decode(context + new)  # what is left, bytes that never formed a character included
     click.echo(final[len(shown):] if final.startswith(shown) else "", nl=False)
     click.echo()
-    click.echo(f"[{gen.finish_reason}] prefill {gen.prompt.size} tokens at {gen.prefill_tokens_per_s:,.1f} tok/s, "
-               f"decode {max(len(gen.tokens) - 1, 0)} tokens at {gen.decode_tokens_per_s:,.1f} tok/s", err=True)
+    n_decoded = max(len(gen.tokens) - 1, 0)  # the first new token comes from the prefill
+    speeds = [f"prefill {gen.prompt.size} tokens at {gen.prefill_tokens_per_s:,.1f} tok/s"] if gen.tokens else []
+    speeds += [f"decode {n_decoded} tokens at {gen.decode_tokens_per_s:,.1f} tok/s"] if n_decoded else []
+    click.echo(f"[{gen.finish_reason}] {', '.join(speeds) or 'no token generated'} (not counted: loading "
+               f"{load_seconds:.2f} s, kernel warm-up {warm_seconds:.2f} s)", err=True)
 
 
 @main.command(cls=_OneLineErrors)

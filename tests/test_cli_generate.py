@@ -2,8 +2,10 @@
 llama2.c checkpoint with its tokenizer.bin; its greedy text equals the Python API's."""
 
 import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -119,3 +121,87 @@ def test_bad_sources_give_one_line(tmp_path):
     assert code == 2 and "does not generate text" in err
     code, _, err = run_cli(tmp_path / "missing", "--temperature", "-1")
     assert code == 2 and err.count("\n") == 1
+
+
+# -- malformed inputs (issue 15)
+
+
+def padded_folder(folder, pad=64):
+    """A Hugging Face Llama of 256 + pad ids with the byte tokenizer (256 ids): the padded rows of the head
+    are pairs +-100 v, so one of each pair has the largest logit at every position."""
+    model = tiny_llama(256 + pad)
+    head = model.parameters()["lm_head.weight"]
+    v = np.random.default_rng(1).standard_normal((pad // 2, head.shape[1])).astype(np.float32)
+    head[256::2], head[257::2] = 100 * v, -100 * v
+    qorus_jit.save_pretrained(model, folder)
+    ByteTokenizer().save(folder / "tokenizer.json")
+    return model
+
+
+def test_a_padded_vocabulary_never_samples_past_the_tokenizer(tmp_path):
+    model = padded_folder(tmp_path)
+    assert max(t for s in range(3) for t in generate(model, [97], 10, temperature=2.0, seed=s)) >= 256
+    for seed in range(8):
+        code, out, err = run_cli(tmp_path, "-p", "a", "-n", 24, "-t", 3, "--top-p", 1, "--seed", seed)
+        assert code == 0 and "Traceback" not in err, err
+        want = generate(model, [97], 24, temperature=3.0, top_p=1.0, seed=seed, vocab_limit=256)
+        assert out == "a" + ByteTokenizer().decode(list(want)) + "\n"
+
+
+def test_a_tokenizer_that_does_not_fit_is_refused_in_one_line(tmp_path):
+    small = tmp_path / "small"
+    qorus_jit.save_pretrained(tiny_llama(200), small)  # fewer ids than the byte tokenizer's 256
+    ByteTokenizer().save(small / "tokenizer.json")
+    code, out, err = run_cli(small, "-p", "a")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: tokenizer: expected at most the model's vocab_size of 200 ids, got a ByteTokenizer "
+                          "of 256 ids")
+    tok = llama2c_tokenizer()
+    save_llama2c(tiny_llama(tok.vocab_size), tmp_path / "model.bin")
+    ByteTokenizer().save(tmp_path / "tokenizer.json")
+    for spec in (tmp_path / "tokenizer.json", "byte"):  # a tokenizer of the wrong kind for a llama2.c file
+        code, out, err = run_cli(tmp_path / "model.bin", "--tokenizer", spec, "-p", "once")
+        assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+        assert "tokenizer: a llama2.c checkpoint needs llama2.c's tokenizer.bin, got ByteTokenizer" in err
+    save_llama2c(tiny_llama(tok.vocab_size - 5), tmp_path / "smaller.bin")  # tokenizer.bin past the model
+    tok.save(tmp_path / "tokenizer.bin")
+    code, _, err = run_cli(tmp_path / "smaller.bin", "--tokenizer", tmp_path / "tokenizer.bin")
+    assert code == 2 and err.count("\n") == 1 and f"vocab_size of {tok.vocab_size - 5} ids" in err
+
+
+def test_non_decoding_models_are_refused_in_one_line(tmp_path):
+    bert = tmp_path / "bert"
+    qorus_jit.save_pretrained(Bert(BertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=256,
+                                              max_seq_len=16), rng=0), bert)
+    ByteTokenizer().save(bert / "tokenizer.json")
+    for args in ([], ["--tokenizer", "byte"]):
+        code, out, err = run_cli(bert, *args)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "Bert" in err and "Traceback" not in err
+
+
+def test_nan_weights_stop_with_one_line_naming_non_finite_logits(tmp_path):
+    model = tiny_llama(256)
+    model.parameters()["model.norm.weight"][:] = np.nan
+    qorus_jit.save_pretrained(model, tmp_path)
+    ByteTokenizer().save(tmp_path / "tokenizer.json")
+    code, out, err = run_cli(tmp_path, "-p", "ab", "-n", 5)
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1
+    assert "new token 1 (position 2)" in err and "non-finite logits" in err and out == "ab\n"
+
+
+@pytest.mark.parametrize("args", [["--seed", -1], ["--top-k", 0], ["-t", "nan"], ["-n", "1.5"]])
+def test_bad_options_give_one_line(run_dir, args):
+    code, out, err = run_cli(run_dir, "-p", "x", *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_speed_line_leaves_loading_and_warm_up_out(run_dir):
+    code, out, err = run_cli(run_dir, "-p", "def ", "-n", 6, "-t", 0)
+    assert code == 0
+    last = err.splitlines()[-1]
+    assert re.fullmatch(r"\[length\] prefill 4 tokens at [\d,.]+ tok/s, decode 5 tokens at [\d,.]+ tok/s "
+                        r"\(not counted: loading [\d.]+ s, kernel warm-up [\d.]+ s\)", last), last
+    code, out, err = run_cli(run_dir, "-p", "def ", "-n", 0)
+    assert code == 0 and out == "def \n" and err.startswith("[length] no token generated (not counted: loading")
+    code, out, err = run_cli(run_dir, "-p", "def ", "-n", 1, "-t", 0)
+    assert re.search(r"prefill 4 tokens at [\d,.]+ tok/s \(", err) and "decode" not in err

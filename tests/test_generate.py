@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 import qorus_jit
-from qorus_jit.infer.generate import filter_logits, generate, sample, sample_text, sample_tokens
+from qorus_jit.infer.generate import (
+    filter_logits,
+    generate,
+    generate_text,
+    sample,
+    sample_text,
+    sample_tokens,
+    warm_up,
+)
 from qorus_jit.layers import DecodeState
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from qorus_jit.tokenizers import ByteTokenizer
@@ -160,3 +168,193 @@ def test_sample_text_is_the_prompt_and_seeded_samples():
     assert a == "The " + tok.decode(ids)
     empty = sample_text(model, tok, "", 5, temperature=0.0)  # token 0 starts an empty prompt
     assert empty == tok.decode(sample_tokens(model, [0], 5, 32, 0.0, np.random.default_rng(0)))
+
+
+# -- malformed inputs (issue 15): each class of bad input, as a new user gives it
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 5e-324, 1e-300, np.float64(1e-310)])
+def test_a_tiny_positive_temperature_is_greedy(temperature):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        logits = rng.standard_normal(64) * 3
+        logits[rng.integers(0, 64, 5)] = -np.inf  # masked tokens stay allowed
+        for top_k, top_p in [(None, None), (10, None), (None, 0.9)]:
+            assert sample(logits, rng, temperature, top_k, top_p) == int(np.argmax(logits))
+    model = llama()
+    greedy = list(generate(model, [3, 9], 12, temperature=0.0))
+    assert list(generate(model, [3, 9], 12, temperature=temperature, seed=1)) == greedy
+
+
+def test_a_huge_temperature_samples_uniformly():
+    logits = np.array([50.0, 0.0, -50.0, -np.inf])
+    rng = np.random.default_rng(0)
+    draws = np.array([sample(logits, rng, 1e300) for _ in range(9000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / draws.size, [1 / 3, 1 / 3, 1 / 3, 0], atol=0.02)
+
+
+@pytest.mark.parametrize("prompt", [[1.7], [1, 2.0], np.array([1.5, 2.0]), [True, 2], np.array([True]), ["a"],
+                                    [None], "abc", 5])
+def test_token_ids_that_are_not_integers_are_refused(prompt):
+    model = llama()
+    with pytest.raises(TypeError, match="prompt"):
+        generate(model, prompt, 3)
+    with pytest.raises(TypeError, match="ids"):
+        sample_tokens(model, prompt, 3, 16, 0.0, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="stop_tokens"):
+        generate(model, [1], 3, stop_tokens=[2.5])
+
+
+def test_numpy_ints_are_token_ids_and_numpy_scalars_are_options():
+    model = llama()
+    want = list(generate(model, [4, 7], 6, temperature=0.7, top_k=5, top_p=0.9, seed=2))
+    ids = [np.int64(4), np.int32(7)]
+    for got in (generate(model, ids, np.int64(6), np.float32(0.7), np.int16(5), np.float64(0.9), np.uint8(2)),
+                generate(model, np.array([4, 7], np.uint16), 6, 0.7, 5, 0.9, 2, max_seq_len=np.int64(48))):
+        assert list(got) == want
+    assert sample_tokens(model, ids, 3, np.int64(16), np.float32(0.0), np.random.default_rng(0)).shape == (3,)
+
+
+@pytest.mark.parametrize("name,value", [("max_new_tokens", True), ("temperature", True), ("top_k", True),
+                                        ("top_p", True), ("seed", True), ("max_new_tokens", 2.0),
+                                        ("temperature", np.nan), ("temperature", np.inf), ("top_p", np.float32(1.5)),
+                                        ("top_k", np.int64(0)), ("max_seq_len", 0), ("vocab_limit", 0),
+                                        ("vocab_limit", 54)])
+def test_bad_options_name_themselves(name, value):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        generate(llama(), [1], **{name: value})
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", np.float64(3.0), [1, 2], True])
+def test_a_bad_seed_is_named(seed):
+    model, tok = llama(), ByteTokenizer()
+    with pytest.raises(ValueError, match=r"^seed: expected an int >= 0 or None"):
+        generate(model, [1], 3, seed=seed)
+    big = Llama(LlamaConfig(dim=32, n_layers=1, n_heads=4, hidden_dim=48, vocab_size=256, max_seq_len=16), rng=0)
+    with pytest.raises(ValueError, match=r"^seed: expected"):
+        sample_text(big, tok, "a", 3, seed=seed)
+
+
+def test_a_numpy_seed_equals_the_python_one():
+    model = llama()
+    assert list(generate(model, [1], 8, seed=np.int64(9))) == list(generate(model, [1], 8, seed=9))
+
+
+def poisoned(value, rows):
+    """llama() whose head rows ``rows`` are ``value``: those tokens' logits are NaN or +-inf."""
+    model = llama()
+    model.parameters()["lm_head.weight"][rows] = value
+    return model
+
+
+@pytest.mark.parametrize("value,what", [(np.nan, "NaN"), (np.inf, r"\+inf|NaN")])
+def test_non_finite_logits_stop_generation_with_an_error_saying_so(value, what):
+    model = poisoned(value, [7])
+    gen = generate(model, [1, 2, 3], 5, temperature=0.8, seed=0)
+    with pytest.raises(ValueError, match=rf"new token 1 \(position 3\).*not finite \(({what})\).*weights or inputs"):
+        next(gen)
+    assert gen.finish_reason == "error" and list(gen) == []
+    with pytest.raises(ValueError, match="non-finite logits"):
+        list(generate(model, [1], 5, temperature=0.0))  # greedy does not hide it
+    with pytest.raises(ValueError, match=r"new token 1 \(position 2\).*non-finite logits"):
+        sample_tokens(model, [1, 2], 3, 16, 0.0, np.random.default_rng(0))
+
+
+def test_nan_appearing_mid_generation_names_its_step():
+    model = llama()
+    gen = generate(model, [1, 2], 5, temperature=0.0)
+    assert len([next(gen), next(gen)]) == 2
+    model.parameters()["model.norm.weight"][:] = np.nan
+    with pytest.raises(ValueError, match=r"new token 3 \(position 4\): the logits are not finite \(NaN\)"):
+        next(gen)
+
+
+def test_minus_inf_logits_are_masked_tokens_but_not_all_of_them():
+    logits = np.array([-np.inf, 1.0, -np.inf, 0.5])
+    rng = np.random.default_rng(0)
+    assert {sample(logits, rng, 1.0) for _ in range(200)} == {1, 3}
+    for bad, what in [(np.full(4, -np.inf), "-inf at every token"), (np.array([0.0, np.nan, 1, 2]), "NaN"),
+                      (np.array([0.0, np.inf, 1, 2]), r"\+inf")]:
+        for t in (0.0, 1.0):
+            with pytest.raises(ValueError, match=f"logits: the logits are not finite \\({what}\\)"):
+                sample(bad, rng, t)
+        with pytest.raises(ValueError, match="not finite"):
+            filter_logits(bad, top_k=2)
+
+
+def padded(make, pad=64):
+    """A 256-id model padded to 256 + pad ids whose padded rows would win: pairs of rows +-100 v, so that one
+    of each pair has a logit as large as 100 |h . v| at every position, far above the others."""
+    vocab = 256 + pad
+    if make == "llama":
+        model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=vocab, max_seq_len=48),
+                      rng=0)
+        head = model.parameters()["lm_head.weight"]
+    else:
+        model = GPT2(GPT2Config(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=vocab, max_seq_len=48),
+                     rng=0)
+        head = model.parameters()["transformer.wte.weight"]  # tied: the head is the embedding
+    v = np.random.default_rng(1).standard_normal((pad // 2, head.shape[1])).astype(np.float32)
+    head[256::2], head[257::2] = 100 * v, -100 * v
+    return model
+
+
+@pytest.mark.parametrize("make", ["llama", "gpt2"])
+def test_a_padded_vocabulary_never_samples_past_the_vocab_limit(make):
+    model = padded(make)
+    unlimited = [t for s in range(5) for t in generate(model, [10, 20], 8, temperature=2.0, seed=s)]
+    assert max(unlimited) >= 256  # without the limit the padded ids win
+    for seed in range(40):
+        for top_k, top_p in [(None, None), (50, None), (None, 0.99)]:
+            got = list(generate(model, [10, 20], 8, temperature=3.0, top_k=top_k, top_p=top_p, seed=seed,
+                                vocab_limit=256))
+            assert max(got) < 256, (seed, top_k, top_p)
+    greedy = list(generate(model, [10, 20], 8, temperature=0.0, vocab_limit=256))
+    state = DecodeState(batch=1, max_seq_len=10)  # greedy over the first 256 logits, step by step
+    seq = [10, 20]
+    logits = model.forward_decode(np.array([seq]), state=state)[0, -1]
+    state.advance(2)
+    for tok in greedy:
+        assert tok == int(np.argmax(np.asarray(logits[:256], np.float64)))
+        logits = model.forward_decode(np.array([[tok]]), state=state)[0, -1]
+        state.advance(1)
+    tok = ByteTokenizer()
+    for seed in range(10):
+        out = sample_tokens(model, [10, 20], 8, 16, 3.0, np.random.default_rng(seed), vocab_limit=256)
+        assert out.max() < 256
+        text = sample_text(model, tok, "ab", 8, temperature=3.0, seed=seed)  # the tokenizer's size by itself
+        assert isinstance(text, str) and text.startswith("ab")
+        assert generate_text(model, tok, "ab", 8, temperature=3.0, seed=seed).startswith("ab")
+
+
+def test_padded_rows_that_are_not_finite_do_not_matter_below_the_limit():
+    model = padded("llama")
+    model.parameters()["lm_head.weight"][300] = np.nan
+    assert len(list(generate(model, [1], 5, temperature=1.0, seed=0, vocab_limit=256))) == 5
+    with pytest.raises(ValueError, match="NaN"):
+        list(generate(model, [1], 5, temperature=1.0, seed=0))
+
+
+def test_models_that_do_not_generate_are_refused_at_every_entry_point():
+    from qorus_jit.models import MLP, Bert, BertConfig
+
+    tok = ByteTokenizer()
+    bert = Bert(BertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=256, max_seq_len=16), rng=0)
+    calls = [lambda m: generate(m, [1], 3), lambda m: generate_text(m, tok, "a", 3),
+             lambda m: sample_tokens(m, [1], 3, 16, 0.0, np.random.default_rng(0)),
+             lambda m: sample_text(m, tok, "a", 3), warm_up]
+    for model, what in [(bert, "got Bert .*bidirectional"), (MLP([4, 8, 4], rng=0), "got MLP"),
+                        (None, "got None"), ("llama", "got str")]:
+        for call in calls:
+            with pytest.raises(TypeError, match=f"^model: generation needs a Llama or GPT-2 model, {what}"):
+                call(model)
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_warm_up_decodes_on_a_throwaway_cache(make):
+    model = make(max_seq_len=16)
+    want = list(generate(model, [3, 4, 5], 6, temperature=0.0))
+    assert warm_up(model) > 0
+    assert list(generate(model, [3, 4, 5], 6, temperature=0.0)) == want
+    for n in (1, 2):  # a context too short for the 2-token prompt
+        assert warm_up(make(max_seq_len=n)) > 0

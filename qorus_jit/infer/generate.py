@@ -14,13 +14,95 @@ and ``top_p`` (nucleus), drawn with ``numpy.random.default_rng(seed)``: the same
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from qorus_jit.core.check import check_real
 from qorus_jit.layers import DecodeState, Layer
+
+
+def check_model(model) -> None:
+    """``model`` must generate text: a Llama or GPT-2 (a causal language model with a ``config`` of
+    ``vocab_size`` and ``max_seq_len`` whose layers all decode incrementally); else a one-line TypeError."""
+    config = getattr(model, "config", None)
+    sizes = (getattr(config, "vocab_size", None), getattr(config, "max_seq_len", None))
+    if isinstance(model, Layer) and model.incremental and all(isinstance(v, (int, np.integer)) for v in sizes):
+        return
+    why = ""
+    if isinstance(model, Layer) and not model.incremental:
+        why = " (its attention is bidirectional or its layers mix positions: it cannot decode token by token)"
+    elif isinstance(model, Layer):
+        why = " (no config with vocab_size and max_seq_len: not a language model)"
+    raise TypeError(f"model: generation needs a Llama or GPT-2 model, got {_kind(model)}{why}")
+
+
+def _kind(value) -> str:
+    return type(value).__name__ if value is not None else "None"
+
+
+def _int(name: str, value, low: int, optional: bool = False) -> int | None:
+    """An int option (Python or NumPy int, not a bool) >= ``low``, as a Python int (None if ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        none = " or None" if optional else ""
+        raise ValueError(f"{name}: expected an int >= {low}{none}, got {value!r}")
+    return int(value)
+
+
+def _seed(seed) -> int | None:
+    """``seed``: None (fresh entropy) or an int >= 0 (Python or NumPy), as :func:`numpy.random.default_rng` takes."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected an int >= 0 or None, got {seed!r}")
+    return int(seed)
+
+
+def _temperature(value) -> float:
+    return check_real("temperature", value, low=0.0)
+
+
+def _top_p(value) -> float | None:
+    return None if value is None else check_real("top_p", value, low=0.0, high=1.0, low_open=True)
+
+
+def token_ids(name: str, ids, high: int | None = None) -> np.ndarray:
+    """``ids`` (a sequence or 1-D array of integer token ids: Python or NumPy ints, not bools or floats) as a
+    1-D int64 array, each in ``[0, high)`` when ``high`` is given; else a TypeError or ValueError naming
+    ``name``."""
+    if isinstance(ids, np.ndarray):
+        arr = ids
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"{name}: expected a sequence or 1-D array of int token ids, got {_kind(ids)}")
+    else:
+        items = list(ids)
+        for i, v in enumerate(items):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name}: expected int token ids, got {v!r} at index {i}")
+        try:
+            arr = np.asarray(items, np.int64) if items else np.zeros(0, np.int64)
+        except OverflowError:
+            raise ValueError(f"{name}: expected token ids in [0, {high}), got an id beyond int64") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer token ids, got an array of dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or (high is not None and arr.max() >= high)):
+        raise ValueError(f"{name}: token ids must lie in [0, {high}), got {arr.min()}..{arr.max()}")
+    return arr.astype(np.int64)
+
+
+def check_logits(logits: np.ndarray, where: str = "logits") -> None:
+    """A row of logits must be finite where it is largest: NaN or +inf anywhere, or -inf everywhere (no token
+    left to pick), raise a ValueError saying so at ``where``. A -inf entry alone is a masked token."""
+    top = np.max(logits)  # NaN anywhere makes the maximum NaN
+    if not np.isfinite(top):
+        what = "NaN" if np.isnan(top) else "+inf" if top > 0 else "-inf at every token"
+        raise ValueError(f"{where}: the logits are not finite ({what}): the model's weights or inputs gave "
+                         f"non-finite logits")
 
 
 def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
@@ -28,9 +110,12 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | N
 
     ``top_k``: keep the ``k`` largest (ties at the k-th value kept). ``top_p``: keep the smallest set of
     most likely tokens whose probabilities sum to at least ``top_p`` (the most likely token always stays).
-    Both: top-k first, then top-p over what remains (as ``transformers`` applies them).
+    Both: top-k first, then top-p over what remains (as ``transformers`` applies them). Non-finite logits
+    (see :func:`check_logits`) raise a ValueError.
     """
+    top_k, top_p = _int("top_k", top_k, 1, optional=True), _top_p(top_p)
     x = np.array(logits, np.float64)
+    check_logits(x)
     if top_k is not None and top_k < x.size:
         kth = np.partition(x, x.size - top_k)[x.size - top_k]
         x[x < kth] = -np.inf
@@ -46,58 +131,103 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | N
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None) -> int:
     """One token id from ``logits (V,)``: argmax at ``temperature == 0``, else a draw from the filtered
-    softmax of ``logits / temperature`` (one ``rng.random()`` per call)."""
+    softmax of ``logits / temperature`` (one ``rng.random()`` per call). Logits are shifted to a maximum of 0
+    before the division, so a temperature small enough to overflow it sends every token below the maximum
+    to probability 0: the limit, greedy. Non-finite logits (see :func:`check_logits`) raise a ValueError."""
+    temperature = _temperature(temperature)
+    x = np.asarray(logits, np.float64)
+    check_logits(x)
     if temperature == 0:
-        return int(np.argmax(logits))
-    x = filter_logits(np.asarray(logits, np.float64) / temperature, top_k, top_p)
-    p = np.exp(x - x.max())
+        return int(np.argmax(x))
+    with np.errstate(over="ignore"):  # (x - max) / tiny overflows to -inf: probability 0, as it should be
+        x = (x - x.max()) / temperature
+    x = filter_logits(x, top_k, top_p)
+    p = np.exp(x)
     cdf = np.cumsum(p)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), x.size - 1))
 
 
-def _check_options(max_new_tokens, temperature, top_k, top_p) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k: expected an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p: expected a number in (0, 1] or None, got {top_p!r}")
+def _vocab_limit(value, vocab: int) -> int:
+    """``vocab_limit``: None (the whole vocabulary) or an int in [1, vocab]."""
+    if value is None:
+        return vocab
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 1 <= value <= vocab:
+        raise ValueError(f"vocab_limit: expected an int in [1, {vocab}] (the model's vocab_size) or None, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def tokenizer_size(tokenizer) -> int | None:
+    """How many ids ``tokenizer`` decodes: its ``vocab_size``, else its ``len``, else None (not known)."""
+    n = getattr(tokenizer, "vocab_size", None)
+    if n is None and hasattr(tokenizer, "__len__"):
+        n = len(tokenizer)
+    ok = isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1
+    return int(n) if ok else None
+
+
+def _tokenizer_limit(tokenizer, model) -> int:
+    """The ids of ``model`` that ``tokenizer`` can decode: ``[0, limit)``."""
+    n = tokenizer_size(tokenizer)
+    return model.config.vocab_size if n is None else min(n, model.config.vocab_size)
+
+
+def warm_up(model) -> float:
+    """Take a 2-token prompt and one more token through ``model``'s decoding on a throwaway cache, as
+    :class:`Generation` does, and return the seconds it took: the kernels of prefill and decode compile (cold
+    kernel cache) or load (warm) here, so speeds measured after it leave compiling and loading out."""
+    check_model(model)
+    t0 = time.perf_counter()
+    limit = model.config.max_seq_len
+    n = 2 if limit >= 3 else 1
+    state = DecodeState(batch=1, max_seq_len=min(limit, n + 1))
+    ids = np.zeros((1, n), np.int64)
+    model.forward_decode(ids, state=state, last_only=True)
+    state.advance(n)
+    if state.pos < state.max_seq_len:
+        model.forward_decode(ids[:, :1], state=state, last_only=True)
+    return time.perf_counter() - t0
 
 
 class Generation(Iterator[int]):
     """What :func:`generate` returns: an iterator over up to ``max_new_tokens`` ids generated after
-    ``prompt`` (a sequence of ids) by ``model`` (a Llama or GPT-2, or any graph whose attention layers
+    ``prompt`` (a sequence of int ids) by ``model`` (a Llama or GPT-2, or any graph whose attention layers
     decode from a KV cache), yielded as they come.
 
     Stops early at any id in ``stop_tokens`` (which is yielded, then generation ends) and at the model's
     context limit (``finish_reason`` tells which: ``"length"``, ``"stop"`` or ``"context"``). A prompt
-    longer than the context raises a ValueError. After the run, ``prefill_seconds``/``decode_seconds`` and
-    ``prefill_tokens_per_s``/``decode_tokens_per_s`` say how fast it went.
+    longer than the context raises a ValueError. ``vocab_limit``: only ids below it are ever picked (the
+    size of a tokenizer whose model's vocabulary is padded, say, to a multiple of 64). Logits that are not
+    finite (NaN or +inf; -inf at every allowed id) stop generation with a ValueError naming the new token
+    and its position (``finish_reason`` is then ``"error"``).
+
+    After the run, ``prefill_seconds``/``decode_seconds`` and ``prefill_tokens_per_s``/``decode_tokens_per_s``
+    say how fast it went. The first run of a process also compiles (cold kernel cache) or loads the kernels
+    in its prefill and first decoding step: call :func:`warm_up` first for speeds of running alone.
     """
 
     def __init__(self, model, prompt: Iterable[int], max_new_tokens: int = 128, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop_tokens: Iterable[int] = (), max_seq_len: int | None = None):
-        _check_options(max_new_tokens, temperature, top_k, top_p)
-        if not isinstance(model, Layer) or not model.incremental or not hasattr(model, "config"):
-            raise TypeError(f"model: expected a Llama or GPT-2 model, got {type(model).__name__}")
-        limit = model.config.max_seq_len if max_seq_len is None else min(max_seq_len, model.config.max_seq_len)
-        ids = np.asarray(list(prompt), np.int64)
+                 stop_tokens: Iterable[int] = (), max_seq_len: int | None = None, vocab_limit: int | None = None):
+        check_model(model)
+        self.max_new_tokens = _int("max_new_tokens", max_new_tokens, 0)
+        self.temperature = _temperature(temperature)
+        self.top_k = _int("top_k", top_k, 1, optional=True)
+        self.top_p = _top_p(top_p)
+        self.rng = np.random.default_rng(_seed(seed))
+        max_seq_len = _int("max_seq_len", max_seq_len, 1, optional=True)
         vocab = model.config.vocab_size
-        if ids.ndim != 1 or ids.size == 0:
+        self.vocab_limit = _vocab_limit(vocab_limit, vocab)
+        limit = model.config.max_seq_len if max_seq_len is None else min(max_seq_len, model.config.max_seq_len)
+        ids = token_ids("prompt", prompt, vocab)
+        if ids.size == 0:
             raise ValueError("prompt: expected at least one token id")
-        if ids.min() < 0 or ids.max() >= vocab:
-            raise ValueError(f"prompt: token ids must lie in [0, {vocab}), got {ids.min()}..{ids.max()}")
         if ids.size > limit:
             raise ValueError(f"prompt: {ids.size} tokens exceed the model's context of {limit} positions")
         self.model, self.prompt = model, ids
-        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.stop_tokens = frozenset(int(t) for t in stop_tokens)
-        self.rng = np.random.default_rng(seed)
+        self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens).tolist())
         self.limit = limit
-        self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + max_new_tokens))
+        self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + self.max_new_tokens))
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.prefill_seconds = self.decode_seconds = 0.0
@@ -105,7 +235,7 @@ class Generation(Iterator[int]):
     def _logits(self, ids: np.ndarray) -> np.ndarray:
         out = self.model.forward_decode(ids[None], state=self.state, last_only=True)
         self.state.advance(ids.size)
-        return out[0, -1]
+        return out[0, -1, :self.vocab_limit]  # ids past the limit are never picked
 
     def __next__(self) -> int:
         if self.finish_reason is not None:
@@ -122,6 +252,11 @@ class Generation(Iterator[int]):
             raise StopIteration
         else:
             logits = self._logits(np.asarray([self.tokens[-1]], np.int64))
+        try:
+            check_logits(logits, f"new token {len(self.tokens) + 1} (position {self.state.pos})")
+        except ValueError:
+            self.finish_reason = "error"
+            raise
         tok = sample(logits, self.rng, self.temperature, self.top_k, self.top_p)
         if self.state.pos > self.prompt.size:
             self.decode_seconds += time.perf_counter() - t0
@@ -144,28 +279,52 @@ class Generation(Iterator[int]):
 
 def generate(model, prompt: Iterable[int], max_new_tokens: int = 128, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_tokens: Iterable[int] = (), max_seq_len: int | None = None) -> Generation:
+             stop_tokens: Iterable[int] = (), max_seq_len: int | None = None,
+             vocab_limit: int | None = None) -> Generation:
     """Token ids generated after ``prompt`` by ``model``, as an iterator (see :class:`Generation`)."""
-    return Generation(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, max_seq_len)
+    return Generation(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, max_seq_len,
+                      vocab_limit)
+
+
+def _prompt_text(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt: expected a str, got {_kind(prompt)}")
+    return prompt
 
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 128, **kw) -> str:
-    """The prompt and its continuation as text: :func:`generate` on ``tokenizer.encode(prompt)``."""
-    ids = tokenizer.encode(prompt)
+    """The prompt and its continuation as text: :func:`generate` on ``tokenizer.encode(prompt)``, never
+    picking an id the tokenizer cannot decode (``vocab_limit``: its size, unless given)."""
+    check_model(model)
+    kw.setdefault("vocab_limit", _tokenizer_limit(tokenizer, model))
+    ids = tokenizer.encode(_prompt_text(prompt))
     return prompt + tokenizer.decode(list(generate(model, ids, max_new_tokens, **kw)))
 
 
-def sample_tokens(model, ids, n: int, max_len: int, temperature: float, rng) -> np.ndarray:
+def sample_tokens(model, ids, n: int, max_len: int, temperature: float, rng,
+                  vocab_limit: int | None = None) -> np.ndarray:
     """``n`` new token ids after ``ids`` (at least one) by temperature sampling (greedy at 0), each from a
     full forward over the last ``max_len`` tokens: unlike :func:`generate`, which decodes from a KV cache up
-    to the model's context, it slides a window and so goes on past the context."""
-    seq = [int(i) for i in ids]
-    if not seq:
+    to the model's context, it slides a window and so goes on past the context. ``vocab_limit`` and
+    non-finite logits as in :class:`Generation`."""
+    check_model(model)
+    vocab = model.config.vocab_size
+    arr = token_ids("ids", ids, vocab)
+    n = _int("n", n, 0)
+    max_len = _int("max_len", max_len, 1)
+    temperature = _temperature(temperature)
+    limit = _vocab_limit(vocab_limit, vocab)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {_kind(rng)}")
+    if arr.size == 0:
         raise ValueError("ids: expected at least one token to start from")
+    seq = arr.tolist()
     out = []
-    for _ in range(n):
+    for step in range(n):
         window = np.asarray(seq[-max_len:], np.int64)[None]
-        tok = sample(model.forward(window)[0, -1], rng, temperature)
+        logits = model.forward(window)[0, -1, :limit]
+        check_logits(logits, f"new token {step + 1} (position {len(seq)})")
+        tok = sample(logits, rng, temperature)
         seq.append(tok)
         out.append(tok)
     return np.asarray(out, np.int64)
@@ -173,8 +332,11 @@ def sample_tokens(model, ids, n: int, max_len: int, temperature: float, rng) -> 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, temperature: float = 0.8, seed: int | None = 0) -> str:
     """The prompt and ``n_tokens`` sampled after it by :func:`sample_tokens` over the model's context (token
-    0 starts an empty prompt): the sample ``qorus train`` prints at the end of a run."""
-    ids = tokenizer.encode(prompt) if prompt else np.zeros(1, np.int64)
+    0 starts an empty prompt), never picking an id the tokenizer cannot decode: the sample ``qorus train``
+    prints at the end of a run."""
+    check_model(model)
+    limit = _tokenizer_limit(tokenizer, model)
+    ids = tokenizer.encode(prompt) if _prompt_text(prompt) else np.zeros(1, np.int64)
     out = sample_tokens(model, np.asarray(ids, np.int64), n_tokens, model.config.max_seq_len, temperature,
-                        np.random.default_rng(seed))
+                        np.random.default_rng(_seed(seed)), vocab_limit=limit)
     return prompt + tokenizer.decode(out)

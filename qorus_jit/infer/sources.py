@@ -20,7 +20,8 @@ from qorus_jit.formats.checkpoint import (
     read_run_record,
     run_tokenizer_path,
 )
-from qorus_jit.tokenizers import load_tokenizer
+from qorus_jit.infer.generate import check_model, tokenizer_size
+from qorus_jit.tokenizers import Llama2cTokenizer, load_tokenizer
 
 
 class SourceError(ValueError):
@@ -30,7 +31,8 @@ class SourceError(ValueError):
 @dataclass
 class Source:
     """A model with its tokenizer: ``kind`` is ``"run"``, ``"hf"`` or ``"llama2c"``; ``bos`` is prepended
-    to prompts when set; generation stops at ``stop_ids``."""
+    to prompts when set; generation stops at ``stop_ids``; ``vocab_limit`` is the tokenizer's size (at most
+    the model's vocab_size, often padded past it): generation picks no id the tokenizer cannot decode."""
 
     model: object
     tokenizer: object
@@ -39,10 +41,17 @@ class Source:
     bos: int | None = None
     stop_ids: frozenset[int] = field(default_factory=frozenset)
 
+    @property
+    def vocab_limit(self) -> int:
+        return tokenizer_size(self.tokenizer)
+
     def encode(self, text: str) -> np.ndarray:
         if self.kind == "llama2c":
             return np.asarray(self.tokenizer.encode(text, bos=True), np.int64)
-        ids = np.asarray(self.tokenizer.encode(text), np.int64)
+        if isinstance(self.tokenizer, Llama2cTokenizer):  # a tokenizer.bin for another source: BOS as it says
+            ids = np.asarray(self.tokenizer.encode(text, bos=False), np.int64)
+        else:
+            ids = np.asarray(self.tokenizer.encode(text), np.int64)
         return ids if self.bos is None else np.concatenate([[self.bos], ids])
 
     def decode(self, ids) -> str:
@@ -77,7 +86,9 @@ def load_source(source, tokenizer=None) -> Source:
         model = load_llama2c(path)
     except (OSError, ValueError) as e:
         raise SourceError(str(e)) from None
-    stop = {tok.eos_id, tok.bos_id} if getattr(tok, "name", None) == "llama2c" else set()
+    if not isinstance(tok, Llama2cTokenizer):
+        raise SourceError(f"tokenizer: a llama2.c checkpoint needs llama2.c's tokenizer.bin, got {_describe(tok)}")
+    stop = {tok.eos_id, tok.bos_id}
     return _checked(Source(model, tok, "llama2c", path, stop_ids=frozenset(stop)))
 
 
@@ -128,8 +139,22 @@ def _hf_source(path: Path, tok) -> Source:
     return Source(model, tok, "hf", path, bos=bos, stop_ids=stop)
 
 
+def _describe(tok) -> str:
+    """A tokenizer in words, for errors: its kind, size and file."""
+    where = getattr(tok, "source", None)
+    return f"{type(tok).__name__} of {tokenizer_size(tok)} ids" + (f" ({where})" if where else "")
+
+
 def _checked(src: Source) -> Source:
-    vocab = src.model.config.vocab_size
-    if src.tokenizer.vocab_size > vocab:
-        raise SourceError(f"tokenizer: {src.tokenizer.vocab_size} ids, more than the model's vocab_size {vocab}")
+    """The model generates and its tokenizer fits it: at most as many ids as the model's vocabulary."""
+    try:
+        check_model(src.model)
+    except TypeError as e:
+        raise SourceError(f"source: {src.path}: {e}") from None
+    vocab, n = src.model.config.vocab_size, tokenizer_size(src.tokenizer)
+    if n is None:
+        raise SourceError(f"tokenizer: expected a tokenizer with a vocab_size, got {type(src.tokenizer).__name__}")
+    if n > vocab:
+        raise SourceError(f"tokenizer: expected at most the model's vocab_size of {vocab} ids, got a "
+                          f"{_describe(src.tokenizer)}")
     return src
