@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# What tmp_name and tempfile.mkdtemp make of a final name: ".NAME.xxxxxxxx.tmp".
+_TMP = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def tmp_name(folder: Path, final: str) -> Path:
@@ -52,9 +56,32 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
         fsync_file(tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # must not hide the error of the write itself
+            pass
     fsync_dir(path.parent)
     return path
+
+
+def final_path(path) -> Path:
+    """The file a write was meant to produce: ``path`` with each temporary component (``.NAME.xxxxxxxx.tmp``,
+    as :func:`tmp_name` and ``tempfile.mkdtemp`` make them) turned back into ``NAME``."""
+    path = Path(path)
+    return Path(*[m.group(1) if (m := _TMP.match(part)) else part for part in path.parts]) if path.parts else path
+
+
+def os_reason(e: OSError) -> str:
+    """The OS's reason of ``e`` in words (``No space left on device``), without the errno and the file name."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def write_error(what, e: OSError, hint: str = "") -> OSError:
+    """``e`` worded as one line, ``cannot write WHAT (reason)`` and ``hint``, keeping its errno (for callers
+    that report an OSError as its message, such as ``qorus plot``)."""
+    err = OSError(f"cannot write {what} ({os_reason(e)}){hint}")
+    err.errno = e.errno
+    return err
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -80,15 +107,20 @@ def atomic_write_npy(path, arr) -> Path:
 
 
 def read_json(file: Path, what: str):
-    """The parsed JSON of ``file``; FileNotFoundError names ``what`` is missing, ValueError bad JSON."""
+    """The parsed JSON of ``file``; FileNotFoundError names ``what`` is missing, ValueError bad JSON (not UTF-8,
+    not JSON, or nested too deeply for the parser)."""
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{what} not found: {file}")
     try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({what}; expected UTF-8 text, got the byte "
+                         f"{e.object[e.start]:#04x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({what}; {e})") from None
+    except RecursionError:
+        raise ValueError(f"{file}: not valid JSON ({what}; nested too deeply to read)") from None
 
 
 def check_path(name: str, path) -> Path:

@@ -113,7 +113,7 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
-            write_safetensors(tmp / name, tensors, metadata={"format": "np"})
+            _write_tensors(tmp / name, tensors)
         (tmp / STATE_FILE).write_text(text, encoding="utf-8")
         fsync_file(tmp / STATE_FILE)
         os.chmod(tmp, 0o755)
@@ -130,6 +130,21 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
         _discard(old)
     remove_partial(run_dir)
     return final
+
+
+def _write_tensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
+    """:func:`write_safetensors`, a failed write raised as OSError: safetensors reports one (a full disk) as its
+    own ``SafetensorError``, with the OS's error number in the text."""
+    from safetensors import SafetensorError
+
+    try:
+        write_safetensors(file, tensors, metadata={"format": "np"})
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(file)) from None
 
 
 def _discard(folder: Path) -> None:
@@ -153,16 +168,27 @@ def list_checkpoints(run_dir) -> list[Path]:
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The newest complete checkpoint of ``run_dir``, or None. Leftovers of interrupted writes are skipped."""
+    """The newest complete checkpoint of ``run_dir``, or None. Leftovers of interrupted writes are skipped; a
+    ``latest`` file that is missing, unreadable or names no complete checkpoint (damaged, not UTF-8) is passed
+    over for the newest complete ``step_N`` folder."""
     root = Path(run_dir) / CHECKPOINTS
     try:
-        name = (root / LATEST).read_text(encoding="utf-8").strip()
-    except OSError:
+        with open(root / LATEST, "rb") as f:
+            name = f.read(64).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         name = ""
     if _NAME.match(name) and (root / name / STATE_FILE).is_file():
         return root / name
     done = list_checkpoints(run_dir)
     return done[-1] if done else None
+
+
+def checkpoint_step(path) -> int:
+    """The step of a checkpoint folder, from its name ``step_NNNNNNN``."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint folder name (step_NNNNNNN expected)")
+    return int(m.group(1))
 
 
 def remove_partial(run_dir) -> int:
@@ -176,8 +202,11 @@ def remove_partial(run_dir) -> int:
     stale = [p for p in root.iterdir() if p.name.startswith(".step_") and p.name.endswith(".tmp")]
     stale += [p for p in root.iterdir() if (m := _NAME.match(p.name)) and int(m.group(1)) < newest
               and not (p / STATE_FILE).is_file()]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in stale:  # best effort, as leftovers are skipped anyway (a read-only folder keeps them)
+        try:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        except OSError:
+            pass
     return len(stale)
 
 

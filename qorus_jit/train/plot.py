@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qorus_jit.core.files import atomic_write, write_error
 from qorus_jit.formats.checkpoint import METRICS_FILE
 
 
 def read_metrics(run_dir) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl`` (damaged lines, such as one cut by a kill, are skipped)."""
+    """The rows of ``run_dir/metrics.jsonl`` (damaged lines, such as one cut by a kill or bytes that are not
+    UTF-8 or not JSON, are skipped)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir}: no {METRICS_FILE} (not a run directory, or no step finished yet)")
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().split(b"\n"):
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             continue
         if isinstance(row, dict) and "step" in row:
             rows.append(row)
@@ -59,5 +61,8 @@ def plot_run(run_dir, out=None) -> Path:
     ax2.grid(alpha=0.3)
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    except OSError as e:
+        raise write_error(out, e) from None
     return out

@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from qorus_jit.core.check import check_fields
-from qorus_jit.core.files import atomic_write_json, read_json
+from qorus_jit.core.files import atomic_write_json, os_reason, read_json
 from qorus_jit.formats.checkpoint import RUN_FILE, read_run_record, run_tokenizer_name, run_tokenizer_path
 
 
@@ -81,40 +84,32 @@ class TrainConfig:
     # -- validation -------------------------------------------------------------------------------------
 
     def __post_init__(self):
+        """Check every setting; a bad one raises a ConfigError naming it and what it expects. NumPy scalars
+        stand for Python ones (they become Python's); a bool is no number."""
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = _type_of(f)
-            if kind is bool:
-                ok = isinstance(value, bool)
-            elif kind is int:
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif kind is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if ok and not math.isfinite(value):
-                    raise ConfigError(f"{f.name}: expected a finite number, got {value!r}")
-                if ok:
-                    setattr(self, f.name, float(value))
-            else:
-                ok = isinstance(value, str)
-            if not ok:
-                raise ConfigError(f"{f.name}: expected {kind.__name__}, got {value!r}")
-            if "choices" in f.metadata and value not in f.metadata["choices"]:
-                raise ConfigError(f"{f.name}: expected one of {', '.join(f.metadata['choices'])}, got {value!r}")
-        positive = ("dim", "n_layers", "n_heads", "hidden_dim", "seq_len", "steps", "batch_size", "grad_accum",
-                    "eval_batches", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        at_least = {name: 1 for name in ("dim", "n_layers", "n_heads", "hidden_dim", "seq_len", "steps", "batch_size",
+                                         "grad_accum", "eval_batches", "keep_checkpoints")}
+        at_least.update({name: 0 for name in ("n_kv_heads", "max_seq_len", "eval_every", "ckpt_every", "seed",
+                                              "threads", "sample_tokens")})
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}: expected an int >= {low}, got {getattr(self, name)}")
         if self.warmup_steps < -1:
             raise ConfigError(f"warmup_steps: expected an int >= 0, or -1 for a twentieth of steps, got "
                               f"{self.warmup_steps}")
-        for name in ("n_kv_heads", "max_seq_len", "eval_every", "ckpt_every", "seed", "threads", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected an int >= 0, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction: expected a number between 0 and 1, got {self.val_fraction}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"lr, min_lr: expected lr > 0 and 0 <= min_lr <= lr, got {self.lr}, {self.min_lr}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: expected a number > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr: expected a number in [0, lr = {self.lr}], got {self.min_lr}")
+        for name in ("beta1", "beta2", "momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a number in [0, 1), got {getattr(self, name)}")
+        for name in ("clip", "weight_decay", "temperature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError(f"warmup_steps: expected fewer than steps = {self.steps}, got {self.warmup_steps}")
         if self.dim % self.n_heads:
@@ -126,10 +121,9 @@ class TrainConfig:
                               f"{self.dim // self.n_heads}")
         if self.max_seq_len and self.seq_len > self.max_seq_len:
             raise ConfigError(f"seq_len: expected at most max_seq_len = {self.max_seq_len}, got {self.seq_len}")
-        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
-            raise ConfigError(f"beta1, beta2: expected numbers in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.clip < 0 or self.weight_decay < 0 or self.temperature < 0:
-            raise ConfigError("clip, weight_decay, temperature: expected numbers >= 0")
+        if self.name in (".", "..") or any(sep in self.name for sep in {"/", os.sep}):
+            raise ConfigError(f"name: expected the name of one folder under out_dir (no /, not . or ..), "
+                              f"got {self.name!r}")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "") -> TrainConfig:
@@ -163,6 +157,35 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: Settings that name a file or folder (a NUL byte in one is refused: no path can hold it).
+_PATHS = ("data", "tokenizer", "out_dir", "name")
+
+
+def _checked(f, value):
+    """``value`` of setting ``f`` as the Python type the setting declares; a ConfigError names what is wrong."""
+    kind, name = _type_of(f), f.name
+    if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    elif kind is float:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    value = kind(value)
+    if kind is int and not -2**63 <= value < 2**63:  # what NumPy, kernels and checkpoints hold
+        raise ConfigError(f"{name}: expected an int below 2**63, got {value}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise ConfigError(f"{name}: expected one of {', '.join(f.metadata['choices'])}, got {value!r}")
+    if name in _PATHS and "\0" in value:
+        raise ConfigError(f"{name}: expected a path, got {value!r} (it holds a NUL byte)")
+    return value
 
 
 def _type_of(f) -> type:
@@ -277,6 +300,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
         tokenizer = load_tokenizer(cfg.tokenizer)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"tokenizer: {e}") from None
+    check_memory(cfg, tokenizer.vocab_size)
     data, data_name = load_data(cfg, tokenizer)
     name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out_dir) / name
@@ -291,15 +315,47 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"out_dir: cannot create the run directory {run_dir} ({e.strerror or e})") from None
+    target = run_dir / run_tokenizer_name(tokenizer)
     try:
-        tokenizer.save(run_dir / run_tokenizer_name(tokenizer))
-        atomic_write_json(run_dir / RUN_FILE, {
+        tokenizer.save(target)
+        target = run_dir / RUN_FILE
+        atomic_write_json(target, {
             "config": cfg.to_dict(), "model": model_record(run.model),
             "data": data_name, "tokens": {"train": data.n_train, "val": data.n_val}})
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ConfigError(f"out_dir: cannot write {target} ({os_reason(e)}); nothing was kept") from None
         raise
     return run
+
+
+def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
+    """Refuse sizes whose training cannot fit in this machine's memory, before anything is allocated (a
+    ConfigError naming the sizes): a lower bound of the bytes of the weights, their gradients and two
+    optimizer moments, and of the activations one step keeps for the backward pass."""
+    d, h, layers = cfg.dim, cfg.hidden_dim, cfg.n_layers
+    positions = cfg.max_seq_len or cfg.seq_len
+    params = layers * (4 * d * d + (3 if cfg.arch == "llama" else 2) * d * h)
+    params += vocab_size * d * (1 if cfg.arch == "llama" and cfg.tie_embeddings else 2)
+    params += positions * d if cfg.arch == "gpt2" else positions * (d // cfg.n_heads)  # positions, or rope tables
+    tokens = cfg.batch_size * cfg.seq_len
+    activations = tokens * (layers * (4 * d + 2 * h + cfg.n_heads * cfg.seq_len) + 2 * vocab_size)
+    need = 4 * (4 * params + activations)  # float32
+    have = _memory_bytes()
+    if have and need > have:
+        sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("dim", "n_layers", "hidden_dim", "n_heads", "max_seq_len",
+                                                             "seq_len", "batch_size"))
+        raise ConfigError(f"{sizes}: training this model needs at least {need / 2**30:,.1f} GiB (weights, gradients, "
+                          f"optimizer state and activations), more than the {have / 2**30:,.1f} GiB of memory here")
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _absolute_paths(d: dict) -> dict:
@@ -366,25 +422,40 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
     if found is None:
         raise ConfigError(f"--resume: {run_dir} has no complete checkpoint yet")
     try:
-        step = int(read_json(found / STATE_FILE, "checkpoint state")["step"])
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"--resume: {found} is damaged ({e})") from None
+        state = read_json(found / STATE_FILE, "checkpoint state")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: the newest checkpoint is damaged: {e}") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ConfigError(f"--resume: the newest checkpoint is damaged: {found / STATE_FILE} is not a checkpoint "
+                          f"state (a JSON object with the step, an int >= 0, expected)")
     if step > cfg.steps:
         raise ConfigError(f"--resume: the newest checkpoint is at step {step}, past steps = {cfg.steps}; "
                           f"expected --steps of at least {step}")
     if step == cfg.steps and is_finished(run_dir, cfg.steps):
         raise ConfigError(f"--resume: {run_dir} finished all {cfg.steps} steps; pass a larger --steps to train on")
     tok_file = run_tokenizer_path(run_dir)
+    source = tok_file if tok_file.is_file() else cfg.tokenizer
     try:
-        tokenizer = load_tokenizer(tok_file if tok_file.is_file() else cfg.tokenizer)
-    except (OSError, ValueError, TypeError, ImportError) as e:
-        raise ConfigError(f"tokenizer: {e}") from None
+        tokenizer = load_tokenizer(source)
+    except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
+        raise ConfigError(f"tokenizer: {_naming(source, e)}") from None
     data, data_name = load_data(cfg, tokenizer)
     try:
         run = Run(cfg, run_dir, tokenizer, data, data_name, progress)
         run.trainer.resume(found)
-    except (ValueError, TypeError, KeyError) as e:  # a damaged checkpoint, or data that changed since
-        raise ConfigError(f"--resume: cannot restore {found} ({e})") from None
+    except (ValueError, TypeError, KeyError, OSError) as e:  # a damaged checkpoint, or data that changed since
+        raise ConfigError(f"--resume: cannot restore the newest checkpoint: {_naming(found, e)}") from None
     if overrides:  # the new steps (etc.) hold for later resumes too
-        atomic_write_json(run_dir / RUN_FILE, {**record, "config": cfg.to_dict()})
+        try:
+            atomic_write_json(run_dir / RUN_FILE, {**record, "config": cfg.to_dict()})
+        except OSError as e:
+            raise ConfigError(f"--resume: cannot write {run_dir / RUN_FILE} ({os_reason(e)}); the checkpoint of "
+                              f"step {step} ({found}) is intact") from None
     return run
+
+
+def _naming(path, e: Exception) -> str:
+    """An error's text on one line (a parser may put a line break in it), naming ``path`` unless it does."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if str(path) in text else f"{path}: {text}"

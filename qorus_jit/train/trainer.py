@@ -20,20 +20,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from qorus_jit.core.files import atomic_write_text
+from qorus_jit.core.files import atomic_write, final_path, os_reason
 from qorus_jit.formats import checkpoint as ckpt
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
 from qorus_jit.train.schedule import constant
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss or gradient); the message names the step."""
+    """Training cannot go on (a non-finite loss or gradient, a write the disk refused); the message names the
+    step, and for a failed write the file, the OS's reason and the checkpoint that stays intact.
+    ``resumable``: the message names that checkpoint, and resuming from it is what to do once the disk
+    takes writes again (a NaN, by contrast, would come back)."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -56,7 +64,9 @@ class Trainer:
       ``qorus train --no-progress`` keeps the lines without the bar).
 
     ``fit()`` returns the last metrics. A NaN or inf loss or gradient norm raises :class:`TrainingError`
-    naming the step before the optimizer touches the weights; the last checkpoint stays as it was.
+    naming the step before the optimizer touches the weights; the last checkpoint stays as it was. So does a
+    write that fails (a full disk, a read-only or forbidden folder): the message names the file, the OS's
+    reason and the newest checkpoint, which stays whole, and a metrics line is written whole or not at all.
     ``resume(path_or_run_dir)`` restores weights, optimizer, data position and step from a checkpoint, so
     that the run continues exactly as if it had never stopped.
     """
@@ -93,6 +103,7 @@ class Trainer:
         self.last: dict = {}
         self.interrupted = False
         self._stop = False
+        self._metrics_end = 0  # bytes of metrics.jsonl that hold whole lines
 
     @staticmethod
     def _batch_source(data, batch_size):
@@ -196,7 +207,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             if metrics is not None:
-                metrics.close()
+                os.close(metrics)
             self._restore_sigint(old_handler)
         self.interrupted = self.step < self.steps
         return dict(self.last)
@@ -226,22 +237,56 @@ class Trainer:
         return tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5,
                     disable=None, leave=True)
 
-    def _open_metrics(self):
+    def _open_metrics(self) -> int | None:
+        """``metrics.jsonl`` opened for appending (a file descriptor), or None without a run directory. Rows
+        past the current step (to be recomputed after a resume) and damaged lines (cut by a kill, not UTF-8,
+        not JSON) are dropped first."""
         if self.run_dir is None:
             return None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / ckpt.METRICS_FILE
-        if path.exists():  # drop rows past the checkpoint we resumed from (they will be recomputed)
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _row_step(line) <= self.step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        return open(path, "a", encoding="utf-8")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                data = path.read_bytes()
+                kept = b"".join(line + b"\n" for line in data.split(b"\n") if _row_step(line) <= self.step)
+                if kept != data:
+                    atomic_write(path, lambda tmp: tmp.write_bytes(kept))
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._write_failed(path, e) from None
+        self._metrics_end = os.fstat(fd).st_size
+        return fd
 
-    @staticmethod
-    def _write(metrics, row: dict) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps({k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
-            metrics.flush()
+    def _write(self, fd: int | None, row: dict) -> None:
+        """Append ``row`` as one line, whole or not at all: a write cut short (a full disk) is undone."""
+        if fd is None:
+            return
+        line = (json.dumps({k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
+        data = line.encode("utf-8")
+        try:
+            done = os.write(fd, data)
+            while done < len(data):  # a short write: the rest, or the error that cut it short
+                done += os.write(fd, data[done:])
+        except OSError as e:
+            try:
+                os.ftruncate(fd, self._metrics_end)
+            except OSError:
+                pass  # a resume drops the partial line
+            raise self._write_failed(self.run_dir / ckpt.METRICS_FILE, e) from None
+        self._metrics_end += len(data)
+
+    def _write_failed(self, path, e: OSError) -> TrainingError:
+        """The TrainingError of a failed write of ``path``: the step, the file, the OS's reason, and the newest
+        checkpoint (written atomically, so whole) that a resume continues from."""
+        try:
+            found = ckpt.latest_checkpoint(self.run_dir)
+            intact = ("no checkpoint was written yet" if found is None else
+                      f"the checkpoint of step {ckpt.checkpoint_step(found)} ({found}) is intact and the run "
+                      f"resumes from it")
+        except OSError as err:
+            found, intact = None, f"the checkpoints cannot be listed ({os_reason(err)})"
+        return TrainingError(f"step {self.step}: cannot write {final_path(path)} ({os_reason(e)}); {intact}",
+                             resumable=found is not None)
 
     # -- Ctrl-C -------------------------------------------------------------------------------------
 
@@ -273,8 +318,12 @@ class Trainer:
         state = {"optimizer": opt_meta, "data": self.data.state_dict(), "elapsed": self.elapsed,
                  "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                  **self.extra_state}
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.model.parameters(), opt_tensors, state,
-                                    keep=self.keep_checkpoints)
+        try:
+            return ckpt.save_checkpoint(self.run_dir, self.step, self.model.parameters(), opt_tensors, state,
+                                        keep=self.keep_checkpoints)
+        except OSError as e:  # the file that failed, else the folder of this step
+            target = e.filename or self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(self.step)
+            raise self._write_failed(target, e) from None
 
     def resume(self, path) -> Path:
         """Restore from a checkpoint folder, or from the newest complete one of a run directory."""
@@ -294,8 +343,9 @@ class Trainer:
         return path
 
 
-def _row_step(line: str) -> int:
+def _row_step(line: bytes) -> int:
+    """The step of a metrics line; a damaged one (cut by a kill, not UTF-8, not JSON) gets a step past any."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 1 << 62  # a damaged line (cut by a kill) is dropped
+        return int(json.loads(line.decode("utf-8")).get("step", 0))
+    except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
+        return 1 << 62
