@@ -16,7 +16,7 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from qorus_jit.core.numerics import DTYPE, FASTMATH, get_num_threads, set_num_threads  # noqa: E402
 from qorus_jit.data import ArrayDataset, TextDataset, default_corpus, train_test_split  # noqa: E402
 from qorus_jit.infer.embeddings import SentenceEncoder, embed  # noqa: E402
-from qorus_jit.infer.generate import generate, generate_text, sample_text  # noqa: E402
+from qorus_jit.infer.generate import generate, generate_text, sample_text, warm_up  # noqa: E402
 from qorus_jit.infer.sources import load_source  # noqa: E402
 from qorus_jit.layers import (  # noqa: E402
     GELU,
@@ -101,6 +101,6 @@ __all__ = [
     "TrainConfig", "Trainer", "TrainingError", "constant", "cosine", "decay_groups", "linear", "make_loss",
     "make_schedule", "profile", "resume_run", "start_run", "step_decay", "warmup", "warmup_cosine",
     # inference
-    "SentenceEncoder", "embed", "generate", "generate_text", "load_source", "sample_text",
+    "SentenceEncoder", "embed", "generate", "generate_text", "load_source", "sample_text", "warm_up",
     "__version__",
 ]
