@@ -346,8 +346,8 @@ def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     if have and need > have:
         sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("dim", "n_layers", "hidden_dim", "n_heads", "max_seq_len",
                                                              "seq_len", "batch_size"))
-        raise ConfigError(f"{sizes}: training this model needs at least {need / 2**30:,.1f} GiB (weights, gradients, "
-                          f"optimizer state and activations), more than the {have / 2**30:,.1f} GiB of memory here")
+        raise ConfigError(f"{sizes}: training this model needs at least {need / 2**30:.3g} GiB (weights, gradients, "
+                          f"optimizer state and activations), more than the {have / 2**30:.3g} GiB of memory here")
 
 
 def _memory_bytes() -> int:
