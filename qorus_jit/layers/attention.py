@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
-from qorus_jit.core.check import check_positive
+from qorus_jit.core.check import check_positive, check_positive_float
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import trusted as K
 from qorus_jit.kernels.attention import attention_work_size
@@ -13,6 +16,68 @@ from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.linear import Linear
 
 ROPE_STYLES = (None, "rotate_half", "interleaved")
+_ROPE_MIN_ROWS = 64  # the first table's length at least, so that decoding token by token rarely regrows it
+
+
+class RopeTables:
+    """The ``cos``, ``sin`` and ``-sin`` tables ``(positions, head_dim / 2)`` of one rotary embedding (its
+    ``head_dim`` and ``theta``), shared by every attention layer that uses that embedding
+    (:func:`shared_rope_tables`) and sized lazily to the positions used.
+
+    :meth:`get` returns tables that cover at least the positions asked for, rebuilt at twice the old length
+    (up to the caller's limit) when they are too short, so a config's huge ``max_position_embeddings`` costs
+    nothing until those positions are used. The tables come from ``kernels.rope.rope_cache``, whose row
+    ``t`` depends on ``t`` alone, so a longer table repeats the rows of the shorter one exactly. The style
+    (rotate-half or interleaved pairs) is the kernel's business: both read the same tables.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        check_positive(head_dim=head_dim)
+        check_positive_float(theta=theta)
+        if head_dim % 2:
+            raise ValueError(f"head_dim: expected an even int (RoPE rotates pairs), got {head_dim}")
+        self.head_dim, self.theta = head_dim, float(theta)
+        empty = np.empty((0, head_dim // 2), np.float32)
+        self._tables = (empty, empty, empty)  # replaced whole, so a reader never sees a half-grown set
+        self._lock = threading.Lock()
+
+    @property
+    def length(self) -> int:
+        """How many positions the tables cover now."""
+        return self._tables[0].shape[0]
+
+    def get(self, n: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(cos, sin, neg_sin)`` covering positions ``0 .. n - 1`` at least; a table grown here has
+        ``max(n, twice the old length, 64)`` rows, but no more than ``limit`` (a layer's ``max_seq_len``)."""
+        tables = self._tables
+        if n <= tables[0].shape[0]:
+            return tables
+        with self._lock:
+            old = self._tables[0].shape[0]
+            if n > old:
+                size = max(n, 2 * old, _ROPE_MIN_ROWS)
+                if limit is not None:
+                    size = max(n, min(size, limit))
+                cos, sin = rope_cache(size, self.head_dim, self.theta)
+                self._tables = (cos, sin, -sin)
+            return self._tables
+
+
+_SHARED_ROPE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_SHARED_ROPE_LOCK = threading.Lock()
+
+
+def shared_rope_tables(head_dim: int, theta: float = 10000.0) -> RopeTables:
+    """The one :class:`RopeTables` of ``(head_dim, theta)`` in this process, kept while a layer uses it:
+    the attention layers of a model (and of other models alike) share their tables."""
+    check_positive(head_dim=head_dim)
+    check_positive_float(theta=theta)
+    key = (int(head_dim), float(theta))
+    with _SHARED_ROPE_LOCK:
+        tables = _SHARED_ROPE.get(key)
+        if tables is None:
+            tables = _SHARED_ROPE[key] = RopeTables(head_dim, theta)
+        return tables
 
 
 class KVCache:
@@ -64,6 +129,9 @@ class MultiHeadAttention(Layer):
     projection (GPT-2's ``c_attn``, rows ordered q, k, v). Children are named ``q_proj``, ``k_proj``,
     ``v_proj`` (or ``qkv_proj`` when fused) and ``o_proj``; ``names`` renames them to follow another
     architecture's checkpoint names, e.g. ``{"qkv_proj": "c_attn", "o_proj": "c_proj"}``.
+
+    The RoPE tables are those of :func:`shared_rope_tables` (one set for all layers of the same head size
+    and theta), grown to the positions a call uses, never past ``max_seq_len``.
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, *, causal: bool = True,
@@ -93,12 +161,14 @@ class MultiHeadAttention(Layer):
             self.k_proj = self.add_child(names["k_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
             self.v_proj = self.add_child(names["v_proj"], Linear(dim, n_kv_heads * D, bias=bias, rng=rng))
         self.o_proj = self.add_child(names["o_proj"], Linear(n_heads * D, dim, bias=out_bias, rng=rng))
-        self.cos = self.sin = self.neg_sin = None
-        if rope is not None:
-            self.cos, self.sin = rope_cache(max_seq_len, D, rope_theta)
-            self.neg_sin = -self.sin
+        # the model's shared tables, grown to the positions used (RopeTables)
+        self.rope_tables = shared_rope_tables(D, rope_theta) if rope is not None else None
         self._saved = None
         self._work_size = (None, 0)  # ((q shape, k shape, threads), elements of the attention scratch)
+
+    def rope_for(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(cos, sin, neg_sin)`` covering positions ``0 .. n - 1`` (``n <= max_seq_len``)."""
+        return self.rope_tables.get(n, self.max_seq_len)
 
     @property
     def incremental(self) -> bool:
@@ -122,8 +192,9 @@ class MultiHeadAttention(Layer):
             v = self.v_proj.forward(x).reshape(B, T, Hkv, D)
         if self.rope is not None:
             inter = self.rope == "interleaved"
-            K.rope_forward(q, q, self.cos, self.sin, pos, inter)
-            K.rope_forward(k, k, self.cos, self.sin, pos, inter)
+            cos, sin, _ = self.rope_for(pos + T)
+            K.rope_forward(q, q, cos, sin, pos, inter)
+            K.rope_forward(k, k, cos, sin, pos, inter)
         return q, k, v
 
     def forward(self, x, key_mask=None, cache: KVCache | None = None):
@@ -184,8 +255,9 @@ class MultiHeadAttention(Layer):
                              work=self._work(q, k))
         if self.rope is not None:  # the transpose of a rotation: the rotation by the opposite angle, in place
             inter = self.rope == "interleaved"
-            K.rope_forward(dq, dq, self.cos, self.neg_sin, 0, inter)
-            K.rope_forward(dk, dk, self.cos, self.neg_sin, 0, inter)
+            cos, _, neg_sin = self.rope_for(T)
+            K.rope_forward(dq, dq, cos, neg_sin, 0, inter)
+            K.rope_forward(dk, dk, cos, neg_sin, 0, inter)
         if self.fused_qkv:
             H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
             dqkv = self.buffer("dqkv", (B, T, (H + 2 * Hkv) * D))
