@@ -319,7 +319,10 @@ def test_check_tensors_errors():
     del t["transformer.h.0.mlp.c_fc.bias"]
     with pytest.raises(ValueError, match=r"x\.safetensors: missing tensor 'transformer\.h\.0\.mlp\.c_fc\.bias'"):
         check_tensors(_GPT2, t, "x.safetensors")
-    with pytest.raises(ValueError, match=r"x\.safetensors: unexpected tensor 'transformer\.h\.1\.ln_1\.weight'"):
+    with pytest.raises(ValueError, match=r"x\.safetensors: unexpected tensor 'transformer\.h\.0\.extra'"):
+        check_tensors(_GPT2, {**good, "transformer.h.0.extra": np.zeros(8, np.float32)}, "x.safetensors")
+    with pytest.raises(ValueError, match=r"x\.safetensors: n_layer \(GPT2Config\.n_layers\) = 1 does not match "
+                                         r"the weights, which hold 2 layers"):
         check_tensors(_GPT2, {**good, "transformer.h.1.ln_1.weight": np.zeros(8, np.float32)}, "x.safetensors")
     t = {**good, "transformer.h.0.attn.c_attn.weight": np.zeros((24, 8), np.float32)}
     with pytest.raises(ValueError, match=r"'transformer\.h\.0\.attn\.c_attn\.weight' has shape \(24, 8\), "

@@ -188,19 +188,47 @@ def _read_header(file: Path, size: int) -> Llama2cHeader:
         shared = values[5] > 0
     d = dict(zip(_FIELDS, values, strict=True))
     d["vocab_size"] = abs(d["vocab_size"])
-    bad = [f"{k}={v}" for k, v in d.items() if v <= 0]
-    why = ""
-    if bad:
-        why = f"{', '.join(bad)} (expected > 0)"
-    elif d["dim"] % d["n_heads"]:
-        why = f"n_heads={d['n_heads']} does not divide dim={d['dim']}"
-    elif d["n_heads"] % d["n_kv_heads"]:
-        why = f"n_kv_heads={d['n_kv_heads']} does not divide n_heads={d['n_heads']}"
-    elif (d["dim"] // d["n_heads"]) % 2:
-        why = f"head size dim / n_heads = {d['dim'] // d['n_heads']} is odd (RoPE rotates pairs)"
+    why = _header_problem(d)
     if why:
         raise ValueError(f"{file}: bad llama2.c header: {why} (is this a llama2.c checkpoint?)")
     return Llama2cHeader(version=version, shared=shared, **d)
+
+
+def _header_problem(d: dict[str, int]) -> str:
+    """What is wrong with the seven header sizes ``d``, or "" (each > 0, the heads dividing, pairs even)."""
+    bad = [f"{k}={v}" for k, v in d.items() if v <= 0]
+    if bad:
+        return f"{', '.join(bad)} (expected > 0)"
+    if d["dim"] % d["n_heads"]:
+        return f"n_heads={d['n_heads']} does not divide dim={d['dim']}"
+    if d["n_heads"] % d["n_kv_heads"]:
+        return f"n_kv_heads={d['n_kv_heads']} does not divide n_heads={d['n_heads']}"
+    if (d["dim"] // d["n_heads"]) % 2:
+        return f"head size dim / n_heads = {d['dim'] // d['n_heads']} is odd (RoPE rotates pairs)"
+    return ""
+
+
+def _fitting_fields(h: Llama2cHeader, size: int) -> list[str]:
+    """``["n_layers=2", ...]``: the header fields that, changed alone to a valid value, make the expected size
+    ``size`` bytes; each is found by bisection, the size growing with every field but ``n_heads``."""
+    out = []
+    for field in _FIELDS:
+        grows = field != "n_heads"
+
+        def size_of(v, field=field):
+            return _expected_size(dataclasses.replace(h, **{field: v}))
+
+        lo, hi = 1, _INT32_MAX  # the smallest v whose size has reached ``size`` (from the side it moves to)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (size_of(mid) >= size) if grows else (size_of(mid) <= size):
+                hi = mid
+            else:
+                lo = mid + 1
+        d = {f: getattr(h, f) for f in _FIELDS} | {field: lo}
+        if lo != getattr(h, field) and size_of(lo) == size and not _header_problem(d):
+            out.append(f"{field}={lo}")
+    return out
 
 
 def _check_size(file: Path, h: Llama2cHeader, size: int) -> None:
@@ -212,9 +240,13 @@ def _check_size(file: Path, h: Llama2cHeader, size: int) -> None:
     if h.version == 0 and size == _expected_size(h, freq_tables=False):
         hint = ("; the freq_cis_real/freq_cis_imag RoPE tables that the legacy format stores after the final "
                 "norm seem to be missing (llama2.c's run.c skips over them, so they must be present)")
-    elif size == _expected_size(dataclasses.replace(h, shared=not h.shared)):
-        hint = (f"; the size would fit a {'separate' if h.shared else 'shared'} classifier: is the "
-                f"{'vocab_size sign' if h.version == 0 else 'shared_classifier flag'} wrong?")
+    else:  # which one change of the header would make it fit the file
+        fits = _fitting_fields(h, size)
+        if size == _expected_size(dataclasses.replace(h, shared=not h.shared)):
+            fits.insert(0, f"a {'separate' if h.shared else 'shared'} classifier (is the "
+                           f"{'vocab_size sign' if h.version == 0 else 'shared_classifier flag'} wrong?)")
+        if fits:
+            hint = f"; the size would fit {' or '.join(fits)}"
     raise ValueError(f"{file}: expected {expected} bytes for a llama2.c version {h.version} checkpoint with "
                      f"{h.describe()}, got {size} bytes ({what}){hint}")
 

@@ -7,6 +7,7 @@ or truncated file raises a ValueError naming it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -18,33 +19,57 @@ _TO_FLOAT32 = {"F16", "F64", "BF16"}
 _KEEP = {"F32", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
 
 
+def read_safetensors_header(file) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of every tensor of one safetensors file, from its header alone (nothing is
+    read into memory). The safetensors package checks the header against the file: each tensor's bytes
+    lie inside the file and match its shape and dtype, so the shapes are bounded by the file's size.
+    A corrupt file or an unsupported dtype raises a ValueError naming the file."""
+    out = {}
+    with _opened(file) as (path, f):
+        for name in f.keys():
+            sl = f.get_slice(name)
+            dtype = sl.get_dtype()
+            if dtype not in _TO_FLOAT32 and dtype not in _KEEP:
+                raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which is not supported")
+            out[name] = (dtype, tuple(int(n) for n in sl.get_shape()))
+    return out
+
+
 def load_safetensors(file) -> dict[str, np.ndarray]:
     """Every tensor of one safetensors file, floating ones as float32; corrupt files raise ValueError."""
+    tensors: dict[str, np.ndarray] = {}
+    with _opened(file) as (path, f):
+        for name in f.keys():
+            dtype = f.get_slice(name).get_dtype()
+            if dtype == "BF16":
+                arr = _read_bf16(path, name)
+            elif dtype in _TO_FLOAT32 or dtype in _KEEP:
+                arr = f.get_tensor(name)
+            else:
+                raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which is not supported")
+            if arr.dtype.kind == "f" and arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            tensors[name] = np.ascontiguousarray(arr)
+    return tensors
+
+
+@contextlib.contextmanager
+def _opened(file):
+    """``(path, safe_open handle)``; the package's errors (header garbage, a file cut short) become a
+    ValueError naming the file."""
     from safetensors import safe_open
 
     file = Path(file)
     size = file.stat().st_size
     if size < 8:
         raise ValueError(f"{file}: not a valid safetensors file ({size} bytes; truncated?)")
-    tensors: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(file), framework="np") as f:
-            for name in f.keys():
-                dtype = f.get_slice(name).get_dtype()
-                if dtype == "BF16":
-                    arr = _read_bf16(file, name)
-                elif dtype in _TO_FLOAT32 or dtype in _KEEP:
-                    arr = f.get_tensor(name)
-                else:
-                    raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported")
-                if arr.dtype.kind == "f" and arr.dtype != np.float32:
-                    arr = arr.astype(np.float32)
-                tensors[name] = np.ascontiguousarray(arr)
-    except ValueError:
+            yield file, f
+    except (ValueError, MemoryError):
         raise
-    except Exception as e:  # safetensors' SafetensorError and friends: header garbage, file cut short
+    except Exception as e:  # safetensors' SafetensorError and friends
         raise ValueError(f"{file}: not a valid safetensors file, truncated or corrupt ({e})") from None
-    return tensors
 
 
 def _read_bf16(file: Path, name: str) -> np.ndarray:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import reprlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,42 +28,53 @@ HF_ACTIVATIONS: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu
                                   "relu": "relu"}
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
+def _brief(value) -> str:
+    """``repr(value)`` cut short (long strings, big or deeply nested containers): error messages stay one
+    short line whatever a config file holds."""
+    return _REPR.repr(value)
+
+
 def _check_int(cls_name: str, name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{cls_name}.{name}: expected an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{cls_name}.{name}: expected an int >= {minimum}, got {_brief(value)}")
 
 
 def _check_float(cls_name: str, name: str, value) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
-        raise ValueError(f"{cls_name}.{name}: expected a finite float > 0, got {value!r}")
+        raise ValueError(f"{cls_name}.{name}: expected a finite float > 0, got {_brief(value)}")
 
 
 def _check_bool(cls_name: str, name: str, value) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{cls_name}.{name}: expected a bool, got {value!r}")
+        raise ValueError(f"{cls_name}.{name}: expected a bool, got {_brief(value)}")
 
 
 def _check_choice(cls_name: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{cls_name}.{name}: expected one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{cls_name}.{name}: expected one of {', '.join(choices)}, got {_brief(value)}")
 
 
 def _hf_get(hf: dict, key: str, what: str, default=dataclasses.MISSING):
-    """``hf[key]``, or ``default``; a missing key without default raises a ValueError naming it."""
+    """``hf[key]``, or ``default`` when it is absent or null; a required key raises a ValueError naming it."""
     if not isinstance(hf, dict):
         raise ValueError(f"{what} config: expected a dict (the parsed config.json), got {type(hf).__name__}")
     if key in hf and hf[key] is not None:
         return hf[key]
     if default is dataclasses.MISSING:
-        raise ValueError(f"{what} config.json: missing required key {key!r}")
+        raise ValueError(f"{what} config.json: missing required key {key!r} (absent or null)")
     return default
 
 
 def _hf_reject(hf: dict, what: str, key: str, allowed) -> None:
     """Raise if ``hf[key]`` is present and not in ``allowed`` (a setting these configs cannot express)."""
     if key in hf and hf[key] not in allowed:
-        raise ValueError(f"{what} config.json: {key}={hf[key]!r} is not supported (expected {allowed[0]!r})")
+        raise ValueError(f"{what} config.json: {key}={_brief(hf[key])} is not supported (expected {allowed[0]!r})")
 
 
 class Config:
@@ -76,6 +89,9 @@ class Config:
     _what: ClassVar[str] = ""  #: the architecture's name in error messages ("Llama", "GPT-2", ...)
     hf_architecture: ClassVar[str] = ""  #: the ``architectures`` entry of its config.json
     hf_model_type: ClassVar[str] = ""  #: the ``model_type`` of its config.json
+    #: The ``config.json`` key of every field (``{"n_layers": "num_hidden_layers", ...}``): ``from_hf`` reads
+    #: the fields through it, ``to_hf`` writes them, and errors about a config.json name both.
+    hf_names: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (JSON-serializable)."""
@@ -95,6 +111,27 @@ class Config:
     def to_hf(self) -> dict[str, Any]:
         """A ``config.json`` dict that ``transformers`` loads as the counterpart of this shape."""
         raise NotImplementedError
+
+    @classmethod
+    def hf_label(cls, field: str) -> str:
+        """A field as errors name it: ``"num_hidden_layers (LlamaConfig.n_layers)"``."""
+        return f"{cls.hf_names[field]} ({cls.__name__}.{field})" if field in cls.hf_names else f"{cls.__name__}.{field}"
+
+    @classmethod
+    def _from_hf_fields(cls, hf_config: dict, **given):
+        """The config of a ``config.json`` dict: each field read from its key in :attr:`hf_names` (absent or
+        null: the field's default; a required field raises), ``given`` taking precedence. A bad value raises
+        a one-line ValueError naming the key and the field (:meth:`hf_label`)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            values[f.name] = given[f.name] if f.name in given else _hf_get(hf_config, cls.hf_names[f.name],
+                                                                            cls._what, f.default)
+        try:
+            return cls(**values)
+        except ValueError as e:
+            # the checks name "LlamaConfig.n_layers"; a config.json's reader wants its key as well
+            msg = re.sub(rf"^{cls.__name__}\.(\w+)", lambda m: cls.hf_label(m.group(1)), str(e))
+            raise ValueError(f"{cls._what} config.json: {msg}") from None
 
     def _check_fields(self, ints=(), floats=(), bools=()) -> None:
         name = type(self).__name__
@@ -129,6 +166,13 @@ class Architecture(Graph):
     hf_ignored: ClassVar[tuple[str, ...]] = ()
     #: Tensors listed by :meth:`hf_shapes` that a checkpoint may leave out (and the model does not build).
     hf_optional: ClassVar[frozenset[str]] = frozenset()
+    #: A regular expression matching the per-layer tensor names, its group 1 the layer index
+    #: (``r"model\.layers\.(\d+)\."``): a checkpoint's layers are counted by it.
+    hf_layers: ClassVar[str] = ""
+    #: The tensor and axis whose length each size field of the config sets, ``{field: (name, axis)}``; the
+    #: length is a multiple of the field (``n_kv_heads * head_dim`` rows). Checked against a checkpoint's
+    #: shapes before anything is built, so that a wrong size is named by its field.
+    hf_sizes: ClassVar[dict[str, tuple[str, int]]] = {}
 
     @staticmethod
     def hf_shapes(config) -> dict[str, tuple[int, ...]]:

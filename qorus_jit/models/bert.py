@@ -47,6 +47,11 @@ class BertConfig(Config):
     _what: ClassVar[str] = "BERT"
     hf_architecture: ClassVar[str] = "BertModel"
     hf_model_type: ClassVar[str] = "bert"
+    hf_names: ClassVar[dict[str, str]] = {
+        "dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+        "hidden_dim": "intermediate_size", "vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings",
+        "type_vocab_size": "type_vocab_size", "norm_eps": "layer_norm_eps", "activation": "hidden_act",
+        "pad_token_id": "pad_token_id"}
 
     def __post_init__(self):
         self._check_fields(ints=("dim", "n_layers", "n_heads", "hidden_dim", "vocab_size", "max_seq_len",
@@ -73,18 +78,7 @@ class BertConfig(Config):
         _hf_reject(hf_config, w, "position_embedding_type", ("absolute",))
         _hf_reject(hf_config, w, "is_decoder", (False,))
         _hf_reject(hf_config, w, "add_cross_attention", (False,))
-        return cls(
-            dim=_hf_get(hf_config, "hidden_size", w),
-            n_layers=_hf_get(hf_config, "num_hidden_layers", w),
-            n_heads=_hf_get(hf_config, "num_attention_heads", w),
-            hidden_dim=_hf_get(hf_config, "intermediate_size", w),
-            vocab_size=_hf_get(hf_config, "vocab_size", w),
-            max_seq_len=_hf_get(hf_config, "max_position_embeddings", w, 512),
-            type_vocab_size=_hf_get(hf_config, "type_vocab_size", w, 2),
-            norm_eps=_hf_get(hf_config, "layer_norm_eps", w, 1e-12),
-            activation=_hf_get(hf_config, "hidden_act", w, "gelu"),
-            pad_token_id=_hf_get(hf_config, "pad_token_id", w, 0),
-        )
+        return cls._from_hf_fields(hf_config)
 
     def to_hf(self) -> dict[str, Any]:
         """A ``config.json`` dict that transformers loads as a ``BertModel`` of this shape."""
@@ -115,6 +109,11 @@ class Bert(Architecture):
     config_class = BertConfig
     arch = "bert"
     hf_ignored = (r"embeddings\.(position_ids|token_type_ids)",)
+    hf_layers = r"encoder\.layer\.(\d+)\."
+    hf_sizes = {"vocab_size": ("embeddings.word_embeddings.weight", 0), "dim": ("embeddings.word_embeddings.weight", 1),
+                "max_seq_len": ("embeddings.position_embeddings.weight", 0),
+                "type_vocab_size": ("embeddings.token_type_embeddings.weight", 0),
+                "hidden_dim": ("encoder.layer.0.intermediate.dense.weight", 0)}
     hf_optional = frozenset({"pooler.dense.weight", "pooler.dense.bias"})  # BertModel(add_pooling_layer=False)
 
     def __init__(self, config: BertConfig, rng=None):

@@ -43,6 +43,10 @@ class GPT2Config(Config):
     _what: ClassVar[str] = "GPT-2"
     hf_architecture: ClassVar[str] = "GPT2LMHeadModel"
     hf_model_type: ClassVar[str] = "gpt2"
+    hf_names: ClassVar[dict[str, str]] = {
+        "dim": "n_embd", "n_layers": "n_layer", "n_heads": "n_head", "vocab_size": "vocab_size",
+        "max_seq_len": "n_positions", "norm_eps": "layer_norm_epsilon", "activation": "activation_function",
+        "hidden_dim": "n_inner", "tie_embeddings": "tie_word_embeddings"}
 
     def __post_init__(self):
         if self.hidden_dim is None and isinstance(self.dim, int):
@@ -67,19 +71,9 @@ class GPT2Config(Config):
         _hf_reject(hf_config, w, "scale_attn_weights", (True,))
         _hf_reject(hf_config, w, "scale_attn_by_inverse_layer_idx", (False,))
         n_positions = _hf_get(hf_config, "n_positions", w, None)
-        if n_positions is None:
+        if n_positions is None:  # the oldest configs give only n_ctx
             n_positions = _hf_get(hf_config, "n_ctx", w, 1024)
-        return cls(
-            dim=_hf_get(hf_config, "n_embd", w),
-            n_layers=_hf_get(hf_config, "n_layer", w),
-            n_heads=_hf_get(hf_config, "n_head", w),
-            vocab_size=_hf_get(hf_config, "vocab_size", w),
-            max_seq_len=n_positions,
-            norm_eps=_hf_get(hf_config, "layer_norm_epsilon", w, 1e-5),
-            activation=_hf_get(hf_config, "activation_function", w, "gelu_new"),
-            hidden_dim=_hf_get(hf_config, "n_inner", w, None),
-            tie_embeddings=_hf_get(hf_config, "tie_word_embeddings", w, True),
-        )
+        return cls._from_hf_fields(hf_config, max_seq_len=n_positions)
 
     def to_hf(self) -> dict[str, Any]:
         """A ``config.json`` dict that transformers loads as a ``GPT2LMHeadModel`` of this shape."""
@@ -112,6 +106,10 @@ class GPT2(Architecture):
     hf_base_prefix = "transformer."
     hf_embedding = "transformer.wte.weight"
     hf_ignored = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",)  # causal masks
+    hf_layers = r"transformer\.h\.(\d+)\."
+    hf_sizes = {"vocab_size": ("transformer.wte.weight", 0), "dim": ("transformer.wte.weight", 1),
+                "max_seq_len": ("transformer.wpe.weight", 0),
+                "hidden_dim": ("transformer.h.0.mlp.c_fc.weight", 1)}  # Conv1D (in, out)
 
     def __init__(self, config: GPT2Config, rng=None):
         super().__init__(inputs=["ids"], output="logits")

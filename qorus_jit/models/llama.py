@@ -21,9 +21,13 @@ from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.head import TiedLMHead
-from qorus_jit.models.base import Architecture, Config, _hf_get
+from qorus_jit.models.base import Architecture, Config, _brief, _hf_get
 
 _INT32_MAX = 2**31 - 1
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,11 @@ class LlamaConfig(Config):
     _what: ClassVar[str] = "Llama"
     hf_architecture: ClassVar[str] = "LlamaForCausalLM"
     hf_model_type: ClassVar[str] = "llama"
+    hf_names: ClassVar[dict[str, str]] = {
+        "dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+        "n_kv_heads": "num_key_value_heads", "hidden_dim": "intermediate_size", "vocab_size": "vocab_size",
+        "max_seq_len": "max_position_embeddings", "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+        "tie_embeddings": "tie_word_embeddings", "attention_bias": "attention_bias", "mlp_bias": "mlp_bias"}
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -77,28 +86,14 @@ class LlamaConfig(Config):
         w = cls._what
         act = _hf_get(hf_config, "hidden_act", w, "silu")
         if act != "silu":
-            raise ValueError(f"Llama config.json: hidden_act={act!r} is not supported (expected 'silu')")
+            raise ValueError(f"Llama config.json: hidden_act={_brief(act)} is not supported (expected 'silu')")
         dim = _hf_get(hf_config, "hidden_size", w)
         n_heads = _hf_get(hf_config, "num_attention_heads", w)
         head_dim = hf_config.get("head_dim")
-        if head_dim is not None and isinstance(dim, int) and isinstance(n_heads, int) and n_heads > 0 \
-                and head_dim != dim // n_heads:
-            raise ValueError(f"Llama config.json: head_dim={head_dim!r} differs from hidden_size // "
+        if head_dim is not None and _is_int(dim) and _is_int(n_heads) and n_heads > 0 and head_dim != dim // n_heads:
+            raise ValueError(f"Llama config.json: head_dim={_brief(head_dim)} differs from hidden_size // "
                              f"num_attention_heads = {dim // n_heads}; not supported")
-        return cls(
-            dim=dim,
-            n_layers=_hf_get(hf_config, "num_hidden_layers", w),
-            n_heads=n_heads,
-            n_kv_heads=_hf_get(hf_config, "num_key_value_heads", w, n_heads),
-            hidden_dim=_hf_get(hf_config, "intermediate_size", w),
-            vocab_size=_hf_get(hf_config, "vocab_size", w),
-            max_seq_len=_hf_get(hf_config, "max_position_embeddings", w, 2048),
-            norm_eps=_hf_get(hf_config, "rms_norm_eps", w, 1e-6),
-            rope_theta=_rope_theta(hf_config),
-            tie_embeddings=_hf_get(hf_config, "tie_word_embeddings", w, False),
-            attention_bias=_hf_get(hf_config, "attention_bias", w, False),
-            mlp_bias=_hf_get(hf_config, "mlp_bias", w, False),
-        )
+        return cls._from_hf_fields(hf_config, rope_theta=_rope_theta(hf_config))
 
     def to_hf(self) -> dict[str, Any]:
         """A ``config.json`` dict that transformers loads as a ``LlamaForCausalLM`` of this shape.
@@ -137,14 +132,14 @@ def _rope_theta(hf: dict) -> float:
         if d is None:
             continue
         if not isinstance(d, dict):
-            raise ValueError(f"Llama config.json: {key} must be a dict, got {d!r}")
+            raise ValueError(f"Llama config.json: {key} must be a dict, got {_brief(d)}")
         kind = d.get("rope_type", d.get("type", "default"))
         if kind != "default":
-            raise ValueError(f"Llama config.json: {key} rope_type={kind!r} is not supported; only 'default' "
-                             "rotary embeddings (no scaling) are")
+            raise ValueError(f"Llama config.json: {key} rope_type={_brief(kind)} is not supported; only "
+                             "'default' rotary embeddings (no scaling) are")
         factor = d.get("partial_rotary_factor", 1.0)
         if factor != 1.0:
-            raise ValueError(f"Llama config.json: {key} partial_rotary_factor={factor!r} is not supported")
+            raise ValueError(f"Llama config.json: {key} partial_rotary_factor={_brief(factor)} is not supported")
     if params is not None and params.get("rope_theta") is not None:
         return params["rope_theta"]
     if scaling is not None and scaling.get("rope_theta") is not None:
@@ -161,6 +156,10 @@ class Llama(Architecture):
     hf_base_prefix = "model."
     hf_embedding = "model.embed_tokens.weight"
     hf_ignored = (r"model\.rotary_emb\.(original_)?inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+    hf_layers = r"model\.layers\.(\d+)\."
+    hf_sizes = {"vocab_size": ("model.embed_tokens.weight", 0), "dim": ("model.embed_tokens.weight", 1),
+                "hidden_dim": ("model.layers.0.mlp.gate_proj.weight", 0),
+                "n_kv_heads": ("model.layers.0.self_attn.k_proj.weight", 0)}  # n_kv_heads * head_dim rows
 
     def __init__(self, config: LlamaConfig, rng=None):
         super().__init__(inputs=["ids"], output="logits")
@@ -268,7 +267,9 @@ class _Decoder:
                         per_layer("post_attention_layernorm.weight"), per_layer("mlp.gate_proj.weight"),
                         per_layer("mlp.up_proj.weight"), per_layer("mlp.down_proj.weight"),
                         tuple(cache.k[0] for cache in caches), tuple(cache.v[0] for cache in caches))
-        self.rest = (tuple(a.cos for a in attn), tuple(a.sin for a in attn),
+        # RoPE tables for every position the caches hold (shared by the layers, grown here if need be)
+        tables = [a.rope_for(min(caches[0].max_seq_len, c.max_seq_len)) for a in attn]
+        self.rest = (tuple(t[0] for t in tables), tuple(t[1] for t in tables),
                      np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)),
                      b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
                      b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),

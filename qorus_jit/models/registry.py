@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.formats.hf import read_hf_folder, write_hf_folder
-from qorus_jit.models.base import Architecture, Config
+from qorus_jit.formats.hf import CONFIG_NAME, read_hf_config, read_hf_shapes, read_hf_weights, write_hf_folder
+from qorus_jit.models.base import Architecture, Config, _brief
 from qorus_jit.models.bert import Bert
 from qorus_jit.models.gpt2 import GPT2
 from qorus_jit.models.llama import Llama
@@ -29,6 +29,7 @@ BY_MODEL_TYPE: dict[str, type[Architecture]] = {a.config_class.hf_model_type: a 
 #: By short name: ``TrainConfig.arch`` and the ``arch`` of a run folder's model record.
 BY_ARCH: dict[str, type[Architecture]] = {a.arch: a for a in ARCHITECTURES}
 _BY_CONFIG: dict[type[Config], type[Architecture]] = {a.config_class: a for a in ARCHITECTURES}
+_CONFIG_PREFIX = re.compile(r"^[\w-]+ config\.json: ")  # what from_hf's messages begin with
 
 
 def architecture(arch: str) -> type[Architecture]:
@@ -92,14 +93,17 @@ def config_from_hf(hf_config: dict) -> Config:
     if archs:
         if isinstance(archs, str):
             archs = [archs]
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ValueError(f"architectures: expected a list of names, got {_brief(archs)}")
         for a in archs:
             if a in BY_HF_ARCHITECTURE:
                 return BY_HF_ARCHITECTURE[a].config_class.from_hf(hf_config)
-        raise ValueError(f"unsupported architecture {', '.join(map(str, archs))}; supported: {supported}")
+        names = ", ".join(_brief(a)[1:-1] for a in archs[:5]) + (", ..." if len(archs) > 5 else "")
+        raise ValueError(f"unsupported architecture {names}; supported: {supported}")
     model_type = hf_config.get("model_type")
-    if model_type in BY_MODEL_TYPE:
+    if isinstance(model_type, str) and model_type in BY_MODEL_TYPE:
         return BY_MODEL_TYPE[model_type].config_class.from_hf(hf_config)
-    raise ValueError(f"unsupported model_type {model_type!r} (and no 'architectures' list); supported: "
+    raise ValueError(f"unsupported model_type {_brief(model_type)} (and no 'architectures' list); supported: "
                      f"{supported} (model_type {', '.join(BY_MODEL_TYPE)})")
 
 
@@ -115,46 +119,92 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     return cls.hf_shapes(config)
 
 
+def _canonical(cls: type[Architecture], named: dict) -> dict:
+    """``named`` (tensors or shapes by name) under the model's names: the base-model prefix added when a
+    checkpoint omits it (``h.0...`` -> ``transformer.h.0...``), the ignored buffers dropped."""
+    prefix = cls.hf_base_prefix
+    if prefix and named and not any(k.startswith(prefix) for k in named):
+        named = {(k if k.startswith("lm_head.") else prefix + k): v for k, v in named.items()}
+    ignored = re.compile("|".join(f"(?:{p})" for p in cls.hf_ignored) or r"(?!)")
+    return {k: v for k, v in named.items() if not ignored.fullmatch(k)}
+
+
+def _first(names: list[str], what: str) -> str:
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"{what} {names[0]!r}{more}"
+
+
+def check_shapes(config: Config, shapes: dict[str, tuple[int, ...]], source="tensors") -> dict[str, tuple[int, ...]]:
+    """Check a checkpoint's tensor shapes (name -> shape, as :func:`~qorus_jit.formats.hf.read_hf_shapes`
+    reads them from the safetensors headers, before any data) against ``config``; return
+    :func:`expected_shapes`.
+
+    In this order, each a ValueError naming ``source``: the number of layers the checkpoint holds
+    (``hf_layers``) must be ``n_layers``, counted before anything is sized by it; no tensor may be missing
+    or unexpected; each size field (``hf_sizes``: dims, vocabulary, positions, ...) must be the length of
+    its tensor's axis, the error naming the config.json key, its value and the shape the file holds; then
+    every other shape. A ``lm_head.weight`` beside a tied embedding must have its shape (its values are
+    compared by :func:`check_tensors`).
+    """
+    cls = architecture_of(config)
+    if not isinstance(shapes, dict):
+        raise ValueError(f"{source}: expected a dict of tensor shapes, got {type(shapes).__name__}")
+    shapes = _canonical(cls, {k: tuple(v) for k, v in shapes.items()})
+    label = type(config).hf_label
+    layer = re.compile(cls.hf_layers)
+    held = {m.group(1) for k in shapes if (m := layer.match(k))}  # index strings: no int() of a huge one
+    if config.n_layers != len(held):
+        raise ValueError(f"{source}: {label('n_layers')} = {config.n_layers} does not match the weights, which "
+                         f"hold {len(held)} layers")
+    expected = cls.hf_shapes(config)  # now as long as the checkpoint's own list
+    names = set(shapes)
+    emb = cls.hf_embedding
+    if "lm_head.weight" in names and "lm_head.weight" not in expected and emb in shapes:
+        if shapes["lm_head.weight"] != shapes[emb]:
+            raise ValueError(f"{source}: tensor 'lm_head.weight' differs from {emb!r}, but the config ties the "
+                             "embeddings (tie_word_embeddings=true)")
+        names.discard("lm_head.weight")
+    missing = [k for k in expected if k not in names and k not in cls.hf_optional]
+    if missing:
+        raise ValueError(f"{source}: missing {_first(missing, 'tensor')} for {type(config).__name__}")
+    unexpected = [k for k in shapes if k in names and k not in expected]
+    if unexpected:
+        raise ValueError(f"{source}: unexpected {_first(unexpected, 'tensor')} for {type(config).__name__}")
+    for field, (name, axis) in cls.hf_sizes.items():
+        got, want = shapes[name], expected[name]
+        if len(got) == len(want) and got[axis] != want[axis]:
+            raise ValueError(f"{source}: {label(field)} = {getattr(config, field)} does not match the weights: "
+                             f"tensor {name!r} has shape {got}, expected {want}")
+    for name in names:
+        if shapes[name] != expected[name]:
+            raise ValueError(f"{source}: tensor {name!r} has shape {shapes[name]}, expected {expected[name]}")
+    return expected
+
+
 def check_tensors(config: Config, tensors: dict[str, np.ndarray], source="tensors") -> dict[str, np.ndarray]:
     """Check checkpoint tensors against :func:`expected_shapes`; return them by canonical name.
 
-    ``source`` (a file or folder) is named in every error. Missing, unexpected and wrongly shaped tensors
-    raise a ValueError naming the tensor. The returned dict drops the buffers the architecture ignores
-    (``hf_ignored``: causal masks, rotary tables, position ids), adds the base-model prefix when a
-    checkpoint omits it (``h.0...`` -> ``transformer.h.0...``), and drops a ``lm_head.weight`` that
-    equals the embedding of a tied model (a different one raises). Optional tensors (BERT's pooler) may
-    be absent.
+    ``source`` (a file or folder) is named in every error. The shapes are checked by :func:`check_shapes`
+    (layers, missing and unexpected tensors, each size field, each shape); then a floating dtype. The
+    returned dict drops the buffers the architecture ignores (``hf_ignored``: causal masks, rotary tables,
+    position ids), adds the base-model prefix when a checkpoint omits it (``h.0...`` ->
+    ``transformer.h.0...``), and drops a ``lm_head.weight`` that equals the embedding of a tied model (a
+    different one raises). Optional tensors (BERT's pooler) may be absent.
     """
     cls = architecture_of(config)
-    expected = cls.hf_shapes(config)
     if not isinstance(tensors, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(tensors).__name__}")
-    prefix = cls.hf_base_prefix
-    if prefix and tensors and not any(k.startswith(prefix) for k in tensors):
-        tensors = {(k if k.startswith("lm_head.") else prefix + k): v for k, v in tensors.items()}
-    ignored = re.compile("|".join(f"(?:{p})" for p in cls.hf_ignored) or r"(?!)")
-    params = {k: v for k, v in tensors.items() if not ignored.fullmatch(k)}
-    emb = cls.hf_embedding
-    if "lm_head.weight" in params and "lm_head.weight" not in expected and emb in params:
-        head, table = params["lm_head.weight"], params[emb]
-        if np.shape(head) == np.shape(table) and np.array_equal(head, table):
-            del params["lm_head.weight"]
-        else:
-            raise ValueError(f"{source}: tensor 'lm_head.weight' differs from {emb!r}, but the config ties the "
-                             "embeddings (tie_word_embeddings=true)")
-    missing = [k for k in expected if k not in params and k not in cls.hf_optional]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ValueError(f"{source}: missing tensor {missing[0]!r}{more} for {type(config).__name__}")
-    unexpected = [k for k in params if k not in expected]
-    if unexpected:
-        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
-        raise ValueError(f"{source}: unexpected tensor {unexpected[0]!r}{more} for {type(config).__name__}")
-    for name, arr in params.items():
+    for name, arr in tensors.items():
         if not isinstance(arr, np.ndarray):
             raise ValueError(f"{source}: tensor {name!r} is a {type(arr).__name__}, not a numpy array")
-        if tuple(arr.shape) != expected[name]:
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {expected[name]}")
+    expected = check_shapes(config, {k: a.shape for k, a in tensors.items()}, source)
+    params = _canonical(cls, tensors)
+    if "lm_head.weight" in params and "lm_head.weight" not in expected:
+        if not np.array_equal(params["lm_head.weight"], params[cls.hf_embedding]):
+            raise ValueError(f"{source}: tensor 'lm_head.weight' differs from {cls.hf_embedding!r}, but the "
+                             "config ties the embeddings (tie_word_embeddings=true)")
+        del params["lm_head.weight"]
+    for name, arr in params.items():
         if arr.dtype.kind != "f":
             raise ValueError(f"{source}: tensor {name!r} has dtype {arr.dtype}, expected a floating dtype")
     return params
@@ -164,12 +214,19 @@ def load_pretrained(path) -> Architecture:
     """Read a Hugging Face folder (``config.json`` + safetensors, sharded or not) into the matching model.
 
     Supported: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` and ``BertModel`` (its pooler is skipped).
-    Errors name the file and the tensor.
+    The config is checked against the tensor shapes of the safetensors headers (:func:`check_shapes`)
+    before any tensor is read or the model built, so memory stays bounded by the files whatever the config
+    says. Errors are one-line ValueErrors naming the folder or file, the config.json key and the tensor.
+    Links out of the folder are refused (see :mod:`qorus_jit.formats.hf`).
     """
-    hf_config, tensors = read_hf_folder(path)
-    config = config_from_hf(hf_config)
+    hf_config = read_hf_config(path)
+    try:
+        config = config_from_hf(hf_config)
+    except ValueError as e:  # "Llama config.json: x" -> "<folder>/config.json: x"
+        raise ValueError(f"{Path(path) / CONFIG_NAME}: {_CONFIG_PREFIX.sub('', str(e))}") from None
     cls = architecture_of(config)
-    params = cls.from_hf_tensors(check_tensors(config, tensors, source=str(path)))
+    check_shapes(config, read_hf_shapes(path), source=str(path))
+    params = cls.from_hf_tensors(check_tensors(config, read_hf_weights(path), source=str(path)))
     model = cls(config)
     model.load_parameters(params)
     return model
