@@ -176,3 +176,66 @@ def test_bad_inputs_raise():
         K.rope_cache(0, 8)
     with pytest.raises(ValueError, match="theta: expected a finite real number > 0"):
         K.rope_cache(8, 8, theta=0.0)
+
+
+# ------------------------------------------------------------------ the tables of the attention layers
+
+
+def test_tables_grow_lazily_and_repeat_their_rows_exactly():
+    from qorus_jit.layers.attention import RopeTables
+
+    t = RopeTables(10, 500.0)
+    assert t.length == 0
+    seen = []
+    for n, limit, length in [(1, 1000, 64), (3, 1000, 64), (65, 1000, 128), (129, 200, 200), (200, 200, 200),
+                             (201, 300, 300), (5, None, 300), (301, None, 600)]:
+        cos, sin, neg_sin = t.get(n, limit)
+        assert t.length == cos.shape[0] == length, (n, limit)
+        want_cos, want_sin = K.rope_cache(length, 10, 500.0)  # the one table builder, at the final length
+        np.testing.assert_array_equal(cos, want_cos)
+        np.testing.assert_array_equal(sin, want_sin)
+        np.testing.assert_array_equal(neg_sin, -want_sin)
+        seen.append(cos)
+    assert seen[0] is seen[1] and seen[3] is seen[4] is not seen[2]  # rebuilt only to grow
+    naive_cos, naive_sin = naive.tables(600, 10, 500.0)
+    assert_close(t.get(600)[0], naive_cos, rtol=1e-6, atol=1e-7)
+    assert_close(t.get(600)[1], naive_sin, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="head_dim: expected an even int"):
+        RopeTables(7)
+    with pytest.raises(ValueError, match="theta: expected a finite real number > 0"):
+        RopeTables(8, theta=-1.0)
+
+
+def _attention(model):
+    from qorus_jit.layers.attention import MultiHeadAttention
+
+    def walk(layer):
+        if isinstance(layer, MultiHeadAttention):
+            yield layer
+        for child in layer.children().values():
+            yield from walk(child)
+
+    return list(walk(model))
+
+
+def test_one_table_per_model_sized_to_the_positions_used():
+    """The issue's shape: 16 layers, head size 64, 131,072 positions. Eager tables per layer would hold
+    16 x 3 x 131072 x 32 float32 = 768 MiB; the shared lazy ones hold nothing until used, then the rows used."""
+    from qorus_jit.models import Llama, LlamaConfig
+
+    config = LlamaConfig(dim=128, n_layers=16, n_heads=2, hidden_dim=32, vocab_size=16, max_seq_len=131_072,
+                         rope_theta=123_457.0)  # a theta of its own: no other test's layer shares the tables
+    model = Llama(config, rng=0)
+    attn = _attention(model)
+    assert len(attn) == 16 and all(a.rope_tables is attn[0].rope_tables for a in attn)
+    assert attn[0].rope_tables.length == 0
+    ids = np.arange(10).reshape(1, 10) % 16
+    first = model.forward(ids).copy()
+    assert attn[0].rope_tables.length == 64
+    assert sum(x.nbytes for x in attn[0].rope_tables.get(1)) == 3 * 64 * 32 * 4  # 24 KiB for the whole model
+    model.forward(np.arange(300).reshape(1, 300) % 16)  # grows the tables ...
+    assert attn[0].rope_tables.length == 300
+    np.testing.assert_array_equal(model.forward(ids), first)  # ... and changes no number
+    other = Llama(LlamaConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=32, vocab_size=16,
+                              rope_theta=123_457.0), rng=0)
+    assert _attention(other)[0].rope_tables is not attn[0].rope_tables  # another head size: other tables
