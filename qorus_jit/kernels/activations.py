@@ -249,10 +249,12 @@ def _swiglu_backward_into(da, db, dout, a, b, add):
     for_chunks(_swiglu_backward_range, (da, db, dout, a, b, add), n, _CHUNK, n)
 
 
-@kernel
+@kernel(parallel=True)
 def _swiglu_backward(da, db, dout, a, b):
-    """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,)."""
-    _swiglu_backward_into(da, db, dout, a, b, True)
+    """da += dout * b * s (1 + a (1 - s)); db += dout * a s; s = sigmoid(a); all (n,). Its own chunks rather than
+    a call of the parallel ``_swiglu_backward_into`` (docs/design.md, "Kernels that call parallel kernels")."""
+    n = dout.shape[0]
+    for_chunks(_swiglu_backward_range, (da, db, dout, a, b, True), n, _CHUNK, n)
 
 
 def _check_approximate(approximate) -> bool:
