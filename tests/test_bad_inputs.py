@@ -1,6 +1,6 @@
 """Every public kernel wrapper rejects bad arguments with TypeError/ValueError before any kernel runs.
 
-The cases are generated from one valid call per wrapper (:func:`recipes`), which also says which arguments
+The cases are generated from one valid call per wrapper (:func:`calls`), which also says which arguments
 the wrapper writes and which input each output may be in place:
 
 - each array argument in turn replaced by None, a list, a float16 (or float) array, a big-endian array, a
@@ -53,7 +53,7 @@ class Recipe:
 DIMS = dict(N=3, C=3, O=4, B=1, T=3, H=2, Hkv=1, D=4, S=5, V=5, T_max=6)
 
 
-def recipes(**sizes) -> dict[str, Recipe]:
+def calls(**sizes) -> dict[str, Recipe]:
     """name -> a valid call of each public wrapper, its arrays built from the sizes ``DIMS`` (overridden by
     ``sizes``) with fresh random values."""
     d = {**DIMS, **sizes}
@@ -194,7 +194,59 @@ def recipes(**sizes) -> dict[str, Recipe]:
     }
 
 
-NAMES = sorted(recipes())
+def _z(*shape):
+    return np.zeros(shape, F)
+
+
+def _o(*shape):
+    return np.ones(shape, F)
+
+
+def recipes():
+    """name -> (function, args, indices of optional array args that may be None): the first wrappers' valid calls
+    in the form tests/fuzz/cases_kernels.py builds on (the cases here use :func:`calls`, which covers them all)."""
+    cos, sin = rope.rope_cache(8, 4)
+    ids = np.array([[0, 2, 1]], np.int64)
+    q = np.random.default_rng(0).standard_normal((1, 3, 2, 4)).astype(F)
+    lse = np.zeros((1, 2, 3), F)
+    return {
+        "add_forward": (elementwise.add_forward, [_z(2, 3), _o(2, 3), _o(2, 3)], ()),
+        "mul_backward": (elementwise.mul_backward, [_z(2, 3), _z(2, 3), _o(2, 3), _o(2, 3), _o(2, 3)], ()),
+        "scale_forward": (elementwise.scale_forward, [_z(2, 3), _o(2, 3), 2.0], ()),
+        "relu_backward": (activations.relu_backward, [_z(2, 3), _o(2, 3), _o(2, 3)], ()),
+        "gelu_forward": (activations.gelu_forward, [_z(2, 3), _o(2, 3)], ()),
+        "swiglu_backward": (activations.swiglu_backward, [_z(2, 3), _z(2, 3), _o(2, 3), _o(2, 3), _o(2, 3)], ()),
+        "softmax_forward": (softmax.softmax_forward, [_z(2, 3), _o(2, 3)], ()),
+        "causal_softmax_backward": (softmax.causal_softmax_backward, [_z(2, 3, 3), _o(2, 3, 3), _o(2, 3, 3)], ()),
+        "linear_forward": (matmul.linear_forward, [_z(2, 3), _o(2, 4), _o(3, 4), _o(3)], (3,)),
+        "linear_backward": (matmul.linear_backward,
+                            [_z(2, 4), _z(3, 4), _z(3), _o(2, 3), _o(2, 4), _o(3, 4)], (0, 2)),
+        "matmul_forward": (matmul.matmul_forward, [_z(2, 3), _o(2, 4), _o(4, 3)], ()),
+        "bmm_backward": (matmul.bmm_backward, [_z(2, 3, 4), _z(2, 4, 5), _o(2, 3, 5), _o(2, 3, 4), _o(2, 4, 5)],
+                         (0, 1)),
+        "rmsnorm_forward": (norm.rmsnorm_forward, [_z(2, 4), _z(2), _o(2, 4), _o(4), 1e-5], ()),
+        "layernorm_backward": (norm.layernorm_backward,
+                               [_z(2, 4), _z(4), _z(4), _o(2, 4), _o(2, 4), _o(4), _z(2), _o(2)], (2,)),
+        "rope_forward": (rope.rope_forward, [_z(1, 3, 2, 4), _o(1, 3, 2, 4), cos, sin, 1, False], ()),
+        "embedding_forward": (embedding.embedding_forward, [_z(1, 3, 4), ids, _o(5, 4)], ()),
+        "embedding_backward": (embedding.embedding_backward, [_z(5, 4), _o(1, 3, 4), ids], ()),
+        "attention_forward": (attention.attention_forward, [_z(1, 3, 2, 4), lse.copy(), q, q, q, True], ()),
+        "attention_backward": (attention.attention_backward,
+                               [_z(1, 3, 2, 4), _z(1, 3, 2, 4), _z(1, 3, 2, 4), _o(1, 3, 2, 4), q, q, q,
+                                _o(1, 3, 2, 4), lse, True], ()),
+        "attention_decode": (attention.attention_decode,
+                             [_z(1, 2, 4), _o(1, 2, 4), _o(1, 6, 2, 4), _o(1, 6, 2, 4), 3], ()),
+        "kv_cache_write": (attention.kv_cache_write, [_z(1, 6, 2, 4), _z(1, 6, 2, 4), q, q, 2], ()),
+        "cross_entropy_forward": (loss.cross_entropy_forward, [_z(3), _o(3, 5), np.array([0, 4, 2])], ()),
+        "cross_entropy_backward": (loss.cross_entropy_backward, [_z(3, 5), _o(3, 5), np.array([0, 4, 2])], ()),
+        "mse_backward": (loss.mse_backward, [_z(2, 3), _o(2, 3), _z(2, 3)], ()),
+        "sgd_update": (optim.sgd_update, [_o(2, 3), _z(2, 3), _o(2, 3), 0.1, 0.9], ()),
+        "adamw_update": (optim.adamw_update, [_o(2, 3), _z(2, 3), _z(2, 3), _o(2, 3), 1e-3, 0.9, 0.999, 1e-8,
+                                              0.01, 1], ()),
+    }
+
+
+NAMES = sorted(calls())
 
 
 def _call(rec: Recipe, **changes):
@@ -215,14 +267,17 @@ def _kind(name: str, a: np.ndarray) -> str:
     return "index" if a.dtype.kind in "iu" else "float"
 
 
-def test_every_public_wrapper_has_a_recipe():
+def test_every_public_wrapper_has_a_valid_call():
     public = {name for mod in MODULES for name, fn in vars(mod).items()
               if inspect.isfunction(fn) and fn.__module__ == mod.__name__ and not name.startswith("_")}
-    assert public - NOT_WRAPPERS == set(recipes())
-    for name, rec in recipes().items():
+    assert public - NOT_WRAPPERS == set(calls())
+    for name, rec in calls().items():
         assert list(rec.args) == list(inspect.signature(rec.fn).parameters)[:len(rec.args)], name
         assert set(rec.writes) <= set(rec.args) and set(rec.inplace) <= set(rec.writes), name
         rec.fn(**rec.args)  # the valid call works
+    for name, (fn, args, _) in recipes().items():
+        assert calls()[name].fn is fn
+        fn(*args)
 
 
 # -- each array argument replaced by a bad one -------------------------------------------------------------
@@ -248,17 +303,17 @@ def _bad_versions(kind, a):
     yield "extra axis", a[None]
 
 
-CASES = [(name, arg) for name in NAMES for arg, a in recipes()[name].args.items() if isinstance(a, np.ndarray)]
+CASES = [(name, arg) for name in NAMES for arg, a in calls()[name].args.items() if isinstance(a, np.ndarray)]
 
 
 @pytest.mark.parametrize("name,arg", CASES, ids=[f"{n}-{a}" for n, a in CASES])
 def test_each_bad_array_is_rejected(name, arg):
-    rec = recipes()[name]
+    rec = calls()[name]
     for what, bad in _bad_versions(_kind(arg, rec.args[arg]), rec.args[arg]):
         if bad is None and arg in rec.optional:
             continue
         with pytest.raises((TypeError, ValueError)) as e:
-            _call(recipes()[name], **{arg: bad})
+            _call(calls()[name], **{arg: bad})
             pytest.fail(f"{name}: {arg} as {what} was accepted")
         assert _named(e.value, rec.args), f"{name}: {arg} as {what}: {e.value}"
 
@@ -267,7 +322,7 @@ def test_each_bad_array_is_rejected(name, arg):
 def test_all_arrays_big_endian_are_rejected(name):
     """One big-endian array among native ones fails the dtype match; all of them big-endian agree with each
     other, and ``np.dtype(">f4").type is np.float32``: the check must look at the byte order."""
-    rec = recipes()[name]
+    rec = calls()[name]
     big = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in rec.args.items()
            if isinstance(v, np.ndarray) and v.dtype.byteorder != "|"}
     big.update({k: [g.astype(g.dtype.newbyteorder(">")) for g in v] for k, v in rec.args.items() if k == "grads"})
@@ -317,27 +372,27 @@ def _names_both(w, a):
     return rf"^({w}: .*\b{a}\b|{a}: .*\b{w}\b)"
 
 
-OVERLAP_CASES = [(name, w) for name in NAMES for w in recipes()[name].writes
-                 if isinstance(recipes()[name].args[w], np.ndarray)]
+OVERLAP_CASES = [(name, w) for name in NAMES for w in calls()[name].writes
+                 if isinstance(calls()[name].args[w], np.ndarray)]
 
 
 @pytest.mark.parametrize("name,w", OVERLAP_CASES, ids=[f"{n}-{w}" for n, w in OVERLAP_CASES])
 def test_outputs_overlapping_other_arrays_are_refused(name, w):
-    rec = recipes()[name]
+    rec = calls()[name]
     for a, arr in rec.args.items():
         if a == w or not isinstance(arr, np.ndarray):
             continue
         for sign in (1, -1):
             w2, a2 = _overlapping(rec.args[w], arr, sign * max(rec.args[w].itemsize, arr.itemsize))
             with pytest.raises(ValueError, match=_names_both(w, a)):
-                _call(recipes()[name], **{w: w2, a: a2})
+                _call(calls()[name], **{w: w2, a: a2})
                 pytest.fail(f"{name}: {w} overlapping {a} was accepted")
         if arr.shape != rec.args[w].shape or arr.dtype != rec.args[w].dtype:
             continue
-        same = recipes()[name]
+        same = calls()[name]
         shared = same.args[a]
         if a in rec.inplace.get(w, ()):  # in place: the output is the input itself, and the result is the same
-            ref = recipes()[name]
+            ref = calls()[name]
             ref.args[w][...] = ref.args[a]  # as separate arrays that start equal (an accumulated output reads it)
             _, want = _call(ref)
             _, got = _call(same, **{w: shared})
@@ -358,7 +413,7 @@ def _scalars(rec):
     return {k: v for k, v in rec.args.items() if isinstance(v, (bool, int, float))}
 
 
-SCALAR_CASES = [name for name in NAMES if _scalars(recipes()[name])]
+SCALAR_CASES = [name for name in NAMES if _scalars(calls()[name])]
 
 
 def _same_results(x, y, what, exact=True):
@@ -376,23 +431,23 @@ def _same_results(x, y, what, exact=True):
 
 @pytest.mark.parametrize("name", SCALAR_CASES)
 def test_numpy_scalars_work_as_python_scalars_and_bools_are_not_numbers(name):
-    want = _call(recipes()[name])
-    for k, v in _scalars(recipes()[name]).items():
+    want = _call(calls()[name])
+    for k, v in _scalars(calls()[name]).items():
         if isinstance(v, bool):
-            _same_results(want, _call(recipes()[name], **{k: np.bool_(v)}), f"{name}: {k} as np.bool_")
+            _same_results(want, _call(calls()[name], **{k: np.bool_(v)}), f"{name}: {k} as np.bool_")
             for bad in (int(v), np.int64(v)):
                 with pytest.raises(TypeError, match=f"^{k}: expected a bool"):
-                    _call(recipes()[name], **{k: bad})
+                    _call(calls()[name], **{k: bad})
             continue
         if isinstance(v, int):
             for t in (np.int64, np.int32):
-                _same_results(want, _call(recipes()[name], **{k: t(v)}), f"{name}: {k} as {t.__name__}")
+                _same_results(want, _call(calls()[name], **{k: t(v)}), f"{name}: {k} as {t.__name__}")
         else:
-            _same_results(want, _call(recipes()[name], **{k: np.float64(v)}), f"{name}: {k} as float64")
-            _same_results(want, _call(recipes()[name], **{k: np.float32(v)}), f"{name}: {k} as float32", exact=False)
+            _same_results(want, _call(calls()[name], **{k: np.float64(v)}), f"{name}: {k} as float64")
+            _same_results(want, _call(calls()[name], **{k: np.float32(v)}), f"{name}: {k} as float32", exact=False)
         for bad in (True, np.bool_(False)):
             with pytest.raises((TypeError, ValueError), match=f"^{k}: expected "):
-                _call(recipes()[name], **{k: bad})
+                _call(calls()[name], **{k: bad})
                 pytest.fail(f"{name}: {k}={bad!r} was accepted")
 
 
@@ -403,7 +458,7 @@ EMPTY_CASES = [(name, dim) for name in NAMES for dim in DIMS]
 
 @pytest.mark.parametrize("name,dim", EMPTY_CASES, ids=[f"{n}-{d}=0" for n, d in EMPTY_CASES])
 def test_a_size_of_zero_gives_an_empty_result_or_a_value_error_naming_an_argument(name, dim):
-    rec = recipes(**{dim: 0})
+    rec = calls(**{dim: 0})
     rec = rec[name]
     params = list(inspect.signature(rec.fn).parameters)
     try:

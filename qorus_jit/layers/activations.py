@@ -129,6 +129,8 @@ class Softmax(Layer):
 
     def forward(self, x):
         check_input("x", x)
+        if x.shape[-1] == 0:
+            raise ValueError(f"x: expected a last axis of at least 1 to take the softmax over, got shape {x.shape}")
         y = self.buffer("y", x.shape)
         K.softmax_forward(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
         self._y = y

@@ -206,8 +206,9 @@ class Layer:
 
 
 def check_input(name: str, x, last: int | None = None, min_ndim: int = 1) -> None:
-    """A layer input: a C-contiguous float32 array with at least ``min_ndim`` axes and last axis ``last``."""
-    if not isinstance(x, np.ndarray):
+    """A layer input: a C-contiguous float32 array (native byte order; not a masked array, whose mask the
+    kernels would ignore) with at least ``min_ndim`` axes and last axis ``last``."""
+    if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
     if x.dtype != DTYPE:
         raise TypeError(f"{name}: expected dtype float32, got {x.dtype}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import flat_views
+from qorus_jit.core.check import check_bool, check_positive_float, flat_views
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.attention import KVCache, MultiHeadAttention
 from qorus_jit.layers.base import Layer
@@ -35,8 +35,11 @@ class TransformerBlock(Layer):
                  out_bias: bool = False, fused_qkv: bool = False, names: dict | None = None,
                  attn_names: dict | None = None, mlp_names: dict | None = None, rng=None):
         super().__init__()
-        if norm not in ("rms", "layer"):
+        if not isinstance(norm, str) or norm not in ("rms", "layer"):
             raise ValueError(f"norm: expected 'rms' or 'layer', got {norm!r}")
+        check_bool(prenorm=prenorm, mlp_bias=mlp_bias, causal=causal, attn_bias=attn_bias, out_bias=out_bias,
+                   fused_qkv=fused_qkv)
+        check_positive_float(norm_eps=norm_eps, rope_theta=rope_theta)  # checked here to be named as given
         rng = np.random.default_rng(rng)
 
         def make_norm():

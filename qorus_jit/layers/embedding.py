@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from qorus_jit.core.check import check_index, check_positive
+from qorus_jit.core.check import check_index, check_nonnegative, check_positive
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 
@@ -17,18 +19,20 @@ class Embedding(Layer):
     def __init__(self, num_embeddings: int, dim: int, rng=None):
         super().__init__()
         check_positive(num_embeddings=num_embeddings, dim=dim)
-        self.num_embeddings, self.dim = num_embeddings, dim
+        self.num_embeddings, self.dim = int(num_embeddings), int(dim)
         weight = np.random.default_rng(rng).standard_normal((num_embeddings, dim))
         self.weight = self.add_parameter("weight", weight, decay=False)  # embeddings take no weight decay
         self._ids = None
 
     def forward(self, ids):
-        if not isinstance(ids, np.ndarray) or ids.ndim < 1:
+        if not isinstance(ids, np.ndarray) or isinstance(ids, np.ma.MaskedArray) or ids.ndim < 1:
             raise TypeError(f"ids: expected an integer numpy array with at least one axis, got {type(ids).__name__}")
-        ids = np.ascontiguousarray(ids)  # a slice such as ids[:, :-1] is fine: ids are small
+        # a copy the layer owns (ids are small): backward scatters into the gradient at these rows unchecked, so
+        # the caller changing its array between forward and backward must not move them (out of range: a crash)
+        ids = np.array(ids, order="C", copy=True)
         check_index("ids", ids, tuple(f"d{i}" for i in range(ids.ndim)), self.num_embeddings)
         y = self.buffer("y", ids.shape + (self.dim,))
-        K.embedding_forward(y.reshape(-1, self.dim), ids.reshape(-1), self.weight)
+        K.embedding_forward(y.reshape(ids.size, self.dim), ids.reshape(-1), self.weight)
         self._ids = ids
         return y
 
@@ -40,7 +44,7 @@ class Embedding(Layer):
         check_input("dy", dy, self.dim)
         if dy.shape != self._ids.shape + (self.dim,):
             raise ValueError(f"dy: expected shape {self._ids.shape + (self.dim,)}, got {dy.shape}")
-        K.embedding_backward(self._grads["weight"], dy.reshape(-1, self.dim), self._ids.reshape(-1))
+        K.embedding_backward(self._grads["weight"], dy.reshape(self._ids.size, self.dim), self._ids.reshape(-1))
         return None
 
     def extra_repr(self) -> str:
@@ -56,15 +60,16 @@ class PositionEmbedding(Layer):
     def __init__(self, max_positions: int, dim: int, rng=None):
         super().__init__()
         check_positive(max_positions=max_positions, dim=dim)
-        self.max_positions, self.dim = max_positions, dim
+        self.max_positions, self.dim = int(max_positions), int(dim)
         weight = np.random.default_rng(rng).standard_normal((max_positions, dim))
         self.weight = self.add_parameter("weight", weight, decay=False)
         self._span = None
 
     def forward(self, x, pos: int = 0):
         check_input("x", x, self.dim, min_ndim=3)
-        T = x.shape[-2]
-        if pos < 0 or pos + T > self.max_positions:
+        check_nonnegative(pos=pos)
+        pos, T = int(pos), x.shape[-2]
+        if pos + T > self.max_positions:
             raise ValueError(f"x: positions {pos}..{pos + T - 1} exceed max_positions = {self.max_positions}")
         y = self.buffer("y", x.shape)
         np.add(x, self.weight[pos:pos + T], out=y)
@@ -82,7 +87,7 @@ class PositionEmbedding(Layer):
         pos, T, shape = self._span
         if dy.shape != shape:
             raise ValueError(f"dy: expected shape {shape}, got {dy.shape}")
-        self._grads["weight"][pos:pos + T] += dy.reshape(-1, T, self.dim).sum(axis=0)
+        self._grads["weight"][pos:pos + T] += dy.reshape(math.prod(shape[:-2]), T, self.dim).sum(axis=0)
         return dy
 
     def extra_repr(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import check_positive, flat_views
+from qorus_jit.core.check import check_bool, check_positive, flat_views
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.activations import ACTIVATIONS, Activation
 from qorus_jit.layers.base import Layer
@@ -30,9 +30,10 @@ class FeedForward(Layer):
                  rng=None):
         super().__init__()
         check_positive(dim=dim, hidden_dim=hidden_dim)
-        if kind not in KINDS:
+        check_bool(bias=bias)
+        if not isinstance(kind, str) or kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-        self.dim, self.hidden_dim, self.kind = dim, hidden_dim, kind
+        self.dim, self.hidden_dim, self.kind = int(dim), int(hidden_dim), kind
         rng = np.random.default_rng(rng)
         names = {**{k: k for k in ("gate_proj", "up_proj", "down_proj")}, **(names or {})}
         if kind == "swiglu":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.layers.base import Layer
+from qorus_jit.layers.base import Layer, check_input
 
 
 class Add(Layer):
@@ -23,6 +23,8 @@ class Add(Layer):
     incremental = True  # elementwise: each position from the same position of a and b
 
     def forward(self, a, b):
+        check_input("a", a)
+        check_input("b", b)
         if a.shape != b.shape:
             raise ValueError(f"b: expected the shape of a {a.shape}, got {b.shape}")
         y = self.buffer("y", a.shape)

@@ -39,6 +39,8 @@ class TiedLMHead(Layer):
         w = self.embedding.weight
         V, C = w.shape
         check_input("dy", dy, V)
+        if dy.shape[:-1] != self._x.shape[:-1]:  # the kernel reads as many rows of dy as x has
+            raise ValueError(f"dy: expected shape {self._x.shape[:-1] + (V,)}, got {dy.shape}")
         dx = self.buffer("dx", self._x.shape)
         K.linear_backward_into(dx.reshape(-1, C), self.embedding.gradients()["weight"], None, dy.reshape(-1, V),
                               self._x.reshape(-1, C), w, 0.0)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from qorus_jit.core.check import check_positive
+from qorus_jit.core.check import check_bool, check_positive
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
@@ -24,7 +24,8 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
         check_positive(in_features=in_features, out_features=out_features)
-        self.in_features, self.out_features = in_features, out_features
+        check_bool(bias=bias)
+        self.in_features, self.out_features = int(in_features), int(out_features)
         rng = np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(in_features)
         self.weight = self.add_parameter("weight", rng.uniform(-bound, bound, (out_features, in_features)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import check_positive, check_positive_float
+from qorus_jit.core.check import check_bool, check_positive, check_positive_float
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
@@ -17,7 +17,8 @@ class _Norm(Layer):
         super().__init__()
         check_positive(dim=dim)
         check_positive_float(eps=eps)
-        self.dim, self.eps = dim, float(eps)
+        check_bool(bias=bias)
+        self.dim, self.eps = int(dim), float(eps)
         self.weight = self.add_parameter("weight", np.ones(dim), decay=False)
         self.bias = self.add_parameter("bias", np.zeros(dim), decay=False) if bias else None
         self._x = None

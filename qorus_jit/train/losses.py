@@ -11,9 +11,12 @@ counted, rows whose argmax is the target)`` without a gradient.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
+from qorus_jit.core.check import check_int, check_real
 from qorus_jit.kernels import trusted as K
 
 
@@ -23,20 +26,25 @@ class CrossEntropyLoss:
     the loss owns (overwritten by the next call)."""
 
     def __init__(self, ignore_index: int = -100):
+        check_int(ignore_index=ignore_index)
         self.ignore_index = int(ignore_index)
         self._grad = None
 
     def _flat(self, logits, targets):
-        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32 or logits.ndim < 2:
+        if (not isinstance(logits, np.ndarray) or isinstance(logits, np.ma.MaskedArray) or logits.dtype != np.float32
+                or logits.ndim < 2):
             raise ValueError(f"logits: expected a float32 array (..., V), got {getattr(logits, 'shape', logits)}")
+        if isinstance(targets, np.ma.MaskedArray):  # np.asarray would drop the mask
+            raise ValueError("targets: expected integer ids, got a masked array")
         targets = np.asarray(targets)
         if targets.shape != logits.shape[:-1] or targets.dtype.kind not in "iu":
             raise ValueError(f"targets: expected integer ids of shape {logits.shape[:-1]}, got "
                              f"{targets.dtype} {targets.shape}")
-        V = logits.shape[-1]
-        return np.ascontiguousarray(logits).reshape(-1, V), np.ascontiguousarray(targets, np.int64).reshape(-1), V
+        V, N = logits.shape[-1], math.prod(logits.shape[:-1])  # not reshape(-1, V): V may be 0
+        return np.ascontiguousarray(logits).reshape(N, V), np.ascontiguousarray(targets, np.int64).reshape(N), V
 
     def __call__(self, logits, targets, scale: float = 1.0):
+        scale = check_real("scale", scale)
         x, t, V = self._flat(logits, targets)
         if t.size and (t.max() >= V or (t.min() < 0 and np.any((t < 0) & (t != self.ignore_index)))):
             raise ValueError(f"targets: expected ids in [0, {V}) or {self.ignore_index}")
@@ -65,9 +73,13 @@ class MSELoss:
         self._grad = None
 
     def _check(self, pred, target):
+        if isinstance(target, np.ma.MaskedArray):  # the conversion below would drop the mask
+            raise ValueError("target: expected an array, got a masked array")
         target = np.ascontiguousarray(target, np.float32)
-        if not isinstance(pred, np.ndarray) or pred.dtype != np.float32:
-            raise ValueError(f"pred: expected a float32 array, got {type(pred).__name__}")
+        if not isinstance(pred, np.ndarray) or isinstance(pred, np.ma.MaskedArray) or pred.dtype != np.float32:
+            raise ValueError(f"pred: expected a float32 array, got {getattr(pred, 'dtype', type(pred).__name__)}")
+        if pred.size == 0:  # the mean of no element
+            raise ValueError(f"pred: expected at least one element, got shape {pred.shape}")
         if target.shape != pred.shape:
             if target.size == pred.size:
                 target = target.reshape(pred.shape)
@@ -76,6 +88,7 @@ class MSELoss:
         return np.ascontiguousarray(pred), target
 
     def __call__(self, pred, target, scale: float = 1.0):
+        scale = check_real("scale", scale)
         pred, target = self._check(pred, target)
         if self._grad is None or self._grad.shape != pred.shape:
             self._grad = _alloc.empty(pred.shape, np.float32)
