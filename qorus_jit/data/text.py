@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from qorus_jit.core.check import check_int, check_nonnegative, check_positive, check_real
-from qorus_jit.core.files import atomic_write_npy, check_file, check_path
+from qorus_jit.core.files import atomic_write_npy, check_file, check_path, write_error
 from qorus_jit.data._state import plain, set_rng_state, state_get, state_int
 from qorus_jit.tokenizers import load_tokenizer
 
@@ -91,6 +92,10 @@ class TextDataset:
         tokenizer and a hash of both, and memory-mapped from there; a later call with the same file and
         tokenizer reuses it without tokenizing. Without ``cache_dir`` the folder is ``$QORUS_CACHE_DIR``,
         else ``$XDG_CACHE_HOME/qorus_jit/tokens``, else ``~/.cache/qorus_jit/tokens``.
+
+        The file's name also carries the count and a CRC-32 of the ids it holds, checked on reuse: a stale,
+        damaged or planted file under the name is passed over (the text is tokenized again and the file
+        rewritten). A cache that cannot be written raises an OSError naming it and the OS's reason.
         """
         p = check_file("path", path)
         tok = load_tokenizer(tokenizer)
@@ -104,9 +109,9 @@ class TextDataset:
         if not raw:
             raise ValueError(f"path: the text file {p} is empty")
         key = hashlib.sha256(hashlib.sha256(raw).digest() + tok.fingerprint.encode()).hexdigest()[:16]
-        cache = folder / f"{p.stem}.{tok.name}.{key}.npy"
+        prefix = f"{p.stem}.{tok.name}.{key}."  # + the count and CRC-32 of the ids + ".npy"
         dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-        ids = _open_cached(cache, dtype)
+        ids, cache = _open_cached(folder, prefix, dtype)
         if ids is None:
             try:
                 text = raw.decode("utf-8")
@@ -119,10 +124,17 @@ class TextDataset:
                 raise ValueError(f"path: the text file {p} holds no tokens")
             if cache_dir is not None or (mmap_threshold is not None and len(ids) > mmap_threshold):
                 arr = ids.astype(dtype)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_npy(cache, arr)
-                del arr, ids
+                del ids
+                cache = folder / f"{prefix}{_ids_tag(arr)}.npy"
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    atomic_write_npy(cache, arr)
+                except OSError as e:
+                    hint = "" if cache_dir is not None else "; QORUS_CACHE_DIR can name another folder"
+                    raise write_error(f"the token cache {cache}", e, hint) from None
+                del arr
                 ids = np.load(cache, mmap_mode="r", allow_pickle=False)
+                _remove_stale(folder, prefix, cache)
         try:
             ds = cls(ids, seq_len, val_fraction, seed, vocab_size=tok.vocab_size)
         except ValueError as e:
@@ -241,14 +253,42 @@ def _default_cache_dir() -> Path:
     return Path(base) / "qorus_jit" / "tokens"
 
 
-def _open_cached(path: Path, dtype) -> np.ndarray | None:
-    """The memory-mapped ids of a token cache file, or None if it is absent or not what it should be."""
-    if not path.is_file():
-        return None
+def _ids_tag(ids: np.ndarray) -> str:
+    """What a token cache's name carries of the ids it holds: their count and the CRC-32 of their bytes (a
+    check against damage and stale files; a CRC reads twice as fast as SHA-256, which guards no better here,
+    since whoever plants a file can name it after its contents either way)."""
+    return f"{ids.shape[0]}.{zlib.crc32(np.ascontiguousarray(ids)):08x}"
+
+
+def _cached_files(folder: Path, prefix: str) -> list[Path]:
     try:
-        ids = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype != dtype or ids.shape[0] == 0:
-        return None
-    return ids
+        return sorted(q for q in folder.iterdir() if q.name.startswith(prefix) and q.name.endswith(".npy"))
+    except OSError:  # no cache folder yet, or one that cannot be listed
+        return []
+
+
+def _open_cached(folder: Path, prefix: str, dtype) -> tuple[np.ndarray | None, Path | None]:
+    """The memory-mapped ids of the token cache ``prefix + COUNT.CRC.npy`` in ``folder`` and its path, or
+    ``(None, None)`` when there is none whose ids are what they should be: 1-D, of ``dtype``, not empty, and
+    of the count and CRC-32 of the name."""
+    for path in _cached_files(folder, prefix):
+        tag = path.name[len(prefix):-len(".npy")]
+        count = tag.split(".")[0]
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            continue
+        if (isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype == dtype and ids.shape[0] > 0
+                and count == str(ids.shape[0]) and _ids_tag(ids) == tag):
+            return ids, path
+    return None, None
+
+
+def _remove_stale(folder: Path, prefix: str, keep: Path) -> None:
+    """Delete the other token caches of the same text and tokenizer (stale or damaged ones); best effort."""
+    for path in _cached_files(folder, prefix):
+        if path != keep:
+            try:
+                path.unlink()
+            except OSError:
+                pass
