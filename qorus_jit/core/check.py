@@ -118,7 +118,7 @@ def check_distinct(name: str, arrays: Sequence[np.ndarray]) -> None:
         while isinstance(root.base, np.ndarray):
             root = root.base
         # memory numpy did not allocate (a buffer, a mapped file, numba's) is compared with every other array
-        groups.setdefault(id(root) if root.flags.owndata else None, []).append(k)
+        groups.setdefault(id(root) if root.base is None else None, []).append(k)
     unknown = groups.get(None, [])
     for key, ks in groups.items():
         for i, k in enumerate(ks):
