@@ -26,7 +26,7 @@ class _Elementwise(Layer):
         check_input("x", x)
         y = self.buffer("y", x.shape)
         self._forward_kernel(*flat_views(y, x))
-        self._x = x
+        self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):

@@ -29,7 +29,7 @@ class TiedLMHead(Layer):
             K.matvec(y.reshape(-1), w, x.reshape(-1))
         else:
             K.linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
-        self._x = x
+        self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):

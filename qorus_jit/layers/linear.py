@@ -42,7 +42,7 @@ class Linear(Layer):
         else:
             K.linear_forward(y.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
                             self.bias)
-        self._x = x
+        self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):

@@ -67,7 +67,7 @@ class LayerNorm(_Norm):
         b = self.bias if self.bias is not None else np.empty(0, np.float32)
         K.layernorm_forward(y.reshape(-1, self.dim), mean, rstd, x.reshape(-1, self.dim), self.weight, b,
                             np.float32(self.eps))
-        self._x = x
+        self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
@@ -93,7 +93,7 @@ class RMSNorm(_Norm):
         y = self.buffer("y", x.shape)
         rstd = self.buffer("rstd", (x.size // self.dim,))
         K.rmsnorm_forward(y.reshape(-1, self.dim), rstd, x.reshape(-1, self.dim), self.weight, np.float32(self.eps))
-        self._x = x
+        self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):

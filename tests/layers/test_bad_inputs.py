@@ -85,6 +85,24 @@ def test_models_keep_their_own_token_ids():
     assert grads[0]["embeddings.token_type_embeddings.weight"].any()
 
 
+@pytest.mark.parametrize("name", ["linear", "rmsnorm", "layernorm", "gelu", "swish", "tied_head", "feedforward"])
+def test_reshaping_the_input_in_place_after_forward_changes_nothing(name):
+    """``x.shape = ...`` on the caller's array after forward: the layer's backward (which views x as rows of the
+    width it was given) reads its own view, so it gives the gradients of the forward's input."""
+    make, inputs = LAYERS[name]
+    grads = []
+    for reshape in (False, True):
+        layer = make()
+        x = inputs(np.random.default_rng(0))[0]
+        y = layer.forward(x)
+        if reshape:
+            x.shape = (x.shape[0], -1)  # the same memory, another width
+        dx = layer.backward(rand(np.random.default_rng(1), *y.shape))
+        grads.append({"dx": dx.copy(), **{k: g.copy() for k, g in layer.gradients().items()}})
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[1][k], grads[0][k], err_msg=k)
+
+
 def test_tied_head_checks_dy_against_its_input():
     head = TiedLMHead(Embedding(11, 4, rng=0))
     head.forward(np.ones((2, 3, 4), np.float32))
