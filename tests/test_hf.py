@@ -470,3 +470,18 @@ def test_interrupted_write_leaves_old_files(folder, monkeypatch):
     with pytest.raises(ValueError, match="not JSON-serializable"):
         write_hf_folder(folder, {"bad": object()}, {"a": np.ones(3, np.float32)})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_write_path_errors_name_the_argument(tmp_path):
+    from qorus_jit.models import GPT2
+    from qorus_jit.models.registry import save_pretrained
+
+    model = GPT2(_GPT2, rng=0)
+    for bad in (None, 3, b"bytes"):
+        with pytest.raises(TypeError, match="path: expected a path"):
+            save_pretrained(model, bad)
+    (tmp_path / "file").write_text("x")
+    for inside in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(NotADirectoryError, match=f"path: cannot make the folder {inside}"):
+            save_pretrained(model, inside)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

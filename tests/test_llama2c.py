@@ -723,3 +723,16 @@ def test_report_max_differences():
     if MAX_DIFFS:
         print("\nmax |logits - reference|:", {k: f"{v:.2e}" for k, v in MAX_DIFFS.items()})
         assert max(MAX_DIFFS.values()) < 1e-4
+
+
+def test_save_path_and_version_arguments(tmp_path):
+    model = Llama(LlamaConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=20, max_seq_len=8,
+                              norm_eps=1e-5), rng=0)
+    for bad in (None, 3, b"x.bin"):
+        with pytest.raises(TypeError, match="path: expected a path"):
+            save_llama2c(model, bad)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="path: cannot make the folder .*file"):
+        save_llama2c(model, tmp_path / "file" / "sub" / "m.bin")
+    save_llama2c(model, tmp_path / "v1.bin", version=np.int64(1))  # a NumPy int is an int
+    assert read_llama2c(tmp_path / "v1.bin")[0].version == 1

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.files import fsync_dir, read_json, tmp_name
+from qorus_jit.core.files import check_path, fsync_dir, read_json, tmp_name
 from qorus_jit.formats.safetensors import (
     contiguous_tensors,
     load_safetensors,
@@ -59,6 +59,15 @@ def read_json_file(file, what: str):
         if str(e).startswith(f"{file}: "):
             raise
         raise ValueError(f"{file}: not valid JSON ({what}; {e})") from None  # int() of too many digits
+
+
+def make_folder(folder: Path, name: str = "path") -> None:
+    """``folder`` and its parents created if missing; a file in the way is an error naming ``name``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"{name}: cannot make the folder {folder}: it or one of its parents is a "
+                                 "file") from None
 
 
 def _folder(path) -> Path:
@@ -193,7 +202,7 @@ def write_hf_folder(path, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
     expects. A stale ``model.safetensors.index.json`` (and the shards it lists) is removed afterwards, since
     it would describe other weights.
     """
-    folder = Path(path)
+    folder = check_path("path", path)
     if not isinstance(hf_config, dict):
         raise ValueError(f"write_hf_folder: hf_config must be a dict, got {type(hf_config).__name__}")
     if not isinstance(tensors, dict) or not tensors:
@@ -203,7 +212,7 @@ def write_hf_folder(path, hf_config: dict, tensors: dict[str, np.ndarray]) -> No
         text = json.dumps(hf_config, indent=2, sort_keys=True, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise ValueError(f"write_hf_folder: hf_config is not JSON-serializable ({e})") from None
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     weights_tmp = tmp_name(folder, WEIGHTS_NAME)
     config_tmp = tmp_name(folder, CONFIG_NAME)
     try:

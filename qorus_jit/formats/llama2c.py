@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.files import atomic_write
+from qorus_jit.core.files import atomic_write, check_path
 
 MAGIC = 0x616B3432  #: "ak42", the first uint32 of version 1 (and later) files
 NORM_EPS = 1e-5  #: RMSNorm epsilon of llama2.c
@@ -298,7 +298,7 @@ def write_llama2c(path, h: Llama2cHeader, tensors: dict[str, np.ndarray | list[n
     for field in _FIELDS:
         if not 0 < getattr(h, field) <= _INT32_MAX:
             raise ValueError(f"h.{field}: expected an int32 > 0, got {getattr(h, field)}")
-    p = Path(path)
+    p = check_path("path", path)
     if p.is_dir():
         raise IsADirectoryError(f"path: expected a file name, got the directory {p}")
     cos, sin = _rope_tables(h.seq_len, h.head_dim) if h.version == 0 else (None, None)
@@ -323,5 +323,9 @@ def write_llama2c(path, h: Llama2cHeader, tensors: dict[str, np.ndarray | list[n
             for a in parts:
                 f.write(np.ascontiguousarray(a, dtype="<f4").data)
 
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"path: cannot make the folder {p.parent}: it or one of its parents is a "
+                                 "file") from None
     return atomic_write(p, write)

@@ -328,8 +328,9 @@ def save_llama2c(model, path, version: int = 0) -> Path:
     permuted back to llama2.c's interleaved RoPE pairs. A model the format cannot hold raises: not a Llama
     (TypeError), biases, ``rope_theta != 10000`` or ``norm_eps != 1e-5`` (ValueError naming the field).
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version not in (0, 1):
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)) or version not in (0, 1):
         raise ValueError(f"version: expected 0 (legacy) or 1, got {version!r}")
+    version = int(version)
     c = _check_llama2c_saveable(model)
     h = llama2c.Llama2cHeader(version=version, dim=c.dim, hidden_dim=c.hidden_dim, n_layers=c.n_layers,
                               n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, vocab_size=c.vocab_size,

@@ -237,4 +237,4 @@ def save_pretrained(model: Architecture, path) -> None:
     if not isinstance(model, Architecture):
         raise TypeError(f"model: expected one of {', '.join(a.__name__ for a in ARCHITECTURES)}, "
                         f"got {type(model).__name__}")
-    write_hf_folder(Path(path), model.config.to_hf(), type(model).to_hf_tensors(model.parameters()))
+    write_hf_folder(path, model.config.to_hf(), type(model).to_hf_tensors(model.parameters()))
