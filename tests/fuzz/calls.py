@@ -24,14 +24,20 @@ class Text:
 
 
 class Custom:
-    """Mutations given by hand: (label, value or factory (called with no argument), expect)."""
+    """Mutations given by hand: (label, value or factory (called with no argument), expect[, factory of the
+    plain value it stands for, e.g. the float32 array of a float64 one])."""
 
     def __init__(self, *mutations):
         self.mutations = mutations
 
 
 def role_mutations(role, v):
-    """(label, value factory, expect) for an argument of ``role`` whose valid value is ``v``."""
+    """(label, value factory, expect, plain factory or None) for an argument of ``role`` whose valid value is
+    ``v``."""
+    return [m if len(m) == 4 else (*m, None) for m in _role_mutations(role, v)]
+
+
+def _role_mutations(role, v):
     if isinstance(role, (Real, Int, Flag, Choice)):
         return [(label, (lambda x=x: x), expect) for label, x, expect in scalar_mutations(role, v)]
     if isinstance(role, Seed):
@@ -45,7 +51,7 @@ def role_mutations(role, v):
             out.append(("None", lambda: None, "error"))
         return out
     if isinstance(role, Custom):
-        return [(label, (x if callable(x) else (lambda x=x: x)), expect) for label, x, expect in role.mutations]
+        return [(m[0], (m[1] if callable(m[1]) else (lambda x=m[1]: x)), *m[2:]) for m in role.mutations]
     raise TypeError(f"unknown role {role!r}")
 
 
@@ -97,24 +103,25 @@ def plain(role, m, v0):
 
 def call_cases(prefix: str, call: Callable[[dict], object], valid: Callable[[], dict], roles: dict,
                key: Callable[[object], object] = lambda r: r, fix: str = "", names: dict | None = None,
-               expects: dict | None = None) -> list[Case]:
+               expects: dict | None = None, skip=()) -> list[Case]:
     """Cases of ``call(kwargs)``: the valid call (``valid()`` makes fresh keywords) and, per keyword of
     ``roles``, each mutation of its role. An ``ok`` or ``either`` mutation that returns must give
     ``key(result)`` equal to that of the call with the plain Python value (:func:`plain`). ``names[arg]``: the
     names its errors may use (default: the argument's own). ``expects[(arg, label)]`` overrides a mutation's
-    expectation."""
+    expectation; ``skip`` holds the (arg, label) pairs to leave out."""
     names = names or {}
     expects = expects or {}
 
-    def run(arg, role, make):
+    def run(arg, role, make, plain_make):
         def go():
             kw = valid()
             v0 = kw.get(arg)
-            kw[arg] = m = make()
+            kw[arg] = make()
             got = key(call(kw))
             try:  # the plain call with the same value (a NumPy scalar as a Python one)
                 kw = valid()
-                kw[arg] = plain(role, m, v0)
+                # made again: a generator given is used up
+                kw[arg] = plain_make() if plain_make else plain(role, make(), v0)
                 want = key(call(kw))
             except Exception as e:
                 raise HarnessError(f"the plain call of {prefix} with {arg}={kw[arg]!r} failed: "
@@ -129,8 +136,11 @@ def call_cases(prefix: str, call: Callable[[dict], object], valid: Callable[[], 
     out = [Case(f"{prefix}/valid", lambda: (key(call(valid())), key(call(valid()))), "ok", (), check, fix=fix)]
     v0 = valid()
     for arg, role in roles.items():
-        for label, make, expect in role_mutations(role, v0.get(arg)):
+        for label, make, expect, plain_make in role_mutations(role, v0.get(arg)):
+            if (arg, label) in skip:
+                continue
             expect = expects.get((arg, label), expect)
-            out.append(Case(f"{prefix}/{arg}/{label}", run(arg, role, make), expect, names.get(arg, (arg,)), check,
+            out.append(Case(f"{prefix}/{arg}/{label}", run(arg, role, make, plain_make), expect,
+                            names.get(arg, (arg,)), check,
                             fix=fix))
     return out

@@ -39,15 +39,21 @@ ROOT = Path(__file__).resolve().parents[2]
 SURFACES = {
     "kernels": "tests.fuzz.cases_kernels",
     "layers": "tests.fuzz.cases_layers",
+    "models": "tests.fuzz.cases_models",
+    "loaders": "tests.fuzz.cases_loaders",
+    "cli": "tests.fuzz.cases_cli",
+    "api": "tests.fuzz.cases_api",
     "selftest": "tests.fuzz.cases_selftest",  # known verdicts, for test_harness.py
 }
 
 ADDRESS_LIMIT = 3 << 30  # bytes of address space a worker may map
 FILE_LIMIT = 256 << 20  # bytes a worker may write to one file
-CASE_TIMEOUT = 120.0  # seconds without a verdict before the worker is killed (the case hangs)
+CASE_TIMEOUT = 300.0  # seconds without a verdict before the worker is killed (the case hangs); a kernel whose
+# source changed recompiles on its first call, which takes a minute or more on a busy machine
 
 #: Failure classes, in report order.
-CLASSES = ("signal", "timeout", "exception", "unnamed", "accepted", "wrong-result", "refused", "harness")
+CLASSES = ("signal", "timeout", "exception", "unnamed", "accepted", "wrong-result", "refused", "cli-exit",
+           "cli-format", "harness")
 
 
 @dataclasses.dataclass
@@ -77,7 +83,9 @@ class HarnessError(Exception):
 # ------------------------------------------------------------------------------------------------ verdicts
 
 # A name followed by one of these names it ("x: expected", "LlamaConfig.dim: ...", "ids[3]", "eps=0").
-_AFTER = r"(?:\s?[:=\[]|\s+(?:must|is|are|has|have|should|expected|needs|exceeds?|cannot|does|holds|of shape))"
+_AFTER = r"(?:\s?[:=\[)]|\s\(|\s+(?:must|is|are|has|have|should|expected|needs|exceeds?|cannot|does|holds|of shape))"
+# ... and so does a name after one of these nouns ("unknown setting(s) nope", "missing tensor 'w'").
+_BEFORE = r"(?:field|setting|key|option|argument|tensor|parameter)(?:\(s\))?:?\s+['\"`]?"
 
 
 def names_in(message: str, names) -> bool:
@@ -87,13 +95,14 @@ def names_in(message: str, names) -> bool:
         if not n:
             continue
         if n.startswith("-") or "." in n or "/" in n:
-            if re.search(re.escape(n) + r"(?![\w-])", message):
+            end = r"(?![\w-])" if re.match(r"[\w-]", n[-1]) else ""
+            if re.search(re.escape(n) + end, message):
                 return True
             continue
         w = re.escape(n)
         if re.search(rf"(?<![\w.-]){w}{_AFTER}", message) or re.search(rf"\.{w}{_AFTER}", message):
             return True
-        if re.search(rf"['\"`]{w}['\"`]", message):
+        if re.search(rf"['\"`]{w}['\"`]", message) or re.search(rf"{_BEFORE}{w}(?![\w-])", message):
             return True
     return False
 
@@ -142,6 +151,8 @@ def judge(case: Case) -> dict:
         problem = case.check(result) if case.check else None
     except Exception as e:  # a check that cannot read the result: the result is not what it should be
         problem = f"check failed: {type(e).__name__}: {e}"
+    if isinstance(problem, tuple):  # a check that knows the class of its failure
+        return _fail(*problem)
     if problem:
         return _fail("wrong-result", problem)
     return {"ok": True, "kind": "", "detail": "returned"}
