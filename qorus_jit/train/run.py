@@ -298,8 +298,8 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     cfg = dataclasses.replace(cfg, warmup_steps=warmup_of(cfg))
     try:
         tokenizer = load_tokenizer(cfg.tokenizer)
-    except (OSError, ValueError, TypeError, ImportError) as e:
-        raise ConfigError(f"tokenizer: {e}") from None
+    except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
+        raise ConfigError(f"tokenizer: {_naming(cfg.tokenizer, e)}") from None
     check_memory(cfg, tokenizer.vocab_size)
     data, data_name = load_data(cfg, tokenizer)
     name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -423,8 +423,10 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
         raise ConfigError(f"--resume: {run_dir} has no complete checkpoint yet")
     try:
         state = read_json(found / STATE_FILE, "checkpoint state")
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise ConfigError(f"--resume: the newest checkpoint is damaged: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"--resume: cannot read {found / STATE_FILE} ({os_reason(e)})") from None
     step = state.get("step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ConfigError(f"--resume: the newest checkpoint is damaged: {found / STATE_FILE} is not a checkpoint "

@@ -322,3 +322,42 @@ def test_qorus_plot_that_cannot_write_keeps_the_old_png(tmp_path, monkeypatch, c
     monkeypatch.setattr(os, "replace", real)
     res = CliRunner().invoke(main, ["plot", str(run_dir)])
     assert res.exit_code == 0 and (run_dir / "curves.png").read_bytes().endswith(b"new")
+
+
+@pytest.mark.parametrize("target", ["tokenizer.json", "run.json"])
+def test_a_new_run_whose_first_files_cannot_be_written(tmp_path, monkeypatch, target):
+    """Before training: one line, exit 2, and no run folder left behind."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == target:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = CliRunner().invoke(main, ["train", *TINY, "--steps", "2", "--out-dir", str(tmp_path), "--name", "r"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr == (f"error: out_dir: cannot write {tmp_path / 'r' / target} (No space left on device); "
+                          f"nothing was kept\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_resume_that_cannot_record_its_new_settings(tmp_path, monkeypatch):
+    res = CliRunner().invoke(main, ["train", *TINY, "--steps", "2", "--ckpt-every", "2", "--out-dir", str(tmp_path),
+                                    "--name", "r"])
+    assert res.exit_code == 0, res.output
+    before = (tmp_path / "r" / "run.json").read_bytes()
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "run.json":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), src)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "r"), "--steps", "4", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    checkpoint = tmp_path / "r" / "checkpoints" / "step_0000002"
+    assert res.stderr == (f"error: --resume: cannot write {tmp_path / 'r' / 'run.json'} (Read-only file system); the "
+                          f"checkpoint of step 2 ({checkpoint}) is intact\n")
+    assert (tmp_path / "r" / "run.json").read_bytes() == before
