@@ -444,7 +444,7 @@ REFS = {
 
 def _scatter(dw, dout, ids):
     out = dw.copy()
-    np.add.at(out, ids.astype(np.int64).reshape(-1), dout.reshape(-1, dw.shape[-1]))
+    np.add.at(out, ids.astype(np.int64).reshape(-1), dout.reshape(ids.size, dw.shape[-1]))
     return out
 
 
