@@ -107,8 +107,9 @@ def atomic_write_npy(path, arr) -> Path:
 
 
 def read_json(file: Path, what: str):
-    """The parsed JSON of ``file``; FileNotFoundError names ``what`` is missing, ValueError bad JSON (not UTF-8,
-    not JSON, or nested too deeply for the parser)."""
+    """The parsed JSON of ``file``; FileNotFoundError names ``what`` is missing, and every way it can fail to
+    parse (not UTF-8, not JSON, nested too deeply for the parser, an integer of more digits than Python
+    converts) is a one-line ValueError naming the file."""
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{what} not found: {file}")
@@ -121,6 +122,8 @@ def read_json(file: Path, what: str):
         raise ValueError(f"{file}: not valid JSON ({what}; {e})") from None
     except RecursionError:
         raise ValueError(f"{file}: not valid JSON ({what}; nested too deeply to read)") from None
+    except ValueError as e:  # int() of too many digits
+        raise ValueError(f"{file}: not valid JSON ({what}; {e})") from None
 
 
 def check_path(name: str, path) -> Path:

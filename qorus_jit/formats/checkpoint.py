@@ -113,7 +113,7 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
-            _write_tensors(tmp / name, tensors)
+            write_safetensors(tmp / name, tensors, metadata={"format": "np"})
         (tmp / STATE_FILE).write_text(text, encoding="utf-8")
         fsync_file(tmp / STATE_FILE)
         os.chmod(tmp, 0o755)
@@ -130,21 +130,6 @@ def save_checkpoint(run_dir, step: int, model_tensors: dict[str, np.ndarray],
         _discard(old)
     remove_partial(run_dir)
     return final
-
-
-def _write_tensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
-    """:func:`write_safetensors`, a failed write raised as OSError: safetensors reports one (a full disk) as its
-    own ``SafetensorError``, with the OS's error number in the text."""
-    from safetensors import SafetensorError
-
-    try:
-        write_safetensors(file, tensors, metadata={"format": "np"})
-    except SafetensorError as e:
-        m = re.search(r"os error (\d+)", str(e))
-        if m is None:
-            raise
-        code = int(m.group(1))
-        raise OSError(code, os.strerror(code), str(file)) from None
 
 
 def _discard(folder: Path) -> None:

@@ -46,21 +46,6 @@ _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def read_json_file(file, what: str):
-    """The parsed JSON of ``file`` (:func:`~qorus_jit.core.files.read_json`); every way it can fail to parse
-    (bad syntax, bytes that are not UTF-8, nesting too deep, an integer of more digits than Python
-    converts) a one-line ValueError naming the file. FileNotFoundError names ``what`` when it is missing."""
-    file = Path(file)
-    try:
-        return read_json(file, what)
-    except RecursionError:
-        raise ValueError(f"{file}: not valid JSON ({what}; nested too deeply to read)") from None
-    except ValueError as e:
-        if str(e).startswith(f"{file}: "):
-            raise
-        raise ValueError(f"{file}: not valid JSON ({what}; {e})") from None  # int() of too many digits
-
-
 def make_folder(folder: Path, name: str = "path") -> None:
     """``folder`` and its parents created if missing; a file in the way is an error naming ``name``."""
     try:
@@ -104,9 +89,9 @@ def _member(folder: Path, name: str, what: str) -> Path:
 
 
 def read_hf_config(path) -> dict:
-    """The parsed ``config.json`` of a checkpoint folder (a JSON object), read with :func:`read_json_file`."""
+    """The parsed ``config.json`` of a checkpoint folder (a JSON object; :func:`~qorus_jit.core.files.read_json`)."""
     folder = _folder(path)
-    hf_config = read_json_file(_member(folder, CONFIG_NAME, "config file"), CONFIG_NAME)
+    hf_config = read_json(_member(folder, CONFIG_NAME, "config file"), CONFIG_NAME)
     if not isinstance(hf_config, dict):
         raise ValueError(f"{folder / CONFIG_NAME}: expected a JSON object, got {type(hf_config).__name__}")
     return hf_config
@@ -119,7 +104,7 @@ def _weight_files(folder: Path) -> list[tuple[Path, dict | None]]:
     if single.is_file():
         return [(_member(folder, WEIGHTS_NAME, "weights file"), None)]
     if index_file.is_file():
-        index = read_json_file(_member(folder, INDEX_NAME, "shard index"), "shard index")
+        index = read_json(_member(folder, INDEX_NAME, "shard index"), "shard index")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_file}: expected a non-empty 'weight_map' object of tensor name -> shard file")
@@ -235,9 +220,9 @@ def _remove_stale_index(folder: Path) -> None:
     if not index.is_file():
         return
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        weight_map = read_json(index, "shard index").get("weight_map", {})
         shards = {s for s in weight_map.values() if isinstance(s, str) and Path(s).name == s}
-    except (ValueError, AttributeError, OSError, RecursionError):
+    except (ValueError, AttributeError, OSError):
         shards = set()
     index.unlink(missing_ok=True)
     for shard in shards:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +104,17 @@ def contiguous_tensors(tensors, what: str = "tensors") -> dict[str, np.ndarray]:
 
 def write_safetensors(file, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (name -> NumPy array, each stored in its own dtype) and ``metadata`` to ``file``,
-    flushed to disk. Not atomic on its own: callers write to a temporary name and rename."""
+    flushed to disk. Not atomic on its own: callers write to a temporary name and rename. A failed write is an
+    OSError: safetensors reports one (a full disk) as its own ``SafetensorError`` with the OS's error number."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    save_file(contiguous_tensors(tensors), str(file), metadata=metadata)
+    try:
+        save_file(contiguous_tensors(tensors), str(file), metadata=metadata)
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(file)) from None
     fsync_file(Path(file))

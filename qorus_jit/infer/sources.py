@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.files import read_json
 from qorus_jit.formats.checkpoint import (
     RUN_FILE,
     latest_checkpoint,
@@ -132,7 +132,7 @@ def _hf_source(path: Path, tok) -> Source:
             tok = load_tokenizer(path)
         except (OSError, ValueError, ImportError) as e:
             raise SourceError(f"tokenizer: {e} (pass --tokenizer)") from None
-    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    hf = read_json(path / "config.json", "config.json")
     eos = hf.get("eos_token_id")
     stop = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
     bos = hf.get("bos_token_id") if hf.get("model_type") == "llama" else None

@@ -14,10 +14,10 @@ encode text identically).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from qorus_jit.core.files import read_json
 from qorus_jit.tokenizers._common import TOKENIZER_FILE
 from qorus_jit.tokenizers.bpe import BPE_INSTALL_HINT, BPETokenizer
 from qorus_jit.tokenizers.byte import BYTE_FORMAT, ByteTokenizer
@@ -42,10 +42,7 @@ def load_tokenizer(spec):
     if not file.is_file():
         what = f"no {TOKENIZER_FILE} in the folder {p}" if p.is_dir() else f"no such file or folder: {p}"
         raise FileNotFoundError(f"spec: expected 'byte', a tokenizer.json file or a folder holding one; {what}")
-    try:
-        head = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    head = read_json(file, TOKENIZER_FILE)
     if isinstance(head, dict) and head.get("format") == BYTE_FORMAT:
         if head.get("vocab_size") != 256:
             raise ValueError(f"{file}: a byte tokenizer has vocab_size 256, got {head.get('vocab_size')!r}")

@@ -316,3 +316,12 @@ def test_no_pickle_in_the_package():
     for m in modules():
         source = Path(m.__file__).read_text()
         assert "import pickle" not in source and "allow_pickle=True" not in source, m.__name__
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{}", b'{"a": 1' + b"1" * 5000 + b"}"])
+def test_load_tokenizer_refuses_unreadable_json_naming_the_file(tmp_path, content):
+    """Deep nesting, bytes that are not UTF-8 and an integer too long to convert: one ValueError naming the file."""
+    file = tmp_path / "tokenizer.json"
+    file.write_bytes(content)
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not valid JSON"):
+        load_tokenizer(file)
