@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-from qorus_jit.core.check import check_positive, check_positive_float
+from qorus_jit.core.check import check_bool, check_positive, check_positive_float
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import trusted as K
 from qorus_jit.kernels.attention import attention_work_size
@@ -141,6 +141,8 @@ class MultiHeadAttention(Layer):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         check_positive(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, max_seq_len=max_seq_len)
+        check_bool(causal=causal, bias=bias, out_bias=out_bias, fused_qkv=fused_qkv)
+        check_positive_float(rope_theta=rope_theta)
         if dim % n_heads:
             raise ValueError(f"n_heads: expected a divisor of dim = {dim}, got {n_heads}")
         if n_heads % n_kv_heads:
@@ -213,7 +215,8 @@ class MultiHeadAttention(Layer):
         if cache is None:
             lse = self.buffer("lse", (B, self.n_heads, T))
             K.attention_forward(out, lse, q, k, v, self.causal, key_mask, work=self._work(q, k))
-            self._saved = (x, q, k, v, out, lse, key_mask)
+            # backward reads the mask of this forward, not whatever the caller's array holds by then
+            self._saved = (x, q, k, v, out, lse, None if key_mask is None else np.array(key_mask))
         else:
             K.kv_cache_write(cache.k, cache.v, k, v, pos)
             cache.length = L = pos + T
@@ -261,13 +264,13 @@ class MultiHeadAttention(Layer):
         if self.fused_qkv:
             H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
             dqkv = self.buffer("dqkv", (B, T, (H + 2 * Hkv) * D))
-            dqkv[..., :H * D] = dq.reshape(B, T, -1)
-            dqkv[..., H * D:(H + Hkv) * D] = dk.reshape(B, T, -1)
-            dqkv[..., (H + Hkv) * D:] = dv.reshape(B, T, -1)
+            dqkv[..., :H * D] = dq.reshape(B, T, H * D)  # sizes spelled out: -1 is ambiguous when B or T is 0
+            dqkv[..., H * D:(H + Hkv) * D] = dk.reshape(B, T, Hkv * D)
+            dqkv[..., (H + Hkv) * D:] = dv.reshape(B, T, Hkv * D)
             return self.qkv_proj.backward(dqkv)
-        dx = self.q_proj.backward(dq.reshape(B, T, -1))
-        self.k_proj.backward(dk.reshape(B, T, -1), out=dx, accumulate=True)
-        self.v_proj.backward(dv.reshape(B, T, -1), out=dx, accumulate=True)
+        dx = self.q_proj.backward(dq.reshape(B, T, q.shape[2] * q.shape[3]))
+        self.k_proj.backward(dk.reshape(B, T, k.shape[2] * k.shape[3]), out=dx, accumulate=True)
+        self.v_proj.backward(dv.reshape(B, T, v.shape[2] * v.shape[3]), out=dx, accumulate=True)
         return dx
 
     def new_cache(self, batch: int, max_seq_len: int | None = None) -> KVCache:
