@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,10 +327,13 @@ def run_surface(surface: str, timeout: float = CASE_TIMEOUT) -> tuple[int, list[
                              "detail": f"in its batch: {why}; alone it gave {v.get('kind') or 'a pass'} "
                                        f"{v.get('detail', '')} (an earlier case of the batch corrupted memory?)"}
     stats["seconds"] = round(time.perf_counter() - t0, 1)
+    if os.environ.get("FUZZ_KEEP"):  # the cases' files, for a look at a failure
+        stats["tmp"] = str(tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     timed = sorted(done.values(), key=lambda v: -v.get("seconds", 0))
     stats["slowest"] = [(v["id"], v.get("seconds")) for v in timed[:8]]
     stats["case_seconds"] = round(sum(v.get("seconds", 0) for v in done.values()), 1)
-    stats["tmp"] = str(tmp)
     failures = [v for v in done.values() if not v["ok"]]
     n = total if total is not None else len(done)
     return n, failures, stats

@@ -1,7 +1,8 @@
 """The fuzz suite of issue 15: every surface's cases, run in worker subprocesses (tests/fuzz/harness.py).
 
 Each test fails listing every failing case (id, class of failure, message, the file that should fix it) and
-prints the number of cases it ran. ``FUZZ_REPORT=path`` also writes the failing verdicts there as JSON.
+prints the number of cases it ran. ``FUZZ_REPORT=path`` also writes the failing verdicts there as JSON
+(``path.<surface>.json``); ``FUZZ_KEEP=1`` keeps the cases' temporary files.
 """
 
 import json
