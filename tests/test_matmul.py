@@ -312,9 +312,10 @@ def test_matmul_and_bmm_bad_inputs_raise():
 
 @kernel
 def _two_layers(h, y, x, w1, w2):
-    """h = x @ w1.T by the BLAS route, y = h @ w2.T by the numba route, from nopython code."""
+    """h = x @ w1.T by the BLAS route, y = h @ w2.T by the numba route's serial kernel, from nopython code (a serial
+    kernel must not call the parallel ones: docs/design.md, "Kernels that call parallel kernels")."""
     K._linear_forward(h, x, w1, None)
-    K._linear_forward_numba(y, h, w2, None)
+    K._gemm_numba_serial(y, h, w2, False, True, False)
 
 
 def test_private_kernels_run_inside_numba():

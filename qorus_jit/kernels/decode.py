@@ -251,7 +251,7 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     _add_parts(x, parts, Hkv, Hkv + n_parts)
 
 
-@kernel
+@kernel(parallel=True)
 def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache,
                   pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, norm_w,
                   norm_eps, head_w):
@@ -261,11 +261,17 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
     The per-block arguments of :func:`_llama_block_decode` come as tuples with one entry per block (weights,
     caches, ``cos``, ``sin``) and ``eps (n_layers,)``; scratch and ``scale`` are shared by the blocks.
     embed (V0, C), head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their
-    call overhead (docs/design.md, "Decoding one token")."""
-    x[:] = embed[tok]
+    call overhead (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows as
+    :func:`_matvec` splits them, because it calls a parallel kernel (docs/design.md, "Kernels that call
+    parallel kernels")."""
+    e = embed[tok]
+    for j in range(x.shape[0]):  # a loop: ``x[:] = e`` would be a parallel region of its own
+        x[j] = e[j]
     for i in range(len(wq)):
         _llama_block_decode(x, attn_norm[i], wq[i], wk[i], wv[i], wo[i], mlp_norm[i], w_gate[i], w_up[i], w_down[i],
                             k_cache[i], v_cache[i], pos, cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u,
                             parts, by_kv_head, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
-    _matvec(logits, head_w, h)
+    V = head_w.shape[0]
+    for c in prange((V + _ROWS - 1) // _ROWS):
+        _matvec_rows(logits, head_w, h, c * _ROWS, min(V, (c + 1) * _ROWS))

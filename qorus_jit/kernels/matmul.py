@@ -20,6 +20,11 @@ docs/design.md, "Matrix products").
 Forward writes ``out``; backward accumulates (``+=``) into the gradient buffers, any of which but
 ``dweight`` may be ``None`` (no gradient wanted). Layers may call the private kernels directly. Both
 routes start threads (BLAS's or numba's), so inside a prange body call only ``_gemm_numba_serial``.
+
+The numba route picks its kernels in Python (``_gemm_numba``), not in a serial kernel around the parallel
+ones: numba caches such a caller without the start of its thread pool when the parallel kernels came from
+the cache, and a later process that loads it first segfaults (docs/design.md, "Kernels that call parallel
+kernels"). Compiled code may call the BLAS route's kernels and ``_gemm_numba_serial``.
 """
 
 from __future__ import annotations
@@ -357,7 +362,6 @@ def _transpose(dst, src):
         _transpose_rows(dst, src, t * 64, min(R, (t + 1) * 64))
 
 
-@kernel
 def _transposed(src, pad):
     """New scratch (C, R + pad) holding src (R, C).T in its first R columns; parallel."""
     dst = np.empty((src.shape[1], src.shape[0] + pad), src.dtype)
@@ -373,13 +377,13 @@ def _transposed_serial(src, pad):
     return dst
 
 
-@kernel
 def _gemm_numba(c, a, b, trans_a, trans_b, accumulate):
     """c (M, N) (+)= op(a) @ op(b); op(a) (M, K) is a.T if trans_a else a, op(b) (K, N) is b.T if trans_b.
 
     Operands in the wrong layout are transposed into scratch first. K >= 128 runs the register-tiled
     ``_gemm_nt`` (a and b.T contiguous along K), smaller K ``_gemm_nn`` (a and b row-major); both run
-    blocks of c in parallel. Products too small to pay for starting the threads run serially.
+    blocks of c in parallel. Products too small to pay for starting the threads run serially. Python, so
+    that no cached serial kernel calls the parallel ones (module docstring).
     """
     M, N = c.shape
     K = a.shape[0] if trans_a else a.shape[1]
@@ -417,7 +421,6 @@ def _gemm_numba_serial(c, a, b, trans_a, trans_b, accumulate):
         _gemm_nt_block(c, at, bt, K, accumulate, 0, M, 0, N)
 
 
-@kernel
 def _linear_forward_numba(out, x, weight, bias):
     """out (N, O) = x (N, I) @ weight (O, I).T + bias (O,) or None; numba route."""
     if bias is not None:
@@ -425,7 +428,6 @@ def _linear_forward_numba(out, x, weight, bias):
     _gemm_numba(out, x, weight, False, True, bias is not None)
 
 
-@kernel
 def _linear_backward_numba(dx, dweight, dbias, dout, x, weight):
     """dx (N, I) += dout (N, O) @ weight (O, I); dweight += dout.T @ x; dbias (O,) += dout.sum(0).
 
@@ -438,13 +440,11 @@ def _linear_backward_numba(dx, dweight, dbias, dout, x, weight):
         _bias_grad(dbias, dout)
 
 
-@kernel
 def _matmul_forward_numba(out, a, b):
     """out (M, N) = a (M, K) @ b (K, N); numba route."""
     _gemm_numba(out, a, b, False, False, False)
 
 
-@kernel
 def _matmul_backward_numba(da, db, dout, a, b):
     """da (M, K) += dout (M, N) @ b.T; db (K, N) += a.T @ dout; numba route. da, db may be None."""
     if da is not None:
