@@ -90,7 +90,7 @@ SPECS = [
     Spec("PositionEmbedding", PositionEmbedding, dict(max_positions=8, dim=4, rng=0),
          dict(max_positions=Int(1), dim=Int(1), rng=Seed()),
          lambda: [_x(1, 3, 4)], ["x"], "embedding", lambda s: s, min_ndim=3, forward_kw={"pos": (2, Int(0))}),
-    Spec("MultiHeadAttention", MultiHeadAttention,
+    Spec("MultiHeadAttention", MultiHeadAttention,  # rope=None (no rotary positions) is valid: see _EXPECTS
          dict(dim=8, n_heads=2, n_kv_heads=1, causal=True, rope="rotate_half", rope_theta=10000.0, max_seq_len=8,
               bias=True, out_bias=False, fused_qkv=False, rng=0),
          dict(dim=Int(1), n_heads=Int(1), n_kv_heads=Int(1, optional=True), causal=Flag(),
@@ -123,6 +123,7 @@ SPECS = [
 ]
 
 _ARG_NAMES = {"Add": ("a", "b")}
+_EXPECTS = {"MultiHeadAttention": {("rope", "None"): "either"}}  # mutations that are valid for that layer
 
 
 def _arg_name(spec, i):
@@ -405,7 +406,7 @@ def _ctor_cases(spec):
         return y, {k: v.copy() for k, v in layer.parameters().items()}
 
     return call_cases(f"layers/{spec.name}/init", lambda kw: spec.make(**kw), lambda: dict(spec.kw), spec.roles,
-                      key=key, fix=fix)
+                      key=key, fix=fix, expects=_EXPECTS.get(spec.name))
 
 
 # ------------------------------------------------------------------------------------------------ decoding
