@@ -40,3 +40,13 @@ def test_touching_arrays_give_the_same_results():
     A._swiglu_forward(out_touching, a, b)
     A._swiglu_forward(out_apart, a, b)
     np.testing.assert_allclose(out_touching, out_apart, rtol=1e-6)
+
+
+def test_check_fits_names_the_sizes():
+    _alloc.check_fits("parameters", 1000, in_features=10, out_features=100)  # fits: no error
+    with pytest.raises(ValueError, match=r"^in_features=4, out_features=4611686018427387904: .* do not fit"):
+        _alloc.check_fits("parameters", 4 * 2**62, in_features=4, out_features=2**62)
+    have = _alloc.memory_bytes()
+    if have:  # one element more than this machine's memory holds
+        with pytest.raises(ValueError, match=r"^dim=\d+: .*GiB of memory here"):
+            _alloc.check_fits("parameters", have // 4 + 1, dim=have // 4 + 1)

@@ -111,3 +111,18 @@ def test_float_dtype_argument():
     for bad in (None, "foo", np.int8, ">f4", np.float16):
         with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
             check_float_dtype("dtype", bad)
+
+
+def test_rng_argument():
+    from qorus_jit.core.check import check_rng
+
+    want = np.random.default_rng(7).random(3)
+    for seed in (7, np.int64(7), np.uint8(7), np.random.SeedSequence(7), np.random.PCG64(7)):
+        assert np.array_equal(check_rng("rng", seed).random(3), want)
+    g = np.random.default_rng(1)
+    assert check_rng("rng", g) is g  # layers built from one generator draw in turn
+    assert isinstance(check_rng("rng", None), np.random.Generator)
+    for bad, err in (("abc", TypeError), (0.5, TypeError), ({}, TypeError), ([1], TypeError), (True, TypeError),
+                     (-1, ValueError), (np.int64(-3), ValueError)):
+        with pytest.raises(err, match=r"^rng: expected"):
+            check_rng("rng", bad)

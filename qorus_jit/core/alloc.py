@@ -14,6 +14,7 @@ at stake, never results.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -52,3 +53,31 @@ def copy(value, dtype=DTYPE) -> np.ndarray:
     out = empty(value.shape, dtype)
     out[...] = value
     return out
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _human(nbytes: int) -> str:
+    for unit, scale in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_fits(what: str, count: int, dtype=DTYPE, **sizes) -> None:
+    """Before allocating ``count`` elements of ``dtype`` (``what``: "parameters", "KV cache", ...) from the size
+    arguments ``sizes`` (``name=value``), a ValueError naming them if that is more than this machine's memory
+    (or than numpy can address), instead of numpy's unnamed "array is too big" or a MemoryError."""
+    nbytes = int(count) * np.dtype(dtype).itemsize
+    have = memory_bytes()
+    if nbytes >= 2**63 or (have and nbytes > have):
+        args = ", ".join(f"{k}={int(v)}" for k, v in sizes.items())
+        room = f"{_human(have)} of memory here" if have else "what numpy can address"
+        raise ValueError(f"{args}: {int(count)} {np.dtype(dtype)} {what} ({_human(nbytes)}) do not fit in "
+                         f"memory (more than {room})")

@@ -323,3 +323,19 @@ def check_fields(cls, d, what: str, error: type[Exception] = ValueError, noun: s
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise error(f"{what}: unknown {noun}(s) {', '.join(map(str, unknown))}{hint}")
+
+
+def check_rng(name: str, rng) -> np.random.Generator:
+    """A random source argument (``rng=``): None (fresh entropy), an int seed >= 0 (Python or NumPy, not a
+    bool), a ``numpy.random.Generator`` (returned as is, so layers built from one draw in turn), or a
+    ``BitGenerator`` or ``SeedSequence``. Returns the Generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (np.random.BitGenerator, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    if not isinstance(rng, (int, np.integer)) or isinstance(rng, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected None, an int seed >= 0 or a numpy.random.Generator, "
+                        f"got {type(rng).__name__} {rng!r}")
+    if rng < 0:
+        raise ValueError(f"{name}: expected an int seed >= 0, got {rng!r}")
+    return np.random.default_rng(int(rng))
