@@ -288,3 +288,23 @@ def test_mse_bad_inputs_raise():
         K.mse_backward(readonly, a, a.copy())
     with pytest.raises(ValueError, match="dpred: expected a buffer that does not overlap pred"):
         K.mse_backward(a, a, a.copy())
+
+
+@pytest.mark.parametrize("ignore_index", [2**64, -(2**70)])
+def test_cross_entropy_ignore_index_beyond_int64_ignores_nothing(ignore_index):
+    # no int32/int64 target can equal it: every row counts
+    logits = rand(np.random.default_rng(1), 4, 5)
+    targets = np.array([0, 4, 2, 1], np.int64)
+    want_losses, want_mean = naive.cross_entropy(logits, targets)
+    want_grad = naive.cross_entropy_grad(logits, targets)
+    losses = np.empty(4, np.float32)
+    assert_close(K.cross_entropy_forward(losses, logits, targets, ignore_index), want_mean)
+    assert_close(losses, want_losses)
+    d = np.zeros_like(logits)
+    K.cross_entropy_backward(d, logits, targets, ignore_index)
+    assert_close(d, want_grad)
+    fused = logits.copy()
+    assert_close(K.cross_entropy_forward_backward(fused, logits, targets, ignore_index), want_mean)
+    assert_close(fused, want_grad)
+    with pytest.raises(ValueError, match=r"targets: expected values in \[0, 5\), got -1"):
+        K.cross_entropy_forward(losses, logits, np.array([0, -1, 2, 1], np.int64), ignore_index)

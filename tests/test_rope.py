@@ -239,3 +239,10 @@ def test_one_table_per_model_sized_to_the_positions_used():
     other = Llama(LlamaConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=32, vocab_size=16,
                               rope_theta=123_457.0), rng=0)
     assert _attention(other)[0].rope_tables is not attn[0].rope_tables  # another head size: other tables
+
+
+@pytest.mark.parametrize("max_seq_len, head_dim, name", [(2**62, 8, "max_seq_len"), (2**64, 8, "max_seq_len"),
+                                                          (4, 2**62, "head_dim"), (4, 2**64, "head_dim")])
+def test_cache_too_big_names_its_size_argument(max_seq_len, head_dim, name):
+    with pytest.raises(ValueError, match=f"{name}="):
+        K.rope_cache(max_seq_len, head_dim)

@@ -195,14 +195,22 @@ def _mse_backward(dpred, pred, target, scale):
 _OUT_SPECS = {"losses": ("N",), "dlogits": ("N", "V")}
 
 
-def _check_ce(logits, targets, ignore_index, inplace=None, **outputs) -> int:
-    """Validate logits (N, V), targets (N,) and the outputs (written; ``inplace`` as in ``check_arrays``);
-    returns the count of non-ignored rows."""
+def kernel_ignore_index(ignore_index: int) -> int:
+    """``ignore_index`` as the kernels' int64: one beyond int64 matches no target id (ids are in ``[0, V)``),
+    so it becomes -1, which no valid target equals either."""
     check_int(ignore_index=ignore_index)
+    i = int(ignore_index)
+    return i if -(2**63) <= i < 2**63 else -1
+
+
+def _check_ce(logits, targets, ignore_index, inplace=None, **outputs) -> tuple[int, int]:
+    """Validate logits (N, V), targets (N,) and the outputs (written; ``inplace`` as in ``check_arrays``);
+    returns the count of non-ignored rows and the kernels' ignore_index."""
+    ignore = kernel_ignore_index(ignore_index)
     dims = check_arrays(logits=(logits, ("N", "V")), **{k: (v, _OUT_SPECS[k]) for k, v in outputs.items()},
                         writes=tuple(outputs), inplace=inplace, reads={"targets": targets})
-    check_index("targets", targets, ("N",), dims["V"], dims, allow=int(ignore_index))
-    return int(np.count_nonzero(targets != ignore_index))
+    check_index("targets", targets, ("N",), dims["V"], dims, allow=ignore if ignore == ignore_index else None)
+    return int(np.count_nonzero(targets != ignore)), ignore
 
 
 def _mean_scale(scale, count: int) -> float:
@@ -218,8 +226,8 @@ def cross_entropy_forward(losses, logits, targets, ignore_index: int = -100) -> 
     ``targets (N,)`` is int32/int64 in ``[0, V)`` or ``== ignore_index``. Returns the mean loss over
     the non-ignored rows, or 0.0 when every row is ignored.
     """
-    count = _check_ce(logits, targets, ignore_index, losses=losses)
-    _cross_entropy_forward(losses, logits, targets, int(ignore_index))
+    count, ignore = _check_ce(logits, targets, ignore_index, losses=losses)
+    _cross_entropy_forward(losses, logits, targets, ignore)
     return float(losses.sum(dtype=np.float64) / count) if count else 0.0
 
 
@@ -228,8 +236,8 @@ def cross_entropy_backward(dlogits, logits, targets, ignore_index: int = -100, s
 
     ``scale`` defaults to 1 / (number of non-ignored rows), the gradient of the mean loss.
     """
-    count = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
-    _cross_entropy_backward(dlogits, logits, targets, int(ignore_index), _mean_scale(scale, count))
+    count, ignore = _check_ce(logits, targets, ignore_index, dlogits=dlogits)
+    _cross_entropy_backward(dlogits, logits, targets, ignore, _mean_scale(scale, count))
 
 
 def cross_entropy_forward_backward(dlogits, logits, targets, ignore_index: int = -100) -> float:
@@ -238,10 +246,10 @@ def cross_entropy_forward_backward(dlogits, logits, targets, ignore_index: int =
     Writes (does not accumulate) ``dlogits``, zero on ignored rows; the softmax is computed once per
     row. ``dlogits`` may be ``logits`` itself (overwritten in place) or a separate buffer.
     """
-    count = _check_ce(logits, targets, ignore_index, {"dlogits": "logits"}, dlogits=dlogits)
+    count, ignore = _check_ce(logits, targets, ignore_index, {"dlogits": "logits"}, dlogits=dlogits)
     losses = np.empty(logits.shape[0], np.float64)
     scale = _mean_scale(None, count)
-    _cross_entropy_forward_backward(dlogits, losses, logits, targets, int(ignore_index), scale)
+    _cross_entropy_forward_backward(dlogits, losses, logits, targets, ignore, scale)
     return float(losses.sum() / count) if count else 0.0
 
 

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import (
     check_arrays,
     check_bool,
@@ -125,7 +126,11 @@ def rope_cache(max_seq_len: int, head_dim: int, theta: float = 10000.0, dtype=DT
     check_positive(max_seq_len=max_seq_len, head_dim=head_dim)
     if head_dim % 2:
         raise ValueError(f"head_dim: expected an even int, got {head_dim}")
-    cos = np.empty((int(max_seq_len), int(head_dim) // 2), check_float_dtype("dtype", dtype))
+    dt = check_float_dtype("dtype", dtype)
+    half = int(head_dim) // 2
+    _alloc.check_fits("rope table elements (cos and sin)", 2 * int(max_seq_len) * half, dt,
+                      max_seq_len=max_seq_len, head_dim=head_dim)
+    cos = np.empty((int(max_seq_len), half), dt)
     sin = np.empty_like(cos)
     rope_tables(cos, sin, theta)
     return cos, sin

@@ -16,8 +16,9 @@ import math
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
-from qorus_jit.core.check import check_int, check_real
+from qorus_jit.core.check import check_real
 from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels.loss import kernel_ignore_index
 
 
 class CrossEntropyLoss:
@@ -26,7 +27,7 @@ class CrossEntropyLoss:
     the loss owns (overwritten by the next call)."""
 
     def __init__(self, ignore_index: int = -100):
-        check_int(ignore_index=ignore_index)
+        self._ignore = kernel_ignore_index(ignore_index)  # the kernels' int64 (checks ignore_index)
         self.ignore_index = int(ignore_index)
         self._grad = None
 
@@ -51,8 +52,8 @@ class CrossEntropyLoss:
         if self._grad is None or self._grad.shape != x.shape:
             self._grad = _alloc.empty(x.shape, np.float32)
         losses = np.empty(x.shape[0], np.float64)
-        count = int(np.count_nonzero(t != self.ignore_index))
-        K.cross_entropy_forward_backward(self._grad, losses, x, t, self.ignore_index, scale / count if count else 0.0)
+        count = int(np.count_nonzero(t != self._ignore))
+        K.cross_entropy_forward_backward(self._grad, losses, x, t, self._ignore, scale / count if count else 0.0)
         loss = float(losses.sum() / count) if count else 0.0
         return loss, self._grad.reshape(logits.shape)
 
@@ -60,8 +61,8 @@ class CrossEntropyLoss:
         """``(sum of row losses, rows counted, rows whose argmax is the target)`` without a gradient."""
         x, t, _ = self._flat(logits, targets)
         losses = np.empty(x.shape[0], x.dtype)
-        K.cross_entropy_forward(losses, x, t, self.ignore_index)
-        keep = t != self.ignore_index
+        K.cross_entropy_forward(losses, x, t, self._ignore)
+        keep = t != self._ignore
         correct = int(np.count_nonzero((x.argmax(axis=1) == t) & keep))
         return float(losses.sum(dtype=np.float64)), int(keep.sum()), correct
 
@@ -75,7 +76,10 @@ class MSELoss:
     def _check(self, pred, target):
         if isinstance(target, np.ma.MaskedArray):  # the conversion below would drop the mask
             raise ValueError("target: expected an array, got a masked array")
-        target = np.ascontiguousarray(target, np.float32)
+        try:
+            target = np.ascontiguousarray(target, np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"target: expected an array of numbers, got {type(target).__name__} ({e})") from None
         if not isinstance(pred, np.ndarray) or isinstance(pred, np.ma.MaskedArray) or pred.dtype != np.float32:
             raise ValueError(f"pred: expected a float32 array, got {getattr(pred, 'dtype', type(pred).__name__)}")
         if pred.size == 0:  # the mean of no element
