@@ -27,6 +27,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from qorus_jit.core.check import check_bool
 from qorus_jit.core.files import atomic_write, final_path, os_reason
 from qorus_jit.formats import checkpoint as ckpt
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
@@ -76,13 +79,27 @@ class Trainer:
                  eval_every: int = 0, eval_batches: int = 8, ckpt_every: int = 0, keep_checkpoints: int = 2,
                  run_dir=None, log_every: int = 1, progress: bool = True, print_evals: bool | None = None,
                  extra_state: dict | None = None, handle_sigint: bool = False):
+        counts = {}
         for name, value, low in (("steps", steps, 1), ("grad_accum", grad_accum, 1), ("eval_every", eval_every, 0),
                                  ("eval_batches", eval_batches, 1), ("ckpt_every", ckpt_every, 0),
                                  ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+            counts[name] = int(value)  # a NumPy int as a plain one (JSON metrics, checkpoints)
+        steps, grad_accum, eval_every, eval_batches, ckpt_every, keep_checkpoints, log_every = counts.values()
         if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
             raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
+        _check_model_and_optimizer(model, optimizer)
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"schedule: expected a function step -> lr (qorus_jit.train.schedule) or None, "
+                            f"got {schedule!r}")
+        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+            raise TypeError(f"run_dir: expected a folder path or None, got {type(run_dir).__name__}")
+        if extra_state is not None and not isinstance(extra_state, dict):
+            raise TypeError(f"extra_state: expected a dict of JSON data or None, got {type(extra_state).__name__}")
+        check_bool(progress=progress, handle_sigint=handle_sigint)
+        if print_evals is not None:
+            check_bool(print_evals=print_evals)
         self.model, self.optimizer, self.data = model, optimizer, data
         self.steps, self.grad_accum, self.clip = steps, grad_accum, clip
         self.loss = make_loss(loss)
@@ -92,11 +109,11 @@ class Trainer:
         if val_data is None and hasattr(data, "val_batches") and batch_size:
             n = min(eval_batches, getattr(data, "n_val_windows", eval_batches * batch_size) // batch_size)
             val_data = data.val_batches(batch_size, n) if n else None  # a short text: fewer batches, or none
-        self.val_data = list(val_data) if val_data is not None else []
+        self.val_data = _val_batches(val_data)
         self.eval_every, self.ckpt_every, self.keep_checkpoints = eval_every, ckpt_every, keep_checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.log_every, self.progress, self.handle_sigint = log_every, progress, handle_sigint
-        self.print_evals = progress if print_evals is None else bool(print_evals)
+        self.log_every, self.progress, self.handle_sigint = log_every, bool(progress), bool(handle_sigint)
+        self.print_evals = self.progress if print_evals is None else bool(print_evals)
         self.extra_state = dict(extra_state or {})
         self.step = 0
         self.elapsed = 0.0  # seconds of training before this process (restored on resume)
@@ -108,8 +125,10 @@ class Trainer:
     @staticmethod
     def _batch_source(data, batch_size):
         if hasattr(data, "train_batch"):
-            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, (bool, np.bool_))
+                    or batch_size < 1):
                 raise ValueError(f"batch_size: expected an int >= 1 for {type(data).__name__}, got {batch_size!r}")
+            batch_size = int(batch_size)
             return lambda: data.train_batch(batch_size)
         if hasattr(data, "next_batch"):
             if batch_size is not None:
@@ -341,6 +360,30 @@ class Trainer:
         self.step, self.elapsed = c.step, float(c.state.get("elapsed", 0.0))
         self.last = dict(c.state.get("last", {}))
         return path
+
+
+def _check_model_and_optimizer(model, optimizer) -> None:
+    """A model with forward, backward and parameters, and an optimizer that updates that model's parameters
+    (one built for another model would leave this one's weights alone and see zero gradients)."""
+    if not all(callable(getattr(model, a, None)) for a in ("forward", "backward", "parameters")):
+        raise TypeError(f"model: expected a model with forward, backward and parameters, got {type(model).__name__}")
+    if not all(callable(getattr(optimizer, a, None)) for a in ("zero_grad", "step", "grad_norm", "clip_grad_norm")):
+        raise TypeError(f"optimizer: expected an optimizer (qorus_jit.train.optim) of the model, "
+                        f"got {type(optimizer).__name__}")
+    owner = getattr(optimizer, "model", model)
+    if owner is not model:
+        raise ValueError(f"optimizer: expected an optimizer of this model (built with it), got one of another "
+                         f"{type(owner).__name__}")
+
+
+def _val_batches(val_data) -> list:
+    """``val_data`` as a list of (x, y) batches ([] for None)."""
+    if val_data is None:
+        return []
+    batches = list(val_data) if isinstance(val_data, (list, tuple)) or hasattr(val_data, "__next__") else None
+    if batches is None or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+        raise TypeError(f"val_data: expected a list of (x, y) batches or None, got {type(val_data).__name__}")
+    return batches
 
 
 def _row_step(line: bytes) -> int:

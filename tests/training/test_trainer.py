@@ -66,6 +66,21 @@ def test_losses_reject_bad_input(bad):
         bad()
 
 
+def test_mse_target_of_no_numbers_is_named():
+    with pytest.raises(ValueError, match="^target: expected an array of numbers"):
+        MSELoss()(np.zeros((2, 3), np.float32), "x")
+
+
+def test_cross_entropy_loss_ignore_index_beyond_int64_counts_every_row():
+    logits = np.random.default_rng(6).standard_normal((4, 5)).astype(np.float32)
+    targets = np.array([0, 4, 2, 1])
+    loss, grad = CrossEntropyLoss(ignore_index=2**64)(logits, targets)
+    want_loss, want_grad = ref_cross_entropy(logits, targets)
+    assert abs(loss - want_loss) < 1e-5
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+    assert CrossEntropyLoss(ignore_index=2**64).evaluate(logits, targets)[1] == 4
+
+
 class FixedBatches:
     """A data source that hands out a fixed list of batches in turn (no randomness)."""
 
@@ -208,6 +223,36 @@ def test_trainer_rejects_bad_settings():
         Trainer(model, SGD(model, lr=0.1), object(), steps=1)
     with pytest.raises(ValueError, match="loss"):
         Trainer(model, SGD(model, lr=0.1), data, steps=1, loss="hinge")
+
+
+@pytest.mark.parametrize("change, error, name", [
+    (dict(model=None), TypeError, "model"), (dict(optimizer=None), TypeError, "optimizer"),
+    (dict(optimizer="other-model"), ValueError, "optimizer"), (dict(progress="no"), TypeError, "progress"),
+    (dict(val_data="x"), TypeError, "val_data"), (dict(schedule="cosine"), TypeError, "schedule"),
+    (dict(schedule=0.1), TypeError, "schedule"), (dict(run_dir=3), TypeError, "run_dir"),
+    (dict(extra_state="x"), TypeError, "extra_state"), (dict(print_evals="yes"), TypeError, "print_evals"),
+])
+def test_trainer_names_a_bad_argument(change, error, name):
+    model = MLP([2, 2], rng=0)
+    kw = dict(model=model, optimizer=SGD(model, lr=0.1), progress=False)
+    if change.get("optimizer") == "other-model":
+        change = dict(optimizer=SGD(MLP([2, 2], rng=0), lr=0.1))  # it would train nothing, grad norm 0
+    kw.update(change)
+    data = ArrayDataset(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), batch_size=2)
+    with pytest.raises(error, match=f"^{name}: expected"):
+        Trainer(kw.pop("model"), kw.pop("optimizer"), data, steps=1, **kw)
+
+
+def test_trainer_takes_numpy_ints_as_the_plain_ones():
+    X = np.random.default_rng(5).standard_normal((8, 3)).astype(np.float32)
+    y = np.arange(8) % 2
+    runs = []
+    for steps, accum in ((3, 2), (np.int64(3), np.int32(2))):
+        model = MLP([3, 2], rng=0)
+        Trainer(model, SGD(model, lr=0.1), FixedBatches([(X, y)]), steps=steps, grad_accum=accum,
+                progress=False).fit()
+        runs.append(model.parameters()["fc0.weight"].copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_progress_bar_shows_the_loss_of_the_step_it_counts(monkeypatch):
