@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import qorus_jit
 from qorus_jit.cli import main
 from qorus_jit.infer.generate import generate
-from qorus_jit.infer.sources import load_run_model
+from qorus_jit.infer.sources import SourceError, load_run_model, load_source
 from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
 from qorus_jit.models.llama import save_llama2c
 from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
@@ -205,3 +205,66 @@ def test_the_speed_line_leaves_loading_and_warm_up_out(run_dir):
     assert code == 0 and out == "def \n" and err.startswith("[length] no token generated (not counted: loading")
     code, out, err = run_cli(run_dir, "-p", "def ", "-n", 1, "-t", 0)
     assert re.search(r"prefill 4 tokens at [\d,.]+ tok/s \(", err) and "decode" not in err
+
+
+# -- sources checked when loading (fuzz wave 1)
+
+
+@pytest.mark.parametrize("field", ["dim", "vocab_size"])
+def test_a_run_record_that_does_not_fit_its_checkpoint_is_refused_before_building(run_dir, tmp_path, field):
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    record = json.loads((bad / "run.json").read_text())
+    record["model"][field] = 2**40  # building it would allocate petabytes
+    (bad / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SourceError, match=rf"run\.json: the model record does not fit .*model\.safetensors.*"
+                                          rf"LlamaConfig\.{field}\) = {2**40} does not match the weights"):
+        load_source(bad)
+    code, out, err = run_cli(bad, "-p", "x")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "run.json" in err and field in err
+
+
+def test_a_run_record_with_an_unknown_field_names_it(run_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    record = json.loads((bad / "run.json").read_text())
+    record["model"]["nope"] = 1
+    (bad / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SourceError, match=r"run\.json: model: .*nope"):
+        load_source(bad)
+
+
+@pytest.mark.parametrize("key, value", [("eos_token_id", "x"), ("eos_token_id", [1.5]), ("eos_token_id", {}),
+                                        ("eos_token_id", [2, 300]), ("eos_token_id", True),
+                                        ("bos_token_id", "x"), ("bos_token_id", 2**40), ("bos_token_id", -1)])
+def test_bad_special_token_ids_in_config_json_are_named_when_loading(tmp_path, key, value):
+    qorus_jit.save_pretrained(tiny_llama(256), tmp_path)
+    ByteTokenizer().save(tmp_path / "tokenizer.json")
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(SourceError, match=rf"config\.json: {key}: expected a token id in \[0, 256\)"):
+        load_source(tmp_path)
+
+
+def test_good_special_token_ids_in_config_json_are_used(tmp_path):
+    qorus_jit.save_pretrained(tiny_llama(256), tmp_path)
+    ByteTokenizer().save(tmp_path / "tokenizer.json")
+    hf = json.loads((tmp_path / "config.json").read_text())
+    for eos, stop in ((7, {7}), ([7, 9], {7, 9}), (None, set()), ([], set())):
+        hf.update(eos_token_id=eos, bos_token_id=5)
+        (tmp_path / "config.json").write_text(json.dumps(hf))
+        src = load_source(tmp_path)
+        assert src.stop_ids == stop and src.bos == 5
+        assert src.encode("ab").tolist() == [5, 97, 98]
+
+
+@pytest.mark.parametrize("source", [None, 3, 2.5])
+def test_a_source_that_is_not_a_path_is_named(source):
+    with pytest.raises(TypeError, match="source: expected a path"):
+        load_source(source)
+
+
+def test_a_tokenizer_spec_of_the_wrong_type_is_named_once(run_dir):
+    with pytest.raises(SourceError, match=r"^tokenizer: expected 'byte', a tokenizer"):
+        load_source(run_dir, 3)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.files import read_json
+from qorus_jit.core.files import check_path, read_json
 from qorus_jit.formats.checkpoint import (
+    MODEL_FILE,
     RUN_FILE,
     latest_checkpoint,
     load_checkpoint,
@@ -63,13 +64,13 @@ def load_source(source, tokenizer=None) -> Source:
     folder (``config.json``; its ``tokenizer.json``) or a llama2.c checkpoint (a file; ``tokenizer`` must
     name its ``tokenizer.bin``). ``tokenizer`` overrides the source's own (any :func:`load_tokenizer` spec).
     """
-    path = Path(source)
+    path = check_path("source", source)
     if not path.exists():
         raise SourceError(f"source: no such file or folder: {path}")
     try:
-        tok = None if tokenizer is None else load_tokenizer(tokenizer)
+        tok = None if tokenizer is None else load_tokenizer(tokenizer, "tokenizer")
     except (OSError, ValueError, TypeError, ImportError) as e:
-        raise SourceError(f"tokenizer: {e}") from None
+        raise SourceError(str(e) if str(e).startswith("tokenizer: ") else f"tokenizer: {e}") from None
     if path.is_dir() and (path / RUN_FILE).is_file():
         model, own = load_run_model(path)
         return _checked(Source(model, tok or own, "run", path))
@@ -95,25 +96,42 @@ def load_source(source, tokenizer=None) -> Source:
 def load_run_model(run_dir):
     """``(model, tokenizer)`` of a ``qorus train`` run directory: the model rebuilt from the model record of
     its ``run.json`` through the models registry, with the weights of its newest complete checkpoint, and
-    the run's tokenizer. A SourceError names the directory when something is missing or damaged."""
-    from qorus_jit.models.registry import build_model
+    the run's tokenizer. The record is checked against the checkpoint's tensor shapes (as for a Hugging Face
+    folder) before the model is built, so memory stays bounded by the files whatever the record says. A
+    SourceError names the directory, or ``run.json`` and the field, when something is missing or damaged."""
+    from qorus_jit.models.registry import architecture, build_model, check_shapes
 
     run_dir = Path(run_dir)
+    record_file = run_dir / RUN_FILE
     try:
         record = read_run_record(run_dir)
     except (OSError, ValueError) as e:
         raise SourceError(f"{run_dir}: {e}") from None
     fields = record.get("model")
     if not isinstance(fields, dict) or not isinstance(fields.get("arch"), str):
-        raise SourceError(f"{run_dir / RUN_FILE}: no model record (expected a 'model' table with an 'arch')")
+        raise SourceError(f"{record_file}: no model record (expected a 'model' table with an 'arch')")
+    try:
+        cls = architecture(fields["arch"])
+        config = cls.config_class.from_dict({k: v for k, v in fields.items() if k != "arch"})
+    except (ValueError, TypeError) as e:
+        raise SourceError(f"{record_file}: model: {e}") from None
     found = latest_checkpoint(run_dir)
     if found is None:
         raise SourceError(f"{run_dir}: the run has no complete checkpoint yet")
     try:
         tokenizer = load_tokenizer(run_tokenizer_path(run_dir))
-        model = build_model(fields["arch"], {k: v for k, v in fields.items() if k != "arch"})
-        model.load_parameters(load_checkpoint(found).model)
+        tensors = load_checkpoint(found).model  # bounded by the file's size
     except (OSError, ValueError, TypeError, ImportError) as e:
+        raise SourceError(f"{run_dir}: {e}") from None
+    try:  # the record against the weights, in the Hugging Face layout that check_shapes knows
+        check_shapes(config, {k: v.shape for k, v in cls.to_hf_tensors(tensors).items()},
+                     source=str(found / MODEL_FILE))
+    except ValueError as e:
+        raise SourceError(f"{record_file}: the model record does not fit the checkpoint: {e}") from None
+    try:
+        model = build_model(fields["arch"], config)
+        model.load_parameters(tensors)
+    except (ValueError, TypeError) as e:
         raise SourceError(f"{run_dir}: {e}") from None
     return model, tokenizer
 
@@ -132,11 +150,25 @@ def _hf_source(path: Path, tok) -> Source:
             tok = load_tokenizer(path)
         except (OSError, ValueError, ImportError) as e:
             raise SourceError(f"tokenizer: {e} (pass --tokenizer)") from None
-    hf = read_json(path / "config.json", "config.json")
-    eos = hf.get("eos_token_id")
-    stop = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    bos = hf.get("bos_token_id") if hf.get("model_type") == "llama" else None
+    file = path / "config.json"
+    hf = read_json(file, "config.json")
+    vocab = model.config.vocab_size
+    stop = frozenset(_config_ids(file, "eos_token_id", hf.get("eos_token_id"), vocab, many=True))
+    bos = None
+    if hf.get("model_type") == "llama":
+        bos = next(iter(_config_ids(file, "bos_token_id", hf.get("bos_token_id"), vocab)), None)
     return Source(model, tok, "hf", path, bos=bos, stop_ids=stop)
+
+
+def _config_ids(file: Path, key: str, value, vocab: int, many: bool = False) -> list[int]:
+    """The token ids of ``config.json``'s ``key``: none (``value`` None), an int in ``[0, vocab)`` or, when
+    ``many``, a list of them; else a SourceError naming the file and the key (not a later prompt error)."""
+    ids = [] if value is None else value if many and isinstance(value, list) else [value]
+    for v in ids:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
+            raise SourceError(f"{file}: {key}: expected a token id in [0, {vocab}) (the model's vocab_size)"
+                              f"{' or a list of them' if many else ''}, got {value!r}")
+    return ids
 
 
 def _describe(tok) -> str:
