@@ -137,6 +137,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path, overrides: dict | None = None) -> TrainConfig:
         """Read a TOML file of settings (top level or a ``[train]`` table), then apply ``overrides``."""
+        _check_overrides(overrides)
         p = Path(path)
         try:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -144,8 +145,10 @@ class TrainConfig:
             raise ConfigError(f"{p}: no such config file") from None
         except IsADirectoryError:
             raise ConfigError(f"{p}: is a directory, expected a TOML config file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: not a config (arrays or tables nested too deeply to read)") from None
+        except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError, or an int of over 4300 digits
+            raise ConfigError(f"{p}: not valid TOML ({' '.join(str(e).split())})") from None
         except OSError as e:
             raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
         if isinstance(d.get("train"), dict):
@@ -157,6 +160,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_overrides(overrides) -> None:
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"overrides: expected a dict of settings or None, got {type(overrides).__name__}")
 
 
 #: Settings that name a file or folder (a NUL byte in one is refused: no path can hold it).
@@ -293,6 +301,8 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     from qorus_jit.models.registry import model_record
     from qorus_jit.tokenizers import load_tokenizer
 
+    if not isinstance(cfg, TrainConfig):  # a dict of settings: TrainConfig.from_dict(d)
+        raise TypeError(f"cfg: expected a TrainConfig (TrainConfig.from_dict for a dict), got {type(cfg).__name__}")
     cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
     # run.json keeps the warmup -1 resolved to, so a resume with more steps keeps it
     cfg = dataclasses.replace(cfg, warmup_steps=warmup_of(cfg))
@@ -404,6 +414,7 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
     from qorus_jit.formats.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
     from qorus_jit.tokenizers import load_tokenizer
 
+    _check_overrides(overrides)
     run_dir = Path(run_dir)
     record = _read_run_file(run_dir)
     cfg = TrainConfig.from_dict(record["config"], where=str(run_dir / RUN_FILE))

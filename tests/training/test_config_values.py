@@ -126,3 +126,29 @@ def test_memory_refusal_names_the_sizes(tmp_path, monkeypatch):
 
     check_memory(TrainConfig(), 256)
     assert math.isfinite(TrainConfig().lr)
+
+
+@pytest.mark.parametrize("text, what", [("a = " + "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+                                        ("steps = " + "9" * 5000, "not valid TOML"),
+                                        ("steps = [", "not valid TOML")])
+def test_a_toml_file_too_deep_or_too_long_names_the_file(tmp_path, text, what):
+    p = tmp_path / "train.toml"
+    p.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=f"train.toml: .*{what}"):
+        TrainConfig.from_toml(p)
+
+
+def test_overrides_and_cfg_of_the_wrong_type_are_named(tmp_path):
+    from qorus_jit.train.run import resume_run
+
+    p = tmp_path / "train.toml"
+    p.write_text("steps = 3\n")
+    assert TrainConfig.from_toml(p, {"steps": np.int64(5)}).steps == 5
+    for bad in ("x", [("steps", 4)]):
+        with pytest.raises(ConfigError, match="^overrides: expected a dict"):
+            TrainConfig.from_toml(p, bad)
+        with pytest.raises(ConfigError, match="^overrides: expected a dict"):
+            resume_run(tmp_path / "run", bad, progress=False)
+    for bad in (None, {"steps": 1}):
+        with pytest.raises(TypeError, match="^cfg: expected a TrainConfig"):
+            start_run(bad, progress=False)
