@@ -7,12 +7,13 @@ import weakref
 
 import numpy as np
 
-from qorus_jit.core.check import check_bool, check_positive, check_positive_float
+from qorus_jit.core.alloc import check_fits
+from qorus_jit.core.check import check_bool, check_nonnegative, check_positive, check_positive_float, check_rng
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import trusted as K
 from qorus_jit.kernels.attention import attention_work_size
 from qorus_jit.kernels.rope import rope_cache
-from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.base import Layer, check_input, check_names
 from qorus_jit.layers.linear import Linear
 
 ROPE_STYLES = (None, "rotate_half", "interleaved")
@@ -88,7 +89,10 @@ class KVCache:
 
     def __init__(self, batch: int, max_seq_len: int, n_kv_heads: int, head_dim: int):
         check_positive(batch=batch, max_seq_len=max_seq_len, n_kv_heads=n_kv_heads, head_dim=head_dim)
-        self.k = np.zeros((batch, max_seq_len, n_kv_heads, head_dim), np.float32)
+        check_fits("KV cache elements", 2 * batch * max_seq_len * n_kv_heads * head_dim, batch=batch,
+                   max_seq_len=max_seq_len, n_kv_heads=n_kv_heads, head_dim=head_dim)
+        shape = (int(batch), int(max_seq_len), int(n_kv_heads), int(head_dim))
+        self.k = np.zeros(shape, np.float32)
         self.v = np.zeros_like(self.k)
         self.length = 0
 
@@ -105,7 +109,7 @@ class DecodeState:
 
     def __init__(self, batch: int, max_seq_len: int):
         check_positive(batch=batch, max_seq_len=max_seq_len)
-        self.batch, self.max_seq_len = batch, max_seq_len
+        self.batch, self.max_seq_len = int(batch), int(max_seq_len)
         self.pos = 0
         self.caches: dict[int, KVCache] = {}
 
@@ -116,7 +120,26 @@ class DecodeState:
         return cache
 
     def advance(self, n: int) -> None:
-        self.pos += n
+        """Move ``pos`` on by the ``n`` positions the last call decoded (never past ``max_seq_len``)."""
+        check_nonnegative(n=n)
+        if self.pos + n > self.max_seq_len:
+            raise ValueError(f"n: position {self.pos} + {n} is past the state's max_seq_len = {self.max_seq_len}")
+        self.pos += int(n)
+
+    @staticmethod
+    def check(state, x=None) -> None:
+        """``state`` is a :class:`DecodeState`; and, given the new positions ``x (B, T, ...)`` (checked by the
+        caller), it was made for batch ``B`` and has room for ``T`` more positions."""
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"state: expected a DecodeState, got {type(state).__name__}")
+        if x is None:
+            return
+        B, T = x.shape[0], x.shape[-2]
+        if B != state.batch:
+            raise ValueError(f"state: made for batch = {state.batch}, got x of batch {B} (shape {x.shape})")
+        if isinstance(state.pos, (int, np.integer)) and state.pos + T > state.max_seq_len:
+            raise ValueError(f"x: {T} new positions from state.pos = {state.pos} exceed the state's "
+                             f"max_seq_len = {state.max_seq_len}")
 
 
 class MultiHeadAttention(Layer):
@@ -143,6 +166,8 @@ class MultiHeadAttention(Layer):
         check_positive(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, max_seq_len=max_seq_len)
         check_bool(causal=causal, bias=bias, out_bias=out_bias, fused_qkv=fused_qkv)
         check_positive_float(rope_theta=rope_theta)
+        dim, n_heads, n_kv_heads, max_seq_len = int(dim), int(n_heads), int(n_kv_heads), int(max_seq_len)
+        names = check_names("names", names)
         if dim % n_heads:
             raise ValueError(f"n_heads: expected a divisor of dim = {dim}, got {n_heads}")
         if n_heads % n_kv_heads:
@@ -151,8 +176,11 @@ class MultiHeadAttention(Layer):
             raise ValueError(f"rope: expected one of {ROPE_STYLES}, got {rope!r}")
         self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads
         self.head_dim = D = dim // n_heads
+        # the projections' weights and biases: dim x (H + 2 Hkv) D in, H D x dim out
+        check_fits("parameters", (dim + 1) * (n_heads + 2 * n_kv_heads) * D + (n_heads * D + 1) * dim, dim=dim,
+                   n_heads=n_heads, n_kv_heads=n_kv_heads)
         self.causal, self.rope, self.max_seq_len = bool(causal), rope, max_seq_len
-        rng = np.random.default_rng(rng)
+        rng = check_rng("rng", rng)
         names = {**{k: k for k in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")}, **(names or {})}
         self.fused_qkv = bool(fused_qkv)
         if self.fused_qkv:
@@ -206,6 +234,8 @@ class MultiHeadAttention(Layer):
         check_input("x", x, self.dim, min_ndim=3)
         if x.ndim != 3:
             raise ValueError(f"x: expected shape (B, T, {self.dim}), got {x.shape}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
         B, T, _ = x.shape
         pos = 0 if cache is None else cache.length
         if pos + T > self.max_seq_len:
@@ -241,6 +271,9 @@ class MultiHeadAttention(Layer):
 
     def forward_decode(self, x, key_mask=None, *, state: DecodeState):
         """:meth:`forward` over ``state``'s KV cache for this layer (positions from ``state.pos``)."""
+        DecodeState.check(state)
+        check_input("x", x, self.dim, min_ndim=3)
+        DecodeState.check(state, x)
         cache = state.cache_for(self)
         if cache.length != state.pos:
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
@@ -251,6 +284,9 @@ class MultiHeadAttention(Layer):
         if self._saved is None:
             raise RuntimeError("MultiHeadAttention.backward needs a forward without a KV cache first")
         x, q, k, v, out, lse, key_mask = self._saved
+        check_input("dy", dy, self.dim)
+        if dy.shape != x.shape:
+            raise ValueError(f"dy: expected shape {x.shape}, got {dy.shape}")
         B, T, _ = x.shape
         dout = self.o_proj.backward(dy).reshape(out.shape)
         dq, dk, dv = self.buffer("dq", q.shape), self.buffer("dk", k.shape), self.buffer("dv", v.shape)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
-from qorus_jit.core.check import check_disjoint
+from qorus_jit.core.check import check_bool, check_disjoint
 from qorus_jit.core.numerics import DTYPE
 
 #: The optional arguments of :meth:`Layer.backward`, each a variant that a layer may support.
@@ -69,9 +69,11 @@ class Layer:
 
         ``decay``: whether weight decay applies to it (see :meth:`no_decay`); ``None`` follows
         :func:`decays_by_default` (matrices decay, vectors do not). Embeddings pass ``False``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name: expected a non-empty str, got {name!r}")
         if decay is not None and not isinstance(decay, bool):
             raise TypeError(f"decay: expected True, False or None, got {decay!r}")
-        arr = _alloc.copy(value, DTYPE)
+        arr = _alloc.copy(_real_array(f"value of {name}", value), DTYPE)
         self._params[name] = arr
         self._grads[name] = _alloc.zeros_like(arr)
         if decay if decay is not None else decays_by_default(arr):
@@ -133,6 +135,7 @@ class Layer:
     def check_variants(self, out=None, accumulate: bool = False, residual=None) -> None:
         """Check the optional arguments given to :meth:`backward`: a TypeError for a variant the layer does not
         declare in :attr:`backward_variants`, a ValueError for ``accumulate`` without ``out``."""
+        check_bool(accumulate=accumulate)
         given = {"out": out is not None, "accumulate": bool(accumulate), "residual": residual is not None}
         for name, used in given.items():
             if used and name not in self.backward_variants:
@@ -183,7 +186,14 @@ class Layer:
         return sum(p.size for p in self.parameters().values())
 
     def load_parameters(self, params: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the parameters of the same names (shapes must match; float32 on copy)."""
+        """Copy arrays into the parameters of the same names (shapes must match; float32 on copy). ``strict``:
+        the names must be exactly those of :meth:`parameters`; otherwise names the layer lacks are skipped."""
+        if not isinstance(params, dict):
+            raise TypeError(f"params: expected a dict of name -> array, got {type(params).__name__}")
+        check_bool(strict=strict)
+        bad = [k for k in params if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"params: expected str names, got the key {bad[0]!r}")
         own = self.parameters()
         if strict:
             missing, extra = own.keys() - params.keys(), params.keys() - own.keys()
@@ -192,7 +202,7 @@ class Layer:
         for name, value in params.items():
             if name not in own:
                 continue
-            value = np.asarray(value)
+            value = _real_array(name, value)
             if value.shape != own[name].shape:
                 raise ValueError(f"{name}: expected shape {own[name].shape}, got {value.shape}")
             own[name][...] = value
@@ -203,6 +213,27 @@ class Layer:
     def extra_repr(self) -> str:
         """The constructor arguments shown by ``repr``."""
         return ""
+
+
+def check_names(arg: str, names) -> dict[str, str]:
+    """A renaming of a layer's children (``names=``): None or a dict of child name -> new name, both strs
+    (a new name "" puts the child's parameters unprefixed). Returns it as a dict."""
+    if names is None:
+        return {}
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise TypeError(f"{arg}: expected a dict of child name -> new name (str), got {names!r}")
+    return names
+
+
+def _real_array(name: str, value) -> np.ndarray:
+    """``value`` as an array of real numbers (ints or floats: what a float32 parameter can hold)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise TypeError(f"{name}: expected an array of real numbers, got {type(value).__name__} ({e})") from None
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype} ({type(value).__name__})")
+    return arr
 
 
 def check_input(name: str, x, last: int | None = None, min_ndim: int = 1) -> None:

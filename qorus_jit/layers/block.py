@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from qorus_jit.core.check import check_bool, check_positive_float, flat_views
+from qorus_jit.core.check import check_bool, check_positive_float, check_rng, flat_views
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.attention import KVCache, MultiHeadAttention
-from qorus_jit.layers.base import Layer
-from qorus_jit.layers.feedforward import FeedForward
+from qorus_jit.layers.attention import DecodeState, KVCache, MultiHeadAttention
+from qorus_jit.layers.base import Layer, check_input, check_names
+from qorus_jit.layers.feedforward import KINDS, FeedForward
 from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 
@@ -40,7 +38,11 @@ class TransformerBlock(Layer):
         check_bool(prenorm=prenorm, mlp_bias=mlp_bias, causal=causal, attn_bias=attn_bias, out_bias=out_bias,
                    fused_qkv=fused_qkv)
         check_positive_float(norm_eps=norm_eps, rope_theta=rope_theta)  # checked here to be named as given
-        rng = np.random.default_rng(rng)
+        if not isinstance(mlp, str) or mlp not in KINDS:
+            raise ValueError(f"mlp: expected one of {KINDS}, got {mlp!r}")
+        names = check_names("names", names)
+        attn_names, mlp_names = check_names("attn_names", attn_names), check_names("mlp_names", mlp_names)
+        rng = check_rng("rng", rng)
 
         def make_norm():
             return RMSNorm(dim, norm_eps) if norm == "rms" else LayerNorm(dim, norm_eps)
@@ -58,6 +60,7 @@ class TransformerBlock(Layer):
 
     def forward(self, x, key_mask=None, cache: KVCache | None = None):
         """``key_mask`` and ``cache`` as in :meth:`MultiHeadAttention.forward`."""
+        check_input("x", x, self.self_attn.dim, min_ndim=3)
         if self.prenorm:
             h, y = self.buffer("h", x.shape), self.buffer("y", x.shape)
             _add(h, x, self.self_attn.forward(self.input_layernorm.forward(x), key_mask, cache))
@@ -71,6 +74,9 @@ class TransformerBlock(Layer):
 
     def forward_decode(self, x, key_mask=None, *, state):
         """:meth:`forward` with the KV cache ``state`` keeps for this block's attention (no backward)."""
+        DecodeState.check(state)
+        check_input("x", x, self.self_attn.dim, min_ndim=3)
+        DecodeState.check(state, x)
         cache = state.cache_for(self.self_attn)
         if cache.length != state.pos:
             raise ValueError(f"state: the cache holds {cache.length} positions, expected state.pos = {state.pos}")
@@ -83,6 +89,7 @@ class TransformerBlock(Layer):
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         self.check_variants(out, accumulate, residual)
+        check_input("dy", dy, self.self_attn.dim, min_ndim=3)
         dh = self.buffer("dh", dy.shape)
         dx = self.buffer("dx", dy.shape)
         if self.prenorm:  # each norm's input gradient plus the residual's, which skips it, in one pass

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
-from qorus_jit.core.check import check_index, check_nonnegative, check_positive
+from qorus_jit.core.alloc import check_fits
+from qorus_jit.core.check import check_index, check_nonnegative, check_positive, check_rng
 from qorus_jit.kernels import trusted as K
+from qorus_jit.layers.attention import DecodeState
 from qorus_jit.layers.base import Layer, check_input
 
 
@@ -20,7 +22,8 @@ class Embedding(Layer):
         super().__init__()
         check_positive(num_embeddings=num_embeddings, dim=dim)
         self.num_embeddings, self.dim = int(num_embeddings), int(dim)
-        weight = np.random.default_rng(rng).standard_normal((num_embeddings, dim))
+        check_fits("parameters", self.num_embeddings * self.dim, num_embeddings=num_embeddings, dim=dim)
+        weight = check_rng("rng", rng).standard_normal((self.num_embeddings, self.dim))
         self.weight = self.add_parameter("weight", weight, decay=False)  # embeddings take no weight decay
         self._ids = None
 
@@ -61,7 +64,8 @@ class PositionEmbedding(Layer):
         super().__init__()
         check_positive(max_positions=max_positions, dim=dim)
         self.max_positions, self.dim = int(max_positions), int(dim)
-        weight = np.random.default_rng(rng).standard_normal((max_positions, dim))
+        check_fits("parameters", self.max_positions * self.dim, max_positions=max_positions, dim=dim)
+        weight = check_rng("rng", rng).standard_normal((self.max_positions, self.dim))
         self.weight = self.add_parameter("weight", weight, decay=False)
         self._span = None
 
@@ -78,6 +82,7 @@ class PositionEmbedding(Layer):
 
     def forward_decode(self, x, *, state):
         """:meth:`forward` at the positions ``state.pos ..`` of incremental decoding."""
+        DecodeState.check(state)
         return self.forward(x, state.pos)
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
@@ -85,6 +90,7 @@ class PositionEmbedding(Layer):
         if self._span is None:
             raise RuntimeError("PositionEmbedding.backward called before forward")
         pos, T, shape = self._span
+        check_input("dy", dy, self.dim)
         if dy.shape != shape:
             raise ValueError(f"dy: expected shape {shape}, got {dy.shape}")
         self._grads["weight"][pos:pos + T] += dy.reshape(math.prod(shape[:-2]), T, self.dim).sum(axis=0)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from qorus_jit.core.check import check_bool, check_positive, flat_views
+from qorus_jit.core.alloc import check_fits
+from qorus_jit.core.check import check_bool, check_positive, check_rng, flat_views
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.activations import ACTIVATIONS, Activation
-from qorus_jit.layers.base import Layer
+from qorus_jit.layers.base import Layer, check_input, check_names
 from qorus_jit.layers.linear import Linear
 
 #: The feed-forward kinds: SwiGLU and a two-layer MLP with each activation of ``ACTIVATIONS``.
@@ -33,8 +32,12 @@ class FeedForward(Layer):
         check_bool(bias=bias)
         if not isinstance(kind, str) or kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-        self.dim, self.hidden_dim, self.kind = int(dim), int(hidden_dim), kind
-        rng = np.random.default_rng(rng)
+        names = check_names("names", names)
+        dim, hidden_dim = self.dim, self.hidden_dim = int(dim), int(hidden_dim)
+        self.kind = kind
+        check_fits("parameters", (3 if kind == "swiglu" else 2) * (dim + 1) * (hidden_dim + 1), dim=dim,
+                   hidden_dim=hidden_dim)
+        rng = check_rng("rng", rng)
         names = {**{k: k for k in ("gate_proj", "up_proj", "down_proj")}, **(names or {})}
         if kind == "swiglu":
             self.gate_proj = self.add_child(names["gate_proj"], Linear(dim, hidden_dim, bias=bias, rng=rng))
@@ -44,6 +47,7 @@ class FeedForward(Layer):
             self.act = self.add_child("act", Activation(kind))
 
     def forward(self, x):
+        check_input("x", x, self.dim)
         if self.kind == "swiglu":
             g = self.gate_proj.forward(x)
             u = self.up_proj.forward(x)
@@ -56,6 +60,7 @@ class FeedForward(Layer):
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         self.check_variants(out, accumulate, residual)
+        check_input("dy", dy, self.dim)
         dh = self.down_proj.backward(dy)
         if self.kind != "swiglu":
             return self.up_proj.backward(self.act.backward(dh))

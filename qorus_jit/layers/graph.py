@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from qorus_jit.core.check import check_bool
+from qorus_jit.layers.attention import DecodeState
 from qorus_jit.layers.base import Layer, check_input
+
+
+def _names(what: str, names) -> list[str]:
+    """A tensor name or a list of them (``what`` for the error), as a list of non-empty strs."""
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(t, str) and t for t in names):
+        raise TypeError(f"{what}: expected a tensor name or a list of them (non-empty strs), got {names!r}")
+    return list(names)
 
 
 class Add(Layer):
@@ -29,10 +39,17 @@ class Add(Layer):
             raise ValueError(f"b: expected the shape of a {a.shape}, got {b.shape}")
         y = self.buffer("y", a.shape)
         np.add(a, b, out=y)
+        self._shape = a.shape
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         self.check_variants(out, accumulate, residual)
+        shape = getattr(self, "_shape", None)
+        if shape is None:
+            raise RuntimeError("Add.backward called before forward")
+        check_input("dy", dy, min_ndim=0)
+        if dy.shape != shape:
+            raise ValueError(f"dy: expected shape {shape}, got {dy.shape}")
         return dy, dy
 
 
@@ -48,16 +65,27 @@ class Graph(Layer):
 
     def __init__(self, inputs: list[str], output: str):
         super().__init__()
+        inputs = _names("inputs", inputs)
         if not inputs:
             raise ValueError("inputs: expected at least one input name")
-        self.inputs, self.output = list(inputs), output
+        if len(set(inputs)) != len(inputs):
+            raise ValueError(f"inputs: expected distinct names, got {inputs}")
+        if not isinstance(output, str) or not output:
+            raise TypeError(f"output: expected a tensor name (a non-empty str), got {output!r}")
+        self.inputs, self.output = inputs, output
         self.nodes: list[tuple[str, Layer, list[str], str]] = []
         self._defined = set(self.inputs)
         self._values: dict[str, np.ndarray] = {}
 
     def add(self, name: str, layer: Layer, inputs: str | list[str], output: str) -> Layer:
         """Append node ``name`` computing tensor ``output`` from the named ``inputs``."""
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name: expected a non-empty str, got {name!r}")
+        if any(name == n for n, _, _, _ in self.nodes):
+            raise ValueError(f"name: a node named {name!r} is already in the graph")
+        inputs = _names(f"{name}: inputs", inputs)
+        if not isinstance(output, str) or not output:
+            raise TypeError(f"{name}: output: expected a tensor name (a non-empty str), got {output!r}")
         for t in inputs:
             if t not in self._defined:
                 raise ValueError(f"{name}: input tensor {t!r} is not defined yet (known: {sorted(self._defined)})")
@@ -70,6 +98,11 @@ class Graph(Layer):
 
     def forward(self, *args, **named):
         """Inputs by position (in ``inputs`` order) or by name; returns the output tensor."""
+        if len(args) > len(self.inputs):
+            raise ValueError(f"inputs: expected {len(self.inputs)} ({self.inputs}), got {len(args)} positional")
+        given = [n for n in self.inputs[:len(args)] if n in named]
+        if given:
+            raise ValueError(f"inputs: {given[0]!r} given both by position and by name")
         values = dict(zip(self.inputs, args, strict=False))
         values.update(named)
         missing = [n for n in self.inputs if n not in values]
@@ -95,6 +128,10 @@ class Graph(Layer):
 
         ``last_only``: the output holds only the last position (``(B, 1, ...)``); a tail of row-wise layers
         (a final norm and the head, say) then runs on that position alone, e.g. for a prompt's prefill."""
+        DecodeState.check(state)
+        if len(args) != len(self.inputs):
+            raise ValueError(f"inputs: expected {len(self.inputs)} ({self.inputs}), got {len(args)}")
+        check_bool(last_only=last_only)
         values = dict(zip(self.inputs, args, strict=True))
         tail = self._rowwise_tail() if last_only else None
         for i, (_, layer, ins, out) in enumerate(self.nodes):
@@ -121,6 +158,11 @@ class Graph(Layer):
         self.check_variants(out, accumulate, residual)
         if not self._values:
             raise RuntimeError("Graph.backward called before forward")
+        y = self._values[self.output]
+        if isinstance(y, np.ndarray):  # the gradient of the output: an array of its shape
+            check_input("dy", dy, min_ndim=0)
+            if dy.shape != y.shape:
+                raise ValueError(f"dy: expected the output's shape {y.shape}, got {dy.shape}")
         grads: dict[str, np.ndarray] = {self.output: dy}
         owned: set[str] = set()  # gradient buffers this graph owns (safe to add into)
         for _, layer, ins, out in reversed(self.nodes):
@@ -167,6 +209,8 @@ class Sequential(Graph):
         super().__init__(inputs=["x"], output="x")
         prev = "x"
         for i, item in enumerate(layers):
+            if isinstance(item, tuple) and (len(item) != 2 or not isinstance(item[0], str)):
+                raise TypeError(f"layers[{i}]: expected a Layer or a (name, Layer) pair, got {item!r}")
             name, layer = item if isinstance(item, tuple) else (str(i), item)
             self.add(name, layer, prev, f"t{i}")
             prev = f"t{i}"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from qorus_jit.core.check import check_bool, check_positive
+from qorus_jit.core.alloc import check_fits
+from qorus_jit.core.check import check_bool, check_positive, check_rng
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
@@ -25,8 +24,10 @@ class Linear(Layer):
         super().__init__()
         check_positive(in_features=in_features, out_features=out_features)
         check_bool(bias=bias)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = np.random.default_rng(rng)
+        in_features = self.in_features = int(in_features)
+        out_features = self.out_features = int(out_features)
+        check_fits("parameters", (in_features + 1) * out_features, in_features=in_features, out_features=out_features)
+        rng = check_rng("rng", rng)
         bound = 1.0 / math.sqrt(in_features)
         self.weight = self.add_parameter("weight", rng.uniform(-bound, bound, (out_features, in_features)))
         self.bias = self.add_parameter("bias", rng.uniform(-bound, bound, out_features), decay=False) if bias else None

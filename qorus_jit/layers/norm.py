@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_bool, check_positive, check_positive_float
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
@@ -19,8 +20,9 @@ class _Norm(Layer):
         check_positive_float(eps=eps)
         check_bool(bias=bias)
         self.dim, self.eps = int(dim), float(eps)
-        self.weight = self.add_parameter("weight", np.ones(dim), decay=False)
-        self.bias = self.add_parameter("bias", np.zeros(dim), decay=False) if bias else None
+        check_fits("parameters", 2 * self.dim, dim=dim)
+        self.weight = self.add_parameter("weight", np.ones(self.dim), decay=False)
+        self.bias = self.add_parameter("bias", np.zeros(self.dim), decay=False) if bias else None
         self._x = None
 
     def _saved(self, dy):

@@ -14,6 +14,7 @@ from qorus_jit.layers import (
     Swish,
     TransformerBlock,
 )
+from qorus_jit.layers.attention import KVCache
 from qorus_jit.layers.embedding import PositionEmbedding
 from qorus_jit.layers.head import TiedLMHead
 from qorus_jit.train.losses import CrossEntropyLoss, MSELoss
@@ -255,3 +256,122 @@ def test_masked_and_big_endian_inputs_are_refused(name):
             loss(np.ma.array(np.zeros((2, 3), np.float32)), good)
         with pytest.raises(ValueError, match="^(targets|target): expected"):
             loss(np.zeros((2, 3), np.float32), np.ma.array(good))
+
+
+# -- rng, sizes beyond memory, non-array inputs, flags --------------------------------------------------------
+
+SEEDED = [c for c in CONSTRUCTORS if "rng" in c[1]] + [(PositionEmbedding, dict(max_positions=8, dim=4, rng=0), ())]
+
+
+@pytest.mark.parametrize("cls,kwargs", [c[:2] for c in SEEDED], ids=[c[0].__name__ for c in SEEDED])
+def test_rng_takes_seeds_and_generators_and_refuses_the_rest(cls, kwargs):
+    def params(rng):
+        return {k: v.copy() for k, v in cls(**{**kwargs, "rng": rng}).parameters().items()}
+    want = params(5)
+    for same in (np.int64(5), np.uint8(5), np.random.default_rng(5)):
+        got = params(same)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{cls.__name__}(rng={same!r}): {k}")
+    for bad, err in (("abc", TypeError), (0.5, TypeError), ({}, TypeError), (True, TypeError), (-1, ValueError)):
+        with pytest.raises(err, match="^rng: expected"):
+            cls(**{**kwargs, "rng": bad})
+
+
+@pytest.mark.parametrize("cls,kwargs,sizes", [
+    (Linear, dict(in_features=4, out_features=3), ("in_features", "out_features")),
+    (Embedding, dict(num_embeddings=5, dim=4), ("num_embeddings", "dim")),
+    (PositionEmbedding, dict(max_positions=8, dim=4), ("max_positions", "dim")),
+    (LayerNorm, dict(dim=4), ("dim",)),
+    (RMSNorm, dict(dim=4), ("dim",)),
+    (FeedForward, dict(dim=4, hidden_dim=8), ("dim", "hidden_dim")),
+    (MultiHeadAttention, dict(dim=4, n_heads=2), ("dim",)),
+    (TransformerBlock, dict(dim=4, n_heads=2, hidden_dim=8), ("dim", "hidden_dim")),
+    (KVCache, dict(batch=1, max_seq_len=8, n_kv_heads=1, head_dim=4), ("batch", "max_seq_len", "n_kv_heads",
+                                                                       "head_dim")),
+])
+def test_sizes_beyond_memory_are_refused_naming_the_size(cls, kwargs, sizes):
+    for name in sizes:
+        for huge in (2**62, 2**64):
+            with pytest.raises(ValueError, match=rf"(^|, ){name}={huge}[,:].* do not fit in memory"):
+                cls(**{**kwargs, name: huge})
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_non_array_inputs_and_gradients_are_refused_by_name(name):
+    make, inputs = LAYERS[name]
+    full = inputs(np.random.default_rng(0))
+    arg = "ids" if name == "embedding" else "a" if name == "add" else "x"
+    for bad in (None, "abc", [1.0, 2.0], {}, True):
+        with pytest.raises(TypeError, match=f"^{arg}: expected"):
+            make().forward(bad, *full[1:])
+        layer = make()
+        layer.forward(*full)
+        with pytest.raises(TypeError, match="^dy: expected"):
+            layer.backward(bad)
+    layer = make()
+    y = layer.forward(*full)
+    with pytest.raises((TypeError, ValueError), match="^dy: expected"):
+        layer.backward(y.astype(object))
+    if layer.backward_variants:
+        with pytest.raises(TypeError, match="^accumulate: expected a bool"):
+            layer.backward(np.zeros_like(y), accumulate="no")
+
+
+def test_decode_state_checks():
+    from qorus_jit.layers.attention import DecodeState
+
+    state = DecodeState(np.int64(1), 8)
+    state.advance(np.int64(3))
+    assert state.pos == 3 and type(state.pos) is int
+    for bad, err in (("a", ValueError), (-1, ValueError), (1.0, ValueError), (6, ValueError)):
+        with pytest.raises(err, match="^n: "):
+            state.advance(bad)
+    assert state.pos == 3
+    state.advance(5)  # up to max_seq_len exactly
+    x = np.zeros((1, 3, 8), np.float32)
+    for layer in (MultiHeadAttention(8, 2, max_seq_len=8, rng=0), TransformerBlock(8, 2, 12, max_seq_len=8, rng=0),
+                  PositionEmbedding(8, 8, rng=0)):
+        for bad in (None, "abc", {}):
+            with pytest.raises(TypeError, match="^state: expected a DecodeState"):
+                layer.forward_decode(x, state=bad)
+    attn = MultiHeadAttention(8, 2, max_seq_len=8, rng=0)
+    with pytest.raises(ValueError, match="^state: made for batch = 2"):
+        attn.forward_decode(x, state=DecodeState(2, 8))
+    with pytest.raises(ValueError, match="^x: 3 new positions .* max_seq_len = 2"):
+        attn.forward_decode(x, state=DecodeState(1, 2))
+
+
+def test_names_renaming_is_a_dict_of_strs():
+    for bad in ("abc", ["q_proj"], {"q_proj": 1}, {1: "a"}):
+        with pytest.raises(TypeError, match="^names: expected a dict"):
+            MultiHeadAttention(8, 2, names=bad)
+        with pytest.raises(TypeError, match="^names: expected a dict"):
+            FeedForward(8, 12, names=bad)
+        with pytest.raises(TypeError, match="^mlp_names: expected a dict"):
+            TransformerBlock(8, 2, 12, mlp_names=bad)
+    for bad in (None, "bogus", 1, ["swiglu"], "SWIGLU"):
+        with pytest.raises(ValueError, match="^mlp: expected one of"):
+            TransformerBlock(8, 2, 12, mlp=bad)
+    layer = MultiHeadAttention(8, 2, names={"q_proj": "query"}, rng=0)
+    assert "query.weight" in layer.parameters()
+
+
+def test_load_and_add_parameter_checks():
+    layer = Linear(4, 3, rng=0)
+    good = {"weight": np.ones((3, 4)), "bias": np.zeros(3)}
+    layer.load_parameters(good, strict=np.bool_(True))
+    assert np.array_equal(layer.weight, np.ones((3, 4)))
+    for bad, msg in ((None, "^params: expected a dict"), ([np.ones((3, 4))], "^params: expected a dict"),
+                     ({**good, 1: np.ones(2)}, "^params: expected str names"),
+                     ({**good, "weight": np.ones((3, 4), complex)}, "^weight: expected an array of real"),
+                     ({**good, "weight": "abc"}, "^weight: expected an array of real"),
+                     ({**good, "weight": None}, "^weight: expected an array of real")):
+        with pytest.raises(TypeError, match=msg):
+            layer.load_parameters(bad)
+    with pytest.raises(TypeError, match="^strict: expected a bool"):
+        layer.load_parameters(good, strict="no")
+    assert np.array_equal(layer.weight, np.ones((3, 4)))  # nothing loaded by a refused call
+    with pytest.raises(TypeError, match="^value of p: expected an array of real"):
+        layer.add_parameter("p", "abc")
+    with pytest.raises(TypeError, match="^name: expected a non-empty str"):
+        layer.add_parameter(None, np.ones(2))

@@ -93,3 +93,48 @@ def test_rowwise_tail_stops_at_a_layer_that_mixes_positions():
     assert g._rowwise_tail() is None
     seq = Sequential(Linear(4, 4, rng=0), ReLU(), Linear(4, 2, rng=1))
     assert seq._rowwise_tail() == 0
+
+
+def test_graph_argument_checks():
+    from qorus_jit.layers import DecodeState
+
+    for kw, msg in ((dict(inputs=None, output="y"), "^inputs: expected"),
+                    (dict(inputs=["x", "x"], output="y"), "^inputs: expected distinct"),
+                    (dict(inputs=["x"], output=None), "^output: expected")):
+        with pytest.raises((TypeError, ValueError), match=msg):
+            Graph(**kw)
+    assert Graph(inputs="x", output="y").inputs == ["x"]  # one name, as in add
+    g = Graph(inputs=["x"], output="y")
+    for args, msg in (((None, Linear(2, 2), "x", "h"), "^name: expected"),
+                      (("fc", Linear(2, 2), None, "h"), "^fc: inputs: expected"),
+                      (("fc", Linear(2, 2), 3, "h"), "^fc: inputs: expected"),
+                      (("fc", Linear(2, 2), "x", None), "^fc: output: expected")):
+        with pytest.raises(TypeError, match=msg):
+            g.add(*args)
+    g.add("fc", Linear(2, 2, rng=0), "x", "h")
+    with pytest.raises(ValueError, match="^name: a node named 'fc'"):
+        g.add("fc", Linear(2, 2), "h", "y")
+    g.add("act", ReLU(), "h", "y")
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="^inputs: expected 1"):
+        g.forward(x, x)
+    with pytest.raises(ValueError, match="^inputs: 'x' given both"):
+        g.forward(x, x=x)
+    with pytest.raises(TypeError, match="^state: expected a DecodeState"):
+        g.forward_decode(x, state=None)
+    with pytest.raises(ValueError, match="^inputs: expected 1"):
+        g.forward_decode(x, x, state=DecodeState(3, 4))
+    y = g.forward(x)
+    for bad, err in ((None, TypeError), ("abc", TypeError), (np.ones(3, np.float32), ValueError)):
+        with pytest.raises(err, match="^dy: expected"):
+            g.backward(bad)
+    g.backward(np.ones_like(y))
+    with pytest.raises(TypeError, match=r"^layers\[0\]: expected a Layer or a \(name, Layer\) pair"):
+        Sequential(("a", Linear(2, 2), 3))
+    with pytest.raises(TypeError, match=r"^layers\[1\]: expected"):
+        Sequential(Linear(2, 2), (1, ReLU()))
+    add = Add()
+    add.forward(x, x)
+    for bad in (None, np.ones(3, np.float32), np.float32(1.0)):
+        with pytest.raises((TypeError, ValueError), match="^dy: expected"):
+            add.backward(bad)
