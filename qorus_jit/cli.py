@@ -88,9 +88,13 @@ def train(config, resume, no_progress, **settings):
     and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
     """
     from qorus_jit.infer.generate import sample_text
+    from qorus_jit.precompile import NOTICE, attention_cached, prepare, train_spec
     from qorus_jit.train import ConfigError, TrainConfig, TrainingError, resume_run, start_run
     from qorus_jit.train.run import is_finished
 
+    cold = not attention_cached()  # a first use: say so at once, compile once the run is set up
+    if cold:
+        click.echo(NOTICE, err=True)
     overrides = {k: v for k, v in settings.items() if v is not None}
     try:
         if resume:
@@ -109,6 +113,14 @@ def train(config, resume, no_progress, **settings):
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C before training began: nothing was written
         click.echo("interrupted before training began; nothing was written", err=True)
+        raise SystemExit(130) from None
+    try:  # a cold cache compiles here, in parallel, so the first step and the bar's rate leave it out
+        prepare(train_spec(run.cfg, run.tokenizer.vocab_size), cold, progress=not no_progress,
+                echo=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        if not resume:
+            _discard_new_run(run)
+        click.echo("interrupted before training began" + ("" if resume else "; nothing was written"), err=True)
         raise SystemExit(130) from None
     try:
         last = run.fit()
@@ -132,6 +144,19 @@ def train(config, resume, no_progress, **settings):
         c = run.cfg
         click.echo("sample:\n" + sample_text(run.model, run.tokenizer, c.sample_prompt, c.sample_tokens, c.temperature,
                                              seed=c.seed))
+
+
+def _discard_new_run(run) -> None:
+    """Remove what start_run wrote for a run that never trained (its run.json and tokenizer), and its folder
+    when that leaves it empty."""
+    from qorus_jit.formats.checkpoint import RUN_FILE, run_tokenizer_name
+
+    for name in (RUN_FILE, run_tokenizer_name(run.tokenizer)):
+        (run.run_dir / name).unlink(missing_ok=True)
+    try:
+        run.run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
@@ -212,6 +237,41 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
     speeds += [f"decode {n_decoded} tokens at {gen.decode_tokens_per_s:,.1f} tok/s"] if n_decoded else []
     click.echo(f"[{gen.finish_reason}] {', '.join(speeds) or 'no token generated'} (not counted: loading "
                f"{load_seconds:.2f} s, kernel warm-up {warm_seconds:.2f} s)", err=True)
+
+
+@main.command("compile", cls=_OneLineErrors)
+@click.option("--list", "list_tasks", is_flag=True, help="List what would compile, and where to, and exit.")
+@click.option("--only", metavar="NAMES", default=None, help="Comma-separated tasks or specs of --list.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes compiling side by side [default: one per core].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def compile_kernels(list_tasks, only, jobs, no_progress):
+    """Compile the kernels that qorus train and qorus generate use (float32, the default options) into numba's
+    cache, ahead of their first use, which otherwise compiles them before its first step (a minute or two, once
+    per machine). Run it once after installing; qorus clear-cache removes them."""
+    from qorus_jit import precompile as P
+    from qorus_jit.sysinfo import cache_location
+
+    specs = P.default_specs()
+    work = P.tasks(specs)
+    if list_tasks:
+        click.echo(f"{'spec':15s} {'task':19s} {'about':>6s}  compiles")
+        for spec, task in work:
+            click.echo(f"{spec.name:15s} {task:19s} {P.COST[task][0]:4.0f} s  {P.WHAT[task]}")
+        click.echo(f"about: one core's seconds on an AMD EPYC (Zen 1); into {cache_location()}")
+        return
+    names = [n.strip() for n in (only or "").split(",") if n.strip()]
+    known = {t for _, t in work} | {s.name for s in specs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        click.echo(f"error: --only: unknown {', '.join(unknown)}; expected tasks or specs of qorus compile --list "
+                   f"({', '.join(sorted(known))})", err=True)
+        raise SystemExit(2)
+    click.echo(f"compiling into {cache_location()}", err=True)
+    report = P.compile_specs(specs, only=names or None, jobs=jobs, progress=not no_progress)
+    click.echo(P.summary(report), err=True)
+    if report.errors:
+        raise SystemExit(1)
 
 
 @main.command(cls=_OneLineErrors)

@@ -7,6 +7,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 #: SIMD features worth reporting, in the order shown.
 SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
                  "avx512bf16", "amx-tile")
@@ -46,27 +48,63 @@ def _blas_libraries() -> list[dict]:
     return rows
 
 
-def _cache_dir() -> str:
+def _probe():
+    """A function for numba's cache locators, which ask one for its first line."""
+
+
+def _locator(py_file: Path):
+    """The cache locator numba picks for a function in ``py_file``: NUMBA_CACHE_DIR when set, else a
+    ``__pycache__`` beside the file when it is writable, else the user-wide cache (``~/.cache/numba``)."""
+    from numba.core.caching import CompileResultCacheImpl
+
+    for cls in CompileResultCacheImpl._locator_classes:
+        locator = cls.from_function(_probe, str(py_file))
+        if locator is not None:
+            return locator
+    return None
+
+
+def cache_dirs() -> list[Path]:
+    """The folders numba caches qorus_jit's compiled kernels in, one per source folder (as numba finds them:
+    a cold process looks there for an index file per kernel, ``NAME-LINE.pyXY.nbi``)."""
+    package = Path(__file__).parent
+    files = {p.parent: p for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts}
+    found = (_locator(f) for f in files.values())
+    return sorted({Path(loc.get_cache_path()) for loc in found if loc is not None})
+
+
+def cache_location() -> str:
     import numba
 
     if numba.config.CACHE_DIR:
         return numba.config.CACHE_DIR
-    return str(Path(__file__).parent / "kernels" / "__pycache__") + " (beside each kernel module)"
+    kernels = _locator(Path(__file__).parent / "kernels" / "matmul.py")
+    where = Path(kernels.get_cache_path()) if kernels else None
+    if where == Path(__file__).parent / "kernels" / "__pycache__":
+        return f"{where} (beside each kernel module)"
+    return str(where.parent) if where else "none (numba cannot cache here)"
+
+
+def kernel_cached(dispatcher, dtype) -> bool:
+    """Whether numba's cache holds machine code of ``dispatcher`` (a cached numba function) for this CPU and
+    its current source, for a first argument of ``dtype``: what its first call in a fresh process would load
+    instead of compiling."""
+    cache = dispatcher._cache
+    _, machine, code = cache._index_key((), dispatcher.targetctx.codegen())
+    for sig, key_machine, key_code in cache._cache_file._load_index():
+        first = getattr(sig[0], "dtype", sig[0]) if sig else None
+        if key_machine == machine and key_code == code and str(first) == np.dtype(dtype).name:
+            return True
+    return False
 
 
 def clear_kernel_cache() -> tuple[int, str]:
     """Delete numba's cache files (``*.nbi``, ``*.nbc``) of qorus_jit's kernels; returns (count, where)."""
     import numba
-    from numba.core.caching import _CacheLocator
 
-    package = Path(__file__).parent
-    source_dirs = sorted({p.parent for p in package.rglob("*.py")})
-    if numba.config.CACHE_DIR:
-        # numba keeps one folder per source folder below CACHE_DIR, named by the folder and a hash of its path
-        where = numba.config.CACHE_DIR
-        roots = [Path(where) / _CacheLocator.get_suitable_cache_subpath(str(d / "x.py")) for d in source_dirs]
-    else:
-        roots, where = [d / "__pycache__" for d in source_dirs], str(package)
+    roots = cache_dirs()
+    where = numba.config.CACHE_DIR or (str(Path(__file__).parent) if all(
+        Path(__file__).parent in r.parents for r in roots) else ", ".join(str(r) for r in roots))
     n = 0
     for root in roots:
         for pattern in ("*.nbi", "*.nbc"):
@@ -81,7 +119,6 @@ def collect() -> dict:
     import llvmlite
     import llvmlite.binding as ll
     import numba
-    import numpy as np
 
     from qorus_jit.core.numerics import FASTMATH
     from qorus_jit.kernels.elementwise import add_forward
@@ -112,6 +149,6 @@ def collect() -> dict:
             "simd": [f for f in SIMD_FEATURES if features.get(f, False)],
         },
         "blas": _blas_libraries(),
-        "numba_cache": _cache_dir(),
+        "numba_cache": cache_location(),
         "fastmath": sorted(FASTMATH),
     }

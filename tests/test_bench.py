@@ -413,3 +413,51 @@ def test_write_baseline_into_a_folder_names_the_file_for_this_cpu(tmp_path, fake
     target = Path(suite.baseline_target(str(folder), EPYC))
     assert target.parent == folder and target.name.startswith("amd-epyc-avx2-") and target != written
     assert suite.baseline_target(str(tmp_path / "one.json"), EPYC) == str(tmp_path / "one.json")
+
+
+def test_first_use_figures_pair_each_cold_launch_with_the_warm_one(monkeypatch):
+    """startup.train_cold and startup.generate_cold: full suite only, reported and never gated; ours is the
+    cold launch, the reference the same launch on the warm cache (ratio warm / cold)."""
+    from qorus_jit.bench import model_startup
+
+    for name in ("startup.train_cold", "startup.generate_cold"):
+        f = suite.BY_NAME[name]
+        assert f.suites == ("full",) and not f.gated and f.workload == "first-use" and f.unit == "s"
+    fake = {"train_warm": [2.0], "generate_warm": [1.0], "train_cold": [50.0], "generate_cold": [40.0],
+            "cold_cache_files": [60, 30]}
+    monkeypatch.setattr(model_startup, "measure_cli", lambda **kw: fake)
+    res = suite.run_suite("full", "startup.train_cold,startup.generate_cold", log=lambda line: None)
+    train, gen = res["figures"]["startup.train_cold"], res["figures"]["startup.generate_cold"]
+    assert (train["ours"], train["ref_value"], train["ratio"]) == (50.0, 2.0, pytest.approx(2.0 / 50.0))
+    assert (gen["ours"], gen["ref_value"], gen["ratio"]) == (40.0, 1.0, pytest.approx(1.0 / 40.0))
+    base = suite.make_baseline([res])
+    assert not base["figures"]["startup.train_cold"]["gated"]
+
+
+def test_a_cold_launch_reads_and_writes_only_its_numba_cache_dir(tmp_path):
+    """The environment of a cold launch sends every cache folder of the package into its NUMBA_CACHE_DIR
+    (numba's locators as sysinfo.cache_dirs finds them), so the machine's cache is neither read nor cleared."""
+    from qorus_jit.bench import model_startup
+
+    env = model_startup._cli_env(1, str(tmp_path))
+    code = "from qorus_jit.sysinfo import cache_dirs; print('\\n'.join(map(str, cache_dirs())))"
+    dirs = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert len(dirs) >= 10 and all(Path(d).is_relative_to(tmp_path) for d in dirs)
+    warm = model_startup._cli_env(1, None)
+    assert "NUMBA_CACHE_DIR" not in warm and warm["NUMBA_NUM_THREADS"] == "1"
+
+
+def test_first_use_launches_reach_the_first_step_and_the_first_token(tmp_path):
+    """The timing of a launch on the warm cache (no cold one: that compiles for minutes): qorus train's first
+    step is seen in its metrics and qorus generate's first token on its output; both processes are stopped."""
+    from qorus_jit.bench import model_startup
+
+    run_dir = model_startup.make_run_folder(tmp_path)
+    assert (run_dir / "run.json").is_file()
+    env = model_startup._cli_env(1, None)
+    t = model_startup.train_first_step(tmp_path, env, "first")
+    assert t > 0 and (tmp_path / "first" / "metrics.jsonl").read_text().startswith('{"step": 1')
+    assert model_startup.generate_first_token(run_dir, env) > 0
+    with pytest.raises(RuntimeError, match="exited 2 before its first token"):
+        model_startup.generate_first_token(tmp_path / "no-such-run", env)

@@ -48,3 +48,41 @@ def test_clear_cache_removes_only_numba_files(tmp_path):
                          text=True, check=True).stdout
     assert "removed" in out
     assert not list(env_cache.rglob("*.nbi")) and not list(env_cache.rglob("*.nbc"))
+
+
+def test_compile_lists_what_it_compiles_and_refuses_unknown_names():
+    res = CliRunner().invoke(main, ["compile", "--list"])
+    assert res.exit_code == 0, res.output
+    for word in ("attention-forward", "attention-backward", "model", "generate-llama", "generate-gpt2", "into "):
+        assert word in res.output
+    res = CliRunner().invoke(main, ["compile", "--only", "train,nope"])
+    assert res.exit_code == 2 and res.output.startswith("error: --only: unknown nope")
+
+
+def test_compile_fills_the_numba_cache_dir_it_is_given(tmp_path):
+    """qorus compile --only generate-gpt2 in a fresh process whose NUMBA_CACHE_DIR is empty (the shared cache is
+    not touched): a worker compiles, and a second fresh process taking the same path then loads every kernel
+    from that folder and compiles none."""
+    import os
+
+    from qorus_jit import precompile
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-m", "qorus_jit.cli", "compile", "--only", "generate-gpt2", "--jobs", "1",
+                          "--no-progress"], env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr
+    assert f"compiling into {tmp_path / 'cache'}" in res.stderr
+    compiled = int(res.stderr.split("compiled ")[1].split()[0])
+    assert compiled >= 5, res.stderr
+    assert len(list((tmp_path / "cache").rglob("*.nbi"))) >= compiled
+    code = ("import json, sys\n"
+            "from qorus_jit import precompile as P\n"
+            "spec = P.Spec.from_json(sys.argv[1])\n"
+            "with P.CompileCounter() as c:\n"
+            "    P.run_task('generate', spec)\n"
+            "print(json.dumps(c.names))\n")
+    spec = next(s for s in precompile.default_specs() if s.name == "generate-gpt2")
+    again = subprocess.run([sys.executable, "-c", code, spec.to_json()], env=env, capture_output=True, text=True,
+                           timeout=1800)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == []

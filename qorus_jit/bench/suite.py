@@ -278,12 +278,21 @@ def _startup(ctx, wanted):
     return out
 
 
+def _first_use(ctx, wanted):
+    """The command line's first use on an empty numba cache, against the same launch on the warm cache."""
+    from qorus_jit.bench import model_startup
+
+    res = model_startup.measure_cli(runs=1, threads=ctx.threads, cold=True, fill=True)
+    return {(cmd, ""): [(cold, statistics.median(res[f"{cmd}_warm"])) for cold in res[f"{cmd}_cold"]]
+            for cmd in ("train", "generate")}
+
+
 #: name -> (function(ctx, wanted figures) -> {(row, shape): runs | Skipped}), in the order they run: kernels in
 #: this process first, then decode (ours here, the reference in a fresh process), then fresh-process workloads.
 WORKLOADS: dict[str, Callable] = {
     "matmul": _kernel(_matmul), "attention": _kernel(_attention), "norm": _kernel(_norm),
     "softmax": _kernel(_softmax), "loss": _kernel(_loss), "optim": _kernel(_optim),
-    "w-decode": _w_decode, "mlp": _mlp, "w-train": _w_train, "startup": _startup,
+    "w-decode": _w_decode, "mlp": _mlp, "w-train": _w_train, "startup": _startup, "first-use": _first_use,
 }
 
 _LIN = "x (2048, 256) @ W (768, 256).T + b"
@@ -367,6 +376,12 @@ FIGURES: list[Figure] = [
     Figure("startup.cold", "models", "startup", "cold", "W-train's Llama, one forward + backward",
            "torch + transformers fresh process", "s",
            "the same with an empty numba cache (every kernel compiles)", _FULL, gated=False),
+    Figure("startup.train_cold", "models", "first-use", "train", "qorus train, the default run",
+           "the same, numba cache warm", "s",
+           "launch to the first step with an empty numba cache (the kernels compile first)", _FULL, gated=False),
+    Figure("startup.generate_cold", "models", "first-use", "generate", "qorus generate, a default run's folder",
+           "the same, numba cache warm", "s",
+           "launch to the first token printed with an empty numba cache", _FULL, gated=False),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
 
