@@ -371,6 +371,9 @@ def test_sections_steps_and_misuse():
         profile(model, loss=lambda logits, y: (0.0, logits))
     with pytest.raises(ValueError, match="steps"):
         profile(model, steps=0)
+    with pytest.raises(TypeError, match="^optimizer: expected an optimizer"):
+        profile(model, "sgd")  # its calls would go untimed
+    assert profile(model, steps=np.int64(2))._steps == 2
     with pytest.raises(ValueError, match="by"):
         prof.rows("nothing")
 

@@ -40,6 +40,7 @@ import time
 import types
 from contextlib import contextmanager
 
+import numpy as np
 from numba.core.dispatcher import Dispatcher
 
 from qorus_jit.kernels import trusted
@@ -80,10 +81,16 @@ class Profile:
     """The state and results of one :func:`profile` run (see the module docstring)."""
 
     def __init__(self, model, optimizer=None, loss=None, steps: int | None = None):
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        if steps is not None and (isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer))
+                                  or steps < 1):
             raise ValueError(f"steps: expected a positive int or None, got {steps!r}")
+        steps = None if steps is None else int(steps)
         if not callable(getattr(model, "forward", None)):
             raise TypeError(f"model: expected a layer (with forward and backward), got {type(model).__name__}")
+        if optimizer is not None and not (callable(getattr(optimizer, "step", None))
+                                          and callable(getattr(optimizer, "zero_grad", None))):
+            raise TypeError(f"optimizer: expected an optimizer (with step and zero_grad) or None, got "
+                            f"{type(optimizer).__name__}")
         call = None if loss is None else inspect.getattr_static(type(loss), "__call__", None)
         if loss is not None and not isinstance(call, types.FunctionType):
             raise TypeError(f"loss: expected a loss object (an instance of a class defining __call__), got "
