@@ -358,3 +358,36 @@ def test_warm_up_decodes_on_a_throwaway_cache(make):
     assert list(generate(model, [3, 4, 5], 6, temperature=0.0)) == want
     for n in (1, 2):  # a context too short for the 2-token prompt
         assert warm_up(make(max_seq_len=n)) > 0
+
+
+@pytest.mark.parametrize("prompt", [{6: 1, 8: 2}, {6, 8}, {}])
+def test_a_dict_or_set_prompt_is_refused_a_set_of_stop_tokens_is_not(prompt):
+    model = llama()
+    with pytest.raises(TypeError, match="^prompt: expected a sequence"):
+        generate(model, prompt, 3)
+    with pytest.raises(TypeError, match="^ids: expected a sequence"):
+        sample_tokens(model, prompt, 3, 16, 0.0, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="^stop_tokens: expected"):
+        generate(model, [1], 3, stop_tokens={2: 0})
+    greedy = list(generate(model, [4, 5], 10, temperature=0.0))
+    stop = greedy[3]
+    for tokens in ({stop}, frozenset([stop, 50]), [stop]):
+        assert list(generate(model, [4, 5], 10, temperature=0.0, stop_tokens=tokens)) == greedy[:greedy.index(stop) + 1]
+
+
+@pytest.mark.parametrize("tokenizer", [None, "byte", b"x", 3, object()])
+def test_a_tokenizer_without_encode_and_decode_is_named(tokenizer):
+    big = Llama(LlamaConfig(dim=32, n_layers=1, n_heads=4, hidden_dim=48, vocab_size=256, max_seq_len=16), rng=0)
+    with pytest.raises(TypeError, match="^tokenizer: expected a tokenizer with encode and decode"):
+        generate_text(big, tokenizer, "a", 3)
+    with pytest.raises(TypeError, match="^tokenizer: expected a tokenizer with encode and decode"):
+        sample_text(big, tokenizer, "a", 3)
+
+
+@pytest.mark.parametrize("n_tokens", [-1, 1.5, "3", None, True])
+def test_sample_text_names_n_tokens(n_tokens):
+    big = Llama(LlamaConfig(dim=32, n_layers=1, n_heads=4, hidden_dim=48, vocab_size=256, max_seq_len=16), rng=0)
+    with pytest.raises(ValueError, match=r"^n_tokens: expected an int >= 0"):
+        sample_text(big, ByteTokenizer(), "a", n_tokens)
+    assert sample_text(big, ByteTokenizer(), "a", np.int64(2), temperature=0.0) == \
+        sample_text(big, ByteTokenizer(), "a", 2, temperature=0.0)

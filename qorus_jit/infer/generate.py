@@ -15,7 +15,7 @@ and ``top_p`` (nucleus), drawn with ``numpy.random.default_rng(seed)``: the same
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Set
 
 import numpy as np
 
@@ -69,14 +69,16 @@ def _top_p(value) -> float | None:
     return None if value is None else check_real("top_p", value, low=0.0, high=1.0, low_open=True)
 
 
-def token_ids(name: str, ids, high: int | None = None) -> np.ndarray:
-    """``ids`` (a sequence or 1-D array of integer token ids: Python or NumPy ints, not bools or floats) as a
-    1-D int64 array, each in ``[0, high)`` when ``high`` is given; else a TypeError or ValueError naming
-    ``name``."""
+def token_ids(name: str, ids, high: int | None = None, *, as_set: bool = False) -> np.ndarray:
+    """``ids`` (a sequence or 1-D array of integer token ids: Python or NumPy ints, not bools or floats; a set
+    too when ``as_set``, their order then not mattering) as a 1-D int64 array, each in ``[0, high)`` when
+    ``high`` is given; else a TypeError or ValueError naming ``name``. A dict is refused (keys are no ids)."""
+    unordered = isinstance(ids, Mapping) or (isinstance(ids, Set) and not as_set)
     if isinstance(ids, np.ndarray):
         arr = ids
-    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        raise TypeError(f"{name}: expected a sequence or 1-D array of int token ids, got {_kind(ids)}")
+    elif isinstance(ids, (str, bytes)) or unordered or not isinstance(ids, Iterable):
+        what = "a sequence, a set" if as_set else "a sequence"
+        raise TypeError(f"{name}: expected {what} or 1-D array of int token ids, got {_kind(ids)}")
     else:
         items = list(ids)
         for i, v in enumerate(items):
@@ -225,7 +227,7 @@ class Generation(Iterator[int]):
         if ids.size > limit:
             raise ValueError(f"prompt: {ids.size} tokens exceed the model's context of {limit} positions")
         self.model, self.prompt = model, ids
-        self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens).tolist())
+        self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens, as_set=True).tolist())
         self.limit = limit
         self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + self.max_new_tokens))
         self.tokens: list[int] = []
@@ -286,6 +288,16 @@ def generate(model, prompt: Iterable[int], max_new_tokens: int = 128, temperatur
                       vocab_limit)
 
 
+def check_tokenizer(tokenizer) -> None:
+    """``tokenizer`` must turn text into ids and back: an object with ``encode`` and ``decode`` methods (a
+    :func:`~qorus_jit.tokenizers.load_tokenizer` tokenizer, not its spec); else a TypeError."""
+    methods = all(callable(getattr(tokenizer, m, None)) for m in ("encode", "decode"))
+    if isinstance(tokenizer, (str, bytes)) or not methods:
+        hint = " (load it first: qorus_jit.tokenizers.load_tokenizer)" if isinstance(tokenizer, str) else ""
+        raise TypeError(f"tokenizer: expected a tokenizer with encode and decode methods, got {_kind(tokenizer)}"
+                        f"{hint}")
+
+
 def _prompt_text(prompt) -> str:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {_kind(prompt)}")
@@ -296,6 +308,7 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 128, **kw
     """The prompt and its continuation as text: :func:`generate` on ``tokenizer.encode(prompt)``, never
     picking an id the tokenizer cannot decode (``vocab_limit``: its size, unless given)."""
     check_model(model)
+    check_tokenizer(tokenizer)
     kw.setdefault("vocab_limit", _tokenizer_limit(tokenizer, model))
     ids = tokenizer.encode(_prompt_text(prompt))
     return prompt + tokenizer.decode(list(generate(model, ids, max_new_tokens, **kw)))
@@ -335,6 +348,8 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, temperature: float
     0 starts an empty prompt), never picking an id the tokenizer cannot decode: the sample ``qorus train``
     prints at the end of a run."""
     check_model(model)
+    check_tokenizer(tokenizer)
+    n_tokens = _int("n_tokens", n_tokens, 0)
     limit = _tokenizer_limit(tokenizer, model)
     ids = tokenizer.encode(prompt) if _prompt_text(prompt) else np.zeros(1, np.int64)
     out = sample_tokens(model, np.asarray(ids, np.int64), n_tokens, model.config.max_seq_len, temperature,
