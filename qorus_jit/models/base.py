@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qorus_jit.core.check import check_fields
-from qorus_jit.layers import Graph
+from qorus_jit.core.check import check_fields, check_index
+from qorus_jit.layers import DecodeState, Graph
+from qorus_jit.layers.base import check_input
 
 #: Feed-forward kind (``layers.FeedForward``) of each activation name a ``config.json`` may give (GPT-2's
 #: ``activation_function``, BERT's ``hidden_act``): ``gelu`` is exact (erf); ``gelu_new`` and
@@ -93,6 +94,16 @@ class Config:
     #: the fields through it, ``to_hf`` writes them, and errors about a config.json name both.
     hf_names: ClassVar[dict[str, str]] = {}
 
+    def __post_init__(self):
+        """NumPy scalars in the fields become the Python values they hold (``np.int64(16)`` -> ``16``,
+        ``np.bool_`` -> ``bool``, which the int and float checks still refuse), so that a config compares,
+        prints and saves (JSON) as one made of Python values. A subclass's ``__post_init__`` calls this first,
+        then checks the fields."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, f.name, value.item())
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (JSON-serializable)."""
         return dataclasses.asdict(self)
@@ -147,6 +158,28 @@ class Config:
         return {"architectures": [self.hf_architecture], "model_type": self.hf_model_type}
 
 
+def as_array(value):
+    """Nested lists or tuples as a numpy array (a model's inputs may be given so); anything else unchanged, for
+    the checks to name."""
+    return np.asarray(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_ids(name: str, ids, high: int, *, max_len: int | None = None, shape=None) -> np.ndarray:
+    """Integer inputs of a model (token ids, token types): an int32/int64 numpy array of shape ``(B, T)``
+    (``shape`` if given), values in ``[0, high)``, at most ``max_len`` positions. Returns it C-contiguous."""
+    if not isinstance(ids, np.ndarray) or isinstance(ids, np.ma.MaskedArray):
+        raise TypeError(f"{name}: expected an integer numpy array of shape (B, T), got {type(ids).__name__}")
+    if ids.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (B, T), got shape {ids.shape}")
+    if shape is not None and ids.shape != tuple(shape):
+        raise ValueError(f"{name}: expected the shape of ids {tuple(shape)}, got {ids.shape}")
+    if max_len is not None and ids.shape[1] > max_len:
+        raise ValueError(f"{name}: expected at most max_seq_len = {max_len} positions, got T = {ids.shape[1]}")
+    ids = np.ascontiguousarray(ids)
+    check_index(name, ids, ("B", "T"), high)
+    return ids
+
+
 class Architecture(Graph):
     """A model class of the library, built from its config: ``cls(config, rng=None)``.
 
@@ -173,6 +206,54 @@ class Architecture(Graph):
     #: length is a multiple of the field (``n_kv_heads * head_dim`` rows). Checked against a checkpoint's
     #: shapes before anything is built, so that a wrong size is named by its field.
     hf_sizes: ClassVar[dict[str, tuple[str, int]]] = {}
+
+    config: Config
+
+    # -- the checks at the entry points, so that an error names the model's own argument (not a layer's)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        """``ids (B, T)`` of :meth:`forward`: token ids below ``vocab_size``, at most ``max_seq_len`` of them."""
+        return check_ids("ids", ids, self.config.vocab_size, max_len=self.config.max_seq_len)
+
+    def _check_decode(self, ids, state) -> np.ndarray:
+        """``ids (B, T)`` and ``state`` of :meth:`forward_decode`: a DecodeState of batch ``B`` with room for
+        positions ``state.pos .. state.pos + T - 1``, which must also be below the model's ``max_seq_len``."""
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"state: expected a DecodeState, got {type(state).__name__}")
+        ids = check_ids("ids", ids, self.config.vocab_size)
+        B, T = ids.shape
+        if B != state.batch:
+            raise ValueError(f"state: expected a DecodeState of batch {B} (the batch of ids), got batch {state.batch}")
+        pos, end = state.pos, state.pos + T
+        span = f"position {pos}" if T == 1 else f"positions {pos}..{end - 1} (state.pos = {pos}, T = {T})"
+        if end > self.config.max_seq_len:
+            raise ValueError(f"ids: {span} is past the model's max_seq_len = {self.config.max_seq_len}")
+        if end > state.max_seq_len:
+            raise ValueError(f"state: {span} is past the DecodeState's max_seq_len = {state.max_seq_len}")
+        return ids
+
+    def _check_dy(self, dy) -> None:
+        """``dy`` of :meth:`backward`: float32, C-contiguous, the shape of the last forward's output."""
+        if not self._values:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        check_input("dy", dy)
+        want = self._values[self.output].shape
+        if dy.shape != want:
+            raise ValueError(f"dy: expected the shape of the output {want}, got {dy.shape}")
+
+    def forward(self, ids):
+        """``ids (B, T)`` int32/int64 -> the output (logits ``(B, T, vocab_size)`` for a language model)."""
+        return super().forward(self._check_ids(ids))
+
+    def forward_decode(self, ids, *, state: DecodeState, last_only: bool = False):
+        """:meth:`Graph.forward_decode` of ``ids (B, T)`` at positions ``state.pos ..``, checked first."""
+        return super().forward_decode(self._check_decode(ids, state), state=state, last_only=last_only)
+
+    def backward(self, dy):
+        """Accumulates every parameter gradient from ``dy`` (the output's shape); the inputs are integers,
+        so nothing is returned."""
+        self._check_dy(dy)
+        super().backward(dy)
 
     @staticmethod
     def hf_shapes(config) -> dict[str, tuple[int, ...]]:

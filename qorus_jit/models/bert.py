@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qorus_jit.layers import Add, Embedding, LayerNorm, TransformerBlock
+from qorus_jit.core.check import check_mask, check_rng
+from qorus_jit.layers import Add, Embedding, Graph, LayerNorm, TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
 from qorus_jit.models.base import (
     HF_ACTIVATIONS,
@@ -22,6 +23,8 @@ from qorus_jit.models.base import (
     _check_int,
     _hf_get,
     _hf_reject,
+    as_array,
+    check_ids,
 )
 
 
@@ -54,6 +57,7 @@ class BertConfig(Config):
         "pad_token_id": "pad_token_id"}
 
     def __post_init__(self):
+        super().__post_init__()
         self._check_fields(ints=("dim", "n_layers", "n_heads", "hidden_dim", "vocab_size", "max_seq_len",
                                  "type_vocab_size"),
                            floats=("norm_eps",))
@@ -120,8 +124,8 @@ class Bert(Architecture):
         super().__init__(inputs=["ids", "token_type_ids", "mask"], output="hidden")
         if not isinstance(config, BertConfig):
             raise TypeError(f"config: expected a BertConfig, got {type(config).__name__}")
+        rng = check_rng("rng", rng)
         self.config = c = config
-        rng = np.random.default_rng(rng)
         self.add("embeddings.word_embeddings", Embedding(c.vocab_size, c.dim), "ids", "word")
         self.add("embeddings.token_type_embeddings", Embedding(c.type_vocab_size, c.dim), "token_type_ids", "type")
         self.add("embeddings.sum", Add(), ["word", "type"], "wt")
@@ -168,24 +172,42 @@ class Bert(Architecture):
         return s
 
     def forward(self, ids, attention_mask=None, token_type_ids=None):
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"ids: expected shape (B, T), got {ids.shape}")
+        """Each input is a numpy array or nested lists of ``(B, T)`` integers; ``attention_mask`` may be bool."""
+        ids = self._check_ids(as_array(ids))
         if token_type_ids is None:
             token_type_ids = self.buffer("token_types", ids.shape, np.int64, zero=True)
+        else:
+            token_type_ids = check_ids("token_type_ids", as_array(token_type_ids), self.config.type_vocab_size,
+                                       shape=ids.shape)
         if attention_mask is None:
             attention_mask = self.buffer("ones", ids.shape, np.uint8)
             attention_mask.fill(1)
-        elif np.shape(attention_mask) != ids.shape:
-            raise ValueError(f"attention_mask: expected shape {ids.shape}, got {np.shape(attention_mask)}")
-        return super().forward(ids, token_type_ids, np.ascontiguousarray(attention_mask))
+        else:
+            attention_mask = _check_attention_mask(attention_mask, ids.shape)
+        return Graph.forward(self, ids, token_type_ids, attention_mask)
 
-    def backward(self, dy):
-        """Accumulates every parameter gradient; the inputs are integers, so nothing is returned."""
-        super().backward(dy)
+
+def _check_attention_mask(mask, shape) -> np.ndarray:
+    """An ``attention_mask`` of ``shape`` (B, T): bool or integers >= 0 (nested lists too), nonzero for a token,
+    0 for padding; returned as a C-contiguous uint8 array (the kernels' mask)."""
+    mask = as_array(mask)
+    if isinstance(mask, np.ndarray):
+        if mask.shape != tuple(shape):
+            raise ValueError(f"attention_mask: expected the shape {tuple(shape)}, got {mask.shape}")
+        mask = np.ascontiguousarray(mask)
+    keep = check_mask("attention_mask", mask, ("B", "T"))
+    if mask.dtype.kind == "i" and (mask < 0).any():
+        raise ValueError(f"attention_mask: expected 0 (padding) or a positive value (a token), got {mask.min()}")
+    return keep
 
 
 def mean_pool(hidden, attention_mask):
-    """Sentence embeddings: the mean of ``hidden (B, T, dim)`` over the positions where the mask is nonzero."""
-    m = np.asarray(attention_mask, np.float32)[..., None]
+    """Sentence embeddings: the mean of ``hidden (B, T, dim)`` (a float numpy array) over the positions where
+    ``attention_mask (B, T)`` (bool or integers >= 0, or nested lists of them) is nonzero; ``(B, dim)``."""
+    if not isinstance(hidden, np.ndarray) or not np.issubdtype(hidden.dtype, np.floating):
+        got = f"dtype {hidden.dtype}" if isinstance(hidden, np.ndarray) else type(hidden).__name__
+        raise TypeError(f"hidden: expected a float numpy array of shape (B, T, dim), got {got}")
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden: expected a 3-D array of shape (B, T, dim), got shape {hidden.shape}")
+    m = _check_attention_mask(attention_mask, hidden.shape[:2]).astype(hidden.dtype)[..., None]
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)

@@ -14,10 +14,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qorus_jit.core.check import check_rng
 from qorus_jit.layers import Embedding, LayerNorm, Linear, TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
 from qorus_jit.layers.head import TiedLMHead
-from qorus_jit.models.base import HF_ACTIVATIONS, Architecture, Config, _check_choice, _hf_get, _hf_reject
+from qorus_jit.models.base import (
+    HF_ACTIVATIONS,
+    Architecture,
+    Config,
+    _check_choice,
+    _hf_get,
+    _hf_reject,
+)
 
 _CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 
@@ -49,6 +57,7 @@ class GPT2Config(Config):
         "hidden_dim": "n_inner", "tie_embeddings": "tie_word_embeddings"}
 
     def __post_init__(self):
+        super().__post_init__()
         if self.hidden_dim is None and isinstance(self.dim, int):
             object.__setattr__(self, "hidden_dim", 4 * self.dim)
         self._check_fields(ints=("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "hidden_dim"),
@@ -115,8 +124,8 @@ class GPT2(Architecture):
         super().__init__(inputs=["ids"], output="logits")
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config: expected a GPT2Config, got {type(config).__name__}")
+        rng = check_rng("rng", rng)
         self.config = c = config
-        rng = np.random.default_rng(rng)
         wte = self.add("transformer.wte", Embedding(c.vocab_size, c.dim), "ids", "tok")
         self.add("transformer.wpe", PositionEmbedding(c.max_seq_len, c.dim), "tok", "h0")
         for i in range(c.n_layers):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qorus_jit.core.check import INDEX_DTYPES
+from qorus_jit.core.check import check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
@@ -60,6 +60,7 @@ class LlamaConfig(Config):
         "tie_embeddings": "tie_word_embeddings", "attention_bias": "attention_bias", "mlp_bias": "mlp_bias"}
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         self._check_fields(ints=("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size",
@@ -165,8 +166,8 @@ class Llama(Architecture):
         super().__init__(inputs=["ids"], output="logits")
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config: expected a LlamaConfig, got {type(config).__name__}")
+        rng = check_rng("rng", rng)
         self.config = c = config
-        rng = np.random.default_rng(rng)
         emb = self.add("model.embed_tokens", Embedding(c.vocab_size, c.dim), "ids", "h0")
         self._blocks = [self.add(f"model.layers.{i}", TransformerBlock(
             c.dim, c.n_heads, c.hidden_dim, c.n_kv_heads, norm="rms", norm_eps=c.norm_eps, prenorm=True,
@@ -213,9 +214,8 @@ class Llama(Architecture):
         """:meth:`Graph.forward_decode`. One new token of one sequence goes through the whole model in a
         single kernel call (``kernels.trusted.llama_decode``) when the blocks have no biases; anything else
         runs node by node."""
-        if (isinstance(ids, np.ndarray) and ids.shape == (1, 1) and ids.dtype.type in INDEX_DTYPES
-                and 0 <= ids[0, 0] < self.config.vocab_size and state.batch == 1
-                and not (self.config.attention_bias or self.config.mlp_bias)):
+        ids = self._check_decode(ids, state)
+        if ids.shape == (1, 1) and not (self.config.attention_bias or self.config.mlp_bias):
             return self._decode_token(int(ids[0, 0]), state)
         return super().forward_decode(ids, state=state, last_only=last_only)
 
