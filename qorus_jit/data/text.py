@@ -98,7 +98,7 @@ class TextDataset:
         rewritten). A cache that cannot be written raises an OSError naming it and the OS's reason.
         """
         p = check_file("path", path)
-        tok = load_tokenizer(tokenizer)
+        tok = load_tokenizer(tokenizer, "tokenizer")
         check_positive(seq_len=seq_len)
         if mmap_threshold is not None:
             check_nonnegative(mmap_threshold=mmap_threshold)
@@ -154,7 +154,13 @@ class TextDataset:
             raise ValueError(f"path: {p} is not a readable .npy file of token ids ({e})") from None
         if not isinstance(ids, np.ndarray):
             raise ValueError(f"path: {p} holds a .npz archive, expected a .npy of token ids")
-        ds = cls(ids, seq_len, val_fraction, seed, vocab_size=vocab_size)
+        try:
+            ds = cls(ids, seq_len, val_fraction, seed, vocab_size=vocab_size)
+        except (TypeError, ValueError) as e:  # the ids' errors ("tokens: ...") are the file's
+            msg = str(e)
+            if not msg.startswith("tokens: "):
+                raise
+            raise type(e)(f"path: {p}: {msg[len('tokens: '):]}") from None
         ds.source = {"tokens_file": str(p)}
         return ds
 

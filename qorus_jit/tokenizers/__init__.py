@@ -18,16 +18,17 @@ import os
 from pathlib import Path
 
 from qorus_jit.core.files import read_json
-from qorus_jit.tokenizers._common import TOKENIZER_FILE
+from qorus_jit.tokenizers._common import TOKENIZER_FILE, check_text
 from qorus_jit.tokenizers.bpe import BPE_INSTALL_HINT, BPETokenizer
 from qorus_jit.tokenizers.byte import BYTE_FORMAT, ByteTokenizer
 from qorus_jit.tokenizers.llama2c import Llama2cTokenizer
 
 
-def load_tokenizer(spec):
+def load_tokenizer(spec, name: str = "spec"):
     """The tokenizer of ``spec``: ``"byte"``, a tokenizer object (returned as is), a tokenizer JSON file
     (written by either tokenizer's ``save``, or any ``tokenizer.json``), a folder holding ``tokenizer.json``,
-    or llama2.c's ``tokenizer.bin`` (a ``.bin`` file: :class:`Llama2cTokenizer`).
+    or llama2.c's ``tokenizer.bin`` (a ``.bin`` file: :class:`Llama2cTokenizer`). A bad spec is an error
+    naming ``name`` (the caller's argument, e.g. ``"tokenizer"``).
     """
     if isinstance(spec, (ByteTokenizer, BPETokenizer, Llama2cTokenizer)):
         return spec
@@ -36,12 +37,13 @@ def load_tokenizer(spec):
     if isinstance(spec, str) and spec == "byte":
         return ByteTokenizer()
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec: expected 'byte', a tokenizer.json path or a folder, got {type(spec).__name__}")
+        raise TypeError(f"{name}: expected 'byte', a tokenizer, a tokenizer.json path or a folder, "
+                        f"got {type(spec).__name__}")
     p = Path(spec)
     file = p / TOKENIZER_FILE if p.is_dir() else p
     if not file.is_file():
         what = f"no {TOKENIZER_FILE} in the folder {p}" if p.is_dir() else f"no such file or folder: {p}"
-        raise FileNotFoundError(f"spec: expected 'byte', a tokenizer.json file or a folder holding one; {what}")
+        raise FileNotFoundError(f"{name}: expected 'byte', a tokenizer.json file or a folder holding one; {what}")
     head = read_json(file, TOKENIZER_FILE)
     if isinstance(head, dict) and head.get("format") == BYTE_FORMAT:
         if head.get("vocab_size") != 256:
@@ -50,4 +52,5 @@ def load_tokenizer(spec):
     return BPETokenizer.load(file)
 
 
-__all__ = ["BPE_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "load_tokenizer"]
+__all__ = ["BPE_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "check_text",
+           "load_tokenizer"]

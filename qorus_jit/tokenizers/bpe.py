@@ -14,7 +14,7 @@ import numpy as np
 
 from qorus_jit.core.check import check_bool, check_nonnegative, check_positive
 from qorus_jit.core.files import check_file, check_path
-from qorus_jit.tokenizers._common import TOKENIZER_FILE, ids_array, save_json
+from qorus_jit.tokenizers._common import TOKENIZER_FILE, check_text, ids_array, save_json
 
 BPE_INSTALL_HINT = 'pip install "qorus-jit[bpe]"'
 
@@ -161,9 +161,7 @@ class BPETokenizer:
         A long text is encoded in pieces (in parallel) when that gives the same ids as one call: for
         byte-level tokenizers, split after a lone newline; otherwise in one call.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        return self._encode(text, _CHUNK_CHARS)
+        return self._encode(check_text("text", text), _CHUNK_CHARS)
 
     def _encode(self, text: str, chunk_chars: int) -> np.ndarray:
         if not self._chunkable or len(text) <= 2 * chunk_chars:

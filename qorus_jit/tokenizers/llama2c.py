@@ -17,13 +17,14 @@ import hashlib
 import heapq
 import re
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from qorus_jit.core.check import check_bool, check_positive
 from qorus_jit.core.files import atomic_write, check_file, check_path
-from qorus_jit.tokenizers._common import ids_array
+from qorus_jit.tokenizers._common import check_text, ids_array
 
 BOS_ID, EOS_ID = 1, 2
 BYTE_OFFSET = 3  #: id of the byte token ``<0x00>``: byte ``b`` falls back to id ``b + 3``
@@ -52,11 +53,18 @@ class Llama2cTokenizer:
     eos_id = EOS_ID
 
     def __init__(self, pieces, scores, max_token_length: int | None = None):
-        pieces = [p.encode("utf-8") if isinstance(p, str) else p for p in pieces]
+        if isinstance(pieces, (str, bytes)) or not isinstance(pieces, Iterable):
+            raise TypeError(f"pieces: expected a sequence of bytes or str, got {type(pieces).__name__}")
+        pieces = list(pieces)
         for i, p in enumerate(pieces):
-            if not isinstance(p, bytes):
+            if isinstance(p, str):
+                pieces[i] = check_text(f"pieces[{i}]", p).encode("utf-8")
+            elif not isinstance(p, bytes):
                 raise TypeError(f"pieces[{i}]: expected bytes or str, got {type(p).__name__}")
-        scores = np.asarray(scores, dtype=np.float32)
+        try:
+            scores = np.array(scores, dtype=np.float32)  # a copy: it is made read-only below
+        except (TypeError, ValueError):
+            raise TypeError(f"scores: expected a sequence of floats, got {type(scores).__name__}") from None
         if scores.shape != (len(pieces),):
             raise ValueError(f"scores: expected shape ({len(pieces)},) (one per piece), got {scores.shape}")
         if len(pieces) < 3:
@@ -64,7 +72,7 @@ class Llama2cTokenizer:
         longest = max(len(p) for p in pieces)
         if max_token_length is None:
             max_token_length = longest
-        if isinstance(max_token_length, bool) or not isinstance(max_token_length, int) \
+        if isinstance(max_token_length, (bool, np.bool_)) or not isinstance(max_token_length, (int, np.integer)) \
                 or not longest <= max_token_length <= _INT32_MAX:
             raise ValueError(f"max_token_length: expected an int >= the longest piece ({longest} bytes), "
                              f"got {max_token_length!r}")

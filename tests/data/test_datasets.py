@@ -301,8 +301,11 @@ def test_from_text_file_errors(tmp_path, no_default_cache):
     ok.write_text("plenty of text " * 100)
     with pytest.raises(NotADirectoryError, match="cache_dir"):
         TextDataset.from_text_file(ok, "byte", seq_len=8, cache_dir=ok)
-    with pytest.raises(FileNotFoundError, match="spec"):
+    with pytest.raises(FileNotFoundError, match="^tokenizer: .*no_tokenizer"):
         TextDataset.from_text_file(ok, tmp_path / "no_tokenizer", seq_len=8)
+    for tokenizer in (None, 3):
+        with pytest.raises(TypeError, match="^tokenizer: expected 'byte', a tokenizer"):
+            TextDataset.from_text_file(ok, tokenizer, seq_len=8)
 
 
 def test_from_tokens_file(tmp_path):
@@ -313,12 +316,21 @@ def test_from_tokens_file(tmp_path):
     assert isinstance(ds.tokens, np.memmap)
     for _ in range(3):
         np.testing.assert_array_equal(ds.train_batch(5)[1], mem.train_batch(5)[1])
-    np.save(tmp_path / "floats.npy", tokens.astype(np.float32))
-    with pytest.raises(TypeError, match="tokens.*integer"):
+    np.save(tmp_path / "floats.npy", tokens.astype(np.float32))  # errors of the ids name the file
+    with pytest.raises(TypeError, match=r"^path: .*floats\.npy: expected an integer dtype"):
         TextDataset.from_tokens_file(tmp_path / "floats.npy", seq_len=20)
     np.save(tmp_path / "two_d.npy", tokens.reshape(50, 100))
-    with pytest.raises(ValueError, match="tokens.*1-D"):
+    with pytest.raises(ValueError, match=r"^path: .*two_d\.npy: expected a 1-D"):
         TextDataset.from_tokens_file(tmp_path / "two_d.npy", seq_len=20)
+    np.save(tmp_path / "negative.npy", np.where(np.arange(5000) == 7, -1, tokens))
+    with pytest.raises(ValueError, match=r"^path: .*negative\.npy: expected ids in \[0, 2\*\*31\), got -1"):
+        TextDataset.from_tokens_file(tmp_path / "negative.npy", seq_len=20)
+    with pytest.raises(ValueError, match=r"^path: .*ids\.npy: expected ids in \[0, 100\) \(vocab_size\)"):
+        TextDataset.from_tokens_file(tmp_path / "ids.npy", seq_len=20, vocab_size=100)
+    with pytest.raises(ValueError, match=r"^path: .*ids\.npy: 5000 tokens split"):
+        TextDataset.from_tokens_file(tmp_path / "ids.npy", seq_len=4000)
+    with pytest.raises(ValueError, match="^seq_len: expected"):  # the other arguments' errors stay theirs
+        TextDataset.from_tokens_file(tmp_path / "ids.npy", seq_len=0)
     (tmp_path / "junk.npy").write_text("not an array")
     with pytest.raises(ValueError, match="junk.npy"):
         TextDataset.from_tokens_file(tmp_path / "junk.npy", seq_len=20)

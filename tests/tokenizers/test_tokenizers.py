@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import qorus_jit.tokenizers
-from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
+from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer, load_tokenizer
 
 SAMPLES = [
     "",
@@ -325,3 +325,42 @@ def test_load_tokenizer_refuses_unreadable_json_naming_the_file(tmp_path, conten
     file.write_bytes(content)
     with pytest.raises(ValueError, match=r"tokenizer\.json: not valid JSON"):
         load_tokenizer(file)
+
+
+# -- malformed inputs (fuzz wave 1)
+
+
+@pytest.mark.parametrize("text, index", [("a\ud800b", 1), ("\udfff", 0), ("caf\xe9 \ud83d", 5),
+                                         ("\xe9" * (1 << 20) + "x\udc80", (1 << 20) + 1)])
+def test_a_lone_surrogate_is_refused_naming_the_text(bpe, text, index):
+    msg = rf"^text: expected valid Unicode, got a lone surrogate at index {index}$"
+    for tok in (bpe, ByteTokenizer()):  # the same message from every tokenizer
+        with pytest.raises(ValueError, match=msg):
+            tok.encode(text)
+    assert qorus_jit.tokenizers.check_text("text", "caf\xe9 \U0001f600") == "caf\xe9 \U0001f600"  # a pair is fine
+
+
+def test_load_tokenizer_names_the_callers_argument(tmp_path):
+    with pytest.raises(TypeError, match="^tokenizer: expected 'byte'"):
+        load_tokenizer(None, "tokenizer")
+    with pytest.raises(FileNotFoundError, match="^tok: .*nowhere"):
+        load_tokenizer(tmp_path / "nowhere", "tok")
+
+
+@pytest.mark.parametrize("pieces, error, name", [(None, TypeError, "pieces"), (3, TypeError, "pieces"),
+                                                 ("abc", TypeError, "pieces"), (b"abc", TypeError, "pieces"),
+                                                 (["<unk>", "<s>", 3], TypeError, r"pieces\[2\]"),
+                                                 (["<unk>", "<s>", "a\ud800"], ValueError, r"pieces\[2\]")])
+def test_llama2c_tokenizer_names_bad_pieces(pieces, error, name):
+    with pytest.raises(error, match=f"^{name}: expected"):
+        Llama2cTokenizer(pieces, [0.0, 0.0, 0.0])
+
+
+def test_llama2c_tokenizer_names_bad_scores_and_takes_numpy_ints():
+    pieces = [b"<unk>", b"<s>", b"</s>", b"ab"]
+    with pytest.raises(TypeError, match="^scores: expected"):
+        Llama2cTokenizer(pieces, ["x", 0, 0, 0])
+    scores = np.zeros(4, np.float32)
+    tok = Llama2cTokenizer(iter(pieces), scores, max_token_length=np.int64(5))
+    assert tok.max_token_length == 5 and tok.pieces == tuple(pieces)
+    assert scores.flags.writeable  # the caller's array is copied, not made read-only
