@@ -381,6 +381,10 @@ def test_bad_arguments(base, tmp_path):
         enc.encode(["a", 3])
     with pytest.raises(TypeError, match="texts"):
         enc.encode(5)
+    with pytest.raises(ValueError, match=r"^texts\[1\]: expected valid Unicode, got a lone surrogate at index 1"):
+        enc.encode(["a", "a\ud800"])
+    with pytest.raises(ValueError, match=r"^texts: expected valid Unicode, got a lone surrogate at index 0"):
+        embed(enc, "\udfff")
     with pytest.raises(ValueError, match="batch_size"):
         enc.encode(["a"], batch_size=0)
     with pytest.raises(TypeError, match="normalize"):

@@ -53,7 +53,7 @@ from qorus_jit.core.files import atomic_write_npy, atomic_write_text, read_json
 from qorus_jit.formats.hf import CONFIG_NAME
 from qorus_jit.models.bert import Bert, BertConfig
 from qorus_jit.models.registry import config_from_hf, load_pretrained
-from qorus_jit.tokenizers import BPE_INSTALL_HINT, BPETokenizer
+from qorus_jit.tokenizers import BPE_INSTALL_HINT, BPETokenizer, check_text
 
 #: Pooling modes, in the order sentence-transformers concatenates them when several are enabled.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
@@ -101,15 +101,12 @@ def _check_pooling(pooling) -> tuple[str, ...]:
 
 
 def _check_texts(texts) -> list[str]:
+    """``texts`` (one str or a sequence of them) as a list of valid Unicode str (a lone surrogate refused)."""
     if isinstance(texts, str):
-        return [texts]
+        return [check_text("texts", texts)]
     if isinstance(texts, bytes) or not isinstance(texts, Iterable):
         raise TypeError(f"texts: expected a str or a sequence of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}]: expected a str, got {type(t).__name__}")
-    return texts
+    return [check_text(f"texts[{i}]", t) for i, t in enumerate(texts)]
 
 
 class SentenceEncoder:
