@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 #: CPU seconds of each task alone in a fresh process for the default run (generate: its run folders) on the AMD
-#: EPYC (Zen 1) of docs/design.md, and the kernels it compiles (called from Python): the plan's weights and the
-#: progress bar's total.
-COST = {"model": (42.0, 17), "attention-backward": (30.0, 5), "attention-forward": (25.0, 5),
+#: EPYC (Zen 1) of docs/design.md, and the kernels it compiles (called from Python) beside the others: the plan's
+#: weights and the progress bar's total. Alone an attention task compiles 5 (the projections and RoPE too).
+COST = {"model": (42.0, 17), "attention-backward": (30.0, 1), "attention-forward": (25.0, 1),
         "generate": (58.0, 10)}
 
 #: What the tasks compile, in a few words (``qorus compile --list``).
@@ -449,7 +449,7 @@ def _bar(total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="kernel", dynamic_ncols=True, mininterval=0.2, disable=None,
-                leave=False, file=sys.stderr, bar_format="{desc}: {n}/{total} {unit}s |{bar}| {elapsed} {postfix}")
+                leave=False, file=sys.stderr, bar_format="{desc}: {n}/{total} {unit}s |{bar}| {elapsed}{postfix}")
 
 
 def summary(report: Report) -> str:
