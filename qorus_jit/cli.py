@@ -8,7 +8,40 @@ import click
 import numpy as np
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _usage_error(e: click.UsageError, where: str) -> None:
+    click.echo(f"error: {e.format_message()} (see {where} --help)", err=True)
+    raise SystemExit(2) from None
+
+
+class _OneLineErrors(click.Command):
+    """A command whose usage errors (unknown option, bad value, extra argument) print one line and exit 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e, f"qorus {info_name}")
+
+
+class _OneLineGroup(click.Group):
+    """The ``qorus`` group: an unknown command or option is one line too, and commands are _OneLineErrors."""
+
+    command_class = _OneLineErrors
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e, "qorus")
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            _usage_error(e, "qorus")
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qorus-jit", prog_name="qorus")
 def main():
     """Qorus: train and run small transformers and MLPs on a CPU, on numba-compiled kernels."""
@@ -47,17 +80,6 @@ def clear_cache():
     click.echo(f"removed {n} cached kernel files from {where}")
 
 
-class _OneLineErrors(click.Command):
-    """A command whose usage errors (unknown option, bad value) print one line and exit 2."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as e:
-            click.echo(f"error: {e.format_message()} (see qorus {info_name} --help)", err=True)
-            raise SystemExit(2) from None
-
-
 def _train_options(fn):
     """One option per TrainConfig setting (defaults None: only what is given overrides the config file)."""
     from qorus_jit.train.run import config_fields
@@ -73,7 +95,7 @@ def _train_options(fn):
     return fn
 
 
-@main.command(cls=_OneLineErrors, context_settings={"max_content_width": 110})
+@main.command(context_settings={"max_content_width": 110})
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--resume", "resume", metavar="RUN_DIR", default=None,
               help="Continue the run in RUN_DIR from its newest checkpoint (its settings are kept; steps and "
@@ -124,8 +146,10 @@ def train(config, resume, no_progress, **settings):
         raise SystemExit(130) from None
     try:
         last = run.fit()
-    except TrainingError as e:
-        click.echo(f"error: {e}; {_newest_checkpoint(run.run_dir, resumable=False)}", err=True)
+    except TrainingError as e:  # a failed write names the intact checkpoint itself (e.resumable)
+        then = (f"continue with: qorus train --resume {run.run_dir}" if e.resumable
+                else _newest_checkpoint(run.run_dir, resumable=False))
+        click.echo(f"error: {e}; {then}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # a second Ctrl-C: the step under way was abandoned
         click.echo(f"aborted at step {run.trainer.step}; {_newest_checkpoint(run.run_dir)}", err=True)
@@ -168,13 +192,13 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
         return f"no checkpoint was written, so {run_dir} cannot be resumed"
     try:
         step = load_checkpoint(found).step
-    except ValueError:
-        return f"the newest checkpoint in {run_dir} is damaged"
+    except (ValueError, OSError):
+        return f"the newest checkpoint in {run_dir} is damaged or unreadable"
     where = f"the checkpoint of step {step} in {run_dir} is intact"
     return f"{where}; continue with: qorus train --resume {run_dir}" if resumable else where
 
 
-@main.command(cls=_OneLineErrors)
+@main.command()
 @click.argument("source")
 @click.option("--prompt", "-p", default="", help="Text to continue [default: empty, the model starts fresh].")
 @click.option("--max-new-tokens", "-n", type=click.IntRange(min=0), default=256, show_default=True,
@@ -239,7 +263,7 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
                f"{load_seconds:.2f} s, kernel warm-up {warm_seconds:.2f} s)", err=True)
 
 
-@main.command("compile", cls=_OneLineErrors)
+@main.command("compile")
 @click.option("--list", "list_tasks", is_flag=True, help="List what would compile, and where to, and exit.")
 @click.option("--only", metavar="NAMES", default=None, help="Comma-separated tasks or specs of --list.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
@@ -274,7 +298,7 @@ def compile_kernels(list_tasks, only, jobs, no_progress):
         raise SystemExit(1)
 
 
-@main.command(cls=_OneLineErrors)
+@main.command()
 @click.argument("folder")
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--out", "-o", default=None, metavar="FILE", help="Write .npy or .json instead of printing JSON.")
@@ -290,7 +314,7 @@ def embed(folder, texts, out):
         raise SystemExit(2) from None
 
 
-@main.command(cls=_OneLineErrors)
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="PNG to write [default: RUN_DIR/curves.png].")
@@ -306,7 +330,7 @@ def plot(run_dir, out):
     click.echo(f"wrote {path}")
 
 
-@main.command(cls=_OneLineErrors, context_settings={"max_content_width": 110})
+@main.command(context_settings={"max_content_width": 110})
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick: one or two shapes per kernel family and short model runs (a few minutes); full: every "
                    "figure, more repeats, the cold-cache start-up.")

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from qorus_jit.cli import main
@@ -86,3 +87,13 @@ def test_compile_fills_the_numba_cache_dir_it_is_given(tmp_path):
                            timeout=1800)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == []
+
+
+@pytest.mark.parametrize("args", [["nope"], ["--bogus"], ["info", "--bogus"], ["info", "extra"],
+                                  ["clear-cache", "extra"], ["bench", "--bogus"], ["plot"]])
+def test_usage_errors_are_one_line_with_exit_code_2(args):
+    """An unknown command or option, an extra or a missing argument: one line naming it, and where help is."""
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help)" in lines[0], res.output
