@@ -367,3 +367,46 @@ def test_other_register_tile_agrees(request, monkeypatch):
         assert_close(got[0][0], want, rtol=1e-5, atol=1e-5)
         for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *got, strict=True):
             assert_close(a, b, rtol=1e-5, atol=1e-5, what=name)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e10, 1e12, 1e30])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_and_decode_exact_for_a_huge_scale(scale, causal):
+    # the max is subtracted before scaling: a huge scale is hard attention, not inf or 0 from cancelling products
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 4, 3), (2, 7, 2, 3), (2, 7, 2, 3)))
+    out, lse = _forward(q, k, v, causal, scale=scale)
+    want, want_lse = naive.attention(q, k, v, causal, scale=scale)
+    assert_close(out, want, rtol=1e-6, atol=1e-6)
+    assert_close(lse, want_lse, rtol=1e-6, atol=0)
+    dec = np.empty((2, 4, 3), np.float32)
+    K.attention_decode(dec, q[:, -1].copy(), k, v, 7, scale=scale)
+    assert_close(dec, naive.attention(q[:, -1:], k, v, False, scale=scale)[0][:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_backward_refuses_an_lse_too_large_for_its_precision():
+    # p = exp(scale * q.k - lse) from a float32 lse of 1e12 would be off by any factor: refused, naming scale
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((1, 3, 2, 4), (1, 3, 2, 4), (1, 3, 2, 4)))
+    out, lse = _forward(q, k, v, True, scale=1e12)
+    with pytest.raises(ValueError, match=r"scale: expected .*\|lse\| <= 65536"):
+        _backward(np.ones_like(q), q, k, v, out, lse, True, scale=1e12)
+    lse64 = lse.astype(np.float64)  # float64 keeps the precision at this size
+    g = np.ones(q.shape)
+    grads = [np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)]
+    K.attention_backward(*grads, g, q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                         out.astype(np.float64), lse64, True, scale=1e12)
+
+
+def test_work_size_and_chunks_check_their_arguments():
+    assert K.attention_work_size(tuple(np.int64(n) for n in (1, 3, 2, 4)), (1, 5, 1, 4)) == \
+        K.attention_work_size((1, 3, 2, 4), (1, 5, 1, 4))
+    assert K.backward_chunks(np.int64(1), 2, 3) == K.backward_chunks(1, 2, 3)
+    for qs, ks, name in (((1, -3, 2, 4), (1, 5, 1, 4), "q_shape"), ((1.0, 3.0, 2.0, 4.0), (1, 5, 1, 4), "q_shape"),
+                         (None, (1, 5, 1, 4), "q_shape"), ((1, 3, 2), (1, 5, 1, 4), "q_shape"),
+                         ("abcd", (1, 5, 1, 4), "q_shape"), ((1, 3, 2, 4), None, "k_shape")):
+        with pytest.raises(ValueError, match=f"{name}: expected a shape"):
+            K.attention_work_size(qs, ks)
+    for args, name in (((-1, 2, 3), "B"), ((1, None, 3), "Hkv"), ((1, 2, "3"), "S")):
+        with pytest.raises(ValueError, match=f"{name}: expected a non-negative int"):
+            K.backward_chunks(*args)

@@ -152,6 +152,20 @@ def _exp_row(x, n, scale, shift):
 
 
 @kernel
+def _exp_max_row(x, n, scale, mx):
+    """x[:n] = exp(scale * (x[:n] - mx)) (exp(-inf) = 0), returns their sum; x (>= n,), mx = max(x[:n]) finite.
+
+    Subtracting the max before scaling keeps every exponent <= 0, exactly 0 at the max, for any finite scale
+    (scale * x - scale * mx would cancel two large products, contracted into an FMA, to their rounding error)."""
+    s = scale - scale
+    for j in range(n):
+        e = exp(scale * (x[j] - mx))
+        x[j] = e
+        s += e
+    return s
+
+
+@kernel
 def _row_max(x, n):
     """max(x[:n]) (-inf if n == 0), eight independent running maxima; x (>= n,)."""
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = type(x[0])(-np.inf)  # in x's dtype: no float64 round trip
@@ -271,7 +285,7 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
                     lsum[r] = 0
                 else:
                     m[r] = scale * mx
-                    lsum[r] = _exp_row(sc[r], nw, scale, m[r])
+                    lsum[r] = _exp_max_row(sc[r], nw, scale, mx)
             for d0 in range(0, D, _W):  # o = p V
                 _tile(o, d0, DW, sc, 0, ld, 1, vpb, d0, DW, n, False)
             for r in range(t3 - t0 + 1):
@@ -525,7 +539,7 @@ def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
                 sc[g, :] = 0
                 live[g] = False
                 continue
-            inv = 1 / _exp_row(sc[g], length, scale, scale * mx)
+            inv = 1 / _exp_max_row(sc[g], length, scale, mx)
             for j in range(length):
                 sc[g, j] *= inv
         for j in range(length):
@@ -570,6 +584,8 @@ def _kv_cache_write(k_cache, v_cache, k, v, pos):
 
 def backward_chunks(B: int, Hkv: int, S: int) -> int:
     """Key chunks per (batch, kv head) for :func:`_attention_backward`: at least one work item per thread."""
+    check_nonnegative(B=B, Hkv=Hkv, S=S)
+    B, Hkv, S = int(B), int(Hkv), int(S)
     items = max(1, B * Hkv)  # an empty batch has no work item
     return min(max(1, (numba.get_num_threads() + items - 1) // items), max(1, S // _KEYS))
 
@@ -603,6 +619,18 @@ def _check_attention(causal, key_mask, scale, writes, **arrays):
     return dims, _mask(key_mask, dims), _scale(scale, dims["D"], arrays["q"][0].dtype)
 
 
+def _check_lse(lse):
+    """The backward recomputes p = exp(scale * q.k - lse) from the saved lse, whose rounding error (eps / 2 of
+    |lse|) enters the exponent: beyond |lse| = 2^-8 / (eps / 2) (65536 in float32, reached only by a huge scale
+    or huge q, k) p would be off by more than 2^-8 relative, and by any factor for a huge scale. Rows with no
+    key (lse = -inf) are skipped."""
+    limit = 2.0**-8 / (np.finfo(lse.dtype).eps / 2)
+    big = float(np.max(np.abs(lse), where=lse > -np.inf, initial=0.0))
+    if big > limit:
+        raise ValueError(f"scale: expected scale * (q . k) small enough that the saved {lse.dtype} lse keeps the "
+                         f"probabilities' precision (|lse| <= {limit:g}), got lse up to {big:g} in magnitude")
+
+
 def _up(n, m):
     """n rounded up to a multiple of m (plain Python: the wrappers run per call)."""
     return -(-n // m) * m
@@ -621,10 +649,20 @@ def _size(shape):
     return _up(math.prod(shape), _W)  # whole tiles of _W elements per array: each view stays 64-byte aligned
 
 
+def _shape4(name, shape, spec) -> tuple[int, ...]:
+    """A shape argument: a tuple or list of 4 non-negative ints (NumPy ints too), as Python ints."""
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 4 and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 0 for n in shape)
+    if not ok:
+        raise ValueError(f"{name}: expected a shape {spec} of 4 non-negative ints, got {shape!r}")
+    return tuple(int(n) for n in shape)
+
+
 def attention_work_size(q_shape, k_shape) -> int:
     """Elements of the ``work`` scratch array that :func:`attention_forward` and :func:`attention_backward`
     need for q (B, T, H, D) and k (B, S, Hkv, D) at the current thread count (one array serves both)."""
-    (B, T, H, D), (S, Hkv) = q_shape, k_shape[1:3]
+    B, T, H, D = _shape4("q_shape", q_shape, "(B, T, H, D)")
+    S, Hkv = _shape4("k_shape", k_shape, "(B, S, Hkv, D)")[1:3]
     return max(sum(_size(s) for s in shapes)
                for shapes in _work_shapes(B, T, S, H, Hkv, D, backward_chunks(B, Hkv, S)))
 
@@ -675,6 +713,7 @@ def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_ma
         dout=(dout, bthd), dq=(dq, bthd), dk=(dk, bshd), dv=(dv, bshd), work=(work, ("W",)),
     )
     check_bool(accumulate=accumulate)
+    _check_lse(lse)
     B, S, Hkv = dims["B"], dims["S"], dims["Hkv"]
     _, shapes = _work_shapes(B, dims["T"], S, dims["H"], Hkv, dims["D"], backward_chunks(B, Hkv, S))
     _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, bool(causal), scale, bool(accumulate),
