@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.check import check_bool
+from qorus_jit.core.check import check_bool, check_real
 from qorus_jit.core.files import atomic_write, final_path, os_reason
 from qorus_jit.formats import checkpoint as ckpt
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
@@ -87,8 +87,8 @@ class Trainer:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
             counts[name] = int(value)  # a NumPy int as a plain one (JSON metrics, checkpoints)
         steps, grad_accum, eval_every, eval_batches, ckpt_every, keep_checkpoints, log_every = counts.values()
-        if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
-            raise ValueError(f"clip: expected a positive number or None, got {clip!r}")
+        if clip is not None:
+            clip = check_real("clip", clip, low=0.0, low_open=True)  # a NumPy float too
         _check_model_and_optimizer(model, optimizer)
         if schedule is not None and not callable(schedule):
             raise TypeError(f"schedule: expected a function step -> lr (qorus_jit.train.schedule) or None, "

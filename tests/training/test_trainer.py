@@ -247,9 +247,9 @@ def test_trainer_takes_numpy_ints_as_the_plain_ones():
     X = np.random.default_rng(5).standard_normal((8, 3)).astype(np.float32)
     y = np.arange(8) % 2
     runs = []
-    for steps, accum in ((3, 2), (np.int64(3), np.int32(2))):
+    for steps, accum, clip in ((3, 2, 0.5), (np.int64(3), np.int32(2), np.float32(0.5))):
         model = MLP([3, 2], rng=0)
-        Trainer(model, SGD(model, lr=0.1), FixedBatches([(X, y)]), steps=steps, grad_accum=accum,
+        Trainer(model, SGD(model, lr=0.1), FixedBatches([(X, y)]), steps=steps, grad_accum=accum, clip=clip,
                 progress=False).fit()
         runs.append(model.parameters()["fc0.weight"].copy())
     np.testing.assert_array_equal(runs[0], runs[1])
