@@ -13,94 +13,49 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from qorus_jit.core.numerics import DTYPE, FASTMATH, get_num_threads, set_num_threads  # noqa: E402
-from qorus_jit.data import ArrayDataset, TextDataset, default_corpus, train_test_split  # noqa: E402
-from qorus_jit.infer.embeddings import SentenceEncoder, embed  # noqa: E402
-from qorus_jit.infer.generate import generate, generate_text, sample_text, warm_up  # noqa: E402
-from qorus_jit.infer.sources import load_source  # noqa: E402
-from qorus_jit.layers import (  # noqa: E402
-    GELU,
-    Activation,
-    Add,
-    DecodeState,
-    Embedding,
-    FeedForward,
-    Graph,
-    KVCache,
-    Layer,
-    LayerNorm,
-    Linear,
-    MultiHeadAttention,
-    PositionEmbedding,
-    ReLU,
-    RMSNorm,
-    Sequential,
-    SiLU,
-    Softmax,
-    Swish,
-    TransformerBlock,
-)
-from qorus_jit.models import (  # noqa: E402
-    GPT2,
-    MLP,
-    Bert,
-    BertConfig,
-    GPT2Config,
-    Llama,
-    LlamaConfig,
-    load_pretrained,
-    mean_pool,
-    save_pretrained,
-)
-from qorus_jit.models.llama import load_llama2c, save_llama2c  # noqa: E402
-from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer, load_tokenizer  # noqa: E402
-from qorus_jit.train import (  # noqa: E402
-    SGD,
-    Adam,
-    AdamW,
-    ConfigError,
-    CrossEntropyLoss,
-    MSELoss,
-    Optimizer,
-    Profile,
-    Run,
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    constant,
-    cosine,
-    decay_groups,
-    linear,
-    make_loss,
-    make_schedule,
-    profile,
-    resume_run,
-    start_run,
-    step_decay,
-    warmup,
-    warmup_cosine,
-)
+# The public names, by the module that defines them. They load on first use (PEP 562), so `import qorus_jit`
+# and the `qorus` command start without numba; the command prints its first line before the kernels load.
+_EXPORTS = {
+    "qorus_jit.core.numerics": ("DTYPE", "FASTMATH", "get_num_threads", "set_num_threads"),
+    "qorus_jit.data": ("ArrayDataset", "TextDataset", "default_corpus", "train_test_split"),
+    "qorus_jit.infer.embeddings": ("SentenceEncoder", "embed"),
+    "qorus_jit.infer.generate": ("generate", "generate_text", "sample_text", "warm_up"),
+    "qorus_jit.infer.sources": ("load_source",),
+    "qorus_jit.layers": (
+        "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer",
+        "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ReLU", "RMSNorm", "Sequential", "SiLU",
+        "Softmax", "Swish", "TransformerBlock",
+    ),
+    "qorus_jit.models": (
+        "GPT2", "MLP", "Bert", "BertConfig", "GPT2Config", "Llama", "LlamaConfig", "load_pretrained", "mean_pool",
+        "save_pretrained",
+    ),
+    "qorus_jit.models.llama": ("load_llama2c", "save_llama2c"),
+    "qorus_jit.tokenizers": ("BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "load_tokenizer"),
+    "qorus_jit.train": (
+        "SGD", "Adam", "AdamW", "ConfigError", "CrossEntropyLoss", "MSELoss", "Optimizer", "Profile", "Run",
+        "TrainConfig", "Trainer", "TrainingError", "constant", "cosine", "decay_groups", "linear", "make_loss",
+        "make_schedule", "profile", "resume_run", "start_run", "step_decay", "warmup", "warmup_cosine",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # numerics and threads
-    "DTYPE", "FASTMATH", "get_num_threads", "set_num_threads",
-    # layers and the graph
-    "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "GELU", "Graph", "KVCache", "Layer", "LayerNorm",
-    "Linear", "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish",
-    "TransformerBlock",
-    # models and their files
-    "Bert", "BertConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig", "MLP", "load_llama2c", "load_pretrained",
-    "mean_pool", "save_llama2c", "save_pretrained",
-    # tokenizers and data
-    "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "load_tokenizer", "ArrayDataset", "TextDataset",
-    "default_corpus", "train_test_split",
-    # training
-    "Adam", "AdamW", "ConfigError", "CrossEntropyLoss", "MSELoss", "Optimizer", "Profile", "Run", "SGD",
-    "TrainConfig", "Trainer", "TrainingError", "constant", "cosine", "decay_groups", "linear", "make_loss",
-    "make_schedule", "profile", "resume_run", "start_run", "step_decay", "warmup", "warmup_cosine",
-    # inference
-    "SentenceEncoder", "embed", "generate", "generate_text", "load_source", "sample_text", "warm_up",
-    "__version__",
-]
+__all__ = [*_MODULE_OF, "__version__"]  # the one list of the public API
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qorus_jit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

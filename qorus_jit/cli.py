@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import numpy as np
 
 
 def _usage_error(e: click.UsageError, where: str) -> None:
@@ -34,11 +33,53 @@ class _OneLineGroup(click.Group):
         except click.UsageError as e:
             _usage_error(e, "qorus")
 
+    def list_commands(self, ctx):
+        return sorted({*self.commands, "train"})
+
+    def get_command(self, ctx, name):
+        if name == "train" and name not in self.commands:
+            self.add_command(click.command("train", cls=_OneLineErrors, context_settings={"max_content_width": 110})(
+                _train_options(train)))
+        return super().get_command(ctx, name)
+
     def resolve_command(self, ctx, args):
+        if args and args[0] == "train" and not {"-h", "--help"} & set(args) and _looks_cold():
+            _first_use_notice()  # before the command's modules load numba (about a second by themselves)
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as e:
             _usage_error(e, "qorus")
+
+
+_NOTICE_SHOWN = False
+
+
+def _first_use_notice() -> None:
+    global _NOTICE_SHOWN
+    if not _NOTICE_SHOWN:
+        from qorus_jit.precompile import NOTICE
+
+        click.echo(NOTICE, err=True)
+        _NOTICE_SHOWN = True
+
+
+def _looks_cold() -> bool:
+    """Without importing numba: no index file of the attention forward kernel, or only ones older than its source,
+    in the folders numba would cache it in (its locators: NUMBA_CACHE_DIR, beside the source, the user-wide cache).
+    A quick guess for the notice at launch; the exact test (precompile.attention_cached) follows once loaded."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    source = Path(__file__).parent / "kernels" / "attention.py"
+    folder = os.path.dirname(os.path.abspath(source))
+    sub = f"{os.path.basename(folder)}_{hashlib.sha1(folder.encode()).hexdigest()}"
+    if os.environ.get("NUMBA_CACHE_DIR"):  # then numba caches there alone
+        places = [Path(os.environ["NUMBA_CACHE_DIR"]) / sub]
+    else:
+        places = [Path(folder) / "__pycache__", Path.home() / ".cache" / "numba" / sub]
+    newer = source.stat().st_mtime
+    return not any(f.stat().st_mtime >= newer for p in places for f in p.glob("attention._attention_forward-*.nbi"))
 
 
 @click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,13 +136,13 @@ def _train_options(fn):
     return fn
 
 
-@main.command(context_settings={"max_content_width": 110})
+# Built on first use by the group (_OneLineGroup.get_command): its options come from TrainConfig, whose module
+# loads numba, which `qorus train` must not wait for before it says that the kernels compile.
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--resume", "resume", metavar="RUN_DIR", default=None,
               help="Continue the run in RUN_DIR from its newest checkpoint (its settings are kept; steps and "
                    "the bookkeeping settings may change).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics still go to metrics.jsonl).")
-@_train_options
 def train(config, resume, no_progress, **settings):
     """Train a language model (by default a small byte-level Llama on the standard library's docs).
 
@@ -110,13 +151,13 @@ def train(config, resume, no_progress, **settings):
     and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
     """
     from qorus_jit.infer.generate import sample_text
-    from qorus_jit.precompile import NOTICE, attention_cached, prepare, train_spec
+    from qorus_jit.precompile import attention_cached, prepare, train_spec
     from qorus_jit.train import ConfigError, TrainConfig, TrainingError, resume_run, start_run
     from qorus_jit.train.run import is_finished
 
-    cold = not attention_cached()  # a first use: say so at once, compile once the run is set up
+    cold = _NOTICE_SHOWN or not attention_cached()  # a first use: say so at once, compile once the run is set up
     if cold:
-        click.echo(NOTICE, err=True)
+        _first_use_notice()
     overrides = {k: v for k, v in settings.items() if v is not None}
     try:
         if resume:
@@ -228,6 +269,8 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
         src = load_source(source, tokenizer)
         ids = src.encode(prompt)
         if ids.size == 0:  # nothing to start from: a newline (byte-level) or the first id
+            import numpy as np
+
             ids = np.asarray(src.tokenizer.encode("\n") if src.kind != "llama2c" else [1], np.int64)
         gen = run_generation(src.model, ids, max_new_tokens, temperature, top_k, top_p, seed, src.stop_ids,
                              vocab_limit=src.vocab_limit)

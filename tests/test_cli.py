@@ -97,3 +97,23 @@ def test_usage_errors_are_one_line_with_exit_code_2(args):
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help)" in lines[0], res.output
+
+
+def test_first_use_notice_comes_before_numba_loads(tmp_path):
+    """On an empty kernel cache, `qorus train` says that the kernels compile before it imports numba (about a
+    second by itself), so the notice is on screen at once. Checked by the order of -X importtime's lines."""
+    code = "from qorus_jit.cli import main; main(['train', '--steps', '2'])"
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", code], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=env, text=True, cwd=tmp_path)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("first use on this machine"):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lines and lines[-1].startswith("first use on this machine"), "".join(lines[-5:])
+    assert not any(" numba" in line for line in lines), [line for line in lines if " numba" in line][:3]

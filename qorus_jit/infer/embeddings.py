@@ -53,7 +53,8 @@ from qorus_jit.core.files import atomic_write_npy, atomic_write_text, read_json
 from qorus_jit.formats.hf import CONFIG_NAME
 from qorus_jit.models.bert import Bert, BertConfig
 from qorus_jit.models.registry import config_from_hf, load_pretrained
-from qorus_jit.tokenizers import BPE_INSTALL_HINT, BPETokenizer, check_text
+from qorus_jit.tokenizers import BPE_INSTALL_HINT, BPETokenizer
+from qorus_jit.tokenizers._common import check_text
 
 #: Pooling modes, in the order sentence-transformers concatenates them when several are enabled.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")

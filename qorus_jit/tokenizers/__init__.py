@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from qorus_jit.core.files import read_json
-from qorus_jit.tokenizers._common import TOKENIZER_FILE, check_text
+from qorus_jit.tokenizers._common import TOKENIZER_FILE
 from qorus_jit.tokenizers.bpe import BPE_INSTALL_HINT, BPETokenizer
 from qorus_jit.tokenizers.byte import BYTE_FORMAT, ByteTokenizer
 from qorus_jit.tokenizers.llama2c import Llama2cTokenizer
@@ -52,5 +52,5 @@ def load_tokenizer(spec, name: str = "spec"):
     return BPETokenizer.load(file)
 
 
-__all__ = ["BPE_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "check_text",
+__all__ = ["BPE_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer",
            "load_tokenizer"]
