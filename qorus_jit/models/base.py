@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_fields, check_index
 from qorus_jit.layers import DecodeState, Graph
 from qorus_jit.layers.base import check_input
@@ -210,6 +211,18 @@ class Architecture(Graph):
     config: Config
 
     # -- the checks at the entry points, so that an error names the model's own argument (not a layer's)
+
+    @classmethod
+    def _check_fits(cls, config) -> None:
+        """Before building: the parameters of ``config`` and their gradients fit in this machine's memory, else a
+        ValueError naming the config's sizes (each layer alone may fit while the whole model does not)."""
+        def count(c):
+            return sum(math.prod(shape) for shape in cls.hf_shapes(c).values())
+        # the per-layer count from one and two layers: no loop over a huge n_layers
+        one = count(dataclasses.replace(config, n_layers=1))
+        total = one + (config.n_layers - 1) * (count(dataclasses.replace(config, n_layers=2)) - one)
+        sizes = {f: getattr(config, f) for f in ("vocab_size", "dim", "hidden_dim", "n_layers")}
+        check_fits("parameters and gradients", 2 * total, **sizes)
 
     def _check_ids(self, ids) -> np.ndarray:
         """``ids (B, T)`` of :meth:`forward`: token ids below ``vocab_size``, at most ``max_seq_len`` of them."""

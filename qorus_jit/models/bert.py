@@ -125,6 +125,7 @@ class Bert(Architecture):
         if not isinstance(config, BertConfig):
             raise TypeError(f"config: expected a BertConfig, got {type(config).__name__}")
         rng = check_rng("rng", rng)
+        self._check_fits(config)
         self.config = c = config
         self.add("embeddings.word_embeddings", Embedding(c.vocab_size, c.dim), "ids", "word")
         self.add("embeddings.token_type_embeddings", Embedding(c.type_vocab_size, c.dim), "token_type_ids", "type")

@@ -125,6 +125,7 @@ class GPT2(Architecture):
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config: expected a GPT2Config, got {type(config).__name__}")
         rng = check_rng("rng", rng)
+        self._check_fits(config)
         self.config = c = config
         wte = self.add("transformer.wte", Embedding(c.vocab_size, c.dim), "ids", "tok")
         self.add("transformer.wpe", PositionEmbedding(c.max_seq_len, c.dim), "tok", "h0")

@@ -167,6 +167,7 @@ class Llama(Architecture):
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config: expected a LlamaConfig, got {type(config).__name__}")
         rng = check_rng("rng", rng)
+        self._check_fits(config)
         self.config = c = config
         emb = self.add("model.embed_tokens", Embedding(c.vocab_size, c.dim), "ids", "h0")
         self._blocks = [self.add(f"model.layers.{i}", TransformerBlock(
