@@ -266,7 +266,7 @@ def attention_cached() -> bool:
     from qorus_jit.kernels import attention
     from qorus_jit.sysinfo import kernel_cached
 
-    return all(kernel_cached(d, np.float32) for d in (attention._attention_forward, attention._attention_backward))
+    return all(kernel_cached(attention.DISPATCHERS[d], np.float32) for d in ("forward", "backward"))
 
 
 def cached(spec: Spec) -> bool:
@@ -280,9 +280,11 @@ def cached(spec: Spec) -> bool:
     arch = spec.config.get("arch", "llama")
     if spec.kind == "train":
         norm = K.rmsnorm_backward if arch == "llama" else K.layernorm_backward
-        kernels = [attention._attention_forward, attention._attention_backward, norm, K.cross_entropy_forward_backward]
+        kernels = [attention.DISPATCHERS["forward"], attention.DISPATCHERS["backward"], norm,
+                   K.cross_entropy_forward_backward]
     else:
-        kernels = [attention._attention_forward, K.llama_decode if arch == "llama" else attention._attention_decode]
+        decode = K.llama_decode if arch == "llama" else attention.DISPATCHERS["decode"]
+        kernels = [attention.DISPATCHERS["forward"], decode]
     return all(kernel_cached(d, np.float32) for d in kernels)
 
 

@@ -755,3 +755,7 @@ def kv_cache_write(k_cache, v_cache, k, v, pos: int):
         raise ValueError(f"pos: expected pos + T_new <= T_max = {dims['T_max']} (T_new = {dims['T_new']}), "
                          f"got pos = {pos}")
     _kv_cache_write(k_cache, v_cache, k, v, int(pos))
+
+
+#: The compiled kernels of training and decoding by name: what qorus_jit.precompile looks up in numba's cache.
+DISPATCHERS = {"forward": _attention_forward, "backward": _attention_backward, "decode": _attention_decode}
