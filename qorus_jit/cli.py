@@ -278,7 +278,11 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
     load_seconds = time.perf_counter() - t0
-    warm_seconds = warm_up(src.model)
+    from qorus_jit.precompile import generate_spec, prepare
+
+    t0 = time.perf_counter()  # on a cold cache the kernels compile here, in parallel, with a notice and a bar
+    prepare(generate_spec(src.model), echo=lambda line: click.echo(line, err=True))
+    warm_seconds = time.perf_counter() - t0 + warm_up(src.model)
     click.echo(prompt, nl=False)
     shown, new = "", []
     context = [int(ids[-1])] if src.kind == "llama2c" and not prompt else []  # BOS: its next piece loses a space
