@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.alloc import memory_bytes
 from qorus_jit.core.check import check_fields
 from qorus_jit.core.files import atomic_write_json, os_reason, read_json
 from qorus_jit.formats.checkpoint import RUN_FILE, read_run_record, run_tokenizer_name, run_tokenizer_path
@@ -352,20 +353,12 @@ def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     tokens = cfg.batch_size * cfg.seq_len
     activations = tokens * (layers * (4 * d + 2 * h + cfg.n_heads * cfg.seq_len) + 2 * vocab_size)
     need = 4 * (4 * params + activations)  # float32
-    have = _memory_bytes()
+    have = memory_bytes()
     if have and need > have:
         sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("dim", "n_layers", "hidden_dim", "n_heads", "max_seq_len",
                                                              "seq_len", "batch_size"))
         raise ConfigError(f"{sizes}: training this model needs at least {need / 2**30:.3g} GiB (weights, gradients, "
                           f"optimizer state and activations), more than the {have / 2**30:.3g} GiB of memory here")
-
-
-def _memory_bytes() -> int:
-    """This machine's physical memory in bytes (0 where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 def _absolute_paths(d: dict) -> dict:
