@@ -308,7 +308,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     # run.json keeps the warmup -1 resolved to, so a resume with more steps keeps it
     cfg = dataclasses.replace(cfg, warmup_steps=warmup_of(cfg))
     try:
-        tokenizer = load_tokenizer(cfg.tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
         raise ConfigError(f"tokenizer: {_naming(cfg.tokenizer, e)}") from None
     check_memory(cfg, tokenizer.vocab_size)
