@@ -310,7 +310,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     try:
         tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
-        raise ConfigError(f"tokenizer: {_naming(cfg.tokenizer, e)}") from None
+        raise ConfigError(_naming(cfg.tokenizer, e)) from None
     check_memory(cfg, tokenizer.vocab_size)
     data, data_name = load_data(cfg, tokenizer)
     name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
