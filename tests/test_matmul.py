@@ -398,7 +398,7 @@ def test_blas_choice_rejects_unknown_names():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import qorus_jit"], env={**os.environ, "QORUS_BLAS": "cuda"},
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", "import qorus_jit.kernels.matmul"],
+                         env={**os.environ, "QORUS_BLAS": "cuda"}, capture_output=True, text=True)
     assert out.returncode != 0
     assert "QORUS_BLAS: expected 'auto', 'mkl' or 'openblas', got 'cuda'" in out.stderr

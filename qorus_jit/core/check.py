@@ -295,6 +295,14 @@ def check_int(**values) -> None:
             raise TypeError(f"{name}: expected an int, got {v!r}")
 
 
+def check_ignore_index(ignore_index) -> int:
+    """``ignore_index`` (an int of any size, not a bool) as the kernels' int64: one beyond int64 matches no
+    target id (ids are in ``[0, V)``), so it becomes -1, which no valid target equals either."""
+    check_int(ignore_index=ignore_index)
+    i = int(ignore_index)
+    return i if -(2**63) <= i < 2**63 else -1
+
+
 def check_choice(name: str, value, choices: Sequence) -> None:
     """``value`` must be one of ``choices`` (an option such as a route or a mode name)."""
     if not isinstance(value, str | int | float) or isinstance(value, bool) or value not in choices:

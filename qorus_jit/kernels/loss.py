@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import check_arrays, check_index, check_int, check_real, check_same_shape
+from qorus_jit.core.check import check_arrays, check_ignore_index, check_index, check_real, check_same_shape
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel, sum_in_order
 from qorus_jit.kernels._math import exp as _exp
 
@@ -195,18 +195,10 @@ def _mse_backward(dpred, pred, target, scale):
 _OUT_SPECS = {"losses": ("N",), "dlogits": ("N", "V")}
 
 
-def kernel_ignore_index(ignore_index: int) -> int:
-    """``ignore_index`` as the kernels' int64: one beyond int64 matches no target id (ids are in ``[0, V)``),
-    so it becomes -1, which no valid target equals either."""
-    check_int(ignore_index=ignore_index)
-    i = int(ignore_index)
-    return i if -(2**63) <= i < 2**63 else -1
-
-
 def _check_ce(logits, targets, ignore_index, inplace=None, **outputs) -> tuple[int, int]:
     """Validate logits (N, V), targets (N,) and the outputs (written; ``inplace`` as in ``check_arrays``);
     returns the count of non-ignored rows and the kernels' ignore_index."""
-    ignore = kernel_ignore_index(ignore_index)
+    ignore = check_ignore_index(ignore_index)
     dims = check_arrays(logits=(logits, ("N", "V")), **{k: (v, _OUT_SPECS[k]) for k, v in outputs.items()},
                         writes=tuple(outputs), inplace=inplace, reads={"targets": targets})
     check_index("targets", targets, ("N",), dims["V"], dims, allow=ignore if ignore == ignore_index else None)

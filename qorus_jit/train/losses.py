@@ -16,9 +16,8 @@ import math
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
-from qorus_jit.core.check import check_real
+from qorus_jit.core.check import check_ignore_index, check_real
 from qorus_jit.kernels import trusted as K
-from qorus_jit.kernels.loss import kernel_ignore_index
 
 
 class CrossEntropyLoss:
@@ -27,7 +26,7 @@ class CrossEntropyLoss:
     the loss owns (overwritten by the next call)."""
 
     def __init__(self, ignore_index: int = -100):
-        self._ignore = kernel_ignore_index(ignore_index)  # the kernels' int64 (checks ignore_index)
+        self._ignore = check_ignore_index(ignore_index)  # the kernels' int64 (checks ignore_index)
         self.ignore_index = int(ignore_index)
         self._grad = None
 

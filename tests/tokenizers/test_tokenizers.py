@@ -17,6 +17,7 @@ import pytest
 
 import qorus_jit.tokenizers
 from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer, load_tokenizer
+from qorus_jit.tokenizers._common import check_text
 
 SAMPLES = [
     "",
@@ -337,7 +338,7 @@ def test_a_lone_surrogate_is_refused_naming_the_text(bpe, text, index):
     for tok in (bpe, ByteTokenizer()):  # the same message from every tokenizer
         with pytest.raises(ValueError, match=msg):
             tok.encode(text)
-    assert qorus_jit.tokenizers.check_text("text", "caf\xe9 \U0001f600") == "caf\xe9 \U0001f600"  # a pair is fine
+    assert check_text("text", "caf\xe9 \U0001f600") == "caf\xe9 \U0001f600"  # a pair is fine
 
 
 def test_load_tokenizer_names_the_callers_argument(tmp_path):
