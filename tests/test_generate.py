@@ -128,9 +128,11 @@ def test_stop_tokens_context_limit_and_bad_arguments():
     greedy = list(generate(model, [4, 5], 10, temperature=0.0))
     gen = generate(model, [4, 5], 10, temperature=0.0, stop_tokens=[greedy[3]])
     assert list(gen) == greedy[:greedy.index(greedy[3]) + 1] and gen.finish_reason == "stop"
-    gen = generate(model, list(range(10)), 50, temperature=0.0)
+    gen = generate(model, list(range(10)), 50, temperature=0.0, slide=False)
     out = list(gen)
     assert gen.finish_reason == "context" and len(out) == 16 - 10 + 1
+    with pytest.raises(TypeError, match="slide"):
+        generate(model, [1], 5, slide=1)
     with pytest.raises(ValueError, match="exceed the model's context"):
         generate(model, list(range(17)), 5)
     with pytest.raises(ValueError, match="prompt"):
@@ -156,6 +158,24 @@ def test_sliding_window_sampler_matches_cached_greedy_generation_and_goes_past_t
         assert slid[t - 3] == int(np.argmax(model.forward(seq[None, t - 16:t])[0, -1]))
     with pytest.raises(ValueError, match="ids"):
         sample_tokens(model, [], 3, 16, 0.0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_generation_slides_its_window_past_the_context(make):
+    """At a full cache the last half of the context is prefilled again from position 0: each token equals the
+    greedy argmax of a full forward over the tokens fed since the last slide (an independent reference)."""
+    model = make(max_seq_len=16)
+    prompt = [5, 17, 2, 9, 30]
+    gen = generate(model, prompt, 40, temperature=0.0)
+    out = list(gen)
+    assert len(out) == 40 and gen.finish_reason == "length" and gen.slides >= 2
+    seq, start = list(prompt), 0
+    for i, tok in enumerate(out):
+        if len(seq) - start > 16:  # the window would pass the context: keep its last half
+            start = len(seq) - 8
+        want = int(np.argmax(model.forward(np.asarray(seq[start:], np.int64)[None])[0, -1]))
+        assert tok == want, f"token {i}"
+        seq.append(tok)
 
 
 def test_sample_text_is_the_prompt_and_seeded_samples():

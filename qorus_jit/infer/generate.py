@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Set
 
 import numpy as np
 
-from qorus_jit.core.check import check_real
+from qorus_jit.core.check import check_bool, check_real
 from qorus_jit.layers import DecodeState, Layer
 
 
@@ -196,10 +196,13 @@ class Generation(Iterator[int]):
     ``prompt`` (a sequence of int ids) by ``model`` (a Llama or GPT-2, or any graph whose attention layers
     decode from a KV cache), yielded as they come.
 
-    Stops early at any id in ``stop_tokens`` (which is yielded, then generation ends) and at the model's
-    context limit (``finish_reason`` tells which: ``"length"``, ``"stop"`` or ``"context"``). A prompt
-    longer than the context raises a ValueError. ``vocab_limit``: only ids below it are ever picked (the
-    size of a tokenizer whose model's vocabulary is padded, say, to a multiple of 64). Logits that are not
+    Stops early at any id in ``stop_tokens`` (which is yielded, then generation ends; ``finish_reason`` tells
+    which: ``"length"`` or ``"stop"``). When the cache is full at the model's context (``max_seq_len``), the
+    window slides as llama.cpp's context shift does: the last half of the context is prefilled again from
+    position 0 and decoding goes on from there (``slides`` counts it); with ``slide=False`` generation stops
+    there instead, with ``finish_reason == "context"``. A prompt longer than the context raises a ValueError.
+    ``vocab_limit``: only ids below it are ever picked (the size of a tokenizer whose model's vocabulary is
+    padded, say, to a multiple of 64). Logits that are not
     finite (NaN or +inf; -inf at every allowed id) stop generation with a ValueError naming the new token
     and its position (``finish_reason`` is then ``"error"``).
 
@@ -210,8 +213,11 @@ class Generation(Iterator[int]):
 
     def __init__(self, model, prompt: Iterable[int], max_new_tokens: int = 128, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop_tokens: Iterable[int] = (), max_seq_len: int | None = None, vocab_limit: int | None = None):
+                 stop_tokens: Iterable[int] = (), max_seq_len: int | None = None, vocab_limit: int | None = None,
+                 slide: bool = True):
         check_model(model)
+        check_bool(slide=slide)
+        self.slide, self.slides = bool(slide), 0
         self.max_new_tokens = _int("max_new_tokens", max_new_tokens, 0)
         self.temperature = _temperature(temperature)
         self.top_k = _int("top_k", top_k, 1, optional=True)
@@ -250,8 +256,14 @@ class Generation(Iterator[int]):
             logits = self._logits(self.prompt)
             self.prefill_seconds = time.perf_counter() - t0
         elif self.state.pos >= self.limit:
-            self.finish_reason = "context"
-            raise StopIteration
+            if not self.slide:
+                self.finish_reason = "context"
+                raise StopIteration
+            # the context is full: prefill its last half again from position 0 (positions are absolute)
+            seq = np.concatenate([self.prompt, np.asarray(self.tokens, np.int64)])
+            self.state = DecodeState(batch=1, max_seq_len=self.limit)
+            self.slides += 1
+            logits = self._logits(seq[-max(1, self.limit // 2):])
         else:
             logits = self._logits(np.asarray([self.tokens[-1]], np.int64))
         try:
@@ -282,10 +294,10 @@ class Generation(Iterator[int]):
 def generate(model, prompt: Iterable[int], max_new_tokens: int = 128, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_tokens: Iterable[int] = (), max_seq_len: int | None = None,
-             vocab_limit: int | None = None) -> Generation:
+             vocab_limit: int | None = None, slide: bool = True) -> Generation:
     """Token ids generated after ``prompt`` by ``model``, as an iterator (see :class:`Generation`)."""
     return Generation(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, max_seq_len,
-                      vocab_limit)
+                      vocab_limit, slide)
 
 
 def check_tokenizer(tokenizer) -> None:
