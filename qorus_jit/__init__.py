@@ -17,7 +17,7 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # and the `qorus` command start without numba; the command prints its first line before the kernels load.
 _EXPORTS = {
     "qorus_jit.core.numerics": ("DTYPE", "FASTMATH", "get_num_threads", "set_num_threads"),
-    "qorus_jit.data": ("ArrayDataset", "TextDataset", "default_corpus", "train_test_split"),
+    "qorus_jit.data": ("ArrayDataset", "InstructDataset", "TextDataset", "default_corpus", "train_test_split"),
     "qorus_jit.infer.embeddings": ("SentenceEncoder", "embed"),
     "qorus_jit.infer.generate": ("generate", "generate_text", "sample_text", "warm_up"),
     "qorus_jit.infer.sources": ("load_source",),

@@ -246,11 +246,15 @@ def warmup_of(cfg: TrainConfig) -> int:
 
 
 def load_data(cfg: TrainConfig, tokenizer):
-    """The text dataset of ``cfg`` (the default corpus when ``cfg.data`` is empty) and its source name."""
-    from qorus_jit.data import TextDataset, default_corpus
+    """The dataset of ``cfg`` and its source name: instruction data (:class:`~qorus_jit.data.InstructDataset`)
+    for a ``.jsonl`` file, else the text of the file (the default corpus when ``cfg.data`` is empty)."""
+    from qorus_jit.data import InstructDataset, TextDataset, default_corpus
 
     try:
-        if cfg.data:
+        if cfg.data and Path(cfg.data).suffix.lower() == ".jsonl":
+            ds = InstructDataset.from_jsonl(cfg.data, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.seed)
+            name = str(Path(cfg.data).resolve())
+        elif cfg.data:
             ds = TextDataset.from_text_file(cfg.data, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.seed)
             name = str(Path(cfg.data).resolve())
         else:
@@ -259,6 +263,10 @@ def load_data(cfg: TrainConfig, tokenizer):
             ds = TextDataset(ids, cfg.seq_len, cfg.val_fraction, cfg.seed, vocab_size=tokenizer.vocab_size)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"data: {e}") from None
+    if isinstance(ds, InstructDataset) and cfg.batch_size * cfg.eval_batches > ds.n_val_windows:
+        raise ConfigError(f"batch_size * eval_batches: the validation part of the data holds {ds.n_val_windows:,} "
+                          f"examples, fewer than {cfg.batch_size} * {cfg.eval_batches} (use fewer or smaller "
+                          "batches, more examples or a larger val_fraction)")
     if cfg.batch_size * cfg.eval_batches > ds.n_val_windows:
         raise ConfigError(f"batch_size * eval_batches: the validation part of the data ({ds.n_val:,} tokens) holds "
                           f"{ds.n_val_windows:,} windows of seq_len + 1 = {cfg.seq_len + 1}, fewer than "

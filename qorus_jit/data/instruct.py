@@ -1,0 +1,222 @@
+"""Instruction data (:class:`InstructDataset`): JSONL prompt/completion pairs whose loss counts the completion
+tokens only (the prompt positions and the padding get the ignore index -100)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from qorus_jit.core.check import check_int, check_positive, check_real
+from qorus_jit.core.files import check_file
+from qorus_jit.data._state import plain, set_rng_state, state_get, state_int
+from qorus_jit.tokenizers import load_tokenizer
+
+#: The target of a position the loss skips (a prompt token's prediction, padding): CrossEntropyLoss's default.
+IGNORE_INDEX = -100
+
+
+class InstructDataset:
+    """Prompt/completion examples as fixed-length ``(x, y)`` rows; the loss counts the completion only.
+
+    An example is ``ids = prompt ids + completion ids (+ the tokenizer's end-of-text id, when it has one)``,
+    cut to ``seq_len + 1`` tokens; ``x = ids[:-1]`` and ``y = ids[1:]`` (the next token), with ``y`` set to
+    :data:`IGNORE_INDEX` where the next token is still the prompt's, and both padded to ``seq_len`` (``x``
+    with the end-of-text id or 0, ``y`` with :data:`IGNORE_INDEX`). An example whose window holds no
+    completion token (a prompt of ``seq_len`` tokens or more) is dropped.
+
+    The last ``val_fraction`` of the examples (rounded down, at least one) are held out for validation.
+    :meth:`train_batch` draws training examples uniformly with ``np.random.default_rng(seed)``;
+    :meth:`val_batches` returns the same batches on every call; :meth:`state_dict` / :meth:`load_state_dict`
+    save and restore the random state. ``n_train`` / ``n_val`` count tokens (as
+    :class:`~qorus_jit.data.TextDataset`'s do); ``n_train_examples`` / ``n_val_examples`` count examples.
+
+    Example::
+
+        >>> ds = InstructDataset([("Q: 1+1? A:", " 2")] * 10, "byte", seq_len=16, val_fraction=0.2)
+        >>> x, y = ds.train_batch(2)
+        >>> x.shape, int((y[0] != -100).sum())  # the 2 completion bytes (the byte tokenizer has no end id)
+        ((2, 16), 2)
+    """
+
+    def __init__(self, examples, tokenizer, seq_len: int, val_fraction: float = 0.1, seed: int = 0):
+        tok = load_tokenizer(tokenizer, "tokenizer")
+        check_positive(seq_len=seq_len)
+        check_real("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int(seed=seed)
+        if seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed}")
+        examples = list(examples)
+        self.end_id = end_of_text_id(tok)
+        self.pad_id = 0 if self.end_id is None else self.end_id
+        self.seq_len, self.seed, self.val_fraction = int(seq_len), int(seed), float(val_fraction)
+        pieces, prompt_lens, dropped = [], [], 0
+        for i, ex in enumerate(examples):
+            if not (isinstance(ex, (tuple, list)) and len(ex) == 2 and all(isinstance(s, str) for s in ex)):
+                raise TypeError(f"examples[{i}]: expected a (prompt, completion) pair of strings, got {ex!r:.80}")
+            p, c = _encode(tok, ex[0], True), _encode(tok, ex[1], False)
+            ids = np.concatenate([p, c] + ([np.array([self.end_id], np.int32)] if self.end_id is not None else []))
+            ids = ids[:self.seq_len + 1]
+            if len(ids) - max(len(p), 1) <= 0:  # no completion token to predict inside the window
+                dropped += 1
+                continue
+            pieces.append(ids.astype(np.int32))
+            prompt_lens.append(len(p))
+        n = len(pieces)
+        if n < 2:
+            raise ValueError(f"examples: expected at least 2 examples with a completion token within seq_len = "
+                             f"{self.seq_len} (one to train on, one to validate), got {n}"
+                             + (f" ({dropped} dropped: their prompt fills the window)" if dropped else ""))
+        self.n_val_examples = max(1, int(n * self.val_fraction))
+        self.n_train_examples = n - self.n_val_examples
+        self.n_dropped = dropped
+        self.vocab_size = int(tok.vocab_size)
+        self.ids = np.concatenate(pieces)
+        self.starts = np.zeros(n + 1, np.int64)
+        self.starts[1:] = np.cumsum([len(q) for q in pieces])
+        self.prompt_lens = np.asarray(prompt_lens, np.int64)
+        lens = np.diff(self.starts) - 1  # (x, y) positions of each example
+        self.n_train = int(lens[:self.n_train_examples].sum())
+        self.n_val = int(lens[self.n_train_examples:].sum())
+        self.batches_drawn = 0
+        self.source: dict = {"tokenizer": tok.name, "tokenizer_sha256": tok.fingerprint}
+        self._rng = np.random.default_rng(self.seed)
+
+    @classmethod
+    def from_jsonl(cls, path, tokenizer, seq_len: int, val_fraction: float = 0.1, seed: int = 0) -> InstructDataset:
+        """Read a UTF-8 JSONL file of ``{"prompt": str, "completion": str}`` objects, one a line (blank lines
+        skipped; other keys ignored). Every line is checked first: a bad one is a ValueError naming the file
+        and its line number."""
+        p = check_file("path", path)
+        examples = read_jsonl(p)
+        try:
+            ds = cls(examples, tokenizer, seq_len, val_fraction, seed)
+        except ValueError as e:
+            msg = str(e)
+            if not msg.startswith("examples: "):
+                raise
+            raise ValueError(f"path: {p}: {msg[len('examples: '):]}") from None
+        ds.source = {"jsonl_file": str(p), **ds.source}
+        return ds
+
+    # -- batches
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_train + self.n_val
+
+    @property
+    def n_val_windows(self) -> int:
+        """Number of distinct validation rows (examples) :meth:`val_batches` can hand out."""
+        return self.n_val_examples
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        B, T = len(rows), self.seq_len
+        x = np.full((B, T), self.pad_id, np.int32)
+        y = np.full((B, T), IGNORE_INDEX, np.int32)
+        for b, r in enumerate(rows):
+            ids = self.ids[self.starts[r]:self.starts[r + 1]]
+            m = len(ids) - 1
+            x[b, :m] = ids[:-1]
+            y[b, :m] = ids[1:]
+            y[b, :max(int(self.prompt_lens[r]) - 1, 0)] = IGNORE_INDEX  # predictions of prompt tokens
+        return x, y
+
+    def train_batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)``, each ``(batch_size, seq_len)`` C-contiguous int32, from random training examples."""
+        check_positive(batch_size=batch_size)
+        rows = self._rng.integers(0, self.n_train_examples, size=int(batch_size), dtype=np.int64)
+        self.batches_drawn += 1
+        return self._gather(rows)
+
+    def val_batches(self, batch_size: int, n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``n_batches`` batches ``(x, y)`` of ``(batch_size, seq_len)`` int32 of evenly spaced validation
+        examples (distinct; at most :attr:`n_val_windows` of them), the same on every call."""
+        check_positive(batch_size=batch_size, n_batches=n_batches)
+        total = int(batch_size) * int(n_batches)
+        if total > self.n_val_examples:
+            raise ValueError(f"batch_size * n_batches: expected at most {self.n_val_examples} (the validation "
+                             f"examples), got {batch_size} * {n_batches} = {total}")
+        rows = self.n_train_examples + np.linspace(0, self.n_val_examples - 1, total).round().astype(np.int64)
+        return [self._gather(r) for r in rows.reshape(int(n_batches), int(batch_size))]
+
+    # -- state
+
+    def state_dict(self) -> dict:
+        """The random state and the number of batches drawn, as plain JSON types."""
+        return {"kind": "InstructDataset", "seed": self.seed, "batches_drawn": self.batches_drawn,
+                "rng": plain(self._rng.bit_generator.state), "seq_len": self.seq_len,
+                "n_train": self.n_train, "n_val": self.n_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (of a dataset over the same examples and seq_len): batches continue exactly."""
+        what = "InstructDataset"
+        for key, mine in (("seq_len", self.seq_len), ("n_train", self.n_train), ("n_val", self.n_val)):
+            theirs = state_int(state, key, what)
+            if theirs != mine:
+                raise ValueError(f"state[{key!r}]: the state is of a dataset with {key}={theirs}, this one has {mine}")
+        batches = state_int(state, "batches_drawn", what)
+        seed = state_int(state, "seed", what)
+        set_rng_state(self._rng, state_get(state, "rng", what))
+        self.batches_drawn, self.seed = batches, seed
+
+    @property
+    def info(self) -> dict:
+        """Sizes and source of the dataset, as plain JSON types (for a run's record)."""
+        return {"n_tokens": self.n_tokens, "n_train": self.n_train, "n_val": self.n_val,
+                "n_train_examples": self.n_train_examples, "n_val_examples": self.n_val_examples,
+                "n_dropped": self.n_dropped, "seq_len": self.seq_len, "val_fraction": self.val_fraction,
+                "seed": self.seed, "vocab_size": self.vocab_size, **self.source}
+
+    def __repr__(self) -> str:
+        return (f"InstructDataset(n_train_examples={self.n_train_examples}, n_val_examples={self.n_val_examples}, "
+                f"seq_len={self.seq_len}, seed={self.seed})")
+
+
+def read_jsonl(path) -> list[tuple[str, str]]:
+    """The ``(prompt, completion)`` pairs of a JSONL file; a bad line is a ValueError naming the file and line."""
+    p = check_file("path", path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"path: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{p}, line {n}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}, line {n}: expected a JSON object with string \"prompt\" and \"completion\", "
+                             f"got {type(obj).__name__}")
+        for key in ("prompt", "completion"):
+            if not isinstance(obj.get(key), str):
+                got = "nothing" if key not in obj else type(obj[key]).__name__
+                raise ValueError(f"{p}, line {n}: expected a string \"{key}\", got {got}")
+        out.append((obj["prompt"], obj["completion"]))
+    if not out:
+        raise ValueError(f"path: {p} holds no examples (expected one JSON object a line)")
+    return out
+
+
+def end_of_text_id(tok) -> int | None:
+    """The tokenizer's end-of-text id: llama2.c's EOS, a BPE's ``<|endoftext|>`` (or ``</s>``), else None."""
+    eos = getattr(tok, "eos_id", None)
+    if isinstance(eos, int):
+        return eos
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None and hasattr(inner, "token_to_id"):
+        for name in ("<|endoftext|>", "</s>"):
+            i = inner.token_to_id(name)
+            if i is not None:
+                return int(i)
+    return None
+
+
+def _encode(tok, text: str, first: bool) -> np.ndarray:
+    """``text``'s ids; llama2.c's tokenizer puts its BOS before the prompt only."""
+    if getattr(tok, "eos_id", None) is not None:
+        return np.asarray(tok.encode(text, bos=first), np.int32)
+    return np.asarray(tok.encode(text), np.int32)
