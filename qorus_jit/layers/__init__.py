@@ -8,10 +8,11 @@ from qorus_jit.layers.embedding import Embedding, PositionEmbedding
 from qorus_jit.layers.feedforward import FeedForward
 from qorus_jit.layers.graph import Add, Graph, Sequential
 from qorus_jit.layers.linear import Linear
+from qorus_jit.layers.lora import LoRALinear, apply_lora, load_lora, merge_lora, save_lora
 from qorus_jit.layers.norm import LayerNorm, RMSNorm
 
 __all__ = [
     "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm",
-    "Linear", "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish",
-    "TransformerBlock",
+    "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "RMSNorm", "ReLU", "Sequential", "SiLU",
+    "Softmax", "Swish", "TransformerBlock", "apply_lora", "load_lora", "merge_lora", "save_lora",
 ]

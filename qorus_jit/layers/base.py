@@ -14,6 +14,9 @@ a shape and reused while the shape stays the same. So:
   names following the Hugging Face naming of the architecture (``model.layers.0.self_attn.q_proj.weight``).
   Each parameter carries its weight-decay mark (``add_parameter(..., decay=)``); ``no_decay()`` lists the
   names marked not to decay, which the optimizers use by default.
+- A parameter is trainable unless frozen (``set_trainable(False)``, e.g. a LoRA base weight): the optimizers
+  update, clip and keep state for only the names ``trainable()`` lists (a layer built to freeze its base, as
+  ``LoRALinear``, also skips computing the frozen gradients).
 
 Capabilities are class attributes (or properties) that callers read instead of probing for methods:
 ``backward_variants`` (which optional arguments ``backward`` takes), ``rowwise`` and ``incremental``.
@@ -59,6 +62,7 @@ class Layer:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
         self._no_decay: set[str] = set()
+        self._frozen: set[str] = set()  # own parameters the optimizers leave alone (set_trainable)
         self._children: dict[str, Layer] = {}
         self._buffers: dict[str, np.ndarray] = {}
 
@@ -174,6 +178,20 @@ class Layer:
         out = [prefix + k for k in self._params if k in self._no_decay]
         for name, child in self._children.items():
             out.extend(child.no_decay(f"{prefix}{name}." if name else prefix))
+        return out
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Mark every parameter of this layer and its children trainable or frozen (see :meth:`trainable`)."""
+        check_bool(trainable=trainable)
+        self._frozen = set() if trainable else set(self._params)
+        for child in self._children.values():
+            child.set_trainable(trainable)
+
+    def trainable(self, prefix: str = "") -> list[str]:
+        """The names of the parameters not frozen, in :meth:`parameters` order: those the optimizers update."""
+        out = [prefix + k for k in self._params if k not in self._frozen]
+        for name, child in self._children.items():
+            out.extend(child.trainable(f"{prefix}{name}." if name else prefix))
         return out
 
     def zero_grad(self) -> None:

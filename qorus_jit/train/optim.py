@@ -56,6 +56,16 @@ def _params_of(model) -> dict[str, np.ndarray]:
     return dict(params)
 
 
+def _trainable_grads(model) -> dict[str, np.ndarray]:
+    """``gradients()`` of the parameters the optimizer updates: for a qorus ``Layer`` those not frozen
+    (:meth:`Layer.trainable`), which get no update and no optimizer state; for other models all."""
+    grads = model.gradients()
+    if isinstance(model, Layer):
+        keep = set(model.trainable())
+        return {n: g for n, g in grads.items() if n in keep}
+    return grads
+
+
 def decay_groups(model) -> tuple[list[str], list[str]]:
     """Split the parameter names of ``model`` into ``(decayed, not decayed)``, each in ``parameters()`` order.
 
@@ -211,8 +221,8 @@ class Optimizer:
     # -- steps ----------------------------------------------------------------------------------------
 
     def _pairs(self):
-        """(name, param, grad) for every parameter whose gradient ``gradients()`` lists."""
-        params, grads = self.model.parameters(), self.model.gradients()
+        """(name, param, grad) for every trainable parameter whose gradient ``gradients()`` lists."""
+        params, grads = self.model.parameters(), _trainable_grads(self.model)
         out = []
         for name, g in grads.items():
             p = params.get(name)
@@ -242,8 +252,8 @@ class Optimizer:
         return arr
 
     def step(self) -> None:
-        """Apply one update with the current :attr:`lr` to every parameter whose gradient ``gradients()``
-        lists (parameter: any shape, float32 or float64, updated in place; gradient: the same shape and
+        """Apply one update with the current :attr:`lr` to every trainable parameter whose gradient
+        ``gradients()`` lists (parameter: any shape, float32 or float64, updated in place; gradient: the same shape and
         dtype, only read). Gradients are validated before any parameter changes."""
         for name, p, g in self._pairs():
             decay = 0.0 if name in self._no_decay else self.weight_decay
@@ -264,8 +274,8 @@ class Optimizer:
                 g.fill(0)
 
     def grad_norm(self) -> float:
-        """Global L2 norm of all gradients, accumulated in float64."""
-        return K.grad_norm(list(self.model.gradients().values()))
+        """Global L2 norm of the gradients of the trainable parameters, accumulated in float64."""
+        return K.grad_norm(list(_trainable_grads(self.model).values()))
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Scale all gradients in place so that their global L2 norm is at most ``max_norm``, as
@@ -274,7 +284,7 @@ class Optimizer:
         Returns the norm before clipping; a NaN or inf norm is returned as is and leaves the gradients
         untouched (skip the step then).
         """
-        return K.clip_grad_norm(list(self.model.gradients().values()), max_norm)
+        return K.clip_grad_norm(list(_trainable_grads(self.model).values()), max_norm)
 
     # -- state ----------------------------------------------------------------------------------------
 

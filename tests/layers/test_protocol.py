@@ -16,6 +16,7 @@ from qorus_jit.layers import (
     Layer,
     LayerNorm,
     Linear,
+    LoRALinear,
     MultiHeadAttention,
     ReLU,
     RMSNorm,
@@ -54,6 +55,7 @@ def _graph():
 # name -> (a layer, its inputs from a Generator)
 LAYERS = {
     "linear": (lambda: Linear(C, 5, rng=0), lambda r: [_x(r)]),
+    "lora": (lambda: LoRALinear(Linear(C, 5, rng=0), rank=2, alpha=4, rng=0), lambda r: [_x(r)]),
     "rmsnorm": (lambda: RMSNorm(C), lambda r: [_x(r)]),
     "layernorm": (lambda: LayerNorm(C), lambda r: [_x(r)]),
     "relu": (ReLU, lambda r: [_x(r)]),

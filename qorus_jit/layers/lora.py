@@ -1,0 +1,247 @@
+"""LoRA adapters (``y = base(x) + alpha / r * (x @ A.T) @ B.T``) over a frozen :class:`Linear`, in PEFT's format.
+
+:func:`apply_lora` swaps the named ``Linear`` children of a model (Llama's ``q_proj`` ... ``down_proj``) for
+:class:`LoRALinear` and freezes everything else, so the optimizers update only the adapters;
+:func:`merge_lora` folds them back into plain ``Linear`` layers. :func:`save_lora` / :func:`load_lora` write and
+read a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``) that ``peft.PeftModel`` loads.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from qorus_jit.core.check import check_int, check_positive_float, check_rng
+from qorus_jit.core.files import atomic_write, atomic_write_json, check_path, read_json
+from qorus_jit.kernels import trusted as K
+from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
+from qorus_jit.layers.linear import Linear
+
+#: LoRA target names (as ``--lora-targets`` takes them) -> the child names of the layers they adapt (Llama's).
+TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
+           "down": "down_proj"}
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+#: PEFT names a tensor by the wrapped model's name behind this prefix (the adapter name "default" left out).
+PEFT_PREFIX = "base_model.model."
+
+
+class LoRALinear(Layer):
+    """A frozen :class:`Linear` ``base`` plus a trainable low-rank update: ``lora_A.weight (r, in)`` initialised
+    as PEFT does (kaiming-uniform with ``a=sqrt(5)``: uniform in ``+-1/sqrt(in)``) and ``lora_B.weight
+    (out, r)`` zeros, so the layer starts equal to ``base``. The base weight and bias keep their names
+    (``weight``, ``bias``) and get no gradient; backward runs through the linear kernels."""
+
+    rowwise = True
+    backward_variants = frozenset({"out", "accumulate"})
+
+    def __init__(self, base: Linear, rank: int = 8, alpha: float = 16.0, rng=None):
+        super().__init__()
+        if not isinstance(base, Linear):
+            raise TypeError(f"base: expected a Linear, got {type(base).__name__}")
+        check_int(rank=rank)
+        check_positive_float(alpha=alpha)
+        if not 1 <= rank <= min(base.in_features, base.out_features):
+            raise ValueError(f"rank: expected 1 <= rank <= min(in_features, out_features) = "
+                             f"{min(base.in_features, base.out_features)}, got {rank}")
+        rng = check_rng("rng", rng)
+        self.base = self.add_child("", base)
+        base.set_trainable(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.lora_A = self.add_parameter("lora_A.weight", rng.uniform(-bound, bound, (self.rank, self.in_features)))
+        self.lora_B = self.add_parameter("lora_B.weight", np.zeros((self.out_features, self.rank)))
+        self._x = None
+
+    def forward(self, x):
+        check_input("x", x, self.in_features)
+        y = self.base.forward(x)
+        x2 = x.reshape(-1, self.in_features)
+        h = self.buffer("h", (x2.shape[0], self.rank))  # alpha / r * x @ A.T, what backward reads for B
+        K.linear_forward(h, x2, self.lora_A, None)
+        h *= self.scale
+        d = self.buffer("d", (x2.shape[0], self.out_features))
+        K.linear_forward(d, h, self.lora_B, None)
+        out = self.buffer("y", y.shape)
+        np.add(y, d.reshape(y.shape), out=out)
+        self._x = x.view()
+        return out
+
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """Accumulate the gradients of ``lora_A`` and ``lora_B`` (the base gets none) and return ``dx``."""
+        self.check_variants(out, accumulate, residual)
+        x = self._x
+        if x is None:
+            raise RuntimeError("LoRALinear.backward called before forward")
+        check_input("dy", dy, self.out_features)
+        if dy.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
+        dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x, weight=self.base.weight)
+        x2, dx2 = x.reshape(-1, self.in_features), dx.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        h = self._buffers["h"]
+        dh = self.buffer("dh", h.shape)  # dL/dh = dy @ B; dB += dy.T @ h
+        K.linear_backward_into(dh, self._grads["lora_B.weight"], None, dy2, h, self.lora_B, 0.0)
+        dh *= self.scale
+        # dx = dy @ W (the frozen base: no weight gradient computed) + dh @ A, with dA += dh.T @ x
+        if accumulate:
+            base_dx = self.buffer("base_dx", dx2.shape)
+            np.matmul(dy2, self.base.weight, out=base_dx)
+            dx2 += base_dx
+        else:
+            np.matmul(dy2, self.base.weight, out=dx2)
+        K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, x2, self.lora_A, 1.0)
+        return dx
+
+    def merged(self) -> Linear:
+        """The base ``Linear`` with ``alpha / r * B @ A`` added to its weight (trainable again)."""
+        self.base.weight += (self.scale * (self.lora_B.astype(np.float64) @ self.lora_A)).astype(np.float32)
+        self.base.set_trainable(True)
+        return self.base
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}"
+
+
+def _check_targets(targets) -> list[str]:
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    targets = list(targets)
+    if not targets:
+        raise ValueError(f"targets: expected at least one of {list(TARGETS)}, got none")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"targets: unknown {unknown[0]!r} (expected some of {', '.join(TARGETS)})")
+    return list(dict.fromkeys(targets))
+
+
+def _linears(model: Layer, prefix: str = ""):
+    """(parent, child name, dotted name, layer) for every layer of ``model``, depth first in order."""
+    for name, child in model.children().items():
+        dotted = f"{prefix}{name}" if name else prefix.rstrip(".")
+        yield model, name, dotted, child
+        yield from _linears(child, f"{dotted}." if dotted else "")
+
+
+def _replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
+    parent._children[name] = new  # same position, so parameters() keeps its order
+    for attr, value in vars(parent).items():
+        if value is old:
+            setattr(parent, attr, new)
+
+
+def lora_layers(model: Layer) -> dict[str, LoRALinear]:
+    """The :class:`LoRALinear` layers of ``model`` by dotted name (``model.layers.0.self_attn.q_proj``)."""
+    return {dotted: layer for _, _, dotted, layer in _linears(model) if isinstance(layer, LoRALinear)}
+
+
+def apply_lora(model: Layer, targets=("q", "k", "v", "o", "gate", "up", "down"), rank: int = 8,
+               alpha: float = 16.0, rng=0) -> dict[str, LoRALinear]:
+    """Replace the ``Linear`` children named by ``targets`` (keys of :data:`TARGETS`, or a comma-separated
+    string) with :class:`LoRALinear` adapters of ``rank`` and ``alpha``, and freeze every other parameter.
+    Checks everything before changing the model. Returns the adapters by dotted name."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"model: expected a qorus Layer, got {type(model).__name__}")
+    targets = _check_targets(targets)
+    check_int(rank=rank)
+    check_positive_float(alpha=alpha)
+    rng = check_rng("rng", rng)
+    wanted = {TARGETS[t] for t in targets}
+    found = [(p, n, d, c) for p, n, d, c in _linears(model) if n in wanted and type(c) is Linear]
+    missing = [t for t in targets if not any(n == TARGETS[t] for _, n, _, _ in found)]
+    if missing:
+        raise ValueError(f"targets: {missing[0]!r} ({TARGETS[missing[0]]}) is not a Linear layer of this "
+                         f"{type(model).__name__}")
+    for _, _, dotted, lin in found:
+        if not 1 <= rank <= min(lin.in_features, lin.out_features):
+            raise ValueError(f"rank: expected 1 <= rank <= {min(lin.in_features, lin.out_features)} "
+                             f"(the smaller side of {dotted}, {lin.out_features}x{lin.in_features}), got {rank}")
+    model.set_trainable(False)
+    out = {}
+    for parent, name, dotted, lin in found:
+        out[dotted] = layer = LoRALinear(lin, rank, alpha, rng)
+        _replace_child(parent, name, lin, layer)
+    return out
+
+
+def merge_lora(model: Layer) -> int:
+    """Fold every adapter of ``model`` into its base weight (``W += alpha / r * B @ A``), put the plain
+    ``Linear`` back and make every parameter trainable again. Returns the number of adapters merged."""
+    n = 0
+    for parent, name, _, layer in list(_linears(model)):
+        if isinstance(layer, LoRALinear):
+            _replace_child(parent, name, layer, layer.merged())
+            n += 1
+    model.set_trainable(True)
+    return n
+
+
+def _adapters(model: Layer) -> dict[str, LoRALinear]:
+    adapters = lora_layers(model)
+    if not adapters:
+        raise ValueError(f"model: has no LoRA adapters (apply_lora first), a {type(model).__name__}")
+    return adapters
+
+
+def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
+    """Write ``model``'s adapters as a PEFT folder: ``adapter_config.json`` and ``adapter_model.safetensors``
+    with PEFT's tensor names (``base_model.model.<layer>.lora_A.weight``), each file atomically."""
+    from qorus_jit.formats.safetensors import write_safetensors
+
+    adapters = _adapters(model)
+    folder = check_path("folder", folder)
+    first = next(iter(adapters.values()))
+    if any(a.rank != first.rank or a.alpha != first.alpha for a in adapters.values()):
+        raise ValueError("model: its adapters differ in rank or alpha (PEFT's config holds one of each)")
+    tensors = {}
+    for dotted, a in adapters.items():
+        tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = a.lora_A
+        tensors[f"{PEFT_PREFIX}{dotted}.lora_B.weight"] = a.lora_B
+    modules = sorted({dotted.rsplit(".", 1)[-1] for dotted in adapters})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.rank, "lora_alpha": first.alpha,
+              "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "inference_mode": True, "base_model_name_or_path": str(base_model_name_or_path)}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, tensors, metadata={"format": "pt"}))
+    atomic_write_json(folder / CONFIG_NAME, config)
+    return folder
+
+
+def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
+    """Read a PEFT LoRA folder into ``model``: apply adapters of its rank, alpha and target modules (unless
+    ``model`` has them already), then copy its tensors in. Names and shapes are checked before any copy."""
+    from qorus_jit.formats.safetensors import load_safetensors
+
+    folder = check_path("folder", folder)
+    config = read_json(folder / CONFIG_NAME, f"{folder}: {CONFIG_NAME}")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValueError(f"{folder / CONFIG_NAME}: peft_type: expected 'LORA', got {config.get('peft_type')!r}"
+                         if isinstance(config, dict) else f"{folder / CONFIG_NAME}: expected a JSON object")
+    modules = config.get("target_modules")
+    if isinstance(modules, str):
+        modules = [modules]
+    names = {v: k for k, v in TARGETS.items()}
+    if not isinstance(modules, list) or not modules or any(m not in names for m in modules):
+        raise ValueError(f"{folder / CONFIG_NAME}: target_modules: expected a list of {list(names)}, got {modules!r}")
+    tensors = load_safetensors(folder / WEIGHTS_NAME)
+    if not lora_layers(model):
+        apply_lora(model, [names[m] for m in modules], config.get("r"), config.get("lora_alpha"), rng)
+    adapters = lora_layers(model)
+    expected = {}
+    for dotted, a in adapters.items():
+        expected[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = a.lora_A
+        expected[f"{PEFT_PREFIX}{dotted}.lora_B.weight"] = a.lora_B
+    tensors = {k.replace(".default.weight", ".weight"): v for k, v in tensors.items()}
+    missing, extra = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+    if missing or extra:
+        raise ValueError(f"{folder / WEIGHTS_NAME}: missing {missing[:3]}, unexpected {extra[:3]}")
+    for k, dst in expected.items():
+        if tensors[k].shape != dst.shape:
+            raise ValueError(f"{folder / WEIGHTS_NAME}: {k}: expected shape {dst.shape}, got {tensors[k].shape}")
+    for k, dst in expected.items():
+        dst[...] = tensors[k]
+    return adapters
