@@ -310,6 +310,28 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
                f"{load_seconds:.2f} s, kernel warm-up {warm_seconds:.2f} s)", err=True)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer files).")
+def export(run_dir, out, fmt):
+    """Write the newest checkpoint of the run RUN_DIR, with its tokenizer, as the new folder OUT.
+
+    OUT (absent or empty) appears whole or not at all; transformers' AutoModelForCausalLM and AutoTokenizer
+    load it as it is, and so does qorus generate OUT.
+    """
+    from qorus_jit.infer.export import export_run
+    from qorus_jit.infer.sources import SourceError
+
+    try:
+        export_run(run_dir, out, fmt)
+    except (SourceError, ValueError, TypeError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    click.echo(f"exported {run_dir} to {out}", err=True)
+
+
 @main.command("compile")
 @click.option("--list", "list_tasks", is_flag=True, help="List what would compile, and where to, and exit.")
 @click.option("--only", metavar="NAMES", default=None, help="Comma-separated tasks or specs of --list.")
@@ -362,7 +384,7 @@ def embed(folder, texts, out):
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="PNG to write [default: RUN_DIR/curves.png].")
 def plot(run_dir, out):

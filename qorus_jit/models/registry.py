@@ -8,11 +8,13 @@ Adding an architecture: write its module (a :class:`~qorus_jit.models.base.Confi
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.files import atomic_write_text
 from qorus_jit.formats.hf import CONFIG_NAME, read_hf_config, read_hf_shapes, read_hf_weights, write_hf_folder
 from qorus_jit.models.base import Architecture, Config, _brief
 from qorus_jit.models.bert import Bert
@@ -232,9 +234,49 @@ def load_pretrained(path) -> Architecture:
     return model
 
 
-def save_pretrained(model: Architecture, path) -> None:
-    """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``), atomically."""
+def save_pretrained(model: Architecture, path, tokenizer=None) -> None:
+    """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``), each file atomically.
+
+    With a ``tokenizer`` (a :class:`~qorus_jit.tokenizers.ByteTokenizer` or
+    :class:`~qorus_jit.tokenizers.BPETokenizer`) the folder also gets ``tokenizer.json`` (the byte
+    tokenizer in the ``tokenizers`` package's form), ``tokenizer_config.json`` and ``generation_config.json``,
+    so that transformers' ``AutoTokenizer`` and ``AutoModelForCausalLM`` load it as it is; the config's
+    ``bos_token_id`` and ``eos_token_id`` are written (null unless the architecture sets them), so that
+    transformers adds no default special ids the tokenizer does not have.
+    """
     if not isinstance(model, Architecture):
         raise TypeError(f"model: expected one of {', '.join(a.__name__ for a in ARCHITECTURES)}, "
                         f"got {type(model).__name__}")
-    write_hf_folder(path, model.config.to_hf(), type(model).to_hf_tensors(model.parameters()))
+    hf = model.config.to_hf()
+    files = {}
+    if tokenizer is not None:
+        files = hf_tokenizer_files(tokenizer, model.config.max_seq_len)
+        for key in ("bos_token_id", "eos_token_id"):
+            hf.setdefault(key, None)
+        files["generation_config.json"] = _json({"bos_token_id": hf["bos_token_id"],
+                                                 "eos_token_id": hf["eos_token_id"]})
+    write_hf_folder(path, hf, type(model).to_hf_tensors(model.parameters()))
+    for name, text in files.items():
+        atomic_write_text(Path(path) / name, text)
+
+
+def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
+    """``tokenizer.json`` and ``tokenizer_config.json`` (name -> text) for a Hugging Face folder: a
+    ``PreTrainedTokenizerFast`` over ``tokenizer``'s own ids, no special tokens added, texts up to ``max_len``
+    tokens."""
+    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
+
+    if isinstance(tokenizer, ByteTokenizer):
+        text = tokenizer.to_hf_json()
+    elif isinstance(tokenizer, BPETokenizer):
+        text = tokenizer.to_json()
+    else:
+        raise TypeError(f"tokenizer: expected a ByteTokenizer or BPETokenizer (what a Hugging Face folder can "
+                        f"hold), got {type(tokenizer).__name__}")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(max_len),
+              "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
+    return {"tokenizer.json": text, "tokenizer_config.json": _json(config)}
+
+
+def _json(data) -> str:
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"

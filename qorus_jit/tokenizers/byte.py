@@ -52,6 +52,20 @@ class ByteTokenizer:
         """The JSON form :meth:`save` writes and :func:`load_tokenizer` reads."""
         return json.dumps({"format": BYTE_FORMAT, "name": self.name, "vocab_size": self.vocab_size}) + "\n"
 
+    def to_hf_json(self) -> str:
+        """This tokenizer as a Hugging Face ``tokenizer.json`` (what ``AutoTokenizer`` reads), built with the
+        ``tokenizers`` package: a BPE model over the 256 single-byte tokens of GPT-2's byte-to-character map,
+        no merges, a ByteLevel pre-tokenizer (no prefix space, no splitting) and decoder, each token's id its
+        byte value, so that it encodes and decodes every text exactly as :meth:`encode` and :meth:`decode`."""
+        from qorus_jit.tokenizers.bpe import _import_tokenizers
+
+        tk = _import_tokenizers()
+        chars = _byte_chars()
+        tok = tk.Tokenizer(tk.models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        return tok.to_str(pretty=True) + "\n"
+
     def save(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` (a file, or ``path/tokenizer.json`` for a folder); returns the file."""
         return save_json(path, self.to_json())
@@ -69,3 +83,16 @@ class ByteTokenizer:
 
     def __hash__(self) -> int:
         return hash(ByteTokenizer)
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-to-character map (what the ByteLevel pre-tokenizer uses): byte ``b`` -> a printable
+    character; the printable Latin-1 bytes map to themselves, the other 68 to U+0100 onwards in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, n = {b: chr(b) for b in kept}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + n)
+            n += 1
+    return [chars[b] for b in range(256)]
