@@ -142,3 +142,24 @@ def test_bad_arguments_are_one_line_errors(exported, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing left behind
     assert Path(run_dir / "run.json").is_file()
+
+
+def test_bpe_run_exports_its_tokenizer(tmp_path, monkeypatch):
+    transformers = transformers_or_skip()
+    from qorus_jit.tokenizers import BPETokenizer
+
+    monkeypatch.setenv("QORUS_CACHE_DIR", str(tmp_path / "token-cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. Le café est noir. 👍 ok.\n" * 300, encoding="utf-8")
+    bpe = BPETokenizer.train([corpus.read_text(encoding="utf-8")], vocab_size=300, min_frequency=1)
+    bpe.save(tmp_path / "bpe.json")
+    res = invoke(["train", *TINY, "--data", corpus, "--tokenizer", tmp_path / "bpe.json", "--out-dir",
+                  tmp_path / "runs", "--name", "r"])
+    assert res.exit_code == 0, res.output
+    res = invoke(["export", tmp_path / "runs" / "r", tmp_path / "hf"])
+    assert res.exit_code == 0, res.output
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in [*TEXTS, "The cat sat on the mat."]:
+        assert hf(text)["input_ids"] == bpe.encode(text).tolist()
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert model.config.vocab_size == load_run_model(tmp_path / "runs" / "r")[0].config.vocab_size
