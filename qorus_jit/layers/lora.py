@@ -212,36 +212,55 @@ def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
 
 
 def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
-    """Read a PEFT LoRA folder into ``model``: apply adapters of its rank, alpha and target modules (unless
-    ``model`` has them already), then copy its tensors in. Names and shapes are checked before any copy."""
+    """Read a PEFT LoRA folder into ``model``: adapters of its rank, alpha and target modules are applied
+    (unless ``model`` has adapters already), then its tensors copied in. The config, the tensor names and
+    shapes are all checked before the model changes; errors name the file and the key or tensor."""
     from qorus_jit.formats.safetensors import load_safetensors
 
     folder = check_path("folder", folder)
-    config = read_json(folder / CONFIG_NAME, f"{folder}: {CONFIG_NAME}")
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise ValueError(f"{folder / CONFIG_NAME}: peft_type: expected 'LORA', got {config.get('peft_type')!r}"
-                         if isinstance(config, dict) else f"{folder / CONFIG_NAME}: expected a JSON object")
+    cfg_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    config = read_json(cfg_file, f"{folder}: {CONFIG_NAME}")
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{cfg_file}: peft_type: expected 'LORA', got {config.get('peft_type')!r}")
     modules = config.get("target_modules")
-    if isinstance(modules, str):
-        modules = [modules]
+    modules = [modules] if isinstance(modules, str) else modules
     names = {v: k for k, v in TARGETS.items()}
     if not isinstance(modules, list) or not modules or any(m not in names for m in modules):
-        raise ValueError(f"{folder / CONFIG_NAME}: target_modules: expected a list of {list(names)}, got {modules!r}")
-    tensors = load_safetensors(folder / WEIGHTS_NAME)
-    if not lora_layers(model):
-        apply_lora(model, [names[m] for m in modules], config.get("r"), config.get("lora_alpha"), rng)
+        raise ValueError(f"{cfg_file}: target_modules: expected a list of some of {list(names)}, got {modules!r}")
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{cfg_file}: r: expected a positive int, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"{cfg_file}: lora_alpha: expected a positive number, got {alpha!r}")
+    tensors = {k.replace(".default.weight", ".weight"): v for k, v in load_safetensors(weights_file).items()}
+
     adapters = lora_layers(model)
+    if adapters:  # the shapes the model's adapters have
+        if any(a.alpha != float(alpha) for a in adapters.values()):
+            raise ValueError(f"{cfg_file}: lora_alpha: {alpha} differs from the model's adapters' "
+                             f"{next(iter(adapters.values())).alpha}")
+        shapes = {d: (a.rank, a.in_features, a.out_features) for d, a in adapters.items()}
+    else:  # the shapes apply_lora would give
+        wanted = set(modules)
+        shapes = {d: (rank, c.in_features, c.out_features) for _, n, d, c in _linears(model)
+                  if n in wanted and type(c) is Linear}
     expected = {}
-    for dotted, a in adapters.items():
-        expected[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = a.lora_A
-        expected[f"{PEFT_PREFIX}{dotted}.lora_B.weight"] = a.lora_B
-    tensors = {k.replace(".default.weight", ".weight"): v for k, v in tensors.items()}
+    for dotted, (r, i, o) in shapes.items():
+        expected[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = (r, i)
+        expected[f"{PEFT_PREFIX}{dotted}.lora_B.weight"] = (o, r)
     missing, extra = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or extra:
-        raise ValueError(f"{folder / WEIGHTS_NAME}: missing {missing[:3]}, unexpected {extra[:3]}")
-    for k, dst in expected.items():
-        if tensors[k].shape != dst.shape:
-            raise ValueError(f"{folder / WEIGHTS_NAME}: {k}: expected shape {dst.shape}, got {tensors[k].shape}")
-    for k, dst in expected.items():
-        dst[...] = tensors[k]
+        raise ValueError(f"{weights_file}: " + (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
+                         + f" ({len(missing)} missing, {len(extra)} unexpected for this {type(model).__name__})")
+    for k, shape in expected.items():
+        if tensors[k].shape != shape:
+            raise ValueError(f"{weights_file}: {k}: expected shape {shape}, got {tensors[k].shape}")
+
+    if not adapters:
+        adapters = apply_lora(model, [names[m] for m in modules], rank, float(alpha), rng)
+    for dotted, a in adapters.items():
+        a.lora_A[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"]
+        a.lora_B[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_B.weight"]
     return adapters

@@ -150,6 +150,28 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(other.forward(ids), model.forward(ids))
 
 
+def test_load_refuses_bad_folders_before_changing_the_model(tmp_path):
+    model = Llama(CFG, rng=0)
+    apply_lora(model, ("q", "v"), rank=2, alpha=4)
+    save_lora(model, tmp_path)
+    cfg_file = tmp_path / "adapter_config.json"
+    good = json.loads(cfg_file.read_text())
+    for key, value, message in (("peft_type", "IA3", "peft_type: expected 'LORA'"),
+                                ("target_modules", ["q_proj", "c_attn"], "target_modules: expected"),
+                                ("r", 0, "r: expected a positive int"),
+                                ("lora_alpha", "16", "lora_alpha: expected a positive number"),
+                                ("r", 3, r"lora_A.weight: expected shape \(3, 32\), got \(2, 32\)"),
+                                ("target_modules", ["q_proj", "v_proj", "k_proj"], "missing .*k_proj.lora_A")):
+        cfg_file.write_text(json.dumps({**good, key: value}))
+        other = Llama(CFG, rng=0)
+        with pytest.raises(ValueError, match=message):
+            load_lora(other, tmp_path)
+        assert other.trainable() == list(other.parameters()), key  # no adapter applied
+    cfg_file.write_text(json.dumps({**good, "lora_alpha": 8}))
+    with pytest.raises(ValueError, match="lora_alpha: 8 differs"):
+        load_lora(model, tmp_path)
+
+
 def test_peft_loads_the_adapters(tmp_path):
     torch = torch_or_skip()
     transformers = transformers_or_skip()
