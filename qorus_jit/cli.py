@@ -243,7 +243,8 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
 @click.argument("source")
 @click.option("--prompt", "-p", default="", help="Text to continue [default: empty, the model starts fresh].")
 @click.option("--max-new-tokens", "-n", type=click.IntRange(min=0), default=256, show_default=True,
-              help="Tokens to generate at most.")
+              help="Tokens to generate at most. Past the model's context (max_seq_len) the window slides: the "
+                   "last half of the context is read again and generation goes on.")
 @click.option("--temperature", "-t", type=click.FloatRange(min=0), default=0.8, show_default=True,
               help="Sampling temperature; 0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the k most likely tokens.")
