@@ -19,9 +19,13 @@ from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 from qorus_jit.layers.linear import Linear
 
-#: LoRA target names (as ``--lora-targets`` takes them) -> the child names of the layers they adapt (Llama's).
-TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
-           "down": "down_proj"}
+#: LoRA target names (as ``--lora-targets`` takes them) -> the end of the dotted name of the layer each adapts,
+#: per architecture (Hugging Face naming; GPT-2's c_proj is both the attention output and the MLP down layer).
+TARGETS = {
+    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+              "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
+    "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
+}
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -107,16 +111,36 @@ class LoRALinear(Layer):
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}"
 
 
-def _check_targets(targets) -> list[str]:
+def _matches(dotted: str, suffix: str) -> bool:
+    return dotted == suffix or dotted.endswith("." + suffix)
+
+
+def _table(model: Layer) -> tuple[str, dict[str, str]]:
+    """``(architecture, its TARGETS table)``: the first table some layer of ``model`` matches."""
+    dotted = [d for _, _, d, c in _linears(model) if isinstance(c, Linear | LoRALinear)]
+    for kind, table in TARGETS.items():
+        if any(_matches(d, suffix) for d in dotted for suffix in table.values()):
+            return kind, table
+    raise ValueError(f"model: a {type(model).__name__} has none of the layers LoRA adapts "
+                     f"({', '.join(f'{k}: {list(t.values())}' for k, t in TARGETS.items())})")
+
+
+def _check_targets(targets, table: dict[str, str]) -> list[str]:
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     targets = list(targets)
     if not targets:
-        raise ValueError(f"targets: expected at least one of {list(TARGETS)}, got none")
-    unknown = [t for t in targets if t not in TARGETS]
+        raise ValueError(f"targets: expected at least one of {list(table)}, got none")
+    unknown = [t for t in targets if t not in table]
     if unknown:
-        raise ValueError(f"targets: unknown {unknown[0]!r} (expected some of {', '.join(TARGETS)})")
+        raise ValueError(f"targets: unknown {unknown[0]!r} (expected some of {', '.join(table)})")
     return list(dict.fromkeys(targets))
+
+
+def _targeted(model: Layer, suffixes) -> list:
+    """(parent, name, dotted, Linear) for the plain ``Linear`` layers whose dotted name ends in a suffix."""
+    return [(p, n, d, c) for p, n, d, c in _linears(model)
+            if type(c) is Linear and not isinstance(p, LoRALinear) and any(_matches(d, s) for s in suffixes)]
 
 
 def _linears(model: Layer, prefix: str = ""):
@@ -139,22 +163,24 @@ def lora_layers(model: Layer) -> dict[str, LoRALinear]:
     return {dotted: layer for _, _, dotted, layer in _linears(model) if isinstance(layer, LoRALinear)}
 
 
-def apply_lora(model: Layer, targets=("q", "k", "v", "o", "gate", "up", "down"), rank: int = 8,
-               alpha: float = 16.0, rng=0) -> dict[str, LoRALinear]:
-    """Replace the ``Linear`` children named by ``targets`` (keys of :data:`TARGETS`, or a comma-separated
-    string) with :class:`LoRALinear` adapters of ``rank`` and ``alpha``, and freeze every other parameter.
-    Checks everything before changing the model. Returns the adapters by dotted name."""
+def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, rng=0) -> dict[str, LoRALinear]:
+    """Replace the ``Linear`` layers named by ``targets`` (keys of the model's :data:`TARGETS` table, a
+    comma-separated string of them, or ``None`` for all: Llama's q, k, v, o, gate, up, down) with
+    :class:`LoRALinear` adapters of ``rank`` and ``alpha``, and freeze every other parameter. Checks everything
+    before changing the model. Returns the adapters by dotted name."""
     if not isinstance(model, Layer):
         raise TypeError(f"model: expected a qorus Layer, got {type(model).__name__}")
-    targets = _check_targets(targets)
+    if lora_layers(model):
+        raise ValueError("model: has LoRA adapters already (merge_lora or load_lora into a fresh model)")
+    _, table = _table(model)
+    targets = _check_targets(list(table) if targets is None else targets, table)
     check_int(rank=rank)
     check_positive_float(alpha=alpha)
     rng = check_rng("rng", rng)
-    wanted = {TARGETS[t] for t in targets}
-    found = [(p, n, d, c) for p, n, d, c in _linears(model) if n in wanted and type(c) is Linear]
-    missing = [t for t in targets if not any(n == TARGETS[t] for _, n, _, _ in found)]
+    found = _targeted(model, [table[t] for t in targets])
+    missing = [t for t in targets if not any(_matches(d, table[t]) for _, _, d, _ in found)]
     if missing:
-        raise ValueError(f"targets: {missing[0]!r} ({TARGETS[missing[0]]}) is not a Linear layer of this "
+        raise ValueError(f"targets: {missing[0]!r} ({table[missing[0]]}) is not a Linear layer of this "
                          f"{type(model).__name__}")
     for _, _, dotted, lin in found:
         if not 1 <= rank <= min(lin.in_features, lin.out_features):
@@ -187,6 +213,12 @@ def _adapters(model: Layer) -> dict[str, LoRALinear]:
     return adapters
 
 
+def _module_name(table: dict[str, str], suffix: str) -> str:
+    """How PEFT's target_modules names a layer: its last name when no other target ends the same, else more."""
+    last = suffix.rsplit(".", 1)[-1]
+    return last if sum(s.rsplit(".", 1)[-1] == last for s in table.values()) == 1 else suffix
+
+
 def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
     """Write ``model``'s adapters as a PEFT folder: ``adapter_config.json`` and ``adapter_model.safetensors``
     with PEFT's tensor names (``base_model.model.<layer>.lora_A.weight``), each file atomically."""
@@ -201,9 +233,11 @@ def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
     for dotted, a in adapters.items():
         tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = a.lora_A
         tensors[f"{PEFT_PREFIX}{dotted}.lora_B.weight"] = a.lora_B
-    modules = sorted({dotted.rsplit(".", 1)[-1] for dotted in adapters})
+    kind, table = _table(model)
+    modules = sorted({_module_name(table, suffix) for dotted in adapters for suffix in table.values()
+                      if _matches(dotted, suffix)})
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.rank, "lora_alpha": first.alpha,
-              "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": kind == "gpt2",
               "inference_mode": True, "base_model_name_or_path": str(base_model_name_or_path)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, tensors, metadata={"format": "pt"}))
@@ -226,9 +260,12 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
         raise ValueError(f"{cfg_file}: peft_type: expected 'LORA', got {config.get('peft_type')!r}")
     modules = config.get("target_modules")
     modules = [modules] if isinstance(modules, str) else modules
-    names = {v: k for k, v in TARGETS.items()}
-    if not isinstance(modules, list) or not modules or any(m not in names for m in modules):
-        raise ValueError(f"{cfg_file}: target_modules: expected a list of some of {list(names)}, got {modules!r}")
+    _, table = _table(model)
+    names = sorted({_module_name(table, s) for s in table.values()})
+    if not isinstance(modules, list) or not modules or any(
+            not any(m == s or m == s.rsplit(".", 1)[-1] for s in table.values()) for m in modules):
+        raise ValueError(f"{cfg_file}: target_modules: expected a list of some of {names}, got {modules!r}")
+    targets = [t for t, s in table.items() if any(m == s or m == s.rsplit(".", 1)[-1] for m in modules)]
     rank, alpha = config.get("r"), config.get("lora_alpha")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"{cfg_file}: r: expected a positive int, got {rank!r}")
@@ -243,9 +280,7 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
                              f"{next(iter(adapters.values())).alpha}")
         shapes = {d: (a.rank, a.in_features, a.out_features) for d, a in adapters.items()}
     else:  # the shapes apply_lora would give
-        wanted = set(modules)
-        shapes = {d: (rank, c.in_features, c.out_features) for _, n, d, c in _linears(model)
-                  if n in wanted and type(c) is Linear}
+        shapes = {d: (rank, c.in_features, c.out_features) for _, _, d, c in _targeted(model, modules)}
     expected = {}
     for dotted, (r, i, o) in shapes.items():
         expected[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = (r, i)
@@ -259,7 +294,7 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
             raise ValueError(f"{weights_file}: {k}: expected shape {shape}, got {tensors[k].shape}")
 
     if not adapters:
-        adapters = apply_lora(model, [names[m] for m in modules], rank, float(alpha), rng)
+        adapters = apply_lora(model, targets, rank, float(alpha), rng)
     for dotted, a in adapters.items():
         a.lora_A[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"]
         a.lora_B[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_B.weight"]

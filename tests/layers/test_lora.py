@@ -134,6 +134,9 @@ def test_bad_arguments():
     assert model.trainable() == list(model.parameters())  # nothing changed by a refused call
     with pytest.raises(ValueError, match="model: has no LoRA adapters"):
         save_lora(model, "unused")
+    apply_lora(model, ("q",), rank=2)
+    with pytest.raises(ValueError, match="model: has LoRA adapters already"):
+        apply_lora(model, ("v",), rank=2)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -172,28 +175,34 @@ def test_load_refuses_bad_folders_before_changing_the_model(tmp_path):
         load_lora(model, tmp_path)
 
 
-def test_peft_loads_the_adapters(tmp_path):
+@pytest.mark.parametrize("arch,targets", [("llama", None), ("gpt2", ("o", "up")), ("gpt2", None)])
+def test_peft_loads_the_adapters(tmp_path, arch, targets):
     torch = torch_or_skip()
     transformers = transformers_or_skip()
     peft = pytest.importorskip("peft")
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    if arch == "llama":
+        cls, hf_cfg = transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    else:  # GPT-2's Conv1D layers (weights stored transposed; "o" and "down" are both named c_proj)
+        cls, hf_cfg = transformers.GPT2LMHeadModel, transformers.GPT2Config(
+            vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=32)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(hf_cfg).float().eval().save_pretrained(tmp_path / "base")
+    cls(hf_cfg).float().eval().save_pretrained(tmp_path / "base")
     model = qorus_jit.load_pretrained(tmp_path / "base")
-    apply_lora(model, rank=4, alpha=16, rng=1)
+    adapters = apply_lora(model, targets, rank=4, alpha=16, rng=1)
+    assert len(adapters) == 2 * (len(targets) if targets else 7 if arch == "llama" else 4)
     _randomize_b(model)
     save_lora(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
 
-    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base").float().eval()
-    ref = peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval()
+    ref = peft.PeftModel.from_pretrained(cls.from_pretrained(tmp_path / "base").float().eval(),
+                                         tmp_path / "adapter").eval()
+    n_lora = sum(1 for n, _ in ref.named_parameters() if "lora_A" in n)
+    assert n_lora == len(adapters)  # peft adapted the same layers
     ids = np.random.default_rng(2).integers(0, 61, (2, 11))
     ours = model.forward(ids).copy()
     with torch.no_grad():
         theirs = ref(torch.tensor(ids)).logits.numpy()
-    base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base").float().eval()
-    with torch.no_grad():
-        plain = base(torch.tensor(ids)).logits.numpy()
+        plain = cls.from_pretrained(tmp_path / "base").float().eval()(torch.tensor(ids)).logits.numpy()
     assert np.abs(theirs - plain).max() > 1e-2  # peft applied the adapters
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
