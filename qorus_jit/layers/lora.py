@@ -70,10 +70,9 @@ class LoRALinear(Layer):
         h *= self.scale
         d = self.buffer("d", (x2.shape[0], self.out_features))
         K.linear_forward(d, h, self.lora_B, None)
-        out = self.buffer("y", y.shape)
-        np.add(y, d.reshape(y.shape), out=out)
+        y += d.reshape(y.shape)  # into the base's output buffer: its backward does not read it
         self._x = x.view()
-        return out
+        return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         """Accumulate the gradients of ``lora_A`` and ``lora_B`` (the base gets none) and return ``dx``."""
@@ -117,7 +116,7 @@ def _matches(dotted: str, suffix: str) -> bool:
 
 def _table(model: Layer) -> tuple[str, dict[str, str]]:
     """``(architecture, its TARGETS table)``: the first table some layer of ``model`` matches."""
-    dotted = [d for _, _, d, c in _linears(model) if isinstance(c, Linear | LoRALinear)]
+    dotted = [d for _, _, d, c in _layers(model) if isinstance(c, Linear | LoRALinear)]
     for kind, table in TARGETS.items():
         if any(_matches(d, suffix) for d in dotted for suffix in table.values()):
             return kind, table
@@ -139,16 +138,16 @@ def _check_targets(targets, table: dict[str, str]) -> list[str]:
 
 def _targeted(model: Layer, suffixes) -> list:
     """(parent, name, dotted, Linear) for the plain ``Linear`` layers whose dotted name ends in a suffix."""
-    return [(p, n, d, c) for p, n, d, c in _linears(model)
+    return [(p, n, d, c) for p, n, d, c in _layers(model)
             if type(c) is Linear and not isinstance(p, LoRALinear) and any(_matches(d, s) for s in suffixes)]
 
 
-def _linears(model: Layer, prefix: str = ""):
-    """(parent, child name, dotted name, layer) for every layer of ``model``, depth first in order."""
+def _layers(model: Layer, prefix: str = ""):
+    """(parent, child name, dotted name, layer) for every layer under ``model``, depth first in order."""
     for name, child in model.children().items():
         dotted = f"{prefix}{name}" if name else prefix.rstrip(".")
         yield model, name, dotted, child
-        yield from _linears(child, f"{dotted}." if dotted else "")
+        yield from _layers(child, f"{dotted}." if dotted else "")
 
 
 def _replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
@@ -160,7 +159,7 @@ def _replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
 
 def lora_layers(model: Layer) -> dict[str, LoRALinear]:
     """The :class:`LoRALinear` layers of ``model`` by dotted name (``model.layers.0.self_attn.q_proj``)."""
-    return {dotted: layer for _, _, dotted, layer in _linears(model) if isinstance(layer, LoRALinear)}
+    return {dotted: layer for _, _, dotted, layer in _layers(model) if isinstance(layer, LoRALinear)}
 
 
 def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, rng=0) -> dict[str, LoRALinear]:
@@ -198,7 +197,7 @@ def merge_lora(model: Layer) -> int:
     """Fold every adapter of ``model`` into its base weight (``W += alpha / r * B @ A``), put the plain
     ``Linear`` back and make every parameter trainable again. Returns the number of adapters merged."""
     n = 0
-    for parent, name, _, layer in list(_linears(model)):
+    for parent, name, _, layer in list(_layers(model)):
         if isinstance(layer, LoRALinear):
             _replace_child(parent, name, layer, layer.merged())
             n += 1
