@@ -206,3 +206,24 @@ def test_peft_loads_the_adapters(tmp_path, arch, targets):
         plain = cls.from_pretrained(tmp_path / "base").float().eval()(torch.tensor(ids)).logits.numpy()
     assert np.abs(theirs - plain).max() > 1e-2  # peft applied the adapters
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_llama_decoding_with_adapters_equals_its_forward():
+    """Token-by-token decoding of a Llama with unmerged adapters takes them into account (the fused one-token
+    kernel reads the plain weights, so it is not used then): its logits equal the full forward's."""
+    from qorus_jit.layers import DecodeState
+    from qorus_jit.layers.lora import apply_lora, lora_layers
+    from qorus_jit.models import Llama, LlamaConfig
+
+    model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=64, max_seq_len=16), rng=0)
+    apply_lora(model, rank=4, alpha=8, rng=1)
+    rng = np.random.default_rng(2)
+    for layer in lora_layers(model).values():  # B starts at zero: make the adapters count
+        layer.parameters()["lora_B.weight"][...] = rng.standard_normal(layer.parameters()["lora_B.weight"].shape)
+    ids = np.array([[3, 7, 1, 9, 4]], np.int64)
+    want = model.forward(ids)[0].copy()
+    state = DecodeState(batch=1, max_seq_len=16)
+    for t in range(ids.shape[1]):
+        got = model.forward_decode(ids[:, t:t + 1], state=state, last_only=True)[0, -1]
+        state.advance(1)
+        np.testing.assert_allclose(got, want[t], rtol=1e-4, atol=1e-5)
