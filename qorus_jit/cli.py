@@ -242,7 +242,7 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
 @main.command()
 @click.argument("source")
 @click.option("--prompt", "-p", default="", help="Text to continue [default: empty, the model starts fresh].")
-@click.option("--max-new-tokens", "-n", type=click.IntRange(min=0), default=256, show_default=True,
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=0, max=2**63 - 1), default=256, show_default=True,
               help="Tokens to generate at most. Past the model's context (max_seq_len) the window slides: the "
                    "last half of the context is read again and generation goes on.")
 @click.option("--temperature", "-t", type=click.FloatRange(min=0), default=0.8, show_default=True,
