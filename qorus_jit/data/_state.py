@@ -40,3 +40,27 @@ def set_rng_state(rng: np.random.Generator, state) -> None:
         rng.bit_generator.state = state
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"state['rng']: not a valid {type(rng.bit_generator).__name__} state ({e})") from None
+
+
+class SeededBatchesState:
+    """``state_dict``/``load_state_dict`` of a dataset that draws batches from ``self._rng`` and counts them in
+    ``self.batches_drawn`` over ``seq_len``-token windows (``n_train``/``n_val`` its sizes): a resumed run
+    continues its batches exactly. The state is named by the class (``kind``)."""
+
+    def state_dict(self) -> dict:
+        """The random state and the number of batches drawn, as plain JSON types."""
+        return {"kind": type(self).__name__, "seed": self.seed, "batches_drawn": self.batches_drawn,
+                "rng": plain(self._rng.bit_generator.state), "seq_len": self.seq_len,
+                "n_train": self.n_train, "n_val": self.n_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (of a dataset over the same data and seq_len): batches continue exactly."""
+        what = type(self).__name__
+        for key, mine in (("seq_len", self.seq_len), ("n_train", self.n_train), ("n_val", self.n_val)):
+            theirs = state_int(state, key, what)
+            if theirs != mine:
+                raise ValueError(f"state[{key!r}]: the state is of a dataset with {key}={theirs}, this one has {mine}")
+        batches = state_int(state, "batches_drawn", what)
+        seed = state_int(state, "seed", what)
+        set_rng_state(self._rng, state_get(state, "rng", what))
+        self.batches_drawn, self.seed = batches, seed

@@ -9,14 +9,14 @@ import numpy as np
 
 from qorus_jit.core.check import check_int, check_positive, check_real
 from qorus_jit.core.files import check_file
-from qorus_jit.data._state import plain, set_rng_state, state_get, state_int
+from qorus_jit.data._state import SeededBatchesState
 from qorus_jit.tokenizers import load_tokenizer
 
 #: The target of a position the loss skips (a prompt token's prediction, padding): CrossEntropyLoss's default.
 IGNORE_INDEX = -100
 
 
-class InstructDataset:
+class InstructDataset(SeededBatchesState):
     """Prompt/completion examples as fixed-length ``(x, y)`` rows; the loss counts the completion only.
 
     An example is ``ids = prompt ids + completion ids (+ the tokenizer's end-of-text id, when it has one)``,
@@ -140,25 +140,7 @@ class InstructDataset:
         rows = self.n_train_examples + np.linspace(0, self.n_val_examples - 1, total).round().astype(np.int64)
         return [self._gather(r) for r in rows.reshape(int(n_batches), int(batch_size))]
 
-    # -- state
-
-    def state_dict(self) -> dict:
-        """The random state and the number of batches drawn, as plain JSON types."""
-        return {"kind": "InstructDataset", "seed": self.seed, "batches_drawn": self.batches_drawn,
-                "rng": plain(self._rng.bit_generator.state), "seq_len": self.seq_len,
-                "n_train": self.n_train, "n_val": self.n_val}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (of a dataset over the same examples and seq_len): batches continue exactly."""
-        what = "InstructDataset"
-        for key, mine in (("seq_len", self.seq_len), ("n_train", self.n_train), ("n_val", self.n_val)):
-            theirs = state_int(state, key, what)
-            if theirs != mine:
-                raise ValueError(f"state[{key!r}]: the state is of a dataset with {key}={theirs}, this one has {mine}")
-        batches = state_int(state, "batches_drawn", what)
-        seed = state_int(state, "seed", what)
-        set_rng_state(self._rng, state_get(state, "rng", what))
-        self.batches_drawn, self.seed = batches, seed
+    # -- state (state_dict, load_state_dict: SeededBatchesState) and record
 
     @property
     def info(self) -> dict:

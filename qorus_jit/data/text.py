@@ -12,14 +12,14 @@ import numpy as np
 
 from qorus_jit.core.check import check_int, check_nonnegative, check_positive, check_real
 from qorus_jit.core.files import atomic_write_npy, check_file, check_path, write_error
-from qorus_jit.data._state import plain, set_rng_state, state_get, state_int
+from qorus_jit.data._state import SeededBatchesState
 from qorus_jit.tokenizers import load_tokenizer
 
 #: Token count above which :meth:`TextDataset.from_text_file` writes the ids to a memory-mapped ``.npy``.
 MMAP_THRESHOLD = 4_000_000
 
 
-class TextDataset:
+class TextDataset(SeededBatchesState):
     """Next-token windows of one token stream: random training batches and fixed validation batches.
 
     ``tokens``: ``(n,)`` integer ids (any integer dtype, in memory or a memory-mapped ``.npy``). The last
@@ -203,25 +203,7 @@ class TextDataset:
         starts = starts.reshape(int(n_batches), int(batch_size))
         return [self._gather(s) for s in starts]
 
-    # -- state
-
-    def state_dict(self) -> dict:
-        """The random state and the number of batches drawn, as plain JSON types."""
-        return {"kind": "TextDataset", "seed": self.seed, "batches_drawn": self.batches_drawn,
-                "rng": plain(self._rng.bit_generator.state), "seq_len": self.seq_len,
-                "n_train": self.n_train, "n_val": self.n_val}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (of a dataset over the same tokens and seq_len): batches continue exactly."""
-        what = "TextDataset"
-        for key, mine in (("seq_len", self.seq_len), ("n_train", self.n_train), ("n_val", self.n_val)):
-            theirs = state_int(state, key, what)
-            if theirs != mine:
-                raise ValueError(f"state[{key!r}]: the state is of a dataset with {key}={theirs}, this one has {mine}")
-        batches = state_int(state, "batches_drawn", what)
-        seed = state_int(state, "seed", what)
-        set_rng_state(self._rng, state_get(state, "rng", what))
-        self.batches_drawn, self.seed = batches, seed
+    # -- state (state_dict, load_state_dict: SeededBatchesState) and record
 
     @property
     def info(self) -> dict:
