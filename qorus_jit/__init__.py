@@ -20,7 +20,7 @@ _EXPORTS = {
     "qorus_jit.data": ("ArrayDataset", "InstructDataset", "TextDataset", "default_corpus", "train_test_split"),
     "qorus_jit.infer.embeddings": ("SentenceEncoder", "embed"),
     "qorus_jit.infer.generate": ("generate", "generate_text", "sample_text", "warm_up"),
-    "qorus_jit.infer.sources": ("load_source",),
+    "qorus_jit.models.sources": ("load_source",),
     "qorus_jit.layers": (
         "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer",
         "LayerNorm", "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "ReLU", "RMSNorm",

@@ -263,7 +263,7 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 
     from qorus_jit.infer.generate import generate as run_generation
     from qorus_jit.infer.generate import warm_up
-    from qorus_jit.infer.sources import SourceError, load_source
+    from qorus_jit.models.sources import SourceError, load_source
 
     t0 = time.perf_counter()
     try:
@@ -323,7 +323,7 @@ def export(run_dir, out, fmt):
     load it as it is, and so does qorus generate OUT.
     """
     from qorus_jit.infer.export import export_run
-    from qorus_jit.infer.sources import SourceError
+    from qorus_jit.models.sources import SourceError
 
     try:
         export_run(run_dir, out, fmt)

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import qorus_jit
 from qorus_jit.cli import main
 from qorus_jit.infer.generate import generate
-from qorus_jit.infer.sources import SourceError, load_run_model, load_source
 from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
 from qorus_jit.models.llama import save_llama2c
+from qorus_jit.models.sources import SourceError, load_run_model, load_source
 from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
 from qorus_jit.train.run import TrainConfig, start_run
 

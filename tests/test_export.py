@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from qorus_jit.cli import main
 from qorus_jit.infer.generate import generate
-from qorus_jit.infer.sources import load_run_model, load_source
 from qorus_jit.models.registry import save_pretrained
+from qorus_jit.models.sources import load_run_model, load_source
 from qorus_jit.tokenizers import ByteTokenizer, load_tokenizer
 from tests.test_hf import transformers_or_skip
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qorus_jit.core.files import check_path, fsync_dir, os_reason
 from qorus_jit.formats.checkpoint import RUN_FILE
-from qorus_jit.infer.sources import SourceError, load_run_model
+from qorus_jit.models.sources import SourceError, load_run_model
 
 #: What ``--format`` accepts.
 FORMATS = ("hf",)

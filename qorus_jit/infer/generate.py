@@ -20,22 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Set
 import numpy as np
 
 from qorus_jit.core.check import check_bool, check_real
-from qorus_jit.layers import DecodeState, Layer
-
-
-def check_model(model) -> None:
-    """``model`` must generate text: a Llama or GPT-2 (a causal language model with a ``config`` of
-    ``vocab_size`` and ``max_seq_len`` whose layers all decode incrementally); else a one-line TypeError."""
-    config = getattr(model, "config", None)
-    sizes = (getattr(config, "vocab_size", None), getattr(config, "max_seq_len", None))
-    if isinstance(model, Layer) and model.incremental and all(isinstance(v, (int, np.integer)) for v in sizes):
-        return
-    why = ""
-    if isinstance(model, Layer) and not model.incremental:
-        why = " (its attention is bidirectional or its layers mix positions: it cannot decode token by token)"
-    elif isinstance(model, Layer):
-        why = " (no config with vocab_size and max_seq_len: not a language model)"
-    raise TypeError(f"model: generation needs a Llama or GPT-2 model, got {_kind(model)}{why}")
+from qorus_jit.layers import DecodeState
+from qorus_jit.models.sources import check_model, tokenizer_size
 
 
 def _kind(value) -> str:
@@ -157,15 +143,6 @@ def _vocab_limit(value, vocab: int) -> int:
         raise ValueError(f"vocab_limit: expected an int in [1, {vocab}] (the model's vocab_size) or None, "
                          f"got {value!r}")
     return int(value)
-
-
-def tokenizer_size(tokenizer) -> int | None:
-    """How many ids ``tokenizer`` decodes: its ``vocab_size``, else its ``len``, else None (not known)."""
-    n = getattr(tokenizer, "vocab_size", None)
-    if n is None and hasattr(tokenizer, "__len__"):
-        n = len(tokenizer)
-    ok = isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1
-    return int(n) if ok else None
 
 
 def _tokenizer_limit(tokenizer, model) -> int:

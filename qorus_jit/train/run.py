@@ -5,7 +5,7 @@ comes from here). :func:`start_run` validates the config, the data and the token
 the run directory, so a bad config leaves nothing behind; :func:`resume_run` picks a run up from its newest
 checkpoint. A run directory holds ``run.json`` (the config, the model record and the data),
 ``tokenizer.json``, ``metrics.jsonl`` and ``checkpoints/`` (:mod:`qorus_jit.formats.checkpoint` names them;
-:func:`qorus_jit.infer.sources.load_run_model` reads a run's model back for inference).
+:func:`qorus_jit.models.sources.load_run_model` reads a run's model back for inference).
 """
 
 from __future__ import annotations

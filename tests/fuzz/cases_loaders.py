@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from qorus_jit.infer.embeddings import SentenceEncoder, embed
-from qorus_jit.infer.sources import load_source
 from qorus_jit.models import Llama, LlamaConfig, load_pretrained, save_pretrained
 from qorus_jit.models.llama import load_llama2c, save_llama2c
+from qorus_jit.models.sources import load_source
 from qorus_jit.tokenizers import BPETokenizer, Llama2cTokenizer, load_tokenizer
 from qorus_jit.train import TrainConfig, resume_run
 from qorus_jit.train.plot import plot_run, read_metrics
@@ -384,7 +384,7 @@ def _tokenizer_cases():
 
 
 def _run_cases():
-    fix_src, fix_ckpt = "qorus_jit/infer/sources.py", "qorus_jit/formats/checkpoint.py"
+    fix_src, fix_ckpt = "qorus_jit.models.sources.py", "qorus_jit/formats/checkpoint.py"
     out = []
 
     def src(d):

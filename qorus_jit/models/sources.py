@@ -1,5 +1,5 @@
-"""Where a model to run comes from: a run directory of ``qorus train``, a Hugging Face folder or a llama2.c
-``.bin`` file, each with its tokenizer. What ``qorus generate`` reads.
+"""Where a model comes from: a run directory of ``qorus train``, a Hugging Face folder or a llama2.c ``.bin``
+file, each with its tokenizer. What ``qorus generate`` runs and ``qorus train --init`` starts from.
 
 >>> src = load_source("runs/my-run")                                     # doctest: +SKIP
 >>> src.encode("Once upon a time")                                       # doctest: +SKIP
@@ -21,7 +21,7 @@ from qorus_jit.formats.checkpoint import (
     read_run_record,
     run_tokenizer_path,
 )
-from qorus_jit.infer.generate import check_model, tokenizer_size
+from qorus_jit.layers import Layer
 from qorus_jit.tokenizers import Llama2cTokenizer, load_tokenizer
 
 
@@ -57,6 +57,31 @@ class Source:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
+
+
+def check_model(model) -> None:
+    """``model`` must generate text: a Llama or GPT-2 (a causal language model with a ``config`` of
+    ``vocab_size`` and ``max_seq_len`` whose layers all decode incrementally); else a one-line TypeError."""
+    config = getattr(model, "config", None)
+    sizes = (getattr(config, "vocab_size", None), getattr(config, "max_seq_len", None))
+    if isinstance(model, Layer) and model.incremental and all(isinstance(v, (int, np.integer)) for v in sizes):
+        return
+    why = ""
+    if isinstance(model, Layer) and not model.incremental:
+        why = " (its attention is bidirectional or its layers mix positions: it cannot decode token by token)"
+    elif isinstance(model, Layer):
+        why = " (no config with vocab_size and max_seq_len: not a language model)"
+    kind = "None" if model is None else type(model).__name__
+    raise TypeError(f"model: generation needs a Llama or GPT-2 model, got {kind}{why}")
+
+
+def tokenizer_size(tokenizer) -> int | None:
+    """How many ids ``tokenizer`` decodes: its ``vocab_size``, else its ``len``, else None (not known)."""
+    n = getattr(tokenizer, "vocab_size", None)
+    if n is None and hasattr(tokenizer, "__len__"):
+        n = len(tokenizer)
+    ok = isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1
+    return int(n) if ok else None
 
 
 def load_source(source, tokenizer=None) -> Source:
