@@ -13,8 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from qorus_jit.core.check import check_bool, check_nonnegative, check_positive
-from qorus_jit.core.files import check_file, check_path
+from qorus_jit.core.files import atomic_write_text, check_file, check_path, read_json
 from qorus_jit.tokenizers._common import TOKENIZER_FILE, check_text, ids_array, save_json
+from qorus_jit.tokenizers.chat import (
+    SPECIAL_TOKEN_NAMES,
+    TOKENIZER_CONFIG_FILE,
+    assistant_spans,
+    chat_config,
+    check_messages,
+    default_template,
+    read_chat_config,
+    render,
+)
 
 BPE_INSTALL_HINT = 'pip install "qorus-jit[bpe]"'
 
@@ -44,6 +54,12 @@ class BPETokenizer:
     whatever the ``tokenizers`` package reads; their round trip is the library's). Needs the optional
     ``tokenizers`` package (``pip install "qorus-jit[bpe]"``).
 
+    A tokenizer read from a ``tokenizer.json`` beside a ``tokenizer_config.json`` / ``chat_template.jinja``
+    (a Hugging Face folder, a run folder) keeps their chat template (:attr:`chat_template`, None when there is
+    none) and named special tokens (:attr:`special_tokens`, e.g. ``{"eos_token": "<|im_end|>"}``);
+    :meth:`apply_chat_template` renders a conversation with them as transformers does, and :meth:`save`
+    writes them back beside the ``tokenizer.json``.
+
     Example::
 
         >>> tok = BPETokenizer.train(["the cat sat on the mat. " * 50], vocab_size=300)
@@ -56,12 +72,26 @@ class BPETokenizer:
 
     name = "bpe"
 
-    def __init__(self, tokenizer, source: str | None = None):
+    def __init__(self, tokenizer, source: str | None = None, chat_template: str | dict[str, str] | None = None,
+                 special_tokens: dict[str, str] | None = None):
         tk = _import_tokenizers()
         if not isinstance(tokenizer, tk.Tokenizer):
             raise TypeError(f"tokenizer: expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+        if chat_template is not None and not (isinstance(chat_template, str) or (isinstance(chat_template, dict)
+                                              and all(isinstance(v, str) for v in chat_template.values()))):
+            raise TypeError(f"chat_template: expected a str, a dict name -> str or None, "
+                            f"got {type(chat_template).__name__}")
+        special = dict(special_tokens or {})
+        for k, v in special.items():
+            if k not in SPECIAL_TOKEN_NAMES or not isinstance(v, str):
+                raise ValueError(f"special_tokens: expected names among {', '.join(SPECIAL_TOKEN_NAMES)} with str "
+                                 f"values, got {k!r}: {v!r}")
         self._tok = tokenizer
         self.source = source
+        #: The Jinja chat template (a dict name -> template when there are several), or None.
+        self.chat_template = chat_template
+        #: The named special tokens a chat template sees (``bos_token``, ``eos_token``, ...), as strings.
+        self.special_tokens = special
         self._json = tokenizer.to_str()
         self._chunkable = _is_chunkable(json.loads(self._json))
 
@@ -113,7 +143,9 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path) -> BPETokenizer:
-        """Read a ``tokenizer.json`` file (a folder is read as :meth:`from_folder`)."""
+        """Read a ``tokenizer.json`` file (a folder is read as :meth:`from_folder`), with the chat template and
+        special tokens of the ``tokenizer_config.json`` / ``chat_template.jinja`` beside it when it is named
+        ``tokenizer.json``."""
         p = check_path("path", path)
         if p.is_dir():
             return cls.from_folder(p)
@@ -124,7 +156,8 @@ class BPETokenizer:
             tok = tk.Tokenizer.from_file(str(p))
         except Exception as e:  # the Rust side raises a bare Exception for bad JSON or an unknown model
             raise ValueError(f"{p}: not a tokenizer.json the tokenizers package can read ({e})") from None
-        return cls(tok, source=str(p))
+        template, special = read_chat_config(p.parent) if p.name == TOKENIZER_FILE else (None, {})
+        return cls(tok, source=str(p), chat_template=template, special_tokens=special)
 
     @classmethod
     def from_folder(cls, folder) -> BPETokenizer:
@@ -189,8 +222,54 @@ class BPETokenizer:
         return self._json
 
     def save(self, path) -> Path:
-        """Write ``tokenizer.json`` (``path`` is the file, or a folder to write ``tokenizer.json`` in); returns it."""
-        return save_json(path, self._json)
+        """Write ``tokenizer.json`` (``path`` is the file, or a folder to write ``tokenizer.json`` in); returns it.
+        A chat template or special tokens go into the ``tokenizer_config.json`` beside it (merged into one that
+        is there), where :meth:`load` and transformers find them."""
+        out = save_json(path, self._json)
+        entries = self.tokenizer_config()
+        if entries and out.name == TOKENIZER_FILE:
+            cfg_file = out.parent / TOKENIZER_CONFIG_FILE
+            old = read_json(cfg_file, TOKENIZER_CONFIG_FILE) if cfg_file.is_file() else {}
+            merged = {**(old if isinstance(old, dict) else {}), **entries}
+            atomic_write_text(cfg_file, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+        return out
+
+    def tokenizer_config(self) -> dict:
+        """The ``tokenizer_config.json`` entries of the chat template and special tokens (empty without them)."""
+        return chat_config(self.chat_template, self.special_tokens)
+
+    # -- chat
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = False, tokenize: bool = False):
+        """``messages`` (a list of ``{"role", "content"}``) rendered with :attr:`chat_template` as transformers'
+        ``apply_chat_template`` renders them: the text, or with ``tokenize`` its ``(n,)`` int32 ids (no special
+        tokens added beyond the template's). Needs ``jinja2`` (``pip install "qorus-jit[chat]"``)."""
+        check_bool(add_generation_prompt=add_generation_prompt, tokenize=tokenize)
+        text = render(self._template(), check_messages("messages", messages, need_assistant=False), self.special_tokens,
+                      add_generation_prompt)
+        return self.encode(text) if tokenize else text
+
+    def encode_chat(self, messages) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, assistant)`` of a conversation: the ``(n,)`` int32 ids of its rendered text (those of
+        ``apply_chat_template(messages, tokenize=True)``) and an ``(n,)`` bool mask, True for the tokens of
+        assistant messages (their text and what the template puts after each, e.g. the end-of-turn token: a
+        token overlapping such a span counts, as in transformers' ``return_assistant_tokens_mask``).
+        ``messages`` must hold an assistant message; a template that raises is a ValueError."""
+        msgs = check_messages("messages", messages)
+        text, spans = assistant_spans(self._template(), msgs, self.special_tokens)
+        enc = self._tok.encode(check_text("text", text), add_special_tokens=False)
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        mask = np.zeros(len(ids), dtype=bool)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        for start, end in spans:
+            mask |= (offsets[:, 1] > start) & (offsets[:, 0] < end)
+        return ids, mask
+
+    def _template(self) -> str:
+        if self.chat_template is None:
+            raise ValueError("chat_template: this tokenizer has no chat template (a Hugging Face folder keeps it in "
+                             "tokenizer_config.json or chat_template.jinja)")
+        return default_template(self.chat_template)
 
     @property
     def fingerprint(self) -> str:

@@ -32,6 +32,7 @@ class ByteTokenizer:
 
     name = "byte"
     vocab_size = 256
+    chat_template = None  # no chat template: conversations need a Hugging Face tokenizer that has one
 
     def encode(self, text: str) -> np.ndarray:
         """``(n,)`` int32 ids: the UTF-8 bytes of ``text``."""

@@ -51,6 +51,7 @@ class Llama2cTokenizer:
     name = "llama2c"
     bos_id = BOS_ID
     eos_id = EOS_ID
+    chat_template = None  # no chat template: conversations need a Hugging Face tokenizer that has one
 
     def __init__(self, pieces, scores, max_token_length: int | None = None):
         if isinstance(pieces, (str, bytes)) or not isinstance(pieces, Iterable):
