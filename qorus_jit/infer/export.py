@@ -1,57 +1,238 @@
-"""``qorus export``: a ``qorus train`` run as a Hugging Face folder that transformers loads as it is
-(``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``,
-``generation_config.json``), from the run's newest complete checkpoint.
+"""``qorus export``: a ``qorus train`` run, from its newest complete checkpoint, as
+
+- ``hf``: a Hugging Face folder that transformers loads as it is (``config.json``, ``model.safetensors``,
+  ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``), with the LoRA adapters of a
+  LoRA run in ``adapter/`` (a PEFT folder) unless they are merged;
+- ``llama2c``: a folder holding llama2.c's ``model.bin`` (the legacy version 0 that its ``run.c`` reads) and
+  ``tokenizer.bin``.
 
 >>> export_run("runs/my-run", "my-model")                                # doctest: +SKIP
+>>> export_run("runs/my-lora-run", "my-l2c", format="llama2c", merge_lora=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from qorus_jit.core.files import check_path, fsync_dir, os_reason
 from qorus_jit.formats.checkpoint import RUN_FILE
 from qorus_jit.models.sources import SourceError, load_run_model
 
 #: What ``--format`` accepts.
-FORMATS = ("hf",)
+FORMATS = ("hf", "llama2c")
+#: The PEFT folder of an unmerged LoRA run's adapters, inside a ``hf`` export.
+ADAPTER_DIR = "adapter"
+#: The files of a ``llama2c`` export.
+LLAMA2C_MODEL, LLAMA2C_TOKENIZER = "model.bin", "tokenizer.bin"
 
 
-def export_run(run_dir, out, format: str = "hf") -> Path:
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_run` wrote: the folder ``path`` in ``format``, and ``notes`` for the user (one line
+    each: adapters written apart or merged, a rescaling). ``os.fspath(exported)`` is the folder."""
+
+    path: Path
+    format: str
+    notes: tuple[str, ...] = ()
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+
+def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Exported:
     """Write the newest checkpoint of the run ``run_dir`` with its tokenizer to the new folder ``out``
-    (absent or empty), atomically: everything is written to a hidden folder beside ``out``, then renamed, so
-    ``out`` appears whole or not at all. A bad argument is a one-line SourceError naming it, before anything
-    is written."""
+    (absent or empty) in ``format`` (one of :data:`FORMATS`), atomically: everything is written to a hidden
+    folder beside ``out``, then renamed, so ``out`` appears whole or not at all. A bad argument is a one-line
+    SourceError naming it, before anything is written.
+
+    A LoRA run (its model has adapters): with ``merge_lora`` the adapters are folded into the weights and the
+    export is a plain model. Without it, ``hf`` writes the base model and the adapters as a PEFT folder
+    ``out/adapter/`` (``base_model_name_or_path`` is ``out``'s absolute path; ``peft.PeftModel.from_pretrained``
+    loads it over the base), and ``llama2c``, whose format holds no adapters, is refused. ``merge_lora`` on a
+    run without adapters is a no-op with a note: the export is the plain model asked for either way.
+
+    ``llama2c`` holds a Llama without biases with RoPE theta 10000; another architecture is refused. llama2.c's
+    RMSNorm eps is 1e-5: a model with another ``norm_eps`` (qorus's default is 1e-6) is written with its
+    residual stream scaled by ``sqrt(1e-5 / norm_eps)`` (the embeddings, ``o_proj`` and ``down_proj``; the
+    classifier then stored apart), which gives the same logits. The tokenizer must be llama2.c's own
+    (written back as it is): run.c reads id 1 as BOS (before every prompt; generation stops there), puts a
+    space before the prompt and encodes unknown bytes as id ``byte + 3``, rules that a byte tokenizer
+    (id = byte) or a byte-level BPE ``tokenizer.json`` do not follow, so those are refused (export ``hf``).
+
+    Returns an :class:`Exported` with the notes to show.
+    """
     run_dir, out = check_path("run_dir", run_dir), check_path("out", out)
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in FORMATS:
         raise SourceError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    if not isinstance(merge_lora, (bool, np.bool_)):
+        raise SourceError(f"merge_lora: expected True or False, got {merge_lora!r}")
     if not (run_dir / RUN_FILE).is_file():
         raise SourceError(f"run_dir: expected a run directory of qorus train (holding {RUN_FILE}), got {run_dir}")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         what = "a non-empty folder" if out.is_dir() else "a file"
         raise SourceError(f"out: expected a new or empty folder, got {what} {out}")
-    from qorus_jit.models.registry import save_pretrained
-
-    model, tokenizer = load_run_model(run_dir)
     parent = out.absolute().parent
     if not parent.is_dir():
         raise SourceError(f"out: no such folder: {parent}")
+    from qorus_jit.layers.lora import lora_layers
+
+    model, tokenizer = load_run_model(run_dir)
+    n_adapters, notes = len(lora_layers(model)), []
+    if format == "llama2c":
+        _check_llama2c_fits(model)
+        if n_adapters and not merge_lora:
+            raise SourceError(f"merge_lora: llama2.c's format holds no adapters: pass --merge-lora (merge_lora="
+                              f"True) to fold the run's {n_adapters} LoRA adapters into the weights")
+        l2c_tokenizer = _llama2c_tokenizer(tokenizer, model.config.vocab_size)
+    else:
+        _check_hf_tokenizer(tokenizer)
+    if merge_lora:
+        notes.append(_merge(model, n_adapters))
+        n_adapters = 0
+    if format == "llama2c":
+        l2c_model, rescaled = _llama2c_model(model)
+        if rescaled:
+            notes.append(rescaled)
+
+        def write(folder: Path) -> None:
+            from qorus_jit.models.llama import save_llama2c
+
+            save_llama2c(l2c_model, folder / LLAMA2C_MODEL)
+            l2c_tokenizer.save(folder / LLAMA2C_TOKENIZER)
+    else:
+        def write(folder: Path) -> None:
+            from qorus_jit.layers.lora import save_lora
+            from qorus_jit.models.registry import save_pretrained
+
+            save_pretrained(_base_model(model) if n_adapters else model, folder, tokenizer=tokenizer)
+            if n_adapters:
+                save_lora(model, folder / ADAPTER_DIR, base_model_name_or_path=str(out.absolute()))
+
+        if n_adapters:
+            notes.append(f"wrote the base model and its {n_adapters} LoRA adapters apart, as a PEFT folder "
+                         f"{out / ADAPTER_DIR} (transformers alone loads the base model without them; "
+                         "peft.PeftModel.from_pretrained(model, that folder) applies them; --merge-lora "
+                         "writes one merged model)")
+    _write_folder(out, parent, write)
+    return Exported(out, format, tuple(notes))
+
+
+def _write_folder(out: Path, parent: Path, write) -> None:
+    """``write(folder)`` into a hidden folder beside ``out``, then rename it to ``out``: all or nothing."""
     try:
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
     except OSError as e:
         raise SourceError(f"out: cannot write in {parent} ({os_reason(e)})") from None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        save_pretrained(model, tmp, tokenizer=tokenizer)
+        write(tmp)
         os.replace(tmp, out)  # over an empty folder too
     except OSError as e:
         raise SourceError(f"out: cannot write {out} ({os_reason(e)}); nothing was written") from None
-    except TypeError as e:  # a tokenizer a Hugging Face folder cannot hold
-        raise SourceError(f"{run_dir}: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(parent)
-    return out
+
+
+def _merge(model, n_adapters: int) -> str:
+    from qorus_jit.layers.lora import merge_lora
+
+    if not n_adapters:
+        return "merge_lora: the run has no LoRA adapters; its model is exported as it is"
+    merge_lora(model)
+    return f"merged the run's {n_adapters} LoRA adapters into the weights"
+
+
+def _base_model(model):
+    """A copy of ``model`` without its LoRA adapters: the frozen base weights under their own names."""
+    from qorus_jit.layers.lora import lora_layers
+
+    adapter_params = {f"{dotted}.{name}" for dotted in lora_layers(model) for name in ("lora_A.weight",
+                                                                                       "lora_B.weight")}
+    base = type(model)(model.config)
+    base.load_parameters({k: v for k, v in model.parameters().items() if k not in adapter_params})
+    return base
+
+
+def _check_hf_tokenizer(tokenizer) -> None:
+    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
+
+    if not isinstance(tokenizer, (ByteTokenizer, BPETokenizer)):
+        raise SourceError(f"format: a Hugging Face folder holds a tokenizer.json, but the run's tokenizer is a "
+                          f"{type(tokenizer).__name__} (llama2.c's tokenizer.bin): use --format llama2c")
+
+
+def _check_llama2c_fits(model) -> None:
+    """A SourceError naming the format unless llama2.c's format can hold ``model`` (see :func:`_llama2c_model`)."""
+    from qorus_jit.formats import llama2c
+    from qorus_jit.models.llama import Llama
+
+    fits = "llama2.c's format holds a Llama without biases with RoPE theta 10000"
+    if not isinstance(model, Llama):
+        raise SourceError(f"format: {fits}; the run's model is a {type(model).__name__}: use --format hf")
+    c = model.config
+    for field in ("attention_bias", "mlp_bias"):
+        if getattr(c, field):
+            raise SourceError(f"format: {fits}; the run's Llama has {field}: use --format hf")
+    if float(c.rope_theta) != llama2c.ROPE_THETA:
+        raise SourceError(f"format: {fits}; the run's Llama has rope_theta={c.rope_theta:g}: use --format hf")
+    if not float(c.norm_eps) > 0:
+        raise SourceError(f"format: llama2.c's RMSNorm eps is {llama2c.NORM_EPS:g}; the run's Llama has "
+                          f"norm_eps={c.norm_eps:g}, which no scaling matches: use --format hf")
+
+
+def _llama2c_model(model):
+    """``(model, note)``: the plain Llama ``model`` as llama2.c's format holds it. Another RMSNorm eps than
+    llama2.c's is made up for by scaling the residual stream by ``c``: ``rmsnorm(c x, eps') = rmsnorm(x, eps'
+    / c**2)``, so with ``c = sqrt(1e-5 / norm_eps)`` every norm gives the same output when the embeddings,
+    ``o_proj`` and ``down_proj`` (all that writes the stream) are scaled by ``c``."""
+    from qorus_jit.formats import llama2c
+    from qorus_jit.models.llama import Llama
+
+    c, eps = model.config, float(model.config.norm_eps)
+    if eps == llama2c.NORM_EPS:
+        return model, None
+    scale = math.sqrt(llama2c.NORM_EPS / eps)
+    p = model.parameters()
+    out = {k: v for k, v in p.items()}
+    out["lm_head.weight"] = p["model.embed_tokens.weight" if c.tie_embeddings else "lm_head.weight"]
+    for k, v in p.items():
+        if k == "model.embed_tokens.weight" or k.endswith((".self_attn.o_proj.weight", ".mlp.down_proj.weight")):
+            out[k] = (v.astype(np.float64) * scale).astype(np.float32)
+    scaled = Llama(replace(c, norm_eps=llama2c.NORM_EPS, tie_embeddings=False))
+    scaled.load_parameters(out)
+    note = (f"norm_eps: llama2.c's RMSNorm eps is {llama2c.NORM_EPS:g}, the run's {eps:g}: the residual stream is "
+            f"written scaled by sqrt({llama2c.NORM_EPS:g}/{eps:g}) = {scale:.6g} (embeddings, o_proj, down_proj"
+            f"{'; the tied classifier stored apart' if c.tie_embeddings else ''}), which gives the same logits")
+    return scaled, note
+
+
+def _llama2c_tokenizer(tokenizer, vocab_size: int):
+    """The run's tokenizer as llama2.c's ``tokenizer.bin`` of ``vocab_size`` pieces, or a SourceError."""
+    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
+
+    if isinstance(tokenizer, Llama2cTokenizer):
+        if tokenizer.vocab_size == vocab_size:
+            return tokenizer
+        # run.c reads vocab_size pieces: empty ones for the ids the model has past the tokenizer's (never
+        # produced by encoding; they decode to nothing)
+        n = vocab_size - tokenizer.vocab_size
+        return Llama2cTokenizer([*tokenizer.pieces, *[b""] * n], [*tokenizer.scores.tolist(), *[0.0] * n],
+                                tokenizer.max_token_length)
+    rules = ("llama2.c's run.c reads id 1 as BOS (put before every prompt; generation stops there), puts a "
+             "space before the prompt and encodes other bytes as id byte+3")
+    if isinstance(tokenizer, ByteTokenizer):
+        why = "the run's byte tokenizer has id = byte, so the model would read other text than it learned"
+    elif isinstance(tokenizer, BPETokenizer):
+        why = ("the run's tokenizer.json follows its own ids and pre-tokenizer, so the model would read other "
+               "ids than it learned")
+    else:
+        why = f"the run's tokenizer is a {type(tokenizer).__name__}"
+    raise SourceError(f"format: llama2c needs llama2.c's own tokenizer: {rules}; {why}: use --format hf")
