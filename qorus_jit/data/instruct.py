@@ -212,10 +212,9 @@ def _example_ids(tok, ex, name: str, end_id: int | None) -> tuple[np.ndarray, np
     if isinstance(ex, dict) and "messages" in ex:
         messages = check_messages(name, ex["messages"])
         if getattr(tok, "chat_template", None) is None:
-            raise ValueError(f"{name}: a \"messages\" conversation needs a tokenizer with a chat template, and "
-                             f"this {tok.name} tokenizer has none (a Hugging Face tokenizer folder keeps it in "
-                             "tokenizer_config.json or chat_template.jinja); prompt/completion lines work with "
-                             "any tokenizer")
+            raise ValueError(f"{name}: the tokenizer ({tok.name}) has no chat template, which a \"messages\" "
+                             "conversation needs (a Hugging Face tokenizer folder keeps it in tokenizer_config.json "
+                             "or chat_template.jinja); prompt/completion lines work with any tokenizer")
         try:
             ids, counted = tok.encode_chat(messages)
         except ValueError as e:

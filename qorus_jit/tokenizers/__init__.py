@@ -24,7 +24,6 @@ from qorus_jit.core.files import read_json
 from qorus_jit.tokenizers._common import TOKENIZER_FILE
 from qorus_jit.tokenizers.bpe import BPE_INSTALL_HINT, BPETokenizer
 from qorus_jit.tokenizers.byte import BYTE_FORMAT, ByteTokenizer
-from qorus_jit.tokenizers.chat import CHAT_INSTALL_HINT
 from qorus_jit.tokenizers.llama2c import Llama2cTokenizer
 
 
@@ -56,5 +55,5 @@ def load_tokenizer(spec, name: str = "spec"):
     return BPETokenizer.load(file)
 
 
-__all__ = ["BPE_INSTALL_HINT", "CHAT_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer",
-           "Llama2cTokenizer", "load_tokenizer"]
+__all__ = ["BPE_INSTALL_HINT", "TOKENIZER_FILE", "BPETokenizer", "ByteTokenizer", "Llama2cTokenizer",
+           "load_tokenizer"]

@@ -6,6 +6,7 @@ variables). Jinja is imported only when a template is rendered (``pip install "q
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 #: The roles a message may have.
 ROLES = ("system", "user", "assistant")
 
-CHAT_INSTALL_HINT = 'pip install "qorus-jit[chat]" (or pip install jinja2)'
+CHAT_INSTALL_HINT = 'pip install "qorus-jit[chat]" (or pip install "jinja2>=3.1.6")'
 
 
 def read_chat_config(folder) -> tuple[str | dict[str, str] | None, dict[str, str]]:
@@ -156,6 +157,9 @@ def _compile(template: str):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
         raise ImportError(f"chat templates need the jinja2 package: {CHAT_INSTALL_HINT}") from None
+    version = tuple(int(v) for v in re.findall(r"\d+", getattr(jinja2, "__version__", "0"))[:3])
+    if version < (3, 1, 6):  # older ones have known sandbox escapes, and a template is someone else's code
+        raise ImportError(f"chat templates need jinja2 >= 3.1.6, got {jinja2.__version__}: pip install -U jinja2")
 
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask markers): the body as is."""
