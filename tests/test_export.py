@@ -453,3 +453,38 @@ def test_bad_export_arguments_write_nothing(exported, l2c_run, tmp_path, monkeyp
         export_run(run_dir, tmp_path / "out", **kw)
     assert str(e.value).startswith(needle) and "\n" not in str(e.value), str(e.value)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def lora_run(exported, tmp_path_factory):
+    """A LoRA run of ``qorus train --init`` on the exported fixture's run (rank 2 on every target): its folder."""
+    run_dir, _ = exported
+    tmp = tmp_path_factory.mktemp("export-lora")
+    args = ["--steps", "4", "--warmup-steps", "1", "--lr", "0.05", "--seq-len", "32", "--batch-size", "4",
+            "--eval-every", "4", "--eval-batches", "1", "--sample-tokens", "0", "--no-progress"]  # sizes: the source's
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QORUS_CACHE_DIR", str(tmp / "token-cache"))
+        res = invoke(["train", *args, "--init", run_dir, "--lora-rank", "2", "--out-dir", tmp / "runs", "--name",
+                      "lora"])
+    assert res.exit_code == 0, res.output
+    return tmp / "runs" / "lora"
+
+
+def test_lora_run_exports_merged_and_as_peft_adapter(lora_run, tmp_path):
+    """A real LoRA run (run.json's "lora" table): transformers on the merged folder, and peft on the base
+    folder with its adapter/, give the logits of the run's model with its adapters."""
+    assert json.loads((lora_run / "run.json").read_text())["lora"]["rank"] == 2
+    model, tokenizer = load_run_model(lora_run)
+    n = len(lora_layers(model))
+    assert n > 0 and all(np.abs(a.lora_B).max() > 0 for a in lora_layers(model).values())  # trained
+    ids = tokenizer.encode("Once upon a time, café open.")
+    want = model.forward(ids[None].astype(np.int64))[0]
+    merged = export_run(lora_run, tmp_path / "merged", merge_lora=True)
+    assert merged.notes == (f"merged the run's {n} LoRA adapters into the weights",)
+    np.testing.assert_allclose(hf_logits(tmp_path / "merged", ids), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    export_run(lora_run, tmp_path / "apart")
+    np.testing.assert_allclose(hf_logits(tmp_path / "apart", ids, adapter=tmp_path / "apart" / "adapter"), want,
+                               rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(SourceError, match="^(merge_lora: llama2.c's format holds no adapters|format: llama2.c's)"):
+        export_run(lora_run, tmp_path / "l2c", format="llama2c")
+    assert not (tmp_path / "l2c").exists()
