@@ -6,6 +6,7 @@ by a short run."""
 
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -218,6 +219,12 @@ def test_qorus_train_on_chat_jsonl(tmp_path, monkeypatch):
     saved = load_tokenizer(run / "tokenizer.json")
     assert saved.chat_template == TEMPLATES["llama3"][0]
     assert saved.special_tokens == {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    # a resume reads the conversations again with the run's own tokenizer, its source folder gone
+    shutil.rmtree(folder)
+    res = CliRunner().invoke(main, ["train", "--resume", str(run), "--steps", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    metrics = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m][-1] == 3
 
 
 def test_qorus_train_chat_jsonl_without_template_is_refused(tmp_path, monkeypatch):
