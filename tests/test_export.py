@@ -432,7 +432,7 @@ def test_bad_export_arguments_write_nothing(exported, l2c_run, tmp_path, monkeyp
         model, _ = load_run_model(run_dir)
         bpe = BPETokenizer.train(["the cat sat on the mat"], vocab_size=256, min_frequency=1)
         monkeypatch.setattr(E, "load_run_model", lambda d: (model, bpe))
-        needle = "format: llama2c needs llama2.c's own tokenizer"
+        needle = "format: llama2c needs a tokenizer that llama2.c's run.c encodes as the run's does"
     elif case == "lora_to_llama2c":
         run_dir = l2c_run
         monkeypatch.setattr(E, "load_run_model", lora_model)
@@ -488,3 +488,77 @@ def test_lora_run_exports_merged_and_as_peft_adapter(lora_run, tmp_path):
     with pytest.raises(SourceError, match="^(merge_lora: llama2.c's format holds no adapters|format: llama2.c's)"):
         export_run(lora_run, tmp_path / "l2c", format="llama2c")
     assert not (tmp_path / "l2c").exists()
+
+
+SP_PIECES = ["\u2581", "o", "n", "c", "e", "t", "h", "a", "s", "m", "p", "u", "i", "\u2581o", "on", "\u2581on", "ce",
+             "\u2581once", "th", "\u2581th", "the", "\u2581the", "at", "\u2581at", "\u2581a", "\u2581c", "\u2581cat",
+             "\u2581s", "\u2581sat", "\u2581m", "\u2581mat", "up", "\u2581up", "\u2581upon", "\u2581\u2581"]
+
+
+def sentencepiece_json(pieces=SP_PIECES, drop=()):
+    """A tokenizer.json laid out as Llama's (<unk>, <s>, </s>, the byte tokens, then ``pieces``; byte fallback;
+    "▁" put first and for spaces), merging every split of each piece into two pieces, piece by piece (what
+    the conversion of a sentencepiece model gives), less the merges ``drop``."""
+    tk = pytest.importorskip("tokenizers")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for p in pieces:
+        vocab.setdefault(p, len(vocab))
+    merges = [(p[:k], p[k:]) for p in pieces for k in range(1, len(p)) if p[:k] in vocab and p[k:] in vocab]
+    merges = [m for m in merges if m not in drop]
+    tok = tk.Tokenizer(tk.models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                                     fuse_unk=True))
+    tok.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("\u2581"),
+                                              tk.normalizers.Replace(" ", "\u2581")])
+    tok.decoder = tk.decoders.Sequence([tk.decoders.Replace("\u2581", " "), tk.decoders.ByteFallback(),
+                                        tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)])
+    return tok.to_str()
+
+
+def test_sentencepiece_tokenizer_json_becomes_tokenizer_bin(tmp_path, monkeypatch):
+    """A run whose tokenizer.json is sentencepiece BPE (as Llama's): tokenizer.bin encodes every text as the
+    tokenizer.json does when read and run by run.c's rules (tests/naive), and the model's logits are kept."""
+    from qorus_jit.tokenizers import BPETokenizer
+
+    monkeypatch.setenv("QORUS_CACHE_DIR", str(tmp_path / "token-cache"))
+    (tmp_path / "sp.json").write_text(sentencepiece_json(), encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text("once upon a time the cat sat on the mat. " * 200, encoding="utf-8")
+    res = invoke(["train", *TINY, "--arch", "llama", "--tokenizer", tmp_path / "sp.json", "--data",
+                  tmp_path / "corpus.txt", "--out-dir", tmp_path / "runs", "--name", "r"])
+    assert res.exit_code == 0, res.output
+    run_dir, out = tmp_path / "runs" / "r", tmp_path / "l2c"
+    export_run(run_dir, out, format="llama2c")
+    model, tokenizer = load_run_model(run_dir)
+    assert isinstance(tokenizer, BPETokenizer)
+    pieces, scores = naive_l2c.read_tokenizer(out / "tokenizer.bin", model.config.vocab_size)
+    assert pieces[:4] == [b"<unk>", b"\n<s>\n", b"\n</s>\n", b"<0x00>"] and pieces[259] == b" "
+    for text in [*TEXTS, "once upon a time the cat sat on the mat", "  the  mat ", "upon\tupon", "theatre"]:
+        ids = naive_l2c.encode(pieces, scores, text)
+        assert ids == tokenizer.encode(text).tolist(), text
+        assert naive_l2c.decode(pieces, ids).decode("utf-8", errors="replace") == text == tokenizer.decode(ids)
+    cfg, w = naive_l2c.read_checkpoint(out / "model.bin")
+    ids = [1, *tokenizer.encode("once upon a time the cat").tolist()]
+    want = naive_l2c.forward(cfg, w, ids)
+    np.testing.assert_allclose(model.forward(np.array([ids]))[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", ["missing_merge", "byte_level"])
+def test_other_tokenizer_json_to_llama2c_is_refused(exported, tmp_path, monkeypatch, case):
+    import qorus_jit.infer.export as E
+    from qorus_jit.tokenizers import BPETokenizer
+
+    run_dir, _ = exported
+    if json.loads((run_dir / "run.json").read_text())["model"]["arch"] != "llama":
+        pytest.skip("a Llama case")
+    if case == "missing_merge":  # the tokenizer.json never merges "▁on" + "ce"; run.c would
+        (tmp_path / "sp.json").write_text(sentencepiece_json(drop={("\u2581on", "ce")}), encoding="utf-8")
+        tok, why = BPETokenizer.load(tmp_path / "sp.json"), "does not merge '▁on' and 'ce' into '▁once'"
+    else:
+        tok = BPETokenizer.train(["the cat sat on the mat"] * 5, vocab_size=270, min_frequency=1)
+        why = "is not BPE with byte fallback"
+    model, _ = load_run_model(run_dir)
+    monkeypatch.setattr(E, "load_run_model", lambda d: (model, tok))
+    with pytest.raises(SourceError) as e:
+        export_run(run_dir, tmp_path / "out", format="llama2c")
+    assert str(e.value).startswith("format: llama2c needs a tokenizer that llama2.c's run.c encodes")
+    assert why in str(e.value) and str(e.value).endswith("use --format hf") and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -218,9 +219,20 @@ def _llama2c_tokenizer(tokenizer, vocab_size: int):
     """The run's tokenizer as llama2.c's ``tokenizer.bin`` of ``vocab_size`` pieces, or a SourceError."""
     from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
 
+    if isinstance(tokenizer, BPETokenizer):
+        converted = _from_sentencepiece(tokenizer)
+        if isinstance(converted, str):
+            raise SourceError(f"format: llama2c needs a tokenizer that llama2.c's run.c encodes as the run's does: "
+                              f"run.c's is sentencepiece BPE (<unk>, <s>, </s>, <0x00>..<0xFF> at ids 0..258, "
+                              f"a space put first, merges by score) and the run's tokenizer.json {converted}: "
+                              f"use --format hf")
+        tokenizer = converted
     if isinstance(tokenizer, Llama2cTokenizer):
         if tokenizer.vocab_size == vocab_size:
             return tokenizer
+        if tokenizer.vocab_size > vocab_size:
+            raise SourceError(f"format: the run's tokenizer has {tokenizer.vocab_size} ids, its model "
+                              f"{vocab_size}: use --format hf")
         # run.c reads vocab_size pieces: empty ones for the ids the model has past the tokenizer's (never
         # produced by encoding; they decode to nothing)
         n = vocab_size - tokenizer.vocab_size
@@ -230,9 +242,75 @@ def _llama2c_tokenizer(tokenizer, vocab_size: int):
              "space before the prompt and encodes other bytes as id byte+3")
     if isinstance(tokenizer, ByteTokenizer):
         why = "the run's byte tokenizer has id = byte, so the model would read other text than it learned"
-    elif isinstance(tokenizer, BPETokenizer):
-        why = ("the run's tokenizer.json follows its own ids and pre-tokenizer, so the model would read other "
-               "ids than it learned")
     else:
         why = f"the run's tokenizer is a {type(tokenizer).__name__}"
     raise SourceError(f"format: llama2c needs llama2.c's own tokenizer: {rules}; {why}: use --format hf")
+
+
+_SPACE = "\u2581"  # sentencepiece's "▁": a space inside a piece
+_BOS_EOS_PIECES = {1: "\n<s>\n", 2: "\n</s>\n"}  # as llama2.c's tokenizer export writes them
+_PROBES = ("Once upon a time", "  two  spaces, tabs\tand\nlines ", "café naïve 日本語 👍🏽", "a", "")
+
+
+def _from_sentencepiece(tokenizer):
+    """A Llama2cTokenizer that run.c encodes as the BPETokenizer ``tokenizer`` does (a sentencepiece-style
+    tokenizer.json, as Llama's is), or the reason it cannot be made (a str). run.c merges any adjacent pair
+    whose concatenation is a piece, highest score first; the tokenizer.json merges only the pairs it lists,
+    lowest rank first. They agree when every split of a piece into two pieces is a listed merge and the
+    merges of one piece are listed together: each piece then gets the score ``-(its place in that order)``."""
+    from qorus_jit.tokenizers import Llama2cTokenizer
+
+    spec = json.loads(tokenizer.to_json())
+    model = spec.get("model") or {}
+    vocab = model.get("vocab")
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not isinstance(vocab, dict):
+        return "is not BPE with byte fallback"
+    specials = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    if any(vocab.get(k) != v for k, v in specials.items()):
+        return "does not have those 259 tokens at those ids"
+    if not _sentencepiece_spaces(spec):
+        return "does not put a space before the text and turn spaces into \u2581 without splitting"
+    added = [t for t in spec.get("added_tokens") or [] if t.get("content") not in ("<unk>", "<s>", "</s>")]
+    if added:
+        return f"has added tokens ({added[0].get('content')!r}, ...) that run.c would not match"
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        return "does not number its vocabulary 0..n-1"
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+    block, last = {}, None
+    for a, b in merges:
+        piece = a + b
+        if piece not in vocab or a not in vocab or b not in vocab:
+            return f"merges {a!r} and {b!r}, which are not all in its vocabulary"
+        if piece in block and piece != last:
+            return f"lists the merges giving {piece!r} apart (run.c scores pieces, not pairs)"
+        block.setdefault(piece, len(block))
+        last = piece
+    listed = set(merges)
+    for piece, _ in by_id[259:]:
+        for k in range(1, len(piece)):
+            if piece[:k] in vocab and piece[k:] in vocab and (piece[:k], piece[k:]) not in listed:
+                return f"does not merge {piece[:k]!r} and {piece[k:]!r} into {piece!r}, which run.c would"
+    pieces = [_BOS_EOS_PIECES.get(i, t).replace(_SPACE, " ").encode("utf-8") for t, i in by_id]
+    if len(set(pieces)) != len(pieces):
+        return "has two tokens that are the same text once \u2581 is a space"
+    scores = [-float(block[t]) if t in block else 0.0 for t, _ in by_id]
+    converted = Llama2cTokenizer(pieces, scores)
+    for text in _PROBES:  # a last check on a few texts
+        if converted.encode(text, bos=False).tolist() != tokenizer.encode(text).tolist():
+            return f"encodes {text!r} otherwise than run.c would"
+    return converted
+
+
+def _sentencepiece_spaces(spec: dict) -> bool:
+    """Spaces as sentencepiece (and run.c) make them: a "▁" put before the text, every " " a "▁", no
+    splitting: Llama's legacy normalizer (Prepend + Replace) or a Metaspace pre-tokenizer that does not split."""
+    norm, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    if norm and norm.get("type") == "Sequence" and pre is None:
+        steps = [(n.get("type"), n.get("prepend"), n.get("content"), (n.get("pattern") or {}).get("String"))
+                 for n in norm.get("normalizers", [])]
+        return steps == [("Prepend", _SPACE, None, None), ("Replace", None, _SPACE, " ")]
+    if norm is None and pre and pre.get("type") == "Metaspace":
+        return (pre.get("replacement") == _SPACE and pre.get("split") is False
+                and pre.get("prepend_scheme", "always") in ("always", "first"))
+    return False
