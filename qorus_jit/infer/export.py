@@ -4,7 +4,7 @@
   ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``), with the LoRA adapters of a
   LoRA run in ``adapter/`` (a PEFT folder) unless they are merged;
 - ``llama2c``: a folder holding llama2.c's ``model.bin`` (the legacy version 0 that its ``run.c`` reads) and
-  ``tokenizer.bin``.
+  ``tokenizer.bin`` (the run's own, or made from a sentencepiece-style ``tokenizer.json``).
 
 >>> export_run("runs/my-run", "my-model")                                # doctest: +SKIP
 >>> export_run("runs/my-lora-run", "my-l2c", format="llama2c", merge_lora=True)  # doctest: +SKIP
@@ -62,10 +62,14 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
     ``llama2c`` holds a Llama without biases with RoPE theta 10000; another architecture is refused. llama2.c's
     RMSNorm eps is 1e-5: a model with another ``norm_eps`` (qorus's default is 1e-6) is written with its
     residual stream scaled by ``sqrt(1e-5 / norm_eps)`` (the embeddings, ``o_proj`` and ``down_proj``; the
-    classifier then stored apart), which gives the same logits. The tokenizer must be llama2.c's own
-    (written back as it is): run.c reads id 1 as BOS (before every prompt; generation stops there), puts a
-    space before the prompt and encodes unknown bytes as id ``byte + 3``, rules that a byte tokenizer
-    (id = byte) or a byte-level BPE ``tokenizer.json`` do not follow, so those are refused (export ``hf``).
+    classifier then stored apart), which gives the same logits. The tokenizer must be one that run.c encodes
+    as the run does: run.c reads id 1 as BOS (before every prompt; generation stops there), puts a space
+    before the prompt, looks each character up, encodes the bytes of others as id ``byte + 3`` and merges
+    pieces by score. llama2.c's own tokenizer is written back as it is; a sentencepiece-style
+    ``tokenizer.json`` (Llama's: ``<unk> <s> </s>`` and the 256 byte tokens at ids 0..258, byte fallback, a
+    "▁" put first, every split of a piece into two pieces a listed merge) becomes a ``tokenizer.bin`` whose
+    scores follow its merges. A byte tokenizer (id = byte) and other ``tokenizer.json`` files (byte-level
+    BPE: their own ids, pre-tokenizer and merge rules) are refused with the reason (export ``hf`` instead).
 
     Returns an :class:`Exported` with the notes to show.
     """
