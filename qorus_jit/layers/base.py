@@ -15,8 +15,17 @@ a shape and reused while the shape stays the same. So:
   Each parameter carries its weight-decay mark (``add_parameter(..., decay=)``); ``no_decay()`` lists the
   names marked not to decay, which the optimizers use by default.
 - A parameter is trainable unless frozen (``set_trainable(False)``, e.g. a LoRA base weight): the optimizers
-  update, clip and keep state for only the names ``trainable()`` lists (a layer built to freeze its base, as
-  ``LoRALinear``, also skips computing the frozen gradients).
+  update, clip and keep state for only the names ``trainable()`` lists, and backward computes no gradient
+  for it (``requires_grad(name)`` is False: a Linear computes only ``dx``, an embedding skips its scatter):
+  a frozen gradient is never written, ``zero_grad()`` skips it, and it stays zero. Gradient buffers are
+  mapped lazily (:func:`grad_zeros`), so a frozen one takes no resident memory.
+- ``train(mode=True)`` / ``eval()`` switch the training mode of a layer and its children (``training``,
+  False by default, as for generation and evaluation): only in training mode does a layer drop (LoRA's
+  ``dropout``). ``seed_dropout(*key)`` seeds the masks of the forward passes that follow: a layer draws
+  them from ``numpy.random.default_rng((*key, index, n))``, ``index`` its place in a depth-first walk of
+  the layers and ``n`` the count of its forwards since, so a trainer that seeds each micro-batch with
+  ``(seed, step, micro)`` gets masks a resumed run repeats exactly, with no RNG state to checkpoint
+  (never seeded, the masks come from fresh OS entropy).
 
 Capabilities are class attributes (or properties) that callers read instead of probing for methods:
 ``backward_variants`` (which optional arguments ``backward`` takes), ``rowwise`` and ``incremental``.
@@ -24,14 +33,36 @@ Capabilities are class attributes (or properties) that callers read instead of p
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
-from qorus_jit.core.check import check_bool, check_disjoint
+from qorus_jit.core.check import check_bool, check_disjoint, check_nonnegative
 from qorus_jit.core.numerics import DTYPE
 
 #: The optional arguments of :meth:`Layer.backward`, each a variant that a layer may support.
 BACKWARD_VARIANTS = ("out", "accumulate", "residual")
+
+
+#: Gradients of at least this many bytes are mapped lazily by :func:`grad_zeros` (smaller ones: ``alloc.zeros``).
+LAZY_BYTES = 1 << 16
+
+
+def grad_zeros(shape, dtype=DTYPE) -> np.ndarray:
+    """Zeros for a gradient: for a large one a private anonymous memory map, whose pages become resident only
+    when written, so the gradient of a frozen parameter (never written) takes no memory; page-aligned, with
+    :data:`alloc.PAD <qorus_jit.core.alloc.PAD>` bytes spare after it as :mod:`~qorus_jit.core.alloc`'s arrays.
+    (``alloc.zeros`` fills, which makes every page resident.)"""
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < LAZY_BYTES:
+        return _alloc.zeros(shape, dtype)
+    # private: reading an untouched page maps the shared zero page (a shared map would make it resident)
+    buf = mmap.mmap(-1, nbytes + _alloc.PAD, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(buf, dtype, count=math.prod(shape)).reshape(shape)  # the array keeps the map alive
 
 
 def decays_by_default(value) -> bool:
@@ -65,11 +96,14 @@ class Layer:
         self._frozen: set[str] = set()  # own parameters the optimizers leave alone (set_trainable)
         self._children: dict[str, Layer] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        self.training = False  # train() / eval(): dropout applies only in training mode
+        self._dropout_key: tuple[int, ...] | None = None  # seed_dropout: (*key, index in the walk of the layers)
+        self._forwards = 0  # forwards since seed_dropout, the last element of a dropout mask's seed
 
     # -- construction -------------------------------------------------------------------------------
 
     def add_parameter(self, name: str, value, decay: bool | None = None) -> np.ndarray:
-        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient.
+        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient (:func:`grad_zeros`).
 
         ``decay``: whether weight decay applies to it (see :meth:`no_decay`); ``None`` follows
         :func:`decays_by_default` (matrices decay, vectors do not). Embeddings pass ``False``."""
@@ -79,7 +113,7 @@ class Layer:
             raise TypeError(f"decay: expected True, False or None, got {decay!r}")
         arr = _alloc.copy(_real_array(f"value of {name}", value), DTYPE)
         self._params[name] = arr
-        self._grads[name] = _alloc.zeros_like(arr)
+        self._grads[name] = grad_zeros(arr.shape)
         if decay if decay is not None else decays_by_default(arr):
             self._no_decay.discard(name)
         else:
@@ -99,6 +133,12 @@ class Layer:
         if g is None:
             raise KeyError(f"name: {type(self).__name__} has no parameter {name!r} (its own: {sorted(self._grads)})")
         return g
+
+    def requires_grad(self, name: str) -> bool:
+        """Whether backward computes the gradient of this layer's own parameter ``name``: False once frozen
+        (:meth:`set_trainable`), and then the gradient is never written and stays zero."""
+        self.grad(name)  # a KeyError naming the layer's parameters
+        return name not in self._frozen
 
     def children(self) -> dict[str, Layer]:
         """The sub-layers registered with :meth:`add_child`, by name, in order."""
@@ -181,9 +221,14 @@ class Layer:
         return out
 
     def set_trainable(self, trainable: bool) -> None:
-        """Mark every parameter of this layer and its children trainable or frozen (see :meth:`trainable`)."""
+        """Mark every parameter of this layer and its children trainable or frozen (see :meth:`trainable`). A
+        frozen gradient is cleared (if it holds anything) and from then on neither written nor zeroed."""
         check_bool(trainable=trainable)
         self._frozen = set() if trainable else set(self._params)
+        for name in self._frozen:
+            g = self._grads[name]
+            if g.any():  # reading a lazily mapped gradient's pages keeps them out of resident memory; filling would not
+                g.fill(0)
         for child in self._children.values():
             child.set_trainable(trainable)
 
@@ -195,9 +240,58 @@ class Layer:
         return out
 
     def zero_grad(self) -> None:
-        """Set every gradient to zero."""
-        for g in self.gradients().values():
-            g.fill(0)
+        """Set every gradient to zero; frozen ones are zero already and left untouched (not made resident)."""
+        for name, g in self._grads.items():
+            if name not in self._frozen:
+                g.fill(0)
+        for child in self._children.values():
+            child.zero_grad()
+
+    def train(self, mode: bool = True) -> Layer:
+        """Set the training mode (``training``) of this layer and its children, as ``torch.nn.Module.train``:
+        True for training steps (dropout applies), False (the default) for evaluation and generation.
+        Returns the layer."""
+        check_bool(mode=mode)
+        self.training = bool(mode)
+        for child in self._children.values():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Layer:
+        """``train(False)``: evaluation mode, no dropout. Returns the layer."""
+        return self.train(False)
+
+    def seed_dropout(self, *key: int) -> None:
+        """Seed the dropout masks of the forwards that follow, for this layer and its children: the ``n``-th
+        forward (from 0) of the layer at ``index`` in a depth-first walk (this layer 0) draws its mask from
+        ``numpy.random.default_rng((*key, index, n))``. ``key``: non-negative ints, e.g. a trainer's
+        ``(seed, step, micro_batch)``; the same key and inputs give the same masks."""
+        if not key:
+            raise ValueError("key: expected at least one non-negative int, got none")
+        check_nonnegative(**{f"key[{i}]": k for i, k in enumerate(key)})
+        key = tuple(int(k) for k in key)
+        for index, layer in enumerate(self._walk()):
+            layer._dropout_key, layer._forwards = (*key, index), 0
+
+    def dropout_rng(self) -> np.random.Generator:
+        """The generator of this forward's dropout mask (see :meth:`seed_dropout`; never seeded: fresh entropy
+        from the OS, as torch without a seed); counts the forward."""
+        if self._dropout_key is None:
+            return np.random.default_rng()
+        rng = np.random.default_rng((*self._dropout_key, self._forwards))
+        self._forwards += 1
+        return rng
+
+    def _walk(self):
+        """This layer and every layer under it, depth first, in order (each once)."""
+        seen, stack = set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            yield layer
+            stack.extend(reversed(list(layer._children.values())))
 
     def num_parameters(self) -> int:
         """Total number of parameter elements."""

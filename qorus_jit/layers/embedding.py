@@ -40,14 +40,16 @@ class Embedding(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
-        """Accumulates into the weight gradient; ids take no gradient, so returns None."""
+        """Accumulates into the weight gradient (nothing when it is frozen); ids take no gradient, so returns
+        None."""
         self.check_variants(out, accumulate, residual)
         if self._ids is None:
             raise RuntimeError("Embedding.backward called before forward")
         check_input("dy", dy, self.dim)
         if dy.shape != self._ids.shape + (self.dim,):
             raise ValueError(f"dy: expected shape {self._ids.shape + (self.dim,)}, got {dy.shape}")
-        K.embedding_backward(self._grads["weight"], dy.reshape(self._ids.size, self.dim), self._ids.reshape(-1))
+        if self.requires_grad("weight"):
+            K.embedding_backward(self._grads["weight"], dy.reshape(self._ids.size, self.dim), self._ids.reshape(-1))
         return None
 
     def extra_repr(self) -> str:
@@ -93,7 +95,8 @@ class PositionEmbedding(Layer):
         check_input("dy", dy, self.dim)
         if dy.shape != shape:
             raise ValueError(f"dy: expected shape {shape}, got {dy.shape}")
-        self._grads["weight"][pos:pos + T] += dy.reshape(math.prod(shape[:-2]), T, self.dim).sum(axis=0)
+        if self.requires_grad("weight"):  # frozen: no gradient, dy passes through
+            self._grads["weight"][pos:pos + T] += dy.reshape(math.prod(shape[:-2]), T, self.dim).sum(axis=0)
         return dy
 
     def extra_repr(self) -> str:

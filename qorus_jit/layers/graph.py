@@ -127,11 +127,22 @@ class Graph(Layer):
         follows. The caller then moves the position on: ``state.advance(T)``.
 
         ``last_only``: the output holds only the last position (``(B, 1, ...)``); a tail of row-wise layers
-        (a final norm and the head, say) then runs on that position alone, e.g. for a prompt's prefill."""
+        (a final norm and the head, say) then runs on that position alone, e.g. for a prompt's prefill.
+        Decoding is inference: the layers run out of training mode (no dropout), whatever their mode."""
         DecodeState.check(state)
         if len(args) != len(self.inputs):
             raise ValueError(f"inputs: expected {len(self.inputs)} ({self.inputs}), got {len(args)}")
         check_bool(last_only=last_only)
+        training = [layer for layer in self._walk() if layer.training]
+        for layer in training:
+            layer.training = False
+        try:
+            return self._decode(args, state, last_only)
+        finally:
+            for layer in training:
+                layer.training = True
+
+    def _decode(self, args, state, last_only: bool):
         values = dict(zip(self.inputs, args, strict=True))
         tail = self._rowwise_tail() if last_only else None
         for i, (_, layer, ins, out) in enumerate(self.nodes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.embedding import Embedding
@@ -9,7 +10,8 @@ from qorus_jit.layers.embedding import Embedding
 
 class TiedLMHead(Layer):
     """``(..., dim) -> (..., vocab)`` with the weight of ``embedding``: it owns no parameter, and its
-    weight gradient accumulates into the embedding's (the tied weight is listed once, by the embedding)."""
+    weight gradient accumulates into the embedding's (the tied weight is listed once, by the embedding);
+    with that weight frozen, backward computes ``dx`` alone."""
 
     rowwise = True
 
@@ -42,6 +44,9 @@ class TiedLMHead(Layer):
         if dy.shape[:-1] != self._x.shape[:-1]:  # the kernel reads as many rows of dy as x has
             raise ValueError(f"dy: expected shape {self._x.shape[:-1] + (V,)}, got {dy.shape}")
         dx = self.buffer("dx", self._x.shape)
-        K.linear_backward_into(dx.reshape(-1, C), self.embedding.gradients()["weight"], None, dy.reshape(-1, V),
-                              self._x.reshape(-1, C), w, 0.0)
+        if self.embedding.requires_grad("weight"):
+            K.linear_backward_into(dx.reshape(-1, C), self.embedding.grad("weight"), None, dy.reshape(-1, V),
+                                  self._x.reshape(-1, C), w, 0.0)
+        else:  # frozen: dx = dy @ weight alone (the vocab x dim weight gradient costs as much again)
+            _mm._gemm_blas(dx.reshape(-1, C), dy.reshape(-1, V), w, 0.0)
         return dx

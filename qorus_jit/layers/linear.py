@@ -6,6 +6,7 @@ import math
 
 from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_bool, check_positive, check_rng
+from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
@@ -48,7 +49,8 @@ class Linear(Layer):
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         """Accumulate the weight (and bias) gradients and return ``dx``: written into a buffer of the layer, or
-        into ``out`` (shaped as the input) when given, added to what ``out`` holds if ``accumulate``."""
+        into ``out`` (shaped as the input) when given, added to what ``out`` holds if ``accumulate``. A frozen
+        weight or bias gets no gradient: with the weight frozen only ``dx`` (and a trainable bias's) is computed."""
         self.check_variants(out, accumulate, residual)
         x = self._x
         if x is None:
@@ -57,9 +59,15 @@ class Linear(Layer):
         if dy.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
         dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x, weight=self.weight)
-        K.linear_backward_into(dx.reshape(-1, self.in_features), self._grads["weight"], self._grads.get("bias"),
-                              dy.reshape(-1, self.out_features), x.reshape(-1, self.in_features), self.weight,
-                              1.0 if accumulate else 0.0)
+        dx2, dy2 = dx.reshape(-1, self.in_features), dy.reshape(-1, self.out_features)
+        db = self._grads["bias"] if self.bias is not None and self.requires_grad("bias") else None
+        if self.requires_grad("weight"):
+            K.linear_backward_into(dx2, self._grads["weight"], db, dy2, x.reshape(-1, self.in_features), self.weight,
+                                  1.0 if accumulate else 0.0)
+        else:  # frozen: dx = dy @ weight alone, the gemm linear_backward_into runs for it (not in kernels.trusted)
+            _mm._gemm_blas(dx2, dy2, self.weight, 1.0 if accumulate else 0.0)
+            if db is not None:
+                _mm._bias_grad(db, dy2)
         return dx
 
     def extra_repr(self) -> str:

@@ -1,7 +1,10 @@
-"""LoRA adapters (``y = base(x) + alpha / r * (x @ A.T) @ B.T``) over a frozen :class:`Linear`, in PEFT's format.
+"""LoRA adapters (``y = base(x) + alpha / r * (dropout(x) @ A.T) @ B.T``) over a frozen :class:`Linear`, in
+PEFT's format.
 
 :func:`apply_lora` swaps the named ``Linear`` children of a model (Llama's ``q_proj`` ... ``down_proj``) for
-:class:`LoRALinear` and freezes everything else, so the optimizers update only the adapters;
+:class:`LoRALinear` and freezes everything else, so the optimizers update only the adapters and backward
+computes no gradient of the frozen weights (see ``layers.base``). The optional ``dropout`` on the adapter input
+applies in training mode only (``model.train()``; masks seeded by ``model.seed_dropout(...)``);
 :func:`merge_lora` folds them back into plain ``Linear`` layers. :func:`save_lora` / :func:`load_lora` write and
 read a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``) that ``peft.PeftModel`` loads.
 """
@@ -13,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.check import check_int, check_positive_float, check_rng
+from qorus_jit.core.check import check_int, check_positive_float, check_real, check_rng
 from qorus_jit.core.files import atomic_write, atomic_write_json, check_path, read_json
+from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
+from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.linear import Linear
 
 #: LoRA target names (as ``--lora-targets`` takes them) -> the end of the dotted name of the layer each adapts,
@@ -37,17 +41,24 @@ class LoRALinear(Layer):
     """A frozen :class:`Linear` ``base`` plus a trainable low-rank update: ``lora_A.weight (r, in)`` initialised
     as PEFT does (kaiming-uniform with ``a=sqrt(5)``: uniform in ``+-1/sqrt(in)``) and ``lora_B.weight
     (out, r)`` zeros, so the layer starts equal to ``base``. The base weight and bias keep their names
-    (``weight``, ``bias``) and get no gradient; backward runs through the linear kernels."""
+    (``weight``, ``bias``) and get no gradient; backward runs the base's backward (``dx`` alone, its
+    parameters frozen) and adds the adapter's part through the linear kernels.
+
+    ``dropout`` (PEFT's ``lora_dropout``, ``0 <= p < 1``): in training mode (:meth:`Layer.train`) the adapter
+    reads ``dropout(x)``, each element zeroed with probability ``p`` and the others scaled by ``1 / (1 - p)``:
+    ``y = base(x) + alpha / r * B(A(dropout(x)))``; the mask comes from :meth:`Layer.dropout_rng` and backward
+    uses the same one. In evaluation mode (the default) and in ``forward_decode`` nothing is dropped."""
 
     rowwise = True
     backward_variants = frozenset({"out", "accumulate"})
 
-    def __init__(self, base: Linear, rank: int = 8, alpha: float = 16.0, rng=None):
+    def __init__(self, base: Linear, rank: int = 8, alpha: float = 16.0, rng=None, dropout: float = 0.0):
         super().__init__()
         if not isinstance(base, Linear):
             raise TypeError(f"base: expected a Linear, got {type(base).__name__}")
         check_int(rank=rank)
         check_positive_float(alpha=alpha)
+        dropout = check_dropout(dropout)
         if not 1 <= rank <= min(base.in_features, base.out_features):
             raise ValueError(f"rank: expected 1 <= rank <= min(in_features, out_features) = "
                              f"{min(base.in_features, base.out_features)}, got {rank}")
@@ -56,26 +67,43 @@ class LoRALinear(Layer):
         base.set_trainable(False)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
+        self.dropout = dropout
         bound = 1.0 / math.sqrt(self.in_features)
         self.lora_A = self.add_parameter("lora_A.weight", rng.uniform(-bound, bound, (self.rank, self.in_features)))
         self.lora_B = self.add_parameter("lora_B.weight", np.zeros((self.out_features, self.rank)))
-        self._x = None
+        self._x = self._x_lora = None  # the input, and what the adapter read (x, or x with dropout)
+        self._mask = None  # the dropout multipliers (0 or 1 / (1 - p)) of the last forward, None when none
 
     def forward(self, x):
         check_input("x", x, self.in_features)
         y = self.base.forward(x)
         x2 = x.reshape(-1, self.in_features)
+        self._mask = None
+        if self.training and self.dropout > 0:
+            keep = self.dropout_rng().random(x2.shape, dtype=np.float32) >= np.float32(self.dropout)
+            self._mask = mask = self.buffer("mask", x2.shape)
+            np.multiply(keep, np.float32(1.0 / (1.0 - self.dropout)), out=mask)
+            x2 = np.multiply(x2, mask, out=self.buffer("x_drop", x2.shape))  # what A reads, and backward for dA
         h = self.buffer("h", (x2.shape[0], self.rank))  # alpha / r * x @ A.T, what backward reads for B
         K.linear_forward(h, x2, self.lora_A, None)
         h *= self.scale
-        d = self.buffer("d", (x2.shape[0], self.out_features))
-        K.linear_forward(d, h, self.lora_B, None)
-        y += d.reshape(y.shape)  # into the base's output buffer: its backward does not read it
-        self._x = x.view()
+        # y += h @ B.T in the gemm, into the base's output buffer (its backward does not read it): no buffer of
+        # the update's own (the kernel namespace has no gemm entry: kernels.matmul's, as Linear.backward)
+        _mm._gemm_blas(y.reshape(-1, self.out_features), h, self.lora_B.T, 1.0)
+        self._x, self._x_lora = x.view(), x2
         return y
 
+    def forward_decode(self, x, *, state):
+        """:meth:`forward` with no dropout, whatever the mode (decoding is inference)."""
+        training, self.training = self.training, False
+        try:
+            return self.forward(x)
+        finally:
+            self.training = training
+
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
-        """Accumulate the gradients of ``lora_A`` and ``lora_B`` (the base gets none) and return ``dx``."""
+        """Accumulate the gradients of ``lora_A`` and ``lora_B`` and return ``dx``: the base's ``dx`` (its
+        backward, which computes no gradient of its frozen parameters) plus the adapter's."""
         self.check_variants(out, accumulate, residual)
         x = self._x
         if x is None:
@@ -83,21 +111,21 @@ class LoRALinear(Layer):
         check_input("dy", dy, self.out_features)
         if dy.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
-        dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x, weight=self.base.weight)
-        x2, dx2 = x.reshape(-1, self.in_features), dx.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         h = self._buffers["h"]
         dh = self.buffer("dh", h.shape)  # dL/dh = dy @ B; dB += dy.T @ h
         K.linear_backward_into(dh, self._grads["lora_B.weight"], None, dy2, h, self.lora_B, 0.0)
         dh *= self.scale
-        # dx = dy @ W (the frozen base: no weight gradient computed) + dh @ A, with dA += dh.T @ x
-        if accumulate:
-            base_dx = self.buffer("base_dx", dx2.shape)
-            np.matmul(dy2, self.base.weight, out=base_dx)
-            dx2 += base_dx
+        dx = self.base.backward(dy, out=out, accumulate=accumulate)  # dy @ W (+ what out holds)
+        dx2 = dx.reshape(-1, self.in_features)
+        # dA += dh.T @ x_lora; the input's part dh @ A, through the dropout mask when there is one
+        if self._mask is None:
+            K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 1.0)
         else:
-            np.matmul(dy2, self.base.weight, out=dx2)
-        K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, x2, self.lora_A, 1.0)
+            dxl = self.buffer("dx_lora", dx2.shape)
+            K.linear_backward_into(dxl, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 0.0)
+            dxl *= self._mask
+            dx2 += dxl
         return dx
 
     def merged(self) -> Linear:
@@ -107,7 +135,13 @@ class LoRALinear(Layer):
         return self.base
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}"
+        drop = f", dropout={self.dropout}" if self.dropout else ""
+        return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}{drop}"
+
+
+def check_dropout(dropout) -> float:
+    """LoRA's ``dropout`` (PEFT's ``lora_dropout``): a probability ``0 <= p < 1``, as a float."""
+    return check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
 
 
 def _matches(dotted: str, suffix: str) -> bool:
@@ -162,11 +196,13 @@ def lora_layers(model: Layer) -> dict[str, LoRALinear]:
     return {dotted: layer for _, _, dotted, layer in _layers(model) if isinstance(layer, LoRALinear)}
 
 
-def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, rng=0) -> dict[str, LoRALinear]:
+def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, rng=0,
+               dropout: float = 0.0) -> dict[str, LoRALinear]:
     """Replace the ``Linear`` layers named by ``targets`` (keys of the model's :data:`TARGETS` table, a
     comma-separated string of them, or ``None`` for all: Llama's q, k, v, o, gate, up, down) with
-    :class:`LoRALinear` adapters of ``rank`` and ``alpha``, and freeze every other parameter. Checks everything
-    before changing the model. Returns the adapters by dotted name."""
+    :class:`LoRALinear` adapters of ``rank``, ``alpha`` and ``dropout`` (on the adapter input in training
+    mode, ``0 <= dropout < 1``), and freeze every other parameter. Checks everything before changing the
+    model. Returns the adapters by dotted name."""
     if not isinstance(model, Layer):
         raise TypeError(f"model: expected a qorus Layer, got {type(model).__name__}")
     if lora_layers(model):
@@ -175,6 +211,7 @@ def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, r
     targets = _check_targets(list(table) if targets is None else targets, table)
     check_int(rank=rank)
     check_positive_float(alpha=alpha)
+    dropout = check_dropout(dropout)
     rng = check_rng("rng", rng)
     found = _targeted(model, [table[t] for t in targets])
     missing = [t for t in targets if not any(_matches(d, table[t]) for _, _, d, _ in found)]
@@ -188,7 +225,7 @@ def apply_lora(model: Layer, targets=None, rank: int = 8, alpha: float = 16.0, r
     model.set_trainable(False)
     out = {}
     for parent, name, dotted, lin in found:
-        out[dotted] = layer = LoRALinear(lin, rank, alpha, rng)
+        out[dotted] = layer = LoRALinear(lin, rank, alpha, rng, dropout)
         _replace_child(parent, name, lin, layer)
     return out
 
@@ -226,8 +263,8 @@ def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
     adapters = _adapters(model)
     folder = check_path("folder", folder)
     first = next(iter(adapters.values()))
-    if any(a.rank != first.rank or a.alpha != first.alpha for a in adapters.values()):
-        raise ValueError("model: its adapters differ in rank or alpha (PEFT's config holds one of each)")
+    if any((a.rank, a.alpha, a.dropout) != (first.rank, first.alpha, first.dropout) for a in adapters.values()):
+        raise ValueError("model: its adapters differ in rank, alpha or dropout (PEFT's config holds one of each)")
     tensors = {}
     for dotted, a in adapters.items():
         tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"] = a.lora_A
@@ -236,7 +273,8 @@ def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
     modules = sorted({_module_name(table, suffix) for dotted in adapters for suffix in table.values()
                       if _matches(dotted, suffix)})
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.rank, "lora_alpha": first.alpha,
-              "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": kind == "gpt2",
+              "target_modules": modules, "lora_dropout": first.dropout, "bias": "none",
+              "fan_in_fan_out": kind == "gpt2",
               "inference_mode": True, "base_model_name_or_path": str(base_model_name_or_path)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, tensors, metadata={"format": "pt"}))
@@ -245,8 +283,9 @@ def save_lora(model: Layer, folder, base_model_name_or_path: str = "") -> Path:
 
 
 def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
-    """Read a PEFT LoRA folder into ``model``: adapters of its rank, alpha and target modules are applied
-    (unless ``model`` has adapters already), then its tensors copied in. The config, the tensor names and
+    """Read a PEFT LoRA folder into ``model``: adapters of its rank, alpha, dropout (``lora_dropout``, 0 when
+    absent) and target modules are applied (unless ``model`` has adapters already, which must have that alpha
+    and dropout), then its tensors copied in. The config, the tensor names and
     shapes are all checked before the model changes; errors name the file and the key or tensor."""
     from qorus_jit.formats.safetensors import load_safetensors
 
@@ -270,6 +309,11 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
         raise ValueError(f"{cfg_file}: r: expected a positive int, got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"{cfg_file}: lora_alpha: expected a positive number, got {alpha!r}")
+    dropout = config.get("lora_dropout", 0.0)
+    try:
+        dropout = check_dropout(dropout)
+    except ValueError as e:
+        raise ValueError(f"{cfg_file}: lora_{e}") from None
     tensors = {k.replace(".default.weight", ".weight"): v for k, v in load_safetensors(weights_file).items()}
 
     adapters = lora_layers(model)
@@ -277,6 +321,9 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
         if any(a.alpha != float(alpha) for a in adapters.values()):
             raise ValueError(f"{cfg_file}: lora_alpha: {alpha} differs from the model's adapters' "
                              f"{next(iter(adapters.values())).alpha}")
+        if any(a.dropout != dropout for a in adapters.values()):
+            raise ValueError(f"{cfg_file}: lora_dropout: {dropout} differs from the model's adapters' "
+                             f"{next(iter(adapters.values())).dropout}")
         shapes = {d: (a.rank, a.in_features, a.out_features) for d, a in adapters.items()}
     else:  # the shapes apply_lora would give
         shapes = {d: (rank, c.in_features, c.out_features) for _, _, d, c in _targeted(model, modules)}
@@ -293,7 +340,7 @@ def load_lora(model: Layer, folder, rng=0) -> dict[str, LoRALinear]:
             raise ValueError(f"{weights_file}: {k}: expected shape {shape}, got {tensors[k].shape}")
 
     if not adapters:
-        adapters = apply_lora(model, targets, rank, float(alpha), rng)
+        adapters = apply_lora(model, targets, rank, float(alpha), rng, dropout)
     for dotted, a in adapters.items():
         a.lora_A[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_A.weight"]
         a.lora_B[...] = tensors[f"{PEFT_PREFIX}{dotted}.lora_B.weight"]

@@ -48,6 +48,11 @@ class _Norm(Layer):
         base = np.empty((0, self.dim), np.float32) if residual is None else residual
         return dx, base.reshape(-1, self.dim)
 
+    def _dweight(self):
+        """Where the kernels accumulate the weight gradient: the gradient, or when frozen a scratch buffer (the
+        kernels always compute it; it is small) that nothing reads."""
+        return self._grads["weight"] if self.requires_grad("weight") else self.buffer("dweight", (self.dim,), zero=True)
+
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
 
@@ -78,8 +83,9 @@ class LayerNorm(_Norm):
         connection around the norm."""
         x2, dy2 = self._saved(dy)
         dx, base = self._dx(out, accumulate, residual, dy)
-        db = self._grads.get("bias", np.empty(0, np.float32))
-        K.layernorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], db, dy2, x2, self.weight,
+        # no bias, or a frozen one: an empty dbias, which the kernel skips
+        db = self._grads["bias"] if self.bias is not None and self.requires_grad("bias") else np.empty(0, np.float32)
+        K.layernorm_backward(dx.reshape(-1, self.dim), self._dweight(), db, dy2, x2, self.weight,
                              self._buffers["mean"], self._buffers["rstd"], accumulate, base)
         return dx
 
@@ -102,6 +108,6 @@ class RMSNorm(_Norm):
         """As :meth:`LayerNorm.backward`."""
         x2, dy2 = self._saved(dy)
         dx, base = self._dx(out, accumulate, residual, dy)
-        K.rmsnorm_backward(dx.reshape(-1, self.dim), self._grads["weight"], dy2, x2, self.weight,
+        K.rmsnorm_backward(dx.reshape(-1, self.dim), self._dweight(), dy2, x2, self.weight,
                            self._buffers["rstd"], accumulate, base)
         return dx
