@@ -169,8 +169,15 @@ def train(config, resume, no_progress, **settings):
             cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides)
             run = start_run(cfg, progress=not no_progress)
             n = run.model.num_parameters()
-            click.echo(f"run {run.run_dir}: {run.cfg.arch} with {n:,} parameters on {run.data_name} "
-                       f"({run.data.n_train:,} train / {run.data.n_val:,} val tokens), {run.cfg.steps} steps", err=True)
+            what = f"{run.cfg.arch} with {n:,} parameters"
+            if run.cfg.init:
+                what += f" from {run.cfg.init}"
+            if run.lora is not None:
+                params = run.model.parameters()
+                k = sum(params[name].size for name in run.model.trainable())
+                what += f" (LoRA rank {run.cfg.lora_rank} on {','.join(run.lora['targets'])}: {k:,} train)"
+            click.echo(f"run {run.run_dir}: {what} on {run.data_name} ({run.data.n_train:,} train / "
+                       f"{run.data.n_val:,} val tokens), {run.cfg.steps} steps", err=True)
     except ConfigError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None

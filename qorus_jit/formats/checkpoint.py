@@ -4,9 +4,11 @@ optimizer state and the trainer's state) written atomically.
 A run folder (what ``qorus train`` writes; training writes it, inference reads it) holds
 
 - ``run.json``: the run's settings (``config``), the model record ``{"arch": ..., **config.to_dict()}``
-  (``model``), the data source and token counts;
+  (``model``), the data source and token counts, and for a fine-tuning run its source (``init``) and its
+  LoRA adapters (``lora``: rank, alpha, dropout, targets);
 - ``tokenizer.json`` (``tokenizer.bin`` for llama2.c's tokenizer);
 - ``metrics.jsonl``: one JSON object per logged step and per evaluation;
+- ``adapter/`` (a LoRA run, once finished): its adapters as a PEFT folder;
 - ``checkpoints/step_NNNNNNN/`` folders, each with
 
   - ``model.safetensors``: the model's parameters under their dotted names;
@@ -44,6 +46,7 @@ LATEST = "latest"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+ADAPTER_DIR = "adapter"  # a finished LoRA run's adapters, as a PEFT folder
 FORMAT = 1
 _NAME = re.compile(r"step_(\d+)$")
 

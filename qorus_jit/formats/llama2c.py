@@ -251,6 +251,16 @@ def _check_size(file: Path, h: Llama2cHeader, size: int) -> None:
                      f"{h.describe()}, got {size} bytes ({what}){hint}")
 
 
+def read_llama2c_header(path) -> Llama2cHeader:
+    """The header of a llama2.c checkpoint, checked against the file's size, without reading the weights
+    (the errors of :func:`read_llama2c`)."""
+    file = _check_file(path)
+    size = file.stat().st_size
+    h = _read_header(file, size)
+    _check_size(file, h, size)
+    return h
+
+
 def read_llama2c(path) -> tuple[Llama2cHeader, dict[str, np.ndarray]]:
     """The header and the float32 arrays of a llama2.c checkpoint (legacy version 0 or version 1, told apart
     by the magic), by their :func:`layout` names and shapes; the legacy RoPE tables are skipped.
@@ -259,10 +269,8 @@ def read_llama2c(path) -> tuple[Llama2cHeader, dict[str, np.ndarray]]:
     file for a short file, nonsense header values, an unknown version or a size that does not match the
     header (expected and actual bytes).
     """
-    file = _check_file(path)
-    size = file.stat().st_size
-    h = _read_header(file, size)
-    _check_size(file, h, size)
+    h = read_llama2c_header(path)
+    file = Path(path)
     tensors = {}
     with open(file, "rb") as f:
         f.seek(h.header_bytes)

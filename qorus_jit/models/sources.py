@@ -104,8 +104,14 @@ def load_source(source, tokenizer=None) -> Source:
     if path.is_dir():
         raise SourceError(f"source: {path} is neither a run directory (run.json) nor a Hugging Face folder "
                           f"(config.json)")
+    from qorus_jit.formats.llama2c import read_llama2c_header
     from qorus_jit.models.llama import load_llama2c
 
+    try:  # a file that is no model is told so before its tokenizer is asked for
+        read_llama2c_header(path)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"source: {path} is not a model: not a run directory or a Hugging Face folder, and not "
+                          f"a llama2.c checkpoint ({e})") from None
     if tok is None:
         raise SourceError(f"tokenizer: a llama2.c checkpoint needs its tokenizer.bin (--tokenizer) for {path}")
     try:
@@ -148,17 +154,50 @@ def load_run_model(run_dir):
         tensors = load_checkpoint(found).model  # bounded by the file's size
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise SourceError(f"{run_dir}: {e}") from None
+    base = {k: v for k, v in tensors.items() if not _is_adapter(k)}
     try:  # the record against the weights, in the Hugging Face layout that check_shapes knows
-        check_shapes(config, {k: v.shape for k, v in cls.to_hf_tensors(tensors).items()},
+        check_shapes(config, {k: v.shape for k, v in cls.to_hf_tensors(base).items()},
                      source=str(found / MODEL_FILE))
     except ValueError as e:
         raise SourceError(f"{record_file}: the model record does not fit the checkpoint: {e}") from None
     try:
         model = build_model(fields["arch"], config)
+        apply_run_lora(model, record.get("lora"), record_file)
         model.load_parameters(tensors)
     except (ValueError, TypeError) as e:
         raise SourceError(f"{run_dir}: {e}") from None
     return model, tokenizer
+
+
+def _is_adapter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_record(adapters: dict, targets: list[str]) -> dict:
+    """What a run folder's ``run.json`` keeps of a model's LoRA adapters (``apply_lora``'s result) so that
+    :func:`apply_run_lora` puts the same ones on a rebuilt model: rank, alpha, dropout and the target names."""
+    first = next(iter(adapters.values()))
+    return {"rank": first.rank, "alpha": first.alpha, "targets": list(targets),
+            "dropout": float(getattr(first, "dropout", 0.0))}
+
+
+def apply_run_lora(model, lora, where) -> None:
+    """Put the adapters a run record's ``lora`` table describes on ``model`` (nothing when it is None);
+    a ValueError naming ``where`` and the field when the table is damaged."""
+    from qorus_jit.layers.lora import apply_lora
+
+    if lora is None:
+        return
+    ok = isinstance(lora, dict) and isinstance(lora.get("targets"), list) and all(
+        isinstance(lora.get(k), (int, float)) and not isinstance(lora.get(k), bool)
+        for k in ("rank", "alpha", "dropout"))
+    if not ok:
+        raise ValueError(f"{where}: lora: expected a table of rank, alpha, dropout and targets, got {lora!r}")
+    kw = {"dropout": float(lora["dropout"])} if lora["dropout"] else {}
+    try:
+        apply_lora(model, lora["targets"], lora["rank"], float(lora["alpha"]), **kw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: lora: {e}") from None
 
 
 def _hf_source(path: Path, tok) -> Source:

@@ -24,7 +24,7 @@ import numpy as np
 from qorus_jit.core.alloc import memory_bytes
 from qorus_jit.core.check import check_fields
 from qorus_jit.core.files import atomic_write_json, os_reason, read_json
-from qorus_jit.formats.checkpoint import RUN_FILE, read_run_record, run_tokenizer_name, run_tokenizer_path
+from qorus_jit.formats.checkpoint import RUN_FILE, read_run_record, run_tokenizer_name
 
 
 class ConfigError(ValueError):
@@ -40,9 +40,20 @@ class TrainConfig:
     """Every setting of a training run (defaults: a byte-level Llama on the standard library's docs)."""
 
     # data
-    data: str = _f("", "Text file to train on (UTF-8). Empty: the standard library's documentation topics "
-                       "(pydoc_data), which every Python installation carries.")
-    tokenizer: str = _f("byte", "'byte' (256 ids, always works) or a tokenizer.json file / a folder holding one.")
+    data: str = _f("", "Text file to train on (UTF-8), or a .jsonl file of prompt/completion pairs (or chat "
+                       "messages) whose loss counts only the completions. Empty: the standard library's "
+                       "documentation topics (pydoc_data), which every Python installation carries.")
+    tokenizer: str = _f("byte", "'byte' (256 ids, always works) or a tokenizer.json file / a folder holding one. "
+                                "With --init: the source's own unless given (llama2.c: its tokenizer.bin).")
+    # fine-tuning
+    init: str = _f("", "Start from this model instead of new weights: a Hugging Face folder (Llama or GPT-2 with "
+                       "its tokenizer.json), a llama2.c .bin (with --tokenizer tokenizer.bin) or a run folder. "
+                       "The architecture, its sizes and the tokenizer come from it.")
+    lora_rank: int = _f(0, "Train LoRA adapters of this rank on a frozen model (0: train every weight).")
+    lora_alpha: float = _f(16.0, "LoRA scale numerator: the adapters' update is multiplied by alpha / rank.")
+    lora_targets: str = _f("", "Layers that get adapters, comma-separated (llama: q,k,v,o,gate,up,down; "
+                               "gpt2: qkv,o,up,down). Empty: all of them.")
+    lora_dropout: float = _f(0.0, "Dropout on the adapters' input while training (0: none).")
     val_fraction: float = _f(0.05, "Share of the tokens (at the end of the text) held out for validation.")
     # model
     arch: str = _f("llama", "Architecture: 'llama' or 'gpt2'.", choices=("llama", "gpt2"))
@@ -82,6 +93,10 @@ class TrainConfig:
     sample_prompt: str = _f("The ", "Prompt of the sample generated at the end.")
     temperature: float = _f(0.8, "Sampling temperature of the final sample.")
 
+    #: The names of the settings given (by from_dict, from_toml and the command line), or None when not known
+    #: (built directly: then a setting counts as given when it differs from its default). Not a setting.
+    given = None
+
     # -- validation -------------------------------------------------------------------------------------
 
     def __post_init__(self):
@@ -92,7 +107,7 @@ class TrainConfig:
         at_least = {name: 1 for name in ("dim", "n_layers", "n_heads", "hidden_dim", "seq_len", "steps", "batch_size",
                                          "grad_accum", "eval_batches", "keep_checkpoints")}
         at_least.update({name: 0 for name in ("n_kv_heads", "max_seq_len", "eval_every", "ckpt_every", "seed",
-                                              "threads", "sample_tokens")})
+                                              "threads", "sample_tokens", "lora_rank")})
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: expected an int >= {low}, got {getattr(self, name)}")
@@ -108,6 +123,13 @@ class TrainConfig:
         for name in ("beta1", "beta2", "momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a number in [0, 1), got {getattr(self, name)}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha: expected a number > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
+        if not self.lora_rank and (self.lora_targets or self.lora_dropout):
+            what = "lora_targets" if self.lora_targets else "lora_dropout"
+            raise ConfigError(f"{what}: applies to LoRA adapters only; set lora_rank too (e.g. 8)")
         for name in ("clip", "weight_decay", "temperature"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
@@ -131,9 +153,11 @@ class TrainConfig:
         """Build from a dict (a TOML table, ``run.json``); unknown keys raise a ConfigError."""
         check_fields(cls, d, where or "config", ConfigError, "setting", " (see qorus train --help)")
         try:
-            return cls(**d)
+            cfg = cls(**d)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+        cfg.given = frozenset(d)
+        return cfg
 
     @classmethod
     def from_toml(cls, path, overrides: dict | None = None) -> TrainConfig:
@@ -169,7 +193,7 @@ def _check_overrides(overrides) -> None:
 
 
 #: Settings that name a file or folder (a NUL byte in one is refused: no path can hold it).
-_PATHS = ("data", "tokenizer", "out_dir", "name")
+_PATHS = ("data", "tokenizer", "init", "out_dir", "name")
 
 
 def _checked(f, value):
@@ -274,11 +298,70 @@ def load_data(cfg: TrainConfig, tokenizer):
     return ds, name
 
 
+#: The settings ``--init`` takes from its source: the architecture and its sizes.
+SOURCE_SETTINGS = ("arch", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len", "tie_embeddings")
+
+
+def load_init(cfg: TrainConfig, given=None):
+    """``(cfg, source)``: the model and tokenizer ``cfg.init`` names (a
+    :class:`~qorus_jit.models.sources.Source`), and ``cfg`` with the settings of :data:`SOURCE_SETTINGS` taken
+    from it. One of them ``given`` (names; None: those that differ from their defaults) with a value other
+    than the source's is refused (ConfigError)."""
+    from qorus_jit.models.sources import SourceError, load_source
+
+    try:
+        source = load_source(cfg.init, None if cfg.tokenizer == "byte" else cfg.tokenizer)
+    except SourceError as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith("tokenizer: ") else
+                          "init: " + text.removeprefix("source: ")) from None
+    c, arch = source.model.config, type(source.model).arch
+    own = {"arch": arch, "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
+           "n_kv_heads": 0 if (getattr(c, "n_kv_heads", None) or c.n_heads) == c.n_heads else c.n_kv_heads,
+           "hidden_dim": c.hidden_dim or 4 * c.dim, "max_seq_len": c.max_seq_len,
+           "tie_embeddings": c.tie_embeddings}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in SOURCE_SETTINGS:
+        value = getattr(cfg, name)
+        stated = name in given if given is not None else value != defaults[name]
+        if stated and value != own[name]:
+            raise ConfigError(f"{name}: the model of --init {cfg.init} has {name} = {own[name]}; leave {name} out "
+                              f"(it comes from the model), got {value}")
+    if cfg.seq_len > own["max_seq_len"]:
+        raise ConfigError(f"seq_len: expected at most the --init model's max_seq_len = {own['max_seq_len']}, "
+                          f"got {cfg.seq_len}")
+    return dataclasses.replace(cfg, **own), source
+
+
+def add_lora(cfg: TrainConfig, model) -> dict:
+    """Freeze ``model`` and put the LoRA adapters of ``cfg`` on it; returns the ``lora`` table of run.json.
+    Bad targets or a rank too large for a layer raise a ConfigError naming the setting."""
+    from qorus_jit.layers.lora import TARGETS, apply_lora
+    from qorus_jit.models.sources import lora_record
+
+    table = TARGETS.get(type(model).arch, {})
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] or list(table)
+    kw = {"dropout": cfg.lora_dropout} if cfg.lora_dropout else {}
+    try:
+        adapters = apply_lora(model, targets, cfg.lora_rank, cfg.lora_alpha, rng=cfg.seed, **kw)
+    except ValueError as e:
+        text = str(e)
+        for old, new in (("targets: ", "lora_targets: "), ("rank: ", "lora_rank: ")):
+            if text.startswith(old):
+                text = new + text.removeprefix(old)
+        raise ConfigError(text) from None
+    return lora_record(adapters, targets)
+
+
 class Run:
     """A built run: config, tokenizer, dataset, model, optimizer and trainer, and its directory. Its final
-    sample comes from inference (:func:`qorus_jit.infer.generate.sample_text`), as ``qorus train`` does."""
+    sample comes from inference (:func:`qorus_jit.infer.generate.sample_text`), as ``qorus train`` does.
+    ``model``: the model to train (from ``--init`` or a checkpoint); None builds a new one from ``cfg``. LoRA
+    settings put adapters on it (``lora`` is then the run record's table of them; a ``model`` with
+    adapters already keeps them)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, tokenizer, data, data_name: str, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, tokenizer, data, data_name: str, progress: bool = True,
+                 model=None, lora: dict | None = None):
         from qorus_jit.train.trainer import Trainer
 
         self.cfg, self.run_dir, self.tokenizer, self.data, self.data_name = cfg, run_dir, tokenizer, data, data_name
@@ -286,7 +369,10 @@ class Run:
             from qorus_jit.core.numerics import set_num_threads
 
             set_num_threads(min(cfg.threads, _max_threads()))
-        self.model = build_model(cfg, tokenizer.vocab_size)
+        self.model = build_model(cfg, tokenizer.vocab_size) if model is None else model
+        self.lora = lora
+        if cfg.lora_rank and lora is None:
+            self.lora = add_lora(cfg, self.model)
         self.optimizer = build_optimizer(cfg, self.model)
         self.trainer = Trainer(
             self.model, self.optimizer, data, steps=cfg.steps, batch_size=cfg.batch_size, schedule=build_schedule(cfg),
@@ -296,7 +382,26 @@ class Run:
             extra_state={"config": cfg.to_dict(), "model": self.model.config.to_dict()})
 
     def fit(self) -> dict:
-        return self.trainer.fit()
+        """Train to the last step (or a Ctrl-C); a LoRA run that finished also writes its adapters as a PEFT
+        folder, ``adapter/`` in the run folder, that ``peft.PeftModel.from_pretrained`` loads."""
+        last = self.trainer.fit()
+        if self.lora is not None and not self.trainer.interrupted:
+            self.save_adapters()
+        return last
+
+    def save_adapters(self) -> Path:
+        from qorus_jit.formats.checkpoint import ADAPTER_DIR
+        from qorus_jit.layers.lora import save_lora
+
+        target = self.run_dir / ADAPTER_DIR
+        base = self.cfg.init if self.cfg.init and Path(self.cfg.init).is_dir() else ""
+        try:
+            return save_lora(self.model, target, base_model_name_or_path=base)
+        except OSError as e:
+            from qorus_jit.train.trainer import TrainingError
+
+            raise TrainingError(f"cannot write the adapters to {target} ({os_reason(e)}); the run's last "
+                                f"checkpoint holds them, and qorus export writes them too") from None
 
 
 def _max_threads() -> int:
@@ -312,14 +417,21 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
 
     if not isinstance(cfg, TrainConfig):  # a dict of settings: TrainConfig.from_dict(d)
         raise TypeError(f"cfg: expected a TrainConfig (TrainConfig.from_dict for a dict), got {type(cfg).__name__}")
+    given = cfg.given
     cfg = dataclasses.replace(cfg, **_absolute_paths(cfg.to_dict()))  # run.json must not depend on the cwd
     # run.json keeps the warmup -1 resolved to, so a resume with more steps keeps it
     cfg = dataclasses.replace(cfg, warmup_steps=warmup_of(cfg))
-    try:
-        tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
-    except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
-        raise ConfigError(_naming(cfg.tokenizer, e)) from None
-    check_memory(cfg, tokenizer.vocab_size)
+    model = source = None
+    if cfg.init:
+        cfg, source = load_init(cfg, given)
+        model, tokenizer = source.model, source.tokenizer
+    else:
+        try:
+            tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
+        except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
+            raise ConfigError(_naming(cfg.tokenizer, e)) from None
+    vocab = tokenizer.vocab_size if model is None else model.config.vocab_size
+    check_memory(cfg, vocab)
     data, data_name = load_data(cfg, tokenizer)
     name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out_dir) / name
@@ -327,9 +439,15 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
         what = "exists already" if run_dir.is_dir() else "is a file"
         raise ConfigError(f"name: the run directory {run_dir} {what} (use --resume {run_dir}, or another --name)")
     try:
-        run = Run(cfg, run_dir, tokenizer, data, data_name, progress)
+        run = Run(cfg, run_dir, tokenizer, data, data_name, progress, model=model)
     except ValueError as e:  # the model or optimizer refused a setting
         raise ConfigError(str(e)) from None
+    record = {"config": cfg.to_dict(), "model": model_record(run.model), "data": data_name,
+              "tokens": {"train": data.n_train, "val": data.n_val}}
+    if source is not None:
+        record["init"] = {"source": str(source.path), "kind": source.kind}
+    if run.lora is not None:
+        record["lora"] = run.lora
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -338,9 +456,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     try:
         tokenizer.save(target)
         target = run_dir / RUN_FILE
-        atomic_write_json(target, {
-            "config": cfg.to_dict(), "model": model_record(run.model),
-            "data": data_name, "tokens": {"train": data.n_train, "val": data.n_val}})
+        atomic_write_json(target, record)
     except BaseException as e:
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(e, OSError):
@@ -352,7 +468,7 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
 def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     """Refuse sizes whose training cannot fit in this machine's memory, before anything is allocated (a
     ConfigError naming the sizes): a lower bound of the bytes of the weights, their gradients and two
-    optimizer moments, and of the activations one step keeps for the backward pass."""
+    optimizer moments (LoRA: the weights alone), and of the activations one step keeps for the backward pass."""
     d, h, layers = cfg.dim, cfg.hidden_dim, cfg.n_layers
     positions = cfg.max_seq_len or cfg.seq_len
     params = layers * (4 * d * d + (3 if cfg.arch == "llama" else 2) * d * h)
@@ -360,7 +476,7 @@ def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     params += positions * d if cfg.arch == "gpt2" else positions * (d // cfg.n_heads)  # positions, or rope tables
     tokens = cfg.batch_size * cfg.seq_len
     activations = tokens * (layers * (4 * d + 2 * h + cfg.n_heads * cfg.seq_len) + 2 * vocab_size)
-    need = 4 * (4 * params + activations)  # float32
+    need = 4 * ((1 if cfg.lora_rank else 4) * params + activations)  # float32; LoRA: no base grads, moments
     have = memory_bytes()
     if have and need > have:
         sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("dim", "n_layers", "hidden_dim", "n_heads", "max_seq_len",
@@ -376,6 +492,8 @@ def _absolute_paths(d: dict) -> dict:
         out["data"] = str(Path(d["data"]).resolve())
     if d.get("tokenizer") and d["tokenizer"] != "byte":
         out["tokenizer"] = str(Path(d["tokenizer"]).resolve())
+    if d.get("init"):
+        out["init"] = str(Path(d["init"]).resolve())
     return out
 
 
@@ -413,7 +531,7 @@ RESUMABLE_CHANGES = ("steps", "eval_every", "ckpt_every", "keep_checkpoints", "t
 def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) -> Run:
     """Rebuild the run of ``run_dir`` and restore its newest checkpoint (exact resume)."""
     from qorus_jit.formats.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
-    from qorus_jit.tokenizers import load_tokenizer
+    from qorus_jit.models.sources import SourceError, load_run_model
 
     _check_overrides(overrides)
     run_dir = Path(run_dir)
@@ -448,15 +566,13 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
                           f"expected --steps of at least {step}")
     if step == cfg.steps and is_finished(run_dir, cfg.steps):
         raise ConfigError(f"--resume: {run_dir} finished all {cfg.steps} steps; pass a larger --steps to train on")
-    tok_file = run_tokenizer_path(run_dir)
-    source = tok_file if tok_file.is_file() else cfg.tokenizer
-    try:
-        tokenizer = load_tokenizer(source)
-    except (OSError, ValueError, TypeError, KeyError, ImportError, RecursionError) as e:
-        raise ConfigError(f"tokenizer: {_naming(source, e)}") from None
+    try:  # the model of run.json (with its adapters) and the run's tokenizer
+        model, tokenizer = load_run_model(run_dir)
+    except SourceError as e:
+        raise ConfigError(f"--resume: {e}") from None
     data, data_name = load_data(cfg, tokenizer)
     try:
-        run = Run(cfg, run_dir, tokenizer, data, data_name, progress)
+        run = Run(cfg, run_dir, tokenizer, data, data_name, progress, model=model, lora=record.get("lora"))
         run.trainer.resume(found)
     except (ValueError, TypeError, KeyError, OSError) as e:  # a damaged checkpoint, or data that changed since
         raise ConfigError(f"--resume: cannot restore the newest checkpoint: {_naming(found, e)}") from None
