@@ -321,23 +321,30 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
-              help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer files).")
-def export(run_dir, out, fmt):
+@click.option("--format", "fmt", type=click.Choice(["hf", "llama2c"]), default="hf", show_default=True,
+              help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer files); llama2c: "
+                   "model.bin + tokenizer.bin for llama2.c (a Llama with llama2.c's tokenizer or one like it).")
+@click.option("--merge-lora", is_flag=True,
+              help="Fold a LoRA run's adapters into the weights (else hf writes them apart, as OUT/adapter/).")
+def export(run_dir, out, fmt, merge_lora):
     """Write the newest checkpoint of the run RUN_DIR, with its tokenizer, as the new folder OUT.
 
-    OUT (absent or empty) appears whole or not at all; transformers' AutoModelForCausalLM and AutoTokenizer
-    load it as it is, and so does qorus generate OUT.
+    OUT (absent or empty) appears whole or not at all. --format hf: transformers' AutoModelForCausalLM and
+    AutoTokenizer load it as it is (a LoRA run's adapters, unless merged, load with peft from OUT/adapter),
+    and so does qorus generate OUT. --format llama2c: llama2.c's run and qorus generate OUT/model.bin
+    --tokenizer OUT/tokenizer.bin run it.
     """
     from qorus_jit.infer.export import export_run
     from qorus_jit.models.sources import SourceError
 
     try:
-        export_run(run_dir, out, fmt)
+        done = export_run(run_dir, out, fmt, merge_lora=merge_lora)
     except (SourceError, ValueError, TypeError) as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
-    click.echo(f"exported {run_dir} to {out}", err=True)
+    for note in done.notes:
+        click.echo(note, err=True)
+    click.echo(f"exported {run_dir} to {out} ({fmt})", err=True)
 
 
 @main.command("compile")

@@ -255,9 +255,6 @@ def test_llama2c_greedy_continuation_equals_qorus(l2c_exported):
     assert got == ours[:len(got)] and (len(got) == 16 or ours[len(got)] in src.stop_ids)
 
 
-@pytest.mark.xfail(strict=True, reason="qorus generate RUN_DIR encodes a llama2.c-tokenizer run's prompt "
-                   "without BOS (models/sources.py Source.encode), llama2.c and qorus generate OUT/model.bin "
-                   "with it (as the run was trained)")
 def test_generate_bin_equals_generate_run_dir(l2c_exported):
     run_dir, out, _ = l2c_exported
     a, b = load_source(run_dir), load_source(out / "model.bin", tokenizer=out / "tokenizer.bin")
@@ -490,6 +487,27 @@ def test_lora_run_exports_merged_and_as_peft_adapter(lora_run, tmp_path):
     assert not (tmp_path / "l2c").exists()
 
 
+def test_cli_export_formats_and_lora(exported, l2c_run, lora_run, tmp_path):
+    """qorus export: --format llama2c writes model.bin + tokenizer.bin; a LoRA run's hf export says where its
+    adapters went; refusals (llama2c without --merge-lora, a GPT-2 to llama2c) are one line with exit code 2."""
+    res = invoke(["export", l2c_run, tmp_path / "l2c", "--format", "llama2c"])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in (tmp_path / "l2c").iterdir()} == {"model.bin", "tokenizer.bin"}
+    res = invoke(["export", lora_run, tmp_path / "apart"])
+    assert res.exit_code == 0 and "adapter" in res.output, res.output
+    assert (tmp_path / "apart" / "adapter" / "adapter_config.json").is_file()
+    res = invoke(["export", lora_run, tmp_path / "merged", "--merge-lora"])
+    assert res.exit_code == 0 and "merged the run's" in res.output, res.output
+    assert not (tmp_path / "merged" / "adapter").exists()
+    refusals = [[lora_run, tmp_path / "no", "--format", "llama2c"]]
+    if json.loads((exported[0] / "run.json").read_text())["model"]["arch"] == "gpt2":
+        refusals.append([exported[0], tmp_path / "no", "--format", "llama2c"])
+    for args in refusals:
+        res = invoke(["export", *args])
+        assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
+        assert not (tmp_path / "no").exists()
+
+
 SP_PIECES = ["\u2581", "o", "n", "c", "e", "t", "h", "a", "s", "m", "p", "u", "i", "\u2581o", "on", "\u2581on", "ce",
              "\u2581once", "th", "\u2581th", "the", "\u2581the", "at", "\u2581at", "\u2581a", "\u2581c", "\u2581cat",
              "\u2581s", "\u2581sat", "\u2581m", "\u2581mat", "up", "\u2581up", "\u2581upon", "\u2581\u2581"]
@@ -562,3 +580,26 @@ def test_other_tokenizer_json_to_llama2c_is_refused(exported, tmp_path, monkeypa
     assert str(e.value).startswith("format: llama2c needs a tokenizer that llama2.c's run.c encodes")
     assert why in str(e.value) and str(e.value).endswith("use --format hf") and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_chat_template_survives_export(tmp_path, monkeypatch):
+    """A run on chat data keeps its tokenizer's template; the exported folder's AutoTokenizer renders a
+    conversation to the ids qorus trained on."""
+    transformers = transformers_or_skip()
+    from tests.tokenizers.chat_folders import make_folder
+
+    monkeypatch.setenv("QORUS_CACHE_DIR", str(tmp_path / "token-cache"))
+    folder = make_folder(tmp_path / "tok", "llama3")
+    talk = [{"role": "user", "content": "Is the cat funny?"}, {"role": "assistant", "content": "Yes, café."}]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": talk}) + "\n" for _ in range(40)))
+    res = invoke(["train", *TINY, "--tokenizer", folder, "--data", tmp_path / "chat.jsonl", "--val-fraction", "0.2",
+                  "--out-dir", tmp_path / "runs", "--name", "chat"])
+    assert res.exit_code == 0, res.output
+    res = invoke(["export", tmp_path / "runs" / "chat", tmp_path / "hf"])
+    assert res.exit_code == 0, res.output
+    ours = load_tokenizer(tmp_path / "runs" / "chat" / "tokenizer.json")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    want = theirs.apply_chat_template(talk, tokenize=True, add_generation_prompt=False)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    assert ours.apply_chat_template(talk, tokenize=True).tolist() == list(want)
+    assert theirs.eos_token == ours.special_tokens.get("eos_token")

@@ -263,7 +263,7 @@ def save_pretrained(model: Architecture, path, tokenizer=None) -> None:
 def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
     """``tokenizer.json`` and ``tokenizer_config.json`` (name -> text) for a Hugging Face folder: a
     ``PreTrainedTokenizerFast`` over ``tokenizer``'s own ids, no special tokens added, texts up to ``max_len``
-    tokens."""
+    tokens, with the chat template and special token names a BPE tokenizer brought from its folder."""
     from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
 
     if isinstance(tokenizer, ByteTokenizer):
@@ -275,6 +275,8 @@ def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
                         f"hold), got {type(tokenizer).__name__}")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(max_len),
               "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
+    if isinstance(tokenizer, BPETokenizer):
+        config.update(tokenizer.tokenizer_config())  # its chat template and special token names
     return {"tokenizer.json": text, "tokenizer_config.json": _json(config)}
 
 

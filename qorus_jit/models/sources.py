@@ -47,10 +47,8 @@ class Source:
         return tokenizer_size(self.tokenizer)
 
     def encode(self, text: str) -> np.ndarray:
-        if self.kind == "llama2c":
-            return np.asarray(self.tokenizer.encode(text, bos=True), np.int64)
-        if isinstance(self.tokenizer, Llama2cTokenizer):  # a tokenizer.bin for another source: BOS as it says
-            ids = np.asarray(self.tokenizer.encode(text, bos=False), np.int64)
+        if isinstance(self.tokenizer, Llama2cTokenizer):  # its BOS, as llama2.c and training put it, unless set
+            ids = np.asarray(self.tokenizer.encode(text, bos=self.bos is None), np.int64)
         else:
             ids = np.asarray(self.tokenizer.encode(text), np.int64)
         return ids if self.bos is None else np.concatenate([[self.bos], ids])
@@ -177,8 +175,7 @@ def lora_record(adapters: dict, targets: list[str]) -> dict:
     """What a run folder's ``run.json`` keeps of a model's LoRA adapters (``apply_lora``'s result) so that
     :func:`apply_run_lora` puts the same ones on a rebuilt model: rank, alpha, dropout and the target names."""
     first = next(iter(adapters.values()))
-    return {"rank": first.rank, "alpha": first.alpha, "targets": list(targets),
-            "dropout": float(getattr(first, "dropout", 0.0))}
+    return {"rank": first.rank, "alpha": first.alpha, "targets": list(targets), "dropout": first.dropout}
 
 
 def apply_run_lora(model, lora, where) -> None:
@@ -193,9 +190,8 @@ def apply_run_lora(model, lora, where) -> None:
         for k in ("rank", "alpha", "dropout"))
     if not ok:
         raise ValueError(f"{where}: lora: expected a table of rank, alpha, dropout and targets, got {lora!r}")
-    kw = {"dropout": float(lora["dropout"])} if lora["dropout"] else {}
     try:
-        apply_lora(model, lora["targets"], lora["rank"], float(lora["alpha"]), **kw)
+        apply_lora(model, lora["targets"], lora["rank"], float(lora["alpha"]), dropout=float(lora["dropout"]))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: lora: {e}") from None
 

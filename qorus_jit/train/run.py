@@ -341,9 +341,8 @@ def add_lora(cfg: TrainConfig, model) -> dict:
 
     table = TARGETS.get(type(model).arch, {})
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] or list(table)
-    kw = {"dropout": cfg.lora_dropout} if cfg.lora_dropout else {}
     try:
-        adapters = apply_lora(model, targets, cfg.lora_rank, cfg.lora_alpha, rng=cfg.seed, **kw)
+        adapters = apply_lora(model, targets, cfg.lora_rank, cfg.lora_alpha, rng=cfg.seed, dropout=cfg.lora_dropout)
     except ValueError as e:
         text = str(e)
         for old, new in (("targets: ", "lora_targets: "), ("rank: ", "lora_rank: ")):
