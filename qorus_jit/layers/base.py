@@ -220,17 +220,25 @@ class Layer:
             out.extend(child.no_decay(f"{prefix}{name}." if name else prefix))
         return out
 
-    def set_trainable(self, trainable: bool) -> None:
-        """Mark every parameter of this layer and its children trainable or frozen (see :meth:`trainable`). A
+    def set_trainable(self, trainable: bool, names=None) -> None:
+        """Mark every parameter of this layer and its children trainable or frozen (see :meth:`trainable`), or
+        with ``names`` (a name or a list of this layer's own parameters, e.g. ``"weight"``) only those. A
         frozen gradient is cleared (if it holds anything) and from then on neither written nor zeroed."""
         check_bool(trainable=trainable)
-        self._frozen = set() if trainable else set(self._params)
-        for name in self._frozen:
+        if names is not None:
+            names = [names] if isinstance(names, str) else names
+            if not isinstance(names, (list, tuple)) or not all(n in self._params for n in names):
+                raise ValueError(f"names: expected some of {type(self).__name__}'s own parameters "
+                                 f"{sorted(self._params)}, got {names!r}")
+        chosen = set(self._params) if names is None else set(names)
+        self._frozen = self._frozen - chosen if trainable else self._frozen | chosen
+        for name in self._frozen & chosen:
             g = self._grads[name]
             if g.any():  # reading a lazily mapped gradient's pages keeps them out of resident memory; filling would not
                 g.fill(0)
-        for child in self._children.values():
-            child.set_trainable(trainable)
+        if names is None:
+            for child in self._children.values():
+                child.set_trainable(trainable)
 
     def trainable(self, prefix: str = "") -> list[str]:
         """The names of the parameters not frozen, in :meth:`parameters` order: those the optimizers update."""

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.core.check import check_bool, check_real
+from qorus_jit.core.check import check_bool, check_nonnegative, check_real
 from qorus_jit.core.files import atomic_write, final_path, os_reason
 from qorus_jit.formats import checkpoint as ckpt
+from qorus_jit.layers.base import Layer
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
 from qorus_jit.train.schedule import constant
 
@@ -63,6 +64,9 @@ class Trainer:
     - ``eval_every`` / ``ckpt_every`` steps (0: only at the end); ``run_dir`` receives ``metrics.jsonl``
       and ``checkpoints/`` (nothing is written without it); ``keep_checkpoints`` newest are kept.
     - ``extra_state``: JSON data stored in every checkpoint's ``state.json`` beside the trainer's own.
+    - ``seed``: of the dropout masks (a qorus ``Layer`` model): training steps run in training mode
+      (``model.train()``), micro-batch ``m`` of step ``s`` seeded ``model.seed_dropout(seed, s, m)``, so a
+      resumed run draws the same masks; evaluation runs in evaluation mode (no dropout).
     - ``progress``: a progress bar; ``print_evals``: print each evaluation's line (by default as ``progress``;
       ``qorus train --no-progress`` keeps the lines without the bar).
 
@@ -78,7 +82,7 @@ class Trainer:
                  schedule=None, grad_accum: int = 1, clip: float | None = None, val_data=None,
                  eval_every: int = 0, eval_batches: int = 8, ckpt_every: int = 0, keep_checkpoints: int = 2,
                  run_dir=None, log_every: int = 1, progress: bool = True, print_evals: bool | None = None,
-                 extra_state: dict | None = None, handle_sigint: bool = False):
+                 extra_state: dict | None = None, handle_sigint: bool = False, seed: int = 0):
         counts = {}
         for name, value, low in (("steps", steps, 1), ("grad_accum", grad_accum, 1), ("eval_every", eval_every, 0),
                                  ("eval_batches", eval_batches, 1), ("ckpt_every", ckpt_every, 0),
@@ -98,6 +102,7 @@ class Trainer:
         if extra_state is not None and not isinstance(extra_state, dict):
             raise TypeError(f"extra_state: expected a dict of JSON data or None, got {type(extra_state).__name__}")
         check_bool(progress=progress, handle_sigint=handle_sigint)
+        check_nonnegative(seed=seed)
         if print_evals is not None:
             check_bool(print_evals=print_evals)
         self.model, self.optimizer, self.data = model, optimizer, data
@@ -115,6 +120,7 @@ class Trainer:
         self.log_every, self.progress, self.handle_sigint = log_every, bool(progress), bool(handle_sigint)
         self.print_evals = self.progress if print_evals is None else bool(print_evals)
         self.extra_state = dict(extra_state or {})
+        self.seed = int(seed)
         self.step = 0
         self.elapsed = 0.0  # seconds of training before this process (restored on resume)
         self.last: dict = {}
@@ -146,15 +152,26 @@ class Trainer:
         self.optimizer.lr = lr
         self.optimizer.zero_grad()
         loss, items = 0.0, 0
-        for _ in range(self.grad_accum):
-            x, y = self._next_batch()
-            out = self.model.forward(x)
-            part, dout = self.loss(out, y, 1.0 / self.grad_accum)
-            if not math.isfinite(part):
-                raise TrainingError(f"step {step + 1}: the loss is {part}; stopping (the weights were not updated)")
-            self.model.backward(dout)
-            loss += part / self.grad_accum
-            items += x.size if x.dtype.kind in "iu" else x.shape[0]  # tokens, or samples
+        layer = isinstance(self.model, Layer)  # training mode and seeded dropout masks (a qorus model)
+        was_training = layer and self.model.training
+        if layer:
+            self.model.train()
+        try:
+            for micro in range(self.grad_accum):
+                x, y = self._next_batch()
+                if layer:
+                    self.model.seed_dropout(self.seed, step, micro)
+                out = self.model.forward(x)
+                part, dout = self.loss(out, y, 1.0 / self.grad_accum)
+                if not math.isfinite(part):
+                    raise TrainingError(f"step {step + 1}: the loss is {part}; stopping (the weights were not "
+                                        f"updated)")
+                self.model.backward(dout)
+                loss += part / self.grad_accum
+                items += x.size if x.dtype.kind in "iu" else x.shape[0]  # tokens, or samples
+        finally:
+            if layer:
+                self.model.train(was_training)
         norm = self.optimizer.clip_grad_norm(self.clip) if self.clip else self.optimizer.grad_norm()
         if not math.isfinite(norm):
             raise TrainingError(f"step {step + 1}: the gradient norm is {norm}; stopping (the weights were not "
@@ -168,9 +185,17 @@ class Trainer:
         if not self.val_data:
             return {}
         total, count, correct = 0.0, 0, 0
-        for x, y in self.val_data:
-            s, n, c = self.loss.evaluate(self.model.forward(x), y)
-            total, count, correct = total + s, count + n, correct + c
+        layer = isinstance(self.model, Layer)
+        was_training = layer and self.model.training
+        if layer:
+            self.model.eval()  # no dropout
+        try:
+            for x, y in self.val_data:
+                s, n, c = self.loss.evaluate(self.model.forward(x), y)
+                total, count, correct = total + s, count + n, correct + c
+        finally:
+            if layer:
+                self.model.train(was_training)
         out = {"val_loss": total / max(count, 1)}
         if isinstance(self.loss, CrossEntropyLoss):
             out["val_accuracy"] = correct / max(count, 1)
