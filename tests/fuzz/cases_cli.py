@@ -318,6 +318,62 @@ def _train_cases():
     return out
 
 
+# ------------------------------------------------------------------------------------------- fine-tuning
+
+
+def _ft(d):
+    """``qorus train`` settings for a tiny fine-tuning run: the model's sizes come from ``--init``."""
+    return ["--steps", "2", "--seq-len", "16", "--batch-size", "2", "--sample-tokens", "0", "--eval-every", "0",
+            "--ckpt-every", "0", "--no-progress", "--data", str(fixtures.get("tokenizers") / "corpus.txt"),
+            "--out-dir", str(d / "runs")]
+
+
+def _finetune_cases():
+    out = []
+    hf = _copy("hf_llama")
+    for label, extra, names in (
+            ("lora-rank-negative", ["--lora-rank", "-1"], ("--lora-rank", "lora_rank")),
+            ("lora-rank-huge", ["--lora-rank", "99999"], ("--lora-rank", "lora_rank")),
+            ("lora-alpha-zero", ["--lora-rank", "2", "--lora-alpha", "0"], ("--lora-alpha", "lora_alpha")),
+            ("lora-alpha-nan", ["--lora-rank", "2", "--lora-alpha", "nan"], ("--lora-alpha", "lora_alpha")),
+            ("lora-dropout-one", ["--lora-rank", "2", "--lora-dropout", "1"], ("--lora-dropout", "lora_dropout")),
+            ("lora-targets-unknown", ["--lora-rank", "2", "--lora-targets", "q,nope"], ("lora_targets", "nope")),
+            ("lora-targets-empty", ["--lora-rank", "2", "--lora-targets", ",,"], ()),
+            ("lora-targets-without-rank", ["--lora-targets", "q"], ("lora_targets", "lora_rank")),
+            ("dim-contradicts", ["--dim", "8"], ("dim", "--init")),
+            ("arch-contradicts", ["--arch", "gpt2"], ("arch", "--init")),
+            ("seq-len-past-model", ["--seq-len", "100000"], ("seq_len",)),
+            ("tokenizer-missing", ["--tokenizer", "/nonexistent/tok.json"], ("tokenizer", "/nonexistent/tok.json"))):
+        codes = (0,) if label == "lora-targets-empty" else (2,)  # no target named: all of them
+        out.append(_case(f"cli/finetune/{label}", ["train", _ft, "--init", hf, *extra], names, codes=codes))
+    out.append(_case("cli/finetune/valid-lora", ["train", _ft, "--init", hf, "--lora-rank", "2"], (), codes=(0,)))
+    out.append(_case("cli/finetune/valid-run", ["train", _ft, "--init", _in("run", "r")], (), codes=(0,)))
+    out.append(_case("cli/finetune/init-missing", ["train", _ft, "--init", "/nonexistent/model"],
+                     ("init", "/nonexistent/model")))
+    out.append(_case("cli/finetune/init-empty-folder", ["train", _ft, "--init", lambda d: d],
+                     ("init", "run.json", "config.json")))
+    out.append(_case("cli/finetune/init-text-file", ["train", _ft, "--init", _in("tokenizers", "corpus.txt")],
+                     ("init", "corpus.txt", "not a model")))
+    out.append(_case("cli/finetune/init-bert", ["train", _ft, "--init", _copy("hf_bert")], ("init", "hf_bert")))
+    out.append(_case("cli/finetune/llama2c-without-tokenizer", ["train", _ft, "--init", _in("l2c", "v0.bin")],
+                     ("--tokenizer", "tokenizer")))
+    for label, fn in list(file_damages(True).items())[1:]:
+        out.append(_case(f"cli/finetune/config.json/{label}", ["train", _ft, "--init", _copy("hf_llama")],
+                         ("config.json",), prepare=_damaged("hf_llama", "config.json", fn)))
+        out.append(_case(f"cli/finetune/run.json/{label}", ["train", _ft, "--init", _in("run", "r")],
+                         ("run.json",), prepare=_damaged("run", "r/run.json", fn)))
+    for label, fn in file_damages(False).items():
+        if label != "missing":
+            out.append(_case(f"cli/finetune/model.safetensors/{label}", ["train", _ft, "--init", _copy("hf_llama")],
+                             ("model.safetensors",), prepare=_damaged("hf_llama", "model.safetensors", fn)))
+
+    def bad_lora(d):
+        edit_json(_copy("run")(d) / "r" / "run.json", ("lora",), {"rank": "x"})
+    out.append(_case("cli/finetune/run.json-lora-damaged", ["train", _ft, "--init", _in("run", "r")],
+                     ("run.json", "lora"), prepare=bad_lora))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ bench, info
 
 
@@ -362,5 +418,6 @@ def _subprocess_cases():
 
 
 def cases():
-    out = _generate_cases() + _embed_cases() + _plot_cases() + _train_cases() + _bench_info_cases()
+    out = _generate_cases() + _embed_cases() + _plot_cases() + _train_cases() + _finetune_cases()
+    out += _bench_info_cases()
     return out + _subprocess_cases()
