@@ -112,10 +112,10 @@ def rel_diff(ours, theirs):
     return np.abs(ours - theirs) / np.abs(theirs)
 
 
-def llama_folder(transformers, torch, folder):
+def llama_folder(transformers, torch, folder, tie=False):
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+                                   rms_norm_eps=1e-5, tie_word_embeddings=tie)
     torch.manual_seed(0)
     ref = transformers.LlamaForCausalLM(cfg).float()
     with torch.no_grad():  # norms off 1 so that their gradients and updates count
@@ -134,10 +134,11 @@ def gpt2_folder(transformers, torch, folder):
     return transformers.GPT2LMHeadModel
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_full_finetuning_equals_pytorch(tmp_path, grad_accum):
+@pytest.mark.parametrize("grad_accum,tie", [(1, False), (2, False), (1, True)])
+def test_full_finetuning_equals_pytorch(tmp_path, grad_accum, tie):
+    """Tied: the head shares the embedding (one parameter on both sides, trained by both uses, not decayed)."""
     torch, transformers = torch_or_skip(), transformers_or_skip()
-    cls = llama_folder(transformers, torch, tmp_path / "base")
+    cls = llama_folder(transformers, torch, tmp_path / "base", tie)
     batches = make_batches(STEPS * grad_accum)
     model = load_pretrained(tmp_path / "base")
     ours, opt = qorus_losses(model, batches, grad_accum, tmp_path / "run")
@@ -147,12 +148,13 @@ def test_full_finetuning_equals_pytorch(tmp_path, grad_accum):
     ref = cls.from_pretrained(tmp_path / "base", attn_implementation="eager").float()
     named = dict(ref.named_parameters())
     assert set(named) == set(model.parameters())  # the same names on both sides: the groups match
+    assert ("lm_head.weight" in named) != tie
     theirs = torch_losses(torch, ref, named, set(no_decay), batches, grad_accum)
 
     assert len(ours) == STEPS
     assert theirs[-1] < theirs[0] - 0.3  # training moved the weights
     rel = rel_diff(ours, theirs)
-    print(f"full fine-tuning, grad_accum {grad_accum}: largest relative loss difference {rel.max():.2e}")
+    print(f"full fine-tuning, grad_accum {grad_accum}, tied {tie}: largest relative loss difference {rel.max():.2e}")
     assert rel.max() < RTOL, f"step {int(rel.argmax()) + 1}: {ours[rel.argmax()]} vs {theirs[rel.argmax()]}"
     # and the weights at the end (Frobenius norm of the difference over the tensor's)
     errs = {n: np.linalg.norm(p - named[n].detach().numpy()) / np.linalg.norm(named[n].detach().numpy())
