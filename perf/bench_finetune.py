@@ -1,6 +1,6 @@
 """Fine-tuning a GPT-2-shaped model: a full step and a LoRA step, qorus beside PyTorch eager (+ PEFT).
 
-    python -m perf.bench_finetune [--quick] [--steps 5] [--rounds 3] [--threads 2] [--json PATH]
+    python -m perf.bench_finetune [--quick] [--steps 6] [--rounds 1] [--threads 2] [--json PATH]
 
 Shape: GPT-2 (dim 768, 12 heads, 4 layers, vocab 50257, 1024 positions, GELU-tanh MLP, tied head), batch 4 x
 256 tokens, no dropout. One step is forward + cross-entropy (mean over the tokens, as the Trainer computes it:
@@ -14,16 +14,20 @@ is given; no gradient clipping on either side).
 - lora: rank 8, alpha 16 on every GPT-2 target (qkv, o, up, down: ``apply_lora``) against ``peft``'s
   ``get_peft_model`` (``c_attn``, ``c_proj``, ``c_fc``, ``fan_in_fan_out=True``), the rest frozen.
 
-First both sides are checked to compute the same thing (:func:`check`): the same weights (HF's, copied into
-qorus through the registry's name mapping and the Conv1D transpose, adapters copied too with a nonzero
-``lora_B`` so the adapter path counts) give the same first-step loss (rel 1e-4) and, after one AdamW step, the
-same second-step loss (rel 1e-3). Then each configuration runs in its own fresh process (so peaks do not mix):
-``warmup`` steps, then ``steps`` timed ones; the process reports its median step and its peak RSS (``VmHWM``:
-interpreter, libraries, model, gradients, optimizer state and activations; not ``ru_maxrss``, which Linux
-carries over from the parent across ``exec``). The four configurations alternate ``rounds`` times, so a busy
-moment slows both sides alike. Reported: medians over the rounds, the speed ratio torch / qorus (above 1:
-qorus faster; goal >= 1.2), peak RSS qorus LoRA / qorus full (goal <= 0.6) and qorus / torch, the CPU and the
-load average.
+Time: one fresh process a kind (full, LoRA) builds both sides with the same weights (transformers' GPT-2
+copied into qorus through the registry's name mapping and the Conv1D transpose; for LoRA the adapters copied
+too, with a nonzero ``lora_B`` so the adapter path counts). Its first two steps on each side are the check
+(:func:`compare`: the first-step loss equal within 1e-4 relative, the second, after one AdamW step, within
+1e-3) and the warm-up; then ``steps`` pairs of steps alternate (qorus, torch / torch, qorus ...), so that a
+busy moment of the shared machine slows both sides alike: alternating whole processes, a step of 5-20 s on a
+busy 2-core machine, proved far too noisy. Reported: the median step of each side, their ratio torch / qorus
+(above 1: qorus faster; goal >= 1.2) and the spread of the pairs' ratios.
+
+Peak RSS: each configuration (qorus full, torch full, qorus LoRA, torch+PEFT LoRA) in its own fresh process,
+so peaks do not mix: one warm-up step and ``rss_steps`` more, then ``VmHWM`` (interpreter, libraries, model,
+gradients, optimizer state and activations; not ``ru_maxrss``, which Linux carries over from the parent across
+``exec``). Reported: qorus LoRA / qorus full (goal <= 0.6) and qorus / torch. The CPU and the load average
+(before and after) are printed with the table.
 """
 
 from __future__ import annotations
@@ -132,52 +136,103 @@ def _peft_name(dotted: str) -> str:
     return "base_model.model." + dotted
 
 
-def check(shape: dict = SHAPE, B: int = BATCH, T: int = SEQ, threads: int | None = None) -> dict:
-    """The first- and second-step losses of both sides with the same weights, full and LoRA.
+def set_threads(threads: int) -> None:
+    """The same thread count for qorus (numba and BLAS) and PyTorch."""
+    import torch
 
-    Returns ``{"full": {...}, "lora": {...}}``, each with the losses and their relative differences;
-    raises AssertionError when the first loss differs by more than 1e-4 relative or the second by 1e-3."""
+    from qorus_jit.core.numerics import set_num_threads
+
+    set_num_threads(threads)
+    torch.set_num_threads(threads)
+
+
+def build_pair(shape: dict, kind: str):
+    """Both sides of ``kind`` ('full' or 'lora') with the same weights: transformers' initial GPT-2 copied into
+    qorus; for LoRA qorus's adapters copied into PEFT's, with ``lora_B`` made nonzero on both so the adapter
+    path counts in the loss. Returns ``(torch_model, torch_opt, qorus_model, qorus_opt, loss_fn)``."""
+    import torch
+
+    lora = kind == "lora"
+    tm, topt = torch_model(shape, lora)
+    base = tm.get_base_model() if lora else tm
+    hf_state = {k.replace(".base_layer.", "."): v.detach().numpy().copy()  # PEFT's wrapped names back to HF's
+                for k, v in base.state_dict().items() if "lora_" not in k}
+    qm, qopt, loss_fn = qorus_model(shape, lora, hf_state)
+    del hf_state
+    if lora:
+        from qorus_jit.layers.lora import lora_layers
+
+        rng = np.random.default_rng(1)
+        modules = dict(tm.named_modules())
+        for dotted, a in lora_layers(qm).items():
+            a.lora_B[...] = rng.normal(0.0, 0.02, a.lora_B.shape)
+            m = modules[_peft_name(dotted)]
+            with torch.no_grad():
+                m.lora_A["default"].weight.copy_(torch.from_numpy(a.lora_A))
+                m.lora_B["default"].weight.copy_(torch.from_numpy(a.lora_B))
+        n_torch = sum(p.numel() for p in tm.parameters() if p.requires_grad)
+        n_qorus = sum(qm.parameters()[k].size for k in qm.trainable())
+        assert n_torch == n_qorus, f"trainable parameters: torch+PEFT {n_torch}, qorus {n_qorus}"
+    return tm, topt, qm, qopt, loss_fn
+
+
+def compare(kind: str, torch_losses: list[float], qorus_losses: list[float]) -> dict:
+    """The losses of the first two steps and their relative differences; AssertionError when the first differs by
+    more than 1e-4 relative or the second (after one AdamW step) by more than 1e-3."""
+    rel = [abs(a - b) / abs(a) for a, b in zip(torch_losses[:2], qorus_losses[:2], strict=True)]
+    assert rel[0] <= 1e-4, f"{kind}: first-step loss torch {torch_losses[0]} vs qorus {qorus_losses[0]}"
+    assert rel[1] <= 1e-3, f"{kind}: second-step loss torch {torch_losses[1]} vs qorus {qorus_losses[1]}"
+    return {"torch_losses": torch_losses[:2], "qorus_losses": qorus_losses[:2], "rel_diff": rel}
+
+
+def check(shape: dict = SHAPE, B: int = BATCH, T: int = SEQ, threads: int | None = None) -> dict:
+    """The first- and second-step losses of both sides with the same weights (:func:`build_pair`), full and
+    LoRA: ``{"full": {...}, "lora": {...}}`` as :func:`compare` returns them (it raises on a mismatch)."""
     import torch
 
     if threads is not None:
-        from qorus_jit.core.numerics import set_num_threads
-
-        set_num_threads(threads)
-        torch.set_num_threads(threads)
+        set_threads(threads)
     data = batches(shape, B, T)
     out = {}
     for kind in ("full", "lora"):
-        lora = kind == "lora"
-        tm, topt = torch_model(shape, lora)
-        base = tm.get_base_model() if lora else tm
-        hf_state = {k.replace(".base_layer.", "."): v.detach().numpy().copy()  # PEFT's wrapped names back to HF's
-                    for k, v in base.state_dict().items() if "lora_" not in k}
-        qm, qopt, loss_fn = qorus_model(shape, lora, hf_state)
-        if lora:  # same adapters on both sides; lora_B nonzero so the first loss goes through them
-            from qorus_jit.layers.lora import lora_layers
-
-            rng = np.random.default_rng(1)
-            modules = dict(tm.named_modules())
-            for dotted, a in lora_layers(qm).items():
-                a.lora_B[...] = rng.normal(0.0, 0.02, a.lora_B.shape)
-                m = modules[_peft_name(dotted)]
-                with torch.no_grad():
-                    m.lora_A["default"].weight.copy_(torch.from_numpy(a.lora_A))
-                    m.lora_B["default"].weight.copy_(torch.from_numpy(a.lora_B))
-            n_torch = sum(p.numel() for p in tm.parameters() if p.requires_grad)
-            n_qorus = sum(qm.parameters()[k].size for k in qm.trainable())
-            assert n_torch == n_qorus, f"trainable parameters: torch+PEFT {n_torch}, qorus {n_qorus}"
+        tm, topt, qm, qopt, loss_fn = build_pair(shape, kind)
         losses = {"torch": [], "qorus": []}
         for x, y in data:
             losses["torch"].append(torch_step(tm, topt, torch.from_numpy(x), torch.from_numpy(y)))
             losses["qorus"].append(qorus_step(qm, qopt, loss_fn, x, y))
-        rel = [abs(a - b) / abs(a) for a, b in zip(losses["torch"], losses["qorus"], strict=True)]
-        out[kind] = {"torch_losses": losses["torch"], "qorus_losses": losses["qorus"], "rel_diff": rel}
-        assert rel[0] <= 1e-4, f"{kind}: first-step loss torch {losses['torch'][0]} vs qorus {losses['qorus'][0]}"
-        assert rel[1] <= 1e-3, f"{kind}: second-step loss torch {losses['torch'][1]} vs qorus {losses['qorus'][1]}"
-        del tm, topt, qm, qopt, base, hf_state
+        out[kind] = compare(kind, losses["torch"], losses["qorus"])
+        del tm, topt, qm, qopt
         gc.collect()
     return out
+
+
+# -- timing: both sides in one process, step by step ---------------------------------------------------------
+
+
+def time_worker(kind: str, steps: int, threads: int) -> dict:
+    """Both sides of ``kind`` in this process with the same weights: the two first steps of each are checked
+    (:func:`compare`) and count as warm-up, then ``steps`` pairs of steps alternate, the order flipping each
+    pair, so that a busy moment of the machine slows both sides alike."""
+    import torch
+
+    set_threads(threads)
+    tm, topt, qm, qopt, loss_fn = build_pair(SHAPE, kind)
+    data = batches(SHAPE, BATCH, SEQ)
+    tdata = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data]
+    sides = {"torch": lambda i: torch_step(tm, topt, *tdata[i % len(tdata)]),
+             "qorus": lambda i: qorus_step(qm, qopt, loss_fn, *data[i % len(data)])}
+    times = {"torch": [], "qorus": []}
+    losses = {"torch": [], "qorus": []}
+    for i in range(2 + steps):
+        for side in ("qorus", "torch") if i % 2 == 0 else ("torch", "qorus"):
+            t0 = time.perf_counter()
+            losses[side].append(sides[side](i))
+            times[side].append(time.perf_counter() - t0)
+    res = {"kind": kind, "check": compare(kind, losses["torch"], losses["qorus"]),
+           "warmup_s": {k: v[:2] for k, v in times.items()}, "steps_s": {k: v[2:] for k, v in times.items()},
+           "losses": losses, "loadavg": list(os.getloadavg())}
+    res["pair_ratios"] = [t / q for t, q in zip(res["steps_s"]["torch"], res["steps_s"]["qorus"], strict=True)]
+    return res
 
 
 # -- one configuration in its own process -------------------------------------------------------------------
@@ -224,12 +279,12 @@ def worker(config: str, steps: int, warmup: int, threads: int) -> dict:
             "rss_after_build_MB": rss_built}
 
 
-def run_worker(config: str, steps: int, warmup: int, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "perf.bench_finetune", "--worker", config, "--steps", str(steps),
-           "--warmup", str(warmup), "--threads", str(threads)]
+def run_worker(*args: str) -> dict:
+    """Run this module with ``args`` in a fresh interpreter; the JSON its last line prints."""
+    cmd = [sys.executable, "-m", "perf.bench_finetune", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if out.returncode:
-        raise RuntimeError(f"{config} process failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(args)}: process failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -259,38 +314,39 @@ def machine() -> dict:
 # -- the run -------------------------------------------------------------------------------------------------
 
 
-def run(steps: int = 5, warmup: int = 2, rounds: int = 3, threads: int = 2, do_check: bool = True,
-        label: str = "") -> dict:
+def run(steps: int = 6, rounds: int = 1, rss_steps: int = 2, threads: int = 2, label: str = "") -> dict:
+    """The timing processes (``rounds`` a kind, ``steps`` pairs each, the check first), then the peak-RSS
+    processes (one a configuration: one warm-up step and ``rss_steps`` more); medians and ratios."""
     import qorus_jit
 
     res = {"label": label, "qorus_jit": str(Path(qorus_jit.__file__).parent),
            "shape": dict(SHAPE, batch=BATCH, seq=SEQ), "optimizer": OPT, "lora": {"rank": RANK, "alpha": ALPHA},
-           "threads": threads, "steps": steps, "warmup": warmup, "rounds": rounds, "machine_before": machine()}
-    if do_check:
-        t0 = time.perf_counter()
-        res["check"] = check(threads=threads)
-        res["check_s"] = time.perf_counter() - t0
-        gc.collect()
-    runs = {c: [] for c in CONFIGS}
-    for r in range(rounds):
-        for c in CONFIGS:
-            got = run_worker(c, steps, warmup, threads)
-            runs[c].append(got)
-            print(f"round {r + 1}/{rounds} {c:10s} step {got['step_s']:.3f} s  peak RSS {got['peak_rss_MB']:.0f} MB",
-                  flush=True)
-    res["runs"] = runs
+           "threads": threads, "steps": steps, "rounds": rounds, "rss_steps": rss_steps, "machine_before": machine()}
     med = statistics.median
     s = {}
-    for c in CONFIGS:
-        s[c] = {"step_s": med(g["step_s"] for g in runs[c]), "peak_rss_MB": med(g["peak_rss_MB"] for g in runs[c])}
+    res["timing"] = {}
     for kind in ("full", "lora"):
-        pairs = zip(runs[f"torch-{kind}"], runs[f"qorus-{kind}"], strict=True)
-        per_round = [t["step_s"] / q["step_s"] for t, q in pairs]
-        s[f"speed_{kind}_torch_over_qorus"] = med(per_round)
-        s[f"speed_{kind}_per_round"] = per_round
-        s[f"rss_{kind}_qorus_over_torch"] = s[f"qorus-{kind}"]["peak_rss_MB"] / s[f"torch-{kind}"]["peak_rss_MB"]
-    s["rss_qorus_lora_over_full"] = s["qorus-lora"]["peak_rss_MB"] / s["qorus-full"]["peak_rss_MB"]
-    s["rss_torch_lora_over_full"] = s["torch-lora"]["peak_rss_MB"] / s["torch-full"]["peak_rss_MB"]
+        got = [run_worker("--time", kind, "--steps", str(steps), "--threads", str(threads)) for _ in range(rounds)]
+        res["timing"][kind] = got
+        q = [t for g in got for t in g["steps_s"]["qorus"]]
+        t = [t for g in got for t in g["steps_s"]["torch"]]
+        ratios = [r for g in got for r in g["pair_ratios"]]
+        s[kind] = {"qorus_step_s": med(q), "torch_step_s": med(t), "speed_torch_over_qorus": med(t) / med(q),
+                   "pair_ratio_median": med(ratios), "pair_ratio_min": min(ratios), "pair_ratio_max": max(ratios),
+                   "check": got[0]["check"]}
+        print(f"{kind}: qorus {med(q):.2f} s, torch {med(t):.2f} s a step; pair ratios "
+              f"{' '.join(f'{r:.2f}' for r in ratios)}; load {got[-1]['loadavg'][0]:.2f}", flush=True)
+    res["rss"] = {}
+    for c in CONFIGS:
+        got = run_worker("--rss", c, "--steps", str(rss_steps), "--threads", str(threads))
+        res["rss"][c] = got
+        print(f"{c:10s} peak RSS {got['peak_rss_MB']:.0f} MB (after building {got['rss_after_build_MB']:.0f} MB), "
+              f"steps {' '.join(f'{x:.2f}' for x in got['steps_s'])} s", flush=True)
+    for kind in ("full", "lora"):
+        q, t = res["rss"][f"qorus-{kind}"]["peak_rss_MB"], res["rss"][f"torch-{kind}"]["peak_rss_MB"]
+        s[kind].update(qorus_peak_rss_MB=q, torch_peak_rss_MB=t, rss_qorus_over_torch=q / t)
+    s["rss_qorus_lora_over_full"] = s["lora"]["qorus_peak_rss_MB"] / s["full"]["qorus_peak_rss_MB"]
+    s["rss_torch_lora_over_full"] = s["lora"]["torch_peak_rss_MB"] / s["full"]["torch_peak_rss_MB"]
     res["summary"] = s
     res["machine_after"] = machine()
     return res
@@ -299,27 +355,25 @@ def run(steps: int = 5, warmup: int = 2, rounds: int = 3, threads: int = 2, do_c
 def table(res: dict) -> str:
     s, m0, m1 = res["summary"], res["machine_before"], res["machine_after"]
     sh = res["shape"]
+    load = " ".join(f"{x:.2f}" for x in m0["loadavg"]), " ".join(f"{x:.2f}" for x in m1["loadavg"])
     lines = [f"qorus_jit: {res['qorus_jit']} {res['label']}".rstrip(),
              f"GPT-2 shape: dim {sh['dim']}, {sh['n_heads']} heads, {sh['n_layers']} layers, vocab {sh['vocab_size']}, "
              f"{sh['max_seq_len']} positions, batch {sh['batch']} x {sh['seq']}; threads {res['threads']}; "
-             f"{res['rounds']} rounds x {res['steps']} steps (+{res['warmup']} warm-up) a configuration",
+             f"{res['rounds']} x {res['steps']} alternating step pairs a kind after 2 checked ones",
              f"CPU: {m0['cpu']} ({m0['cpus']} CPUs; SIMD {' '.join(m0['simd'])}; AVX2 {'yes' if m0['avx2'] else 'no'},"
-             f" AVX-512 {'yes' if m0['avx512'] else 'no'}); load average before "
-             f"{' '.join(f'{x:.2f}' for x in m0['loadavg'])}, after {' '.join(f'{x:.2f}' for x in m1['loadavg'])}"]
-    if "check" in res:
-        c = res["check"]
-        lines.append("check (same weights): " + "; ".join(
-            f"{k} first loss {v['qorus_losses'][0]:.6f} (rel diff {v['rel_diff'][0]:.1e}), second rel diff "
-            f"{v['rel_diff'][1]:.1e}" for k, v in c.items()))
-    lines.append("")
-    lines.append(f"{'step':6s} {'qorus s':>9s} {'torch s':>9s} {'torch/qorus':>12s} {'qorus MB':>9s} {'torch MB':>9s} "
-                 f"{'qorus/torch':>12s}")
+             f" AVX-512 {'yes' if m0['avx512'] else 'no'}); load average before {load[0]}, after {load[1]}",
+             "check (same weights): " + "; ".join(
+                 f"{k} first loss {s[k]['check']['qorus_losses'][0]:.6f} (rel diff {s[k]['check']['rel_diff'][0]:.1e}),"
+                 f" second rel diff {s[k]['check']['rel_diff'][1]:.1e}" for k in ("full", "lora")),
+             "",
+             f"{'step':5s} {'qorus s':>8s} {'torch s':>8s} {'torch/qorus':>11s} {'pairs min-max':>14s} "
+             f"{'qorus MB':>9s} {'torch MB':>9s} {'qorus/torch':>11s}"]
     for kind in ("full", "lora"):
-        q, t = s[f"qorus-{kind}"], s[f"torch-{kind}"]
-        lines.append(f"{kind:6s} {q['step_s']:9.3f} {t['step_s']:9.3f} {s[f'speed_{kind}_torch_over_qorus']:11.2f}x "
-                     f"{q['peak_rss_MB']:9.0f} {t['peak_rss_MB']:9.0f} {s[f'rss_{kind}_qorus_over_torch']:12.2f}")
-    lines.append(f"speed ratio per round: full {' '.join(f'{x:.2f}' for x in s['speed_full_per_round'])}; "
-                 f"lora {' '.join(f'{x:.2f}' for x in s['speed_lora_per_round'])}  (goal >= 1.2)")
+        k = s[kind]
+        lines.append(f"{kind:5s} {k['qorus_step_s']:8.2f} {k['torch_step_s']:8.2f} "
+                     f"{k['speed_torch_over_qorus']:10.2f}x {k['pair_ratio_min']:6.2f}-{k['pair_ratio_max']:<7.2f} "
+                     f"{k['qorus_peak_rss_MB']:9.0f} {k['torch_peak_rss_MB']:9.0f} {k['rss_qorus_over_torch']:11.2f}")
+    lines.append("speed goal: torch/qorus >= 1.2 (medians of the step times; pairs: each pair's ratio)")
     lines.append(f"peak RSS LoRA / full: qorus {s['rss_qorus_lora_over_full']:.2f} (goal <= 0.6), "
                  f"torch+PEFT {s['rss_torch_lora_over_full']:.2f}")
     return "\n".join(lines)
@@ -327,22 +381,25 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5, help="timed steps a process (default: %(default)s)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
-    ap.add_argument("--rounds", type=int, default=3, help="fresh processes a configuration (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=6, help="timed step pairs a process (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=1, help="timing processes a kind (default: %(default)s)")
+    ap.add_argument("--rss-steps", type=int, default=2, help="steps of a peak-RSS process after one warm-up")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="1 round of 3 steps after 1 warm-up step")
-    ap.add_argument("--no-check", action="store_true", help="skip the equal-loss check")
+    ap.add_argument("--quick", action="store_true", help="3 step pairs and 1 step for the peak RSS")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--label", default="", help="a note kept in the JSON (e.g. the commit measured)")
-    ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    ap.add_argument("--time", choices=("full", "lora"), help=argparse.SUPPRESS)
+    ap.add_argument("--rss", choices=CONFIGS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.warmup, args.threads)))
+    if args.time:
+        print(json.dumps(time_worker(args.time, args.steps, args.threads)))
+        return 0
+    if args.rss:
+        print(json.dumps(worker(args.rss, args.steps, 1, args.threads)))
         return 0
     if args.quick:
-        args.steps, args.warmup, args.rounds = 3, 1, 1
-    res = run(args.steps, args.warmup, args.rounds, args.threads, not args.no_check, args.label)
+        args.steps, args.rss_steps = 3, 1
+    res = run(args.steps, args.rounds, args.rss_steps, args.threads, args.label)
     print(table(res))
     if args.json:
         from qorus_jit.core.files import atomic_write_json
