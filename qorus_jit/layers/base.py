@@ -231,8 +231,9 @@ class Layer:
                 raise ValueError(f"names: expected some of {type(self).__name__}'s own parameters "
                                  f"{sorted(self._params)}, got {names!r}")
         chosen = set(self._params) if names is None else set(names)
+        newly = set() if trainable else chosen - self._frozen
         self._frozen = self._frozen - chosen if trainable else self._frozen | chosen
-        for name in self._frozen & chosen:
+        for name in newly:
             g = self._grads[name]
             if g.any():  # reading a lazily mapped gradient's pages keeps them out of resident memory; filling would not
                 g.fill(0)

@@ -72,7 +72,7 @@ class LoRALinear(Layer):
         self.lora_A = self.add_parameter("lora_A.weight", rng.uniform(-bound, bound, (self.rank, self.in_features)))
         self.lora_B = self.add_parameter("lora_B.weight", np.zeros((self.out_features, self.rank)))
         self._x = self._x_lora = None  # the input, and what the adapter read (x, or x with dropout)
-        self._mask = None  # the dropout multipliers (0 or 1 / (1 - p)) of the last forward, None when none
+        self._mask = None  # the elements the last forward kept (bool), None without dropout
 
     def forward(self, x):
         check_input("x", x, self.in_features)
@@ -80,10 +80,12 @@ class LoRALinear(Layer):
         x2 = x.reshape(-1, self.in_features)
         self._mask = None
         if self.training and self.dropout > 0:
-            keep = self.dropout_rng().random(x2.shape, dtype=np.float32) >= np.float32(self.dropout)
-            self._mask = mask = self.buffer("mask", x2.shape)
-            np.multiply(keep, np.float32(1.0 / (1.0 - self.dropout)), out=mask)
-            x2 = np.multiply(x2, mask, out=self.buffer("x_drop", x2.shape))  # what A reads, and backward for dA
+            self._mask = keep = self.buffer("keep", x2.shape, np.bool_)
+            np.greater_equal(self.dropout_rng().random(x2.shape, dtype=np.float32), np.float32(self.dropout), out=keep)
+            x_drop = self.buffer("x_drop", x2.shape)  # what A reads, and backward for dA
+            np.multiply(x2, keep, out=x_drop)
+            x_drop *= np.float32(1.0 / (1.0 - self.dropout))
+            x2 = x_drop
         h = self.buffer("h", (x2.shape[0], self.rank))  # alpha / r * x @ A.T, what backward reads for B
         K.linear_forward(h, x2, self.lora_A, None)
         h *= self.scale
@@ -125,6 +127,7 @@ class LoRALinear(Layer):
             dxl = self.buffer("dx_lora", dx2.shape)
             K.linear_backward_into(dxl, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 0.0)
             dxl *= self._mask
+            dxl *= np.float32(1.0 / (1.0 - self.dropout))
             dx2 += dxl
         return dx
 

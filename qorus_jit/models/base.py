@@ -263,8 +263,8 @@ class Architecture(Graph):
         return super().forward_decode(self._check_decode(ids, state), state=state, last_only=last_only)
 
     def backward(self, dy):
-        """Accumulates every parameter gradient from ``dy`` (the output's shape); the inputs are integers,
-        so nothing is returned."""
+        """Accumulates the gradient of every parameter not frozen from ``dy`` (the output's shape); the inputs
+        are integers, so nothing is returned."""
         self._check_dy(dy)
         super().backward(dy)
 

@@ -124,9 +124,9 @@ def test_the_expected_fraction_is_dropped_and_the_seed_fixes_the_mask():
     layer.seed_dropout(1, 2, 3)
     layer.forward(x)
     mask = layer._mask.copy()
-    assert abs(np.mean(mask == 0) - 0.3) < 0.01  # 20000 draws: the binomial's sd is 0.003
-    np.testing.assert_array_equal(mask[mask != 0], np.float32(1 / 0.7))
-    np.testing.assert_array_equal(mask != 0, _keep((1, 2, 3), x.shape, 0.3))
+    assert abs(np.mean(~mask) - 0.3) < 0.01  # 20000 draws: the binomial's sd is 0.003
+    np.testing.assert_array_equal(mask, _keep((1, 2, 3), x.shape, 0.3))
+    np.testing.assert_array_equal(layer._x_lora, np.where(mask, np.float32(1 / 0.7), 0))  # what the adapter read
     layer.forward(x)  # the next forward: another mask
     assert not np.array_equal(layer._mask, mask)
     layer.seed_dropout(1, 2, 3)  # the same key again: the same masks
