@@ -82,10 +82,7 @@ class LoRALinear(Layer):
         if self.training and self.dropout > 0:
             self._mask = keep = self.buffer("keep", x2.shape, np.bool_)
             np.greater_equal(self.dropout_rng().random(x2.shape, dtype=np.float32), np.float32(self.dropout), out=keep)
-            x_drop = self.buffer("x_drop", x2.shape)  # what A reads, and backward for dA
-            np.multiply(x2, keep, out=x_drop)
-            x_drop *= np.float32(1.0 / (1.0 - self.dropout))
-            x2 = x_drop
+            x2 = self._drop(self.buffer("x_drop", x2.shape), x2)  # what A reads
         h = self.buffer("h", (x2.shape[0], self.rank))  # alpha / r * x @ A.T, what backward reads for B
         K.linear_forward(h, x2, self.lora_A, None)
         h *= self.scale
@@ -94,6 +91,12 @@ class LoRALinear(Layer):
         _mm._gemm_blas(y.reshape(-1, self.out_features), h, self.lora_B.T, 1.0)
         self._x, self._x_lora = x.view(), x2
         return y
+
+    def _drop(self, out, x2):
+        """out = dropout(x2) with the last forward's mask: x2 * keep / (1 - p). Returns out."""
+        np.multiply(x2, self._mask, out=out)
+        out *= np.float32(1.0 / (1.0 - self.dropout))
+        return out
 
     def forward_decode(self, x, *, state):
         """:meth:`forward` with no dropout, whatever the mode (decoding is inference)."""
@@ -123,12 +126,11 @@ class LoRALinear(Layer):
         # dA += dh.T @ x_lora; the input's part dh @ A, through the dropout mask when there is one
         if self._mask is None:
             K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 1.0)
-        else:
-            dxl = self.buffer("dx_lora", dx2.shape)
-            K.linear_backward_into(dxl, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 0.0)
-            dxl *= self._mask
-            dxl *= np.float32(1.0 / (1.0 - self.dropout))
-            dx2 += dxl
+        else:  # one buffer: dropout(x) again (what forward read), then the input's part dh @ A masked
+            xd = self._drop(self._buffers["x_drop"], self._x.reshape(-1, self.in_features))
+            _mm._gemm_blas(self._grads["lora_A.weight"], dh.T, xd, 1.0)
+            _mm._gemm_blas(xd, dh, self.lora_A, 0.0)
+            dx2 += self._drop(xd, xd)
         return dx
 
     def merged(self) -> Linear:

@@ -86,6 +86,8 @@ def test_gradients_with_a_mask_match_float64(accumulate):
     np.testing.assert_allclose(layer.grad("lora_B.weight"), s * dy2.T @ (xd2 @ A.T), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.grad("lora_A.weight"), s * (dy2 @ B).T @ xd2, rtol=1e-5, atol=1e-5)
     assert not layer.base.grad("weight").any() and not layer.base.grad("bias").any()
+    layer.backward(dy)  # again after the same forward: the same mask, the gradients twice
+    np.testing.assert_allclose(layer.grad("lora_A.weight"), 2 * s * (dy2 @ B).T @ xd2, rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_of_a_by_finite_differences_with_the_same_mask():
