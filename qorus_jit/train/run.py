@@ -377,7 +377,7 @@ class Run:
             self.model, self.optimizer, data, steps=cfg.steps, batch_size=cfg.batch_size, schedule=build_schedule(cfg),
             grad_accum=cfg.grad_accum, clip=cfg.clip or None, eval_every=cfg.eval_every,
             eval_batches=cfg.eval_batches, ckpt_every=cfg.ckpt_every, keep_checkpoints=cfg.keep_checkpoints,
-            run_dir=run_dir, progress=progress, print_evals=True, handle_sigint=True,
+            run_dir=run_dir, progress=progress, print_evals=True, handle_sigint=True, seed=cfg.seed,
             extra_state={"config": cfg.to_dict(), "model": self.model.config.to_dict()})
 
     def fit(self) -> dict:

@@ -98,17 +98,18 @@ def first_loss_in_transformers(folder, run_dir):
                                                        ignore_index=-100))
 
 
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("lora", [False, True, "dropout"])
 def test_hf_init_starts_from_the_source_and_resumes_exactly(hf_folder, tmp_path, lora):
     arch, folder = hf_folder
     extra = ["--lora-rank", "4", "--lora-alpha", "8"] if lora else []
+    extra += ["--lora-dropout", "0.3"] if lora == "dropout" else []
     straight = train(tmp_path, "--init", folder, "--steps", "4", "--ckpt-every", "2", "--eval-every", "2", *extra,
                      name="straight")
     record = json.loads((straight / "run.json").read_text())
     hf = json.loads((folder / "config.json").read_text())
     assert record["model"]["arch"] == arch and record["model"]["vocab_size"] == hf["vocab_size"]
     assert record["init"] == {"source": str(folder.resolve()), "kind": "hf"}
-    assert ("lora" in record) == lora
+    assert ("lora" in record) == bool(lora)
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     assert json.loads((straight / "tokenizer.json").read_text()) == tokenizer
     rows = [r for r in read_metrics(straight) if "loss" in r]
