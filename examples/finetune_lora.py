@@ -21,9 +21,12 @@ The steps, each printed as it goes:
 6. Unmerged: the run folder's ``adapter/`` is a PEFT folder; ``peft.PeftModel.from_pretrained`` loads it over
    the base model (the two lines are printed; run when peft is installed).
 
-The same from the command line::
+The same from the command line (``--val-fraction 0.014``: the last 8 of the 608 pairs; their loss is the
+validation loss, one batch of 8)::
 
-    qorus train --init BASE --data pairs.jsonl --lora-rank 8 --lr 5e-3 --seq-len 32 --batch-size 8 --name ft
+    qorus train --init BASE --data pairs.jsonl --lora-rank 8 --lora-alpha 16 --lr 5e-3 --min-lr 5e-4 \\
+        --seq-len 32 --batch-size 8 --steps 500 --val-fraction 0.014 --eval-batches 1 --name ft
+    qorus generate runs/ft -p $'Q: shout cat\\nA:' -n 5 -t 0
     qorus export runs/ft ft-merged --merge-lora
 
 Run it (about two minutes on two cores; the stand-in base takes half of it)::
@@ -186,6 +189,10 @@ def main(argv=None) -> dict:
                       name="lora-run")
     print(f"\n[4] LoRA fine-tuning: rank {args.rank}, alpha {2 * args.rank}, lr {lr:g}, {steps} steps of 8 pairs "
           "(the loss counts the answer tokens only)")
+    print(f"    (qorus train --init {base} --data {pairs} --lora-rank {args.rank} --lora-alpha {2 * args.rank} "
+          f"--lr {lr:g} --min-lr {lr / 10:g} --seq-len {SEQ_LEN} --batch-size 8 --steps {steps} "
+          f"--warmup-steps {cfg.warmup_steps} --eval-every {cfg.eval_every} --val-fraction {cfg.val_fraction:.4g} "
+          f"--eval-batches 1 --seed {args.seed} --out-dir {out} --name lora-run)")
     run = start_run(cfg, progress=progress)
     assert run.data.n_val_examples == len(held)
     val_before = run.trainer.evaluate()["val_loss"]
