@@ -118,17 +118,26 @@ class LoRALinear(Layer):
             raise ValueError(f"dy: expected shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}")
         dy2 = dy.reshape(-1, self.out_features)
         h = self._buffers["h"]
-        dh = self.buffer("dh", h.shape)  # dL/dh = dy @ B; dB += dy.T @ h
-        K.linear_backward_into(dh, self._grads["lora_B.weight"], None, dy2, h, self.lora_B, 0.0)
+        dh = self.buffer("dh", h.shape)  # dL/dh = dy @ B; dB += dy.T @ h (adapters frozen too: no gradient)
+        if self.requires_grad("lora_B.weight"):
+            K.linear_backward_into(dh, self._grads["lora_B.weight"], None, dy2, h, self.lora_B, 0.0)
+        else:
+            _mm._gemm_blas(dh, dy2, self.lora_B, 0.0)
         dh *= self.scale
         dx = self.base.backward(dy, out=out, accumulate=accumulate)  # dy @ W (+ what out holds)
         dx2 = dx.reshape(-1, self.in_features)
         # dA += dh.T @ x_lora; the input's part dh @ A, through the dropout mask when there is one
+        train_a = self.requires_grad("lora_A.weight")
         if self._mask is None:
-            K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 1.0)
+            if train_a:
+                K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 1.0)
+            else:
+                _mm._gemm_blas(dx2, dh, self.lora_A, 1.0)
         else:  # one buffer: dropout(x) again (what forward read), then the input's part dh @ A masked
-            xd = self._drop(self._buffers["x_drop"], self._x.reshape(-1, self.in_features))
-            _mm._gemm_blas(self._grads["lora_A.weight"], dh.T, xd, 1.0)
+            xd = self._buffers["x_drop"]
+            if train_a:
+                _mm._gemm_blas(self._grads["lora_A.weight"], dh.T, self._drop(xd, x.reshape(-1, self.in_features)),
+                               1.0)
             _mm._gemm_blas(xd, dh, self.lora_A, 0.0)
             dx2 += self._drop(xd, xd)
         return dx

@@ -7,7 +7,7 @@ import pytest
 from qorus_jit.layers import Embedding, LayerNorm, Linear, RMSNorm, apply_lora
 from qorus_jit.layers.base import LAZY_BYTES, grad_zeros
 from qorus_jit.layers.head import TiedLMHead
-from qorus_jit.layers.lora import _layers
+from qorus_jit.layers.lora import _layers, lora_layers
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from tests.layers.torch_parity import check_layer_against_torch
 
@@ -41,6 +41,7 @@ def output_grad(model, ids, seed=1):
 
 def reference_grads(model, ids, dy):
     model.zero_grad()
+    model.seed_dropout(0)  # the same masks in every run, where there is dropout
     model.forward(ids)
     model.backward(dy)
     return {k: g.copy() for k, g in model.gradients().items()}
@@ -52,6 +53,7 @@ def check_cycles(model, ref, ids, dy, frozen, cycles=3):
         g.flags.writeable = False  # any write (a kernel, zero_grad's fill) would raise
     for _ in range(cycles):
         model.zero_grad()
+        model.seed_dropout(0)
         model.forward(ids)
         model.backward(dy)
         for name, g in model.gradients().items():
@@ -59,6 +61,7 @@ def check_cycles(model, ref, ids, dy, frozen, cycles=3):
                 assert not g.any(), name
             else:
                 np.testing.assert_allclose(g, ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    model.seed_dropout(0)
     model.forward(ids)
     model.backward(dy)  # no zero_grad: accumulates
     for name in model.trainable():
@@ -93,11 +96,14 @@ def test_frozen_layers_give_the_unfrozen_gradients_of_the_rest(arch):
         np.testing.assert_allclose(g, ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_lora_gradients_equal_those_of_the_unfrozen_model(arch):
+@pytest.mark.parametrize("arch, freeze, dropout", [("llama", None, 0.0), ("gpt2", None, 0.0), ("gpt2", None, 0.3),
+                                                   ("llama", "lora_A.weight", 0.0), ("gpt2", "lora_B.weight", 0.3),
+                                                   ("gpt2", "lora_A.weight", 0.3)])
+def test_lora_gradients_equal_those_of_the_unfrozen_model(arch, freeze, dropout):
     def build():
         model = MODELS[arch]()
-        apply_lora(model, rank=4, alpha=8, rng=3)
+        apply_lora(model, rank=4, alpha=8, rng=3, dropout=dropout)
+        model.train()
         rng = np.random.default_rng(4)
         for name, p in model.parameters().items():
             if name.endswith("lora_B.weight"):
@@ -111,7 +117,10 @@ def test_lora_gradients_equal_those_of_the_unfrozen_model(arch):
     ref = reference_grads(unfrozen, ids, dy)
     assert all(g.any() for g in ref.values())
     model = build()
-    frozen = [n for n in model.parameters() if ".lora_" not in n]
+    if freeze:  # adapters frozen in part: one of the two matrices of each
+        for layer in lora_layers(model).values():
+            layer.set_trainable(False, freeze)
+    frozen = [n for n in model.parameters() if ".lora_" not in n or (freeze and n.endswith(freeze))]
     assert sorted(set(model.parameters()) - set(model.trainable())) == sorted(frozen)
     check_cycles(model, ref, ids, dy, frozen)
 
