@@ -16,18 +16,22 @@ import math
 import numpy as np
 
 from qorus_jit.core import alloc as _alloc
-from qorus_jit.core.check import check_ignore_index, check_real
+from qorus_jit.core.check import check_bool, check_ignore_index, check_real
 from qorus_jit.kernels import trusted as K
 
 
 class CrossEntropyLoss:
     """Mean cross-entropy of ``logits (..., V)`` against integer ``targets (...)``; ``ignore_index`` rows
     count for nothing. Calling it returns ``(loss, dlogits)``: the gradient of ``scale * loss``, in a buffer
-    the loss owns (overwritten by the next call)."""
+    the loss owns (overwritten by the next call), or with ``inplace`` written over the logits themselves
+    (no second logits-sized buffer: what the :class:`~qorus_jit.train.trainer.Trainer` uses, as it reads
+    the logits no more)."""
 
-    def __init__(self, ignore_index: int = -100):
+    def __init__(self, ignore_index: int = -100, inplace: bool = False):
         self._ignore = check_ignore_index(ignore_index)  # the kernels' int64 (checks ignore_index)
         self.ignore_index = int(ignore_index)
+        check_bool(inplace=inplace)
+        self.inplace = bool(inplace)
         self._grad = None
 
     def _flat(self, logits, targets):
@@ -48,13 +52,17 @@ class CrossEntropyLoss:
         x, t, V = self._flat(logits, targets)
         if t.size and (t.max() >= V or (t.min() < 0 and np.any((t < 0) & (t != self.ignore_index)))):
             raise ValueError(f"targets: expected ids in [0, {V}) or {self.ignore_index}")
-        if self._grad is None or self._grad.shape != x.shape:
-            self._grad = _alloc.empty(x.shape, np.float32)
+        if self.inplace:
+            grad = x  # the logits (or their contiguous copy): the kernel reads each row before writing it
+        else:
+            if self._grad is None or self._grad.shape != x.shape:
+                self._grad = _alloc.empty(x.shape, np.float32)
+            grad = self._grad
         losses = np.empty(x.shape[0], np.float64)
         count = int(np.count_nonzero(t != self._ignore))
-        K.cross_entropy_forward_backward(self._grad, losses, x, t, self._ignore, scale / count if count else 0.0)
+        K.cross_entropy_forward_backward(grad, losses, x, t, self._ignore, scale / count if count else 0.0)
         loss = float(losses.sum() / count) if count else 0.0
-        return loss, self._grad.reshape(logits.shape)
+        return loss, grad.reshape(logits.shape)
 
     def evaluate(self, logits, targets) -> tuple[float, int, int]:
         """``(sum of row losses, rows counted, rows whose argmax is the target)`` without a gradient."""
@@ -110,11 +118,12 @@ LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
 
 
 def make_loss(loss):
-    """A loss object from a name in :data:`LOSSES` or an object with the loss protocol."""
+    """A loss object from a name in :data:`LOSSES` or an object with the loss protocol. By name,
+    cross-entropy writes its gradient over the logits (``inplace``): a trainer reads them no more."""
     if isinstance(loss, str):
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
-        return LOSSES[loss]()
+        return CrossEntropyLoss(inplace=True) if loss == "cross_entropy" else LOSSES[loss]()
     if not callable(loss) or not hasattr(loss, "evaluate"):
         raise TypeError(f"loss: expected a name or a loss object, got {type(loss).__name__}")
     return loss

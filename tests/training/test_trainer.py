@@ -9,7 +9,7 @@ import pytest
 from qorus_jit.data import ArrayDataset, TextDataset
 from qorus_jit.formats.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from qorus_jit.models import MLP, Llama, LlamaConfig
-from qorus_jit.train.losses import CrossEntropyLoss, MSELoss
+from qorus_jit.train.losses import CrossEntropyLoss, MSELoss, make_loss
 from qorus_jit.train.optim import SGD, AdamW
 from qorus_jit.train.schedule import warmup_cosine
 from qorus_jit.train.trainer import Trainer, TrainingError
@@ -287,3 +287,18 @@ def test_progress_bar_shows_the_loss_of_the_step_it_counts(monkeypatch):
         count = int(re.search(r"\| *(\d+)/5", frame).group(1))
         shown = float(re.search(r"loss ([0-9.]+)", frame).group(1))
         assert shown == pytest.approx(losses[count - 1], abs=1e-4), frame
+
+
+def test_cross_entropy_inplace_equals_the_separate_buffer():
+    """``inplace`` writes the same gradient over the logits (what the Trainer's loss does), and the loss."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 5, 11)).astype(np.float32)
+    targets = rng.integers(0, 11, (6, 5))
+    targets[0, :2] = -100
+    want_loss, want = CrossEntropyLoss()(logits, targets, scale=0.5)
+    want = want.copy()
+    work = logits.copy()
+    loss, grad = CrossEntropyLoss(inplace=True)(work, targets, scale=0.5)
+    assert loss == pytest.approx(want_loss, rel=1e-6) and np.shares_memory(grad, work)
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
+    assert make_loss("cross_entropy").inplace and not CrossEntropyLoss().inplace
