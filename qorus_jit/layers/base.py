@@ -336,6 +336,26 @@ class Layer:
         return ""
 
 
+def named_layers(model: Layer, prefix: str = ""):
+    """(parent, child name, dotted name, layer) for every layer under ``model``, depth first in order."""
+    for name, child in model.children().items():
+        dotted = f"{prefix}{name}" if name else prefix.rstrip(".")
+        yield model, name, dotted, child
+        yield from named_layers(child, f"{dotted}." if dotted else "")
+
+
+def replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
+    """Put ``new`` in the place of ``parent``'s child ``name`` (``old``): the same position, so
+    ``parameters()`` keeps its order, the attributes that held ``old``, and a graph's node."""
+    parent._children[name] = new
+    for attr, value in vars(parent).items():
+        if value is old:
+            setattr(parent, attr, new)
+    nodes = getattr(parent, "nodes", None)  # a Graph: (name, layer, inputs, output) per node
+    if isinstance(nodes, list):
+        parent.nodes = [(n, new if layer is old else layer, ins, out) for n, layer, ins, out in nodes]
+
+
 def check_names(arg: str, names) -> dict[str, str]:
     """A renaming of a layer's children (``names=``): None or a dict of child name -> new name, both strs
     (a new name "" puts the child's parameters unprefixed). Returns it as a dict."""

@@ -21,6 +21,8 @@ from qorus_jit.core.files import atomic_write, atomic_write_json, check_path, re
 from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.base import named_layers as _layers
+from qorus_jit.layers.base import replace_child as _replace_child
 from qorus_jit.layers.linear import Linear
 
 #: LoRA target names (as ``--lora-targets`` takes them) -> the end of the dotted name of the layer each adapts,
@@ -188,21 +190,6 @@ def _targeted(model: Layer, suffixes) -> list:
     """(parent, name, dotted, Linear) for the plain ``Linear`` layers whose dotted name ends in a suffix."""
     return [(p, n, d, c) for p, n, d, c in _layers(model)
             if type(c) is Linear and not isinstance(p, LoRALinear) and any(_matches(d, s) for s in suffixes)]
-
-
-def _layers(model: Layer, prefix: str = ""):
-    """(parent, child name, dotted name, layer) for every layer under ``model``, depth first in order."""
-    for name, child in model.children().items():
-        dotted = f"{prefix}{name}" if name else prefix.rstrip(".")
-        yield model, name, dotted, child
-        yield from _layers(child, f"{dotted}." if dotted else "")
-
-
-def _replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
-    parent._children[name] = new  # same position, so parameters() keeps its order
-    for attr, value in vars(parent).items():
-        if value is old:
-            setattr(parent, attr, new)
 
 
 def lora_layers(model: Layer) -> dict[str, LoRALinear]:
