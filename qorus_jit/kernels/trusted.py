@@ -48,6 +48,10 @@ from qorus_jit.kernels.norm import _rmsnorm_forward as rmsnorm_forward
 from qorus_jit.kernels.optim import _adam_update as adam_update
 from qorus_jit.kernels.optim import _sgd_update as sgd_update
 from qorus_jit.kernels.optim import clip_grad_norm, grad_norm
+from qorus_jit.kernels.quant import _linear_bf16 as linear_bf16
+from qorus_jit.kernels.quant import _linear_q8_0 as linear_q8_0
+from qorus_jit.kernels.quant import _matvec_bf16 as matvec_bf16
+from qorus_jit.kernels.quant import _matvec_q8_0 as matvec_q8_0
 from qorus_jit.kernels.rope import rope_forward
 from qorus_jit.kernels.softmax import _softmax_backward as softmax_backward
 from qorus_jit.kernels.softmax import _softmax_forward as softmax_forward
@@ -56,6 +60,8 @@ __all__ = [
     # unchecked: the caller guarantees shapes, dtypes and contiguity (the wrappers in kernels/<family>.py check them)
     # matmul, decode: 2-D row-major operands; matvec and llama_decode take one token of one sequence
     "linear_forward", "linear_backward_into", "matvec", "llama_decode",
+    # quant: bf16 (w16 uint16) and q8_0 (qs int8, d float32) weights (O, I), I a multiple of 32; float32 x, out
+    "matvec_bf16", "matvec_q8_0", "linear_bf16", "linear_q8_0",
     # elementwise and activations: 1-D views of equal length (``flat_views``)
     "add_forward", "relu_forward", "relu_backward", "silu_forward", "silu_backward", "gelu_forward", "gelu_backward",
     "gelu_tanh_forward", "gelu_tanh_backward", "swish_forward", "swish_backward", "swiglu_forward",

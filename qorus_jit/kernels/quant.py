@@ -1,0 +1,468 @@
+"""Reduced-precision weights: bf16 and q8_0 (int8 in groups of 32) formats, their matrix-vector products
+(decoding) and linear products (prefill).
+
+Formats (docs/formats.md; the layouts the layers, the safetensors folders and GGUF files share):
+
+- **bf16**: ``w16 (O, I) uint16``, the upper half of each float32 after round-to-nearest-even (a NaN stays a
+  quiet NaN, +-inf stay, values past the largest bf16 round to +-inf). Value: ``(w16 << 16)`` as float32.
+- **q8_0** (ggml's Q8_0): ``qs (O, I) int8`` and ``d (O, I // 32) float32`` holding values exact in float16;
+  value ``qs[o, i] * d[o, i // 32]``. Quantizing follows ggml's ``quantize_row_q8_0_ref`` bit for bit: per
+  group ``amax = max|w|``, ``d = amax / 127`` (float32), ``id = 1 / d`` (0 if d is 0), ``qs = roundf(w * id)``
+  (half away from zero), then ``d`` rounded to float16 (nearest even). So our q8_0 of a tensor equals the
+  ``gguf`` package's. Weights must be finite (an inf or NaN has no int8 value): refused.
+
+Kernels take float32 activations. ``matvec_*`` (one token) reads every weight once: its speed is memory
+bandwidth, so fewer bytes per weight is the whole gain (docs/design.md, "Reduced-precision weights").
+``linear_*`` (prefill, N rows) dequantizes tiles of W into float32 scratch and multiplies them by BLAS.
+
+Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
+``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``:
+``"portable"`` (the numba kernels here, AVX2 or anything LLVM targets) or a path of ``kernels.quant_x86``.
+``QORUS_PORTABLE=1`` forces the portable paths. The portable kernels' signatures are fixed (the row bodies
+``_matvec_*_rows(out, ..., lo, hi)`` are serial kernels that compiled code such as a fused decode may call).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from qorus_jit.core.check import check_arrays
+from qorus_jit.core.numerics import for_chunks, for_rows, kernel
+from qorus_jit.kernels._blas import gemm as _blas_gemm
+
+#: Weights per q8_0 group (one scale each), along the input dimension.
+GROUP = 32
+
+_CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
+_TILE_BYTES = 1 << 18  # float32 bytes of one dequantized tile of W in linear_* (stays in L2)
+
+# ---------------------------------------------------------------------------------------------------
+# instruction paths
+
+
+def _path(kind: str) -> str:
+    """The instruction path used for ``kind`` ("q8_0" or "bf16"): "portable" here; the one place a faster path
+    (``kernels.quant_x86``, chosen from the CPU's features) is picked. ``QORUS_PORTABLE=1`` forces "portable"."""
+    if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
+        return "portable"
+    return "portable"
+
+
+def kernel_paths() -> dict[str, str]:
+    """{"q8_0": path, "bf16": path}: the instruction paths the quantized kernels use on this machine."""
+    return {"q8_0": _path("q8_0"), "bf16": _path("bf16")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# bf16
+
+
+@kernel
+def _bf16_from_f32_range(w16, bits, lo, hi):
+    """w16[i] = bf16 of the float32 whose bits are bits[i] (round to nearest even, NaN kept quiet) for lo <= i <
+    hi; flat (n,), bits uint32 (the float32 array viewed as uint32)."""
+    w16, bits = w16[lo:hi], bits[lo:hi]
+    for i in range(hi - lo):
+        u = np.int64(bits[i])
+        if (u & 0x7FFFFFFF) > 0x7F800000:
+            w16[i] = np.uint16((u >> 16) | 0x40)
+        else:
+            w16[i] = np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+@kernel
+def _f32_from_bf16_range(w, w16, lo, hi):
+    """w[i] = float32 of bf16 w16[i] for lo <= i < hi; flat (n,)."""
+    w, w16 = w[lo:hi], w16[lo:hi]
+    for i in range(hi - lo):
+        w[i] = np.uint32(np.uint32(w16[i]) << 16).view(np.float32)
+
+
+@kernel(parallel=True)
+def _quantize_bf16(w16, bits):
+    """w16 (n,) uint16 = bf16 of the float32 array (n,) viewed as uint32 ``bits``."""
+    n = bits.shape[0]
+    for_chunks(_bf16_from_f32_range, (w16, bits), n, _CHUNK, n)
+
+
+@kernel(parallel=True)
+def _dequantize_bf16(w, w16):
+    """w (n,) float32 = w16 (n,) bf16."""
+    n = w.shape[0]
+    for_chunks(_f32_from_bf16_range, (w, w16), n, _CHUNK, n)
+
+
+@kernel
+def _matvec_bf16_rows(out, w16, x, lo, hi):
+    """out[i] = w16[i] . x for lo <= i < hi; w16 (O, I) bf16, x (I,); four rows share each load of x."""
+    n = x.shape[0]
+    zero = np.float32(0)
+    i = lo
+    while i + 4 <= hi:
+        r0, r1, r2, r3 = w16[i], w16[i + 1], w16[i + 2], w16[i + 3]
+        s0 = s1 = s2 = s3 = zero
+        for k in range(n):
+            xk = x[k]
+            s0 += np.uint32(np.uint32(r0[k]) << 16).view(np.float32) * xk
+            s1 += np.uint32(np.uint32(r1[k]) << 16).view(np.float32) * xk
+            s2 += np.uint32(np.uint32(r2[k]) << 16).view(np.float32) * xk
+            s3 += np.uint32(np.uint32(r3[k]) << 16).view(np.float32) * xk
+        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
+        i += 4
+    while i < hi:
+        r = w16[i]
+        s = zero
+        for k in range(n):
+            s += np.uint32(np.uint32(r[k]) << 16).view(np.float32) * x[k]
+        out[i] = s
+        i += 1
+
+
+@kernel(parallel=True)
+def _matvec_bf16_portable(out, w16, x):
+    """out (O,) = w16 (O, I) @ x (I,), bf16 weights, float32 activations; rows over threads."""
+    O = w16.shape[0]
+    for_rows(_matvec_bf16_rows, (out, w16, x), O, O * x.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# q8_0
+
+
+@kernel
+def _group_amax_range(amax, w, lo, hi):
+    """amax[g] = max |w[32 g: 32 g + 32]| for lo <= g < hi, NaN if the group holds a NaN; w flat (32 G,)."""
+    for g in range(lo, hi):
+        wg = w[g * GROUP:(g + 1) * GROUP]
+        m = np.float32(0)
+        for j in range(GROUP):
+            a = abs(wg[j])
+            if a > m or a != a:
+                m = a
+            if m != m:
+                break
+        amax[g] = m
+
+
+@kernel(parallel=True)
+def _group_amax(amax, w):
+    """amax (G,) = max |w| over each group of 32 of w (32 G,) (NaN for a group with a NaN)."""
+    G = amax.shape[0]
+    for_chunks(_group_amax_range, (amax, w), G, _CHUNK // GROUP, w.shape[0])
+
+
+@kernel
+def _q8_0_from_f32_range(qs, w, inv, lo, hi):
+    """qs[32 g + j] = roundf(w[32 g + j] * inv[g]) (half away from zero) for lo <= g < hi; flat."""
+    for g in range(lo, hi):
+        wg, qg, s = w[g * GROUP:(g + 1) * GROUP], qs[g * GROUP:(g + 1) * GROUP], inv[g]
+        for j in range(GROUP):
+            v = wg[j] * s
+            a = abs(v)
+            r = np.floor(a)
+            if a - r >= 0.5:
+                r += 1
+            qg[j] = np.int8(r if v >= 0 else -r)
+
+
+@kernel(parallel=True)
+def _q8_0_from_f32(qs, w, inv):
+    """qs (32 G,) int8 = roundf(w * inv[g]) over each group g of 32; w (32 G,), inv (G,)."""
+    G = inv.shape[0]
+    for_chunks(_q8_0_from_f32_range, (qs, w, inv), G, _CHUNK // GROUP, w.shape[0])
+
+
+@kernel
+def _f32_from_q8_0_range(w, qs, d, lo, hi):
+    """w[32 g + j] = qs[32 g + j] * d[g] for lo <= g < hi; flat."""
+    for g in range(lo, hi):
+        wg, qg, s = w[g * GROUP:(g + 1) * GROUP], qs[g * GROUP:(g + 1) * GROUP], d[g]
+        for j in range(GROUP):
+            wg[j] = np.float32(qg[j]) * s
+
+
+@kernel(parallel=True)
+def _dequantize_q8_0(w, qs, d):
+    """w (32 G,) float32 = qs (32 G,) int8 * d (G,) per group of 32."""
+    G = d.shape[0]
+    for_chunks(_f32_from_q8_0_range, (w, qs, d), G, _CHUNK // GROUP, w.shape[0])
+
+
+@kernel
+def _matvec_q8_0_rows(out, qs, d, x, lo, hi):
+    """out[i] = sum_g d[i, g] * (qs[i, 32 g:32 g + 32] . x[32 g:32 g + 32]) for lo <= i < hi; qs (O, I) int8,
+    d (O, I/32), x (I,) float32; four rows share each load of x."""
+    G = d.shape[1]
+    zero = np.float32(0)
+    i = lo
+    while i + 4 <= hi:
+        r0, r1, r2, r3 = qs[i], qs[i + 1], qs[i + 2], qs[i + 3]
+        d0, d1, d2, d3 = d[i], d[i + 1], d[i + 2], d[i + 3]
+        s0 = s1 = s2 = s3 = zero
+        for g in range(G):
+            o = g * GROUP
+            xg, q0, q1, q2, q3 = x[o:o + GROUP], r0[o:o + GROUP], r1[o:o + GROUP], r2[o:o + GROUP], r3[o:o + GROUP]
+            a0 = a1 = a2 = a3 = zero
+            for j in range(GROUP):
+                xj = xg[j]
+                a0 += np.float32(q0[j]) * xj
+                a1 += np.float32(q1[j]) * xj
+                a2 += np.float32(q2[j]) * xj
+                a3 += np.float32(q3[j]) * xj
+            s0 += d0[g] * a0
+            s1 += d1[g] * a1
+            s2 += d2[g] * a2
+            s3 += d3[g] * a3
+        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
+        i += 4
+    while i < hi:
+        r, dr = qs[i], d[i]
+        s = zero
+        for g in range(G):
+            o = g * GROUP
+            xg, q = x[o:o + GROUP], r[o:o + GROUP]
+            a = zero
+            for j in range(GROUP):
+                a += np.float32(q[j]) * xg[j]
+            s += dr[g] * a
+        out[i] = s
+        i += 1
+
+
+@kernel(parallel=True)
+def _matvec_q8_0_portable(out, qs, d, x):
+    """out (O,) = W x with W = q8_0 (qs (O, I) int8, d (O, I/32)), x (I,) float32; rows over threads."""
+    O = qs.shape[0]
+    for_rows(_matvec_q8_0_rows, (out, qs, d, x), O, O * x.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# linear (prefill): dequantized tiles of W times x by BLAS
+
+
+@kernel
+def _dequant_rows_bf16(tile, w16, lo, hi):
+    """tile[:hi - lo] = float32 of w16[lo:hi]; tile (>= hi - lo, I)."""
+    for i in range(hi - lo):
+        _f32_from_bf16_range(tile[i], w16[lo + i], 0, w16.shape[1])
+
+
+@kernel
+def _dequant_rows_q8_0(tile, qs, d, lo, hi):
+    """tile[:hi - lo] = float32 of the q8_0 rows lo..hi-1."""
+    for i in range(hi - lo):
+        _f32_from_q8_0_range(tile[i], qs[lo + i], d[lo + i], 0, d.shape[1])
+
+
+@kernel
+def _tile_rows(O, I):
+    """Rows of W per dequantized tile: about _TILE_BYTES of float32, at least 1, at most O."""
+    return max(1, min(O, _TILE_BYTES // (4 * max(I, 1))))
+
+
+@kernel
+def _store_tile(out, c, bias, lo, hi):
+    """out[:, lo:hi] = c[:, :hi - lo] (+ bias[lo:hi])."""
+    for n in range(out.shape[0]):
+        on, cn = out[n, lo:hi], c[n]
+        if bias is None:
+            for j in range(hi - lo):
+                on[j] = cn[j]
+        else:
+            bs = bias[lo:hi]
+            for j in range(hi - lo):
+                on[j] = cn[j] + bs[j]
+
+
+@kernel
+def _linear_tiles(out, x, bias, wq, d, O, I):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W in tiles of _tile_rows rows dequantized into float32
+    scratch and multiplied by BLAS; W = bf16 ``wq`` (O, I) uint16 if d is None, else q8_0 (``wq`` int8, d)."""
+    N = out.shape[0]
+    T = _tile_rows(O, I)
+    tile_buf = np.empty(T * I, np.float32)
+    c_buf = np.empty(N * T, np.float32)
+    for lo in range(0, O, T):
+        hi = min(O, lo + T)
+        tile = tile_buf[:(hi - lo) * I].reshape((hi - lo, I))
+        c = c_buf[:N * (hi - lo)].reshape((N, hi - lo))
+        if d is None:
+            _dequant_rows_bf16(tile, wq, lo, hi)
+        else:
+            _dequant_rows_q8_0(tile, wq, d, lo, hi)
+        _blas_gemm(c, x, tile.T, 0.0)
+        _store_tile(out, c, bias, lo, hi)
+
+
+@kernel
+def _linear_bf16_portable(out, x, w16, bias):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = w16 (O, I) bf16."""
+    _linear_tiles(out, x, bias, w16, None, w16.shape[0], w16.shape[1])
+
+
+@kernel
+def _linear_q8_0_portable(out, x, qs, d, bias):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = q8_0 (qs (O, I) int8, d (O, I/32))."""
+    _linear_tiles(out, x, bias, qs, d, qs.shape[0], qs.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# dispatchers (unchecked; ``kernels.trusted`` exports them): the path of ``_path`` for each call
+
+
+def _x86():
+    from qorus_jit.kernels import quant_x86
+
+    return quant_x86
+
+
+def _matvec_bf16(out, w16, x):
+    """out (O,) = w16 (O, I) bf16 @ x (I,) float32, on the path of ``_path("bf16")``."""
+    if _path("bf16") == "portable":
+        _matvec_bf16_portable(out, w16, x)
+    else:
+        _x86().matvec_bf16(out, w16, x)
+
+
+def _matvec_q8_0(out, qs, d, x):
+    """out (O,) = W x, W = q8_0 (qs (O, I) int8, d (O, I/32) float32), x (I,) float32, on ``_path("q8_0")``."""
+    if _path("q8_0") == "portable":
+        _matvec_q8_0_portable(out, qs, d, x)
+    else:
+        _x86().matvec_q8_0(out, qs, d, x)
+
+
+def _linear_bf16(out, x, w16, bias):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16."""
+    if out.shape[0] == 0:
+        return
+    if _path("bf16") == "portable":
+        _linear_bf16_portable(out, x, w16, bias)
+    else:
+        _x86().linear_bf16(out, x, w16, bias)
+
+
+def _linear_q8_0(out, x, qs, d, bias):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs, d)."""
+    if out.shape[0] == 0:
+        return
+    if _path("q8_0") == "portable":
+        _linear_q8_0_portable(out, x, qs, d, bias)
+    else:
+        _x86().linear_q8_0(out, x, qs, d, bias)
+
+
+# ---------------------------------------------------------------------------------------------------
+# public functions: validate, then call the kernels
+
+
+def _check_weights(name, wq, dtype):
+    """A weight array of the integer ``dtype`` (w16 uint16, qs int8), (O, I) with I a positive multiple of 32
+    (q8_0 groups; bf16 shares the rule so both formats fit the same layers); returns (O, I)."""
+    dims = check_arrays(dtype=dtype, **{name: (wq, ("out", "in"))})
+    if dims["in"] < GROUP or dims["in"] % GROUP:
+        raise ValueError(f"{name}: expected in_features (axis 1) a positive multiple of {GROUP}, got {dims['in']}")
+    return dims["out"], dims["in"]
+
+
+def _check_flat(name, a, dtype):
+    """Any shape, ``dtype``, C-contiguous."""
+    check_arrays(dtype=dtype, **{name: (a, None)})
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides} (use np.ascontiguousarray)")
+
+
+def quantize_bf16(w: np.ndarray) -> np.ndarray:
+    """bf16 of float32 ``w`` (any shape, C-contiguous): a uint16 array of its shape (round to nearest even; NaN
+    stays a quiet NaN, +-inf stay, magnitudes past the largest bf16 round to +-inf)."""
+    _check_flat("w", w, np.float32)
+    w16 = np.empty(w.shape, np.uint16)
+    if w.size:
+        _quantize_bf16(w16.reshape(-1), w.reshape(-1).view(np.uint32))
+    return w16
+
+
+def dequantize_bf16(w16: np.ndarray) -> np.ndarray:
+    """float32 values of bf16 ``w16`` (uint16, any shape, C-contiguous); exact."""
+    _check_flat("w16", w16, np.uint16)
+    w = np.empty(w16.shape, np.float32)
+    if w.size:
+        _dequantize_bf16(w.reshape(-1), w16.reshape(-1))
+    return w
+
+
+def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q8_0 of float32 ``w`` (O, I), I a positive multiple of 32: ``(qs (O, I) int8, d (O, I/32) float32)``, bit
+    for bit ggml's ``quantize_row_q8_0_ref`` (the module docstring). Non-finite weights: ValueError."""
+    O, I = _check_weights("w", w, np.float32)
+    G = O * (I // GROUP)
+    amax = np.empty(G, np.float32)
+    if G:
+        _group_amax(amax, w.reshape(-1))
+    if not np.isfinite(amax).all():
+        g = int(np.flatnonzero(~np.isfinite(amax))[0])
+        raise ValueError(f"w: expected finite values (q8_0 has no inf or NaN), got {amax[g]} in row "
+                         f"{g // (I // GROUP)}")
+    # ggml's scale in float32 division (not the kernels' fastmath, which may use a reciprocal), then fp16
+    d = amax / np.float32(127)
+    with np.errstate(over="ignore"):
+        d16 = d.astype(np.float16)
+    if np.isinf(d16).any():
+        g = int(np.flatnonzero(np.isinf(d16))[0])
+        raise ValueError(f"w: expected |values| below 127 * 65520 (q8_0 scales are float16), got {amax[g]} in row "
+                         f"{g // (I // GROUP)}")
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    qs = np.empty((O, I), np.int8)
+    if G:
+        _q8_0_from_f32(qs.reshape(-1), w.reshape(-1), inv)
+    return qs, d16.astype(np.float32).reshape(O, I // GROUP)
+
+
+def _check_q8_0(qs, d):
+    """qs (O, I) int8, I a positive multiple of 32, and d (O, I/32) float32; returns (O, I)."""
+    O, I = _check_weights("qs", qs, np.int8)
+    check_arrays(dtype=np.float32, d=(d, (O, I // GROUP)))
+    return O, I
+
+
+def dequantize_q8_0(qs: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """float32 (O, I) values of q8_0 ``qs`` (O, I) int8, ``d`` (O, I/32) float32: ``qs * d`` per group; exact."""
+    O, I = _check_q8_0(qs, d)
+    w = np.empty((O, I), np.float32)
+    if w.size:
+        _dequantize_q8_0(w.reshape(-1), qs.reshape(-1), d.reshape(-1))
+    return w
+
+
+def matvec_bf16(out: np.ndarray, w16: np.ndarray, x: np.ndarray) -> None:
+    """out (O,) = W x, W = bf16 ``w16`` (O, I) uint16, x (I,) float32; out float32, written."""
+    O, I = _check_weights("w16", w16, np.uint16)
+    check_arrays(dtype=np.float32, out=(out, (O,)), x=(x, (I,)), writes=("out",), reads={"w16": w16})
+    _matvec_bf16(out, w16, x)
+
+
+def matvec_q8_0(out: np.ndarray, qs: np.ndarray, d: np.ndarray, x: np.ndarray) -> None:
+    """out (O,) = W x, W = q8_0 (qs (O, I) int8, d (O, I/32) float32), x (I,) float32; out float32, written."""
+    O, I = _check_q8_0(qs, d)
+    check_arrays(dtype=np.float32, out=(out, (O,)), d=(d, (O, I // GROUP)), x=(x, (I,)), writes=("out",),
+                 reads={"qs": qs})
+    _matvec_q8_0(out, qs, d, x)
+
+
+def linear_bf16(out: np.ndarray, x: np.ndarray, w16: np.ndarray, bias: np.ndarray | None) -> None:
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = bf16 ``w16`` (O, I); float32 out, x, bias."""
+    O, I = _check_weights("w16", w16, np.uint16)
+    check_arrays(dtype=np.float32, out=(out, ("N", O)), x=(x, ("N", I)), bias=(bias, (O,)), optional=("bias",),
+                 writes=("out",), reads={"w16": w16})
+    _linear_bf16(out, x, w16, bias)
+
+
+def linear_q8_0(out: np.ndarray, x: np.ndarray, qs: np.ndarray, d: np.ndarray, bias: np.ndarray | None) -> None:
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs (O, I) int8, d (O, I/32)); float32."""
+    O, I = _check_q8_0(qs, d)
+    check_arrays(dtype=np.float32, out=(out, ("N", O)), x=(x, ("N", I)), d=(d, (O, I // GROUP)),
+                 bias=(bias, (O,)), optional=("bias",), writes=("out",), reads={"qs": qs})
+    _linear_q8_0(out, x, qs, d, bias)
