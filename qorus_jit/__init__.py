@@ -23,7 +23,8 @@ _EXPORTS = {
     "qorus_jit.models.sources": ("load_source",),
     "qorus_jit.layers": (
         "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer",
-        "LayerNorm", "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "ReLU", "RMSNorm",
+        "LayerNorm", "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "QuantizedLinear", "ReLU",
+        "RMSNorm",
         "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock", "apply_lora", "load_lora", "merge_lora",
         "save_lora",
     ),
@@ -32,6 +33,7 @@ _EXPORTS = {
         "save_pretrained",
     ),
     "qorus_jit.models.llama": ("load_llama2c", "save_llama2c"),
+    "qorus_jit.models.quantize": ("quantize_model", "save_quantized"),
     "qorus_jit.tokenizers": ("BPETokenizer", "ByteTokenizer", "Llama2cTokenizer", "load_tokenizer"),
     "qorus_jit.train": (
         "SGD", "Adam", "AdamW", "ConfigError", "CrossEntropyLoss", "MSELoss", "Optimizer", "Profile", "Run",

@@ -22,6 +22,7 @@ from qorus_jit.kernels import trusted as K
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.head import TiedLMHead
 from qorus_jit.layers.lora import lora_layers
+from qorus_jit.layers.quantized import quantized_layers
 from qorus_jit.models.base import Architecture, Config, _brief, _hf_get
 
 _INT32_MAX = 2**31 - 1
@@ -214,11 +215,12 @@ class Llama(Architecture):
 
     def forward_decode(self, ids, *, state: DecodeState, last_only: bool = False):
         """:meth:`Graph.forward_decode`. One new token of one sequence goes through the whole model in a
-        single kernel call (``kernels.trusted.llama_decode``) when the blocks have no biases and no LoRA
-        adapters (the kernel reads the plain weights); anything else runs node by node."""
+        single kernel call (``kernels.trusted.llama_decode``) when the blocks have no biases and their linear
+        layers and head are the plain float32 ones (the kernel reads those weights: no LoRA adapters, no
+        quantized layers); anything else runs node by node."""
         ids = self._check_decode(ids, state)
         if (ids.shape == (1, 1) and not (self.config.attention_bias or self.config.mlp_bias)
-                and not lora_layers(self)):
+                and not lora_layers(self) and not quantized_layers(self)):
             return self._decode_token(int(ids[0, 0]), state)
         return super().forward_decode(ids, state=state, last_only=last_only)
 

@@ -212,7 +212,7 @@ def check_tensors(config: Config, tensors: dict[str, np.ndarray], source="tensor
     return params
 
 
-def load_pretrained(path) -> Architecture:
+def load_pretrained(path, dtype: str | None = None) -> Architecture:
     """Read a Hugging Face folder (``config.json`` + safetensors, sharded or not) into the matching model.
 
     Supported: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` and ``BertModel`` (its pooler is skipped).
@@ -220,17 +220,40 @@ def load_pretrained(path) -> Architecture:
     before any tensor is read or the model built, so memory stays bounded by the files whatever the config
     says. Errors are one-line ValueErrors naming the folder or file, the config.json key and the tensor.
     Links out of the folder are refused (see :mod:`qorus_jit.formats.hf`).
+
+    ``dtype``: the weights of the linear layers of a Llama or GPT-2 (:func:`~qorus_jit.models.quantize.
+    quantize_model`): "fp32", "bf16" or "int8" (q8_0); None (the default) keeps what the folder holds. A
+    quantized folder (written by ``qorus quantize`` / :func:`~qorus_jit.models.quantize.save_quantized`, its
+    config.json has a ``"quantization"`` table) loads as it is stored, never re-quantized; another ``dtype``
+    for it is refused, as is "bf16" or "int8" for a BERT.
     """
+    from qorus_jit.layers.quantized import weight_format
+    from qorus_jit.models.quantize import QUANTIZABLE, load_quantized, quantize_model, read_quantization
+
+    fmt = None if dtype is None else weight_format(dtype)
     hf_config = read_hf_config(path)
+    stored = read_quantization(hf_config, Path(path) / CONFIG_NAME)
     try:
         config = config_from_hf(hf_config)
     except ValueError as e:  # "Llama config.json: x" -> "<folder>/config.json: x"
         raise ValueError(f"{Path(path) / CONFIG_NAME}: {_CONFIG_PREFIX.sub('', str(e))}") from None
     cls = architecture_of(config)
+    if fmt is not None and cls.arch not in QUANTIZABLE:
+        raise ValueError(f"dtype: {path} holds a {cls.__name__}, whose weights stay fp32 ({dtype!r} is for Llama "
+                         "and GPT-2 models)")
+    if stored is not None:
+        if dtype is not None and fmt != stored:
+            own = "int8" if stored == "q8_0" else stored
+            raise ValueError(f"dtype: {path} is a quantized folder of {stored} weights, which load as they are "
+                             f"(dtype=None or {own!r}), not as {dtype!r}; for {dtype} start from the fp32 model")
+        return load_quantized(path, config, stored)
     check_shapes(config, read_hf_shapes(path), source=str(path))
     params = cls.from_hf_tensors(check_tensors(config, read_hf_weights(path), source=str(path)))
     model = cls(config)
     model.load_parameters(params)
+    del params
+    if fmt is not None:
+        quantize_model(model, dtype)
     return model
 
 
@@ -247,6 +270,11 @@ def save_pretrained(model: Architecture, path, tokenizer=None) -> None:
     if not isinstance(model, Architecture):
         raise TypeError(f"model: expected one of {', '.join(a.__name__ for a in ARCHITECTURES)}, "
                         f"got {type(model).__name__}")
+    from qorus_jit.layers.quantized import quantized_layers
+
+    if quantized_layers(model):
+        raise ValueError("model: has quantized layers; write it with save_quantized (qorus quantize), or save "
+                         "the fp32 model")
     hf = model.config.to_hf()
     files = {}
     if tokenizer is not None:

@@ -1,0 +1,278 @@
+"""Llama and GPT-2 with bf16 or int8 (q8_0) weights: :func:`quantize_model` swaps the linear layers of the
+attention, the MLP and the LM head for :class:`~qorus_jit.layers.quantized.QuantizedLinear`; quantized folders
+(docs/formats.md, "Quantized folders") are written by :func:`save_quantized` and read back, without
+re-quantizing, by ``load_pretrained``.
+
+The embedding tables, the norms and the biases stay float32. A tied head gets a quantized copy of the
+embedding table (the table itself stays float32 for the lookups).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from qorus_jit.core.files import atomic_write, atomic_write_text, check_path
+from qorus_jit.formats.hf import CONFIG_NAME, WEIGHTS_NAME, make_folder, read_hf_shapes
+from qorus_jit.formats.safetensors import read_safetensors_header
+from qorus_jit.layers.base import Layer
+from qorus_jit.layers.head import TiedLMHead
+from qorus_jit.layers.linear import Linear
+from qorus_jit.layers.lora import lora_layers
+from qorus_jit.layers.quantized import (
+    GROUP,
+    QuantizedLinear,
+    check_quantizable,
+    quantize_layers,
+    quantized_layers,
+    quantized_tensors,
+    weight_format,
+)
+
+#: The architectures whose layers quantize (by short name).
+QUANTIZABLE = ("llama", "gpt2")
+#: The table of a quantized folder's ``config.json`` that says so.
+QUANTIZATION_KEY = "quantization"
+
+
+def model_format(model) -> str | None:
+    """The weight format of ``model``'s quantized layers ("bf16", "q8_0"), or None for a float32 model."""
+    formats = {layer.weight_format for layer in quantized_layers(model).values()}
+    if len(formats) > 1:
+        raise ValueError(f"model: mixes weight formats {sorted(formats)}")
+    return formats.pop() if formats else None
+
+
+def _check_model(model) -> None:
+    arch = getattr(type(model), "arch", None)
+    if not isinstance(model, Layer) or arch not in QUANTIZABLE:
+        raise ValueError(f"model: a {type(model).__name__} cannot be quantized: bf16 and int8 weights are for "
+                         "Llama and GPT-2 models")
+
+
+def _targets(model) -> list[tuple[str, Layer]]:
+    """(dotted name, layer) of the layers that quantize: every plain Linear (attention, MLP, an untied head)
+    and a tied head."""
+    from qorus_jit.layers.base import named_layers
+
+    return [(d, c) for _, _, d, c in named_layers(model) if type(c) is Linear or isinstance(c, TiedLMHead)]
+
+
+def _in_features(layer) -> int:
+    return layer.embedding.weight.shape[1] if isinstance(layer, TiedLMHead) else layer.in_features
+
+
+def quantize_model(model, dtype: str):
+    """Quantize ``model`` (a Llama or GPT-2) in place to ``dtype``: "fp32" (nothing changes), "bf16" or
+    "int8" (q8_0). The linear layers of the attention and the MLP and the LM head become
+    :class:`~qorus_jit.layers.quantized.QuantizedLinear` (a tied head: a quantized copy of the embedding
+    table); embeddings, norms and biases stay float32. Returns ``model``.
+
+    Refused with a one-line ValueError before anything changes: another architecture (BERT), LoRA adapters
+    (merge them first), a model quantized already to another format, and a layer whose ``in_features`` is
+    not a multiple of 32, which the kernels need (the error names it)."""
+    fmt = weight_format(dtype)
+    _check_model(model)
+    if fmt is None:
+        return model
+    if lora_layers(model):
+        raise ValueError("model: has LoRA adapters; merge them into the weights first (merge_lora)")
+    held = model_format(model)
+    if held is not None and held != fmt:
+        raise ValueError(f"model: is quantized already ({held}); quantize the fp32 model to {dtype} instead")
+    targets = _targets(model)
+    for dotted, layer in targets:
+        check_quantizable(dotted, _in_features(layer))
+
+    def make(dotted, layer):
+        if isinstance(layer, TiedLMHead):  # a quantized copy; the embedding table stays for the lookups
+            return QuantizedLinear.from_weight(layer.embedding.weight, None, dtype, name=dotted)
+        if type(layer) is Linear:
+            return QuantizedLinear.from_linear(layer, dtype, name=dotted)
+        return None
+
+    quantize_layers(model, make)
+    _forget_decoder(model)
+    return model
+
+
+def _forget_decoder(model) -> None:
+    """A Llama's fused decoder keeps views of the float32 weights: let them go (it is not used any more)."""
+    if getattr(model, "_decoder", None) is not None:
+        model._decoder = None
+
+
+# ------------------------------------------------------------------------------------------ quantized folders
+
+
+def quantization_table(fmt: str) -> dict:
+    """The ``"quantization"`` table of a quantized folder's ``config.json``."""
+    return {"format": fmt, "group_size": GROUP} if fmt == "q8_0" else {"format": fmt}
+
+
+def save_quantized(model, path, tokenizer=None) -> None:
+    """Write a quantized ``model`` as a quantized folder ``path`` (created if missing): ``config.json`` (the
+    Hugging Face config and a ``"quantization"`` table) and ``model.safetensors`` holding the float32 parameters
+    (embeddings, norms, biases: F32) and the quantized weights, ``(out, in)`` whatever the architecture: for
+    q8_0 ``<layer>.weight.qs`` (I8) and ``<layer>.weight.d`` (F16), for bf16 ``<layer>.weight`` (BF16); with a
+    ``tokenizer``, its files as :func:`~qorus_jit.models.registry.save_pretrained` writes them. Each file is
+    written atomically (the weights first)."""
+    from qorus_jit.models.registry import hf_tokenizer_files
+
+    fmt = model_format(model)
+    if fmt is None:
+        raise ValueError("model: holds no quantized layers (quantize_model(model, 'int8' or 'bf16') first)")
+    _check_model(model)
+    folder = check_path("path", path)
+    hf = {**model.config.to_hf(), QUANTIZATION_KEY: quantization_table(fmt)}
+    files = {}
+    if tokenizer is not None:
+        files = hf_tokenizer_files(tokenizer, model.config.max_seq_len)
+        for key in ("bos_token_id", "eos_token_id"):
+            hf.setdefault(key, None)
+    tensors = dict(model.parameters())  # float32: embeddings, norms, biases (no linear weight left)
+    for name, arr in quantized_tensors(model).items():
+        tensors[name] = arr.astype(np.float16) if name.endswith(".d") else arr  # d is exact in float16
+    make_folder(folder)
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: _write_safetensors(tmp, tensors))
+    files[CONFIG_NAME] = json.dumps(hf, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    for name, text in files.items():
+        atomic_write_text(folder / name, text)
+
+
+def _write_safetensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file of ``tensors``, uint16 ones stored as BF16: safetensors' NumPy API knows no bfloat16,
+    so its writer is given each array's bytes and dtype name ("bfloat16" for the bf16 bits)."""
+    from safetensors import TensorSpec, serialize_file
+
+    specs = {}
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        tensors[name] = arr  # alive until written
+        dtype = "bfloat16" if arr.dtype == np.uint16 else arr.dtype.name
+        specs[name] = TensorSpec(dtype=dtype, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+    serialize_file(specs, str(file), metadata={"format": "pt"})
+
+
+def _read_tensors(file: Path, header: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Every tensor of a quantized folder's safetensors file as stored: BF16 as its uint16 bits, F16 scales as
+    float32 (exact), I8 and F32 as they are."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(file), framework="np") as f:
+        for name, (dtype, shape) in header.items():
+            if dtype == "BF16":
+                out[name] = _read_bits(file, name, shape)
+            else:
+                arr = f.get_tensor(name)
+                out[name] = np.ascontiguousarray(arr.astype(np.float32) if arr.dtype.kind == "f" else arr)
+    return out
+
+
+def _read_bits(file: Path, name: str, shape) -> np.ndarray:
+    """The raw uint16 bits of a BF16 tensor (NumPy has no bfloat16); the header was checked by safe_open."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        start, end = json.loads(f.read(n))[name]["data_offsets"]
+    count = (end - start) // 2
+    bits = np.fromfile(file, dtype="<u2", count=count, offset=8 + n + start)
+    if bits.size != count or count != math.prod(shape):
+        raise ValueError(f"{file}: tensor {name!r} is truncated or its size does not match its shape")
+    return bits.astype(np.uint16, copy=False).reshape(shape)
+
+
+def read_quantization(hf_config: dict, where) -> str | None:
+    """The weight format a ``config.json`` dict says its folder holds ("bf16", "q8_0"), or None (no table);
+    a damaged table is a ValueError naming ``where``."""
+    table = hf_config.get(QUANTIZATION_KEY)
+    if table is None:
+        return None
+    fmt = table.get("format") if isinstance(table, dict) else None
+    if fmt not in ("bf16", "q8_0"):
+        raise ValueError(f"{where}: {QUANTIZATION_KEY}: expected a table with format 'q8_0' or 'bf16', got "
+                         f"{table!r}")
+    if fmt == "q8_0" and table.get("group_size", GROUP) != GROUP:
+        raise ValueError(f"{where}: {QUANTIZATION_KEY}: group_size {table.get('group_size')!r} is not supported "
+                         f"(q8_0 groups {GROUP} inputs)")
+    return fmt
+
+
+def _our_layout(cls, name: str, hf_shape: tuple[int, ...]) -> bool:
+    """Whether the architecture stores tensor ``name`` transposed in its checkpoints (GPT-2's Conv1D weights):
+    probed on a tiny array with :meth:`Architecture.from_hf_tensors`."""
+    probe = cls.from_hf_tensors({name: np.zeros((1, 2), np.float32)}).get(name)
+    return probe is not None and probe.shape == (2, 1)
+
+
+def load_quantized(path, config, fmt: str):
+    """The model of the quantized folder ``path`` (``config`` read from its config.json, which says ``fmt``):
+    its tensors' names, dtypes and shapes are checked against the config from the safetensors header before
+    anything is read or built, then the quantized weights go straight into the layers (no re-quantizing)."""
+    from qorus_jit.models.registry import architecture_of, check_shapes
+
+    cls = architecture_of(config)
+    if cls.arch not in QUANTIZABLE:
+        raise ValueError(f"{path}: a quantized folder of a {cls.__name__}; only Llama and GPT-2 quantize")
+    folder = Path(path)
+    read_hf_shapes(folder)  # the folder's weight files and their links checked
+    file = folder / WEIGHTS_NAME
+    if not file.is_file():
+        raise ValueError(f"{folder}: a quantized folder holds one {WEIGHTS_NAME} (no shards)")
+    header = read_safetensors_header(file)
+    plain, quant = {}, {}  # fp32 tensors, and each quantized weight's (out, in) by its layer weight's name
+    for name, (dtype, shape) in header.items():
+        if fmt == "q8_0" and name.endswith((".weight.qs", ".weight.d")):
+            want = "I8" if name.endswith(".qs") else "F16"
+            if dtype != want:
+                raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}, expected {want} for q8_0")
+            if name.endswith(".qs"):
+                quant[name[:-3]] = shape
+        elif fmt == "bf16" and dtype == "BF16":
+            quant[name] = shape
+        elif dtype not in ("F32", "F16", "BF16", "F64"):
+            raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}, expected a floating dtype")
+        else:
+            plain[name] = shape
+    shapes = dict(plain)
+    for name, shape in quant.items():
+        if len(shape) != 2:
+            raise ValueError(f"{file}: tensor {name!r} has shape {shape}, expected a matrix (out, in)")
+        shapes[name] = shape[::-1] if _our_layout(cls, name, shape) else shape
+        if fmt == "q8_0":
+            d = header.get(name + ".d", (None, None))[1]
+            if d != (shape[0], shape[1] // GROUP) or shape[1] % GROUP:
+                raise ValueError(f"{file}: tensor {name + '.d'!r} has shape {d}, expected "
+                                 f"{(shape[0], shape[1] // GROUP)} (one scale a group of {GROUP} of {name}.qs's "
+                                 f"{shape}, whose in_features must be a multiple of {GROUP})")
+    check_shapes(config, shapes, source=str(folder))
+    tensors = _read_tensors(file, header)
+    model = cls(config)
+    missing = []
+
+    def make(dotted, layer):
+        if not (type(layer) is Linear or isinstance(layer, TiedLMHead)):
+            return None
+        key = f"{dotted}.weight"
+        if key not in quant:
+            missing.append(key + (".qs" if fmt == "q8_0" else ""))
+            return None
+        arrays = {"w16": tensors.pop(key)} if fmt == "bf16" else {"qs": tensors.pop(key + ".qs"),
+                                                                   "d": tensors.pop(key + ".d")}
+        bias = getattr(layer, "bias", None)  # its value comes with the other parameters below
+        return QuantizedLinear(fmt, **arrays, bias=bias, name=dotted)
+
+    quantize_layers(model, make)
+    if missing:
+        raise ValueError(f"{file}: missing tensor {missing[0]!r} (the {fmt} weight of a {cls.__name__} layer)")
+    extra = [k for k in tensors if k.endswith((".qs", ".d")) or header[k][0] == "BF16" and fmt == "bf16"]
+    if extra:
+        raise ValueError(f"{file}: unexpected quantized tensor {extra[0]!r} for this {cls.__name__}")
+    try:
+        model.load_parameters(tensors)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+    return model
