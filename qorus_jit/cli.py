@@ -108,6 +108,9 @@ def info(as_json):
     for lib in data["blas"]:
         where = ", ".join(str(v) for v in (lib["architecture"], f"{lib['threads']} threads") if v is not None)
         click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} ({where})")
+    q = data["quantized_kernels"]
+    click.echo("  quantized:  " + ", ".join(f"{fmt} {path}" for fmt, path in q["paths"].items())
+               + (f" ({q['note']})" if q.get("note") else ""))
     click.echo(f"  cache:      {data['numba_cache']}")
     click.echo(f"  fastmath:   {' '.join(data['fastmath'])}")
 
@@ -261,11 +264,14 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
 @click.option("--tokenizer", default=None, metavar="FILE",
               help="Tokenizer: tokenizer.bin (needed for llama2.c checkpoints) or tokenizer.json; at most as many "
                    "ids as the model's vocabulary (a padded vocabulary's extra ids are never sampled).")
-def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer):
-    """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2) or a
-    llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as they come; the last line reports prefill
-    and decode speed, measured after a warm-up that compiles or loads the kernels, so loading the model and
-    compiling are left out (their seconds are given apart)."""
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
+              help="Weights of the linear layers and the head: fp32, bf16 or int8 (q8_0, int8 in groups of 32) "
+                   "[default: as SOURCE holds them]. bf16 and int8 read 2x and 3.8x fewer bytes a token.")
+def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer, dtype):
+    """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2; a
+    quantized folder of qorus quantize too) or a llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as
+    they come; the last line reports prefill and decode speed, measured after a warm-up that compiles or loads
+    the kernels, so loading the model and compiling are left out (their seconds are given apart)."""
     import time
 
     from qorus_jit.infer.generate import generate as run_generation
@@ -275,6 +281,10 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
     t0 = time.perf_counter()
     try:
         src = load_source(source, tokenizer)
+        if dtype is not None:
+            from qorus_jit.models.quantize import quantize_model
+
+            quantize_model(src.model, dtype)
         ids = src.encode(prompt)
         if ids.size == 0:  # nothing to start from: a newline (byte-level) or the first id
             import numpy as np
@@ -345,6 +355,64 @@ def export(run_dir, out, fmt, merge_lora):
     for note in done.notes:
         click.echo(note, err=True)
     click.echo(f"exported {run_dir} to {out} ({fmt})", err=True)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("out", type=click.Path())
+@click.option("--dtype", type=click.Choice(["int8", "bf16"]), required=True,
+              help="int8: q8_0 (int8 in groups of 32, one float16 scale each; GGUF's Q8_0); bf16: bfloat16.")
+@click.option("--tokenizer", default=None, metavar="FILE",
+              help="Tokenizer to write beside the weights, as for qorus generate [default: SOURCE's own].")
+def quantize(source, out, dtype, tokenizer):
+    """Write the Llama or GPT-2 of SOURCE (a run directory, a Hugging Face folder or a llama2.c checkpoint) with
+    bf16 or int8 weights as the new folder OUT: config.json (with a "quantization" table), model.safetensors
+    and the tokenizer files (docs/formats.md, "Quantized folders"). OUT (absent or empty) appears whole or not
+    at all; qorus generate OUT and load_pretrained(OUT) load it without quantizing again."""
+    from qorus_jit.infer.export import _write_folder
+    from qorus_jit.models.quantize import model_format, quantize_model, save_quantized
+    from qorus_jit.models.sources import SourceError, load_source
+    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
+
+    try:
+        out_path = _new_folder(out)
+        src = load_source(source, tokenizer)
+        held = model_format(src.model)
+        if held is not None:
+            raise SourceError(f"source: {source} is quantized already ({held}); quantize the fp32 model")
+        quantize_model(src.model, dtype)
+        # a Hugging Face folder holds a tokenizer.json: llama2.c's tokenizer.bin is left out (pass --tokenizer)
+        tok = src.tokenizer if isinstance(src.tokenizer, (ByteTokenizer, BPETokenizer)) else None
+        _write_folder(out_path, out_path.absolute().parent,
+                      lambda folder: save_quantized(src.model, folder, tokenizer=tok))
+    except (SourceError, ValueError, TypeError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    if tok is None:
+        click.echo(f"note: {out} holds no tokenizer (SOURCE's is a {type(src.tokenizer).__name__}); give "
+                   "qorus generate its --tokenizer", err=True)
+    nbytes = sum(layer.weight_nbytes for layer in _quantized(src.model))
+    click.echo(f"quantized {source} to {out} ({dtype}: {nbytes / 2**20:,.1f} MiB of linear weights)", err=True)
+
+
+def _new_folder(out):
+    """``out`` as a Path, when it is a new or empty folder whose parent exists; else a SourceError."""
+    from qorus_jit.core.files import check_path
+    from qorus_jit.models.sources import SourceError
+
+    path = check_path("out", out)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        what = "a non-empty folder" if path.is_dir() else "a file"
+        raise SourceError(f"out: expected a new or empty folder, got {what} {path}")
+    if not path.absolute().parent.is_dir():
+        raise SourceError(f"out: no such folder: {path.absolute().parent}")
+    return path
+
+
+def _quantized(model):
+    from qorus_jit.layers.quantized import quantized_layers
+
+    return quantized_layers(model).values()
 
 
 @main.command("compile")

@@ -11,7 +11,25 @@ import numpy as np
 
 #: SIMD features worth reporting, in the order shown.
 SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
-                 "avx512bf16", "amx-tile")
+                 "avxvnni", "avx512bf16", "amx-tile")
+
+
+def quantized_kernels(features: dict) -> dict:
+    """The instruction path each quantized weight format's kernels use here (``kernels.quant.kernel_paths``),
+    and why a portable one is used, in words."""
+    from qorus_jit.kernels.quant import kernel_paths
+
+    paths = kernel_paths()
+    note = ""
+    if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
+        note = "QORUS_PORTABLE is set: portable paths forced"
+    else:
+        lacks = [name for fmt, name, flags in (("q8_0", "AVX-512 VNNI or AVX-VNNI", ("avx512vnni", "avxvnni")),
+                                                ("bf16", "AVX512_BF16", ("avx512bf16",)))
+                 if paths[fmt] == "portable" and not any(features.get(f, False) for f in flags)]
+        if lacks:
+            note = f"this CPU has no {' or '.join(lacks)}: the portable (AVX2) paths instead"
+    return {"paths": paths, "note": note}
 
 
 def _cpu_model() -> str:
@@ -149,6 +167,7 @@ def collect() -> dict:
             "simd": [f for f in SIMD_FEATURES if features.get(f, False)],
         },
         "blas": _blas_libraries(),
+        "quantized_kernels": quantized_kernels(features),
         "numba_cache": cache_location(),
         "fastmath": sorted(FASTMATH),
     }

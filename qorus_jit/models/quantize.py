@@ -72,17 +72,18 @@ def quantize_model(model, dtype: str):
     table); embeddings, norms and biases stay float32. Returns ``model``.
 
     Refused with a one-line ValueError before anything changes: another architecture (BERT), LoRA adapters
-    (merge them first), a model quantized already to another format, and a layer whose ``in_features`` is
+    (merge them first), a model quantized already to another format (fp32 included; the same format is
+    nothing to do), and a layer whose ``in_features`` is
     not a multiple of 32, which the kernels need (the error names it)."""
     fmt = weight_format(dtype)
     _check_model(model)
+    held = model_format(model)
+    if held is not None and held != fmt:
+        raise ValueError(f"model: is quantized already ({held}); for {dtype} start from the fp32 model")
     if fmt is None:
         return model
     if lora_layers(model):
         raise ValueError("model: has LoRA adapters; merge them into the weights first (merge_lora)")
-    held = model_format(model)
-    if held is not None and held != fmt:
-        raise ValueError(f"model: is quantized already ({held}); quantize the fp32 model to {dtype} instead")
     targets = _targets(model)
     for dotted, layer in targets:
         check_quantizable(dotted, _in_features(layer))
