@@ -1,0 +1,377 @@
+"""The fast instruction paths of the quantized kernels (kernels/quant_x86.py).
+
+On every machine: the intrinsic signatures LLVM expects, the instructions and operand roles in the assembly
+compiled for a Sapphire Rapids and an Alder Lake target (nothing executed), the loops run with each
+instruction emulated in plain IR, and the NumPy emulation of their arithmetic, all against a float64
+reference. Where the CPU has the instructions: the fast paths against the emulation, the reference and the
+portable kernels (skipped elsewhere, naming the missing feature).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from qorus_jit.kernels import quant_x86 as Q
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = [(40, 288, 1), (33, 192, 5), (17, 96, 20), (24, 512, 3)]  # (O, I, N): odd and even group counts
+
+
+def _q8_weights(rng, O, I):
+    qs = rng.integers(-128, 128, (O, I), dtype=np.int8)  # -128 too: the XOR 0x80 offset is exact for it
+    d = (rng.random((O, I // 32)) * 0.02 + 1e-3).astype(np.float16).astype(np.float32)
+    return qs, d
+
+
+def _q8_reference(tokens, qs, d, bias):
+    """float64 (xq dx) . (qs d) + bias and the sum of |terms| of each output."""
+    xq, _, dx = tokens
+    xd = xq.astype(np.float64) * np.repeat(dx.astype(np.float64), 32, axis=1)
+    w = qs.astype(np.float64) * np.repeat(d.astype(np.float64), 32, axis=1)
+    ref = xd @ w.T + (0.0 if bias is None else bias.astype(np.float64))
+    return ref, np.abs(xd) @ np.abs(w).T + (0.0 if bias is None else np.abs(bias))
+
+
+def _bf16_reference(x, w16, bias):
+    xf = (Q.emulate_round_bf16(x).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    w = (w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    ref = xf @ w.T + (0.0 if bias is None else bias.astype(np.float64))
+    return ref, np.abs(xf) @ np.abs(w).T + (0.0 if bias is None else np.abs(bias))
+
+
+def _close(out, ref, mag, rel=1e-6):
+    """|out - ref| <= rel * (sum of |terms|), element by element."""
+    err = np.abs(out.astype(np.float64) - ref)
+    assert np.all(err <= rel * mag + 1e-30), f"max error / magnitude {np.max(err / np.maximum(mag, 1e-30)):.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# LLVM: signatures and assembly (no fast instruction executed)
+
+
+_PROBES = {"dpbusd512": ("i32", 16, "i8", "emit_dpbusd"), "dpbusd256": ("i32", 8, "i8", "emit_dpbusd"),
+           "dpbf16ps512": ("float", 16, "i16", "emit_dpbf16ps")}
+
+_ASM = r"""
+import sys
+import llvmlite.binding as llvm
+from tests.test_quant_x86 import _probe_module
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+mod = llvm.parse_assembly(_probe_module(sys.argv[2].split(",")))
+mod.verify()
+tm = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(cpu=sys.argv[1], opt=2)
+print(tm.emit_assembly(mod))
+"""
+
+
+def _probe_module(names=tuple(_PROBES)):
+    """One function per instruction, f(acc, a, b) = instruction(acc, a, b), emitted by quant_x86's helpers."""
+    mod = ir.Module("probe")
+    types = {"i8": ir.IntType(8), "i16": ir.IntType(16), "i32": ir.IntType(32), "float": ir.FloatType()}
+    for name in names:
+        acc, lanes, byte, emit = _PROBES[name]
+        accty, argty = ir.VectorType(types[acc], lanes), ir.VectorType(types[byte], lanes * (4 if byte == "i8" else 2))
+        fn = ir.Function(mod, ir.FunctionType(accty, [accty, argty, argty]), name)
+        b = ir.IRBuilder(fn.append_basic_block())
+        b.ret(getattr(Q, emit)(b, *fn.args))
+    return str(mod)
+
+
+def _asm(cpu, names):
+    """Assembly of the probes for ``cpu``, in a subprocess: LLVM aborts the process on an instruction the
+    target lacks."""
+    r = subprocess.run([sys.executable, "-c", _ASM, cpu, ",".join(names)], capture_output=True, text=True,
+                       timeout=300, cwd=_ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_intrinsic_signatures_are_llvms_own():
+    """LLVM parses our declarations as they are: no auto-upgrade rewrote them (LLVM 22 types)."""
+    assert llvm.llvm_version_info[0] == 22, "signatures checked for LLVM 22; re-check them for this LLVM"
+    parsed = str(llvm.parse_assembly(_probe_module()))
+    assert "declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <64 x i8>, <64 x i8>)" in parsed
+    assert "declare <8 x i32> @llvm.x86.avx512.vpdpbusd.256(<8 x i32>, <32 x i8>, <32 x i8>)" in parsed
+    assert "declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)" \
+        in parsed
+    assert parsed.count("bitcast") == 2  # only ours (the bf16 bits to bfloat), none added by an upgrade
+
+
+def test_instruction_operand_roles():
+    """acc, a (unsigned bytes / first bf16 operand), b arrive in zmm0, zmm1, zmm2 (ymm for 256 bits): the
+    instruction must read a as its first source (the unsigned one) and b as its second."""
+    spr = _asm("sapphirerapids", ["dpbusd512", "dpbf16ps512"])
+    assert re.search(r"vpdpbusd\s+%zmm2, %zmm1, %zmm0", spr), spr
+    assert re.search(r"vdpbf16ps\s+%zmm2, %zmm1, %zmm0", spr), spr
+    adl = _asm("alderlake", ["dpbusd256"])
+    assert re.search(r"\{vex\}\s+vpdpbusd\s+%ymm2, %ymm1, %ymm0", adl), adl
+
+
+_COMPILE = r"""
+import json, sys, numpy as np, numba
+from numba import types
+from qorus_jit.kernels import quant_x86 as Q
+fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512]
+assert all(not k.signatures for k in fast), "a fast kernel compiled at import"
+O, I, N = 8, 96, 2
+out, bias = np.zeros((N, O), np.float32), np.zeros(O, np.float32)
+q8 = (np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros((N, I), np.int8),
+      np.zeros((N, I // 4), np.int32), np.zeros((N, 3), np.float32))
+bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16))
+kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
+                              (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
+                              (Q._q8_0_512, (out,) + q8 + (bias,)), (Q._bf16_512, (out,) + bf + (bias,))],
+           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out,) + q8 + (bias,))]}
+asm = {}
+for k, args in kernels[sys.argv[1]]:
+    sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
+    k.compile(sig)  # compiled for the target CPU, never called
+    asm[k.__name__] = k.inspect_asm(sig)
+print(json.dumps({"asm": asm, "available": Q.available()}))
+"""
+
+
+def _compile_for(cpu, features, tmp_path):
+    """Assembly of the fast kernels compiled by numba for ``cpu`` in a fresh process (own cache directory)."""
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("QORUS_PORTABLE", None)
+    r = subprocess.run([sys.executable, "-c", _COMPILE, cpu], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_for_sapphire_rapids(tmp_path):
+    res = _compile_for("sapphirerapids", "+avx512f,+avx512bw,+avx512vl,+avx512vnni,+avx512bf16", tmp_path)
+    for name in ("_q8_0_rows_512", "_q8_0_512"):
+        asm = res["asm"][name]
+        # the weights, XOR 0x80, are the first (unsigned) source; the activations the second
+        assert re.search(r"vpxor[dq]?\s+[^\n]*%zmm\d+, %zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+",
+                         asm), name
+        assert "vcvtdq2ps" in asm and re.search(r"vfmadd\d+ps\s+%zmm", asm), name
+    for name in ("_bf16_rows_512", "_bf16_512"):
+        assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"][name]), name
+    host = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    for path in ("avx512-vnni", "avx512-bf16"):  # the host decides what runs, whatever the target
+        assert res["available"][path] == all(f in host for f in Q._NEEDS[path])
+
+
+def test_kernels_compile_for_alder_lake(tmp_path):
+    res = _compile_for("alderlake", "+avx2,+fma,+avxvnni", tmp_path)
+    for name in ("_q8_0_rows_256", "_q8_0_256"):
+        asm = res["asm"][name]
+        assert re.search(r"\{vex\}\s+vpdpbusd\s+\S+, %ymm\d+, %ymm\d+", asm), name
+        assert "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
+    assert not res["available"]["avx512-vnni"] and not res["available"]["avx512-bf16"]  # the target lacks them
+
+
+def test_emulated_kernels_have_no_fast_instruction():
+    """The emulated path compiled for this machine is plain code (so the tests above check the real ones)."""
+    rng = np.random.default_rng(0)
+    qs, d = _q8_weights(rng, 8, 64)
+    Q.matvec_q8_0(np.empty(8, np.float32), qs, d, np.ones(64, np.float32), path="emulate")
+    asm = "".join(Q._q8_0_rows_emu.inspect_asm().values())
+    assert "vpdpbusd" not in asm and "vdpbf16ps" not in asm
+
+
+# ---------------------------------------------------------------------------------------------------
+# path choice
+
+
+def test_paths_refused_without_the_features(monkeypatch):
+    monkeypatch.setenv("QORUS_PORTABLE", "1")
+    assert Q.available() == {"avx512-vnni": False, "avx-vnni": False, "avx512-bf16": False}
+    assert Q.best_paths() == {"q8_0": None, "bf16": None}
+    qs, d = _q8_weights(np.random.default_rng(0), 4, 32)
+    with pytest.raises(RuntimeError, match="'avx512-vnni' cannot run here"):
+        Q.matvec_q8_0(np.empty(4, np.float32), qs, d, np.ones(32, np.float32), path="avx512-vnni")
+    with pytest.raises(RuntimeError, match="no fast q8_0 path"):
+        Q.matvec_q8_0(np.empty(4, np.float32), qs, d, np.ones(32, np.float32))
+    with pytest.raises(ValueError, match="path: expected one of"):
+        Q.matvec_bf16(np.empty(4, np.float32), np.zeros((4, 32), np.uint16), np.ones(32, np.float32), path="avx2")
+    monkeypatch.delenv("QORUS_PORTABLE")
+    have = Q._features()
+    x, w16 = np.ones(32, np.float32), np.zeros((4, 32), np.uint16)
+    calls = {"avx512-vnni": lambda p: Q.matvec_q8_0(np.empty(4, np.float32), qs, d, x, path=p),
+             "avx-vnni": lambda p: Q.matvec_q8_0(np.empty(4, np.float32), qs, d, x, path=p),
+             "avx512-bf16": lambda p: Q.matvec_bf16(np.empty(4, np.float32), w16, x, path=p)}
+    for path, needs in Q._NEEDS.items():
+        assert Q.available()[path] == all(f in have for f in needs)
+        if not Q.available()[path]:
+            with pytest.raises(RuntimeError, match="the CPU lacks"):
+                calls[path](path)
+
+
+def test_numba_target_features_limit_the_paths(monkeypatch):
+    """NUMBA_CPU_FEATURES without a feature (e.g. a generic target) turns its path off even on a CPU with it."""
+    monkeypatch.setattr(Q.numba.config, "CPU_FEATURES", "")
+    assert not any(Q.available().values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the arithmetic, on every machine
+
+
+def test_quantize_tokens_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 256)).astype(np.float32)
+    x[1, :32] = 0.0  # a zero group: scale 0, all zeros
+    x[2, 40] = 1e30
+    xq, xc, dx = Q.quantize_tokens(x)
+    eq, ec, ed = Q.emulate_quantize_tokens(x)
+    np.testing.assert_allclose(dx, ed, rtol=1e-6)
+    assert np.abs(xq.astype(int) - eq).max() <= 1 and np.mean(xq != eq) < 1e-3
+    np.testing.assert_array_equal(xc, -128 * xq.reshape(6, 64, 4).astype(np.int32).sum(axis=2))
+    assert np.all(xq[1, :32] == 0) and dx[1, 0] == 0 and np.abs(xq).max() == 127
+    # within half a step of the input
+    assert np.all(np.abs(xq * np.repeat(dx, 32, axis=1) - x) <= 0.5001 * np.repeat(dx, 32, axis=1))
+
+
+def test_round_bf16_matches_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 100)).astype(np.float32)
+    x[0, :6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38]
+    x[1, :2] = np.array([0x3F808000, 0x3F818000], np.uint32).view(np.float32)  # ties: to even
+    xb = Q.round_bf16(x)
+    np.testing.assert_array_equal(xb, Q.emulate_round_bf16(x))
+    assert xb[1, 0] == 0x3F80 and xb[1, 1] == 0x3F82 and np.isnan((xb[0, :1].astype(np.uint32) << 16).view(np.float32))
+
+
+@pytest.mark.parametrize("O,I,N", SHAPES)
+def test_numpy_emulation_q8_0(O, I, N):
+    """The vpdpbusd steps (offset weights, corrections, lanes, scales) in NumPy give the exact integer dots."""
+    rng = np.random.default_rng(O + I)
+    qs, d = _q8_weights(rng, O, I)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    ref, mag = _q8_reference(Q.emulate_quantize_tokens(x), qs, d, bias)
+    _close(Q.emulate_linear_q8_0(x, qs, d, bias), ref, mag)
+
+
+@pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
+def test_numpy_emulation_bf16(O, I, N):
+    rng = np.random.default_rng(O * I)
+    w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    ref, mag = _bf16_reference(x, w16, None)
+    _close(Q.emulate_linear_bf16(x, w16), ref, mag)
+
+
+@pytest.mark.parametrize("O,I,N", SHAPES)
+def test_emulated_q8_0_kernel(O, I, N):
+    """The kernel's own loops (instruction emulated) against the reference and the NumPy emulation."""
+    rng = np.random.default_rng(I - O)
+    qs, d = _q8_weights(rng, O, I)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    out = np.full((N, O), np.nan, np.float32)
+    Q.linear_q8_0(out, x, qs, d, bias, path="emulate")
+    toks = Q.quantize_tokens(x)
+    ref, mag = _q8_reference(toks, qs, d, bias)
+    _close(out, ref, mag)
+    _close(out, Q.emulate_linear_q8_0(x, qs, d, bias, tokens=toks).astype(np.float64), mag)
+    one = np.full(O, np.nan, np.float32)
+    Q.matvec_q8_0(one, qs, d, x[0], path="emulate")
+    np.testing.assert_array_equal(one, Q.linear_q8_0(np.empty((1, O), np.float32), x[:1], qs, d, None,
+                                                       path="emulate")[0])
+
+
+@pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
+def test_emulated_bf16_kernel(O, I, N):
+    rng = np.random.default_rng(O + 3 * I)
+    w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    out = np.full((N, O), np.nan, np.float32)
+    Q.linear_bf16(out, x, w16, bias, path="emulate")
+    ref, mag = _bf16_reference(x, w16, bias)
+    _close(out, ref, mag)
+    one = np.full(O, np.nan, np.float32)
+    Q.matvec_bf16(one, w16, x[0], path="emulate")
+    _close(one, ref[0] - bias, mag[0])
+
+
+def test_emulated_kernels_in_parallel():
+    """Enough work for the parallel chunks: the same results as one chunk at a time."""
+    rng = np.random.default_rng(5)
+    O, I, N = 300, 256, 8
+    qs, d = _q8_weights(rng, O, I)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    out = np.empty((N, O), np.float32)
+    Q.linear_q8_0(out, x, qs, d, None, path="emulate")
+    toks = Q.quantize_tokens(x)
+    serial = np.empty((N, O), np.float32)
+    Q._q8_0_rows_emu(serial, qs, d, *toks, Q._NO_BIAS, 0, O)
+    np.testing.assert_array_equal(out, serial)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the real instructions, where the CPU has them
+
+
+def _skip_unless(path):
+    if not Q.available()[path]:
+        missing = [f for f in Q._NEEDS[path] if f not in Q._features()] or ["QORUS_PORTABLE is set"]
+        pytest.skip(f"{path}: this CPU lacks {', '.join(missing)}")
+
+
+def _portable(name):
+    quant = pytest.importorskip("qorus_jit.kernels.quant")
+    if not hasattr(quant, name):
+        pytest.skip(f"qorus_jit.kernels.quant has no {name}")
+    return getattr(quant, name)
+
+
+@pytest.mark.parametrize("path", ["avx512-vnni", "avx-vnni"])
+@pytest.mark.parametrize("O,I,N", SHAPES)
+def test_fast_q8_0(path, O, I, N):
+    _skip_unless(path)
+    rng = np.random.default_rng(O + I + N)
+    qs, d = _q8_weights(rng, O, I)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    out = np.full((N, O), np.nan, np.float32)
+    Q.linear_q8_0(out, x, qs, d, bias, path=path)
+    ref, mag = _q8_reference(Q.quantize_tokens(x), qs, d, bias)
+    _close(out, ref, mag)
+    emu = Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path="emulate")
+    _close(out, emu.astype(np.float64), mag)
+    one = np.full(O, np.nan, np.float32)
+    Q.matvec_q8_0(one, qs, d, x[0], path=path)
+    _close(one, ref[0] - bias, mag[0])
+    # the portable kernel (float32 activations): apart by at most the activations' rounding, half a step each
+    port = np.full(O, np.nan, np.float32)
+    _portable("matvec_q8_0")(port, qs, d, x[0])
+    w = np.abs(qs.astype(np.float64) * np.repeat(d, 32, axis=1))
+    step = np.repeat(Q.quantize_tokens(x[:1])[2][0].astype(np.float64), 32)
+    assert np.all(np.abs(one - port) <= 0.5 * w @ step + 1e-5 * mag[0])
+
+
+@pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
+def test_fast_bf16(O, I, N):
+    _skip_unless("avx512-bf16")
+    rng = np.random.default_rng(O + 2 * I + N)
+    w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    out = np.full((N, O), np.nan, np.float32)
+    Q.linear_bf16(out, x, w16, bias, path="avx512-bf16")
+    ref, mag = _bf16_reference(x, w16, bias)
+    _close(out, ref, mag)
+    one = np.full(O, np.nan, np.float32)
+    Q.matvec_bf16(one, w16, x[0], path="avx512-bf16")
+    _close(one, ref[0] - bias, mag[0])
+    # the portable kernel (float32 activations): apart by at most x's rounding to bf16 (2^-9 relative)
+    port = np.full(O, np.nan, np.float32)
+    _portable("matvec_bf16")(port, w16, x[0])
+    wf = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
+    assert np.all(np.abs(one - port) <= 2.0**-9 * wf @ np.abs(x[0]) + 1e-5 * mag[0])
