@@ -360,8 +360,9 @@ def export(run_dir, out, fmt, merge_lora):
 @main.command()
 @click.argument("source")
 @click.argument("out", type=click.Path())
-@click.option("--dtype", type=click.Choice(["int8", "bf16"]), required=True,
-              help="int8: q8_0 (int8 in groups of 32, one float16 scale each; GGUF's Q8_0); bf16: bfloat16.")
+@click.option("--dtype", type=click.Choice(["int8", "bf16"]), default=None,
+              help="Required. int8: q8_0 (int8 in groups of 32, one float16 scale each; GGUF's Q8_0); bf16: "
+                   "bfloat16.")
 @click.option("--tokenizer", default=None, metavar="FILE",
               help="Tokenizer to write beside the weights, as for qorus generate [default: SOURCE's own].")
 def quantize(source, out, dtype, tokenizer):
@@ -374,6 +375,9 @@ def quantize(source, out, dtype, tokenizer):
     from qorus_jit.models.sources import SourceError, load_source
     from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
 
+    if dtype is None:  # checked here: click's message for a missing choice spans lines
+        click.echo("error: --dtype: expected int8 or bf16 (see qorus quantize --help)", err=True)
+        raise SystemExit(2)
     try:
         out_path = _new_folder(out)
         src = load_source(source, tokenizer)
