@@ -42,7 +42,8 @@ def _q8_reference(tokens, qs, d, bias):
 
 
 def _bf16_reference(x, w16, bias):
-    xf = (Q.emulate_round_bf16(x).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    """float64 (xh + xl) . w + bias and the sum of |terms|; xh, xl: x split into two bf16 numbers."""
+    xf = sum((v.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for v in Q.emulate_split_bf16(x))
     w = (w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     ref = xf @ w.T + (0.0 if bias is None else bias.astype(np.float64))
     return ref, np.abs(xf) @ np.abs(w).T + (0.0 if bias is None else np.abs(bias))
@@ -127,7 +128,7 @@ O, I, N = 8, 96, 2
 out, bias = np.zeros((N, O), np.float32), np.zeros(O, np.float32)
 q8 = (np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros((N, I), np.int8),
       np.zeros((N, I // 4), np.int32), np.zeros((N, 3), np.float32))
-bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16))
+bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16), np.zeros((N, I), np.uint16))
 kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
                               (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
                               (Q._q8_0_512, (out,) + q8 + (bias,)), (Q._bf16_512, (out,) + bf + (bias,))],
@@ -236,14 +237,20 @@ def test_quantize_tokens_matches_numpy():
     assert np.all(np.abs(xq * np.repeat(dx, 32, axis=1) - x) <= 0.5001 * np.repeat(dx, 32, axis=1))
 
 
-def test_round_bf16_matches_numpy():
+def test_split_bf16_matches_numpy():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 100)).astype(np.float32)
     x[0, :6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38]
     x[1, :2] = np.array([0x3F808000, 0x3F818000], np.uint32).view(np.float32)  # ties: to even
-    xb = Q.round_bf16(x)
-    np.testing.assert_array_equal(xb, Q.emulate_round_bf16(x))
-    assert xb[1, 0] == 0x3F80 and xb[1, 1] == 0x3F82 and np.isnan((xb[0, :1].astype(np.uint32) << 16).view(np.float32))
+    xh, xl = Q.split_bf16(x)
+    eh, el = Q.emulate_split_bf16(x)
+    np.testing.assert_array_equal(xh, eh)
+    np.testing.assert_array_equal(xl[:, 6:], el[:, 6:])  # (xl of inf and NaN: NaN either way)
+    assert xh[1, 0] == 0x3F80 and xh[1, 1] == 0x3F82 and xl[1, 0] == 0x3B80  # 1 + 2^-8: the tie goes to xl
+    assert np.isnan((xh[0, :1].astype(np.uint32) << 16).view(np.float32))
+    f = [(v.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for v in (xh, xl)]
+    ok = np.isfinite(x) & (np.abs(x) < 1e38)
+    assert np.all(np.abs(f[0][ok] + f[1][ok] - x[ok]) <= 2.0**-16 * np.abs(x[ok]))  # two bf16: 16 significant bits
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES)
@@ -300,6 +307,24 @@ def test_emulated_bf16_kernel(O, I, N):
     _close(one, ref[0] - bias, mag[0])
 
 
+@pytest.mark.parametrize("O,I", [(40, 288), (24, 512)])
+def test_emulated_kernels_match_portable(O, I):
+    """The fast paths' loops and the portable kernels: q8_0 quantizes the activations the same way, so only the
+    float32 sums differ; bf16 differs by x against xh + xl (2^-16 relative)."""
+    rng = np.random.default_rng(O * 7 + I)
+    qs, d = _q8_weights(rng, O, I)
+    x = rng.standard_normal(I).astype(np.float32)
+    out, port = np.full(O, np.nan, np.float32), np.full(O, np.nan, np.float32)
+    Q.matvec_q8_0(out, qs, d, x, path="emulate")
+    _portable("_matvec_q8_0_portable")(port, qs, d, x)
+    _close(port, out.astype(np.float64), _q8_reference(Q.quantize_tokens(x[None]), qs, d, None)[1][0])
+    w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
+    Q.matvec_bf16(out, w16, x, path="emulate")
+    _portable("_matvec_bf16_portable")(port, w16, x)
+    wx = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)) @ np.abs(x)
+    assert np.all(np.abs(out.astype(np.float64) - port) <= 2.0**-16 * wx)
+
+
 def test_emulated_kernels_in_parallel():
     """Enough work for the parallel chunks: the same results as one chunk at a time."""
     rng = np.random.default_rng(5)
@@ -348,12 +373,10 @@ def test_fast_q8_0(path, O, I, N):
     one = np.full(O, np.nan, np.float32)
     Q.matvec_q8_0(one, qs, d, x[0], path=path)
     _close(one, ref[0] - bias, mag[0])
-    # the portable kernel (float32 activations): apart by at most the activations' rounding, half a step each
+    # the portable kernel quantizes the activations the same way: only the float32 sums differ
     port = np.full(O, np.nan, np.float32)
-    _portable("matvec_q8_0")(port, qs, d, x[0])
-    w = np.abs(qs.astype(np.float64) * np.repeat(d, 32, axis=1))
-    step = np.repeat(Q.quantize_tokens(x[:1])[2][0].astype(np.float64), 32)
-    assert np.all(np.abs(one - port) <= 0.5 * w @ step + 1e-5 * mag[0])
+    _portable("_matvec_q8_0_portable")(port, qs, d, x[0])
+    _close(one, port.astype(np.float64), mag[0])
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
@@ -370,8 +393,8 @@ def test_fast_bf16(O, I, N):
     one = np.full(O, np.nan, np.float32)
     Q.matvec_bf16(one, w16, x[0], path="avx512-bf16")
     _close(one, ref[0] - bias, mag[0])
-    # the portable kernel (float32 activations): apart by at most x's rounding to bf16 (2^-9 relative)
+    # the portable kernel (float32 activations): apart by at most x against xh + xl (2^-16 relative)
     port = np.full(O, np.nan, np.float32)
-    _portable("matvec_bf16")(port, w16, x[0])
+    _portable("_matvec_bf16_portable")(port, w16, x[0])
     wf = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
-    assert np.all(np.abs(one - port) <= 2.0**-9 * wf @ np.abs(x[0]) + 1e-5 * mag[0])
+    assert np.all(np.abs(one.astype(np.float64) - port) <= 2.0**-16 * wf @ np.abs(x[0]))

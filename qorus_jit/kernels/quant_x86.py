@@ -11,21 +11,25 @@ name and features, so machine code cached on one CPU is never loaded on another.
 ``QORUS_PORTABLE=1`` makes :func:`available` report nothing.
 
 **q8_0** (weights ``qs`` int8 (O, I), ``d`` float32 (O, I // 32)): the activations are quantized per token
-in groups of 32 (``dx = max|x| / 127``, ``xq = rint(x / dx)``, float32 ``dx``), so each group's dot is an
-exact int32 sum scaled by ``d * dx``. ``vpdpbusd acc, a, b`` adds to each int32 lane the four products of
-*unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here are signed, so the weights get
-the offset: ``a = qs XOR 0x80 = qs + 128`` (exact as unsigned, for every int8 including -128), ``b = xq``,
-and ``sum (qs + 128) xq = sum qs xq + 128 sum xq``. The correction ``-128 * sum xq`` depends on the
-activations alone: it is computed once per token for every four bytes (``xc``) and is the accumulator's
-starting value, so each lane ends with the exact ``sum qs xq`` of its four bytes (|lane| <= 4 * 128 * 127,
-so nothing wraps). Each 64-byte step (two groups) converts its 16 lanes to float32 and adds them times
-``d * dx`` of their group (lanes 0-7 and 8-15) into a float32 vector; a row's last odd group is a scalar
-int32 sum. :func:`emulate_matvec_q8_0` is the same arithmetic in NumPy.
+in groups of 32 as the portable kernel does (``dx = max|x| * (1/127)``, ``xq = roundf(x / dx)``, float32
+``dx``), so each group's dot is an exact int32 sum scaled by ``d * dx``. ``vpdpbusd acc, a, b`` adds to each
+int32 lane the four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here
+are signed, so the weights get the offset: ``a = qs XOR 0x80 = qs + 128`` (exact as unsigned, for every
+int8 including -128), ``b = xq``, and ``sum (qs + 128) xq = sum qs xq + 128 sum xq``. The correction
+``-128 * sum xq`` depends on the activations alone: it is computed once per token for every four bytes
+(``xc``) and is the accumulator's starting value, so each lane ends with the exact ``sum qs xq`` of its four
+bytes (|lane| <= 4 * 128 * 127, so nothing wraps). (llama.cpp's other trick, ``|x|`` against ``sign(x) w``
+with ``vpsignb``, has no 512-bit form.) Each 64-byte step (two groups) converts its 16 lanes to float32
+and adds them times ``d * dx`` of their group (lanes 0-7 and 8-15) into a float32 vector; a row's odd last
+group is a scalar int32 sum. :func:`emulate_linear_q8_0` is the same arithmetic in NumPy.
 
-**bf16** (``w16`` uint16 (O, I)): the activations are rounded to bf16 once per token (round to nearest
-even), and ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then ``a[2i] b[2i]``
-(products of two bf16 are exact in float32; the instruction flushes denormals). The last ``I % 32``
-columns are a scalar sum.
+**bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
+``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
+are bf16, so each float32 activation is split once per token into two bf16 numbers, ``xh = bf16(x)`` and
+``xl = bf16(x - xh)`` (round to nearest even; ``xh + xl`` is x to about 2^-17 relative, where ``xh`` alone
+would be 2^-9): each weight vector, loaded once, meets both in two instructions accumulating into two
+float32 vectors (decode reads weights from memory, so the second instruction costs no time there), summed
+at the end of the row. The last ``I % 32`` columns are a scalar sum.
 
 The float32 lanes are summed in a fixed tree at the end of a row, so results do not depend on threads.
 ``path="emulate"`` runs the same loops with each instruction replaced by plain LLVM IR of its arithmetic:
@@ -246,26 +250,32 @@ def _make_dot_q8_0(nbytes, emulate):
 
 
 def _make_dot_bf16(lanes, emulate):
-    """An intrinsic ``dot(w16, w_off, xb, x_off, steps) -> float32``: the first ``steps * 2 * lanes`` columns of
-    a bf16 row at ``w_off`` against a bf16 token at ``x_off``."""
+    """An intrinsic ``dot(w16, w_off, xh, xl, x_off, steps) -> float32``: the first ``steps * 2 * lanes``
+    columns of a bf16 row at ``w_off`` against a token split into two bf16 parts (xh, xl at ``x_off``)."""
     hvec, fvec = _vec(_I16, 2 * lanes), _vec(_F32, lanes)
 
     @intrinsic
-    def dot(typingctx, w16, w_off, xb, x_off, steps):
+    def dot(typingctx, w16, w_off, xh, xl, x_off, steps):
         def codegen(context, builder, sig, args):
-            w16_, w_off, xb_, x_off, steps = args
-            wp, xp = _data(context, builder, sig.args[0], w16_), _data(context, builder, sig.args[2], xb_)
+            w16_, w_off, xh_, xl_, x_off, steps = args
+            wp, hp, lp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3))
             step = ir.Constant(w_off.type, 2 * lanes)
+            pair = ir.LiteralStructType([fvec, fvec])
 
             def body(i, acc):
                 k = builder.mul(i, step)
                 w = _load(builder, wp, builder.add(w_off, k), hvec)
-                return emit_dpbf16ps(builder, acc, w, _load(builder, xp, builder.add(x_off, k), hvec), emulate)
+                hi = emit_dpbf16ps(builder, builder.extract_value(acc, 0), w,
+                                   _load(builder, hp, builder.add(x_off, k), hvec), emulate)
+                lo = emit_dpbf16ps(builder, builder.extract_value(acc, 1), w,
+                                   _load(builder, lp, builder.add(x_off, k), hvec), emulate)
+                return builder.insert_value(builder.insert_value(acc, hi, 0), lo, 1)
 
-            return _hsum(builder, _loop(builder, steps, body, ir.Constant(fvec, None)))
+            acc = _loop(builder, steps, body, ir.Constant(pair, None))
+            return _hsum(builder, builder.fadd(builder.extract_value(acc, 0), builder.extract_value(acc, 1)))
 
         i64 = types.int64
-        return types.float32(w16, i64, xb, i64, i64), codegen
+        return types.float32(w16, i64, xh, xl, i64, i64), codegen
 
     return dot
 
@@ -280,9 +290,19 @@ _dot_bf16_emu = _make_dot_bf16(16, True)
 # activations (plain code: runs on every CPU)
 
 
+@intrinsic
+def _bits_of_float32(typingctx, f):
+    """The bits of a float32 as a uint32."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.uint32(types.float32), codegen
+
+
 @kernel
 def _quantize_tokens(x, xq, xc, dx):
-    """Per token n and group g of 32: dx[n, g] = max|x| / 127, xq = rint(x / dx) (0 where dx == 0), and
+    """Per token n and group g of 32: dx[n, g] = max|x| * (1/127), xq = roundf(x / dx) (0 where dx == 0), and
     xc[n, j] = -128 * (xq[n, 4j] + ... + xq[n, 4j + 3]) (the vpdpbusd offset correction); x (N, I) float32."""
     for n in range(x.shape[0]):
         for g in range(x.shape[1] // GROUP):
@@ -290,11 +310,11 @@ def _quantize_tokens(x, xq, xc, dx):
             amax = np.float32(0.0)
             for k in range(GROUP):
                 amax = max(amax, abs(x[n, o + k]))
-            dg = amax / np.float32(127.0)
+            dg = amax * np.float32(1 / 127)
             inv = np.float32(1.0) / dg if dg > 0 else np.float32(0.0)
             dx[n, g] = dg
             for k in range(GROUP):
-                xq[n, o + k] = np.int8(np.rint(x[n, o + k] * inv))
+                xq[n, o + k] = np.int8(_roundf(x[n, o + k] * inv))
             for j in range(GROUP // 4):
                 b = o + 4 * j
                 q4 = np.int32(xq[n, b]) + np.int32(xq[n, b + 1]) + np.int32(xq[n, b + 2]) + np.int32(xq[n, b + 3])
@@ -302,15 +322,32 @@ def _quantize_tokens(x, xq, xc, dx):
 
 
 @kernel
-def _round_bf16(x, xb):
-    """xb = bf16 bits of x rounded to nearest even (NaN stays a quiet NaN); x (N, I) float32, xb (N, I) uint16."""
-    u = x.view(np.uint32)
+def _roundf(v):
+    """v rounded to the nearest integer, halves away from zero (C's roundf, as the portable kernel rounds)."""
+    a = abs(v)
+    r = np.floor(a)
+    if a - r >= 0.5:
+        r += 1
+    return r if v >= 0 else -r
+
+
+@kernel
+def _bf16_bits(f):
+    """The bf16 bits of float32 f rounded to nearest even (a NaN stays a quiet NaN)."""
+    b = _bits_of_float32(f)
+    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@kernel
+def _split_bf16(x, xh, xl):
+    """xh = bf16(x), xl = bf16(x - xh) (bits, round to nearest even); x (N, I) float32, xh, xl (N, I) uint16."""
     for n in range(x.shape[0]):
         for i in range(x.shape[1]):
-            b = u[n, i]
-            r = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-            nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-            xb[n, i] = np.uint16((b >> np.uint32(16)) | np.uint32(0x40)) if nan else np.uint16(r)
+            h = _bf16_bits(x[n, i])
+            xh[n, i] = h
+            xl[n, i] = _bf16_bits(x[n, i] - _float32_from_bits(np.int32(h) << np.int32(16)))
 
 
 def quantize_tokens(x: np.ndarray):
@@ -322,11 +359,12 @@ def quantize_tokens(x: np.ndarray):
     return xq, xc, dx
 
 
-def round_bf16(x: np.ndarray) -> np.ndarray:
-    """bf16 bits (uint16, round to nearest even) of x (N, I) float32: the activations of the bf16 fast path."""
-    xb = _alloc.empty(x.shape, np.uint16)
-    _round_bf16(x, xb)
-    return xb
+def split_bf16(x: np.ndarray):
+    """(xh, xl) bf16 bits (uint16 (N, I)) of x (N, I) float32: xh = bf16(x), xl = bf16(x - xh), the activations
+    of the bf16 fast path."""
+    xh, xl = _alloc.empty(x.shape, np.uint16), _alloc.empty(x.shape, np.uint16)
+    _split_bf16(x, xh, xl)
+    return xh, xl
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,12 +384,13 @@ def _q8_0_tail(qs, d, xq, dx, o, n, g0):
 
 
 @kernel
-def _bf16_tail(w16, xb, o, n, i0):
-    """sum over columns i >= i0 of w16[o, i] xb[n, i], both bf16 bits."""
+def _bf16_tail(w16, xh, xl, o, n, i0):
+    """sum over columns i >= i0 of w16[o, i] (xh[n, i] + xl[n, i]), all bf16 bits."""
     s = np.float32(0.0)
     for i in range(i0, w16.shape[1]):
         wi = _float32_from_bits(np.int32(w16[o, i]) << np.int32(16))
-        s += wi * _float32_from_bits(np.int32(xb[n, i]) << np.int32(16))
+        s += wi * _float32_from_bits(np.int32(xh[n, i]) << np.int32(16))
+        s += wi * _float32_from_bits(np.int32(xl[n, i]) << np.int32(16))
     return s
 
 
@@ -398,29 +437,30 @@ def _q8_0_rows_emu(out, qs, d, xq, xc, dx, bias, lo, hi):
 
 
 @kernel
-def _bf16_rows_512(out, w16, xb, bias, lo, hi):
-    """out[n, o] = w16 row o . xb token n (+ bias[o]) for lo <= o < hi and every token n (blocks of _TOKENS)."""
-    N, I = xb.shape
+def _bf16_rows_512(out, w16, xh, xl, bias, lo, hi):
+    """out[n, o] = w16 row o . token n (xh + xl) (+ bias[o]) for lo <= o < hi and every token n (blocks of
+    _TOKENS)."""
+    N, I = xh.shape
     steps = I // 32
     for n0 in range(0, N, _TOKENS):
         for o in range(lo, hi):
             b = _bias_of(bias, o)
             for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_bf16_512(w16, o * I, xb, n * I, steps)
-                out[n, o] = s + _bf16_tail(w16, xb, o, n, 32 * steps) + b
+                s = _dot_bf16_512(w16, o * I, xh, xl, n * I, steps)
+                out[n, o] = s + _bf16_tail(w16, xh, xl, o, n, 32 * steps) + b
 
 
 @kernel
-def _bf16_rows_emu(out, w16, xb, bias, lo, hi):
+def _bf16_rows_emu(out, w16, xh, xl, bias, lo, hi):
     """:func:`_bf16_rows_512` with the instruction emulated in plain IR (runs on any CPU)."""
-    N, I = xb.shape
+    N, I = xh.shape
     steps = I // 32
     for n0 in range(0, N, _TOKENS):
         for o in range(lo, hi):
             b = _bias_of(bias, o)
             for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_bf16_emu(w16, o * I, xb, n * I, steps)
-                out[n, o] = s + _bf16_tail(w16, xb, o, n, 32 * steps) + b
+                s = _dot_bf16_emu(w16, o * I, xh, xl, n * I, steps)
+                out[n, o] = s + _bf16_tail(w16, xh, xl, o, n, 32 * steps) + b
 
 
 @kernel(parallel=True)
@@ -439,13 +479,13 @@ def _q8_0_emu(out, qs, d, xq, xc, dx, bias):
 
 
 @kernel(parallel=True)
-def _bf16_512(out, w16, xb, bias):
-    for_chunks(_bf16_rows_512, (out, w16, xb, bias), w16.shape[0], _ROWS, xb.size * w16.shape[0])
+def _bf16_512(out, w16, xh, xl, bias):
+    for_chunks(_bf16_rows_512, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, xh.size * w16.shape[0])
 
 
 @kernel(parallel=True)
-def _bf16_emu(out, w16, xb, bias):
-    for_chunks(_bf16_rows_emu, (out, w16, xb, bias), w16.shape[0], _ROWS, xb.size * w16.shape[0])
+def _bf16_emu(out, w16, xh, xl, bias):
+    for_chunks(_bf16_rows_emu, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, xh.size * w16.shape[0])
 
 
 _Q8_0 = {"avx512-vnni": _q8_0_512, "avx-vnni": _q8_0_256, "emulate": _q8_0_emu}
@@ -473,11 +513,12 @@ def matvec_q8_0(out, qs, d, x, *, path=None):
 
 
 def linear_bf16(out, x, w16, bias, *, path=None):
-    """out (N, O) = x (N, I) @ W.T + bias, W = the bf16 bits w16 (O, I); x rounded to bf16 first; bias (O,) or None.
+    """out (N, O) = x (N, I) @ W.T + bias, W = the bf16 bits w16 (O, I); x split into two bf16 parts; bias (O,)
+    or None.
 
     ``path``: None (the best here), "avx512-bf16" or "emulate" (the same loop in plain IR)."""
     kern = _BF16[_require(path, "bf16")]
-    kern(out, w16, round_bf16(x), _NO_BIAS if bias is None else bias)
+    kern(out, w16, *split_bf16(x), _NO_BIAS if bias is None else bias)
     return out
 
 
@@ -491,16 +532,23 @@ def matvec_bf16(out, w16, x, *, path=None):
 # NumPy emulation of the fast paths' arithmetic (tests; any machine)
 
 
+def _roundf_np(v):
+    a = np.abs(v)
+    r = np.floor(a)
+    r = np.where(a - r >= 0.5, r + 1, r)
+    return np.where(v >= 0, r, -r)
+
+
 def emulate_quantize_tokens(x):
     """NumPy twin of :func:`quantize_tokens` (float32 arithmetic)."""
     N, I = x.shape
     g = x.reshape(N, I // GROUP, GROUP)
-    dx = np.abs(g).max(axis=2) / np.float32(127.0)
+    dx = (np.abs(g).max(axis=2) * np.float32(1 / 127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(dx > 0, np.float32(1.0) / dx, np.float32(0.0)).astype(np.float32)
-    xq = np.rint(g * inv[:, :, None]).astype(np.int8).reshape(N, I)
+    xq = _roundf_np((g * inv[:, :, None]).astype(np.float32)).astype(np.int8).reshape(N, I)
     xc = -128 * xq.reshape(N, I // 4, 4).astype(np.int32).sum(axis=2)
-    return xq, xc.astype(np.int32), dx.astype(np.float32)
+    return xq, xc.astype(np.int32), dx
 
 
 def _hsum_np(v):
@@ -540,30 +588,43 @@ def emulate_linear_q8_0(x, qs, d, bias=None, tokens=None):
 
 
 def emulate_round_bf16(x):
-    """NumPy twin of :func:`round_bf16`."""
+    """The bf16 bits of float32 x, rounded to nearest even (a NaN stays a quiet NaN)."""
     b = np.ascontiguousarray(x, np.float32).view(np.uint32)
     r = ((b.astype(np.uint64) + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
     nan = (b & 0x7FFFFFFF) > 0x7F800000
     return np.where(nan, ((b >> 16) | 0x40).astype(np.uint16), r)
 
 
+def _f32(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def emulate_split_bf16(x):
+    """NumPy twin of :func:`split_bf16`."""
+    xh = emulate_round_bf16(x)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as in the kernel
+        return xh, emulate_round_bf16((x - _f32(xh)).astype(np.float32))
+
+
 def emulate_linear_bf16(x, w16, bias=None):
-    """What the 512-bit bf16 loop computes in NumPy: x rounded to bf16, vdpbf16ps into 16 float32 lanes (odd
-    product added first), the lane tree, the last I % 32 columns as a scalar sum (denormals not flushed)."""
-    xb = emulate_round_bf16(x)
-    N, I = xb.shape
+    """What the 512-bit bf16 loop computes in NumPy: x split into bf16 xh + xl, vdpbf16ps of each weight vector
+    with both into two sets of 16 float32 lanes (odd product added first), the two added, the lane tree, the
+    last I % 32 columns as a scalar sum (denormals not flushed)."""
+    xh, xl = (_f32(v) for v in emulate_split_bf16(x))
+    N, I = xh.shape
     O = w16.shape[0]
-    wf = (w16.astype(np.uint32) << 16).view(np.float32)
-    xf = (xb.astype(np.uint32) << 16).view(np.float32)
+    wf = _f32(w16)
     steps = I // 32
     out = np.zeros((N, O), np.float32)
     for n in range(N):
-        acc = np.zeros((O, 16), np.float32)
+        acc = np.zeros((2, O, 16), np.float32)
         for i in range(steps):
-            p = (wf[:, 32 * i:32 * (i + 1)] * xf[n, 32 * i:32 * (i + 1)]).reshape(O, 16, 2)
-            acc = ((acc + p[:, :, 1]).astype(np.float32) + p[:, :, 0]).astype(np.float32)
-        s = _hsum_np(acc)
+            cols = slice(32 * i, 32 * (i + 1))
+            for j, xp in enumerate((xh, xl)):
+                p = (wf[:, cols] * xp[n, cols]).reshape(O, 16, 2)
+                acc[j] = ((acc[j] + p[:, :, 1]).astype(np.float32) + p[:, :, 0]).astype(np.float32)
+        s = _hsum_np((acc[0] + acc[1]).astype(np.float32))
         for i in range(32 * steps, I):
-            s = (s + wf[:, i] * xf[n, i]).astype(np.float32)
+            s = (s + wf[:, i] * xh[n, i] + wf[:, i] * xl[n, i]).astype(np.float32)
         out[n] = s if bias is None else s + bias
     return out
