@@ -12,8 +12,11 @@ Formats (docs/formats.md; the layouts the layers, the safetensors folders and GG
   ``gguf`` package's. Weights must be finite (an inf or NaN has no int8 value): refused.
 
 Kernels take float32 activations. ``matvec_*`` (one token) reads every weight once: its speed is memory
-bandwidth, so fewer bytes per weight is the whole gain (docs/design.md, "Reduced-precision weights").
-``linear_*`` (prefill, N rows) dequantizes tiles of W into float32 scratch and multiplies them by BLAS.
+bandwidth, so fewer bytes per weight is the whole gain, as long as unpacking them keeps up (docs/design.md,
+"Reduced-precision weights"). ``matvec_q8_0`` quantizes x per group of 32 itself (``_quantize_x_q8``, as
+llama.cpp does) for an integer dot: faster here than int8 -> float32 conversions, at an error about 1.4x that
+of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes tiles of W into float32 scratch and
+multiplies them by BLAS, x in float32.
 
 Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
 ``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``:
@@ -40,7 +43,7 @@ from qorus_jit.kernels._blas import gemm as _blas_gemm
 GROUP = 32
 
 _CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
-_TILE_BYTES = 1 << 18  # float32 bytes of one dequantized tile of W in linear_* (stays in L2)
+_TILE_BYTES = 1 << 20  # float32 bytes of one dequantized tile of W in linear_*: few BLAS calls, tile in L2/L3
 
 # ---------------------------------------------------------------------------------------------------
 # instruction paths
