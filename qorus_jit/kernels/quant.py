@@ -430,38 +430,42 @@ def _x86():
 
 def _matvec_bf16(out, w16, x):
     """out (O,) = w16 (O, I) bf16 @ x (I,) float32, on the path of ``_path("bf16")``."""
-    if _path("bf16") == "portable":
+    path = _path("bf16")
+    if path == "portable":
         _matvec_bf16_portable(out, w16, x)
     else:
-        _x86().matvec_bf16(out, w16, x)
+        _x86().matvec_bf16(out, w16, x, path=path)
 
 
 def _matvec_q8_0(out, qs, d, x):
     """out (O,) = W x, W = q8_0 (qs (O, I) int8, d (O, I/32) float32), x (I,) float32, on ``_path("q8_0")``."""
-    if _path("q8_0") == "portable":
+    path = _path("q8_0")
+    if path == "portable":
         _matvec_q8_0_portable(out, qs, d, x)
     else:
-        _x86().matvec_q8_0(out, qs, d, x)
+        _x86().matvec_q8_0(out, qs, d, x, path=path)
 
 
 def _linear_bf16(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16."""
     if out.shape[0] == 0:
         return
-    if _path("bf16") == "portable":
+    path = _path("bf16")
+    if path == "portable":
         _linear_bf16_portable(out, x, w16, bias)
     else:
-        _x86().linear_bf16(out, x, w16, bias)
+        _x86().linear_bf16(out, x, w16, bias, path=path)
 
 
 def _linear_q8_0(out, x, qs, d, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs, d)."""
     if out.shape[0] == 0:
         return
-    if _path("q8_0") == "portable":
+    path = _path("q8_0")
+    if path == "portable":
         _linear_q8_0_portable(out, x, qs, d, bias)
     else:
-        _x86().linear_q8_0(out, x, qs, d, bias)
+        _x86().linear_q8_0(out, x, qs, d, bias, path=path)
 
 
 # ---------------------------------------------------------------------------------------------------
