@@ -266,7 +266,8 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
                    "ids as the model's vocabulary (a padded vocabulary's extra ids are never sampled).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
               help="Weights of the linear layers and the head: fp32, bf16 or int8 (q8_0, int8 in groups of 32) "
-                   "[default: as SOURCE holds them]. bf16 and int8 read 2x and 3.8x fewer bytes a token.")
+                   "[default: as SOURCE holds them]. bf16 and int8 read 2x and 3.5x fewer bytes of those weights a "
+                   "token.")
 def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer, dtype):
     """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2; a
     quantized folder of qorus quantize too) or a llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as
