@@ -125,14 +125,14 @@ from qorus_jit.kernels import quant_x86 as Q
 fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512]
 assert all(not k.signatures for k in fast), "a fast kernel compiled at import"
 O, I, N = 8, 96, 2
-out, bias = np.zeros((N, O), np.float32), np.zeros(O, np.float32)
+out, bias, x = np.zeros((N, O), np.float32), np.zeros(O, np.float32), np.zeros((N, I), np.float32)
 q8 = (np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros((N, I), np.int8),
       np.zeros((N, I // 4), np.int32), np.zeros((N, 3), np.float32))
 bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16), np.zeros((N, I), np.uint16))
 kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
                               (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
-                              (Q._q8_0_512, (out,) + q8 + (bias,)), (Q._bf16_512, (out,) + bf + (bias,))],
-           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out,) + q8 + (bias,))]}
+                              (Q._q8_0_512, (out, x) + q8[:2] + (bias,)), (Q._bf16_512, (out, x) + bf[:1] + (bias,))],
+           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,))]}
 asm = {}
 for k, args in kernels[sys.argv[1]]:
     sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
@@ -215,7 +215,9 @@ def test_paths_refused_without_the_features(monkeypatch):
 def test_numba_target_features_limit_the_paths(monkeypatch):
     """NUMBA_CPU_FEATURES without a feature (e.g. a generic target) turns its path off even on a CPU with it."""
     monkeypatch.setattr(Q.numba.config, "CPU_FEATURES", "")
-    assert not any(Q.available().values())
+    monkeypatch.setattr(Q, "_have", None)  # (both restored after the test)
+    monkeypatch.setattr(Q, "_runs", None)
+    assert not any(Q.available().values()) and not Q._features()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -55,7 +55,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.numerics import for_chunks, kernel
 from qorus_jit.kernels._math import _float32_from_bits
 
@@ -71,26 +70,30 @@ _NEEDS = {
     "avx-vnni": ("avx2", "avxvnni"),
     "avx512-bf16": ("avx512f", "avx512bw", "avx512bf16"),
 }
-_host_features: set[str] | None = None
+_have: set[str] | None = None  # the features below, found once
+_runs: dict[str, bool] | None = None  # available() without QORUS_PORTABLE, found once
 
 
 def _features() -> set[str]:
     """Features both the CPU and numba's target have (``NUMBA_CPU_FEATURES`` may turn some off)."""
-    global _host_features
-    if _host_features is None:
-        _host_features = {k for k, v in llvm.get_host_cpu_features().items() if v}
-    have = set(_host_features)
-    if numba.config.CPU_FEATURES is not None:  # an explicit target (e.g. NUMBA_CPU_NAME=generic): its list
-        have &= {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
-    return have
+    global _have
+    if _have is None:
+        have = {k for k, v in llvm.get_host_cpu_features().items() if v}
+        if numba.config.CPU_FEATURES is not None:  # an explicit target (e.g. NUMBA_CPU_NAME=generic): its list
+            have &= {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+        _have = have
+    return _have
 
 
 def available() -> dict[str, bool]:
     """{"avx512-vnni", "avx-vnni", "avx512-bf16": whether this CPU runs that path}; all False if
     ``QORUS_PORTABLE=1``."""
-    portable = os.environ.get("QORUS_PORTABLE", "") not in ("", "0")
-    have = set() if portable else _features()
-    return {name: all(f in have for f in needs) for name, needs in _NEEDS.items()}
+    global _runs
+    if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
+        return dict.fromkeys(_NEEDS, False)
+    if _runs is None:
+        _runs = {name: all(f in _features() for f in needs) for name, needs in _NEEDS.items()}
+    return dict(_runs)
 
 
 def best_paths() -> dict[str, str | None]:
@@ -354,7 +357,7 @@ def quantize_tokens(x: np.ndarray):
     """(xq int8 (N, I), xc int32 (N, I // 4), dx float32 (N, I // 32)) of x (N, I) float32: the activations of
     the q8_0 fast path."""
     N, I = x.shape
-    xq, xc, dx = _alloc.empty((N, I), np.int8), _alloc.empty((N, I // 4), np.int32), _alloc.empty((N, I // GROUP))
+    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
     _quantize_tokens(x, xq, xc, dx)
     return xq, xc, dx
 
@@ -362,7 +365,7 @@ def quantize_tokens(x: np.ndarray):
 def split_bf16(x: np.ndarray):
     """(xh, xl) bf16 bits (uint16 (N, I)) of x (N, I) float32: xh = bf16(x), xl = bf16(x - xh), the activations
     of the bf16 fast path."""
-    xh, xl = _alloc.empty(x.shape, np.uint16), _alloc.empty(x.shape, np.uint16)
+    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
     _split_bf16(x, xh, xl)
     return xh, xl
 
@@ -464,28 +467,41 @@ def _bf16_rows_emu(out, w16, xh, xl, bias, lo, hi):
 
 
 @kernel(parallel=True)
-def _q8_0_512(out, qs, d, xq, xc, dx, bias):
-    for_chunks(_q8_0_rows_512, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, xq.size * qs.shape[0])
+def _q8_0_512(out, x, qs, d, bias):
+    N, I = x.shape
+    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
+    _quantize_tokens(x, xq, xc, dx)
+    for_chunks(_q8_0_rows_512, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
 
 
 @kernel(parallel=True)
-def _q8_0_256(out, qs, d, xq, xc, dx, bias):
-    for_chunks(_q8_0_rows_256, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, xq.size * qs.shape[0])
+def _q8_0_256(out, x, qs, d, bias):
+    N, I = x.shape
+    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
+    _quantize_tokens(x, xq, xc, dx)
+    for_chunks(_q8_0_rows_256, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
 
 
 @kernel(parallel=True)
-def _q8_0_emu(out, qs, d, xq, xc, dx, bias):
-    for_chunks(_q8_0_rows_emu, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, xq.size * qs.shape[0])
+def _q8_0_emu(out, x, qs, d, bias):
+    N, I = x.shape
+    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
+    _quantize_tokens(x, xq, xc, dx)
+    for_chunks(_q8_0_rows_emu, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
 
 
 @kernel(parallel=True)
-def _bf16_512(out, w16, xh, xl, bias):
-    for_chunks(_bf16_rows_512, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, xh.size * w16.shape[0])
+def _bf16_512(out, x, w16, bias):
+    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
+    _split_bf16(x, xh, xl)
+    for_chunks(_bf16_rows_512, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, x.size * w16.shape[0])
 
 
 @kernel(parallel=True)
-def _bf16_emu(out, w16, xh, xl, bias):
-    for_chunks(_bf16_rows_emu, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, xh.size * w16.shape[0])
+def _bf16_emu(out, x, w16, bias):
+    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
+    _split_bf16(x, xh, xl)
+    for_chunks(_bf16_rows_emu, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, x.size * w16.shape[0])
 
 
 _Q8_0 = {"avx512-vnni": _q8_0_512, "avx-vnni": _q8_0_256, "emulate": _q8_0_emu}
@@ -500,9 +516,7 @@ def linear_q8_0(out, x, qs, d, bias, *, path=None):
     """out (N, O) = x (N, I) @ W.T + bias, W = qs (O, I) int8 times d (O, I // 32) per group; bias (O,) or None.
 
     ``path``: None (the best here), "avx512-vnni", "avx-vnni" or "emulate" (the same loop in plain IR)."""
-    kern = _Q8_0[_require(path, "q8_0")]
-    xq, xc, dx = quantize_tokens(x)
-    kern(out, qs, d, xq, xc, dx, _NO_BIAS if bias is None else bias)
+    _Q8_0[_require(path, "q8_0")](out, x, qs, d, _NO_BIAS if bias is None else bias)
     return out
 
 
@@ -517,8 +531,7 @@ def linear_bf16(out, x, w16, bias, *, path=None):
     or None.
 
     ``path``: None (the best here), "avx512-bf16" or "emulate" (the same loop in plain IR)."""
-    kern = _BF16[_require(path, "bf16")]
-    kern(out, w16, *split_bf16(x), _NO_BIAS if bias is None else bias)
+    _BF16[_require(path, "bf16")](out, x, w16, _NO_BIAS if bias is None else bias)
     return out
 
 
