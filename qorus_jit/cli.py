@@ -373,7 +373,7 @@ def quantize(source, out, dtype, tokenizer):
     at all; qorus generate OUT and load_pretrained(OUT) load it without quantizing again."""
     from qorus_jit.infer.export import _write_folder
     from qorus_jit.models.quantize import model_format, quantize_model, save_quantized
-    from qorus_jit.models.sources import SourceError, load_source
+    from qorus_jit.models.sources import SourceError
     from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
 
     if dtype is None:  # checked here: click's message for a missing choice spans lines
@@ -381,23 +381,41 @@ def quantize(source, out, dtype, tokenizer):
         raise SystemExit(2)
     try:
         out_path = _new_folder(out)
-        src = load_source(source, tokenizer)
-        held = model_format(src.model)
+        model, tok = _quantize_source(source, tokenizer)
+        held = model_format(model)
         if held is not None:
             raise SourceError(f"source: {source} is quantized already ({held}); quantize the fp32 model")
-        quantize_model(src.model, dtype)
+        quantize_model(model, dtype)
         # a Hugging Face folder holds a tokenizer.json: llama2.c's tokenizer.bin is left out (pass --tokenizer)
-        tok = src.tokenizer if isinstance(src.tokenizer, (ByteTokenizer, BPETokenizer)) else None
+        kept = tok if isinstance(tok, (ByteTokenizer, BPETokenizer)) else None
         _write_folder(out_path, out_path.absolute().parent,
-                      lambda folder: save_quantized(src.model, folder, tokenizer=tok))
-    except (SourceError, ValueError, TypeError) as e:
+                      lambda folder: save_quantized(model, folder, tokenizer=kept))
+    except (SourceError, ValueError, TypeError, OSError) as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
-    if tok is None:
-        click.echo(f"note: {out} holds no tokenizer (SOURCE's is a {type(src.tokenizer).__name__}); give "
-                   "qorus generate its --tokenizer", err=True)
-    nbytes = sum(layer.weight_nbytes for layer in _quantized(src.model))
+    if kept is None:
+        what = f"SOURCE's is a {type(tok).__name__}" if tok is not None else "SOURCE has none"
+        click.echo(f"note: {out} holds no tokenizer ({what}); give qorus generate its --tokenizer", err=True)
+    nbytes = sum(layer.weight_nbytes for layer in _quantized(model))
     click.echo(f"quantized {source} to {out} ({dtype}: {nbytes / 2**20:,.1f} MiB of linear weights)", err=True)
+
+
+def _quantize_source(source, tokenizer):
+    """``(model, tokenizer or None)`` of ``qorus quantize``'s SOURCE: a Hugging Face folder through
+    load_pretrained (its tokenizer.json if it has one: none is needed to quantize), else load_source."""
+    from pathlib import Path
+
+    from qorus_jit.models.sources import load_source
+
+    path = Path(source)
+    if tokenizer is None and path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").is_file():
+        from qorus_jit.models import load_pretrained
+        from qorus_jit.tokenizers import load_tokenizer
+
+        model = load_pretrained(path)
+        return model, load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    src = load_source(source, tokenizer)
+    return src.model, src.tokenizer
 
 
 def _new_folder(out):

@@ -17,7 +17,7 @@ from qorus_jit.data import default_corpus
 from qorus_jit.infer.generate import generate
 from qorus_jit.layers import Linear
 from qorus_jit.layers.quantized import quantized_layers, quantized_tensors
-from qorus_jit.models import Bert, BertConfig, Llama, LlamaConfig
+from qorus_jit.models import GPT2, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
 from qorus_jit.models.quantize import quantize_model
 from qorus_jit.models.sources import load_run_model, load_source
 from qorus_jit.train.run import TrainConfig, start_run
@@ -151,3 +151,53 @@ def test_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path):
         qorus_jit.load_pretrained(q, dtype="fp32")
     (q / "model.safetensors").write_bytes((q / "model.safetensors").read_bytes()[:1000])
     one_line_error(["generate", q, "-n", 2], "model.safetensors")
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt2_folder_round_trip(tmp_path, tie):
+    """GPT-2's Conv1D weights are (in, out) in its checkpoints; the quantized folder holds them (out, in), as the
+    layers do, and loads back to the same bytes and logits."""
+    model = GPT2(GPT2Config(dim=64, n_layers=2, n_heads=4, vocab_size=200, max_seq_len=32, tie_embeddings=tie), rng=1)
+    qorus_jit.save_pretrained(model, tmp_path / "fp32")
+    code, _, err = cli("quantize", tmp_path / "fp32", tmp_path / "q", "--dtype", "int8")
+    assert code == 0, err
+    want = qorus_jit.load_pretrained(tmp_path / "fp32", dtype="int8")
+    got = qorus_jit.load_pretrained(tmp_path / "q")
+    a, b = quantized_tensors(want), quantized_tensors(got)
+    assert a.keys() == b.keys() and "transformer.h.0.attn.c_attn.weight.qs" in a
+    assert b["transformer.h.0.mlp.c_fc.weight.qs"].shape == (256, 64)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    ids = np.arange(24).reshape(2, 12)
+    np.testing.assert_array_equal(got.forward(ids), want.forward(ids))
+
+
+def test_damaged_quantized_folders(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model = quantize_model(Llama(LlamaConfig(dim=64, n_layers=1, n_heads=4, hidden_dim=96, vocab_size=100,
+                                             max_seq_len=16), rng=0), "int8")
+    from qorus_jit.models.quantize import save_quantized
+
+    save_quantized(model, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+
+    def damaged(pattern, **change):
+        save_file({**tensors, **change}, tmp_path / "model.safetensors")
+        with pytest.raises(ValueError, match=pattern):
+            qorus_jit.load_pretrained(tmp_path)
+
+    d = tensors["model.layers.0.mlp.up_proj.weight.d"]
+    damaged(r"'model\.layers\.0\.mlp\.up_proj\.weight\.d' has dtype F32, expected F16", **{
+        "model.layers.0.mlp.up_proj.weight.d": d.astype(np.float32)})
+    damaged(r"'model\.layers\.0\.mlp\.up_proj\.weight\.d' has shape \(96, 1\), expected \(96, 2\)", **{
+        "model.layers.0.mlp.up_proj.weight.d": d[:, :1].copy()})
+    qs = tensors["model.layers.0.self_attn.q_proj.weight.qs"]
+    damaged(r"tensor 'model\.layers\.0\.self_attn\.q_proj\.weight' has shape \(32, 64\), expected \(64, 64\)", **{
+        "model.layers.0.self_attn.q_proj.weight.qs": qs[:32].copy(),
+        "model.layers.0.self_attn.q_proj.weight.d": tensors["model.layers.0.self_attn.q_proj.weight.d"][:32].copy()})
+    del tensors["lm_head.weight.qs"], tensors["lm_head.weight.d"]
+    damaged(r"missing tensor 'lm_head\.weight'")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "quantization": {"format": "q4_0"}}))
+    with pytest.raises(ValueError, match=r"config\.json: quantization: expected a table with format 'q8_0' or 'bf16'"):
+        qorus_jit.load_pretrained(tmp_path)
