@@ -9,12 +9,14 @@ Adding an architecture: write its module (a :class:`~qorus_jit.models.base.Confi
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from qorus_jit.core.files import atomic_write_text
+from qorus_jit.formats.gguf import is_gguf
 from qorus_jit.formats.hf import CONFIG_NAME, read_hf_config, read_hf_shapes, read_hf_weights, write_hf_folder
 from qorus_jit.models.base import Architecture, Config, _brief
 from qorus_jit.models.bert import Bert
@@ -226,10 +228,17 @@ def load_pretrained(path, dtype: str | None = None) -> Architecture:
     quantized folder (written by ``qorus quantize`` / :func:`~qorus_jit.models.quantize.save_quantized`, its
     config.json has a ``"quantization"`` table) loads as it is stored, never re-quantized; another ``dtype``
     for it is refused, as is "bf16" or "int8" for a BERT.
+
+    A GGUF file (told by its magic) is read by :func:`qorus_jit.models.gguf.load_gguf`: a Llama whose Q8_0 / BF16
+    weights load as stored with ``dtype`` None (see :func:`~qorus_jit.models.gguf.gguf_model`).
     """
     from qorus_jit.layers.quantized import weight_format
     from qorus_jit.models.quantize import QUANTIZABLE, load_quantized, quantize_model, read_quantization
 
+    if isinstance(path, (str, os.PathLike)) and is_gguf(path):  # a GGUF file: a Llama, its blocks as stored
+        from qorus_jit.models.gguf import load_gguf
+
+        return load_gguf(path, dtype)
     fmt = None if dtype is None else weight_format(dtype)
     hf_config = read_hf_config(path)
     stored = read_quantization(hf_config, Path(path) / CONFIG_NAME)

@@ -1,5 +1,6 @@
-"""Where a model comes from: a run directory of ``qorus train``, a Hugging Face folder or a llama2.c ``.bin``
-file, each with its tokenizer. What ``qorus generate`` runs and ``qorus train --init`` starts from.
+"""Where a model comes from: a run directory of ``qorus train``, a Hugging Face folder, a llama2.c ``.bin``
+file or a GGUF file, each with its tokenizer. What ``qorus generate`` runs and ``qorus train --init`` starts
+from.
 
 >>> src = load_source("runs/my-run")                                     # doctest: +SKIP
 >>> src.encode("Once upon a time")                                       # doctest: +SKIP
@@ -31,9 +32,10 @@ class SourceError(ValueError):
 
 @dataclass
 class Source:
-    """A model with its tokenizer: ``kind`` is ``"run"``, ``"hf"`` or ``"llama2c"``; ``bos`` is prepended
-    to prompts when set; generation stops at ``stop_ids``; ``vocab_limit`` is the tokenizer's size (at most
-    the model's vocab_size, often padded past it): generation picks no id the tokenizer cannot decode."""
+    """A model with its tokenizer: ``kind`` is ``"run"``, ``"hf"``, ``"llama2c"`` or ``"gguf"``; ``bos`` is
+    prepended to prompts when set; generation stops at ``stop_ids``; ``vocab_limit`` is the tokenizer's size
+    (at most the model's vocab_size, often padded past it): generation picks no id the tokenizer cannot
+    decode."""
 
     model: object
     tokenizer: object
@@ -84,8 +86,9 @@ def tokenizer_size(tokenizer) -> int | None:
 
 def load_source(source, tokenizer=None) -> Source:
     """Load ``source``: a ``qorus train`` run directory (``run.json``; newest checkpoint), a Hugging Face
-    folder (``config.json``; its ``tokenizer.json``) or a llama2.c checkpoint (a file; ``tokenizer`` must
-    name its ``tokenizer.bin``). ``tokenizer`` overrides the source's own (any :func:`load_tokenizer` spec).
+    folder (``config.json``; its ``tokenizer.json``), a GGUF file (told by its magic; the tokenizer of its
+    metadata) or a llama2.c checkpoint (a file; ``tokenizer`` must name its ``tokenizer.bin``). ``tokenizer``
+    overrides the source's own (any :func:`load_tokenizer` spec).
     """
     path = check_path("source", source)
     if not path.exists():
@@ -102,9 +105,12 @@ def load_source(source, tokenizer=None) -> Source:
     if path.is_dir():
         raise SourceError(f"source: {path} is neither a run directory (run.json) nor a Hugging Face folder "
                           f"(config.json)")
+    from qorus_jit.formats.gguf import is_gguf
     from qorus_jit.formats.llama2c import read_llama2c_header
     from qorus_jit.models.llama import load_llama2c
 
+    if is_gguf(path):  # by its magic
+        return _checked(_gguf_source(path, tok))
     try:  # a file that is no model is told so before its tokenizer is asked for
         read_llama2c_header(path)
     except (OSError, ValueError) as e:
@@ -194,6 +200,25 @@ def apply_run_lora(model, lora, where) -> None:
         apply_lora(model, lora["targets"], lora["rank"], float(lora["alpha"]), dropout=float(lora["dropout"]))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: lora: {e}") from None
+
+
+def _gguf_source(path: Path, tok) -> Source:
+    """A GGUF file's Llama, with the tokenizer of its metadata unless ``tok`` overrides it; its BOS and stop
+    ids from the metadata either way."""
+    from qorus_jit.formats.gguf import read_gguf
+    from qorus_jit.models.gguf import gguf_model, gguf_special_ids, gguf_tokenizer
+
+    try:
+        gf = read_gguf(path)
+        model = gguf_model(gf)
+        if tok is None:
+            own = gguf_tokenizer(gf)
+            tok, bos, stop = own.tokenizer, own.bos, own.stop_ids
+        else:
+            bos, stop = gguf_special_ids(gf, model.config.vocab_size)
+    except (OSError, ValueError, ImportError) as e:
+        raise SourceError(str(e)) from None
+    return Source(model, tok, "gguf", path, bos=bos, stop_ids=stop)
 
 
 def _hf_source(path: Path, tok) -> Source:
