@@ -263,19 +263,33 @@ def test_f32_gguf_gives_the_folders_logits(llama):
     assert ours.config == folder_model.config
 
 
-def test_tied_f16_gguf(tmp_path, vocab):
-    """A tied head (no output.weight) and F16 weights, widened exactly."""
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16])
+def test_tied_f16_and_bf16_gguf(tmp_path, vocab, qtype):
+    """A tied head (no output.weight) and F16 or BF16 weights: widened exactly with dtype "fp32"; BF16 ones go
+    into bf16 layers as stored with dtype None."""
+    from qorus_jit.layers.quantized import quantized_layers
+
     model = hf_llama(tmp_path / "hf", vocab, tied=True, seed=3)
-    path = write_gguf(tmp_path / "f16.gguf", model, vocab, Q.F16)
-    ours = load_gguf(path)
-    assert ours.config.tie_embeddings
+    path = write_gguf(tmp_path / "w.gguf", model, vocab, qtype)
+    ours = load_gguf(path, "fp32")
+    assert ours.config.tie_embeddings and not quantized_layers(ours)
     with torch.no_grad():
         for p in model.parameters():
-            if p.ndim == 2:
-                p.copy_(p.half().float())  # what F16 holds (the norms stay F32, as the converter writes them)
+            if p.ndim == 2:  # what the file holds (the norms stay F32, as the converter writes them)
+                p.copy_(p.half().float() if qtype == Q.F16 else p.bfloat16().float())
     ids = batch(model.config.vocab_size, n=1, t=32)
     want = torch_logits(model, ids)
     np.testing.assert_allclose(ours.forward(ids), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    stored = quantized_layers(load_gguf(path))
+    if qtype == Q.F16:
+        assert not stored
+        return
+    assert len(stored) == 7 * 2 + 1 and {q.weight_format for q in stored.values()} == {"bf16"}
+    w16 = gguf.GGUFReader(str(path)).tensors
+    emb = next(t for t in w16 if t.name == "token_embd.weight").data.view(np.uint16)
+    np.testing.assert_array_equal(stored["lm_head"].w16, emb)  # the tied head: the embedding's bf16 as stored
+    np.testing.assert_array_equal(stored["model.layers.0.mlp.up_proj"].dequantized(),
+                                  model.model.layers[0].mlp.up_proj.weight.detach().numpy())
 
 
 def gguf_dequantized(path, model):
@@ -465,6 +479,31 @@ def test_corrupt_header_and_tensor_table(tmp_path, llama):
     one_line_error(variant("offset_overlap", lambda d: struct.pack_into("<Q", d, off, other)), "overlap")
     dtype_at = off - 4
     one_line_error(variant("type", lambda d: struct.pack_into("<I", d, dtype_at, 200)), "corrupt GGUF file")
+
+
+def test_random_damage_to_header_and_metadata(tmp_path, llama):
+    """Bytes of the header, metadata and tensor table changed at random: each file loads (with its tokenizer)
+    or is refused by a one-line ValueError naming it; nothing else escapes."""
+    _, _, _, q8 = llama
+    data = q8.read_bytes()
+    head = gguf.GGUFReader(str(q8)).data_offset
+    rng = np.random.default_rng(0)
+    refused = 0
+    for i in range(80):
+        d = bytearray(data)
+        for at in rng.integers(0, head, rng.integers(1, 4)):
+            d[at] ^= 1 << int(rng.integers(0, 8))
+        p = tmp_path / f"damaged{i}.gguf"
+        p.write_bytes(bytes(d))
+        try:
+            gf = read_gguf(p)
+            load_gguf(p)
+            gguf_tokenizer(gf)
+        except ValueError as e:
+            refused += 1
+            assert "\n" not in str(e) and str(p) in str(e), str(e)
+        p.unlink()
+    assert refused > 20
 
 
 def test_unsupported_type_architecture_and_missing_keys(tmp_path, llama, vocab):
