@@ -146,7 +146,8 @@ def _compile_for(cpu, features, tmp_path):
     """Assembly of the fast kernels compiled by numba for ``cpu`` in a fresh process (own cache directory)."""
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("QORUS_PORTABLE", None)
-    r = subprocess.run([sys.executable, "-c", _COMPILE, cpu], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _COMPILE, cpu], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=_ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -78,7 +78,10 @@ def _features() -> set[str]:
     """Features both the CPU and numba's target have (``NUMBA_CPU_FEATURES`` may turn some off)."""
     global _have
     if _have is None:
-        have = {k for k, v in llvm.get_host_cpu_features().items() if v}
+        try:
+            have = {k for k, v in llvm.get_host_cpu_features().items() if v}
+        except RuntimeError:  # LLVM could not read them (some hosts): no fast path
+            have = set()
         if numba.config.CPU_FEATURES is not None:  # an explicit target (e.g. NUMBA_CPU_NAME=generic): its list
             have &= {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
         _have = have
