@@ -261,6 +261,9 @@ def test_f32_gguf_gives_the_folders_logits(llama):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     folder_model = load_pretrained(folder)  # the same config, field by field
     assert ours.config == folder_model.config
+    # transformers' own GGUF loader reads the file as the same model: the layout written is llama.cpp's
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(f32.parent, gguf_file=f32.name).eval()
+    np.testing.assert_array_equal(torch_logits(theirs, ids), want)
 
 
 @pytest.mark.parametrize("qtype", [Q.F16, Q.BF16])
