@@ -551,3 +551,111 @@ def test_qorus_generate_runs_a_gguf_file(llama):
     assert res.stdout.startswith("the cat")
     res = CliRunner().invoke(main, ["generate", str(f32.parent / "nope.gguf")])
     assert res.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def qorus_llama(tied=False, seed=0):
+    from qorus_jit.models import Llama, LlamaConfig
+
+    c = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=len(sp_vocab()),
+                    max_seq_len=128, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=tied)
+    model = Llama(c, rng=np.random.default_rng(seed))
+    for name, p in model.parameters().items():  # norms away from 1, weights sharper than the init
+        p[...] = (1 + 0.1 * np.random.default_rng(seed + 1).standard_normal(p.shape) if "norm" in name
+                  else 0.15 * np.random.default_rng(seed + 2).standard_normal(p.shape))
+    return model
+
+
+def l2c_tokenizer(vocab):
+    from qorus_jit.tokenizers import Llama2cTokenizer
+
+    pieces = [p.replace("\u2581", " ") for p, _, _ in vocab]
+    return Llama2cTokenizer(pieces, [s for _, s, _ in vocab])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_gguf_f32_reads_back_in_qorus_and_transformers(tmp_path, vocab, tied):
+    """save_gguf writes what load_gguf and transformers' own GGUF loader read as the same model and
+    tokenizer; the Llama2cTokenizer becomes a "llama" vocabulary (scores, types, BOS/EOS) encoding as it did."""
+    from qorus_jit.models.gguf import save_gguf
+
+    model, tok = qorus_llama(tied), l2c_tokenizer(vocab)
+    path = save_gguf(model, tmp_path / "m.gguf", tok)
+    back = load_gguf(path)
+    assert back.config == model.config
+    for k, v in model.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[k], v, err_msg=k)
+    gf = read_gguf(path)
+    assert gf.get("tokenizer.ggml.model", "str") == "llama" and gf.get("general.file_type", "int") == 0
+    assert gf.get("tokenizer.ggml.token_type", "[int]")[:4] == [2, 3, 3, 6]
+    got = gguf_tokenizer(gf)
+    for text in TEXTS:
+        assert got.tokenizer.encode(text).tolist() == tok.encode(text).tolist(), text
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = batch(model.config.vocab_size, n=1, t=32)
+    want = torch_logits(theirs, ids)
+    np.testing.assert_allclose(model.forward(ids), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_save_gguf_int8_is_ggml_q8_0(tmp_path, vocab):
+    """dtype "int8": the matrices as Q8_0 blocks, equal to qorus's own q8_0 quantization (ggml's rule) of the
+    weights; loaded back they go into the q8_0 layers as written; transformers dequantizes the file to the
+    weights those layers hold."""
+    from qorus_jit.kernels.quant import dequantize_q8_0, quantize_q8_0
+    from qorus_jit.layers.quantized import quantized_layers
+    from qorus_jit.models.gguf import save_gguf
+
+    model = qorus_llama()
+    path = save_gguf(model, tmp_path / "m.gguf", l2c_tokenizer(vocab), dtype="int8")
+    gf = read_gguf(path)
+    assert gf.tensors["blk.0.attn_v.weight"].type == "Q8_0" and gf.tensors["blk.0.attn_norm.weight"].type == "F32"
+    back = load_gguf(path)
+    layers = quantized_layers(back)
+    assert len(layers) == 7 * 2 + 1
+    for dotted, layer in layers.items():
+        qs, d = quantize_q8_0(model.parameters()[dotted + ".weight"])
+        np.testing.assert_array_equal(layer.qs, qs, err_msg=dotted)
+        np.testing.assert_array_equal(layer.d, d, err_msg=dotted)
+    emb = model.parameters()["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(back.parameters()["model.embed_tokens.weight"], dequantize_q8_0(*quantize_q8_0(emb)))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ids = batch(model.config.vocab_size, n=1, t=32)
+    want = torch_logits(theirs, ids)
+    np.testing.assert_allclose(back.forward(ids), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_save_gguf_byte_level_vocabularies(tmp_path):
+    """A byte tokenizer and a byte-level BPE become "gpt2" vocabularies (tokens, merges) padded to the model's
+    vocab_size with unused tokens, encoding as they did."""
+    from qorus_jit.models.gguf import save_gguf
+    from qorus_jit.tokenizers import ByteTokenizer
+
+    model = qorus_llama()
+    for i, tok in enumerate([ByteTokenizer(), BPETokenizer.train([CORPUS], vocab_size=300, min_frequency=1)]):
+        path = save_gguf(model, tmp_path / f"m{i}.gguf", tok)
+        gf = read_gguf(path)
+        tokens = gf.get("tokenizer.ggml.tokens", "[str]")
+        assert gf.get("tokenizer.ggml.model", "str") == "gpt2" and len(tokens) == model.config.vocab_size
+        assert tokens[-1] == f"[PAD{len(tokens) - 1}]" and gf.get("tokenizer.ggml.token_type", "[int]")[-1] == 5
+        back = gguf_tokenizer(gf).tokenizer
+        for text in TEXTS:
+            assert back.encode(text).tolist() == tok.encode(text).tolist(), text
+
+
+def test_save_gguf_refusals(tmp_path, vocab):
+    from qorus_jit.models import GPT2, GPT2Config
+    from qorus_jit.models.gguf import save_gguf
+
+    with pytest.raises(TypeError, match="model: GGUF files are written for a Llama, got GPT2"):
+        save_gguf(GPT2(GPT2Config(dim=32, n_layers=1, n_heads=2, vocab_size=50, max_seq_len=16)), tmp_path / "g")
+    sp = BPETokenizer(tk.Tokenizer.from_str(sp_tokenizer_json(vocab)))
+    with pytest.raises(ValueError, match="convert it to llama2.c's pieces and scores first"):
+        save_gguf(qorus_llama(), tmp_path / "sp.gguf", sp)
+    from qorus_jit.models import Llama, LlamaConfig
+
+    odd = Llama(LlamaConfig(dim=48, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=300))
+    with pytest.raises(ValueError, match="token_embd.weight"):
+        save_gguf(odd, tmp_path / "odd.gguf", dtype="int8")
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -20,12 +20,14 @@ Tensors may be F32, F16, BF16 or Q8_0; Q8_0 and BF16 weights go into quantized l
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from qorus_jit.formats.gguf import GGUFFile, read_gguf
-from qorus_jit.formats.llama2c import interleaved_to_half
+from qorus_jit.formats.llama2c import half_to_interleaved, interleaved_to_half
 from qorus_jit.models.llama import Llama, LlamaConfig
 
 ARCH = "llama"
@@ -308,7 +310,8 @@ def _bpe(gf: GGUFFile, tokens: list[str]):
         raise ValueError(f"{gf.path}: tokenizer.ggml.pre {pre!r} is not supported (supported: "
                          f"{', '.join(GPT2_PRE)})")
     merges = []
-    for i, m in enumerate(gf.get("tokenizer.ggml.merges", "[str]")):
+    for i, m in enumerate(gf.get("tokenizer.ggml.merges", "[str]", [])):  # none: bytes alone (the writer
+        # of the gguf package leaves an empty array out)
         a, sep, b = m.partition(" ")
         if not sep or not a or not b or " " in b:
             raise ValueError(f"{gf.path}: tokenizer.ggml.merges[{i}] = {m!r} is not two tokens joined by a space")
@@ -328,3 +331,209 @@ def _bpe(gf: GGUFFile, tokens: list[str]):
             tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = tk.decoders.ByteLevel()
     return tok
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+_PROBES = ("Once upon a time", "  two  spaces, tabs\tand\nlines ", "café naïve 日本語 👍🏽", "it's 12345!", "a", "")
+
+
+def save_gguf(model, path, tokenizer=None, dtype: str = "fp32") -> Path:
+    """Write a :class:`Llama` as a GGUF file, laid out as llama.cpp's ``convert_hf_to_gguf.py`` lays out a
+    ``LlamaForCausalLM`` (the metadata and tensor names of this module's docstring, q/k rows permuted to
+    interleaved RoPE pairs), atomically; returns the path. ``dtype`` "fp32": F32 tensors; "int8": the
+    matrices as Q8_0 (ggml's quantization, by the gguf package; the norms stay F32), as the converter's
+    ``--outtype q8_0`` does.
+
+    ``tokenizer`` (its ``tokenizer.ggml.*`` metadata; None: none written): a :class:`Llama2cTokenizer` (a
+    "llama" sentencepiece vocabulary: pieces, scores, types), a byte tokenizer or a byte-level
+    :class:`BPETokenizer` with GPT-2's or Llama 3's pre-tokenizer (a "gpt2" vocabulary: tokens, merges); a
+    vocabulary shorter than the model's is padded with unused ``[PADn]`` tokens, as the converter does. The
+    file's tokenizer, read back, must encode a few texts as ``tokenizer`` does; else nothing is written. (A
+    byte tokenizer has no merges, and the gguf package writes no empty array: qorus reads such a file, but
+    llama.cpp asks for a ``tokenizer.ggml.merges`` key.)
+
+    Refused (ValueError naming what): another model than a plain Llama (biases, LoRA adapters, quantized
+    layers), "int8" with a matrix whose rows are not whole groups of 32."""
+    from qorus_jit.core.files import atomic_write, check_path
+    from qorus_jit.formats.gguf import _import_gguf
+    from qorus_jit.layers.lora import lora_layers
+    from qorus_jit.layers.quantized import quantized_layers
+
+    if not isinstance(model, Llama):
+        raise TypeError(f"model: GGUF files are written for a Llama, got {type(model).__name__}")
+    gguf = _import_gguf()
+    if dtype not in ("fp32", "int8"):
+        raise ValueError(f"dtype: expected 'fp32' or 'int8', got {dtype!r}")
+    c = model.config
+    for field_ in ("attention_bias", "mlp_bias"):
+        if getattr(c, field_):
+            raise ValueError(f"model: a Llama with {field_} cannot be written as GGUF here (no biases)")
+    if lora_layers(model):
+        raise ValueError("model: has LoRA adapters; merge them into the weights first (merge_lora)")
+    if quantized_layers(model):
+        raise ValueError("model: has quantized layers; write the fp32 model (dtype='int8' quantizes to Q8_0)")
+    p = check_path("path", path)
+    if p.is_dir():
+        raise IsADirectoryError(f"path: expected a file name, got the directory {p}")
+    params = model.parameters()
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    names = gguf_tensor_names(c)
+    tensors = []
+    for g, h in names.items():
+        w = np.asarray(params[h], np.float32)
+        if h.endswith("q_proj.weight"):
+            w = half_to_interleaved(w, c.n_heads)
+        elif h.endswith("k_proj.weight"):
+            w = half_to_interleaved(w, c.n_kv_heads)
+        if dtype == "int8" and w.ndim == 2:
+            if w.shape[1] % 32:
+                raise ValueError(f"dtype: int8 (Q8_0) needs rows of whole groups of 32; tensor {g!r} ({h}) has "
+                                 f"{w.shape[1]} columns")
+            tensors.append((g, gguf.quants.quantize(w, q8), q8))
+        else:
+            tensors.append((g, np.ascontiguousarray(w), None))
+    vocab = _vocab_fields(tokenizer, c.vocab_size) if tokenizer is not None else None
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), ARCH)
+        w.add_context_length(c.max_seq_len)
+        w.add_embedding_length(c.dim)
+        w.add_block_count(c.n_layers)
+        w.add_feed_forward_length(c.hidden_dim)
+        w.add_head_count(c.n_heads)
+        w.add_head_count_kv(c.n_kv_heads)
+        w.add_rope_freq_base(float(c.rope_theta))
+        w.add_layer_norm_rms_eps(float(c.norm_eps))
+        w.add_vocab_size(c.vocab_size)
+        w.add_rope_dimension_count(c.head_dim)
+        w.add_file_type(7 if dtype == "int8" else 0)  # llama.cpp's LlamaFileType: MOSTLY_Q8_0, ALL_F32
+        if dtype == "int8":
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if vocab is not None:
+            _add_vocab(w, vocab)
+        for g, arr, raw in tensors:
+            w.add_tensor(g, arr, raw_dtype=raw)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        if tokenizer is not None:
+            _check_vocab(tmp, tokenizer)
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(p, write)
+
+
+def _vocab_fields(tokenizer, vocab_size: int) -> dict:
+    """The ``tokenizer.ggml.*`` values of ``tokenizer`` for a model of ``vocab_size`` ids."""
+    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer, Llama2cTokenizer
+    from qorus_jit.tokenizers.llama2c import BOS_ID, BYTE_OFFSET, EOS_ID
+
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"tokenizer: has {tokenizer.vocab_size} ids, the model {vocab_size}")
+    if isinstance(tokenizer, Llama2cTokenizer):
+        tokens, types = [], []
+        for i, piece in enumerate(tokenizer.pieces):
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"tokenizer: piece {i} ({piece!r}) is not UTF-8, which GGUF tokens are") from None
+            if i in (BOS_ID, EOS_ID):
+                tokens.append(("<s>", "</s>")[i - 1])
+                types.append(_CONTROL)
+            elif i == 0:
+                tokens.append(text)
+                types.append(_UNKNOWN)
+            elif BYTE_OFFSET <= i < BYTE_OFFSET + 256 and text == f"<0x{i - BYTE_OFFSET:02X}>":
+                tokens.append(text)
+                types.append(_BYTE)
+            elif not piece:  # the padding of a llama2.c export
+                tokens.append(f"[PAD{i}]")
+                types.append(_UNUSED)
+            else:
+                tokens.append(text.replace(" ", "\u2581"))
+                types.append(_NORMAL)
+        return {"model": "llama", "pre": "default", "tokens": tokens, "types": types,
+                "scores": [float(s) for s in tokenizer.scores], "bos": BOS_ID, "eos": EOS_ID, "unk": 0,
+                "add_bos": True, "pad_to": vocab_size}
+    if isinstance(tokenizer, ByteTokenizer):
+        tokenizer = BPETokenizer(_import_tk().Tokenizer.from_str(tokenizer.to_hf_json()))
+    if not isinstance(tokenizer, BPETokenizer):
+        raise TypeError(f"tokenizer: expected a Llama2cTokenizer, ByteTokenizer or byte-level BPETokenizer, got "
+                        f"{type(tokenizer).__name__}")
+    spec = json.loads(tokenizer.to_json())
+    model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
+    kind = _bpe_pre(pre)
+    if model.get("type") != "BPE" or norm is not None or kind is None:
+        raise ValueError("tokenizer: a tokenizer.json is written to GGUF when it is byte-level BPE with GPT-2's "
+                         "or Llama 3's pre-tokenizer and no normalizer (a sentencepiece-style one: convert it to "
+                         "llama2.c's pieces and scores first)")
+    vocab = model.get("vocab") or {}
+    for t in spec.get("added_tokens") or []:
+        vocab.setdefault(t["content"], t["id"])
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise ValueError("tokenizer: its ids are not 0..n-1")
+    special = {t["content"] for t in spec.get("added_tokens") or [] if t.get("special")}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    return {"model": "gpt2", "pre": kind, "tokens": [t for t, _ in by_id], "merges": merges,
+            "types": [_CONTROL if t in special else _NORMAL for t, _ in by_id], "add_bos": False,
+            "pad_to": vocab_size}
+
+
+def _import_tk():
+    from qorus_jit.tokenizers.bpe import _import_tokenizers
+
+    return _import_tokenizers()
+
+
+def _bpe_pre(pre: dict) -> str | None:
+    """``tokenizer.ggml.pre`` of a tokenizer.json pre-tokenizer: "gpt-2" (ByteLevel with GPT-2's regex, or
+    without splitting: a byte tokenizer's, whose ids do not depend on it), "llama-bpe" (Llama 3's Split and
+    ByteLevel), else None."""
+    if pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space"):
+        return "gpt-2" if pre.get("use_regex", True) else "gpt-2-bytes"
+    steps = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split" \
+            and (steps[0].get("pattern") or {}).get("Regex") == _LLAMA3_REGEX \
+            and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True):
+        return "llama-bpe"
+    return None
+
+
+def _add_vocab(w, v: dict) -> None:
+    tokens, types = list(v["tokens"]), list(v["types"])
+    scores = list(v.get("scores") or [])
+    for i in range(len(tokens), v["pad_to"]):  # ids the model has past the tokenizer's, never produced
+        tokens.append(f"[PAD{i}]")
+        types.append(_UNUSED)
+        scores.append(-1000.0)
+    w.add_tokenizer_model(v["model"])
+    w.add_tokenizer_pre("gpt-2" if v["pre"] == "gpt-2-bytes" else v["pre"])
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    if v["model"] == "llama":
+        w.add_token_scores(scores)
+        w.add_bos_token_id(v["bos"])
+        w.add_eos_token_id(v["eos"])
+        w.add_unk_token_id(v["unk"])
+    else:
+        w.add_token_merges(v["merges"])
+    w.add_add_bos_token(v["add_bos"])
+    w.add_add_eos_token(False)
+
+
+def _check_vocab(file: Path, tokenizer) -> None:
+    """The tokenizer written in ``file``, read back, encodes the probe texts as ``tokenizer`` does."""
+    from qorus_jit.tokenizers import Llama2cTokenizer
+
+    back = gguf_tokenizer(read_gguf(file)).tokenizer
+    for text in _PROBES:
+        if isinstance(tokenizer, Llama2cTokenizer):
+            want, got = tokenizer.encode(text, bos=False), back.encode(text, bos=False)
+        else:
+            want, got = tokenizer.encode(text), back.encode(text)
+        if want.tolist() != got.tolist():
+            raise ValueError(f"tokenizer: the GGUF vocabulary would encode {text!r} otherwise than the tokenizer "
+                             "does; not written")
