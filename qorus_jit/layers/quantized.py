@@ -62,9 +62,10 @@ class QuantizedLinear(Layer):
     frozen; the weight is no parameter: :meth:`quantized_tensors` lists it, :meth:`dequantized` gives it back
     in float32. ``name`` (the dotted name in its model) is what errors call the layer.
 
-    Several rows (a prompt's prefill) go through ``kernels.quant.linear_*`` (BLAS on dequantized tiles); one
-    row (decoding a token) through ``matvec_*``, which reads the small weight straight. ``backward`` raises:
-    quantized layers do not train (fine-tune the float32 model, then quantize)."""
+    Several rows (a prompt's prefill) go through ``kernels.quant.linear_*`` (BLAS on dequantized tiles, float32
+    activations); one row (decoding a token) through ``matvec_*``, which reads the small weight straight (q8_0's
+    is an integer dot: the activations quantized per group of 32, as ggml does). ``backward`` raises: quantized
+    layers do not train (fine-tune the float32 model, then quantize)."""
 
     rowwise = True
 
