@@ -19,6 +19,7 @@ naming the file. What the metadata means for a model is ``models/gguf.py``'s bus
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class GGUFFile:
         self._fields = reader.fields
         self.version = int(self._fields["GGUF.version"].parts[0][0])
         self.tensors: dict[str, GGUFTensor] = {}
+        self._offsets = {t.name: int(t.data_offset) for t in reader.tensors}
         for t in reader.tensors:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             self.tensors[t.name] = GGUFTensor(t.name, t.tensor_type.name, shape, t.data)
@@ -149,6 +151,19 @@ class GGUFFile:
             raise ValueError(f"{self.path}: tensor {name!r}: a Q8_0 tensor's rows must hold whole blocks of "
                              f"{Q8_0_BLOCK}, got shape {t.shape}")
         return t
+
+    def release(self, name: str) -> None:
+        """Let the pages of tensor ``name``'s data go from memory (read again from the file if asked for again):
+        a model read tensor by tensor then holds its own copy alone, not the mapped file's pages too."""
+        t = self.tensor(name)
+        m = getattr(self._reader.data, "_mmap", None)  # np.memmap's mmap object
+        if m is None or not hasattr(m, "madvise") or not t.data.nbytes:
+            return
+        start = self._offsets[name] // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            m.madvise(mmap.MADV_DONTNEED, start, self._offsets[name] + t.data.nbytes - start)
+        except (OSError, ValueError, AttributeError):  # only advice
+            pass
 
     def tensor_f32(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a new float32 array of its NumPy shape: F32 as stored, F16 and BF16 widened

@@ -212,6 +212,7 @@ def gguf_model(gf: GGUFFile, dtype: str | None = None) -> Llama:
                 return None
             w = gguf_weight(gf, config, targets[dotted], keep=fmt)
             arrays = w if isinstance(w, dict) else quantize_weight(w, fmt, dotted)
+            gf.release(targets[dotted])
             return QuantizedLinear(fmt, **arrays, name=dotted)
 
         quantize_layers(model, make)
@@ -219,6 +220,7 @@ def gguf_model(gf: GGUFFile, dtype: str | None = None) -> Llama:
     for g, h in names.items():  # one tensor at a time; the quantized layers' weights are theirs already
         if h in own:
             model.load_parameters({h: gguf_weight(gf, config, g)}, strict=False)
+        gf.release(g)
     return model
 
 
