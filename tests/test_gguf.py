@@ -433,6 +433,31 @@ def test_gpt2_vocab_encodes_as_its_bpe(tmp_path, llama):
             assert got.tokenizer.decode(got.tokenizer.encode(text)) == text
 
 
+def test_gpt2_vocab_control_tokens_and_chat_template(tmp_path):
+    """Control tokens of a "gpt2" vocabulary are matched in text whole (as llama.cpp tokenizes prompts and chat
+    templates); the chat template and special token names come along."""
+    src = BPETokenizer.train([CORPUS], vocab_size=300, min_frequency=1, special_tokens=["<|end|>", "<|user|>"])
+    spec = json.loads(src.to_json())
+    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    path = tmp_path / "chat.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t.startswith("<|") else 1 for t, _ in vocab])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    w.add_eos_token_id(0)
+    w.add_chat_template("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = gguf_tokenizer(read_gguf(path)).tokenizer
+    assert tok.special_tokens == {"eos_token": "<|end|>"}
+    ids = tok.apply_chat_template([{"role": "user", "content": "the cat"}], tokenize=True).tolist()
+    assert ids[0] == 1 and ids[-1] == 0 and ids[1:-1] == src.encode("the cat").tolist()
+
+
 # ------------------------------------------------------------------------------------------- bad files
 
 

@@ -247,7 +247,8 @@ def gguf_tokenizer(gf: GGUFFile) -> GGUFTokenizer:
     left), which is llama2.c's algorithm: a :class:`Llama2cTokenizer` of the pieces (``▁`` read as a space)
     and scores; its layout must be llama2.c's (``<s>`` 1, ``</s>`` 2, byte tokens ``<0x00>``.. from 3).
     ``"gpt2"`` (byte-level BPE: ``tokens``, ``merges``, pre-tokenizer ``tokenizer.ggml.pre`` "gpt-2" or
-    "llama-bpe"): a ``tokenizers`` BPE in a :class:`BPETokenizer`. BOS is prepended when
+    "llama-bpe"): a ``tokenizers`` BPE in a :class:`BPETokenizer`, its control tokens matched in text as whole
+    tokens, with the chat template of ``tokenizer.chat_template``. BOS is prepended when
     ``tokenizer.ggml.add_bos_token`` says so (default: yes for "llama", no for "gpt2").
     """
     from qorus_jit.tokenizers import BPETokenizer, Llama2cTokenizer
@@ -277,7 +278,15 @@ def gguf_tokenizer(gf: GGUFFile) -> GGUFTokenizer:
         pieces = [t if ty == _BYTE else t.replace("\u2581", " ") for t, ty in zip(tokens, types, strict=True)]
         tok = Llama2cTokenizer(pieces, scores)
     elif kind == "gpt2":
-        tok = BPETokenizer(_bpe(gf, tokens), source=str(gf.path))
+        types = gf.get("tokenizer.ggml.token_type", "[int]", [_NORMAL] * n)
+        if len(types) != n:
+            raise ValueError(f"{gf.path}: tokenizer.ggml.token_type has {len(types)} entries, tokenizer.ggml.tokens "
+                             f"{n}")
+        named = {name: tokens[i] for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                                                   ("pad_token", "padding_token_id"))
+                 if (i := _token_id(gf, key, n)) is not None}
+        tok = BPETokenizer(_bpe(gf, tokens, types), source=str(gf.path),
+                           chat_template=gf.get("tokenizer.chat_template", "str", None), special_tokens=named)
     else:
         raise ValueError(f"{gf.path}: tokenizer.ggml.model {kind!r} is not supported (expected 'llama' or 'gpt2')")
     return GGUFTokenizer(tok, bos, stop)
@@ -302,8 +311,9 @@ def gguf_special_ids(gf: GGUFFile, n: int) -> tuple[int | None, frozenset[int]]:
     return (bos if add_bos else None), frozenset(i for i in stop if i is not None)
 
 
-def _bpe(gf: GGUFFile, tokens: list[str]):
-    """The byte-level BPE ``tokenizers.Tokenizer`` of a "gpt2" vocabulary."""
+def _bpe(gf: GGUFFile, tokens: list[str], types: list[int]):
+    """The byte-level BPE ``tokenizers.Tokenizer`` of a "gpt2" vocabulary; its control and user-defined tokens
+    are matched in text as whole tokens (as llama.cpp does for prompts and chat templates)."""
     from qorus_jit.tokenizers.bpe import _import_tokenizers
 
     tk = _import_tokenizers()
@@ -332,6 +342,10 @@ def _bpe(gf: GGUFFile, tokens: list[str]):
             tk.pre_tokenizers.Split(tk.Regex(_LLAMA3_REGEX), behavior="isolated"),
             tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = tk.decoders.ByteLevel()
+    special = [tk.AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types, strict=True)
+               if ty in (_CONTROL, _USER_DEFINED)]
+    if special:
+        tok.add_special_tokens(special)  # in the vocabulary already: their ids stay
     return tok
 
 
