@@ -10,8 +10,8 @@ from tests.naive import quant as naive
 
 # (O, I): fewer rows than a four-row step, odd row counts, I = 32 (one group), and sizes past the parallel split
 MATVEC_SHAPES = [(1, 32), (3, 32), (5, 64), (7, 96), (37, 288), (768, 288), (130, 2048)]
-# (N, O, I): one row, a few, and O past one dequantized tile (2^20 bytes of float32: 8192 rows of 32, 910 of 288)
-LINEAR_SHAPES = [(1, 5, 32), (3, 37, 64), (17, 8200, 32), (16, 1000, 288), (2, 9, 2048)]
+# (N, O, I): one row, a few, O past one tile of 64 rows and not a multiple of it, products past the serial split
+LINEAR_SHAPES = [(1, 5, 32), (3, 37, 64), (17, 130, 32), (16, 1000, 288), (2, 9, 2048), (40, 70, 256)]
 RTOL = 1e-6
 
 

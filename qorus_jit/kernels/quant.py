@@ -16,7 +16,7 @@ bandwidth, so fewer bytes per weight is the whole gain, as long as unpacking the
 "Reduced-precision weights"). ``matvec_q8_0`` quantizes x per group of 32 itself (``_quantize_x_q8``, as
 llama.cpp does) for an integer dot: faster here than int8 -> float32 conversions, at an error about 1.4x that
 of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes tiles of W into float32 scratch and
-multiplies them by BLAS, x in float32.
+multiplies them by the serial numba product, tiles over threads, x in float32.
 
 Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
 ``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``:
@@ -37,13 +37,13 @@ from numba.extending import intrinsic
 
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
-from qorus_jit.kernels._blas import gemm as _blas_gemm
+from qorus_jit.kernels.matmul import _gemm_numba_serial
 
 #: Weights per q8_0 group (one scale each), along the input dimension.
 GROUP = 32
 
 _CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
-_TILE_BYTES = 1 << 20  # float32 bytes of one dequantized tile of W in linear_*: few BLAS calls, tile in L2/L3
+_TILE_ROWS = 64  # rows of W per dequantized tile in linear_* (64 x 768 float32: 192 KiB, in L2)
 
 # ---------------------------------------------------------------------------------------------------
 # instruction paths
@@ -385,7 +385,7 @@ def _matvec_q8_0_portable(out, qs, d, x):
 
 
 # ---------------------------------------------------------------------------------------------------
-# linear (prefill): dequantized tiles of W times x by BLAS
+# linear (prefill): dequantized tiles of W times x, tiles over threads
 
 
 @kernel
@@ -403,54 +403,48 @@ def _dequant_rows_q8_0(tile, qs, d, lo, a, b):
 
 
 @kernel
-def _tile_rows(O, I):
-    """Rows of W per dequantized tile: about _TILE_BYTES of float32, at least 1, at most O."""
-    return max(1, min(O, _TILE_BYTES // (4 * max(I, 1))))
-
-
-@kernel
-def _store_tile(out, c, bias, lo, hi):
-    """out[:, lo:hi] = c[:, :hi - lo] (+ bias[lo:hi])."""
-    for n in range(out.shape[0]):
-        on, cn = out[n, lo:hi], c[n]
-        if bias is None:
-            for j in range(hi - lo):
-                on[j] = cn[j]
+def _linear_tiles_range(out, x, bias, wq, d, t0, t1):
+    """Tiles t0..t1-1 of :func:`_linear_tiles`: rows ``_TILE_ROWS t ..`` of W dequantized into a float32 scratch,
+    ``out[:, rows] = x @ tile.T (+ bias[rows])`` by the serial numba product."""
+    O, I = wq.shape[0], wq.shape[1]
+    tile = np.empty((_TILE_ROWS, I), np.float32)
+    for t in range(t0, t1):
+        lo = t * _TILE_ROWS
+        hi = min(O, lo + _TILE_ROWS)
+        if d is None:
+            _dequant_rows_bf16(tile, wq, lo, 0, hi - lo)
         else:
+            _dequant_rows_q8_0(tile, wq, d, lo, 0, hi - lo)
+        c = out[:, lo:hi]
+        _gemm_numba_serial(c, x, tile[:hi - lo], False, True, False)
+        if bias is not None:
             bs = bias[lo:hi]
-            for j in range(hi - lo):
-                on[j] = cn[j] + bs[j]
+            for n in range(out.shape[0]):
+                cn = c[n]
+                for j in range(hi - lo):
+                    cn[j] += bs[j]
 
 
 @kernel(parallel=True)
-def _linear_tiles(out, x, bias, wq, d, O, I):
-    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W in tiles of _tile_rows rows dequantized into float32
-    scratch (rows over threads) and multiplied by BLAS (on its threads, outside any prange); W = bf16 ``wq`` (O,
-    I) uint16 if d is None, else q8_0 (``wq`` int8, d)."""
-    N = out.shape[0]
-    T = _tile_rows(O, I)
-    tile_buf = np.empty(T * I, np.float32)
-    c_buf = np.empty(N * T, np.float32)
-    for lo in range(0, O, T):
-        hi = min(O, lo + T)
-        tile = tile_buf[:(hi - lo) * I].reshape((hi - lo, I))
-        c = c_buf[:N * (hi - lo)].reshape((N, hi - lo))
-        if d is None:
-            for_rows(_dequant_rows_bf16, (tile, wq, lo), hi - lo, (hi - lo) * I)
-        else:
-            for_rows(_dequant_rows_q8_0, (tile, wq, d, lo), hi - lo, (hi - lo) * I)
-        _blas_gemm(c, x, tile.T, 0.0)
-        _store_tile(out, c, bias, lo, hi)
+def _linear_tiles(out, x, bias, wq, d):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = bf16 ``wq`` (O, I) uint16 if d is None, else q8_0
+    (``wq`` int8, d): tiles of _TILE_ROWS rows of W over threads, each dequantized and multiplied on its thread.
+
+    One parallel region per call. Dequantizing a tile over threads and multiplying it by BLAS (two regions per
+    tile) ran at 0.5-0.8x the fp32 BLAS product on a busy machine; this runs at 1.4-3.4x (docs/design.md)."""
+    O = wq.shape[0]
+    for_rows(_linear_tiles_range, (out, x, bias, wq, d), (O + _TILE_ROWS - 1) // _TILE_ROWS,
+             out.shape[0] * O * wq.shape[1])
 
 
 def _linear_bf16_portable(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = w16 (O, I) bf16 (N >= 1)."""
-    _linear_tiles(out, x, bias, w16, None, w16.shape[0], w16.shape[1])
+    _linear_tiles(out, x, bias, w16, None)
 
 
 def _linear_q8_0_portable(out, x, qs, d, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = q8_0 (qs (O, I) int8, d (O, I/32)) (N >= 1)."""
-    _linear_tiles(out, x, bias, qs, d, qs.shape[0], qs.shape[1])
+    _linear_tiles(out, x, bias, qs, d)
 
 
 # ---------------------------------------------------------------------------------------------------
