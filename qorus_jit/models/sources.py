@@ -114,8 +114,8 @@ def load_source(source, tokenizer=None) -> Source:
     try:  # a file that is no model is told so before its tokenizer is asked for
         read_llama2c_header(path)
     except (OSError, ValueError) as e:
-        raise SourceError(f"source: {path} is not a model: not a run directory or a Hugging Face folder, and not "
-                          f"a llama2.c checkpoint ({e})") from None
+        raise SourceError(f"source: {path} is not a model: not a run directory or a Hugging Face folder, not a "
+                          f"GGUF file (magic b'GGUF'), and not a llama2.c checkpoint ({e})") from None
     if tok is None:
         raise SourceError(f"tokenizer: a llama2.c checkpoint needs its tokenizer.bin (--tokenizer) for {path}")
     try:
