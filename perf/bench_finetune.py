@@ -107,7 +107,7 @@ def qorus_model(shape: dict, lora: bool, hf_state: dict | None = None):
     from qorus_jit.models import GPT2
     from qorus_jit.models.gpt2 import GPT2Config
     from qorus_jit.models.registry import check_tensors
-    from qorus_jit.train.losses import CrossEntropyLoss
+    from qorus_jit.train.losses import make_loss
     from qorus_jit.train.optim import AdamW
 
     config = GPT2Config(**shape)
@@ -116,7 +116,7 @@ def qorus_model(shape: dict, lora: bool, hf_state: dict | None = None):
         model.load_parameters(GPT2.from_hf_tensors(check_tensors(config, hf_state, "transformers' GPT-2")))
     if lora:
         apply_lora(model, list(TARGETS["gpt2"]), rank=RANK, alpha=ALPHA, rng=0)
-    return model, AdamW(model, **OPT), CrossEntropyLoss()
+    return model, AdamW(model, **OPT), make_loss("cross_entropy")  # the Trainer's: its gradient over the logits
 
 
 def qorus_step(model, opt, loss_fn, x, y) -> float:

@@ -7,13 +7,14 @@ import numpy as np
 
 from qorus_jit.core.check import check_choice, check_real, flat_views
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.base import Layer, check_input
+from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
 class _Elementwise(Layer):
     """``y = f(x)`` elementwise; backward ``dx = dy * f'(x)`` from the saved input."""
 
     rowwise = True
+    backward_variants = frozenset({"out", "accumulate"})
     _x = None  # the input of the last forward
 
     def _forward_kernel(self, y, x):
@@ -37,8 +38,13 @@ class _Elementwise(Layer):
         check_input("dy", dy)
         if dy.shape != x.shape:
             raise ValueError(f"dy: expected shape {x.shape}, got {dy.shape}")
-        dx = self.buffer("dx", x.shape, zero=True)
-        self._backward_kernel(*flat_views(dx, dy, x))
+        if out is None:
+            dx = self.buffer("dx", x.shape, zero=True)
+        else:  # e.g. the forward's own output, once the layers after it are done with it (FeedForward)
+            dx = input_grad_buffer(self, out, x.shape, dy=dy, x=x)
+            if not accumulate:
+                dx.fill(0)
+        self._backward_kernel(*flat_views(dx, dy, x))  # accumulates
         return dx
 
 

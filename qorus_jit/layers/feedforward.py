@@ -56,14 +56,15 @@ class FeedForward(Layer):
             self._gu = (g, u)
         else:
             h = self.act.forward(self.up_proj.forward(x))
+            self._h = h
         return self.down_proj.forward(h)
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
         self.check_variants(out, accumulate, residual)
         check_input("dy", dy, self.dim)
         dh = self.down_proj.backward(dy)
-        if self.kind != "swiglu":
-            return self.up_proj.backward(self.act.backward(dh))
+        if self.kind != "swiglu":  # the activation's output, read by down_proj's backward only, takes its gradient
+            return self.up_proj.backward(self.act.backward(dh, out=self._h))
         g, u = self._gu
         dg, du = self.buffer("dg", g.shape), self.buffer("du", u.shape)
         K.swiglu_backward_into(*flat_views(dg, du, dh, g, u), False)
