@@ -562,7 +562,7 @@ def test_qorus_generate_runs_a_gguf_file(llama):
     from qorus_jit.infer.generate import generate
     from qorus_jit.models.sources import load_source
 
-    folder, _, f32, _ = llama
+    folder, _, f32, q8 = llama
     runs = []
     for source in (f32, folder):
         src = load_source(source)
@@ -571,9 +571,10 @@ def test_qorus_generate_runs_a_gguf_file(llama):
                        vocab_limit=src.vocab_limit)
         runs.append((src.kind, src.encode("the cat").tolist(), list(gen)))
     assert runs[0][0] == "gguf" and runs[0][1:] == runs[1][1:]
-    res = CliRunner().invoke(main, ["generate", str(f32), "-p", "the cat", "-n", "12", "-t", "0"])
-    assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("the cat")
+    for source in (f32, q8):  # the Q8_0 file decodes with its blocks in q8_0 layers
+        res = CliRunner().invoke(main, ["generate", str(source), "-p", "the cat", "-n", "12", "-t", "0"])
+        assert res.exit_code == 0, res.output
+        assert res.stdout.startswith("the cat")
     res = CliRunner().invoke(main, ["generate", str(f32.parent / "nope.gguf")])
     assert res.exit_code == 2
 
