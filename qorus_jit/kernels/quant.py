@@ -80,11 +80,12 @@ def _bf16_from_f32_range(w16, bits, lo, hi):
 
 
 @kernel
-def _f32_from_bf16_range(w, w16, lo, hi):
-    """w[i] = float32 of bf16 w16[i] for lo <= i < hi; flat (n,)."""
-    w, w16 = w[lo:hi], w16[lo:hi]
+def _f32_from_bf16_range(bits, w16, lo, hi):
+    """bits[i] = w16[i] << 16 for lo <= i < hi: the float32 of bf16 ``w16`` written through its uint32 view
+    ``bits`` (integers only, which LLVM vectorizes; a scalar view as float32 per element did not); flat (n,)."""
+    bits, w16 = bits[lo:hi], w16[lo:hi]
     for i in range(hi - lo):
-        w[i] = np.uint32(np.uint32(w16[i]) << 16).view(np.float32)
+        bits[i] = np.uint32(w16[i]) << 16
 
 
 @kernel(parallel=True)
@@ -95,10 +96,10 @@ def _quantize_bf16(w16, bits):
 
 
 @kernel(parallel=True)
-def _dequantize_bf16(w, w16):
-    """w (n,) float32 = w16 (n,) bf16."""
-    n = w.shape[0]
-    for_chunks(_f32_from_bf16_range, (w, w16), n, _CHUNK, n)
+def _dequantize_bf16(bits, w16):
+    """bits (n,) uint32 = the float32 of w16 (n,) bf16, as bits (a float32 array viewed as uint32)."""
+    n = bits.shape[0]
+    for_chunks(_f32_from_bf16_range, (bits, w16), n, _CHUNK, n)
 
 
 @kernel
@@ -391,8 +392,9 @@ def _matvec_q8_0_portable(out, qs, d, x):
 @kernel
 def _dequant_rows_bf16(tile, w16, lo, a, b):
     """tile[a:b] = float32 of w16[lo + a:lo + b]; tile (>= b, I)."""
+    bits = tile.view(np.uint32)
     for i in range(a, b):
-        _f32_from_bf16_range(tile[i], w16[lo + i], 0, w16.shape[1])
+        _f32_from_bf16_range(bits[i], w16[lo + i], 0, w16.shape[1])
 
 
 @kernel
@@ -532,7 +534,7 @@ def dequantize_bf16(w16: np.ndarray) -> np.ndarray:
     _check_flat("w16", w16, np.uint16)
     w = np.empty(w16.shape, np.float32)
     if w.size:
-        _dequantize_bf16(w.reshape(-1), w16.reshape(-1))
+        _dequantize_bf16(w.reshape(-1).view(np.uint32), w16.reshape(-1))
     return w
 
 
