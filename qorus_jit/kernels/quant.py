@@ -110,7 +110,8 @@ def _split_even_odd(xe, xo, x):
         xo[k] = x[2 * k + 1]
 
 
-_BF16_STEP = 16  # bf16 pairs per step of _bf16_dot: two vectors of 8, four float32 accumulators
+_BF16_STEP = 16  # bf16 pairs per step of _bf16_dot: two vectors of 8 (one 64-byte line), four accumulators
+_PREFETCH = 1024  # bytes ahead of its loads that _bf16_dot prefetches W (+25% from memory: docs/design.md)
 
 
 @intrinsic
@@ -119,7 +120,8 @@ def _bf16_dot(typingctx, out, w32, xe, xo, i):
     the high half) and x as its even and odd elements xe, xo (n,) float32; n a multiple of _BF16_STEP.
 
     Vector IR: the low elements are ``u << 16``, the high ones ``u & 0xFFFF0000``, one instruction each where
-    unpacking a uint16 takes a widening load and a shift; four accumulators hide the latency of the FMAs."""
+    unpacking a uint16 takes a widening load and a shift; four accumulators hide the latency of the FMAs. Each
+    step prefetches the line _PREFETCH bytes ahead (``llvm.prefetch`` never faults, past the end included)."""
 
     def codegen(context, builder, sig, args):
         op, wp, ep, dp = (context.make_array(t)(context, builder, v).data
@@ -140,9 +142,16 @@ def _bf16_dot(typingctx, out, w32, xe, xo, i):
             builder.store(ir.Constant(vf, None), slot)
             acc.append(slot)
         row = builder.mul(i, n)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                  "llvm.prefetch.p0")
         with cgutils.for_range(builder, builder.udiv(n, ir.Constant(i64, _BF16_STEP))) as loop:
+            k0 = builder.mul(loop.index, ir.Constant(i64, _BF16_STEP))
+            line = builder.bitcast(builder.gep(wp, [builder.add(row, k0)]), i8p)
+            ahead = builder.gep(line, [ir.Constant(i64, _PREFETCH)])
+            builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1
             for u in range(2):
-                k = builder.add(builder.mul(loop.index, ir.Constant(i64, _BF16_STEP)), ir.Constant(i64, 8 * u))
+                k = builder.add(k0, ir.Constant(i64, 8 * u))
                 w = load(wp, builder.add(row, k), vi32)
                 lo, hi = builder.bitcast(builder.shl(w, shift), vf), builder.bitcast(builder.and_(w, mask), vf)
                 builder.store(builder.call(fma, [lo, load(ep, k, vf), builder.load(acc[2 * u])]), acc[2 * u])
