@@ -111,7 +111,7 @@ def _split_even_odd(xe, xo, x):
 
 
 _BF16_STEP = 16  # bf16 pairs per step of _bf16_dot: two vectors of 8 (one 64-byte line), four accumulators
-_PREFETCH = 1024  # bytes ahead of its loads that _bf16_dot prefetches W (+25% from memory: docs/design.md)
+_PREFETCH = 1024  # bytes ahead of their loads that the row dots prefetch W (bf16 +25% from memory: docs/design.md)
 
 
 @intrinsic
@@ -142,14 +142,9 @@ def _bf16_dot(typingctx, out, w32, xe, xo, i):
             builder.store(ir.Constant(vf, None), slot)
             acc.append(slot)
         row = builder.mul(i, n)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                  "llvm.prefetch.p0")
         with cgutils.for_range(builder, builder.udiv(n, ir.Constant(i64, _BF16_STEP))) as loop:
             k0 = builder.mul(loop.index, ir.Constant(i64, _BF16_STEP))
-            line = builder.bitcast(builder.gep(wp, [builder.add(row, k0)]), i8p)
-            ahead = builder.gep(line, [ir.Constant(i64, _PREFETCH)])
-            builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1
+            _prefetch(builder, builder.gep(wp, [builder.add(row, k0)]))
             for u in range(2):
                 k = builder.add(k0, ir.Constant(i64, 8 * u))
                 w = load(wp, builder.add(row, k), vi32)
@@ -295,67 +290,80 @@ def _quantize_x_q8(xq, xs, x):
             qg[j] = np.int16(_roundf(xg[j] * inv))
 
 
-def _q8_0_dot(R):
-    """An intrinsic ``dot(out, qs, d, xq, xs, i, G)``: out[i + r] = sum_g d[i + r, g] * xs[g] * (qs[i + r, 32 g:
-    32 g + 32] . xq[32 g:32 g + 32]) for r < R; qs (O, 32 G) int8, d (O, G), xq (32 G,) int16, xs (G,) float32.
+@intrinsic
+def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
+    """out[i] = sum_g d[i, g] * xs[g] * (qs[i, 32 g:32 g + 32] . xq[32 g:32 g + 32]); qs (O, 32 G) int8, d (O, G),
+    xq (32 G,) int16, xs (G,) float32.
 
     Written in target-independent vector IR (numba runs no SLP vectorizer, and LLVM's loop vectorizer would
     reduce every group to a scalar): the products of each group are sign-extended to int32 and summed in
     adjacent pairs, the shape LLVM turns into ``vpmaddwd`` on x86 (16 products per instruction; the pairs of
     int8 x int8 fit int16 sums); the group's 8 int32 lanes become float32 and are added times the group's
-    scale into 8 float lanes per row, summed once per row."""
+    scale into 8 float lanes, summed once per row. Two groups per step (one 64-byte line of qs, prefetched
+    _PREFETCH bytes ahead) into two accumulators: one would wait on the FMA's latency every group."""
 
-    @intrinsic
-    def dot(typingctx, out, qs, d, xq, xs, i, G):
-        def codegen(context, builder, sig, args):
-            op, qp, dp, xp, sp = (context.make_array(t)(context, builder, v).data
-                                  for t, v in zip(sig.args[:5], args[:5], strict=True))
-            i, G = args[5], args[6]
-            i64, i32 = ir.IntType(64), ir.IntType(32)
-            vf, v8i32 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i32, 8)
-            v16i8, v16i16, v16i32 = (ir.VectorType(ir.IntType(b), 16) for b in (8, 16, 32))
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]),
-                                                 "llvm.fmuladd.v8f32")
-            even, odd = ir.Constant(v8i32, list(range(0, 16, 2))), ir.Constant(v8i32, list(range(1, 16, 2)))
+    def codegen(context, builder, sig, args):
+        op, qp, dp, xp, sp = (context.make_array(t)(context, builder, v).data
+                              for t, v in zip(sig.args[:5], args[:5], strict=True))
+        i = args[5]
+        G = cgutils.unpack_tuple(builder, context.make_array(sig.args[2])(context, builder, args[2]).shape, 2)[1]
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        vf, v8i32 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i32, 8)
+        v16i8, v16i16, v16i32 = (ir.VectorType(ir.IntType(b), 16) for b in (8, 16, 32))
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fmuladd.v8f32")
+        even, odd = ir.Constant(v8i32, list(range(0, 16, 2))), ir.Constant(v8i32, list(range(1, 16, 2)))
 
-            def c(v):
-                return ir.Constant(i64, v)
+        def c(v):
+            return ir.Constant(i64, v)
 
-            def load(base, off, vty, align):
-                return builder.load(builder.bitcast(builder.gep(base, [off]), vty.as_pointer()), align=align)
+        def load(base, off, vty, align):
+            return builder.load(builder.bitcast(builder.gep(base, [off]), vty.as_pointer()), align=align)
 
-            I = builder.mul(G, c(GROUP))
-            acc = []
-            for _ in range(R):
-                slot = cgutils.alloca_once(builder, vf)
-                builder.store(ir.Constant(vf, None), slot)
-                acc.append(slot)
-            with cgutils.for_range(builder, G) as loop:
-                g = loop.index
-                o = builder.mul(g, c(GROUP))
-                xv = [builder.sext(load(xp, builder.add(o, c(16 * h)), v16i16, 2), v16i32) for h in range(2)]
-                xsg = builder.load(builder.gep(sp, [g]), align=4)
-                for r in range(R):
-                    row = builder.add(i, c(r))
-                    qo = builder.add(builder.mul(row, I), o)
-                    tot = None
-                    for h in range(2):
-                        p = builder.mul(builder.sext(load(qp, builder.add(qo, c(16 * h)), v16i8, 1), v16i32), xv[h])
-                        u = ir.Constant(v16i32, ir.Undefined)
-                        pair = builder.add(builder.shuffle_vector(p, u, even), builder.shuffle_vector(p, u, odd))
-                        tot = pair if tot is None else builder.add(tot, pair)
-                    dg = builder.load(builder.gep(dp, [builder.add(builder.mul(row, G), g)]), align=4)
-                    sc = builder.fmul(dg, xsg)
-                    splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), sc, c(0)),
-                                                   ir.Constant(vf, ir.Undefined), ir.Constant(v8i32, [0] * 8))
-                    builder.store(builder.call(fma, [builder.sitofp(tot, vf), splat, builder.load(acc[r])]), acc[r])
-            for r in range(R):
-                builder.store(_hsum(builder, builder.load(acc[r])), builder.gep(op, [builder.add(i, c(r))]), align=4)
-            return context.get_dummy_value()
+        row_q, row_d = builder.mul(builder.mul(i, G), c(GROUP)), builder.mul(i, G)
 
-        return types.void(out, qs, d, xq, xs, types.int64, types.int64), codegen
+        def group(g, slot):
+            """slot += float32(qs_g . xq_g) * d[i, g] * xs[g]"""
+            o = builder.mul(g, c(GROUP))
+            tot = None
+            for h in range(2):
+                xv = builder.sext(load(xp, builder.add(o, c(16 * h)), v16i16, 2), v16i32)
+                qv = builder.sext(load(qp, builder.add(builder.add(row_q, o), c(16 * h)), v16i8, 1), v16i32)
+                p = builder.mul(qv, xv)
+                u = ir.Constant(v16i32, ir.Undefined)
+                pair = builder.add(builder.shuffle_vector(p, u, even), builder.shuffle_vector(p, u, odd))
+                tot = pair if tot is None else builder.add(tot, pair)
+            sc = builder.fmul(builder.load(builder.gep(dp, [builder.add(row_d, g)]), align=4),
+                              builder.load(builder.gep(sp, [g]), align=4))
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), sc, c(0)),
+                                           ir.Constant(vf, ir.Undefined), ir.Constant(v8i32, [0] * 8))
+            builder.store(builder.call(fma, [builder.sitofp(tot, vf), splat, builder.load(slot)]), slot)
 
-    return dot
+        acc = []
+        for _ in range(2):
+            slot = cgutils.alloca_once(builder, vf)
+            builder.store(ir.Constant(vf, None), slot)
+            acc.append(slot)
+        with cgutils.for_range(builder, builder.udiv(G, c(2))) as loop:
+            g = builder.mul(loop.index, c(2))
+            _prefetch(builder, builder.gep(qp, [builder.add(row_q, builder.mul(g, c(GROUP)))]))
+            group(g, acc[0])
+            group(builder.add(g, c(1)), acc[1])
+        with builder.if_then(builder.icmp_unsigned("!=", builder.urem(G, c(2)), c(0))):
+            group(builder.sub(G, c(1)), acc[0])
+        total = builder.fadd(builder.load(acc[0]), builder.load(acc[1]))
+        builder.store(_hsum(builder, total), builder.gep(op, [i]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(out, qs, d, xq, xs, types.int64), codegen
+
+
+def _prefetch(builder, ptr):
+    """A prefetch (read, into L1) of the line _PREFETCH bytes after ``ptr``; ``llvm.prefetch`` never faults."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        "llvm.prefetch.p0")
+    ahead = builder.gep(builder.bitcast(ptr, i8p), [ir.Constant(ir.IntType(64), _PREFETCH)])
+    builder.call(fn, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 def _hsum(builder, v):
@@ -370,7 +378,6 @@ def _hsum(builder, v):
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
-_q8_0_dot1 = _q8_0_dot(1)
 
 
 @kernel
@@ -378,9 +385,8 @@ def _matvec_q8_0_rows(out, qs, d, xq, xs, lo, hi):
     """out[i] = W[i] . x for lo <= i < hi, W = q8_0 (qs (O, I) int8, d (O, I/32)), x quantized by
     :func:`_quantize_x_q8` into xq (I,) int16, xs (I/32,). One row at a time: a single sequential stream through
     W streams from memory 1.6-1.9x faster than four rows side by side (docs/design.md), at the same speed in cache."""
-    G = d.shape[1]
     for i in range(lo, hi):
-        _q8_0_dot1(out, qs, d, xq, xs, i, G)
+        _q8_0_dot(out, qs, d, xq, xs, i)
 
 
 @kernel(parallel=True)
