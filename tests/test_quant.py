@@ -244,6 +244,9 @@ def test_kernel_paths_and_the_portable_switch(monkeypatch):
     assert paths["q8_0"] in ("avx512-vnni", "avx-vnni", "portable") and paths["bf16"] in ("avx512-bf16", "portable")
     monkeypatch.setenv("QORUS_PORTABLE", "1")
     assert Q.kernel_paths() == {"q8_0": "portable", "bf16": "portable"}
+    assert Q._path("q8_0") == Q._path("bf16") == "portable"  # what the dispatchers use
+    monkeypatch.undo()
+    assert Q.kernel_paths() == paths  # chosen afresh: the later tests run on this machine's paths
 
 
 # ------------------------------------------------------------------------------------------------- bad input

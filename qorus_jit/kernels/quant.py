@@ -19,9 +19,10 @@ of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes tiles
 multiplies them by the serial numba product, tiles over threads, x in float32.
 
 Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
-``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``:
-``"portable"`` (the numba kernels here, AVX2 or anything LLVM targets) or a path of ``kernels.quant_x86``.
-``QORUS_PORTABLE=1`` forces the portable paths. The portable kernels' signatures are fixed (the row bodies
+``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``
+(chosen by ``_choose_path`` once per process, and again by ``kernel_paths()``): ``"portable"`` (the numba
+kernels here, AVX2 or anything LLVM targets) or a path of ``kernels.quant_x86``. ``QORUS_PORTABLE=1`` forces
+the portable paths. The portable kernels' signatures are fixed (the row bodies
 ``_matvec_*_rows(out, ..., lo, hi)`` are serial kernels that compiled code such as a fused decode may call).
 """
 
@@ -49,16 +50,30 @@ _TILE_ROWS = 64  # rows of W per dequantized tile in linear_* (64 x 768 float32:
 # instruction paths
 
 
-def _path(kind: str) -> str:
-    """The instruction path used for ``kind`` ("q8_0" or "bf16"): "portable" here; the one place a faster path
+_PATHS: dict[str, str] = {}  # kind -> path, filled at the first call (reading the environment costs 2 us)
+
+
+def _choose_path(kind: str) -> str:
+    """The instruction path for ``kind`` ("q8_0" or "bf16"): "portable" here; the one place a faster path
     (``kernels.quant_x86``, chosen from the CPU's features) is picked. ``QORUS_PORTABLE=1`` forces "portable"."""
     if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
         return "portable"
     return "portable"
 
 
+def _path(kind: str) -> str:
+    """The path of ``kind`` the dispatchers use: :func:`_choose_path`'s, chosen once per process (and again by
+    :func:`kernel_paths`, so that a changed ``QORUS_PORTABLE`` takes effect)."""
+    path = _PATHS.get(kind)
+    if path is None:
+        path = _PATHS[kind] = _choose_path(kind)
+    return path
+
+
 def kernel_paths() -> dict[str, str]:
-    """{"q8_0": path, "bf16": path}: the instruction paths the quantized kernels use on this machine."""
+    """{"q8_0": path, "bf16": path}: the instruction paths the quantized kernels use on this machine, chosen
+    afresh (``QORUS_PORTABLE`` read again)."""
+    _PATHS.clear()
     return {"q8_0": _path("q8_0"), "bf16": _path("bf16")}
 
 
