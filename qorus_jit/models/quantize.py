@@ -33,6 +33,7 @@ from qorus_jit.layers.quantized import (
     quantized_tensors,
     weight_format,
 )
+from qorus_jit.tokenizers.hf import hf_tokenizer_files
 
 #: The architectures whose layers quantize (by short name).
 QUANTIZABLE = ("llama", "gpt2")
@@ -134,8 +135,6 @@ def save_quantized(model, path, tokenizer=None) -> None:
     q8_0 ``<layer>.weight.qs`` (I8) and ``<layer>.weight.d`` (F16), for bf16 ``<layer>.weight`` (BF16); with a
     ``tokenizer``, its files as :func:`~qorus_jit.models.registry.save_pretrained` writes them. Each file is
     written atomically (the weights first)."""
-    from qorus_jit.models.registry import hf_tokenizer_files
-
     fmt = model_format(model)
     if fmt is None:
         raise ValueError("model: holds no quantized layers (quantize_model(model, 'int8' or 'bf16') first)")
@@ -206,13 +205,10 @@ def _our_layout(cls, name: str, hf_shape: tuple[int, ...]) -> bool:
     return probe is not None and probe.shape == (2, 1)
 
 
-def load_quantized(path, config, fmt: str):
-    """The model of the quantized folder ``path`` (``config`` read from its config.json, which says ``fmt``):
-    its tensors' names, dtypes and shapes are checked against the config from the safetensors header before
-    anything is read or built, then the quantized weights go straight into the layers (no re-quantizing)."""
-    from qorus_jit.models.registry import architecture_of, check_shapes
-
-    cls = architecture_of(config)
+def quantized_layout(path, cls, fmt: str) -> dict:
+    """What the quantized folder ``path`` of a ``cls`` model in ``fmt`` holds, from its safetensors header alone
+    (names and dtypes checked): ``{"file", "plain", "quant", "shapes"}``, ``shapes`` in the Hugging Face layout
+    that the registry's ``check_shapes`` checks against the config before :func:`load_quantized` builds."""
     if cls.arch not in QUANTIZABLE:
         raise ValueError(f"{path}: a quantized folder of a {cls.__name__}; only Llama and GPT-2 quantize")
     folder = Path(path)
@@ -246,7 +242,13 @@ def load_quantized(path, config, fmt: str):
                 raise ValueError(f"{file}: tensor {name + '.d'!r} has shape {d}, expected "
                                  f"{(shape[0], shape[1] // GROUP)} (one scale a group of {GROUP} of {name}.qs's "
                                  f"{shape}, whose in_features must be a multiple of {GROUP})")
-    check_shapes(config, shapes, source=str(folder))
+    return {"file": file, "plain": plain, "quant": quant, "shapes": shapes}
+
+
+def load_quantized(layout: dict, cls, config, fmt: str):
+    """The model of a quantized folder whose :func:`quantized_layout` fits ``config`` (``fmt`` its format): the
+    quantized weights go straight into the layers (no re-quantizing)."""
+    file, plain, quant = layout["file"], layout["plain"], layout["quant"]
     model = cls(config)  # built first: each linear's float32 weight goes as its quantized one comes in
     targets = [(p, n, d, c) for p, n, d, c in named_layers(model) if type(c) is Linear or isinstance(c, TiedLMHead)]
     missing = [f"{d}.weight" for _, _, d, _ in targets if f"{d}.weight" not in quant]

@@ -22,6 +22,7 @@ from qorus_jit.models.base import Architecture, Config, _brief
 from qorus_jit.models.bert import Bert
 from qorus_jit.models.gpt2 import GPT2
 from qorus_jit.models.llama import Llama
+from qorus_jit.tokenizers.hf import hf_tokenizer_files
 
 #: Every architecture, in the order error messages list them.
 ARCHITECTURES: tuple[type[Architecture], ...] = (Llama, GPT2, Bert)
@@ -233,7 +234,13 @@ def load_pretrained(path, dtype: str | None = None) -> Architecture:
     weights load as stored with ``dtype`` None (see :func:`~qorus_jit.models.gguf.gguf_model`).
     """
     from qorus_jit.layers.quantized import weight_format
-    from qorus_jit.models.quantize import QUANTIZABLE, load_quantized, quantize_model, read_quantization
+    from qorus_jit.models.quantize import (
+        QUANTIZABLE,
+        load_quantized,
+        quantize_model,
+        quantized_layout,
+        read_quantization,
+    )
 
     if isinstance(path, (str, os.PathLike)) and is_gguf(path):  # a GGUF file: a Llama, its blocks as stored
         from qorus_jit.models.gguf import load_gguf
@@ -255,7 +262,9 @@ def load_pretrained(path, dtype: str | None = None) -> Architecture:
             own = "int8" if stored == "q8_0" else stored
             raise ValueError(f"dtype: {path} is a quantized folder of {stored} weights, which load as they are "
                              f"(dtype=None or {own!r}), not as {dtype!r}; for {dtype} start from the fp32 model")
-        return load_quantized(path, config, stored)
+        layout = quantized_layout(path, cls, stored)
+        check_shapes(config, layout["shapes"], source=str(path))
+        return load_quantized(layout, cls, config, stored)
     check_shapes(config, read_hf_shapes(path), source=str(path))
     params = cls.from_hf_tensors(check_tensors(config, read_hf_weights(path), source=str(path)))
     model = cls(config)
@@ -295,26 +304,6 @@ def save_pretrained(model: Architecture, path, tokenizer=None) -> None:
     write_hf_folder(path, hf, type(model).to_hf_tensors(model.parameters()))
     for name, text in files.items():
         atomic_write_text(Path(path) / name, text)
-
-
-def hf_tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
-    """``tokenizer.json`` and ``tokenizer_config.json`` (name -> text) for a Hugging Face folder: a
-    ``PreTrainedTokenizerFast`` over ``tokenizer``'s own ids, no special tokens added, texts up to ``max_len``
-    tokens, with the chat template and special token names a BPE tokenizer brought from its folder."""
-    from qorus_jit.tokenizers import BPETokenizer, ByteTokenizer
-
-    if isinstance(tokenizer, ByteTokenizer):
-        text = tokenizer.to_hf_json()
-    elif isinstance(tokenizer, BPETokenizer):
-        text = tokenizer.to_json()
-    else:
-        raise TypeError(f"tokenizer: expected a ByteTokenizer or BPETokenizer (what a Hugging Face folder can "
-                        f"hold), got {type(tokenizer).__name__}")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(max_len),
-              "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
-    if isinstance(tokenizer, BPETokenizer):
-        config.update(tokenizer.tokenizer_config())  # its chat template and special token names
-    return {"tokenizer.json": text, "tokenizer_config.json": _json(config)}
 
 
 def _json(data) -> str:
