@@ -39,6 +39,8 @@ from qorus_jit.kernels.loss import _cross_entropy_forward_backward as cross_entr
 from qorus_jit.kernels.loss import _mse_backward as mse_backward
 from qorus_jit.kernels.loss import _mse_forward as mse_forward
 from qorus_jit.kernels.loss import cross_entropy_forward
+from qorus_jit.kernels.matmul import _bias_grad as bias_grad
+from qorus_jit.kernels.matmul import _gemm_blas as gemm_blas
 from qorus_jit.kernels.matmul import _linear_backward_into as linear_backward_into
 from qorus_jit.kernels.matmul import _linear_forward as linear_forward
 from qorus_jit.kernels.norm import _layernorm_backward as layernorm_backward
@@ -60,6 +62,8 @@ __all__ = [
     # unchecked: the caller guarantees shapes, dtypes and contiguity (the wrappers in kernels/<family>.py check them)
     # matmul, decode: 2-D row-major operands; matvec and llama_decode take one token of one sequence
     "linear_forward", "linear_backward_into", "matvec", "llama_decode",
+    # gemm_blas(c, a, b, beta): c = a @ b + beta * c (2-D views BLAS takes); bias_grad(db, dy): db += dy.sum(0)
+    "gemm_blas", "bias_grad",
     # quant: bf16 (w16 uint16) and q8_0 (qs int8, d float32) weights (O, I), I a multiple of 32; float32 x, out
     "matvec_bf16", "matvec_q8_0", "linear_bf16", "linear_q8_0",
     # elementwise and activations: 1-D views of equal length (``flat_views``)

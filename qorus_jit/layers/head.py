@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.embedding import Embedding
@@ -48,5 +47,5 @@ class TiedLMHead(Layer):
             K.linear_backward_into(dx.reshape(-1, C), self.embedding.grad("weight"), None, dy.reshape(-1, V),
                                   self._x.reshape(-1, C), w, 0.0)
         else:  # frozen: dx = dy @ weight alone (the vocab x dim weight gradient costs as much again)
-            _mm._gemm_blas(dx.reshape(-1, C), dy.reshape(-1, V), w, 0.0)
+            K.gemm_blas(dx.reshape(-1, C), dy.reshape(-1, V), w, 0.0)
         return dx

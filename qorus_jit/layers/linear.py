@@ -6,7 +6,6 @@ import math
 
 from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_bool, check_positive, check_rng
-from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
@@ -65,9 +64,9 @@ class Linear(Layer):
             K.linear_backward_into(dx2, self._grads["weight"], db, dy2, x.reshape(-1, self.in_features), self.weight,
                                   1.0 if accumulate else 0.0)
         else:  # frozen: dx = dy @ weight alone, the gemm linear_backward_into runs for it (not in kernels.trusted)
-            _mm._gemm_blas(dx2, dy2, self.weight, 1.0 if accumulate else 0.0)
+            K.gemm_blas(dx2, dy2, self.weight, 1.0 if accumulate else 0.0)
             if db is not None:
-                _mm._bias_grad(db, dy2)
+                K.bias_grad(db, dy2)
         return dx
 
     def extra_repr(self) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 
 from qorus_jit.core.check import check_int, check_positive_float, check_real, check_rng
 from qorus_jit.core.files import atomic_write, atomic_write_json, check_path, read_json
-from qorus_jit.kernels import matmul as _mm
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.base import named_layers as _layers
@@ -90,7 +89,7 @@ class LoRALinear(Layer):
         h *= self.scale
         # y += h @ B.T in the gemm, into the base's output buffer (its backward does not read it): no buffer of
         # the update's own (the kernel namespace has no gemm entry: kernels.matmul's, as Linear.backward)
-        _mm._gemm_blas(y.reshape(-1, self.out_features), h, self.lora_B.T, 1.0)
+        K.gemm_blas(y.reshape(-1, self.out_features), h, self.lora_B.T, 1.0)
         self._x, self._x_lora = x.view(), x2
         return y
 
@@ -124,7 +123,7 @@ class LoRALinear(Layer):
         if self.requires_grad("lora_B.weight"):
             K.linear_backward_into(dh, self._grads["lora_B.weight"], None, dy2, h, self.lora_B, 0.0)
         else:
-            _mm._gemm_blas(dh, dy2, self.lora_B, 0.0)
+            K.gemm_blas(dh, dy2, self.lora_B, 0.0)
         dh *= self.scale
         dx = self.base.backward(dy, out=out, accumulate=accumulate)  # dy @ W (+ what out holds)
         dx2 = dx.reshape(-1, self.in_features)
@@ -134,13 +133,13 @@ class LoRALinear(Layer):
             if train_a:
                 K.linear_backward_into(dx2, self._grads["lora_A.weight"], None, dh, self._x_lora, self.lora_A, 1.0)
             else:
-                _mm._gemm_blas(dx2, dh, self.lora_A, 1.0)
+                K.gemm_blas(dx2, dh, self.lora_A, 1.0)
         else:  # one buffer: dropout(x) again (what forward read), then the input's part dh @ A masked
             xd = self._buffers["x_drop"]
             if train_a:
-                _mm._gemm_blas(self._grads["lora_A.weight"], dh.T, self._drop(xd, x.reshape(-1, self.in_features)),
+                K.gemm_blas(self._grads["lora_A.weight"], dh.T, self._drop(xd, x.reshape(-1, self.in_features)),
                                1.0)
-            _mm._gemm_blas(xd, dh, self.lora_A, 0.0)
+            K.gemm_blas(xd, dh, self.lora_A, 0.0)
             dx2 += self._drop(xd, xd)
         return dx
 
