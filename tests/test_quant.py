@@ -170,16 +170,28 @@ def test_quantize_q8_0_refuses_scales_past_float16():
         Q.quantize_q8_0(w)
 
 
+def _halves_group():
+    """32 activations whose scale is exactly 1/8, all but the largest landing on halves: x / s = m + 1/2."""
+    c, amax = np.float32(1 / 127), np.float32(15.875)
+    for _ in range(64):  # the float32 near 127/8 whose product with float32(1/127) rounds to 1/8
+        if np.float32(amax * c) == np.float32(0.125):
+            break
+        amax = np.nextafter(amax, np.float32(16) if amax * c < 0.125 else np.float32(15))
+    assert np.float32(amax * c) == np.float32(0.125)
+    return np.array([amax] + [(m + 0.5) / 8 for m in range(-62, 62, 4)], np.float32)
+
+
 def test_activation_quantization_matches_reference():
     rng = np.random.default_rng(6)
     x = np.concatenate([rng.standard_normal(256) * 10.0 ** rng.integers(-6, 6, 256), np.zeros(32),
-                        np.arange(-15.5, 16.5, 1.0) / 8 * 127 / 15.5]).astype(np.float32)
+                        _halves_group()]).astype(np.float32)
     xq, xs = np.empty(x.size, np.int16), np.empty(x.size // 32, np.float32)
     Q._quantize_x_q8(xq, xs, x)
     want_q, want_s = naive.quantize_activations(x)
     np.testing.assert_array_equal(xq, want_q)
     np.testing.assert_array_equal(xs, want_s)
     assert np.abs(xq).max() <= 127
+    assert xq[-31:].tolist() == [m + (1 if m >= 0 else 0) for m in range(-62, 62, 4)]  # halves away from zero
 
 
 @pytest.mark.parametrize("shape", MATVEC_SHAPES)
