@@ -401,3 +401,36 @@ def test_fast_bf16(O, I, N):
     _portable("_matvec_bf16_portable")(port, w16, x[0])
     wf = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
     assert np.all(np.abs(one.astype(np.float64) - port) <= 2.0**-16 * wf @ np.abs(x[0]))
+
+
+def test_public_kernels_dispatch_to_a_chosen_path(monkeypatch):
+    """The public quant kernels run the path ``_choose_path`` picks (here the emulated fast loops, which run on any
+    CPU) and give the portable kernels' numbers; QORUS_PORTABLE forces the portable path."""
+    from qorus_jit.kernels import quant
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((40, 96)).astype(np.float32)
+    x = rng.standard_normal(96).astype(np.float32)
+    xs = rng.standard_normal((5, 96)).astype(np.float32)
+    qs, d = quant.quantize_q8_0(w)
+    w16 = quant.quantize_bf16(w)
+
+    def run():
+        out = {"mq": np.empty(40, np.float32), "mb": np.empty(40, np.float32),
+               "lq": np.empty((5, 40), np.float32), "lb": np.empty((5, 40), np.float32)}
+        quant.matvec_q8_0(out["mq"], qs, d, x)
+        quant.matvec_bf16(out["mb"], w16, x)
+        quant.linear_q8_0(out["lq"], xs, qs, d, None)
+        quant.linear_bf16(out["lb"], xs, w16, None)
+        return out
+
+    monkeypatch.setenv("QORUS_PORTABLE", "1")
+    assert quant.kernel_paths() == {"q8_0": "portable", "bf16": "portable"}
+    portable = run()
+    monkeypatch.setattr(quant, "_choose_path", lambda kind: "emulate")
+    quant._PATHS.clear()
+    emulated = run()
+    quant._PATHS.clear()
+    scale = np.abs(w).sum(1) * np.abs(x).max() + 1
+    for k in portable:  # the int8 paths quantize x per token: close, not equal, to the float32-activation ones
+        np.testing.assert_allclose(emulated[k], portable[k], atol=5e-3 * scale.max(), err_msg=k)

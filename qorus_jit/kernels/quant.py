@@ -54,11 +54,12 @@ _PATHS: dict[str, str] = {}  # kind -> path, filled at the first call (reading t
 
 
 def _choose_path(kind: str) -> str:
-    """The instruction path for ``kind`` ("q8_0" or "bf16"): "portable" here; the one place a faster path
-    (``kernels.quant_x86``, chosen from the CPU's features) is picked. ``QORUS_PORTABLE=1`` forces "portable"."""
+    """The instruction path for ``kind`` ("q8_0" or "bf16"): the fastest of ``kernels.quant_x86`` that this CPU
+    (and numba's target) can run, else "portable"; the one place a path is picked. ``QORUS_PORTABLE=1`` forces
+    "portable"."""
     if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
         return "portable"
-    return "portable"
+    return _x86().best_paths()[kind] or "portable"
 
 
 def _path(kind: str) -> str:
