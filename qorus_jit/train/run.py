@@ -315,6 +315,11 @@ def load_init(cfg: TrainConfig, given=None):
         text = str(e)
         raise ConfigError(text if text.startswith("tokenizer: ") else
                           "init: " + text.removeprefix("source: ")) from None
+    from qorus_jit.layers.quantized import quantized_layers
+
+    if quantized_layers(source.model):
+        raise ConfigError(f"init: {source.path} holds quantized weights, which do not train; start from the fp32 "
+                          f"model it was made from")
     c, arch = source.model.config, type(source.model).arch
     own = {"arch": arch, "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
            "n_kv_heads": 0 if (getattr(c, "n_kv_heads", None) or c.n_heads) == c.n_heads else c.n_kv_heads,

@@ -213,3 +213,18 @@ def test_bert_is_no_source_to_fine_tune(tmp_path):
                                      intermediate_size=64, vocab_size=100, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(tmp_path / "bert", safe_serialization=True)
     assert "does not generate text" in refused(tmp_path, "--init", tmp_path / "bert")
+
+
+def test_quantized_source_is_refused(tmp_path):
+    """A folder written by qorus quantize holds weights that do not train: one line, nothing written."""
+    from qorus_jit.models import save_pretrained
+    from qorus_jit.models.quantize import quantize_model, save_quantized
+    from qorus_jit.tokenizers import ByteTokenizer
+
+    model = Llama(LlamaConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=256, max_seq_len=64), rng=0)
+    save_pretrained(model, tmp_path / "fp32", tokenizer=ByteTokenizer())
+    quantize_model(model, "int8")
+    save_quantized(model, tmp_path / "int8", tokenizer=ByteTokenizer())
+    assert "quantized weights, which do not train" in refused(tmp_path, "--init", tmp_path / "int8")
+    train(tmp_path, "--init", tmp_path / "fp32", "--steps", "2", "--eval-every", "2", "--val-fraction", "0.3",
+          name="fp32-ok")
