@@ -11,6 +11,7 @@ from qorus_jit.layers import DecodeState, Linear, LoRALinear, apply_lora, load_l
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from qorus_jit.train.optim import AdamW
 from qorus_jit.train.trainer import Trainer
+from tests.layers.test_lora import _randomize_b
 
 CFG = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=50, max_seq_len=16)
 
@@ -19,13 +20,6 @@ def _lora(dropout, rng=0, in_f=40, out_f=24, rank=3, alpha=6.0):
     layer = LoRALinear(Linear(in_f, out_f, rng=rng), rank=rank, alpha=alpha, rng=rng, dropout=dropout)
     layer.lora_B[...] = np.random.default_rng(rng + 1).standard_normal(layer.lora_B.shape)
     return layer
-
-
-def _randomize_b(model, seed=3):
-    rng = np.random.default_rng(seed)
-    for name, p in model.parameters().items():
-        if name.endswith("lora_B.weight"):
-            p[...] = 0.1 * rng.standard_normal(p.shape)
 
 
 def _keep(key, shape, p, n=0):
