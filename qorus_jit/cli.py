@@ -332,9 +332,10 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["hf", "llama2c"]), default="hf", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["hf", "llama2c", "gguf"]), default="hf", show_default=True,
               help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer files); llama2c: "
-                   "model.bin + tokenizer.bin for llama2.c (a Llama with llama2.c's tokenizer or one like it).")
+                   "model.bin + tokenizer.bin for llama2.c (a Llama with llama2.c's tokenizer or one like it); "
+                   "gguf: model.gguf for llama.cpp (a Llama, F32).")
 @click.option("--merge-lora", is_flag=True,
               help="Fold a LoRA run's adapters into the weights (else hf writes them apart, as OUT/adapter/).")
 def export(run_dir, out, fmt, merge_lora):

@@ -438,7 +438,7 @@ def test_bad_export_arguments_write_nothing(exported, l2c_run, tmp_path, monkeyp
         run_dir, kw = l2c_run, {"format": "hf"}
         needle = "format: a Hugging Face folder holds a tokenizer.json"
     elif case == "bad_format":
-        kw, needle = {"format": "gguf"}, "format: expected one of hf, llama2c, got 'gguf'"
+        kw, needle = {"format": "onnx"}, "format: expected one of hf, llama2c, gguf, got 'onnx'"
     elif case == "bad_merge_lora":
         kw, needle = {"merge_lora": "yes"}, "merge_lora: expected True or False"
     else:
@@ -603,3 +603,23 @@ def test_chat_template_survives_export(tmp_path, monkeypatch):
     want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
     assert ours.apply_chat_template(talk, tokenize=True).tolist() == list(want)
     assert theirs.eos_token == ours.special_tokens.get("eos_token")
+
+
+def test_gguf_export_generates_as_the_run(exported, tmp_path):
+    """qorus export --format gguf: a Llama run as model.gguf, which loads back as the run's model (logits to 1e-5,
+    the same greedy continuation; the GGUF layout itself is checked against transformers' GGUF reader in
+    tests/test_gguf.py); a GPT-2 run is refused in one line."""
+    pytest.importorskip("gguf")
+    run_dir, _ = exported
+    res = invoke(["export", run_dir, tmp_path / "g", "--format", "gguf"])
+    if json.loads((run_dir / "run.json").read_text())["model"]["arch"] != "llama":
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "GGUF" in res.output, res.output
+        assert not (tmp_path / "g").exists()
+        return
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "g").iterdir()] == ["model.gguf"]
+    run, gg = load_source(run_dir), load_source(tmp_path / "g" / "model.gguf")
+    ids = run.encode("Once upon a time")
+    np.testing.assert_allclose(gg.model.forward(ids[None]), run.model.forward(ids[None]), rtol=1e-5, atol=1e-5)
+    want = list(generate(run.model, ids, 12, temperature=0))
+    assert list(generate(gg.model, gg.encode("Once upon a time"), 12, temperature=0)) == want

@@ -27,11 +27,13 @@ from qorus_jit.formats.checkpoint import RUN_FILE
 from qorus_jit.models.sources import SourceError, load_run_model
 
 #: What ``--format`` accepts.
-FORMATS = ("hf", "llama2c")
+FORMATS = ("hf", "llama2c", "gguf")
 #: The PEFT folder of an unmerged LoRA run's adapters, inside a ``hf`` export.
 ADAPTER_DIR = "adapter"
 #: The files of a ``llama2c`` export.
 LLAMA2C_MODEL, LLAMA2C_TOKENIZER = "model.bin", "tokenizer.bin"
+#: The file of a ``gguf`` export.
+GGUF_MODEL = "model.gguf"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
     scores follow its merges. A byte tokenizer (id = byte) and other ``tokenizer.json`` files (byte-level
     BPE: their own ids, pre-tokenizer and merge rules) are refused with the reason (export ``hf`` instead).
 
+    ``gguf`` writes ``out/model.gguf``, a Llama as llama.cpp's converter lays it out (F32; its tokenizer as
+    the file's vocabulary: :func:`qorus_jit.models.gguf.save_gguf`); another architecture, or unmerged adapters,
+    are refused.
+
     Returns an :class:`Exported` with the notes to show.
     """
     run_dir, out = check_path("run_dir", run_dir), check_path("out", out)
@@ -90,12 +96,18 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
 
     model, tokenizer = load_run_model(run_dir)
     n_adapters, notes = len(lora_layers(model)), []
-    if format == "llama2c":
-        _check_llama2c_fits(model)
+    if format in ("llama2c", "gguf"):
+        what = "llama2.c's format" if format == "llama2c" else "a GGUF file"
+        if format == "llama2c":
+            _check_llama2c_fits(model)
+        elif type(model).arch != "llama":
+            raise SourceError(f"format: a GGUF export holds a Llama; the run's model is a {type(model).__name__}: "
+                              "use --format hf")
         if n_adapters and not merge_lora:
-            raise SourceError(f"merge_lora: llama2.c's format holds no adapters: pass --merge-lora (merge_lora="
+            raise SourceError(f"merge_lora: {what} holds no adapters: pass --merge-lora (merge_lora="
                               f"True) to fold the run's {n_adapters} LoRA adapters into the weights")
-        l2c_tokenizer = _llama2c_tokenizer(tokenizer, model.config.vocab_size)
+        if format == "llama2c":
+            l2c_tokenizer = _llama2c_tokenizer(tokenizer, model.config.vocab_size)
     else:
         _check_hf_tokenizer(tokenizer)
     if merge_lora:
@@ -111,6 +123,14 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
 
             save_llama2c(l2c_model, folder / LLAMA2C_MODEL)
             l2c_tokenizer.save(folder / LLAMA2C_TOKENIZER)
+    elif format == "gguf":
+        def write(folder: Path) -> None:
+            from qorus_jit.models.gguf import save_gguf
+
+            try:
+                save_gguf(model, folder / GGUF_MODEL, tokenizer)
+            except (ValueError, TypeError, ImportError) as e:
+                raise SourceError(f"format: gguf: {e}") from None
     else:
         def write(folder: Path) -> None:
             from qorus_jit.layers.lora import save_lora
