@@ -9,21 +9,22 @@ from collections.abc import Iterator
 from qorus_jit.core.numerics import get_num_threads, set_num_threads
 
 
+def sample_time(fn, min_time: float) -> float:
+    """One sample: seconds per call of ``fn()``, called until ``min_time`` has passed."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return dt / n
+
+
 def median_time(fn, *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05) -> float:
     """Median seconds per call of ``fn()``; each sample loops until ``min_time`` has passed."""
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        samples.append(dt / n)
-    return statistics.median(samples)
+    return statistics.median(sample_time(fn, min_time) for _ in range(repeat))
 
 
 def record(name: str, shape: str, ours_s: float, ref_s: float, ref: str, **extra) -> dict:

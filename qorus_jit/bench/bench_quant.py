@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from qorus_jit.bench._timing import sample_time
 from qorus_jit.bench.decode import stream_bandwidth
 from qorus_jit.core.numerics import get_num_threads, set_num_threads
 from qorus_jit.kernels import quant
@@ -74,14 +75,7 @@ def _alternate(fns: dict, repeat: int, min_time: float = 0.02) -> dict[str, floa
     samples = {k: [] for k in fns}
     for _ in range(repeat):
         for k, f in fns.items():
-            n, t0 = 0, time.perf_counter()
-            while True:
-                f()
-                n += 1
-                dt = time.perf_counter() - t0
-                if dt >= min_time:
-                    break
-            samples[k].append(dt / n)
+            samples[k].append(sample_time(f, min_time))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
