@@ -12,25 +12,25 @@ import numba
 import numpy as np
 from numba import prange
 
-#: LLVM fast-math flags for every kernel (no ``nnan``, no ``ninf``).
 FASTMATH: frozenset[str] = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+"""LLVM fast-math flags for every kernel (no ``nnan``, no ``ninf``)."""
 
-#: Default floating dtype of parameters, activations and gradients.
 DTYPE = np.float32
+"""Default floating dtype of parameters, activations and gradients."""
 
-#: Floating dtypes the kernels accept (float64 serves tests and finite differences).
 FLOAT_DTYPES = (np.float32, np.float64)
+"""Floating dtypes the kernels accept (float64 serves tests and finite differences)."""
 
-#: Integer dtypes accepted for token ids and targets.
 INDEX_DTYPES = (np.int32, np.int64)
+"""Integer dtypes accepted for token ids and targets."""
 
-#: Work up to which :func:`for_chunks` runs a kernel's body on the calling thread instead of entering a
-#: parallel region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
-#: length * D`` for decoding). Waking numba's threads costs microseconds on an idle machine and up to a scheduler
-#: slice on a busy one; the break-even figures behind the value are in docs/design.md ("Kernel conventions").
-#: Kernels read it as a compile-time constant (numba freezes globals into the cached machine code), so after
-#: changing it run ``qorus clear-cache``.
 SERIAL_WORK = 1 << 15
+"""Work up to which :func:`for_chunks` runs a kernel's body on the calling thread instead of entering a
+parallel region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
+length * D`` for decoding). Waking numba's threads costs microseconds on an idle machine and up to a scheduler
+slice on a busy one; the break-even figures behind the value are in docs/design.md ("Kernel conventions").
+Kernels read it as a compile-time constant (numba freezes globals into the cached machine code), so after
+changing it run ``qorus clear-cache``."""
 
 
 def kernel(fn=None, *, parallel: bool = False):
@@ -52,9 +52,9 @@ def kernel(fn=None, *, parallel: bool = False):
     return wrap if fn is None else wrap(fn)
 
 
-#: Most chunks a parallel kernel cuts its rows (or other work items) into. numba hands ``prange`` iterations
-#: to its threads in equal contiguous blocks, so more chunks than threads add no balance, only calls.
 MAX_CHUNKS = 32
+"""Most chunks a parallel kernel cuts its rows (or other work items) into. numba hands ``prange`` iterations
+to its threads in equal contiguous blocks, so more chunks than threads add no balance, only calls."""
 
 
 @kernel
