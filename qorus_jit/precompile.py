@@ -70,10 +70,12 @@ class Spec:
     vocab_size: int = 0
 
     def to_json(self) -> str:
+        """The spec as one line of JSON (how a worker process receives it)."""
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
+        """The spec :meth:`to_json` wrote."""
         return cls(**json.loads(text))
 
 
@@ -365,6 +367,7 @@ class Worker:
         return f"compile worker of {tasks} failed (exit {self.proc.returncode}): {tail[0]}"
 
     def stop(self) -> None:
+        """Kill the worker process if it still runs, and wait for it."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -92,6 +92,8 @@ def cache_dirs() -> list[Path]:
 
 
 def cache_location() -> str:
+    """Where numba caches the compiled kernels: ``NUMBA_CACHE_DIR`` when set, else the ``__pycache__`` beside each
+    kernel module, or a line saying that numba cannot cache here."""
     import numba
 
     if numba.config.CACHE_DIR:

@@ -66,6 +66,9 @@ def numpy_decode(q, k_cache, v_cache, length, scale):
 
 
 def train_rows(B, T, H, Hkv, D, causal, rng, kw, tag):
+    """Timing rows of attention forward and forward+backward, ours against the NumPy reference, for ``B`` sequences of
+    ``T`` positions, ``H`` query and ``Hkv`` key/value heads of size ``D``; ``kw`` passes on to the timer, ``tag``
+    ends the shape."""
     S = T
     q = rng.standard_normal((B, T, H, D)).astype(np.float32)
     k = rng.standard_normal((B, S, Hkv, D)).astype(np.float32)
@@ -113,6 +116,8 @@ def _paired(ours, ref, kw):
 
 
 def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
+    """The timing row of one decode step over a cache of ``length`` of ``T_max`` positions, ours against the NumPy
+    reference."""
     q = rng.standard_normal((B, H, D)).astype(np.float32)
     kc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)
     vc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)

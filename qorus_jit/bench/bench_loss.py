@@ -60,6 +60,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> None:
+    """Run the benchmark (``--quick``) and print its table."""
     argv = sys.argv[1:] if argv is None else argv
     print_rows(run(quick="--quick" in argv), 32, 14)
 

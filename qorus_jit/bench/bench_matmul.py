@@ -167,6 +167,7 @@ def run(quick: bool = False, select=None, routes=matmul.ROUTES, one_count: bool 
 
 
 def main(argv=None) -> None:
+    """Run the benchmark (``--quick``) and print its table."""
     argv = sys.argv[1:] if argv is None else argv
     rows = run(quick="--quick" in argv)
     print(f"{'op':30s} {'shape':46s} {'threads':>7s} {'ours GF/s':>9s} {'numpy GF/s':>10s} "

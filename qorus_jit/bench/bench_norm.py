@@ -67,6 +67,8 @@ def np_rope_forward(out, x, cos, sin, pos, interleaved):
 
 
 def norm_rows(N, C, kw):
+    """Timing rows of RMSNorm and LayerNorm forward and backward on ``(N, C)`` float32 rows, ours against NumPy; ``kw``
+    passes on to the timer."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C)).astype(np.float32)
     dout = rng.standard_normal((N, C)).astype(np.float32)
@@ -104,6 +106,7 @@ def norm_rows(N, C, kw):
 
 
 def rope_rows(B, T, H, D, kw):
+    """Timing rows of RoPE forward on ``(B, T, H, D)`` float32, ours against NumPy; ``kw`` passes on to the timer."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((B, T, H, D)).astype(np.float32)
     out = np.empty_like(x)
@@ -131,6 +134,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> None:
+    """Run the benchmark (``--quick``) and print its table."""
     argv = sys.argv[1:] if argv is None else argv
     rows = run(quick="--quick" in argv)
     print(f"{'op':34s} {'shape':18s} {'threads':>7s} {'ours ms':>9s} {'numpy ms':>9s} {'speedup':>8s} "

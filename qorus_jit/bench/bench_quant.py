@@ -134,6 +134,7 @@ def run(shapes=tuple(SHAPES), repeat: int = 15, threads: int = 2, prefill: bool 
 
 
 def main(argv=None) -> int:
+    """Run the benchmark (``--repeat``, ``--threads``, ``--shapes``) and print its table; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)

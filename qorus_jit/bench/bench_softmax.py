@@ -46,6 +46,7 @@ def np_causal_softmax_backward(dx, dout, out):
 
 
 def np_silu(out, x):
+    """NumPy reference: ``out = x * sigmoid(x)``, in place in ``out`` (same shape and dtype as ``x``)."""
     np.negative(x, out=out)
     np.exp(out, out=out)
     out += 1.0
@@ -62,6 +63,7 @@ def np_gelu(out, x, erf):
 
 
 def np_gelu_tanh(out, x):
+    """NumPy reference: ``out`` = the tanh form of GELU of ``x``, in place in ``out``."""
     np.multiply(x, x, out=out)
     out *= np.float32(0.044715)
     out += 1.0
@@ -74,6 +76,7 @@ def np_gelu_tanh(out, x):
 
 
 def np_swiglu(out, a, b):
+    """NumPy reference: ``out = silu(a) * b``, in place in ``out``."""
     np_silu(out, a)
     out *= b
 
@@ -95,6 +98,7 @@ def _both(f, g):
 
 
 def softmax_rows(N, C, kw):
+    """Timing rows of the row softmax forward and forward+backward on ``(N, C)`` float32, ours against NumPy."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((N, C)) * 3).astype(np.float32)
     dout = rng.standard_normal((N, C)).astype(np.float32)
@@ -108,6 +112,8 @@ def softmax_rows(N, C, kw):
 
 
 def causal_rows(R, T, kw):
+    """Timing rows of the causal softmax forward and forward+backward on ``(R, T, T)`` float32 scores, ours against
+    NumPy."""
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((R, T, T)) * 3).astype(np.float32)
     dout = rng.standard_normal((R, T, T)).astype(np.float32)
@@ -134,6 +140,8 @@ def _rows(name, shape, nbytes, nrows, fwd, bwd, kw):
 
 
 def activation_rows(N, C, kw):
+    """Timing rows of the activation kernels (SiLU, GELU, SwiGLU...) on ``(N, C)`` float32, ours against the NumPy
+    references of this module."""
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((N, C)) * 3).astype(np.float32)
     b = rng.standard_normal((N, C)).astype(np.float32)
@@ -172,6 +180,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> None:
+    """Run the benchmark (``--quick``) and print its table."""
     argv = sys.argv[1:] if argv is None else argv
     rows = run(quick="--quick" in argv)
     print(f"{'op':32s} {'shape':16s} {'threads':>7s} {'ours ms':>9s} {'ref ms':>9s} {'ref':>10s} "

@@ -75,6 +75,7 @@ def main_table(threads: int = 2, steps: int = 5) -> str:
 
 
 def main(argv=None) -> int:
+    """Profile the W-train step (``--steps``, ``--threads``) and print where its time goes; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="numba and BLAS threads (default 2)")

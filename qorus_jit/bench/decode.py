@@ -202,6 +202,8 @@ def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference
 
 
 def main(argv=None) -> int:
+    """Run the decode and prefill benchmark (``--tokens``, ``--repeat``, ``--threads``) and print its table; returns the
+    exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=5)

@@ -93,6 +93,8 @@ def measure(steps: int = 50, repeat: int = 3, threads: int = 2, torch: bool | No
 
 
 def main(argv=None) -> int:
+    """Run the MLP training benchmark (``--steps``, ``--repeat``, ``--threads``) and print its table; returns the exit
+    status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)

@@ -94,6 +94,7 @@ def run_once(env=None, code: str = CODE, threads: int | None = None) -> dict:
 
 
 def torch_available() -> bool:
+    """Whether PyTorch and transformers can be imported (the reference side of the figures)."""
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
@@ -251,6 +252,8 @@ def measure_cli(runs: int = 1, threads: int | None = None, cold: bool = True, fi
 
 
 def main(argv=None) -> int:
+    """Measure the start-up of a model's first step (see the module's usage line) and print it; returns the exit status.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="threads of each process (default: the libraries')")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch + transformers reference")

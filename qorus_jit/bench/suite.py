@@ -87,10 +87,13 @@ class Figure:
 
     @property
     def group(self) -> str:
+        """The group of the figure: its name up to the first dot (``norm`` for ``norm.rmsnorm_fwd``)."""
         return self.name.split(".")[0]
 
     @property
     def lower_is_better(self) -> bool:
+        """Whether a lower value is better: absolute figures in seconds or MB (ratios are oriented so that higher
+        is better)."""
         return self.unit in ("s", "MB")
 
     def ratio(self, ours: float, ref: float) -> float:
@@ -111,6 +114,7 @@ class Context:
 
     @property
     def full(self) -> bool:
+        """Whether this is the full suite (more repeats and figures) rather than the quick one."""
         return self.suite == "full"
 
     def kernel_kw(self) -> dict:
@@ -505,6 +509,7 @@ def run_suite(suite: str = "quick", only=None, threads: int = 2, log=None) -> di
 
 
 def select_names(only) -> list[str]:
+    """``only`` (a comma-separated string, a list of names or None) as a list of stripped, non-empty names."""
     return [n.strip() for n in (only.split(",") if isinstance(only, str) else only or []) if n.strip()]
 
 
@@ -768,6 +773,8 @@ def baseline_target(path: str, cpu: dict, suite: str = "quick", threads: int = 2
 
 
 def fmt_value(v: float, unit: str) -> str:
+    """``v`` in ``unit`` for the table: seconds as s, ms or us with three significant digits, MB and other units as
+    integers with thousands separators."""
     if unit == "s":
         return f"{v:.3f} s" if v >= 1 else f"{v * 1e3:.3g} ms" if v >= 1e-3 else f"{v * 1e6:.3g} us"
     if unit == "MB":
@@ -823,6 +830,8 @@ def format_list() -> str:
 
 
 def load_json(path: str, what: str) -> dict:
+    """The JSON object of ``qorus bench --json`` or ``--write-baseline`` at ``path``. Raises BenchError, naming ``what``
+    and the path, when the file cannot be read, is not JSON or has no ``figures`` object."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:

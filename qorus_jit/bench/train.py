@@ -115,6 +115,7 @@ def run_side(code: str, steps: int, threads: int) -> dict:
 
 
 def torch_available() -> bool:
+    """Whether PyTorch and transformers can be imported (the reference side of the figures)."""
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -156,6 +157,8 @@ def summary(res: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    """Run the W-train benchmark (``--steps``, ``--repeat``, ``--threads``) and print its table; returns the exit
+    status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)

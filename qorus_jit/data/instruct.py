@@ -116,6 +116,7 @@ class InstructDataset(SeededBatchesState):
 
     @property
     def n_tokens(self) -> int:
+        """Tokens of the training and validation examples together (``n_train + n_val``)."""
         return self.n_train + self.n_val
 
     @property

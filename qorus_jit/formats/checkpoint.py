@@ -92,6 +92,7 @@ class Checkpoint:
 
 
 def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint of ``step``: ``step_0000100`` (seven digits, so names sort by step)."""
     return f"step_{step:07d}"
 
 

@@ -75,13 +75,16 @@ class Llama2cHeader:
 
     @property
     def head_dim(self) -> int:
+        """``dim // n_heads``."""
         return self.dim // self.n_heads
 
     @property
     def header_bytes(self) -> int:
+        """Bytes before the weights: 28 in the legacy format (version 0), 256 in version 1."""
         return _LEGACY_HEADER if self.version == 0 else _V1_HEADER
 
     def describe(self) -> str:
+        """The header in one line (sizes and whether the classifier shares the embedding), for messages."""
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
                 f"n_kv_heads={self.n_kv_heads}, vocab_size={self.vocab_size}, seq_len={self.seq_len}, "
                 f"{'shared' if self.shared else 'separate'} classifier")

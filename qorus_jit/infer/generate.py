@@ -260,10 +260,12 @@ class Generation(Iterator[int]):
 
     @property
     def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens per second of the prefill (0.0 before it ran)."""
         return self.prompt.size / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:
+        """New tokens per second after the first (which the prefill yields); 0.0 before any decoding."""
         n = max(len(self.tokens) - 1, 0)  # the first new token comes from the prefill
         return n / self.decode_seconds if self.decode_seconds else 0.0
 

@@ -75,6 +75,7 @@ class Activation(_Elementwise):
         getattr(K, self._kernels[1])(dx, dy, x)
 
     def extra_repr(self) -> str:
+        """The activation's name, as ``repr`` shows it: ``Activation('gelu_tanh')``."""
         return repr(self.name)
 
 
@@ -85,6 +86,7 @@ class ReLU(Activation):
         super().__init__("relu")
 
     def extra_repr(self) -> str:
+        """Nothing: ``ReLU()`` takes no argument."""
         return ""
 
 
@@ -95,6 +97,7 @@ class SiLU(Activation):
         super().__init__("silu")
 
     def extra_repr(self) -> str:
+        """Nothing: ``SiLU()`` takes no argument."""
         return ""
 
 
@@ -107,6 +110,7 @@ class GELU(Activation):
         self.approximate = approximate
 
     def extra_repr(self) -> str:
+        """``approximate='none'`` or ``'tanh'``, as ``repr`` shows it."""
         return f"approximate={self.approximate!r}"
 
 
@@ -124,6 +128,7 @@ class Swish(_Elementwise):
         K.swish_backward(dx, dy, x, dx.dtype.type(self.beta))
 
     def extra_repr(self) -> str:
+        """``beta=...``, as ``repr`` shows it."""
         return f"beta={self.beta}"
 
 
@@ -134,6 +139,9 @@ class Softmax(Layer):
     _y = None  # the output of the last forward
 
     def forward(self, x):
+        """``x (..., C)`` float32 -> its softmax over the last axis, same shape, in a buffer of the layer (kept for
+        backward). Raises ValueError when ``C`` is 0, TypeError or ValueError for an array that is not float32
+        C-contiguous."""
         check_input("x", x)
         if x.shape[-1] == 0:
             raise ValueError(f"x: expected a last axis of at least 1 to take the softmax over, got shape {x.shape}")
@@ -143,6 +151,9 @@ class Softmax(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy`` shaped as the last output -> ``dx = y * (dy - sum(dy * y))`` over the last axis, from the saved
+        output. Takes none of the backward variants. Raises RuntimeError before a forward, ValueError for a ``dy`` of
+        another shape."""
         self.check_variants(out, accumulate, residual)
         y = self._y
         if y is None:

@@ -98,6 +98,7 @@ class KVCache:
 
     @property
     def max_seq_len(self) -> int:
+        """Positions the cache holds (its second axis)."""
         return self.k.shape[1]
 
 
@@ -114,6 +115,8 @@ class DecodeState:
         self.caches: dict[int, KVCache] = {}
 
     def cache_for(self, attn: MultiHeadAttention) -> KVCache:
+        """The :class:`KVCache` of the attention layer ``attn`` (``batch`` x ``max_seq_len`` positions), allocated on
+        its first call."""
         cache = self.caches.get(id(attn))
         if cache is None:
             cache = self.caches[id(attn)] = attn.new_cache(self.batch, self.max_seq_len)
@@ -280,6 +283,9 @@ class MultiHeadAttention(Layer):
         return self.forward(x, key_mask, cache)
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy (B, T, dim)`` -> ``dx (B, T, dim)``; accumulates the gradients of the projections' weights (through
+        RoPE's inverse rotation when RoPE is on). Takes none of the backward variants. Raises RuntimeError when the
+        last forward used a KV cache (decoding has no backward), ValueError for a ``dy`` of another shape."""
         self.check_variants(out, accumulate, residual)
         if self._saved is None:
             raise RuntimeError("MultiHeadAttention.backward needs a forward without a KV cache first")
@@ -314,5 +320,6 @@ class MultiHeadAttention(Layer):
         return KVCache(batch, max_seq_len or self.max_seq_len, self.n_kv_heads, self.head_dim)
 
     def extra_repr(self) -> str:
+        """``dim, n_heads, n_kv_heads, causal, rope``, as ``repr`` shows them."""
         return (f"{self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, causal={self.causal}, "
                 f"rope={self.rope!r}")

@@ -88,6 +88,9 @@ class TransformerBlock(Layer):
         return self.self_attn.incremental
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy (B, T, dim)`` -> ``dx (B, T, dim)`` through both residual branches (MLP, then attention), the residuals
+        summed into the norms' input gradients in one pass when prenorm. Takes none of the backward variants; raises
+        ValueError for a ``dy`` whose last axis is not ``dim``."""
         self.check_variants(out, accumulate, residual)
         check_input("dy", dy, self.self_attn.dim, min_ndim=3)
         dh = self.buffer("dh", dy.shape)

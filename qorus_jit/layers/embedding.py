@@ -28,6 +28,9 @@ class Embedding(Layer):
         self._ids = None
 
     def forward(self, ids):
+        """``ids`` (an integer array of any shape, at least one axis, each in ``0..num_embeddings-1``) -> ``(*ids.shape,
+        dim)`` float32 rows of the weight. The ids are copied (backward scatters into their rows). Raises TypeError
+        for a non-array or a 0-d one, ValueError naming the first id out of range."""
         if not isinstance(ids, np.ndarray) or isinstance(ids, np.ma.MaskedArray) or ids.ndim < 1:
             raise TypeError(f"ids: expected an integer numpy array with at least one axis, got {type(ids).__name__}")
         # a copy the layer owns (ids are small): backward scatters into the gradient at these rows unchecked, so
@@ -53,6 +56,7 @@ class Embedding(Layer):
         return None
 
     def extra_repr(self) -> str:
+        """``num_embeddings, dim``, as ``repr`` shows them."""
         return f"{self.num_embeddings}, {self.dim}"
 
 
@@ -72,6 +76,8 @@ class PositionEmbedding(Layer):
         self._span = None
 
     def forward(self, x, pos: int = 0):
+        """``x (..., T, dim)`` (three axes or more) plus the learned rows of positions ``pos .. pos+T-1``. Raises
+        ValueError when ``pos + T > max_positions`` or ``pos < 0``."""
         check_input("x", x, self.dim, min_ndim=3)
         check_nonnegative(pos=pos)
         pos, T = int(pos), x.shape[-2]
@@ -88,6 +94,9 @@ class PositionEmbedding(Layer):
         return self.forward(x, state.pos)
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy`` shaped as the last input -> ``dy`` itself (the addition passes it on); adds its sum over the batch
+        axes to the gradient of the positions' rows unless the weight is frozen. Raises RuntimeError before a
+        forward, ValueError for a ``dy`` of another shape."""
         self.check_variants(out, accumulate, residual)
         if self._span is None:
             raise RuntimeError("PositionEmbedding.backward called before forward")
@@ -100,4 +109,5 @@ class PositionEmbedding(Layer):
         return dy
 
     def extra_repr(self) -> str:
+        """``max_positions, dim``, as ``repr`` shows them."""
         return f"{self.max_positions}, {self.dim}"

@@ -47,6 +47,8 @@ class FeedForward(Layer):
             self.act = self.add_child("act", Activation(kind))
 
     def forward(self, x):
+        """``x (..., dim)`` float32 -> ``(..., dim)``: ``down(act(up(x)))``, or ``down(silu(gate(x)) * up(x))`` for
+        ``kind='swiglu'``. Raises ValueError when the last axis is not ``dim``."""
         check_input("x", x, self.dim)
         if self.kind == "swiglu":
             g = self.gate_proj.forward(x)
@@ -60,6 +62,9 @@ class FeedForward(Layer):
         return self.down_proj.forward(h)
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy (..., dim)`` -> ``dx (..., dim)``; accumulates the projections' gradients. Takes none of the backward
+        variants; the activation's gradient is written over its own forward output, which ``down_proj``'s backward
+        has read by then."""
         self.check_variants(out, accumulate, residual)
         check_input("dy", dy, self.dim)
         dh = self.down_proj.backward(dy)
@@ -72,4 +77,5 @@ class FeedForward(Layer):
         return self.up_proj.backward(du, out=dx, accumulate=True)
 
     def extra_repr(self) -> str:
+        """``dim, hidden_dim, kind``, as ``repr`` shows them."""
         return f"{self.dim}, {self.hidden_dim}, kind={self.kind!r}"

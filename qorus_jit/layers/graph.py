@@ -33,6 +33,7 @@ class Add(Layer):
     incremental = True  # elementwise: each position from the same position of a and b
 
     def forward(self, a, b):
+        """``a + b`` for two float32 arrays of the same shape (ValueError otherwise), into a buffer of the layer."""
         check_input("a", a)
         check_input("b", b)
         if a.shape != b.shape:
@@ -43,6 +44,8 @@ class Add(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``(dy, dy)``: the gradient of the sum reaches both inputs unchanged. Raises RuntimeError before a forward,
+        ValueError for a ``dy`` of another shape."""
         self.check_variants(out, accumulate, residual)
         shape = getattr(self, "_shape", None)
         if shape is None:

@@ -22,6 +22,8 @@ class TiedLMHead(Layer):
         self._x = None
 
     def forward(self, x):
+        """``x (..., dim)`` float32 -> logits ``(..., vocab)`` = ``x @ embedding.weight.T`` (one row: a matrix-vector
+        product). Raises ValueError when the last axis is not ``dim``."""
         w = self.embedding.weight
         V, C = w.shape
         check_input("x", x, C)
@@ -34,6 +36,9 @@ class TiedLMHead(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """``dy (..., vocab)`` -> ``dx (..., dim)``; the weight gradient accumulates into the embedding's unless its
+        weight is frozen. Takes none of the backward variants. Raises RuntimeError before a forward, ValueError for a
+        ``dy`` whose rows differ from the input's."""
         self.check_variants(out, accumulate, residual)
         if self._x is None:
             raise RuntimeError("TiedLMHead.backward called before forward")

@@ -34,6 +34,9 @@ class Linear(Layer):
         self._x = None
 
     def forward(self, x):
+        """``x (..., in_features)`` float32 -> ``(..., out_features)`` = ``x @ weight.T + bias`` in a buffer of the
+        layer (one row: a matrix-vector product). Raises ValueError when the last axis is not ``in_features``,
+        TypeError for an array that is not float32."""
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
         if x.size == self.in_features:  # one row (decoding): a matrix-vector product, not a BLAS gemm
@@ -70,4 +73,5 @@ class Linear(Layer):
         return dx
 
     def extra_repr(self) -> str:
+        """``in_features, out_features, bias``, as ``repr`` shows them."""
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -76,6 +76,9 @@ class LoRALinear(Layer):
         self._mask = None  # the elements the last forward kept (bool), None without dropout
 
     def forward(self, x):
+        """``x (..., in_features)`` float32 -> ``base(x) + alpha / rank * dropout(x) @ lora_A.T @ lora_B.T``, shaped
+        ``(..., out_features)``; dropout only in training mode. Raises ValueError when the last axis is not
+        ``in_features``."""
         check_input("x", x, self.in_features)
         y = self.base.forward(x)
         x2 = x.reshape(-1, self.in_features)
@@ -150,6 +153,7 @@ class LoRALinear(Layer):
         return self.base
 
     def extra_repr(self) -> str:
+        """``in_features, out_features, rank, alpha`` (and ``dropout`` when set), as ``repr`` shows them."""
         drop = f", dropout={self.dropout}" if self.dropout else ""
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}{drop}"
 

@@ -64,9 +64,12 @@ class LayerNorm(_Norm):
         super().__init__(dim, eps, bias)
 
     def extra_repr(self) -> str:
+        """``dim, eps, bias``, as ``repr`` shows them."""
         return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
 
     def forward(self, x):
+        """``x (..., dim)`` float32 -> ``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis, same shape;
+        saves each row's mean and 1/std for backward. Raises ValueError when the last axis is not ``dim``."""
         check_input("x", x, self.dim)
         y = self.buffer("y", x.shape)
         n = x.size // self.dim
@@ -97,6 +100,8 @@ class RMSNorm(_Norm):
         super().__init__(dim, eps, bias=False)
 
     def forward(self, x):
+        """``x (..., dim)`` float32 -> ``x / sqrt(mean(x**2) + eps) * weight`` over the last axis, same shape; saves
+        each row's 1/rms for backward. Raises ValueError when the last axis is not ``dim``."""
         check_input("x", x, self.dim)
         y = self.buffer("y", x.shape)
         rstd = self.buffer("rstd", (x.size // self.dim,))

@@ -150,6 +150,8 @@ class QuantizedLinear(Layer):
     # -- the protocol
 
     def forward(self, x):
+        """``x (..., in_features)`` float32 -> ``(..., out_features)`` float32 from the bf16 or q8_0 weight (one row: a
+        matrix-vector product over the small weight). Raises ValueError when the last axis is not ``in_features``."""
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
         if x.size == self.in_features:  # one row (decoding): a matrix-vector product over the small weight
@@ -169,11 +171,14 @@ class QuantizedLinear(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """Always raises RuntimeError: quantized layers do not train (train or fine-tune the float32 model, then
+        quantize it)."""
         where = f" {self.name}" if self.name else ""
         raise RuntimeError(f"QuantizedLinear{where} ({self.weight_format}): backward: quantized layers do not "
                            "train (train or fine-tune the fp32 model, then quantize it)")
 
     def extra_repr(self) -> str:
+        """``in_features, out_features, weight_format, bias``, as ``repr`` shows them."""
         return f"{self.in_features}, {self.out_features}, {self.weight_format}, bias={self.bias is not None}"
 
 

@@ -109,6 +109,8 @@ class MSELoss:
         return loss, self._grad
 
     def evaluate(self, pred, target) -> tuple[float, int, int]:
+        """``(sum of the rows' mean squared errors, rows, 0)`` without a gradient: ``pred`` and ``target`` as for
+        :meth:`forward`; the last item (correct rows) is 0 for a regression."""
         pred, target = self._check(pred, target)
         n = pred.shape[0] if pred.ndim else 1
         return float(K.mse_forward(pred.reshape(-1), target.reshape(-1))) * n, n, 0
