@@ -146,13 +146,36 @@ def _train_options(fn):
               help="Continue the run in RUN_DIR from its newest checkpoint (its settings are kept; steps and "
                    "the bookkeeping settings may change).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics still go to metrics.jsonl).")
-def train(config, resume, no_progress, **settings):
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train with N data-parallel processes on this machine (mpiexec -n N, the mpi extra); each takes "
+                   "batch_size windows of every batch. Across machines: mpiexec -n N qorus train ... "
+                   "(docs/distributed.md).")
+def train(config, resume, no_progress, nproc, **settings):
     """Train a language model (by default a small byte-level Llama on the standard library's docs).
 
     CONFIG is an optional TOML file of settings (the names below, without dashes: batch_size = 16);
     options given here override it. Each run writes runs/NAME/: run.json, tokenizer.json, metrics.jsonl
     and checkpoints/. Ctrl-C saves a checkpoint and stops; --resume RUN_DIR continues exactly.
     """
+    from qorus_jit.core import distributed as dist
+
+    if nproc is not None and nproc > 1:
+        _launch(nproc, config, resume, no_progress, settings)
+        return
+    try:
+        dist.init()
+    except RuntimeError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    world = dist.size()
+    say = (lambda line: click.echo(line, err=True)) if dist.rank() == 0 else (lambda line: None)
+
+    def fail(text: str, code: int):  # under MPI the other ranks may wait in a collective: stop them all
+        if world > 1:
+            dist.abort(text, code)
+        click.echo(f"error: {text}", err=True)
+        raise SystemExit(code) from None
+
     from qorus_jit.infer.generate import sample_text
     from qorus_jit.precompile import attention_cached, prepare, train_spec
     from qorus_jit.train import ConfigError, TrainConfig, TrainingError, resume_run, start_run
@@ -162,15 +185,16 @@ def train(config, resume, no_progress, **settings):
     if cold:
         _first_use_notice()
     overrides = {k: v for k, v in settings.items() if v is not None}
+    progress = not no_progress and dist.rank() == 0
     try:
         if resume:
             if config:
                 raise ConfigError("CONFIG: a run is resumed with its own settings; pass no config file with --resume")
-            run = resume_run(resume, overrides, progress=not no_progress)
-            click.echo(f"resuming {run.run_dir} at step {run.trainer.step} of {run.cfg.steps}", err=True)
+            run = resume_run(resume, overrides, progress=progress)
+            say(f"resuming {run.run_dir} at step {run.trainer.step} of {run.cfg.steps}")
         else:
             cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides)
-            run = start_run(cfg, progress=not no_progress)
+            run = start_run(cfg, progress=progress)
             n = run.model.num_parameters()
             what = f"{run.cfg.arch} with {n:,} parameters"
             if run.cfg.init:
@@ -179,24 +203,33 @@ def train(config, resume, no_progress, **settings):
                 params = run.model.parameters()
                 k = sum(params[name].size for name in run.model.trainable())
                 what += f" (LoRA rank {run.cfg.lora_rank} on {','.join(run.lora['targets'])}: {k:,} train)"
-            click.echo(f"run {run.run_dir}: {what} on {run.data_name} ({run.data.n_train:,} train / "
-                       f"{run.data.n_val:,} val tokens), {run.cfg.steps} steps", err=True)
+            say(f"run {run.run_dir}: {what} on {run.data_name} ({run.data.n_train:,} train / "
+                f"{run.data.n_val:,} val tokens), {run.cfg.steps} steps")
     except ConfigError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+        fail(str(e), 2)
     except KeyboardInterrupt:  # Ctrl-C before training began: nothing was written
-        click.echo("interrupted before training began; nothing was written", err=True)
-        raise SystemExit(130) from None
+        fail("interrupted before training began; nothing was written", 130)
+    except Exception as e:  # under MPI: a rank that cannot set up stops the others (alone: the traceback)
+        if world == 1:
+            raise
+        fail(f"{type(e).__name__}: {e}", 1)
+    if world > 1:
+        from qorus_jit.core.numerics import get_num_threads
+
+        say(f"mpi: {world} processes x {get_num_threads()} threads, batch {world} x {run.cfg.batch_size} windows "
+            f"({dist.processes()}); run directory {run.run_dir}")
     try:  # a cold cache compiles here, in parallel, so the first step and the bar's rate leave it out
-        prepare(train_spec(run.cfg, run.tokenizer.vocab_size), cold, progress=not no_progress,
-                echo=lambda line: click.echo(line, err=True))
+        for first in (True, False):  # under MPI one process a machine compiles, the others then load
+            if (dist.local_rank() == 0) == first:
+                prepare(train_spec(run.cfg, run.tokenizer.vocab_size), cold and first, progress=progress,
+                        echo=say)
+            dist.barrier()
     except KeyboardInterrupt:
-        if not resume:
+        if not resume and dist.rank() == 0:
             _discard_new_run(run)
-        click.echo("interrupted before training began" + ("" if resume else "; nothing was written"), err=True)
-        raise SystemExit(130) from None
+        fail("interrupted before training began" + ("" if resume else "; nothing was written"), 130)
     try:
-        last = run.fit()
+        last = run.fit()  # under MPI a rank that fails stops every rank itself, naming it
     except TrainingError as e:  # a failed write names the intact checkpoint itself (e.resumable)
         then = (f"continue with: qorus train --resume {run.run_dir}" if e.resumable
                 else _newest_checkpoint(run.run_dir, resumable=False))
@@ -207,18 +240,83 @@ def train(config, resume, no_progress, **settings):
         raise SystemExit(130) from None
     t = run.trainer
     if t.interrupted and not is_finished(run.run_dir, run.cfg.steps):
-        click.echo(f"stopped at step {t.step}; checkpoint saved. Continue with: qorus train --resume {run.run_dir}",
-                   err=True)
+        say(f"stopped at step {t.step}; checkpoint saved. Continue with: qorus train --resume {run.run_dir}"
+            + (f" --nproc {world}" if world > 1 else ""))
         raise SystemExit(130)
     parts = [f"step {t.step}", f"loss {last.get('loss', float('nan')):.4f}"]
     if "val_loss" in last:
         parts.append(f"val_loss {last['val_loss']:.4f}")
     parts.append(f"{t.elapsed:.0f} s")
-    click.echo("done: " + ", ".join(parts) + f"; run directory {run.run_dir}", err=True)
-    if run.cfg.sample_tokens:
+    say("done: " + ", ".join(parts) + f"; run directory {run.run_dir}")
+    if run.cfg.sample_tokens and dist.rank() == 0:
         c = run.cfg
         click.echo("sample:\n" + sample_text(run.model, run.tokenizer, c.sample_prompt, c.sample_tokens, c.temperature,
                                              seed=c.seed))
+
+
+def _launch(nproc: int, config, resume, no_progress, settings) -> None:
+    """``qorus train --nproc N``: the same command under ``mpiexec -n N``, its output passed through. A rank
+    that dies without a word (a kill) is named here: mpiexec's message names its pid, which rank 0's ``mpi:``
+    line maps to a rank."""
+    import importlib.util
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from qorus_jit.core import distributed as dist
+
+    def fail(text):
+        click.echo(f"error: --nproc: {text}", err=True)
+        raise SystemExit(2)
+
+    if dist.launched():
+        fail("this process runs under an MPI launcher already, which sets the process count; leave --nproc out")
+    mpiexec = shutil.which("mpiexec")
+    for what, missing in (("mpiexec", mpiexec is None), ("mpi4py", importlib.util.find_spec("mpi4py") is None)):
+        if missing:
+            fail(f"{what} is not installed: pip install \"qorus-jit[mpi]\" (or a cluster's MPI, docs/distributed.md)")
+    args = ["train", *([config] if config else []), *(["--resume", resume] if resume else []),
+            *(["--no-progress"] if no_progress else [])]
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            args.append(f"{flag}={value}")
+    proc = subprocess.Popen([mpiexec, "-n", str(nproc), sys.executable, "-m", "qorus_jit.cli", *args],
+                            stderr=subprocess.PIPE)
+    ranks, run_dir, dead, named, pending = {}, None, None, False, b""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the ranks too; they stop together
+    try:
+        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in (x.decode("utf-8", "replace") for x in lines):
+                if line.startswith("mpi: "):
+                    ranks = {p: (int(r), h) for r, p, h in re.findall(r"rank (\d+) pid (\d+) on (\S+?)[,)]", line)}
+                    run_dir = line.rsplit("; run directory ", 1)[-1]
+                named = named or line.startswith("error: rank ")
+                found = re.search(r"PID (\d+) RUNNING AT", line)
+                if found and dead is None:
+                    dead = found.group(1)
+                found = re.search(r"EXIT STRING: (.+)", line)
+                if found and dead is not None:
+                    dead = (dead, found.group(1).strip())
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if code and isinstance(dead, tuple) and not named and dead[0] in ranks:
+        rank, host = ranks[dead[0]]
+        where = _newest_checkpoint(run_dir) if run_dir else "no run directory was made"
+        where += f" --nproc {nproc}" if "continue with" in where else ""
+        click.echo(f"error: rank {rank} of {nproc} (pid {dead[0]} on {host}) ended without a word ({dead[1]}); "
+                   f"mpiexec stopped the other ranks; {where}", err=True)
+    if code:
+        raise SystemExit(code if 0 < code < 256 else 1)
 
 
 def _discard_new_run(run) -> None:

@@ -77,6 +77,7 @@ class TextDataset(SeededBatchesState):
         self.batches_drawn = 0
         self.source: dict = {}
         self._rng = np.random.default_rng(self.seed)
+        self._shard = (0, 1)  # (rank, size) of data-parallel processes (shard)
         self._offsets = np.arange(need, dtype=np.int64)
 
     # -- constructors
@@ -180,11 +181,24 @@ class TextDataset(SeededBatchesState):
         return np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:])
 
     def train_batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)``, each ``(batch_size, seq_len)`` C-contiguous int32, from random training windows."""
+        """``(x, y)``, each ``(batch_size, seq_len)`` C-contiguous int32, from random training windows (this
+        rank's share of them after :meth:`shard`)."""
         check_positive(batch_size=batch_size)
-        starts = self._rng.integers(0, self.n_train - self.seq_len, size=int(batch_size), dtype=np.int64)
+        rank, size = self._shard
+        starts = self._rng.integers(0, self.n_train - self.seq_len, size=int(batch_size) * size, dtype=np.int64)
         self.batches_drawn += 1
-        return self._gather(starts)
+        return self._gather(starts[rank * int(batch_size):(rank + 1) * int(batch_size)])
+
+    def shard(self, rank: int, size: int) -> None:
+        """Be rank ``rank`` of ``size`` data-parallel processes: :meth:`train_batch` ``(b)`` then draws the
+        starts of ``size * b`` windows, as one process with batch ``size * b`` does (the same random stream, so
+        the same :meth:`state_dict`), and gathers the ``rank``-th ``b`` of them. Together the ranks see exactly
+        that process's windows."""
+        check_positive(size=size)
+        check_nonnegative(rank=rank)
+        if rank >= size:
+            raise ValueError(f"rank: expected an int in [0, size = {size}), got {rank}")
+        self._shard = (int(rank), int(size))
 
     def val_batches(self, batch_size: int, n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """``n_batches`` batches ``(x, y)`` of ``(batch_size, seq_len)`` int32: the same on every call.

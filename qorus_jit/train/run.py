@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core import distributed as dist
 from qorus_jit.core.alloc import memory_bytes
 from qorus_jit.core.check import check_fields
 from qorus_jit.core.files import atomic_write_json, os_reason, read_json
@@ -88,7 +89,8 @@ class TrainConfig:
     out_dir: str = _f("runs", "Folder that receives run directories.")
     name: str = _f("", "Run directory name under out_dir; empty: a timestamp.")
     seed: int = _f(0, "Seed of the weights and of the batch order.")
-    threads: int = _f(0, "Threads for kernels and BLAS; 0: all cores.")
+    threads: int = _f(0, "Threads for kernels and BLAS; 0: all cores (under MPI: the cores shared among the "
+                         "processes on the machine).")
     sample_tokens: int = _f(200, "Tokens of text to generate at the end (0: none).")
     sample_prompt: str = _f("The ", "Prompt of the sample generated at the end.")
     temperature: float = _f(0.8, "Sampling temperature of the final sample.")
@@ -369,10 +371,10 @@ class Run:
         from qorus_jit.train.trainer import Trainer
 
         self.cfg, self.run_dir, self.tokenizer, self.data, self.data_name = cfg, run_dir, tokenizer, data, data_name
-        if cfg.threads:
+        if cfg.threads or dist.size() > 1:
             from qorus_jit.core.numerics import set_num_threads
 
-            set_num_threads(min(cfg.threads, _max_threads()))
+            set_num_threads(min(cfg.threads or dist.default_threads(), _max_threads()))
         self.model = build_model(cfg, tokenizer.vocab_size) if model is None else model
         self.lora = lora
         if cfg.lora_rank and lora is None:
@@ -389,7 +391,7 @@ class Run:
         """Train to the last step (or a Ctrl-C); a LoRA run that finished also writes its adapters as a PEFT
         folder, ``adapter/`` in the run folder, that ``peft.PeftModel.from_pretrained`` loads."""
         last = self.trainer.fit()
-        if self.lora is not None and not self.trainer.interrupted:
+        if self.lora is not None and not self.trainer.interrupted and self.trainer.rank == 0:
             self.save_adapters()
         return last
 
@@ -437,9 +439,11 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
     vocab = tokenizer.vocab_size if model is None else model.config.vocab_size
     check_memory(cfg, vocab)
     data, data_name = load_data(cfg, tokenizer)
-    name = cfg.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # under MPI, rank 0's timestamp, and rank 0 alone checks and writes the run directory
+    name = cfg.name or dist.broadcast_json(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = Path(cfg.out_dir) / name
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    writes = dist.rank() == 0
+    if writes and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         what = "exists already" if run_dir.is_dir() else "is a file"
         raise ConfigError(f"name: the run directory {run_dir} {what} (use --resume {run_dir}, or another --name)")
     try:
@@ -452,6 +456,8 @@ def start_run(cfg: TrainConfig, progress: bool = True) -> Run:
         record["init"] = {"source": str(source.path), "kind": source.kind}
     if run.lora is not None:
         record["lora"] = run.lora
+    if not writes:
+        return run
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -551,7 +557,8 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
         raise ConfigError(f"--resume: {', '.join(fixed)} cannot change when resuming (only "
                           f"{', '.join(RESUMABLE_CHANGES)} can)")
     cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, where="--resume")
-    remove_partial(run_dir)
+    if dist.rank() == 0:
+        remove_partial(run_dir)
     found = latest_checkpoint(run_dir)
     if found is None:
         raise ConfigError(f"--resume: {run_dir} has no complete checkpoint yet")
@@ -580,7 +587,7 @@ def resume_run(run_dir, overrides: dict | None = None, progress: bool = True) ->
         run.trainer.resume(found)
     except (ValueError, TypeError, KeyError, OSError) as e:  # a damaged checkpoint, or data that changed since
         raise ConfigError(f"--resume: cannot restore the newest checkpoint: {_naming(found, e)}") from None
-    if overrides:  # the new steps (etc.) hold for later resumes too
+    if overrides and dist.rank() == 0:  # the new steps (etc.) hold for later resumes too
         try:
             atomic_write_json(run_dir / RUN_FILE, {**record, "config": cfg.to_dict()})
         except OSError as e:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core import distributed as dist
 from qorus_jit.core.check import check_bool, check_nonnegative, check_real
 from qorus_jit.core.files import atomic_write, final_path, os_reason
 from qorus_jit.formats import checkpoint as ckpt
@@ -76,6 +77,13 @@ class Trainer:
     reason and the newest checkpoint, which stays whole, and a metrics line is written whole or not at all.
     ``resume(path_or_run_dir)`` restores weights, optimizer, data position and step from a checkpoint, so
     that the run continues exactly as if it had never stopped.
+
+    Under an MPI launcher (``mpiexec -n N``, :mod:`qorus_jit.core.distributed`) the N processes train one
+    model: each draws its share of every batch (N processes with ``batch_size`` b see exactly the windows one
+    process with batch N*b sees), the gradients are averaged by allreduce before clipping (so the clip sees the
+    global norm), ``fit`` starts from rank 0's weights, optimizer and data state, evaluation is split among the
+    ranks, and rank 0 alone writes metrics, progress and checkpoints. An exception in one rank stops every rank
+    with a line naming it. A checkpoint resumes under as many processes as wrote it.
     """
 
     def __init__(self, model, optimizer, data, *, steps: int, batch_size: int | None = None, loss="cross_entropy",
@@ -106,6 +114,7 @@ class Trainer:
         if print_evals is not None:
             check_bool(print_evals=print_evals)
         self.model, self.optimizer, self.data = model, optimizer, data
+        self.rank, self.world = dist.rank(), dist.size()
         self.steps, self.grad_accum, self.clip = steps, grad_accum, clip
         self.loss = make_loss(loss)
         self.schedule = schedule if schedule is not None else constant(optimizer.lr)
@@ -118,7 +127,7 @@ class Trainer:
         self.eval_every, self.ckpt_every, self.keep_checkpoints = eval_every, ckpt_every, keep_checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log_every, self.progress, self.handle_sigint = log_every, bool(progress), bool(handle_sigint)
-        self.print_evals = self.progress if print_evals is None else bool(print_evals)
+        self.print_evals = (self.progress if print_evals is None else bool(print_evals)) and self.rank == 0
         self.extra_state = dict(extra_state or {})
         self.seed = int(seed)
         self.step = 0
@@ -128,18 +137,33 @@ class Trainer:
         self._stop = False
         self._metrics_end = 0  # bytes of metrics.jsonl that hold whole lines
 
-    @staticmethod
-    def _batch_source(data, batch_size):
+    def _batch_source(self, data, batch_size):
+        """A function returning this rank's ``(x, y, weight)``: ``weight`` is its share of the global batch
+        times the number of ranks (1 but for an uneven split of a dataset's own batches)."""
+        rank, world = self.rank, self.world
         if hasattr(data, "train_batch"):
             if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, (bool, np.bool_))
                     or batch_size < 1):
                 raise ValueError(f"batch_size: expected an int >= 1 for {type(data).__name__}, got {batch_size!r}")
-            batch_size = int(batch_size)
-            return lambda: data.train_batch(batch_size)
+            b = int(batch_size)
+            if world > 1 and callable(getattr(data, "shard", None)):
+                data.shard(rank, world)  # draws the global batch's windows, gathers its own
+            elif world > 1:  # the global batch, of which this rank takes its rows
+                return lambda: (*(a[rank * b:(rank + 1) * b] for a in data.train_batch(b * world)), 1.0)
+            return lambda: (*data.train_batch(b), 1.0)
         if hasattr(data, "next_batch"):
             if batch_size is not None:
                 raise ValueError(f"batch_size: {type(data).__name__} sets its own batch size; pass None")
-            return data.next_batch
+            if world == 1:
+                return lambda: (*data.next_batch(), 1.0)
+
+            def share():  # rows [rank n / N, (rank + 1) n / N) of the dataset's batch of n
+                x, y = data.next_batch()
+                n = x.shape[0]
+                lo, hi = rank * n // world, (rank + 1) * n // world
+                return x[lo:hi], y[lo:hi], (hi - lo) * world / n
+
+            return share
         raise TypeError(f"data: expected a dataset with train_batch(batch_size) or next_batch(), "
                         f"got {type(data).__name__}")
 
@@ -158,20 +182,26 @@ class Trainer:
             self.model.train()
         try:
             for micro in range(self.grad_accum):
-                x, y = self._next_batch()
-                if layer:
-                    self.model.seed_dropout(self.seed, step, micro)
+                x, y, weight = self._next_batch()
+                if weight == 0:  # no rows for this rank (a dataset batch smaller than the ranks)
+                    continue
+                if layer:  # each rank its own masks
+                    self.model.seed_dropout(self.seed, step, micro * self.world + self.rank)
                 out = self.model.forward(x)
-                part, dout = self.loss(out, y, 1.0 / self.grad_accum)
+                part, dout = self.loss(out, y, weight / self.grad_accum)
                 if not math.isfinite(part):
                     raise TrainingError(f"step {step + 1}: the loss is {part}; stopping (the weights were not "
                                         f"updated)")
                 self.model.backward(dout)
-                loss += part / self.grad_accum
+                loss += part * weight / self.grad_accum
                 items += x.size if x.dtype.kind in "iu" else x.shape[0]  # tokens, or samples
         finally:
             if layer:
                 self.model.train(was_training)
+        if self.world > 1:  # the mean gradient of the ranks (before clipping: the global norm), loss and stop
+            dist.allreduce(self._grads())
+            loss, items, stop = dist.sum_values([loss, items, self._stop])
+            loss, items, self._stop = loss / self.world, int(items), stop > 0
         norm = self.optimizer.clip_grad_norm(self.clip) if self.clip else self.optimizer.grad_norm()
         if not math.isfinite(norm):
             raise TrainingError(f"step {step + 1}: the gradient norm is {norm}; stopping (the weights were not "
@@ -179,6 +209,12 @@ class Trainer:
         self.optimizer.step()
         self.step = step + 1
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "items": items}
+
+    def _grads(self) -> list[np.ndarray]:
+        """The gradients the optimizer reads (of the trainable parameters), in the same order on every rank."""
+        grads = self.model.gradients()
+        keep = set(self.model.trainable()) if isinstance(self.model, Layer) else grads
+        return [g for name, g in grads.items() if name in keep]
 
     def evaluate(self) -> dict:
         """Mean loss (and accuracy for cross-entropy) over ``val_data``; empty if there is none."""
@@ -190,12 +226,14 @@ class Trainer:
         if layer:
             self.model.eval()  # no dropout
         try:
-            for x, y in self.val_data:
+            for x, y in self.val_data[self.rank::self.world]:  # each rank its share of the batches
                 s, n, c = self.loss.evaluate(self.model.forward(x), y)
                 total, count, correct = total + s, count + n, correct + c
         finally:
             if layer:
                 self.model.train(was_training)
+        if self.world > 1:
+            total, count, correct = dist.sum_values([total, count, correct])
         out = {"val_loss": total / max(count, 1)}
         if isinstance(self.loss, CrossEntropyLoss):
             out["val_accuracy"] = correct / max(count, 1)
@@ -209,9 +247,22 @@ class Trainer:
         Ctrl-C (with ``handle_sigint``) finishes the step under way, saves a checkpoint and returns with
         ``interrupted`` set.
         """
+        if self.world > 1:
+            try:
+                self._sync()
+            except BaseException as e:
+                dist.abort(self._failure(e))
         if self.step >= self.steps:  # nothing left (a finished run resumed): no duplicate evaluation
             self.interrupted = False
             return dict(self.last)
+        try:
+            return self._fit()
+        except BaseException as e:
+            if self.world > 1:  # the other ranks wait in a collective: stop them all, naming this rank
+                dist.abort(self._failure(e))
+            raise
+
+    def _fit(self) -> dict:
         metrics = self._open_metrics()
         bar = self._bar()
         old_handler = self._install_sigint()
@@ -241,12 +292,13 @@ class Trainer:
                 end = self.step == self.steps
                 if self.eval_every and (self.step % self.eval_every == 0) and not end:
                     self._eval_and_log(metrics, bar)
-                if self.run_dir is not None and self.ckpt_every and self.step % self.ckpt_every == 0 and not end:
+                if self._writes() and self.ckpt_every and self.step % self.ckpt_every == 0 and not end:
                     self.save()
             if self.step >= self.steps:
                 self._eval_and_log(metrics, bar)
-            if self.run_dir is not None:
+            if self._writes():
                 self.save()
+            dist.barrier()  # no rank leaves before rank 0's checkpoint is written
         finally:
             if bar is not None:
                 bar.close()
@@ -255,6 +307,40 @@ class Trainer:
             self._restore_sigint(old_handler)
         self.interrupted = self.step < self.steps
         return dict(self.last)
+
+    def _writes(self) -> bool:
+        """Whether this process writes checkpoints: it has a run directory and is rank 0."""
+        return self.run_dir is not None and self.rank == 0
+
+    def _sync(self) -> None:
+        """Make every rank start from rank 0's weights, optimizer state, data position, step and metrics."""
+        dist.broadcast(list(self.model.parameters().values()))
+        tensors, meta = self.optimizer.state_dict()
+        state = dist.broadcast_json({"optimizer": meta, "data": self.data.state_dict(), "step": self.step,
+                                     "elapsed": self.elapsed, "last": self._finite_last()})
+        params = self.model.parameters()
+        if self.rank != 0:
+            tensors = {f"{n}.{b}": np.empty_like(params[n]) for n, bufs in state["optimizer"]["buffers"].items()
+                       for b in bufs}
+        dist.broadcast([tensors[k] for k in sorted(tensors)])
+        if self.rank != 0:
+            self.optimizer.load_state_dict(tensors, state["optimizer"])
+            self.data.load_state_dict(state["data"])
+            self.step, self.elapsed, self.last = state["step"], state["elapsed"], state["last"]
+
+    def _failure(self, e: BaseException) -> str:
+        """What stopped a rank, for the line :func:`~qorus_jit.core.distributed.abort` prints: the error and
+        the checkpoint that stays intact."""
+        if isinstance(e, KeyboardInterrupt):
+            text = f"interrupted at step {self.step}"
+        elif isinstance(e, TrainingError):
+            text = str(e)
+        else:
+            text = f"step {self.step + 1}: {type(e).__name__}: {e}"
+        return text if "intact" in text or self.run_dir is None else f"{text}; {self._intact()[1]}"
+
+    def _finite_last(self) -> dict:
+        return {k: v for k, v in self.last.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
     def _is_lm(self) -> bool:
         x = self.val_data[0][0] if self.val_data else None
@@ -274,7 +360,7 @@ class Trainer:
             print(text, file=sys.stderr)
 
     def _bar(self):
-        if not self.progress:
+        if not self.progress or self.rank != 0:
             return None
         from tqdm.auto import tqdm
 
@@ -285,7 +371,7 @@ class Trainer:
         """``metrics.jsonl`` opened for appending (a file descriptor), or None without a run directory. Rows
         past the current step (to be recomputed after a resume) and damaged lines (cut by a kill, not UTF-8,
         not JSON) are dropped first."""
-        if self.run_dir is None:
+        if self.run_dir is None or self.rank != 0:
             return None
         path = self.run_dir / ckpt.METRICS_FILE
         try:
@@ -322,15 +408,19 @@ class Trainer:
     def _write_failed(self, path, e: OSError) -> TrainingError:
         """The TrainingError of a failed write of ``path``: the step, the file, the OS's reason, and the newest
         checkpoint (written atomically, so whole) that a resume continues from."""
-        try:
-            found = ckpt.latest_checkpoint(self.run_dir)
-            intact = ("no checkpoint was written yet" if found is None else
-                      f"the checkpoint of step {ckpt.checkpoint_step(found)} ({found}) is intact and the run "
-                      f"resumes from it")
-        except OSError as err:
-            found, intact = None, f"the checkpoints cannot be listed ({os_reason(err)})"
+        found, intact = self._intact()
         return TrainingError(f"step {self.step}: cannot write {final_path(path)} ({os_reason(e)}); {intact}",
                              resumable=found is not None)
+
+    def _intact(self) -> tuple[Path | None, str]:
+        """The newest checkpoint (written atomically, so whole) and a sentence that says so."""
+        try:
+            found = ckpt.latest_checkpoint(self.run_dir)
+            return found, ("no checkpoint was written yet" if found is None else
+                           f"the checkpoint of step {ckpt.checkpoint_step(found)} ({found}) is intact and the run "
+                           f"resumes from it")
+        except OSError as err:
+            return None, f"the checkpoints cannot be listed ({os_reason(err)})"
 
     # -- Ctrl-C -------------------------------------------------------------------------------------
 
@@ -360,8 +450,7 @@ class Trainer:
             raise ValueError("run_dir: the trainer has no run directory to save checkpoints into")
         opt_tensors, opt_meta = self.optimizer.state_dict()
         state = {"optimizer": opt_meta, "data": self.data.state_dict(), "elapsed": self.elapsed,
-                 "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                 **self.extra_state}
+                 "last": self._finite_last(), "processes": self.world, **self.extra_state}
         try:
             return ckpt.save_checkpoint(self.run_dir, self.step, self.model.parameters(), opt_tensors, state,
                                         keep=self.keep_checkpoints)
@@ -379,6 +468,11 @@ class Trainer:
                 raise ValueError(f"{path}: no complete checkpoint to resume from")
             path = found
         c = ckpt.load_checkpoint(path)
+        wrote = c.state.get("processes", 1)
+        if wrote != self.world:  # each rank drew its share of every batch: another count sees other windows
+            raise ValueError(f"{path}: written by {wrote} data-parallel process(es), resumed by {self.world}; resume "
+                             f"it with {wrote} (mpiexec -n {wrote}, or qorus train --nproc {wrote}) to keep its "
+                             f"batches")
         self.model.load_parameters(c.model)
         self.optimizer.load_state_dict(c.optimizer, c.state["optimizer"])
         self.data.load_state_dict(c.state["data"])
