@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,10 @@ def run_page(page: Path, workdir: Path, env: dict[str, str] | None = None) -> li
     """Run the page's blocks in ``workdir``; returns what was not run for lack of a requirement (empty when
     everything ran). A failing block raises AssertionError naming the page and the block's line."""
     env = {**os.environ, **(env or {})}
-    namespace: dict = {"__name__": "__tutorial__"}
+    module = types.ModuleType("__tutorial__")  # the blocks' namespace, a module (dataclasses look it up)
+    namespace = module.__dict__
     cwd, old_env = os.getcwd(), dict(os.environ)
+    sys.modules[module.__name__] = module
     os.chdir(workdir)
     os.environ.update(env)
     try:
@@ -102,6 +105,7 @@ def run_page(page: Path, workdir: Path, env: dict[str, str] | None = None) -> li
                 assert done.returncode == 0, (f"{where}: exit {done.returncode}\n{block.code}\n"
                                               f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}")
     finally:
+        sys.modules.pop(module.__name__, None)
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(old_env)
