@@ -42,19 +42,24 @@ _EXPORTS = {
     ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+# Modules exported whole: ``from qorus_jit import distributed as dist`` (Horovod's init, rank, size, allreduce).
+_MODULES = {"distributed": "qorus_jit.core.distributed"}
 
 __version__ = "0.1.0"
 
-__all__ = [*_MODULE_OF, "__version__"]  # the one list of the public API
+__all__ = [*_MODULE_OF, *_MODULES, "__version__"]  # the one list of the public API
 
 
 def __getattr__(name: str):
     module = _MODULE_OF.get(name)
-    if module is None:
+    if module is None and name not in _MODULES:
         raise AttributeError(f"module 'qorus_jit' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    if module is None:
+        value = importlib.import_module(_MODULES[name])
+    else:
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -216,8 +216,9 @@ def train(config, resume, no_progress, nproc, **settings):
     if world > 1:
         from qorus_jit.core.numerics import get_num_threads
 
-        say(f"mpi: {world} processes x {get_num_threads()} threads, batch {world} x {run.cfg.batch_size} windows "
-            f"({dist.processes()}); run directory {run.run_dir}")
+        threads = get_num_threads()
+        say(f"mpi: {world} processes x {threads} thread{'s' if threads > 1 else ''}, batch {world} x "
+            f"{run.cfg.batch_size} windows ({dist.processes()}); run directory {run.run_dir}")
     try:  # a cold cache compiles here, in parallel, so the first step and the bar's rate leave it out
         for first in (True, False):  # under MPI one process a machine compiles, the others then load
             if (dist.local_rank() == 0) == first:
@@ -261,6 +262,7 @@ def _launch(nproc: int, config, resume, no_progress, settings) -> None:
     import importlib.util
     import os
     import re
+    import selectors
     import shutil
     import signal
     import subprocess
@@ -287,25 +289,37 @@ def _launch(nproc: int, config, resume, no_progress, settings) -> None:
         elif value is not None:
             args.append(f"{flag}={value}")
     proc = subprocess.Popen([mpiexec, "-n", str(nproc), sys.executable, "-m", "qorus_jit.cli", *args],
-                            stderr=subprocess.PIPE)
-    ranks, run_dir, dead, named, pending = {}, None, None, False, b""
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ranks, run_dir, dead, named = {}, None, None, False
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the ranks too; they stop together
-    try:
-        while chunk := os.read(proc.stderr.fileno(), 1 << 16):
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
-            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
-            for line in (x.decode("utf-8", "replace") for x in lines):
-                if line.startswith("mpi: "):
-                    ranks = {p: (int(r), h) for r, p, h in re.findall(r"rank (\d+) pid (\d+) on (\S+?)[,)]", line)}
-                    run_dir = line.rsplit("; run directory ", 1)[-1]
-                named = named or line.startswith("error: rank ")
-                found = re.search(r"PID (\d+) RUNNING AT", line)
-                if found and dead is None:
-                    dead = found.group(1)
-                found = re.search(r"EXIT STRING: (.+)", line)
-                if found and dead is not None:
-                    dead = (dead, found.group(1).strip())
+    try:  # both streams passed through as they come (mpiexec's own messages go to stdout), and read
+        streams = {proc.stdout.fileno(): [sys.stdout, b""], proc.stderr.fileno(): [sys.stderr, b""]}
+        with selectors.DefaultSelector() as sel:
+            for fd in streams:
+                sel.register(fd, selectors.EVENT_READ)
+            while streams:
+                for key, _ in sel.select():
+                    out = streams[key.fd]
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        sel.unregister(key.fd)
+                        del streams[key.fd]
+                        continue
+                    out[0].buffer.write(chunk)
+                    out[0].flush()
+                    *lines, out[1] = re.split(rb"[\r\n]", out[1] + chunk)
+                    for line in (x.decode("utf-8", "replace") for x in lines):
+                        if line.startswith("mpi: "):
+                            ranks = {p: (int(r), h) for r, p, h in re.findall(r"rank (\d+) pid (\d+) on (\S+?)[,)]",
+                                                                              line)}
+                            run_dir = line.rsplit("; run directory ", 1)[-1]
+                        named = named or line.startswith("error: rank ")
+                        found = re.search(r"PID (\d+) RUNNING AT", line)
+                        if found and dead is None:
+                            dead = found.group(1)
+                        found = re.search(r"EXIT STRING: (.+)", line)
+                        if found and isinstance(dead, str):
+                            dead = (dead, found.group(1).strip())
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, old)
