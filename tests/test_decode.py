@@ -91,6 +91,48 @@ def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, 
     assert all(c.length == 14 for c in fused.caches.values())
 
 
+@pytest.mark.parametrize("dtype,n_kv_heads,tie", [("int8", 4, True), ("int8", 2, False), ("bf16", 1, True),
+                                                    ("bf16", 2, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_heads, tie, threads):
+    """bf16 / q8_0 weights: the one-call decoder (kernels.decode._llama_decode_quant) against the layers one by one
+    (QuantizedLinear's matvec kernels, tested against NumPy in test_quant.py), at each thread count."""
+    from qorus_jit.models.quantize import quantize_model
+
+    model = quantize_model(_llama(n_kv_heads, hidden=64, tie=tie), dtype)
+    before = get_num_threads()
+    set_num_threads(min(threads, max_threads()))
+    try:
+        fused, nodes = DecodeState(1, 16), DecodeState(1, 16)
+        tok = 7
+        for t in range(14):
+            ids = np.array([[tok]], np.int64)
+            got = model.forward_decode(ids, state=fused).copy()
+            want = Graph.forward_decode(model, ids, state=nodes).copy()
+            fused.advance(1)
+            nodes.advance(1)
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
+            tok = int(np.argmax(got))
+    finally:
+        set_num_threads(before)
+    assert model._decoder is not None and model._decoder.fmt == ("q8_0" if dtype == "int8" else "bf16")
+
+
+def test_decode_plan_follows_layer_swaps():
+    """The one-call decoder is chosen once and chosen again after a layer swap (quantizing, LoRA)."""
+    from qorus_jit.layers.lora import apply_lora, merge_lora
+    from qorus_jit.models.quantize import quantize_model
+
+    model = _llama(2, tie=True)
+    assert model._decode_plan() == "fp32"
+    apply_lora(model, targets=["q"], rank=2)
+    assert model._decode_plan() is None  # adapters: node by node
+    merge_lora(model)
+    assert model._decode_plan() == "fp32"
+    model = quantize_model(_llama(2, hidden=64, tie=True), "bf16")
+    assert model._decode_plan() == "bf16"
+
+
 def test_models_with_biases_decode_node_by_node():
     """A Llama with biases has no fused kernel: it decodes through the layers, to the full forward's logits."""
     cfg = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=61, max_seq_len=16,

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
-from qorus_jit.core.numerics import kernel
+from qorus_jit.core.numerics import FASTMATH, kernel
 from qorus_jit.kernels._math import exp
+from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
 
@@ -275,3 +277,144 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
     V = head_w.shape[0]
     for c in prange((V + _ROWS - 1) // _ROWS):
         _matvec_rows(logits, head_w, h, c * _ROWS, min(V, (c + 1) * _ROWS))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Llama decoding with bf16 or q8_0 weights (kernels.quant's formats)
+#
+# One kernel per token as for float32, written once for both formats: the helpers below are numba overloads
+# that pick, at typing time from the weight's dtype, the format's code (q8_0: ``qs`` int8 with its scales;
+# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused). Products split by rows only: q8_0's groups of 32
+# inputs cut across the heads' and hidden slices' columns that the float32 kernel splits by.
+
+
+def _prep(xa, xb, x):
+    """x (I,) made ready for ``_rows``: q8_0 quantizes it per group (xa int16 (>= I,), xb (>= I/32,));
+    bf16 splits its even and odd elements (xa, xb float32 (>= I/2,))."""
+
+
+def _rows(out, w, ws, xa, xb, lo, hi):
+    """out[i] = W[i] . x for lo <= i < hi, x as ``_prep`` left it in xa, xb; W = q8_0 (w int8 (O, I), ws
+    (O, I/32)) or bf16 pairs (w uint32 (O, I/2))."""
+
+
+def _embed_row(x, w, ws, tok):
+    """x (C,) = row ``tok`` of an embedding table held as W above (or float32, ws unused)."""
+
+
+@overload(_prep, jit_options={"fastmath": set(FASTMATH)})
+def _prep_impl(xa, xb, x):
+    if xa.dtype == types.int16:
+        def q8_0(xa, xb, x):
+            _quantize_x_q8(xa[:x.shape[0]], xb[:x.shape[0] // GROUP], x)
+        return q8_0
+
+    def bf16(xa, xb, x):
+        n = x.shape[0] // 2
+        _split_even_odd(xa[:n], xb[:n], x)
+    return bf16
+
+
+@overload(_rows, jit_options={"fastmath": set(FASTMATH)})
+def _rows_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.int8:
+        def q8_0(out, w, ws, xa, xb, lo, hi):
+            _matvec_q8_0_rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)
+        return q8_0
+
+    def bf16(out, w, ws, xa, xb, lo, hi):
+        _matvec_bf16_rows(out, w, xa[:w.shape[1]], xb[:w.shape[1]], lo, hi)
+    return bf16
+
+
+@overload(_embed_row, jit_options={"fastmath": set(FASTMATH)})
+def _embed_row_impl(x, w, ws, tok):
+    if w.dtype == types.int8:
+        def q8_0(x, w, ws, tok):
+            r, s = w[tok], ws[tok]
+            for j in range(x.shape[0]):
+                x[j] = r[j] * s[j // GROUP]
+        return q8_0
+    if w.dtype == types.uint32:
+        def bf16(x, w, ws, tok):
+            r, bits = w[tok], x.view(np.uint32)
+            for j in range(r.shape[0]):
+                bits[2 * j] = r[j] << 16
+                bits[2 * j + 1] = r[j] & 0xFFFF0000
+        return bf16
+
+    def f32(x, w, ws, tok):
+        r = w[tok]
+        for j in range(x.shape[0]):
+            x[j] = r[j]
+    return f32
+
+
+@kernel(parallel=True)
+def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
+                              k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb):
+    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it):
+    five parallel regions by rows (q, k, v; attention by query head; o; gate and up; down)."""
+    C = x.shape[0]
+    Hkv, D = k_cache.shape[1], k_cache.shape[2]
+    H = q.shape[0] // D
+    G = H // Hkv
+    _rmsnorm_vec(h, x, attn_norm, eps)
+    _prep(xa, xb, h)
+    nq = (wq.shape[0] + _ROWS - 1) // _ROWS
+    nk = (wk.shape[0] + _ROWS - 1) // _ROWS
+    for c in prange(nq + nk):
+        if c < nq:
+            _rows(q, wq, sq, xa, xb, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+        else:
+            lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
+            _rows(k, wk, sk, xa, xb, lo, hi)
+            _rows(v, wv, sv, xa, xb, lo, hi)
+    for hk in range(Hkv):
+        _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+    for hh in prange(H):
+        _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
+    _prep(xa, xb, att)
+    for c in prange((C + _ROWS - 1) // _ROWS):  # x += wo att
+        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
+        _rows(h, wo, so, xa, xb, lo, hi)
+        xs, hs = x[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += hs[i]
+    _rmsnorm_vec(h, x, mlp_norm, eps)
+    _prep(xa, xb, h)
+    F = wg.shape[0]
+    for c in prange((F + _ROWS - 1) // _ROWS):  # g = silu(w_gate h) * w_up h
+        lo, hi = c * _ROWS, min(F, (c + 1) * _ROWS)
+        _rows(g, wg, sg, xa, xb, lo, hi)
+        _rows(u, wu, su, xa, xb, lo, hi)
+        gs, us = g[lo:hi], u[lo:hi]
+        for i in range(hi - lo):
+            gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
+    _prep(xa, xb, g)
+    for c in prange((C + _ROWS - 1) // _ROWS):  # x += w_down g
+        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
+        _rows(h, wd, sd, xa, xb, lo, hi)
+        xs, hs = x[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += hs[i]
+
+
+@kernel(parallel=True)
+def _llama_decode_quant(logits, x, tok, embed, embed_s, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg,
+                        wu, su, wd, sd, k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u,
+                        xa, xb, norm_w, norm_eps, head_w, head_s):
+    """:func:`_llama_decode` with bf16 or q8_0 weights: every linear weight and the head as ``_rows`` takes
+    them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused); per-block
+    tuples as there. ``embed`` (V0, C) float32, or quantized as the head (``embed_s``). Scratch xa, xb as
+    ``_prep`` takes them for the widest input (the hidden size)."""
+    _embed_row(x, embed, embed_s, tok)
+    for i in range(len(wq)):
+        _llama_block_decode_quant(x, attn_norm[i], wq[i], sq[i], wk[i], sk[i], wv[i], sv[i], wo[i], so[i],
+                                  mlp_norm[i], wg[i], sg[i], wu[i], su[i], wd[i], sd[i], k_cache[i], v_cache[i], pos,
+                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb)
+    _rmsnorm_vec(h, x, norm_w, norm_eps)
+    _prep(xa, xb, h)
+    V = head_w.shape[0]
+    for c in prange((V + _ROWS - 1) // _ROWS):
+        _rows(logits, head_w, head_s, xa, xb, c * _ROWS, min(V, (c + 1) * _ROWS))

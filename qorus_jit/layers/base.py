@@ -344,9 +344,20 @@ def named_layers(model: Layer, prefix: str = ""):
         yield from named_layers(child, f"{dotted}." if dotted else "")
 
 
+_replacements = 0  # layers replaced so far in this process: what structure_version() reports
+
+
+def structure_version() -> int:
+    """A count that grows whenever :func:`replace_child` swaps a layer (LoRA, quantizing, merging), so a model
+    can keep what it found by walking its layers (its decoding plan) until a swap happens anywhere."""
+    return _replacements
+
+
 def replace_child(parent: Layer, name: str, old: Layer, new: Layer) -> None:
     """Put ``new`` in the place of ``parent``'s child ``name`` (``old``): the same position, so
     ``parameters()`` keeps its order, the attributes that held ``old``, and a graph's node."""
+    global _replacements
+    _replacements += 1
     parent._children[name] = new
     for attr, value in vars(parent).items():
         if value is old:

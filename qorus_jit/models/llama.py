@@ -20,9 +20,10 @@ from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
+from qorus_jit.layers.base import named_layers, structure_version
 from qorus_jit.layers.head import TiedLMHead
 from qorus_jit.layers.lora import lora_layers
-from qorus_jit.layers.quantized import quantized_layers
+from qorus_jit.layers.quantized import QuantizedLinear, quantized_layers
 from qorus_jit.models.base import Architecture, Config, _brief, _hf_get
 
 _INT32_MAX = 2**31 - 1
@@ -184,6 +185,7 @@ class Llama(Architecture):
             if not name.endswith("norm.weight") and "layernorm" not in name:
                 p[...] = rng.normal(0.0, 0.02, p.shape)
         self._decoder: _Decoder | None = None  # the run state of the last DecodeState's caches
+        self._plan: tuple[int, str | None] | None = None  # (structure_version, _find_plan())
 
     # -- Hugging Face names and shapes
 
@@ -215,14 +217,33 @@ class Llama(Architecture):
 
     def forward_decode(self, ids, *, state: DecodeState, last_only: bool = False):
         """:meth:`Graph.forward_decode`. One new token of one sequence goes through the whole model in a
-        single kernel call (``kernels.trusted.llama_decode``) when the blocks have no biases and their linear
-        layers and head are the plain float32 ones (the kernel reads those weights: no LoRA adapters, no
-        quantized layers); anything else runs node by node."""
+        single kernel call (``kernels.trusted.llama_decode``, or ``llama_decode_quant`` when every linear layer
+        and the head hold bf16 or q8_0 weights of one format) when the blocks have no biases and no LoRA
+        adapters; anything else runs node by node."""
         ids = self._check_decode(ids, state)
-        if (ids.shape == (1, 1) and not (self.config.attention_bias or self.config.mlp_bias)
-                and not lora_layers(self) and not quantized_layers(self)):
+        if ids.shape == (1, 1) and self._decode_plan() is not None:
             return self._decode_token(int(ids[0, 0]), state)
         return super().forward_decode(ids, state=state, last_only=last_only)
+
+    def _decode_plan(self) -> str | None:
+        """The weights the one-call decoder reads ("fp32", "bf16", "q8_0"), or None (node by node): found by
+        walking the layers once, again only after a layer was swapped (``structure_version``)."""
+        version = structure_version()
+        if self._plan is None or self._plan[0] != version:
+            self._plan = (version, self._find_plan())
+        return self._plan[1]
+
+    def _find_plan(self) -> str | None:
+        if self.config.attention_bias or self.config.mlp_bias or lora_layers(self):
+            return None
+        quantized = quantized_layers(self)
+        if not quantized:
+            return "fp32"
+        formats = {layer.weight_format for layer in quantized.values()}
+        linear = [d for _, _, d, c in named_layers(self) if isinstance(c, (Linear, TiedLMHead, QuantizedLinear))]
+        if len(formats) == 1 and len(quantized) == len(linear):
+            return formats.pop()
+        return None
 
     def _decode_token(self, tok: int, state: DecodeState) -> np.ndarray:
         caches = [state.cache_for(b.self_attn) for b in self._blocks]
@@ -233,8 +254,8 @@ class Llama(Architecture):
         if pos >= caches[0].max_seq_len or pos >= self.config.max_seq_len:
             raise ValueError(f"ids: position {pos} is past the cache ({caches[0].max_seq_len}) or max_seq_len "
                              f"({self.config.max_seq_len})")
-        if self._decoder is None or self._decoder.caches[0] is not caches[0]:
-            self._decoder = _Decoder(self, caches)
+        if self._decoder is None or self._decoder.caches[0] is not caches[0] or self._decoder.plan != self._plan:
+            self._decoder = _Decoder(self, caches, self._plan)
         logits = self._decoder.step(tok, pos)
         for cache in caches:
             cache.length = pos + 1
@@ -249,13 +270,15 @@ def decode_split(n_kv_heads: int) -> tuple[bool, int]:
 
 
 class _Decoder:
-    """llama2.c's run state for one sequence: the weights as views of the model's parameters, the KV caches
-    of one :class:`DecodeState` (one per block) and the activations and scratch of one token, gathered and
-    allocated once. :meth:`step` takes one token through the whole model in one kernel call."""
+    """llama2.c's run state for one sequence: the weights as views of the model's (float32 parameters, or the
+    bf16 / q8_0 arrays of its quantized layers), the KV caches of one :class:`DecodeState` (one per block) and
+    the activations and scratch of one token, gathered and allocated once. :meth:`step` takes one token
+    through the whole model in one kernel call. ``plan``: the model's (structure_version, weights) it was
+    made for."""
 
-    def __init__(self, model: Llama, caches):
+    def __init__(self, model: Llama, caches, plan):
         c, p, b = model.config, model.parameters(), model.buffer
-        self.caches = caches
+        self.caches, self.plan, self.fmt = caches, plan, plan[1]
         self.n_kv_heads = c.n_kv_heads
         layers = [f"model.layers.{i}." for i in range(c.n_layers)]
 
@@ -263,29 +286,59 @@ class _Decoder:
             return tuple(p[x + name] for x in layers)
 
         attn = [blk.self_attn for blk in model._blocks]
-        head_w = p["model.embed_tokens.weight"] if c.tie_embeddings else p["lm_head.weight"]
         hd, kd, H = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_heads
-        self.out = (b("decode_logits", (head_w.shape[0],)), b("decode_x", (c.dim,)))
-        self.weights = (p["model.embed_tokens.weight"], per_layer("input_layernorm.weight"),
-                        per_layer("self_attn.q_proj.weight"), per_layer("self_attn.k_proj.weight"),
-                        per_layer("self_attn.v_proj.weight"), per_layer("self_attn.o_proj.weight"),
-                        per_layer("post_attention_layernorm.weight"), per_layer("mlp.gate_proj.weight"),
-                        per_layer("mlp.up_proj.weight"), per_layer("mlp.down_proj.weight"),
-                        tuple(cache.k[0] for cache in caches), tuple(cache.v[0] for cache in caches))
+        self.out = (b("decode_logits", (c.vocab_size,)), b("decode_x", (c.dim,)))
+        norms = (per_layer("input_layernorm.weight"), per_layer("post_attention_layernorm.weight"))
+        caches_kv = (tuple(cache.k[0] for cache in caches), tuple(cache.v[0] for cache in caches))
         # RoPE tables for every position the caches hold (shared by the layers, grown here if need be)
         tables = [a.rope_for(min(caches[0].max_seq_len, c.max_seq_len)) for a in attn]
-        self.rest = (tuple(t[0] for t in tables), tuple(t[1] for t in tables),
-                     np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)),
-                     b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
-                     b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
-                     b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)),
-                     b("decode_parts", (c.n_kv_heads + max_threads(), c.dim)))
-        self.final = (p["model.norm.weight"], np.float32(c.norm_eps), head_w)
+        self.rope = (tuple(t[0] for t in tables), tuple(t[1] for t in tables),
+                     np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)))
+        self.scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
+                        b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
+                        b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
+        embed = p["model.embed_tokens.weight"]
+        final = (p["model.norm.weight"], np.float32(c.norm_eps))
+        if self.fmt == "fp32":
+            head_w = embed if c.tie_embeddings else p["lm_head.weight"]
+            self.weights = (embed, norms[0], *(per_layer(f"{n}.weight") for n in _ATTN), norms[1],
+                            *(per_layer(f"{n}.weight") for n in _MLP), *caches_kv)
+            self.scratch += (b("decode_parts", (c.n_kv_heads + max_threads(), c.dim)),)
+            self.final = (*final, head_w)
+            return
+        q = quantized_layers(model)
+
+        def weight(layer):  # (W, its scales) as kernels.decode's _rows takes them
+            if layer.weight_format == "q8_0":
+                return layer.qs, layer.d
+            return layer.w16.view(np.uint32), _NO_SCALES
+
+        def per_layer_q(name):
+            pairs = [weight(q[x + name]) for x in layers]
+            return tuple(w for w, _ in pairs), tuple(s for _, s in pairs)
+
+        ws = [t for n in (*_ATTN, *_MLP) for t in per_layer_q(n)]
+        self.weights = (embed, _NO_SCALES, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
+        widest = max(c.dim, hd, c.hidden_dim)
+        if self.fmt == "q8_0":
+            self.scratch += (np.empty(widest, np.int16), np.empty(widest // 32, np.float32))
+        else:
+            self.scratch += (np.empty(widest // 2, np.float32), np.empty(widest // 2, np.float32))
+        self.final = (*final, *weight(q["lm_head"]))
 
     def step(self, tok: int, pos: int) -> np.ndarray:
         """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model)."""
-        K.llama_decode(*self.out, tok, *self.weights, pos, *self.rest, *decode_split(self.n_kv_heads), *self.final)
+        if self.fmt == "fp32":
+            K.llama_decode(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
+                           *decode_split(self.n_kv_heads), *self.final)
+        else:
+            K.llama_decode_quant(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch, *self.final)
         return self.out[0]
+
+
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_NO_SCALES = np.zeros((1, 1), np.float32)  # the scales argument of a bf16 (or float32) weight: unused
 
 
 # ------------------------------------------------------------------------------------------ llama2.c files
