@@ -432,8 +432,9 @@ class Trainer:
             if self._stop:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self._stop = True
-            print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
-                  file=sys.stderr)
+            if self.rank == 0:  # under mpiexec every rank gets the Ctrl-C
+                print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+                      file=sys.stderr)
 
         return signal.signal(signal.SIGINT, stop)
 
