@@ -95,8 +95,8 @@ def test_a_rank_that_raises_stops_every_rank_and_the_run_resumes(two_ranks, tmp_
 def test_a_killed_rank_stops_the_run_which_resumes(tmp_path):
     cmd = [sys.executable, "-m", "qorus_jit.cli", "train", "--nproc", "2", "--out-dir", str(tmp_path), "--name", "k",
            "--dim", "32", "--n-layers", "2", "--n-heads", "2", "--hidden-dim", "64", "--seq-len", "32",
-           "--batch-size", "2", "--eval-batches", "2", "--steps", "100000", "--warmup-steps", "1", "--eval-every", "0", "--ckpt-every", "3",
-           "--sample-tokens", "0", "--no-progress"]
+           "--batch-size", "2", "--eval-batches", "2", "--steps", "100000", "--warmup-steps", "1", "--eval-every", "0",
+           "--ckpt-every", "3", "--sample-tokens", "0", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
