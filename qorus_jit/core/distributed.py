@@ -48,6 +48,14 @@ def launched() -> bool:
     return any(v in os.environ for v in LAUNCHER_VARS)
 
 
+def _launcher_size() -> int | None:
+    """The process count the launcher's environment states (MPICH, Open MPI), or None."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
 def init() -> None:
     """Join the MPI job this process belongs to (idempotent). Without a launcher: a job of one process."""
     global _world
@@ -58,6 +66,9 @@ def init() -> None:
         try:
             from mpi4py import MPI
         except ImportError:
+            if _launcher_size() == 1:  # a launcher's single process (srun python ...): alone indeed
+                _world = world
+                return
             raise RuntimeError("an MPI launcher started this process, but mpi4py is not installed here "
                                "(pip install \"qorus-jit[mpi]\"; docs/distributed.md)") from None
         comm = MPI.COMM_WORLD

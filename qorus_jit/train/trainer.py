@@ -217,7 +217,8 @@ class Trainer:
         return [g for name, g in grads.items() if name in keep]
 
     def evaluate(self) -> dict:
-        """Mean loss (and accuracy for cross-entropy) over ``val_data``; empty if there is none."""
+        """Mean loss (and accuracy for cross-entropy) over ``val_data``; empty if there is none. Under MPI each
+        rank takes its share of the batches and every rank must call it (the sums are an allreduce)."""
         if not self.val_data:
             return {}
         total, count, correct = 0.0, 0, 0

@@ -41,6 +41,9 @@ def test_under_a_launcher_without_mpi4py_it_refuses_to_run_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "an MPI launcher started this process, but mpi4py is not installed" in out
     assert 'pip install "qorus-jit[mpi]"' in out
+    alone = code.replace("'PMI_SIZE'] = '2'", "'PMI_SIZE'] = '1'") + "print(d.size())\n"
+    out = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True, check=True).stdout
+    assert out == "1\n"  # a launcher's single process (srun python ...) runs alone without mpi4py
 
 
 @pytest.mark.parametrize("bad, message", [
