@@ -2,6 +2,7 @@
 
     python -m perf.bench_mpi [--rounds 5] [--steps 6] [--json PATH]
     python -m perf.bench_mpi --gpt2 [--steps 2]    # the compute time and allreduce of a 124M GPT-2 step
+    python -m perf.bench_mpi --overlap [--rounds 5] # 2 x 1: the allreduce after the backward pass, or overlapped
 
 W-train (qorus_jit/bench/train.py): Llama dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256, seq 256,
 untied head, AdamW; global batch 8. One side is one process with 2 threads and batch 8; the other is
@@ -18,6 +19,12 @@ and highest pair), and the allreduce's share of a two-process step (median over 
 ``--gpt2``: one process x 2 threads times a step of GPT-2 124M (dim 768, 12 layers, 12 heads, vocab 50257,
 tied head) at batch 1 x 256 tokens, and ``mpiexec -n 2`` x 1 thread times the allreduce of its 124M-float
 gradient: the figures the cost model of docs/distributed.md starts from.
+
+``--overlap``: two two-process sides alternate: the allreduce after the backward pass (as the Trainer does)
+against each transformer block's gradients (final once its backward returns) sent as one nonblocking
+allreduce right then, the head, norm and embedding after the backward; the pending requests are tested at
+each block boundary, the only moments MPICH advances them (no progress thread). Reported as the other ratio:
+after / overlapped (above 1: overlapping is faster).
 """
 
 from __future__ import annotations
@@ -35,7 +42,48 @@ GPT2 = dict(dim=768, n_layers=12, n_heads=12, vocab_size=50257, max_seq_len=1024
 BATCH, SEQ = 8, 256
 
 
-def worker(model_name: str, threads: int, batch: int, seq: int, steps: int) -> None:
+def overlap_hooks(model, grads: list):
+    """Make each block of ``model`` start the allreduce of its gradients as its backward returns; returns
+    ``finish()``, which starts the rest, waits for all, writes the means back and clears the requests."""
+    import numpy as np
+    from mpi4py import MPI
+
+    comm, pending = MPI.COMM_WORLD, []
+
+    def start(arrays):
+        flat = np.concatenate([a.reshape(-1) for a in arrays])
+        pending.append((comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM), flat, arrays))
+        MPI.Request.Testall([r for r, _, _ in pending])  # MPICH advances requests only inside MPI calls
+
+    in_blocks = set()
+    for block in model._blocks:
+        own = list(block.gradients().values())
+        in_blocks |= {id(g) for g in own}
+
+        def hooked(*args, _backward=block.backward, _own=own, **kw):
+            out = _backward(*args, **kw)
+            start(_own)
+            return out
+
+        block.backward = hooked
+    rest = [g for g in grads if id(g) not in in_blocks]
+
+    def finish():
+        start(rest)
+        MPI.Request.Waitall([r for r, _, _ in pending])
+        scale = np.float32(1.0 / comm.Get_size())
+        for _, flat, arrays in pending:
+            at = 0
+            for a in arrays:
+                a.reshape(-1)[:] = flat[at:at + a.size]
+                a *= scale
+                at += a.size
+        pending.clear()
+
+    return finish
+
+
+def worker(model_name: str, threads: int, batch: int, seq: int, steps: int, overlap: bool = False) -> None:
     """One process of a side: time ``steps`` steps after two warm-ups; rank 0 prints the figures as JSON."""
     import numpy as np
 
@@ -57,6 +105,7 @@ def worker(model_name: str, threads: int, batch: int, seq: int, steps: int) -> N
     batches = [(rng.integers(0, vocab, (batch * size, seq)), rng.integers(0, vocab, (batch * size, seq)))
                for _ in range(2)]
     grads = list(model.gradients().values())
+    finish = overlap_hooks(model, grads) if overlap else None
     step_s, reduce_s = [], []
     for i in range(2 + steps):
         x, y = (a[rank * batch:(rank + 1) * batch] for a in batches[i % 2])
@@ -65,7 +114,10 @@ def worker(model_name: str, threads: int, batch: int, seq: int, steps: int) -> N
         _, dlogits = loss_fn(model.forward(x), y)
         model.backward(dlogits)
         t1 = time.perf_counter()
-        dist.allreduce(grads)
+        if finish is not None:
+            finish()
+        else:
+            dist.allreduce(grads)
         t2 = time.perf_counter()
         opt.step()
         if i >= 2:
@@ -77,9 +129,11 @@ def worker(model_name: str, threads: int, batch: int, seq: int, steps: int) -> N
                           "tokens": batch * size * seq}))
 
 
-def run_side(procs: int, threads: int, batch: int, steps: int, model: str = "wtrain", seq: int = SEQ) -> dict:
+def run_side(procs: int, threads: int, batch: int, steps: int, model: str = "wtrain", seq: int = SEQ,
+             overlap: bool = False) -> dict:
     """Run one side in fresh processes (``mpiexec -n procs`` when procs > 1); returns rank 0's figures."""
-    cmd = [sys.executable, "-m", "perf.bench_mpi", "--worker", model, str(threads), str(batch), str(seq), str(steps)]
+    cmd = [sys.executable, "-m", "perf.bench_mpi", "--worker", model, str(threads), str(batch), str(seq), str(steps),
+           str(int(overlap))]
     if procs > 1:
         cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(procs), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -108,6 +162,22 @@ def compare(rounds: int, steps: int) -> dict:
             "grad_MB": got[2]["grad_MB"], "tokens_per_step": got[2]["tokens"], "rounds": rounds, "steps": steps}
 
 
+def overlap(rounds: int, steps: int) -> dict:
+    after, over, ratios = [], [], []
+    for r in range(rounds):
+        got = {}
+        for kind in ((False, True) if r % 2 == 0 else (True, False)):
+            got[kind] = run_side(2, 1, BATCH // 2, steps, overlap=kind)
+        after.append(got[False]["step_s"])
+        over.append(got[True]["step_s"])
+        ratios.append(after[-1] / over[-1])
+        print(f"round {r + 1}: after {after[-1] * 1e3:.0f} ms, overlapped {over[-1] * 1e3:.0f} ms, "
+              f"ratio {ratios[-1]:.3f}", file=sys.stderr)
+    return {"after_backward_step_s": statistics.median(after), "overlapped_step_s": statistics.median(over),
+            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "rounds": rounds, "steps": steps}
+
+
 def gpt2(steps: int) -> dict:
     step = run_side(1, 2, 1, steps, "gpt2")
     reduce = run_side(2, 1, 1, steps, "gpt2")
@@ -118,18 +188,19 @@ def gpt2(steps: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        model, threads, batch, seq, steps = sys.argv[2], *map(int, sys.argv[3:7])
-        worker(model, threads, batch, seq, steps)
+        model, threads, batch, seq, steps, over = sys.argv[2], *map(int, sys.argv[3:8])
+        worker(model, threads, batch, seq, steps, bool(over))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--gpt2", action="store_true", help="time a GPT-2 124M step and its allreduce instead")
+    p.add_argument("--overlap", action="store_true", help="2 x 1: allreduce after the backward pass or overlapped")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     a = p.parse_args()
     if shutil.which("mpiexec") is None:
         raise SystemExit("error: mpiexec not found: pip install -e \".[mpi]\"")
-    result = gpt2(a.steps) if a.gpt2 else compare(a.rounds, a.steps)
+    result = gpt2(a.steps) if a.gpt2 else overlap(a.rounds, a.steps) if a.overlap else compare(a.rounds, a.steps)
     text = json.dumps(result, indent=2)
     print(text)
     if a.json:
