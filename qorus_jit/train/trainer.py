@@ -32,6 +32,7 @@ import numpy as np
 from qorus_jit.core import distributed as dist
 from qorus_jit.core.check import check_bool, check_nonnegative, check_real
 from qorus_jit.core.files import atomic_write, final_path, os_reason
+from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
 from qorus_jit.formats import checkpoint as ckpt
 from qorus_jit.layers.base import Layer
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
@@ -83,7 +84,8 @@ class Trainer:
     process with batch N*b sees), the gradients are averaged by allreduce before clipping (so the clip sees the
     global norm), ``fit`` starts from rank 0's weights, optimizer and data state, evaluation is split among the
     ranks, and rank 0 alone writes metrics, progress and checkpoints. An exception in one rank stops every rank
-    with a line naming it. A checkpoint resumes under as many processes as wrote it.
+    with a line naming it. A checkpoint resumes under as many processes as wrote it. A process whose thread
+    count was left at the most takes the machine's cores divided by the job's processes on it.
     """
 
     def __init__(self, model, optimizer, data, *, steps: int, batch_size: int | None = None, loss="cross_entropy",
@@ -115,6 +117,8 @@ class Trainer:
             check_bool(print_evals=print_evals)
         self.model, self.optimizer, self.data = model, optimizer, data
         self.rank, self.world = dist.rank(), dist.size()
+        if self.world > 1 and get_num_threads() == max_threads():  # not lowered: the machine's cores are shared
+            set_num_threads(min(dist.default_threads(), max_threads()))
         self.steps, self.grad_accum, self.clip = steps, grad_accum, clip
         self.loss = make_loss(loss)
         self.schedule = schedule if schedule is not None else constant(optimizer.lr)
