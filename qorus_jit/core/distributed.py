@@ -249,4 +249,7 @@ def abort(message: str, code: int = 1):
         raise SystemExit(code)
     print(f"error: rank {w.rank} of {w.size} (pid {os.getpid()} on {w.hosts[w.rank]}): {text}", file=sys.stderr,
           flush=True)
-    w.comm.Abort(code)
+    try:
+        w.comm.Abort(code)
+    finally:
+        os._exit(code)  # MPICH's MPI_Abort may return before the launcher ends this process
