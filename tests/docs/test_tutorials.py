@@ -35,6 +35,12 @@ def test_directives():
     assert mpi.requires == ["mpiexec", "mpi4py"]
 
 
+def test_a_block_in_a_list_item():
+    text = "1. Write it:\n\n    <!-- test: file hosts -->\n    ```text\n    node1:2\n    node2:2\n    ```\n"
+    (block,) = parse(text)
+    assert (block.file, block.code, block.line) == ("hosts", "node1:2\nnode2:2\n", 4)
+
+
 def test_a_replacement_that_no_longer_matches_fails():
     with pytest.raises(ValueError, match="'--steps 300' is not in the block"):
         parse('<!-- test: replace "--steps 300" "--steps 3" -->\n```bash\nqorus train --steps 600\n```\n')

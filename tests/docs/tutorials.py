@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TUTORIALS = Path(__file__).resolve().parents[2] / "docs" / "tutorials"
-BLOCK = re.compile(r"((?:^<!-- test: .*? -->\n)*)^```(python|bash|[\w+-]*)\n(.*?)^```$", re.S | re.M)
+BLOCK = re.compile(r"((?:^[ \t]*<!-- test: .*? -->\n)*)^([ \t]*)```([\w+-]*)\n(.*?)^\2```$", re.S | re.M)
 DIRECTIVE = re.compile(r"<!-- test: (.*?) -->")
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -47,7 +47,9 @@ def parse(text: str) -> list[Block]:
     """The page's fenced blocks in order, with their ``<!-- test: ... -->`` directives applied."""
     blocks = []
     for m in BLOCK.finditer(text):
-        block = Block(m.group(2), m.group(3), text.count("\n", 0, m.start(2)) + 1)
+        indent = m.group(2)  # a block inside a list item: its lines lose the item's indentation
+        code = "".join(line.removeprefix(indent) for line in m.group(4).splitlines(keepends=True))
+        block = Block(m.group(3), code, text.count("\n", 0, m.start(3)) + 1)
         for directive in DIRECTIVE.findall(m.group(1)):
             word, _, rest = directive.partition(" ")
             if word == "skip":
