@@ -1,7 +1,8 @@
 """A griffe extension for the API pages (mkdocs.yml): the docstrings are written for the terminal (reST-style
 roles, doctest examples), and Markdown needs two changes to show them right: doctest examples (``>>>`` lines
 and the output under them) become ``pycon`` code blocks, which Markdown would otherwise run together as a
-paragraph, and roles such as ``:class:`~qorus_jit.layers.Linear``` become code (``Linear``)."""
+paragraph, and roles such as ``:class:`~qorus_jit.layers.Linear``` become code (``Linear``). Constants and
+class attributes documented by ``#:`` comments above them (Sphinx's convention) get those as docstrings."""
 
 from __future__ import annotations
 
@@ -36,9 +37,23 @@ def fence_doctests(text: str) -> str:
     return "\n".join(out)
 
 
+def comment_doc(lines: list[str], lineno: int) -> str:
+    """The text of the ``#:`` comment lines right above line ``lineno`` (1-based) of ``lines``, or ""."""
+    out, i = [], lineno - 2
+    while i >= 0 and lines[i].lstrip().startswith("#:"):
+        out.append(lines[i].lstrip()[2:].strip())
+        i -= 1
+    return "\n".join(reversed(out))
+
+
 class DocstringMarkdown(griffe.Extension):
-    """Rewrites every docstring's doctest examples as fenced code and its roles as inline code."""
+    """Rewrites every docstring's doctest examples as fenced code and its roles as inline code, and takes an
+    attribute's ``#:`` comment as its docstring."""
 
     def on_object(self, *, obj, **kwargs) -> None:
+        if obj.is_attribute and obj.docstring is None and obj.lineno and obj.filepath in obj.lines_collection:
+            text = comment_doc(obj.lines_collection[obj.filepath], obj.lineno)
+            if text:
+                obj.docstring = griffe.Docstring(text, parent=obj)
         if obj.docstring is not None:
             obj.docstring.value = plain_roles(fence_doctests(obj.docstring.value))

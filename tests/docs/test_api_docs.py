@@ -66,7 +66,7 @@ def test_the_docstring_check_finds_what_is_missing():
 
 
 def test_docstrings_become_markdown():
-    from tests.docs.griffe_markdown import fence_doctests, plain_roles
+    from tests.docs.griffe_markdown import comment_doc, fence_doctests, plain_roles
 
     text = "Decay.\n\n    >>> s = linear(1.0, 4)\n    >>> [s(k) for k in range(2)]\n    [1.0, 0.75]\n\nAfter."
     assert fence_doctests(text) == ("Decay.\n\n    ```pycon\n    >>> s = linear(1.0, 4)\n    >>> [s(k) for k in "
@@ -75,3 +75,5 @@ def test_docstrings_become_markdown():
     assert fence_doctests(">>> 1 + 1\n2") == "```pycon\n>>> 1 + 1\n2\n```"
     assert plain_roles("See :class:`~qorus_jit.layers.Linear`, :mod:`qorus_jit.train` and :meth:`fit`.") == (
         "See `Linear`, `qorus_jit.train` and `fit`.")
+    lines = ["x = 1", "#: The width", "#: of a row.", "WIDTH = 3", "", "# a plain comment", "N = 2"]
+    assert (comment_doc(lines, 4), comment_doc(lines, 7), comment_doc(lines, 1)) == ("The width\nof a row.", "", "")
