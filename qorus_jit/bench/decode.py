@@ -72,9 +72,13 @@ def stream_bandwidth(n_bytes: int, repeat: int = 9) -> float:
 
 
 def bytes_per_token(model, first_pos: int, n: int) -> float:
-    """Weight bytes plus the mean KV-cache bytes read by the decode steps at positions first_pos ..."""
+    """Weight bytes plus the mean KV-cache bytes read by the decode steps at positions first_pos ...: the float32
+    parameters and the quantized layers' weights (a tied table counted once, as the head)."""
+    from qorus_jit.layers.quantized import quantized_layers
+
     c = model.config
     weights = sum(p.nbytes for p in model.parameters().values())
+    weights += sum(layer.weight_nbytes for layer in quantized_layers(model).values())
     kv_per_pos = 2 * c.n_layers * (c.n_kv_heads or c.n_heads) * (c.dim // c.n_heads) * 4
     mean_len = first_pos + (n + 1) / 2
     return weights + kv_per_pos * mean_len

@@ -333,11 +333,33 @@ def check_fields(cls, d, what: str, error: type[Exception] = ValueError, noun: s
         raise error(f"{what}: unknown {noun}(s) {', '.join(map(str, unknown))}{hint}")
 
 
+class Unfilled:
+    """The ``rng=`` of a model whose parameters are overwritten next (a checkpoint being loaded): it draws
+    nothing. Each draw is a broadcast zero, which ``Layer.add_parameter`` turns into lazily mapped zeros
+    (``layers.base.lazy_zeros``), so a layer replaced before its weight is written never takes that memory."""
+
+    def _zeros(self, size):
+        return np.broadcast_to(np.float32(0), () if size is None else size)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._zeros(size)
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return self._zeros(size)
+
+    def standard_normal(self, size=None):
+        return self._zeros(size)
+
+
+#: The one :class:`Unfilled` source (``rng=UNFILLED``).
+UNFILLED = Unfilled()
+
+
 def check_rng(name: str, rng) -> np.random.Generator:
     """A random source argument (``rng=``): None (fresh entropy), an int seed >= 0 (Python or NumPy, not a
     bool), a ``numpy.random.Generator`` (returned as is, so layers built from one draw in turn), or a
     ``BitGenerator`` or ``SeedSequence``. Returns the Generator."""
-    if isinstance(rng, np.random.Generator):
+    if isinstance(rng, (np.random.Generator, Unfilled)):
         return rng
     if rng is None or isinstance(rng, (np.random.BitGenerator, np.random.SeedSequence)):
         return np.random.default_rng(rng)

@@ -10,10 +10,11 @@ from qorus_jit.layers.graph import Add, Graph, Sequential
 from qorus_jit.layers.linear import Linear
 from qorus_jit.layers.lora import LoRALinear, apply_lora, load_lora, merge_lora, save_lora
 from qorus_jit.layers.norm import LayerNorm, RMSNorm
-from qorus_jit.layers.quantized import QuantizedLinear
+from qorus_jit.layers.quantized import QuantizedEmbedding, QuantizedLinear
 
 __all__ = [
     "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer", "LayerNorm",
-    "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "QuantizedLinear", "RMSNorm", "ReLU",
-    "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock", "apply_lora", "load_lora", "merge_lora", "save_lora",
+    "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "QuantizedEmbedding", "QuantizedLinear",
+    "RMSNorm", "ReLU", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock", "apply_lora", "load_lora",
+    "merge_lora", "save_lora",
 ]

@@ -18,7 +18,7 @@ a shape and reused while the shape stays the same. So:
   update, clip and keep state for only the names ``trainable()`` lists, and backward computes no gradient
   for it (``requires_grad(name)`` is False: a Linear computes only ``dx``, an embedding skips its scatter):
   a frozen gradient is never written, ``zero_grad()`` skips it, and it stays zero. Gradient buffers are
-  mapped lazily (:func:`grad_zeros`), so a frozen one takes no resident memory.
+  mapped lazily (:func:`lazy_zeros`), so a frozen one takes no resident memory.
 - ``train(mode=True)`` / ``eval()`` switch the training mode of a layer and its children (``training``,
   False by default, as for generation and evaluation): only in training mode does a layer drop (LoRA's
   ``dropout``). ``seed_dropout(*key)`` seeds the masks of the forward passes that follow: a layer draws
@@ -46,13 +46,14 @@ from qorus_jit.core.numerics import DTYPE
 BACKWARD_VARIANTS = ("out", "accumulate", "residual")
 
 
-#: Gradients of at least this many bytes are mapped lazily by :func:`grad_zeros` (smaller ones: ``alloc.zeros``).
+#: Arrays of at least this many bytes are mapped lazily by :func:`lazy_zeros` (smaller ones: ``alloc.zeros``).
 LAZY_BYTES = 1 << 16
 
 
-def grad_zeros(shape, dtype=DTYPE) -> np.ndarray:
-    """Zeros for a gradient: for a large one a private anonymous memory map, whose pages become resident only
-    when written, so the gradient of a frozen parameter (never written) takes no memory; page-aligned, with
+def lazy_zeros(shape, dtype=DTYPE) -> np.ndarray:
+    """Zeros that take memory only where written: for a large array a private anonymous memory map, whose pages
+    become resident only when written, so the gradient of a frozen parameter (never written) and a parameter of
+    an ``rng=UNFILLED`` build replaced before it is loaded take no memory; page-aligned, with
     :data:`alloc.PAD <qorus_jit.core.alloc.PAD>` bytes spare after it as :mod:`~qorus_jit.core.alloc`'s arrays.
     (``alloc.zeros`` fills, which makes every page resident.)"""
     shape = tuple(int(s) for s in shape)
@@ -103,7 +104,7 @@ class Layer:
     # -- construction -------------------------------------------------------------------------------
 
     def add_parameter(self, name: str, value, decay: bool | None = None) -> np.ndarray:
-        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient (:func:`grad_zeros`).
+        """Register a parameter (stored as a C-contiguous float32 copy) and its zeroed gradient (:func:`lazy_zeros`).
 
         ``decay``: whether weight decay applies to it (see :meth:`no_decay`); ``None`` follows
         :func:`decays_by_default` (matrices decay, vectors do not). Embeddings pass ``False``."""
@@ -111,9 +112,13 @@ class Layer:
             raise TypeError(f"name: expected a non-empty str, got {name!r}")
         if decay is not None and not isinstance(decay, bool):
             raise TypeError(f"decay: expected True, False or None, got {decay!r}")
-        arr = _alloc.copy(_real_array(f"value of {name}", value), DTYPE)
+        value = _real_array(f"value of {name}", value)
+        if value.size and not any(value.strides) and value.flat[0] == 0:  # a broadcast zero (rng=UNFILLED)
+            arr = lazy_zeros(value.shape, DTYPE)  # pages taken only when written
+        else:
+            arr = _alloc.copy(value, DTYPE)
         self._params[name] = arr
-        self._grads[name] = grad_zeros(arr.shape)
+        self._grads[name] = lazy_zeros(arr.shape)
         if decay if decay is not None else decays_by_default(arr):
             self._no_decay.discard(name)
         else:

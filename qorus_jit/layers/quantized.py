@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qorus_jit.core.check import check_choice
+from qorus_jit.core.check import check_choice, check_index
 from qorus_jit.kernels import quant as _quant
 from qorus_jit.kernels import trusted as K
 from qorus_jit.layers.base import Layer, check_input, named_layers, replace_child
@@ -180,6 +180,71 @@ class QuantizedLinear(Layer):
     def extra_repr(self) -> str:
         """``in_features, out_features, weight_format, bias``, as ``repr`` shows them."""
         return f"{self.in_features}, {self.out_features}, {self.weight_format}, bias={self.bias is not None}"
+
+
+class QuantizedEmbedding(Layer):
+    """``ids (...) -> (..., dim)``: rows of the quantized table of ``head`` (the :class:`QuantizedLinear` a tied
+    LM head became), so a tied model holds its table once, in bf16 or q8_0, for both the lookups and the head.
+    Each row comes back in float32 exactly as the head multiplies by it. Inference only (backward raises). The
+    head is not a child: its arrays are listed once, by the head."""
+
+    incremental = True  # each position's row from its own id
+
+    def __init__(self, head: QuantizedLinear):
+        super().__init__()
+        if not isinstance(head, QuantizedLinear):
+            raise TypeError(f"head: expected a QuantizedLinear, got {type(head).__name__}")
+        self._head = head
+        self.num_embeddings, self.dim = head.out_features, head.in_features
+
+    @property
+    def head(self) -> QuantizedLinear:
+        """The layer whose table this one reads."""
+        return self._head
+
+    def forward(self, ids):
+        """``ids`` (an integer array, at least one axis, each in ``0..num_embeddings-1``) -> ``(*ids.shape, dim)``
+        float32. Raises TypeError for a non-array, ValueError naming the first id out of range."""
+        if not isinstance(ids, np.ndarray) or ids.ndim < 1:
+            raise TypeError(f"ids: expected an integer numpy array with at least one axis, got {type(ids).__name__}")
+        check_index("ids", ids, tuple(f"d{i}" for i in range(ids.ndim)), self.num_embeddings)
+        y = self.buffer("y", ids.shape + (self.dim,))
+        h, flat = self._head, ids.reshape(-1)
+        if h.weight_format == "bf16":
+            y.reshape(-1, self.dim).view(np.uint32)[...] = h.w16[flat].astype(np.uint32) << 16
+        else:
+            y.reshape(-1, self.dim)[...] = (h.qs[flat].reshape(-1, GROUP) * h.d[flat].reshape(-1, 1)).reshape(
+                flat.size, self.dim)
+        return y
+
+    def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        raise RuntimeError(f"QuantizedEmbedding ({self._head.weight_format}): backward: quantized layers do not "
+                           "train (train or fine-tune the fp32 model, then quantize it)")
+
+    def extra_repr(self) -> str:
+        """``num_embeddings, dim, format``, as ``repr`` shows them."""
+        return f"{self.num_embeddings}, {self.dim}, {self._head.weight_format}"
+
+
+def share_tied_table(model: Layer) -> bool:
+    """Where ``model``'s LM head is a :class:`QuantizedLinear` made from a tied embedding (named ``lm_head``,
+    beside an :class:`~qorus_jit.layers.Embedding` the model's config ties to it), put a
+    :class:`QuantizedEmbedding` of the head in the embedding's place, dropping its float32 table. Returns
+    whether it did."""
+    from qorus_jit.layers.embedding import Embedding
+
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_embeddings", False):
+        return False
+    layers = {dotted: (parent, name, layer) for parent, name, dotted, layer in named_layers(model)}
+    head = layers.get("lm_head", (None, None, None))[2]
+    tables = [(p, n, c) for p, n, c in layers.values() if type(c) is Embedding and c.num_embeddings == getattr(
+        head, "out_features", None) and c.dim == getattr(head, "in_features", None)]
+    if not isinstance(head, QuantizedLinear) or not tables:
+        return False
+    parent, name, table = tables[0]  # the token embedding: the first table the model holds of the head's shape
+    replace_child(parent, name, table, QuantizedEmbedding(head))
+    return True
 
 
 def _matrix(name: str, value, dtype) -> np.ndarray:

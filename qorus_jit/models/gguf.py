@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.check import UNFILLED
 from qorus_jit.formats.gguf import GGUFFile, read_gguf
 from qorus_jit.formats.llama2c import half_to_interleaved, interleaved_to_half
 from qorus_jit.models.llama import Llama, LlamaConfig
@@ -182,12 +183,18 @@ def gguf_model(gf: GGUFFile, dtype: str | None = None) -> Llama:
     what the file holds (Q8_0 weights become int8 (q8_0) :class:`QuantizedLinear` layers, BF16 ones bf16
     layers, their bytes as stored, never re-quantized; F32/F16: float32); "fp32" widens and dequantizes
     everything (exactly, as ggml does); "int8" / "bf16" keep the tensors already in that format and quantize
-    the others. Embeddings and norms are float32 (a Q8_0 ``token_embd`` is dequantized for the lookups; a tied
-    head keeps its blocks). Every check (architecture, keys, tensor names, types and shapes) is made before
-    the model is built, so memory stays bounded by the file."""
+    the others. Norms are float32; a tied ``token_embd`` is held once, quantized, by the head (its rows
+    dequantized for the lookups), an untied one in float32. Every check (architecture, keys, tensor names,
+    types and shapes) is made before the model is built, so memory stays bounded by the file."""
     from qorus_jit.layers import Linear
     from qorus_jit.layers.head import TiedLMHead
-    from qorus_jit.layers.quantized import QuantizedLinear, check_quantizable, quantize_layers, quantize_weight
+    from qorus_jit.layers.quantized import (
+        QuantizedLinear,
+        check_quantizable,
+        quantize_layers,
+        quantize_weight,
+        share_tied_table,
+    )
     from qorus_jit.layers.quantized import weight_format as _weight_format
 
     fmt = None if dtype is None else _weight_format(dtype)
@@ -205,7 +212,7 @@ def gguf_model(gf: GGUFFile, dtype: str | None = None) -> Llama:
                 check_quantizable(dotted, gf.tensors[g].shape[1])
     except ValueError as e:
         raise ValueError(f"{gf.path}: {e}") from None
-    model = Llama(config)
+    model = Llama(config, rng=UNFILLED)  # float32 weights never written: those replaced take no memory
     if fmt is not None:
         def make(dotted, layer):
             if dotted not in targets or not (type(layer) is Linear or isinstance(layer, TiedLMHead)):
@@ -216,6 +223,7 @@ def gguf_model(gf: GGUFFile, dtype: str | None = None) -> Llama:
             return QuantizedLinear(fmt, **arrays, name=dotted)
 
         quantize_layers(model, make)
+        share_tied_table(model)  # a tied token_embd held once, as stored, for the head and the lookups
     own = model.parameters()
     for g, h in names.items():  # one tensor at a time; the quantized layers' weights are theirs already
         if h in own:

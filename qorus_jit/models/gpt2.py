@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qorus_jit.core.check import check_rng
+from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.layers import Embedding, LayerNorm, Linear, TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
 from qorus_jit.layers.head import TiedLMHead
@@ -127,8 +127,9 @@ class GPT2(Architecture):
         rng = check_rng("rng", rng)
         self._check_fits(config)
         self.config = c = config
-        wte = self.add("transformer.wte", Embedding(c.vocab_size, c.dim), "ids", "tok")
-        self.add("transformer.wpe", PositionEmbedding(c.max_seq_len, c.dim), "tok", "h0")
+        own = rng if rng is UNFILLED else None  # the embeddings' own draws are overwritten below
+        wte = self.add("transformer.wte", Embedding(c.vocab_size, c.dim, rng=own), "ids", "tok")
+        self.add("transformer.wpe", PositionEmbedding(c.max_seq_len, c.dim, rng=own), "tok", "h0")
         for i in range(c.n_layers):
             self.add(f"transformer.h.{i}", TransformerBlock(
                 c.dim, c.n_heads, c.hidden_dim, norm="layer", norm_eps=c.norm_eps, prenorm=True,
@@ -141,7 +142,7 @@ class GPT2(Architecture):
         head = TiedLMHead(wte) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False, rng=rng)
         self.add("lm_head", head, "hn", "logits")
         for name, p in self.parameters().items():
-            if ".ln_" not in name and name.endswith("weight"):
+            if rng is not UNFILLED and ".ln_" not in name and name.endswith("weight"):
                 p[...] = rng.normal(0.0, 0.02, p.shape)
 
     @staticmethod

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qorus_jit.core.check import check_rng
+from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
@@ -172,17 +172,19 @@ class Llama(Architecture):
         rng = check_rng("rng", rng)
         self._check_fits(config)
         self.config = c = config
-        emb = self.add("model.embed_tokens", Embedding(c.vocab_size, c.dim), "ids", "h0")
+        own = rng if rng is UNFILLED else None  # the layers' own draws are overwritten below; unfilled stays so
+        emb = self.add("model.embed_tokens", Embedding(c.vocab_size, c.dim, rng=own), "ids", "h0")
         self._blocks = [self.add(f"model.layers.{i}", TransformerBlock(
             c.dim, c.n_heads, c.hidden_dim, c.n_kv_heads, norm="rms", norm_eps=c.norm_eps, prenorm=True,
             mlp="swiglu", mlp_bias=c.mlp_bias, causal=True, rope="rotate_half", rope_theta=c.rope_theta,
-            max_seq_len=c.max_seq_len, attn_bias=c.attention_bias, out_bias=c.attention_bias), f"h{i}", f"h{i + 1}")
+            max_seq_len=c.max_seq_len, attn_bias=c.attention_bias, out_bias=c.attention_bias, rng=own), f"h{i}",
+            f"h{i + 1}")
             for i in range(c.n_layers)]
         self.add("model.norm", RMSNorm(c.dim, c.norm_eps), f"h{c.n_layers}", "hn")
-        head = TiedLMHead(emb) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False)
+        head = TiedLMHead(emb) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False, rng=own)
         self.add("lm_head", head, "hn", "logits")
         for name, p in self.parameters().items():
-            if not name.endswith("norm.weight") and "layernorm" not in name:
+            if rng is not UNFILLED and not name.endswith("norm.weight") and "layernorm" not in name:
                 p[...] = rng.normal(0.0, 0.02, p.shape)
         self._decoder: _Decoder | None = None  # the run state of the last DecodeState's caches
         self._plan: tuple[int, str | None] | None = None  # (structure_version, _find_plan())
@@ -297,7 +299,7 @@ class _Decoder:
         self.scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
                         b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
                         b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
-        embed = p["model.embed_tokens.weight"]
+        embed = p.get("model.embed_tokens.weight")  # None: the table is the quantized head's (share_tied_table)
         final = (p["model.norm.weight"], np.float32(c.norm_eps))
         if self.fmt == "fp32":
             head_w = embed if c.tie_embeddings else p["lm_head.weight"]
@@ -318,7 +320,8 @@ class _Decoder:
             return tuple(w for w, _ in pairs), tuple(s for _, s in pairs)
 
         ws = [t for n in (*_ATTN, *_MLP) for t in per_layer_q(n)]
-        self.weights = (embed, _NO_SCALES, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
+        table = weight(q["lm_head"]) if embed is None else (embed, _NO_SCALES)
+        self.weights = (*table, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
         widest = max(c.dim, hd, c.hidden_dim)
         if self.fmt == "q8_0":
             self.scratch += (np.empty(widest, np.int16), np.empty(widest // 32, np.float32))
@@ -373,7 +376,7 @@ def load_llama2c(path) -> Llama:
     p["model.norm.weight"] = t["norm"]
     if not c.tie_embeddings:
         p["lm_head.weight"] = t["output"]
-    model = Llama(c)
+    model = Llama(c, rng=UNFILLED)
     model.load_parameters(p)
     return model
 

@@ -3,8 +3,8 @@ attention, the MLP and the LM head for :class:`~qorus_jit.layers.quantized.Quant
 (docs/formats.md, "Quantized folders") are written by :func:`save_quantized` and read back, without
 re-quantizing, by ``load_pretrained``.
 
-The embedding tables, the norms and the biases stay float32. A tied head gets a quantized copy of the
-embedding table (the table itself stays float32 for the lookups).
+The norms, the biases and an untied embedding table stay float32. A tied embedding table is held once,
+quantized, by the head (:class:`~qorus_jit.layers.quantized.QuantizedEmbedding` reads its rows for the lookups).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.check import UNFILLED
 from qorus_jit.core.files import atomic_write, atomic_write_text, check_path
 from qorus_jit.formats.hf import CONFIG_NAME, WEIGHTS_NAME, make_folder, read_hf_shapes
 from qorus_jit.formats.safetensors import read_safetensors_header
@@ -31,6 +32,7 @@ from qorus_jit.layers.quantized import (
     quantize_layers,
     quantized_layers,
     quantized_tensors,
+    share_tied_table,
     weight_format,
 )
 from qorus_jit.tokenizers.hf import hf_tokenizer_files
@@ -70,7 +72,8 @@ def quantize_model(model, dtype: str):
     """Quantize ``model`` (a Llama or GPT-2) in place to ``dtype``: "fp32" (nothing changes), "bf16" or
     "int8" (q8_0). The linear layers of the attention and the MLP and the LM head become
     :class:`~qorus_jit.layers.quantized.QuantizedLinear` (a tied head: a quantized copy of the embedding
-    table); embeddings, norms and biases stay float32. Returns ``model``.
+    table, which then serves the lookups too); norms, biases and an untied embedding table stay float32.
+    Returns ``model``.
 
     Refused with a one-line ValueError before anything changes: another architecture (BERT), LoRA adapters
     (merge them first), a model quantized already to another format (fp32 included; the same format is
@@ -98,6 +101,7 @@ def quantize_model(model, dtype: str):
         return None
 
     quantize_layers(model, make)
+    share_tied_table(model)
     del targets  # the float32 layers: nothing else holds them now
     _forget_decoder(model)
     _return_freed_memory()
@@ -232,6 +236,8 @@ def quantized_layout(path, cls, fmt: str) -> dict:
         else:
             plain[name] = shape
     shapes = dict(plain)
+    if cls.hf_embedding not in plain and "lm_head.weight" in quant:  # a tied table, held by the head alone
+        shapes[cls.hf_embedding] = quant["lm_head.weight"]
     for name, shape in quant.items():
         if len(shape) != 2:
             raise ValueError(f"{file}: tensor {name!r} has shape {shape}, expected a matrix (out, in)")
@@ -249,7 +255,7 @@ def load_quantized(layout: dict, cls, config, fmt: str):
     """The model of a quantized folder whose :func:`quantized_layout` fits ``config`` (``fmt`` its format): the
     quantized weights go straight into the layers (no re-quantizing)."""
     file, plain, quant = layout["file"], layout["plain"], layout["quant"]
-    model = cls(config)  # built first: each linear's float32 weight goes as its quantized one comes in
+    model = cls(config, rng=UNFILLED)  # float32 weights never written: those replaced take no memory
     targets = [(p, n, d, c) for p, n, d, c in named_layers(model) if type(c) is Linear or isinstance(c, TiedLMHead)]
     missing = [f"{d}.weight" for _, _, d, _ in targets if f"{d}.weight" not in quant]
     if missing:
@@ -271,7 +277,9 @@ def load_quantized(layout: dict, cls, config, fmt: str):
             bias = getattr(layer, "bias", None)  # its value comes with the other parameters below
             replace_child(parent, name, layer, QuantizedLinear(fmt, **arrays, bias=bias, name=dotted))
             del layer, bias, arrays
-        rest = {k: np.ascontiguousarray(f.get_tensor(k), np.float32) for k in plain}
+        share_tied_table(model)
+        own = model.parameters()  # a float32 tied table of an older folder is not one any more
+        rest = {k: np.ascontiguousarray(f.get_tensor(k), np.float32) for k in plain if k in own}
     _forget_decoder(model)
     try:
         model.load_parameters(rest)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core.check import UNFILLED
 from qorus_jit.core.files import atomic_write_text
 from qorus_jit.formats.gguf import is_gguf
 from qorus_jit.formats.hf import CONFIG_NAME, read_hf_config, read_hf_shapes, read_hf_weights, write_hf_folder
@@ -267,7 +268,7 @@ def load_pretrained(path, dtype: str | None = None) -> Architecture:
         return load_quantized(layout, cls, config, stored)
     check_shapes(config, read_hf_shapes(path), source=str(path))
     params = cls.from_hf_tensors(check_tensors(config, read_hf_weights(path), source=str(path)))
-    model = cls(config)
+    model = cls(config, rng=UNFILLED)  # no random weights drawn and written only to be overwritten
     model.load_parameters(params)
     del params
     if fmt is not None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qorus_jit.layers import Embedding, LayerNorm, Linear, RMSNorm, apply_lora
-from qorus_jit.layers.base import LAZY_BYTES, grad_zeros
+from qorus_jit.layers.base import LAZY_BYTES, lazy_zeros
 from qorus_jit.layers.head import TiedLMHead
 from qorus_jit.layers.lora import _layers, lora_layers
 from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
@@ -216,7 +216,7 @@ def test_set_trainable_names_are_checked():
 
 
 def test_large_gradients_are_lazily_mapped_zeros():
-    g = grad_zeros((LAZY_BYTES // 4 + 1,))
+    g = lazy_zeros((LAZY_BYTES // 4 + 1,))
     assert not g.any() and g.flags.writeable and g.flags.c_contiguous and g.ctypes.data % 64 == 0
-    small = grad_zeros((3, 2))
+    small = lazy_zeros((3, 2))
     assert not small.any() and small.shape == (3, 2)

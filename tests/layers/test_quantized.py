@@ -2,14 +2,18 @@
 NumPy float64 and run in fp32), decoding and generation through the quantized layers, the bad inputs, and the
 accuracy bars of issue 17 on a random Hugging Face Llama (transformers) against our fp32."""
 
+import gc
+import os
+
 import numpy as np
 import pytest
 
 import qorus_jit
+from qorus_jit.core.check import UNFILLED
 from qorus_jit.infer.generate import generate
 from qorus_jit.layers import DecodeState, Linear, QuantizedLinear, apply_lora
 from qorus_jit.layers.head import TiedLMHead
-from qorus_jit.layers.quantized import quantized_layers, quantized_tensors
+from qorus_jit.layers.quantized import QuantizedEmbedding, quantized_layers, quantized_tensors
 from qorus_jit.models import GPT2, Bert, BertConfig, GPT2Config, Llama, LlamaConfig
 from qorus_jit.models.quantize import quantize_model
 from tests.naive import quant as naive
@@ -113,11 +117,13 @@ MODELS = {"llama-tied": lambda: small_llama(True), "llama-untied-bias": lambda: 
 
 def reference_logits(make, quantized, ids):
     """The fp32 model with every quantized weight replaced by its float64 dequantization (run in fp32), the
-    head applied in float64 to the final norm's output (a tied head's quantized copy differs from the
-    embedding table, which the lookup still reads in fp32)."""
+    head applied in float64 to the final norm's output; a tied embedding table looked up in its dequantized
+    form too (the quantized model holds it once, as the head)."""
     ref = make()
     layers = quantized_layers(quantized)
     params = {f"{name}.weight": dequantize(layer) for name, layer in layers.items() if name != "lm_head"}
+    if ref.config.tie_embeddings:
+        params[ref.hf_embedding] = dequantize(layers["lm_head"])
     ref.load_parameters(params, strict=False)
     ref.forward(ids)
     hn = ref._values["hn"].astype(np.float64)
@@ -138,7 +144,13 @@ def test_quantize_model_against_the_dequantized_fp32_model(kind, dtype):
     assert all(layer.weight_format == FORMATS[dtype] for layer in layers.values())
     assert not any(type(c) is Linear or isinstance(c, TiedLMHead) for c in model._walk())
     assert model.nodes[-1][1] is layers["lm_head"] is model.children()["lm_head"]  # the graph's node too
-    np.testing.assert_array_equal(emb, emb_before)  # the embedding lookup stays fp32
+    table = model.children()[model.hf_embedding[:-len(".weight")]]
+    if kind.endswith("-tied"):  # the table held once, by the head; its lookups read the head's rows
+        assert isinstance(table, QuantizedEmbedding) and table.head is layers["lm_head"]
+        assert model.hf_embedding not in model.parameters()
+        np.testing.assert_array_equal(table.forward(np.arange(160))[None], dequantize(layers["lm_head"])[None])
+    else:
+        np.testing.assert_array_equal(emb, emb_before)  # an untied embedding lookup stays fp32
     assert model.trainable() and not any(n.endswith("_proj.weight") for n in model.parameters())
     ids = np.random.default_rng(0).integers(0, 160, (2, 24))
     assert rel_err(model.forward(ids), reference_logits(make, model, ids)) < 1e-4
@@ -167,7 +179,8 @@ def test_decoding_and_generation_run_the_quantized_layers(kind, dtype):
     assert rel_err(steps[:, :5], full[:, :5]) < 1e-5  # the prefill: the linear kernels, as forward
     # one token at a time: bf16 as forward; int8's integer dot quantizes the activations (about 0.5% here)
     assert rel_err(steps, full) < (1e-5 if dtype == "bf16" else 2e-2)
-    assert getattr(model, "_decoder", None) is None  # Llama's fused fp32 decode kernel was not taken
+    decoder = getattr(model, "_decoder", None)  # Llama: the one-call decoder of its format (GPT-2 has none)
+    assert (decoder.fmt == FORMATS[dtype]) if kind.startswith("llama") else decoder is None
     # greedy generation: each new token the argmax of the decode path's logits over the growing sequence
     prompt = list(ids[0, :4])
     got = list(generate(model, prompt, 8, temperature=0.0))
@@ -271,3 +284,25 @@ def test_load_pretrained_dtype_refusals(hf_llama, tmp_path):
     qorus_jit.save_pretrained(bert, tmp_path)
     with pytest.raises(ValueError, match=r"dtype: .* holds a Bert, whose weights stay fp32"):
         qorus_jit.load_pretrained(tmp_path, dtype="int8")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc/self/statm (Linux)")
+def test_unfilled_build_takes_the_memory_of_what_is_written_only():
+    """rng=UNFILLED (what the quantized loaders build with): every parameter zero, and the float32 weights never
+    written take no memory, so replacing them by quantized layers never holds the float32 model."""
+    cfg = LlamaConfig(dim=288, n_layers=6, n_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256)  # 15M
+    quantize_model(small_llama(), "int8")  # the kernels loaded first: their machine code takes memory too
+    gc.collect()
+    before = _rss_bytes()
+    model = Llama(cfg, rng=UNFILLED)
+    grown = _rss_bytes() - before
+    nbytes = sum(p.nbytes for p in model.parameters().values())
+    assert nbytes > 90e6 and grown < 0.1 * nbytes, (grown, nbytes)  # measured 0.04-0.07 (buffers, heap reuse)
+    assert all(not p.any() for n, p in model.parameters().items() if "norm" not in n)
+    quantize_model(model, "int8")
+    assert _rss_bytes() - before < 0.4 * nbytes  # the int8 layers (0.27 of fp32; 0.13 measured) and no fp32
