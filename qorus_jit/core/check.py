@@ -342,12 +342,17 @@ class Unfilled:
         return np.broadcast_to(np.float32(0), () if size is None else size)
 
     def uniform(self, low=0.0, high=1.0, size=None):
+        """Broadcast float32 zeros of ``size`` (a scalar for None), as ``Generator.uniform`` would be shaped; the bounds
+        are ignored."""
         return self._zeros(size)
 
     def normal(self, loc=0.0, scale=1.0, size=None):
+        """Broadcast float32 zeros of ``size`` (a scalar for None), as ``Generator.normal`` would be shaped; ``loc`` and
+        ``scale`` are ignored."""
         return self._zeros(size)
 
     def standard_normal(self, size=None):
+        """Broadcast float32 zeros of ``size`` (a scalar for None), as ``Generator.standard_normal`` would be shaped."""
         return self._zeros(size)
 
 

@@ -218,6 +218,8 @@ class QuantizedEmbedding(Layer):
         return y
 
     def backward(self, dy, out=None, accumulate: bool = False, residual=None):
+        """Always raises RuntimeError: quantized layers do not train (train or fine-tune the float32 model, then
+        quantize it)."""
         raise RuntimeError(f"QuantizedEmbedding ({self._head.weight_format}): backward: quantized layers do not "
                            "train (train or fine-tune the fp32 model, then quantize it)")
 
