@@ -342,6 +342,42 @@ def test_q8_0_gguf_weights_are_ggufs_own_dequantization(llama, dtype):
     np.testing.assert_allclose(got, torch_logits(ref, ids), rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
 
+def test_tied_q8_0_gguf_holds_its_table_once_and_load_source_takes_dtype(tmp_path, vocab):
+    """A tied Q8_0 file: token_embd's blocks serve the head and the lookups (QuantizedEmbedding), as stored,
+    and the logits equal transformers' with the gguf package's dequantization; load_source's dtype widens
+    ("fp32") or converts ("bf16") the blocks."""
+    from qorus_jit.layers.quantized import QuantizedEmbedding, quantized_layers
+    from qorus_jit.models.sources import load_source
+
+    model = hf_llama(tmp_path / "hf", vocab, tied=True, seed=5)
+    path = write_gguf(tmp_path / "t.gguf", model, vocab, Q.Q8_0)
+    deq, q8_names = gguf_dequantized(path, model)
+    assert "model.embed_tokens.weight" in q8_names
+    ref = transformers.LlamaForCausalLM(model.config).eval()
+    ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in deq.items()}, strict=False)
+    ref.tie_weights()
+    ids = batch(model.config.vocab_size, n=1, t=48)
+    want = torch_logits(ref, ids)
+    V = model.config.vocab_size
+    for dtype in (None, "int8", "fp32", "bf16"):
+        ours = load_source(path, dtype=dtype).model
+        layers = quantized_layers(ours)
+        emb = ours.children()["model.embed_tokens"]
+        if dtype in (None, "int8"):
+            assert isinstance(emb, QuantizedEmbedding) and emb.head is layers["lm_head"]
+            assert "model.embed_tokens.weight" not in ours.parameters()
+            np.testing.assert_array_equal(emb.forward(np.arange(V)), deq["model.embed_tokens.weight"])
+            got = ours.forward(ids).astype(np.float64)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        elif dtype == "fp32":
+            assert not layers
+            np.testing.assert_array_equal(ours.parameters()["model.embed_tokens.weight"],
+                                          deq["model.embed_tokens.weight"])
+            np.testing.assert_allclose(ours.forward(ids), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        else:
+            assert {q.weight_format for q in layers.values()} == {"bf16"} and isinstance(emb, QuantizedEmbedding)
+
+
 def test_q8_0_gguf_of_a_trained_model_meets_the_int8_bars(trained):
     """A Llama trained by qorus train (exported as a Hugging Face folder, converted as llama.cpp does, Q8_0
     embedding and head included): on 1,024 held-out positions, top-1 agreement with the fp32 folder >= 99% and

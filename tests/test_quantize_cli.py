@@ -98,6 +98,29 @@ def test_quantize_round_trip_and_generate(run_dir, tmp_path, dtype):
         assert stdout == "def " + text + "\n"
 
 
+def test_load_source_dtype(run_dir, tmp_path):
+    """load_source(..., dtype): a run quantized after its load, to the same layers as quantize_model's; a
+    quantized folder only in its own format; a model that cannot be quantized: a SourceError naming dtype."""
+    from qorus_jit.models.sources import SourceError
+
+    want = quantize_model(load_run_model(run_dir)[0], "int8")
+    got = load_source(run_dir, dtype="int8").model
+    assert quantized_tensors(got).keys() == quantized_tensors(want).keys()
+    for name, arr in quantized_tensors(want).items():
+        np.testing.assert_array_equal(quantized_tensors(got)[name], arr, err_msg=name)
+    assert not quantized_layers(load_source(run_dir, dtype="fp32").model)
+    code, _, err = cli("quantize", run_dir, tmp_path / "q", "--dtype", "bf16")
+    assert code == 0, err
+    assert {q.weight_format for q in quantized_layers(load_source(tmp_path / "q").model).values()} == {"bf16"}
+    with pytest.raises(SourceError, match="dtype: .* quantized folder of bf16 weights"):
+        load_source(tmp_path / "q", dtype="int8")
+    bert = tmp_path / "bert"
+    qorus_jit.save_pretrained(Bert(BertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=50,
+                                              max_seq_len=16), rng=0), bert)
+    with pytest.raises(SourceError, match="dtype: .*Bert"):
+        load_source(bert, tokenizer="byte", dtype="int8")
+
+
 def test_bytes_held_by_a_quantized_model():
     """The fp32 weights go (nothing keeps them), and the linear weights take 1.125 (int8: a byte and a float32
     scale per 32) or 2 (bf16) bytes a weight instead of 4."""

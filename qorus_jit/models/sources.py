@@ -84,12 +84,28 @@ def tokenizer_size(tokenizer) -> int | None:
     return int(n) if ok else None
 
 
-def load_source(source, tokenizer=None) -> Source:
+def load_source(source, tokenizer=None, dtype: str | None = None) -> Source:
     """Load ``source``: a ``qorus train`` run directory (``run.json``; newest checkpoint), a Hugging Face
     folder (``config.json``; its ``tokenizer.json``), a GGUF file (told by its magic; the tokenizer of its
     metadata) or a llama2.c checkpoint (a file; ``tokenizer`` must name its ``tokenizer.bin``). ``tokenizer``
     overrides the source's own (any :func:`load_tokenizer` spec).
+
+    ``dtype`` ("fp32", "bf16", "int8"; None: as the source holds them) is that of the linear layers and the
+    head, as for ``load_pretrained`` (a GGUF file's blocks in that format kept as stored, a quantized folder
+    only in its own format); a model that cannot take it is a :class:`SourceError` naming ``dtype``.
     """
+    src = _load_source(source, tokenizer, dtype)
+    if dtype is not None and src.kind in ("run", "llama2c"):  # the loaders of the others take dtype themselves
+        from qorus_jit.models.quantize import quantize_model
+
+        try:
+            quantize_model(src.model, dtype)
+        except ValueError as e:
+            raise SourceError(f"dtype: {e}") from None
+    return src
+
+
+def _load_source(source, tokenizer, dtype) -> Source:
     path = check_path("source", source)
     if not path.exists():
         raise SourceError(f"source: no such file or folder: {path}")
@@ -101,7 +117,7 @@ def load_source(source, tokenizer=None) -> Source:
         model, own = load_run_model(path)
         return _checked(Source(model, tok or own, "run", path))
     if path.is_dir() and (path / "config.json").is_file():
-        return _checked(_hf_source(path, tok))
+        return _checked(_hf_source(path, tok, dtype))
     if path.is_dir():
         raise SourceError(f"source: {path} is neither a run directory (run.json) nor a Hugging Face folder "
                           f"(config.json)")
@@ -110,7 +126,7 @@ def load_source(source, tokenizer=None) -> Source:
     from qorus_jit.models.llama import load_llama2c
 
     if is_gguf(path):  # by its magic
-        return _checked(_gguf_source(path, tok))
+        return _checked(_gguf_source(path, tok, dtype))
     try:  # a file that is no model is told so before its tokenizer is asked for
         read_llama2c_header(path)
     except (OSError, ValueError) as e:
@@ -202,7 +218,7 @@ def apply_run_lora(model, lora, where) -> None:
         raise ValueError(f"{where}: lora: {e}") from None
 
 
-def _gguf_source(path: Path, tok) -> Source:
+def _gguf_source(path: Path, tok, dtype=None) -> Source:
     """A GGUF file's Llama, with the tokenizer of its metadata unless ``tok`` overrides it; its BOS and stop
     ids from the metadata either way."""
     from qorus_jit.formats.gguf import read_gguf
@@ -210,7 +226,7 @@ def _gguf_source(path: Path, tok) -> Source:
 
     try:
         gf = read_gguf(path)
-        model = gguf_model(gf)
+        model = gguf_model(gf, dtype)
         if tok is None:
             own = gguf_tokenizer(gf)
             tok, bos, stop = own.tokenizer, own.bos, own.stop_ids
@@ -221,11 +237,11 @@ def _gguf_source(path: Path, tok) -> Source:
     return Source(model, tok, "gguf", path, bos=bos, stop_ids=stop)
 
 
-def _hf_source(path: Path, tok) -> Source:
+def _hf_source(path: Path, tok, dtype=None) -> Source:
     from qorus_jit.models import load_pretrained
 
     try:
-        model = load_pretrained(path)
+        model = load_pretrained(path, dtype)
     except (OSError, ValueError) as e:
         raise SourceError(str(e)) from None
     if not model.incremental:  # bidirectional attention (BERT) cannot decode token by token
