@@ -1,4 +1,4 @@
-"""Scalar math shared by the kernels: a vectorizable ``exp``, ``erf`` and ``sigmoid``.
+"""Scalar math shared by the kernels: a vectorizable ``exp``, ``erf`` and ``sigmoid``; C's ``roundf``.
 
 numba has no vector ``exp`` on machines without SVML, so a loop over ``np.exp`` stays scalar. ``exp``
 here is plain arithmetic in float32 (LLVM vectorizes it to ymm FMAs) and ``np.exp`` in float64, where
@@ -106,3 +106,17 @@ def _sigmoid_overload(x):
         return r if x >= T(0.0) else e * r
 
     return impl
+
+
+def roundf(v):
+    """``v`` rounded to the nearest integer, halves away from zero (C's ``roundf``, ggml's rounding), in v's type."""
+    a = abs(v)
+    r = np.floor(a)
+    if a - r >= 0.5:
+        r += 1
+    return r if v >= 0 else -r
+
+
+@overload(roundf, inline="always")
+def _roundf_overload(v):
+    return roundf

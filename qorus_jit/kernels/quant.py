@@ -38,6 +38,7 @@ from numba.extending import intrinsic
 
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
+from qorus_jit.kernels._math import roundf
 from qorus_jit.kernels.matmul import _gemm_numba_serial
 
 #: Weights per q8_0 group (one scale each), along the input dimension.
@@ -226,12 +227,7 @@ def _q8_0_from_f32_range(qs, w, inv, lo, hi):
     for g in range(lo, hi):
         wg, qg, s = w[g * GROUP:(g + 1) * GROUP], qs[g * GROUP:(g + 1) * GROUP], inv[g]
         for j in range(GROUP):
-            v = wg[j] * s
-            a = abs(v)
-            r = np.floor(a)
-            if a - r >= 0.5:
-                r += 1
-            qg[j] = np.int8(r if v >= 0 else -r)
+            qg[j] = np.int8(roundf(wg[j] * s))
 
 
 @kernel(parallel=True)
@@ -281,16 +277,6 @@ def _dequantize_q8_0(w, qs, d):
 
 
 @kernel
-def _roundf(v):
-    """v rounded to the nearest integer, halves away from zero (C's roundf), as float32."""
-    a = abs(v)
-    r = np.floor(a)
-    if a - r >= 0.5:
-        r += 1
-    return r if v >= 0 else -r
-
-
-@kernel
 def _quantize_x_q8(xq, xs, x):
     """x (I,) float32 quantized per group of 32 for the integer dot: ``xs[g] = max|x_g| * (1/127)``, ``xq =
     roundf(x / xs[g])`` as int16 in [-127, 127] (0 where xs[g] is 0); xq (I,) int16, xs (I/32,) float32."""
@@ -303,7 +289,7 @@ def _quantize_x_q8(xq, xs, x):
         inv = np.float32(1) / sc if sc > 0 else np.float32(0)
         xs[g] = sc
         for j in range(GROUP):
-            qg[j] = np.int16(_roundf(xg[j] * inv))
+            qg[j] = np.int16(roundf(xg[j] * inv))
 
 
 @intrinsic

@@ -56,7 +56,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from qorus_jit.core.numerics import for_chunks, kernel
-from qorus_jit.kernels._math import _float32_from_bits
+from qorus_jit.kernels._math import _float32_from_bits, roundf
 
 GROUP = 32  # q8_0 group size along the input dimension
 _TOKENS = 16  # tokens per block in the linear kernels (their quantized rows stay in L1/L2 over a row chunk)
@@ -320,21 +320,11 @@ def _quantize_tokens(x, xq, xc, dx):
             inv = np.float32(1.0) / dg if dg > 0 else np.float32(0.0)
             dx[n, g] = dg
             for k in range(GROUP):
-                xq[n, o + k] = np.int8(_roundf(x[n, o + k] * inv))
+                xq[n, o + k] = np.int8(roundf(x[n, o + k] * inv))
             for j in range(GROUP // 4):
                 b = o + 4 * j
                 q4 = np.int32(xq[n, b]) + np.int32(xq[n, b + 1]) + np.int32(xq[n, b + 2]) + np.int32(xq[n, b + 3])
                 xc[n, b // 4] = -128 * q4
-
-
-@kernel
-def _roundf(v):
-    """v rounded to the nearest integer, halves away from zero (C's roundf, as the portable kernel rounds)."""
-    a = abs(v)
-    r = np.floor(a)
-    if a - r >= 0.5:
-        r += 1
-    return r if v >= 0 else -r
 
 
 @kernel
