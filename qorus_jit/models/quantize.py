@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from qorus_jit.core.check import UNFILLED
 from qorus_jit.core.files import atomic_write, atomic_write_text, check_path
 from qorus_jit.formats.hf import CONFIG_NAME, WEIGHTS_NAME, make_folder, read_hf_shapes
-from qorus_jit.formats.safetensors import read_safetensors_header
+from qorus_jit.formats.safetensors import raw_header, read_raw_tensor, read_safetensors_header
 from qorus_jit.layers.base import Layer, named_layers, replace_child
 from qorus_jit.layers.head import TiedLMHead
 from qorus_jit.layers.linear import Linear
@@ -174,18 +173,6 @@ def _write_safetensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
     serialize_file(specs, str(file), metadata={"format": "pt"})
 
 
-def _read_bits(file: Path, name: str, shape) -> np.ndarray:
-    """The raw uint16 bits of a BF16 tensor (NumPy has no bfloat16); the header was checked by safe_open."""
-    with open(file, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        start, end = json.loads(f.read(n))[name]["data_offsets"]
-    count = (end - start) // 2
-    bits = np.fromfile(file, dtype="<u2", count=count, offset=8 + n + start)
-    if bits.size != count or count != math.prod(shape):
-        raise ValueError(f"{file}: tensor {name!r} is truncated or its size does not match its shape")
-    return bits.astype(np.uint16, copy=False).reshape(shape)
-
-
 def read_quantization(hf_config: dict, where) -> str | None:
     """The weight format a ``config.json`` dict says its folder holds ("bf16", "q8_0"), or None (no table);
     a damaged table is a ValueError naming ``where``."""
@@ -264,22 +251,21 @@ def load_quantized(layout: dict, cls, config, fmt: str):
     extra = sorted(set(quant) - {f"{d}.weight" for _, _, d, _ in targets})
     if extra:
         raise ValueError(f"{file}: unexpected quantized tensor {extra[0]!r} for this {cls.__name__}")
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="np") as f:
-        while targets:  # popped, so that nothing keeps the float32 layer once replaced
-            parent, name, dotted, layer = targets.pop(0)
-            key = f"{dotted}.weight"
-            if fmt == "bf16":
-                arrays = {"w16": _read_bits(file, key, quant[key])}
-            else:
-                arrays = {"qs": f.get_tensor(key + ".qs"), "d": f.get_tensor(key + ".d").astype(np.float32)}
-            bias = getattr(layer, "bias", None)  # its value comes with the other parameters below
-            replace_child(parent, name, layer, QuantizedLinear(fmt, **arrays, bias=bias, name=dotted))
-            del layer, bias, arrays
-        share_tied_table(model)
-        own = model.parameters()  # a float32 tied table of an older folder is not one any more
-        rest = {k: np.ascontiguousarray(f.get_tensor(k), np.float32) for k in plain if k in own}
+    header = raw_header(file)  # tensors read with file reads: the file's pages are not held (read_raw_tensor)
+    while targets:  # popped, so that nothing keeps the float32 layer once replaced
+        parent, name, dotted, layer = targets.pop(0)
+        key = f"{dotted}.weight"
+        if fmt == "bf16":
+            arrays = {"w16": read_raw_tensor(file, key, header)}
+        else:
+            arrays = {"qs": read_raw_tensor(file, key + ".qs", header),
+                      "d": read_raw_tensor(file, key + ".d", header).astype(np.float32)}
+        bias = getattr(layer, "bias", None)  # its value comes with the other parameters below
+        replace_child(parent, name, layer, QuantizedLinear(fmt, **arrays, bias=bias, name=dotted))
+        del layer, bias, arrays
+    share_tied_table(model)
+    own = model.parameters()  # a float32 tied table of an older folder is not one any more
+    rest = {k: read_raw_tensor(file, k, header).astype(np.float32) for k in plain if k in own}
     _forget_decoder(model)
     try:
         model.load_parameters(rest)
