@@ -17,6 +17,7 @@ from qorus_jit.cli import main
 from qorus_jit.infer.export import export_run
 from qorus_jit.infer.generate import generate
 from qorus_jit.layers.lora import lora_layers
+from qorus_jit.models.quantize import quantize_model
 from qorus_jit.models.registry import save_pretrained
 from qorus_jit.models.sources import SourceError, load_run_model, load_source
 from qorus_jit.tokenizers import ByteTokenizer, load_tokenizer
@@ -623,3 +624,15 @@ def test_gguf_export_generates_as_the_run(exported, tmp_path):
     np.testing.assert_allclose(gg.model.forward(ids[None]), run.model.forward(ids[None]), rtol=1e-5, atol=1e-5)
     want = list(generate(run.model, ids, 12, temperature=0))
     assert list(generate(gg.model, gg.encode("Once upon a time"), 12, temperature=0)) == want
+    # dtype="int8": Q8_0 matrices (the gguf package reads them so), loading as the run's model quantized to int8
+    export_run(run_dir, tmp_path / "g8", format="gguf", dtype="int8")
+    import gguf
+
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(tmp_path / "g8" / "model.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    q8 = load_source(tmp_path / "g8" / "model.gguf").model
+    want = quantize_model(load_source(run_dir).model, "int8")
+    np.testing.assert_allclose(q8.forward(ids[None]), want.forward(ids[None]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(SourceError, match="dtype: int8 is for --format gguf"):
+        export_run(run_dir, tmp_path / "h8", dtype="int8")

@@ -49,7 +49,7 @@ class Exported:
         return os.fspath(self.path)
 
 
-def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Exported:
+def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False, dtype: str = "fp32") -> Exported:
     """Write the newest checkpoint of the run ``run_dir`` with its tokenizer to the new folder ``out``
     (absent or empty) in ``format`` (one of :data:`FORMATS`), atomically: everything is written to a hidden
     folder beside ``out``, then renamed, so ``out`` appears whole or not at all. A bad argument is a one-line
@@ -73,9 +73,11 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
     scores follow its merges. A byte tokenizer (id = byte) and other ``tokenizer.json`` files (byte-level
     BPE: their own ids, pre-tokenizer and merge rules) are refused with the reason (export ``hf`` instead).
 
-    ``gguf`` writes ``out/model.gguf``, a Llama as llama.cpp's converter lays it out (F32; its tokenizer as
-    the file's vocabulary: :func:`qorus_jit.models.gguf.save_gguf`); another architecture, or unmerged adapters,
-    are refused.
+    ``gguf`` writes ``out/model.gguf``, a Llama as llama.cpp's converter lays it out (F32 tensors, or with
+    ``dtype="int8"`` its matrices as Q8_0, as the converter's ``--outtype q8_0``; its tokenizer as the file's
+    vocabulary: :func:`qorus_jit.models.gguf.save_gguf`); another architecture, or unmerged adapters, are
+    refused. ``dtype`` other than "fp32" is for ``gguf`` alone (a quantized Hugging Face folder is ``qorus
+    quantize``'s).
 
     Returns an :class:`Exported` with the notes to show.
     """
@@ -84,6 +86,11 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
         raise SourceError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
     if not isinstance(merge_lora, (bool, np.bool_)):
         raise SourceError(f"merge_lora: expected True or False, got {merge_lora!r}")
+    if dtype not in ("fp32", "int8"):
+        raise SourceError(f"dtype: expected 'fp32' or 'int8' (Q8_0, for --format gguf), got {dtype!r}")
+    if dtype != "fp32" and format != "gguf":
+        raise SourceError(f"dtype: {dtype} is for --format gguf (Q8_0 tensors); for a quantized Hugging Face "
+                          "folder export hf, then run qorus quantize on it")
     if not (run_dir / RUN_FILE).is_file():
         raise SourceError(f"run_dir: expected a run directory of qorus train (holding {RUN_FILE}), got {run_dir}")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
@@ -128,7 +135,7 @@ def export_run(run_dir, out, format: str = "hf", merge_lora: bool = False) -> Ex
             from qorus_jit.models.gguf import save_gguf
 
             try:
-                save_gguf(model, folder / GGUF_MODEL, tokenizer)
+                save_gguf(model, folder / GGUF_MODEL, tokenizer, dtype=dtype)
             except (ValueError, TypeError, ImportError) as e:
                 raise SourceError(f"format: gguf: {e}") from None
     else:
