@@ -135,6 +135,7 @@ class GGUFFile:
     # -- tensors
 
     def tensor(self, name: str) -> GGUFTensor:
+        """The tensor ``name`` of the file's table; a ValueError naming the file when it has none."""
         t = self.tensors.get(name)
         if t is None:
             raise ValueError(f"{self.path}: missing tensor {name!r}")

@@ -46,9 +46,13 @@ class Source:
 
     @property
     def vocab_limit(self) -> int:
+        """Ids at or past this are never sampled: the tokenizer's size (a padded vocabulary's extra ids are
+        not its tokens)."""
         return tokenizer_size(self.tokenizer)
 
     def encode(self, text: str) -> np.ndarray:
+        """``text`` as int64 ids for the model, with the source's BOS first where it has one (llama2.c's
+        tokenizer: its own BOS unless the source sets one)."""
         if isinstance(self.tokenizer, Llama2cTokenizer):  # its BOS, as llama2.c and training put it, unless set
             ids = np.asarray(self.tokenizer.encode(text, bos=self.bos is None), np.int64)
         else:
@@ -56,6 +60,7 @@ class Source:
         return ids if self.bos is None else np.concatenate([[self.bos], ids])
 
     def decode(self, ids) -> str:
+        """The text of token ``ids`` (any sequence of ints)."""
         return self.tokenizer.decode(list(ids))
 
 

@@ -16,10 +16,6 @@ log = logging.getLogger("mkdocs.plugins.qorus")
 # Public names that have no docstring yet, by full name. It should be empty.
 EXCEPTIONS: frozenset[str] = frozenset({
     "qorus_jit.data.text.TextDataset.n_tokens",
-    "qorus_jit.formats.gguf.GGUFFile.tensor",
-    "qorus_jit.models.sources.Source.decode",
-    "qorus_jit.models.sources.Source.encode",
-    "qorus_jit.models.sources.Source.vocab_limit",
     "qorus_jit.train.run.Run.save_adapters",
     "qorus_jit.train.run.TrainConfig.to_dict",
     "qorus_jit.train.run.build_optimizer",
