@@ -1,15 +1,18 @@
 """Decode and prefill speed of the llama2.c "stories15M" shape, beside transformers' generate and the
 memory-bandwidth bound, all measured in the same run.
 
-    python -m qorus_jit.bench.decode [--tokens 200] [--repeat 5] [--threads 2] [--out perf/results/decode.json]
+    python -m qorus_jit.bench.decode [--tokens 200] [--repeat 7] [--threads 2] [--out perf/results/decode.json]
 
 Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 positions, tied head, random
-weights; greedy, batch 1. Figures (medians of ``--repeat`` runs):
+weights; greedy, batch 1. ``--repeat`` rounds, each one call of ours and one of transformers back to back (in
+turn first), so that a busy stretch of a shared machine falls on both sides of a pair; speedups are the
+medians of the pairs' ratios, with their spread (one earlier run, all of ours then all of transformers',
+reported 118x when the reference's repeats fell in a busy stretch). Figures:
 
 - ours: tokens/s of the decode phase of :func:`qorus_jit.infer.generate` (the prefill's token excluded);
 - transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
   over the whole call, torch with the same thread count, in a fresh process without qorus_jit's thread
-  settings;
+  settings, which stays up and times one call per request (:class:`Reference`);
 - bound: a streaming-read bandwidth measured here divided by the bytes a decode step must read: every
   weight once (the tied embedding as the output head; one embedding row is negligible) plus the keys and
   values cached so far, averaged over the decoded positions. The bandwidth is that of a parallel sum over
@@ -84,11 +87,13 @@ def bytes_per_token(model, first_pos: int, n: int) -> float:
     return weights + kv_per_pos * mean_len
 
 
-def ours(model, n: int, repeat: int) -> tuple[list[float], list[int]]:
-    """Decode tokens/s of each of ``repeat`` greedy generations of ``n`` tokens, and the last one's tokens."""
+def ours(model, n: int, repeat: int, warm: bool = True) -> tuple[list[float], list[int]]:
+    """Decode tokens/s of each of ``repeat`` greedy generations of ``n`` tokens, and the last one's tokens;
+    after a warm-up (kernels loaded, buffers sized) if ``warm``."""
     from qorus_jit.infer.generate import generate
 
-    list(generate(model, [1], 8, temperature=0.0))  # warm up (kernels loaded, buffers sized)
+    if warm:
+        list(generate(model, [1], 8, temperature=0.0))
     rates, tokens = [], []
     for _ in range(repeat):
         gen = generate(model, [1], n, temperature=0.0)
@@ -102,12 +107,14 @@ def prefill_prompt() -> list[int]:
     return np.random.default_rng(0).integers(3, SHAPE["vocab_size"], 255).tolist()
 
 
-def prefill(model, repeat: int) -> list[float]:
-    """Prefill tokens/s of each of ``repeat`` generations from :func:`prefill_prompt` (after one warm-up)."""
+def prefill(model, repeat: int, warm: bool = True) -> list[float]:
+    """Prefill tokens/s of each of ``repeat`` generations from :func:`prefill_prompt` (after one warm-up if
+    ``warm``)."""
     from qorus_jit.infer.generate import generate
 
     prompt = np.asarray(prefill_prompt(), np.int64)
-    list(generate(model, prompt, 1, temperature=0.0))
+    if warm:
+        list(generate(model, prompt, 1, temperature=0.0))
     rates = []
     for _ in range(repeat):
         gen = generate(model, prompt, 1, temperature=0.0)
@@ -119,69 +126,119 @@ def prefill(model, repeat: int) -> list[float]:
 REFERENCE = """
 import json, sys, time
 import torch, transformers
-folder, n, repeat, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-prompt = torch.tensor([json.loads(sys.argv[5])])
+folder, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+prompt = torch.tensor([json.loads(sys.argv[4])])
 torch.set_num_threads(threads)
 ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
 ids = torch.tensor([[1]])
 kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
 with torch.no_grad():
     ref.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
-    rates = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = ref.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-        rates.append(n / (time.perf_counter() - t0))
     ref(prompt, logits_to_keep=1)
-    prefill = []
-    for _ in range(repeat):
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:  # one timed call per request, so that the caller alternates it with its own
         t0 = time.perf_counter()
-        ref(prompt, logits_to_keep=1)
-        prefill.append(prompt.shape[1] / (time.perf_counter() - t0))
-print(json.dumps({"rates": rates, "tokens": out[0, 1:].tolist(), "prefill_rates": prefill}))
+        if line.strip() == "decode":
+            out = ref.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            rate, tokens = n / (time.perf_counter() - t0), out[0, 1:].tolist()
+        else:
+            ref(prompt, logits_to_keep=1)
+            rate, tokens = prompt.shape[1] / (time.perf_counter() - t0), None
+        print(json.dumps({"rate": rate, "tokens": tokens}), flush=True)
 """
 
 
-def reference(model, n: int, repeat: int, threads: int) -> dict | None:
-    """transformers' generate on the same weights, in a fresh process with the environment this one was
-    started with (qorus_jit's thread settings, made at its import, left out), so each side runs as it would
-    alone: {'rates': decode tokens/s per repeat, 'tokens': the last run's, 'prefill_rates': tokens/s of a
-    forward over :func:`prefill_prompt` per repeat}. None without torch and transformers."""
-    import importlib.util
+class Reference:
+    """transformers' generate on the same weights, in a fresh process started with the environment this one
+    was started with (qorus_jit's thread settings, made at its import, left out), so each side runs as it would
+    alone. The process stays up and times one call per request (:meth:`decode`, :meth:`prefill`), so that the
+    caller alternates them with its own, pair by pair. A context manager; :func:`available` first."""
 
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-        return None
-    from qorus_jit.models.registry import save_pretrained
+    def __init__(self, model, n: int, threads: int):
+        from qorus_jit.models.registry import save_pretrained
 
-    env = {k: v for k, v in os.environ.items() if k not in QORUS_ENV}
-    with tempfile.TemporaryDirectory() as folder:
-        save_pretrained(model, folder)
-        args = [folder, str(n), str(repeat), str(threads), json.dumps(prefill_prompt())]
-        out = subprocess.run([sys.executable, "-c", REFERENCE, *args], env=env, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"transformers reference failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        env = {k: v for k, v in os.environ.items() if k not in QORUS_ENV}
+        self._tmp = tempfile.TemporaryDirectory()
+        save_pretrained(model, self._tmp.name)
+        args = [self._tmp.name, str(n), str(threads), json.dumps(prefill_prompt())]
+        self._proc = subprocess.Popen([sys.executable, "-c", REFERENCE, *args], env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._read()  # loaded and warmed up
+
+    @staticmethod
+    def available() -> bool:
+        """Whether torch and transformers are importable."""
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            err = self._proc.stderr.read()
+            raise RuntimeError(f"transformers reference failed (exit {self._proc.wait()}):\n{err[-2000:]}")
+        return json.loads(line)
+
+    def _ask(self, what: str) -> dict:
+        self._proc.stdin.write(what + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def decode(self) -> tuple[float, list[int]]:
+        """Tokens/s of one greedy generation of ``n`` tokens after the token 1, and its tokens."""
+        r = self._ask("decode")
+        return r["rate"], r["tokens"]
+
+    def prefill(self) -> float:
+        """Tokens/s of one forward over :func:`prefill_prompt` (logits of the last position)."""
+        return self._ask("prefill")["rate"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._proc.stdin.close()
+        self._proc.wait()
+        self._tmp.cleanup()
 
 
-def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference: bool = True,
+def measure(tokens: int = 200, repeat: int = 7, threads: int = 2, with_reference: bool = True,
             dram: bool = True) -> dict:
     """Every figure of this module as a dict: medians, each repeat's rates (``*_runs``) and, when torch and
-    transformers are importable and ``with_reference``, transformers' rates and our speedups over them.
-    ``dram`` adds the read rate of a 1 GB array (for scale). Sets numba's and BLAS's threads to ``threads``."""
+    transformers are importable and ``with_reference``, transformers' rates and our speedups over them: the
+    medians of the ratios of ``repeat`` pairs, each pair one call of each side back to back (in turn first),
+    with their spread. ``dram`` adds the read rate of a 1 GB array (for scale). Sets numba's and BLAS's
+    threads to ``threads``."""
+    import contextlib
+
     from qorus_jit.core.numerics import set_num_threads
     from qorus_jit.models import Llama, LlamaConfig
 
     set_num_threads(threads)
     model = Llama(LlamaConfig(**SHAPE, norm_eps=1e-5, tie_embeddings=True), rng=0)
     per_token = bytes_per_token(model, 1, tokens - 1)
-    bws, rates, toks = [], [], []
-    for _ in range(repeat):  # the bound measured beside each run: it moves with the machine's state as ours does
-        bws.append(stream_bandwidth(int(per_token)))  # the bytes of one token: where the weights live between tokens
-        got, toks = ours(model, tokens, 1)
-        rates += got
+    ours(model, 8, 0)  # warm-ups: kernels loaded, buffers sized
+    prefill(model, 0)
+    use_ref = with_reference and Reference.available()
+    bws, rates, toks, pre = [], [], [], []
+    ref_rates, ref_pre, ref_toks = [], [], []
+    with Reference(model, tokens, threads) if use_ref else contextlib.nullcontext() as ref:
+        for r in range(repeat):
+            # the bound measured beside each run: it moves with the machine's state as ours does
+            bws.append(stream_bandwidth(int(per_token)))  # the bytes of one token: where the weights live
+            for side in ((0, 1) if r % 2 == 0 else (1, 0)) if ref else (0,):
+                if side == 0:
+                    got, toks = ours(model, tokens, 1, warm=False)
+                    rates += got
+                else:
+                    rate, ref_toks = ref.decode()
+                    ref_rates.append(rate)
+            for side in ((0, 1) if r % 2 == 0 else (1, 0)) if ref else (0,):
+                if side == 0:
+                    pre += prefill(model, 1, warm=False)
+                else:
+                    ref_pre.append(ref.prefill())
     bw = statistics.median(bws)
-    pre = prefill(model, repeat)
-    ref = reference(model, tokens, repeat, threads) if with_reference else None
     med = statistics.median
     row = {
         "shape": SHAPE, "threads": threads, "new_tokens": tokens,
@@ -190,18 +247,22 @@ def measure(tokens: int = 200, repeat: int = 5, threads: int = 2, with_reference
     }
     if dram:
         row["bandwidth_1GB_array_GB_per_s"] = stream_bandwidth(1 << 30) / 1e9  # beyond any cache, for scale
+    fractions = [rt * per_token / b for rt, b in zip(rates, bws, strict=True)]
     row.update(bytes_per_token_MB=per_token / 1e6, bound_tokens_per_s=bw / per_token,
-               fraction_of_bound=med(rates) * per_token / bw)
-    if ref is not None:
-        row.update(transformers_tokens_per_s=med(ref["rates"]), speedup_vs_transformers=med(rates) / med(ref["rates"]),
+               fraction_of_bound=med(fractions), fraction_of_bound_spread=[min(fractions), max(fractions)])
+    if use_ref:
+        speed = [a / b for a, b in zip(rates, ref_rates, strict=True)]
+        pspeed = [a / b for a, b in zip(pre, ref_pre, strict=True)]
+        row.update(transformers_tokens_per_s=med(ref_rates), speedup_vs_transformers=med(speed),
+                   speedup_spread=[min(speed), max(speed)],
                    # the most any decoder reading float32 weights could reach over transformers on this machine
-                   bound_over_transformers=bw / per_token / med(ref["rates"]),
-                   same_tokens_as_transformers=ref["tokens"] == toks,
-                   transformers_prefill_tokens_per_s=med(ref["prefill_rates"]),
-                   prefill_speedup_vs_transformers=med(pre) / med(ref["prefill_rates"]))
+                   bound_over_transformers=bw / per_token / med(ref_rates),
+                   same_tokens_as_transformers=ref_toks == toks,
+                   transformers_prefill_tokens_per_s=med(ref_pre), prefill_speedup_vs_transformers=med(pspeed),
+                   prefill_speedup_spread=[min(pspeed), max(pspeed)])
     row.update(decode_runs=rates, bound_runs=[b / per_token for b in bws], prefill_runs=pre)
-    if ref is not None:
-        row.update(transformers_decode_runs=ref["rates"], transformers_prefill_runs=ref["prefill_rates"])
+    if use_ref:
+        row.update(transformers_decode_runs=ref_rates, transformers_prefill_runs=ref_pre)
     return row
 
 
@@ -210,7 +271,7 @@ def main(argv=None) -> int:
     exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=200)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="perf/results/decode.json",
                     help="the JSON to write, from the working directory (default: %(default)s)")
