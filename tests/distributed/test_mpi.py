@@ -66,7 +66,10 @@ def test_two_processes_train_as_one_with_the_double_batch(two_ranks, tmp_path):
     a, b = load_checkpoint(latest_checkpoint(two_ranks)), load_checkpoint(latest_checkpoint(one))
     assert a.step == b.step == 20 and a.state["processes"] == 2 and b.state["processes"] == 1
     assert a.state["data"] == b.state["data"]  # the same windows drawn: the data position is the global one
-    for name, w in b.model.items():  # float32 sums in another order: the bar is relative to each tensor's norm
+    # float32 sums in another order: the bar is relative to each tensor's norm (measured: 1.7e-6 at most). Element
+    # by element the largest difference is 1.9e-5 of its tensor's largest weight, which one process alone shows
+    # as well between batch 4 x accumulation 2 and batch 2 x accumulation 4 (the same windows and mean)
+    for name, w in b.model.items():
         assert _rel(a.model[name], w) <= 1e-5, name
     assert set(a.optimizer) == set(b.optimizer)
     for name, w in b.optimizer.items():
