@@ -23,10 +23,9 @@ _EXPORTS = {
     "qorus_jit.models.sources": ("load_source",),
     "qorus_jit.layers": (
         "GELU", "Activation", "Add", "DecodeState", "Embedding", "FeedForward", "Graph", "KVCache", "Layer",
-        "LayerNorm", "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "QuantizedLinear", "ReLU",
-        "RMSNorm",
-        "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock", "apply_lora", "load_lora", "merge_lora",
-        "save_lora",
+        "LayerNorm", "Linear", "LoRALinear", "MultiHeadAttention", "PositionEmbedding", "QuantizedEmbedding",
+        "QuantizedLinear", "ReLU", "RMSNorm", "Sequential", "SiLU", "Softmax", "Swish", "TransformerBlock",
+        "apply_lora", "load_lora", "merge_lora", "save_lora",
     ),
     "qorus_jit.models": (
         "GPT2", "MLP", "Bert", "BertConfig", "GPT2Config", "Llama", "LlamaConfig", "load_pretrained", "mean_pool",
