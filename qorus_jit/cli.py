@@ -393,11 +393,7 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 
     t0 = time.perf_counter()
     try:
-        src = load_source(source, tokenizer)
-        if dtype is not None:
-            from qorus_jit.models.quantize import quantize_model
-
-            quantize_model(src.model, dtype)
+        src = load_source(source, tokenizer, dtype)
         ids = src.encode(prompt)
         if ids.size == 0:  # nothing to start from: a newline (byte-level) or the first id
             import numpy as np
@@ -447,10 +443,13 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 @click.option("--format", "fmt", type=click.Choice(["hf", "llama2c", "gguf"]), default="hf", show_default=True,
               help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer files); llama2c: "
                    "model.bin + tokenizer.bin for llama2.c (a Llama with llama2.c's tokenizer or one like it); "
-                   "gguf: model.gguf for llama.cpp (a Llama, F32).")
+                   "gguf: model.gguf for llama.cpp (a Llama).")
 @click.option("--merge-lora", is_flag=True,
               help="Fold a LoRA run's adapters into the weights (else hf writes them apart, as OUT/adapter/).")
-def export(run_dir, out, fmt, merge_lora):
+@click.option("--dtype", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Tensors of a --format gguf file: F32, or the matrices as Q8_0 (int8 in groups of 32, as "
+                   "llama.cpp's converter writes --outtype q8_0).")
+def export(run_dir, out, fmt, merge_lora, dtype):
     """Write the newest checkpoint of the run RUN_DIR, with its tokenizer, as the new folder OUT.
 
     OUT (absent or empty) appears whole or not at all. --format hf: transformers' AutoModelForCausalLM and
@@ -462,13 +461,13 @@ def export(run_dir, out, fmt, merge_lora):
     from qorus_jit.models.sources import SourceError
 
     try:
-        done = export_run(run_dir, out, fmt, merge_lora=merge_lora)
+        done = export_run(run_dir, out, fmt, merge_lora=merge_lora, dtype=dtype)
     except (SourceError, ValueError, TypeError) as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
     for note in done.notes:
         click.echo(note, err=True)
-    click.echo(f"exported {run_dir} to {out} ({fmt})", err=True)
+    click.echo(f"exported {run_dir} to {out} ({fmt}{', ' + dtype if dtype != 'fp32' else ''})", err=True)
 
 
 @main.command()

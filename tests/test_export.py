@@ -625,7 +625,8 @@ def test_gguf_export_generates_as_the_run(exported, tmp_path):
     want = list(generate(run.model, ids, 12, temperature=0))
     assert list(generate(gg.model, gg.encode("Once upon a time"), 12, temperature=0)) == want
     # dtype="int8": Q8_0 matrices (the gguf package reads them so), loading as the run's model quantized to int8
-    export_run(run_dir, tmp_path / "g8", format="gguf", dtype="int8")
+    res = invoke(["export", run_dir, tmp_path / "g8", "--format", "gguf", "--dtype", "int8"])
+    assert res.exit_code == 0 and "(gguf, int8)" in res.output, res.output
     import gguf
 
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(tmp_path / "g8" / "model.gguf")).tensors}
@@ -634,5 +635,6 @@ def test_gguf_export_generates_as_the_run(exported, tmp_path):
     q8 = load_source(tmp_path / "g8" / "model.gguf").model
     want = quantize_model(load_source(run_dir).model, "int8")
     np.testing.assert_allclose(q8.forward(ids[None]), want.forward(ids[None]), rtol=1e-5, atol=1e-5)
-    with pytest.raises(SourceError, match="dtype: int8 is for --format gguf"):
-        export_run(run_dir, tmp_path / "h8", dtype="int8")
+    res = invoke(["export", run_dir, tmp_path / "h8", "--dtype", "int8"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "dtype: int8 is for --format gguf" in res.output
+    assert not (tmp_path / "h8").exists()

@@ -611,6 +611,13 @@ def test_qorus_generate_runs_a_gguf_file(llama):
         res = CliRunner().invoke(main, ["generate", str(source), "-p", "the cat", "-n", "12", "-t", "0"])
         assert res.exit_code == 0, res.output
         assert res.stdout.startswith("the cat")
+    # --dtype fp32 widens the Q8_0 blocks: the greedy text of the file's own dequantized weights in fp32
+    src = load_source(q8, dtype="fp32")
+    want = src.decode(generate(src.model, src.encode("the cat"), 12, temperature=0.0, stop_tokens=src.stop_ids,
+                               vocab_limit=src.vocab_limit))
+    res = CliRunner().invoke(main, ["generate", str(q8), "-p", "the cat", "-n", "12", "-t", "0", "--dtype", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == ("the cat" + want).strip()
     res = CliRunner().invoke(main, ["generate", str(f32.parent / "nope.gguf")])
     assert res.exit_code == 2
 

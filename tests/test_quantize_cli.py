@@ -170,7 +170,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path):
     q = tmp_path / "q"
     assert cli("quantize", run_dir, q, "--dtype", "int8")[0] == 0
     one_line_error(["quantize", q, out, "--dtype", "bf16"], "is quantized already (q8_0)")
-    one_line_error(["generate", q, "--dtype", "bf16", "-n", 2], "is quantized already (q8_0)")
+    one_line_error(["generate", q, "--dtype", "bf16", "-n", 2], "is a quantized folder of q8_0 weights")
     with pytest.raises(ValueError, match=r"dtype: .* quantized folder of q8_0 weights, which load as they are"):
         qorus_jit.load_pretrained(q, dtype="fp32")
     (q / "model.safetensors").write_bytes((q / "model.safetensors").read_bytes()[:1000])
