@@ -4,17 +4,18 @@ same kernels called in one straight function with preallocated buffers.
     python -m perf.bench_graph [--quick]
 
 Both run the config of the start-up bar (dim 256, 4 layers, 8 heads, hidden 768, vocab 256, batch 8, seq 256)
-with the same weights; the straight function is checked to give the same logits and gradients first.
+with the same weights; the straight function is checked to give the same logits and gradients first. The two
+are timed in pairs of back-to-back steps, in turn first (``_timing.paired_times``); the overhead is that of the
+median of the pairs' ratios.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, record
+from qorus_jit.bench._timing import paired_times, record, spread_text
 from qorus_jit.kernels import attention as A
 from qorus_jit.kernels import rope as R
 from qorus_jit.kernels.activations import _swiglu_backward, _swiglu_forward
@@ -150,19 +151,15 @@ def run(quick: bool = False) -> list[dict]:
     assert abs(loss_graph - loss_straight) < 1e-5, (loss_graph, loss_straight)
     for k, v in model.gradients().items():
         np.testing.assert_allclose(v, grads_graph[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    # alternate one sample of each per round, so a busy machine slows both alike
-    rounds = 3 if quick else 11
-    samples = {"graph": [], "straight": []}
-    for _ in range(rounds):
-        samples["graph"].append(median_time(lambda: graph_step(model, ids, dlogits), repeat=1, warmup=0,
-                                            min_time=0.0))
-        samples["straight"].append(median_time(lambda: straight.step(ids), repeat=1, warmup=0, min_time=0.0))
-    t_graph, t_straight = (statistics.median(samples[k]) for k in ("graph", "straight"))
-    return [record("llama fwd+bwd through graph", f"dim256 L4 H8 B{B} T{T}", t_graph, t_straight, "straight",
-                   overhead=t_graph / t_straight - 1)]
+    # one step of each per pair, back to back, so a busy stretch slows both sides of a pair (the check warmed both)
+    t = paired_times(lambda: graph_step(model, ids, dlogits), lambda: straight.step(ids), repeat=3 if quick else 11,
+                     warmup=0, min_time=0.0)
+    row = record("llama fwd+bwd through graph", f"dim256 L4 H8 B{B} T{T}", t, "straight")
+    row["overhead"] = 1 / row["speedup"] - 1  # speedup = straight / graph
+    return [row]
 
 
 if __name__ == "__main__":
     for r in run(quick="--quick" in sys.argv):
         print(f"graph {r['ours_s'] * 1e3:.1f} ms, straight {r['ref_s'] * 1e3:.1f} ms, "
-              f"graph overhead {r['overhead'] * 100:+.1f}% (medians)")
+              f"graph overhead {r['overhead'] * 100:+.1f}% (medians; straight / graph per pair {spread_text(r)})")

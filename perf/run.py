@@ -2,9 +2,11 @@
 
     python -m perf.run [--quick] [--only matmul,attention] [--out perf/results/kernels.json]
 
-The benchmarks are ``qorus_jit/bench/bench_<family>.py`` and ``perf/bench_graph.py``; each exposes
+The benchmarks are the kernel families' ``qorus_jit/bench/bench_<family>.py`` and ``perf/bench_graph.py``
+(:data:`FAMILIES`; the other ``bench_*`` modules have runners of their own); each exposes
 ``run(quick=False) -> list[dict]`` whose rows hold our median time, the reference's median time in the same
-run, and the speedup (reference / ours).
+run, and the speedup (reference / ours): the median of the ratios of pairs timed back to back
+(``qorus_jit.bench._timing.paired_times``), with their spread.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ import platform
 import time
 from pathlib import Path
 
-import qorus_jit.bench
+from qorus_jit.bench._timing import spread_text
 
 HERE = Path(__file__).parent
-#: Where each family's benchmark module lives: the package's, then the heavier ones of perf/.
-PACKAGES = {"qorus_jit.bench": Path(qorus_jit.bench.__file__).parent, "perf": HERE}
+#: The families whose benchmark module has ``run(quick) -> rows``: the package's, then perf/'s graph overhead.
+FAMILIES = ("attention", "loss", "matmul", "norm", "optim", "softmax", "graph")
 
 
 def modules() -> dict[str, str]:
     """family -> the module of its benchmark, e.g. 'norm' -> 'qorus_jit.bench.bench_norm'."""
-    return {p.stem.removeprefix("bench_"): f"{pkg}.{p.stem}"
-            for pkg, folder in PACKAGES.items() for p in sorted(folder.glob("bench_*.py"))}
+    return {f: f"{'perf' if f == 'graph' else 'qorus_jit.bench'}.bench_{f}" for f in FAMILIES}
 
 
 def families() -> list[str]:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
         for r in got:
             r.setdefault("family", fam)
             print(f"{fam:10s} {r['name']:34s} {r['shape']:28s} ours {r['ours_s'] * 1e3:9.3f} ms  "
-                  f"{r['ref']:>10s} {r['ref_s'] * 1e3:9.3f} ms  x{r['speedup']:6.2f}"
+                  f"{r['ref']:>10s} {r['ref_s'] * 1e3:9.3f} ms  x{r['speedup']:6.2f} ({spread_text(r)})"
                   + (f"  {r['gflops']:7.1f} GFLOP/s" if "gflops" in r else ""), flush=True)
         rows.extend(got)
         print(f"# {fam}: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -461,3 +461,59 @@ def test_first_use_launches_reach_the_first_step_and_the_first_token(tmp_path):
     assert model_startup.generate_first_token(run_dir, env) > 0
     with pytest.raises(RuntimeError, match="exited 2 before its first token"):
         model_startup.generate_first_token(tmp_path / "no-such-run", env)
+
+
+# --- timing in pairs --------------------------------------------------------------------------------------
+
+
+def test_paired_times_alternates_the_sides_and_takes_the_median_of_the_pairs_ratios(monkeypatch):
+    """Two fake sides on a fake clock, each call advancing it by a cost chosen per pair: the pairs run back to
+    back, the side going first alternating, and the speedup is the median of the pairs' ratios (2.5 here),
+    not the ratio of the medians (4 / 2 = 2)."""
+    from qorus_jit.bench import _timing
+
+    clock, calls = [0.0], []
+    costs = {"ours": [0.1, 0.1, 1.0, 2.0, 10.0], "ref": [0.1, 0.1, 3.0, 5.0, 4.0]}  # 2 warm-up calls, then 3 pairs
+
+    def side(name):
+        def call():
+            clock[0] += costs[name][len([c for c in calls if c == name])]
+            calls.append(name)
+        return call
+
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: clock[0])
+    ours_s, ref_s, ratios = _timing.paired_times(side("ours"), side("ref"), repeat=3, warmup=2, min_time=0.0)
+    assert calls == ["ours", "ref"] * 2 + ["ours", "ref", "ref", "ours", "ours", "ref"]
+    assert (ours_s, ref_s) == (2.0, 4.0)
+    assert ratios == pytest.approx([3.0, 2.5, 0.4])
+    row = _timing.record("op", "(1,)", (ours_s, ref_s, ratios), "numpy")
+    assert row["speedup"] == pytest.approx(2.5) and row["speedup_spread"] == pytest.approx([0.4, 3.0])
+    assert (row["ours_s"], row["ref_s"], row["ref"]) == (2.0, 4.0, "numpy")
+
+
+def test_a_kernel_runs_ratio_is_the_median_of_its_pairs():
+    """The suite takes a kernel run's ratio from its pairs (ref / ours), a model run's from its one pair."""
+    fig = suite.BY_NAME["optim.adamw"]
+    e = suite._summary(fig, [(2.0, 4.0, [3.0, 2.5, 0.4]), (1.0, 1.0, [1.0])])
+    assert [r["ratio"] for r in e["runs"]] == pytest.approx([2.5, 1.0])
+    assert e["runs"][0]["pair_ratios"] == [3.0, 2.5, 0.4] and e["ratio"] == pytest.approx(1.75)
+    e = suite._summary(suite.BY_NAME["w-train.speed"], [(2.0, 1.0), (1.0, 1.5)])
+    assert [r["ratio"] for r in e["runs"]] == pytest.approx([0.5, 1.5])
+
+
+def test_fresh_processes_alternate_pair_by_pair(monkeypatch):
+    """W-train's processes run ours, torch, torch, ours, ...; the speedup is the median of the pairs' ratios."""
+    from qorus_jit.bench import train
+
+    order, step = [], {train.OURS: iter([1.0, 2.0, 10.0]), train.TORCH: iter([3.0, 5.0, 4.0])}
+
+    def fake_run_side(code, steps, threads):
+        order.append("ours" if code == train.OURS else "torch")
+        return {"step_s": next(step[code]), "peak_rss_MB": 100.0}
+
+    monkeypatch.setattr(train, "run_side", fake_run_side)
+    res = train.measure(steps=1, repeat=3, threads=1, torch=True)
+    assert order == ["ours", "torch", "torch", "ours", "ours", "torch"]
+    s = train.summary(res)
+    assert s["speedup_vs_torch"] == pytest.approx(2.5)  # pairs 3, 2.5, 0.4 (the medians' ratio: 4 / 2)
+    assert (s["speedup_min"], s["speedup_max"]) == pytest.approx((0.4, 3.0))

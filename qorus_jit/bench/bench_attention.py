@@ -3,19 +3,19 @@
     python -m qorus_jit.bench.bench_attention [--quick] [--threads N]
 
 The NumPy reference materializes the (T, S) scores and mask and runs the standard backward with
-np.matmul (BLAS); both sides run in float32 in the same process with the same thread count, and rows
-report medians. On a shared machine, ``--threads 1`` gives the steadier ratio.
+np.matmul (BLAS); both sides run in float32 in the same process with the same thread count, timed in pairs
+(``_timing.paired_times``): rows report each side's median and the median of the pairs' ratios with their
+spread. On a shared machine, ``--threads 1`` gives the steadier ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, record
+from qorus_jit.bench._timing import paired_times, record, spread_text
 from qorus_jit.core.numerics import get_num_threads, set_num_threads
 from qorus_jit.kernels.attention import attention_backward, attention_decode, attention_forward
 
@@ -100,19 +100,15 @@ def train_rows(B, T, H, Hkv, D, causal, rng, kw, tag):
     cases = [("attention fwd", ours_fwd, ref_fwd, 2), ("attention fwd+bwd", ours_fwd_bwd, ref_fwd_bwd, 7)]
     rows = []
     for name, ours, ref, n in cases:
-        t_ours, t_ref = _paired(ours, ref, kw)
-        rows.append(record(name, shape, t_ours, t_ref, "numpy", gflops=n * flops / t_ours / 1e9))
+        t = _paired(ours, ref, kw)
+        rows.append(record(name, shape, t, "numpy", gflops=n * flops / t[0] / 1e9))
     return rows
 
 
 def _paired(ours, ref, kw):
-    """Median seconds per call of ours() and of ref(), each after a pause that lets the other side's idle
-    pool threads (OpenBLAS, OpenMP) stop spinning on the cores."""
-    time.sleep(0.3)
-    t_ours = median_time(ours, **kw)
-    time.sleep(0.3)
-    t_ref = median_time(ref, **kw)
-    return t_ours, t_ref
+    """``paired_times`` of ours() and ref(), each sample after a pause that lets the other side's idle pool
+    threads (OpenBLAS, OpenMP) stop spinning on the cores."""
+    return paired_times(ours, ref, pause=0.05, **kw)
 
 
 def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
@@ -125,15 +121,14 @@ def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
     scale = 1.0 / math.sqrt(D)  # a Python float keeps the NumPy reference in float32
     attention_decode(out, q, kc, vc, length)
     assert np.allclose(out, numpy_decode(q, kc, vc, length, scale), atol=1e-4), "decode disagrees"
-    t_ours, t_ref = _paired(lambda: attention_decode(out, q, kc, vc, length),
-                            lambda: numpy_decode(q, kc, vc, length, scale), kw)
-    return record("attention decode", f"B{B} H{H} Hkv{Hkv} D{D} len{length}{tag}", t_ours, t_ref, "numpy",
-                  tokens_per_s=B / t_ours, ref_tokens_per_s=B / t_ref)
+    t = _paired(lambda: attention_decode(out, q, kc, vc, length), lambda: numpy_decode(q, kc, vc, length, scale), kw)
+    return record("attention decode", f"B{B} H{H} Hkv{Hkv} D{D} len{length}{tag}", t, "numpy",
+                  tokens_per_s=B / t[0], ref_tokens_per_s=B / t[1])
 
 
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (``_timing.record``) at the current thread count: medians of ours and of the NumPy
-    reference, and their ratio."""
+    reference, and the median of the paired ratios."""
     rng = np.random.default_rng(0)
     kw = dict(repeat=3, min_time=0.02) if quick else {}
     tag = f" {get_num_threads()}T"
@@ -158,4 +153,5 @@ if __name__ == "__main__":
         extra = (f"  {r['gflops']:6.1f} GFLOP/s" if "gflops" in r else
                  f"  {r['tokens_per_s']:9.0f} tok/s vs {r['ref_tokens_per_s']:8.0f}")
         print(f"{r['name']:18s} {r['shape']:36s} ours {r['ours_s'] * 1e3:8.3f} ms  "
-              f"numpy {r['ref_s'] * 1e3:8.3f} ms  numpy/ours x{r['speedup']:5.2f}{extra}", flush=True)
+              f"numpy {r['ref_s'] * 1e3:8.3f} ms  numpy/ours x{r['speedup']:5.2f} (pairs {spread_text(r)}){extra}",
+              flush=True)

@@ -1,8 +1,9 @@
 """Cross-entropy forward + backward (the fused kernel training uses) against NumPy in the same run.
 
-``python -m qorus_jit.bench.bench_loss [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
-rows. Both sides write the loss and ``dlogits = (softmax - onehot) / N`` from float32 logits into
-preallocated buffers; NumPy's elementwise ops run on one thread, the kernel on numba's threads.
+``python -m qorus_jit.bench.bench_loss [--quick]`` prints medians and speedups (NumPy time / ours, the median of pairs
+timed back to back: ``_timing.paired_times``); ``run`` returns the rows. Both sides write the loss and
+``dlogits = (softmax - onehot) / N`` from float32 logits into preallocated buffers; NumPy's elementwise ops run
+on one thread, the kernel on numba's threads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, print_rows, record, thread_counts
+from qorus_jit.bench._timing import paired_times, print_rows, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import loss
 
@@ -43,10 +44,10 @@ def cross_entropy_rows(N, V, kw):
     got = loss.cross_entropy_forward_backward(d_ours, logits, targets)
     want = np_cross_entropy_forward_backward(d_ref, logits, targets)
     assert abs(got - want) < 1e-4 * abs(want) and np.allclose(d_ours, d_ref, atol=1e-7), "disagrees with NumPy"
-    t_ours = median_time(lambda: loss.cross_entropy_forward_backward(d_ours, logits, targets), **kw)
-    t_ref = median_time(lambda: np_cross_entropy_forward_backward(d_ref, logits, targets), **kw)
-    return [record("cross-entropy forward+backward", f"({N}, {V})", t_ours, t_ref, "numpy",
-                   threads=get_num_threads(), gbytes_per_s=2 * logits.nbytes / t_ours / 1e9)]
+    t = paired_times(lambda: loss.cross_entropy_forward_backward(d_ours, logits, targets),
+                     lambda: np_cross_entropy_forward_backward(d_ref, logits, targets), **kw)
+    return [record("cross-entropy forward+backward", f"({N}, {V})", t, "numpy",
+                   threads=get_num_threads(), gbytes_per_s=2 * logits.nbytes / t[0] / 1e9)]
 
 
 def run(quick: bool = False) -> list[dict]:

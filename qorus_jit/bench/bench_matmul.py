@@ -1,9 +1,10 @@
 """Matmul, linear and bmm kernels (BLAS route and numba route) against NumPy's ``@`` in the same run.
 
 ``python -m qorus_jit.bench.bench_matmul [--quick]`` prints GFLOP/s and the ratio ours / numpy (= numpy time / ours);
-``run`` returns the rows. Each case times its candidates in alternation, one sample each per round, so a
-busy machine slows them alike; figures are medians over the rounds. A short pause before each sample
-lets the previous candidate's thread pool (numpy's OpenBLAS or numba's) go idle.
+``run`` returns the rows. Each route is timed against numpy ``@`` in pairs (``_timing.paired_times``: one
+sample of each back to back, in turn first), so a busy stretch slows both sides of a pair; the ratio is the
+median of the pairs' ratios. A short pause before each sample lets the previous candidate's thread pool
+(numpy's OpenBLAS or numba's) go idle.
 NumPy's ``@`` and our BLAS route call the same OpenBLAS (numpy's, see qorus_jit/kernels/_blas.py); each row
 names the library on each side. Rows come at numba's thread count and, unless quick, on one thread
 (``qorus_jit.core.numerics.set_num_threads`` sets numba and both BLAS copies together).
@@ -12,14 +13,12 @@ names the library on each side. Rows come at numba's thread count and, unless qu
 from __future__ import annotations
 
 import inspect
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, record, thread_counts
+from qorus_jit.bench._timing import paired_times, record, spread_text, thread_counts
 from qorus_jit.kernels import matmul
 from qorus_jit.kernels._blas import BLAS_SOURCE
 
@@ -41,18 +40,6 @@ def _blas_libs() -> dict[str, str]:
         who = "scipy" if folder.startswith("scipy") else "numpy" if folder.startswith("numpy") else path
         libs[who] = f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture')}, {path}"
     return libs
-
-
-def _alternate(fns: dict, repeat: int, min_time: float, pause: float) -> dict[str, float]:
-    """Median seconds per call of each function, sampled in alternation ``repeat`` times."""
-    for f in fns.values():
-        f()
-    samples = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            time.sleep(pause)
-            samples[k].append(median_time(f, repeat=1, warmup=1, min_time=min_time))
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _cases(quick: bool):
@@ -154,13 +141,13 @@ def run(quick: bool = False, select=None, routes=matmul.ROUTES, one_count: bool 
         for name, shape, flops, make in _cases(quick and select is None):
             if select is not None and not select(name, shape):
                 continue
-            fns = {k: f for k, f in make().items() if k in routes or k == "numpy"}
-            t = _alternate(fns, repeat, min_time, pause)
+            fns = make()
             for route in routes:
+                t = paired_times(fns[route], fns["numpy"], repeat=repeat, warmup=1, min_time=min_time, pause=pause)
                 rows.append(record(
-                    f"{name} [{route}]", shape, t[route], t["numpy"], "numpy @", route=route,
-                    default=route == _default_route(name), threads=n, gflops=flops / t[route] / 1e9,
-                    ref_gflops=flops / t["numpy"] / 1e9,
+                    f"{name} [{route}]", shape, t, "numpy @", route=route,
+                    default=route == _default_route(name), threads=n, gflops=flops / t[0] / 1e9,
+                    ref_gflops=flops / t[1] / 1e9,
                     ours_blas=f"{BLAS_SOURCE}: {libs.get('numpy')}" if route == "blas" else "none (numba kernel)",
                     ref_blas=libs.get("numpy")))
     return rows
@@ -171,11 +158,13 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     rows = run(quick="--quick" in argv)
     print(f"{'op':30s} {'shape':46s} {'threads':>7s} {'ours GF/s':>9s} {'numpy GF/s':>10s} "
-          f"{'ours/numpy':>10s}")
+          f"{'ours/numpy':>10s} {'pairs':>11s}")
     for r in rows:
         print(f"{r['name']:30s} {r['shape']:46s} {r['threads']:7d} {r['gflops']:9.1f} "
-              f"{r['ref_gflops']:10.1f} {r['speedup']:9.2f}x{'  (default)' if r['default'] else ''}")
-    print("float32; medians of alternated samples; threads = numba's and both BLAS copies'")
+              f"{r['ref_gflops']:10.1f} {r['speedup']:9.2f}x {spread_text(r):>11s}"
+              f"{'  (default)' if r['default'] else ''}")
+    print("float32; medians; ours/numpy = numpy time / ours, the median of pairs timed back to back (pairs: "
+          "min-max); threads = numba's and both BLAS copies'")
     print(f"ours, blas route: {rows[0]['ours_blas']}")
     print(f"numpy @:          {rows[0]['ref_blas']}")
 

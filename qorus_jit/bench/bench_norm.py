@@ -1,7 +1,8 @@
 """RMSNorm, LayerNorm and RoPE kernels against NumPy implementations of the same math.
 
-``python -m qorus_jit.bench.bench_norm [--quick]`` prints medians and speedups (NumPy time / ours); ``run``
-returns the rows. NumPy's elementwise ops run on one thread, the kernels on numba's threads.
+``python -m qorus_jit.bench.bench_norm [--quick]`` prints medians and speedups (NumPy time / ours, the median of
+pairs timed back to back: ``_timing.paired_times``); ``run`` returns the rows. NumPy's elementwise ops run on
+one thread, the kernels on numba's threads.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, record, thread_counts
+from qorus_jit.bench._timing import paired_times, print_rows, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import norm, rope
 
@@ -99,9 +100,9 @@ def norm_rows(N, C, kw):
     for name, (fwd, bwd, np_fwd, np_bwd) in cases.items():
         for what, ours, ref in (("forward", fwd, np_fwd),
                                 ("forward+backward", both(fwd, bwd), both(np_fwd, np_bwd))):
-            t_ours, t_ref = median_time(ours, **kw), median_time(ref, **kw)
-            rows.append(record(f"{name} {what}", shape, t_ours, t_ref, "numpy", threads=threads,
-                               gbytes_per_s=x.nbytes * 2 / t_ours / 1e9))
+            t = paired_times(ours, ref, **kw)
+            rows.append(record(f"{name} {what}", shape, t, "numpy", threads=threads,
+                               gbytes_per_s=x.nbytes * 2 / t[0] / 1e9))
     return rows
 
 
@@ -113,11 +114,11 @@ def rope_rows(B, T, H, D, kw):
     cos, sin = rope.rope_cache(2 * T, D)
     rows = []
     for interleaved in (False, True):
-        t_ours = median_time(lambda il=interleaved: rope.rope_forward(out, x, cos, sin, 3, il), **kw)
-        t_ref = median_time(lambda il=interleaved: np_rope_forward(out, x, cos, sin, 3, il), **kw)
+        t = paired_times(lambda il=interleaved: rope.rope_forward(out, x, cos, sin, 3, il),
+                         lambda il=interleaved: np_rope_forward(out, x, cos, sin, 3, il), **kw)
         name = "rope forward " + ("interleaved" if interleaved else "rotate-half")
-        rows.append(record(name, f"({B}, {T}, {H}, {D})", t_ours, t_ref, "numpy", threads=get_num_threads(),
-                           gbytes_per_s=x.nbytes * 2 / t_ours / 1e9))
+        rows.append(record(name, f"({B}, {T}, {H}, {D})", t, "numpy", threads=get_num_threads(),
+                           gbytes_per_s=x.nbytes * 2 / t[0] / 1e9))
     return rows
 
 
@@ -136,13 +137,7 @@ def run(quick: bool = False) -> list[dict]:
 def main(argv=None) -> None:
     """Run the benchmark (``--quick``) and print its table."""
     argv = sys.argv[1:] if argv is None else argv
-    rows = run(quick="--quick" in argv)
-    print(f"{'op':34s} {'shape':18s} {'threads':>7s} {'ours ms':>9s} {'numpy ms':>9s} {'speedup':>8s} "
-          f"{'GB/s':>6s}")
-    for r in rows:
-        print(f"{r['name']:34s} {r['shape']:18s} {r['threads']:7d} {r['ours_s'] * 1e3:9.3f} "
-              f"{r['ref_s'] * 1e3:9.3f} {r['speedup']:7.2f}x {r['gbytes_per_s']:6.1f}")
-    print("medians; speedup = numpy / ours; numpy elementwise runs on one thread")
+    print_rows(run(quick="--quick" in argv), 34, 18)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The AdamW update kernel against the same update written in NumPy, in the same run.
 
-``python -m qorus_jit.bench.bench_optim [--quick]`` prints medians and speedups (NumPy time / ours); ``run`` returns the
-rows. One step of ``torch.optim.AdamW`` (decoupled weight decay, bias corrections) on float32 parameters,
-first and second moments and a gradient, in place; NumPy uses one preallocated temporary and runs on one
-thread, the kernel on numba's threads.
+``python -m qorus_jit.bench.bench_optim [--quick]`` prints medians and speedups (NumPy time / ours, the median of pairs
+timed back to back: ``_timing.paired_times``); ``run`` returns the rows. One step of ``torch.optim.AdamW``
+(decoupled weight decay, bias corrections) on float32 parameters, first and second moments and a gradient, in
+place; NumPy uses one preallocated temporary and runs on one thread, the kernel on numba's threads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, print_rows, record, thread_counts
+from qorus_jit.bench._timing import paired_times, print_rows, record, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import optim
 
@@ -55,10 +55,9 @@ def adamw_rows(n, kw):
     optim.adamw_update(*ours, **HYPER)
     np_adamw_update(*ref, tmp, **HYPER)
     assert np.allclose(ours[0], ref[0], rtol=1e-5, atol=1e-6), "AdamW disagrees with the NumPy reference"
-    t_ours = median_time(lambda: optim.adamw_update(*ours, **HYPER), **kw)
-    t_ref = median_time(lambda: np_adamw_update(*ref, tmp, **HYPER), **kw)
-    return [record("adamw update", f"{n:,} float32 params", t_ours, t_ref, "numpy", threads=get_num_threads(),
-                   gbytes_per_s=7 * 4 * n / t_ours / 1e9)]  # read param, m, v, grad; write param, m, v
+    t = paired_times(lambda: optim.adamw_update(*ours, **HYPER), lambda: np_adamw_update(*ref, tmp, **HYPER), **kw)
+    return [record("adamw update", f"{n:,} float32 params", t, "numpy", threads=get_num_threads(),
+                   gbytes_per_s=7 * 4 * n / t[0] / 1e9)]  # read param, m, v, grad; write param, m, v
 
 
 def run(quick: bool = False) -> list[dict]:

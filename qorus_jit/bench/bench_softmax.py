@@ -2,7 +2,8 @@
 
     python -m qorus_jit.bench.bench_softmax [--quick]
 
-prints medians and speedups (NumPy time / ours); ``run`` returns the rows. NumPy's elementwise ops
+prints medians and speedups (NumPy time / ours, the median of pairs timed back to back:
+``_timing.paired_times``); ``run`` returns the rows. NumPy's elementwise ops
 run on one thread, the kernels on numba's threads; every row is measured again on one thread.
 GB/s counts the bytes the op must move once (inputs read, outputs written, gradients read and written).
 """
@@ -13,7 +14,7 @@ import sys
 
 import numpy as np
 
-from qorus_jit.bench._timing import median_time, record, thread_counts
+from qorus_jit.bench._timing import paired_times, record, spread_text, thread_counts
 from qorus_jit.core.numerics import get_num_threads
 from qorus_jit.kernels import activations as act
 from qorus_jit.kernels import softmax as sm
@@ -133,9 +134,9 @@ def _rows(name, shape, nbytes, nrows, fwd, bwd, kw):
     rows = []
     for what, ours, ref, moved in (("forward", fwd[0], fwd[1], 2),
                                    ("forward+backward", _both(fwd[0], bwd[0]), _both(fwd[1], bwd[1]), 6)):
-        t_ours, t_ref = median_time(ours, **kw), median_time(ref, **kw)
-        rows.append(record(f"{name} {what}", shape, t_ours, t_ref, "numpy", threads=get_num_threads(),
-                           gbytes_per_s=moved * nbytes / t_ours / 1e9, rows_per_s=nrows / t_ours))
+        t = paired_times(ours, ref, **kw)
+        rows.append(record(f"{name} {what}", shape, t, "numpy", threads=get_num_threads(),
+                           gbytes_per_s=moved * nbytes / t[0] / 1e9, rows_per_s=nrows / t[0]))
     return rows
 
 
@@ -160,9 +161,9 @@ def activation_rows(N, C, kw):
         ours()
         np_ref()
         assert np.allclose(out, ref, rtol=1e-4, atol=1e-5), f"{name} disagrees with the NumPy reference"
-        t_ours, t_ref = median_time(ours, **kw), median_time(np_ref, **kw)
-        rows.append(record(name, f"({N}, {C})", t_ours, t_ref, ref_name, threads=get_num_threads(),
-                           gbytes_per_s=moved * x.nbytes / t_ours / 1e9, rows_per_s=N / t_ours))
+        t = paired_times(ours, np_ref, **kw)
+        rows.append(record(name, f"({N}, {C})", t, ref_name, threads=get_num_threads(),
+                           gbytes_per_s=moved * x.nbytes / t[0] / 1e9, rows_per_s=N / t[0]))
     return rows
 
 
@@ -184,12 +185,13 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     rows = run(quick="--quick" in argv)
     print(f"{'op':32s} {'shape':16s} {'threads':>7s} {'ours ms':>9s} {'ref ms':>9s} {'ref':>10s} "
-          f"{'speedup':>8s} {'GB/s':>6s} {'Mrows/s':>8s}")
+          f"{'speedup':>8s} {'pairs':>11s} {'GB/s':>6s} {'Mrows/s':>8s}")
     for r in rows:
         print(f"{r['name']:32s} {r['shape']:16s} {r['threads']:7d} {r['ours_s'] * 1e3:9.3f} "
-              f"{r['ref_s'] * 1e3:9.3f} {r['ref']:>10s} {r['speedup']:7.2f}x {r['gbytes_per_s']:6.1f} "
-              f"{r['rows_per_s'] / 1e6:8.3f}")
-    print("medians; speedup = reference / ours; NumPy elementwise runs on one thread")
+              f"{r['ref_s'] * 1e3:9.3f} {r['ref']:>10s} {r['speedup']:7.2f}x {spread_text(r):>11s} "
+              f"{r['gbytes_per_s']:6.1f} {r['rows_per_s'] / 1e6:8.3f}")
+    print("medians; speedup = reference / ours, the median of pairs timed back to back (pairs: min-max); "
+          "NumPy elementwise runs on one thread")
     if scipy_erf() is None:
         print('gelu forward skipped: its reference needs scipy (pip install "qorus-jit[test]")')
 

@@ -6,8 +6,9 @@ Workload: an MLP [784, 256, 256, 10] with ReLU, batch 128 of random float32 inpu
 (lr 1e-3, weight decay 0.01); one step is forward + cross-entropy + backward + optimizer update. The
 reference is ``torch.nn.Sequential`` of the same layers with ``torch.optim.AdamW``, the same thread count.
 Each side runs in its own fresh process (a process of ours and torch's OpenMP pools would share the cores;
-see docs/design.md), alternating ``--repeat`` times; a process takes 5 warm-up steps, then times
-``--steps`` steps, and its figure is the median step. :func:`measure` returns samples/s per repeat.
+see docs/design.md), in ``--repeat`` pairs of one process a side back to back, the side going first
+alternating; a process takes 5 warm-up steps, then times ``--steps`` steps, and its figure is the median
+step. :func:`measure` returns samples/s per repeat; the ratio is the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from qorus_jit.bench._timing import in_turn, spread
 from qorus_jit.bench.train import run_side, torch_available
 
 SIZES, BATCH = [784, 256, 256, 10], 128
@@ -80,15 +82,16 @@ timed(step)
 
 
 def measure(steps: int = 50, repeat: int = 3, threads: int = 2, torch: bool | None = None) -> dict:
-    """Samples/s of each side per repeat (fresh processes, alternated); torch's only when importable."""
+    """Samples/s of each side per repeat: pairs of fresh processes, one a side back to back, in turn first (the
+    i-th of each side from the same pair); torch's only when importable."""
     torch = torch_available() if torch is None else torch
     res = {"sizes": SIZES, "batch": BATCH, "threads": threads, "ours_samples_per_s": []}
     if torch:
         res["torch_samples_per_s"] = []
-    for _ in range(repeat):
-        res["ours_samples_per_s"].append(BATCH / run_side(OURS, steps, threads)["step_s"])
-        if torch:
-            res["torch_samples_per_s"].append(BATCH / run_side(TORCH, steps, threads)["step_s"])
+    code = {"ours": OURS, "torch": TORCH}
+    for i in range(repeat):
+        for side in in_turn(i, "ours", "torch") if torch else ("ours",):
+            res[f"{side}_samples_per_s"].append(BATCH / run_side(code[side], steps, threads)["step_s"])
     return res
 
 
@@ -104,8 +107,9 @@ def main(argv=None) -> int:
     for k, v in res.items():
         print(f"{k:20s} {v}")
     if "torch_samples_per_s" in res:
-        med = statistics.median
-        print(f"ours / torch: {med(res['ours_samples_per_s']) / med(res['torch_samples_per_s']):.2f}x")
+        ratios = [o / t for o, t in zip(res["ours_samples_per_s"], res["torch_samples_per_s"], strict=True)]
+        lo, hi = spread(ratios)
+        print(f"ours / torch: {statistics.median(ratios):.2f}x (median of the pairs; pairs {lo:.2f}-{hi:.2f})")
     return 0
 
 

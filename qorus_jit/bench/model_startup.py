@@ -6,17 +6,18 @@ first use of the command line: from launch to the first step of ``qorus train`` 
     python -m qorus_jit.bench.model_startup --cli [--threads 2]
 
 Config (the layer issue's bar, W-train's shape): dim 256, 4 layers, 8 heads, SwiGLU hidden 768, vocab 256,
-seq 256, batch 8. Runs in fresh interpreters: twice with the machine's numba cache (warm; the first run may
-fill it) and once with an empty cache directory (cold: every kernel compiles). The reference is the same
-for PyTorch and transformers (``LlamaForCausalLM``, eager): a fresh process importing them, building the
-model and running its first forward, cross-entropy and backward. :func:`measure` returns the figures.
+seq 256, batch 8. Runs in fresh interpreters: with the machine's numba cache (warm; a first run may fill it)
+and with an empty cache directory (cold: every kernel compiles). The reference is the same for PyTorch and
+transformers (``LlamaForCausalLM``, eager): a fresh process importing them, building the model and running its
+first forward, cross-entropy and backward. Each run of ours is paired with one of the reference back to back,
+the side going first alternating from pair to pair. :func:`measure` returns the figures.
 
 The command line's first use (:func:`measure_cli`): ``qorus train`` (the default run, its steps cut to 2) and
 ``qorus generate`` (a run folder of the default model, made here with its weights at step 0), each in a fresh
 process with the machine's numba cache (warm) and with an empty temporary ``NUMBA_CACHE_DIR`` (cold: numba then
 reads and writes only there, and the shared cache stays as it was). The seconds are counted from launch to the
 first row of the run's ``metrics.jsonl`` (its first step done) and to the first byte the generation prints; the
-process is stopped then.
+process is stopped then. Each cold launch is paired with a warm launch of the same command back to back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from qorus_jit.bench._timing import in_turn
 
 CODE = """
 import time
@@ -102,24 +105,27 @@ def torch_available() -> bool:
 
 def measure(runs: int = 2, threads: int | None = None, fill: bool = True, cold: bool = True,
             torch: bool | None = None) -> dict:
-    """``runs`` warm-cache processes of ours alternated with ``runs`` of the reference (after one run of ours
-    that may fill the cache, when ``fill``), then one cold-cache run of ours (when ``cold``).
+    """``runs`` pairs of a warm-cache process of ours and one of the reference, back to back, in turn first
+    (after one run of ours that may fill the cache, when ``fill``), then one cold-cache run of ours paired
+    with one more of the reference (when ``cold``).
 
     Returns lists of per-process dicts under 'warm', 'torch' (when torch and transformers are importable
-    and ``torch`` is not False), 'cold', and 'warm_fill'."""
+    and ``torch`` is not False; the i-th from the same pair as the i-th of 'warm'), 'cold', 'torch_cold' (the
+    reference's run paired with the cold one) and 'warm_fill'."""
     torch = torch_available() if torch is None else torch
     rows: dict = {"warm": []}
     if fill:
         rows["warm_fill"] = [run_once(threads=threads)]
     if torch:
         rows["torch"] = []
-    for _ in range(runs):
-        rows["warm"].append(run_once(threads=threads))
-        if torch:
-            rows["torch"].append(run_once(code=TORCH_CODE, threads=threads))
+    for i in range(runs):
+        for side in in_turn(i, "warm", "torch") if torch else ("warm",):
+            rows[side].append(run_once(code=TORCH_CODE if side == "torch" else CODE, threads=threads))
     if cold:
         with tempfile.TemporaryDirectory() as cache:
             rows["cold"] = [run_once(dict(os.environ, NUMBA_CACHE_DIR=cache), threads=threads)]
+        if torch:
+            rows["torch_cold"] = [run_once(code=TORCH_CODE, threads=threads)]
     return rows
 
 
@@ -221,32 +227,38 @@ def _cache_files(folder: str) -> int:
 
 
 def measure_cli(runs: int = 1, threads: int | None = None, cold: bool = True, fill: bool = True) -> dict:
-    """First use of the command line: ``runs`` warm-cache launches of ``qorus train`` and ``qorus generate``
-    (after one of each that may fill the machine's cache, when ``fill``), then one of each on an empty cache
-    (when ``cold``). Returns lists of seconds under 'train_warm', 'generate_warm', 'train_cold',
-    'generate_cold', and the kernel index files each cold process wrote under 'cold_cache_files' (none
-    would mean the temporary cache was not used)."""
+    """First use of the command line: ``runs`` warm-cache launches of ``qorus train`` and of ``qorus generate``
+    (after one of each that may fill the machine's cache, when ``fill``), each paired, when ``cold``, with a
+    launch of the same command on an empty cache, back to back and in turn first. Returns lists of seconds
+    under 'train_warm', 'generate_warm', 'train_cold', 'generate_cold' (the i-th cold launch paired with the
+    i-th warm one), and the kernel index files each cold process wrote under 'cold_cache_files' (none would
+    mean the temporary cache was not used)."""
     rows: dict = {"train_warm": [], "generate_warm": []}
+    if cold:
+        rows.update(train_cold=[], generate_cold=[], cold_cache_files=[])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         run_dir = make_run_folder(folder)
+
+        def launch(cmd: str, env: dict, name: str) -> float:
+            return train_first_step(folder, env, name) if cmd == "train" else generate_first_token(run_dir, env)
+
         warm = _cli_env(threads, None)
-        for i in range(runs + int(fill)):
-            t = train_first_step(folder, warm, f"warm{i}")
-            g = generate_first_token(run_dir, warm)
-            if i >= int(fill):
-                rows["train_warm"].append(t)
-                rows["generate_warm"].append(g)
-        if cold:
-            rows.update(train_cold=[], generate_cold=[], cold_cache_files=[])
-            for key, first in (("train_cold", lambda env: train_first_step(folder, env, "cold")),
-                               ("generate_cold", lambda env: generate_first_token(run_dir, env))):
-                with tempfile.TemporaryDirectory() as cache:
-                    rows[key].append(first(_cli_env(threads, cache)))
-                    n = _cache_files(cache)
+        if fill:
+            for cmd in ("train", "generate"):
+                launch(cmd, warm, "fill")
+        for i in range(runs):
+            for cmd in ("train", "generate"):
+                for side in in_turn(i, "warm", "cold") if cold else ("warm",):
+                    if side == "warm":
+                        rows[f"{cmd}_warm"].append(launch(cmd, warm, f"warm{i}"))
+                        continue
+                    with tempfile.TemporaryDirectory() as cache:
+                        rows[f"{cmd}_cold"].append(launch(cmd, _cli_env(threads, cache), f"cold{i}"))
+                        n = _cache_files(cache)
                     if not n:
-                        raise RuntimeError(f"{key}: the process wrote nothing into its NUMBA_CACHE_DIR {cache}: "
-                                           f"it did not start from an empty cache")
+                        raise RuntimeError(f"{cmd}_cold: the process wrote nothing into its NUMBA_CACHE_DIR "
+                                           f"{cache}: it did not start from an empty cache")
                     rows["cold_cache_files"].append(n)
     return rows
 

@@ -2,8 +2,10 @@
 
 Every figure is a ratio of our figure to a reference's measured in the same run, oriented so that above 1
 means ours is better (reference time / our time, our rate / the reference's rate, reference memory / ours).
-A figure is measured ``n`` times (kernels: ``n`` calls of the benchmark, each a median of timed samples;
-model workloads: ``n`` fresh processes a side); the table shows the median ratio and its spread. The
+A figure is measured ``n`` times (kernels: ``n`` calls of the benchmark, each timing ours and the reference in
+pairs of back-to-back samples, ``_timing.paired_times``, its ratio the median of the pairs'; model workloads:
+``n`` pairs of fresh processes or calls, one of each side back to back, in turn first); the table shows the
+median ratio and its spread. The
 kernel benchmarks, model workloads and their references live in the other modules of ``qorus_jit.bench``;
 this module picks the shapes. ``docs/perf.md`` lists every figure.
 
@@ -118,12 +120,13 @@ class Context:
         return self.suite == "full"
 
     def kernel_kw(self) -> dict:
-        """median_time settings of one run of a kernel benchmark."""
+        """``_timing.paired_times`` settings of one run of a kernel benchmark."""
         return dict(repeat=5, warmup=1, min_time=0.03) if not self.full else dict(repeat=7, warmup=2, min_time=0.05)
 
 
 def _kernel(rows_fn: Callable[[Context, list[Figure]], list[dict]]):
-    """A workload calling a kernel benchmark ``ctx.runs`` times: (row name, shape) -> [(ours_s, ref_s), ...]."""
+    """A workload calling a kernel benchmark ``ctx.runs`` times: (row name, shape) -> [(ours_s, ref_s, the
+    row's paired ratios), ...]."""
 
     def workload(ctx: Context, wanted: list[Figure]) -> dict:
         got: dict = {}
@@ -132,7 +135,7 @@ def _kernel(rows_fn: Callable[[Context, list[Figure]], list[dict]]):
                 if "skipped" in r:  # {"name", "shape": "", "skipped": why}: a row whose reference is missing
                     got[(r["name"], r["shape"])] = Skipped(r["skipped"])
                 else:
-                    got.setdefault((r["name"], r["shape"]), []).append((r["ours_s"], r["ref_s"]))
+                    got.setdefault((r["name"], r["shape"]), []).append((r["ours_s"], r["ref_s"], r["pair_ratios"]))
         return got
 
     return workload
@@ -278,17 +281,18 @@ def _startup(ctx, wanted):
     ref = [r["total_s"] for r in res["torch"]]
     out = {("warm", ""): list(zip((r["total_s"] for r in res["warm"]), ref, strict=True))}
     if cold:
-        out[("cold", "")] = [(r["total_s"], statistics.median(ref)) for r in res["cold"]]
+        out[("cold", "")] = list(zip((r["total_s"] for r in res["cold"]), (r["total_s"] for r in res["torch_cold"]),
+                                     strict=True))
     return out
 
 
 def _first_use(ctx, wanted):
-    """The command line's first use on an empty numba cache, against the same launch on the warm cache."""
+    """The command line's first use on an empty numba cache, against the same launch on the warm cache (each
+    cold launch paired with a warm one)."""
     from qorus_jit.bench import model_startup
 
     res = model_startup.measure_cli(runs=1, threads=ctx.threads, cold=True, fill=True)
-    return {(cmd, ""): [(cold, statistics.median(res[f"{cmd}_warm"])) for cold in res[f"{cmd}_cold"]]
-            for cmd in ("train", "generate")}
+    return {(cmd, ""): list(zip(res[f"{cmd}_cold"], res[f"{cmd}_warm"], strict=True)) for cmd in ("train", "generate")}
 
 
 #: name -> (function(ctx, wanted figures) -> {(row, shape): runs | Skipped}), in the order they run: kernels in
@@ -420,7 +424,12 @@ def _summary(fig: Figure, got) -> dict:
         return out | {"error": str(got)}
     if not got:
         return out | {"error": "the workload produced no value for this figure"}
-    runs = [{"ours": o, "ref": r, "ratio": fig.ratio(o, r)} for o, r in got]
+    runs = []
+    for o, r, *pairs in got:  # (ours, ref): one pair; (ours, ref, ratios): a kernel run's pairs (ref / ours)
+        run = {"ours": o, "ref": r, "ratio": fig.ratio(o, r)}
+        if pairs:
+            run.update(ratio=statistics.median(pairs[0]), pair_ratios=pairs[0])
+        runs.append(run)
     return out | _stats(runs)
 
 

@@ -7,13 +7,15 @@ vocab 256, seq 256, batch 8, untied head, AdamW; one step is forward + cross-ent
 update. The reference is ``transformers``' ``LlamaForCausalLM`` with ``torch.optim.AdamW`` (PyTorch eager,
 same shapes, same batches, the same thread count).
 
-Each side runs in its own fresh process (so each has its own peak RSS and thread settings), and the two
-alternate ``--repeat`` times so a busy machine slows them alike. A process builds the model, takes two
+Each side runs in its own fresh process (so each has its own peak RSS and thread settings), in ``--repeat``
+pairs: one process of each side back to back, the side going first alternating (ours, torch, torch, ours, ...),
+so that a busy stretch of the machine slows both sides of a pair. A process builds the model, takes two
 warm-up steps, then times ``--steps`` steps; its figure is the median step. Reported: the median over the
-repeats of each side's median step, the ratio (torch / ours: above 1 means ours is faster), tokens/s, and
-each side's peak RSS (``VmHWM`` of ``/proc/self/status``: interpreter, libraries, model, optimizer state and
-activations). Not ``ru_maxrss``: Linux carries the parent's peak into a child across ``exec``, so under
-``qorus bench`` (a large parent) both sides read the parent's size.
+repeats of each side's median step, the speed ratio (torch / ours: above 1 means ours is faster) as the median
+of the pairs' ratios with their spread, tokens/s, and each side's peak RSS (``VmHWM`` of
+``/proc/self/status``: interpreter, libraries, model, optimizer state and activations). Not ``ru_maxrss``:
+Linux carries the parent's peak into a child across ``exec``, so under ``qorus bench`` (a large parent) both
+sides read the parent's size.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from qorus_jit.bench._timing import in_turn, spread
 
 SHAPE = dict(dim=256, n_layers=4, n_heads=8, hidden_dim=768, vocab_size=256, max_seq_len=256)
 BATCH, SEQ = 8, 256
@@ -125,15 +129,16 @@ def torch_available() -> bool:
 
 
 def measure(steps: int = 10, repeat: int = 3, threads: int = 2, torch: bool | None = None) -> dict:
-    """Alternate ``repeat`` fresh processes of each side; returns per-repeat figures and their medians.
+    """``repeat`` pairs of fresh processes, one of each side back to back, in turn first; returns each
+    repeat's figures (the i-th of each side from the same pair).
 
     ``torch=None`` runs the reference when PyTorch and transformers are importable."""
     torch = torch_available() if torch is None else torch
-    ours, ref = [], []
-    for _ in range(repeat):
-        ours.append(run_side(OURS, steps, threads))
-        if torch:
-            ref.append(run_side(TORCH, steps, threads))
+    code, got = {"ours": OURS, "torch": TORCH}, {"ours": [], "torch": []}
+    for i in range(repeat):
+        for side in in_turn(i, "ours", "torch") if torch else ("ours",):
+            got[side].append(run_side(code[side], steps, threads))
+    ours, ref = got["ours"], got["torch"]
     res = {"shape": dict(SHAPE, batch=BATCH, seq=SEQ), "threads": threads, "tokens_per_step": BATCH * SEQ,
            "ours_step_s": [r["step_s"] for r in ours], "ours_peak_rss_MB": [r["peak_rss_MB"] for r in ours]}
     if torch:
@@ -143,7 +148,8 @@ def measure(steps: int = 10, repeat: int = 3, threads: int = 2, torch: bool | No
 
 
 def summary(res: dict) -> dict:
-    """Medians of :func:`measure`'s figures, tokens/s and the speed ratio (torch step / our step)."""
+    """Medians of :func:`measure`'s figures, tokens/s and the speed ratio (torch step / our step): the median
+    of the pairs' ratios, with their spread."""
     med = statistics.median
     out = {"ours_step_s": med(res["ours_step_s"]), "ours_peak_rss_MB": med(res["ours_peak_rss_MB"])}
     out["ours_tokens_per_s"] = res["tokens_per_step"] / out["ours_step_s"]
@@ -151,7 +157,9 @@ def summary(res: dict) -> dict:
         out["torch_step_s"] = med(res["torch_step_s"])
         out["torch_peak_rss_MB"] = med(res["torch_peak_rss_MB"])
         out["torch_tokens_per_s"] = res["tokens_per_step"] / out["torch_step_s"]
-        out["speedup_vs_torch"] = out["torch_step_s"] / out["ours_step_s"]
+        ratios = [t / o for o, t in zip(res["ours_step_s"], res["torch_step_s"], strict=True)]
+        out["speedup_vs_torch"] = med(ratios)
+        out["speedup_min"], out["speedup_max"] = spread(ratios)
         out["rss_ratio_ours_over_torch"] = out["ours_peak_rss_MB"] / out["torch_peak_rss_MB"]
     return out
 
