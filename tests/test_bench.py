@@ -517,3 +517,42 @@ def test_fresh_processes_alternate_pair_by_pair(monkeypatch):
     s = train.summary(res)
     assert s["speedup_vs_torch"] == pytest.approx(2.5)  # pairs 3, 2.5, 0.4 (the medians' ratio: 4 / 2)
     assert (s["speedup_min"], s["speedup_max"]) == pytest.approx((0.4, 3.0))
+
+
+def test_start_up_runs_pair_each_side_with_the_other(monkeypatch, tmp_path):
+    """startup: warm runs of ours and torch's in turn, the cold run beside one of torch's; first-use: each cold
+    launch of a command beside a warm one, in turn first."""
+    from qorus_jit.bench import model_startup
+
+    order = []
+
+    def fake_run_once(env=None, code=model_startup.CODE, threads=None):
+        side = "torch" if code == model_startup.TORCH_CODE else "cold" if env else "warm"
+        order.append(side)
+        return dict.fromkeys(model_startup.KEYS, float(len(order)))
+
+    monkeypatch.setattr(model_startup, "run_once", fake_run_once)
+    rows = model_startup.measure(runs=3, fill=True, cold=True, torch=True)
+    assert order == ["warm", "warm", "torch", "torch", "warm", "warm", "torch", "cold", "torch"]
+    assert [len(rows[k]) for k in ("warm", "torch", "cold", "torch_cold")] == [3, 3, 1, 1]
+
+    launches = []
+
+    def fake_launch(cmd):
+        def launch(*args):
+            env = args[1]
+            launches.append((cmd, "cold" if "NUMBA_CACHE_DIR" in env else "warm"))
+            return float(len(launches))
+        return launch
+
+    monkeypatch.setattr(model_startup, "make_run_folder", lambda folder: folder / "tiny")
+    monkeypatch.setattr(model_startup, "train_first_step", fake_launch("train"))
+    monkeypatch.setattr(model_startup, "generate_first_token", fake_launch("generate"))
+    monkeypatch.setattr(model_startup, "_cache_files", lambda folder: 1)
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    res = model_startup.measure_cli(runs=2, cold=True, fill=True)
+    assert launches == [("train", "warm"), ("generate", "warm"),  # the fill
+                        ("train", "warm"), ("train", "cold"), ("generate", "warm"), ("generate", "cold"),
+                        ("train", "cold"), ("train", "warm"), ("generate", "cold"), ("generate", "warm")]
+    assert res["train_warm"] == [3.0, 8.0] and res["train_cold"] == [4.0, 7.0]
+    assert res["generate_warm"] == [5.0, 10.0] and res["generate_cold"] == [6.0, 9.0]
