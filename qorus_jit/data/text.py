@@ -169,6 +169,7 @@ class TextDataset(SeededBatchesState):
 
     @property
     def n_tokens(self) -> int:
+        """Tokens of the corpus: the training split's and the validation split's."""
         return self.n_train + self.n_val
 
     @property

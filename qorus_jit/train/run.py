@@ -186,6 +186,7 @@ class TrainConfig:
         return cls.from_dict({**d, **(overrides or {})}, where=str(p))
 
     def to_dict(self) -> dict:
+        """Every setting by name (what ``run.json``'s config table holds; :meth:`from_dict` reads it back)."""
         return dataclasses.asdict(self)
 
 
@@ -249,6 +250,8 @@ def build_model(cfg: TrainConfig, vocab_size: int):
 
 
 def build_optimizer(cfg: TrainConfig, model):
+    """The optimizer ``cfg.optimizer`` names ("sgd", "adam", "adamw") over ``model``'s trainable parameters, with
+    ``cfg``'s lr, momentum or betas, and weight decay."""
     from qorus_jit.train.optim import SGD, Adam, AdamW
 
     if cfg.optimizer == "sgd":
@@ -258,6 +261,8 @@ def build_optimizer(cfg: TrainConfig, model):
 
 
 def build_schedule(cfg: TrainConfig):
+    """The learning-rate schedule ``cfg.schedule`` names, from ``cfg.lr`` over ``cfg.steps`` with
+    :func:`warmup_of`'s warmup (cosine and linear decay to ``min_lr``; "step" thirds the steps after warmup)."""
     from qorus_jit.train.schedule import make_schedule
 
     kw = {"min_lr": cfg.min_lr} if cfg.schedule in ("cosine", "linear") else {}
@@ -396,6 +401,8 @@ class Run:
         return last
 
     def save_adapters(self) -> Path:
+        """Write a LoRA run's adapters as a PEFT folder ``run_dir/adapter`` (``base_model_name_or_path``: the
+        ``--init`` folder, if one); returns it. A write the disk refuses is a :class:`TrainingError`."""
         from qorus_jit.formats.checkpoint import ADAPTER_DIR
         from qorus_jit.layers.lora import save_lora
 

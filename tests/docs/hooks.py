@@ -14,13 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("mkdocs.plugins.qorus")
 
 # Public names that have no docstring yet, by full name. It should be empty.
-EXCEPTIONS: frozenset[str] = frozenset({
-    "qorus_jit.data.text.TextDataset.n_tokens",
-    "qorus_jit.train.run.Run.save_adapters",
-    "qorus_jit.train.run.TrainConfig.to_dict",
-    "qorus_jit.train.run.build_optimizer",
-    "qorus_jit.train.run.build_schedule",
-})
+EXCEPTIONS: frozenset[str] = frozenset()
 
 
 def public_modules() -> list[str]:
