@@ -361,6 +361,20 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
     return f"{where}; continue with: qorus train --resume {run_dir}" if resumable else where
 
 
+def _threads_option(fn):
+    """``--threads N`` on a command that computes: numba's and BLAS's threads, set as the option is parsed."""
+    def apply(ctx, param, value):
+        if value is not None:
+            from qorus_jit.core.numerics import max_threads, set_num_threads
+
+            set_num_threads(min(value, max_threads()))
+        return value
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False, callback=apply,
+                        help="Threads for the kernels and BLAS [default: every core]. On a machine busy with other "
+                             "work, 1 can be faster.")(fn)
+
+
 @main.command()
 @click.argument("source")
 @click.option("--prompt", "-p", default="", help="Text to continue [default: empty, the model starts fresh].")
@@ -380,6 +394,7 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
               help="Weights of the linear layers and the head: fp32, bf16 or int8 (q8_0, int8 in groups of 32) "
                    "[default: as SOURCE holds them]. bf16 and int8 read 2x and 3.5x fewer bytes of those weights a "
                    "token.")
+@_threads_option
 def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer, dtype):
     """Generate text from SOURCE: a run directory of qorus train, a Hugging Face folder (Llama, GPT-2; a
     quantized folder of qorus quantize too) or a llama2.c checkpoint (.bin, with --tokenizer). Tokens stream as
@@ -478,6 +493,7 @@ def export(run_dir, out, fmt, merge_lora, dtype):
                    "bfloat16.")
 @click.option("--tokenizer", default=None, metavar="FILE",
               help="Tokenizer to write beside the weights, as for qorus generate [default: SOURCE's own].")
+@_threads_option
 def quantize(source, out, dtype, tokenizer):
     """Write the Llama or GPT-2 of SOURCE (a run directory, a Hugging Face folder or a llama2.c checkpoint) with
     bf16 or int8 weights as the new folder OUT: config.json (with a "quantization" table), model.safetensors
@@ -589,6 +605,7 @@ def compile_kernels(list_tasks, only, jobs, no_progress):
 @click.argument("folder")
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--out", "-o", default=None, metavar="FILE", help="Write .npy or .json instead of printing JSON.")
+@_threads_option
 def embed(folder, texts, out):
     """Sentence embeddings of TEXTS with the BERT-style sentence-transformers model in FOLDER (pooled as its
     1_Pooling/config.json says, L2-normalized): one JSON list per text, or a file with --out."""

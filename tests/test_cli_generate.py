@@ -47,6 +47,25 @@ def test_run_directory_greedy_text_equals_the_python_api(run_dir):
     assert "[length] prefill 4 tokens" in err and "decode 19 tokens" in err
 
 
+@pytest.mark.parametrize("command", ["generate", "quantize", "embed"])
+def test_commands_that_compute_take_threads(run_dir, tmp_path, command):
+    """--threads N sets numba's and BLAS's threads for the command; 0 is refused in one line."""
+    from qorus_jit.core.numerics import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    args = {"generate": [str(run_dir), "-n", "3", "-t", "0"],
+            "quantize": [str(run_dir), str(tmp_path / "q"), "--dtype", "int8"],
+            "embed": [str(tmp_path / "no-folder"), "text"]}[command]
+    try:
+        set_num_threads(2 if before > 1 else 1)
+        CliRunner().invoke(main, [command, *args, "--threads", "1"])
+        assert get_num_threads() == 1
+    finally:
+        set_num_threads(before)
+    res = CliRunner().invoke(main, [command, *args, "--threads", "0"])
+    assert res.exit_code == 2 and "--threads" in res.output
+
+
 def test_seeded_sampling_through_the_cli_is_reproducible(run_dir):
     a = run_cli(run_dir, "-p", "x", "-n", 15, "--seed", 3, "--top-k", 20)
     b = run_cli(run_dir, "-p", "x", "-n", 15, "--seed", 3, "--top-k", 20)
