@@ -68,15 +68,23 @@ def _token_fn(fmt: str, ws: list[np.ndarray]):
     return token, nbytes
 
 
-def _alternate(fns: dict, repeat: int, min_time: float = 0.02) -> dict[str, float]:
-    """Median seconds per call of each function, sampled in alternation (one sample each per round)."""
+def _alternate(fns: dict, repeat: int, min_time: float = 0.02) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeat`` rounds of one sample each back to back, the order rotating
+    from round to round (so no side is always first); per function its list of samples, round by round."""
     for f in fns.values():
         f()
     samples = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            samples[k].append(sample_time(f, min_time))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    keys = list(fns)
+    for r in range(repeat):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            samples[k].append(sample_time(fns[k], min_time))
+    return samples
+
+
+def _paired(samples: dict[str, list[float]], fmt: str) -> tuple[float, float, float]:
+    """Median of the rounds' ratios fp32 time / ``fmt`` time, and their min and max."""
+    ratios = [a / b for a, b in zip(samples["fp32"], samples[fmt], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def decode_rows(name: str, repeat: int = 15) -> list[dict]:
@@ -86,15 +94,17 @@ def decode_rows(name: str, repeat: int = 15) -> list[dict]:
     for fmt in FORMATS:
         fns[fmt], nbytes[fmt] = _token_fn(fmt, ws)
     del ws
-    times = _alternate(fns, repeat)
+    samples = _alternate(fns, repeat)
     rows = []
     for fmt in FORMATS:
         bw = statistics.median(stream_bandwidth(nbytes[fmt]) for _ in range(3))
-        gbs = nbytes[fmt] / times[fmt] / 1e9
+        t = statistics.median(samples[fmt])
+        gbs = nbytes[fmt] / t / 1e9
+        speedup, lo, hi = _paired(samples, fmt)
         rows.append({"shape": name, "format": fmt, "path": "fp32" if fmt == "fp32" else
                      quant.kernel_paths()["bf16" if fmt == "bf16" else "q8_0"],
-                     "ms_per_token": times[fmt] * 1e3, "weight_MB": nbytes[fmt] / 1e6, "GB_per_s": gbs,
-                     "speedup_vs_fp32": times["fp32"] / times[fmt], "bound_GB_per_s": bw / 1e9,
+                     "ms_per_token": t * 1e3, "weight_MB": nbytes[fmt] / 1e6, "GB_per_s": gbs,
+                     "speedup_vs_fp32": speedup, "speedup_spread": [lo, hi], "bound_GB_per_s": bw / 1e9,
                      "fraction_of_bound": gbs * 1e9 / bw})
     return rows
 
@@ -111,13 +121,15 @@ def prefill_rows(name: str, repeat: int = 7) -> list[dict]:
         for N in PREFILL_N:
             x = rng.standard_normal((N, I), dtype=np.float32)
             out = np.empty((N, O), np.float32)
-            times = _alternate({"fp32": lambda a=(out, x, w, b): K.linear_forward(*a),
-                                "bf16": lambda a=(out, x, w16, b): K.linear_bf16(*a),
-                                "q8_0": lambda a=(out, x, qs, d, b): K.linear_q8_0(*a)}, repeat)
+            samples = _alternate({"fp32": lambda a=(out, x, w, b): K.linear_forward(*a),
+                                  "bf16": lambda a=(out, x, w16, b): K.linear_bf16(*a),
+                                  "q8_0": lambda a=(out, x, qs, d, b): K.linear_q8_0(*a)}, repeat)
             for fmt in FORMATS[1:]:
+                speedup, lo, hi = _paired(samples, fmt)
                 rows.append({"shape": f"{name} ({N}, {I}) x ({O}, {I})", "format": fmt,
-                             "ms": times[fmt] * 1e3, "fp32_ms": times["fp32"] * 1e3,
-                             "speedup_vs_fp32": times["fp32"] / times[fmt]})
+                             "ms": statistics.median(samples[fmt]) * 1e3,
+                             "fp32_ms": statistics.median(samples["fp32"]) * 1e3, "speedup_vs_fp32": speedup,
+                             "speedup_spread": [lo, hi]})
     return rows
 
 
@@ -152,7 +164,8 @@ def main(argv=None) -> int:
     for r in res["prefill"]:
         print(f"prefill {r['shape']:38s} {r['format']:6s} {r['ms']:8.3f} ms  fp32 {r['fp32_ms']:8.3f} ms  "
               f"{r['speedup_vs_fp32']:5.2f}x")
-    print(f"threads {args.threads}; medians of {args.repeat} alternating rounds; {time.perf_counter() - t0:.0f} s")
+    print(f"threads {args.threads}; x fp32: medians of the ratios of {args.repeat} rounds, the order rotating; "
+          f"{time.perf_counter() - t0:.0f} s")
     return 0
 
 
