@@ -187,11 +187,11 @@ def _llama_decode(variant):
         if "norm" in name:
             w += np.random.default_rng(2).normal(0, 0.1, w.shape).astype(np.float32)
     state = DecodeState(1, 8)
-    dec = _Decoder(model, [state.cache_for(b.self_attn) for b in model._blocks])
+    dec = _Decoder(model, [state.cache_for(b.self_attn) for b in model._blocks], (0, "fp32"))
     tok = 7
     # the fused kernel with a fixed thread split (decode_split would start the threads first)
-    K.llama_decode(*dec.out, tok, *dec.weights, 0, *dec.rest, False, min(2, numba.config.NUMBA_NUM_THREADS),
-                   *dec.final)
+    K.llama_decode(*dec.out, tok, *dec.weights, 0, *dec.rope, *dec.scratch, False,
+                   min(2, numba.config.NUMBA_NUM_THREADS), *dec.final)
     _close(dec.out[0], _llama_reference(model, tok), np.float32, f"llama_decode {variant}")
 
 
