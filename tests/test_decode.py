@@ -74,12 +74,11 @@ def test_transformer_block_decodes_with_its_cache():
         block.forward_decode(xs[0], state=state)
 
 
-@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
-def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, tie):
-    model = _llama(n_kv_heads, tie=tie)
+def _one_call_equals_nodes(model, steps=14):
+    """``model``'s one-call decoding of ``steps`` greedy tokens against its layers one by one (Graph's path)."""
     fused, nodes = DecodeState(1, 16), DecodeState(1, 16)
     tok = 7
-    for t in range(14):
+    for t in range(steps):
         ids = np.array([[tok]], np.int64)
         got = model.forward_decode(ids, state=fused).copy()
         want = Graph.forward_decode(model, ids, state=nodes).copy()
@@ -88,7 +87,12 @@ def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, 
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
         tok = int(np.argmax(got))
     assert model._decoder is not None  # the one-call path ran
-    assert all(c.length == 14 for c in fused.caches.values())
+    assert all(c.length == steps for c in fused.caches.values())
+
+
+@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
+def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, tie):
+    _one_call_equals_nodes(_llama(n_kv_heads, tie=tie))
 
 
 @pytest.mark.parametrize("dtype,n_kv_heads,tie", [("int8", 4, True), ("int8", 2, False), ("bf16", 1, True),
@@ -103,19 +107,10 @@ def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_he
     before = get_num_threads()
     set_num_threads(min(threads, max_threads()))
     try:
-        fused, nodes = DecodeState(1, 16), DecodeState(1, 16)
-        tok = 7
-        for t in range(14):
-            ids = np.array([[tok]], np.int64)
-            got = model.forward_decode(ids, state=fused).copy()
-            want = Graph.forward_decode(model, ids, state=nodes).copy()
-            fused.advance(1)
-            nodes.advance(1)
-            np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
-            tok = int(np.argmax(got))
+        _one_call_equals_nodes(model)
     finally:
         set_num_threads(before)
-    assert model._decoder is not None and model._decoder.fmt == ("q8_0" if dtype == "int8" else "bf16")
+    assert model._decoder.fmt == ("q8_0" if dtype == "int8" else "bf16")
 
 
 def test_decode_plan_follows_layer_swaps():

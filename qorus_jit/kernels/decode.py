@@ -351,11 +351,23 @@ def _embed_row_impl(x, w, ws, tok):
 
 
 @kernel(parallel=True)
+def _add_product(x, h, w, ws, xa, xb):
+    """x (C,) += W a, with a as ``_prep`` left it in xa, xb and W as ``_rows`` takes it (w, ws); h (C,) scratch;
+    rows over threads."""
+    C = x.shape[0]
+    for c in prange((C + _ROWS - 1) // _ROWS):
+        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
+        _rows(h, w, ws, xa, xb, lo, hi)
+        xs, hs = x[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += hs[i]
+
+
+@kernel(parallel=True)
 def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
                               k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb):
     """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it):
     five parallel regions by rows (q, k, v; attention by query head; o; gate and up; down)."""
-    C = x.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
@@ -375,12 +387,7 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
     for hh in prange(H):
         _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
     _prep(xa, xb, att)
-    for c in prange((C + _ROWS - 1) // _ROWS):  # x += wo att
-        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-        _rows(h, wo, so, xa, xb, lo, hi)
-        xs, hs = x[lo:hi], h[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += hs[i]
+    _add_product(x, h, wo, so, xa, xb)  # x += wo att
     _rmsnorm_vec(h, x, mlp_norm, eps)
     _prep(xa, xb, h)
     F = wg.shape[0]
@@ -392,12 +399,7 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
         for i in range(hi - lo):
             gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
     _prep(xa, xb, g)
-    for c in prange((C + _ROWS - 1) // _ROWS):  # x += w_down g
-        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-        _rows(h, wd, sd, xa, xb, lo, hi)
-        xs, hs = x[lo:hi], h[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += hs[i]
+    _add_product(x, h, wd, sd, xa, xb)  # x += w_down g
 
 
 @kernel(parallel=True)
