@@ -1,9 +1,12 @@
-"""The BLAS behind the matmul kernels' BLAS route: Intel MKL when installed, else NumPy's own OpenBLAS.
+"""The BLAS behind the matmul kernels' BLAS route: Intel MKL on Intel CPUs when installed, else NumPy's own
+OpenBLAS.
 
 At import this module registers ``qorus_gemm_f32`` / ``qorus_gemm_f64`` with LLVM, the names the compiled
 (and cached) kernels call, so the library can change without recompiling. ``QORUS_BLAS`` picks it:
 
-- ``auto`` (default): MKL if the ``mkl`` wheel is installed (``pip install "qorus-jit[mkl]"``), else OpenBLAS.
+- ``auto`` (default): MKL if the ``mkl`` wheel is installed (``pip install "qorus-jit[mkl]"``) and the CPU is not
+  an AMD one, else OpenBLAS. On an AMD EPYC (Zen 1) OpenBLAS ran the fine-tuning steps of
+  ``perf.bench_finetune`` 11-17% faster than MKL (docs/design.md, "Matrix products").
 - ``mkl``: Intel MKL's ILP64 ``cblas_?gemm_64`` from the ``mkl`` wheel's ``libmkl_rt``, threaded by GNU
   OpenMP, the runtime numba's own parallel kernels use, so the products and the other kernels share one
   pool of worker threads: as fast as OpenBLAS on a quiet machine, faster while other work shares it
@@ -92,12 +95,24 @@ def _mkl():
     return None
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _register(choice: str, openblas) -> str:
     """Point the kernels' gemm names at the library ``choice`` asks for (``openblas``: NumPy's, or None);
     returns its description."""
     if choice not in ("auto", "mkl", "openblas"):
         raise ImportError(f"QORUS_BLAS: expected 'auto', 'mkl' or 'openblas', got {choice!r}")
-    mkl = _mkl() if choice in ("auto", "mkl") else None
+    mkl = _mkl() if choice == "mkl" or (choice == "auto" and cpu_vendor() != "AuthenticAMD") else None
     if choice == "mkl" and mkl is None:
         raise ImportError('QORUS_BLAS=mkl: no MKL found in this environment (pip install "qorus-jit[mkl]")')
     if mkl is not None:
