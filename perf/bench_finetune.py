@@ -240,13 +240,19 @@ def time_worker(kind: str, steps: int, threads: int) -> dict:
 # -- one configuration in its own process -------------------------------------------------------------------
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (``VmHWM``), in MB."""
+def status_mb(key: str = "VmHWM") -> float:
+    """A memory figure of this process from ``/proc/self/status``, in MB: ``VmHWM`` its own peak RSS, ``VmRSS``
+    its RSS now."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (``VmHWM``), in MB."""
+    return status_mb("VmHWM")
 
 
 def worker(config: str, steps: int, warmup: int, threads: int) -> dict:

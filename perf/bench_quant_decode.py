@@ -108,17 +108,9 @@ def time_shape(name: str, tokens: int, pairs: int) -> dict:
 # -- peak RSS, a fresh process a dtype ----------------------------------------------------------------------
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def rss_worker(folder: str, threads: int) -> dict:
     """Load ``folder`` and generate 16 tokens, the kernels loaded first on a tiny model of the same dtype."""
-    from perf.bench_finetune import peak_rss_mb
+    from perf.bench_finetune import peak_rss_mb, status_mb
     from qorus_jit.core.numerics import set_num_threads
     from qorus_jit.models.registry import load_pretrained
 
@@ -130,7 +122,7 @@ def rss_worker(folder: str, threads: int) -> dict:
     decode_rate(warm, 4)
     prefill_rate(warm, np.arange(3, 20))
     del warm
-    before = rss_mb()
+    before = status_mb("VmRSS")
     model = load_pretrained(folder)
     decode_rate(model, 16)
     peak = peak_rss_mb()
