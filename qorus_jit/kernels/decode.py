@@ -365,27 +365,39 @@ def _add_product(x, h, w, ws, xa, xb):
 
 @kernel(parallel=True)
 def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
-                              k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb):
-    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it):
-    five parallel regions by rows (q, k, v; attention by query head; o; gate and up; down)."""
+                              k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb,
+                              by_kv_head):
+    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it),
+    products split by rows: with ``by_kv_head`` (give it ``Hkv >= threads``) four parallel regions (per kv head
+    its q, k, v rows, RoPE, cache append and attention; o; gate and up; down), else five (the projections by
+    rows, then attention by query head)."""
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
     _rmsnorm_vec(h, x, attn_norm, eps)
     _prep(xa, xb, h)
-    nq = (wq.shape[0] + _ROWS - 1) // _ROWS
-    nk = (wk.shape[0] + _ROWS - 1) // _ROWS
-    for c in prange(nq + nk):
-        if c < nq:
-            _rows(q, wq, sq, xa, xb, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
-        else:
-            lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
-            _rows(k, wk, sk, xa, xb, lo, hi)
-            _rows(v, wv, sv, xa, xb, lo, hi)
-    for hk in range(Hkv):
-        _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-    for hh in prange(H):
-        _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
+    if by_kv_head:
+        for hk in prange(Hkv):
+            _rows(k, wk, sk, xa, xb, hk * D, hk * D + D)
+            _rows(v, wv, sv, xa, xb, hk * D, hk * D + D)
+            _rows(q, wq, sq, xa, xb, hk * G * D, (hk + 1) * G * D)
+            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+            for hh in range(hk * G, hk * G + G):
+                _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+    else:
+        nq = (wq.shape[0] + _ROWS - 1) // _ROWS
+        nk = (wk.shape[0] + _ROWS - 1) // _ROWS
+        for c in prange(nq + nk):
+            if c < nq:
+                _rows(q, wq, sq, xa, xb, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+            else:
+                lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
+                _rows(k, wk, sk, xa, xb, lo, hi)
+                _rows(v, wv, sv, xa, xb, lo, hi)
+        for hk in range(Hkv):
+            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+        for hh in prange(H):
+            _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
     _prep(xa, xb, att)
     _add_product(x, h, wo, so, xa, xb)  # x += wo att
     _rmsnorm_vec(h, x, mlp_norm, eps)
@@ -405,16 +417,17 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
 @kernel(parallel=True)
 def _llama_decode_quant(logits, x, tok, embed, embed_s, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg,
                         wu, su, wd, sd, k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u,
-                        xa, xb, norm_w, norm_eps, head_w, head_s):
+                        xa, xb, by_kv_head, norm_w, norm_eps, head_w, head_s):
     """:func:`_llama_decode` with bf16 or q8_0 weights: every linear weight and the head as ``_rows`` takes
     them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused); per-block
     tuples as there. ``embed`` (V0, C) float32, or quantized as the head (``embed_s``). Scratch xa, xb as
-    ``_prep`` takes them for the widest input (the hidden size)."""
+    ``_prep`` takes them for the widest input (the hidden size); ``by_kv_head`` as
+    :func:`_llama_block_decode_quant` takes it."""
     _embed_row(x, embed, embed_s, tok)
     for i in range(len(wq)):
         _llama_block_decode_quant(x, attn_norm[i], wq[i], sq[i], wk[i], sk[i], wv[i], sv[i], wo[i], so[i],
                                   mlp_norm[i], wg[i], sg[i], wu[i], su[i], wd[i], sd[i], k_cache[i], v_cache[i], pos,
-                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb)
+                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, by_kv_head)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _prep(xa, xb, h)
     V = head_w.shape[0]

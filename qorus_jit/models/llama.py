@@ -335,7 +335,8 @@ class _Decoder:
             K.llama_decode(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
                            *decode_split(self.n_kv_heads), *self.final)
         else:
-            K.llama_decode_quant(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch, *self.final)
+            K.llama_decode_quant(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
+                                 decode_split(self.n_kv_heads)[0], *self.final)
         return self.out[0]
 
 
