@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.bench._timing import write_results
+
 SHAPES = {
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256),
     "110M": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, hidden_dim=2048, vocab_size=32000,
@@ -212,10 +214,7 @@ def main(argv=None) -> int:
         ap.error(f"--shapes: unknown {unknown[0]!r} (expected some of {', '.join(SHAPES)})")
     res = run(shapes, args.tokens, args.pairs, args.threads, rss=not args.no_rss)
     print(table(res))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, res)
     return 0
 
 

@@ -10,13 +10,14 @@ import of numpy/numba is timed apart from the first call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from qorus_jit.bench._timing import write_results
 
 # One forward and one backward call per family, on tiny float32 inputs.
 SNIPPETS = {
@@ -114,10 +115,7 @@ def main(argv=None) -> int:
             _, warm = measure(fam, cache)
         rows.append({"family": fam, "import_s": imp, "empty_cache_s": cold, "warm_cache_s": warm})
         print(f"{fam:12s} {imp:9.2f} {cold:26.2f} {warm:25.3f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -9,9 +9,13 @@ pairs' ratios, with their spread, is the figure.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
+
+from qorus_jit.core.files import atomic_write_text
 
 
 def sample_time(fn, min_time: float) -> float:
@@ -93,3 +97,13 @@ def print_rows(rows: list[dict], name_width: int = 32, shape_width: int = 14) ->
               f"{r['ref_s'] * 1e3:9.3f} {r['speedup']:7.2f}x {spread_text(r):>11s} {r['gbytes_per_s']:6.1f}")
     print("medians; speedup = numpy / ours, the median of pairs timed back to back (pairs: min-max); "
           "NumPy elementwise runs on one thread")
+
+
+def write_results(path, data) -> Path:
+    """A benchmark's results as indented JSON at ``path`` (its folder made if missing), written atomically;
+    says where on stdout."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

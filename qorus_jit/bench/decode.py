@@ -38,11 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from numba import prange
 
+from qorus_jit.bench._timing import write_results
 from qorus_jit.core.numerics import kernel, sum_in_order
 
 #: Variables qorus_jit sets at import when unset (its thread settings; see qorus_jit/__init__.py).
@@ -285,10 +285,7 @@ def main(argv=None) -> int:
             print(f"{k:34s} " + " ".join(f"{x:.1f}" for x in v))
         else:
             print(f"{k:34s} {v}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(row, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, row)
     return 0
 
 

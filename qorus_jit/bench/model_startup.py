@@ -23,7 +23,6 @@ process is stopped then. Each cold launch is paired with a warm launch of the sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qorus_jit.bench._timing import in_turn
+from qorus_jit.bench._timing import in_turn, write_results
 
 CODE = """
 import time
@@ -282,10 +281,7 @@ def main(argv=None) -> int:
     for name, runs in rows.items():
         for r in runs:
             print(f"{name:10s} " + "  ".join(f"{k} {v:7.2f}" for k, v in r.items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -25,9 +25,8 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-from qorus_jit.bench._timing import in_turn, spread
+from qorus_jit.bench._timing import in_turn, spread, write_results
 
 SHAPE = dict(dim=256, n_layers=4, n_heads=8, hidden_dim=768, vocab_size=256, max_seq_len=256)
 BATCH, SEQ = 8, 256
@@ -181,10 +180,7 @@ def main(argv=None) -> int:
             print(f"{k:22s} {v}")
     for k, v in res["summary"].items():
         print(f"{k:26s} {v:.4g}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, res)
     return 0
 
 
