@@ -361,18 +361,35 @@ def _newest_checkpoint(run_dir, resumable: bool = True) -> str:
     return f"{where}; continue with: qorus train --resume {run_dir}" if resumable else where
 
 
+class _Threads(click.ParamType):
+    """``auto`` or a thread count >= 1."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"expected 'auto' or a thread count >= 1, got {value!r}", param, ctx)
+        return n
+
+
 def _threads_option(fn):
-    """``--threads N`` on a command that computes: numba's and BLAS's threads, set as the option is parsed."""
+    """``--threads N|auto`` on a command that computes: numba's and BLAS's threads, set as the option is parsed."""
     def apply(ctx, param, value):
         if value is not None:
             from qorus_jit.core.numerics import max_threads, set_num_threads
 
-            set_num_threads(min(value, max_threads()))
+            set_num_threads(value if value == "auto" else min(value, max_threads()))
         return value
 
-    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False, callback=apply,
-                        help="Threads for the kernels and BLAS [default: every core]. On a machine busy with other "
-                             "work, 1 can be faster.")(fn)
+    return click.option("--threads", type=_Threads(), default=None, expose_value=False, callback=apply,
+                        help="Threads for the kernels and BLAS [default: auto: every core, fewer while other "
+                             "processes keep the cores busy, chosen by timing the work].")(fn)
 
 
 @main.command()

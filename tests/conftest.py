@@ -1,12 +1,17 @@
 """Fixtures shared by the tokenizer and dataset tests, and the suite's peak-memory check."""
 
+import os
 import resource
 import sys
 
-import pytest
+# The suite runs at a fixed thread count (every core), so that results do not depend on the machine's load; the
+# auto policy's own tests turn it on (tests/test_threads.py). Set before qorus_jit loads: subprocesses inherit it.
+os.environ.setdefault("QORUS_THREADS", str(os.cpu_count() or 1))
 
-from qorus_jit.data import default_corpus
-from qorus_jit.tokenizers import BPETokenizer
+import pytest  # noqa: E402
+
+from qorus_jit.data import default_corpus  # noqa: E402
+from qorus_jit.tokenizers import BPETokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -170,9 +170,9 @@ def test_set_num_threads_controls_numba_and_blas():
         assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
     finally:
         qorus_jit.set_num_threads(before)
-    with pytest.raises(ValueError, match="n: expected an int between 1 and"):
+    with pytest.raises(ValueError, match="n: expected 'auto' or an int between 1 and"):
         qorus_jit.set_num_threads(0)
-    with pytest.raises(ValueError, match="n: expected an int"):
+    with pytest.raises(ValueError, match="n: expected 'auto' or an int"):
         qorus_jit.set_num_threads(10_000)
 
 

@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import platform
 import re
 import statistics
@@ -31,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from qorus_jit.core.threads import cpu_sample, other_cpu
 
 SUITES = ("quick", "full")
 KINDS = ("kernels", "models")
@@ -297,10 +298,25 @@ def _first_use(ctx, wanted):
 
 #: name -> (function(ctx, wanted figures) -> {(row, shape): runs | Skipped}), in the order they run: kernels in
 #: this process first, then decode (ours here, the reference in a fresh process), then fresh-process workloads.
+def _load(ctx, wanted):
+    from qorus_jit.bench import load
+
+    which = [f.row for f in wanted]
+    res = load.measure(rounds=ctx.runs + 2, tokens=100 if not ctx.full else 200, which=which, log=lambda s: None)
+    try:
+        return {(name, ""): list(zip(res[name]["runs"]["auto"], res[name]["runs"][str(res[name]["best_fixed"])],
+                                     strict=True)) for name in which}
+    finally:
+        from qorus_jit.core.numerics import set_num_threads
+
+        set_num_threads(ctx.threads)  # the suite's count, fixed, for the figures after these
+
+
 WORKLOADS: dict[str, Callable] = {
     "matmul": _kernel(_matmul), "attention": _kernel(_attention), "norm": _kernel(_norm),
     "softmax": _kernel(_softmax), "loss": _kernel(_loss), "optim": _kernel(_optim),
     "w-decode": _w_decode, "mlp": _mlp, "w-train": _w_train, "startup": _startup, "first-use": _first_use,
+    "load": _load,
 }
 
 _LIN = "x (2048, 256) @ W (768, 256).T + b"
@@ -390,6 +406,14 @@ FIGURES: list[Figure] = [
     Figure("startup.generate_cold", "models", "first-use", "generate", "qorus generate, a default run's folder",
            "the same, numba cache warm", "s",
            "launch to the first token printed with an empty numba cache", _FULL, gated=False),
+    Figure("load.decode", "models", "load", "decode", _STORIES + ", greedy, one busy process per core",
+           "the best fixed thread count", "tok/s",
+           "decode tokens/s with the default (auto) thread policy while other processes keep every core busy",
+           _FULL, gated=False),
+    Figure("load.train", "models", "load", "train", "W-train's Llama, batch 2 x 256, one busy process per core",
+           "the best fixed thread count", "s",
+           "seconds per Trainer step with the default (auto) thread policy while other processes keep every "
+           "core busy", _FULL, gated=False),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
 
@@ -456,28 +480,6 @@ def _machine() -> dict:
     return collect()
 
 
-def _cpu_sample() -> tuple[float, float, float] | None:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process and its finished children, wall
-    time), or None where /proc/stat is missing. Busy counts steal time (a virtual machine's host busy)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
-    t = os.times()
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
-
-
-def _other_cpu(before, after) -> float | None:
-    """Share of the machine's CPU time that other processes used between two :func:`_cpu_sample`."""
-    if before is None or after is None or after[2] <= before[2]:
-        return None
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return max(0.0, other / ((after[2] - before[2]) * (os.cpu_count() or 1)))
-
-
 def run_suite(suite: str = "quick", only=None, threads: int = 2, log=None) -> dict:
     """Measure the figures of ``suite`` (narrowed by ``only``, see :func:`select`) at ``threads`` threads.
 
@@ -504,13 +506,13 @@ def run_suite(suite: str = "quick", only=None, threads: int = 2, log=None) -> di
         if not wanted:
             continue
         log(f"[{time.perf_counter() - t_all:5.0f} s] {name}: {', '.join(f.name for f in wanted)}")
-        t0, cpu0 = time.perf_counter(), _cpu_sample()
+        t0, cpu0 = time.perf_counter(), cpu_sample()
         try:
             got = fn(ctx, wanted)
         except Exception as e:  # a broken workload fails its figures, not the whole suite
             got = {(f.row, ""): Failed(f"{type(e).__name__}: {str(e).strip()[-500:]}") for f in wanted}
         workload_s[name] = time.perf_counter() - t0
-        other = _other_cpu(cpu0, _cpu_sample())
+        other = other_cpu(cpu0, cpu_sample())
         for f in wanted:
             figures[f.name] = _summary(f, _pick(f, got)) | ({"other_cpu": other} if other is not None else {})
     results.update(wall_s=time.perf_counter() - t_all, workload_s=workload_s, figures=figures)

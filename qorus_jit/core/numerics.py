@@ -8,6 +8,8 @@ LLVM may assume no NaN or inf exists, so ``np.isnan`` folds to False and ``-inf`
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import prange
@@ -106,16 +108,52 @@ def max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-def set_num_threads(n: int) -> None:
-    """Set the thread count of numba's parallel kernels and of BLAS together.
+_POLICY = {"auto": True}
+
+
+def auto_threads() -> bool:
+    """Whether the thread count is chosen at run time (the ``auto`` policy, the default): generation and
+    training then time their work and take fewer threads while other processes hold the cores
+    (:mod:`qorus_jit.core.threads`). ``set_num_threads(n)`` and ``QORUS_THREADS=n`` fix the count."""
+    return _POLICY["auto"]
+
+
+def set_num_threads(n) -> None:
+    """Fix the thread count of numba's parallel kernels and of BLAS together, or ``"auto"``: the most
+    threads, and generation and training choose fewer while the machine is busy (:func:`auto_threads`).
 
     ``n`` must be between 1 and ``numba.config.NUMBA_NUM_THREADS`` (the cores seen at start-up, or the
-    ``NUMBA_NUM_THREADS`` environment variable).
+    ``NUMBA_NUM_THREADS`` environment variable). With a fixed count, results are the same from run to run;
+    OpenBLAS's products round differently on different thread counts (docs/design.md).
     """
     limit = numba.config.NUMBA_NUM_THREADS
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= limit:
-        raise ValueError(f"n: expected an int between 1 and {limit}, got {n!r}")
-    numba.set_num_threads(int(n))
+    auto = isinstance(n, str) and n == "auto"
+    if not auto and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= limit):
+        raise ValueError(f"n: expected 'auto' or an int between 1 and {limit}, got {n!r}")
+    count = limit if auto else int(n)
+    numba.set_num_threads(count)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(n), user_api="blas")
+    threadpool_limits(limits=count, user_api="blas")
+    _POLICY["auto"] = auto
+
+
+def threads_from_env(value: str | None) -> int | str | None:
+    """``QORUS_THREADS`` read: ``"auto"``, a count (clamped to the cores), or None when unset or empty."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"QORUS_THREADS: expected 'auto' or a thread count >= 1, got {value!r}")
+    return min(n, max_threads())
+
+
+_ENV_THREADS = threads_from_env(os.environ.get("QORUS_THREADS"))
+if _ENV_THREADS is not None:
+    set_num_threads(_ENV_THREADS)

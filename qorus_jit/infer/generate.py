@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Set
+from contextlib import nullcontext
 
 import numpy as np
 
 from qorus_jit.core.check import check_bool, check_real
+from qorus_jit.core.threads import ThreadTuner
 from qorus_jit.layers import DecodeState
 from qorus_jit.models.sources import check_model, tokenizer_size
 
@@ -216,6 +218,7 @@ class Generation(Iterator[int]):
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.prefill_seconds = self.decode_seconds = 0.0
+        self.tuner = ThreadTuner(sample_units=4)  # the auto thread policy (qorus_jit.core.threads)
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
         out = self.model.forward_decode(ids[None], state=self.state, last_only=True)
@@ -227,7 +230,21 @@ class Generation(Iterator[int]):
             raise StopIteration
         if len(self.tokens) >= self.max_new_tokens:
             self.finish_reason = "length"
+            self.tuner.close()
             raise StopIteration
+        try:  # a decoding step (not the prefill, nor a slide) runs at the count the auto thread policy chose
+            with self.tuner.unit() if 0 < self.state.pos < self.limit else nullcontext():
+                return self._next_token()
+        finally:
+            if self.finish_reason is not None:
+                self.tuner.close()
+
+    def __del__(self):
+        tuner = getattr(self, "tuner", None)
+        if tuner is not None:  # a generation left unfinished: the thread count as it was
+            tuner.close()
+
+    def _next_token(self) -> int:
         t0 = time.perf_counter()
         if self.state.pos == 0:
             logits = self._logits(self.prompt)

@@ -89,7 +89,8 @@ class TrainConfig:
     out_dir: str = _f("runs", "Folder that receives run directories.")
     name: str = _f("", "Run directory name under out_dir; empty: a timestamp.")
     seed: int = _f(0, "Seed of the weights and of the batch order.")
-    threads: int = _f(0, "Threads for kernels and BLAS; 0: all cores (under MPI: the cores shared among the "
+    threads: int = _f(0, "Threads for kernels and BLAS; 0: auto, every core and fewer while other processes "
+                         "keep the cores busy, chosen by timing the steps (under MPI: the cores shared among the "
                          "processes on the machine).")
     sample_tokens: int = _f(200, "Tokens of text to generate at the end (0: none).")
     sample_prompt: str = _f("The ", "Prompt of the sample generated at the end.")

@@ -32,7 +32,8 @@ import numpy as np
 from qorus_jit.core import distributed as dist
 from qorus_jit.core.check import check_bool, check_nonnegative, check_real
 from qorus_jit.core.files import atomic_write, final_path, os_reason
-from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
+from qorus_jit.core.numerics import auto_threads, max_threads, set_num_threads
+from qorus_jit.core.threads import ThreadTuner
 from qorus_jit.formats import checkpoint as ckpt
 from qorus_jit.layers.base import Layer
 from qorus_jit.train.losses import CrossEntropyLoss, make_loss
@@ -117,7 +118,7 @@ class Trainer:
             check_bool(print_evals=print_evals)
         self.model, self.optimizer, self.data = model, optimizer, data
         self.rank, self.world = dist.rank(), dist.size()
-        if self.world > 1 and get_num_threads() == max_threads():  # not lowered: the machine's cores are shared
+        if self.world > 1 and auto_threads():  # not fixed by the user: the machine's cores are shared
             set_num_threads(min(dist.default_threads(), max_threads()))
         self.steps, self.grad_accum, self.clip = steps, grad_accum, clip
         self.loss = make_loss(loss)
@@ -274,9 +275,11 @@ class Trainer:
         unit = "tok/s"
         t_last, items_last = time.perf_counter(), 0
         start_elapsed, t_start = self.elapsed, time.perf_counter()
+        self.tuner = tuner = ThreadTuner()  # the auto thread policy: fewer threads while other processes are busy
         try:
             while self.step < self.steps and not self._stop:
-                row = self.train_step()
+                with tuner.unit():
+                    row = self.train_step()
                 items_last += row.pop("items")
                 self.elapsed = start_elapsed + time.perf_counter() - t_start
                 if self.step % self.log_every == 0 or self.step == self.steps:
@@ -305,6 +308,7 @@ class Trainer:
                 self.save()
             dist.barrier()  # no rank leaves before rank 0's checkpoint is written
         finally:
+            tuner.close()
             if bar is not None:
                 bar.close()
             if metrics is not None:
