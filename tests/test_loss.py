@@ -98,15 +98,20 @@ def test_cross_entropy_backward_accumulates_and_fused_overwrites():
     assert np.all(dlogits[1] == 0.0)
 
 
-def test_cross_entropy_fused_in_place():
+@pytest.mark.parametrize("shape", [(5, 11), (64, 5003)])  # one row at a time; wide rows in parallel
+def test_cross_entropy_fused_in_place(shape):
     rng = np.random.default_rng(4)
-    logits = rand(rng, 5, 11)
-    targets = np.array([3, 0, -100, 10, 7])
+    logits = rand(rng, *shape)
+    targets = rng.integers(0, shape[1], shape[0])
+    targets[2] = -100
     _, want_mean = naive.cross_entropy(logits, targets)
     want_grad = naive.cross_entropy_grad(logits, targets)
+    apart = np.empty_like(logits)
+    mean_apart = K.cross_entropy_forward_backward(apart, logits, targets)
     buf = logits.copy()
     assert_close(K.cross_entropy_forward_backward(buf, buf, targets), want_mean)
     assert_close(buf, want_grad)
+    assert np.array_equal(buf, apart) and K.cross_entropy_forward_backward(buf, logits, targets) == mean_apart
 
 
 def test_cross_entropy_large_logits_finite():
