@@ -101,8 +101,9 @@ def info(as_json):
     v, t, c = data["versions"], data["threads"], data["cpu"]
     click.echo("Qorus " + v["qorus_jit"])
     click.echo("  versions:   " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "qorus_jit"))
-    click.echo(f"  threads:    numba {t['numba_threads']} of {t['numba_max_threads']} "
-               f"(threading layer: {t['numba_threading_layer']}), {t['cpu_count']} CPUs")
+    policy = ("auto: fewer while other processes keep the cores busy" if t["policy"] == "auto" else "fixed")
+    click.echo(f"  threads:    numba {t['numba_threads']} of {t['numba_max_threads']} ({policy}; threading layer: "
+               f"{t['numba_threading_layer']}), {t['cpu_count']} CPUs")
     click.echo(f"  cpu:        {c['model']} (LLVM target {c['llvm_target']})")
     click.echo(f"  simd:       {' '.join(c['simd']) or 'none'}")
     for lib in data["blas"]:

@@ -140,7 +140,7 @@ def collect() -> dict:
     import llvmlite.binding as ll
     import numba
 
-    from qorus_jit.core.numerics import FASTMATH
+    from qorus_jit.core.numerics import FASTMATH, auto_threads
     from qorus_jit.kernels.elementwise import add_forward
 
     # numba picks its threading layer at the first parallel call: make one.
@@ -161,6 +161,7 @@ def collect() -> dict:
             "numba_threading_layer": numba.threading_layer(),
             "numba_threads": numba.get_num_threads(),
             "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
+            "policy": "auto" if auto_threads() else "fixed",
             "cpu_count": os.cpu_count(),
         },
         "cpu": {

@@ -136,6 +136,7 @@ class Trainer:
         self.extra_state = dict(extra_state or {})
         self.seed = int(seed)
         self.step = 0
+        self.tuner: ThreadTuner | None = None  # the auto thread policy's, of the last fit()
         self.elapsed = 0.0  # seconds of training before this process (restored on resume)
         self.last: dict = {}
         self.interrupted = False
