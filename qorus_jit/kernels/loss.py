@@ -94,32 +94,23 @@ def _cross_entropy_backward(dlogits, logits, targets, ignore_index, scale):
 
 @kernel
 def _exp_row(d, x, m):
-    """d = exp(x - m), returns sum(d) in float64; d, x (V,) apart, m a scalar."""
+    """d = exp(x - m), returns sum(d) in float64; d, x (V,), d may be x, m a scalar. The exp loop reads and
+    writes d alone: a loop that reads one array and writes another fails LLVM's overlap check when they are
+    the same array and runs scalar (2.6x slower over GPT-2's vocabulary, docs/design.md), so a separate x is
+    first copied into d, a block at a time (from L1)."""
     V = x.shape[0]
+    apart = d.ctypes.data != x.ctypes.data
     s = 0.0
     for j0 in range(0, V, _BLOCK):
+        db = d[j0:min(j0 + _BLOCK, V)]  # indices from 0 (kernels/activations.py)
+        if apart:
+            xb = x[j0:min(j0 + _BLOCK, V)]
+            for j in range(db.shape[0]):
+                db[j] = xb[j]
         b = x.dtype.type(0.0)
-        xb, db = x[j0:min(j0 + _BLOCK, V)], d[j0:min(j0 + _BLOCK, V)]  # indices from 0 (kernels/activations.py)
-        for j in range(xb.shape[0]):
-            e = _exp(xb[j] - m)
+        for j in range(db.shape[0]):
+            e = _exp(db[j] - m)
             db[j] = e
-            b += e
-        s += b
-    return s
-
-
-@kernel
-def _exp_row_inplace(x, m):
-    """x = exp(x - m), returns its sum in float64. One array: given the same array twice, _exp_row's loop fails
-    LLVM's overlap check and runs scalar (2.6x slower over GPT-2's vocabulary, docs/design.md)."""
-    V = x.shape[0]
-    s = 0.0
-    for j0 in range(0, V, _BLOCK):
-        b = x.dtype.type(0.0)
-        xb = x[j0:min(j0 + _BLOCK, V)]
-        for j in range(xb.shape[0]):
-            e = _exp(xb[j] - m)
-            xb[j] = e
             b += e
         s += b
     return s
@@ -145,7 +136,7 @@ def _cross_entropy_forward_backward_rows(dlogits, losses, logits, targets, ignor
             x = logits[i]
             xt = x[t]
             m = _row_max(x)
-            s = _exp_row_inplace(d, m) if d.ctypes.data == x.ctypes.data else _exp_row(d, x, m)
+            s = _exp_row(d, x, m)
             losses[i] = m + np.log(s) - xt
             _scale_row(d, x.dtype.type(scale / s))
             d[t] -= scale
