@@ -519,6 +519,26 @@ def test_fresh_processes_alternate_pair_by_pair(monkeypatch):
     assert (s["speedup_min"], s["speedup_max"]) == pytest.approx((0.4, 3.0))
 
 
+def test_w_train_with_compile_turns_three_sides(monkeypatch):
+    """With torch.compile the three sides turn round by round; each reference's ratio is the median of the rounds'."""
+    from qorus_jit.bench import train
+
+    names = {train.OURS: "ours", train.TORCH: "torch", train.TORCH_COMPILE: "compile"}
+    order, step = [], {"ours": iter([1.0, 2.0, 1.0]), "torch": iter([3.0, 4.0, 1.5]), "compile": iter([2.0, 2.0, 2.0])}
+
+    def fake_run_side(code, steps, threads):
+        order.append(names[code])
+        return {"step_s": next(step[names[code]]), "peak_rss_MB": 100.0}
+
+    monkeypatch.setattr(train, "run_side", fake_run_side)
+    res = train.measure(steps=1, repeat=3, threads=1, torch=True, compile=True)
+    assert order == ["ours", "torch", "compile", "torch", "compile", "ours", "compile", "ours", "torch"]
+    s = train.summary(res)
+    assert s["speedup_vs_torch"] == pytest.approx(2.0) and s["speedup_vs_compile"] == pytest.approx(2.0)
+    assert (s["speedup_vs_compile_min"], s["speedup_vs_compile_max"]) == pytest.approx((1.0, 2.0))
+    assert "torch.compile(LlamaForCausalLM" in train.TORCH_COMPILE
+
+
 def test_start_up_runs_pair_each_side_with_the_other(monkeypatch, tmp_path):
     """startup: warm runs of ours and torch's in turn, the cold run beside one of torch's; first-use: each cold
     launch of a command beside a warm one, in turn first."""

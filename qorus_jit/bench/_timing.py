@@ -31,7 +31,13 @@ def sample_time(fn, min_time: float) -> float:
 
 def in_turn(i: int, first, second) -> tuple:
     """The two sides of pair ``i`` in the order they run: as given when ``i`` is even, swapped when odd."""
-    return (first, second) if i % 2 == 0 else (second, first)
+    return tuple(rotation(i, [first, second]))
+
+
+def rotation(i: int, items: list) -> list:
+    """``items`` in the order round ``i`` runs them: turned by ``i`` places, so that none always follows another."""
+    k = i % len(items)
+    return list(items[k:]) + list(items[:k])
 
 
 def paired_times(ours, ref, *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05,

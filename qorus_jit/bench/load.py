@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from qorus_jit.bench._timing import write_results
+from qorus_jit.bench._timing import rotation, write_results
 
 BUSY_LOOP = "import sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
 TRAIN_SHAPE = dict(dim=256, n_layers=4, n_heads=8, hidden_dim=768, vocab_size=256, max_seq_len=256)
@@ -127,8 +127,7 @@ def measure(rounds: int = 7, tokens: int = 200, steps: int = 16, which=("decode"
             runs = {c: [] for c in configs}
             cpu0 = cpu_sample()
             for r in range(rounds):
-                order = configs[r % len(configs):] + configs[:r % len(configs)]
-                for c in order:
+                for c in rotation(r, configs):
                     runs[c].append(_with_threads(c, fn))
                 log(f"load.{name} round {r + 1}/{rounds}: " + ", ".join(f"{c} {runs[c][-1]:.3g}" for c in configs))
             out[name] = _figure(runs, higher) | {"unit": "tok/s" if higher else "s/step",

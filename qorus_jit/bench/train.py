@@ -1,6 +1,7 @@
-"""W-train: seconds per training step and peak memory of a small Llama, ours beside PyTorch eager.
+"""W-train: seconds per training step and peak memory of a small Llama, ours beside PyTorch eager (and, with
+``--compile``, beside ``torch.compile`` of the same model).
 
-    python -m qorus_jit.bench.train [--steps 10] [--repeat 3] [--threads 2] [--out perf/results/train.json]
+    python -m qorus_jit.bench.train [--steps 10] [--repeat 3] [--threads 2] [--compile] [--out perf/results/train.json]
 
 Workload (the perf issue's W-train): Llama dim 256, 4 layers, 8 heads (head_dim 32), SwiGLU hidden 768,
 vocab 256, seq 256, batch 8, untied head, AdamW; one step is forward + cross-entropy + backward + optimizer
@@ -26,7 +27,7 @@ import statistics
 import subprocess
 import sys
 
-from qorus_jit.bench._timing import in_turn, spread, write_results
+from qorus_jit.bench._timing import rotation, spread, write_results
 
 SHAPE = dict(dim=256, n_layers=4, n_heads=8, hidden_dim=768, vocab_size=256, max_seq_len=256)
 BATCH, SEQ = 8, 256
@@ -108,6 +109,11 @@ def step(i):
 time_steps(step)
 """
 
+#: The same with ``torch.compile`` (inductor; it compiles in the warm-up steps, which are not timed).
+TORCH_COMPILE = TORCH.replace("model = LlamaForCausalLM(cfg).float().train()\n",
+                              "model = torch.compile(LlamaForCausalLM(cfg).float().train())\n")
+assert TORCH_COMPILE != TORCH
+
 
 def run_side(code: str, steps: int, threads: int) -> dict:
     """Run one side in a fresh interpreter; returns its median step, the step times and its peak RSS."""
@@ -127,28 +133,30 @@ def torch_available() -> bool:
     return True
 
 
-def measure(steps: int = 10, repeat: int = 3, threads: int = 2, torch: bool | None = None) -> dict:
-    """``repeat`` pairs of fresh processes, one of each side back to back, in turn first; returns each
-    repeat's figures (the i-th of each side from the same pair).
+def measure(steps: int = 10, repeat: int = 3, threads: int = 2, torch: bool | None = None,
+            compile: bool = False) -> dict:
+    """``repeat`` rounds of fresh processes, one of each side back to back, the order turning round by round;
+    returns each round's figures (the i-th of each side from the same round).
 
-    ``torch=None`` runs the reference when PyTorch and transformers are importable."""
+    ``torch=None`` runs the reference when PyTorch and transformers are importable; ``compile`` adds
+    ``torch.compile`` of the reference as a third side."""
     torch = torch_available() if torch is None else torch
-    code, got = {"ours": OURS, "torch": TORCH}, {"ours": [], "torch": []}
+    code = {"ours": OURS, "torch": TORCH, "compile": TORCH_COMPILE}
+    sides = ["ours"] + (["torch"] if torch else []) + (["compile"] if torch and compile else [])
+    got = {side: [] for side in sides}
     for i in range(repeat):
-        for side in in_turn(i, "ours", "torch") if torch else ("ours",):
+        for side in rotation(i, sides):
             got[side].append(run_side(code[side], steps, threads))
-    ours, ref = got["ours"], got["torch"]
-    res = {"shape": dict(SHAPE, batch=BATCH, seq=SEQ), "threads": threads, "tokens_per_step": BATCH * SEQ,
-           "ours_step_s": [r["step_s"] for r in ours], "ours_peak_rss_MB": [r["peak_rss_MB"] for r in ours]}
-    if torch:
-        res["torch_step_s"] = [r["step_s"] for r in ref]
-        res["torch_peak_rss_MB"] = [r["peak_rss_MB"] for r in ref]
+    res = {"shape": dict(SHAPE, batch=BATCH, seq=SEQ), "threads": threads, "tokens_per_step": BATCH * SEQ}
+    for side in sides:
+        res[f"{side}_step_s"] = [r["step_s"] for r in got[side]]
+        res[f"{side}_peak_rss_MB"] = [r["peak_rss_MB"] for r in got[side]]
     return res
 
 
 def summary(res: dict) -> dict:
-    """Medians of :func:`measure`'s figures, tokens/s and the speed ratio (torch step / our step): the median
-    of the pairs' ratios, with their spread."""
+    """Medians of :func:`measure`'s figures, tokens/s and the speed ratios (reference step / our step, torch
+    eager's and, when measured, torch.compile's): the medians of the rounds' ratios, with their spread."""
     med = statistics.median
     out = {"ours_step_s": med(res["ours_step_s"]), "ours_peak_rss_MB": med(res["ours_peak_rss_MB"])}
     out["ours_tokens_per_s"] = res["tokens_per_step"] / out["ours_step_s"]
@@ -160,6 +168,11 @@ def summary(res: dict) -> dict:
         out["speedup_vs_torch"] = med(ratios)
         out["speedup_min"], out["speedup_max"] = spread(ratios)
         out["rss_ratio_ours_over_torch"] = out["ours_peak_rss_MB"] / out["torch_peak_rss_MB"]
+    if "compile_step_s" in res:
+        out["compile_step_s"] = med(res["compile_step_s"])
+        ratios = [t / o for o, t in zip(res["ours_step_s"], res["compile_step_s"], strict=True)]
+        out["speedup_vs_compile"] = med(ratios)
+        out["speedup_vs_compile_min"], out["speedup_vs_compile_max"] = spread(ratios)
     return out
 
 
@@ -170,10 +183,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the reference")
     ap.add_argument("--out", default="perf/results/train.json",
                     help="the JSON to write, from the working directory (default: %(default)s)")
     args = ap.parse_args(argv)
-    res = measure(args.steps, args.repeat, args.threads)
+    res = measure(args.steps, args.repeat, args.threads, compile=args.compile)
     res["summary"] = summary(res)
     for k, v in res.items():
         if k != "summary":
