@@ -49,8 +49,9 @@ def test_run_directory_greedy_text_equals_the_python_api(run_dir):
 
 @pytest.mark.parametrize("command", ["generate", "quantize", "embed"])
 def test_commands_that_compute_take_threads(run_dir, tmp_path, command):
-    """--threads N sets numba's and BLAS's threads for the command; 0 is refused in one line."""
-    from qorus_jit.core.numerics import get_num_threads, set_num_threads
+    """--threads N sets numba's and BLAS's threads for the command, --threads auto the auto policy; 0 and a word
+    are refused in one line."""
+    from qorus_jit.core.numerics import auto_threads, get_num_threads, max_threads, set_num_threads
 
     before = get_num_threads()
     args = {"generate": [str(run_dir), "-n", "3", "-t", "0"],
@@ -59,11 +60,14 @@ def test_commands_that_compute_take_threads(run_dir, tmp_path, command):
     try:
         set_num_threads(2 if before > 1 else 1)
         CliRunner().invoke(main, [command, *args, "--threads", "1"])
-        assert get_num_threads() == 1
+        assert get_num_threads() == 1 and not auto_threads()
+        CliRunner().invoke(main, [command, *args, "--threads", "AUTO"])
+        assert get_num_threads() == max_threads() and auto_threads()
     finally:
         set_num_threads(before)
-    res = CliRunner().invoke(main, [command, *args, "--threads", "0"])
-    assert res.exit_code == 2 and "--threads" in res.output
+    for bad in ("0", "many"):
+        res = CliRunner().invoke(main, [command, *args, "--threads", bad])
+        assert res.exit_code == 2 and "--threads" in res.output and "expected 'auto' or a thread count" in res.output
 
 
 def test_seeded_sampling_through_the_cli_is_reproducible(run_dir):

@@ -242,7 +242,10 @@ class Generation(Iterator[int]):
     def __del__(self):
         tuner = getattr(self, "tuner", None)
         if tuner is not None:  # a generation left unfinished: the thread count as it was
-            tuner.close()
+            try:
+                tuner.close()
+            except Exception:  # noqa: S110 - at interpreter exit numba may be gone already
+                pass
 
     def _next_token(self) -> int:
         t0 = time.perf_counter()
