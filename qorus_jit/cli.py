@@ -482,6 +482,7 @@ def generate(source, prompt, max_new_tokens, temperature, top_k, top_p, seed, to
 @click.option("--dtype", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Tensors of a --format gguf file: F32, or the matrices as Q8_0 (int8 in groups of 32, as "
                    "llama.cpp's converter writes --outtype q8_0).")
+@_threads_option
 def export(run_dir, out, fmt, merge_lora, dtype):
     """Write the newest checkpoint of the run RUN_DIR, with its tokenizer, as the new folder OUT.
 

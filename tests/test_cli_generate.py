@@ -47,7 +47,7 @@ def test_run_directory_greedy_text_equals_the_python_api(run_dir):
     assert "[length] prefill 4 tokens" in err and "decode 19 tokens" in err
 
 
-@pytest.mark.parametrize("command", ["generate", "quantize", "embed"])
+@pytest.mark.parametrize("command", ["generate", "quantize", "embed", "export"])
 def test_commands_that_compute_take_threads(run_dir, tmp_path, command):
     """--threads N sets numba's and BLAS's threads for the command, --threads auto the auto policy; 0 and a word
     are refused in one line."""
@@ -56,7 +56,8 @@ def test_commands_that_compute_take_threads(run_dir, tmp_path, command):
     before = get_num_threads()
     args = {"generate": [str(run_dir), "-n", "3", "-t", "0"],
             "quantize": [str(run_dir), str(tmp_path / "q"), "--dtype", "int8"],
-            "embed": [str(tmp_path / "no-folder"), "text"]}[command]
+            "embed": [str(tmp_path / "no-folder"), "text"],
+            "export": [str(run_dir), str(tmp_path / "gguf"), "--format", "gguf", "--dtype", "int8"]}[command]
     try:
         set_num_threads(2 if before > 1 else 1)
         CliRunner().invoke(main, [command, *args, "--threads", "1"])
