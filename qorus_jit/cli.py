@@ -368,15 +368,12 @@ class _Threads(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or str(value).strip().lower() == "auto":
-            return value if isinstance(value, int) else "auto"
+        from qorus_jit.core.numerics import parse_threads
+
         try:
-            n = int(value)
-        except ValueError:
-            n = 0
-        if n < 1:
-            self.fail(f"expected 'auto' or a thread count >= 1, got {value!r}", param, ctx)
-        return n
+            return parse_threads(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def _threads_option(fn):

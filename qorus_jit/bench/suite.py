@@ -31,8 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qorus_jit.core.threads import cpu_sample, other_cpu
-
 SUITES = ("quick", "full")
 KINDS = ("kernels", "models")
 
@@ -296,22 +294,21 @@ def _first_use(ctx, wanted):
     return {(cmd, ""): list(zip(res[f"{cmd}_cold"], res[f"{cmd}_warm"], strict=True)) for cmd in ("train", "generate")}
 
 
-#: name -> (function(ctx, wanted figures) -> {(row, shape): runs | Skipped}), in the order they run: kernels in
-#: this process first, then decode (ours here, the reference in a fresh process), then fresh-process workloads.
 def _load(ctx, wanted):
     from qorus_jit.bench import load
+    from qorus_jit.core.numerics import set_num_threads
 
     which = [f.row for f in wanted]
-    res = load.measure(rounds=ctx.runs + 2, tokens=100 if not ctx.full else 200, which=which, log=lambda s: None)
     try:
+        res = load.measure(rounds=ctx.runs + 2, tokens=200 if ctx.full else 100, which=which, log=lambda s: None)
         return {(name, ""): list(zip(res[name]["runs"]["auto"], res[name]["runs"][str(res[name]["best_fixed"])],
                                      strict=True)) for name in which}
     finally:
-        from qorus_jit.core.numerics import set_num_threads
-
         set_num_threads(ctx.threads)  # the suite's count, fixed, for the figures after these
 
 
+#: name -> (function(ctx, wanted figures) -> {(row, shape): runs | Skipped}), in the order they run: kernels in
+#: this process first, then decode (ours here, the reference in a fresh process), then fresh-process workloads.
 WORKLOADS: dict[str, Callable] = {
     "matmul": _kernel(_matmul), "attention": _kernel(_attention), "norm": _kernel(_norm),
     "softmax": _kernel(_softmax), "loss": _kernel(_loss), "optim": _kernel(_optim),
@@ -489,6 +486,7 @@ def run_suite(suite: str = "quick", only=None, threads: int = 2, log=None) -> di
     other processes used during its workload (a busy machine makes figures unreliable). ``log(str)`` receives
     progress lines."""
     from qorus_jit.core.numerics import set_num_threads
+    from qorus_jit.core.threads import cpu_sample, other_cpu
 
     figs = select(suite, only)
     try:

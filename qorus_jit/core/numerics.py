@@ -138,20 +138,30 @@ def set_num_threads(n) -> None:
     _POLICY["auto"] = auto
 
 
+def parse_threads(value) -> int | str:
+    """A thread-count setting as users write it: ``"auto"`` (any case) or a count >= 1 (not clamped); a
+    ValueError otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"expected 'auto' or a thread count >= 1, got {text!r}")
+    return n
+
+
 def threads_from_env(value: str | None) -> int | str | None:
     """``QORUS_THREADS`` read: ``"auto"``, a count (clamped to the cores), or None when unset or empty."""
     if value is None or not value.strip():
         return None
-    value = value.strip().lower()
-    if value == "auto":
-        return "auto"
     try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"QORUS_THREADS: expected 'auto' or a thread count >= 1, got {value!r}")
-    return min(n, max_threads())
+        n = parse_threads(value)
+    except ValueError as e:
+        raise ValueError(f"QORUS_THREADS: {e}") from None
+    return n if n == "auto" else min(n, max_threads())
 
 
 _ENV_THREADS = threads_from_env(os.environ.get("QORUS_THREADS"))

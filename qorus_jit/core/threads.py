@@ -104,7 +104,8 @@ class ThreadTuner:
         self._since = 0  # samples since the last probe
         self._units, self._sample_units, self._sample_s = 0, 0, 0.0
         self._load = cpu_sample()
-        self._set = _Limiter() if self.active else None
+        self._checked = time.perf_counter()  # of the last look at the load
+        self._limiter: _Limiter | None = None  # made at the first change of count
         self._outside: int | None = None  # the count before the tuner changed it, given back by close()
 
     @contextmanager
@@ -121,6 +122,11 @@ class ThreadTuner:
         t0 = time.perf_counter()
         yield
         self._done(time.perf_counter() - t0)
+
+    def _set(self, n: int) -> None:
+        if self._limiter is None:
+            self._limiter = _Limiter()
+        self._limiter(n)
 
     def close(self) -> None:
         """Give back the thread count found before the first unit (call when the work is over)."""
@@ -146,9 +152,10 @@ class ThreadTuner:
         self._since += 1
         if self.mode == "busy":
             self._recent = (self._recent + [per])[-4:]
-        now = cpu_sample()
-        if now is not None and self._load is not None and now[2] - self._load[2] < self.check_s:
+        t = time.perf_counter()
+        if t - self._checked < self.check_s:
             return
+        self._checked, now = t, cpu_sample()
         other, self._load = other_cpu(self._load, now), now
         if self.mode == "idle":
             if other is None or other >= BUSY:
