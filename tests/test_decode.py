@@ -113,6 +113,30 @@ def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_he
     assert model._decoder.fmt == ("q8_0" if dtype == "int8" else "bf16")
 
 
+@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads):
+    """int8 activations: the one-call decoder takes the signed dot of this CPU's fastest x86 path
+    (``quant_x86.cpu_q8_0_path``: "avx2" at least on an x86-64 CPU with AVX2; the default path elsewhere only
+    where VNNI runs) and equals the layers one by one on the same path (their matvec, tested against NumPy in
+    test_quant_x86.py)."""
+    from qorus_jit.kernels import quant, quant_x86
+    from qorus_jit.models.quantize import quantize_model
+
+    path = quant_x86.cpu_q8_0_path()
+    if path is None or not quant_x86.available()[path]:
+        pytest.skip("no x86 q8_0 path on this CPU (or QORUS_PORTABLE is set)")
+    monkeypatch.setitem(quant._PATHS, "q8_0", path)
+    model = quantize_model(_llama(n_kv_heads, hidden=64, tie=tie), "int8")
+    before = get_num_threads()
+    set_num_threads(min(threads, max_threads()))
+    try:
+        _one_call_equals_nodes(model)
+    finally:
+        set_num_threads(before)
+    assert model._decoder.scratch[-2].dtype == np.int8  # the x86 activations, not the portable int16 ones
+
+
 def test_decode_plan_follows_layer_swaps():
     """The one-call decoder is chosen once and chosen again after a layer swap (quantizing, LoRA)."""
     from qorus_jit.layers.lora import apply_lora, merge_lora

@@ -122,17 +122,21 @@ _COMPILE = r"""
 import json, sys, numpy as np, numba
 from numba import types
 from qorus_jit.kernels import quant_x86 as Q
-fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512]
+fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512,
+        Q._token_rows_512, Q._token_rows_vnni256, Q._token_rows_avx2]
 assert all(not k.signatures for k in fast), "a fast kernel compiled at import"
 O, I, N = 8, 96, 2
 out, bias, x = np.zeros((N, O), np.float32), np.zeros(O, np.float32), np.zeros((N, I), np.float32)
 q8 = (np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros((N, I), np.int8),
       np.zeros((N, I // 4), np.int32), np.zeros((N, 3), np.float32))
 bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16), np.zeros((N, I), np.uint16))
+tok = (out[0], q8[0], q8[1], q8[2][0], q8[4][0], 0, 0)  # one token: the signed dot of decoding
 kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
                               (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
-                              (Q._q8_0_512, (out, x) + q8[:2] + (bias,)), (Q._bf16_512, (out, x) + bf[:1] + (bias,))],
-           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,))]}
+                              (Q._q8_0_512, (out, x) + q8[:2] + (bias,)), (Q._bf16_512, (out, x) + bf[:1] + (bias,)),
+                              (Q._token_rows_512, tok)],
+           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,)),
+                         (Q._token_rows_vnni256, tok), (Q._token_rows_avx2, tok)]}
 asm = {}
 for k, args in kernels[sys.argv[1]]:
     sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
@@ -162,6 +166,10 @@ def test_kernels_compile_for_sapphire_rapids(tmp_path):
         assert "vcvtdq2ps" in asm and re.search(r"vfmadd\d+ps\s+%zmm", asm), name
     for name in ("_bf16_rows_512", "_bf16_512"):
         assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"][name]), name
+    # decoding's signed dot: |w| (vpabsb) is the first (unsigned) source, x with w's sign (a masked vpsubb) the other
+    asm = res["asm"]["_token_rows_512"]
+    assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), asm
+    assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
     for path in ("avx512-vnni", "avx512-bf16"):  # the host decides what runs, whatever the target
         assert res["available"][path] == all(f in host for f in Q._NEEDS[path])
@@ -173,16 +181,34 @@ def test_kernels_compile_for_alder_lake(tmp_path):
         asm = res["asm"][name]
         assert re.search(r"\{vex\}\s+vpdpbusd\s+\S+, %ymm\d+, %ymm\d+", asm), name
         assert "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
+    asm = res["asm"]["_token_rows_vnni256"]
+    assert re.search(r"vpabsb\s+%ymm\d+, %ymm(\d+)\n(?:.*\n){0,12}?\s*\{vex\}\s+vpdpbusd\s+\S+, %ymm\1, %ymm", asm), asm
+    assert "vpsignb" in asm and "zmm" not in asm
+    asm = res["asm"]["_token_rows_avx2"]
+    assert re.search(r"vpmaddubsw\s+%ymm\d+, %ymm\d+, %ymm\d+", asm) and "vpsignb" in asm and "vpabsb" in asm, asm
+    assert "vpmaddwd" in asm and "vpdpbusd" not in asm
     assert not res["available"]["avx512-vnni"] and not res["available"]["avx512-bf16"]  # the target lacks them
 
 
-def test_emulated_kernels_have_no_fast_instruction():
-    """The emulated path compiled for this machine is plain code (so the tests above check the real ones)."""
-    rng = np.random.default_rng(0)
-    qs, d = _q8_weights(rng, 8, 64)
-    Q.matvec_q8_0(np.empty(8, np.float32), qs, d, np.ones(64, np.float32), path="emulate")
-    asm = "".join(Q._q8_0_rows_emu.inspect_asm().values())
-    assert "vpdpbusd" not in asm and "vdpbf16ps" not in asm
+_EMU = r"""
+import json, numpy as np
+from qorus_jit.kernels import quant_x86 as Q
+qs, d = np.ones((8, 64), np.int8), np.ones((8, 2), np.float32)
+Q.matvec_q8_0(np.empty(8, np.float32), qs, d, np.ones(64, np.float32), path="emulate")
+Q.linear_q8_0(np.empty((2, 8), np.float32), np.ones((2, 64), np.float32), qs, d, None, path="emulate")
+print(json.dumps({k.__name__: "".join(k.inspect_asm().values()) for k in (Q._q8_0_rows_emu, Q._token_rows_emu)}))
+"""
+
+
+def test_emulated_kernels_have_no_fast_instruction(tmp_path):
+    """The emulated paths compiled for this machine are plain code (so the tests above check the real ones);
+    compiled in a fresh process with its own cache, since numba shows no code of a kernel it loaded."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _EMU], env=env, capture_output=True, text=True, timeout=600, cwd=_ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, asm in json.loads(r.stdout.strip().splitlines()[-1]).items():
+        assert "vcvtdq2ps" in asm, name  # the code is there
+        assert not re.search(r"vpdpbusd|vdpbf16ps|vpmaddubsw|vpsignb", asm), name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,7 +217,7 @@ def test_emulated_kernels_have_no_fast_instruction():
 
 def test_paths_refused_without_the_features(monkeypatch):
     monkeypatch.setenv("QORUS_PORTABLE", "1")
-    assert Q.available() == {"avx512-vnni": False, "avx-vnni": False, "avx512-bf16": False}
+    assert Q.available() == {"avx512-vnni": False, "avx-vnni": False, "avx2": False, "avx512-bf16": False}
     assert Q.best_paths() == {"q8_0": None, "bf16": None}
     qs, d = _q8_weights(np.random.default_rng(0), 4, 32)
     with pytest.raises(RuntimeError, match="'avx512-vnni' cannot run here"):
@@ -205,6 +231,7 @@ def test_paths_refused_without_the_features(monkeypatch):
     x, w16 = np.ones(32, np.float32), np.zeros((4, 32), np.uint16)
     calls = {"avx512-vnni": lambda p: Q.matvec_q8_0(np.empty(4, np.float32), qs, d, x, path=p),
              "avx-vnni": lambda p: Q.matvec_q8_0(np.empty(4, np.float32), qs, d, x, path=p),
+             "avx2": lambda p: Q.matvec_q8_0(np.empty(4, np.float32), qs, d, x, path=p),
              "avx512-bf16": lambda p: Q.matvec_bf16(np.empty(4, np.float32), w16, x, path=p)}
     for path, needs in Q._NEEDS.items():
         assert Q.available()[path] == all(f in have for f in needs)
@@ -359,7 +386,7 @@ def _portable(name):
     return getattr(quant, name)
 
 
-@pytest.mark.parametrize("path", ["avx512-vnni", "avx-vnni"])
+@pytest.mark.parametrize("path", ["avx512-vnni", "avx-vnni", "avx2"])
 @pytest.mark.parametrize("O,I,N", SHAPES)
 def test_fast_q8_0(path, O, I, N):
     _skip_unless(path)
@@ -367,12 +394,16 @@ def test_fast_q8_0(path, O, I, N):
     qs, d = _q8_weights(rng, O, I)
     x = rng.standard_normal((N, I)).astype(np.float32)
     bias = rng.standard_normal(O).astype(np.float32)
-    out = np.full((N, O), np.nan, np.float32)
-    Q.linear_q8_0(out, x, qs, d, bias, path=path)
     ref, mag = _q8_reference(Q.quantize_tokens(x), qs, d, bias)
-    _close(out, ref, mag)
-    emu = Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path="emulate")
-    _close(out, emu.astype(np.float64), mag)
+    if path == "avx2":  # a one-token dot only
+        with pytest.raises(ValueError, match="'avx2' has no linear kernel"):
+            Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path=path)
+    else:
+        out = np.full((N, O), np.nan, np.float32)
+        Q.linear_q8_0(out, x, qs, d, bias, path=path)
+        _close(out, ref, mag)
+        emu = Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path="emulate")
+        _close(out, emu.astype(np.float64), mag)
     one = np.full(O, np.nan, np.float32)
     Q.matvec_q8_0(one, qs, d, x[0], path=path)
     _close(one, ref[0] - bias, mag[0])

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 from numba import prange, types
+from numba.core.errors import TypingError
 from numba.extending import overload
 
 from qorus_jit.core.numerics import FASTMATH, kernel
@@ -299,7 +300,9 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
 #
 # One kernel per token as for float32, written once for both formats: the helpers below are numba overloads
 # that pick, at typing time from the weight's dtype, the format's code (q8_0: ``qs`` int8 with its scales;
-# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused). Products split by rows only: q8_0's groups of 32
+# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused). q8_0 activations in int16 scratch take the portable
+# dot; in int8 scratch the signed dot of this CPU's fastest x86 path (kernels.quant_x86, picked while typing:
+# numba keys cached code by the CPU's features). Products split by rows only: q8_0's groups of 32
 # inputs cut across the heads' and hidden slices' columns that the float32 kernel splits by.
 
 
@@ -319,7 +322,7 @@ def _embed_row(x, w, ws, tok):
 
 @overload(_prep, jit_options={"fastmath": set(FASTMATH)})
 def _prep_impl(xa, xb, x):
-    if xa.dtype == types.int16:
+    if xa.dtype in (types.int16, types.int8):
         def q8_0(xa, xb, x):
             _quantize_x_q8(xa[:x.shape[0]], xb[:x.shape[0] // GROUP], x)
         return q8_0
@@ -332,6 +335,17 @@ def _prep_impl(xa, xb, x):
 
 @overload(_rows, jit_options={"fastmath": set(FASTMATH)})
 def _rows_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.int8 and xa.dtype == types.int8:  # the x86 signed dot of this CPU's fastest path
+        from qorus_jit.kernels.quant_x86 import TOKEN_ROWS, cpu_q8_0_path
+
+        path = cpu_q8_0_path()
+        if path is None:
+            raise TypingError("_rows: int8 activations need an x86 q8_0 path this CPU lacks (give int16 scratch)")
+        rows = TOKEN_ROWS[path]
+
+        def q8_0_x86(out, w, ws, xa, xb, lo, hi):
+            rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)
+        return q8_0_x86
     if w.dtype == types.int8:
         def q8_0(out, w, ws, xa, xb, lo, hi):
             _matvec_q8_0_rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)

@@ -279,7 +279,8 @@ def _dequantize_q8_0(w, qs, d):
 @kernel
 def _quantize_x_q8(xq, xs, x):
     """x (I,) float32 quantized per group of 32 for the integer dot: ``xs[g] = max|x_g| * (1/127)``, ``xq =
-    roundf(x / xs[g])`` as int16 in [-127, 127] (0 where xs[g] is 0); xq (I,) int16, xs (I/32,) float32."""
+    roundf(x / xs[g])`` in [-127, 127] (0 where xs[g] is 0); xq (I,) int16 (the portable dot) or int8 (the x86
+    paths' signed dot), xs (I/32,) float32."""
     for g in range(xs.shape[0]):
         xg, qg = x[g * GROUP:(g + 1) * GROUP], xq[g * GROUP:(g + 1) * GROUP]
         m = np.float32(0)
@@ -289,7 +290,7 @@ def _quantize_x_q8(xq, xs, x):
         inv = np.float32(1) / sc if sc > 0 else np.float32(0)
         xs[g] = sc
         for j in range(GROUP):
-            qg[j] = np.int16(roundf(xg[j] * inv))
+            qg[j] = np.int32(roundf(xg[j] * inv))
 
 
 @intrinsic
@@ -510,7 +511,7 @@ def _linear_q8_0(out, x, qs, d, bias):
     if out.shape[0] == 0:
         return
     path = _path("q8_0")
-    if path == "portable":
+    if path in ("portable", "avx2"):  # avx2 has a one-token dot only
         _linear_q8_0_portable(out, x, qs, d, bias)
     else:
         _x86().linear_q8_0(out, x, qs, d, bias, path=path)

@@ -18,8 +18,10 @@ are signed, so the weights get the offset: ``a = qs XOR 0x80 = qs + 128`` (exact
 int8 including -128), ``b = xq``, and ``sum (qs + 128) xq = sum qs xq + 128 sum xq``. The correction
 ``-128 * sum xq`` depends on the activations alone: it is computed once per token for every four bytes
 (``xc``) and is the accumulator's starting value, so each lane ends with the exact ``sum qs xq`` of its four
-bytes (|lane| <= 4 * 128 * 127, so nothing wraps). (llama.cpp's other trick, ``|x|`` against ``sign(x) w``
-with ``vpsignb``, has no 512-bit form.) Each 64-byte step (two groups) converts its 16 lanes to float32
+bytes (|lane| <= 4 * 128 * 127, so nothing wraps). One token (decoding: :func:`matvec_q8_0`, the one-call
+decoder's rows ``TOKEN_ROWS``) takes llama.cpp's other form, :func:`emit_sign_dot`: ``|qs|`` unsigned against
+``xq`` with the sign of ``qs`` (``vpsignb``, at 512 bits a masked subtract), no correction needed; the
+"avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster here). Each 64-byte step (two groups) converts its 16 lanes to float32
 and adds them times ``d * dx`` of their group (lanes 0-7 and 8-15) into a float32 vector; a row's odd last
 group is a scalar int32 sum. :func:`emulate_linear_q8_0` is the same arithmetic in NumPy.
 
@@ -53,10 +55,12 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
 
-from qorus_jit.core.numerics import for_chunks, kernel
+from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
 from qorus_jit.kernels._math import _float32_from_bits, roundf
+from qorus_jit.kernels.quant import _prefetch, _quantize_x_q8
 
 GROUP = 32  # q8_0 group size along the input dimension
 _TOKENS = 16  # tokens per block in the linear kernels (their quantized rows stay in L1/L2 over a row chunk)
@@ -68,8 +72,13 @@ _ROWS = 16  # weight rows per parallel work item
 _NEEDS = {
     "avx512-vnni": ("avx512f", "avx512bw", "avx512vnni"),
     "avx-vnni": ("avx2", "avxvnni"),
+    "avx2": ("avx2",),
     "avx512-bf16": ("avx512f", "avx512bw", "avx512bf16"),
 }
+_Q8_0_PATHS = ("avx512-vnni", "avx-vnni", "avx2")  # fastest first
+# The default skips "avx2": on the AMD EPYC (Zen 1: one 128-bit vector multiplier) its vpmaddubsw dot ran at
+# 0.97-1.03x the portable vpmaddwd one and 0.85x end to end (docs/design.md); untried on CPUs where it may pay.
+_DEFAULT_Q8_0 = ("avx512-vnni", "avx-vnni")
 _have: set[str] | None = None  # the features below, found once
 _runs: dict[str, bool] | None = None  # available() without QORUS_PORTABLE, found once
 
@@ -89,7 +98,7 @@ def _features() -> set[str]:
 
 
 def available() -> dict[str, bool]:
-    """{"avx512-vnni", "avx-vnni", "avx512-bf16": whether this CPU runs that path}; all False if
+    """{"avx512-vnni", "avx-vnni", "avx2", "avx512-bf16": whether this CPU runs that path}; all False if
     ``QORUS_PORTABLE=1``."""
     global _runs
     if os.environ.get("QORUS_PORTABLE", "") not in ("", "0"):
@@ -100,15 +109,23 @@ def available() -> dict[str, bool]:
 
 
 def best_paths() -> dict[str, str | None]:
-    """{"q8_0": "avx512-vnni" | "avx-vnni" | None, "bf16": "avx512-bf16" | None}: the fastest path here."""
+    """{"q8_0": "avx512-vnni" | "avx-vnni" | "avx2" | None, "bf16": "avx512-bf16" | None}: the fastest path here."""
     a = available()
-    q8 = "avx512-vnni" if a["avx512-vnni"] else "avx-vnni" if a["avx-vnni"] else None
+    q8 = next((p for p in _DEFAULT_Q8_0 if a[p]), None)
     return {"q8_0": q8, "bf16": "avx512-bf16" if a["avx512-bf16"] else None}
+
+
+def cpu_q8_0_path() -> str | None:
+    """The fastest q8_0 path this CPU (and numba's target) has, "avx2" included and ``QORUS_PORTABLE`` aside: the
+    signed dot that compiled code given int8 activations (the one-call decoder's) picks while it is typed. numba
+    keys cached machine code by the target CPU's name and features, so the choice cached with it holds wherever
+    that code is loaded."""
+    return next((p for p in _Q8_0_PATHS if all(f in _features() for f in _NEEDS[p])), None)
 
 
 def _require(path: str, kind: str) -> str:
     """The path to run: ``path`` if given (``"emulate"`` runs anywhere), else the best one; refuses a missing one."""
-    choices = ("avx512-vnni", "avx-vnni") if kind == "q8_0" else ("avx512-bf16",)
+    choices = _Q8_0_PATHS if kind == "q8_0" else ("avx512-bf16",)
     if path is None:
         path = best_paths()[kind]
         if path is None:
@@ -170,6 +187,35 @@ def emit_dpbusd(builder, acc, a, b, emulate=False):
     fnty = ir.FunctionType(acc.type, [acc.type, a.type, b.type])
     fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.x86.avx512.vpdpbusd.{32 * n}")
     return builder.call(fn, [acc, a, b])
+
+
+def emit_sign_dot(builder, acc, w, x, path):
+    """``acc[i] + sum_{k<4} w[4i+k] * x[4i+k]``, both read signed (|x| <= 127), as llama.cpp does it: ``|w|`` read
+    unsigned (128 for -128) against ``x`` with the sign of ``w`` (``vpsignb``; a select at 512 bits, which has
+    no ``vpsignb``), so each product is exact and no correction is needed.
+
+    ``path``: "avx512-vnni" / "avx-vnni" (``vpdpbusd``), "avx2" (``vpmaddubsw``, whose int16 pair sums are at
+    most 2 * 128 * 127 < 2^15 so never saturate, then ``vpmaddwd`` by ones into the same int32 lanes) or
+    "emulate" (plain IR). acc <L x i32>; w, x <4L x i8>."""
+    n = w.type.count
+    zero = ir.Constant(w.type, None)
+    neg = builder.icmp_signed("<", w, zero)
+    a = builder.select(neg, builder.sub(zero, w), w)  # LLVM's vpabsb
+    if n == 32 and path != "emulate":
+        psign = cgutils.get_or_insert_function(builder.module, ir.FunctionType(w.type, [w.type, w.type]),
+                                               "llvm.x86.avx2.psign.b")
+        b = builder.call(psign, [x, w])
+    else:
+        b = builder.select(neg, builder.sub(zero, x), x)
+    if path != "avx2":
+        return emit_dpbusd(builder, acc, a, b, emulate=path == "emulate")
+    v16 = _vec(_I16, 16)
+    mubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [w.type, w.type]),
+                                          "llvm.x86.avx2.pmadd.ub.sw")
+    mwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(acc.type, [v16, v16]),
+                                         "llvm.x86.avx2.pmadd.wd")
+    pairs = builder.call(mubs, [a, b])
+    return builder.add(acc, builder.call(mwd, [pairs, ir.Constant(v16, [1] * 16)]))
 
 
 def emit_dpbf16ps(builder, acc, a, b, emulate=False):
@@ -255,6 +301,62 @@ def _make_dot_q8_0(nbytes, emulate):
     return dot
 
 
+def _make_dot_q8_0_signed(nbytes, path):
+    """An intrinsic ``dot(qs, w_off, xq, d, d_off, dx, G) -> float32``: a q8_0 row of G groups (qs at ``w_off``,
+    scales d at ``d_off``) against one quantized token (xq (I,) int8, dx (G,)), by :func:`emit_sign_dot` on
+    ``path``. 64-byte steps (two groups in 16 lanes, as :func:`_make_dot_q8_0`'s, so the same sums in the same
+    order) leave an odd last group to the caller; 32-byte steps go two groups at a time into two accumulators
+    (one would wait on the FMA's latency every group) and take an odd last group themselves. Every 64 bytes of
+    weights are prefetched ``quant._PREFETCH`` bytes ahead."""
+    lanes = nbytes // 4
+    bvec, ivec, fvec = _vec(_I8, nbytes), _vec(_I32, lanes), _vec(_F32, lanes)
+    spread = _mask([k // 8 for k in range(lanes)])
+    per = nbytes // GROUP  # groups a vector step
+
+    @intrinsic
+    def dot(typingctx, qs, w_off, xq, d, d_off, dx, G):
+        def codegen(context, builder, sig, args):
+            qs_, w_off, xq_, d_, d_off, dx_, G = args
+            wp, xp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3, 5))
+            i64 = w_off.type
+
+            def step(g, acc, prefetch):
+                """acc + float32(the dot of groups g .. g + per - 1) * d * dx, lane by lane."""
+                k = builder.mul(g, ir.Constant(i64, GROUP))
+                wptr = builder.gep(wp, [builder.add(w_off, k)])
+                if prefetch:
+                    _prefetch(builder, wptr)
+                w = builder.load(builder.bitcast(wptr, bvec.as_pointer()), align=1)
+                s = emit_sign_dot(builder, ir.Constant(ivec, None), w, _load(builder, xp, k, bvec), path)
+                svec = _vec(_F32, per)
+                sc = builder.fmul(_load(builder, dp, builder.add(d_off, g), svec), _load(builder, sp, g, svec))
+                return builder.fadd(acc, builder.fmul(builder.sitofp(s, fvec), builder.shuffle_vector(sc, sc, spread)))
+
+            zero = ir.Constant(fvec, None)
+            if per == 2:
+                return _hsum(builder, _loop(builder, builder.udiv(G, ir.Constant(i64, 2)),
+                                            lambda i, acc: step(builder.mul(i, ir.Constant(i64, 2)), acc, True), zero))
+            pair = ir.LiteralStructType([fvec, fvec])
+
+            def body(i, acc):
+                g = builder.mul(i, ir.Constant(i64, 2))
+                a0 = step(g, builder.extract_value(acc, 0), True)
+                a1 = step(builder.add(g, ir.Constant(i64, 1)), builder.extract_value(acc, 1), False)
+                return builder.insert_value(builder.insert_value(acc, a0, 0), a1, 1)
+
+            acc = _loop(builder, builder.udiv(G, ir.Constant(i64, 2)), body, ir.Constant(pair, None))
+            slot = cgutils.alloca_once_value(builder, builder.extract_value(acc, 0))
+            odd = builder.icmp_unsigned("!=", builder.urem(G, ir.Constant(i64, 2)), ir.Constant(i64, 0))
+            with builder.if_then(odd):
+                builder.store(step(builder.sub(G, ir.Constant(i64, 1)), builder.load(slot), False), slot)
+            return _hsum(builder, builder.fadd(builder.load(slot), builder.extract_value(acc, 1)))
+
+        i64 = types.int64
+        return types.float32(qs, i64, xq, d, i64, dx, i64), codegen
+
+    return dot
+
+
 def _make_dot_bf16(lanes, emulate):
     """An intrinsic ``dot(w16, w_off, xh, xl, x_off, steps) -> float32``: the first ``steps * 2 * lanes``
     columns of a bf16 row at ``w_off`` against a token split into two bf16 parts (xh, xl at ``x_off``)."""
@@ -289,6 +391,9 @@ def _make_dot_bf16(lanes, emulate):
 _dot_q8_0_512 = _make_dot_q8_0(64, False)
 _dot_q8_0_256 = _make_dot_q8_0(32, False)
 _dot_q8_0_emu = _make_dot_q8_0(64, True)
+_dot_q8_0_signed = {"avx512-vnni": _make_dot_q8_0_signed(64, "avx512-vnni"),
+                    "avx-vnni": _make_dot_q8_0_signed(32, "avx-vnni"),
+                    "avx2": _make_dot_q8_0_signed(32, "avx2"), "emulate": _make_dot_q8_0_signed(64, "emulate")}
 _dot_bf16_512 = _make_dot_bf16(16, False)
 _dot_bf16_emu = _make_dot_bf16(16, True)
 
@@ -368,14 +473,15 @@ def split_bf16(x: np.ndarray):
 
 
 @kernel
-def _q8_0_tail(qs, d, xq, dx, o, n, g0):
-    """sum over groups g >= g0 of d[o, g] dx[n, g] (qs[o] . xq[n] over group g): the groups a vector step left."""
+def _q8_0_tail(qs, d, xq, dx, o, g0):
+    """sum over groups g >= g0 of d[o, g] dx[g] (qs[o] . xq over group g), one token's xq (I,), dx (G,): the groups a
+    vector step left."""
     s = np.float32(0.0)
     for g in range(g0, d.shape[1]):
         acc = np.int32(0)
         for k in range(g * GROUP, (g + 1) * GROUP):
-            acc += np.int32(qs[o, k]) * np.int32(xq[n, k])
-        s += np.float32(acc) * (d[o, g] * dx[n, g])
+            acc += np.int32(qs[o, k]) * np.int32(xq[k])
+        s += np.float32(acc) * (d[o, g] * dx[g])
     return s
 
 
@@ -405,7 +511,7 @@ def _q8_0_rows_512(out, qs, d, xq, xc, dx, bias, lo, hi):
             b = _bias_of(bias, o)
             for n in range(n0, min(N, n0 + _TOKENS)):
                 s = _dot_q8_0_512(qs, o * I, xq, n * I, xc, d, o * G, dx, n * G, steps)
-                out[n, o] = s + _q8_0_tail(qs, d, xq, dx, o, n, 2 * steps) + b
+                out[n, o] = s + _q8_0_tail(qs, d, xq[n], dx[n], o, 2 * steps) + b
 
 
 @kernel
@@ -429,7 +535,54 @@ def _q8_0_rows_emu(out, qs, d, xq, xc, dx, bias, lo, hi):
             b = _bias_of(bias, o)
             for n in range(n0, min(N, n0 + _TOKENS)):
                 s = _dot_q8_0_emu(qs, o * I, xq, n * I, xc, d, o * G, dx, n * G, steps)
-                out[n, o] = s + _q8_0_tail(qs, d, xq, dx, o, n, 2 * steps) + b
+                out[n, o] = s + _q8_0_tail(qs, d, xq[n], dx[n], o, 2 * steps) + b
+
+
+def _token_rows(out, qs, d, xq, dx, lo, hi, path):
+    """out[o] = qs/d row o . one token (xq (I,) int8, dx (G,) float32, as :func:`quantize_token` makes them) for
+    lo <= o < hi, by the signed dot of ``path`` (a constant string, so each path compiles its own loop)."""
+
+
+@overload(_token_rows, jit_options={"fastmath": set(FASTMATH)})
+def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
+    if not isinstance(path, types.StringLiteral):
+        raise TypingError("_token_rows: path must be a constant string")
+    dot = _dot_q8_0_signed[path.literal_value]
+    wide = path.literal_value in ("avx512-vnni", "emulate")  # 64-byte steps: an odd last group is left here
+
+    def rows(out, qs, d, xq, dx, lo, hi, path):
+        I, G = qs.shape[1], d.shape[1]
+        for o in range(lo, hi):
+            s = dot(qs, o * I, xq, d, o * G, dx, G)
+            if wide and G % 2:
+                s += _q8_0_tail(qs, d, xq, dx, o, G - 1)
+            out[o] = s
+    return rows
+
+
+@kernel
+def _token_rows_512(out, qs, d, xq, dx, lo, hi):
+    _token_rows(out, qs, d, xq, dx, lo, hi, "avx512-vnni")
+
+
+@kernel
+def _token_rows_vnni256(out, qs, d, xq, dx, lo, hi):
+    _token_rows(out, qs, d, xq, dx, lo, hi, "avx-vnni")
+
+
+@kernel
+def _token_rows_avx2(out, qs, d, xq, dx, lo, hi):
+    _token_rows(out, qs, d, xq, dx, lo, hi, "avx2")
+
+
+@kernel
+def _token_rows_emu(out, qs, d, xq, dx, lo, hi):
+    _token_rows(out, qs, d, xq, dx, lo, hi, "emulate")
+
+
+#: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, lo, hi)``.
+TOKEN_ROWS = {"avx512-vnni": _token_rows_512, "avx-vnni": _token_rows_vnni256, "avx2": _token_rows_avx2,
+              "emulate": _token_rows_emu}
 
 
 @kernel
@@ -483,6 +636,35 @@ def _q8_0_emu(out, x, qs, d, bias):
     for_chunks(_q8_0_rows_emu, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
 
 
+@numba.njit(inline="always")
+def _token_matvec(rows, out, x, qs, d):
+    """out (O,) = qs/d @ x (I,): x quantized (:func:`quantize_token`), then ``rows`` over threads."""
+    O, I = qs.shape[0], qs.shape[1]
+    xq, dx = np.empty(I, np.int8), np.empty(I // GROUP, np.float32)
+    _quantize_x_q8(xq, dx, x)
+    for_rows(rows, (out, qs, d, xq, dx), O, O * I)
+
+
+@kernel(parallel=True)
+def _q8_0_token_512(out, x, qs, d):
+    _token_matvec(_token_rows_512, out, x, qs, d)
+
+
+@kernel(parallel=True)
+def _q8_0_token_vnni256(out, x, qs, d):
+    _token_matvec(_token_rows_vnni256, out, x, qs, d)
+
+
+@kernel(parallel=True)
+def _q8_0_token_avx2(out, x, qs, d):
+    _token_matvec(_token_rows_avx2, out, x, qs, d)
+
+
+@kernel(parallel=True)
+def _q8_0_token_emu(out, x, qs, d):
+    _token_matvec(_token_rows_emu, out, x, qs, d)
+
+
 @kernel(parallel=True)
 def _bf16_512(out, x, w16, bias):
     xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
@@ -498,6 +680,8 @@ def _bf16_emu(out, x, w16, bias):
 
 
 _Q8_0 = {"avx512-vnni": _q8_0_512, "avx-vnni": _q8_0_256, "emulate": _q8_0_emu}
+_TOKEN = {"avx512-vnni": _q8_0_token_512, "avx-vnni": _q8_0_token_vnni256, "avx2": _q8_0_token_avx2,
+          "emulate": _q8_0_token_emu}
 _BF16 = {"avx512-bf16": _bf16_512, "emulate": _bf16_emu}
 _NO_BIAS = np.zeros(0, np.float32)
 
@@ -508,14 +692,22 @@ _NO_BIAS = np.zeros(0, np.float32)
 def linear_q8_0(out, x, qs, d, bias, *, path=None):
     """out (N, O) = x (N, I) @ W.T + bias, W = qs (O, I) int8 times d (O, I // 32) per group; bias (O,) or None.
 
-    ``path``: None (the best here), "avx512-vnni", "avx-vnni" or "emulate" (the same loop in plain IR)."""
-    _Q8_0[_require(path, "q8_0")](out, x, qs, d, _NO_BIAS if bias is None else bias)
+    ``path``: None (the best here), "avx512-vnni", "avx-vnni" or "emulate" (the same loop in plain IR). "avx2" has
+    no kernel of several tokens (``vpmaddubsw`` gains little over the portable float32 tiles there): refused."""
+    path = _require(path, "q8_0")
+    if path not in _Q8_0:
+        raise ValueError(f"path: {path!r} has no linear kernel (the portable kernels serve several tokens)")
+    _Q8_0[path](out, x, qs, d, _NO_BIAS if bias is None else bias)
     return out
 
 
 def matvec_q8_0(out, qs, d, x, *, path=None):
-    """out (O,) = W x for q8_0 weights (qs, d) and x (I,) float32: :func:`linear_q8_0` of one token."""
-    linear_q8_0(out.reshape(1, -1), x.reshape(1, -1), qs, d, None, path=path)
+    """out (O,) = W x for q8_0 weights (qs, d) and x (I,) float32 (one token, decoding) by the signed dot
+    (:func:`emit_sign_dot`).
+
+    ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain IR:
+    the same sums in the same order as :func:`linear_q8_0`'s)."""
+    _TOKEN[_require(path, "q8_0")](out, x, qs, d)
     return out
 
 
