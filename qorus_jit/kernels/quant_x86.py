@@ -23,7 +23,8 @@ decoder's rows ``TOKEN_ROWS``) takes llama.cpp's other form, :func:`emit_sign_do
 ``xq`` with the sign of ``qs`` (``vpsignb``, at 512 bits a masked subtract), no correction needed; the
 "avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster here). Each
 64-byte step (two groups) converts its 16 lanes to float32 and adds them times ``d * dx`` of their group
-(lanes 0-7 and 8-15) into a float32 vector; a row's odd last group is a scalar int32 sum. :func:`emulate_linear_q8_0` is the same arithmetic in NumPy.
+(lanes 0-7 and 8-15) into a float32 vector; a row's odd last group is a scalar int32 sum.
+:func:`emulate_linear_q8_0` is the same arithmetic in NumPy.
 
 **bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
 ``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
