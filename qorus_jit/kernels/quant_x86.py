@@ -78,7 +78,7 @@ _NEEDS = {
 }
 _Q8_0_PATHS = ("avx512-vnni", "avx-vnni", "avx2")  # fastest first
 # The default skips "avx2": on the AMD EPYC (Zen 1: one 128-bit vector multiplier) its vpmaddubsw dot ran at
-# 0.97-1.03x the portable vpmaddwd one and 0.85x end to end (docs/design.md); untried on CPUs where it may pay.
+# 0.97-1.03x the portable vpmaddwd one, 1.00-1.06x end to end (docs/design.md); untried where it may pay.
 _DEFAULT_Q8_0 = ("avx512-vnni", "avx-vnni")
 _have: set[str] | None = None  # the features below, found once
 _runs: dict[str, bool] | None = None  # available() without QORUS_PORTABLE, found once
