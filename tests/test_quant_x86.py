@@ -137,6 +137,10 @@ kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
                               (Q._token_rows_512, tok)],
            "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,)),
                          (Q._token_rows_vnni256, tok), (Q._token_rows_avx2, tok)]}
+# the decoder's products given int8 activations: the signed dot of the target's fastest path, picked while typed
+from qorus_jit.kernels.decode import _add_product
+dec = (np.zeros(O, np.float32), np.zeros(O, np.float32), q8[0], q8[1], np.zeros(I, np.int8), np.zeros(3, np.float32))
+kernels[sys.argv[1]].append((_add_product, dec))
 asm = {}
 for k, args in kernels[sys.argv[1]]:
     sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
@@ -170,6 +174,7 @@ def test_kernels_compile_for_sapphire_rapids(tmp_path):
     asm = res["asm"]["_token_rows_512"]
     assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), asm
     assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm
+    assert re.search(r"vpdpbusd\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product"])  # the decoder's products
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
     for path in ("avx512-vnni", "avx512-bf16"):  # the host decides what runs, whatever the target
         assert res["available"][path] == all(f in host for f in Q._NEEDS[path])
@@ -187,6 +192,8 @@ def test_kernels_compile_for_alder_lake(tmp_path):
     asm = res["asm"]["_token_rows_avx2"]
     assert re.search(r"vpmaddubsw\s+%ymm\d+, %ymm\d+, %ymm\d+", asm) and "vpsignb" in asm and "vpabsb" in asm, asm
     assert "vpmaddwd" in asm and "vpdpbusd" not in asm
+    asm = res["asm"]["_add_product"]  # the decoder's products: AVX-VNNI, the fastest path of this target
+    assert re.search(r"\{vex\}\s+vpdpbusd\s+\S+, %ymm\d+, %ymm\d+", asm) and "vpmaddubsw" not in asm
     assert not res["available"]["avx512-vnni"] and not res["available"]["avx512-bf16"]  # the target lacks them
 
 

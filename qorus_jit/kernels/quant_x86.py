@@ -84,14 +84,19 @@ _have: set[str] | None = None  # the features below, found once
 _runs: dict[str, bool] | None = None  # available() without QORUS_PORTABLE, found once
 
 
+def _host_features() -> set[str]:
+    """The features LLVM reads off this CPU (none where it cannot read them: no fast path)."""
+    try:
+        return {k for k, v in llvm.get_host_cpu_features().items() if v}
+    except RuntimeError:
+        return set()
+
+
 def _features() -> set[str]:
     """Features both the CPU and numba's target have (``NUMBA_CPU_FEATURES`` may turn some off)."""
     global _have
     if _have is None:
-        try:
-            have = {k for k, v in llvm.get_host_cpu_features().items() if v}
-        except RuntimeError:  # LLVM could not read them (some hosts): no fast path
-            have = set()
+        have = _host_features()
         if numba.config.CPU_FEATURES is not None:  # an explicit target (e.g. NUMBA_CPU_NAME=generic): its list
             have &= {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
         _have = have
@@ -117,11 +122,14 @@ def best_paths() -> dict[str, str | None]:
 
 
 def cpu_q8_0_path() -> str | None:
-    """The fastest q8_0 path this CPU (and numba's target) has, "avx2" included and ``QORUS_PORTABLE`` aside: the
-    signed dot that compiled code given int8 activations (the one-call decoder's) picks while it is typed. numba
-    keys cached machine code by the target CPU's name and features, so the choice cached with it holds wherever
-    that code is loaded."""
-    return next((p for p in _Q8_0_PATHS if all(f in _features() for f in _NEEDS[p])), None)
+    """The fastest q8_0 path of numba's target CPU ("avx2" included, ``QORUS_PORTABLE`` aside): the signed dot that
+    compiled code given int8 activations (the one-call decoder's) picks while it is typed. The target's features
+    alone decide (``NUMBA_CPU_FEATURES`` if set, else this CPU's), as they key numba's cache of that code."""
+    if numba.config.CPU_FEATURES is not None:
+        target = {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    else:
+        target = _host_features()
+    return next((p for p in _Q8_0_PATHS if all(f in target for f in _NEEDS[p])), None)
 
 
 def _require(path: str, kind: str) -> str:
