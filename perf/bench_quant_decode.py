@@ -13,7 +13,12 @@ order), so that a busy moment of the shared machine falls on all of them alike:
 - bound: the streaming-read bandwidth measured just before each dtype's run, over an array of that dtype's
   bytes per token (``qorus_jit.bench.decode.bytes_per_token``: every weight read once, the KV cache), divided
   by those bytes: the most any decoder reading those weights could reach at that moment;
-- prefill: tokens/s of the prefill of a 128-token prompt (one forward, the ``linear_*`` kernels).
+- prefill: tokens/s of the prefill of a 128-token prompt (one forward, the ``linear_*`` kernels);
+- kernel ceiling: tokens/s if every weight byte went at the rate one thread's decode row kernel (the
+  one-call decoder's, on this machine's path) reads a 64-row matrix of the model's width that stays in cache,
+  times the threads: the most the arithmetic allows when memory costs nothing. Where it is below the bound
+  (int8 on a CPU whose vector multiplier is narrow, as the AMD EPYC's), the kernel, not the bandwidth, sets
+  the limit; ``of_limit`` is decode over the lower of the two.
 
 Reported per dtype: the median of the rounds' paired ratios to fp32 (decode and prefill) with their spread, and
 the median fraction of its own bound. Goals (issue 17): int8 >= 2.5x fp32, bf16 >= 1.7x, int8 at >= 0.8 of
@@ -33,11 +38,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from qorus_jit.bench._timing import write_results
+from qorus_jit.core.numerics import get_num_threads
+from qorus_jit.kernels.decode import _matvec_rows, _prep, _rows
 
 SHAPES = {
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256),
@@ -72,6 +81,47 @@ def prefill_rate(model, prompt: np.ndarray) -> float:
     return gen.prefill_tokens_per_s
 
 
+@numba.njit(cache=False)
+def _repeat_rows(n, out, w, ws, xa, xb, x):
+    _prep(xa, xb, x)
+    for _ in range(n):
+        _rows(out, w, ws, xa, xb, 0, out.shape[0])
+
+
+@numba.njit(cache=False)
+def _repeat_rows_f32(n, out, w, x):
+    for _ in range(n):
+        _matvec_rows(out, w, x, 0, out.shape[0])
+
+
+def kernel_rate(dtype: str, cols: int, rows: int = 64, calls: int = 2000) -> float:
+    """Weight bytes per second one thread's decode row kernel for ``dtype`` reads from a ``rows x cols`` matrix
+    that stays in cache (median of 7 runs of ``calls`` calls; x prepared once, as the decoder prepares it)."""
+    from qorus_jit.kernels import quant
+
+    rng = np.random.default_rng(0)
+    w, x, out = rng.standard_normal((rows, cols)).astype(np.float32), rng.standard_normal(cols).astype(np.float32), \
+        np.empty(rows, np.float32)
+    if dtype == "fp32":
+        args, fn, nbytes = (out, w, x), _repeat_rows_f32, w.nbytes
+    elif dtype == "bf16":
+        w16 = quant.quantize_bf16(w)
+        half = np.empty(cols // 2, np.float32)
+        args, fn, nbytes = (out, w16.view(np.uint32), np.zeros((1, 1), np.float32), half, half.copy(), x), \
+            _repeat_rows, w16.nbytes
+    else:
+        qs, d = quant.quantize_q8_0(w)
+        xq = np.empty(cols, np.int16 if quant._path("q8_0") in ("portable", "avx2") else np.int8)
+        args, fn, nbytes = (out, qs, d, xq, np.empty(cols // 32, np.float32), x), _repeat_rows, qs.nbytes + d.nbytes
+    fn(10, *args)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        fn(calls, *args)
+        times.append(time.perf_counter() - t0)
+    return nbytes * calls / statistics.median(times)
+
+
 def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
@@ -87,10 +137,12 @@ def time_shape(name: str, tokens: int, pairs: int) -> dict:
     for m in models.values():  # warm-up: kernels loaded, buffers sized
         decode_rate(m, 8)
         prefill_rate(m, prompt)
-    rows = {d: {"decode": [], "bound": [], "prefill": []} for d in DTYPES}
+    rows = {d: {"decode": [], "bound": [], "prefill": [], "ceiling": []} for d in DTYPES}
+    threads = get_num_threads()
     for r in range(pairs):
         for d in DTYPES[r % 3:] + DTYPES[:r % 3]:
             rows[d]["bound"].append(stream_bandwidth(int(per_token[d])) / per_token[d])
+            rows[d]["ceiling"].append(threads * kernel_rate(d, shape["dim"]) / per_token[d])
             rows[d]["decode"].append(decode_rate(models[d], tokens))
             rows[d]["prefill"].append(prefill_rate(models[d], prompt))
     out = {"shape": shape, "tokens": tokens, "pairs": pairs,
@@ -99,7 +151,10 @@ def time_shape(name: str, tokens: int, pairs: int) -> dict:
         rw = rows[d]
         out[d] = {"decode_tokens_per_s": spread(rw["decode"]), "prefill_tokens_per_s": spread(rw["prefill"]),
                   "bound_tokens_per_s": spread(rw["bound"]),
-                  "fraction_of_bound": spread([a / b for a, b in zip(rw["decode"], rw["bound"], strict=True)])}
+                  "fraction_of_bound": spread([a / b for a, b in zip(rw["decode"], rw["bound"], strict=True)]),
+                  "kernel_ceiling_tokens_per_s": spread(rw["ceiling"]),
+                  "of_limit": spread([a / min(b, c) for a, b, c in zip(rw["decode"], rw["bound"], rw["ceiling"],
+                                                                          strict=True)])}
         if d != "fp32":
             fp = rows["fp32"]
             out[d]["decode_over_fp32"] = spread([a / b for a, b in zip(rw["decode"], fp["decode"], strict=True)])
@@ -176,8 +231,9 @@ def table(res: dict) -> str:
     m = res["machine"]
     lines = [f"CPU: {m['cpu']} ({', '.join(m['simd'])}), {m['cpus']} CPUs, threads {res['threads']}, quantized "
              f"paths {res['paths']}, load {m['loadavg'][0]:.1f} -> {res['loadavg_after'][0]:.1f}", "",
-             "| shape | dtype | decode tok/s | / fp32 (pairs) | of its bound (pairs) | prefill / fp32 (pairs) |"
-             " peak RSS MB (model part) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| shape | dtype | decode tok/s | / fp32 (pairs) | of its bound (pairs) | kernel ceiling / bound | "
+             "of min(bound, ceiling) | prefill / fp32 (pairs) | peak RSS MB (model part) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def f(s, fmt="{:.2f}"):
         return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
@@ -191,6 +247,8 @@ def table(res: dict) -> str:
                 rss_txt += f", {rss['peak_over_fp32']:.2f}x ({rss['model_over_fp32']:.2f}x)"
             lines.append(f"| {name} | {d} | {r['decode_tokens_per_s']['median']:.0f} | "
                          f"{f(r['decode_over_fp32']) if d != 'fp32' else '1'} | {f(r['fraction_of_bound'])} | "
+                         f"{r['kernel_ceiling_tokens_per_s']['median'] / r['bound_tokens_per_s']['median']:.2f} | "
+                         f"{f(r['of_limit'])} | "
                          f"{f(r['prefill_over_fp32']) if d != 'fp32' else '1'} | {rss_txt} |")
     return "\n".join(lines)
 
