@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -86,6 +87,10 @@ def _looks_cold() -> bool:
 @click.version_option(package_name="qorus-jit", prog_name="qorus")
 def main():
     """Qorus: train and run small transformers and MLPs on a CPU, on numba-compiled kernels."""
+    # The command forks no workers, so its parallel regions may run on GNU OpenMP, which is not fork-safe but
+    # decodes faster than TBB (docs/design.md, "The threading layer"); a program importing qorus_jit keeps
+    # numba's own choice. Set before the subcommand loads numba; NUMBA_THREADING_LAYER(_PRIORITY) given wins.
+    os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "omp tbb workqueue")
 
 
 @main.command()
