@@ -74,6 +74,16 @@ def test_transformer_block_decodes_with_its_cache():
         block.forward_decode(xs[0], state=state)
 
 
+def _at_threads(threads, fn, *args):
+    """fn(*args) with ``threads`` threads (at most the machine's), the count restored after."""
+    before = get_num_threads()
+    set_num_threads(min(threads, max_threads()))
+    try:
+        return fn(*args)
+    finally:
+        set_num_threads(before)
+
+
 def _one_call_equals_nodes(model, steps=14):
     """``model``'s one-call decoding of ``steps`` greedy tokens against its layers one by one (Graph's path)."""
     fused, nodes = DecodeState(1, 16), DecodeState(1, 16)
@@ -104,12 +114,7 @@ def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_he
     from qorus_jit.models.quantize import quantize_model
 
     model = quantize_model(_llama(n_kv_heads, hidden=64, tie=tie), dtype)
-    before = get_num_threads()
-    set_num_threads(min(threads, max_threads()))
-    try:
-        _one_call_equals_nodes(model)
-    finally:
-        set_num_threads(before)
+    _at_threads(threads, _one_call_equals_nodes, model)
     assert model._decoder.fmt == ("q8_0" if dtype == "int8" else "bf16")
 
 
@@ -128,12 +133,7 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
         pytest.skip("no x86 q8_0 path on this CPU (or QORUS_PORTABLE is set)")
     monkeypatch.setitem(quant._PATHS, "q8_0", path)
     model = quantize_model(_llama(n_kv_heads, hidden=64, tie=tie), "int8")
-    before = get_num_threads()
-    set_num_threads(min(threads, max_threads()))
-    try:
-        _one_call_equals_nodes(model)
-    finally:
-        set_num_threads(before)
+    _at_threads(threads, _one_call_equals_nodes, model)
     assert model._decoder.scratch[-2].dtype == np.int8  # the x86 activations, not the portable int16 ones
 
 

@@ -38,11 +38,9 @@ from numba.extending import intrinsic
 
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
+from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
 from qorus_jit.kernels._math import roundf
 from qorus_jit.kernels.matmul import _gemm_numba_serial
-
-#: Weights per q8_0 group (one scale each), along the input dimension.
-GROUP = 32
 
 _CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
 _TILE_ROWS = 64  # rows of W per dequantized tile in linear_* (64 x 768 float32: 192 KiB, in L2)
@@ -128,7 +126,6 @@ def _split_even_odd(xe, xo, x):
 
 
 _BF16_STEP = 16  # bf16 pairs per step of _bf16_dot: two vectors of 8 (one 64-byte line), four accumulators
-_PREFETCH = 1024  # bytes ahead of their loads that the row dots prefetch W (bf16 +25% from memory: docs/design.md)
 
 
 @intrinsic
@@ -276,23 +273,6 @@ def _dequantize_q8_0(w, qs, d):
     for_chunks(_f32_from_q8_0_range, (w, qs, d), G, _CHUNK // GROUP, w.shape[0])
 
 
-@kernel
-def _quantize_x_q8(xq, xs, x):
-    """x (I,) float32 quantized per group of 32 for the integer dot: ``xs[g] = max|x_g| * (1/127)``, ``xq =
-    roundf(x / xs[g])`` in [-127, 127] (0 where xs[g] is 0); xq (I,) int16 (the portable dot) or int8 (the x86
-    paths' signed dot), xs (I/32,) float32."""
-    for g in range(xs.shape[0]):
-        xg, qg = x[g * GROUP:(g + 1) * GROUP], xq[g * GROUP:(g + 1) * GROUP]
-        m = np.float32(0)
-        for j in range(GROUP):
-            m = max(m, abs(xg[j]))
-        sc = m * np.float32(1 / 127)
-        inv = np.float32(1) / sc if sc > 0 else np.float32(0)
-        xs[g] = sc
-        for j in range(GROUP):
-            qg[j] = np.int32(roundf(xg[j] * inv))
-
-
 @intrinsic
 def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
     """out[i] = sum_g d[i, g] * xs[g] * (qs[i, 32 g:32 g + 32] . xq[32 g:32 g + 32]); qs (O, 32 G) int8, d (O, G),
@@ -358,29 +338,6 @@ def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
         return context.get_dummy_value()
 
     return types.void(out, qs, d, xq, xs, types.int64), codegen
-
-
-def _prefetch(builder, ptr):
-    """A prefetch (read, into L1) of the line _PREFETCH bytes after ``ptr``; ``llvm.prefetch`` never faults."""
-    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                        "llvm.prefetch.p0")
-    ahead = builder.gep(builder.bitcast(ptr, i8p), [ir.Constant(ir.IntType(64), _PREFETCH)])
-    builder.call(fn, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-
-
-def _hsum(builder, v):
-    """The sum of the lanes of vector ``v`` in a fixed order (halves added pairwise), a scalar."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        undef = ir.Constant(v.type, ir.Undefined)
-        lo = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
-        hi = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n))))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
-
-
 
 
 @kernel

@@ -60,10 +60,9 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
+from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
 from qorus_jit.kernels._math import _float32_from_bits, roundf
-from qorus_jit.kernels.quant import _prefetch, _quantize_x_q8
 
-GROUP = 32  # q8_0 group size along the input dimension
 _TOKENS = 16  # tokens per block in the linear kernels (their quantized rows stay in L1/L2 over a row chunk)
 _ROWS = 16  # weight rows per parallel work item
 
@@ -247,16 +246,6 @@ def emit_dpbf16ps(builder, acc, a, b, emulate=False):
     return builder.call(fn, [acc, a, b])
 
 
-def _hsum(builder, v):
-    """Sum of the lanes of a float vector in a fixed tree: halves added until one lane is left."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        lo, hi = builder.shuffle_vector(v, v, _mask(range(n))), builder.shuffle_vector(v, v, _mask(range(n, 2 * n)))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _load(builder, base, off, vty):
     """An unaligned load of ``vty`` at element offset ``off`` of ``base``."""
     return builder.load(builder.bitcast(builder.gep(base, [off]), vty.as_pointer()), align=1)
@@ -316,7 +305,7 @@ def _make_dot_q8_0_signed(nbytes, path):
     ``path``. 64-byte steps (two groups in 16 lanes, as :func:`_make_dot_q8_0`'s, so the same sums in the same
     order) leave an odd last group to the caller; 32-byte steps go two groups at a time into two accumulators
     (one would wait on the FMA's latency every group) and take an odd last group themselves. Every 64 bytes of
-    weights are prefetched ``quant._PREFETCH`` bytes ahead."""
+    weights are prefetched ``_lowbit._PREFETCH`` bytes ahead."""
     lanes = nbytes // 4
     bvec, ivec, fvec = _vec(_I8, nbytes), _vec(_I32, lanes), _vec(_F32, lanes)
     spread = _mask([k // 8 for k in range(lanes)])
@@ -654,6 +643,8 @@ def _token_matvec(rows, out, x, qs, d):
     for_rows(rows, (out, qs, d, xq, dx), O, O * I)
 
 
+# One entry kernel a path, each a line: a CPU must compile only the instructions it has, so each path's code lives
+# in its own kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python.
 @kernel(parallel=True)
 def _q8_0_token_512(out, x, qs, d):
     _token_matvec(_token_rows_512, out, x, qs, d)
