@@ -70,6 +70,14 @@ def _path(kind: str) -> str:
     return path
 
 
+def active_path(kind: str) -> str:
+    """The instruction path the ``kind`` ("q8_0" or "bf16") products run now (chosen once per process; see
+    :func:`kernel_paths`): what the one-call decoder matches its scratch to."""
+    if kind not in ("q8_0", "bf16"):
+        raise ValueError(f"kind: expected 'q8_0' or 'bf16', got {kind!r}")
+    return _path(kind)
+
+
 def kernel_paths() -> dict[str, str]:
     """{"q8_0": path, "bf16": path}: the instruction paths the quantized kernels use on this machine, chosen
     afresh (``QORUS_PORTABLE`` read again)."""

@@ -458,6 +458,14 @@ def quantize_tokens(x: np.ndarray):
     return xq, xc, dx
 
 
+def quantize_token(x: np.ndarray):
+    """(xq int8 (I,), dx float32 (I // 32,)) of one token x (I,) float32: the activations of the signed dot (no
+    corrections needed)."""
+    xq, dx = np.empty(x.shape[0], np.int8), np.empty(x.shape[0] // GROUP, np.float32)
+    _quantize_x_q8(xq, dx, x)
+    return xq, dx
+
+
 def split_bf16(x: np.ndarray):
     """(xh, xl) bf16 bits (uint16 (N, I)) of x (N, I) float32: xh = bf16(x), xl = bf16(x - xh), the activations
     of the bf16 fast path."""
@@ -634,35 +642,27 @@ def _q8_0_emu(out, x, qs, d, bias):
     for_chunks(_q8_0_rows_emu, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
 
 
-@numba.njit(inline="always")
-def _token_matvec(rows, out, x, qs, d):
-    """out (O,) = qs/d @ x (I,): x quantized (:func:`quantize_token`), then ``rows`` over threads."""
-    O, I = qs.shape[0], qs.shape[1]
-    xq, dx = np.empty(I, np.int8), np.empty(I // GROUP, np.float32)
-    _quantize_x_q8(xq, dx, x)
-    for_rows(rows, (out, qs, d, xq, dx), O, O * I)
-
-
-# One entry kernel a path, each a line: a CPU must compile only the instructions it has, so each path's code lives
-# in its own kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python.
+# One entry kernel a path: a CPU must compile only the instructions it has, so each path's code lives in its own
+# kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python. The token comes
+# quantized (quantize_token).
 @kernel(parallel=True)
-def _q8_0_token_512(out, x, qs, d):
-    _token_matvec(_token_rows_512, out, x, qs, d)
+def _q8_0_token_512(out, qs, d, xq, dx):
+    for_rows(_token_rows_512, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_vnni256(out, x, qs, d):
-    _token_matvec(_token_rows_vnni256, out, x, qs, d)
+def _q8_0_token_vnni256(out, qs, d, xq, dx):
+    for_rows(_token_rows_vnni256, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_avx2(out, x, qs, d):
-    _token_matvec(_token_rows_avx2, out, x, qs, d)
+def _q8_0_token_avx2(out, qs, d, xq, dx):
+    for_rows(_token_rows_avx2, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_emu(out, x, qs, d):
-    _token_matvec(_token_rows_emu, out, x, qs, d)
+def _q8_0_token_emu(out, qs, d, xq, dx):
+    for_rows(_token_rows_emu, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
@@ -707,7 +707,7 @@ def matvec_q8_0(out, qs, d, x, *, path=None):
 
     ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain IR:
     the same sums in the same order as :func:`linear_q8_0`'s)."""
-    _TOKEN[_require(path, "q8_0")](out, x, qs, d)
+    _TOKEN[_require(path, "q8_0")](out, qs, d, *quantize_token(x))
     return out
 
 

@@ -19,7 +19,7 @@ from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
-from qorus_jit.kernels.quant import _path as _quant_path
+from qorus_jit.kernels.quant import active_path
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.base import named_layers, structure_version
 from qorus_jit.layers.head import TiedLMHead
@@ -325,7 +325,7 @@ class _Decoder:
         self.weights = (*table, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
         widest = max(c.dim, hd, c.hidden_dim)
         if self.fmt == "q8_0":  # int8 activations: the x86 signed dot (kernels.decode's _rows); int16: portable
-            xq = np.int16 if _quant_path("q8_0") == "portable" else np.int8
+            xq = np.int16 if active_path("q8_0") == "portable" else np.int8
             self.scratch += (np.empty(widest, xq), np.empty(widest // 32, np.float32))
         else:
             self.scratch += (np.empty(widest // 2, np.float32), np.empty(widest // 2, np.float32))
