@@ -111,7 +111,7 @@ def kernel_rate(dtype: str, cols: int, rows: int = 64, calls: int = 2000) -> flo
             _repeat_rows, w16.nbytes
     else:
         qs, d = quant.quantize_q8_0(w)
-        xq = np.empty(cols, np.int16 if quant._path("q8_0") in ("portable", "avx2") else np.int8)
+        xq = np.empty(cols, np.int16 if quant.active_path("q8_0") == "portable" else np.int8)  # as the decoder
         args, fn, nbytes = (out, qs, d, xq, np.empty(cols // 32, np.float32), x), _repeat_rows, qs.nbytes + d.nbytes
     fn(10, *args)
     times = []

@@ -301,8 +301,8 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
 # One kernel per token as for float32, written once for both formats: the helpers below are numba overloads
 # that pick, at typing time from the weight's dtype, the format's code (q8_0: ``qs`` int8 with its scales;
 # bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused). q8_0 activations in int16 scratch take the portable
-# dot; in int8 scratch the signed dot of this CPU's fastest x86 path (kernels.quant_x86, picked while typing:
-# numba keys cached code by the CPU's features). Products split by rows only: q8_0's groups of 32
+# dot; in int8 scratch the signed dot of the fastest x86 path of numba's target CPU (kernels.quant_x86, picked
+# while typing: numba keys cached code by the target's features). Products split by rows only: q8_0's groups of 32
 # inputs cut across the heads' and hidden slices' columns that the float32 kernel splits by.
 
 
@@ -335,7 +335,7 @@ def _prep_impl(xa, xb, x):
 
 @overload(_rows, jit_options={"fastmath": set(FASTMATH)})
 def _rows_impl(out, w, ws, xa, xb, lo, hi):
-    if w.dtype == types.int8 and xa.dtype == types.int8:  # the x86 signed dot of this CPU's fastest path
+    if w.dtype == types.int8 and xa.dtype == types.int8:  # the x86 signed dot of the target's fastest path
         from qorus_jit.kernels.quant_x86 import TOKEN_ROWS, cpu_q8_0_path
 
         path = cpu_q8_0_path()
