@@ -91,14 +91,20 @@ def _host_features() -> set[str]:
         return set()
 
 
+def _target_features() -> set[str] | None:
+    """The features of numba's explicit target (``NUMBA_CPU_FEATURES``, e.g. with ``NUMBA_CPU_NAME=generic``),
+    or None when numba compiles for this CPU."""
+    if numba.config.CPU_FEATURES is None:
+        return None
+    return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+
+
 def _features() -> set[str]:
     """Features both the CPU and numba's target have (``NUMBA_CPU_FEATURES`` may turn some off)."""
     global _have
     if _have is None:
-        have = _host_features()
-        if numba.config.CPU_FEATURES is not None:  # an explicit target (e.g. NUMBA_CPU_NAME=generic): its list
-            have &= {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
-        _have = have
+        target = _target_features()
+        _have = _host_features() if target is None else _host_features() & target
     return _have
 
 
@@ -114,7 +120,8 @@ def available() -> dict[str, bool]:
 
 
 def best_paths() -> dict[str, str | None]:
-    """{"q8_0": "avx512-vnni" | "avx-vnni" | "avx2" | None, "bf16": "avx512-bf16" | None}: the fastest path here."""
+    """{"q8_0": "avx512-vnni" | "avx-vnni" | None, "bf16": "avx512-bf16" | None}: the fastest path here ("avx2" is
+    never the default, see ``_DEFAULT_Q8_0``)."""
     a = available()
     q8 = next((p for p in _DEFAULT_Q8_0 if a[p]), None)
     return {"q8_0": q8, "bf16": "avx512-bf16" if a["avx512-bf16"] else None}
@@ -124,10 +131,8 @@ def cpu_q8_0_path() -> str | None:
     """The fastest q8_0 path of numba's target CPU ("avx2" included, ``QORUS_PORTABLE`` aside): the signed dot that
     compiled code given int8 activations (the one-call decoder's) picks while it is typed. The target's features
     alone decide (``NUMBA_CPU_FEATURES`` if set, else this CPU's), as they key numba's cache of that code."""
-    if numba.config.CPU_FEATURES is not None:
-        target = {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
-    else:
-        target = _host_features()
+    target = _target_features()
+    target = _host_features() if target is None else target
     return next((p for p in _Q8_0_PATHS if all(f in target for f in _NEEDS[p])), None)
 
 
@@ -410,6 +415,14 @@ def _bits_of_float32(typingctx, f):
 
 
 @kernel
+def _quantized_token(x):
+    """(xq int8 (I,), dx float32 (I // 32,)) of one token x (I,), new arrays (:func:`quantize_token`)."""
+    xq, dx = np.empty(x.shape[0], np.int8), np.empty(x.shape[0] // GROUP, np.float32)
+    _quantize_x_q8(xq, dx, x)
+    return xq, dx
+
+
+@kernel
 def _quantize_tokens(x, xq, xc, dx):
     """Per token n and group g of 32: dx[n, g] = max|x| * (1/127), xq = roundf(x / dx) (0 where dx == 0), and
     xc[n, j] = -128 * (xq[n, 4j] + ... + xq[n, 4j + 3]) (the vpdpbusd offset correction); x (N, I) float32."""
@@ -461,9 +474,7 @@ def quantize_tokens(x: np.ndarray):
 def quantize_token(x: np.ndarray):
     """(xq int8 (I,), dx float32 (I // 32,)) of one token x (I,) float32: the activations of the signed dot (no
     corrections needed)."""
-    xq, dx = np.empty(x.shape[0], np.int8), np.empty(x.shape[0] // GROUP, np.float32)
-    _quantize_x_q8(xq, dx, x)
-    return xq, dx
+    return _quantized_token(x)
 
 
 def split_bf16(x: np.ndarray):
@@ -643,25 +654,28 @@ def _q8_0_emu(out, x, qs, d, bias):
 
 
 # One entry kernel a path: a CPU must compile only the instructions it has, so each path's code lives in its own
-# kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python. The token comes
-# quantized (quantize_token).
+# kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python.
 @kernel(parallel=True)
-def _q8_0_token_512(out, qs, d, xq, dx):
+def _q8_0_token_512(out, x, qs, d):
+    xq, dx = _quantized_token(x)
     for_rows(_token_rows_512, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_vnni256(out, qs, d, xq, dx):
+def _q8_0_token_vnni256(out, x, qs, d):
+    xq, dx = _quantized_token(x)
     for_rows(_token_rows_vnni256, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_avx2(out, qs, d, xq, dx):
+def _q8_0_token_avx2(out, x, qs, d):
+    xq, dx = _quantized_token(x)
     for_rows(_token_rows_avx2, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_emu(out, qs, d, xq, dx):
+def _q8_0_token_emu(out, x, qs, d):
+    xq, dx = _quantized_token(x)
     for_rows(_token_rows_emu, (out, qs, d, xq, dx), qs.shape[0], qs.size)
 
 
@@ -707,7 +721,7 @@ def matvec_q8_0(out, qs, d, x, *, path=None):
 
     ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain IR:
     the same sums in the same order as :func:`linear_q8_0`'s)."""
-    _TOKEN[_require(path, "q8_0")](out, qs, d, *quantize_token(x))
+    _TOKEN[_require(path, "q8_0")](out, x, qs, d)
     return out
 
 
