@@ -179,3 +179,48 @@ def test_whole_model_decode_rejects_bad_ids_and_positions():
         state.advance(1)
     with pytest.raises(ValueError, match="position 2"):
         model.forward_decode(np.array([[3]]), state=state)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "biases", "gpt2"])
+def test_decode_one_equals_forward_decode(kind):
+    """``decode_one`` (the generation loop's step) gives forward_decode's logits and advances the state: on the
+    one-call decoder (fp32, int8) and node by node (a Llama with biases, GPT-2)."""
+    from qorus_jit.models import GPT2, GPT2Config
+    from qorus_jit.models.quantize import quantize_model
+
+    if kind == "gpt2":
+        model = GPT2(GPT2Config(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=16), rng=1)
+    elif kind == "biases":
+        model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=61,
+                                  max_seq_len=16, attention_bias=True, mlp_bias=True), rng=1)
+    else:
+        model = _llama(2, hidden=64, tie=True)
+        if kind == "int8":
+            model = quantize_model(model, "int8")
+    one, ref = DecodeState(1, 16), DecodeState(1, 16)
+    tok = 5
+    for t in range(10):
+        got = model.decode_one(tok, one).copy()
+        want = model.forward_decode(np.array([[tok]]), state=ref)[0, -1].copy()
+        ref.advance(1)
+        assert one.pos == t + 1
+        np.testing.assert_array_equal(got, want, err_msg=f"position {t}")
+        tok = int(np.argmax(got))
+    assert (getattr(model, "_decoder", None) is not None) == (kind in ("fp32", "int8"))
+
+
+def test_decode_one_rejects_bad_tokens_and_states():
+    model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=48, vocab_size=61, max_seq_len=16), rng=1)
+    state = DecodeState(1, 2)
+    for bad in (61, -1, True, 2.0, "3", None):
+        with pytest.raises(ValueError, match=r"tok: expected a token id, an int in \[0, 61\)"):
+            model.decode_one(bad, state)
+    with pytest.raises(TypeError, match="state: expected a DecodeState"):
+        model.decode_one(3, None)
+    with pytest.raises(ValueError, match="state: expected a DecodeState of batch 1, got batch 2"):
+        model.decode_one(3, DecodeState(2, 4))
+    model.decode_one(np.int64(3), state)
+    model.decode_one(4, state)
+    assert state.pos == 2
+    with pytest.raises(ValueError, match="state: position 2 is past"):
+        model.decode_one(3, state)

@@ -14,6 +14,7 @@ and ``top_p`` (nucleus), drawn with ``numpy.random.default_rng(seed)``: the same
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Set
 from contextlib import nullcontext
@@ -124,11 +125,19 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     softmax of ``logits / temperature`` (one ``rng.random()`` per call). Logits are shifted to a maximum of 0
     before the division, so a temperature small enough to overflow it sends every token below the maximum
     to probability 0: the limit, greedy. Non-finite logits (see :func:`check_logits`) raise a ValueError."""
-    temperature = _temperature(temperature)
+    return _sample(logits, rng, _temperature(temperature), top_k, top_p)
+
+
+def _sample(logits, rng, temperature: float, top_k, top_p, where: str = "logits") -> int:
+    """:func:`sample` with ``temperature`` checked; a ValueError for non-finite logits names ``where``."""
+    if temperature == 0:  # the argmax of float32 logits is that of their float64 values: no copy
+        logits = np.asarray(logits)
+        i = int(logits.argmax())  # the first NaN, if any
+        if not math.isfinite(logits[i]):
+            check_logits(logits, where)
+        return i
     x = np.asarray(logits, np.float64)
-    check_logits(x)
-    if temperature == 0:
-        return int(np.argmax(x))
+    check_logits(x, where)
     with np.errstate(over="ignore"):  # (x - max) / tiny overflows to -inf: probability 0, as it should be
         x = (x - x.max()) / temperature
     x = filter_logits(x, top_k, top_p)
@@ -212,6 +221,7 @@ class Generation(Iterator[int]):
         if ids.size > limit:
             raise ValueError(f"prompt: {ids.size} tokens exceed the model's context of {limit} positions")
         self.model, self.prompt = model, ids
+        self._one = getattr(model, "decode_one", None)  # models.Architecture's; other graphs: forward_decode
         self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens, as_set=True).tolist())
         self.limit = limit
         self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + self.max_new_tokens))
@@ -261,14 +271,16 @@ class Generation(Iterator[int]):
             self.state = DecodeState(batch=1, max_seq_len=self.limit)
             self.slides += 1
             logits = self._logits(seq[-max(1, self.limit // 2):])
+        elif self._one is not None:  # the model's one-token step: no array checks between two tokens
+            logits = self._one(self.tokens[-1], self.state)[:self.vocab_limit]
         else:
             logits = self._logits(np.asarray([self.tokens[-1]], np.int64))
         try:
-            check_logits(logits, f"new token {len(self.tokens) + 1} (position {self.state.pos})")
+            tok = _sample(logits, self.rng, self.temperature, self.top_k, self.top_p,
+                          f"new token {len(self.tokens) + 1} (position {self.state.pos})")
         except ValueError:
             self.finish_reason = "error"
             raise
-        tok = sample(logits, self.rng, self.temperature, self.top_k, self.top_p)
         if self.state.pos > self.prompt.size:
             self.decode_seconds += time.perf_counter() - t0
         self.tokens.append(tok)
@@ -347,8 +359,7 @@ def sample_tokens(model, ids, n: int, max_len: int, temperature: float, rng,
     for step in range(n):
         window = np.asarray(seq[-max_len:], np.int64)[None]
         logits = model.forward(window)[0, -1, :limit]
-        check_logits(logits, f"new token {step + 1} (position {len(seq)})")
-        tok = sample(logits, rng, temperature)
+        tok = _sample(logits, rng, temperature, None, None, f"new token {step + 1} (position {len(seq)})")
         seq.append(tok)
         out.append(tok)
     return np.asarray(out, np.int64)

@@ -262,6 +262,28 @@ class Architecture(Graph):
         """:meth:`Graph.forward_decode` of ``ids (B, T)`` at positions ``state.pos ..``, checked first."""
         return super().forward_decode(self._check_decode(ids, state), state=state, last_only=last_only)
 
+    def decode_one(self, tok: int, state: DecodeState) -> np.ndarray:
+        """The logits ``(vocab_size,)`` of one new token ``tok`` at ``state.pos`` of a batch-1 ``state``, which is
+        then advanced by one: the step of a generation loop. Checked with integer comparisons only, so that the
+        Python between two tokens stays short; the array returned may be a buffer that the next call overwrites."""
+        self._check_one(tok, state)
+        out = Graph.forward_decode(self, np.full((1, 1), tok, np.int64), state=state, last_only=True)
+        state.pos += 1
+        return out[0, -1]
+
+    def _check_one(self, tok, state) -> None:
+        """``tok`` and ``state`` of :meth:`decode_one`, as :meth:`_check_decode` checks ``ids (1, 1)``."""
+        if type(state) is not DecodeState and not isinstance(state, DecodeState):
+            raise TypeError(f"state: expected a DecodeState, got {type(state).__name__}")
+        V = self.config.vocab_size
+        if not isinstance(tok, (int, np.integer)) or isinstance(tok, bool) or not 0 <= tok < V:
+            raise ValueError(f"tok: expected a token id, an int in [0, {V}), got {tok!r}")
+        if state.batch != 1:
+            raise ValueError(f"state: expected a DecodeState of batch 1, got batch {state.batch}")
+        if state.pos >= self.config.max_seq_len or state.pos >= state.max_seq_len:
+            raise ValueError(f"state: position {state.pos} is past the model's max_seq_len = {self.config.max_seq_len} "
+                             f"or the DecodeState's = {state.max_seq_len}")
+
     def backward(self, dy):
         """Accumulates the gradient of every parameter not frozen from ``dy`` (the output's shape); the inputs
         are integers, so nothing is returned."""

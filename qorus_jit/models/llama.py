@@ -225,8 +225,17 @@ class Llama(Architecture):
         adapters; anything else runs node by node."""
         ids = self._check_decode(ids, state)
         if ids.shape == (1, 1) and self._decode_plan() is not None:
-            return self._decode_token(int(ids[0, 0]), state)
+            return self._decode_token(int(ids[0, 0]), state).reshape(1, 1, -1)
         return super().forward_decode(ids, state=state, last_only=last_only)
+
+    def decode_one(self, tok: int, state: DecodeState) -> np.ndarray:
+        """:meth:`Architecture.decode_one`: the one-call decoder of :meth:`forward_decode` where it applies."""
+        self._check_one(tok, state)
+        if self._decode_plan() is None:
+            return super().decode_one(tok, state)
+        logits = self._decode_token(int(tok), state)
+        state.pos += 1
+        return logits
 
     def _decode_plan(self) -> str | None:
         """The weights the one-call decoder reads ("fp32", "bf16", "q8_0"), or None (node by node): found by
@@ -249,20 +258,21 @@ class Llama(Architecture):
         return None
 
     def _decode_token(self, tok: int, state: DecodeState) -> np.ndarray:
-        caches = [state.cache_for(b.self_attn) for b in self._blocks]
+        """The logits ``(vocab_size,)`` of ``tok`` at ``state.pos`` by the one-call decoder (made once per state)."""
+        d = self._decoder
+        if d is None or d.state is not state or d.plan != self._plan:
+            d = self._decoder = _Decoder(self, state, self._plan)
         pos = state.pos
-        for cache in caches:
+        for cache in d.caches:
             if cache.length != pos:
                 raise ValueError(f"state: a cache holds {cache.length} positions, expected state.pos = {pos}")
-        if pos >= caches[0].max_seq_len or pos >= self.config.max_seq_len:
-            raise ValueError(f"ids: position {pos} is past the cache ({caches[0].max_seq_len}) or max_seq_len "
+        if pos >= d.caches[0].max_seq_len or pos >= self.config.max_seq_len:
+            raise ValueError(f"ids: position {pos} is past the cache ({d.caches[0].max_seq_len}) or max_seq_len "
                              f"({self.config.max_seq_len})")
-        if self._decoder is None or self._decoder.caches[0] is not caches[0] or self._decoder.plan != self._plan:
-            self._decoder = _Decoder(self, caches, self._plan)
-        logits = self._decoder.step(tok, pos)
-        for cache in caches:
+        logits = d.step(tok, pos)
+        for cache in d.caches:
             cache.length = pos + 1
-        return logits.reshape(1, 1, -1)
+        return logits
 
 
 def decode_split(n_kv_heads: int) -> tuple[bool, int]:
@@ -279,9 +289,10 @@ class _Decoder:
     through the whole model in one kernel call. ``plan``: the model's (structure_version, weights) it was
     made for."""
 
-    def __init__(self, model: Llama, caches, plan):
+    def __init__(self, model: Llama, state: DecodeState, plan):
         c, p, b = model.config, model.parameters(), model.buffer
-        self.caches, self.plan, self.fmt = caches, plan, plan[1]
+        caches = [state.cache_for(blk.self_attn) for blk in model._blocks]
+        self.state, self.caches, self.plan, self.fmt = state, caches, plan, plan[1]
         self.n_kv_heads = c.n_kv_heads
         layers = [f"model.layers.{i}." for i in range(c.n_layers)]
 
