@@ -105,9 +105,9 @@ def kernel_rate(dtype: str, cols: int, rows: int = 64, calls: int = 2000) -> flo
     if dtype == "fp32":
         args, fn, nbytes = (out, w, x), _repeat_rows_f32, w.nbytes
     elif dtype == "bf16":
-        w16 = quant.quantize_bf16(w)
-        half = np.empty(cols // 2, np.float32)
-        args, fn, nbytes = (out, w16.view(np.uint32), np.zeros((1, 1), np.float32), half, half.copy(), x), \
+        w16 = quant.quantize_bf16(w)  # scratch as the decoder's: bf16 bits where it runs vdpbf16ps, else x's halves
+        xa = np.empty(cols // 2, np.float32) if quant.active_path("bf16") == "portable" else np.empty(cols, np.uint16)
+        args, fn, nbytes = (out, w16.view(np.uint32), np.zeros((1, 1), np.float32), xa, xa.copy(), x), \
             _repeat_rows, w16.nbytes
     else:
         qs, d = quant.quantize_q8_0(w)

@@ -122,13 +122,13 @@ def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_he
 @pytest.mark.parametrize("threads", [1, 2])
 def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads):
     """int8 activations: the one-call decoder takes the signed dot of this CPU's fastest x86 path
-    (``quant_x86.cpu_q8_0_path``: "avx2" at least on an x86-64 CPU with AVX2; the default path elsewhere only
+    (``quant_x86.cpu_path("q8_0")``: "avx2" at least on an x86-64 CPU with AVX2; the default path elsewhere only
     where VNNI runs) and equals the layers one by one on the same path (their matvec, tested against NumPy in
     test_quant_x86.py)."""
     from qorus_jit.kernels import quant, quant_x86
     from qorus_jit.models.quantize import quantize_model
 
-    path = quant_x86.cpu_q8_0_path()
+    path = quant_x86.cpu_path("q8_0")
     if path is None or not quant_x86.available()[path]:
         pytest.skip("no x86 q8_0 path on this CPU (or QORUS_PORTABLE is set)")
     monkeypatch.setitem(quant._PATHS, "q8_0", path)
@@ -224,3 +224,51 @@ def test_decode_one_rejects_bad_tokens_and_states():
     assert state.pos == 2
     with pytest.raises(ValueError, match="state: position 2 is past"):
         model.decode_one(3, state)
+
+
+_BF16_DECODER = r"""
+import json, numpy as np
+from qorus_jit.kernels import quant, quant_x86
+real = quant_x86.cpu_path
+quant_x86.cpu_path = lambda kind: "emulate" if kind == "bf16" else real(kind)  # (this process's own kernel cache)
+from qorus_jit.layers import DecodeState
+from qorus_jit.models import Llama, LlamaConfig
+from qorus_jit.models.quantize import quantize_model
+cfg = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=97, max_seq_len=16)
+model = quantize_model(Llama(cfg, rng=1), "bf16")
+def run():
+    state, tok, out = DecodeState(1, 16), 5, []
+    for _ in range(8):
+        logits = model.decode_one(tok, state)
+        out.append(logits.tolist())
+        tok = int(logits.argmax())
+    return out, str(model._decoder.scratch[-1].dtype)
+portable = run()
+quant._PATHS["bf16"] = "avx512-bf16"  # the decoder gets bf16-bit scratch: the vdpbf16ps rows, emulated here
+print(json.dumps({"portable": portable, "x86": run()}))
+"""
+
+
+def test_bf16_decode_on_the_vdpbf16ps_rows(tmp_path):
+    """bf16 weights with the activations as two bf16 numbers (the scratch a CPU with AVX512_BF16 gets): the one-call
+    decoder runs quant_x86's vdpbf16ps rows (their loop with the instruction emulated in plain IR, so on every CPU;
+    the instruction itself is checked in test_quant_x86.py) and gives the portable decoder's logits to the split's
+    2^-16. In a fresh process with its own kernel cache, so that the emulated code is never cached as the real one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("QORUS_PORTABLE", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _BF16_DECODER], env=env, capture_output=True, text=True, timeout=900,
+                       cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    (port, port_dtype), (fast, fast_dtype) = res["portable"], res["x86"]
+    assert (port_dtype, fast_dtype) == ("float32", "uint16")
+    port, fast = np.array(port), np.array(fast)
+    np.testing.assert_allclose(fast, port, rtol=0, atol=1e-4 * np.abs(port).max())
+    assert np.array_equal(fast.argmax(axis=1), port.argmax(axis=1))
+    assert np.abs(fast - port).max() > 0  # the split activations, not the portable dot, ran

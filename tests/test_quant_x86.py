@@ -123,7 +123,7 @@ import json, sys, numpy as np, numba
 from numba import types
 from qorus_jit.kernels import quant_x86 as Q
 fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512,
-        Q._token_rows_512, Q._token_rows_vnni256, Q._token_rows_avx2]
+        Q._token_rows_512, Q._token_rows_vnni256, Q._token_rows_avx2, Q._bf16_token_rows_512]
 assert all(not k.signatures for k in fast), "a fast kernel compiled at import"
 O, I, N = 8, 96, 2
 out, bias, x = np.zeros((N, O), np.float32), np.zeros(O, np.float32), np.zeros((N, I), np.float32)
@@ -134,18 +134,24 @@ tok = (out[0], q8[0], q8[1], q8[2][0], q8[4][0], 0, 0)  # one token: the signed 
 kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
                               (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
                               (Q._q8_0_512, (out, x) + q8[:2] + (bias,)), (Q._bf16_512, (out, x) + bf[:1] + (bias,)),
-                              (Q._token_rows_512, tok)],
+                              (Q._token_rows_512, tok),
+                              (Q._bf16_token_rows_512, (out[0], bf[0], bf[1][0], bf[2][0], 0, 0))],
            "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,)),
                          (Q._token_rows_vnni256, tok), (Q._token_rows_avx2, tok)]}
-# the decoder's products given int8 activations: the signed dot of the target's fastest path, picked while typed
+# the decoder's products given int8 activations (bf16 bits): the dot of the target's fastest path, picked while typed
 from qorus_jit.kernels.decode import _add_product
 dec = (np.zeros(O, np.float32), np.zeros(O, np.float32), q8[0], q8[1], np.zeros(I, np.int8), np.zeros(3, np.float32))
 kernels[sys.argv[1]].append((_add_product, dec))
+if sys.argv[1] == "sapphirerapids":
+    dec16 = (np.zeros(O, np.float32), np.zeros(O, np.float32), bf[0].view(np.uint32), np.zeros((1, 1), np.float32),
+             np.zeros(I, np.uint16), np.zeros(I, np.uint16))
+    kernels[sys.argv[1]].append((_add_product, dec16))
 asm = {}
 for k, args in kernels[sys.argv[1]]:
     sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
     k.compile(sig)  # compiled for the target CPU, never called
-    asm[k.__name__] = k.inspect_asm(sig)
+    name = k.__name__ + ("_bf16" if args[2].dtype == np.uint32 else "")  # the decoder's products of either format
+    asm[name] = k.inspect_asm(sig)
 print(json.dumps({"asm": asm, "available": Q.available()}))
 """
 
@@ -168,13 +174,14 @@ def test_kernels_compile_for_sapphire_rapids(tmp_path):
         assert re.search(r"vpxor[dq]?\s+[^\n]*%zmm\d+, %zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+",
                          asm), name
         assert "vcvtdq2ps" in asm and re.search(r"vfmadd\d+ps\s+%zmm", asm), name
-    for name in ("_bf16_rows_512", "_bf16_512"):
+    for name in ("_bf16_rows_512", "_bf16_512", "_bf16_token_rows_512"):
         assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"][name]), name
     # decoding's signed dot: |w| (vpabsb) is the first (unsigned) source, x with w's sign (a masked vpsubb) the other
     asm = res["asm"]["_token_rows_512"]
     assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), asm
     assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm
     assert re.search(r"vpdpbusd\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product"])  # the decoder's products
+    assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product_bf16"])  # bf16 too
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
     for path in ("avx512-vnni", "avx512-bf16"):  # the host decides what runs, whatever the target
         assert res["available"][path] == all(f in host for f in Q._NEEDS[path])
@@ -342,6 +349,11 @@ def test_emulated_bf16_kernel(O, I, N):
     one = np.full(O, np.nan, np.float32)
     Q.matvec_bf16(one, w16, x[0], path="emulate")
     _close(one, ref[0] - bias, mag[0])
+    # the one-token rows of the one-call decoder: the same sums in the same order
+    xh, xl = Q.split_bf16(x[:1])
+    tok = np.full(O, np.nan, np.float32)
+    Q.TOKEN_ROWS_BF16["emulate"](tok, w16, xh[0], xl[0], 0, O)
+    np.testing.assert_array_equal(tok, one)
 
 
 @pytest.mark.parametrize("O,I", [(40, 288), (24, 512)])

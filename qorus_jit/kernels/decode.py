@@ -22,8 +22,10 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from qorus_jit.core.numerics import FASTMATH, kernel
+from qorus_jit.kernels import quant_x86
 from qorus_jit.kernels._math import exp
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
+from qorus_jit.kernels.quant_x86 import _split_bf16
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
 
@@ -300,15 +302,17 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
 #
 # One kernel per token as for float32, written once for both formats: the helpers below are numba overloads
 # that pick, at typing time from the weight's dtype, the format's code (q8_0: ``qs`` int8 with its scales;
-# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused). q8_0 activations in int16 scratch take the portable
-# dot; in int8 scratch the signed dot of the fastest x86 path of numba's target CPU (kernels.quant_x86, picked
-# while typing: numba keys cached code by the target's features). Products split by rows only: q8_0's groups of 32
+# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused), and from the scratch's dtype the dot: q8_0 activations in
+# int16 scratch and bf16 ones in float32 scratch take the portable dots; int8 scratch (q8_0) or uint16 scratch
+# (bf16 bits) the dot of the fastest x86 path of numba's target CPU (kernels.quant_x86.cpu_path, picked while
+# typing: numba keys cached code by the target's features). Products split by rows only: q8_0's groups of 32
 # inputs cut across the heads' and hidden slices' columns that the float32 kernel splits by.
 
 
 def _prep(xa, xb, x):
-    """x (I,) made ready for ``_rows``: q8_0 quantizes it per group (xa int16 (>= I,), xb (>= I/32,));
-    bf16 splits its even and odd elements (xa, xb float32 (>= I/2,))."""
+    """x (I,) made ready for ``_rows``: q8_0 quantizes it per group (xa int16 or int8 (>= I,), xb (>= I/32,));
+    bf16 splits its even and odd elements (xa, xb float32 (>= I/2,)) or, in uint16 scratch, x into two bf16
+    numbers xa + xb (>= I,) for ``vdpbf16ps``."""
 
 
 def _rows(out, w, ws, xa, xb, lo, hi):
@@ -326,6 +330,11 @@ def _prep_impl(xa, xb, x):
         def q8_0(xa, xb, x):
             _quantize_x_q8(xa[:x.shape[0]], xb[:x.shape[0] // GROUP], x)
         return q8_0
+    if xa.dtype == types.uint16:
+        def bf16_x86(xa, xb, x):
+            n = x.shape[0]
+            _split_bf16(x.reshape(1, n), xa[:n].reshape(1, n), xb[:n].reshape(1, n))
+        return bf16_x86
 
     def bf16(xa, xb, x):
         n = x.shape[0] // 2
@@ -336,16 +345,24 @@ def _prep_impl(xa, xb, x):
 @overload(_rows, jit_options={"fastmath": set(FASTMATH)})
 def _rows_impl(out, w, ws, xa, xb, lo, hi):
     if w.dtype == types.int8 and xa.dtype == types.int8:  # the x86 signed dot of the target's fastest path
-        from qorus_jit.kernels.quant_x86 import TOKEN_ROWS, cpu_q8_0_path
-
-        path = cpu_q8_0_path()
+        path = quant_x86.cpu_path("q8_0")
         if path is None:
             raise TypingError("_rows: int8 activations need an x86 q8_0 path this CPU lacks (give int16 scratch)")
-        rows = TOKEN_ROWS[path]
+        rows = quant_x86.TOKEN_ROWS[path]
 
         def q8_0_x86(out, w, ws, xa, xb, lo, hi):
             rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)
         return q8_0_x86
+    if w.dtype == types.uint32 and xa.dtype == types.uint16:  # bf16 bits: vdpbf16ps where the target has it
+        path = quant_x86.cpu_path("bf16")
+        if path is None:
+            raise TypingError("_rows: bf16 activations need AVX512_BF16, which this CPU lacks (give float32 scratch)")
+        rows16 = quant_x86.TOKEN_ROWS_BF16[path]
+
+        def bf16_x86(out, w, ws, xa, xb, lo, hi):
+            w16 = w.view(np.uint16)
+            rows16(out, w16, xa[:w16.shape[1]], xb[:w16.shape[1]], lo, hi)
+        return bf16_x86
     if w.dtype == types.int8:
         def q8_0(out, w, ws, xa, xb, lo, hi):
             _matvec_q8_0_rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)

@@ -127,13 +127,15 @@ def best_paths() -> dict[str, str | None]:
     return {"q8_0": q8, "bf16": "avx512-bf16" if a["avx512-bf16"] else None}
 
 
-def cpu_q8_0_path() -> str | None:
-    """The fastest q8_0 path of numba's target CPU ("avx2" included, ``QORUS_PORTABLE`` aside): the signed dot that
-    compiled code given int8 activations (the one-call decoder's) picks while it is typed. The target's features
-    alone decide (``NUMBA_CPU_FEATURES`` if set, else this CPU's), as they key numba's cache of that code."""
+def cpu_path(kind: str) -> str | None:
+    """The fastest ``kind`` ("q8_0" or "bf16") path of numba's target CPU (for q8_0 "avx2" included;
+    ``QORUS_PORTABLE`` aside): the dot that compiled code given the x86 activations (the one-call decoder's: int8
+    for q8_0, bf16 bits for bf16) picks while it is typed. The target's features alone decide
+    (``NUMBA_CPU_FEATURES`` if set, else this CPU's), as they key numba's cache of that code."""
     target = _target_features()
     target = _host_features() if target is None else target
-    return next((p for p in _Q8_0_PATHS if all(f in target for f in _NEEDS[p])), None)
+    paths = _Q8_0_PATHS if kind == "q8_0" else ("avx512-bf16",)
+    return next((p for p in paths if all(f in target for f in _NEEDS[p])), None)
 
 
 def _require(path: str, kind: str) -> str:
@@ -600,6 +602,40 @@ def _token_rows_emu(out, qs, d, xq, dx, lo, hi):
 #: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, lo, hi)``.
 TOKEN_ROWS = {"avx512-vnni": _token_rows_512, "avx-vnni": _token_rows_vnni256, "avx2": _token_rows_avx2,
               "emulate": _token_rows_emu}
+
+
+def _bf16_token_rows(out, w16, xh, xl, lo, hi, path):
+    """out[o] = w16 row o . one token (xh + xl: bf16 bits (I,), as :func:`split_bf16` makes them) for
+    lo <= o < hi, by ``vdpbf16ps`` on ``path`` ("avx512-bf16" or "emulate", a constant string)."""
+
+
+@overload(_bf16_token_rows, jit_options={"fastmath": set(FASTMATH)})
+def _bf16_token_rows_impl(out, w16, xh, xl, lo, hi, path):
+    if not isinstance(path, types.StringLiteral):
+        raise TypingError("_bf16_token_rows: path must be a constant string")
+    dot = {"avx512-bf16": _dot_bf16_512, "emulate": _dot_bf16_emu}[path.literal_value]
+
+    def rows(out, w16, xh, xl, lo, hi, path):
+        I = w16.shape[1]
+        steps = I // 32
+        h, lw = xh.reshape(1, I), xl.reshape(1, I)  # the token as a batch of one, as the tail takes it
+        for o in range(lo, hi):
+            out[o] = dot(w16, o * I, xh, xl, 0, steps) + _bf16_tail(w16, h, lw, o, 0, 32 * steps)
+    return rows
+
+
+@kernel
+def _bf16_token_rows_512(out, w16, xh, xl, lo, hi):
+    _bf16_token_rows(out, w16, xh, xl, lo, hi, "avx512-bf16")
+
+
+@kernel
+def _bf16_token_rows_emu(out, w16, xh, xl, lo, hi):
+    _bf16_token_rows(out, w16, xh, xl, lo, hi, "emulate")
+
+
+#: The serial row kernel of one token of each bf16 path: ``rows(out, w16, xh, xl, lo, hi)``.
+TOKEN_ROWS_BF16 = {"avx512-bf16": _bf16_token_rows_512, "emulate": _bf16_token_rows_emu}
 
 
 @kernel

@@ -335,11 +335,14 @@ class _Decoder:
         table = weight(q["lm_head"]) if embed is None else (embed, _NO_SCALES)
         self.weights = (*table, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
         widest = max(c.dim, hd, c.hidden_dim)
-        if self.fmt == "q8_0":  # int8 activations: the x86 signed dot (kernels.decode's _rows); int16: portable
-            xq = np.int16 if active_path("q8_0") == "portable" else np.int8
-            self.scratch += (np.empty(widest, xq), np.empty(widest // 32, np.float32))
-        else:
+        # the scratch's dtype picks the dot (kernels.decode's _rows): the x86 one of the path the products run
+        portable = active_path(self.fmt) == "portable"
+        if self.fmt == "q8_0":  # int8 activations: the x86 signed dot; int16: portable
+            self.scratch += (np.empty(widest, np.int16 if portable else np.int8), np.empty(widest // 32, np.float32))
+        elif portable:  # x's even and odd elements
             self.scratch += (np.empty(widest // 2, np.float32), np.empty(widest // 2, np.float32))
+        else:  # x as two bf16 numbers, for vdpbf16ps
+            self.scratch += (np.empty(widest, np.uint16), np.empty(widest, np.uint16))
         self.final = (*final, *weight(q["lm_head"]))
 
     def step(self, tok: int, pos: int) -> np.ndarray:
