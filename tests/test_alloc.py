@@ -1,5 +1,8 @@
 """Kernel-facing arrays: aligned, padded, and never touching one another (see qorus_jit/core/alloc.py)."""
 
+import mmap
+import os
+
 import numpy as np
 import pytest
 
@@ -50,3 +53,44 @@ def test_check_fits_names_the_sizes():
     if have:  # one element more than this machine's memory holds
         with pytest.raises(ValueError, match=r"^dim=\d+: .*GiB of memory here"):
             _alloc.check_fits("parameters", have // 4 + 1, dim=have // 4 + 1)
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """The VmFlags of the mapping of /proc/self/smaps that holds ``addr``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def test_weights_are_zeros_one_after_another_apart_and_aligned():
+    from qorus_jit.core import alloc
+
+    arrays = [alloc.weights(shape, dt) for shape, dt in [((300, 288), np.float32), ((7,), np.int8),
+                                                          ((64, 9), np.uint16), ((1000, 1000), np.float32)]]
+    for a in arrays:
+        assert a.flags.c_contiguous and a.ctypes.data % alloc.ALIGN == 0 and not a.any()
+        a[...] = 1  # writable, and each its own memory
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start - end >= alloc.PAD
+    assert all(a.all() for a in arrays)
+    big = alloc.weights((3000, 3000), np.float32)  # more than a quarter of a map: a map of its own
+    assert big.ctypes.data % alloc.HUGE == 0 and big.shape == (3000, 3000) and not big.any()
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"),
+                    reason="no madvise(MADV_HUGEPAGE) or no /proc/self/smaps here")
+def test_weights_maps_are_advised_for_huge_pages():
+    """The layers' parameters (matrices; small vectors stay on the heap) lie in maps advised for transparent huge
+    pages ('hg' in their VmFlags): what makes decoding stream them faster (docs/design.md)."""
+    from qorus_jit.layers import Linear
+
+    layer = Linear(288, 768, rng=0)
+    assert "hg" in _vm_flags(layer.parameters()["weight"].ctypes.data)

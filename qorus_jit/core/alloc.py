@@ -9,12 +9,19 @@ often touch (glibc's heap puts 16 bytes between them), and then the kernel silen
 Layers, the optimizer and the losses allocate their parameters, gradients, state and buffers here, so any
 two of them are at least :data:`PAD` bytes apart. Arrays a user passes in may still touch; only speed is
 at stake, never results.
+
+A model's parameters come from :func:`weights`: one after another, in the order the layers make them, in memory
+maps advised for transparent huge pages. Decoding reads every weight once a token, and on the AMD EPYC a matrix
+of a few hundred KB streamed from memory 8-28% faster on 2 MB pages than on the heap's 4 KB ones (fewer TLB
+misses, prefetchers not stopped at every page; docs/design.md, "Weights on huge pages").
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
+import threading
 
 import numpy as np
 
@@ -53,6 +60,46 @@ def copy(value, dtype=DTYPE) -> np.ndarray:
     out = empty(value.shape, dtype)
     out[...] = value
     return out
+
+
+HUGE = 2 << 20  # bytes of a transparent huge page (x86-64, and the usual arm64 one)
+_CHUNK = 32 << 20  # bytes of each memory map that :func:`weights` carves arrays from
+_arena = {"buf": None, "off": 0}
+_arena_lock = threading.Lock()
+
+
+def _huge_map(nbytes: int) -> np.ndarray:
+    """``nbytes`` of zeros (uint8) from a 2 MB boundary of a private anonymous memory map advised for transparent
+    huge pages where the system offers them (Linux's ``madvise`` mode); pages become resident when written. The
+    array keeps the map alive."""
+    buf = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: plain pages
+            pass
+    raw = np.frombuffer(buf, np.uint8)
+    start = -raw.ctypes.data % HUGE
+    return raw[start:start + nbytes]
+
+
+def weights(shape, dtype=DTYPE) -> np.ndarray:
+    """Zeros of ``shape`` for weights that live as long as their model: 64-byte aligned with :data:`PAD` bytes
+    spare, carved one after another from 32 MB memory maps on huge pages (:func:`_huge_map`; a larger array gets
+    its own). Pages take memory only when written; a map is released when every array carved from it is gone."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    need = (nbytes + PAD + ALIGN - 1) // ALIGN * ALIGN
+    if need > _CHUNK // 4:
+        raw = _huge_map(need)
+    else:
+        with _arena_lock:
+            if _arena["buf"] is None or _arena["off"] + need > _CHUNK:
+                _arena["buf"], _arena["off"] = _huge_map(_CHUNK), 0
+            raw = _arena["buf"][_arena["off"]:_arena["off"] + need]
+            _arena["off"] += need
+    return raw[:nbytes].view(dtype).reshape(shape)
 
 
 def memory_bytes() -> int:

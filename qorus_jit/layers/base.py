@@ -113,10 +113,13 @@ class Layer:
         if decay is not None and not isinstance(decay, bool):
             raise TypeError(f"decay: expected True, False or None, got {decay!r}")
         value = _real_array(f"value of {name}", value)
-        if value.size and not any(value.strides) and value.flat[0] == 0:  # a broadcast zero (rng=UNFILLED)
-            arr = lazy_zeros(value.shape, DTYPE)  # pages taken only when written
-        else:
+        unfilled = value.size and not any(value.strides) and value.flat[0] == 0  # a broadcast zero (rng=UNFILLED)
+        if value.size * 4 < LAZY_BYTES:  # norms, biases: on the heap (one written would make a huge page resident)
             arr = _alloc.copy(value, DTYPE)
+        else:
+            arr = _alloc.weights(value.shape, DTYPE)  # zeros whose pages are taken only when written
+            if not unfilled:
+                arr[...] = value
         self._params[name] = arr
         self._grads[name] = lazy_zeros(arr.shape)
         if decay if decay is not None else decays_by_default(arr):

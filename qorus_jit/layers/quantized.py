@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_choice, check_index
 from qorus_jit.kernels import quant as _quant
 from qorus_jit.kernels import trusted as K
-from qorus_jit.layers.base import Layer, check_input, named_layers, replace_child
+from qorus_jit.layers.base import LAZY_BYTES, Layer, check_input, named_layers, replace_child
 
 #: The ``dtype`` names the user gives (``load_pretrained``, ``qorus generate --dtype``) -> weight format
 #: (None: plain float32 layers).
@@ -257,7 +258,11 @@ def _matrix(name: str, value, dtype) -> np.ndarray:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {value.dtype}")
     if value.ndim != 2 or 0 in value.shape:
         raise ValueError(f"{name}: expected a non-empty matrix (out, in), got shape {value.shape}")
-    return np.ascontiguousarray(value)
+    if value.nbytes < LAZY_BYTES:
+        return np.ascontiguousarray(value)
+    out = _alloc.weights(value.shape, dtype)  # on huge pages with the other weights, as decoding streams them
+    out[...] = value
+    return out
 
 
 def quantized_layers(model: Layer) -> dict[str, QuantizedLinear]:
