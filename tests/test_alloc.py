@@ -94,3 +94,36 @@ def test_weights_maps_are_advised_for_huge_pages():
 
     layer = Linear(288, 768, rng=0)
     assert "hg" in _vm_flags(layer.parameters()["weight"].ctypes.data)
+
+
+def test_quantized_weights_live_in_weights_memory_without_a_second_copy(tmp_path):
+    """Quantizing and loading a quantized folder put the int8 / bf16 weights in alloc.weights memory, read there
+    directly (the layer keeps the array it is given when it already lies there, and copies any other)."""
+    from qorus_jit.core import alloc
+    from qorus_jit.layers.quantized import QuantizedLinear, quantized_layers
+    from qorus_jit.models import Llama, LlamaConfig, load_pretrained
+    from qorus_jit.models.quantize import quantize_model, save_quantized
+
+    assert not alloc.in_weights(np.zeros((8192, 64), np.int8))
+    w = alloc.weights((8192, 64), np.int8)
+    assert alloc.in_weights(w) and alloc.in_weights(w[1:].reshape(-1))
+    d = np.ones((8192, 2), np.float32)  # 64 KB: copied (smaller arrays are kept where they are)
+    layer = QuantizedLinear("q8_0", qs=w, d=d)
+    assert layer.qs is w and layer.d is not d and alloc.in_weights(layer.d)  # kept; copied there
+    heap = np.zeros((8192, 64), np.int8)
+    assert alloc.in_weights(QuantizedLinear("q8_0", qs=heap, d=d).qs)
+    cfg = LlamaConfig(dim=256, n_layers=1, n_heads=4, hidden_dim=512, vocab_size=300, max_seq_len=16)
+    for dtype in ("int8", "bf16"):
+        model = quantize_model(Llama(cfg, rng=0), dtype)
+        save_quantized(model, tmp_path / dtype)
+        back = load_pretrained(tmp_path / dtype)
+        checked = 0
+        for name, q in quantized_layers(back).items():
+            mine = quantized_layers(model)[name]
+            for a, b in ((q.qs, mine.qs), (q.d, mine.d), (q.w16, mine.w16)):
+                if a is not None:
+                    assert np.array_equal(a, b), name
+                    if a.nbytes >= 1 << 16:  # (smaller arrays stay on the heap)
+                        assert alloc.in_weights(a) and alloc.in_weights(b), name
+                        checked += 1
+        assert checked >= 7

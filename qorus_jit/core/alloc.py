@@ -22,6 +22,7 @@ import math
 import mmap
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -66,6 +67,7 @@ HUGE = 2 << 20  # bytes of a transparent huge page (x86-64, and the usual arm64 
 _CHUNK = 32 << 20  # bytes of each memory map that :func:`weights` carves arrays from
 _arena = {"buf": None, "off": 0}
 _arena_lock = threading.Lock()
+_maps: dict[int, weakref.ref] = {}  # id -> the array over each map of :func:`_huge_map`, while it lives
 
 
 def _huge_map(nbytes: int) -> np.ndarray:
@@ -79,8 +81,18 @@ def _huge_map(nbytes: int) -> np.ndarray:
         except OSError:  # a kernel without transparent huge pages: plain pages
             pass
     raw = np.frombuffer(buf, np.uint8)
+    key = id(raw)
+    _maps[key] = weakref.ref(raw, lambda _, key=key: _maps.pop(key, None))
     start = -raw.ctypes.data % HUGE
     return raw[start:start + nbytes]
+
+
+def in_weights(a: np.ndarray) -> bool:
+    """Whether ``a`` lies in memory of :func:`weights` (so a layer may keep it rather than copy it there)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    ref = _maps.get(id(a))
+    return ref is not None and ref() is a
 
 
 def weights(shape, dtype=DTYPE) -> np.ndarray:

@@ -11,10 +11,12 @@ import contextlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.files import fsync_file
 
 _TO_FLOAT32 = {"F16", "F64", "BF16"}
@@ -67,21 +69,29 @@ def raw_header(file) -> tuple[int, dict]:
     return n, table
 
 
-def read_raw_tensor(file, name: str, header: tuple[int, dict] | None = None) -> np.ndarray:
+def read_raw_tensor(file, name: str, header: tuple[int, dict] | None = None, *, weights: bool = False) -> np.ndarray:
     """Tensor ``name`` of a validated safetensors file as stored (BF16 as its uint16 bits), C-contiguous, read
     with file reads rather than through a memory map: a loader that keeps the arrays does not also hold the
     file's pages in its resident memory (a quantized model's peak RSS halved). ``header``: :func:`raw_header`'s
-    (read again if None)."""
+    (read again if None). ``weights``: read straight into :func:`qorus_jit.core.alloc.weights` memory (a model's
+    weights to keep: no second copy)."""
     n, table = raw_header(file) if header is None else header
     info = table[name]
     start, end = info["data_offsets"]
     shape = tuple(info["shape"])
-    dtype = np.dtype(_NUMPY[info["dtype"]])
+    dtype = np.dtype(_NUMPY[info["dtype"]]).newbyteorder("<")
     count = (end - start) // dtype.itemsize
-    arr = np.fromfile(file, dtype=dtype, count=count, offset=8 + n + start)
-    if arr.size != count or count != int(np.prod(shape, dtype=np.int64)):
+    if count != int(np.prod(shape, dtype=np.int64)):
         raise ValueError(f"{file}: tensor {name!r} is truncated or its size does not match its shape")
-    return arr.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    arr = _alloc.weights(count, dtype.newbyteorder("=")) if weights else np.empty(count, dtype.newbyteorder("="))
+    with open(file, "rb") as f:
+        f.seek(8 + n + start)
+        got = f.readinto(memoryview(arr).cast("B")) if count else 0
+    if got != count * dtype.itemsize:
+        raise ValueError(f"{file}: tensor {name!r} is truncated or its size does not match its shape")
+    if sys.byteorder == "big":
+        arr.byteswap(inplace=True)
+    return arr.reshape(shape)
 
 
 @contextlib.contextmanager

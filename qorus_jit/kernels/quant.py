@@ -36,6 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
@@ -506,7 +507,7 @@ def quantize_bf16(w: np.ndarray) -> np.ndarray:
     """bf16 of float32 ``w`` (any shape, C-contiguous): a uint16 array of its shape (round to nearest even; NaN
     stays a quiet NaN, +-inf stay, magnitudes past the largest bf16 round to +-inf)."""
     _check_flat("w", w, np.float32)
-    w16 = np.empty(w.shape, np.uint16)
+    w16 = _alloc.weights(w.shape, np.uint16)  # weights to keep: on huge pages (core/alloc.py)
     if w.size:
         _quantize_bf16(w16.reshape(-1), w.reshape(-1).view(np.uint32))
     return w16
@@ -543,7 +544,7 @@ def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                          f"{g // (I // GROUP)}")
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    qs = np.empty((O, I), np.int8)
+    qs = _alloc.weights((O, I), np.int8)  # weights to keep: on huge pages (core/alloc.py)
     if G:
         _q8_0_from_f32(qs.reshape(-1), w.reshape(-1), inv)
     return qs, d16.astype(np.float32).reshape(O, I // GROUP)

@@ -258,7 +258,7 @@ def _matrix(name: str, value, dtype) -> np.ndarray:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {value.dtype}")
     if value.ndim != 2 or 0 in value.shape:
         raise ValueError(f"{name}: expected a non-empty matrix (out, in), got shape {value.shape}")
-    if value.nbytes < LAZY_BYTES:
+    if value.nbytes < LAZY_BYTES or (value.flags.c_contiguous and _alloc.in_weights(value)):
         return np.ascontiguousarray(value)
     out = _alloc.weights(value.shape, dtype)  # on huge pages with the other weights, as decoding streams them
     out[...] = value

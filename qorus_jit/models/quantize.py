@@ -255,11 +255,11 @@ def load_quantized(layout: dict, cls, config, fmt: str):
     while targets:  # popped, so that nothing keeps the float32 layer once replaced
         parent, name, dotted, layer = targets.pop(0)
         key = f"{dotted}.weight"
-        if fmt == "bf16":
-            arrays = {"w16": read_raw_tensor(file, key, header)}
+        if fmt == "bf16":  # read into the weights' memory (alloc.weights): no copy
+            arrays = {"w16": read_raw_tensor(file, key, header, weights=True)}
         else:
-            arrays = {"qs": read_raw_tensor(file, key + ".qs", header),
-                      "d": read_raw_tensor(file, key + ".d", header).astype(np.float32)}
+            arrays = {"qs": read_raw_tensor(file, key + ".qs", header, weights=True),
+                      "d": read_raw_tensor(file, key + ".d", header, weights=True).astype(np.float32, copy=False)}
         bias = getattr(layer, "bias", None)  # its value comes with the other parameters below
         replace_child(parent, name, layer, QuantizedLinear(fmt, **arrays, bias=bias, name=dotted))
         del layer, bias, arrays
