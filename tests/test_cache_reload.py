@@ -187,7 +187,7 @@ def _llama_decode(variant):
         if "norm" in name:
             w += np.random.default_rng(2).normal(0, 0.1, w.shape).astype(np.float32)
     state = DecodeState(1, 8)
-    dec = _Decoder(model, [state.cache_for(b.self_attn) for b in model._blocks], (0, "fp32"))
+    dec = _Decoder(model, state, (0, "fp32"))
     tok = 7
     # the fused kernel with a fixed thread split (decode_split would start the threads first)
     K.llama_decode(*dec.out, tok, *dec.weights, 0, *dec.rope, *dec.scratch, False,
