@@ -273,7 +273,7 @@ class Architecture(Graph):
 
     def _check_one(self, tok, state) -> None:
         """``tok`` and ``state`` of :meth:`decode_one`, as :meth:`_check_decode` checks ``ids (1, 1)``."""
-        if type(state) is not DecodeState and not isinstance(state, DecodeState):
+        if not isinstance(state, DecodeState):
             raise TypeError(f"state: expected a DecodeState, got {type(state).__name__}")
         V = self.config.vocab_size
         if not isinstance(tok, (int, np.integer)) or isinstance(tok, bool) or not 0 <= tok < V:

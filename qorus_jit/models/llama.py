@@ -230,9 +230,9 @@ class Llama(Architecture):
 
     def decode_one(self, tok: int, state: DecodeState) -> np.ndarray:
         """:meth:`Architecture.decode_one`: the one-call decoder of :meth:`forward_decode` where it applies."""
-        self._check_one(tok, state)
         if self._decode_plan() is None:
             return super().decode_one(tok, state)
+        self._check_one(tok, state)
         logits = self._decode_token(int(tok), state)
         state.pos += 1
         return logits
