@@ -15,6 +15,26 @@ LINEAR_SHAPES = [(1, 5, 32), (3, 37, 64), (17, 130, 32), (16, 1000, 288), (2, 9,
 RTOL = 1e-6
 
 
+@pytest.fixture(params=["portable", "fast"])
+def path(request, monkeypatch):
+    """Each product runs on the portable kernels and on this CPU's fast instruction path (skipped where there is
+    none); the references round the activations as that path does: the fast bf16 path splits x into two bf16
+    numbers, the fast q8_0 path quantizes every token (the portable one only decodes so)."""
+    if request.param == "portable":
+        monkeypatch.setenv("QORUS_PORTABLE", "1")
+    Q.kernel_paths()
+    yield request.param
+    monkeypatch.undo()
+    Q.kernel_paths()  # chosen afresh: the later tests run on this machine's paths
+
+
+def _on(path, kind):
+    """Skips a "fast" test where this CPU has no fast ``kind`` path; True on the fast path."""
+    if path == "fast" and Q.active_path(kind) == "portable":
+        pytest.skip(f"no fast {kind} path on this CPU")
+    return path == "fast"
+
+
 def _weights(rng, O, I, scale=1.0):
     return (rng.standard_normal((O, I)) * scale).astype(np.float32)
 
@@ -68,14 +88,16 @@ def test_quantize_bf16_keeps_shape_and_rounds_once():
 
 
 @pytest.mark.parametrize("shape", MATVEC_SHAPES)
-def test_matvec_bf16_matches_reference(shape):
+def test_matvec_bf16_matches_reference(shape, path):
+    fast = _on(path, "bf16")
     O, I = shape
     rng = np.random.default_rng(O * 7 + I)
     w16 = Q.quantize_bf16(_weights(rng, O, I))
     x = rng.standard_normal(I).astype(np.float32)
     out = np.full(O, np.nan, np.float32)
     Q.matvec_bf16(out, w16, x)
-    _assert_rel(out, naive.matvec_bf16(w16, x), np.abs(naive.bf16_values(w16)) @ np.abs(x.astype(np.float64)))
+    xv = naive.split_bf16_values(x) if fast else x
+    _assert_rel(out, naive.matvec_bf16(w16, xv), np.abs(naive.bf16_values(w16)) @ np.abs(xv.astype(np.float64)))
     out2 = np.full(O, np.nan, np.float32)
     K.matvec_bf16(out2, w16, x)
     np.testing.assert_array_equal(out2, out)
@@ -83,7 +105,8 @@ def test_matvec_bf16_matches_reference(shape):
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_bf16_matches_reference(shape, with_bias):
+def test_linear_bf16_matches_reference(shape, with_bias, path):
+    fast = _on(path, "bf16")
     N, O, I = shape
     rng = np.random.default_rng(N + O + I)
     w16 = Q.quantize_bf16(_weights(rng, O, I))
@@ -92,8 +115,9 @@ def test_linear_bf16_matches_reference(shape, with_bias):
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_bf16(out, x, w16, bias)
     wv = naive.bf16_values(w16)
-    size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-    _assert_rel(out, naive.linear(x, wv, bias), size)
+    xv = naive.split_bf16_values(x) if fast else x
+    size = np.abs(xv.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
+    _assert_rel(out, naive.linear(xv, wv, bias), size)
 
 
 # ------------------------------------------------------------------------------------------------------- q8_0
@@ -195,7 +219,8 @@ def test_activation_quantization_matches_reference():
 
 
 @pytest.mark.parametrize("shape", MATVEC_SHAPES)
-def test_matvec_q8_0_matches_reference(shape):
+def test_matvec_q8_0_matches_reference(shape, path):
+    _on(path, "q8_0")
     O, I = shape
     rng = np.random.default_rng(O * 5 + I)
     qs, d = Q.quantize_q8_0(_weights(rng, O, I))
@@ -212,7 +237,8 @@ def test_matvec_q8_0_matches_reference(shape):
     assert np.all(np.abs(out - wv @ x) <= 2e-2 * (np.abs(wv) @ np.abs(x)))
 
 
-def test_matvec_q8_0_extreme_weights():
+def test_matvec_q8_0_extreme_weights(path):
+    _on(path, "q8_0")
     w = _q8_edge_weights()
     qs, d = Q.quantize_q8_0(w)
     x = np.random.default_rng(7).standard_normal(64).astype(np.float32)
@@ -224,7 +250,8 @@ def test_matvec_q8_0_extreme_weights():
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_q8_0_matches_reference(shape, with_bias):
+def test_linear_q8_0_matches_reference(shape, with_bias, path):
+    fast = _on(path, "q8_0")
     N, O, I = shape
     rng = np.random.default_rng(N * 3 + O + I)
     qs, d = Q.quantize_q8_0(_weights(rng, O, I))
@@ -232,15 +259,18 @@ def test_linear_q8_0_matches_reference(shape, with_bias):
     bias = rng.standard_normal(O).astype(np.float32) if with_bias else None
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_q8_0(out, x, qs, d, bias)
-    wv = naive.q8_0_values(qs, d)
-    size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-    _assert_rel(out, naive.linear(x, wv, bias), size)
+    if fast:  # every token quantized, as decoding does
+        _assert_rel(out, naive.linear_q8_0(x, qs, d, bias), naive.linear_q8_0_scale(x, qs, d, bias))
+    else:
+        wv = naive.q8_0_values(qs, d)
+        size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
+        _assert_rel(out, naive.linear(x, wv, bias), size)
     out2 = np.full((N, O), np.nan, np.float32)
     K.linear_q8_0(out2, x, qs, d, bias)
     np.testing.assert_array_equal(out2, out)
 
 
-def test_linear_with_no_rows():
+def test_linear_with_no_rows(path):
     qs, d = Q.quantize_q8_0(np.ones((4, 32), np.float32))
     Q.linear_q8_0(np.empty((0, 4), np.float32), np.empty((0, 32), np.float32), qs, d, None)
     Q.linear_bf16(np.empty((0, 4), np.float32), np.empty((0, 32), np.float32), Q.quantize_bf16(np.ones((4, 32),

@@ -21,6 +21,7 @@ import pytest
 from llvmlite import ir
 
 from qorus_jit.kernels import quant_x86 as Q
+from tests.naive import quant as naive
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(40, 288, 1), (33, 192, 5), (17, 96, 20), (24, 512, 3)]  # (O, I, N): odd and even group counts
@@ -43,7 +44,7 @@ def _q8_reference(tokens, qs, d, bias):
 
 def _bf16_reference(x, w16, bias):
     """float64 (xh + xl) . w + bias and the sum of |terms|; xh, xl: x split into two bf16 numbers."""
-    xf = sum((v.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for v in Q.emulate_split_bf16(x))
+    xf = naive.split_bf16_values(x)
     w = (w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     ref = xf @ w.T + (0.0 if bias is None else bias.astype(np.float64))
     return ref, np.abs(xf) @ np.abs(w).T + (0.0 if bias is None else np.abs(bias))
@@ -446,6 +447,8 @@ def test_fast_bf16(O, I, N):
     one = np.full(O, np.nan, np.float32)
     Q.matvec_bf16(one, w16, x[0], path="avx512-bf16")
     _close(one, ref[0] - bias, mag[0])
+    if I % 32:
+        return  # the portable kernel takes whole groups of 32 columns (the public wrappers refuse others)
     # the portable kernel (float32 activations): apart by at most x against xh + xl (2^-16 relative)
     port = np.full(O, np.nan, np.float32)
     _portable("_matvec_bf16_portable")(port, w16, x[0])

@@ -91,3 +91,25 @@ def linear(x, w, bias=None):
     """x (N, I) @ w (O, I).T + bias in float64, w the dequantized float64 values."""
     out = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
     return out if bias is None else out + np.asarray(bias, np.float64)
+
+
+def split_bf16_values(x):
+    """float64 values of x split into two bf16 numbers as the bf16 instruction path takes its activations:
+    ``xh = bf16(x)``, ``xl = bf16(float32(x - xh))``, returned as ``xh + xl``."""
+    x = np.asarray(x, np.float32)
+    xh = bf16_values(bf16_bits(x))
+    xl = bf16_values(bf16_bits((x.astype(np.float64) - xh).astype(np.float32)))
+    return xh + xl
+
+
+def linear_q8_0(x, qs, d, bias=None):
+    """x (N, I) @ W.T + bias with each token quantized per group as matvec_q8_0 does (the integer path of
+    several tokens), float64."""
+    out = np.stack([matvec_q8_0(qs, d, row) for row in np.asarray(x, np.float32)])
+    return out if bias is None else out + np.asarray(bias, np.float64)
+
+
+def linear_q8_0_scale(x, qs, d, bias=None):
+    """sum of |terms| of each output of linear_q8_0 (its own scale, for relative errors)."""
+    out = np.stack([matvec_q8_0_scale(qs, d, row) for row in np.asarray(x, np.float32)])
+    return out if bias is None else out + np.abs(np.asarray(bias, np.float64))
