@@ -17,9 +17,9 @@ RTOL = 1e-6
 
 @pytest.fixture(params=["portable", "fast"])
 def path(request, monkeypatch):
-    """Each product runs on the portable kernels and on this CPU's fast instruction path (skipped where there is
-    none); the references round the activations as that path does: the fast bf16 path splits x into two bf16
-    numbers, the fast q8_0 path quantizes every token (the portable one only decodes so)."""
+    """Each one-token product runs on the portable kernels and on this CPU's fast instruction path (skipped where
+    there is none); the references round the activations as that path does (the fast bf16 path splits x into two
+    bf16 numbers). Several tokens take the portable tiles on every path."""
     if request.param == "portable":
         monkeypatch.setenv("QORUS_PORTABLE", "1")
     Q.kernel_paths()
@@ -105,8 +105,7 @@ def test_matvec_bf16_matches_reference(shape, path):
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_bf16_matches_reference(shape, with_bias, path):
-    fast = _on(path, "bf16")
+def test_linear_bf16_matches_reference(shape, with_bias):
     N, O, I = shape
     rng = np.random.default_rng(N + O + I)
     w16 = Q.quantize_bf16(_weights(rng, O, I))
@@ -115,9 +114,8 @@ def test_linear_bf16_matches_reference(shape, with_bias, path):
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_bf16(out, x, w16, bias)
     wv = naive.bf16_values(w16)
-    xv = naive.split_bf16_values(x) if fast else x
-    size = np.abs(xv.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-    _assert_rel(out, naive.linear(xv, wv, bias), size)
+    size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
+    _assert_rel(out, naive.linear(x, wv, bias), size)
 
 
 # ------------------------------------------------------------------------------------------------------- q8_0
@@ -250,8 +248,7 @@ def test_matvec_q8_0_extreme_weights(path):
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_q8_0_matches_reference(shape, with_bias, path):
-    fast = _on(path, "q8_0")
+def test_linear_q8_0_matches_reference(shape, with_bias):
     N, O, I = shape
     rng = np.random.default_rng(N * 3 + O + I)
     qs, d = Q.quantize_q8_0(_weights(rng, O, I))
@@ -259,18 +256,15 @@ def test_linear_q8_0_matches_reference(shape, with_bias, path):
     bias = rng.standard_normal(O).astype(np.float32) if with_bias else None
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_q8_0(out, x, qs, d, bias)
-    if fast:  # every token quantized, as decoding does
-        _assert_rel(out, naive.linear_q8_0(x, qs, d, bias), naive.linear_q8_0_scale(x, qs, d, bias))
-    else:
-        wv = naive.q8_0_values(qs, d)
-        size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-        _assert_rel(out, naive.linear(x, wv, bias), size)
+    wv = naive.q8_0_values(qs, d)
+    size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
+    _assert_rel(out, naive.linear(x, wv, bias), size)
     out2 = np.full((N, O), np.nan, np.float32)
     K.linear_q8_0(out2, x, qs, d, bias)
     np.testing.assert_array_equal(out2, out)
 
 
-def test_linear_with_no_rows(path):
+def test_linear_with_no_rows():
     qs, d = Q.quantize_q8_0(np.ones((4, 32), np.float32))
     Q.linear_q8_0(np.empty((0, 4), np.float32), np.empty((0, 32), np.float32), qs, d, None)
     Q.linear_bf16(np.empty((0, 4), np.float32), np.empty((0, 32), np.float32), Q.quantize_bf16(np.ones((4, 32),

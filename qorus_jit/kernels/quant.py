@@ -19,10 +19,10 @@ of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes tiles
 multiplies them by the serial numba product, tiles over threads, x in float32.
 
 Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
-``_matvec_bf16``, ``_matvec_q8_0``, ``_linear_bf16``, ``_linear_q8_0``, which pick the path of ``_path(kind)``
-(chosen by ``_choose_path`` once per process, and again by ``kernel_paths()``): ``"portable"`` (the numba
-kernels here, AVX2 or anything LLVM targets) or a path of ``kernels.quant_x86``. ``QORUS_PORTABLE=1`` forces
-the portable paths. The portable kernels' signatures are fixed (the row bodies
+``_matvec_bf16`` and ``_matvec_q8_0``, which pick the path of ``_path(kind)`` (chosen by ``_choose_path`` once
+per process, and again by ``kernel_paths()``): ``"portable"`` (the numba kernels here, AVX2 or anything LLVM
+targets) or a path of ``kernels.quant_x86``; ``QORUS_PORTABLE=1`` forces the portable paths. ``_linear_bf16``
+and ``_linear_q8_0`` take the dequantized tiles on every CPU. The portable kernels' signatures are fixed (the row bodies
 ``_matvec_*_rows(out, ..., lo, hi)`` are serial kernels that compiled code such as a fused decode may call).
 """
 
@@ -461,26 +461,19 @@ def _matvec_q8_0(out, qs, d, x):
         _x86().matvec_q8_0(out, qs, d, x, path=path)
 
 
+# Several tokens (prefill, training's forward) take the dequantized tiles on every CPU: float32 activations, so
+# the same numbers everywhere, and faster than the instruction paths' row dots even where VNNI and AVX512_BF16
+# run (docs/design.md, "Instruction paths of the quantized kernels").
 def _linear_bf16(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16."""
-    if out.shape[0] == 0:
-        return
-    path = _path("bf16")
-    if path == "portable":
+    if out.shape[0]:
         _linear_bf16_portable(out, x, w16, bias)
-    else:
-        _x86().linear_bf16(out, x, w16, bias, path=path)
 
 
 def _linear_q8_0(out, x, qs, d, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs, d)."""
-    if out.shape[0] == 0:
-        return
-    path = _path("q8_0")
-    if path in ("portable", "avx2"):  # avx2 has a one-token dot only
+    if out.shape[0]:
         _linear_q8_0_portable(out, x, qs, d, bias)
-    else:
-        _x86().linear_q8_0(out, x, qs, d, bias, path=path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -101,15 +101,3 @@ def split_bf16_values(x):
     xl = bf16_values(bf16_bits((x.astype(np.float64) - xh).astype(np.float32)))
     return xh + xl
 
-
-def linear_q8_0(x, qs, d, bias=None):
-    """x (N, I) @ W.T + bias with each token quantized per group as matvec_q8_0 does (the integer path of
-    several tokens), float64."""
-    out = np.stack([matvec_q8_0(qs, d, row) for row in np.asarray(x, np.float32)])
-    return out if bias is None else out + np.asarray(bias, np.float64)
-
-
-def linear_q8_0_scale(x, qs, d, bias=None):
-    """sum of |terms| of each output of linear_q8_0 (its own scale, for relative errors)."""
-    out = np.stack([matvec_q8_0_scale(qs, d, row) for row in np.asarray(x, np.float32)])
-    return out if bias is None else out + np.abs(np.asarray(bias, np.float64))
