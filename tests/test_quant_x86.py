@@ -123,29 +123,25 @@ _COMPILE = r"""
 import json, sys, numpy as np, numba
 from numba import types
 from qorus_jit.kernels import quant_x86 as Q
-fast = [Q._q8_0_rows_512, Q._q8_0_rows_256, Q._bf16_rows_512, Q._q8_0_512, Q._q8_0_256, Q._bf16_512,
-        Q._token_rows_512, Q._token_rows_vnni256, Q._token_rows_avx2, Q._bf16_token_rows_512]
+fast = [Q._token_rows_512, Q._token_rows_vnni256, Q._token_rows_avx2, Q._bf16_token_rows_512, Q._q8_0_token_512,
+        Q._q8_0_token_vnni256, Q._q8_0_token_avx2, Q._bf16_token_512]
 assert all(not k.signatures for k in fast), "a fast kernel compiled at import"
-O, I, N = 8, 96, 2
-out, bias, x = np.zeros((N, O), np.float32), np.zeros(O, np.float32), np.zeros((N, I), np.float32)
-q8 = (np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros((N, I), np.int8),
-      np.zeros((N, I // 4), np.int32), np.zeros((N, 3), np.float32))
-bf = (np.zeros((O, I), np.uint16), np.zeros((N, I), np.uint16), np.zeros((N, I), np.uint16))
-tok = (out[0], q8[0], q8[1], q8[2][0], q8[4][0], 0, 0)  # one token: the signed dot of decoding
-kernels = {"sapphirerapids": [(Q._q8_0_rows_512, (out,) + q8 + (bias, 0, 0)),
-                              (Q._bf16_rows_512, (out,) + bf + (bias, 0, 0)),
-                              (Q._q8_0_512, (out, x) + q8[:2] + (bias,)), (Q._bf16_512, (out, x) + bf[:1] + (bias,)),
-                              (Q._token_rows_512, tok),
-                              (Q._bf16_token_rows_512, (out[0], bf[0], bf[1][0], bf[2][0], 0, 0))],
-           "alderlake": [(Q._q8_0_rows_256, (out,) + q8 + (bias, 0, 0)), (Q._q8_0_256, (out, x) + q8[:2] + (bias,)),
-                         (Q._token_rows_vnni256, tok), (Q._token_rows_avx2, tok)]}
+O, I = 8, 96
+out, x = np.zeros(O, np.float32), np.zeros(I, np.float32)
+qs, d, xq, dx = np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros(I, np.int8), np.zeros(3, np.float32)
+w16, xh = np.zeros((O, I), np.uint16), np.zeros(I, np.uint16)
+tok = (out, qs, d, xq, dx, 0, 0)  # one token: the signed dot of decoding
+kernels = {"sapphirerapids": [(Q._token_rows_512, tok), (Q._q8_0_token_512, (out, x, qs, d)),
+                              (Q._bf16_token_rows_512, (out, w16, xh, xh, 0, 0)), (Q._bf16_token_512, (out, x, w16))],
+           "alderlake": [(Q._token_rows_vnni256, tok), (Q._q8_0_token_vnni256, (out, x, qs, d)),
+                         (Q._token_rows_avx2, tok)]}
 # the decoder's products given int8 activations (bf16 bits): the dot of the target's fastest path, picked while typed
 from qorus_jit.kernels.decode import _add_product
-dec = (np.zeros(O, np.float32), np.zeros(O, np.float32), q8[0], q8[1], np.zeros(I, np.int8), np.zeros(3, np.float32))
+dec = (np.zeros(O, np.float32), np.zeros(O, np.float32), qs, d, xq, dx)
 kernels[sys.argv[1]].append((_add_product, dec))
 if sys.argv[1] == "sapphirerapids":
-    dec16 = (np.zeros(O, np.float32), np.zeros(O, np.float32), bf[0].view(np.uint32), np.zeros((1, 1), np.float32),
-             np.zeros(I, np.uint16), np.zeros(I, np.uint16))
+    dec16 = (np.zeros(O, np.float32), np.zeros(O, np.float32), w16.view(np.uint32), np.zeros((1, 1), np.float32),
+             xh, xh)
     kernels[sys.argv[1]].append((_add_product, dec16))
 asm = {}
 for k, args in kernels[sys.argv[1]]:
@@ -169,18 +165,13 @@ def _compile_for(cpu, features, tmp_path):
 
 def test_kernels_compile_for_sapphire_rapids(tmp_path):
     res = _compile_for("sapphirerapids", "+avx512f,+avx512bw,+avx512vl,+avx512vnni,+avx512bf16", tmp_path)
-    for name in ("_q8_0_rows_512", "_q8_0_512"):
-        asm = res["asm"][name]
-        # the weights, XOR 0x80, are the first (unsigned) source; the activations the second
-        assert re.search(r"vpxor[dq]?\s+[^\n]*%zmm\d+, %zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+",
-                         asm), name
-        assert "vcvtdq2ps" in asm and re.search(r"vfmadd\d+ps\s+%zmm", asm), name
-    for name in ("_bf16_rows_512", "_bf16_512", "_bf16_token_rows_512"):
+    for name in ("_bf16_token_rows_512", "_bf16_token_512"):
         assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"][name]), name
-    # decoding's signed dot: |w| (vpabsb) is the first (unsigned) source, x with w's sign (a masked vpsubb) the other
-    asm = res["asm"]["_token_rows_512"]
-    assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), asm
-    assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm
+    # the signed dot: |w| (vpabsb) is the first (unsigned) source, x with w's sign (a masked vpsubb) the other
+    for name in ("_token_rows_512", "_q8_0_token_512"):
+        asm = res["asm"][name]
+        assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), name
+        assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm, name
     assert re.search(r"vpdpbusd\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product"])  # the decoder's products
     assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product_bf16"])  # bf16 too
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
@@ -190,13 +181,11 @@ def test_kernels_compile_for_sapphire_rapids(tmp_path):
 
 def test_kernels_compile_for_alder_lake(tmp_path):
     res = _compile_for("alderlake", "+avx2,+fma,+avxvnni", tmp_path)
-    for name in ("_q8_0_rows_256", "_q8_0_256"):
+    for name in ("_token_rows_vnni256", "_q8_0_token_vnni256"):
         asm = res["asm"][name]
-        assert re.search(r"\{vex\}\s+vpdpbusd\s+\S+, %ymm\d+, %ymm\d+", asm), name
-        assert "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
-    asm = res["asm"]["_token_rows_vnni256"]
-    assert re.search(r"vpabsb\s+%ymm\d+, %ymm(\d+)\n(?:.*\n){0,12}?\s*\{vex\}\s+vpdpbusd\s+\S+, %ymm\1, %ymm", asm), asm
-    assert "vpsignb" in asm and "zmm" not in asm
+        assert re.search(r"vpabsb\s+%ymm\d+, %ymm(\d+)\n(?:.*\n){0,12}?\s*\{vex\}\s+vpdpbusd\s+\S+, %ymm\1, %ymm",
+                         asm), name
+        assert "vpsignb" in asm and "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
     asm = res["asm"]["_token_rows_avx2"]
     assert re.search(r"vpmaddubsw\s+%ymm\d+, %ymm\d+, %ymm\d+", asm) and "vpsignb" in asm and "vpabsb" in asm, asm
     assert "vpmaddwd" in asm and "vpdpbusd" not in asm
@@ -210,8 +199,8 @@ import json, numpy as np
 from qorus_jit.kernels import quant_x86 as Q
 qs, d = np.ones((8, 64), np.int8), np.ones((8, 2), np.float32)
 Q.matvec_q8_0(np.empty(8, np.float32), qs, d, np.ones(64, np.float32), path="emulate")
-Q.linear_q8_0(np.empty((2, 8), np.float32), np.ones((2, 64), np.float32), qs, d, None, path="emulate")
-print(json.dumps({k.__name__: "".join(k.inspect_asm().values()) for k in (Q._q8_0_rows_emu, Q._token_rows_emu)}))
+Q.matvec_bf16(np.empty(8, np.float32), np.ones((8, 64), np.uint16), np.ones(64, np.float32), path="emulate")
+print(json.dumps({k.__name__: "".join(k.inspect_asm().values()) for k in (Q._token_rows_emu, Q._bf16_token_rows_emu)}))
 """
 
 
@@ -222,7 +211,7 @@ def test_emulated_kernels_have_no_fast_instruction(tmp_path):
     r = subprocess.run([sys.executable, "-c", _EMU], env=env, capture_output=True, text=True, timeout=600, cwd=_ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     for name, asm in json.loads(r.stdout.strip().splitlines()[-1]).items():
-        assert "vcvtdq2ps" in asm, name  # the code is there
+        assert re.search(r"vcvtdq2ps" if "bf16" not in name else r"vmulps|vfmadd", asm), name  # the code is there
         assert not re.search(r"vpdpbusd|vdpbf16ps|vpmaddubsw|vpsignb", asm), name
 
 
@@ -267,19 +256,17 @@ def test_numba_target_features_limit_the_paths(monkeypatch):
 # the arithmetic, on every machine
 
 
-def test_quantize_tokens_matches_numpy():
+def test_quantize_token_matches_numpy():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((6, 256)).astype(np.float32)
-    x[1, :32] = 0.0  # a zero group: scale 0, all zeros
-    x[2, 40] = 1e30
-    xq, xc, dx = Q.quantize_tokens(x)
-    eq, ec, ed = Q.emulate_quantize_tokens(x)
-    np.testing.assert_allclose(dx, ed, rtol=1e-6)
-    assert np.abs(xq.astype(int) - eq).max() <= 1 and np.mean(xq != eq) < 1e-3
-    np.testing.assert_array_equal(xc, -128 * xq.reshape(6, 64, 4).astype(np.int32).sum(axis=2))
-    assert np.all(xq[1, :32] == 0) and dx[1, 0] == 0 and np.abs(xq).max() == 127
-    # within half a step of the input
-    assert np.all(np.abs(xq * np.repeat(dx, 32, axis=1) - x) <= 0.5001 * np.repeat(dx, 32, axis=1))
+    x = rng.standard_normal(256).astype(np.float32)
+    x[:32] = 0.0  # a zero group: scale 0, all zeros
+    x[40] = 1e30
+    xq, dx = Q.quantize_token(x)
+    eq, ed = naive.quantize_activations(x)
+    assert xq.dtype == np.int8 and dx.dtype == np.float32
+    np.testing.assert_array_equal(xq, eq)
+    np.testing.assert_array_equal(dx, ed)
+    assert np.all(xq[:32] == 0) and dx[0] == 0 and np.abs(xq).max() == 127
 
 
 def test_split_bf16_matches_numpy():
@@ -298,17 +285,6 @@ def test_split_bf16_matches_numpy():
     assert np.all(np.abs(f[0][ok] + f[1][ok] - x[ok]) <= 2.0**-16 * np.abs(x[ok]))  # two bf16: 16 significant bits
 
 
-@pytest.mark.parametrize("O,I,N", SHAPES)
-def test_numpy_emulation_q8_0(O, I, N):
-    """The vpdpbusd steps (offset weights, corrections, lanes, scales) in NumPy give the exact integer dots."""
-    rng = np.random.default_rng(O + I)
-    qs, d = _q8_weights(rng, O, I)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    bias = rng.standard_normal(O).astype(np.float32)
-    ref, mag = _q8_reference(Q.emulate_quantize_tokens(x), qs, d, bias)
-    _close(Q.emulate_linear_q8_0(x, qs, d, bias), ref, mag)
-
-
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
 def test_numpy_emulation_bf16(O, I, N):
     rng = np.random.default_rng(O * I)
@@ -318,23 +294,26 @@ def test_numpy_emulation_bf16(O, I, N):
     _close(Q.emulate_linear_bf16(x, w16), ref, mag)
 
 
+def _token(x):
+    """quantize_token's (xq, dx) of x as a batch of one, as _q8_reference takes them."""
+    xq, dx = Q.quantize_token(x)
+    return xq[None], None, dx[None]
+
+
 @pytest.mark.parametrize("O,I,N", SHAPES)
 def test_emulated_q8_0_kernel(O, I, N):
-    """The kernel's own loops (instruction emulated) against the reference and the NumPy emulation."""
+    """The kernel's own loop (instruction emulated) against the reference, token by token; the one-call decoder's
+    rows give the same numbers."""
     rng = np.random.default_rng(I - O)
     qs, d = _q8_weights(rng, O, I)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    bias = rng.standard_normal(O).astype(np.float32)
-    out = np.full((N, O), np.nan, np.float32)
-    Q.linear_q8_0(out, x, qs, d, bias, path="emulate")
-    toks = Q.quantize_tokens(x)
-    ref, mag = _q8_reference(toks, qs, d, bias)
-    _close(out, ref, mag)
-    _close(out, Q.emulate_linear_q8_0(x, qs, d, bias, tokens=toks).astype(np.float64), mag)
-    one = np.full(O, np.nan, np.float32)
-    Q.matvec_q8_0(one, qs, d, x[0], path="emulate")
-    np.testing.assert_array_equal(one, Q.linear_q8_0(np.empty((1, O), np.float32), x[:1], qs, d, None,
-                                                       path="emulate")[0])
+    for x in rng.standard_normal((N, I)).astype(np.float32):
+        one = np.full(O, np.nan, np.float32)
+        Q.matvec_q8_0(one, qs, d, x, path="emulate")
+        ref, mag = _q8_reference(_token(x), qs, d, None)
+        _close(one, ref[0], mag[0])
+        rows = np.full(O, np.nan, np.float32)
+        Q.TOKEN_ROWS["emulate"](rows, qs, d, *Q.quantize_token(x), 0, O)
+        np.testing.assert_array_equal(rows, one)
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
@@ -342,19 +321,18 @@ def test_emulated_bf16_kernel(O, I, N):
     rng = np.random.default_rng(O + 3 * I)
     w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
     x = rng.standard_normal((N, I)).astype(np.float32)
-    bias = rng.standard_normal(O).astype(np.float32)
-    out = np.full((N, O), np.nan, np.float32)
-    Q.linear_bf16(out, x, w16, bias, path="emulate")
-    ref, mag = _bf16_reference(x, w16, bias)
-    _close(out, ref, mag)
-    one = np.full(O, np.nan, np.float32)
-    Q.matvec_bf16(one, w16, x[0], path="emulate")
-    _close(one, ref[0] - bias, mag[0])
-    # the one-token rows of the one-call decoder: the same sums in the same order
-    xh, xl = Q.split_bf16(x[:1])
-    tok = np.full(O, np.nan, np.float32)
-    Q.TOKEN_ROWS_BF16["emulate"](tok, w16, xh[0], xl[0], 0, O)
-    np.testing.assert_array_equal(tok, one)
+    ref, mag = _bf16_reference(x, w16, None)
+    emu = Q.emulate_linear_bf16(x, w16)
+    for n in range(N):
+        one = np.full(O, np.nan, np.float32)
+        Q.matvec_bf16(one, w16, x[n], path="emulate")
+        _close(one, ref[n], mag[n])
+        _close(one, emu[n].astype(np.float64), mag[n])
+        # the one-token rows of the one-call decoder: the same numbers
+        xh, xl = Q.split_bf16(x[n:n + 1])
+        tok = np.full(O, np.nan, np.float32)
+        Q.TOKEN_ROWS_BF16["emulate"](tok, w16, xh[0], xl[0], 0, O)
+        np.testing.assert_array_equal(tok, one)
 
 
 @pytest.mark.parametrize("O,I", [(40, 288), (24, 512)])
@@ -367,7 +345,7 @@ def test_emulated_kernels_match_portable(O, I):
     out, port = np.full(O, np.nan, np.float32), np.full(O, np.nan, np.float32)
     Q.matvec_q8_0(out, qs, d, x, path="emulate")
     _portable("_matvec_q8_0_portable")(port, qs, d, x)
-    _close(port, out.astype(np.float64), _q8_reference(Q.quantize_tokens(x[None]), qs, d, None)[1][0])
+    _close(port, out.astype(np.float64), _q8_reference(_token(x), qs, d, None)[1][0])
     w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
     Q.matvec_bf16(out, w16, x, path="emulate")
     _portable("_matvec_bf16_portable")(port, w16, x)
@@ -378,14 +356,12 @@ def test_emulated_kernels_match_portable(O, I):
 def test_emulated_kernels_in_parallel():
     """Enough work for the parallel chunks: the same results as one chunk at a time."""
     rng = np.random.default_rng(5)
-    O, I, N = 300, 256, 8
+    O, I = 3000, 256
     qs, d = _q8_weights(rng, O, I)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    out = np.empty((N, O), np.float32)
-    Q.linear_q8_0(out, x, qs, d, None, path="emulate")
-    toks = Q.quantize_tokens(x)
-    serial = np.empty((N, O), np.float32)
-    Q._q8_0_rows_emu(serial, qs, d, *toks, Q._NO_BIAS, 0, O)
+    x = rng.standard_normal(I).astype(np.float32)
+    out, serial = np.empty(O, np.float32), np.empty(O, np.float32)
+    Q.matvec_q8_0(out, qs, d, x, path="emulate")
+    Q.TOKEN_ROWS["emulate"](serial, qs, d, *Q.quantize_token(x), 0, O)
     np.testing.assert_array_equal(out, serial)
 
 
@@ -412,25 +388,17 @@ def test_fast_q8_0(path, O, I, N):
     _skip_unless(path)
     rng = np.random.default_rng(O + I + N)
     qs, d = _q8_weights(rng, O, I)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    bias = rng.standard_normal(O).astype(np.float32)
-    ref, mag = _q8_reference(Q.quantize_tokens(x), qs, d, bias)
-    if path == "avx2":  # a one-token dot only
-        with pytest.raises(ValueError, match="'avx2' has no linear kernel"):
-            Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path=path)
-    else:
-        out = np.full((N, O), np.nan, np.float32)
-        Q.linear_q8_0(out, x, qs, d, bias, path=path)
-        _close(out, ref, mag)
-        emu = Q.linear_q8_0(np.empty((N, O), np.float32), x, qs, d, bias, path="emulate")
-        _close(out, emu.astype(np.float64), mag)
-    one = np.full(O, np.nan, np.float32)
-    Q.matvec_q8_0(one, qs, d, x[0], path=path)
-    _close(one, ref[0] - bias, mag[0])
-    # the portable kernel quantizes the activations the same way: only the float32 sums differ
-    port = np.full(O, np.nan, np.float32)
-    _portable("_matvec_q8_0_portable")(port, qs, d, x[0])
-    _close(one, port.astype(np.float64), mag[0])
+    for x in rng.standard_normal((N, I)).astype(np.float32):
+        ref, mag = _q8_reference(_token(x), qs, d, None)
+        one = np.full(O, np.nan, np.float32)
+        Q.matvec_q8_0(one, qs, d, x, path=path)
+        _close(one, ref[0], mag[0])
+        emu = Q.matvec_q8_0(np.empty(O, np.float32), qs, d, x, path="emulate")
+        _close(one, emu.astype(np.float64), mag[0])
+        # the portable kernel quantizes the activations the same way: only the float32 sums differ
+        port = np.full(O, np.nan, np.float32)
+        _portable("_matvec_q8_0_portable")(port, qs, d, x)
+        _close(one, port.astype(np.float64), mag[0])
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])
@@ -439,21 +407,17 @@ def test_fast_bf16(O, I, N):
     rng = np.random.default_rng(O + 2 * I + N)
     w16 = Q.emulate_round_bf16(rng.standard_normal((O, I)).astype(np.float32))
     x = rng.standard_normal((N, I)).astype(np.float32)
-    bias = rng.standard_normal(O).astype(np.float32)
-    out = np.full((N, O), np.nan, np.float32)
-    Q.linear_bf16(out, x, w16, bias, path="avx512-bf16")
-    ref, mag = _bf16_reference(x, w16, bias)
-    _close(out, ref, mag)
-    one = np.full(O, np.nan, np.float32)
-    Q.matvec_bf16(one, w16, x[0], path="avx512-bf16")
-    _close(one, ref[0] - bias, mag[0])
-    if I % 32:
-        return  # the portable kernel takes whole groups of 32 columns (the public wrappers refuse others)
-    # the portable kernel (float32 activations): apart by at most x against xh + xl (2^-16 relative)
-    port = np.full(O, np.nan, np.float32)
-    _portable("_matvec_bf16_portable")(port, w16, x[0])
-    wf = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
-    assert np.all(np.abs(one.astype(np.float64) - port) <= 2.0**-16 * wf @ np.abs(x[0]))
+    ref, mag = _bf16_reference(x, w16, None)
+    for n in range(N):
+        one = np.full(O, np.nan, np.float32)
+        Q.matvec_bf16(one, w16, x[n], path="avx512-bf16")
+        _close(one, ref[n], mag[n])
+        if I % 32 == 0:  # the portable kernel takes whole groups of 32 columns (the public wrappers refuse others)
+            # float32 activations: apart by at most x against xh + xl (2^-16 relative)
+            port = np.full(O, np.nan, np.float32)
+            _portable("_matvec_bf16_portable")(port, w16, x[n])
+            wf = np.abs((w16.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
+            assert np.all(np.abs(one.astype(np.float64) - port) <= 2.0**-16 * wf @ np.abs(x[n]))
 
 
 def test_public_kernels_dispatch_to_a_chosen_path(monkeypatch):

@@ -1,5 +1,7 @@
-"""Fast instruction paths of the quantized matrix-vector and linear kernels: an int8 dot with ``vpdpbusd``
-(AVX512-VNNI 512-bit, or AVX-VNNI 256-bit) for q8_0 weights and a bf16 dot with ``vdpbf16ps`` (AVX512_BF16).
+"""Fast instruction paths of the quantized matrix-vector kernels (one token: decoding): an int8 dot with
+``vpdpbusd`` (AVX512-VNNI 512-bit, or AVX-VNNI 256-bit) for q8_0 weights and a bf16 dot with ``vdpbf16ps``
+(AVX512_BF16). Several tokens (prefill) take the portable dequantized tiles on every CPU: row dots of several
+tokens with these instructions ran 1.5-4.4x slower than those on an Intel Xeon (docs/design.md).
 
 The portable kernels live in :mod:`qorus_jit.kernels.quant`; these take the same arguments (trusted: the
 wrappers there validate) and are reached through its dispatch point. The instructions are emitted as calls
@@ -10,21 +12,15 @@ every entry point refuses a path that is not available. numba's cache keys each 
 name and features, so machine code cached on one CPU is never loaded on another.
 ``QORUS_PORTABLE=1`` makes :func:`available` report nothing.
 
-**q8_0** (weights ``qs`` int8 (O, I), ``d`` float32 (O, I // 32)): the activations are quantized per token
-in groups of 32 as the portable kernel does (``dx = max|x| * (1/127)``, ``xq = roundf(x / dx)``, float32
-``dx``), so each group's dot is an exact int32 sum scaled by ``d * dx``. ``vpdpbusd acc, a, b`` adds to each
-int32 lane the four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here
-are signed, so the weights get the offset: ``a = qs XOR 0x80 = qs + 128`` (exact as unsigned, for every
-int8 including -128), ``b = xq``, and ``sum (qs + 128) xq = sum qs xq + 128 sum xq``. The correction
-``-128 * sum xq`` depends on the activations alone: it is computed once per token for every four bytes
-(``xc``) and is the accumulator's starting value, so each lane ends with the exact ``sum qs xq`` of its four
-bytes (|lane| <= 4 * 128 * 127, so nothing wraps). One token (decoding: :func:`matvec_q8_0`, the one-call
-decoder's rows ``TOKEN_ROWS``) takes llama.cpp's other form, :func:`emit_sign_dot`: ``|qs|`` unsigned against
-``xq`` with the sign of ``qs`` (``vpsignb``, at 512 bits a masked subtract), no correction needed; the
-"avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster here). Each
-64-byte step (two groups) converts its 16 lanes to float32 and adds them times ``d * dx`` of their group
-(lanes 0-7 and 8-15) into a float32 vector; a row's odd last group is a scalar int32 sum.
-:func:`emulate_linear_q8_0` is the same arithmetic in NumPy.
+**q8_0** (weights ``qs`` int8 (O, I), ``d`` float32 (O, I // 32)): the token is quantized in groups of 32
+as the portable kernel does (``dx = max|x| * (1/127)``, ``xq = roundf(x / dx)``, float32 ``dx``), so each
+group's dot is an exact int32 sum scaled by ``d * dx``. ``vpdpbusd acc, a, b`` adds to each int32 lane the
+four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here are signed, so
+:func:`emit_sign_dot` takes llama.cpp's form: ``|qs|`` unsigned against ``xq`` with the sign of ``qs``
+(``vpsignb``, at 512 bits a masked subtract), each product exact (|lane| <= 4 * 128 * 127, so nothing wraps).
+The "avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster on the
+AMD EPYC). Each 64-byte step (two groups) converts its 16 lanes to float32 and adds them times ``d * dx`` of
+their group (lanes 0-7 and 8-15) into a float32 vector; a row's odd last group is a scalar int32 sum.
 
 **bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
 ``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
@@ -32,7 +28,8 @@ are bf16, so each float32 activation is split once per token into two bf16 numbe
 ``xl = bf16(x - xh)`` (round to nearest even; ``xh + xl`` is x to about 2^-17 relative, where ``xh`` alone
 would be 2^-9): each weight vector, loaded once, meets both in two instructions accumulating into two
 float32 vectors (decode reads weights from memory, so the second instruction costs no time there), summed
-at the end of the row. The last ``I % 32`` columns are a scalar sum.
+at the end of the row. The last ``I % 32`` columns are a scalar sum. :func:`emulate_linear_bf16` is the same
+arithmetic in NumPy, token by token.
 
 The float32 lanes are summed in a fixed tree at the end of a row, so results do not depend on threads.
 ``path="emulate"`` runs the same loops with each instruction replaced by plain LLVM IR of its arithmetic:
@@ -59,18 +56,15 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
+from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
 from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
-from qorus_jit.kernels._math import _float32_from_bits, roundf
-
-_TOKENS = 16  # tokens per block in the linear kernels (their quantized rows stay in L1/L2 over a row chunk)
-_ROWS = 16  # weight rows per parallel work item
+from qorus_jit.kernels._math import _float32_from_bits
 
 # ---------------------------------------------------------------------------------------------------
 # which paths this CPU runs
 
 _NEEDS = {
-    "avx512-vnni": ("avx512f", "avx512bw", "avx512vnni"),
+    "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),  # vl: a row's odd last group in ymm
     "avx-vnni": ("avx2", "avxvnni"),
     "avx2": ("avx2",),
     "avx512-bf16": ("avx512f", "avx512bw", "avx512bf16"),
@@ -271,52 +265,14 @@ def _loop(builder, steps, body, init):
     return builder.load(slot)
 
 
-def _make_dot_q8_0(nbytes, emulate):
-    """An intrinsic ``dot(qs, w_off, xq, xq_off, xc, d, d_off, dx, dx_off, steps) -> float32``: the first
-    ``steps * nbytes`` columns of a q8_0 row (qs at ``w_off``, scales d at ``d_off``) against one quantized
-    token (xq at ``xq_off``, its corrections xc at ``xq_off // 4``, scales dx at ``dx_off``)."""
-    lanes, gps = nbytes // 4, nbytes // GROUP  # int32 lanes, groups per step
-    bvec, ivec, fvec, svec = _vec(_I8, nbytes), _vec(_I32, lanes), _vec(_F32, lanes), _vec(_F32, gps)
-    spread = _mask([k // 8 for k in range(lanes)])  # group scale -> its 8 lanes
-
-    @intrinsic
-    def dot(typingctx, qs, w_off, xq, xq_off, xc, d, d_off, dx, dx_off, steps):
-        def codegen(context, builder, sig, args):
-            qs_, w_off, xq_, xq_off, xc_, d_, d_off, dx_, dx_off, steps = args
-            wp, xp, cp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 4, 5, 7))
-            flip = ir.Constant(bvec, [0x80] * nbytes)
-            i64 = w_off.type
-
-            def body(i, acc):
-                w = _load(builder, wp, builder.add(w_off, builder.mul(i, ir.Constant(i64, nbytes))), bvec)
-                a = _load(builder, xp, builder.add(xq_off, builder.mul(i, ir.Constant(i64, nbytes))), bvec)
-                c = _load(builder, cp, builder.add(builder.sdiv(xq_off, ir.Constant(i64, 4)),
-                                                   builder.mul(i, ir.Constant(i64, lanes))), ivec)
-                s = emit_dpbusd(builder, c, builder.xor(w, flip), a, emulate)  # exact sum qs * xq per lane
-                g = builder.mul(i, ir.Constant(i64, gps))
-                sc = builder.fmul(_load(builder, dp, builder.add(d_off, g), svec),
-                                  _load(builder, sp, builder.add(dx_off, g), svec))  # d * dx per group
-                return builder.fadd(acc, builder.fmul(builder.sitofp(s, fvec), builder.shuffle_vector(sc, sc, spread)))
-
-            return _hsum(builder, _loop(builder, steps, body, ir.Constant(fvec, None)))
-
-        i64 = types.int64
-        return types.float32(qs, i64, xq, i64, xc, d, i64, dx, i64, i64), codegen
-
-    return dot
-
-
 def _make_dot_q8_0_signed(nbytes, path):
     """An intrinsic ``dot(qs, w_off, xq, d, d_off, dx, G) -> float32``: a q8_0 row of G groups (qs at ``w_off``,
     scales d at ``d_off``) against one quantized token (xq (I,) int8, dx (G,)), by :func:`emit_sign_dot` on
-    ``path``. 64-byte steps (two groups in 16 lanes, as :func:`_make_dot_q8_0`'s, so the same sums in the same
-    order) leave an odd last group to the caller; 32-byte steps go two groups at a time into two accumulators
-    (one would wait on the FMA's latency every group) and take an odd last group themselves. Every 64 bytes of
-    weights are prefetched ``_lowbit._PREFETCH`` bytes ahead."""
-    lanes = nbytes // 4
-    bvec, ivec, fvec = _vec(_I8, nbytes), _vec(_I32, lanes), _vec(_F32, lanes)
-    spread = _mask([k // 8 for k in range(lanes)])
-    per = nbytes // GROUP  # groups a vector step
+    ``path``. Steps of ``nbytes`` (64: two groups in 16 lanes; 32: one group in 8) go two at a time into two
+    accumulators (one would wait on the latency of the last FMA every step), then a step left over, then at 64
+    bytes an odd last group as a 32-byte step of its own. Every 64 bytes of weights are prefetched
+    ``_lowbit._PREFETCH`` bytes ahead."""
+    per = nbytes // GROUP  # groups a step
 
     @intrinsic
     def dot(typingctx, qs, w_off, xq, d, d_off, dx, G):
@@ -325,36 +281,47 @@ def _make_dot_q8_0_signed(nbytes, path):
             wp, xp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3, 5))
             i64 = w_off.type
 
-            def step(g, acc, prefetch):
-                """acc + float32(the dot of groups g .. g + per - 1) * d * dx, lane by lane."""
-                k = builder.mul(g, ir.Constant(i64, GROUP))
+            def c(v):
+                return ir.Constant(i64, v)
+
+            def step(g, acc, width, prefetch):
+                """acc + float32(the dot of the ``width // 32`` groups from g) * d * dx, lane by lane."""
+                lanes, n = width // 4, width // GROUP
+                bvec, ivec, fvec = _vec(_I8, width), _vec(_I32, lanes), _vec(_F32, lanes)
+                k = builder.mul(g, c(GROUP))
                 wptr = builder.gep(wp, [builder.add(w_off, k)])
                 if prefetch:
                     _prefetch(builder, wptr)
                 w = builder.load(builder.bitcast(wptr, bvec.as_pointer()), align=1)
                 s = emit_sign_dot(builder, ir.Constant(ivec, None), w, _load(builder, xp, k, bvec), path)
-                svec = _vec(_F32, per)
+                svec = _vec(_F32, n)
                 sc = builder.fmul(_load(builder, dp, builder.add(d_off, g), svec), _load(builder, sp, g, svec))
-                return builder.fadd(acc, builder.fmul(builder.sitofp(s, fvec), builder.shuffle_vector(sc, sc, spread)))
+                spread = builder.shuffle_vector(sc, sc, _mask([j // 8 for j in range(lanes)]))
+                return builder.fadd(acc, builder.fmul(builder.sitofp(s, fvec), spread))
 
-            zero = ir.Constant(fvec, None)
-            if per == 2:
-                return _hsum(builder, _loop(builder, builder.udiv(G, ir.Constant(i64, 2)),
-                                            lambda i, acc: step(builder.mul(i, ir.Constant(i64, 2)), acc, True), zero))
+            fvec = _vec(_F32, nbytes // 4)
             pair = ir.LiteralStructType([fvec, fvec])
 
             def body(i, acc):
-                g = builder.mul(i, ir.Constant(i64, 2))
-                a0 = step(g, builder.extract_value(acc, 0), True)
-                a1 = step(builder.add(g, ir.Constant(i64, 1)), builder.extract_value(acc, 1), False)
+                g = builder.mul(i, c(2 * per))
+                a0 = step(g, builder.extract_value(acc, 0), nbytes, True)
+                a1 = step(builder.add(g, c(per)), builder.extract_value(acc, 1), nbytes, per == 2)
                 return builder.insert_value(builder.insert_value(acc, a0, 0), a1, 1)
 
-            acc = _loop(builder, builder.udiv(G, ir.Constant(i64, 2)), body, ir.Constant(pair, None))
-            slot = cgutils.alloca_once_value(builder, builder.extract_value(acc, 0))
-            odd = builder.icmp_unsigned("!=", builder.urem(G, ir.Constant(i64, 2)), ir.Constant(i64, 0))
-            with builder.if_then(odd):
-                builder.store(step(builder.sub(G, ir.Constant(i64, 1)), builder.load(slot), False), slot)
-            return _hsum(builder, builder.fadd(builder.load(slot), builder.extract_value(acc, 1)))
+            pairs = builder.udiv(G, c(2 * per))
+            acc = _loop(builder, pairs, body, ir.Constant(pair, None))
+            slot = cgutils.alloca_once_value(builder, builder.fadd(builder.extract_value(acc, 0),
+                                                                   builder.extract_value(acc, 1)))
+            g = builder.mul(pairs, c(2 * per))
+            with builder.if_then(builder.icmp_unsigned(">=", builder.sub(G, g), c(per))):
+                builder.store(step(g, builder.load(slot), nbytes, False), slot)
+            total = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(slot)))
+            if per == 2:  # an odd last group
+                odd = builder.icmp_unsigned("!=", builder.urem(G, c(2)), c(0))
+                with builder.if_then(odd):
+                    last = _hsum(builder, step(builder.sub(G, c(1)), ir.Constant(_vec(_F32, 8), None), 32, False))
+                    builder.store(builder.fadd(builder.load(total), last), total)
+            return builder.load(total)
 
         i64 = types.int64
         return types.float32(qs, i64, xq, d, i64, dx, i64), codegen
@@ -364,7 +331,9 @@ def _make_dot_q8_0_signed(nbytes, path):
 
 def _make_dot_bf16(lanes, emulate):
     """An intrinsic ``dot(w16, w_off, xh, xl, x_off, steps) -> float32``: the first ``steps * 2 * lanes``
-    columns of a bf16 row at ``w_off`` against a token split into two bf16 parts (xh, xl at ``x_off``)."""
+    columns of a bf16 row at ``w_off`` against a token split into two bf16 parts (xh, xl at ``x_off``); steps
+    go two at a time into four accumulators (xh and xl of even and odd steps), hiding the instruction's
+    latency."""
     hvec, fvec = _vec(_I16, 2 * lanes), _vec(_F32, lanes)
 
     @intrinsic
@@ -372,20 +341,30 @@ def _make_dot_bf16(lanes, emulate):
         def codegen(context, builder, sig, args):
             w16_, w_off, xh_, xl_, x_off, steps = args
             wp, hp, lp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3))
-            step = ir.Constant(w_off.type, 2 * lanes)
-            pair = ir.LiteralStructType([fvec, fvec])
+            i64 = w_off.type
+            quad = ir.LiteralStructType([fvec] * 4)
+
+            def step(k, acc, j):
+                """Chains j (xh) and j + 1 (xl) of ``acc`` plus the products of the columns at k."""
+                w = _load(builder, wp, builder.add(w_off, k), hvec)
+                for part, p in ((j, hp), (j + 1, lp)):
+                    acc = builder.insert_value(acc, emit_dpbf16ps(builder, builder.extract_value(acc, part), w,
+                                                                  _load(builder, p, builder.add(x_off, k), hvec),
+                                                                  emulate), part)
+                return acc
 
             def body(i, acc):
-                k = builder.mul(i, step)
-                w = _load(builder, wp, builder.add(w_off, k), hvec)
-                hi = emit_dpbf16ps(builder, builder.extract_value(acc, 0), w,
-                                   _load(builder, hp, builder.add(x_off, k), hvec), emulate)
-                lo = emit_dpbf16ps(builder, builder.extract_value(acc, 1), w,
-                                   _load(builder, lp, builder.add(x_off, k), hvec), emulate)
-                return builder.insert_value(builder.insert_value(acc, hi, 0), lo, 1)
+                k = builder.mul(i, ir.Constant(i64, 4 * lanes))
+                return step(builder.add(k, ir.Constant(i64, 2 * lanes)), step(k, acc, 0), 2)
 
-            acc = _loop(builder, steps, body, ir.Constant(pair, None))
-            return _hsum(builder, builder.fadd(builder.extract_value(acc, 0), builder.extract_value(acc, 1)))
+            slot = cgutils.alloca_once_value(builder, _loop(builder, builder.udiv(steps, ir.Constant(i64, 2)), body,
+                                                             ir.Constant(quad, None)))
+            with builder.if_then(builder.trunc(steps, ir.IntType(1))):  # an odd last step
+                k = builder.mul(builder.sub(steps, ir.Constant(i64, 1)), ir.Constant(i64, 2 * lanes))
+                builder.store(step(k, builder.load(slot), 0), slot)
+            acc = builder.load(slot)
+            parts = [builder.extract_value(acc, j) for j in range(4)]
+            return _hsum(builder, builder.fadd(builder.fadd(parts[0], parts[1]), builder.fadd(parts[2], parts[3])))
 
         i64 = types.int64
         return types.float32(w16, i64, xh, xl, i64, i64), codegen
@@ -393,9 +372,6 @@ def _make_dot_bf16(lanes, emulate):
     return dot
 
 
-_dot_q8_0_512 = _make_dot_q8_0(64, False)
-_dot_q8_0_256 = _make_dot_q8_0(32, False)
-_dot_q8_0_emu = _make_dot_q8_0(64, True)
 _dot_q8_0_signed = {"avx512-vnni": _make_dot_q8_0_signed(64, "avx512-vnni"),
                     "avx-vnni": _make_dot_q8_0_signed(32, "avx-vnni"),
                     "avx2": _make_dot_q8_0_signed(32, "avx2"), "emulate": _make_dot_q8_0_signed(64, "emulate")}
@@ -425,27 +401,6 @@ def _quantized_token(x):
 
 
 @kernel
-def _quantize_tokens(x, xq, xc, dx):
-    """Per token n and group g of 32: dx[n, g] = max|x| * (1/127), xq = roundf(x / dx) (0 where dx == 0), and
-    xc[n, j] = -128 * (xq[n, 4j] + ... + xq[n, 4j + 3]) (the vpdpbusd offset correction); x (N, I) float32."""
-    for n in range(x.shape[0]):
-        for g in range(x.shape[1] // GROUP):
-            o = g * GROUP
-            amax = np.float32(0.0)
-            for k in range(GROUP):
-                amax = max(amax, abs(x[n, o + k]))
-            dg = amax * np.float32(1 / 127)
-            inv = np.float32(1.0) / dg if dg > 0 else np.float32(0.0)
-            dx[n, g] = dg
-            for k in range(GROUP):
-                xq[n, o + k] = np.int8(roundf(x[n, o + k] * inv))
-            for j in range(GROUP // 4):
-                b = o + 4 * j
-                q4 = np.int32(xq[n, b]) + np.int32(xq[n, b + 1]) + np.int32(xq[n, b + 2]) + np.int32(xq[n, b + 3])
-                xc[n, b // 4] = -128 * q4
-
-
-@kernel
 def _bf16_bits(f):
     """The bf16 bits of float32 f rounded to nearest even (a NaN stays a quiet NaN)."""
     b = _bits_of_float32(f)
@@ -464,13 +419,12 @@ def _split_bf16(x, xh, xl):
             xl[n, i] = _bf16_bits(x[n, i] - _float32_from_bits(np.int32(h) << np.int32(16)))
 
 
-def quantize_tokens(x: np.ndarray):
-    """(xq int8 (N, I), xc int32 (N, I // 4), dx float32 (N, I // 32)) of x (N, I) float32: the activations of
-    the q8_0 fast path."""
-    N, I = x.shape
-    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
-    _quantize_tokens(x, xq, xc, dx)
-    return xq, xc, dx
+@kernel
+def _split_token(x):
+    """(xh, xl) bf16 bits (uint16 (I,)) of one token x (I,), new arrays (:func:`split_bf16`)."""
+    xh, xl = np.empty(x.shape[0], np.uint16), np.empty(x.shape[0], np.uint16)
+    _split_bf16(x.reshape(1, -1), xh.reshape(1, -1), xl.reshape(1, -1))
+    return xh, xl
 
 
 def quantize_token(x: np.ndarray):
@@ -492,19 +446,6 @@ def split_bf16(x: np.ndarray):
 
 
 @kernel
-def _q8_0_tail(qs, d, xq, dx, o, g0):
-    """sum over groups g >= g0 of d[o, g] dx[g] (qs[o] . xq over group g), one token's xq (I,), dx (G,): the groups a
-    vector step left."""
-    s = np.float32(0.0)
-    for g in range(g0, d.shape[1]):
-        acc = np.int32(0)
-        for k in range(g * GROUP, (g + 1) * GROUP):
-            acc += np.int32(qs[o, k]) * np.int32(xq[k])
-        s += np.float32(acc) * (d[o, g] * dx[g])
-    return s
-
-
-@kernel
 def _bf16_tail(w16, xh, xl, o, n, i0):
     """sum over columns i >= i0 of w16[o, i] (xh[n, i] + xl[n, i]), all bf16 bits."""
     s = np.float32(0.0)
@@ -513,48 +454,6 @@ def _bf16_tail(w16, xh, xl, o, n, i0):
         s += wi * _float32_from_bits(np.int32(xh[n, i]) << np.int32(16))
         s += wi * _float32_from_bits(np.int32(xl[n, i]) << np.int32(16))
     return s
-
-
-@kernel
-def _bias_of(bias, o):
-    return bias[o] if bias.shape[0] > 0 else np.float32(0.0)
-
-
-@kernel
-def _q8_0_rows_512(out, qs, d, xq, xc, dx, bias, lo, hi):
-    """out[n, o] = qs/d row o . token n (+ bias[o]) for lo <= o < hi and every token n (blocks of _TOKENS)."""
-    N, I, G = xq.shape[0], qs.shape[1], d.shape[1]
-    steps = G // 2
-    for n0 in range(0, N, _TOKENS):
-        for o in range(lo, hi):
-            b = _bias_of(bias, o)
-            for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_q8_0_512(qs, o * I, xq, n * I, xc, d, o * G, dx, n * G, steps)
-                out[n, o] = s + _q8_0_tail(qs, d, xq[n], dx[n], o, 2 * steps) + b
-
-
-@kernel
-def _q8_0_rows_256(out, qs, d, xq, xc, dx, bias, lo, hi):
-    """:func:`_q8_0_rows_512` with 256-bit steps (AVX-VNNI)."""
-    N, I, G = xq.shape[0], qs.shape[1], d.shape[1]
-    for n0 in range(0, N, _TOKENS):
-        for o in range(lo, hi):
-            b = _bias_of(bias, o)
-            for n in range(n0, min(N, n0 + _TOKENS)):
-                out[n, o] = _dot_q8_0_256(qs, o * I, xq, n * I, xc, d, o * G, dx, n * G, G) + b
-
-
-@kernel
-def _q8_0_rows_emu(out, qs, d, xq, xc, dx, bias, lo, hi):
-    """:func:`_q8_0_rows_512` with the instruction emulated in plain IR (runs on any CPU)."""
-    N, I, G = xq.shape[0], qs.shape[1], d.shape[1]
-    steps = G // 2
-    for n0 in range(0, N, _TOKENS):
-        for o in range(lo, hi):
-            b = _bias_of(bias, o)
-            for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_q8_0_emu(qs, o * I, xq, n * I, xc, d, o * G, dx, n * G, steps)
-                out[n, o] = s + _q8_0_tail(qs, d, xq[n], dx[n], o, 2 * steps) + b
 
 
 def _token_rows(out, qs, d, xq, dx, lo, hi, path):
@@ -567,15 +466,11 @@ def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
     if not isinstance(path, types.StringLiteral):
         raise TypingError("_token_rows: path must be a constant string")
     dot = _dot_q8_0_signed[path.literal_value]
-    wide = path.literal_value in ("avx512-vnni", "emulate")  # 64-byte steps: an odd last group is left here
 
     def rows(out, qs, d, xq, dx, lo, hi, path):
         I, G = qs.shape[1], d.shape[1]
         for o in range(lo, hi):
-            s = dot(qs, o * I, xq, d, o * G, dx, G)
-            if wide and G % 2:
-                s += _q8_0_tail(qs, d, xq, dx, o, G - 1)
-            out[o] = s
+            out[o] = dot(qs, o * I, xq, d, o * G, dx, G)
     return rows
 
 
@@ -638,57 +533,6 @@ def _bf16_token_rows_emu(out, w16, xh, xl, lo, hi):
 TOKEN_ROWS_BF16 = {"avx512-bf16": _bf16_token_rows_512, "emulate": _bf16_token_rows_emu}
 
 
-@kernel
-def _bf16_rows_512(out, w16, xh, xl, bias, lo, hi):
-    """out[n, o] = w16 row o . token n (xh + xl) (+ bias[o]) for lo <= o < hi and every token n (blocks of
-    _TOKENS)."""
-    N, I = xh.shape
-    steps = I // 32
-    for n0 in range(0, N, _TOKENS):
-        for o in range(lo, hi):
-            b = _bias_of(bias, o)
-            for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_bf16_512(w16, o * I, xh, xl, n * I, steps)
-                out[n, o] = s + _bf16_tail(w16, xh, xl, o, n, 32 * steps) + b
-
-
-@kernel
-def _bf16_rows_emu(out, w16, xh, xl, bias, lo, hi):
-    """:func:`_bf16_rows_512` with the instruction emulated in plain IR (runs on any CPU)."""
-    N, I = xh.shape
-    steps = I // 32
-    for n0 in range(0, N, _TOKENS):
-        for o in range(lo, hi):
-            b = _bias_of(bias, o)
-            for n in range(n0, min(N, n0 + _TOKENS)):
-                s = _dot_bf16_emu(w16, o * I, xh, xl, n * I, steps)
-                out[n, o] = s + _bf16_tail(w16, xh, xl, o, n, 32 * steps) + b
-
-
-@kernel(parallel=True)
-def _q8_0_512(out, x, qs, d, bias):
-    N, I = x.shape
-    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
-    _quantize_tokens(x, xq, xc, dx)
-    for_chunks(_q8_0_rows_512, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
-
-
-@kernel(parallel=True)
-def _q8_0_256(out, x, qs, d, bias):
-    N, I = x.shape
-    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
-    _quantize_tokens(x, xq, xc, dx)
-    for_chunks(_q8_0_rows_256, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
-
-
-@kernel(parallel=True)
-def _q8_0_emu(out, x, qs, d, bias):
-    N, I = x.shape
-    xq, xc, dx = np.empty((N, I), np.int8), np.empty((N, I // 4), np.int32), np.empty((N, I // GROUP), np.float32)
-    _quantize_tokens(x, xq, xc, dx)
-    for_chunks(_q8_0_rows_emu, (out, qs, d, xq, xc, dx, bias), qs.shape[0], _ROWS, x.size * qs.shape[0])
-
-
 # One entry kernel a path: a CPU must compile only the instructions it has, so each path's code lives in its own
 # kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python.
 @kernel(parallel=True)
@@ -716,87 +560,45 @@ def _q8_0_token_emu(out, x, qs, d):
 
 
 @kernel(parallel=True)
-def _bf16_512(out, x, w16, bias):
-    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
-    _split_bf16(x, xh, xl)
-    for_chunks(_bf16_rows_512, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, x.size * w16.shape[0])
+def _bf16_token_512(out, x, w16):
+    xh, xl = _split_token(x)
+    for_rows(_bf16_token_rows_512, (out, w16, xh, xl), w16.shape[0], w16.size)
 
 
 @kernel(parallel=True)
-def _bf16_emu(out, x, w16, bias):
-    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
-    _split_bf16(x, xh, xl)
-    for_chunks(_bf16_rows_emu, (out, w16, xh, xl, bias), w16.shape[0], _ROWS, x.size * w16.shape[0])
+def _bf16_token_emu(out, x, w16):
+    xh, xl = _split_token(x)
+    for_rows(_bf16_token_rows_emu, (out, w16, xh, xl), w16.shape[0], w16.size)
 
 
-_Q8_0 = {"avx512-vnni": _q8_0_512, "avx-vnni": _q8_0_256, "emulate": _q8_0_emu}
 _TOKEN = {"avx512-vnni": _q8_0_token_512, "avx-vnni": _q8_0_token_vnni256, "avx2": _q8_0_token_avx2,
           "emulate": _q8_0_token_emu}
-_BF16 = {"avx512-bf16": _bf16_512, "emulate": _bf16_emu}
-_NO_BIAS = np.zeros(0, np.float32)
+_TOKEN_BF16 = {"avx512-bf16": _bf16_token_512, "emulate": _bf16_token_emu}
 
 # ---------------------------------------------------------------------------------------------------
 # entry points (the signatures of kernels.quant; arguments trusted)
-
-
-def linear_q8_0(out, x, qs, d, bias, *, path=None):
-    """out (N, O) = x (N, I) @ W.T + bias, W = qs (O, I) int8 times d (O, I // 32) per group; bias (O,) or None.
-
-    ``path``: None (the best here), "avx512-vnni", "avx-vnni" or "emulate" (the same loop in plain IR). "avx2" has
-    no kernel of several tokens (``vpmaddubsw`` gains little over the portable float32 tiles there): refused."""
-    path = _require(path, "q8_0")
-    if path not in _Q8_0:
-        raise ValueError(f"path: {path!r} has no linear kernel (the portable kernels serve several tokens)")
-    _Q8_0[path](out, x, qs, d, _NO_BIAS if bias is None else bias)
-    return out
 
 
 def matvec_q8_0(out, qs, d, x, *, path=None):
     """out (O,) = W x for q8_0 weights (qs, d) and x (I,) float32 (one token, decoding) by the signed dot
     (:func:`emit_sign_dot`).
 
-    ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain IR:
-    the same sums in the same order as :func:`linear_q8_0`'s)."""
+    ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain
+    IR)."""
     _TOKEN[_require(path, "q8_0")](out, x, qs, d)
     return out
 
 
-def linear_bf16(out, x, w16, bias, *, path=None):
-    """out (N, O) = x (N, I) @ W.T + bias, W = the bf16 bits w16 (O, I); x split into two bf16 parts; bias (O,)
-    or None.
+def matvec_bf16(out, w16, x, *, path=None):
+    """out (O,) = W x for bf16 weights w16 (O, I) and x (I,) float32, x split into two bf16 parts.
 
     ``path``: None (the best here), "avx512-bf16" or "emulate" (the same loop in plain IR)."""
-    _BF16[_require(path, "bf16")](out, x, w16, _NO_BIAS if bias is None else bias)
-    return out
-
-
-def matvec_bf16(out, w16, x, *, path=None):
-    """out (O,) = W x for bf16 weights w16 (O, I) and x (I,) float32: :func:`linear_bf16` of one token."""
-    linear_bf16(out.reshape(1, -1), x.reshape(1, -1), w16, None, path=path)
+    _TOKEN_BF16[_require(path, "bf16")](out, x, w16)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------
 # NumPy emulation of the fast paths' arithmetic (tests; any machine)
-
-
-def _roundf_np(v):
-    a = np.abs(v)
-    r = np.floor(a)
-    r = np.where(a - r >= 0.5, r + 1, r)
-    return np.where(v >= 0, r, -r)
-
-
-def emulate_quantize_tokens(x):
-    """NumPy twin of :func:`quantize_tokens` (float32 arithmetic)."""
-    N, I = x.shape
-    g = x.reshape(N, I // GROUP, GROUP)
-    dx = (np.abs(g).max(axis=2) * np.float32(1 / 127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(dx > 0, np.float32(1.0) / dx, np.float32(0.0)).astype(np.float32)
-    xq = _roundf_np((g * inv[:, :, None]).astype(np.float32)).astype(np.int8).reshape(N, I)
-    xc = -128 * xq.reshape(N, I // 4, 4).astype(np.int32).sum(axis=2)
-    return xq, xc.astype(np.int32), dx
 
 
 def _hsum_np(v):
@@ -805,34 +607,6 @@ def _hsum_np(v):
         h = v.shape[-1] // 2
         v = (v[..., :h] + v[..., h:]).astype(np.float32)
     return v[..., 0]
-
-
-def emulate_linear_q8_0(x, qs, d, bias=None, tokens=None):
-    """What the 512-bit q8_0 loop computes, step by step in NumPy: vpdpbusd of (qs XOR 0x80) as u8 and xq as s8
-    into int32 lanes started at xc, then float32 lanes of the lane sums times d * dx, the lane tree, the odd
-    last group as a scalar int32 sum. ``tokens`` = (xq, xc, dx) to reuse the kernel's own quantized tokens."""
-    xq, xc, dx = emulate_quantize_tokens(x) if tokens is None else tokens
-    N, I = xq.shape
-    O, G = d.shape
-    steps = G // 2
-    u = (qs.view(np.uint8) ^ np.uint8(0x80)).astype(np.int64)  # == qs + 128
-    out = np.zeros((N, O), np.float32)
-    for n in range(N):
-        acc = np.zeros((O, 16), np.float32)
-        for i in range(steps):
-            cols = slice(64 * i, 64 * (i + 1))
-            prod = u[:, cols] * xq[n, cols].astype(np.int64)  # u8 * s8
-            lanes = xc[n, 16 * i:16 * (i + 1)].astype(np.int64) + prod.reshape(O, 16, 4).sum(axis=2)
-            assert np.all(np.abs(lanes) < 2**31)  # vpdpbusd wraps at 32 bits
-            sc = (d[:, 2 * i:2 * i + 2] * dx[n, 2 * i:2 * i + 2]).astype(np.float32)
-            acc = (acc + lanes.astype(np.float32) * np.repeat(sc, 8, axis=1)).astype(np.float32)
-        s = _hsum_np(acc)
-        for g in range(2 * steps, G):
-            cols = slice(GROUP * g, GROUP * (g + 1))
-            si = (qs[:, cols].astype(np.int32) * xq[n, cols].astype(np.int32)).sum(axis=1)
-            s = (s + si.astype(np.float32) * (d[:, g] * dx[n, g])).astype(np.float32)
-        out[n] = s if bias is None else s + bias
-    return out
 
 
 def emulate_round_bf16(x):
@@ -856,7 +630,8 @@ def emulate_split_bf16(x):
 
 def emulate_linear_bf16(x, w16, bias=None):
     """What the 512-bit bf16 loop computes in NumPy: x split into bf16 xh + xl, vdpbf16ps of each weight vector
-    with both into two sets of 16 float32 lanes (odd product added first), the two added, the lane tree, the
+    with both into 16 float32 lanes of four accumulators (xh and xl of even and odd steps; odd product added
+    first), the four added (the two of even steps, the two of odd ones, then both), the lane tree, the
     last I % 32 columns as a scalar sum (denormals not flushed)."""
     xh, xl = (_f32(v) for v in emulate_split_bf16(x))
     N, I = xh.shape
@@ -865,13 +640,14 @@ def emulate_linear_bf16(x, w16, bias=None):
     steps = I // 32
     out = np.zeros((N, O), np.float32)
     for n in range(N):
-        acc = np.zeros((2, O, 16), np.float32)
+        acc = np.zeros((4, O, 16), np.float32)
         for i in range(steps):
             cols = slice(32 * i, 32 * (i + 1))
             for j, xp in enumerate((xh, xl)):
                 p = (wf[:, cols] * xp[n, cols]).reshape(O, 16, 2)
-                acc[j] = ((acc[j] + p[:, :, 1]).astype(np.float32) + p[:, :, 0]).astype(np.float32)
-        s = _hsum_np((acc[0] + acc[1]).astype(np.float32))
+                a = 2 * (i % 2) + j
+                acc[a] = ((acc[a] + p[:, :, 1]).astype(np.float32) + p[:, :, 0]).astype(np.float32)
+        s = _hsum_np(((acc[0] + acc[1]).astype(np.float32) + (acc[2] + acc[3]).astype(np.float32)).astype(np.float32))
         for i in range(32 * steps, I):
             s = (s + wf[:, i] * xh[n, i] + wf[:, i] * xl[n, i]).astype(np.float32)
         out[n] = s if bias is None else s + bias
