@@ -127,3 +127,43 @@ def test_quantized_weights_live_in_weights_memory_without_a_second_copy(tmp_path
                         assert alloc.in_weights(a) and alloc.in_weights(b), name
                         checked += 1
         assert checked >= 7
+
+
+def _rss_kb(addr: int) -> int:
+    """The Rss (kB) of the mapping of /proc/self/smaps that holds ``addr``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps") or not hasattr(mmap, "MADV_DONTNEED"),
+                    reason="needs Linux's /proc/self/smaps and madvise")
+def test_dropped_weights_give_their_pages_back_and_spare_their_neighbours():
+    """A process that builds and drops models keeps only what lives: the last view of a weights array gone, its
+    whole pages leave the resident set, and the arrays carved before and after it keep their values."""
+    import gc
+
+    from qorus_jit.core import alloc
+
+    alloc._arena["map"] = None  # a fresh 32 MB map for the three
+    before, mid, after = (alloc.weights(n, np.float32) for n in (1000, 1 << 20, 1000))  # mid: 4 MB
+    before[...], mid[...], after[...] = 1.0, 2.0, 3.0
+    view = mid[10:20]  # a view keeps it alive
+    assert alloc.in_weights(view) and alloc.in_weights(mid)
+    full = _rss_kb(mid.ctypes.data)
+    assert full >= 4000
+    del mid
+    gc.collect()
+    assert _rss_kb(before.ctypes.data) == full and view.tolist() == [2.0] * 10
+    del view
+    gc.collect()
+    assert full - _rss_kb(before.ctypes.data) >= 4000  # its pages went back
+    assert (before == 1.0).all() and (after == 3.0).all()
+    assert alloc.in_weights(before) and not alloc.in_weights(np.ones(3))

@@ -65,15 +65,21 @@ def copy(value, dtype=DTYPE) -> np.ndarray:
 
 HUGE = 2 << 20  # bytes of a transparent huge page (x86-64, and the usual arm64 one)
 _CHUNK = 32 << 20  # bytes of each memory map that :func:`weights` carves arrays from
-_arena = {"buf": None, "off": 0}
+_PAGE = mmap.PAGESIZE
+_arena = {"map": None, "raw": None, "off": 0, "end": 0}  # the map being carved, its bytes, the next free offset
 _arena_lock = threading.Lock()
-_maps: dict[int, weakref.ref] = {}  # id -> the array over each map of :func:`_huge_map`, while it lives
+_owners: dict[int, weakref.ref] = {}  # id -> each array that owns memory of weights(), while it lives
 
 
-def _huge_map(nbytes: int) -> np.ndarray:
-    """``nbytes`` of zeros (uint8) from a 2 MB boundary of a private anonymous memory map advised for transparent
-    huge pages where the system offers them (Linux's ``madvise`` mode); pages become resident when written. The
-    array keeps the map alive."""
+def _register(owner: np.ndarray) -> None:
+    key = id(owner)
+    _owners[key] = weakref.ref(owner, lambda _, key=key: _owners.pop(key, None))
+
+
+def _huge_map(nbytes: int):
+    """(map, raw, start): a private anonymous memory map of ``nbytes`` from a 2 MB boundary (``start``, bytes
+    into the map), advised for transparent huge pages where the system offers them (Linux's ``madvise`` mode),
+    and ``raw``, its bytes as uint8 (which keeps the map alive). Pages take memory when written."""
     buf = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
@@ -81,37 +87,53 @@ def _huge_map(nbytes: int) -> np.ndarray:
         except OSError:  # a kernel without transparent huge pages: plain pages
             pass
     raw = np.frombuffer(buf, np.uint8)
-    key = id(raw)
-    _maps[key] = weakref.ref(raw, lambda _, key=key: _maps.pop(key, None))
-    start = -raw.ctypes.data % HUGE
-    return raw[start:start + nbytes]
+    return buf, raw, -raw.ctypes.data % HUGE
+
+
+def _release(buf: mmap.mmap, lo: int, hi: int) -> None:
+    """Give back to the system the whole pages within bytes [lo, hi) of ``buf`` (their contents are gone)."""
+    lo, hi = -(-lo // _PAGE) * _PAGE, hi // _PAGE * _PAGE
+    if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # a closed map or a platform without it: the pages stay until the map goes
+            pass
 
 
 def in_weights(a: np.ndarray) -> bool:
     """Whether ``a`` lies in memory of :func:`weights` (so a layer may keep it rather than copy it there)."""
     while isinstance(a.base, np.ndarray):
         a = a.base
-    ref = _maps.get(id(a))
+    ref = _owners.get(id(a))
     return ref is not None and ref() is a
 
 
 def weights(shape, dtype=DTYPE) -> np.ndarray:
     """Zeros of ``shape`` for weights that live as long as their model: 64-byte aligned with :data:`PAD` bytes
     spare, carved one after another from 32 MB memory maps on huge pages (:func:`_huge_map`; a larger array gets
-    its own). Pages take memory only when written; a map is released when every array carved from it is gone."""
+    its own). Pages take memory only when written. When the array and every view of it are gone, its whole
+    pages go back to the system (a process that builds and drops many models keeps only what lives); its
+    place in the map is not reused, and a map is unmapped when nothing carved from it lives."""
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     need = (nbytes + PAD + ALIGN - 1) // ALIGN * ALIGN
     if need > _CHUNK // 4:
-        raw = _huge_map(need)
+        _, raw, start = _huge_map(need)
+        owner = raw[start:start + need]  # its own map: unmapped when the last view goes
+        _register(raw)
     else:
         with _arena_lock:
-            if _arena["buf"] is None or _arena["off"] + need > _CHUNK:
-                _arena["buf"], _arena["off"] = _huge_map(_CHUNK), 0
-            raw = _arena["buf"][_arena["off"]:_arena["off"] + need]
+            if _arena["map"] is None or _arena["off"] + need > _arena["end"]:
+                buf, raw, start = _huge_map(_CHUNK)
+                _arena.update(map=buf, raw=raw, off=start, end=start + _CHUNK)
+            buf, raw, lo = _arena["map"], _arena["raw"], _arena["off"]
             _arena["off"] += need
-    return raw[:nbytes].view(dtype).reshape(shape)
+        # an owner of its own (a buffer over the map's bytes), so that the last view's end releases its pages
+        owner = np.frombuffer(memoryview(raw)[lo:lo + need], np.uint8)
+        weakref.finalize(owner, _release, buf, lo, lo + need).atexit = False
+        _register(owner)
+    return owner[:nbytes].view(dtype).reshape(shape)
 
 
 def memory_bytes() -> int:
