@@ -55,8 +55,8 @@ def test_check_fits_names_the_sizes():
             _alloc.check_fits("parameters", have // 4 + 1, dim=have // 4 + 1)
 
 
-def _vm_flags(addr: int) -> list[str]:
-    """The VmFlags of the mapping of /proc/self/smaps that holds ``addr``."""
+def _smaps(addr: int, field: str) -> list[str]:
+    """The values of ``field`` (e.g. "VmFlags:", "Rss:") of the mapping of /proc/self/smaps that holds ``addr``."""
     inside = False
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -64,9 +64,13 @@ def _vm_flags(addr: int) -> list[str]:
             if "-" in head and not head.endswith(":"):
                 lo, hi = (int(v, 16) for v in head.split("-"))
                 inside = lo <= addr < hi
-            elif inside and head == "VmFlags:":
+            elif inside and head == field:
                 return line.split()[1:]
     raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def _vm_flags(addr: int) -> list[str]:
+    return _smaps(addr, "VmFlags:")
 
 
 def test_weights_are_zeros_one_after_another_apart_and_aligned():
@@ -130,17 +134,7 @@ def test_quantized_weights_live_in_weights_memory_without_a_second_copy(tmp_path
 
 
 def _rss_kb(addr: int) -> int:
-    """The Rss (kB) of the mapping of /proc/self/smaps that holds ``addr``."""
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(v, 16) for v in head.split("-"))
-                inside = lo <= addr < hi
-            elif inside and head == "Rss:":
-                return int(line.split()[1])
-    raise AssertionError(f"no mapping holds {addr:#x}")
+    return int(_smaps(addr, "Rss:")[0])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps") or not hasattr(mmap, "MADV_DONTNEED"),
