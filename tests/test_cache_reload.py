@@ -308,3 +308,30 @@ def test_no_serial_kernel_calls_a_parallel_one():
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+def test_a_change_to_any_kernel_module_makes_every_cached_kernel_stale(tmp_path):
+    """numba checks a cached kernel against its own file only, but kernels inline functions of other modules (the
+    decoder the rows of quant_x86): every kernel's cache locator is qorus's, whose stamp also holds a hash of all
+    of core/ and kernels/, and a cache index saved under another stamp reads as empty (so the kernel compiles)."""
+    from numba.core.caching import IndexDataCacheFile
+
+    from qorus_jit.core import numerics
+    from qorus_jit.kernels import decode, quant_x86
+
+    for k in (decode._matvec, quant_x86._q8_0_token_emu, numerics.row_chunks):
+        locator = k._cache._impl.locator
+        assert isinstance(locator, numerics._PackageSources), type(locator)
+        assert locator.get_source_stamp()[1] == numerics.sources_stamp()
+    # the hash follows every file's contents
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for f in files:
+        f.write_text("x = 1\n")
+    before = numerics.sources_stamp(files)
+    files[1].write_text("x = 2\n")
+    assert numerics.sources_stamp(files) != before
+    # numba's index under a stamp of ours: kept while the stamp holds, dropped when any module changed
+    stamp = decode._matvec._cache._impl.locator.get_source_stamp()
+    IndexDataCacheFile(str(tmp_path), "k", stamp).save(("sig",), b"code")
+    assert IndexDataCacheFile(str(tmp_path), "k", stamp).load(("sig",)) == b"code"
+    assert IndexDataCacheFile(str(tmp_path), "k", (stamp[0], b"another")).load(("sig",)) is None

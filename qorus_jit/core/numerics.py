@@ -8,11 +8,14 @@ LLVM may assume no NaN or inf exists, so ``np.isnan`` folds to False and ``-inf`
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numba
 import numpy as np
 from numba import prange
+from numba.core.caching import CacheImpl, _SourceFileBackedLocatorMixin
 
 FASTMATH: frozenset[str] = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 """LLVM fast-math flags for every kernel (no ``nnan``, no ``ninf``)."""
@@ -31,8 +34,54 @@ SERIAL_WORK = 1 << 15
 parallel region: elements of the largest operand (``B * H * T * S * D`` multiply-adds for attention, ``B * H *
 length * D`` for decoding). Waking numba's threads costs microseconds on an idle machine and up to a scheduler
 slice on a busy one; the break-even figures behind the value are in docs/design.md ("Kernel conventions").
-Kernels read it as a compile-time constant (numba freezes globals into the cached machine code), so after
-changing it run ``qorus clear-cache``."""
+Kernels read it as a compile-time constant (numba freezes globals into the cached machine code; a change to
+this file makes every cached kernel stale, see :class:`_PackageSources`)."""
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # qorus_jit/
+_SOURCE_DIRS = ("core", "kernels")  # where the kernels and everything they inline live
+_stamp: list[bytes] = []
+
+
+def sources_stamp(files=None) -> bytes:
+    """A hash of the contents of ``files`` (default: every module of qorus_jit/core and qorus_jit/kernels, read
+    once a process)."""
+    if files is None and _stamp:
+        return _stamp[0]
+    paths = sorted(p for d in _SOURCE_DIRS for p in (_PACKAGE / d).glob("*.py")) if files is None else files
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes())
+    if files is None:
+        _stamp.append(h.digest())
+    return h.digest()
+
+
+class _PackageSources:
+    """A numba cache locator mixin for qorus_jit's own modules: cached machine code is stale when any module of
+    core/ or kernels/ changed, not only the function's file. numba checks the function's file alone, but a kernel
+    inlines functions of other modules (decode.py's products the rows of quant_x86.py), so an edit there left
+    cached kernels running the old code (docs/design.md, "Kernel conventions")."""
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not Path(py_file).resolve().is_relative_to(_PACKAGE):
+            return None  # not ours: numba's own locators
+        return super().from_function(py_func, py_file)
+
+    def get_source_stamp(self):
+        return super().get_source_stamp(), sources_stamp()
+
+
+def _install_locators() -> None:
+    """Put a :class:`_PackageSources` twin of each of numba's file-backed locators first (once)."""
+    classes = list(CacheImpl._locator_classes)
+    if not any(issubclass(c, _PackageSources) for c in classes):
+        ours = [type(f"Qorus{c.__name__}", (_PackageSources, c), {}) for c in classes
+                if issubclass(c, _SourceFileBackedLocatorMixin)]
+        CacheImpl._locator_classes = ours + classes
+
+
+_install_locators()
 
 
 def kernel(fn=None, *, parallel: bool = False):
