@@ -115,8 +115,8 @@ def info(as_json):
         where = ", ".join(str(v) for v in (lib["architecture"], f"{lib['threads']} threads") if v is not None)
         click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} ({where})")
     q = data["quantized_kernels"]
-    click.echo("  quantized:  " + ", ".join(f"{fmt} {path}" for fmt, path in q["paths"].items())
-               + (f" ({q['note']})" if q.get("note") else ""))
+    click.echo("  quantized:  decoding " + ", ".join(f"{fmt} {path}" for fmt, path in q["paths"].items())
+               + (f" ({q['note']})" if q.get("note") else "") + "; prompts: float32 tiles")
     click.echo(f"  cache:      {data['numba_cache']}")
     click.echo(f"  fastmath:   {' '.join(data['fastmath'])}")
 
