@@ -155,7 +155,7 @@ def test_dropped_weights_give_their_pages_back_and_spare_their_neighbours():
     assert full >= 4000
     del mid
     gc.collect()
-    assert _rss_kb(before.ctypes.data) == full and view.tolist() == [2.0] * 10
+    assert _rss_kb(before.ctypes.data) >= full and view.tolist() == [2.0] * 10  # the view holds its pages
     del view
     gc.collect()
     assert full - _rss_kb(before.ctypes.data) >= 4000  # its pages went back
