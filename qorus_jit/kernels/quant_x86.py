@@ -20,16 +20,16 @@ four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both op
 (``vpsignb``, at 512 bits a masked subtract), each product exact (|lane| <= 4 * 128 * 127, so nothing wraps).
 The "avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster on the
 AMD EPYC). Each 64-byte step (two groups) converts its 16 lanes to float32 and adds them times ``d * dx`` of
-their group (lanes 0-7 and 8-15) into a float32 vector; a row's odd last group is a scalar int32 sum.
+their group (lanes 0-7 and 8-15) into a float32 vector (two vectors, alternating steps); a row's odd last group
+is a 32-byte step of 8 lanes (a scalar loop there had cost a 288-column row twice its time).
 
 **bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
 ``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
 are bf16, so each float32 activation is split once per token into two bf16 numbers, ``xh = bf16(x)`` and
 ``xl = bf16(x - xh)`` (round to nearest even; ``xh + xl`` is x to about 2^-17 relative, where ``xh`` alone
-would be 2^-9): each weight vector, loaded once, meets both in two instructions accumulating into two
-float32 vectors (decode reads weights from memory, so the second instruction costs no time there), summed
-at the end of the row. The last ``I % 32`` columns are a scalar sum. :func:`emulate_linear_bf16` is the same
-arithmetic in NumPy, token by token.
+would be 2^-9): each weight vector, loaded once, meets both in two instructions accumulating into float32
+vectors (four: xh and xl of even and odd steps), summed at the end of the row. The last ``I % 32`` columns
+are a scalar sum. :func:`emulate_linear_bf16` is the same arithmetic in NumPy, token by token.
 
 The float32 lanes are summed in a fixed tree at the end of a row, so results do not depend on threads.
 ``path="emulate"`` runs the same loops with each instruction replaced by plain LLVM IR of its arithmetic:
