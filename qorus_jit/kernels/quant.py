@@ -423,16 +423,6 @@ def _linear_tiles(out, x, bias, wq, d):
              out.shape[0] * O * wq.shape[1])
 
 
-def _linear_bf16_portable(out, x, w16, bias):
-    """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = w16 (O, I) bf16 (N >= 1)."""
-    _linear_tiles(out, x, bias, w16, None)
-
-
-def _linear_q8_0_portable(out, x, qs, d, bias):
-    """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = q8_0 (qs (O, I) int8, d (O, I/32)) (N >= 1)."""
-    _linear_tiles(out, x, bias, qs, d)
-
-
 # ---------------------------------------------------------------------------------------------------
 # dispatchers (unchecked; ``kernels.trusted`` exports them): the path of ``_path`` for each call
 
@@ -467,13 +457,13 @@ def _matvec_q8_0(out, qs, d, x):
 def _linear_bf16(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16."""
     if out.shape[0]:
-        _linear_bf16_portable(out, x, w16, bias)
+        _linear_tiles(out, x, bias, w16, None)
 
 
 def _linear_q8_0(out, x, qs, d, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs, d)."""
     if out.shape[0]:
-        _linear_q8_0_portable(out, x, qs, d, bias)
+        _linear_tiles(out, x, bias, qs, d)
 
 
 # ---------------------------------------------------------------------------------------------------

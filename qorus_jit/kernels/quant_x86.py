@@ -330,16 +330,16 @@ def _make_dot_q8_0_signed(nbytes, path):
 
 
 def _make_dot_bf16(lanes, emulate):
-    """An intrinsic ``dot(w16, w_off, xh, xl, x_off, steps) -> float32``: the first ``steps * 2 * lanes``
-    columns of a bf16 row at ``w_off`` against a token split into two bf16 parts (xh, xl at ``x_off``); steps
+    """An intrinsic ``dot(w16, w_off, xh, xl, steps) -> float32``: the first ``steps * 2 * lanes`` columns of a
+    bf16 row at ``w_off`` against one token split into two bf16 parts (xh, xl (I,)); steps
     go two at a time into four accumulators (xh and xl of even and odd steps), hiding the instruction's
     latency."""
     hvec, fvec = _vec(_I16, 2 * lanes), _vec(_F32, lanes)
 
     @intrinsic
-    def dot(typingctx, w16, w_off, xh, xl, x_off, steps):
+    def dot(typingctx, w16, w_off, xh, xl, steps):
         def codegen(context, builder, sig, args):
-            w16_, w_off, xh_, xl_, x_off, steps = args
+            w16_, w_off, xh_, xl_, steps = args
             wp, hp, lp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3))
             i64 = w_off.type
             quad = ir.LiteralStructType([fvec] * 4)
@@ -349,7 +349,7 @@ def _make_dot_bf16(lanes, emulate):
                 w = _load(builder, wp, builder.add(w_off, k), hvec)
                 for part, p in ((j, hp), (j + 1, lp)):
                     acc = builder.insert_value(acc, emit_dpbf16ps(builder, builder.extract_value(acc, part), w,
-                                                                  _load(builder, p, builder.add(x_off, k), hvec),
+                                                                  _load(builder, p, k, hvec),
                                                                   emulate), part)
                 return acc
 
@@ -367,7 +367,7 @@ def _make_dot_bf16(lanes, emulate):
             return _hsum(builder, builder.fadd(builder.fadd(parts[0], parts[1]), builder.fadd(parts[2], parts[3])))
 
         i64 = types.int64
-        return types.float32(w16, i64, xh, xl, i64, i64), codegen
+        return types.float32(w16, i64, xh, xl, i64), codegen
 
     return dot
 
@@ -446,13 +446,13 @@ def split_bf16(x: np.ndarray):
 
 
 @kernel
-def _bf16_tail(w16, xh, xl, o, n, i0):
-    """sum over columns i >= i0 of w16[o, i] (xh[n, i] + xl[n, i]), all bf16 bits."""
+def _bf16_tail(w16, xh, xl, o, i0):
+    """sum over columns i >= i0 of w16[o, i] (xh[i] + xl[i]), all bf16 bits (one token)."""
     s = np.float32(0.0)
     for i in range(i0, w16.shape[1]):
         wi = _float32_from_bits(np.int32(w16[o, i]) << np.int32(16))
-        s += wi * _float32_from_bits(np.int32(xh[n, i]) << np.int32(16))
-        s += wi * _float32_from_bits(np.int32(xl[n, i]) << np.int32(16))
+        s += wi * _float32_from_bits(np.int32(xh[i]) << np.int32(16))
+        s += wi * _float32_from_bits(np.int32(xl[i]) << np.int32(16))
     return s
 
 
@@ -513,9 +513,8 @@ def _bf16_token_rows_impl(out, w16, xh, xl, lo, hi, path):
     def rows(out, w16, xh, xl, lo, hi, path):
         I = w16.shape[1]
         steps = I // 32
-        h, lw = xh.reshape(1, I), xl.reshape(1, I)  # the token as a batch of one, as the tail takes it
         for o in range(lo, hi):
-            out[o] = dot(w16, o * I, xh, xl, 0, steps) + _bf16_tail(w16, h, lw, o, 0, 32 * steps)
+            out[o] = dot(w16, o * I, xh, xl, steps) + _bf16_tail(w16, xh, xl, o, 32 * steps)
     return rows
 
 
@@ -628,7 +627,7 @@ def emulate_split_bf16(x):
         return xh, emulate_round_bf16((x - _f32(xh)).astype(np.float32))
 
 
-def emulate_linear_bf16(x, w16, bias=None):
+def emulate_linear_bf16(x, w16):
     """What the 512-bit bf16 loop computes in NumPy: x split into bf16 xh + xl, vdpbf16ps of each weight vector
     with both into 16 float32 lanes of four accumulators (xh and xl of even and odd steps; odd product added
     first), the four added (the two of even steps, the two of odd ones, then both), the lane tree, the
@@ -650,5 +649,5 @@ def emulate_linear_bf16(x, w16, bias=None):
         s = _hsum_np(((acc[0] + acc[1]).astype(np.float32) + (acc[2] + acc[3]).astype(np.float32)).astype(np.float32))
         for i in range(32 * steps, I):
             s = (s + wf[:, i] * xh[n, i] + wf[:, i] * xl[n, i]).astype(np.float32)
-        out[n] = s if bias is None else s + bias
+        out[n] = s
     return out
