@@ -29,6 +29,8 @@ def quantized_kernels(features: dict) -> dict:
                  if paths[fmt] == "portable" and not any(features.get(f, False) for f in flags)]
         if lacks:
             note = f"this CPU has no {' or '.join(lacks)}: the portable (AVX2) paths instead"
+        elif paths["bf16"] == "portable" and features.get("avx512bf16", False):
+            note = "bf16 multiplies in float32 (faster here than vdpbf16ps; QORUS_VDPBF16PS=1 picks it)"
     return {"paths": paths, "note": note}
 
 

@@ -22,6 +22,8 @@ def path(request, monkeypatch):
     bf16 numbers). Several tokens take the portable tiles on every path."""
     if request.param == "portable":
         monkeypatch.setenv("QORUS_PORTABLE", "1")
+    else:
+        monkeypatch.setenv("QORUS_VDPBF16PS", "1")  # the opt-in bf16 path, where the CPU has it
     Q.kernel_paths()
     yield request.param
     monkeypatch.undo()
@@ -283,6 +285,26 @@ def test_kernel_paths_and_the_portable_switch(monkeypatch):
     assert Q._path("q8_0") == Q._path("bf16") == "portable"  # what the dispatchers use
     monkeypatch.undo()
     assert Q.kernel_paths() == paths  # chosen afresh: the later tests run on this machine's paths
+
+
+def test_vdpbf16ps_is_opt_in(monkeypatch):
+    """bf16 products multiply in float32 unless QORUS_VDPBF16PS=1 asks for vdpbf16ps (where the CPU has it), and
+    QORUS_PORTABLE wins over it; ``qorus info`` says which and why."""
+    from qorus_jit.kernels import quant_x86
+    from qorus_jit.sysinfo import quantized_kernels
+
+    monkeypatch.delenv("QORUS_PORTABLE", raising=False)
+    monkeypatch.delenv("QORUS_VDPBF16PS", raising=False)
+    has = quant_x86.available()["avx512-bf16"]
+    assert Q.kernel_paths()["bf16"] == "portable"
+    if has:
+        assert "QORUS_VDPBF16PS=1" in quantized_kernels({"avx512bf16": True})["note"]
+    monkeypatch.setenv("QORUS_VDPBF16PS", "1")
+    assert Q.kernel_paths()["bf16"] == ("avx512-bf16" if has else "portable")
+    monkeypatch.setenv("QORUS_PORTABLE", "1")
+    assert Q.kernel_paths()["bf16"] == "portable"
+    monkeypatch.undo()
+    Q.kernel_paths()
 
 
 # ------------------------------------------------------------------------------------------------- bad input

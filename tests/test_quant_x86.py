@@ -163,15 +163,20 @@ def _compile_for(cpu, features, tmp_path):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# a vpxor's result (w ^ 0x80) read by a vpdpbusd as its unsigned source (AT&T: x, a, acc)
+_OFFSET_DOT = r"vpxorq?\s+[^\n]*%{r}(\d+)\n(?:.*\n){{0,12}}?\s*(?:\{{vex\}}\s+)?vpdpbusd\s+%{r}\d+, %{r}\1, %{r}\d+"
+
+
 def test_kernels_compile_for_sapphire_rapids(tmp_path):
     res = _compile_for("sapphirerapids", "+avx512f,+avx512bw,+avx512vl,+avx512vnni,+avx512bf16", tmp_path)
     for name in ("_bf16_token_rows_512", "_bf16_token_512"):
         assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"][name]), name
-    # the signed dot: |w| (vpabsb) is the first (unsigned) source, x with w's sign (a masked vpsubb) the other
+    # the offset form: w ^ 0x80 (a vpxor, folded with the load) is the first (unsigned) source, x the other
     for name in ("_token_rows_512", "_q8_0_token_512"):
         asm = res["asm"][name]
-        assert re.search(r"vpabsb\s+[^\n]*%zmm(\d+)\n(?:.*\n){0,12}?\s*vpdpbusd\s+\S+, %zmm\1, %zmm\d+", asm), name
-        assert re.search(r"vpsubb\s+[^\n]*\{%k\d\}", asm) and "vcvtdq2ps" in asm, name
+        assert re.search(_OFFSET_DOT.format(r="[yz]mm"), asm), name
+        assert re.search(r"vpdpbusd\s+\S+, %zmm\d+, %zmm\d+", asm), name  # 64-byte steps
+        assert "vpsubd" in asm and "vcvtdq2ps" in asm and "vfmadd" in asm, name  # -128 sum(x); the scaled sum
     assert re.search(r"vpdpbusd\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product"])  # the decoder's products
     assert re.search(r"vdpbf16ps\s+\S+, %zmm\d+, %zmm\d+", res["asm"]["_add_product_bf16"])  # bf16 too
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
@@ -183,9 +188,8 @@ def test_kernels_compile_for_alder_lake(tmp_path):
     res = _compile_for("alderlake", "+avx2,+fma,+avxvnni", tmp_path)
     for name in ("_token_rows_vnni256", "_q8_0_token_vnni256"):
         asm = res["asm"][name]
-        assert re.search(r"vpabsb\s+%ymm\d+, %ymm(\d+)\n(?:.*\n){0,12}?\s*\{vex\}\s+vpdpbusd\s+\S+, %ymm\1, %ymm",
-                         asm), name
-        assert "vpsignb" in asm and "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
+        assert re.search(_OFFSET_DOT.format(r="ymm"), asm) and "{vex}" in asm, name
+        assert "vpsubd" in asm and "zmm" not in asm, name  # no AVX-512 on a CPU with AVX-VNNI only
     asm = res["asm"]["_token_rows_avx2"]
     assert re.search(r"vpmaddubsw\s+%ymm\d+, %ymm\d+, %ymm\d+", asm) and "vpsignb" in asm and "vpabsb" in asm, asm
     assert "vpmaddwd" in asm and "vpdpbusd" not in asm
@@ -399,6 +403,33 @@ def test_fast_q8_0(path, O, I, N):
         port = np.full(O, np.nan, np.float32)
         _portable("_matvec_q8_0_portable")(port, qs, d, x)
         _close(one, port.astype(np.float64), mag[0])
+
+
+@pytest.mark.parametrize("path", ["emulate", "avx512-vnni", "avx-vnni", "avx2"])
+@pytest.mark.parametrize("I", [288, 320])
+def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
+    """Rows taken four at a time or one at a time give the same bits (a row range from 1 or 2 shifts every row's
+    place in the blocks of four), and extreme bytes (-128 and 127 weights, +-127 activations) stay exact."""
+    if path != "emulate":
+        _skip_unless(path)
+    rng = np.random.default_rng(I)
+    O = 37
+    qs, d = _q8_weights(rng, O, I)
+    qs[:4] = -128
+    qs[4:8] = 127
+    x = rng.standard_normal(I).astype(np.float32)
+    x[::7] = np.sign(x[::7]) * 40.0  # groups whose largest element quantizes to +-127
+    xq, dx = Q.quantize_token(x)
+    runs = []
+    for lo in (0, 1, 2):
+        out = np.full(O, np.nan, np.float32)
+        Q.TOKEN_ROWS[path](out, qs, d, xq, dx, lo, O)
+        assert np.all(np.isnan(out[:lo])) and not np.any(np.isnan(out[lo:]))
+        runs.append(out)
+    np.testing.assert_array_equal(runs[1][1:], runs[0][1:])
+    np.testing.assert_array_equal(runs[2][2:], runs[0][2:])
+    ref, mag = _q8_reference(_token(x), qs, d, None)
+    _close(runs[0], ref[0], mag[0])
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])

@@ -14,6 +14,9 @@ from qorus_jit.kernels._math import roundf
 #: Weights per q8_0 group (one scale each), along the input dimension.
 GROUP = 32
 
+# The one flag of the float operations the row dots emit: any flag keeps numba's fastmath pass from adding its
+# own, whose reassociation would let a row's sum depend on how many rows its dot takes at once.
+_EXACT = ("nsz",)
 _PREFETCH = 1024  # bytes ahead of their loads that the row dots prefetch W (bf16 +25% from memory: docs/design.md)
 
 
@@ -51,5 +54,33 @@ def _hsum(builder, v):
         undef = ir.Constant(v.type, ir.Undefined)
         lo = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
         hi = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n))))
-        v = builder.fadd(lo, hi)
+        v = builder.fadd(lo, hi, flags=_EXACT)
     return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+def _hsum_rows(builder, vs):
+    """``<R x float>``: the lane sums of the R vectors ``vs`` (R a power of two, at most their lanes), each in
+    :func:`_hsum`'s order, by a transposing tree: two vectors holding k rows' lanes each merge into one holding 2k
+    rows' half as many lanes, then the one vector folds each row's lanes in halves until one lane a row is left
+    (15 shuffles and adds for four rows of 16 lanes, against 32 for four sums)."""
+    def fold(p, q, rows, lanes):
+        half = lanes // 2
+        lo = [r * lanes + i for r in range(rows) for i in range(half)]
+        hi = [r * lanes + half + i for r in range(rows) for i in range(half)]
+        if q is None:
+            q = ir.Constant(p.type, ir.Undefined)
+        else:
+            lo = lo + [rows * lanes + j for j in lo]
+            hi = hi + [rows * lanes + j for j in hi]
+        m = ir.VectorType(ir.IntType(32), len(lo))
+        return builder.fadd(builder.shuffle_vector(p, q, ir.Constant(m, lo)),
+                            builder.shuffle_vector(p, q, ir.Constant(m, hi)), flags=_EXACT)
+
+    n, rows = vs[0].type.count, 1
+    while len(vs) > 1:
+        vs = [fold(p, q, rows, n // rows) for p, q in zip(vs[0::2], vs[1::2], strict=True)]
+        rows *= 2
+    v = vs[0]
+    while v.type.count > rows:
+        v = fold(v, None, rows, v.type.count // rows)
+    return v

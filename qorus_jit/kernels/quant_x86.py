@@ -15,13 +15,16 @@ name and features, so machine code cached on one CPU is never loaded on another.
 **q8_0** (weights ``qs`` int8 (O, I), ``d`` float32 (O, I // 32)): the token is quantized in groups of 32
 as the portable kernel does (``dx = max|x| * (1/127)``, ``xq = roundf(x / dx)``, float32 ``dx``), so each
 group's dot is an exact int32 sum scaled by ``d * dx``. ``vpdpbusd acc, a, b`` adds to each int32 lane the
-four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here are signed, so
-:func:`emit_sign_dot` takes llama.cpp's form: ``|qs|`` unsigned against ``xq`` with the sign of ``qs``
-(``vpsignb``, at 512 bits a masked subtract), each product exact (|lane| <= 4 * 128 * 127, so nothing wraps).
-The "avx2" path runs it with ``vpmaddubsw`` + ``vpmaddwd`` (not chosen by default: measured no faster on the
-AMD EPYC). Each 64-byte step (two groups) converts its 16 lanes to float32 and adds them times ``d * dx`` of
-their group (lanes 0-7 and 8-15) into a float32 vector (two vectors, alternating steps); a row's odd last group
-is a 32-byte step of 8 lanes (a scalar loop there had cost a 288-column row twice its time).
+four products of *unsigned* bytes of ``a`` with *signed* bytes of ``b``; both operands here are signed, so the
+VNNI paths take the offset form (:func:`emit_offset_dot`): ``qs ^ 0x80`` read unsigned is ``qs + 128``, and the
+accumulator starts at ``-128`` times each lane's four ``xq``, made once a step for all rows. The "avx2" path
+(``vpmaddubsw`` + ``vpmaddwd``, whose int16 pair sums would saturate on ``qs + 128``) takes llama.cpp's signed
+form instead (:func:`emit_sign_dot`: ``|qs|`` against ``xq`` with the sign of ``qs``); it is not chosen by default
+(measured no faster on the AMD EPYC). Every product is exact, -128 included. The row dot takes four rows at once
+(the token's bytes loaded once a step for the four) in steps of 64 bytes (two groups, 16 lanes), each row adding
+its steps into one float32 vector by FMA with ``d * dx`` of their group; a row's odd last group is a 32-byte step
+into its low 8 lanes; the four rows' lanes are summed by one transposing tree (:func:`_lowbit._hsum_rows`), a
+row left over by a one-row dot of the same arithmetic.
 
 **bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
 ``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
@@ -31,7 +34,9 @@ would be 2^-9): each weight vector, loaded once, meets both in two instructions 
 vectors (four: xh and xl of even and odd steps), summed at the end of the row. The last ``I % 32`` columns
 are a scalar sum. :func:`emulate_linear_bf16` is the same arithmetic in NumPy, token by token.
 
-The float32 lanes are summed in a fixed tree at the end of a row, so results do not depend on threads.
+The float32 lanes are summed in a fixed tree at the end of a row, and the operations carry a flag of their own
+(``_lowbit._EXACT``) so that numba's fastmath pass cannot reassociate them: a row's sum depends neither on the
+threads nor on how many rows its dot takes at once.
 ``path="emulate"`` runs the same loops with each instruction replaced by plain LLVM IR of its arithmetic:
 it runs on any x86 CPU, so the tests check the loops here even where the instructions are missing.
 
@@ -57,7 +62,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
-from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
+from qorus_jit.kernels._lowbit import _EXACT, GROUP, _hsum, _hsum_rows, _prefetch, _quantize_x_q8
 from qorus_jit.kernels._math import _float32_from_bits
 
 # ---------------------------------------------------------------------------------------------------
@@ -73,6 +78,10 @@ _Q8_0_PATHS = ("avx512-vnni", "avx-vnni", "avx2")  # fastest first
 # The default skips "avx2": on the AMD EPYC (Zen 1: one 128-bit vector multiplier) its vpmaddubsw dot ran at
 # 0.97-1.03x the portable vpmaddwd one, 1.00-1.06x end to end (docs/design.md); untried where it may pay.
 _DEFAULT_Q8_0 = ("avx512-vnni", "avx-vnni")
+# "avx512-bf16" is opt-in (QORUS_VDPBF16PS=1): on the Intel Xeon (Emerald Rapids) vdpbf16ps issues once every 3.2
+# cycles and the split token takes two a step, so its rows ran at 0.55-0.9x the portable float32 FMA rows and decoding
+# at 0.77x (docs/design.md); it stays for the CPUs where it may pay.
+_OPT_IN_BF16 = "QORUS_VDPBF16PS"
 _have: set[str] | None = None  # the features below, found once
 _runs: dict[str, bool] | None = None  # available() without QORUS_PORTABLE, found once
 
@@ -115,10 +124,11 @@ def available() -> dict[str, bool]:
 
 def best_paths() -> dict[str, str | None]:
     """{"q8_0": "avx512-vnni" | "avx-vnni" | None, "bf16": "avx512-bf16" | None}: the fastest path here ("avx2" is
-    never the default, see ``_DEFAULT_Q8_0``)."""
+    never the default, see ``_DEFAULT_Q8_0``; "avx512-bf16" only with ``QORUS_VDPBF16PS=1``, see ``_OPT_IN_BF16``)."""
     a = available()
     q8 = next((p for p in _DEFAULT_Q8_0 if a[p]), None)
-    return {"q8_0": q8, "bf16": "avx512-bf16" if a["avx512-bf16"] else None}
+    bf16 = a["avx512-bf16"] and os.environ.get(_OPT_IN_BF16, "") not in ("", "0")
+    return {"q8_0": q8, "bf16": "avx512-bf16" if bf16 else None}
 
 
 def cpu_path(kind: str) -> str | None:
@@ -227,6 +237,26 @@ def emit_sign_dot(builder, acc, w, x, path):
     return builder.add(acc, builder.call(mwd, [pairs, ir.Constant(v16, [1] * 16)]))
 
 
+def emit_offset_dot(builder, w, x, path):
+    """``sum_{k<4} w[4i+k] * x[4i+k]`` per int32 lane, both read signed (|x| <= 127), by ``vpdpbusd`` in the offset
+    form: ``w ^ 0x80`` read unsigned is ``w + 128``, so ``vpdpbusd(-c, w ^ 0x80, x)`` with ``c = vpdpbusd(0, 128s,
+    x)`` (128 times each lane's four x) leaves the exact sum. ``c`` depends on x alone: ``emit_offset_base`` makes
+    ``-c`` once for the rows that share x, and ``w`` then costs one XOR where the signed form costs three
+    operations (measured 1.6x the rate in cache, docs/design.md). |lane| <= 4 * 255 * 127: no overflow.
+
+    ``path``: "avx512-vnni" / "avx-vnni" or "emulate"; w <4L x i8>, x as :func:`emit_offset_base` took it."""
+    base, xv = x
+    flip = builder.xor(w, ir.Constant(w.type, [-128] * w.type.count))
+    return emit_dpbusd(builder, base, flip, xv, emulate=path == "emulate")
+
+
+def emit_offset_base(builder, x, lanes, path):
+    """(``-vpdpbusd(0, 128s, x)``, x): what :func:`emit_offset_dot` takes for the token bytes x <4L x i8>."""
+    acc = ir.Constant(_vec(_I32, lanes), None)
+    c = emit_dpbusd(builder, acc, ir.Constant(x.type, [-128] * x.type.count), x, emulate=path == "emulate")
+    return builder.sub(acc, c), x
+
+
 def emit_dpbf16ps(builder, acc, a, b, emulate=False):
     """``acc[i] + a[2i+1] b[2i+1] + a[2i] b[2i]``, added in that order (``vdpbf16ps``).
 
@@ -237,9 +267,9 @@ def emit_dpbf16ps(builder, acc, a, b, emulate=False):
             wide = builder.zext(v, _vec(_I32, 2 * n))
             return builder.bitcast(builder.shl(wide, ir.Constant(wide.type, [16] * (2 * n))), _vec(_F32, 2 * n))
 
-        p = builder.fmul(f32(a), f32(b))  # exact: 8-bit by 8-bit significands
-        acc = builder.fadd(acc, builder.shuffle_vector(p, p, _mask(range(1, 2 * n, 2))))
-        return builder.fadd(acc, builder.shuffle_vector(p, p, _mask(range(0, 2 * n, 2))))
+        p = builder.fmul(f32(a), f32(b), flags=_EXACT)  # exact: 8-bit by 8-bit significands
+        acc = builder.fadd(acc, builder.shuffle_vector(p, p, _mask(range(1, 2 * n, 2))), flags=_EXACT)
+        return builder.fadd(acc, builder.shuffle_vector(p, p, _mask(range(0, 2 * n, 2))), flags=_EXACT)
     ety = _vec(_BFloat(), 2 * n) if _LLVM >= (17,) else _vec(_I32, n)
     a, b = builder.bitcast(a, ety), builder.bitcast(b, ety)
     fnty = ir.FunctionType(acc.type, [acc.type, ety, ety])
@@ -265,66 +295,84 @@ def _loop(builder, steps, body, init):
     return builder.load(slot)
 
 
-def _make_dot_q8_0_signed(nbytes, path):
-    """An intrinsic ``dot(qs, w_off, xq, d, d_off, dx, G) -> float32``: a q8_0 row of G groups (qs at ``w_off``,
-    scales d at ``d_off``) against one quantized token (xq (I,) int8, dx (G,)), by :func:`emit_sign_dot` on
-    ``path``. Steps of ``nbytes`` (64: two groups in 16 lanes; 32: one group in 8) go two at a time into two
-    accumulators (one would wait on the latency of the last FMA every step), then a step left over, then at 64
-    bytes an odd last group as a 32-byte step of its own. Every 64 bytes of weights are prefetched
-    ``_lowbit._PREFETCH`` bytes ahead."""
+def _make_dot_q8_0_signed(nbytes, path, R):
+    """An intrinsic ``dot(qs, w_off, I, xq, d, d_off, dx, G)``: R q8_0 rows of G groups (row r's weights at ``w_off +
+    r I`` of qs, its scales at ``d_off + r G`` of d) against one quantized token (xq (I,) int8, dx (G,)), by
+    :func:`emit_sign_dot` on ``path``; returns their R float32 sums (a float32 for R = 1). The token's bytes and
+    scales, loaded once a step, serve the R rows, and the R sums share one reduction (:func:`_hsum_rows`). Each row
+    adds its steps of ``nbytes`` (64: two groups in 16 lanes; 32: one group in 8) in order into one float32
+    vector; at 64 bytes a row's odd last group is a 32-byte step added to its low 8 lanes. Every 64 bytes of
+    weights are prefetched ``_lowbit._PREFETCH`` bytes ahead. A row's sum does not depend on R."""
     per = nbytes // GROUP  # groups a step
+    offset = path != "avx2"  # vpmaddubsw's int16 pair sums would saturate on w + 128
 
     @intrinsic
-    def dot(typingctx, qs, w_off, xq, d, d_off, dx, G):
+    def dot(typingctx, qs, w_off, I, xq, d, d_off, dx, G):
         def codegen(context, builder, sig, args):
-            qs_, w_off, xq_, d_, d_off, dx_, G = args
-            wp, xp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3, 5))
+            qs_, w_off, I, xq_, d_, d_off, dx_, G = args
+            wp, xp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3, 4, 6))
             i64 = w_off.type
 
             def c(v):
                 return ir.Constant(i64, v)
 
-            def step(g, acc, width, prefetch):
-                """acc + float32(the dot of the ``width // 32`` groups from g) * d * dx, lane by lane."""
+            def step(g, accs, width, prefetch):
+                """accs[r] + float32(row r's dot of the ``width // 32`` groups from g) * d * dx, lane by lane."""
                 lanes, n = width // 4, width // GROUP
-                bvec, ivec, fvec = _vec(_I8, width), _vec(_I32, lanes), _vec(_F32, lanes)
+                bvec, ivec, fvec, svec = _vec(_I8, width), _vec(_I32, lanes), _vec(_F32, lanes), _vec(_F32, n)
+                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fvec, [fvec] * 3),
+                                                     f"llvm.fma.v{lanes}f32")
                 k = builder.mul(g, c(GROUP))
-                wptr = builder.gep(wp, [builder.add(w_off, k)])
-                if prefetch:
-                    _prefetch(builder, wptr)
-                w = builder.load(builder.bitcast(wptr, bvec.as_pointer()), align=1)
-                s = emit_sign_dot(builder, ir.Constant(ivec, None), w, _load(builder, xp, k, bvec), path)
-                svec = _vec(_F32, n)
-                sc = builder.fmul(_load(builder, dp, builder.add(d_off, g), svec), _load(builder, sp, g, svec))
-                spread = builder.shuffle_vector(sc, sc, _mask([j // 8 for j in range(lanes)]))
-                return builder.fadd(acc, builder.fmul(builder.sitofp(s, fvec), spread))
+                x = _load(builder, xp, k, bvec)
+                if offset:
+                    x = emit_offset_base(builder, x, lanes, path)
+                dxv = _load(builder, sp, g, svec)
+                out = []
+                for r, acc in enumerate(accs):
+                    wptr = builder.gep(wp, [builder.add(builder.add(w_off, builder.mul(I, c(r))), k)])
+                    if prefetch:
+                        _prefetch(builder, wptr)
+                    w = builder.load(builder.bitcast(wptr, bvec.as_pointer()), align=1)
+                    if offset:
+                        s = emit_offset_dot(builder, w, x, path)
+                    else:
+                        s = emit_sign_dot(builder, ir.Constant(ivec, None), w, x, path)
+                    dv = _load(builder, dp, builder.add(builder.add(d_off, builder.mul(G, c(r))), g), svec)
+                    sc = builder.fmul(dv, dxv, flags=_EXACT)
+                    spread = builder.shuffle_vector(sc, sc, _mask([j // 8 for j in range(lanes)]))
+                    out.append(builder.call(fma, [builder.sitofp(s, fvec), spread, acc]))
+                return out
 
             fvec = _vec(_F32, nbytes // 4)
-            pair = ir.LiteralStructType([fvec, fvec])
+            group = ir.LiteralStructType([fvec] * R)
 
-            def body(i, acc):
-                g = builder.mul(i, c(2 * per))
-                a0 = step(g, builder.extract_value(acc, 0), nbytes, True)
-                a1 = step(builder.add(g, c(per)), builder.extract_value(acc, 1), nbytes, per == 2)
-                return builder.insert_value(builder.insert_value(acc, a0, 0), a1, 1)
+            def body(i, accs):
+                vals = step(builder.mul(i, c(per)), [builder.extract_value(accs, r) for r in range(R)], nbytes, True)
+                for r, v in enumerate(vals):
+                    accs = builder.insert_value(accs, v, r)
+                return accs
 
-            pairs = builder.udiv(G, c(2 * per))
-            acc = _loop(builder, pairs, body, ir.Constant(pair, None))
-            slot = cgutils.alloca_once_value(builder, builder.fadd(builder.extract_value(acc, 0),
-                                                                   builder.extract_value(acc, 1)))
-            g = builder.mul(pairs, c(2 * per))
-            with builder.if_then(builder.icmp_unsigned(">=", builder.sub(G, g), c(per))):
-                builder.store(step(g, builder.load(slot), nbytes, False), slot)
-            total = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(slot)))
-            if per == 2:  # an odd last group
-                odd = builder.icmp_unsigned("!=", builder.urem(G, c(2)), c(0))
-                with builder.if_then(odd):
-                    last = _hsum(builder, step(builder.sub(G, c(1)), ir.Constant(_vec(_F32, 8), None), 32, False))
-                    builder.store(builder.fadd(builder.load(total), last), total)
-            return builder.load(total)
+            steps = builder.udiv(G, c(per))
+            accs = _loop(builder, steps, body, ir.Constant(group, None))
+            accs = [builder.extract_value(accs, r) for r in range(R)]
+            if per == 2:  # an odd last group, added to the low 8 lanes
+                slots = [cgutils.alloca_once_value(builder, a) for a in accs]
+                with builder.if_then(builder.icmp_unsigned("!=", builder.urem(G, c(2)), c(0))):
+                    z8 = ir.Constant(_vec(_F32, 8), None)
+                    lasts = step(builder.sub(G, c(1)), [z8] * R, 32, False)
+                    for slot, last in zip(slots, lasts, strict=True):
+                        wide = builder.shuffle_vector(last, z8, _mask(list(range(16))))
+                        builder.store(builder.fadd(builder.load(slot), wide, flags=_EXACT), slot)
+                accs = [builder.load(slot) for slot in slots]
+            if R == 1:
+                return _hsum(builder, accs[0])
+            v = _hsum_rows(builder, accs)
+            return context.make_tuple(builder, sig.return_type,
+                                      [builder.extract_element(v, ir.Constant(_I32, r)) for r in range(R)])
 
         i64 = types.int64
-        return types.float32(qs, i64, xq, d, i64, dx, i64), codegen
+        ret = types.float32 if R == 1 else types.UniTuple(types.float32, R)
+        return ret(qs, i64, i64, xq, d, i64, dx, i64), codegen
 
     return dot
 
@@ -372,9 +420,8 @@ def _make_dot_bf16(lanes, emulate):
     return dot
 
 
-_dot_q8_0_signed = {"avx512-vnni": _make_dot_q8_0_signed(64, "avx512-vnni"),
-                    "avx-vnni": _make_dot_q8_0_signed(32, "avx-vnni"),
-                    "avx2": _make_dot_q8_0_signed(32, "avx2"), "emulate": _make_dot_q8_0_signed(64, "emulate")}
+_dot_q8_0_signed = {(p, R): _make_dot_q8_0_signed(nb, "emulate" if p == "emulate" else p, R)
+                    for p, nb in (("avx512-vnni", 64), ("avx-vnni", 32), ("avx2", 32), ("emulate", 64)) for R in (1, 4)}
 _dot_bf16_512 = _make_dot_bf16(16, False)
 _dot_bf16_emu = _make_dot_bf16(16, True)
 
@@ -465,12 +512,17 @@ def _token_rows(out, qs, d, xq, dx, lo, hi, path):
 def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
     if not isinstance(path, types.StringLiteral):
         raise TypingError("_token_rows: path must be a constant string")
-    dot = _dot_q8_0_signed[path.literal_value]
+    dot1, dot4 = (_dot_q8_0_signed[path.literal_value, R] for R in (1, 4))
 
     def rows(out, qs, d, xq, dx, lo, hi, path):
         I, G = qs.shape[1], d.shape[1]
-        for o in range(lo, hi):
-            out[o] = dot(qs, o * I, xq, d, o * G, dx, G)
+        o = lo
+        while o + 4 <= hi:
+            out[o], out[o + 1], out[o + 2], out[o + 3] = dot4(qs, o * I, I, xq, d, o * G, dx, G)
+            o += 4
+        while o < hi:
+            out[o] = dot1(qs, o * I, I, xq, d, o * G, dx, G)
+            o += 1
     return rows
 
 
