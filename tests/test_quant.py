@@ -30,6 +30,19 @@ def path(request, monkeypatch):
     Q.kernel_paths()  # chosen afresh: the later tests run on this machine's paths
 
 
+@pytest.fixture(params=["tiles", "panels"])
+def route(request, monkeypatch):
+    """Several tokens take the dequantized tiles or, with Intel MKL as the BLAS, dequantized panels and the BLAS
+    product: both run here whatever the BLAS, the panels at most 64 rows each (several a product, a short last one)."""
+    if request.param == "panels":
+        monkeypatch.setattr(Q, "BLAS_SOURCE", "Intel MKL")
+        monkeypatch.setattr(Q, "_PANEL_TOKENS", 1)
+        monkeypatch.setattr(Q, "_PANEL_BYTES", 1)
+    else:
+        monkeypatch.setattr(Q, "_PANEL_TOKENS", 1 << 62)
+    return request.param
+
+
 def _on(path, kind):
     """Skips a "fast" test where this CPU has no fast ``kind`` path; True on the fast path."""
     if path == "fast" and Q.active_path(kind) == "portable":
@@ -107,7 +120,7 @@ def test_matvec_bf16_matches_reference(shape, path):
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_bf16_matches_reference(shape, with_bias):
+def test_linear_bf16_matches_reference(shape, with_bias, route):
     N, O, I = shape
     rng = np.random.default_rng(N + O + I)
     w16 = Q.quantize_bf16(_weights(rng, O, I))
@@ -250,7 +263,7 @@ def test_matvec_q8_0_extreme_weights(path):
 
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_q8_0_matches_reference(shape, with_bias):
+def test_linear_q8_0_matches_reference(shape, with_bias, route):
     N, O, I = shape
     rng = np.random.default_rng(N * 3 + O + I)
     qs, d = Q.quantize_q8_0(_weights(rng, O, I))

@@ -29,6 +29,7 @@ and ``_linear_q8_0`` take the dequantized tiles on every CPU. The portable kerne
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -39,12 +40,16 @@ from numba.extending import intrinsic
 from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
+from qorus_jit.kernels._blas import BLAS_SOURCE
 from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
 from qorus_jit.kernels._math import roundf
-from qorus_jit.kernels.matmul import _gemm_numba_serial
+from qorus_jit.kernels.matmul import _gemm_numba_serial, _linear_forward
 
 _CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
 _TILE_ROWS = 64  # rows of W per dequantized tile in linear_* (64 x 768 float32: 192 KiB, in L2)
+_PANEL_BYTES = 8 << 20  # float32 bytes of W dequantized at once for the BLAS product of several tokens
+_PANEL_TOKENS = 32  # the fewest tokens that take the BLAS product (fewer: the tiles)
+_scratch = threading.local()  # each thread's float32 panel, grown as needed
 
 # ---------------------------------------------------------------------------------------------------
 # instruction paths
@@ -423,6 +428,44 @@ def _linear_tiles(out, x, bias, wq, d):
              out.shape[0] * O * wq.shape[1])
 
 
+@kernel
+def _dequant_rows(tile, wq, d, lo, a, b):
+    """tile[a:b] = float32 of the rows lo + a..lo + b - 1 of W: bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
+    if d is None:
+        _dequant_rows_bf16(tile, wq, lo, a, b)
+    else:
+        _dequant_rows_q8_0(tile, wq, d, lo, a, b)
+
+
+@kernel(parallel=True)
+def _dequant_panel(tile, wq, d, lo, hi):
+    """tile[:hi - lo] = float32 of rows lo..hi - 1 of W (as :func:`_dequant_rows` takes it); rows over threads."""
+    for_rows(_dequant_rows, (tile, wq, d, lo), hi - lo, (hi - lo) * wq.shape[1])
+
+
+def _linear_panels(out, x, bias, wq, d):
+    """:func:`_linear_tiles` by BLAS: panels of W (at most _PANEL_BYTES of float32) dequantized over threads, each
+    multiplied by the BLAS product float32 weights take (``matmul._linear_forward``)."""
+    O, I = wq.shape
+    rows = min(O, max(_TILE_ROWS, _PANEL_BYTES // (4 * I)))
+    panel = getattr(_scratch, "panel", None)
+    if panel is None or panel.size < rows * I:
+        panel = _scratch.panel = np.empty(rows * I, np.float32)
+    tile = panel[:rows * I].reshape(rows, I)
+    part = None if rows == O else np.empty((out.shape[0], rows), np.float32)
+    for lo in range(0, O, rows):
+        hi = min(O, lo + rows)
+        _dequant_panel(tile, wq, d, lo, hi)
+        if part is None:
+            _linear_forward(out, x, tile, bias)
+        else:
+            c = part[:, :hi - lo]
+            if hi - lo < rows:
+                c = np.empty((out.shape[0], hi - lo), np.float32)
+            _linear_forward(c, x, tile[:hi - lo], None if bias is None else bias[lo:hi])
+            out[:, lo:hi] = c
+
+
 # ---------------------------------------------------------------------------------------------------
 # dispatchers (unchecked; ``kernels.trusted`` exports them): the path of ``_path`` for each call
 
@@ -451,19 +494,27 @@ def _matvec_q8_0(out, qs, d, x):
         _x86().matvec_q8_0(out, qs, d, x, path=path)
 
 
-# Several tokens (prefill, training's forward) take the dequantized tiles on every CPU: float32 activations, so
-# the same numbers everywhere, and faster than the instruction paths' row dots even where VNNI and AVX512_BF16
-# run (docs/design.md, "Instruction paths of the quantized kernels").
+# Several tokens (prefill, training's forward) take float32 activations against W dequantized to float32, so the
+# same numbers everywhere (and faster than the instruction paths' row dots even where VNNI and AVX512_BF16 run,
+# docs/design.md, "Instruction paths of the quantized kernels"): with Intel MKL as the BLAS, 32 tokens or more
+# take dequantized panels and MKL's product (0.8-1.1x the float32 product on the Intel Xeon, where the tiles ran
+# at 0.35-0.7x); otherwise the tiles and the serial numba product (1.4-3.4x the panels' forerunner on the AMD EPYC).
+def _linear_wq(out, x, bias, wq, d):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
+    if out.shape[0] >= _PANEL_TOKENS and BLAS_SOURCE == "Intel MKL":
+        _linear_panels(out, x, bias, wq, d)
+    elif out.shape[0]:
+        _linear_tiles(out, x, bias, wq, d)
+
+
 def _linear_bf16(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16."""
-    if out.shape[0]:
-        _linear_tiles(out, x, bias, w16, None)
+    _linear_wq(out, x, bias, w16, None)
 
 
 def _linear_q8_0(out, x, qs, d, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = q8_0 (qs, d)."""
-    if out.shape[0]:
-        _linear_tiles(out, x, bias, qs, d)
+    _linear_wq(out, x, bias, qs, d)
 
 
 # ---------------------------------------------------------------------------------------------------
