@@ -134,7 +134,21 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
     monkeypatch.setitem(quant._PATHS, "q8_0", path)
     model = quantize_model(_llama(n_kv_heads, hidden=64, tie=tie), "int8")
     _at_threads(threads, _one_call_equals_nodes, model)
-    assert model._decoder.scratch[-2].dtype == np.int8  # the x86 activations, not the portable int16 ones
+    xa, ya = model._decoder.scratch[-5], model._decoder.scratch[-3]  # (..., xa, xb, ya, yb, parts)
+    assert xa.dtype == ya.dtype == np.int8  # the x86 activations, not the portable int16 ones
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("hidden", [64, 96])
+def test_quantized_decode_in_three_slices(monkeypatch, dtype, hidden):
+    """The feed-forward's slices of whole groups of 32, three of them (hidden 96: one group each; 64: the last one
+    empty, its partial sums zero), against the layers one by one."""
+    from qorus_jit.models import llama
+    from qorus_jit.models.quantize import quantize_model
+
+    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= 2, 3))
+    model = quantize_model(_llama(2, hidden=hidden, tie=True), dtype)
+    _one_call_equals_nodes(model)
 
 
 def test_decode_plan_follows_layer_swaps():
@@ -243,7 +257,7 @@ def run():
         logits = model.decode_one(tok, state)
         out.append(logits.tolist())
         tok = int(logits.argmax())
-    return out, str(model._decoder.scratch[-1].dtype)
+    return out, str(model._decoder.scratch[-5].dtype)  # xa of (..., xa, xb, ya, yb, parts)
 portable = run()
 quant._PATHS["bf16"] = "avx512-bf16"  # the decoder gets bf16-bit scratch: the vdpbf16ps rows, emulated here
 print(json.dumps({"portable": portable, "x86": run()}))

@@ -46,6 +46,15 @@ def _prefetch(builder, ptr):
     builder.call(fn, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
+def _row_stride(context, builder, aty, arr):
+    """(data pointer, elements between rows) of 2-D array ``arr``: its rows' stride, so that a window of columns
+    (``w[:, lo:hi]``, whose data starts at column lo) reads as well as a whole array."""
+    a = context.make_array(aty)(context, builder, arr)
+    stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
+    size = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+    return a.data, builder.sdiv(stride, ir.Constant(stride.type, size))
+
+
 def _hsum(builder, v):
     """The sum of the lanes of vector ``v`` in a fixed order (halves added pairwise), a scalar."""
     n = v.type.count

@@ -305,8 +305,9 @@ def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_
 # bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused), and from the scratch's dtype the dot: q8_0 activations in
 # int16 scratch and bf16 ones in float32 scratch take the portable dots; int8 scratch (q8_0) or uint16 scratch
 # (bf16 bits) the dot of the fastest x86 path of numba's target CPU (kernels.quant_x86.cpu_path, picked while
-# typing: numba keys cached code by the target's features). Products split by rows only: q8_0's groups of 32
-# inputs cut across the heads' and hidden slices' columns that the float32 kernel splits by.
+# typing: numba keys cached code by the target's features). The down projection splits by columns, in slices of
+# whole groups of 32 (q8_0's scales), as the float32 kernel's does; the output projection by rows, since the
+# heads' columns are not whole groups.
 
 
 def _prep(xa, xb, x):
@@ -324,21 +325,37 @@ def _embed_row(x, w, ws, tok):
     """x (C,) = row ``tok`` of an embedding table held as W above (or float32, ws unused)."""
 
 
+def _prep_span(xa, xb, x, lo, hi):
+    """``_prep`` of x[lo:hi] alone, into the places a ``_prep`` of the whole x puts it (lo, hi multiples of 32):
+    threads prepare their own slices of one vector."""
+
+
+def _cols(out, w, ws, xa, xb, lo, hi):
+    """out[i] = W[i, lo:hi] . x[lo:hi] for every row i of W (lo, hi multiples of 32), x as ``_prep`` or
+    ``_prep_span`` left it: a thread's slice of the columns, by the dot ``_rows`` takes, on windows of W."""
+
+
 @overload(_prep, jit_options={"fastmath": set(FASTMATH)})
 def _prep_impl(xa, xb, x):
+    def prep(xa, xb, x):
+        _prep_span(xa, xb, x, 0, x.shape[0])
+    return prep
+
+
+@overload(_prep_span, jit_options={"fastmath": set(FASTMATH)})
+def _prep_span_impl(xa, xb, x, lo, hi):
     if xa.dtype in (types.int16, types.int8):
-        def q8_0(xa, xb, x):
-            _quantize_x_q8(xa[:x.shape[0]], xb[:x.shape[0] // GROUP], x)
+        def q8_0(xa, xb, x, lo, hi):
+            _quantize_x_q8(xa[lo:hi], xb[lo // GROUP:hi // GROUP], x[lo:hi])
         return q8_0
     if xa.dtype == types.uint16:
-        def bf16_x86(xa, xb, x):
-            n = x.shape[0]
-            _split_bf16(x.reshape(1, n), xa[:n].reshape(1, n), xb[:n].reshape(1, n))
+        def bf16_x86(xa, xb, x, lo, hi):
+            n = hi - lo
+            _split_bf16(x[lo:hi].reshape(1, n), xa[lo:hi].reshape(1, n), xb[lo:hi].reshape(1, n))
         return bf16_x86
 
-    def bf16(xa, xb, x):
-        n = x.shape[0] // 2
-        _split_even_odd(xa[:n], xb[:n], x)
+    def bf16(xa, xb, x, lo, hi):
+        _split_even_odd(xa[lo // 2:hi // 2], xb[lo // 2:hi // 2], x[lo:hi])
     return bf16
 
 
@@ -370,6 +387,28 @@ def _rows_impl(out, w, ws, xa, xb, lo, hi):
 
     def bf16(out, w, ws, xa, xb, lo, hi):
         _matvec_bf16_rows(out, w, xa[:w.shape[1]], xb[:w.shape[1]], lo, hi)
+    return bf16
+
+
+@overload(_cols, jit_options={"fastmath": set(FASTMATH)})
+def _cols_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.int8:
+        def q8_0(out, w, ws, xa, xb, lo, hi):
+            g0, g1 = lo // GROUP, hi // GROUP
+            _rows(out, w[:, lo:hi], ws[:, g0:g1], xa[lo:hi], xb[g0:g1], 0, w.shape[0])
+        return q8_0
+    if xa.dtype == types.uint16:  # bf16 bits: the window of the uint16 view (a window has no view of its own)
+        path = quant_x86.cpu_path("bf16")
+        if path is None:
+            raise TypingError("_cols: bf16 activations need AVX512_BF16, which this CPU lacks (give float32 scratch)")
+        rows16 = quant_x86.TOKEN_ROWS_BF16[path]
+
+        def bf16_x86(out, w, ws, xa, xb, lo, hi):
+            rows16(out, w.view(np.uint16)[:, lo:hi], xa[lo:hi], xb[lo:hi], 0, w.shape[0])
+        return bf16_x86
+
+    def bf16(out, w, ws, xa, xb, lo, hi):
+        _rows(out, w[:, lo // 2:hi // 2], ws, xa[lo // 2:hi // 2], xb[lo // 2:hi // 2], 0, w.shape[0])
     return bf16
 
 
@@ -412,11 +451,14 @@ def _add_product(x, h, w, ws, xa, xb):
 @kernel(parallel=True)
 def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
                               k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb,
-                              by_kv_head):
-    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it),
-    products split by rows: with ``by_kv_head`` (give it ``Hkv >= threads``) four parallel regions (per kv head
-    its q, k, v rows, RoPE, cache append and attention; o; gate and up; down), else five (the projections by
-    rows, then attention by query head)."""
+                              ya, yb, parts, by_kv_head, n_parts):
+    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it).
+    With ``by_kv_head`` (give it ``Hkv >= threads``) three parallel regions: per kv head its q, k, v rows, RoPE,
+    cache append and attention; the output projection by rows; per slice of the hidden units (``n_parts``, give
+    it the thread count; at most ``parts``' rows) its gate and up rows, SwiGLU, its slice prepared into ya, yb,
+    and its columns of w_down into ``parts[c]``, added on the calling thread. Without, four (the projections by
+    rows, then attention by query head). Slices are whole groups of 32 (q8_0's scales): the attention heads'
+    columns are not, so the output projection goes by rows. ya, yb: scratch as xa, xb."""
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
@@ -446,34 +488,46 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
             _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
     _prep(xa, xb, att)
     _add_product(x, h, wo, so, xa, xb)  # x += wo att
+    # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
     _rmsnorm_vec(h, x, mlp_norm, eps)
     _prep(xa, xb, h)
     F = wg.shape[0]
-    for c in prange((F + _ROWS - 1) // _ROWS):  # g = silu(w_gate h) * w_up h
-        lo, hi = c * _ROWS, min(F, (c + 1) * _ROWS)
-        _rows(g, wg, sg, xa, xb, lo, hi)
-        _rows(u, wu, su, xa, xb, lo, hi)
-        gs, us = g[lo:hi], u[lo:hi]
-        for i in range(hi - lo):
-            gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-    _prep(xa, xb, g)
-    _add_product(x, h, wd, sd, xa, xb)  # x += w_down g
+    n = min(n_parts, parts.shape[0])
+    step = (F // n + GROUP - 1) // GROUP * GROUP
+    for c in prange(n):
+        lo, hi = min(F, c * step), min(F, (c + 1) * step)
+        if c == n - 1:
+            hi = F
+        pc = parts[c]
+        if hi > lo:
+            _rows(g, wg, sg, xa, xb, lo, hi)
+            _rows(u, wu, su, xa, xb, lo, hi)
+            gs, us = g[lo:hi], u[lo:hi]
+            for i in range(hi - lo):
+                gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
+            _prep_span(ya, yb, g, lo, hi)
+            _cols(pc, wd, sd, ya, yb, lo, hi)
+        else:
+            for i in range(pc.shape[0]):
+                pc[i] = 0
+    _add_parts(x, parts, 0, n)
 
 
 @kernel(parallel=True)
 def _llama_decode_quant(logits, x, tok, embed, embed_s, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg,
                         wu, su, wd, sd, k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u,
-                        xa, xb, by_kv_head, norm_w, norm_eps, head_w, head_s):
+                        xa, xb, ya, yb, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
     """:func:`_llama_decode` with bf16 or q8_0 weights: every linear weight and the head as ``_rows`` takes
     them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused); per-block
-    tuples as there. ``embed`` (V0, C) float32, or quantized as the head (``embed_s``). Scratch xa, xb as
-    ``_prep`` takes them for the widest input (the hidden size); ``by_kv_head`` as
-    :func:`_llama_block_decode_quant` takes it."""
+    tuples as there. ``embed`` (V0, C) float32, or quantized as the head (``embed_s``). Scratch xa, xb, ya, yb
+    as ``_prep`` takes them for the widest input (the hidden size), parts (>= n_parts, C) float32;
+    ``by_kv_head`` and ``n_parts`` as :func:`_llama_block_decode_quant` takes them."""
     _embed_row(x, embed, embed_s, tok)
     for i in range(len(wq)):
         _llama_block_decode_quant(x, attn_norm[i], wq[i], sq[i], wk[i], sk[i], wv[i], sv[i], wo[i], so[i],
                                   mlp_norm[i], wg[i], sg[i], wu[i], su[i], wd[i], sd[i], k_cache[i], v_cache[i], pos,
-                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, by_kv_head)
+                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, ya, yb, parts,
+                                  by_kv_head, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _prep(xa, xb, h)
     V = head_w.shape[0]

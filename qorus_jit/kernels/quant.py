@@ -41,7 +41,7 @@ from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
 from qorus_jit.kernels._blas import BLAS_SOURCE
-from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8
+from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8, _row_stride
 from qorus_jit.kernels._math import roundf
 from qorus_jit.kernels.matmul import _gemm_numba_serial, _linear_forward
 
@@ -145,15 +145,16 @@ _BF16_STEP = 16  # bf16 pairs per step of _bf16_dot: two vectors of 8 (one 64-by
 @intrinsic
 def _bf16_dot(typingctx, out, w32, xe, xo, i):
     """out[i] = W[i] . x for bf16 pairs ``w32 (O, n) uint32`` (element 2k in the low half of w32[:, k], 2k + 1 in
-    the high half) and x as its even and odd elements xe, xo (n,) float32; n a multiple of _BF16_STEP.
+    the high half) and x as its even and odd elements xe, xo (n,) float32; n a multiple of _BF16_STEP. w32 may be a
+    window of columns (rows read by their stride).
 
     Vector IR: the low elements are ``u << 16``, the high ones ``u & 0xFFFF0000``, one instruction each where
     unpacking a uint16 takes a widening load and a shift; four accumulators hide the latency of the FMAs. Each
     step prefetches the line _PREFETCH bytes ahead (``llvm.prefetch`` never faults, past the end included)."""
 
     def codegen(context, builder, sig, args):
-        op, wp, ep, dp = (context.make_array(t)(context, builder, v).data
-                          for t, v in zip(sig.args[:4], args[:4], strict=True))
+        op, ep, dp = (context.make_array(sig.args[j])(context, builder, args[j]).data for j in (0, 2, 3))
+        wp, ws = _row_stride(context, builder, sig.args[1], args[1])
         i = args[4]
         n = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape, 2)[1]
         i64 = ir.IntType(64)
@@ -169,7 +170,7 @@ def _bf16_dot(typingctx, out, w32, xe, xo, i):
             slot = cgutils.alloca_once(builder, vf)
             builder.store(ir.Constant(vf, None), slot)
             acc.append(slot)
-        row = builder.mul(i, n)
+        row = builder.mul(i, ws)
         with cgutils.for_range(builder, builder.udiv(n, ir.Constant(i64, _BF16_STEP))) as loop:
             k0 = builder.mul(loop.index, ir.Constant(i64, _BF16_STEP))
             _prefetch(builder, builder.gep(wp, [builder.add(row, k0)]))
@@ -290,7 +291,7 @@ def _dequantize_q8_0(w, qs, d):
 @intrinsic
 def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
     """out[i] = sum_g d[i, g] * xs[g] * (qs[i, 32 g:32 g + 32] . xq[32 g:32 g + 32]); qs (O, 32 G) int8, d (O, G),
-    xq (32 G,) int16, xs (G,) float32.
+    xq (32 G,) int16, xs (G,) float32; qs, d may be windows of whole groups (rows read by their stride).
 
     Written in target-independent vector IR (numba runs no SLP vectorizer, and LLVM's loop vectorizer would
     reduce every group to a scalar): the products of each group are sign-extended to int32 and summed in
@@ -300,8 +301,9 @@ def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
     _PREFETCH bytes ahead) into two accumulators: one would wait on the FMA's latency every group."""
 
     def codegen(context, builder, sig, args):
-        op, qp, dp, xp, sp = (context.make_array(t)(context, builder, v).data
-                              for t, v in zip(sig.args[:5], args[:5], strict=True))
+        op, xp, sp = (context.make_array(sig.args[j])(context, builder, args[j]).data for j in (0, 3, 4))
+        qp, qstride = _row_stride(context, builder, sig.args[1], args[1])
+        dp, dstride = _row_stride(context, builder, sig.args[2], args[2])
         i = args[5]
         G = cgutils.unpack_tuple(builder, context.make_array(sig.args[2])(context, builder, args[2]).shape, 2)[1]
         i64, i32 = ir.IntType(64), ir.IntType(32)
@@ -316,7 +318,7 @@ def _q8_0_dot(typingctx, out, qs, d, xq, xs, i):
         def load(base, off, vty, align):
             return builder.load(builder.bitcast(builder.gep(base, [off]), vty.as_pointer()), align=align)
 
-        row_q, row_d = builder.mul(builder.mul(i, G), c(GROUP)), builder.mul(i, G)
+        row_q, row_d = builder.mul(i, qstride), builder.mul(i, dstride)
 
         def group(g, slot):
             """slot += float32(qs_g . xq_g) * d[i, g] * xs[g]"""

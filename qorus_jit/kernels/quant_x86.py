@@ -62,7 +62,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
-from qorus_jit.kernels._lowbit import _EXACT, GROUP, _hsum, _hsum_rows, _prefetch, _quantize_x_q8
+from qorus_jit.kernels._lowbit import _EXACT, GROUP, _hsum, _hsum_rows, _prefetch, _quantize_x_q8, _row_stride
 from qorus_jit.kernels._math import _float32_from_bits
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,22 +296,27 @@ def _loop(builder, steps, body, init):
 
 
 def _make_dot_q8_0_signed(nbytes, path, R):
-    """An intrinsic ``dot(qs, w_off, I, xq, d, d_off, dx, G)``: R q8_0 rows of G groups (row r's weights at ``w_off +
-    r I`` of qs, its scales at ``d_off + r G`` of d) against one quantized token (xq (I,) int8, dx (G,)), by
-    :func:`emit_sign_dot` on ``path``; returns their R float32 sums (a float32 for R = 1). The token's bytes and
-    scales, loaded once a step, serve the R rows, and the R sums share one reduction (:func:`_hsum_rows`). Each row
-    adds its steps of ``nbytes`` (64: two groups in 16 lanes; 32: one group in 8) in order into one float32
-    vector; at 64 bytes a row's odd last group is a 32-byte step added to its low 8 lanes. Every 64 bytes of
-    weights are prefetched ``_lowbit._PREFETCH`` bytes ahead. A row's sum does not depend on R."""
+    """An intrinsic ``dot(qs, o, xq, d, dx)``: the q8_0 rows o..o + R - 1 (qs (O, I) int8, d (O, G): whole arrays or
+    windows of whole groups, rows read by their stride) against one quantized token (xq (I,) int8, dx (G,)), by
+    :func:`emit_offset_dot` (:func:`emit_sign_dot` on "avx2") on ``path``; returns their R float32 sums (a float32
+    for R = 1). The token's bytes and scales, loaded once a step, serve the R rows, and the R sums share one
+    reduction (:func:`_hsum_rows`). Each row adds its steps of ``nbytes`` (64: two groups in 16 lanes; 32: one
+    group in 8) in order into one float32 vector by FMA; at 64 bytes a row's odd last group is a 32-byte step
+    added to its low 8 lanes. Every 64 bytes of weights are prefetched ``_lowbit._PREFETCH`` bytes ahead. A row's
+    sum does not depend on R."""
     per = nbytes // GROUP  # groups a step
     offset = path != "avx2"  # vpmaddubsw's int16 pair sums would saturate on w + 128
 
     @intrinsic
-    def dot(typingctx, qs, w_off, I, xq, d, d_off, dx, G):
+    def dot(typingctx, qs, o, xq, d, dx):
         def codegen(context, builder, sig, args):
-            qs_, w_off, I, xq_, d_, d_off, dx_, G = args
-            wp, xp, dp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3, 4, 6))
-            i64 = w_off.type
+            o = args[1]
+            xp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (2, 4))
+            wp, I = _row_stride(context, builder, sig.args[0], args[0])
+            dp, Gs = _row_stride(context, builder, sig.args[3], args[3])
+            G = cgutils.unpack_tuple(builder, context.make_array(sig.args[3])(context, builder, args[3]).shape, 2)[1]
+            w_off, d_off = builder.mul(o, I), builder.mul(o, Gs)
+            i64 = o.type
 
             def c(v):
                 return ir.Constant(i64, v)
@@ -337,7 +342,7 @@ def _make_dot_q8_0_signed(nbytes, path, R):
                         s = emit_offset_dot(builder, w, x, path)
                     else:
                         s = emit_sign_dot(builder, ir.Constant(ivec, None), w, x, path)
-                    dv = _load(builder, dp, builder.add(builder.add(d_off, builder.mul(G, c(r))), g), svec)
+                    dv = _load(builder, dp, builder.add(builder.add(d_off, builder.mul(Gs, c(r))), g), svec)
                     sc = builder.fmul(dv, dxv, flags=_EXACT)
                     spread = builder.shuffle_vector(sc, sc, _mask([j // 8 for j in range(lanes)]))
                     out.append(builder.call(fma, [builder.sitofp(s, fvec), spread, acc]))
@@ -370,9 +375,8 @@ def _make_dot_q8_0_signed(nbytes, path, R):
             return context.make_tuple(builder, sig.return_type,
                                       [builder.extract_element(v, ir.Constant(_I32, r)) for r in range(R)])
 
-        i64 = types.int64
         ret = types.float32 if R == 1 else types.UniTuple(types.float32, R)
-        return ret(qs, i64, i64, xq, d, i64, dx, i64), codegen
+        return ret(qs, types.int64, xq, d, dx), codegen
 
     return dot
 
@@ -505,7 +509,8 @@ def _bf16_tail(w16, xh, xl, o, i0):
 
 def _token_rows(out, qs, d, xq, dx, lo, hi, path):
     """out[o] = qs/d row o . one token (xq (I,) int8, dx (G,) float32, as :func:`quantize_token` makes them) for
-    lo <= o < hi, by the signed dot of ``path`` (a constant string, so each path compiles its own loop)."""
+    lo <= o < hi, four rows at a time, by the dot of ``path`` (a constant string, so each path compiles its own
+    loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``)."""
 
 
 @overload(_token_rows, jit_options={"fastmath": set(FASTMATH)})
@@ -515,13 +520,12 @@ def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
     dot1, dot4 = (_dot_q8_0_signed[path.literal_value, R] for R in (1, 4))
 
     def rows(out, qs, d, xq, dx, lo, hi, path):
-        I, G = qs.shape[1], d.shape[1]
         o = lo
         while o + 4 <= hi:
-            out[o], out[o + 1], out[o + 2], out[o + 3] = dot4(qs, o * I, I, xq, d, o * G, dx, G)
+            out[o], out[o + 1], out[o + 2], out[o + 3] = dot4(qs, o, xq, d, dx)
             o += 4
         while o < hi:
-            out[o] = dot1(qs, o * I, I, xq, d, o * G, dx, G)
+            out[o] = dot1(qs, o, xq, d, dx)
             o += 1
     return rows
 
@@ -553,7 +557,8 @@ TOKEN_ROWS = {"avx512-vnni": _token_rows_512, "avx-vnni": _token_rows_vnni256, "
 
 def _bf16_token_rows(out, w16, xh, xl, lo, hi, path):
     """out[o] = w16 row o . one token (xh + xl: bf16 bits (I,), as :func:`split_bf16` makes them) for
-    lo <= o < hi, by ``vdpbf16ps`` on ``path`` ("avx512-bf16" or "emulate", a constant string)."""
+    lo <= o < hi, by ``vdpbf16ps`` on ``path`` ("avx512-bf16" or "emulate", a constant string); w16 may be a window
+    of columns."""
 
 
 @overload(_bf16_token_rows, jit_options={"fastmath": set(FASTMATH)})
@@ -563,10 +568,10 @@ def _bf16_token_rows_impl(out, w16, xh, xl, lo, hi, path):
     dot = {"avx512-bf16": _dot_bf16_512, "emulate": _dot_bf16_emu}[path.literal_value]
 
     def rows(out, w16, xh, xl, lo, hi, path):
-        I = w16.shape[1]
-        steps = I // 32
+        stride = w16.strides[0] // 2  # rows of a window of columns too
+        steps = w16.shape[1] // 32
         for o in range(lo, hi):
-            out[o] = dot(w16, o * I, xh, xl, steps) + _bf16_tail(w16, xh, xl, o, 32 * steps)
+            out[o] = dot(w16, o * stride, xh, xl, steps) + _bf16_tail(w16, xh, xl, o, 32 * steps)
     return rows
 
 

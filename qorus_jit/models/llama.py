@@ -337,12 +337,14 @@ class _Decoder:
         widest = max(c.dim, hd, c.hidden_dim)
         # the scratch's dtype picks the dot (kernels.decode's _rows): the x86 one of the path the products run
         portable = active_path(self.fmt) == "portable"
-        if self.fmt == "q8_0":  # int8 activations: the x86 signed dot; int16: portable
-            self.scratch += (np.empty(widest, np.int16 if portable else np.int8), np.empty(widest // 32, np.float32))
+        if self.fmt == "q8_0":  # int8 activations: the x86 dot; int16: portable
+            prep = ((widest, np.int16 if portable else np.int8), (widest // 32, np.float32))
         elif portable:  # x's even and odd elements
-            self.scratch += (np.empty(widest // 2, np.float32), np.empty(widest // 2, np.float32))
+            prep = ((widest // 2, np.float32), (widest // 2, np.float32))
         else:  # x as two bf16 numbers, for vdpbf16ps
-            self.scratch += (np.empty(widest, np.uint16), np.empty(widest, np.uint16))
+            prep = ((widest, np.uint16), (widest, np.uint16))
+        # xa, xb (the block's input), ya, yb (the feed-forward's slices), the slices' partial sums
+        self.scratch += (*(np.empty(n, t) for n, t in prep * 2), b("decode_slices", (max(4, max_threads()), c.dim)))
         self.final = (*final, *weight(q["lm_head"]))
 
     def step(self, tok: int, pos: int) -> np.ndarray:
@@ -352,7 +354,7 @@ class _Decoder:
                            *decode_split(self.n_kv_heads), *self.final)
         else:
             K.llama_decode_quant(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
-                                 decode_split(self.n_kv_heads)[0], *self.final)
+                                 *decode_split(self.n_kv_heads), *self.final)
         return self.out[0]
 
 
