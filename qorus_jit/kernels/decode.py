@@ -174,7 +174,7 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
         sc[j] = a * scale
         j += 1
     s = sc[:L]
-    m = -np.inf
+    m = q.dtype.type(-np.inf)  # float32: a float64 max would make exp a scalar libm call per score
     for j in range(L):
         m = max(m, s[j])
     total = zero
