@@ -317,8 +317,8 @@ def _prep(xa, xb, x):
 
 
 def _rows(out, w, ws, xa, xb, lo, hi):
-    """out[i] = W[i] . x for lo <= i < hi, x as ``_prep`` left it in xa, xb; W = q8_0 (w int8 (O, I), ws
-    (O, I/32)) or bf16 pairs (w uint32 (O, I/2))."""
+    """out[i] = W[i] . x for lo <= i < hi, x as ``_prep`` left it in xa, xb (which may be longer: the dots read
+    as many elements as W has columns); W = q8_0 (w int8 (O, I), ws (O, I/32)) or bf16 pairs (w uint32 (O, I/2))."""
 
 
 def _embed_row(x, w, ws, tok):
@@ -368,7 +368,7 @@ def _rows_impl(out, w, ws, xa, xb, lo, hi):
         rows = quant_x86.TOKEN_ROWS[path]
 
         def q8_0_x86(out, w, ws, xa, xb, lo, hi):
-            rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)
+            rows(out, w, ws, xa, xb, lo, hi)
         return q8_0_x86
     if w.dtype == types.uint32 and xa.dtype == types.uint16:  # bf16 bits: vdpbf16ps where the target has it
         path = quant_x86.cpu_path("bf16")
@@ -377,16 +377,15 @@ def _rows_impl(out, w, ws, xa, xb, lo, hi):
         rows16 = quant_x86.TOKEN_ROWS_BF16[path]
 
         def bf16_x86(out, w, ws, xa, xb, lo, hi):
-            w16 = w.view(np.uint16)
-            rows16(out, w16, xa[:w16.shape[1]], xb[:w16.shape[1]], lo, hi)
+            rows16(out, w.view(np.uint16), xa, xb, lo, hi)
         return bf16_x86
     if w.dtype == types.int8:
         def q8_0(out, w, ws, xa, xb, lo, hi):
-            _matvec_q8_0_rows(out, w, ws, xa[:w.shape[1]], xb[:ws.shape[1]], lo, hi)
+            _matvec_q8_0_rows(out, w, ws, xa, xb, lo, hi)
         return q8_0
 
     def bf16(out, w, ws, xa, xb, lo, hi):
-        _matvec_bf16_rows(out, w, xa[:w.shape[1]], xb[:w.shape[1]], lo, hi)
+        _matvec_bf16_rows(out, w, xa, xb, lo, hi)
     return bf16
 
 
@@ -443,9 +442,8 @@ def _add_product(x, h, w, ws, xa, xb):
     for c in prange((C + _ROWS - 1) // _ROWS):
         lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
         _rows(h, w, ws, xa, xb, lo, hi)
-        xs, hs = x[lo:hi], h[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += hs[i]
+        for i in range(lo, hi):
+            x[i] += h[i]
 
 
 @kernel(parallel=True)
