@@ -116,7 +116,7 @@ def info(as_json):
         click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} ({where})")
     q = data["quantized_kernels"]
     click.echo("  quantized:  decoding " + ", ".join(f"{fmt} {path}" for fmt, path in q["paths"].items())
-               + (f" ({q['note']})" if q.get("note") else "") + "; prompts: float32 tiles")
+               + (f" ({q['note']})" if q.get("note") else "") + f"; prompts: {q['prompts']}")
     click.echo(f"  cache:      {data['numba_cache']}")
     click.echo(f"  fastmath:   {' '.join(data['fastmath'])}")
 

@@ -16,7 +16,7 @@ SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", 
 
 def quantized_kernels(features: dict) -> dict:
     """The instruction path each quantized weight format's kernels use here (``kernels.quant.kernel_paths``),
-    and why a portable one is used, in words."""
+    why a portable one is used, in words, and how prompts (several tokens) multiply."""
     from qorus_jit.kernels.quant import kernel_paths
 
     paths = kernel_paths()
@@ -30,8 +30,12 @@ def quantized_kernels(features: dict) -> dict:
         if lacks:
             note = f"this CPU has no {' or '.join(lacks)}: the portable (AVX2) paths instead"
         elif paths["bf16"] == "portable" and features.get("avx512bf16", False):
-            note = "bf16 multiplies in float32 (faster here than vdpbf16ps; QORUS_VDPBF16PS=1 picks it)"
-    return {"paths": paths, "note": note}
+            note = "bf16 multiplies in float32, faster here than vdpbf16ps: QORUS_VDPBF16PS=1 picks that"
+    from qorus_jit.kernels import quant
+
+    prompts = ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
+               if quant.BLAS_SOURCE == "Intel MKL" else "float32 tiles")
+    return {"paths": paths, "note": note, "prompts": prompts}
 
 
 def _cpu_model() -> str:

@@ -25,12 +25,17 @@ def test_info_reports_versions_threads_cpu_blas_and_cache():
     assert any("qorus kernels" in lib["used_by"] for lib in data["blas"])
     assert "nnan" not in data["fastmath"]
     assert data["numba_cache"]
+    from qorus_jit.kernels._blas import BLAS_SOURCE
+
+    prompts = data["quantized_kernels"]["prompts"]  # how several tokens multiply: panels only where MKL serves
+    assert prompts == ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
+                       if BLAS_SOURCE == "Intel MKL" else "float32 tiles")
 
 
 def test_info_text_and_console_script():
     out = subprocess.run([sys.executable, "-m", "qorus_jit.cli", "info"], capture_output=True, text=True,
                          check=True).stdout
-    for word in ("numba", "threads:", "simd:", "blas:", "cache:"):
+    for word in ("numba", "threads:", "simd:", "blas:", "quantized:", "prompts: float32", "cache:"):
         assert word in out
 
 
