@@ -33,8 +33,9 @@ def quantized_kernels(features: dict) -> dict:
             note = "bf16 multiplies in float32, faster here than vdpbf16ps: QORUS_VDPBF16PS=1 picks that"
     from qorus_jit.kernels import quant
 
-    prompts = ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
-               if quant.BLAS_SOURCE == "Intel MKL" else "float32 tiles")
+    n = quant.PANEL_TOKENS
+    prompts = (f"float32, MKL's product on dequantized panels from {n} tokens (tiles below)"
+               if quant.prompt_route(n) == "panels" else "float32 tiles")
     return {"paths": paths, "note": note, "prompts": prompts}
 
 

@@ -36,10 +36,10 @@ def route(request, monkeypatch):
     product: both run here whatever the BLAS, the panels at most 64 rows each (several a product, a short last one)."""
     if request.param == "panels":
         monkeypatch.setattr(Q, "BLAS_SOURCE", "Intel MKL")
-        monkeypatch.setattr(Q, "_PANEL_TOKENS", 1)
+        monkeypatch.setattr(Q, "PANEL_TOKENS", 1)
         monkeypatch.setattr(Q, "_PANEL_BYTES", 1)
     else:
-        monkeypatch.setattr(Q, "_PANEL_TOKENS", 1 << 62)
+        monkeypatch.setattr(Q, "PANEL_TOKENS", 1 << 62)
     return request.param
 
 

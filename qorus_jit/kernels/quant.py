@@ -48,7 +48,7 @@ from qorus_jit.kernels.matmul import _gemm_numba_serial, _linear_forward
 _CHUNK = 1 << 16  # elements per parallel work item of the element-wise conversions
 _TILE_ROWS = 64  # rows of W per dequantized tile in linear_* (64 x 768 float32: 192 KiB, in L2)
 _PANEL_BYTES = 8 << 20  # float32 bytes of W dequantized at once for the BLAS product of several tokens
-_PANEL_TOKENS = 32  # the fewest tokens that take the BLAS product (fewer: the tiles)
+PANEL_TOKENS = 32  # the fewest tokens that take the BLAS product where MKL serves (fewer: the tiles)
 _scratch = threading.local()  # each thread's float32 panel, grown as needed
 
 # ---------------------------------------------------------------------------------------------------
@@ -396,6 +396,15 @@ def _dequant_rows_q8_0(tile, qs, d, lo, a, b):
 
 
 @kernel
+def _dequant_rows(tile, wq, d, lo, a, b):
+    """tile[a:b] = float32 of the rows lo + a..lo + b - 1 of W: bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
+    if d is None:
+        _dequant_rows_bf16(tile, wq, lo, a, b)
+    else:
+        _dequant_rows_q8_0(tile, wq, d, lo, a, b)
+
+
+@kernel
 def _linear_tiles_range(out, x, bias, wq, d, t0, t1):
     """Tiles t0..t1-1 of :func:`_linear_tiles`: rows ``_TILE_ROWS t ..`` of W dequantized into a float32 scratch,
     ``out[:, rows] = x @ tile.T (+ bias[rows])`` by the serial numba product."""
@@ -404,10 +413,7 @@ def _linear_tiles_range(out, x, bias, wq, d, t0, t1):
     for t in range(t0, t1):
         lo = t * _TILE_ROWS
         hi = min(O, lo + _TILE_ROWS)
-        if d is None:
-            _dequant_rows_bf16(tile, wq, lo, 0, hi - lo)
-        else:
-            _dequant_rows_q8_0(tile, wq, d, lo, 0, hi - lo)
+        _dequant_rows(tile, wq, d, lo, 0, hi - lo)
         c = out[:, lo:hi]
         _gemm_numba_serial(c, x, tile[:hi - lo], False, True, False)
         if bias is not None:
@@ -430,15 +436,6 @@ def _linear_tiles(out, x, bias, wq, d):
              out.shape[0] * O * wq.shape[1])
 
 
-@kernel
-def _dequant_rows(tile, wq, d, lo, a, b):
-    """tile[a:b] = float32 of the rows lo + a..lo + b - 1 of W: bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
-    if d is None:
-        _dequant_rows_bf16(tile, wq, lo, a, b)
-    else:
-        _dequant_rows_q8_0(tile, wq, d, lo, a, b)
-
-
 @kernel(parallel=True)
 def _dequant_panel(tile, wq, d, lo, hi):
     """tile[:hi - lo] = float32 of rows lo..hi - 1 of W (as :func:`_dequant_rows` takes it); rows over threads."""
@@ -454,18 +451,17 @@ def _linear_panels(out, x, bias, wq, d):
     if panel is None or panel.size < rows * I:
         panel = _scratch.panel = np.empty(rows * I, np.float32)
     tile = panel[:rows * I].reshape(rows, I)
-    part = None if rows == O else np.empty((out.shape[0], rows), np.float32)
+    if rows == O:  # one panel: the product straight into out
+        _dequant_panel(tile, wq, d, 0, O)
+        _linear_forward(out, x, tile, bias)
+        return
+    part = np.empty((out.shape[0], rows), np.float32)  # a panel's columns of out, contiguous for BLAS
     for lo in range(0, O, rows):
         hi = min(O, lo + rows)
         _dequant_panel(tile, wq, d, lo, hi)
-        if part is None:
-            _linear_forward(out, x, tile, bias)
-        else:
-            c = part[:, :hi - lo]
-            if hi - lo < rows:
-                c = np.empty((out.shape[0], hi - lo), np.float32)
-            _linear_forward(c, x, tile[:hi - lo], None if bias is None else bias[lo:hi])
-            out[:, lo:hi] = c
+        c = part if hi - lo == rows else np.empty((out.shape[0], hi - lo), np.float32)
+        _linear_forward(c, x, tile[:hi - lo], None if bias is None else bias[lo:hi])
+        out[:, lo:hi] = c
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,11 +497,18 @@ def _matvec_q8_0(out, qs, d, x):
 # docs/design.md, "Instruction paths of the quantized kernels"): with Intel MKL as the BLAS, 32 tokens or more
 # take dequantized panels and MKL's product (0.8-1.1x the float32 product on the Intel Xeon, where the tiles ran
 # at 0.35-0.7x); otherwise the tiles and the serial numba product (1.4-3.4x the panels' forerunner on the AMD EPYC).
+def prompt_route(tokens: int) -> str:
+    """How the products of ``tokens`` tokens take quantized weights: "panels" (MKL) or "tiles" (numba)."""
+    return "panels" if tokens >= PANEL_TOKENS and BLAS_SOURCE == "Intel MKL" else "tiles"
+
+
 def _linear_wq(out, x, bias, wq, d):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
-    if out.shape[0] >= _PANEL_TOKENS and BLAS_SOURCE == "Intel MKL":
+    if not out.shape[0]:
+        return
+    if prompt_route(out.shape[0]) == "panels":
         _linear_panels(out, x, bias, wq, d)
-    elif out.shape[0]:
+    else:
         _linear_tiles(out, x, bias, wq, d)
 
 

@@ -295,7 +295,7 @@ def _loop(builder, steps, body, init):
     return builder.load(slot)
 
 
-def _make_dot_q8_0_signed(nbytes, path, R):
+def _make_dot_q8_0(nbytes, path, R):
     """An intrinsic ``dot(qs, o, xq, d, dx)``: the q8_0 rows o..o + R - 1 (qs (O, I) int8, d (O, G): whole arrays or
     windows of whole groups, rows read by their stride) against one quantized token (xq (I,) int8, dx (G,)), by
     :func:`emit_offset_dot` (:func:`emit_sign_dot` on "avx2") on ``path``; returns their R float32 sums (a float32
@@ -424,8 +424,8 @@ def _make_dot_bf16(lanes, emulate):
     return dot
 
 
-_dot_q8_0_signed = {(p, R): _make_dot_q8_0_signed(nb, "emulate" if p == "emulate" else p, R)
-                    for p, nb in (("avx512-vnni", 64), ("avx-vnni", 32), ("avx2", 32), ("emulate", 64)) for R in (1, 4)}
+_dot_q8_0 = {(p, R): _make_dot_q8_0(nb, p, R)
+             for p, nb in (("avx512-vnni", 64), ("avx-vnni", 32), ("avx2", 32), ("emulate", 64)) for R in (1, 4)}
 _dot_bf16_512 = _make_dot_bf16(16, False)
 _dot_bf16_emu = _make_dot_bf16(16, True)
 
@@ -517,7 +517,7 @@ def _token_rows(out, qs, d, xq, dx, lo, hi, path):
 def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
     if not isinstance(path, types.StringLiteral):
         raise TypingError("_token_rows: path must be a constant string")
-    dot1, dot4 = (_dot_q8_0_signed[path.literal_value, R] for R in (1, 4))
+    dot1, dot4 = (_dot_q8_0[path.literal_value, R] for R in (1, 4))
 
     def rows(out, qs, d, xq, dx, lo, hi, path):
         o = lo

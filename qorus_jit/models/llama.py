@@ -313,11 +313,12 @@ class _Decoder:
                         b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
         embed = p.get("model.embed_tokens.weight")  # None: the table is the quantized head's (share_tied_table)
         final = (p["model.norm.weight"], np.float32(c.norm_eps))
+        parts = b("decode_parts", (c.n_kv_heads + max_threads(), c.dim))  # partial sums of column slices
         if self.fmt == "fp32":
             head_w = embed if c.tie_embeddings else p["lm_head.weight"]
             self.weights = (embed, norms[0], *(per_layer(f"{n}.weight") for n in _ATTN), norms[1],
                             *(per_layer(f"{n}.weight") for n in _MLP), *caches_kv)
-            self.scratch += (b("decode_parts", (c.n_kv_heads + max_threads(), c.dim)),)
+            self.scratch += (parts,)
             self.final = (*final, head_w)
             return
         q = quantized_layers(model)
@@ -344,7 +345,7 @@ class _Decoder:
         else:  # x as two bf16 numbers, for vdpbf16ps
             prep = ((widest, np.uint16), (widest, np.uint16))
         # xa, xb (the block's input), ya, yb (the feed-forward's slices), the slices' partial sums
-        self.scratch += (*(np.empty(n, t) for n, t in prep * 2), b("decode_slices", (max(4, max_threads()), c.dim)))
+        self.scratch += (*(np.empty(n, t) for n, t in prep * 2), parts)
         self.final = (*final, *weight(q["lm_head"]))
 
     def step(self, tok: int, pos: int) -> np.ndarray:
