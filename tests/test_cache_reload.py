@@ -175,7 +175,6 @@ def _llama_reference(model, tok):
 
 
 def _llama_decode(variant):
-    from qorus_jit.kernels import trusted as K
     from qorus_jit.layers import DecodeState
     from qorus_jit.models import Llama, LlamaConfig
     from qorus_jit.models.llama import _Decoder
@@ -190,8 +189,7 @@ def _llama_decode(variant):
     dec = _Decoder(model, state, (0, "fp32"))
     tok = 7
     # the fused kernel with a fixed thread split (decode_split would start the threads first)
-    K.llama_decode(*dec.out, tok, *dec.weights, 0, *dec.rope, *dec.scratch, False,
-                   min(2, numba.config.NUMBA_NUM_THREADS), *dec.final)
+    dec.step(tok, 0, (False, min(2, numba.config.NUMBA_NUM_THREADS)))
     _close(dec.out[0], _llama_reference(model, tok), np.float32, f"llama_decode {variant}")
 
 

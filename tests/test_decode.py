@@ -287,3 +287,20 @@ def test_bf16_decode_on_the_vdpbf16ps_rows(tmp_path):
     np.testing.assert_allclose(fast, port, rtol=0, atol=1e-4 * np.abs(port).max())
     assert np.array_equal(fast.argmax(axis=1), port.argmax(axis=1))
     assert np.abs(fast - port).max() > 0  # the split activations, not the portable dot, ran
+
+
+def test_block_table_refuses_blocks_unlike_the_first():
+    """The decoders read every block as the first one's shapes and dtypes: a block that differs is refused by name."""
+    from qorus_jit.kernels.decode import block_table
+
+    a, b = np.zeros((4, 3), np.float32), np.zeros(5, np.int8)
+    first, addresses = block_table([(a, b), (a.copy(), b.copy())])
+    assert first[0] is a and addresses.shape == (2, 2) and addresses[0, 0] == a.ctypes.data
+    with pytest.raises(ValueError, match=r"blocks\[1\]\[0\]: expected a non-empty C-contiguous float32"):
+        block_table([(a, b), (np.zeros((3, 4), np.float32), b)])
+    with pytest.raises(ValueError, match=r"blocks\[1\]\[1\]"):
+        block_table([(a, b), (a, b.astype(np.int16))])
+    with pytest.raises(ValueError, match=r"blocks\[1\]\[0\]"):
+        block_table([(a, b), (np.zeros((4, 6), np.float32)[:, ::2], b)])
+    with pytest.raises(ValueError, match=r"blocks\[1\]: expected 2 arrays"):
+        block_table([(a, b), (a,)])

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange, types
+from numba import carray, prange, types
 from numba.core.errors import TypingError
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, kernel
 from qorus_jit.kernels import quant_x86
@@ -28,6 +28,49 @@ from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows,
 from qorus_jit.kernels.quant_x86 import _split_bf16
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
+
+
+# ---------------------------------------------------------------------------------------------------
+# The blocks' arrays by address
+#
+# Passing every block's arrays as tuples cost numba's dispatcher about 0.1 us per array on every call (a
+# stories15M token passes 147, about 7% of an int8 token). The decoders take the first block's arrays (their
+# shapes and dtypes: every block's are alike) and a table of every block's addresses instead, and view them
+# here; the caller (models.llama's decoder) keeps the arrays alive.
+
+
+def block_table(blocks: list[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """``(first, addresses)`` for the decoders: ``first`` the first block's arrays, ``addresses (n_blocks, n)``
+    int64 the data address of every block's arrays. Every block's j-th array must be C-contiguous with the
+    first's shape and dtype (a ValueError names the one that is not); the caller keeps them alive while the
+    table is in use."""
+    first = blocks[0]
+    for i, block in enumerate(blocks):
+        if len(block) != len(first):
+            raise ValueError(f"blocks[{i}]: expected {len(first)} arrays, got {len(block)}")
+        for j, (a, f) in enumerate(zip(block, first, strict=True)):
+            if not (isinstance(a, np.ndarray) and a.shape == f.shape and a.dtype == f.dtype
+                    and a.flags.c_contiguous and a.size):
+                raise ValueError(f"blocks[{i}][{j}]: expected a non-empty C-contiguous {f.dtype} array of shape "
+                                 f"{f.shape}, got {getattr(a, 'dtype', type(a).__name__)} "
+                                 f"{getattr(a, 'shape', '')}")
+    return first, np.array([[a.ctypes.data for a in block] for block in blocks], np.int64).reshape(len(blocks), -1)
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """``address`` (an int64) as a pointer to ``like``'s dtype."""
+    sig = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+    return sig, codegen
+
+
+@kernel
+def _at(address, like):
+    """The C-contiguous array of ``like``'s shape and dtype at ``address`` (from :func:`block_table`)."""
+    return carray(_pointer(address, like), like.shape)
 
 
 @kernel
@@ -272,25 +315,27 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
 
 
 @kernel(parallel=True)
-def _llama_decode(logits, x, tok, embed, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache,
-                  pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, norm_w,
-                  norm_eps, head_w):
+def _llama_decode(logits, x, tok, embed, blocks, addresses, pos, eps, scale, h, q, k, v, att, scores, g, u, parts,
+                  by_kv_head, n_parts, norm_w, norm_eps, head_w):
     """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
     embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``.
 
-    The per-block arguments of :func:`_llama_block_decode` come as tuples with one entry per block (weights,
-    caches, ``cos``, ``sin``) and ``eps (n_layers,)``; scratch and ``scale`` are shared by the blocks.
-    embed (V0, C), head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their
-    call overhead (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows as
-    :func:`_matvec` splits them, because it calls a parallel kernel (docs/design.md, "Kernels that call
-    parallel kernels")."""
+    ``blocks, addresses`` from :func:`block_table`: the first block's (attn_norm, wq, wk, wv, wo, mlp_norm,
+    w_gate, w_up, w_down, k_cache, v_cache, cos, sin) as :func:`_llama_block_decode` takes them, and every
+    block's addresses; ``eps (n_blocks,)``; scratch and ``scale`` are shared by the blocks. embed (V0, C),
+    head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their call overhead
+    (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows as :func:`_matvec` splits
+    them, because it calls a parallel kernel (docs/design.md, "Kernels that call parallel kernels")."""
     e = embed[tok]
     for j in range(x.shape[0]):  # a loop: ``x[:] = e`` would be a parallel region of its own
         x[j] = e[j]
-    for i in range(len(wq)):
-        _llama_block_decode(x, attn_norm[i], wq[i], wk[i], wv[i], wo[i], mlp_norm[i], w_gate[i], w_up[i], w_down[i],
-                            k_cache[i], v_cache[i], pos, cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u,
-                            parts, by_kv_head, n_parts)
+    b = blocks
+    for i in range(addresses.shape[0]):
+        a = addresses[i]
+        _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4]),
+                            _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]), _at(a[9], b[9]),
+                            _at(a[10], b[10]), pos, _at(a[11], b[11]), _at(a[12], b[12]), eps[i], scale, h, q, k, v,
+                            att, scores, g, u, parts, by_kv_head, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     V = head_w.shape[0]
     for c in prange((V + _ROWS - 1) // _ROWS):
@@ -512,20 +557,25 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
 
 
 @kernel(parallel=True)
-def _llama_decode_quant(logits, x, tok, embed, embed_s, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg,
-                        wu, su, wd, sd, k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u,
-                        xa, xb, ya, yb, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
+def _llama_decode_quant(logits, x, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q, k, v, att, scores,
+                        g, u, xa, xb, ya, yb, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
     """:func:`_llama_decode` with bf16 or q8_0 weights: every linear weight and the head as ``_rows`` takes
-    them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused); per-block
-    tuples as there. ``embed`` (V0, C) float32, or quantized as the head (``embed_s``). Scratch xa, xb, ya, yb
-    as ``_prep`` takes them for the widest input (the hidden size), parts (>= n_parts, C) float32;
-    ``by_kv_head`` and ``n_parts`` as :func:`_llama_block_decode_quant` takes them."""
+    them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused). ``blocks``: the
+    first block's (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache,
+    v_cache, cos, sin), ``addresses`` every block's, as there. ``embed`` (V0, C) float32, or quantized as the
+    head (``embed_s``). Scratch xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
+    parts (>= n_parts, C) float32; ``by_kv_head`` and ``n_parts`` as :func:`_llama_block_decode_quant` takes
+    them."""
     _embed_row(x, embed, embed_s, tok)
-    for i in range(len(wq)):
-        _llama_block_decode_quant(x, attn_norm[i], wq[i], sq[i], wk[i], sk[i], wv[i], sv[i], wo[i], so[i],
-                                  mlp_norm[i], wg[i], sg[i], wu[i], su[i], wd[i], sd[i], k_cache[i], v_cache[i], pos,
-                                  cos[i], sin[i], eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, ya, yb, parts,
-                                  by_kv_head, n_parts)
+    b = blocks
+    for i in range(addresses.shape[0]):
+        a = addresses[i]
+        _llama_block_decode_quant(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
+                                  _at(a[4], b[4]), _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]),
+                                  _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]),
+                                  _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]), _at(a[16], b[16]),
+                                  _at(a[17], b[17]), pos, _at(a[18], b[18]), _at(a[19], b[19]), eps[i], scale, h, q,
+                                  k, v, att, scores, g, u, xa, xb, ya, yb, parts, by_kv_head, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _prep(xa, xb, h)
     V = head_w.shape[0]

@@ -19,6 +19,7 @@ from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels.decode import block_table
 from qorus_jit.kernels.quant import active_path
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.base import named_layers, structure_version
@@ -285,9 +286,10 @@ def decode_split(n_kv_heads: int) -> tuple[bool, int]:
 class _Decoder:
     """llama2.c's run state for one sequence: the weights as views of the model's (float32 parameters, or the
     bf16 / q8_0 arrays of its quantized layers), the KV caches of one :class:`DecodeState` (one per block) and
-    the activations and scratch of one token, gathered and allocated once. :meth:`step` takes one token
-    through the whole model in one kernel call. ``plan``: the model's (structure_version, weights) it was
-    made for."""
+    the activations and scratch of one token, gathered and allocated once; the blocks' arrays go to the kernel
+    as a table of addresses (``kernels.decode.block_table``), which the arrays held here keep valid. :meth:`step`
+    takes one token through the whole model in one kernel call. ``plan``: the model's (structure_version,
+    weights) it was made for."""
 
     def __init__(self, model: Llama, state: DecodeState, plan):
         c, p, b = model.config, model.parameters(), model.buffer
@@ -295,46 +297,38 @@ class _Decoder:
         self.state, self.caches, self.plan, self.fmt = state, caches, plan, plan[1]
         self.n_kv_heads = c.n_kv_heads
         layers = [f"model.layers.{i}." for i in range(c.n_layers)]
-
-        def per_layer(name):
-            return tuple(p[x + name] for x in layers)
-
         attn = [blk.self_attn for blk in model._blocks]
         hd, kd, H = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_heads
         self.out = (b("decode_logits", (c.vocab_size,)), b("decode_x", (c.dim,)))
-        norms = (per_layer("input_layernorm.weight"), per_layer("post_attention_layernorm.weight"))
-        caches_kv = (tuple(cache.k[0] for cache in caches), tuple(cache.v[0] for cache in caches))
         # RoPE tables for every position the caches hold (shared by the layers, grown here if need be)
         tables = [a.rope_for(min(caches[0].max_seq_len, c.max_seq_len)) for a in attn]
-        self.rope = (tuple(t[0] for t in tables), tuple(t[1] for t in tables),
-                     np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)))
-        self.scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
-                        b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
-                        b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
+        scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
+                   b("decode_att", (hd,)), b("decode_scores", (H, caches[0].max_seq_len)),
+                   b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
         embed = p.get("model.embed_tokens.weight")  # None: the table is the quantized head's (share_tied_table)
         final = (p["model.norm.weight"], np.float32(c.norm_eps))
         parts = b("decode_parts", (c.n_kv_heads + max_threads(), c.dim))  # partial sums of column slices
-        if self.fmt == "fp32":
-            head_w = embed if c.tie_embeddings else p["lm_head.weight"]
-            self.weights = (embed, norms[0], *(per_layer(f"{n}.weight") for n in _ATTN), norms[1],
-                            *(per_layer(f"{n}.weight") for n in _MLP), *caches_kv)
-            self.scratch += (parts,)
-            self.final = (*final, head_w)
-            return
         q = quantized_layers(model)
 
-        def weight(layer):  # (W, its scales) as kernels.decode's _rows takes them
+        def weight(name):  # as kernels.decode takes it: float32 W, or (W, its scales) as its _rows takes them
+            if self.fmt == "fp32":
+                return (p[name + ".weight"],)
+            layer = q[name]
             if layer.weight_format == "q8_0":
                 return layer.qs, layer.d
             return layer.w16.view(np.uint32), _NO_SCALES
 
-        def per_layer_q(name):
-            pairs = [weight(q[x + name]) for x in layers]
-            return tuple(w for w, _ in pairs), tuple(s for _, s in pairs)
-
-        ws = [t for n in (*_ATTN, *_MLP) for t in per_layer_q(n)]
-        table = weight(q["lm_head"]) if embed is None else (embed, _NO_SCALES)
-        self.weights = (*table, norms[0], *ws[:8], norms[1], *ws[8:], *caches_kv)
+        self.blocks = [(p[x + "input_layernorm.weight"], *(w for n in _ATTN for w in weight(x + n)),
+                        p[x + "post_attention_layernorm.weight"], *(w for n in _MLP for w in weight(x + n)),
+                        cache.k[0], cache.v[0], cos, sin)
+                       for x, cache, (cos, sin, _) in zip(layers, caches, tables, strict=True)]
+        first, addresses = block_table(self.blocks)
+        eps = (np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)))
+        if self.fmt == "fp32":
+            head_w = embed if c.tie_embeddings else p["lm_head.weight"]
+            self.args = ((embed, first, addresses), (*eps, *scratch, parts), (*final, head_w))
+            self.kernel = K.llama_decode
+            return
         widest = max(c.dim, hd, c.hidden_dim)
         # the scratch's dtype picks the dot (kernels.decode's _rows): the x86 one of the path the products run
         portable = active_path(self.fmt) == "portable"
@@ -345,17 +339,16 @@ class _Decoder:
         else:  # x as two bf16 numbers, for vdpbf16ps
             prep = ((widest, np.uint16), (widest, np.uint16))
         # xa, xb (the block's input), ya, yb (the feed-forward's slices), the slices' partial sums
-        self.scratch += (*(np.empty(n, t) for n, t in prep * 2), parts)
-        self.final = (*final, *weight(q["lm_head"]))
+        self.scratch = (*scratch, *(np.empty(n, t) for n, t in prep * 2), parts)
+        table = weight("lm_head") if embed is None else (embed, _NO_SCALES)
+        self.args = ((*table, first, addresses), (*eps, *self.scratch), (*final, *weight("lm_head")))
+        self.kernel = K.llama_decode_quant
 
-    def step(self, tok: int, pos: int) -> np.ndarray:
-        """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model)."""
-        if self.fmt == "fp32":
-            K.llama_decode(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
-                           *decode_split(self.n_kv_heads), *self.final)
-        else:
-            K.llama_decode_quant(*self.out, tok, *self.weights, pos, *self.rope, *self.scratch,
-                                 *decode_split(self.n_kv_heads), *self.final)
+    def step(self, tok: int, pos: int, split: tuple[bool, int] | None = None) -> np.ndarray:
+        """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model); ``split``:
+        the kernel's thread split (:func:`decode_split`'s by default)."""
+        head, mid, final = self.args
+        self.kernel(*self.out, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)), *final)
         return self.out[0]
 
 
