@@ -1,12 +1,15 @@
 """What the quantized kernels (``kernels.quant``, portable; ``kernels.quant_x86``, x86 instructions) share: the
 q8_0 group size, the quantizer of one token's activations for the integer dots, and two pieces of LLVM IR
-their ``@intrinsic`` dots emit (a prefetch, a lane sum in a fixed order)."""
+their ``@intrinsic`` dots emit (a prefetch, a lane sum in a fixed order), and a prefetch the float32 decode
+products call."""
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+from numba import types
 from numba.core import cgutils
+from numba.extending import intrinsic
 
 from qorus_jit.core.numerics import kernel
 from qorus_jit.kernels._math import roundf
@@ -17,7 +20,7 @@ GROUP = 32
 # The one flag of the float operations the row dots emit: any flag keeps numba's fastmath pass from adding its
 # own, whose reassociation would let a row's sum depend on how many rows its dot takes at once.
 _EXACT = ("nsz",)
-_PREFETCH = 1024  # bytes ahead of their loads that the row dots prefetch W (bf16 +25% from memory: docs/design.md)
+_PREFETCH = 4096  # bytes ahead of their loads that the row dots prefetch W (docs/design.md, "Latency and prefetch")
 
 
 @kernel
@@ -37,13 +40,26 @@ def _quantize_x_q8(xq, xs, x):
             qg[j] = np.int32(roundf(xg[j] * inv))
 
 
-def _prefetch(builder, ptr):
-    """A prefetch (read, into L1) of the line _PREFETCH bytes after ``ptr``; ``llvm.prefetch`` never faults."""
+def _prefetch(builder, ptr, ahead=_PREFETCH):
+    """A prefetch (read, into L1) of the line ``ahead`` bytes after ``ptr``; ``llvm.prefetch`` never faults."""
     i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                         "llvm.prefetch.p0")
-    ahead = builder.gep(builder.bitcast(ptr, i8p), [ir.Constant(ir.IntType(64), _PREFETCH)])
-    builder.call(fn, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    at = builder.gep(builder.bitcast(ptr, i8p), [ir.Constant(ir.IntType(64), ahead)])
+    builder.call(fn, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+@intrinsic
+def _prefetch_at(typingctx, w, i, c):
+    """A prefetch of the line holding ``w[i, c]`` (2-D, rows by their stride, as ``_row_stride`` reads them); it
+    never faults, past the end included: for the float32 decode products, which LLVM vectorizes itself."""
+    sig = types.void(w, i, c)
+
+    def codegen(context, builder, sig, args):
+        data, stride = _row_stride(context, builder, sig.args[0], args[0])
+        _prefetch(builder, builder.gep(data, [builder.add(builder.mul(args[1], stride), args[2])]), 0)
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 def _row_stride(context, builder, aty, arr):
