@@ -25,11 +25,15 @@ def test_info_reports_versions_threads_cpu_blas_and_cache():
     assert any("qorus kernels" in lib["used_by"] for lib in data["blas"])
     assert "nnan" not in data["fastmath"]
     assert data["numba_cache"]
-    from qorus_jit.kernels._blas import BLAS_SOURCE
+    from qorus_jit.kernels import quant_x86
+    from qorus_jit.kernels._blas import BF16_GEMM, BLAS_SOURCE
 
     prompts = data["quantized_kernels"]["prompts"]  # how several tokens multiply: panels only where MKL serves
-    assert prompts == ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
-                       if BLAS_SOURCE == "Intel MKL" else "float32 tiles")
+    want = ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
+            if BLAS_SOURCE == "Intel MKL" else "float32 tiles")
+    if BLAS_SOURCE == "Intel MKL" and BF16_GEMM and quant_x86.available()["avx512-bf16"]:
+        want += "; bf16 weights: MKL's bf16 product from 32 tokens (x as two bf16 numbers)"
+    assert prompts == want
 
 
 def test_info_text_and_console_script():

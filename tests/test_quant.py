@@ -30,17 +30,24 @@ def path(request, monkeypatch):
     Q.kernel_paths()  # chosen afresh: the later tests run on this machine's paths
 
 
-@pytest.fixture(params=["tiles", "panels"])
+@pytest.fixture(params=["tiles", "panels", "bf16 products"])
 def route(request, monkeypatch):
     """Several tokens take the dequantized tiles or, with Intel MKL as the BLAS, dequantized panels and the BLAS
-    product: both run here whatever the BLAS, the panels at most 64 rows each (several a product, a short last one)."""
-    if request.param == "panels":
+    product, or (bf16 weights, MKL's bf16 product on a CPU with AVX512_BF16) x split into two bf16 numbers and the
+    bf16 product: all run here whatever the BLAS and the CPU (the bf16 product is NumPy's where MKL is absent), the
+    panels at most 64 rows each (several a product, a short last one)."""
+    if request.param == "tiles":
+        monkeypatch.setattr(Q, "PANEL_TOKENS", 1 << 62)
+    else:
         monkeypatch.setattr(Q, "BLAS_SOURCE", "Intel MKL")
         monkeypatch.setattr(Q, "PANEL_TOKENS", 1)
         monkeypatch.setattr(Q, "_PANEL_BYTES", 1)
-    else:
-        monkeypatch.setattr(Q, "PANEL_TOKENS", 1 << 62)
-    return request.param
+        monkeypatch.setattr(Q, "BF16_GEMM", request.param == "bf16 products")
+        monkeypatch.setitem(Q._x86()._NEEDS, "avx512-bf16", () if request.param == "bf16 products" else ("none",))
+        monkeypatch.setattr(Q._x86(), "_runs", None)
+    yield request.param
+    monkeypatch.undo()
+    Q._x86()._runs = None
 
 
 def _on(path, kind):
@@ -128,9 +135,11 @@ def test_linear_bf16_matches_reference(shape, with_bias, route):
     bias = rng.standard_normal(O).astype(np.float32) if with_bias else None
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_bf16(out, x, w16, bias)
+    assert route == "tiles" or Q.prompt_route(N, "bf16") == route
     wv = naive.bf16_values(w16)
+    xv = naive.split_bf16_values(x) if route == "bf16 products" else x
     size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-    _assert_rel(out, naive.linear(x, wv, bias), size)
+    _assert_rel(out, naive.linear(xv, wv, bias), size)
 
 
 # ------------------------------------------------------------------------------------------------------- q8_0

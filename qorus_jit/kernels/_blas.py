@@ -18,6 +18,11 @@ At import this module registers ``qorus_gemm_f32`` / ``qorus_gemm_f64`` with LLV
 If neither is found, the names point to a slow but correct NumPy fallback, so cached machine code always
 finds them. ``BLAS_SOURCE`` says which one is in use (``qorus info`` shows it).
 
+``qorus_gemm_bf16`` (bf16 operands, float32 sums and result: ``cblas_gemm_bf16bf16f32``, the same arguments
+with ``uint16`` A and B and float alpha, beta) is MKL's where MKL serves, which runs it on AMX or
+AVX512_BF16 where the CPU has them, and a NumPy fallback elsewhere; ``BF16_GEMM`` says whether MKL's is in
+use.
+
 Signature (row-major ``cblas_?gemm``, 64-bit sizes)::
 
     void qorus_gemm_fXX(int order, int trans_a, int trans_b, int64 M, int64 N, int64 K, T alpha,
@@ -75,6 +80,30 @@ def _fallback(dtype, ctype):
     return proto(gemm)
 
 
+def _fallback_bf16():
+    """The bf16 gemm (bf16 A and B, float32 C) computed with NumPy: A and B widened to float32."""
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)
+
+    def view(ptr, ctype, rows, ld, trans, r, c):
+        full = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(rows * ld,))
+        m = full.reshape(rows, ld)[:, : (c if trans == NO_TRANS else r)]
+        return m if trans == NO_TRANS else m.T
+
+    def f32(bits):
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+
+    def gemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
+        a = f32(view(A, ctypes.c_uint16, M if ta == NO_TRANS else K, lda, ta, M, K))
+        b = f32(view(B, ctypes.c_uint16, K if tb == NO_TRANS else N, ldb, tb, K, N))
+        c = view(C, ctypes.c_float, M, ldc, NO_TRANS, M, N)
+        c[...] = alpha * (a @ b) + (beta * c if beta != 0 else 0)
+
+    return proto(gemm)
+
+
+_BF16 = ("qorus_gemm_bf16", "cblas_gemm_bf16bf16f32_64")
 _MKL_SYMBOLS = {np.float32: "cblas_sgemm_64", np.float64: "cblas_dgemm_64"}
 _MKL_GNU_THREADS, _MKL_SEQUENTIAL = 3, 1  # MKL_Set_Threading_Layer values
 
@@ -107,19 +136,30 @@ def cpu_vendor() -> str:
     return ""
 
 
-def _register(choice: str, openblas) -> str:
+def _register_bf16(mkl) -> bool:
+    """Point ``qorus_gemm_bf16`` at MKL's bf16 product if ``mkl`` has one (returns True), else the fallback."""
+    fn = getattr(mkl, _BF16[1], None) if mkl is not None else None
+    if fn is None:
+        fn = _fallback_bf16()
+    _keep.append(fn)
+    ll.add_symbol(_BF16[0], ctypes.cast(fn, ctypes.c_void_p).value)
+    return mkl is not None and hasattr(mkl, _BF16[1])
+
+
+def _register(choice: str, openblas) -> tuple[str, bool]:
     """Point the kernels' gemm names at the library ``choice`` asks for (``openblas``: NumPy's, or None);
-    returns its description."""
+    returns its description and whether the bf16 product is MKL's."""
     if choice not in ("auto", "mkl", "openblas"):
         raise ImportError(f"QORUS_BLAS: expected 'auto', 'mkl' or 'openblas', got {choice!r}")
     mkl = _mkl() if choice == "mkl" or (choice == "auto" and cpu_vendor() != "AuthenticAMD") else None
     if choice == "mkl" and mkl is None:
         raise ImportError('QORUS_BLAS=mkl: no MKL found in this environment (pip install "qorus-jit[mkl]")')
+    bf16 = _register_bf16(mkl)
     if mkl is not None:
         for dtype, (name, _, _) in _SYMBOLS.items():
             ll.add_symbol(name, ctypes.cast(getattr(mkl, _MKL_SYMBOLS[dtype]), ctypes.c_void_p).value)
         _keep.append(mkl)
-        return "Intel MKL"
+        return "Intel MKL", bf16
     source = "numpy's OpenBLAS"
     for dtype, (name, blas_name, ctype) in _SYMBOLS.items():
         fn = getattr(openblas, blas_name, None) if openblas is not None else None
@@ -127,7 +167,7 @@ def _register(choice: str, openblas) -> str:
             fn, source = _fallback(dtype, ctype), "NumPy fallback (no bundled OpenBLAS found)"
         _keep.append(fn)
         ll.add_symbol(name, ctypes.cast(fn, ctypes.c_void_p).value)
-    return source
+    return source, bf16
 
 
 def _short_blas_spin(lib) -> bool:
@@ -148,9 +188,35 @@ def _short_blas_spin(lib) -> bool:
 
 
 _LIB = _numpy_openblas()  # NumPy's OpenBLAS (its ``@``), whether or not the kernels call it
-#: Which implementation the BLAS route calls (shown by ``qorus info``).
-BLAS_SOURCE = _register(os.environ.get("QORUS_BLAS", "auto").strip().lower() or "auto", _LIB)
+#: Which implementation the BLAS route calls (shown by ``qorus info``), and whether ``qorus_gemm_bf16`` is MKL's.
+BLAS_SOURCE, BF16_GEMM = _register(os.environ.get("QORUS_BLAS", "auto").strip().lower() or "auto", _LIB)
 _short_blas_spin(_LIB)
+
+
+def _emit_gemm(context, builder, sig, args, name, scalar, operand_ptr, scalar_type):
+    """The call of the row-major gemm ``name`` for an intrinsic typed (c, a, b, beta): ``scalar`` is the IR type of
+    alpha and beta (and c's elements), ``operand_ptr`` that of a's and b's data; a C array is read as it is, an F
+    array (a transposed C array) transposed."""
+    cv, av, bv = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3], strict=True))
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, scalar, operand_ptr, i64, operand_ptr, i64,
+                                           scalar, scalar.as_pointer(), i64])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    m, n = cgutils.unpack_tuple(builder, cv.shape)
+    k = cgutils.unpack_tuple(builder, av.shape)[1]
+
+    def operand(ty, arr):
+        rows, cols = cgutils.unpack_tuple(builder, arr.shape)
+        # a C array's rows are its leading dimension; an F array (a transposed C array) is read transposed
+        trans = ir.Constant(i32, NO_TRANS if ty.layout == "C" else TRANS)
+        return trans, cols if ty.layout == "C" else rows
+
+    ta, lda = operand(sig.args[1], av)
+    tb, ldb = operand(sig.args[2], bv)
+    beta_v = context.cast(builder, args[3], sig.args[3], scalar_type)
+    builder.call(fn, (ir.Constant(i32, ROW_MAJOR), ta, tb, m, n, k, ir.Constant(scalar, 1.0), av.data, lda,
+                      bv.data, ldb, beta_v, cv.data, n))
+    return context.get_dummy_value()
 
 
 @intrinsic
@@ -171,26 +237,28 @@ def gemm(typingctx, c, a, b, beta):
     name = _SYMBOLS[np.float32 if dtype == types.float32 else np.float64][0]
 
     def codegen(context, builder, sig, args):
-        cv, av, bv = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3], strict=True))
-        i32, i64 = ir.IntType(32), ir.IntType(64)
         elt = context.get_value_type(dtype)
-        ptr = elt.as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, elt, ptr, i64, ptr, i64, elt, ptr, i64])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        m, n = cgutils.unpack_tuple(builder, cv.shape)
-        k = cgutils.unpack_tuple(builder, av.shape)[1]
+        return _emit_gemm(context, builder, sig, args, name, elt, elt.as_pointer(), dtype)
 
-        def operand(ty, arr):
-            rows, cols = cgutils.unpack_tuple(builder, arr.shape)
-            # a C array's rows are its leading dimension; an F array (a transposed C array) is read transposed
-            trans = ir.Constant(i32, NO_TRANS if ty.layout == "C" else TRANS)
-            return trans, cols if ty.layout == "C" else rows
+    return types.none(c, a, b, beta), codegen
 
-        ta, lda = operand(sig.args[1], av)
-        tb, ldb = operand(sig.args[2], bv)
-        beta_v = context.cast(builder, args[3], sig.args[3], dtype)
-        builder.call(fn, (ir.Constant(i32, ROW_MAJOR), ta, tb, m, n, k, ir.Constant(elt, 1.0), av.data, lda,
-                          bv.data, ldb, beta_v, cv.data, n))
-        return context.get_dummy_value()
+
+@intrinsic
+def gemm_bf16(typingctx, c, a, b, beta):
+    """c (M, N) = a (M, K) @ b (K, N) + beta * c with a, b bf16 bits (uint16, C- or F-contiguous: ``w16.T``) and c
+    float32 C-contiguous (float32 sums); M, N, K >= 1. MKL's where ``BF16_GEMM``, else the NumPy fallback."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, types.Array) or t.ndim != 2 or t.dtype != types.uint16 or t.layout not in "CF":
+            raise TypingError(f"gemm_bf16: {name} must be a 2-D C- or F-contiguous uint16 array, got {t}")
+    if not isinstance(c, types.Array) or c.ndim != 2 or c.dtype != types.float32 or c.layout != "C":
+        raise TypingError(f"gemm_bf16: c must be a 2-D C-contiguous float32 array, got {c}")
+    if not isinstance(beta, types.Number):
+        raise TypingError(f"gemm_bf16: beta must be a number, got {beta}")
+    if types.intp.bitwidth != 64:
+        raise TypingError("gemm_bf16: needs a 64-bit platform (64-bit BLAS sizes)")
+
+    def codegen(context, builder, sig, args):
+        return _emit_gemm(context, builder, sig, args, _BF16[0], ir.FloatType(), ir.IntType(16).as_pointer(),
+                          types.float32)
 
     return types.none(c, a, b, beta), codegen

@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import check_arrays
 from qorus_jit.core.numerics import for_chunks, for_rows, kernel
-from qorus_jit.kernels._blas import BLAS_SOURCE
+from qorus_jit.kernels._blas import BF16_GEMM, BLAS_SOURCE
 from qorus_jit.kernels._lowbit import GROUP, _hsum, _prefetch, _quantize_x_q8, _row_stride
 from qorus_jit.kernels._math import roundf
 from qorus_jit.kernels.matmul import _gemm_numba_serial, _linear_forward
@@ -497,16 +497,26 @@ def _matvec_q8_0(out, qs, d, x):
 # docs/design.md, "Instruction paths of the quantized kernels"): with Intel MKL as the BLAS, 32 tokens or more
 # take dequantized panels and MKL's product (0.8-1.1x the float32 product on the Intel Xeon, where the tiles ran
 # at 0.35-0.7x); otherwise the tiles and the serial numba product (1.4-3.4x the panels' forerunner on the AMD EPYC).
-def prompt_route(tokens: int) -> str:
-    """How the products of ``tokens`` tokens take quantized weights: "panels" (MKL) or "tiles" (numba)."""
-    return "panels" if tokens >= PANEL_TOKENS and BLAS_SOURCE == "Intel MKL" else "tiles"
+# bf16 weights skip the copy where MKL has its bf16 product and the CPU AVX512_BF16 (MKL runs it on AMX where
+# there is AMX): x split into two bf16 numbers, two products (docs/design.md, "Prefill on the Intel Xeon").
+def prompt_route(tokens: int, fmt: str = "q8_0") -> str:
+    """How the products of ``tokens`` tokens take ``fmt`` ("q8_0", "bf16") weights: "bf16 products" (bf16, MKL's
+    bf16 product), "panels" (MKL's float32 product on dequantized panels) or "tiles" (numba)."""
+    if tokens < PANEL_TOKENS or BLAS_SOURCE != "Intel MKL":
+        return "tiles"
+    if fmt == "bf16" and BF16_GEMM and _x86().available()["avx512-bf16"]:
+        return "bf16 products"
+    return "panels"
 
 
 def _linear_wq(out, x, bias, wq, d):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
     if not out.shape[0]:
         return
-    if prompt_route(out.shape[0]) == "panels":
+    route = prompt_route(out.shape[0], "bf16" if d is None else "q8_0")
+    if route == "bf16 products":
+        _x86().linear_bf16(out, x, wq, bias)
+    elif route == "panels":
         _linear_panels(out, x, bias, wq, d)
     else:
         _linear_tiles(out, x, bias, wq, d)

@@ -62,6 +62,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
+from qorus_jit.kernels._blas import gemm_bf16
 from qorus_jit.kernels._lowbit import _EXACT, GROUP, _hsum, _hsum_rows, _prefetch, _quantize_x_q8, _row_stride
 from qorus_jit.kernels._math import _float32_from_bits
 
@@ -468,6 +469,36 @@ def _split_bf16(x, xh, xl):
             h = _bf16_bits(x[n, i])
             xh[n, i] = h
             xl[n, i] = _bf16_bits(x[n, i] - _float32_from_bits(np.int32(h) << np.int32(16)))
+
+
+@kernel
+def _split_bf16_rows(x, xh, xl, lo, hi):
+    """:func:`_split_bf16` of rows lo..hi - 1."""
+    _split_bf16(x[lo:hi], xh[lo:hi], xl[lo:hi])
+
+
+@kernel(parallel=True)
+def _split_bf16_parallel(x, xh, xl):
+    """:func:`_split_bf16`, rows over threads."""
+    for_rows(_split_bf16_rows, (x, xh, xl), x.shape[0], x.size)
+
+
+@kernel
+def _bf16_products(out, xh, xl, w16):
+    """out (N, O) = (xh + xl) (N, I) @ w16.T, every operand bf16 bits, by the BLAS's bf16 product (float32 sums)."""
+    gemm_bf16(out, xh, w16.T, 0.0)
+    gemm_bf16(out, xl, w16.T, 1.0)
+
+
+def linear_bf16(out, x, w16, bias):
+    """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16, by the BLAS's bf16 product (MKL's,
+    on AMX or AVX512_BF16): x split into two bf16 numbers (``split_bf16``: 16 significant bits of each float32,
+    an error below 2^-16 of it), each multiplied by W with float32 sums. No dequantized copy of W."""
+    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
+    _split_bf16_parallel(x, xh, xl)
+    _bf16_products(out, xh, xl, w16)
+    if bias is not None:
+        out += bias
 
 
 @kernel
