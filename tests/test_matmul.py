@@ -346,6 +346,31 @@ def test_blas_fallback_gemm_matches_numpy():
             np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
 
 
+def test_blas_fallback_bf16_gemm_matches_numpy():
+    """The NumPy fallback of the bf16 product (bf16 bits in A and B, float32 C), registered where MKL is absent."""
+    import ctypes
+
+    from qorus_jit.kernels._blas import NO_TRANS, ROW_MAJOR, TRANS, _fallback
+
+    rng = np.random.default_rng(1)
+    fn = _fallback(np.float32, ctypes.c_float, ctypes.c_uint16)
+
+    def values(bits):
+        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+    for ta, tb in ((NO_TRANS, NO_TRANS), (NO_TRANS, TRANS), (TRANS, TRANS)):
+        M, N, K = 3, 5, 4
+        a = (rng.standard_normal((M, K) if ta == NO_TRANS else (K, M)).astype(np.float32).view(np.uint32) >> 16)
+        b = (rng.standard_normal((K, N) if tb == NO_TRANS else (N, K)).astype(np.float32).view(np.uint32) >> 16)
+        a, b = a.astype(np.uint16), b.astype(np.uint16)
+        c = rng.standard_normal((M, N)).astype(np.float32)
+        av, bv = values(a), values(b)
+        want = (av if ta == NO_TRANS else av.T) @ (bv if tb == NO_TRANS else bv.T) + 0.5 * c
+        fn(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.5,
+           c.ctypes.data, N)
+        np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 _BLAS_CHECK = """
 import numpy as np
 from qorus_jit.kernels import _blas

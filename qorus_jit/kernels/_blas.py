@@ -60,45 +60,26 @@ def _numpy_openblas():
     return None
 
 
-def _fallback(dtype, ctype):
-    """A ctypes callback with the gemm signature that computes with NumPy (only if no OpenBLAS was found)."""
+def _fallback(dtype, ctype, operand=None):
+    """A ctypes callback with the gemm signature that computes with NumPy (only if no BLAS provides it).
+    ``operand``: the ctype of A and B if not ``ctype`` (``c_uint16``: bf16 bits, widened to float32)."""
+    operand = operand or ctype
     proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                              ctypes.c_int64, ctype, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_int64, ctype, ctypes.c_void_p, ctypes.c_int64)
 
-    def view(ptr, rows, ld, trans, r, c):
-        full = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(rows * ld,))
+    def view(ptr, t, rows, ld, trans, r, c):
+        full = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(t)), shape=(rows * ld,))
         m = full.reshape(rows, ld)[:, : (c if trans == NO_TRANS else r)]
+        if operand is ctypes.c_uint16 and t is operand:
+            m = (m.astype(np.uint32) << 16).view(np.float32)
         return m if trans == NO_TRANS else m.T
 
     def gemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
-        a = view(A, M if ta == NO_TRANS else K, lda, ta, M, K)
-        b = view(B, K if tb == NO_TRANS else N, ldb, tb, K, N)
-        c = view(C, M, ldc, NO_TRANS, M, N)
+        a = view(A, operand, M if ta == NO_TRANS else K, lda, ta, M, K)
+        b = view(B, operand, K if tb == NO_TRANS else N, ldb, tb, K, N)
+        c = view(C, ctype, M, ldc, NO_TRANS, M, N)
         c[...] = alpha * (a.astype(dtype) @ b) + (beta * c if beta != 0 else 0)
-
-    return proto(gemm)
-
-
-def _fallback_bf16():
-    """The bf16 gemm (bf16 A and B, float32 C) computed with NumPy: A and B widened to float32."""
-    proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)
-
-    def view(ptr, ctype, rows, ld, trans, r, c):
-        full = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(rows * ld,))
-        m = full.reshape(rows, ld)[:, : (c if trans == NO_TRANS else r)]
-        return m if trans == NO_TRANS else m.T
-
-    def f32(bits):
-        return (bits.astype(np.uint32) << 16).view(np.float32)
-
-    def gemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
-        a = f32(view(A, ctypes.c_uint16, M if ta == NO_TRANS else K, lda, ta, M, K))
-        b = f32(view(B, ctypes.c_uint16, K if tb == NO_TRANS else N, ldb, tb, K, N))
-        c = view(C, ctypes.c_float, M, ldc, NO_TRANS, M, N)
-        c[...] = alpha * (a @ b) + (beta * c if beta != 0 else 0)
 
     return proto(gemm)
 
@@ -138,12 +119,11 @@ def cpu_vendor() -> str:
 
 def _register_bf16(mkl) -> bool:
     """Point ``qorus_gemm_bf16`` at MKL's bf16 product if ``mkl`` has one (returns True), else the fallback."""
-    fn = getattr(mkl, _BF16[1], None) if mkl is not None else None
-    if fn is None:
-        fn = _fallback_bf16()
+    native = getattr(mkl, _BF16[1], None) if mkl is not None else None
+    fn = native if native is not None else _fallback(np.float32, ctypes.c_float, ctypes.c_uint16)
     _keep.append(fn)
     ll.add_symbol(_BF16[0], ctypes.cast(fn, ctypes.c_void_p).value)
-    return mkl is not None and hasattr(mkl, _BF16[1])
+    return native is not None
 
 
 def _register(choice: str, openblas) -> tuple[str, bool]:

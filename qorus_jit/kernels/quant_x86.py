@@ -494,8 +494,7 @@ def linear_bf16(out, x, w16, bias):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None, W = w16 (O, I) bf16, by the BLAS's bf16 product (MKL's,
     on AMX or AVX512_BF16): x split into two bf16 numbers (``split_bf16``: 16 significant bits of each float32,
     an error below 2^-16 of it), each multiplied by W with float32 sums. No dequantized copy of W."""
-    xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
-    _split_bf16_parallel(x, xh, xl)
+    xh, xl = split_bf16(x)
     _bf16_products(out, xh, xl, w16)
     if bias is not None:
         out += bias
@@ -519,7 +518,7 @@ def split_bf16(x: np.ndarray):
     """(xh, xl) bf16 bits (uint16 (N, I)) of x (N, I) float32: xh = bf16(x), xl = bf16(x - xh), the activations
     of the bf16 fast path."""
     xh, xl = np.empty(x.shape, np.uint16), np.empty(x.shape, np.uint16)
-    _split_bf16(x, xh, xl)
+    _split_bf16_parallel(x, xh, xl)
     return xh, xl
 
 
