@@ -35,9 +35,11 @@ def quantized_kernels(features: dict) -> dict:
 
     n = quant.PANEL_TOKENS
     prompts = (f"float32, MKL's product on dequantized panels from {n} tokens (tiles below)"
-               if quant.prompt_route(n) == "panels" else "float32 tiles")
+               if quant.prompt_route(n, "q8_0", 0) == "panels" else "float32 tiles")
     if quant.prompt_route(n, "bf16") == "bf16 products":
-        prompts += f"; bf16 weights: MKL's bf16 product from {n} tokens (x as two bf16 numbers)"
+        prompts += (f"; bf16 weights: MKL's bf16 product from {n} tokens (x as two bf16 numbers); int8 weights: "
+                    f"MKL's bf16 product from 2^{quant.PAIR_WORK.bit_length() - 1} multiply-adds (W as two bf16 "
+                    "numbers, x as one)")
     return {"paths": paths, "note": note, "prompts": prompts}
 
 

@@ -32,7 +32,8 @@ def test_info_reports_versions_threads_cpu_blas_and_cache():
     want = ("float32, MKL's product on dequantized panels from 32 tokens (tiles below)"
             if BLAS_SOURCE == "Intel MKL" else "float32 tiles")
     if BLAS_SOURCE == "Intel MKL" and BF16_GEMM and quant_x86.available()["avx512-bf16"]:
-        want += "; bf16 weights: MKL's bf16 product from 32 tokens (x as two bf16 numbers)"
+        want += ("; bf16 weights: MKL's bf16 product from 32 tokens (x as two bf16 numbers); int8 weights: MKL's "
+                 "bf16 product from 2^25 multiply-adds (W as two bf16 numbers, x as one)")
     assert prompts == want
 
 

@@ -33,9 +33,10 @@ def path(request, monkeypatch):
 @pytest.fixture(params=["tiles", "panels", "bf16 products"])
 def route(request, monkeypatch):
     """Several tokens take the dequantized tiles or, with Intel MKL as the BLAS, dequantized panels and the BLAS
-    product, or (bf16 weights, MKL's bf16 product on a CPU with AVX512_BF16) x split into two bf16 numbers and the
-    bf16 product: all run here whatever the BLAS and the CPU (the bf16 product is NumPy's where MKL is absent), the
-    panels at most 64 rows each (several a product, a short last one)."""
+    product, or MKL's bf16 product where the CPU has AVX512_BF16 (bf16 weights against x split into two bf16
+    numbers; q8_0 weights as two bf16 numbers against x rounded to bf16): all run here whatever the BLAS and the
+    CPU (the bf16 product is NumPy's where MKL is absent), the panels at most 64 rows each (several a product, a
+    short last one)."""
     if request.param == "tiles":
         monkeypatch.setattr(Q, "PANEL_TOKENS", 1 << 62)
     else:
@@ -43,6 +44,7 @@ def route(request, monkeypatch):
         monkeypatch.setattr(Q, "PANEL_TOKENS", 1)
         monkeypatch.setattr(Q, "_PANEL_BYTES", 1)
         monkeypatch.setattr(Q, "BF16_GEMM", request.param == "bf16 products")
+        monkeypatch.setattr(Q, "PAIR_WORK", 0)
         monkeypatch.setitem(Q._x86()._NEEDS, "avx512-bf16", () if request.param == "bf16 products" else ("none",))
         monkeypatch.setattr(Q._x86(), "_runs", None)
     yield request.param
@@ -280,9 +282,13 @@ def test_linear_q8_0_matches_reference(shape, with_bias, route):
     bias = rng.standard_normal(O).astype(np.float32) if with_bias else None
     out = np.full((N, O), np.nan, np.float32)
     Q.linear_q8_0(out, x, qs, d, bias)
+    assert route == "tiles" or Q.prompt_route(N, "q8_0", O * I) == route
     wv = naive.q8_0_values(qs, d)
     size = np.abs(x.astype(np.float64)) @ np.abs(wv).T + (0 if bias is None else np.abs(bias))
-    _assert_rel(out, naive.linear(x, wv, bias), size)
+    xv = x
+    if route == "bf16 products":  # x rounded to bf16, W as two bf16 numbers
+        xv, wv = naive.bf16_values(naive.bf16_bits(x)), naive.split_bf16_values(wv)
+    _assert_rel(out, naive.linear(xv, wv, bias), size)
     out2 = np.full((N, O), np.nan, np.float32)
     K.linear_q8_0(out2, x, qs, d, bias)
     np.testing.assert_array_equal(out2, out)

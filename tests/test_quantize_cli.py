@@ -47,16 +47,25 @@ def held_out(tokenizer, n_windows=4, length=257):
 
 
 @pytest.mark.parametrize("dtype,agree,ppl", [("bf16", 0.995, 0.003), ("int8", 0.99, 0.01)])
-def test_trained_model_meets_the_accuracy_bars(run_dir, dtype, agree, ppl):
+def test_trained_model_meets_the_accuracy_bars(run_dir, dtype, agree, ppl, monkeypatch):
+    from qorus_jit.kernels import quant
+
     fp32, tok = load_run_model(run_dir)
     windows = held_out(tok)
     top0, ppl0 = top1_and_perplexity(fp32, windows)
     model = quantize_model(load_run_model(run_dir)[0], dtype)
-    for decode in (False, True):  # the prefill's kernels, and one token at a time as generation runs
+    # the prefill's kernels (int8 again with every product on MKL's bf16 product, where this machine has it), and
+    # one token at a time as generation runs
+    work = quant.PAIR_WORK
+    for decode, pairs in ((False, False), (False, True), (True, False)):
+        monkeypatch.setattr(quant, "PAIR_WORK", 0 if pairs else work)
         top, ppl_q = top1_and_perplexity(model, windows, decode)
         assert top.size >= 1000
-        assert (top == top0).mean() >= agree, decode  # measured 0.998 (bf16), 0.999 / 0.995 decoding (int8)
-        assert abs(ppl_q / ppl0 - 1) <= ppl, decode  # measured -0.014% (bf16), +0.016% / -0.001% (int8)
+        # measured: bf16 0.998, -0.014%; int8 0.999 / 0.998 on the bf16 product / 0.995 decoding, +0.016% /
+        # +0.008% / -0.001%
+        assert (top == top0).mean() >= agree, (decode, pairs)
+        assert abs(ppl_q / ppl0 - 1) <= ppl, (decode, pairs)
+    monkeypatch.undo()
     ids = windows[:1, :128]
     assert rel_err(model.forward(ids), reference_logits(lambda: load_run_model(run_dir)[0], model, ids)) < 1e-4
 

@@ -15,8 +15,9 @@ Kernels take float32 activations. ``matvec_*`` (one token) reads every weight on
 bandwidth, so fewer bytes per weight is the whole gain, as long as unpacking them keeps up (docs/design.md,
 "Reduced-precision weights"). ``matvec_q8_0`` quantizes x per group of 32 itself (``_quantize_x_q8``, as
 llama.cpp does) for an integer dot: faster here than int8 -> float32 conversions, at an error about 1.4x that
-of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes tiles of W into float32 scratch and
-multiplies them by the serial numba product, tiles over threads, x in float32.
+of the weights' rounding alone. ``linear_*`` (prefill, N rows) dequantizes W into float32 scratch and
+multiplies it with x in float32 (tiles and the serial numba product, or panels and MKL's product), or where MKL
+has a bf16 product and the CPU AVX512_BF16, takes that (``prompt_route``).
 
 Instruction paths: the public functions and the ``kernels.trusted`` entries go through the dispatchers
 ``_matvec_bf16`` and ``_matvec_q8_0``, which pick the path of ``_path(kind)`` (chosen by ``_choose_path`` once
@@ -442,25 +443,41 @@ def _dequant_panel(tile, wq, d, lo, hi):
     for_rows(_dequant_rows, (tile, wq, d, lo), hi - lo, (hi - lo) * wq.shape[1])
 
 
-def _linear_panels(out, x, bias, wq, d):
-    """:func:`_linear_tiles` by BLAS: panels of W (at most _PANEL_BYTES of float32) dequantized over threads, each
-    multiplied by the BLAS product float32 weights take (``matmul._linear_forward``)."""
+def _linear_panels(out, x, bias, wq, d, pairs=False):
+    """:func:`_linear_tiles` by BLAS, panels of W (at most _PANEL_BYTES) at a time: each dequantized over threads
+    to float32 and multiplied by the BLAS product float32 weights take (``matmul._linear_forward``), or with
+    ``pairs`` (q8_0 only) each row split into two bf16 numbers a weight side by side, ``[wh | wl]``, against
+    ``[bf16(x) | bf16(x)]`` in one bf16 product of depth 2 I (``quant_x86.bf16_product``)."""
     O, I = wq.shape
     rows = min(O, max(_TILE_ROWS, _PANEL_BYTES // (4 * I)))
     panel = getattr(_scratch, "panel", None)
     if panel is None or panel.size < rows * I:
         panel = _scratch.panel = np.empty(rows * I, np.float32)
-    tile = panel[:rows * I].reshape(rows, I)
+    if pairs:
+        x86, xh = _x86(), np.empty(x.size, np.uint16)
+        _quantize_bf16(xh, x.reshape(-1).view(np.uint32))
+        xx = np.concatenate([xh.reshape(x.shape)] * 2, axis=1)  # [bf16(x) | bf16(x)] meets [wh | wl]
+        w2 = panel[:rows * I].view(np.uint16).reshape(rows, 2 * I)
+
+        def product(c, lo, hi, b):
+            x86.split_q8_0_panel(w2, wq, d, lo, hi)
+            x86.bf16_product(c, xx, w2[:hi - lo])
+            if b is not None:
+                c += b
+    else:
+        tile = panel[:rows * I].reshape(rows, I)
+
+        def product(c, lo, hi, b):
+            _dequant_panel(tile, wq, d, lo, hi)
+            _linear_forward(c, x, tile[:hi - lo], b)
     if rows == O:  # one panel: the product straight into out
-        _dequant_panel(tile, wq, d, 0, O)
-        _linear_forward(out, x, tile, bias)
+        product(out, 0, O, bias)
         return
     part = np.empty((out.shape[0], rows), np.float32)  # a panel's columns of out, contiguous for BLAS
     for lo in range(0, O, rows):
         hi = min(O, lo + rows)
-        _dequant_panel(tile, wq, d, lo, hi)
         c = part if hi - lo == rows else np.empty((out.shape[0], hi - lo), np.float32)
-        _linear_forward(c, x, tile[:hi - lo], None if bias is None else bias[lo:hi])
+        product(c, lo, hi, None if bias is None else bias[lo:hi])
         out[:, lo:hi] = c
 
 
@@ -497,14 +514,21 @@ def _matvec_q8_0(out, qs, d, x):
 # docs/design.md, "Instruction paths of the quantized kernels"): with Intel MKL as the BLAS, 32 tokens or more
 # take dequantized panels and MKL's product (0.8-1.1x the float32 product on the Intel Xeon, where the tiles ran
 # at 0.35-0.7x); otherwise the tiles and the serial numba product (1.4-3.4x the panels' forerunner on the AMD EPYC).
-# bf16 weights skip the copy where MKL has its bf16 product and the CPU AVX512_BF16 (MKL runs it on AMX where
-# there is AMX): x split into two bf16 numbers, two products (docs/design.md, "Prefill on the Intel Xeon").
-def prompt_route(tokens: int, fmt: str = "q8_0") -> str:
-    """How the products of ``tokens`` tokens take ``fmt`` ("q8_0", "bf16") weights: "bf16 products" (bf16, MKL's
-    bf16 product), "panels" (MKL's float32 product on dequantized panels) or "tiles" (numba)."""
+# Where MKL has its bf16 product and the CPU AVX512_BF16 (MKL runs it on AMX where there is AMX), bf16 weights
+# skip the copy (x split into two bf16 numbers, two products), and q8_0 products of PAIR_WORK multiply-adds or
+# more take panels of W as two bf16 numbers a weight against x rounded to bf16, one product (docs/design.md,
+# "Prefill on the Intel Xeon"; smaller ones ran slower so than on float32 panels).
+PAIR_WORK = 1 << 25
+
+
+def prompt_route(tokens: int, fmt: str = "q8_0", weights: int | None = None) -> str:
+    """How the products of ``tokens`` tokens take ``fmt`` ("q8_0", "bf16") weights, ``weights`` of them (O * I;
+    None: many): "bf16 products" (MKL's bf16 product), "panels" (MKL's float32 product on dequantized panels) or
+    "tiles" (numba)."""
     if tokens < PANEL_TOKENS or BLAS_SOURCE != "Intel MKL":
         return "tiles"
-    if fmt == "bf16" and BF16_GEMM and _x86().available()["avx512-bf16"]:
+    if (BF16_GEMM and _x86().available()["avx512-bf16"]
+            and (fmt == "bf16" or weights is None or tokens * weights >= PAIR_WORK)):
         return "bf16 products"
     return "panels"
 
@@ -513,11 +537,11 @@ def _linear_wq(out, x, bias, wq, d):
     """out (N, O) = x (N, I) @ W.T + bias (O,) or None; W = bf16 ``wq`` if d is None, else q8_0 (wq, d)."""
     if not out.shape[0]:
         return
-    route = prompt_route(out.shape[0], "bf16" if d is None else "q8_0")
-    if route == "bf16 products":
+    route = prompt_route(out.shape[0], "bf16" if d is None else "q8_0", wq.size)
+    if route == "bf16 products" and d is None:
         _x86().linear_bf16(out, x, wq, bias)
-    elif route == "panels":
-        _linear_panels(out, x, bias, wq, d)
+    elif route != "tiles":
+        _linear_panels(out, x, bias, wq, d, pairs=route == "bf16 products")
     else:
         _linear_tiles(out, x, bias, wq, d)
 

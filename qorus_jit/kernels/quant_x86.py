@@ -1,7 +1,8 @@
 """Fast instruction paths of the quantized matrix-vector kernels (one token: decoding): an int8 dot with
 ``vpdpbusd`` (AVX512-VNNI 512-bit, or AVX-VNNI 256-bit) for q8_0 weights and a bf16 dot with ``vdpbf16ps``
-(AVX512_BF16). Several tokens (prefill) take the portable dequantized tiles on every CPU: row dots of several
-tokens with these instructions ran 1.5-4.4x slower than those on an Intel Xeon (docs/design.md).
+(AVX512_BF16). Several tokens (prefill) take ``quant``'s float32 products on dequantized W, or MKL's bf16
+product (``linear_bf16``, ``split_q8_0_panel``, ``bf16_product``): row dots of several tokens with these
+instructions ran 1.5-4.4x slower than the tiles on an Intel Xeon (docs/design.md).
 
 The portable kernels live in :mod:`qorus_jit.kernels.quant`; these take the same arguments (trusted: the
 wrappers there validate) and are reached through its dispatch point. The instructions are emitted as calls
@@ -488,6 +489,67 @@ def _bf16_products(out, xh, xl, w16):
     """out (N, O) = (xh + xl) (N, I) @ w16.T, every operand bf16 bits, by the BLAS's bf16 product (float32 sums)."""
     gemm_bf16(out, xh, w16.T, 0.0)
     gemm_bf16(out, xl, w16.T, 1.0)
+
+
+@intrinsic
+def _split_q8_0_group(typingctx, w2, qs, d, g):
+    """w2[32 g + j] = bf16(w), w2[I + 32 g + j] = bf16(w - bf16(w)) for w = qs[32 g + j] * d[g], j < 32 (round to
+    nearest even; q8_0 values are finite, so no NaN case); w2 (2 I,) uint16, qs (I,) int8, d (I/32,) float32.
+    Vector IR: the same steps in numba loops ran at 0.7x the speed of a float32 dequantization."""
+
+    def codegen(context, builder, sig, args):
+        wp, qp, dp = (context.make_array(t)(context, builder, v).data
+                      for t, v in zip(sig.args[:3], args[:3], strict=True))
+        I = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape, 1)[0]
+        g = args[3]
+        n, i64 = 16, ir.IntType(64)
+        vf, vi32 = _vec(_F32, n), _vec(_I32, n)
+        sc = builder.load(builder.gep(dp, [g]), align=4)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), sc, ir.Constant(i64, 0)),
+                                       ir.Constant(vf, ir.Undefined), ir.Constant(vi32, [0] * n))
+
+        def rounded(bits):  # the bf16 of float32 bits, in the high half (round to nearest even)
+            odd = builder.and_(builder.lshr(bits, ir.Constant(vi32, [16] * n)), ir.Constant(vi32, [1] * n))
+            up = builder.add(builder.add(bits, ir.Constant(vi32, [0x7FFF] * n)), odd)
+            return builder.and_(up, ir.Constant(vi32, [-65536] * n))
+
+        def store(bits, off):
+            half = builder.trunc(builder.lshr(bits, ir.Constant(vi32, [16] * n)), _vec(_I16, n))
+            builder.store(half, builder.bitcast(builder.gep(wp, [off]), _vec(_I16, n).as_pointer()), align=2)
+
+        for k in range(GROUP // n):
+            o = builder.add(builder.mul(g, ir.Constant(i64, GROUP)), ir.Constant(i64, n * k))
+            q = builder.load(builder.bitcast(builder.gep(qp, [o]), _vec(_I8, n).as_pointer()), align=1)
+            w = builder.fmul(builder.sitofp(builder.sext(q, vi32), vf), splat)
+            h = rounded(builder.bitcast(w, vi32))
+            r = builder.fsub(w, builder.bitcast(h, vf), flags=_EXACT)
+            store(h, o)
+            store(rounded(builder.bitcast(r, vi32)), builder.add(o, I))
+        return context.get_dummy_value()
+
+    return types.void(w2, qs, d, types.int64), codegen
+
+
+@kernel
+def _split_q8_0_rows(w2, qs, d, lo, a, b):
+    """w2[i] = [bf16(w) | bf16(w - bf16(w))] of q8_0 row lo + i of W (16 of the at most 18 significant bits of
+    qs * d), a <= i < b; w2 (>= b, 2 I) uint16."""
+    for i in range(a, b):
+        for g in range(d.shape[1]):
+            _split_q8_0_group(w2[i], qs[lo + i], d[lo + i], g)
+
+
+@kernel(parallel=True)
+def split_q8_0_panel(w2, qs, d, lo, hi):
+    """w2[:hi - lo] = rows lo..hi - 1 of q8_0 W (qs, d), each as two bf16 numbers side by side
+    (:func:`_split_q8_0_rows`); rows over threads."""
+    for_rows(_split_q8_0_rows, (w2, qs, d, lo), hi - lo, (hi - lo) * qs.shape[1])
+
+
+@kernel
+def bf16_product(out, a, b):
+    """out (N, O) = a (N, K) @ b (O, K).T, bf16 bits, by the BLAS's bf16 product (float32 sums)."""
+    gemm_bf16(out, a, b.T, 0.0)
 
 
 def linear_bf16(out, x, w16, bias):
