@@ -515,10 +515,9 @@ def _matvec_q8_0(out, qs, d, x):
 # take dequantized panels and MKL's product (0.8-1.1x the float32 product on the Intel Xeon, where the tiles ran
 # at 0.35-0.7x); otherwise the tiles and the serial numba product (1.4-3.4x the panels' forerunner on the AMD EPYC).
 # Where MKL has its bf16 product and the CPU AVX512_BF16 (MKL runs it on AMX where there is AMX), bf16 weights
-# skip the copy (x split into two bf16 numbers, two products), and q8_0 products of PAIR_WORK multiply-adds or
-# more take panels of W as two bf16 numbers a weight against x rounded to bf16, one product (docs/design.md,
-# "Prefill on the Intel Xeon"; smaller ones ran slower so than on float32 panels).
-PAIR_WORK = 1 << 25
+# skip the copy (x split into two bf16 numbers, two products), and large q8_0 products take panels of W as two
+# bf16 numbers a weight against x rounded to bf16, one product (docs/design.md, "Prefill on the Intel Xeon").
+PAIR_WORK = 1 << 25  # multiply-adds (tokens x O x I) from which q8_0 takes the bf16 product: smaller ran slower
 
 
 def prompt_route(tokens: int, fmt: str = "q8_0", weights: int | None = None) -> str:
