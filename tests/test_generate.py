@@ -19,6 +19,7 @@ from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
 from qorus_jit.tokenizers import ByteTokenizer
 from tests.helpers import torch_or_skip
 from tests.models.reference import saved_reference, transformers_or_skip
+from tests.naive import sampling as naive
 
 
 def llama(n_kv_heads=2, max_seq_len=48):
@@ -74,34 +75,13 @@ def test_greedy_generation_equals_transformers_generate(tmp_path, arch):
     np.testing.assert_array_equal(got, want)
 
 
-def ref_filter(logits, top_k, top_p):
-    """Top-k then top-p by sorting, in float64: the tokens kept, as a boolean mask."""
-    x = np.asarray(logits, np.float64)
-    keep = np.ones(x.size, bool)
-    if top_k is not None:
-        keep &= x >= np.sort(x)[::-1][top_k - 1]
-    if top_p is not None:
-        order = sorted(np.flatnonzero(keep), key=lambda i: -x[i])
-        probs = np.exp(x[order] - x[order].max())
-        probs /= probs.sum()
-        total, chosen = 0.0, []
-        for i, p in zip(order, probs, strict=True):
-            chosen.append(i)
-            total += p
-            if total >= top_p:
-                break
-        keep = np.zeros(x.size, bool)
-        keep[chosen] = True
-    return keep
-
-
 @pytest.mark.parametrize("top_k,top_p", [(5, None), (None, 0.5), (None, 0.9), (10, 0.8), (1, None), (None, 1e-9)])
 def test_top_k_top_p_filter_matches_reference(top_k, top_p):
     rng = np.random.default_rng(7)
     for _ in range(20):
         logits = rng.standard_normal(40) * 2
         got = np.isfinite(filter_logits(logits, top_k, top_p))
-        np.testing.assert_array_equal(got, ref_filter(logits, top_k, top_p))
+        np.testing.assert_array_equal(got, naive.keep_mask(logits, top_k, top_p))
 
 
 def test_sampling_draws_from_the_filtered_distribution():

@@ -23,6 +23,7 @@ import numpy as np
 
 from qorus_jit.core.check import check_bool, check_real
 from qorus_jit.core.threads import ThreadTuner
+from qorus_jit.kernels import trusted as K
 from qorus_jit.layers import DecodeState
 from qorus_jit.models.sources import check_model, tokenizer_size
 
@@ -107,16 +108,22 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | N
     top_k, top_p = _int("top_k", top_k, 1, optional=True), _top_p(top_p)
     x = np.array(logits, np.float64)
     check_logits(x)
-    if top_k is not None and top_k < x.size:
-        kth = np.partition(x, x.size - top_k)[x.size - top_k]
-        x[x < kth] = -np.inf
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-x, kind="stable")
-        p = np.exp(x[order] - x[order[0]])
-        p /= p.sum()
-        before = np.cumsum(p) - p  # probability mass of the tokens ranked above each one
-        x[order[before >= top_p]] = -np.inf
+    _filter(x, top_k, top_p)
     return x
+
+
+def _filter(x, top_k, top_p, p=None):
+    """Top-k then top-p on float64 ``x`` (V,) in place (``kernels/sampling.py``), given the probabilities p of x
+    (with max(x) = 0) or making them; returns p, 0 where cut."""
+    mx = 0.0
+    if p is None:
+        mx, p = float(x.max()), np.empty(x.size, np.float64)
+        K.probabilities(p, x, mx)
+    if top_k is not None and top_k < x.size:
+        K.cut_top_k(x, p, top_k, mx)
+    if top_p is not None and top_p < 1.0:
+        K.cut_top_p(x, p, top_p, mx)
+    return p
 
 
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
@@ -125,7 +132,7 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     softmax of ``logits / temperature`` (one ``rng.random()`` per call). Logits are shifted to a maximum of 0
     before the division, so a temperature small enough to overflow it sends every token below the maximum
     to probability 0: the limit, greedy. Non-finite logits (see :func:`check_logits`) raise a ValueError."""
-    return _sample(logits, rng, _temperature(temperature), top_k, top_p)
+    return _sample(logits, rng, _temperature(temperature), _int("top_k", top_k, 1, optional=True), _top_p(top_p))
 
 
 def _sample(logits, rng, temperature: float, top_k, top_p, where: str = "logits") -> int:
@@ -136,14 +143,13 @@ def _sample(logits, rng, temperature: float, top_k, top_p, where: str = "logits"
         if not math.isfinite(logits[i]):
             check_logits(logits, where)
         return i
-    x = np.asarray(logits, np.float64)
-    check_logits(x, where)
-    with np.errstate(over="ignore"):  # (x - max) / tiny overflows to -inf: probability 0, as it should be
-        x = (x - x.max()) / temperature
-    x = filter_logits(x, top_k, top_p)
-    p = np.exp(x)
-    cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), x.size - 1))
+    logits = np.asarray(logits)
+    if logits.dtype not in (np.float32, np.float64):
+        logits = logits.astype(np.float64)
+    x, p = np.empty(logits.shape[0], np.float64), np.empty(logits.shape[0], np.float64)
+    if not K.scale_logits(x, p, logits, temperature):  # (x - max) / temperature in float64
+        check_logits(logits.astype(np.float64), where)
+    return K.draw(_filter(x, top_k, top_p, p), rng.random())
 
 
 def _vocab_limit(value, vocab: int) -> int:

@@ -56,6 +56,11 @@ from qorus_jit.kernels.quant import _linear_q8_0 as linear_q8_0
 from qorus_jit.kernels.quant import _matvec_bf16 as matvec_bf16
 from qorus_jit.kernels.quant import _matvec_q8_0 as matvec_q8_0
 from qorus_jit.kernels.rope import rope_forward
+from qorus_jit.kernels.sampling import _cut_top_k as cut_top_k
+from qorus_jit.kernels.sampling import _cut_top_p as cut_top_p
+from qorus_jit.kernels.sampling import _draw as draw
+from qorus_jit.kernels.sampling import _probabilities as probabilities
+from qorus_jit.kernels.sampling import _scale_logits as scale_logits
 from qorus_jit.kernels.softmax import _softmax_backward as softmax_backward
 from qorus_jit.kernels.softmax import _softmax_forward as softmax_forward
 
@@ -76,6 +81,8 @@ __all__ = [
     "rmsnorm_backward", "embedding_forward", "embedding_backward",
     # loss, optim: flat arrays of one float dtype, targets in range
     "cross_entropy_forward_backward", "mse_forward", "mse_backward", "sgd_update", "adam_update",
+    # sampling: float64 x, p (V,) (scale_logits also takes float32 logits), 0 < k < V, 0 < top_p < 1, 0 <= u < 1
+    "scale_logits", "probabilities", "cut_top_k", "cut_top_p", "draw",
     # checked: the public wrappers themselves, for arguments that come from a user
     "attention_forward", "attention_backward", "attention_decode", "kv_cache_write", "rope_forward",
     "cross_entropy_forward", "grad_norm", "clip_grad_norm",
