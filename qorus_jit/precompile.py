@@ -39,15 +39,15 @@ import numpy as np
 #: CPU seconds of each task alone in a fresh process for the default run (generate: its run folders) on the AMD
 #: EPYC (Zen 1) of docs/design.md, and the kernels it compiles (called from Python) beside the others: the plan's
 #: weights and the progress bar's total. Alone an attention task compiles 5 (the projections and RoPE too).
-COST = {"model": (42.0, 17), "attention-backward": (30.0, 1), "attention-forward": (25.0, 1),
-        "generate": (58.0, 10)}
+COST = {"model": (42.0, 19), "attention-backward": (30.0, 1), "attention-forward": (25.0, 1),
+        "generate": (58.0, 14)}
 
 #: What the tasks compile, in a few words (``qorus compile --list``).
 WHAT = {
     "model": "embedding, norms, MLP, head, loss, optimizer, evaluation, sample (attention stood in)",
     "attention-backward": "attention backward, with the q/k/v projections and rotary positions",
     "attention-forward": "attention forward (training and prefill)",
-    "generate": "prefill and token-by-token decoding (attention forward stood in)",
+    "generate": "prefill, token-by-token decoding and sampling (attention forward stood in)",
 }
 
 #: The tasks of a spec's kind, heaviest first.

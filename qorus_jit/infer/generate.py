@@ -170,18 +170,22 @@ def _tokenizer_limit(tokenizer, model) -> int:
 
 def warm_up(model) -> float:
     """Take a 2-token prompt and one more token through ``model``'s decoding on a throwaway cache, as
-    :class:`Generation` does, and return the seconds it took: the kernels of prefill and decode compile (cold
-    kernel cache) or load (warm) here, so speeds measured after it leave compiling and loading out."""
+    :class:`Generation` does, and sample its logits once: the kernels of prefill, decode and sampling compile
+    (cold kernel cache) or load (warm) here, so speeds measured after it leave compiling and loading out.
+    Returns the seconds it took."""
     check_model(model)
     t0 = time.perf_counter()
     limit = model.config.max_seq_len
     n = 2 if limit >= 3 else 1
     state = DecodeState(batch=1, max_seq_len=min(limit, n + 1))
     ids = np.zeros((1, n), np.int64)
-    model.forward_decode(ids, state=state, last_only=True)
+    logits = model.forward_decode(ids, state=state, last_only=True)
     state.advance(n)
     if state.pos < state.max_seq_len:
-        model.forward_decode(ids[:, :1], state=state, last_only=True)
+        logits = model.forward_decode(ids[:, :1], state=state, last_only=True)
+    # every step of the sampler (top-k and top-p), on zeros: the model's own logits may be NaN, which generation
+    # then reports itself
+    _sample(np.zeros_like(logits[0, -1]), np.random.default_rng(0), 1.0, 1, 0.5)
     return time.perf_counter() - t0
 
 
