@@ -58,12 +58,19 @@ def test_a_draw_at_the_top_of_the_range_never_takes_a_token_of_probability_zero(
     assert sampling._draw(p, 0.3) == 3
 
 
-def test_scaled_logits_keep_the_maxima_at_zero_and_refuse_non_finite_rows():
+def test_scaled_logits_keep_the_maxima_at_zero_and_non_finite_rows_are_refused():
     x, p = np.empty(4), np.empty(4)
-    assert sampling._scale_logits(x, p, np.array([1.0, 3.0, -np.inf, 3.0], np.float32), 0.5)
+    sampling._scale_logits(x, p, np.array([1.0, 3.0, -np.inf, 3.0], np.float32), 3.0, 0.5)
     np.testing.assert_array_equal(x, [-4.0, 0.0, -np.inf, 0.0])
     np.testing.assert_allclose(p, [np.exp(-4.0), 1.0, 0.0, 1.0], rtol=1e-6)
-    assert sampling._scale_logits(x, p, np.array([1.0, 3.0, 2.0]), 5e-324)  # overflows below the maximum
+    sampling._scale_logits(x[:3], p[:3], np.array([1.0, 3.0, 2.0]), 3.0, 5e-324)  # overflows below the maximum
     np.testing.assert_array_equal(x[:3], [-np.inf, 0.0, -np.inf])
-    for bad in ([1.0, np.nan], [np.inf, 1.0], [-np.inf, -np.inf]):
-        assert not sampling._scale_logits(x, p, np.array(bad), 1.0)
+    for bad, what in (([1.0, np.nan], "NaN"), ([np.inf, 1.0], r"\+inf"), ([-np.inf, -np.inf], "-inf at every")):
+        with pytest.raises(ValueError, match=f"logits: the logits are not finite \\({what}"):
+            sample(np.array(bad, np.float32), np.random.default_rng(0), 1.0)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 3)), np.zeros(0), np.float32(1.0)])
+def test_logits_that_are_not_one_row_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match=r"logits: expected one row of logits \(V,\)"):
+        sample(bad, np.random.default_rng(0), 1.0)

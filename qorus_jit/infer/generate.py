@@ -144,11 +144,15 @@ def _sample(logits, rng, temperature: float, top_k, top_p, where: str = "logits"
             check_logits(logits, where)
         return i
     logits = np.asarray(logits)
+    if logits.ndim != 1 or not logits.size:
+        raise ValueError(f"{where}: expected one row of logits (V,), V >= 1, got shape {logits.shape}")
     if logits.dtype not in (np.float32, np.float64):
         logits = logits.astype(np.float64)
+    mx = float(logits.max())  # NaN if any is (NumPy's maximum propagates it)
+    if not math.isfinite(mx):
+        check_logits(logits, where)
     x, p = np.empty(logits.shape[0], np.float64), np.empty(logits.shape[0], np.float64)
-    if not K.scale_logits(x, p, logits, temperature):  # (x - max) / temperature in float64
-        check_logits(logits.astype(np.float64), where)
+    K.scale_logits(x, p, logits, mx, temperature)  # (x - max) / temperature in float64
     return K.draw(_filter(x, top_k, top_p, p), rng.random())
 
 

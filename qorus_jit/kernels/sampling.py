@@ -1,16 +1,16 @@
 """Drawing the next token from a row of logits (``infer.generate``'s sampler): temperature, top-k, top-p
-(nucleus) and the _draw as compiled passes over the vocabulary.
+(nucleus) and the draw as compiled passes over the vocabulary.
 
-The logits are scaled in float64, ``x = (logit - max) / temperature`` (times 1 / temperature; the maxima exactly
-0, and where 1 / temperature overflows every other token at -inf: greedy). Top-k cuts below the k-th largest ``x``
-(ties at it kept). Top-p keeps the smallest set of most likely tokens whose _probabilities sum to at least
-``top_p``: in descending ``x``, ties in index order, a token stays while the mass before it is below ``top_p``
-times the total. Neither sorts the vocabulary (NumPy's sort of 32,000 logits took 3.6 ms a token): the tokens
-fall in buckets of ``max - x``, 1/64 wide; counts (top-k) or masses (top-p) per bucket find the one bucket
-where the cut falls, the buckets before it stay, those after it go, and only its own tokens are partitioned
-or sorted. The _probabilities are float32's exp of ``x - max`` (relative error below 4e-7; the model's logits
-are float32 themselves) summed in float64. The _draw walks the cumulative sum in index order to the first entry
-above ``u`` times the total, ``u`` in [0, 1) from the caller.
+The logits are scaled in float64, ``x = (logit - max) / temperature`` (the maximum given by the caller; times
+1 / temperature, the maxima exactly 0, and where 1 / temperature overflows every other token at -inf: greedy).
+Top-k cuts below the k-th largest ``x`` (ties at it kept). Top-p keeps the smallest set of most likely tokens
+whose probabilities sum to at least ``top_p``: in descending ``x``, ties in index order, a token stays while
+the mass before it is below ``top_p`` times the total. Neither sorts the vocabulary (NumPy's sort of 32,000
+logits took 3.6 ms a token): the tokens fall in buckets of ``max - x``, 1/64 wide; counts (top-k) or masses
+(top-p) per bucket find the one bucket where the cut falls, the buckets before it stay, those after it go,
+and only its own tokens are partitioned or sorted. The probabilities are float32's exp of ``x - max``
+(relative error below 4e-7; the model's logits are float32 themselves) summed in float64. The draw walks the
+cumulative sum in index order to the first entry above ``u`` times the total, ``u`` in [0, 1) from the caller.
 """
 
 from __future__ import annotations
@@ -34,18 +34,9 @@ def _buckets(x, mx):
 
 
 @kernel
-def _scale_logits(x, p, logits, temperature):
-    """x (V,) float64 = (logits - max) / temperature, the maxima exactly 0 and -inf kept, and p = their
-    _probabilities as :func:`_probabilities` makes them; returns False (x, p unwritten) if a logit is NaN or +inf,
-    or every one is -inf."""
-    mx = -np.inf
-    for i in range(logits.shape[0]):
-        v = np.float64(logits[i])
-        if not v < np.inf:  # NaN or +inf
-            return False
-        mx = max(mx, v)
-    if mx == -np.inf:
-        return False
+def _scale_logits(x, p, logits, mx, temperature):
+    """x (V,) float64 = (logits - mx) / temperature with mx = max(logits) finite (the maxima exactly 0, -inf
+    kept), and p = their probabilities as :func:`_probabilities` makes them."""
     inv = 1.0 / temperature
     if inv < np.inf:
         for i in range(logits.shape[0]):
@@ -55,7 +46,6 @@ def _scale_logits(x, p, logits, temperature):
             v = np.float64(logits[i])
             x[i] = 0.0 if v == mx else -np.inf
     _probabilities(p, x, 0.0)
-    return True
 
 
 @kernel
