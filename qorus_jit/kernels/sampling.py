@@ -57,8 +57,8 @@ def _probabilities(p, x, mx):
 
 @kernel
 def _split(x, p, bucket, edge):
-    """Tokens above bucket ``edge`` stay, those below go (x = -inf, p = 0); returns the indices (ascending) of
-    those in it, left for the caller to decide."""
+    """Tokens in the buckets before ``edge`` (nearer the maximum) stay, those in the buckets after it go (x = -inf,
+    p = 0); returns the indices (ascending) of those in ``edge`` itself, left for the caller to decide."""
     cand = np.empty(x.shape[0], np.int64)
     n = 0
     for i in range(x.shape[0]):
@@ -129,8 +129,8 @@ def _cut_top_p(x, p, top_p, mx):
 
 @kernel
 def _draw(p, u):
-    """The first index whose cumulative sum of p (V,) >= 0 passes u * sum(p), u in [0, 1); the last index of
-    nonzero p if rounding leaves none (never one of probability 0). sum(p) > 0."""
+    """The first index at which the cumulative sum of p (V,), p >= 0 and sum(p) > 0, passes u * sum(p), u in
+    [0, 1); if rounding leaves none, the last index of nonzero p (never one of probability 0)."""
     total = 0.0
     for i in range(p.shape[0]):
         total += p[i]
