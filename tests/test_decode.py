@@ -304,3 +304,69 @@ def test_block_table_refuses_blocks_unlike_the_first():
         block_table([(a, b), (np.zeros((4, 6), np.float32)[:, ::2], b)])
     with pytest.raises(ValueError, match=r"blocks\[1\]: expected 2 arrays"):
         block_table([(a, b), (a,)])
+
+
+def _head_with_ties(dtype):
+    """A Llama of 300 tokens (five chunks of the head's 64 rows) whose head rows are copies of four vectors, so
+    that its largest logit repeats across chunks and threads' parts."""
+    from qorus_jit.models.quantize import quantize_model
+
+    cfg = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, vocab_size=300, max_seq_len=16,
+                      norm_eps=1e-5, tie_embeddings=False)
+    model = Llama(cfg, rng=3)
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((4, 32)).astype(np.float32)
+    model.parameters()["lm_head.weight"][:] = base[rng.integers(0, 4, 300)]
+    return model if dtype == "fp32" else quantize_model(model, dtype)
+
+
+def _poison_head(model, rows):
+    """The head's weights made NaN in ``rows`` (in place: the decoder reads the same arrays)."""
+    from qorus_jit.layers.quantized import quantized_layers
+
+    head = model.parameters().get("lm_head.weight")
+    layer = quantized_layers(model).get("lm_head")
+    for r in rows:
+        if head is not None:
+            head[r, 0] = np.nan
+        elif layer.d is not None:  # q8_0: a scale
+            layer.d[r, 0] = np.nan
+        else:
+            layer.w16[r, 0] = 0x7FC0  # a bf16 NaN
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "bf16"])
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_decode_argmax_is_numpys(monkeypatch, dtype, n_parts):
+    """The one-call decoder's argmax (each thread's part of the head, joined) is NumPy's argmax of the logits it
+    returns, the first of tied maxima, at 1 to 3 parts of the head (3: more than the parts it holds room for
+    on a 2-thread machine, so clamped) and with the parts' ties falling in different parts."""
+    from qorus_jit.models import llama
+
+    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= n_parts, n_parts))
+    model = _head_with_ties(dtype)
+    state, tok, ties = DecodeState(1, 16), 5, 0
+    for t in range(10):
+        best, logits = model.decode_argmax(tok, state)
+        assert best == int(np.argmax(logits)), f"position {t}"
+        assert state.pos == t + 1
+        ties += int(np.sum(logits == logits[best])) > 1
+        tok = best
+    assert model._decoder is not None and ties == 10  # the one-call path ran, on tied maxima
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "bf16"])
+def test_decode_argmax_finds_the_first_nan_and_generate_stops_there(dtype):
+    """NaN logits: the decoder's argmax is the first NaN, as NumPy's; greedy generation stops there with the
+    error that names the token, as on the sampled path."""
+    from qorus_jit.infer.generate import generate
+
+    model = _head_with_ties(dtype)
+    gen = generate(model, [5, 6], 4, temperature=0.0)
+    next(gen)  # the prefill's token
+    _poison_head(model, (130, 250))
+    with pytest.raises(ValueError, match=r"new token 2 \(position 3\): the logits are not finite \(NaN\)"):
+        next(gen)
+    assert gen.finish_reason == "error"
+    best, logits = model.decode_argmax(5, DecodeState(1, 16))
+    assert best == 130 and np.isnan(logits[130]) and int(np.argmax(logits)) == 130

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Set
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -236,6 +235,9 @@ class Generation(Iterator[int]):
             raise ValueError(f"prompt: {ids.size} tokens exceed the model's context of {limit} positions")
         self.model, self.prompt = model, ids
         self._one = getattr(model, "decode_one", None)  # models.Architecture's; other graphs: forward_decode
+        # greedy over the whole vocabulary: the model's step gives the argmax too (Llama's takes it in its kernel)
+        whole = self.temperature == 0 and self.vocab_limit == vocab
+        self._argmax = getattr(model, "decode_argmax", None) if whole else None
         self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens, as_set=True).tolist())
         self.limit = limit
         self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + self.max_new_tokens))
@@ -257,8 +259,10 @@ class Generation(Iterator[int]):
             self.tuner.close()
             raise StopIteration
         try:  # a decoding step (not the prefill, nor a slide) runs at the count the auto thread policy chose
-            with self.tuner.unit() if 0 < self.state.pos < self.limit else nullcontext():
-                return self._next_token()
+            if self.tuner.active and 0 < self.state.pos < self.limit:
+                with self.tuner.unit():
+                    return self._next_token()
+            return self._next_token()
         finally:
             if self.finish_reason is not None:
                 self.tuner.close()
@@ -273,6 +277,7 @@ class Generation(Iterator[int]):
 
     def _next_token(self) -> int:
         t0 = time.perf_counter()
+        tok = None
         if self.state.pos == 0:
             logits = self._logits(self.prompt)
             self.prefill_seconds = time.perf_counter() - t0
@@ -285,13 +290,18 @@ class Generation(Iterator[int]):
             self.state = DecodeState(batch=1, max_seq_len=self.limit)
             self.slides += 1
             logits = self._logits(seq[-max(1, self.limit // 2):])
+        elif self._argmax is not None:  # the model's one-token step and its argmax
+            tok, logits = self._argmax(self.tokens[-1], self.state)
         elif self._one is not None:  # the model's one-token step: no array checks between two tokens
             logits = self._one(self.tokens[-1], self.state)[:self.vocab_limit]
         else:
             logits = self._logits(np.asarray([self.tokens[-1]], np.int64))
         try:
-            tok = _sample(logits, self.rng, self.temperature, self.top_k, self.top_p,
-                          f"new token {len(self.tokens) + 1} (position {self.state.pos})")
+            if tok is None:
+                tok = _sample(logits, self.rng, self.temperature, self.top_k, self.top_p,
+                              f"new token {len(self.tokens) + 1} (position {self.state.pos})")
+            elif not math.isfinite(logits[tok]):  # then not every logit is finite (see _sample)
+                check_logits(logits, f"new token {len(self.tokens) + 1} (position {self.state.pos})")
         except ValueError:
             self.finish_reason = "error"
             raise

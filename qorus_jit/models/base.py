@@ -271,6 +271,12 @@ class Architecture(Graph):
         state.pos += 1
         return out[0, -1]
 
+    def decode_argmax(self, tok: int, state: DecodeState) -> tuple[int, np.ndarray]:
+        """:meth:`decode_one`'s logits and their argmax as NumPy's (the first NaN, else the first maximum), as
+        ``(argmax, logits)``: the step of greedy generation."""
+        logits = self.decode_one(tok, state)
+        return int(logits.argmax()), logits
+
     def _check_one(self, tok, state) -> None:
         """``tok`` and ``state`` of :meth:`decode_one`, as :meth:`_check_decode` checks ``ids (1, 1)``."""
         if not isinstance(state, DecodeState):

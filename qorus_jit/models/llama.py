@@ -233,6 +233,16 @@ class Llama(Architecture):
         """:meth:`Architecture.decode_one`: the one-call decoder of :meth:`forward_decode` where it applies."""
         if self._decode_plan() is None:
             return super().decode_one(tok, state)
+        return self._decode_next(tok, state)
+
+    def decode_argmax(self, tok: int, state: DecodeState) -> tuple[int, np.ndarray]:
+        """:meth:`Architecture.decode_argmax`: the one-call decoder takes the argmax as it writes the logits."""
+        if self._decode_plan() is None:
+            return super().decode_argmax(tok, state)
+        logits = self._decode_next(tok, state)
+        return int(self._decoder.out[1][0]), logits
+
+    def _decode_next(self, tok, state) -> np.ndarray:
         self._check_one(tok, state)
         logits = self._decode_token(int(tok), state)
         state.pos += 1
@@ -299,7 +309,9 @@ class _Decoder:
         layers = [f"model.layers.{i}." for i in range(c.n_layers)]
         attn = [blk.self_attn for blk in model._blocks]
         hd, kd, H = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_heads
-        self.out = (b("decode_logits", (c.vocab_size,)), b("decode_x", (c.dim,)))
+        # the logits, their argmax and the threads' (best[0], best[1 ..]), the hidden state
+        self.out = (b("decode_logits", (c.vocab_size,)), b("decode_best", (max_threads() + 1,), np.int64),
+                    b("decode_x", (c.dim,)))
         # RoPE tables for every position the caches hold (shared by the layers, grown here if need be)
         tables = [a.rope_for(min(caches[0].max_seq_len, c.max_seq_len)) for a in attn]
         scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
