@@ -370,3 +370,19 @@ def test_decode_argmax_finds_the_first_nan_and_generate_stops_there(dtype):
     assert gen.finish_reason == "error"
     best, logits = model.decode_argmax(5, DecodeState(1, 16))
     assert best == 130 and np.isnan(logits[130]) and int(np.argmax(logits)) == 130
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("threads,n_parts", [(1, 2), (2, 2), (2, 3)])
+def test_quantized_token_in_one_region(monkeypatch, dtype, threads, n_parts):
+    """The quantized decoder's one-region token (kernels.decode._token_part_quant): its phases' items claimed by
+    the participants, including more participants than threads (run one after another: the first does every
+    item, the rest find none and must not wait for them) and 3 layers of phases, against the layers one by one
+    over three generations of 14 tokens (a race between participants would show as wrong logits)."""
+    from qorus_jit.models import llama
+    from qorus_jit.models.quantize import quantize_model
+
+    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (True, n_parts))
+    model = quantize_model(_llama(4, hidden=96, tie=False), dtype)
+    for _ in range(3):
+        _at_threads(threads, _one_call_equals_nodes, model)

@@ -8,8 +8,10 @@ kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache appe
 the output projection (a head needs no other head's rows; with fewer kv heads than threads, three regions:
 the projections by rows, attention by query head, the output projection by rows), and one per slice of
 the hidden units for gate, up and their part of the down projection. ``_llama_decode`` runs it for every
-block of a Llama, then the final norm and the head: :class:`~qorus_jit.models.Llama` makes that one call per
-token (through ``kernels.trusted``), having checked its arguments once per cache.
+block of a Llama, then the final norm and the head (each thread taking the argmax of the rows it writes):
+:class:`~qorus_jit.models.Llama` makes that one call per token (through ``kernels.trusted``), having checked its
+arguments once per cache. ``_llama_decode_quant`` does the same with bf16 or q8_0 weights, the whole token in
+one parallel region whose phases' items the threads claim (``_token_part_quant``, kernels._sync).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from qorus_jit.core.numerics import FASTMATH, kernel
 from qorus_jit.kernels import quant_x86
 from qorus_jit.kernels._lowbit import _PREFETCH, _prefetch_at
 from qorus_jit.kernels._math import exp
+from qorus_jit.kernels._sync import claim, done, phase_counters, wait_done  # noqa: F401 - phase_counters: callers
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
 from qorus_jit.kernels.quant_x86 import _split_bf16
 
@@ -553,83 +556,208 @@ def _add_product(x, h, w, ws, xa, xb):
             xs[i] += hs[i]
 
 
+@kernel
+def _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
+    """kv head hk's rows of k, v and of its query heads' q (W a, with a as ``_prep`` left it in xa, xb), RoPE,
+    cache append, and its query heads' attention into ``att``."""
+    Hkv, D = k_cache.shape[1], k_cache.shape[2]
+    G = q.shape[0] // D // Hkv
+    _rows(k, wk, sk, xa, xb, hk * D, hk * D + D)
+    _rows(v, wv, sv, xa, xb, hk * D, hk * D + D)
+    _rows(q, wq, sq, xa, xb, hk * G * D, (hk + 1) * G * D)
+    _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+    for hh in range(hk * G, hk * G + G):
+        _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+
+
+@kernel
+def _mlp_slice_quant(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb):
+    """Slice c of n of the hidden units, whole groups of 32 (q8_0's scales): its gate and up rows, SwiGLU, the
+    slice prepared into ya, yb, and its columns of w_down into ``pc`` (C,) (zeros for an empty slice)."""
+    F = wg.shape[0]
+    step = (F // n + GROUP - 1) // GROUP * GROUP
+    lo, hi = min(F, c * step), min(F, (c + 1) * step)
+    if c == n - 1:
+        hi = F
+    if hi > lo:
+        _rows(g, wg, sg, xa, xb, lo, hi)
+        _rows(u, wu, su, xa, xb, lo, hi)
+        gs, us = g[lo:hi], u[lo:hi]
+        for i in range(hi - lo):
+            gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
+        _prep_span(ya, yb, g, lo, hi)
+        _cols(pc, wd, sd, ya, yb, lo, hi)
+    else:
+        for i in range(pc.shape[0]):
+            pc[i] = 0
+
+
 @kernel(parallel=True)
 def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
                               k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb,
-                              ya, yb, parts, by_kv_head, n_parts):
-    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it).
-    With ``by_kv_head`` (give it ``Hkv >= threads``) three parallel regions: per kv head its q, k, v rows, RoPE,
-    cache append and attention; the output projection by rows; per slice of the hidden units (``n_parts``, give
-    it the thread count; at most ``parts``' rows) its gate and up rows, SwiGLU, its slice prepared into ya, yb,
-    and its columns of w_down into ``parts[c]``, added on the calling thread. Without, four (the projections by
-    rows, then attention by query head). Slices are whole groups of 32 (q8_0's scales): the attention heads'
-    columns are not, so the output projection goes by rows. ya, yb: scratch as xa, xb."""
+                              ya, yb, parts, n_parts):
+    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it),
+    for fewer kv heads than threads (the decoder runs more in one region, :func:`_token_part_quant`): four
+    parallel regions, the q, k, v projections by rows, attention by query head, the output projection by rows
+    (the heads' columns are not whole groups of 32, q8_0's scales), and per slice of the hidden units
+    (``n_parts``, give it the thread count; at most ``parts``' rows) :func:`_mlp_slice_quant`, whose partial
+    sums are added on the calling thread. ya, yb: scratch as xa, xb."""
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
     _rmsnorm_vec(h, x, attn_norm, eps)
     _prep(xa, xb, h)
-    if by_kv_head:
-        for hk in prange(Hkv):
-            _rows(k, wk, sk, xa, xb, hk * D, hk * D + D)
-            _rows(v, wv, sv, xa, xb, hk * D, hk * D + D)
-            _rows(q, wq, sq, xa, xb, hk * G * D, (hk + 1) * G * D)
-            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-            for hh in range(hk * G, hk * G + G):
-                _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
-    else:
-        nq = (wq.shape[0] + _ROWS - 1) // _ROWS
-        nk = (wk.shape[0] + _ROWS - 1) // _ROWS
-        for c in prange(nq + nk):
-            if c < nq:
-                _rows(q, wq, sq, xa, xb, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
-            else:
-                lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
-                _rows(k, wk, sk, xa, xb, lo, hi)
-                _rows(v, wv, sv, xa, xb, lo, hi)
-        for hk in range(Hkv):
-            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-        for hh in prange(H):
-            _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
+    nq = (wq.shape[0] + _ROWS - 1) // _ROWS
+    nk = (wk.shape[0] + _ROWS - 1) // _ROWS
+    for c in prange(nq + nk):
+        if c < nq:
+            _rows(q, wq, sq, xa, xb, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+        else:
+            lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
+            _rows(k, wk, sk, xa, xb, lo, hi)
+            _rows(v, wv, sv, xa, xb, lo, hi)
+    for hk in range(Hkv):
+        _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+    for hh in prange(H):
+        _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
     _prep(xa, xb, att)
     _add_product(x, h, wo, so, xa, xb)  # x += wo att
     # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
     _rmsnorm_vec(h, x, mlp_norm, eps)
     _prep(xa, xb, h)
-    F = wg.shape[0]
     n = min(n_parts, parts.shape[0])
-    step = (F // n + GROUP - 1) // GROUP * GROUP
     for c in prange(n):
-        lo, hi = min(F, c * step), min(F, (c + 1) * step)
-        if c == n - 1:
-            hi = F
-        pc = parts[c]
-        if hi > lo:
-            _rows(g, wg, sg, xa, xb, lo, hi)
-            _rows(u, wu, su, xa, xb, lo, hi)
-            gs, us = g[lo:hi], u[lo:hi]
-            for i in range(hi - lo):
-                gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-            _prep_span(ya, yb, g, lo, hi)
-            _cols(pc, wd, sd, ya, yb, lo, hi)
-        else:
-            for i in range(pc.shape[0]):
-                pc[i] = 0
+        _mlp_slice_quant(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb)
     _add_parts(x, parts, 0, n)
+
+
+@kernel
+def _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n):
+    """Part ``it`` of ``n`` of the head (whole chunks of _HEAD_ROWS rows): logits = W a there (a as ``_prep``
+    left it in xa, xb), and best[it + 1] its argmax (:func:`_scan_best`; -1 for an empty part)."""
+    V = head_w.shape[0]
+    nc, per = _head_parts(V, n)
+    bi, bv = -1, logits.dtype.type(0)
+    for c in range(it * per, min(nc, (it + 1) * per)):
+        lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
+        _rows(logits, head_w, head_s, xa, xb, lo, hi)
+        bi, bv = _scan_best(logits, lo, hi, bi, bv)
+    best[it + 1] = bi
+
+
+@kernel
+def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos, eps,
+                      scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps, head_w, head_s):
+    """Participant ``p`` of ``n`` in one token through a whole Llama with quantized weights in one parallel region
+    (:func:`_llama_decode_quant` with ``by_kv_head``). Each block is three phases whose work items are claimed
+    from ``counters`` (kernels._sync), every participant waiting for all of a phase's items before the next:
+    per kv head its q, k, v rows, RoPE, cache append and attention into ``atts[i]``; the output projection by
+    rows into ``outs[i]``; per slice of the hidden units its gate and up rows, SwiGLU and its columns of w_down
+    into ``partss[i]``. The head is a last phase. Each participant keeps its own residual stream, normed input
+    and prepared activations (``xs[p], hs[p], xas[p], xbs[p]``): all add the same sums in the same order, so the
+    copies agree and need no phase of their own.
+
+    What all participants read after a phase (att, the projection, the partial sums) is block i's own: a phase
+    is not a barrier (a participant may do every item of the next phases while another is still reading), so
+    a later block must not write where an earlier one's results are read. Scratch used only inside an item
+    (q, k, v, scores, g, u, ya, yb) is shared."""
+    x, h, xa, xb = xs[p], hs[p], xas[p], xbs[p]
+    _embed_row(x, embed, embed_s, tok)
+    Hkv = b[16].shape[1]
+    C = x.shape[0]
+    ph = 0
+    for i in range(addresses.shape[0]):
+        a = addresses[i]
+        att, o, parts = atts[i], outs[i], partss[i]
+        wq, sq, wk, sk = _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4])
+        wv, sv, wo, so = _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8])
+        k_cache, v_cache, cos, sin = _at(a[16], b[16]), _at(a[17], b[17]), _at(a[18], b[18]), _at(a[19], b[19])
+        _rmsnorm_vec(h, x, _at(a[0], b[0]), eps[i])
+        _prep(xa, xb, h)
+        while True:  # attention, per kv head
+            hk = claim(counters, ph)
+            if hk >= Hkv:
+                break
+            _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos,
+                           scale)
+            done(counters, ph)
+        wait_done(counters, ph, Hkv)
+        ph += 1
+        _prep(xa, xb, att)
+        nb = 2 * n  # the output projection by rows, in whole fours (two items a participant: balance)
+        rs = (C // nb + 3) // 4 * 4
+        while True:
+            c = claim(counters, ph)
+            if c >= nb:
+                break
+            lo, hi = min(C, c * rs), min(C, (c + 1) * rs)
+            if c == nb - 1:
+                hi = C
+            if hi > lo:
+                _rows(o, wo, so, xa, xb, lo, hi)
+            done(counters, ph)
+        wait_done(counters, ph, nb)
+        ph += 1
+        for j in range(C):
+            x[j] += o[j]
+        wg, sg, wu, su = _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]), _at(a[13], b[13])
+        wd, sd = _at(a[14], b[14]), _at(a[15], b[15])
+        _rmsnorm_vec(h, x, _at(a[9], b[9]), eps[i])
+        _prep(xa, xb, h)
+        while True:  # the feed-forward, per slice of the hidden units
+            c = claim(counters, ph)
+            if c >= n:
+                break
+            _mlp_slice_quant(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb)
+            done(counters, ph)
+        wait_done(counters, ph, n)
+        ph += 1
+        _add_parts(x, parts, 0, n)
+    _rmsnorm_vec(h, x, norm_w, norm_eps)
+    _prep(xa, xb, h)
+    while True:  # the head, no wait: the region's end is one
+        it = claim(counters, ph)
+        if it >= n:
+            break
+        _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n)
 
 
 @kernel(parallel=True)
 def _llama_decode_quant(logits, best, x, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q, k, v, att,
-                        scores, g, u, xa, xb, ya, yb, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
+                        scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, partss, counters, by_kv_head,
+                        n_parts, norm_w, norm_eps, head_w, head_s):
     """:func:`_llama_decode` (``best`` as there) with bf16 or q8_0 weights: every linear weight and the head as
     ``_rows`` takes them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused).
-    ``blocks``: the first block's (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache,
-    v_cache, cos, sin), ``addresses`` every block's, as there. ``embed`` (V0, C) float32, or quantized as the
-    head (``embed_s``). Scratch xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
-    parts (>= n_parts, C) float32; ``by_kv_head`` and ``n_parts`` as :func:`_llama_block_decode_quant` takes
-    them."""
-    _embed_row(x, embed, embed_s, tok)
+    ``blocks``: the first block's (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
+    k_cache, v_cache, cos, sin), ``addresses`` every block's, as there. ``embed`` (V0, C) float32, or quantized as
+    the head (``embed_s``). Scratch xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
+    parts (>= n_parts, C) float32.
+
+    With ``by_kv_head`` (give it ``Hkv >= threads``) the whole token is one parallel region of ``n_parts``
+    participants (:func:`_token_part_quant`; at most the rows of ``xs`` and ``best`` allow): xs, hs (>= n_parts,
+    C) float32 and xas, xbs (>= n_parts, ...) as xa, xb are each participant's own; atts (n_blocks, H*D), outs
+    (n_blocks, C) and partss (n_blocks, >= n_parts, C) float32 each block's; counters (>= 3 * n_blocks + 1
+    phases) from ``phase_counters``. Starting and joining numba's threads costs about 1.8 us
+    a region, and a stories15M int8 token took 19 (docs/design.md, "Decoding one token"). Otherwise
+    :func:`_llama_block_decode_quant` block by block (``n_parts`` its slices), then the head."""
     b = blocks
+    nb = addresses.shape[0]
+    if by_kv_head and counters.shape[0] > 3 * nb and min(atts.shape[0], outs.shape[0], partss.shape[0]) >= nb:
+        n = min(n_parts, xs.shape[0], partss.shape[1], best.shape[0] - 1)  # the whole token in one region
+        for i in range(counters.shape[0]):  # loops: an array expression would be a parallel region of its own
+            ci = counters[i]
+            for j in range(ci.shape[0]):
+                ci[j] = 0
+        for p in prange(n):
+            _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos,
+                              eps, scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps, head_w,
+                              head_s)
+        x0 = xs[0]
+        for j in range(x.shape[0]):
+            x[j] = x0[j]
+        _join_best(logits, best, n)
+        return
+    _embed_row(x, embed, embed_s, tok)
     for i in range(addresses.shape[0]):
         a = addresses[i]
         _llama_block_decode_quant(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
@@ -637,17 +765,10 @@ def _llama_decode_quant(logits, best, x, tok, embed, embed_s, blocks, addresses,
                                   _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]),
                                   _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]), _at(a[16], b[16]),
                                   _at(a[17], b[17]), pos, _at(a[18], b[18]), _at(a[19], b[19]), eps[i], scale, h, q,
-                                  k, v, att, scores, g, u, xa, xb, ya, yb, parts, by_kv_head, n_parts)
+                                  k, v, att, scores, g, u, xa, xb, ya, yb, parts, n_parts)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _prep(xa, xb, h)
-    V = head_w.shape[0]
     n = min(n_parts, best.shape[0] - 1)
-    nc, per = _head_parts(V, n)
     for p in prange(n):
-        bi, bv = -1, logits.dtype.type(0)
-        for c in range(p * per, min(nc, (p + 1) * per)):
-            lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
-            _rows(logits, head_w, head_s, xa, xb, lo, hi)
-            bi, bv = _scan_best(logits, lo, hi, bi, bv)
-        best[p + 1] = bi
+        _head_part_quant(logits, best, head_w, head_s, xa, xb, p, n)
     _join_best(logits, best, n)

@@ -19,7 +19,7 @@ from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
-from qorus_jit.kernels.decode import block_table
+from qorus_jit.kernels.decode import block_table, phase_counters
 from qorus_jit.kernels.quant import active_path
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.base import named_layers, structure_version
@@ -352,8 +352,14 @@ class _Decoder:
             prep = ((widest, np.uint16), (widest, np.uint16))
         # xa, xb (the block's input), ya, yb (the feed-forward's slices), the slices' partial sums
         self.scratch = (*scratch, *(np.empty(n, t) for n, t in prep * 2), parts)
+        # each thread's residual stream, normed input and prepared activations, and the phases' counters (the
+        # whole token in one parallel region, kernels.decode._token_part_quant)
+        L, T = c.n_layers, max_threads()
+        own = (b("decode_xs", (T, c.dim)), b("decode_hs", (T, c.dim)), *(np.empty((T, n), t) for n, t in prep),
+               b("decode_atts", (L, hd)), b("decode_outs", (L, c.dim)), b("decode_partss", (L, T, c.dim)),
+               phase_counters(3 * L + 1))
         table = weight("lm_head") if embed is None else (embed, _NO_SCALES)
-        self.args = ((*table, first, addresses), (*eps, *self.scratch), (*final, *weight("lm_head")))
+        self.args = ((*table, first, addresses), (*eps, *self.scratch, *own), (*final, *weight("lm_head")))
         self.kernel = K.llama_decode_quant
 
     def step(self, tok: int, pos: int, split: tuple[bool, int] | None = None) -> np.ndarray:
