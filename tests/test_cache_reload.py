@@ -316,8 +316,10 @@ def test_a_change_to_any_kernel_module_makes_every_cached_kernel_stale(tmp_path)
 
     from qorus_jit.core import numerics
     from qorus_jit.kernels import decode, quant_x86
+    from tests import test_sync
 
-    for k in (decode._matvec, quant_x86._q8_0_token_emu, numerics.row_chunks):
+    # a test's kernel too: it inlines the package's (test_sync's phases the claims and waits of kernels._sync)
+    for k in (decode._matvec, quant_x86._q8_0_token_emu, numerics.row_chunks, test_sync._phases):
         locator = k._cache._impl.locator
         assert isinstance(locator, numerics._PackageSources), type(locator)
         assert locator.get_source_stamp()[1] == numerics.sources_stamp()

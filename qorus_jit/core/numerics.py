@@ -56,15 +56,21 @@ def sources_stamp(files=None) -> bytes:
     return h.digest()
 
 
+# a checkout's tests and benchmarks, whose kernels inline the package's too (absent from an installed package)
+_CHECKOUT = tuple(d for d in (_PACKAGE.parent / "tests", _PACKAGE.parent / "perf") if (d / "__init__.py").exists())
+
+
 class _PackageSources:
-    """A numba cache locator mixin for qorus_jit's own modules: cached machine code is stale when any module of
-    core/ or kernels/ changed, not only the function's file. numba checks the function's file alone, but a kernel
-    inlines functions of other modules (decode.py's products the rows of quant_x86.py), so an edit there left
-    cached kernels running the old code (docs/design.md, "Kernel conventions")."""
+    """A numba cache locator mixin for qorus_jit's own modules (and a checkout's tests/ and perf/): cached machine
+    code is stale when any module of core/ or kernels/ changed, not only the function's file. numba checks the
+    function's file alone, but a kernel inlines functions of other modules (decode.py's products the rows of
+    quant_x86.py; a test's kernel the package's), so an edit there left cached kernels running the old code
+    (docs/design.md, "Kernel conventions")."""
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if not Path(py_file).resolve().is_relative_to(_PACKAGE):
+        path = Path(py_file).resolve()
+        if not (path.is_relative_to(_PACKAGE) or any(path.is_relative_to(d) for d in _CHECKOUT)):
             return None  # not ours: numba's own locators
         return super().from_function(py_func, py_file)
 
