@@ -408,8 +408,9 @@ def test_fast_q8_0(path, O, I, N):
 @pytest.mark.parametrize("path", ["emulate", "avx512-vnni", "avx-vnni", "avx2"])
 @pytest.mark.parametrize("I", [288, 320])
 def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
-    """Rows taken four at a time or one at a time give the same bits (a row range from 1 or 2 shifts every row's
-    place in the blocks of four), and extreme bytes (-128 and 127 weights, +-127 activations) stay exact."""
+    """Rows taken eight, four or one at a time give the same bits (a row range from 1 or 2 shifts every row's
+    place in the blocks), into a strided output too, and extreme bytes (-128 and 127 weights, +-127 activations)
+    stay exact."""
     if path != "emulate":
         _skip_unless(path)
     rng = np.random.default_rng(I)
@@ -428,6 +429,10 @@ def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
         runs.append(out)
     np.testing.assert_array_equal(runs[1][1:], runs[0][1:])
     np.testing.assert_array_equal(runs[2][2:], runs[0][2:])
+    strided = np.full((O, 2), np.nan, np.float32)
+    Q.TOKEN_ROWS[path](strided[:, 0], qs, d, xq, dx, 0, O)
+    np.testing.assert_array_equal(strided[:, 0], runs[0])
+    assert np.all(np.isnan(strided[:, 1]))
     ref, mag = _q8_reference(_token(x), qs, d, None)
     _close(runs[0], ref[0], mag[0])
 

@@ -21,11 +21,13 @@ VNNI paths take the offset form (:func:`emit_offset_dot`): ``qs ^ 0x80`` read un
 accumulator starts at ``-128`` times each lane's four ``xq``, made once a step for all rows. The "avx2" path
 (``vpmaddubsw`` + ``vpmaddwd``, whose int16 pair sums would saturate on ``qs + 128``) takes llama.cpp's signed
 form instead (:func:`emit_sign_dot`: ``|qs|`` against ``xq`` with the sign of ``qs``); it is not chosen by default
-(measured no faster on the AMD EPYC). Every product is exact, -128 included. The row dot takes four rows at once
-(the token's bytes loaded once a step for the four) in steps of 64 bytes (two groups, 16 lanes), each row adding
-its steps into one float32 vector by FMA with ``d * dx`` of their group; a row's odd last group is a 32-byte step
-into its low 8 lanes; the four rows' lanes are summed by one transposing tree (:func:`_lowbit._hsum_rows`), a
-row left over by a one-row dot of the same arithmetic.
+(measured no faster on the AMD EPYC). Every product is exact, -128 included. The row dot takes eight rows at once
+on the 512-bit path, four on the 256-bit ones (the token's bytes loaded once a step for them) in steps of 64 bytes
+(two groups, 16 lanes) or 32, each row adding its steps into one float32 vector by FMA with ``d * dx`` of their
+group (multiplied once a vector of groups, spread to a step's lanes by a shuffle); a row's odd last group is a step of
+masked loads into its low 8 lanes; the rows' lanes are summed by one transposing tree (:func:`_lowbit._hsum_rows`)
+and stored at once, rows left over by a four- or one-row dot of the same arithmetic. Against four rows with the
+scales multiplied every step: 1.15-1.2x the rate in cache at 288-2048 columns (Intel Xeon, docs/design.md).
 
 **bf16** (``w16`` uint16 (O, I)): ``vdpbf16ps acc, a, b`` adds to each float32 lane ``a[2i+1] b[2i+1]`` then
 ``a[2i] b[2i]`` (products of two bf16 are exact in float32; the instruction flushes denormals). Its operands
@@ -71,7 +73,7 @@ from qorus_jit.kernels._math import _float32_from_bits
 # which paths this CPU runs
 
 _NEEDS = {
-    "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),  # vl: a row's odd last group in ymm
+    "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),  # bw: masked byte loads
     "avx-vnni": ("avx2", "avxvnni"),
     "avx2": ("avx2",),
     "avx512-bf16": ("avx512f", "avx512bw", "avx512bf16"),
@@ -297,90 +299,132 @@ def _loop(builder, steps, body, init):
     return builder.load(slot)
 
 
+def _masked_load(builder, ptr, vty, n_valid):
+    """A load of ``vty`` at ``ptr`` whose lanes from ``n_valid`` (an i64) on are zero and never read
+    (``llvm.masked.load``: no fault past the end of an array)."""
+    lanes, i64 = vty.count, ir.IntType(64)
+    nv = builder.insert_element(ir.Constant(_vec(i64, lanes), ir.Undefined), n_valid, ir.Constant(_I32, 0))
+    keep = builder.icmp_unsigned("<", ir.Constant(_vec(i64, lanes), list(range(lanes))),
+                                 builder.shuffle_vector(nv, nv, _mask([0] * lanes)))
+    ety = vty.element
+    name = f"llvm.masked.load.v{lanes}{'f32' if isinstance(ety, ir.FloatType) else f'i{ety.width}'}.p0"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32,
+                                                                             _vec(ir.IntType(1), lanes), vty]), name)
+    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 1), keep,
+                             ir.Constant(vty, None)])
+
+
 def _make_dot_q8_0(nbytes, path, R):
-    """An intrinsic ``dot(qs, o, xq, d, dx)``: the q8_0 rows o..o + R - 1 (qs (O, I) int8, d (O, G): whole arrays or
-    windows of whole groups, rows read by their stride) against one quantized token (xq (I,) int8, dx (G,)), by
-    :func:`emit_offset_dot` (:func:`emit_sign_dot` on "avx2") on ``path``; returns their R float32 sums (a float32
-    for R = 1). The token's bytes and scales, loaded once a step, serve the R rows, and the R sums share one
-    reduction (:func:`_hsum_rows`). Each row adds its steps of ``nbytes`` (64: two groups in 16 lanes; 32: one
-    group in 8) in order into one float32 vector by FMA; at 64 bytes a row's odd last group is a 32-byte step
-    added to its low 8 lanes. Every 64 bytes of weights are prefetched ``_lowbit._PREFETCH`` bytes ahead. A row's
-    sum does not depend on R."""
-    per = nbytes // GROUP  # groups a step
+    """An intrinsic ``dot(out, qs, o, xq, d, dx)``: out[o:o + R] = the q8_0 rows o..o + R - 1 (qs (O, I) int8, d (O,
+    G): whole arrays or windows of whole groups, rows read by their stride) against one quantized token (xq (I,)
+    int8, dx (G,)), by :func:`emit_offset_dot` (:func:`emit_sign_dot` on "avx2") on ``path``. Each step of
+    ``nbytes`` (64: two groups in 16 lanes; 32: one group in 8) loads the token's bytes once for the R rows, and
+    each row adds it into one float32 vector by FMA with its groups' ``d * dx``: those are multiplied once per
+    ``lanes`` groups into a vector a row and spread to the step's lanes by a constant shuffle (``vpermps``). A
+    row's odd last group is a step of masked loads (its low 8 lanes). The R sums share one reduction
+    (:func:`_hsum_rows`) and one store. Every 64 bytes of weights are prefetched ``_lowbit._PREFETCH`` bytes
+    ahead. A row's sum does not depend on R (nor on its place in the R)."""
+    lanes, per = nbytes // 4, nbytes // GROUP  # lanes of a step; groups a step
     offset = path != "avx2"  # vpmaddubsw's int16 pair sums would saturate on w + 128
 
     @intrinsic
-    def dot(typingctx, qs, o, xq, d, dx):
+    def dot(typingctx, out, qs, o, xq, d, dx):
         def codegen(context, builder, sig, args):
-            o = args[1]
-            xp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (2, 4))
-            wp, I = _row_stride(context, builder, sig.args[0], args[0])
-            dp, Gs = _row_stride(context, builder, sig.args[3], args[3])
-            G = cgutils.unpack_tuple(builder, context.make_array(sig.args[3])(context, builder, args[3]).shape, 2)[1]
-            w_off, d_off = builder.mul(o, I), builder.mul(o, Gs)
+            o = args[2]
+            op = _data(context, builder, sig.args[0], args[0])
+            xp, sp = (_data(context, builder, sig.args[i], args[i]) for i in (3, 5))
+            wp, I = _row_stride(context, builder, sig.args[1], args[1])
+            dp, Gs = _row_stride(context, builder, sig.args[4], args[4])
+            G = cgutils.unpack_tuple(builder, context.make_array(sig.args[4])(context, builder, args[4]).shape, 2)[1]
             i64 = o.type
 
             def c(v):
                 return ir.Constant(i64, v)
 
-            def step(g, accs, width, prefetch):
-                """accs[r] + float32(row r's dot of the ``width // 32`` groups from g) * d * dx, lane by lane."""
-                lanes, n = width // 4, width // GROUP
-                bvec, ivec, fvec, svec = _vec(_I8, width), _vec(_I32, lanes), _vec(_F32, lanes), _vec(_F32, n)
-                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fvec, [fvec] * 3),
-                                                     f"llvm.fma.v{lanes}f32")
+            bvec, ivec, fvec = _vec(_I8, nbytes), _vec(_I32, lanes), _vec(_F32, lanes)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fvec, [fvec] * 3),
+                                                 f"llvm.fma.v{lanes}f32")
+            wrow = [builder.gep(wp, [builder.mul(builder.add(o, c(r)), I)]) for r in range(R)]
+            drow = [builder.gep(dp, [builder.mul(builder.add(o, c(r)), Gs)]) for r in range(R)]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(fvec, None)) for _ in range(R)]
+
+            def scales(g0, n_valid):
+                """Each row's d * dx of groups g0.. (lanes of them; from n_valid on zero)."""
+                def ld(ptr):
+                    if n_valid is None:
+                        return builder.load(builder.bitcast(ptr, fvec.as_pointer()), align=4)
+                    return _masked_load(builder, ptr, fvec, n_valid)
+                dxs = ld(builder.gep(sp, [g0]))
+                return [builder.fmul(ld(builder.gep(dr, [g0])), dxs, flags=_EXACT) for dr in drow]
+
+            def step(g, scs, spread, tail=False):
+                """Each row's acc += float32(its dot of the step from group g) * its scales spread to the lanes."""
                 k = builder.mul(g, c(GROUP))
-                x = _load(builder, xp, k, bvec)
+
+                def ld(ptr):
+                    if tail:  # the odd last group alone: the step's high half masked off
+                        return _masked_load(builder, ptr, bvec, c(GROUP))
+                    return builder.load(builder.bitcast(ptr, bvec.as_pointer()), align=1)
+                x = ld(builder.gep(xp, [k]))
                 if offset:
                     x = emit_offset_base(builder, x, lanes, path)
-                dxv = _load(builder, sp, g, svec)
-                out = []
-                for r, acc in enumerate(accs):
-                    wptr = builder.gep(wp, [builder.add(builder.add(w_off, builder.mul(I, c(r))), k)])
-                    if prefetch:
+                for r in range(R):
+                    wptr = builder.gep(wrow[r], [k])
+                    if not tail:
                         _prefetch(builder, wptr)
-                    w = builder.load(builder.bitcast(wptr, bvec.as_pointer()), align=1)
-                    if offset:
-                        s = emit_offset_dot(builder, w, x, path)
-                    else:
-                        s = emit_sign_dot(builder, ir.Constant(ivec, None), w, x, path)
-                    dv = _load(builder, dp, builder.add(builder.add(d_off, builder.mul(Gs, c(r))), g), svec)
-                    sc = builder.fmul(dv, dxv, flags=_EXACT)
-                    spread = builder.shuffle_vector(sc, sc, _mask([j // 8 for j in range(lanes)]))
-                    out.append(builder.call(fma, [builder.sitofp(s, fvec), spread, acc]))
-                return out
+                    w = ld(wptr)
+                    s = emit_offset_dot(builder, w, x, path) if offset else \
+                        emit_sign_dot(builder, ir.Constant(ivec, None), w, x, path)
+                    builder.store(builder.call(fma, [builder.sitofp(s, fvec), spread(scs[r]), builder.load(accs[r])]),
+                                  accs[r])
 
-            fvec = _vec(_F32, nbytes // 4)
-            group = ir.LiteralStructType([fvec] * R)
+            def lanes_of(j):  # the shuffle spreading scale j (of a step's first group) to its step's lanes
+                return lambda v: builder.shuffle_vector(v, v, _mask([j + i // 8 for i in range(lanes)]))
 
-            def body(i, accs):
-                vals = step(builder.mul(i, c(per)), [builder.extract_value(accs, r) for r in range(R)], nbytes, True)
-                for r, v in enumerate(vals):
-                    accs = builder.insert_value(accs, v, r)
-                return accs
+            whole = builder.udiv(G, c(lanes))  # chunks of ``lanes`` groups, their steps unrolled
+            with cgutils.for_range(builder, whole) as loop:
+                g0 = builder.mul(loop.index, c(lanes))
+                scs = scales(g0, None)
+                for j in range(0, lanes, per):
+                    step(builder.add(g0, c(j)), scs, lanes_of(j))
+            g0 = builder.mul(whole, c(lanes))
+            rem = builder.sub(G, g0)
+            with builder.if_then(builder.icmp_unsigned("!=", rem, c(0))):  # the last groups
+                scs = scales(g0, rem)
+                for j in range(0, lanes, per):
+                    with builder.if_then(builder.icmp_unsigned("<=", c(j + per), rem)):
+                        step(builder.add(g0, c(j)), scs, lanes_of(j))
+                if per == 2:
+                    with builder.if_then(builder.trunc(rem, ir.IntType(1))):  # an odd last group
+                        last = builder.sub(rem, c(1))
 
-            steps = builder.udiv(G, c(per))
-            accs = _loop(builder, steps, body, ir.Constant(group, None))
-            accs = [builder.extract_value(accs, r) for r in range(R)]
-            if per == 2:  # an odd last group, added to the low 8 lanes
-                slots = [cgutils.alloca_once_value(builder, a) for a in accs]
-                with builder.if_then(builder.icmp_unsigned("!=", builder.urem(G, c(2)), c(0))):
-                    z8 = ir.Constant(_vec(_F32, 8), None)
-                    lasts = step(builder.sub(G, c(1)), [z8] * R, 32, False)
-                    for slot, last in zip(slots, lasts, strict=True):
-                        wide = builder.shuffle_vector(last, z8, _mask(list(range(16))))
-                        builder.store(builder.fadd(builder.load(slot), wide, flags=_EXACT), slot)
-                accs = [builder.load(slot) for slot in slots]
-            if R == 1:
-                return _hsum(builder, accs[0])
-            v = _hsum_rows(builder, accs)
-            return context.make_tuple(builder, sig.return_type,
-                                      [builder.extract_element(v, ir.Constant(_I32, r)) for r in range(R)])
+                        def splat(v):
+                            one = builder.insert_element(ir.Constant(fvec, ir.Undefined),
+                                                         builder.extract_element(v, last), c(0))
+                            return builder.shuffle_vector(one, one, _mask([0] * lanes))
+                        step(builder.add(g0, last), scs, splat, tail=True)
+            vals = [builder.load(a) for a in accs]
+            v = _hsum(builder, vals[0]) if R == 1 else _hsum_rows(builder, vals)
+            if sig.args[0].layout == "C":
+                builder.store(v, builder.bitcast(builder.gep(op, [o]), v.type.as_pointer()), align=4)
+            else:
+                outp, ostride = _vector_stride(context, builder, sig.args[0], args[0])
+                for r in range(R):
+                    e = v if R == 1 else builder.extract_element(v, ir.Constant(_I32, r))
+                    builder.store(e, builder.gep(outp, [builder.mul(builder.add(o, c(r)), ostride)]), align=4)
+            return context.get_dummy_value()
 
-        ret = types.float32 if R == 1 else types.UniTuple(types.float32, R)
-        return ret(qs, types.int64, xq, d, dx), codegen
+        return types.void(out, qs, types.int64, xq, d, dx), codegen
 
     return dot
+
+
+def _vector_stride(context, builder, aty, arr):
+    """(data pointer, elements between entries) of 1-D array ``arr``."""
+    a = context.make_array(aty)(context, builder, arr)
+    stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+    size = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+    return a.data, builder.sdiv(stride, ir.Constant(stride.type, size))
 
 
 def _make_dot_bf16(lanes, emulate):
@@ -426,8 +470,9 @@ def _make_dot_bf16(lanes, emulate):
     return dot
 
 
-_dot_q8_0 = {(p, R): _make_dot_q8_0(nb, p, R)
-             for p, nb in (("avx512-vnni", 64), ("avx-vnni", 32), ("avx2", 32), ("emulate", 64)) for R in (1, 4)}
+# rows a dot takes at once: eight at 64 bytes a step (32 vector registers), four at 32 (16 registers)
+_Q8_0_STEP = {"avx512-vnni": (64, 8), "avx-vnni": (32, 4), "avx2": (32, 4), "emulate": (64, 8)}
+_dot_q8_0 = {(p, R): _make_dot_q8_0(nb, p, R) for p, (nb, most) in _Q8_0_STEP.items() for R in {1, 4, most}}
 _dot_bf16_512 = _make_dot_bf16(16, False)
 _dot_bf16_emu = _make_dot_bf16(16, True)
 
@@ -601,23 +646,27 @@ def _bf16_tail(w16, xh, xl, o, i0):
 
 def _token_rows(out, qs, d, xq, dx, lo, hi, path):
     """out[o] = qs/d row o . one token (xq (I,) int8, dx (G,) float32, as :func:`quantize_token` makes them) for
-    lo <= o < hi, four rows at a time, by the dot of ``path`` (a constant string, so each path compiles its own
-    loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``)."""
+    lo <= o < hi, eight (64-byte steps) or four rows at a time, by the dot of ``path`` (a constant string, so each
+    path compiles its own loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``)."""
 
 
 @overload(_token_rows, jit_options={"fastmath": set(FASTMATH)})
 def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
     if not isinstance(path, types.StringLiteral):
         raise TypingError("_token_rows: path must be a constant string")
-    dot1, dot4 = (_dot_q8_0[path.literal_value, R] for R in (1, 4))
+    most = _Q8_0_STEP[path.literal_value][1]
+    dot1, dot4, dotm = (_dot_q8_0[path.literal_value, R] for R in (1, 4, most))
 
     def rows(out, qs, d, xq, dx, lo, hi, path):
         o = lo
+        while o + most <= hi:
+            dotm(out, qs, o, xq, d, dx)
+            o += most
         while o + 4 <= hi:
-            out[o], out[o + 1], out[o + 2], out[o + 3] = dot4(qs, o, xq, d, dx)
+            dot4(out, qs, o, xq, d, dx)
             o += 4
         while o < hi:
-            out[o] = dot1(qs, o, xq, d, dx)
+            dot1(out, qs, o, xq, d, dx)
             o += 1
     return rows
 
