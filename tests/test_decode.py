@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
-from qorus_jit.kernels.decode import _matvec
+from qorus_jit.kernels.decode import _head_attention, _matvec
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig
 
@@ -17,6 +17,29 @@ def test_matvec_matches_numpy(n, k):
     out = np.empty(n, np.float32)
     _matvec(out, w, x)
     np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("D", [7, 16, 48, 72])
+@pytest.mark.parametrize("L", [1, 7, 8, 9, 30])
+def test_head_attention_matches_numpy(D, L):
+    """One query head against cache rows 0..L-1 of its kv head, in float64: head sizes in whole and partial
+    vector chunks, positions in whole and partial blocks of eight; rows past L and other heads are not read."""
+    rng = np.random.default_rng(D * L)
+    T, Hkv, H = 32, 3, 6
+    k_cache = rng.standard_normal((T, Hkv, D)).astype(np.float32)
+    v_cache = rng.standard_normal((T, Hkv, D)).astype(np.float32)
+    k_cache[L:], v_cache[L:] = np.nan, np.nan
+    q = rng.standard_normal(H * D).astype(np.float32)
+    scale = np.float32(D ** -0.5)
+    for hh in range(H):
+        hk = hh // (H // Hkv)
+        att = np.full(H * D, np.nan, np.float32)
+        _head_attention(att, np.zeros((H, T), np.float32), q, k_cache, v_cache, hh, hk, L, scale)
+        s = k_cache[:L, hk].astype(np.float64) @ q[hh * D:(hh + 1) * D].astype(np.float64) * float(scale)
+        p = np.exp(s - s.max())
+        want = (p / p.sum()) @ v_cache[:L, hk].astype(np.float64)
+        np.testing.assert_allclose(att[hh * D:(hh + 1) * D], want, rtol=1e-5, atol=1e-5)
+        assert np.all(np.isnan(np.delete(att, np.s_[hh * D:(hh + 1) * D])))
 
 
 def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):

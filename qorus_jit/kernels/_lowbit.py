@@ -1,7 +1,7 @@
 """What the quantized kernels (``kernels.quant``, portable; ``kernels.quant_x86``, x86 instructions) share: the
-q8_0 group size, the quantizer of one token's activations for the integer dots, and two pieces of LLVM IR
-their ``@intrinsic`` dots emit (a prefetch, a lane sum in a fixed order), and a prefetch the float32 decode
-products call."""
+q8_0 group size, the quantizer of one token's activations for the integer dots, and pieces of LLVM IR their
+``@intrinsic`` dots emit (a prefetch, masked loads and stores, a lane sum in a fixed order), also used by the
+decoder's attention, and a prefetch the float32 decode products call."""
 
 from __future__ import annotations
 
@@ -69,6 +69,38 @@ def _row_stride(context, builder, aty, arr):
     stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
     size = context.get_abi_sizeof(context.get_data_type(aty.dtype))
     return a.data, builder.sdiv(stride, ir.Constant(stride.type, size))
+
+
+def _lanes_below(builder, n_valid, lanes):
+    """``<lanes x i1>``: lane i is ``i < n_valid`` (an i64)."""
+    i64 = ir.IntType(64)
+    vty = ir.VectorType(i64, lanes)
+    nv = builder.insert_element(ir.Constant(vty, ir.Undefined), n_valid, ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(nv, nv, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+    return builder.icmp_unsigned("<", ir.Constant(vty, list(range(lanes))), splat)
+
+
+def _masked_load(builder, ptr, vty, n_valid):
+    """A load of ``vty`` at ``ptr`` whose lanes from ``n_valid`` (an i64) on are zero and never read
+    (``llvm.masked.load``: no fault past the end of an array)."""
+    ety, lanes = vty.element, vty.count
+    name = f"llvm.masked.load.v{lanes}{'f32' if isinstance(ety, ir.FloatType) else f'i{ety.width}'}.p0"
+    mty = ir.VectorType(ir.IntType(1), lanes)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), mty,
+                                                                             vty]), name)
+    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(ir.IntType(32), 1),
+                             _lanes_below(builder, n_valid, lanes), ir.Constant(vty, None)])
+
+
+def _masked_store(builder, val, ptr, n_valid):
+    """Store the lanes below ``n_valid`` (an i64) of float vector ``val`` at ``ptr`` (``llvm.masked.store``)."""
+    vty, lanes = val.type, val.type.count
+    mty = ir.VectorType(ir.IntType(1), lanes)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(),
+                                                                                       ir.IntType(32), mty]),
+                                        f"llvm.masked.store.v{lanes}f32.p0")
+    builder.call(fn, [val, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(ir.IntType(32), 4),
+                      _lanes_below(builder, n_valid, lanes)])
 
 
 def _hsum(builder, v):

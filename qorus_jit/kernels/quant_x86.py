@@ -66,7 +66,16 @@ from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
 from qorus_jit.kernels._blas import gemm_bf16
-from qorus_jit.kernels._lowbit import _EXACT, GROUP, _hsum, _hsum_rows, _prefetch, _quantize_x_q8, _row_stride
+from qorus_jit.kernels._lowbit import (
+    _EXACT,
+    GROUP,
+    _hsum,
+    _hsum_rows,
+    _masked_load,
+    _prefetch,
+    _quantize_x_q8,
+    _row_stride,
+)
 from qorus_jit.kernels._math import _float32_from_bits
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,21 +306,6 @@ def _loop(builder, steps, body, init):
     with cgutils.for_range(builder, steps) as loop:
         builder.store(body(loop.index, builder.load(slot)), slot)
     return builder.load(slot)
-
-
-def _masked_load(builder, ptr, vty, n_valid):
-    """A load of ``vty`` at ``ptr`` whose lanes from ``n_valid`` (an i64) on are zero and never read
-    (``llvm.masked.load``: no fault past the end of an array)."""
-    lanes, i64 = vty.count, ir.IntType(64)
-    nv = builder.insert_element(ir.Constant(_vec(i64, lanes), ir.Undefined), n_valid, ir.Constant(_I32, 0))
-    keep = builder.icmp_unsigned("<", ir.Constant(_vec(i64, lanes), list(range(lanes))),
-                                 builder.shuffle_vector(nv, nv, _mask([0] * lanes)))
-    ety = vty.element
-    name = f"llvm.masked.load.v{lanes}{'f32' if isinstance(ety, ir.FloatType) else f'i{ety.width}'}.p0"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32,
-                                                                             _vec(ir.IntType(1), lanes), vty]), name)
-    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 1), keep,
-                             ir.Constant(vty, None)])
 
 
 def _make_dot_q8_0(nbytes, path, R):
