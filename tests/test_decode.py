@@ -395,6 +395,76 @@ def test_decode_argmax_finds_the_first_nan_and_generate_stops_there(dtype):
     assert best == 130 and np.isnan(logits[130]) and int(np.argmax(logits)) == 130
 
 
+def _greedy_model(kind, n_kv_heads=2):
+    from qorus_jit.models import GPT2, GPT2Config
+    from qorus_jit.models.quantize import quantize_model
+
+    if kind == "gpt2":
+        return GPT2(GPT2Config(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=40), rng=1)
+    cfg = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, hidden_dim=64, vocab_size=61,
+                      max_seq_len=40, norm_eps=1e-5)
+    model = Llama(cfg, rng=5)
+    return model if kind == "fp32" else quantize_model(model, kind)
+
+
+@pytest.mark.parametrize("kind,n_kv_heads", [("fp32", 4), ("fp32", 1), ("int8", 4), ("int8", 1), ("bf16", 2),
+                                             ("gpt2", 4)])
+def test_decode_greedy_runs_the_argmax_steps(kind, n_kv_heads):
+    """A greedy run (Llama: one kernel call; GPT-2: the base class's loop) gives the tokens, state and last
+    logits of decode_argmax step by step, and ends after the first stop token, which it includes."""
+    model = _greedy_model(kind, n_kv_heads)
+    ref_state, tok, want = DecodeState(1, 40), 7, []
+    for _ in range(25):
+        tok, logits = model.decode_argmax(tok, ref_state)
+        want.append(tok)
+    state = DecodeState(1, 40)
+    toks, last = model.decode_greedy(7, state, 25)
+    assert toks.dtype == np.int64 and toks.tolist() == want and state.pos == 25
+    np.testing.assert_array_equal(last, logits)
+    stop = want[9]
+    state = DecodeState(1, 40)
+    toks, _ = model.decode_greedy(7, state, 25, stop_tokens=[stop, 10**6])
+    assert toks.tolist() == want[:want.index(stop) + 1] and state.pos == len(toks)
+    more, _ = model.decode_greedy(int(toks[-1]), state, 3)  # the state goes on from there
+    assert more.tolist() == want[len(toks):len(toks) + 3]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_decode_greedy_stops_at_a_nan_and_checks_its_arguments(dtype):
+    model = _head_with_ties(dtype)
+    _poison_head(model, (130,))
+    state = DecodeState(1, 16)
+    toks, logits = model.decode_greedy(5, state, 8)
+    assert toks.tolist() == [130] and np.isnan(logits[130]) and state.pos == 1
+    for n, match in ((0, "n: expected an int >= 1, got 0"), (16, "n: 16 tokens from position 1 would pass the "
+                                                                 "context \\(15 positions left\\)"), (2.0, "n: expected")):
+        with pytest.raises(ValueError, match=match):
+            model.decode_greedy(5, state, n)
+    assert state.pos == 1
+
+
+def test_generate_yields_greedy_runs_as_a_stream(monkeypatch):
+    """Greedy generation in runs: the same tokens as one step at a time, runs as long as RUN_SECONDS allows
+    (after a first run of one), none past max_new_tokens, and a stop token inside a run ends it."""
+    from qorus_jit.infer import generate as G
+
+    model = _greedy_model("int8")
+    calls = []
+    run = model.decode_greedy
+    monkeypatch.setattr(model, "decode_greedy", lambda *a: calls.append(a[2]) or run(*a))
+    monkeypatch.setattr(G, "MAX_RUN", 1)
+    one = list(G.generate(model, [3, 4], 30, temperature=0.0))
+    assert calls == [1] * 29
+    calls.clear()
+    monkeypatch.setattr(G, "MAX_RUN", 8)
+    monkeypatch.setattr(G, "RUN_SECONDS", 10.0)
+    gen = G.generate(model, [3, 4], 30, temperature=0.0)
+    assert list(gen) == one and calls == [1, 8, 8, 8, 4] and gen.finish_reason == "length"
+    calls.clear()
+    gen = G.generate(model, [3, 4], 30, temperature=0.0, stop_tokens=[one[12]])
+    assert list(gen) == one[:one.index(one[12]) + 1] and gen.finish_reason == "stop"
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bf16"])
 @pytest.mark.parametrize("threads,n_parts", [(1, 2), (2, 2), (2, 3)])
 def test_quantized_token_in_one_region(monkeypatch, dtype, threads, n_parts):

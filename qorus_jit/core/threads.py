@@ -110,9 +110,12 @@ class ThreadTuner:
 
     @contextmanager
     def unit(self):
-        """Run one unit of the work (the ``with`` body) at the count the tuner chose, and time it."""
+        """Run one unit of the work (the ``with`` body) at the count the tuner chose, and time it. The body may
+        do several units at once: it sets ``units`` on the object the ``with`` gives (a list: ``units[0]``,
+        1 by default), and the time is shared among them."""
+        units = [1]
         if not self.active:
-            yield
+            yield units
             return
         now = get_num_threads()
         if now != self.count:
@@ -120,8 +123,8 @@ class ThreadTuner:
                 self._outside = now
             self._set(self.count)
         t0 = time.perf_counter()
-        yield
-        self._done(time.perf_counter() - t0)
+        yield units
+        self._done(time.perf_counter() - t0, max(1, units[0]))
 
     def _set(self, n: int) -> None:
         if self._limiter is None:
@@ -134,9 +137,9 @@ class ThreadTuner:
             self._set(self._outside)
             self._outside = None
 
-    def _done(self, dt: float) -> None:
-        self._units += 1
-        self._sample_units += 1
+    def _done(self, dt: float, units: int = 1) -> None:
+        self._units += units
+        self._sample_units += units
         self._sample_s += dt
         if self._sample_units < self.sample_units:
             return

@@ -192,6 +192,12 @@ def warm_up(model) -> float:
     return time.perf_counter() - t0
 
 
+# Greedy generation decodes runs of tokens in one model call (no Python between them: about 30 us a token of a
+# stories15M int8 model's 430, docs/design.md), each as long as takes about RUN_SECONDS, so that tokens still
+# come as a stream; MAX_RUN bounds a run.
+RUN_SECONDS, MAX_RUN = 0.02, 64
+
+
 class Generation(Iterator[int]):
     """What :func:`generate` returns: an iterator over up to ``max_new_tokens`` ids generated after
     ``prompt`` (a sequence of int ids) by ``model`` (a Llama or GPT-2, or any graph whose attention layers
@@ -235,10 +241,14 @@ class Generation(Iterator[int]):
             raise ValueError(f"prompt: {ids.size} tokens exceed the model's context of {limit} positions")
         self.model, self.prompt = model, ids
         self._one = getattr(model, "decode_one", None)  # models.Architecture's; other graphs: forward_decode
-        # greedy over the whole vocabulary: the model's step gives the argmax too (Llama's takes it in its kernel)
+        # greedy over the whole vocabulary: runs of tokens from the model (Llama's in one kernel call a run)
         whole = self.temperature == 0 and self.vocab_limit == vocab
-        self._argmax = getattr(model, "decode_argmax", None) if whole else None
+        self._greedy = getattr(model, "decode_greedy", None) if whole else None
         self.stop_tokens = frozenset(token_ids("stop_tokens", stop_tokens, as_set=True).tolist())
+        self._stops = np.asarray(sorted(self.stop_tokens), np.int64)
+        self._run: list[int] = []  # tokens of the current greedy run not yet yielded, last first
+        self._run_logits: np.ndarray | None = None  # the logits of the run's last token
+        self._per_token = 0.0  # seconds a token of the last run
         self.limit = limit
         self.state = DecodeState(batch=1, max_seq_len=min(limit, ids.size + self.max_new_tokens))
         self.tokens: list[int] = []
@@ -259,9 +269,11 @@ class Generation(Iterator[int]):
             self.tuner.close()
             raise StopIteration
         try:  # a decoding step (not the prefill, nor a slide) runs at the count the auto thread policy chose
-            if self.tuner.active and 0 < self.state.pos < self.limit:
-                with self.tuner.unit():
-                    return self._next_token()
+            if self.tuner.active and 0 < self.state.pos < self.limit and not self._run:
+                with self.tuner.unit() as units:
+                    tok = self._next_token()
+                    units[0] = len(self._run) + 1  # a greedy run: its tokens share the time
+                    return tok
             return self._next_token()
         finally:
             if self.finish_reason is not None:
@@ -278,7 +290,10 @@ class Generation(Iterator[int]):
     def _next_token(self) -> int:
         t0 = time.perf_counter()
         tok = None
-        if self.state.pos == 0:
+        if self._run:  # the rest of a greedy run: only its last logits can be non-finite (the run stops there)
+            tok = self._run.pop()
+            logits = None if self._run else self._run_logits
+        elif self.state.pos == 0:
             logits = self._logits(self.prompt)
             self.prefill_seconds = time.perf_counter() - t0
         elif self.state.pos >= self.limit:
@@ -290,8 +305,10 @@ class Generation(Iterator[int]):
             self.state = DecodeState(batch=1, max_seq_len=self.limit)
             self.slides += 1
             logits = self._logits(seq[-max(1, self.limit // 2):])
-        elif self._argmax is not None:  # the model's one-token step and its argmax
-            tok, logits = self._argmax(self.tokens[-1], self.state)
+        elif self._greedy is not None:  # a greedy run, and its first token
+            self._start_run()
+            tok = self._run.pop()
+            logits = None if self._run else self._run_logits
         elif self._one is not None:  # the model's one-token step: no array checks between two tokens
             logits = self._one(self.tokens[-1], self.state)[:self.vocab_limit]
         else:
@@ -300,7 +317,7 @@ class Generation(Iterator[int]):
             if tok is None:
                 tok = _sample(logits, self.rng, self.temperature, self.top_k, self.top_p,
                               f"new token {len(self.tokens) + 1} (position {self.state.pos})")
-            elif not math.isfinite(logits[tok]):  # then not every logit is finite (see _sample)
+            elif logits is not None and not math.isfinite(logits[tok]):  # then not every logit is finite (_sample)
                 check_logits(logits, f"new token {len(self.tokens) + 1} (position {self.state.pos})")
         except ValueError:
             self.finish_reason = "error"
@@ -313,6 +330,16 @@ class Generation(Iterator[int]):
         elif len(self.tokens) == self.max_new_tokens:
             self.finish_reason = "length"
         return tok
+
+    def _start_run(self) -> None:
+        """A greedy run of tokens after the last one: as many as take about RUN_SECONDS at the last run's speed
+        (one at first), within max_new_tokens and the context; it ends early at a stop token."""
+        n = 1 if self._per_token <= 0 else max(1, min(MAX_RUN, int(RUN_SECONDS / self._per_token)))
+        n = min(n, self.max_new_tokens - len(self.tokens), self.limit - self.state.pos)
+        t0 = time.perf_counter()
+        toks, self._run_logits = self._greedy(self.tokens[-1], self.state, n, self._stops)
+        self._per_token = (time.perf_counter() - t0) / len(toks)
+        self._run = toks.tolist()[::-1]
 
     @property
     def prefill_tokens_per_s(self) -> float:

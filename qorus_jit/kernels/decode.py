@@ -459,9 +459,23 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     _add_parts(x, parts, Hkv, Hkv + n_parts)
 
 
+@kernel
+def _greedy_next(logits, best, toks, stops, t):
+    """After token t of a greedy run: toks[t] = its argmax (``best[0]``), and (that argmax, t + 1, whether the run
+    goes on): it stops at ``toks``' end, after an id of ``stops`` (int64) and after an argmax whose logit is not
+    finite (NaN or inf: the caller reports it)."""
+    nxt = best[0]
+    toks[t] = nxt
+    more = t + 1 < toks.shape[0] and np.isfinite(logits[nxt])
+    for s in stops:
+        if s == nxt:
+            more = False
+    return nxt, t + 1, more
+
+
 @kernel(parallel=True)
-def _llama_decode(logits, best, x, tok, embed, blocks, addresses, pos, eps, scale, h, q, k, v, att, scores, g, u,
-                  parts, by_kv_head, n_parts, norm_w, norm_eps, head_w):
+def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, pos, eps, scale, h, q, k, v, att,
+                  scores, g, u, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w):
     """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
     embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``, and
     ``best[0]`` their argmax as NumPy's (the first NaN, else the first maximum), taken by each thread from the
@@ -473,29 +487,40 @@ def _llama_decode(logits, best, x, tok, embed, blocks, addresses, pos, eps, scal
     block's addresses; ``eps (n_blocks,)``; scratch and ``scale`` are shared by the blocks. embed (V0, C),
     head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their call overhead
     (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows as :func:`_matvec` splits
-    them, because it calls a parallel kernel (docs/design.md, "Kernels that call parallel kernels")."""
-    e = embed[tok]
-    for j in range(x.shape[0]):  # a loop: ``x[:] = e`` would be a parallel region of its own
-        x[j] = e[j]
-    b = blocks
-    for i in range(addresses.shape[0]):
-        a = addresses[i]
-        _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4]),
-                            _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]), _at(a[9], b[9]),
-                            _at(a[10], b[10]), pos, _at(a[11], b[11]), _at(a[12], b[12]), eps[i], scale, h, q, k, v,
-                            att, scores, g, u, parts, by_kv_head, n_parts)
-    _rmsnorm_vec(h, x, norm_w, norm_eps)
-    V = head_w.shape[0]
-    n = min(n_parts, best.shape[0] - 1)
-    nc, per = _head_parts(V, n)
-    for p in prange(n):  # each part's argmax from its rows just written, in its own cache
-        bi, bv = -1, logits.dtype.type(0)
-        for c in range(p * per, min(nc, (p + 1) * per)):
-            lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
-            _matvec_rows_streamed(logits, head_w, h, lo, hi)
-            bi, bv = _scan_best(logits, lo, hi, bi, bv)
-        best[p + 1] = bi
-    _join_best(logits, best, n)
+    them, because it calls a parallel kernel (docs/design.md, "Kernels that call parallel kernels").
+
+    A greedy run (:func:`_greedy_next`): up to ``toks.shape[0]`` tokens from ``tok`` at ``pos`` on, each the argmax
+    of the one before, written to ``toks``; returns how many ran. ``logits`` are the last one's. A step is a run
+    of one; the loop is here, not in a kernel of its own, which would have no parallel region to carry the start
+    of numba's threads in its cached code."""
+    t = 0
+    while True:  # tokens of a greedy run
+        at = pos + t
+        e = embed[tok]
+        for j in range(x.shape[0]):  # a loop: ``x[:] = e`` would be a parallel region of its own
+            x[j] = e[j]
+        b = blocks
+        for i in range(addresses.shape[0]):
+            a = addresses[i]
+            _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4]),
+                                _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]), _at(a[9], b[9]),
+                                _at(a[10], b[10]), at, _at(a[11], b[11]), _at(a[12], b[12]), eps[i], scale, h, q, k, v,
+                                att, scores, g, u, parts, by_kv_head, n_parts)
+        _rmsnorm_vec(h, x, norm_w, norm_eps)
+        V = head_w.shape[0]
+        n = min(n_parts, best.shape[0] - 1)
+        nc, per = _head_parts(V, n)
+        for p in prange(n):  # each part's argmax from its rows just written, in its own cache
+            bi, bv = -1, logits.dtype.type(0)
+            for c in range(p * per, min(nc, (p + 1) * per)):
+                lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
+                _matvec_rows_streamed(logits, head_w, h, lo, hi)
+                bi, bv = _scan_best(logits, lo, hi, bi, bv)
+            best[p + 1] = bi
+        _join_best(logits, best, n)
+        tok, t, more = _greedy_next(logits, best, toks, stops, t)
+        if not more:
+            return t
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -815,9 +840,9 @@ def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed
 
 
 @kernel(parallel=True)
-def _llama_decode_quant(logits, best, x, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q, k, v, att,
-                        scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, partss, counters, by_kv_head,
-                        n_parts, norm_w, norm_eps, head_w, head_s):
+def _llama_decode_quant(logits, best, x, toks, stops, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q,
+                        k, v, att, scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, partss, counters,
+                        by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
     """:func:`_llama_decode` (``best`` as there) with bf16 or q8_0 weights: every linear weight and the head as
     ``_rows`` takes them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused).
     ``blocks``: the first block's (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
@@ -831,36 +856,44 @@ def _llama_decode_quant(logits, best, x, tok, embed, embed_s, blocks, addresses,
     (n_blocks, C) and partss (n_blocks, >= n_parts, C) float32 each block's; counters (>= 3 * n_blocks + 1
     phases) from ``phase_counters``. Starting and joining numba's threads costs about 1.8 us
     a region, and a stories15M int8 token took 19 (docs/design.md, "Decoding one token"). Otherwise
-    :func:`_llama_block_decode_quant` block by block (``n_parts`` its slices), then the head."""
+    :func:`_llama_block_decode_quant` block by block (``n_parts`` its slices), then the head. Greedy runs as
+    :func:`_llama_decode`'s (``toks``, ``stops``; returns how many ran)."""
     b = blocks
-    nb = addresses.shape[0]
-    if by_kv_head and counters.shape[0] > 3 * nb and min(atts.shape[0], outs.shape[0], partss.shape[0]) >= nb:
-        n = min(n_parts, xs.shape[0], partss.shape[1], best.shape[0] - 1)  # the whole token in one region
-        for i in range(counters.shape[0]):  # loops: an array expression would be a parallel region of its own
-            ci = counters[i]
-            for j in range(ci.shape[0]):
-                ci[j] = 0
-        for p in prange(n):
-            _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos,
-                              eps, scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps, head_w,
-                              head_s)
-        x0 = xs[0]
-        for j in range(x.shape[0]):
-            x[j] = x0[j]
-        _join_best(logits, best, n)
-        return
-    _embed_row(x, embed, embed_s, tok)
-    for i in range(addresses.shape[0]):
-        a = addresses[i]
-        _llama_block_decode_quant(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
-                                  _at(a[4], b[4]), _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]),
-                                  _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]),
-                                  _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]), _at(a[16], b[16]),
-                                  _at(a[17], b[17]), pos, _at(a[18], b[18]), _at(a[19], b[19]), eps[i], scale, h, q,
-                                  k, v, att, scores, g, u, xa, xb, ya, yb, parts, n_parts)
-    _rmsnorm_vec(h, x, norm_w, norm_eps)
-    _prep(xa, xb, h)
-    n = min(n_parts, best.shape[0] - 1)
-    for p in prange(n):
-        _head_part_quant(logits, best, head_w, head_s, xa, xb, p, n)
-    _join_best(logits, best, n)
+    t = 0
+    while True:  # tokens of a greedy run (as _llama_decode's)
+        at = pos + t
+        nb = addresses.shape[0]
+        if by_kv_head and counters.shape[0] > 3 * nb and min(atts.shape[0], outs.shape[0], partss.shape[0]) >= nb:
+            n = min(n_parts, xs.shape[0], partss.shape[1], best.shape[0] - 1)  # the whole token in one region
+            for i in range(counters.shape[0]):  # loops: an array expression would be a parallel region of its own
+                ci = counters[i]
+                for j in range(ci.shape[0]):
+                    ci[j] = 0
+            for p in prange(n):
+                _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses,
+                                  at, eps, scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps,
+                                  head_w, head_s)
+            x0 = xs[0]
+            for j in range(x.shape[0]):
+                x[j] = x0[j]
+            _join_best(logits, best, n)
+        else:
+            _embed_row(x, embed, embed_s, tok)
+            for i in range(addresses.shape[0]):
+                a = addresses[i]
+                _llama_block_decode_quant(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
+                                          _at(a[4], b[4]), _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]),
+                                          _at(a[8], b[8]), _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]),
+                                          _at(a[12], b[12]), _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]),
+                                          _at(a[16], b[16]), _at(a[17], b[17]), at, _at(a[18], b[18]),
+                                          _at(a[19], b[19]), eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, ya,
+                                          yb, parts, n_parts)
+            _rmsnorm_vec(h, x, norm_w, norm_eps)
+            _prep(xa, xb, h)
+            n = min(n_parts, best.shape[0] - 1)
+            for p in prange(n):
+                _head_part_quant(logits, best, head_w, head_s, xa, xb, p, n)
+            _join_best(logits, best, n)
+        tok, t, more = _greedy_next(logits, best, toks, stops, t)
+        if not more:
+            return t

@@ -277,6 +277,34 @@ class Architecture(Graph):
         logits = self.decode_one(tok, state)
         return int(logits.argmax()), logits
 
+    def decode_greedy(self, tok: int, state: DecodeState, n: int, stop_tokens=()) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy decoding from one new token ``tok`` at ``state.pos``: up to ``n`` tokens, each the argmax (as
+        :meth:`decode_argmax`'s) of the logits of the one before, ``state`` advanced by each. The run stops after
+        an id in ``stop_tokens`` (int ids) and after an argmax whose logit is not finite (NaN or inf, which the
+        caller reports). Returns ``(tokens, logits)``: the int64 ids generated (at least one) and the logits of
+        the last step. Llama runs it in one kernel call: no Python between the tokens."""
+        stops = self._check_greedy(tok, state, n, stop_tokens)
+        toks = []
+        for _ in range(n):
+            tok, logits = self.decode_argmax(tok, state)
+            toks.append(tok)
+            if tok in stops or not math.isfinite(logits[tok]):
+                break
+        return np.asarray(toks, np.int64), logits
+
+    def _check_greedy(self, tok, state, n, stop_tokens) -> np.ndarray:
+        """:meth:`decode_greedy`'s arguments (those of :meth:`decode_one`, and room in the cache for ``n``
+        positions); returns the stop ids as int64."""
+        self._check_one(tok, state)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        room = min(self.config.max_seq_len, state.max_seq_len) - state.pos
+        if n > room:
+            raise ValueError(f"n: {n} tokens from position {state.pos} would pass the context ({room} positions "
+                             f"left)")
+        stops = np.asarray(stop_tokens, np.int64).reshape(-1) if len(stop_tokens) else np.zeros(0, np.int64)
+        return stops
+
     def _check_one(self, tok, state) -> None:
         """``tok`` and ``state`` of :meth:`decode_one`, as :meth:`_check_decode` checks ``ids (1, 1)``."""
         if not isinstance(state, DecodeState):

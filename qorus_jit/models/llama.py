@@ -242,6 +242,16 @@ class Llama(Architecture):
         logits = self._decode_next(tok, state)
         return int(self._decoder.out[1][0]), logits
 
+    def decode_greedy(self, tok: int, state: DecodeState, n: int, stop_tokens=()):
+        """:meth:`Architecture.decode_greedy`: the run in one call of the one-call decoder's kernel."""
+        if self._decode_plan() is None:
+            return super().decode_greedy(tok, state, n, stop_tokens)
+        stops = self._check_greedy(tok, state, n, stop_tokens)
+        toks = np.empty(n, np.int64)
+        ran = self._decode_token(int(tok), state, toks, stops)
+        state.pos += ran
+        return toks[:ran], self._decoder.out[0]
+
     def _decode_next(self, tok, state) -> np.ndarray:
         self._check_one(tok, state)
         logits = self._decode_token(int(tok), state)
@@ -268,22 +278,23 @@ class Llama(Architecture):
             return formats.pop()
         return None
 
-    def _decode_token(self, tok: int, state: DecodeState) -> np.ndarray:
-        """The logits ``(vocab_size,)`` of ``tok`` at ``state.pos`` by the one-call decoder (made once per state)."""
+    def _decode_token(self, tok: int, state: DecodeState, toks=None, stops=None):
+        """The logits ``(vocab_size,)`` of ``tok`` at ``state.pos`` by the one-call decoder (made once per state);
+        with ``toks``, a greedy run of up to ``len(toks)`` tokens (:meth:`_Decoder.run`), returning how many ran."""
         d = self._decoder
         if d is None or d.state is not state or d.plan != self._plan:
             d = self._decoder = _Decoder(self, state, self._plan)
-        pos = state.pos
+        pos, n = state.pos, 1 if toks is None else len(toks)
         for cache in d.caches:
             if cache.length != pos:
                 raise ValueError(f"state: a cache holds {cache.length} positions, expected state.pos = {pos}")
-        if pos >= d.caches[0].max_seq_len or pos >= self.config.max_seq_len:
-            raise ValueError(f"ids: position {pos} is past the cache ({d.caches[0].max_seq_len}) or max_seq_len "
-                             f"({self.config.max_seq_len})")
-        logits = d.step(tok, pos)
+        if pos + n > d.caches[0].max_seq_len or pos + n > self.config.max_seq_len:
+            raise ValueError(f"ids: position {pos + n - 1} is past the cache ({d.caches[0].max_seq_len}) or "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        ran = d.run(toks, stops, tok, pos) if toks is not None else (d.step(tok, pos), 1)[1]
         for cache in d.caches:
-            cache.length = pos + 1
-        return logits
+            cache.length = pos + ran
+        return d.out[0] if toks is None else ran
 
 
 def decode_split(n_kv_heads: int) -> tuple[bool, int]:
@@ -312,6 +323,7 @@ class _Decoder:
         # the logits, their argmax and the threads' (best[0], best[1 ..]), the hidden state
         self.out = (b("decode_logits", (c.vocab_size,)), b("decode_best", (max_threads() + 1,), np.int64),
                     b("decode_x", (c.dim,)))
+        self.one = np.zeros(1, np.int64)  # the token a single step writes (a run of one)
         # RoPE tables for every position the caches hold (shared by the layers, grown here if need be)
         tables = [a.rope_for(min(caches[0].max_seq_len, c.max_seq_len)) for a in attn]
         scratch = (b("decode_h", (c.dim,)), b("decode_q", (hd,)), b("decode_k", (kd,)), b("decode_v", (kd,)),
@@ -365,14 +377,22 @@ class _Decoder:
     def step(self, tok: int, pos: int, split: tuple[bool, int] | None = None) -> np.ndarray:
         """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model); ``split``:
         the kernel's thread split (:func:`decode_split`'s by default)."""
-        head, mid, final = self.args
-        self.kernel(*self.out, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)), *final)
+        self.run(self.one, _NO_STOPS, tok, pos, split)
         return self.out[0]
+
+    def run(self, toks: np.ndarray, stops: np.ndarray, tok: int, pos: int, split=None) -> int:
+        """Greedy decoding from ``tok`` at ``pos``: up to ``len(toks)`` tokens, each the argmax of the one before,
+        written to ``toks`` (int64); it stops after an id of ``stops`` (int64) or an argmax whose logit is not
+        finite. Returns how many ran; the logits in ``out[0]`` are the last one's."""
+        head, mid, final = self.args
+        return self.kernel(*self.out, toks, stops, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)),
+                           *final)
 
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _NO_SCALES = np.zeros((1, 1), np.float32)  # the scales argument of a bf16 (or float32) weight: unused
+_NO_STOPS = np.zeros(0, np.int64)
 
 
 # ------------------------------------------------------------------------------------------ llama2.c files
