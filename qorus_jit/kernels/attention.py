@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from qorus_jit.core import alloc as _alloc
 from qorus_jit.core.check import (
@@ -54,7 +54,8 @@ from qorus_jit.core.check import (
     check_positive,
     check_positive_float,
 )
-from qorus_jit.core.numerics import for_chunks, for_rows, kernel
+from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
+from qorus_jit.kernels._lowbit import _hsum, _lanes_below, _masked_load, _masked_store
 from qorus_jit.kernels._math import exp
 
 # The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
@@ -140,42 +141,205 @@ def _ceil(n, m):
     return (n + m - 1) // m * m
 
 
-@kernel
-def _exp_row(x, n, scale, shift):
-    """x[:n] = exp(scale * x[:n] - shift) (exp(-inf) = 0), returns their sum; x (>= n,)."""
-    s = scale - scale
-    for j in range(n):
-        e = exp(scale * x[j] - shift)
-        x[j] = e
-        s += e
-    return s
+# Row helpers of the softmax: float32 rows take 16-lane vector IR (_emit_exp: the arithmetic of _math's exp on
+# zmm, where numba's loops ran at 8 lanes and took 45% of the forward at the W-train shape), float64 rows the
+# loops (the finite-difference tests).
+_LANES = 16
+_V16 = ir.VectorType(ir.FloatType(), _LANES)
 
 
-@kernel
+def _splat16(builder, x):
+    one = builder.insert_element(ir.Constant(_V16, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES))
+
+
+def _emit_exp(builder, x):
+    """exp of the float32 lanes of ``x`` as :func:`qorus_jit.kernels._math._exp_f32` computes it (Cephes expf,
+    relative error < 4e-7): 0 below -87 (and for -inf), clamped at 88, NaN stays NaN."""
+    def c(v):
+        return ir.Constant(_V16, [v] * _LANES)
+
+    def fn(name):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * name[1]), name[0])
+
+    fma, floor = fn(("llvm.fma.v16f32", 3)), fn(("llvm.floor.v16f32", 1))
+    lo, hi = builder.fcmp_ordered("<", x, c(-87.0)), builder.fcmp_ordered(">", x, c(88.0))
+    xc = builder.select(hi, c(88.0), builder.select(lo, c(-87.0), x))  # NaN passes through
+    k = builder.call(floor, [builder.call(fma, [xc, c(1.44269504088896341), c(0.5)])])
+    r = builder.call(fma, [k, c(-0.693359375), xc])
+    r = builder.call(fma, [k, c(2.12194440e-4), r])
+    p = c(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = builder.call(fma, [p, r, c(coef)])
+    p = builder.fadd(builder.call(fma, [p, builder.fmul(r, r), r]), c(1.0))
+    i32 = ir.VectorType(ir.IntType(32), _LANES)
+    e = builder.shl(builder.add(builder.fptosi(k, i32), ir.Constant(i32, [127] * _LANES)),
+                    ir.Constant(i32, [23] * _LANES))
+    y = builder.fmul(p, builder.bitcast(e, _V16))
+    return builder.select(lo, c(0.0), y)
+
+
+def _row_chunks(builder, n, chunk):
+    """chunk(offset, n_valid) over a row of n elements: whole chunks of 16 (n_valid None), then the rest."""
+    c16 = ir.Constant(n.type, _LANES)
+    whole = builder.udiv(n, c16)
+    with cgutils.for_range(builder, whole) as loop:
+        chunk(builder.mul(loop.index, c16), None)
+    done = builder.mul(whole, c16)
+    with builder.if_then(builder.icmp_signed(">", n, done)):
+        chunk(done, builder.sub(n, done))
+
+
+def _row_io(context, builder, aty, arr):
+    """(load, store) of 16 lanes at an element offset of 1-D array ``arr`` (masked past ``n_valid``)."""
+    data = context.make_array(aty)(context, builder, arr).data
+
+    def load(off, n_valid):
+        ptr = builder.gep(data, [off])
+        if n_valid is None:
+            return builder.load(builder.bitcast(ptr, _V16.as_pointer()), align=4)
+        return _masked_load(builder, ptr, _V16, n_valid)
+
+    def store(v, off, n_valid):
+        ptr = builder.gep(data, [off])
+        if n_valid is None:
+            builder.store(v, builder.bitcast(ptr, _V16.as_pointer()), align=4)
+        else:
+            _masked_store(builder, v, ptr, n_valid)
+    return load, store
+
+
+@intrinsic
+def _exp_shifted_f32(typingctx, x, n, scale, mx):
+    """x[:n] = exp(scale * (x - mx)) of a float32 row, returning their sum (one vector accumulator, summed at
+    the end)."""
+    def codegen(context, builder, sig, args):
+        load, store = _row_io(context, builder, sig.args[0], args[0])
+        sc, mv = _splat16(builder, args[2]), _splat16(builder, args[3])
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
+
+        def chunk(off, n_valid):
+            e = _emit_exp(builder, builder.fmul(sc, builder.fsub(load(off, n_valid), mv)))
+            if n_valid is not None:  # the masked lanes read 0: keep them out of the sum
+                e = builder.select(_lanes_below(builder, n_valid, _LANES), e, ir.Constant(_V16, None))
+            store(e, off, n_valid)
+            builder.store(builder.fadd(builder.load(acc), e), acc)
+
+        _row_chunks(builder, args[1], chunk)
+        return _hsum(builder, builder.load(acc))
+
+    return types.float32(x, types.int64, types.float32, types.float32), codegen
+
+
+
+
+@intrinsic
+def _row_max_f32(typingctx, x, n):
+    """max(x[:n]) of a float32 row (-inf if n == 0; NaNs skipped, as ``max`` skips them after the first)."""
+    def codegen(context, builder, sig, args):
+        load, _ = _row_io(context, builder, sig.args[0], args[0])
+        ninf = ir.Constant(_V16, [float("-inf")] * _LANES)
+        acc = cgutils.alloca_once_value(builder, ninf)
+
+        def chunk(off, n_valid):
+            v = load(off, n_valid)
+            if n_valid is not None:
+                v = builder.select(_lanes_below(builder, n_valid, _LANES), v, ninf)
+            m = builder.load(acc)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, m), v, m), acc)
+
+        _row_chunks(builder, args[1], chunk)
+        v = builder.load(acc)
+        w = _LANES
+        while w > 1:
+            w //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w), list(range(w))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w), list(range(w, 2 * w))))
+            v = builder.select(builder.fcmp_ordered(">", hi, lo), hi, lo)
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(x, types.int64), codegen
+
+
+@intrinsic
+def _probs_ds_f32(typingctx, p, ds, n, scale, lse, dt):
+    """p[:n] = exp(scale * p - lse) and ds[:n] = scale * p * (ds - dt), float32 rows, in one pass."""
+    def codegen(context, builder, sig, args):
+        load_p, store_p = _row_io(context, builder, sig.args[0], args[0])
+        load_d, store_d = _row_io(context, builder, sig.args[1], args[1])
+        sc, lv, dv = (_splat16(builder, a) for a in args[3:6])
+
+        def chunk(off, n_valid):
+            e = _emit_exp(builder, builder.fsub(builder.fmul(sc, load_p(off, n_valid)), lv))
+            store_p(e, off, n_valid)
+            store_d(builder.fmul(builder.fmul(sc, e), builder.fsub(load_d(off, n_valid), dv)), off, n_valid)
+
+        _row_chunks(builder, args[2], chunk)
+        return context.get_dummy_value()
+
+    return types.void(p, ds, types.int64, types.float32, types.float32, types.float32), codegen
+
+
+def _probs_ds_row(p, ds, n, scale, lse, dt):
+    """The backward's row of a query over its keys: p[:n] = exp(scale * p[:n] - lse) (the probabilities from the
+    scores and the saved log-sum-exp), ds[:n] = scale * p * (ds[:n] - dt) (from dp = dout . v and dt)."""
+
+
+@overload(_probs_ds_row, jit_options={"fastmath": set(FASTMATH)})
+def _probs_ds_row_impl(p, ds, n, scale, lse, dt):
+    if p.dtype == types.float32:
+        return lambda p, ds, n, scale, lse, dt: _probs_ds_f32(p, ds, n, np.float32(scale), np.float32(lse),
+                                                              np.float32(dt))
+
+    def loop(p, ds, n, scale, lse, dt):
+        for j in range(n):
+            e = exp(scale * p[j] - lse)
+            p[j] = e
+            ds[j] = scale * e * (ds[j] - dt)
+    return loop
+
+
 def _exp_max_row(x, n, scale, mx):
     """x[:n] = exp(scale * (x[:n] - mx)) (exp(-inf) = 0), returns their sum; x (>= n,), mx = max(x[:n]) finite.
 
     Subtracting the max before scaling keeps every exponent <= 0, exactly 0 at the max, for any finite scale
     (scale * x - scale * mx would cancel two large products, contracted into an FMA, to their rounding error)."""
-    s = scale - scale
-    for j in range(n):
-        e = exp(scale * (x[j] - mx))
-        x[j] = e
-        s += e
-    return s
 
 
-@kernel
+@overload(_exp_max_row, jit_options={"fastmath": set(FASTMATH)})
+def _exp_max_row_impl(x, n, scale, mx):
+    if x.dtype == types.float32:
+        return lambda x, n, scale, mx: _exp_shifted_f32(x, n, np.float32(scale), np.float32(mx))
+
+    def loop(x, n, scale, mx):
+        s = scale - scale
+        for j in range(n):
+            e = exp(scale * (x[j] - mx))
+            x[j] = e
+            s += e
+        return s
+    return loop
+
+
 def _row_max(x, n):
-    """max(x[:n]) (-inf if n == 0), eight independent running maxima; x (>= n,)."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = type(x[0])(-np.inf)  # in x's dtype: no float64 round trip
-    n8 = n - n % 8
-    for j in range(0, n8, 8):
-        m0, m1, m2, m3 = max(m0, x[j]), max(m1, x[j + 1]), max(m2, x[j + 2]), max(m3, x[j + 3])
-        m4, m5, m6, m7 = max(m4, x[j + 4]), max(m5, x[j + 5]), max(m6, x[j + 6]), max(m7, x[j + 7])
-    for j in range(n8, n):
-        m0 = max(m0, x[j])
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    """max(x[:n]) (-inf if n == 0); x (>= n,)."""
+
+
+@overload(_row_max, jit_options={"fastmath": set(FASTMATH)})
+def _row_max_impl(x, n):
+    if x.dtype == types.float32:
+        return lambda x, n: _row_max_f32(x, n)
+
+    def loop(x, n):  # eight independent running maxima, in x's dtype
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = type(x[0])(-np.inf)
+        n8 = n - n % 8
+        for j in range(0, n8, 8):
+            m0, m1, m2, m3 = max(m0, x[j]), max(m1, x[j + 1]), max(m2, x[j + 2]), max(m3, x[j + 3])
+            m4, m5, m6, m7 = max(m4, x[j + 4]), max(m5, x[j + 5]), max(m6, x[j + 6]), max(m7, x[j + 7])
+        for j in range(n8, n):
+            m0 = max(m0, x[j])
+        return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    return loop
 
 
 @kernel
@@ -385,11 +549,7 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     if n_r > 0:
                         # p = exp(scale * q.k - lse); ds = p * (dp - D_t), times scale for dq and dk; over whole
                         # tiles (no scalar remainder loops), the columns from n_r are zeroed below
-                        nw = _ceil(n, _W)
-                        _exp_row(pr, nw, scale, lse[b, h, t])
-                        dt = dih[t]
-                        for j in range(nw):
-                            dr[j] = scale * pr[j] * (dr[j] - dt)
+                        _probs_ds_row(pr, dr, _ceil(n, _W), scale, lse[b, h, t], dih[t])
                         if mask.shape[0] > 0:
                             mb = mask[b]
                             for j in range(n_r):
