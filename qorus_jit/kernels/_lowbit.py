@@ -103,6 +103,38 @@ def _masked_store(builder, val, ptr, n_valid):
                       _lanes_below(builder, n_valid, lanes)])
 
 
+def _element_bytes(vty):
+    e = vty.element
+    return {"float": 4, "double": 8}.get(str(e)) or e.width // 8
+
+
+def lane_chunks(builder, n, lanes, chunk):
+    """``chunk(offset, n_valid)`` over n elements (an i64) in chunks of ``lanes``: whole ones (``n_valid`` None),
+    then the rest (``n_valid`` an i64 below ``lanes``), if any."""
+    width = ir.Constant(n.type, lanes)
+    whole = builder.udiv(n, width)
+    with cgutils.for_range(builder, whole) as loop:
+        chunk(builder.mul(loop.index, width), None)
+    done = builder.mul(whole, width)
+    with builder.if_then(builder.icmp_signed(">", n, done)):
+        chunk(done, builder.sub(n, done))
+
+
+def load_lanes(builder, ptr, vty, n_valid=None):
+    """``vty`` loaded at ``ptr`` (element-aligned); lanes from ``n_valid`` on masked (zero, never read)."""
+    if n_valid is None:
+        return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=_element_bytes(vty))
+    return _masked_load(builder, ptr, vty, n_valid)
+
+
+def store_lanes(builder, v, ptr, n_valid=None):
+    """``v`` stored at ``ptr``; lanes from ``n_valid`` on left alone."""
+    if n_valid is None:
+        builder.store(v, builder.bitcast(ptr, v.type.as_pointer()), align=_element_bytes(v.type))
+    else:
+        _masked_store(builder, v, ptr, n_valid)
+
+
 def _hsum(builder, v):
     """The sum of the lanes of vector ``v`` in a fixed order (halves added pairwise), a scalar."""
     n = v.type.count

@@ -15,6 +15,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 
@@ -49,6 +50,43 @@ def _exp_f32(x):
     p = p * r * r + r + np.float32(1.0)
     y = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
     return y * np.float32(x >= np.float32(-87.0))
+
+
+def emit_exp(builder, x):
+    """LLVM IR: exp of the lanes of float32 vector ``x`` as :func:`_exp_f32` computes each (the same constants,
+    clamps and steps, with FMAs): for ``@intrinsic`` loops at the vector width numba's loops do not reach."""
+    n = x.type.count
+    vty = x.type
+
+    def c(v):
+        return ir.Constant(vty, [v] * n)
+
+    def fn(name, k):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * k), f"{name}.v{n}f32")
+
+    fma, floor = fn("llvm.fma", 3), fn("llvm.floor", 1)
+    lo, hi = builder.fcmp_ordered("<", x, c(-87.0)), builder.fcmp_ordered(">", x, c(88.0))
+    xc = builder.select(hi, c(88.0), builder.select(lo, c(-87.0), x))  # NaN passes through
+    k = builder.call(floor, [builder.call(fma, [xc, c(1.44269504088896341), c(0.5)])])
+    r = builder.call(fma, [k, c(-0.693359375), xc])
+    r = builder.call(fma, [k, c(2.12194440e-4), r])
+    p = c(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = builder.call(fma, [p, r, c(coef)])
+    p = builder.fadd(builder.call(fma, [p, builder.fmul(r, r), r]), c(1.0))
+    i32 = ir.VectorType(ir.IntType(32), n)
+    e = builder.shl(builder.add(builder.fptosi(k, i32), ir.Constant(i32, [127] * n)), ir.Constant(i32, [23] * n))
+    return builder.select(lo, c(0.0), builder.fmul(p, builder.bitcast(e, vty)))  # 0 below -87 and at -inf
+
+
+def emit_sigmoid(builder, x):
+    """LLVM IR: :func:`sigmoid` of the lanes of float32 vector ``x`` (exp of -|x| only, as the scalar one)."""
+    n = x.type.count
+    one = ir.Constant(x.type, [1.0] * n)
+    neg = builder.fcmp_ordered("<", x, ir.Constant(x.type, [0.0] * n))
+    e = emit_exp(builder, builder.select(neg, x, builder.fsub(ir.Constant(x.type, [0.0] * n), x)))
+    r = builder.fdiv(one, builder.fadd(one, e))
+    return builder.select(neg, builder.fmul(e, r), r)
 
 
 @overload(exp, inline="always")

@@ -16,10 +16,16 @@ plain arithmetic in float32 that LLVM vectorizes, full-precision library calls i
 
 from __future__ import annotations
 
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
 from qorus_jit.core.check import check_real
 from qorus_jit.core.check import check_same_shape as _same_shape
 from qorus_jit.core.check import flat_views as _flat
-from qorus_jit.core.numerics import for_chunks, kernel
+from qorus_jit.core.numerics import FASTMATH, for_chunks, kernel
+from qorus_jit.kernels._lowbit import lane_chunks, load_lanes, store_lanes
+from qorus_jit.kernels._math import emit_sigmoid
 from qorus_jit.kernels._math import erf as _erf
 from qorus_jit.kernels._math import exp as _exp
 from qorus_jit.kernels._math import sigmoid as _sigmoid
@@ -207,13 +213,50 @@ def _silu_backward(dx, dout, x):
     for_chunks(_silu_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
-@kernel
+_LANES = 16  # float32 lanes of SwiGLU's vector IR
+
+
+def _lane_arrays(context, builder, sig, args, lo):
+    """Pointers to element ``lo`` of each 1-D array argument (the others None)."""
+    return [builder.gep(context.make_array(t)(context, builder, a).data, [lo]) if isinstance(t, types.Array) else None
+            for t, a in zip(sig.args, args, strict=True)]
+
+
+@intrinsic
+def _swiglu_forward_f32(typingctx, out, a, b, lo, hi):
+    """_swiglu_forward_range for float32 in 16-lane vector IR (numba's loop ran at 8 lanes and took 2.5x an add of
+    the same traffic at the W-train shape; docs/design.md, "The training step")."""
+    def codegen(context, builder, sig, args):
+        po, pa, pb = _lane_arrays(context, builder, sig, args, args[3])[:3]
+        vty = ir.VectorType(ir.FloatType(), _LANES)
+
+        def chunk(off, n_valid):
+            v = load_lanes(builder, builder.gep(pa, [off]), vty, n_valid)
+            y = builder.fmul(builder.fmul(v, emit_sigmoid(builder, v)),
+                             load_lanes(builder, builder.gep(pb, [off]), vty, n_valid))
+            store_lanes(builder, y, builder.gep(po, [off]), n_valid)
+
+        lane_chunks(builder, builder.sub(args[4], args[3]), _LANES, chunk)
+        return context.get_dummy_value()
+
+    return types.void(out, a, b, types.int64, types.int64), codegen
+
+
 def _swiglu_forward_range(out, a, b, lo, hi):
     """_swiglu_forward on elements lo..hi-1."""
-    out, a, b = out[lo:hi], a[lo:hi], b[lo:hi]
-    for i in range(hi - lo):
-        v = a[i]
-        out[i] = v * _sigmoid(v) * b[i]
+
+
+@overload(_swiglu_forward_range, jit_options={"fastmath": set(FASTMATH)})
+def _swiglu_forward_range_impl(out, a, b, lo, hi):
+    if out.dtype == a.dtype == b.dtype == types.float32:
+        return lambda out, a, b, lo, hi: _swiglu_forward_f32(out, a, b, lo, hi)
+
+    def loop(out, a, b, lo, hi):
+        out, a, b = out[lo:hi], a[lo:hi], b[lo:hi]
+        for i in range(hi - lo):
+            v = a[i]
+            out[i] = v * _sigmoid(v) * b[i]
+    return loop
 
 
 @kernel(parallel=True)
@@ -223,22 +266,62 @@ def _swiglu_forward(out, a, b):
     for_chunks(_swiglu_forward_range, (out, a, b), n, _CHUNK, n)
 
 
-@kernel
+@intrinsic
+def _swiglu_backward_f32(typingctx, da, db, dout, a, b, add, lo, hi):
+    """_swiglu_backward_range for float32 in 16-lane vector IR (as :func:`_swiglu_forward_f32`)."""
+    def codegen(context, builder, sig, args):
+        pda, pdb, pg, pa, pb = _lane_arrays(context, builder, sig, args, args[6])[:5]
+        vty = ir.VectorType(ir.FloatType(), _LANES)
+        one = ir.Constant(vty, [1.0] * _LANES)
+
+        def chunk(off, n_valid, accumulate):
+            v = load_lanes(builder, builder.gep(pa, [off]), vty, n_valid)
+            g = load_lanes(builder, builder.gep(pg, [off]), vty, n_valid)
+            sg = emit_sigmoid(builder, v)
+            gbs = builder.fmul(builder.fmul(g, load_lanes(builder, builder.gep(pb, [off]), vty, n_valid)), sg)
+            ga = builder.fmul(gbs, builder.fadd(one, builder.fmul(v, builder.fsub(one, sg))))
+            gb = builder.fmul(builder.fmul(g, v), sg)
+            if accumulate:
+                ga = builder.fadd(ga, load_lanes(builder, builder.gep(pda, [off]), vty, n_valid))
+                gb = builder.fadd(gb, load_lanes(builder, builder.gep(pdb, [off]), vty, n_valid))
+            store_lanes(builder, ga, builder.gep(pda, [off]), n_valid)
+            store_lanes(builder, gb, builder.gep(pdb, [off]), n_valid)
+
+        n = builder.sub(args[7], args[6])
+        with builder.if_else(args[5]) as (then, otherwise):
+            with then:
+                lane_chunks(builder, n, _LANES, lambda off, nv: chunk(off, nv, True))
+            with otherwise:
+                lane_chunks(builder, n, _LANES, lambda off, nv: chunk(off, nv, False))
+        return context.get_dummy_value()
+
+    return types.void(da, db, dout, a, b, types.boolean, types.int64, types.int64), codegen
+
+
 def _swiglu_backward_range(da, db, dout, a, b, add, lo, hi):
     """_swiglu_backward_into on elements lo..hi-1."""
-    one = da.dtype.type(1.0)
-    da, db, dout, a, b = da[lo:hi], db[lo:hi], dout[lo:hi], a[lo:hi], b[lo:hi]
-    for i in range(hi - lo):
-        v = a[i]
-        s = _sigmoid(v)
-        g = dout[i]
-        ga = g * b[i] * s * (one + v * (one - s))
-        gb = g * v * s
-        if add:
-            ga += da[i]
-            gb += db[i]
-        da[i] = ga
-        db[i] = gb
+
+
+@overload(_swiglu_backward_range, jit_options={"fastmath": set(FASTMATH)})
+def _swiglu_backward_range_impl(da, db, dout, a, b, add, lo, hi):
+    if all(x.dtype == types.float32 for x in (da, db, dout, a, b)):
+        return lambda da, db, dout, a, b, add, lo, hi: _swiglu_backward_f32(da, db, dout, a, b, add, lo, hi)
+
+    def loop(da, db, dout, a, b, add, lo, hi):
+        one = da.dtype.type(1.0)
+        da, db, dout, a, b = da[lo:hi], db[lo:hi], dout[lo:hi], a[lo:hi], b[lo:hi]
+        for i in range(hi - lo):
+            v = a[i]
+            s = _sigmoid(v)
+            g = dout[i]
+            ga = g * b[i] * s * (one + v * (one - s))
+            gb = g * v * s
+            if add:
+                ga += da[i]
+                gb += db[i]
+            da[i] = ga
+            db[i] = gb
+    return loop
 
 
 @kernel(parallel=True)

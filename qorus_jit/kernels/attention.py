@@ -55,8 +55,8 @@ from qorus_jit.core.check import (
     check_positive_float,
 )
 from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
-from qorus_jit.kernels._lowbit import _hsum, _lanes_below, _masked_load, _masked_store
-from qorus_jit.kernels._math import exp
+from qorus_jit.kernels._lowbit import _hsum, _lanes_below, lane_chunks, load_lanes, store_lanes
+from qorus_jit.kernels._math import emit_exp, exp
 
 # The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
 # dimensions). With AVX-512, 8 x 32 keeps 16 zmm accumulators busy (two FMA units of 4-cycle latency need at
@@ -141,7 +141,7 @@ def _ceil(n, m):
     return (n + m - 1) // m * m
 
 
-# Row helpers of the softmax: float32 rows take 16-lane vector IR (_emit_exp: the arithmetic of _math's exp on
+# Row helpers of the softmax: float32 rows take 16-lane vector IR (_math.emit_exp: the arithmetic of its exp on
 # zmm, where numba's loops ran at 8 lanes and took 45% of the forward at the W-train shape), float64 rows the
 # loops (the finite-difference tests).
 _LANES = 16
@@ -153,59 +153,15 @@ def _splat16(builder, x):
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES))
 
 
-def _emit_exp(builder, x):
-    """exp of the float32 lanes of ``x`` as :func:`qorus_jit.kernels._math._exp_f32` computes it (Cephes expf,
-    relative error < 4e-7): 0 below -87 (and for -inf), clamped at 88, NaN stays NaN."""
-    def c(v):
-        return ir.Constant(_V16, [v] * _LANES)
-
-    def fn(name):
-        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * name[1]), name[0])
-
-    fma, floor = fn(("llvm.fma.v16f32", 3)), fn(("llvm.floor.v16f32", 1))
-    lo, hi = builder.fcmp_ordered("<", x, c(-87.0)), builder.fcmp_ordered(">", x, c(88.0))
-    xc = builder.select(hi, c(88.0), builder.select(lo, c(-87.0), x))  # NaN passes through
-    k = builder.call(floor, [builder.call(fma, [xc, c(1.44269504088896341), c(0.5)])])
-    r = builder.call(fma, [k, c(-0.693359375), xc])
-    r = builder.call(fma, [k, c(2.12194440e-4), r])
-    p = c(1.9875691500e-4)
-    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = builder.call(fma, [p, r, c(coef)])
-    p = builder.fadd(builder.call(fma, [p, builder.fmul(r, r), r]), c(1.0))
-    i32 = ir.VectorType(ir.IntType(32), _LANES)
-    e = builder.shl(builder.add(builder.fptosi(k, i32), ir.Constant(i32, [127] * _LANES)),
-                    ir.Constant(i32, [23] * _LANES))
-    y = builder.fmul(p, builder.bitcast(e, _V16))
-    return builder.select(lo, c(0.0), y)
-
-
-def _row_chunks(builder, n, chunk):
-    """chunk(offset, n_valid) over a row of n elements: whole chunks of 16 (n_valid None), then the rest."""
-    c16 = ir.Constant(n.type, _LANES)
-    whole = builder.udiv(n, c16)
-    with cgutils.for_range(builder, whole) as loop:
-        chunk(builder.mul(loop.index, c16), None)
-    done = builder.mul(whole, c16)
-    with builder.if_then(builder.icmp_signed(">", n, done)):
-        chunk(done, builder.sub(n, done))
-
-
 def _row_io(context, builder, aty, arr):
     """(load, store) of 16 lanes at an element offset of 1-D array ``arr`` (masked past ``n_valid``)."""
     data = context.make_array(aty)(context, builder, arr).data
 
     def load(off, n_valid):
-        ptr = builder.gep(data, [off])
-        if n_valid is None:
-            return builder.load(builder.bitcast(ptr, _V16.as_pointer()), align=4)
-        return _masked_load(builder, ptr, _V16, n_valid)
+        return load_lanes(builder, builder.gep(data, [off]), _V16, n_valid)
 
     def store(v, off, n_valid):
-        ptr = builder.gep(data, [off])
-        if n_valid is None:
-            builder.store(v, builder.bitcast(ptr, _V16.as_pointer()), align=4)
-        else:
-            _masked_store(builder, v, ptr, n_valid)
+        store_lanes(builder, v, builder.gep(data, [off]), n_valid)
     return load, store
 
 
@@ -219,13 +175,13 @@ def _exp_shifted_f32(typingctx, x, n, scale, mx):
         acc = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
 
         def chunk(off, n_valid):
-            e = _emit_exp(builder, builder.fmul(sc, builder.fsub(load(off, n_valid), mv)))
+            e = emit_exp(builder, builder.fmul(sc, builder.fsub(load(off, n_valid), mv)))
             if n_valid is not None:  # the masked lanes read 0: keep them out of the sum
                 e = builder.select(_lanes_below(builder, n_valid, _LANES), e, ir.Constant(_V16, None))
             store(e, off, n_valid)
             builder.store(builder.fadd(builder.load(acc), e), acc)
 
-        _row_chunks(builder, args[1], chunk)
+        lane_chunks(builder, args[1], _LANES, chunk)
         return _hsum(builder, builder.load(acc))
 
     return types.float32(x, types.int64, types.float32, types.float32), codegen
@@ -248,7 +204,7 @@ def _row_max_f32(typingctx, x, n):
             m = builder.load(acc)
             builder.store(builder.select(builder.fcmp_ordered(">", v, m), v, m), acc)
 
-        _row_chunks(builder, args[1], chunk)
+        lane_chunks(builder, args[1], _LANES, chunk)
         v = builder.load(acc)
         w = _LANES
         while w > 1:
@@ -270,11 +226,11 @@ def _probs_ds_f32(typingctx, p, ds, n, scale, lse, dt):
         sc, lv, dv = (_splat16(builder, a) for a in args[3:6])
 
         def chunk(off, n_valid):
-            e = _emit_exp(builder, builder.fsub(builder.fmul(sc, load_p(off, n_valid)), lv))
+            e = emit_exp(builder, builder.fsub(builder.fmul(sc, load_p(off, n_valid)), lv))
             store_p(e, off, n_valid)
             store_d(builder.fmul(builder.fmul(sc, e), builder.fsub(load_d(off, n_valid), dv)), off, n_valid)
 
-        _row_chunks(builder, args[2], chunk)
+        lane_chunks(builder, args[2], _LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(p, ds, types.int64, types.float32, types.float32, types.float32), codegen

@@ -27,7 +27,16 @@ from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, kernel
 from qorus_jit.kernels import quant_x86
-from qorus_jit.kernels._lowbit import _EXACT, _PREFETCH, _hsum, _hsum_rows, _masked_load, _masked_store, _prefetch_at
+from qorus_jit.kernels._lowbit import (
+    _EXACT,
+    _PREFETCH,
+    _hsum,
+    _hsum_rows,
+    _prefetch_at,
+    lane_chunks,
+    load_lanes,
+    store_lanes,
+)
 from qorus_jit.kernels._math import exp
 from qorus_jit.kernels._sync import claim, done, phase_counters, wait_done  # noqa: F401 - phase_counters: callers
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
@@ -259,24 +268,6 @@ def _splat(builder, x, lanes=_LANES):
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
 
 
-def _by_chunks(builder, D, chunk):
-    """chunk(offset, n_valid) over D in whole chunks of _LANES (n_valid None), then the rest (an i64 count)."""
-    c = ir.Constant(D.type, _LANES)
-    whole = builder.udiv(D, c)
-    with cgutils.for_range(builder, whole) as loop:
-        chunk(builder.mul(loop.index, c), None)
-    done = builder.mul(whole, c)
-    rest = builder.sub(D, done)
-    with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(D.type, 0))):
-        chunk(done, rest)
-
-
-def _load_lanes(builder, ptr, n_valid):
-    if n_valid is None:
-        return builder.load(builder.bitcast(ptr, _F16.as_pointer()), align=4)
-    return _masked_load(builder, ptr, _F16, n_valid)
-
-
 def _make_scores(R):
     """An intrinsic ``scores(sc, q, k_cache, hh, hk, j, scale)``: sc[j + r] = (q[hh D:(hh + 1) D] . k_cache[j + r,
     hk]) * scale for r < R. The R rows share each load of q, each adds into one vector by FMA (D in chunks of
@@ -293,12 +284,12 @@ def _make_scores(R):
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(R)]
 
             def chunk(off, n_valid):
-                qv = _load_lanes(builder, builder.gep(qp, [off]), n_valid)
+                qv = load_lanes(builder, builder.gep(qp, [off]), _F16, n_valid)
                 for row, acc in zip(rows, accs, strict=True):
-                    kv = _load_lanes(builder, builder.gep(row, [off]), n_valid)
+                    kv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
                     builder.store(builder.call(fma, [qv, kv, builder.load(acc)]), acc)
 
-            _by_chunks(builder, D, chunk)
+            lane_chunks(builder, D, _LANES, chunk)
             vals = [builder.load(a) for a in accs]
             if R == 1:
                 builder.store(builder.fmul(_hsum(builder, vals[0]), args[6], flags=_EXACT), sp)
@@ -335,7 +326,7 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
 
             def add(jr, acc):
                 p = _splat(builder, builder.load(builder.gep(sp, [jr])))
-                vv = _load_lanes(builder, builder.gep(col, [builder.mul(jr, stride)]), n_valid)
+                vv = load_lanes(builder, builder.gep(col, [builder.mul(jr, stride)]), _F16, n_valid)
                 builder.store(builder.call(fma, [p, vv, builder.load(acc)]), acc)
 
             quads = builder.udiv(L, c(4))
@@ -348,13 +339,9 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
             tot = builder.fadd(builder.fadd(v[0], v[1], flags=_EXACT), builder.fadd(v[2], v[3], flags=_EXACT),
                                flags=_EXACT)
             tot = builder.fmul(tot, _splat(builder, args[5]), flags=_EXACT)
-            out = builder.gep(ap, [off])
-            if n_valid is None:
-                builder.store(tot, builder.bitcast(out, _F16.as_pointer()), align=4)
-            else:
-                _masked_store(builder, tot, out, n_valid)
+            store_lanes(builder, tot, builder.gep(ap, [off]), n_valid)
 
-        _by_chunks(builder, D, chunk)
+        lane_chunks(builder, D, _LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(ah, s, v_cache, types.int64, types.int64, v_cache.dtype), codegen
