@@ -436,8 +436,8 @@ def test_decode_greedy_stops_at_a_nan_and_checks_its_arguments(dtype):
     state = DecodeState(1, 16)
     toks, logits = model.decode_greedy(5, state, 8)
     assert toks.tolist() == [130] and np.isnan(logits[130]) and state.pos == 1
-    for n, match in ((0, "n: expected an int >= 1, got 0"), (16, "n: 16 tokens from position 1 would pass the "
-                                                                 "context \\(15 positions left\\)"), (2.0, "n: expected")):
+    past = "n: 16 tokens from position 1 would pass the context \\(15 positions left\\)"
+    for n, match in ((0, "n: expected an int >= 1, got 0"), (16, past), (2.0, "n: expected")):
         with pytest.raises(ValueError, match=match):
             model.decode_greedy(5, state, n)
     assert state.pos == 1

@@ -6,6 +6,7 @@ import pytest
 
 from qorus_jit.kernels import quant as Q
 from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels._lowbit import quantize_x_q8
 from tests.naive import quant as naive
 
 # (O, I): fewer rows than a four-row step, odd row counts, I = 32 (one group), and sizes past the parallel split
@@ -233,13 +234,15 @@ def test_activation_quantization_matches_reference():
     rng = np.random.default_rng(6)
     x = np.concatenate([rng.standard_normal(256) * 10.0 ** rng.integers(-6, 6, 256), np.zeros(32),
                         _halves_group()]).astype(np.float32)
-    xq, xs = np.empty(x.size, np.int16), np.empty(x.size // 32, np.float32)
-    Q._quantize_x_q8(xq, xs, x)
     want_q, want_s = naive.quantize_activations(x)
-    np.testing.assert_array_equal(xq, want_q)
-    np.testing.assert_array_equal(xs, want_s)
-    assert np.abs(xq).max() <= 127
-    assert xq[-31:].tolist() == [m + (1 if m >= 0 else 0) for m in range(-62, 62, 4)]  # halves away from zero
+    # int16 (portable dot) and int8 (x86) activations; contiguous x takes the vector IR, a strided one the loop
+    for dtype, xin in ((np.int16, x), (np.int8, x), (np.int16, np.repeat(x, 2)[::2])):
+        xq, xs = np.empty(x.size, dtype), np.empty(x.size // 32, np.float32)
+        quantize_x_q8(xq, xs, xin)
+        np.testing.assert_array_equal(xq, want_q)
+        np.testing.assert_array_equal(xs, want_s)
+        assert np.abs(xq).max() <= 127
+        assert xq[-31:].tolist() == [m + (1 if m >= 0 else 0) for m in range(-62, 62, 4)]  # halves away from 0
 
 
 @pytest.mark.parametrize("shape", MATVEC_SHAPES)
