@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
-from qorus_jit.kernels.decode import _head_attention, _matvec
+from qorus_jit.kernels.decode import _head_attention, _matvec, _spread
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig
 
@@ -40,6 +40,17 @@ def test_head_attention_matches_numpy(D, L):
         want = (p / p.sum()) @ v_cache[:L, hk].astype(np.float64)
         np.testing.assert_allclose(att[hh * D:(hh + 1) * D], want, rtol=1e-5, atol=1e-5)
         assert np.all(np.isnan(np.delete(att, np.s_[hh * D:(hh + 1) * D])))
+
+
+def test_claims_spread_to_contiguous_blocks():
+    """The one-region decoder's claims map to items one to one; taken in turn by n participants, each gets a
+    contiguous block where n divides the items."""
+    for m in range(1, 13):
+        for n in range(1, 5):
+            items = [_spread(c, m, n) for c in range(m)]
+            assert sorted(items) == list(range(m)), (m, n)
+    assert [_spread(c, 6, 2) for c in range(6)] == [0, 3, 1, 4, 2, 5]
+    assert [_spread(c, 4, 2) for c in range(4)] == [0, 2, 1, 3]
 
 
 def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):

@@ -750,6 +750,17 @@ def _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n):
 
 
 @kernel
+def _spread(c, m, n):
+    """The item of the c-th claim of m items among n participants: when n divides m, claims taken in turn give
+    each participant a contiguous block (0, m/n, 1, m/n + 1, ...), so its heads' rows of wq, wk, wv, its cache
+    columns and its rows of wo are one stream each (a stories15M int8 token: the attention phase 85-89 to 71-78
+    us, docs/design.md); otherwise c itself."""
+    if m % n != 0:
+        return c
+    return (c % n) * (m // n) + c // n
+
+
+@kernel
 def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos, eps,
                       scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps, head_w, head_s):
     """Participant ``p`` of ``n`` in one token through a whole Llama with quantized weights in one parallel region
@@ -782,6 +793,7 @@ def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed
             hk = claim(counters, ph)
             if hk >= Hkv:
                 break
+            hk = _spread(hk, Hkv, n)
             _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos,
                            scale)
             done(counters, ph)
@@ -794,6 +806,7 @@ def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed
             c = claim(counters, ph)
             if c >= nb:
                 break
+            c = _spread(c, nb, n)
             lo, hi = min(C, c * rs), min(C, (c + 1) * rs)
             if c == nb - 1:
                 hi = C
