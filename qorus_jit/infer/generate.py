@@ -290,7 +290,9 @@ class Generation(Iterator[int]):
     def _next_token(self) -> int:
         t0 = time.perf_counter()
         tok = None
-        if self._run:  # the rest of a greedy run: only its last logits can be non-finite (the run stops there)
+        if not self._run and self._greedy is not None and 0 < self.state.pos < self.limit:
+            self._start_run()
+        if self._run:  # the next token of a greedy run: only its last logits can be non-finite (the run ends there)
             tok = self._run.pop()
             logits = None if self._run else self._run_logits
         elif self.state.pos == 0:
@@ -305,10 +307,6 @@ class Generation(Iterator[int]):
             self.state = DecodeState(batch=1, max_seq_len=self.limit)
             self.slides += 1
             logits = self._logits(seq[-max(1, self.limit // 2):])
-        elif self._greedy is not None:  # a greedy run, and its first token
-            self._start_run()
-            tok = self._run.pop()
-            logits = None if self._run else self._run_logits
         elif self._one is not None:  # the model's one-token step: no array checks between two tokens
             logits = self._one(self.tokens[-1], self.state)[:self.vocab_limit]
         else:

@@ -80,21 +80,12 @@ def _quantize_groups(typingctx, xq, xs, x):
             vs = [load_lanes(builder, builder.gep(xp, [builder.add(base, ir.Constant(g.type, 16 * h))]), v16)
                   for h in range(2)]
             a = [builder.call(fabs, [v]) for v in vs]
-            m = builder.select(builder.fcmp_ordered(">", a[1], a[0]), a[1], a[0])
-            w = 16
-            while w > 1:  # the maximum of the 16 lanes
-                w //= 2
-                idx = ir.VectorType(i32, w)
-                lo = builder.shuffle_vector(m, m, ir.Constant(idx, list(range(w))))
-                hi = builder.shuffle_vector(m, m, ir.Constant(idx, list(range(w, 2 * w))))
-                m = builder.select(builder.fcmp_ordered(">", hi, lo), hi, lo)
-            mx = builder.extract_element(m, ir.Constant(i32, 0))
+            mx = max_lanes(builder, builder.select(builder.fcmp_ordered(">", a[1], a[0]), a[1], a[0]))
             sc = builder.fmul(mx, ir.Constant(f32, np.float32(1 / 127)), flags=_EXACT)
             builder.store(sc, builder.gep(sp, [g]))
             inv = builder.select(builder.fcmp_ordered(">", sc, ir.Constant(f32, 0.0)),
                                  builder.fdiv(ir.Constant(f32, 1.0), sc, flags=_EXACT), ir.Constant(f32, 0.0))
-            one = builder.insert_element(ir.Constant(v16, ir.Undefined), inv, ir.Constant(i32, 0))
-            invv = builder.shuffle_vector(one, one, ir.Constant(i16x, [0] * 16))
+            invv = splat(builder, inv)
             for h, v in enumerate(vs):
                 y = builder.fmul(v, invv, flags=_EXACT)
                 ay = builder.call(fabs, [y])
@@ -139,6 +130,29 @@ def _row_stride(context, builder, aty, arr):
     stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
     size = context.get_abi_sizeof(context.get_data_type(aty.dtype))
     return a.data, builder.sdiv(stride, ir.Constant(stride.type, size))
+
+
+#: float32 lanes of the kernels' vector IR (a zmm; LLVM splits it in two ymm where the CPU has no AVX-512)
+LANES = 16
+
+
+def splat(builder, x, lanes=LANES):
+    """``<lanes x T>`` of the scalar ``x`` in every lane."""
+    one = builder.insert_element(ir.Constant(ir.VectorType(x.type, lanes), ir.Undefined), x,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def max_lanes(builder, v):
+    """The largest lane of float vector ``v`` (halves compared pairwise; a NaN lane loses to any number)."""
+    w = v.type.count
+    while w > 1:
+        w //= 2
+        idx = ir.VectorType(ir.IntType(32), w)
+        lo = builder.shuffle_vector(v, v, ir.Constant(idx, list(range(w))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(idx, list(range(w, 2 * w))))
+        v = builder.select(builder.fcmp_ordered(">", hi, lo), hi, lo)
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
 def _lanes_below(builder, n_valid, lanes):

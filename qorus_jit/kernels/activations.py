@@ -25,7 +25,7 @@ from qorus_jit.core.check import check_real
 from qorus_jit.core.check import check_same_shape as _same_shape
 from qorus_jit.core.check import flat_views as _flat
 from qorus_jit.core.numerics import FASTMATH, for_chunks, kernel
-from qorus_jit.kernels._lowbit import lane_chunks, load_lanes, store_lanes
+from qorus_jit.kernels._lowbit import LANES, lane_chunks, load_lanes, store_lanes
 from qorus_jit.kernels._math import emit_sigmoid
 from qorus_jit.kernels._math import erf as _erf
 from qorus_jit.kernels._math import exp as _exp
@@ -214,9 +214,6 @@ def _silu_backward(dx, dout, x):
     for_chunks(_silu_backward_range, (dx, dout, x), n, _CHUNK, n)
 
 
-_LANES = 16  # float32 lanes of SwiGLU's vector IR
-
-
 def _lane_arrays(context, builder, sig, args, lo):
     """Pointers to element ``lo`` of each 1-D array argument (the others None)."""
     return [builder.gep(context.make_array(t)(context, builder, a).data, [lo]) if isinstance(t, types.Array) else None
@@ -229,7 +226,7 @@ def _swiglu_forward_f32(typingctx, out, a, b, lo, hi):
     the same traffic at the W-train shape; docs/design.md, "The training step")."""
     def codegen(context, builder, sig, args):
         po, pa, pb = _lane_arrays(context, builder, sig, args, args[3])[:3]
-        vty = ir.VectorType(ir.FloatType(), _LANES)
+        vty = ir.VectorType(ir.FloatType(), LANES)
 
         def chunk(off, n_valid):
             v = load_lanes(builder, builder.gep(pa, [off]), vty, n_valid)
@@ -237,7 +234,7 @@ def _swiglu_forward_f32(typingctx, out, a, b, lo, hi):
                              load_lanes(builder, builder.gep(pb, [off]), vty, n_valid))
             store_lanes(builder, y, builder.gep(po, [off]), n_valid)
 
-        lane_chunks(builder, builder.sub(args[4], args[3]), _LANES, chunk)
+        lane_chunks(builder, builder.sub(args[4], args[3]), LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(out, a, b, types.int64, types.int64), codegen
@@ -272,8 +269,8 @@ def _swiglu_backward_f32(typingctx, da, db, dout, a, b, add, lo, hi):
     """_swiglu_backward_range for float32 in 16-lane vector IR (as :func:`_swiglu_forward_f32`)."""
     def codegen(context, builder, sig, args):
         pda, pdb, pg, pa, pb = _lane_arrays(context, builder, sig, args, args[6])[:5]
-        vty = ir.VectorType(ir.FloatType(), _LANES)
-        one = ir.Constant(vty, [1.0] * _LANES)
+        vty = ir.VectorType(ir.FloatType(), LANES)
+        one = ir.Constant(vty, [1.0] * LANES)
 
         def chunk(off, n_valid, accumulate):
             v = load_lanes(builder, builder.gep(pa, [off]), vty, n_valid)
@@ -291,9 +288,9 @@ def _swiglu_backward_f32(typingctx, da, db, dout, a, b, add, lo, hi):
         n = builder.sub(args[7], args[6])
         with builder.if_else(args[5]) as (then, otherwise):
             with then:
-                lane_chunks(builder, n, _LANES, lambda off, nv: chunk(off, nv, True))
+                lane_chunks(builder, n, LANES, lambda off, nv: chunk(off, nv, True))
             with otherwise:
-                lane_chunks(builder, n, _LANES, lambda off, nv: chunk(off, nv, False))
+                lane_chunks(builder, n, LANES, lambda off, nv: chunk(off, nv, False))
         return context.get_dummy_value()
 
     return types.void(da, db, dout, a, b, types.boolean, types.int64, types.int64), codegen

@@ -55,7 +55,7 @@ from qorus_jit.core.check import (
     check_positive_float,
 )
 from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
-from qorus_jit.kernels._lowbit import _hsum, _lanes_below, lane_chunks, load_lanes, store_lanes
+from qorus_jit.kernels._lowbit import LANES, _hsum, _lanes_below, lane_chunks, load_lanes, max_lanes, splat, store_lanes
 from qorus_jit.kernels._math import emit_exp, exp
 
 # The register tile: _R rows (query rows, or keys in the dK, dV products) by _W columns (keys, or head
@@ -144,13 +144,7 @@ def _ceil(n, m):
 # Row helpers of the softmax: float32 rows take 16-lane vector IR (_math.emit_exp: the arithmetic of its exp on
 # zmm, where numba's loops ran at 8 lanes and took 45% of the forward at the W-train shape), float64 rows the
 # loops (the finite-difference tests).
-_LANES = 16
-_V16 = ir.VectorType(ir.FloatType(), _LANES)
-
-
-def _splat16(builder, x):
-    one = builder.insert_element(ir.Constant(_V16, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES))
+_V16 = ir.VectorType(ir.FloatType(), LANES)
 
 
 def _row_io(context, builder, aty, arr):
@@ -171,22 +165,20 @@ def _exp_shifted_f32(typingctx, x, n, scale, mx):
     the end)."""
     def codegen(context, builder, sig, args):
         load, store = _row_io(context, builder, sig.args[0], args[0])
-        sc, mv = _splat16(builder, args[2]), _splat16(builder, args[3])
+        sc, mv = splat(builder, args[2]), splat(builder, args[3])
         acc = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
 
         def chunk(off, n_valid):
             e = emit_exp(builder, builder.fmul(sc, builder.fsub(load(off, n_valid), mv)))
             if n_valid is not None:  # the masked lanes read 0: keep them out of the sum
-                e = builder.select(_lanes_below(builder, n_valid, _LANES), e, ir.Constant(_V16, None))
+                e = builder.select(_lanes_below(builder, n_valid, LANES), e, ir.Constant(_V16, None))
             store(e, off, n_valid)
             builder.store(builder.fadd(builder.load(acc), e), acc)
 
-        lane_chunks(builder, args[1], _LANES, chunk)
+        lane_chunks(builder, args[1], LANES, chunk)
         return _hsum(builder, builder.load(acc))
 
     return types.float32(x, types.int64, types.float32, types.float32), codegen
-
-
 
 
 @intrinsic
@@ -194,25 +186,18 @@ def _row_max_f32(typingctx, x, n):
     """max(x[:n]) of a float32 row (-inf if n == 0; NaNs skipped, as ``max`` skips them after the first)."""
     def codegen(context, builder, sig, args):
         load, _ = _row_io(context, builder, sig.args[0], args[0])
-        ninf = ir.Constant(_V16, [float("-inf")] * _LANES)
+        ninf = ir.Constant(_V16, [float("-inf")] * LANES)
         acc = cgutils.alloca_once_value(builder, ninf)
 
         def chunk(off, n_valid):
             v = load(off, n_valid)
             if n_valid is not None:
-                v = builder.select(_lanes_below(builder, n_valid, _LANES), v, ninf)
+                v = builder.select(_lanes_below(builder, n_valid, LANES), v, ninf)
             m = builder.load(acc)
             builder.store(builder.select(builder.fcmp_ordered(">", v, m), v, m), acc)
 
-        lane_chunks(builder, args[1], _LANES, chunk)
-        v = builder.load(acc)
-        w = _LANES
-        while w > 1:
-            w //= 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w), list(range(w))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w), list(range(w, 2 * w))))
-            v = builder.select(builder.fcmp_ordered(">", hi, lo), hi, lo)
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        lane_chunks(builder, args[1], LANES, chunk)
+        return max_lanes(builder, builder.load(acc))
 
     return types.float32(x, types.int64), codegen
 
@@ -223,14 +208,14 @@ def _probs_ds_f32(typingctx, p, ds, n, scale, lse, dt):
     def codegen(context, builder, sig, args):
         load_p, store_p = _row_io(context, builder, sig.args[0], args[0])
         load_d, store_d = _row_io(context, builder, sig.args[1], args[1])
-        sc, lv, dv = (_splat16(builder, a) for a in args[3:6])
+        sc, lv, dv = (splat(builder, a) for a in args[3:6])
 
         def chunk(off, n_valid):
             e = emit_exp(builder, builder.fsub(builder.fmul(sc, load_p(off, n_valid)), lv))
             store_p(e, off, n_valid)
             store_d(builder.fmul(builder.fmul(sc, e), builder.fsub(load_d(off, n_valid), dv)), off, n_valid)
 
-        lane_chunks(builder, args[2], _LANES, chunk)
+        lane_chunks(builder, args[2], LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(p, ds, types.int64, types.float32, types.float32, types.float32), codegen

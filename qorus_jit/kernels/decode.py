@@ -30,11 +30,13 @@ from qorus_jit.kernels import quant_x86
 from qorus_jit.kernels._lowbit import (
     _EXACT,
     _PREFETCH,
+    LANES,
     _hsum,
     _hsum_rows,
     _prefetch_at,
     lane_chunks,
     load_lanes,
+    splat,
     store_lanes,
 )
 from qorus_jit.kernels._math import exp
@@ -250,8 +252,7 @@ def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk
     _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
 
 
-_LANES = 16  # float32 lanes of the attention's vectors (zmm; two ymm where the CPU has no AVX-512)
-_F16 = ir.VectorType(ir.FloatType(), _LANES)
+_F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
 def _cache_row(context, builder, aty, arr, j, hk):
@@ -260,12 +261,6 @@ def _cache_row(context, builder, aty, arr, j, hk):
     _, Hkv, D = cgutils.unpack_tuple(builder, a.shape, 3)
     stride = builder.mul(Hkv, D)
     return builder.gep(a.data, [builder.add(builder.mul(j, stride), builder.mul(hk, D))]), stride, D
-
-
-def _splat(builder, x, lanes=_LANES):
-    one = builder.insert_element(ir.Constant(ir.VectorType(x.type, lanes), ir.Undefined), x,
-                                 ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
 
 
 def _make_scores(R):
@@ -289,12 +284,12 @@ def _make_scores(R):
                     kv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
                     builder.store(builder.call(fma, [qv, kv, builder.load(acc)]), acc)
 
-            lane_chunks(builder, D, _LANES, chunk)
+            lane_chunks(builder, D, LANES, chunk)
             vals = [builder.load(a) for a in accs]
             if R == 1:
                 builder.store(builder.fmul(_hsum(builder, vals[0]), args[6], flags=_EXACT), sp)
             else:
-                v = builder.fmul(_hsum_rows(builder, vals), _splat(builder, args[6], R), flags=_EXACT)
+                v = builder.fmul(_hsum_rows(builder, vals), splat(builder, args[6], R), flags=_EXACT)
                 builder.store(v, builder.bitcast(sp, v.type.as_pointer()), align=4)
             return context.get_dummy_value()
 
@@ -325,7 +320,7 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
             col = builder.gep(vp, [off])
 
             def add(jr, acc):
-                p = _splat(builder, builder.load(builder.gep(sp, [jr])))
+                p = splat(builder, builder.load(builder.gep(sp, [jr])))
                 vv = load_lanes(builder, builder.gep(col, [builder.mul(jr, stride)]), _F16, n_valid)
                 builder.store(builder.call(fma, [p, vv, builder.load(acc)]), acc)
 
@@ -338,10 +333,10 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
             v = [builder.load(a) for a in accs]
             tot = builder.fadd(builder.fadd(v[0], v[1], flags=_EXACT), builder.fadd(v[2], v[3], flags=_EXACT),
                                flags=_EXACT)
-            tot = builder.fmul(tot, _splat(builder, args[5]), flags=_EXACT)
+            tot = builder.fmul(tot, splat(builder, args[5]), flags=_EXACT)
             store_lanes(builder, tot, builder.gep(ap, [off]), n_valid)
 
-        lane_chunks(builder, D, _LANES, chunk)
+        lane_chunks(builder, D, LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(ah, s, v_cache, types.int64, types.int64, v_cache.dtype), codegen

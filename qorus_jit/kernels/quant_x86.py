@@ -75,6 +75,7 @@ from qorus_jit.kernels._lowbit import (
     _prefetch,
     _quantize_x_q8,
     _row_stride,
+    splat,
 )
 from qorus_jit.kernels._math import _float32_from_bits
 
@@ -392,11 +393,9 @@ def _make_dot_q8_0(nbytes, path, R):
                     with builder.if_then(builder.trunc(rem, ir.IntType(1))):  # an odd last group
                         last = builder.sub(rem, c(1))
 
-                        def splat(v):
-                            one = builder.insert_element(ir.Constant(fvec, ir.Undefined),
-                                                         builder.extract_element(v, last), c(0))
-                            return builder.shuffle_vector(one, one, _mask([0] * lanes))
-                        step(builder.add(g0, last), scs, splat, tail=True)
+                        def last_scale(v):
+                            return splat(builder, builder.extract_element(v, last), lanes)
+                        step(builder.add(g0, last), scs, last_scale, tail=True)
             vals = [builder.load(a) for a in accs]
             v = _hsum(builder, vals[0]) if R == 1 else _hsum_rows(builder, vals)
             if sig.args[0].layout == "C":

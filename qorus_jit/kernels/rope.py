@@ -34,7 +34,7 @@ from qorus_jit.core.check import (
     check_positive_float,
 )
 from qorus_jit.core.numerics import DTYPE, FASTMATH, for_rows, kernel
-from qorus_jit.kernels._lowbit import lane_chunks, load_lanes, store_lanes
+from qorus_jit.kernels._lowbit import LANES, lane_chunks, load_lanes, store_lanes
 
 
 @kernel
@@ -49,9 +49,6 @@ def _rope_tables(cos, sin, theta):
             sin[t, i] = math.sin(t * freq)
 
 
-_LANES = 16
-
-
 @intrinsic
 def _rotate_halves_f32(typingctx, x, cp, sp):
     """:func:`_rotate_halves` of a float32 row in 16-lane vector IR (the loop ran at 8 lanes; each half of a
@@ -59,7 +56,7 @@ def _rotate_halves_f32(typingctx, x, cp, sp):
     def codegen(context, builder, sig, args):
         xp, cpp, spp = (context.make_array(t)(context, builder, a).data for t, a in zip(sig.args, args, strict=True))
         half = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape, 1)[0]
-        vty = ir.VectorType(ir.FloatType(), _LANES)
+        vty = ir.VectorType(ir.FloatType(), LANES)
         hp = builder.gep(xp, [half])
 
         def chunk(off, n_valid):
@@ -70,7 +67,7 @@ def _rotate_halves_f32(typingctx, x, cp, sp):
             store_lanes(builder, y0, builder.gep(xp, [off]), n_valid)
             store_lanes(builder, y1, builder.gep(hp, [off]), n_valid)
 
-        lane_chunks(builder, half, _LANES, chunk)
+        lane_chunks(builder, half, LANES, chunk)
         return context.get_dummy_value()
 
     return types.void(x, cp, sp), codegen

@@ -248,7 +248,7 @@ class Llama(Architecture):
             return super().decode_greedy(tok, state, n, stop_tokens)
         stops = self._check_greedy(tok, state, n, stop_tokens)
         toks = np.empty(n, np.int64)
-        ran = self._decode_token(int(tok), state, toks, stops)
+        ran = self._decode_run(int(tok), state, toks, stops)
         state.pos += ran
         return toks[:ran], self._decoder.out[0]
 
@@ -278,23 +278,30 @@ class Llama(Architecture):
             return formats.pop()
         return None
 
-    def _decode_token(self, tok: int, state: DecodeState, toks=None, stops=None):
-        """The logits ``(vocab_size,)`` of ``tok`` at ``state.pos`` by the one-call decoder (made once per state);
-        with ``toks``, a greedy run of up to ``len(toks)`` tokens (:meth:`_Decoder.run`), returning how many ran."""
+    def _decode_token(self, tok: int, state: DecodeState) -> np.ndarray:
+        """The logits ``(vocab_size,)`` of ``tok`` at ``state.pos`` by the one-call decoder (a run of one)."""
+        self._decode_run(tok, state, None, _NO_STOPS)
+        return self._decoder.out[0]
+
+    def _decode_run(self, tok: int, state: DecodeState, toks, stops) -> int:
+        """A greedy run of up to ``len(toks)`` tokens from ``tok`` at ``state.pos`` by the one-call decoder (made
+        once per state; ``toks`` None: one token, into the decoder's own buffer): :meth:`_Decoder.run`. Returns
+        how many ran; the caches hold them, ``state.pos`` is the caller's to move."""
         d = self._decoder
         if d is None or d.state is not state or d.plan != self._plan:
             d = self._decoder = _Decoder(self, state, self._plan)
-        pos, n = state.pos, 1 if toks is None else len(toks)
+        toks = d.one if toks is None else toks
+        pos, n = state.pos, len(toks)
         for cache in d.caches:
             if cache.length != pos:
                 raise ValueError(f"state: a cache holds {cache.length} positions, expected state.pos = {pos}")
         if pos + n > d.caches[0].max_seq_len or pos + n > self.config.max_seq_len:
             raise ValueError(f"ids: position {pos + n - 1} is past the cache ({d.caches[0].max_seq_len}) or "
                              f"max_seq_len ({self.config.max_seq_len})")
-        ran = d.run(toks, stops, tok, pos) if toks is not None else (d.step(tok, pos), 1)[1]
+        ran = d.run(toks, stops, tok, pos)
         for cache in d.caches:
             cache.length = pos + ran
-        return d.out[0] if toks is None else ran
+        return ran
 
 
 def decode_split(n_kv_heads: int) -> tuple[bool, int]:
