@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 
@@ -28,6 +29,8 @@ BUCKET_BYTES = 4 << 20
 #: Environment variables one of which every common launcher sets in the processes it starts (MPICH's Hydra,
 #: Open MPI, PMIx, Slurm's srun with PMI), and which a plain process lacks.
 LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+_ABORT_GRACE = 0.5  # seconds between abort's error line and MPI_Abort
 
 
 class _World:
@@ -249,6 +252,9 @@ def abort(message: str, code: int = 1):
         raise SystemExit(code)
     print(f"error: rank {w.rank} of {w.size} (pid {os.getpid()} on {w.hosts[w.rank]}): {text}", file=sys.stderr,
           flush=True)
+    # the launcher forwards our stderr from a pipe, and an abort can end it before the line is read (seen once
+    # in a CI run, never on a quiet machine): give it a moment
+    time.sleep(_ABORT_GRACE)
     try:
         w.comm.Abort(code)
     finally:

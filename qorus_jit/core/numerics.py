@@ -89,6 +89,37 @@ def _install_locators() -> None:
 
 _install_locators()
 
+# Mangled-name prefixes of the functions whose linked copies bind inside their caller: ours, a checkout's tests and
+# benchmarks, and numba's own implementations (np.sum and the like) compiled with our flags.
+_BIND_LOCALLY = ("_ZN9qorus_jit", "_ZN5tests", "_ZN4perf", "_ZN5numba")
+
+
+def _install_local_binding() -> None:
+    """Make the copy of a called kernel that numba links into its caller's module internal to that module (once).
+
+    numba links a callee into each caller as ``linkonce_odr``, a weak symbol that the JIT binds to the first
+    definition loaded in the process. The callee's own library and the caller's copy are optimized apart, and
+    with ``reassoc`` they may sum in different orders, so a kernel gave other bits when the callee had been
+    compiled or called alone first: a run compiled from a cold cache, resumed from a warm one, was not exact
+    (docs/design.md, "Kernel conventions"). Internal copies make a kernel's code the same in every process."""
+    from numba.core.codegen import CPUCodeLibrary
+
+    optimize = CPUCodeLibrary._optimize_final_module
+    if getattr(optimize, "_qorus_local", False):
+        return
+
+    def _optimize_final_module(self):
+        for fn in self._final_module.functions:
+            if not fn.is_declaration and fn.linkage.name == "linkonce_odr" and fn.name.startswith(_BIND_LOCALLY):
+                fn.linkage = "internal"
+        optimize(self)
+
+    _optimize_final_module._qorus_local = True
+    CPUCodeLibrary._optimize_final_module = _optimize_final_module
+
+
+_install_local_binding()
+
 
 def kernel(fn=None, *, parallel: bool = False):
     """Compile ``fn`` as a qorus kernel: ``njit`` with the shared fastmath flags and ``cache=True``.

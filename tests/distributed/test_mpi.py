@@ -81,7 +81,8 @@ def test_a_rank_that_raises_stops_every_rank_and_the_run_resumes(two_ranks, tmp_
     # rank 1 raises at its 23rd micro-batch (step 12; checkpoints every 5 steps)
     out = _mpi(run, 2, "--fail-rank", 1, "--fail-batch", 23, timeout=120)
     assert out.returncode != 0
-    line = next(x for x in out.stderr.splitlines() if x.startswith("error: rank 1 of 2"))
+    line = next((x for x in out.stderr.splitlines() if x.startswith("error: rank 1 of 2")), None)
+    assert line is not None, out.stderr[-3000:]
     assert "injected fault at batch 23" in line and "checkpoint of step 10" in line, line
     assert load_checkpoint(latest_checkpoint(run)).step == 10
     with pytest.raises(ValueError, match=r"written by 2 data-parallel process\(es\), resumed by 1; resume it with 2"):
@@ -123,7 +124,8 @@ def test_a_killed_rank_stops_the_run_which_resumes(tmp_path):
     reader.join(10)
     text = "".join(lines)
     assert code != 0
-    line = next(x for x in text.splitlines() if x.startswith("error: rank 1 of 2"))
+    line = next((x for x in text.splitlines() if x.startswith("error: rank 1 of 2")), None)
+    assert line is not None, text[-3000:]
     assert f"(pid {pid} on " in line and "is intact; continue with: qorus train --resume" in line, line
     found = latest_checkpoint(run)
     step = load_checkpoint(found).step  # whole: it loads
