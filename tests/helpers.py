@@ -1,9 +1,12 @@
-"""Shared test helpers: random data, central finite differences, and the optional torch reference."""
+"""Shared test helpers: random data, central finite differences, the optional torch reference, and fresh
+processes on a numba cache of their own."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +75,14 @@ def split_digits():
     perm = np.random.default_rng(0).permutation(len(d.target))
     n_test = round(len(perm) * 0.2)
     return d.data / 16.0, d.target, perm[:-n_test], perm[-n_test:]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_on_cache(cache_dir, code: str, *args, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """``python -c code args...`` in a fresh process from the repository root, with ``NUMBA_CACHE_DIR=cache_dir``
+    (the shared cache stays untouched); its output captured as text."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -11,12 +11,8 @@ summing in other orders, so 19 of the 21 weights differed and a run resumed from
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_on_cache
 
 
 def _main(run_dir: str) -> None:
@@ -32,10 +28,8 @@ def _main(run_dir: str) -> None:
 
 
 def _run(tmp_path, name: str) -> str:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONPATH": str(ROOT)}
-    code = f"import tests.test_cache_bits as t; t._main({str(tmp_path / name)!r})"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
+    code = "import sys; from tests.test_cache_bits import _main; _main(sys.argv[1])"
+    out = run_on_cache(tmp_path / "numba", code, tmp_path / name, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.split()[-1]
 

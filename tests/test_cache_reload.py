@@ -22,18 +22,15 @@ first kernel call (``numerics.get_num_threads`` would, and hide the crash).
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_on_cache
 
 
 def _rand(rng, *shape, dtype=np.float32):
@@ -233,10 +230,8 @@ def _main(argv):
 
 
 def _run(cache_dir, *specs):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
     code = "import sys; from tests.test_cache_reload import _main; _main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *specs], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    return run_on_cache(cache_dir, code, *specs)
 
 
 @pytest.fixture(scope="module")
