@@ -31,13 +31,14 @@ class FailingData(TextDataset):
         return super().train_batch(batch_size)
 
 
-def trainer(run_dir, batch_size: int, steps: int = 20, fail_rank: int = -1, fail_batch: int = -1) -> Trainer:
+def trainer(run_dir, batch_size: int, steps: int = 20, fail_rank: int = -1, fail_batch: int = -1,
+            grad_accum: int = 2) -> Trainer:
     tokens = np.random.default_rng(0).integers(0, 64, 6000)
     data = FailingData(tokens, seq_len=16, val_fraction=0.1, seed=0)
     data.fail_rank, data.fail_batch = fail_rank, fail_batch
     model = Llama(LlamaConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=64, max_seq_len=16), rng=0)
     return Trainer(model, AdamW(model, lr=3e-3, weight_decay=0.1), data, steps=steps, batch_size=batch_size,
-                   grad_accum=2, clip=CLIP, eval_every=10, eval_batches=2, ckpt_every=5, run_dir=run_dir,
+                   grad_accum=grad_accum, clip=CLIP, eval_every=10, eval_batches=2, ckpt_every=5, run_dir=run_dir,
                    progress=False)
 
 

@@ -66,14 +66,17 @@ def test_two_processes_train_as_one_with_the_double_batch(two_ranks, tmp_path):
     a, b = load_checkpoint(latest_checkpoint(two_ranks)), load_checkpoint(latest_checkpoint(one))
     assert a.step == b.step == 20 and a.state["processes"] == 2 and b.state["processes"] == 1
     assert a.state["data"] == b.state["data"]  # the same windows drawn: the data position is the global one
-    # float32 sums in another order: the bar is relative to each tensor's norm (measured: 1.7e-6 at most). Element
-    # by element the largest difference is 1.9e-5 of its tensor's largest weight, which one process alone shows
-    # as well between batch 4 x accumulation 2 and batch 2 x accumulation 4 (the same windows and mean)
-    for name, w in b.model.items():
-        assert _rel(a.model[name], w) <= 1e-5, name
-    assert set(a.optimizer) == set(b.optimizer)
-    for name, w in b.optimizer.items():
-        assert _rel(a.optimizer[name], w) <= 1e-5, name
+    # float32 sums in another order. The bar: how far one process moves from itself when the same windows and mean
+    # are summed as batch 2 x accumulation 4 instead of 4 x 2, run here (relative to each tensor's norm: 2.0e-5 at
+    # most on an AMD EPYC with AVX-512, 1.7e-6 on an Intel Xeon), twice that, and never below 1e-5
+    reorder = tmp_path / "reorder"
+    trainer(reorder, 2, grad_accum=4).fit()
+    c = load_checkpoint(latest_checkpoint(reorder))
+    for got_, ref, part in ((a.model, b.model, c.model), (a.optimizer, b.optimizer, c.optimizer)):
+        assert set(got_) == set(ref) == set(part)
+        for name, w in ref.items():
+            bar = max(1e-5, 2 * _rel(part[name], w))
+            assert _rel(got_[name], w) <= bar, (name, _rel(got_[name], w), bar)
 
 
 def test_a_rank_that_raises_stops_every_rank_and_the_run_resumes(two_ranks, tmp_path):
