@@ -46,7 +46,7 @@ import numpy as np
 
 from qorus_jit.bench._timing import write_results
 from qorus_jit.core.numerics import get_num_threads
-from qorus_jit.kernels.decode import _matvec_rows, _prep, _rows
+from qorus_jit.kernels.decode import _matvec_rows, _prep, _rows, one_row
 
 SHAPES = {
     "15M": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256),
@@ -89,9 +89,9 @@ def _repeat_rows(n, out, w, ws, xa, xb, x):
 
 
 @numba.njit(cache=False)
-def _repeat_rows_f32(n, out, w, x):
+def _repeat_rows_f32(n, out, w, x, one_row):
     for _ in range(n):
-        _matvec_rows(out, w, x, 0, out.shape[0])
+        _matvec_rows(out, w, x, 0, out.shape[0], one_row)
 
 
 def kernel_rate(dtype: str, cols: int, rows: int = 64, calls: int = 2000) -> float:
@@ -103,7 +103,7 @@ def kernel_rate(dtype: str, cols: int, rows: int = 64, calls: int = 2000) -> flo
     w, x, out = rng.standard_normal((rows, cols)).astype(np.float32), rng.standard_normal(cols).astype(np.float32), \
         np.empty(rows, np.float32)
     if dtype == "fp32":
-        args, fn, nbytes = (out, w, x), _repeat_rows_f32, w.nbytes
+        args, fn, nbytes = (out, w, x, one_row()), _repeat_rows_f32, w.nbytes  # as this CPU's decoder reads W
     elif dtype == "bf16":
         w16 = quant.quantize_bf16(w)  # scratch as the decoder's: bf16 bits where it runs vdpbf16ps, else x's halves
         xa = np.empty(cols // 2, np.float32) if quant.active_path("bf16") == "portable" else np.empty(cols, np.uint16)

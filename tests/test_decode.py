@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
-from qorus_jit.kernels.decode import _head_attention, _matvec, _spread
+from qorus_jit.kernels.decode import _head_attention, _matvec, _matvec_cols, _matvec_rows_streamed, _spread
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig
 
@@ -17,6 +17,24 @@ def test_matvec_matches_numpy(n, k):
     out = np.empty(n, np.float32)
     _matvec(out, w, x)
     np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("one_row", [False, True])
+@pytest.mark.parametrize("n,k", [(1, 7), (7, 288), (9, 64), (70, 33)])
+def test_decode_products_read_either_way_to_numpys(one_row, n, k):
+    """The one-call decoder's float32 products both ways (a row at a time, or four rows with prefetch: the CPU
+    picks, ``decode.one_row``): a window of columns of every row, and the head's rows lo..hi; in float64."""
+    rng = np.random.default_rng(n * k)
+    w = rng.standard_normal((n, k + 5)).astype(np.float32)
+    x = rng.standard_normal(k + 5).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    _matvec_cols(out, w, x[2:k + 2], 2, k + 2, one_row)
+    np.testing.assert_allclose(out, w[:, 2:k + 2].astype(np.float64) @ x[2:k + 2], rtol=1e-5, atol=1e-4)
+    out[:] = np.nan
+    lo, hi = n // 3, n - n // 4
+    _matvec_rows_streamed(out, w, x, lo, hi, one_row)
+    np.testing.assert_allclose(out[lo:hi], w[lo:hi].astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+    assert np.all(np.isnan(out[:lo])) and np.all(np.isnan(out[hi:]))
 
 
 @pytest.mark.parametrize("D", [7, 16, 48, 72])
@@ -63,11 +81,16 @@ def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):
     return model
 
 
+@pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
-def test_fused_decode_thread_splits_equal_the_layers_one_by_one(n_kv_heads, threads, hidden):
+def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one_row, n_kv_heads, threads, hidden):
     """With as many kv heads as threads, each kv head's region also applies its columns of the output
-    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours).
-    The layers one by one (``Graph.forward_decode``, the generic step) are the reference, caches included."""
+    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours); the
+    products read W either way (``one_row``, which the CPU picks). The layers one by one
+    (``Graph.forward_decode``, the generic step) are the reference, caches included."""
+    from qorus_jit.models import llama
+
+    monkeypatch.setattr(llama, "one_row", lambda: one_row)
     model = _llama(n_kv_heads, hidden, n_layers=1)
     ids = np.random.default_rng(5).integers(0, 61, 12)
     fused, plain = DecodeState(1, 16), DecodeState(1, 16)
@@ -83,7 +106,7 @@ def test_fused_decode_thread_splits_equal_the_layers_one_by_one(n_kv_heads, thre
             np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
     finally:
         set_num_threads(before)
-    assert model._decoder is not None  # the one-call path ran
+    assert model._decoder is not None and model._decoder.args[2][-1] is one_row  # the one-call path ran so
     attn = model._blocks[0].self_attn
     cf, cp = fused.cache_for(attn), plain.cache_for(attn)
     np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
@@ -134,8 +157,12 @@ def _one_call_equals_nodes(model, steps=14):
     assert all(c.length == steps for c in fused.caches.values())
 
 
+@pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
-def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(n_kv_heads, tie):
+def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(monkeypatch, one_row, n_kv_heads, tie):
+    from qorus_jit.models import llama
+
+    monkeypatch.setattr(llama, "one_row", lambda: one_row)
     _one_call_equals_nodes(_llama(n_kv_heads, tie=tie))
 
 

@@ -27,6 +27,7 @@ from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, kernel
 from qorus_jit.kernels import quant_x86
+from qorus_jit.kernels._blas import cpu_vendor
 from qorus_jit.kernels._lowbit import (
     _EXACT,
     _PREFETCH,
@@ -58,6 +59,15 @@ _HEAD_ROWS = 64
 # 11 us now). The decoders take the first block's arrays (their shapes and dtypes: every block's are alike) and
 # a table of every block's addresses instead, and view them here; the caller (models.llama's decoder) keeps the
 # arrays alive.
+
+
+def one_row() -> bool:
+    """How the float32 decode products read W on this CPU (their ``one_row`` argument): True on AMD CPUs, a row at
+    a time with no software prefetch, one sequential stream that the CPU's own prefetchers follow; else four rows
+    sharing each load of x, prefetched ahead (tuned on the Intel Xeon). On the AMD EPYC with AVX-512 (Zen 4) the
+    four rows made a stories15M token 1.3x and a stories110M token 1.2-1.6x slower (docs/design.md, "Decoding one
+    token")."""
+    return cpu_vendor() == "AuthenticAMD"
 
 
 def block_table(blocks: list[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -104,10 +114,19 @@ def _prefetch_rows(w, r0, r1, c0, c1):
 
 
 @kernel
-def _matvec_cols(out, w, x, c0, c1):
-    """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,); four rows share each load of x, and
-    the rows about _PREFETCH bytes ahead (whole fours, at least four) are prefetched first: +8-13% at the
-    stories110M shape from memory (docs/design.md, "Decoding one token")."""
+def _matvec_cols(out, w, x, c0, c1, one_row):
+    """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,). ``one_row`` (:func:`one_row`): a row at
+    a time, one sequential stream through w. Else four rows share each load of x, and the rows about _PREFETCH
+    bytes ahead (whole fours, at least four) are prefetched first: +8-13% at the stories110M shape from memory
+    on the Intel Xeon (docs/design.md, "Decoding one token")."""
+    if one_row:
+        for i in range(w.shape[0]):
+            r = w[i, c0:c1]
+            s = x.dtype.type(0)
+            for k in range(c1 - c0):
+                s += r[k] * x[k]
+            out[i] = s
+        return
     N = w.shape[0]
     zero = x.dtype.type(0)
     n = c1 - c0
@@ -135,21 +154,23 @@ def _matvec_cols(out, w, x, c0, c1):
 
 
 @kernel
-def _matvec_rows(out, w, x, lo, hi):
-    """out[i] = w[i] . x for lo <= i < hi; w (N, K), x (K,)."""
-    _matvec_cols(out[lo:hi], w[lo:hi], x, 0, w.shape[1])
+def _matvec_rows(out, w, x, lo, hi, one_row):
+    """out[i] = w[i] . x for lo <= i < hi; w (N, K), x (K,); ``one_row`` as in :func:`_matvec_cols`."""
+    _matvec_cols(out[lo:hi], w[lo:hi], x, 0, w.shape[1], one_row)
 
 
 @kernel
-def _matvec_rows_streamed(out, w, x, lo, hi):
+def _matvec_rows_streamed(out, w, x, lo, hi, one_row):
     """out[i] = w[i] . x for lo <= i < hi, a row at a time (LLVM's own interleaved sums): for a matrix read
-    from memory rather than cache, such as the head's. On the AMD EPYC it streamed a 37 MB head at 10.9 / 14.2
-    GB/s on 1 / 2 threads against 8.4 / 10.1 for four rows sharing each load of x, which wins in cache
-    (docs/design.md, "Decoding one token")."""
+    from memory rather than cache, such as the head's. On the AMD EPYC (Zen 1) it streamed a 37 MB head at 10.9 /
+    14.2 GB/s on 1 / 2 threads against 8.4 / 10.1 for four rows sharing each load of x, which wins in cache
+    (docs/design.md, "Decoding one token"). Rows about _PREFETCH bytes ahead are prefetched first unless
+    ``one_row`` (:func:`one_row`)."""
     n = w.shape[1]
     ahead = max(1, _PREFETCH // (n * w.itemsize))  # rows, prefetched first as in _matvec_cols
     for i in range(lo, hi):
-        _prefetch_rows(w, i + ahead, i + ahead + 1, 0, n)
+        if not one_row:
+            _prefetch_rows(w, i + ahead, i + ahead + 1, 0, n)
         r = w[i]
         s = x.dtype.type(0)
         for k in range(n):
@@ -201,7 +222,7 @@ def _matvec(out, w, x):
     """out (N,) = w (N, K) @ x (K,), rows split over threads in blocks of _ROWS."""
     N = w.shape[0]
     for c in prange((N + _ROWS - 1) // _ROWS):
-        _matvec_rows(out, w, x, c * _ROWS, min(N, (c + 1) * _ROWS))
+        _matvec_rows(out, w, x, c * _ROWS, min(N, (c + 1) * _ROWS), False)
 
 
 @kernel
@@ -243,12 +264,12 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
 
 
 @kernel
-def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G):
+def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G, one_row):
     """kv head hk's rows of k, v = W h and of its G query heads' q, then :func:`_rope_cache_append`."""
     D = k_cache.shape[2]
-    _matvec_rows(k, wk, h, hk * D, hk * D + D)
-    _matvec_rows(v, wv, h, hk * D, hk * D + D)
-    _matvec_rows(q, wq, h, hk * G * D, (hk + 1) * G * D)
+    _matvec_rows(k, wk, h, hk * D, hk * D + D, one_row)
+    _matvec_rows(v, wv, h, hk * D, hk * D + D, one_row)
+    _matvec_rows(q, wq, h, hk * G * D, (hk + 1) * G * D, one_row)
     _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
 
 
@@ -371,7 +392,7 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
 
 @kernel(parallel=True)
 def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache, pos,
-                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts):
+                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, one_row):
     """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals).
 
     Weights in ``nn.Linear`` layout: wq (H*D, C), wk, wv (Hkv*D, C), wo (C, H*D), w_gate, w_up (F, C),
@@ -383,7 +404,8 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     own q, k, v rows, attends, and multiplies its heads' outputs by their columns of wo into ``parts[hk]``;
     then one per slice of the hidden units (``n_parts``, give it the thread count) computes its gate and up
     rows, SwiGLU, and its columns of w_down into ``parts[Hkv + c]``. The residual adds those partial sums
-    on the calling thread. Two regions rather than one per product: each region costs its start and join,
+    on the calling thread. ``one_row``: how the products read W (:func:`one_row`). Two regions rather than one
+    per product: each region costs its start and join,
     and its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md,
     "Decoding one token"). The thread count is an argument, since reading it here would keep numba from
     caching the kernel.
@@ -397,22 +419,22 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     if by_kv_head:
         # one parallel region: each kv head projects its own rows, attends, and applies its part of wo
         for hk in prange(Hkv):
-            _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G)
+            _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G, one_row)
             for hh in range(hk * G, hk * G + G):
                 _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
             c0 = hk * G * D
-            _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D)
+            _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D, one_row)
         _add_parts(x, parts, 0, Hkv)
     else:  # too few kv heads to keep the threads busy: the projections by rows, then attention by query head
         nq = (wq.shape[0] + _ROWS - 1) // _ROWS
         nk = (wk.shape[0] + _ROWS - 1) // _ROWS
         for c in prange(nq + nk):
             if c < nq:
-                _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS))
+                _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS), one_row)
             else:
                 lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
-                _matvec_rows(k, wk, h, lo, hi)
-                _matvec_rows(v, wv, h, lo, hi)
+                _matvec_rows(k, wk, h, lo, hi, one_row)
+                _matvec_rows(v, wv, h, lo, hi, one_row)
         for hk in range(Hkv):
             _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
         for hh in prange(H):
@@ -420,7 +442,7 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
         # x += wo att
         for c in prange((C + _ROWS - 1) // _ROWS):
             lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-            _matvec_rows(h, wo, att, lo, hi)
+            _matvec_rows(h, wo, att, lo, hi, one_row)
             xs, hs = x[lo:hi], h[lo:hi]
             for i in range(hi - lo):
                 xs[i] += hs[i]
@@ -432,12 +454,12 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
         lo, hi = min(F, c * step), min(F, (c + 1) * step)
         if c == n_parts - 1:
             hi = F
-        _matvec_rows(g, w_gate, h, lo, hi)
-        _matvec_rows(u, w_up, h, lo, hi)
+        _matvec_rows(g, w_gate, h, lo, hi, one_row)
+        _matvec_rows(u, w_up, h, lo, hi, one_row)
         gs, us = g[lo:hi], u[lo:hi]
         for i in range(hi - lo):
             gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-        _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi)
+        _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi, one_row)
     _add_parts(x, parts, Hkv, Hkv + n_parts)
 
 
@@ -457,7 +479,7 @@ def _greedy_next(logits, best, toks, stops, t):
 
 @kernel(parallel=True)
 def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, pos, eps, scale, h, q, k, v, att,
-                  scores, g, u, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w):
+                  scores, g, u, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, one_row):
     """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
     embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``, and
     ``best[0]`` their argmax as NumPy's (the first NaN, else the first maximum), taken by each thread from the
@@ -467,9 +489,10 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, p
     ``blocks, addresses`` from :func:`block_table`: the first block's (attn_norm, wq, wk, wv, wo, mlp_norm,
     w_gate, w_up, w_down, k_cache, v_cache, cos, sin) as :func:`_llama_block_decode` takes them, and every
     block's addresses; ``eps (n_blocks,)``; scratch and ``scale`` are shared by the blocks. embed (V0, C),
-    head_w (V, C), norm_w (C,). One call rather than a Python call per layer saves their call overhead
-    (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows as :func:`_matvec` splits
-    them, because it calls a parallel kernel (docs/design.md, "Kernels that call parallel kernels").
+    head_w (V, C), norm_w (C,); ``one_row`` as :func:`one_row` gives it. One call rather than a Python call per
+    layer saves their call overhead (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows
+    as :func:`_matvec` splits them, because it calls a parallel kernel (docs/design.md, "Kernels that call
+    parallel kernels").
 
     A greedy run (:func:`_greedy_next`): up to ``toks.shape[0]`` tokens from ``tok`` at ``pos`` on, each the argmax
     of the one before, written to ``toks``; returns how many ran. ``logits`` are the last one's. A step is a run
@@ -487,7 +510,7 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, p
             _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4]),
                                 _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]), _at(a[9], b[9]),
                                 _at(a[10], b[10]), at, _at(a[11], b[11]), _at(a[12], b[12]), eps[i], scale, h, q, k, v,
-                                att, scores, g, u, parts, by_kv_head, n_parts)
+                                att, scores, g, u, parts, by_kv_head, n_parts, one_row)
         _rmsnorm_vec(h, x, norm_w, norm_eps)
         V = head_w.shape[0]
         n = min(n_parts, best.shape[0] - 1)
@@ -496,7 +519,7 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, p
             bi, bv = -1, logits.dtype.type(0)
             for c in range(p * per, min(nc, (p + 1) * per)):
                 lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
-                _matvec_rows_streamed(logits, head_w, h, lo, hi)
+                _matvec_rows_streamed(logits, head_w, h, lo, hi, one_row)
                 bi, bv = _scan_best(logits, lo, hi, bi, bv)
             best[p + 1] = bi
         _join_best(logits, best, n)

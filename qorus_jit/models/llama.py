@@ -19,7 +19,7 @@ from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
-from qorus_jit.kernels.decode import block_table, phase_counters
+from qorus_jit.kernels.decode import block_table, one_row, phase_counters
 from qorus_jit.kernels.quant import active_path
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.base import named_layers, structure_version
@@ -357,7 +357,7 @@ class _Decoder:
         eps = (np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)))
         if self.fmt == "fp32":
             head_w = embed if c.tie_embeddings else p["lm_head.weight"]
-            self.args = ((embed, first, addresses), (*eps, *scratch, parts), (*final, head_w))
+            self.args = ((embed, first, addresses), (*eps, *scratch, parts), (*final, head_w, one_row()))
             self.kernel = K.llama_decode
             return
         widest = max(c.dim, hd, c.hidden_dim)
