@@ -73,6 +73,10 @@ class FakeMachine:
     def perf_counter(self):
         return self.now
 
+    def sleep(self, dt):  # the other processes run meanwhile
+        self.now += dt
+        self.busy += dt * self.other
+
     def work(self):
         dt = self.cost[get_num_threads()]
         self.now += dt
@@ -108,8 +112,9 @@ def test_tuner_busy_machine_measures_and_follows_the_load(monkeypatch, auto):
     machine.other = 2.0  # other processes on both cores
     tuner = threads.ThreadTuner(sample_units=2, pairs=2, recheck=8)
     seen = machine.run(tuner, 2 + 8)
-    # one sample at 2 (the load is seen at its end), then the probe: 2, 1, 1, 2 (2 units each); then 1 stays
-    assert seen == [2, 2] + [2, 2, 1, 1, 1, 1, 2, 2]
+    # one sample at 2 (the load is seen at its end), then the probe's first round: 2, 1 (2 units each), where one
+    # thread wins by 3x, beyond ``decisive``: the probe ends there, and 1 stays
+    assert seen == [2, 2] + [2, 2, 1, 1] + [1, 1, 1, 1]
     (_, chosen, medians), = tuner.decisions
     assert chosen == 1 and medians == pytest.approx({2: 0.3, 1: 0.1})
     assert machine.run(tuner, 6) == [1] * 6 and tuner.mode == "busy"
@@ -121,6 +126,34 @@ def test_tuner_busy_machine_measures_and_follows_the_load(monkeypatch, auto):
     machine.other = 0.0
     n = len(tuner.decisions)
     assert machine.run(tuner, 30)[-20:] == [2] * 20 and tuner.mode == "idle" and len(tuner.decisions) == n
+
+
+@pytest.mark.parametrize("other", [0.0, 0.6, 2.0])
+def test_tuner_that_looks_first_acts_from_the_first_unit_on_a_busy_machine(monkeypatch, auto, other):
+    """Idle: every core. Busy (0.6 of 2 cores taken): the probe's first round, decisive, then 1 thread. Full
+    (both cores taken): 1 thread from the start, the probe after ``recheck`` samples."""
+    machine = FakeMachine(monkeypatch, {1: 0.1, 2: 0.3})
+    machine.other = other
+    tuner = threads.ThreadTuner(look_first=0.05, recheck=6, check_s=0.0)
+    assert machine.now == pytest.approx(0.05)  # it watched the load
+    seen = machine.run(tuner, 10)
+    if other == 0.0:
+        assert seen == [2] * 10 and tuner.decisions == []
+    elif other == 0.6:
+        assert seen == [2, 1] + [1] * 6 + [1, 2]  # the probe's first round; again after 6 samples
+    else:
+        assert seen == [1] * 6 + [1, 2] + [1, 1]  # the probe after 6 samples: 1 (the count in use), then 2
+        assert [(u, c) for u, c, _ in tuner.decisions] == [(0, 1), (8, 1)]
+
+
+def test_tuner_probes_every_round_when_the_first_is_close(monkeypatch, auto):
+    """One thread 15% faster: past the margin, within ``decisive``: the probe runs both rounds (2, 1, 1, 2)."""
+    machine = FakeMachine(monkeypatch, {1: 0.1, 2: 0.115})
+    machine.other = 2.0
+    tuner = threads.ThreadTuner(sample_units=1, pairs=2, recheck=50, check_s=0.0)
+    assert machine.run(tuner, 1 + 4 + 3) == [2] + [2, 1, 1, 2] + [1, 1, 1]
+    (_, chosen, medians), = tuner.decisions
+    assert chosen == 1 and medians == pytest.approx({2: 0.115, 1: 0.1})
 
 
 def test_tuner_rechecks_and_prefers_more_threads_in_a_tie(monkeypatch, auto):

@@ -26,6 +26,10 @@ from qorus_jit.core.numerics import auto_threads, get_num_threads, max_threads
 
 BUSY = 0.2
 """Share of the machine's CPU time that other processes take above which the thread count is measured."""
+FULL = 0.75
+"""Share above which other processes fill the cores: work that watched the load first starts at the fewest threads
+(with a busy process on each core of the AMD EPYC, a training step ran 1.8-3.5x slower on two threads than on one,
+so even one probe step on two cost a 16-step run 0.03 s a step)."""
 
 
 def cpu_sample() -> tuple[float, float, float] | None:
@@ -76,9 +80,18 @@ class ThreadTuner:
       count chosen runs steadily, so the probe is repeated rather than trusted for long);
     - ``margin``: a lower count is kept only when it beats the most threads by more than this share (a tie goes
       to the most threads, which win as soon as a core frees up);
+    - ``decisive``: a probe ends after its first round when one count beats every other by more than this share
+      (the rounds left would mostly run the slow counts: with a busy process on each core of the AMD EPYC, a
+      training step took 0.29 s on one thread and 0.52 s on two, and a 16-step run spent two of its steps on
+      two threads probing);
     - ``drift``: a probe starts early when the recent samples' median moves past this factor of the chosen
       count's probe median (the load changed);
     - ``check_s``: seconds between two looks at the machine's load;
+    - ``look_first``: seconds to watch the machine's load before the first unit (0: no wait; for long units such
+      as training steps, where a wait of 50 ms costs little and a step on too many threads can cost 0.5 s). When
+      other processes take more than :data:`FULL` of the machine, the work starts at the fewest threads and
+      probes the others after ``recheck`` samples; when they take more than :data:`BUSY`, the probe starts with
+      the first unit;
     - ``candidates``: the counts tried; by default the current count, its half and 1.
 
     The chosen count stays set between units (given back after every unit, the work between units ran at the
@@ -88,25 +101,36 @@ class ThreadTuner:
     """
 
     def __init__(self, sample_units: int = 1, pairs: int = 2, recheck: int = 32, drift: float = 1.5,
-                 margin: float = 0.05, check_s: float = 0.2, candidates=None):
+                 margin: float = 0.05, decisive: float = 0.25, check_s: float = 0.2, look_first: float = 0.0,
+                 candidates=None):
         top = get_num_threads()
         self.active = auto_threads() and max_threads() > 1 and top > 1
         self.top, self.count = top, top
         self.candidates = sorted(set(candidates or (top, max(1, top // 2), 1)), reverse=True)
         self.sample_units, self.pairs, self.recheck, self.drift = sample_units, pairs, recheck, drift
-        self.margin, self.check_s = margin, check_s
+        self.margin, self.decisive, self.check_s = margin, decisive, check_s
         self.mode = "idle"  # idle: the most threads; probe: timing the candidates; busy: the fastest found
         self.decisions: list[tuple[int, int, dict[int, float]]] = []
         self._schedule: list[int] = []
         self._times: dict[int, list[float]] = {}
         self._recent: list[float] = []
-        self._ref = 0.0
+        self._ref: float | None = 0.0  # the chosen count's time per unit (None: not measured yet)
         self._since = 0  # samples since the last probe
         self._units, self._sample_units, self._sample_s = 0, 0, 0.0
         self._load = cpu_sample()
         self._checked = time.perf_counter()  # of the last look at the load
         self._limiter: _Limiter | None = None  # made at the first change of count
         self._outside: int | None = None  # the count before the tuner changed it, given back by close()
+        if self.active and look_first > 0:
+            time.sleep(look_first)
+            now = cpu_sample()
+            other, self._load = other_cpu(self._load, now), now
+            self._checked = time.perf_counter()
+            if other is not None and other >= FULL:
+                self.mode, self.count, self._ref = "busy", self.candidates[-1], None
+                self.decisions.append((0, self.count, {}))
+            elif other is None or other >= BUSY:
+                self._probe()
 
     @contextmanager
     def unit(self):
@@ -147,7 +171,7 @@ class ThreadTuner:
         self._sample_units, self._sample_s = 0, 0.0
         if self.mode == "probe":
             self._times[self.count].append(per)
-            if self._schedule:
+            if self._schedule and not self._decided():
                 self.count = self._schedule.pop(0)
             else:
                 self._choose()
@@ -155,6 +179,8 @@ class ThreadTuner:
         self._since += 1
         if self.mode == "busy":
             self._recent = (self._recent + [per])[-4:]
+            if self._ref is None:  # chosen by the load alone: the first sample is the reference
+                self._ref = per
         t = time.perf_counter()
         if t - self._checked < self.check_s:
             return
@@ -174,6 +200,14 @@ class ThreadTuner:
         self._schedule = [c for r in range(self.pairs) for c in (first if r % 2 == 0 else first[::-1])]
         self._times = {c: [] for c in self.candidates}
         self.mode, self.count = "probe", self._schedule.pop(0)
+
+    def _decided(self) -> bool:
+        """Whether the samples so far, at least one at every candidate, pick a count by more than ``decisive``."""
+        if not all(self._times.values()):
+            return False
+        medians = {c: statistics.median(t) for c, t in self._times.items()}
+        best = min(medians, key=medians.get)
+        return all(m > medians[best] * (1 + self.decisive) for c, m in medians.items() if c != best)
 
     def _choose(self) -> None:
         medians = {c: statistics.median(t) for c, t in self._times.items() if t}

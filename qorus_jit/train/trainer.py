@@ -276,7 +276,8 @@ class Trainer:
         unit = "tok/s"
         t_last, items_last = time.perf_counter(), 0
         start_elapsed, t_start = self.elapsed, time.perf_counter()
-        self.tuner = tuner = ThreadTuner()  # the auto thread policy: fewer threads while other processes are busy
+        # the auto thread policy: fewer threads while other processes are busy (the load seen before the first step)
+        self.tuner = tuner = ThreadTuner(look_first=0.05)
         try:
             while self.step < self.steps and not self._stop:
                 with tuner.unit():
