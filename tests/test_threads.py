@@ -134,6 +134,10 @@ def test_tuner_that_looks_first_acts_from_the_first_unit_on_a_busy_machine(monke
     (both cores taken): 1 thread from the start, the probe after ``recheck`` samples."""
     machine = FakeMachine(monkeypatch, {1: 0.1, 2: 0.3})
     machine.other = other
+    monkeypatch.setattr(threads, "_load_average", lambda: 0.0)  # idle by the load average: no look
+    threads.ThreadTuner(look_first=0.05)
+    assert machine.now == 0.0
+    monkeypatch.setattr(threads, "_load_average", lambda: 1.0)
     tuner = threads.ThreadTuner(look_first=0.05, recheck=6, check_s=0.0)
     assert machine.now == pytest.approx(0.05)  # it watched the load
     seen = machine.run(tuner, 10)
@@ -191,8 +195,9 @@ def test_generation_on_a_busy_machine(auto):
     with BusyCores(limit=120):
         gen = qorus_jit.generate(model, [1], 120, temperature=0.0)
         tokens = list(gen)
-    assert gen.tuner.active and gen.tuner.decisions, "the tuner never measured under load"
-    assert all(set(m) == {1, 2} for _, _, m in gen.tuner.decisions)
+    assert gen.tuner.active and gen.tuner.decisions, "the tuner never acted under load"
+    # a probe of both counts, or one thread from the start where the load filled the cores
+    assert all(set(m) == {1, 2} or (u, c, m) == (0, 1, {}) for u, c, m in gen.tuner.decisions)
     assert tokens == fixed
     assert get_num_threads() == 2 and numerics.auto_threads()
 

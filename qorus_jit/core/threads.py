@@ -46,6 +46,16 @@ def cpu_sample() -> tuple[float, float, float] | None:
     return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
 
 
+def _load_average() -> float:
+    """The machine's one-minute load average (0 where /proc/loadavg is missing): below :data:`BUSY` of the
+    cores, a tuner that would look at the load first skips the wait (an idle machine pays nothing)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def other_cpu(before, after) -> float | None:
     """Share of the machine's CPU time that other processes used between two :func:`cpu_sample`."""
     if before is None or after is None or after[2] <= before[2]:
@@ -87,8 +97,8 @@ class ThreadTuner:
     - ``drift``: a probe starts early when the recent samples' median moves past this factor of the chosen
       count's probe median (the load changed);
     - ``check_s``: seconds between two looks at the machine's load;
-    - ``look_first``: seconds to watch the machine's load before the first unit (0: no wait; for long units such
-      as training steps, where a wait of 50 ms costs little and a step on too many threads can cost 0.5 s). When
+    - ``look_first``: seconds to watch the machine's load before the first unit when its load average says it
+      may be busy (0: never). When
       other processes take more than :data:`FULL` of the machine, the work starts at the fewest threads and
       probes the others after ``recheck`` samples; when they take more than :data:`BUSY`, the probe starts with
       the first unit;
@@ -121,7 +131,7 @@ class ThreadTuner:
         self._checked = time.perf_counter()  # of the last look at the load
         self._limiter: _Limiter | None = None  # made at the first change of count
         self._outside: int | None = None  # the count before the tuner changed it, given back by close()
-        if self.active and look_first > 0:
+        if self.active and look_first > 0 and _load_average() >= BUSY * (os.cpu_count() or 1):
             time.sleep(look_first)
             now = cpu_sample()
             other, self._load = other_cpu(self._load, now), now

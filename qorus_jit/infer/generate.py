@@ -254,7 +254,8 @@ class Generation(Iterator[int]):
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.prefill_seconds = self.decode_seconds = 0.0
-        self.tuner = ThreadTuner(sample_units=4)  # the auto thread policy (qorus_jit.core.threads)
+        # the auto thread policy (qorus_jit.core.threads), the load seen before the first token
+        self.tuner = ThreadTuner(sample_units=4, look_first=0.05)
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
         out = self.model.forward_decode(ids[None], state=self.state, last_only=True)
