@@ -98,10 +98,9 @@ class ThreadTuner:
       count's probe median (the load changed);
     - ``check_s``: seconds between two looks at the machine's load;
     - ``look_first``: seconds to watch the machine's load before the first unit when its load average says it
-      may be busy (0: never). When
-      other processes take more than :data:`FULL` of the machine, the work starts at the fewest threads and
-      probes the others after ``recheck`` samples; when they take more than :data:`BUSY`, the probe starts with
-      the first unit;
+      may be busy (0: never). When other processes take more than :data:`FULL` of the machine, the work starts
+      at the fewest threads and probes the others after ``recheck`` samples; when they take more than
+      :data:`BUSY`, the probe starts with the first unit;
     - ``candidates``: the counts tried; by default the current count, its half and 1.
 
     The chosen count stays set between units (given back after every unit, the work between units ran at the
