@@ -132,9 +132,7 @@ class ThreadTuner:
         self._outside: int | None = None  # the count before the tuner changed it, given back by close()
         if self.active and look_first > 0 and _load_average() >= BUSY * (os.cpu_count() or 1):
             time.sleep(look_first)
-            now = cpu_sample()
-            other, self._load = other_cpu(self._load, now), now
-            self._checked = time.perf_counter()
+            other = self._look()
             if other is not None and other >= FULL:
                 self.mode, self.count, self._ref = "busy", self.candidates[-1], None
                 self.decisions.append((0, self.count, {}))
@@ -193,8 +191,7 @@ class ThreadTuner:
         t = time.perf_counter()
         if t - self._checked < self.check_s:
             return
-        self._checked, now = t, cpu_sample()
-        other, self._load = other_cpu(self._load, now), now
+        other = self._look()
         if self.mode == "idle":
             if other is None or other >= BUSY:
                 self._probe()
@@ -203,6 +200,12 @@ class ThreadTuner:
         elif self._since >= self.recheck or (len(self._recent) == 4 and not (
                 self._ref / self.drift <= statistics.median(self._recent) <= self._ref * self.drift)):
             self._probe()
+
+    def _look(self) -> float | None:
+        """The share of the machine's CPU that other processes took since the last look (None: unknown)."""
+        now = cpu_sample()
+        other, self._load, self._checked = other_cpu(self._load, now), now, time.perf_counter()
+        return other
 
     def _probe(self) -> None:
         first = [self.count] + [c for c in self.candidates if c != self.count]
