@@ -391,6 +391,19 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
 
 
 @kernel(parallel=True)
+def _residual_rows(x, y, w, a, one_row):
+    """x (C,) += w (C, K) @ a (K,), rows over threads in blocks of _ROWS; y (>= C,) scratch; ``one_row`` as in
+    :func:`_matvec_cols`."""
+    C = x.shape[0]
+    for c in prange((C + _ROWS - 1) // _ROWS):
+        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
+        _matvec_rows(y, w, a, lo, hi, one_row)
+        xs, ys = x[lo:hi], y[lo:hi]
+        for i in range(hi - lo):
+            xs[i] += ys[i]
+
+
+@kernel(parallel=True)
 def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache, pos,
                         cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, one_row):
     """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals).
@@ -404,27 +417,32 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
     own q, k, v rows, attends, and multiplies its heads' outputs by their columns of wo into ``parts[hk]``;
     then one per slice of the hidden units (``n_parts``, give it the thread count) computes its gate and up
     rows, SwiGLU, and its columns of w_down into ``parts[Hkv + c]``. The residual adds those partial sums
-    on the calling thread. ``one_row``: how the products read W (:func:`one_row`). Two regions rather than one
-    per product: each region costs its start and join,
-    and its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md,
-    "Decoding one token"). The thread count is an argument, since reading it here would keep numba from
-    caching the kernel.
+    on the calling thread. Two regions rather than one per product: each region costs its start and join, and
+    its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md, "Decoding one
+    token"). ``one_row`` (:func:`one_row`): the products read W a whole row at a time, so wo and w_down are not
+    split by columns but multiplied by rows in a region each after the one that fills their input: on the AMD
+    EPYC (Zen 4) a slice of columns read from memory went at a third of whole rows' rate (docs/design.md). The
+    thread count is an argument, since reading it here would keep numba from caching the kernel.
     """
-    C = x.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
     # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append; softmax(q k^T * scale) v over the cache
     _rmsnorm_vec(h, x, attn_norm, eps)
     if by_kv_head:
-        # one parallel region: each kv head projects its own rows, attends, and applies its part of wo
+        # one parallel region: each kv head projects its own rows, attends, and (unless one_row) applies its
+        # columns of wo
         for hk in prange(Hkv):
             _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G, one_row)
             for hh in range(hk * G, hk * G + G):
                 _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
-            c0 = hk * G * D
-            _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D, one_row)
-        _add_parts(x, parts, 0, Hkv)
+            if not one_row:
+                c0 = hk * G * D
+                _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D, one_row)
+        if one_row:
+            _residual_rows(x, h, wo, att, one_row)
+        else:
+            _add_parts(x, parts, 0, Hkv)
     else:  # too few kv heads to keep the threads busy: the projections by rows, then attention by query head
         nq = (wq.shape[0] + _ROWS - 1) // _ROWS
         nk = (wk.shape[0] + _ROWS - 1) // _ROWS
@@ -439,13 +457,7 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
             _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
         for hh in prange(H):
             _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
-        # x += wo att
-        for c in prange((C + _ROWS - 1) // _ROWS):
-            lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-            _matvec_rows(h, wo, att, lo, hi, one_row)
-            xs, hs = x[lo:hi], h[lo:hi]
-            for i in range(hi - lo):
-                xs[i] += hs[i]
+        _residual_rows(x, h, wo, att, one_row)
     # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
     _rmsnorm_vec(h, x, mlp_norm, eps)
     F = w_gate.shape[0]
@@ -459,8 +471,12 @@ def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_
         gs, us = g[lo:hi], u[lo:hi]
         for i in range(hi - lo):
             gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-        _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi, one_row)
-    _add_parts(x, parts, Hkv, Hkv + n_parts)
+        if not one_row:
+            _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi, one_row)
+    if one_row:
+        _residual_rows(x, h, w_down, g, one_row)
+    else:
+        _add_parts(x, parts, Hkv, Hkv + n_parts)
 
 
 @kernel
