@@ -9,13 +9,15 @@ from qorus_jit.layers import DecodeState, Graph, TransformerBlock
 from qorus_jit.models import Llama, LlamaConfig
 
 
+@pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n,k", [(1, 7), (5, 288), (35, 64), (1000, 33)])
-def test_matvec_matches_numpy(n, k):
+def test_matvec_matches_numpy(n, k, one_row):
+    """The layers' one-row product (``K.matvec``), reading W either way (the CPU picks, ``decode.one_row``)."""
     rng = np.random.default_rng(n)
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal(k).astype(np.float32)
     out = np.empty(n, np.float32)
-    _matvec(out, w, x)
+    _matvec(out, w, x, one_row)
     np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
 
 

@@ -7,15 +7,17 @@ residual, RMSNorm, SwiGLU MLP, residual) in one call of two parallel regions ins
 kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append, attention and its part of
 the output projection (a head needs no other head's rows; with fewer kv heads than threads, three regions:
 the projections by rows, attention by query head, the output projection by rows), and one per slice of
-the hidden units for gate, up and their part of the down projection. ``_llama_decode`` runs it for every
-block of a Llama, then the final norm and the head (each thread taking the argmax of the rows it writes):
-:class:`~qorus_jit.models.Llama` makes that one call per token (through ``kernels.trusted``), having checked its
-arguments once per cache. ``_llama_decode_quant`` does the same with bf16 or q8_0 weights, the whole token in
-one parallel region whose phases' items the threads claim (``_token_part_quant``, kernels._sync).
+the hidden units for gate, up and their part of the down projection; where the products read W a whole row at
+a time (:func:`one_row`), the output and down projections by rows instead, in a region each. ``_llama_decode``
+runs it for every block of a Llama, then the final norm and the head (each thread taking the argmax of the rows
+it writes): :class:`~qorus_jit.models.Llama` makes that one call per token (through ``kernels.trusted``), having
+checked its arguments once per cache. ``_llama_decode_quant`` does the same with bf16 or q8_0 weights, the whole
+token in one parallel region whose phases' items the threads claim (``_token_part_quant``, kernels._sync).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,6 +63,7 @@ _HEAD_ROWS = 64
 # arrays alive.
 
 
+@functools.cache
 def one_row() -> bool:
     """How the float32 decode products read W on this CPU (their ``one_row`` argument): True on AMD CPUs, a row at
     a time with no software prefetch, one sequential stream that the CPU's own prefetchers follow; else four rows
@@ -218,11 +221,12 @@ def _head_parts(V, n_parts):
 
 
 @kernel(parallel=True)
-def _matvec(out, w, x):
-    """out (N,) = w (N, K) @ x (K,), rows split over threads in blocks of _ROWS."""
+def _matvec(out, w, x, one_row):
+    """out (N,) = w (N, K) @ x (K,), rows split over threads in blocks of _ROWS; ``one_row`` as in
+    :func:`_matvec_cols` (:func:`one_row` gives this CPU's)."""
     N = w.shape[0]
     for c in prange((N + _ROWS - 1) // _ROWS):
-        _matvec_rows(out, w, x, c * _ROWS, min(N, (c + 1) * _ROWS), False)
+        _matvec_rows(out, w, x, c * _ROWS, min(N, (c + 1) * _ROWS), one_row)
 
 
 @kernel

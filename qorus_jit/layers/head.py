@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels.decode import one_row
 from qorus_jit.layers.base import Layer, check_input
 from qorus_jit.layers.embedding import Embedding
 
@@ -29,7 +30,7 @@ class TiedLMHead(Layer):
         check_input("x", x, C)
         y = self.buffer("y", x.shape[:-1] + (V,))
         if x.size == C:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            K.matvec(y.reshape(-1), w, x.reshape(-1))
+            K.matvec(y.reshape(-1), w, x.reshape(-1), one_row())
         else:
             K.linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
         self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)

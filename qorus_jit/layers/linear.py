@@ -7,6 +7,7 @@ import math
 from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_bool, check_positive, check_rng
 from qorus_jit.kernels import trusted as K
+from qorus_jit.kernels.decode import one_row
 from qorus_jit.layers.base import Layer, check_input, input_grad_buffer
 
 
@@ -40,7 +41,7 @@ class Linear(Layer):
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
         if x.size == self.in_features:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            K.matvec(y.reshape(-1), self.weight, x.reshape(-1))
+            K.matvec(y.reshape(-1), self.weight, x.reshape(-1), one_row())
             if self.bias is not None:
                 y.reshape(-1)[...] += self.bias
         else:
