@@ -19,9 +19,9 @@ copied into qorus through the registry's name mapping and the Conv1D transpose; 
 too, with a nonzero ``lora_B`` so the adapter path counts). Its first two steps on each side are the check
 (:func:`compare`: the first-step loss equal within 1e-4 relative, the second, after one AdamW step, within
 1e-3) and the warm-up; then ``steps`` pairs of steps alternate (qorus, torch / torch, qorus ...), so that a
-busy moment of the shared machine slows both sides alike: alternating whole processes, a step of 5-20 s on a
-busy 2-core machine, proved far too noisy. Reported: the median step of each side, and the ratio torch / qorus
-(above 1: qorus faster; goal >= 1.2) as the median of the pairs' ratios, with their spread.
+busy moment of the shared machine slows both sides alike: alternating whole processes, a step of 5-20 s on the
+busy 2-core AMD EPYC (Zen 1, AVX2), proved far too noisy. Reported: the median step of each side, and the ratio
+torch / qorus (above 1: qorus faster; goal >= 1.2) as the median of the pairs' ratios, with their spread.
 
 Peak RSS: each configuration (qorus full, torch full, qorus LoRA, torch+PEFT LoRA) in its own fresh process,
 so peaks do not mix: one warm-up step and ``rss_steps`` more, then ``VmHWM`` (interpreter, libraries, model,

@@ -2,9 +2,9 @@
 the median of the pairs' ratios.
 
 Timing all of one side, then all of the other, lets a busy stretch of a shared machine fall on one side only
-(one such run reported 118x). So each repeat is a pair: one sample of each side back to back, the side going
-first alternating from pair to pair; a busy stretch then slows both sides of a pair, and the median of the
-pairs' ratios, with their spread, is the figure.
+(one such run reported 118x on the AMD EPYC, Zen 1). So each repeat is a pair: one sample of each side back to
+back, the side going first alternating from pair to pair; a busy stretch then slows both sides of a pair, and the
+median of the pairs' ratios, with their spread, is the figure.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 pos
 weights; greedy, batch 1. ``--repeat`` rounds, each one call of ours and one of transformers back to back (in
 turn first), so that a busy stretch of a shared machine falls on both sides of a pair; speedups are the
 medians of the pairs' ratios, with their spread (one earlier run, all of ours then all of transformers',
-reported 118x when the reference's repeats fell in a busy stretch). Figures:
+reported 118x on the AMD EPYC, Zen 1, when the reference's repeats fell in a busy stretch). Figures:
 
 - ours: tokens/s of the decode phase of :func:`qorus_jit.infer.generate` (the prefill's token excluded);
 - transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
