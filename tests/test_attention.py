@@ -20,6 +20,9 @@ SHAPES = [
     (3, 17, 17, 6, 3, 7, False, False),
     (1, 70, 70, 2, 2, 12, True, False),
     (2, 5, 11, 4, 4, 3, False, True),
+    # D whole tiles (32, 64): the kernels read V and K in place, and with T whole tiles (72) q and dout too
+    (2, 9, 20, 4, 2, 32, True, True),
+    (2, 72, 72, 4, 2, 64, True, False),
 ]
 
 
@@ -132,11 +135,12 @@ def test_backward_accumulates():
         assert_close(a, d + 0.5, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("T", [150, 10])  # parallel and serial
-def test_backward_writes_and_reuses_scratch(T):
+@pytest.mark.parametrize("D", [8, 32])  # V and K padded, or read in place (D whole tiles)
+@pytest.mark.parametrize("T", [152, 10])  # parallel and serial; q, dout read in place when D and T are whole tiles
+def test_backward_writes_and_reuses_scratch(T, D):
     """accumulate=False ignores what dq, dk, dv held; a reused ``work`` array full of NaN changes nothing."""
     rng = np.random.default_rng(16)
-    q, k, v, mask = _inputs(rng, 2, T, T, 4, 2, 8, True, np.float64)
+    q, k, v, mask = _inputs(rng, 2, T, T, 4, 2, D, True, np.float64)
     g = rand(rng, *q.shape, dtype=np.float64)
     out, lse = _forward(q, k, v, True, mask)
     want = _backward(g, q, k, v, out, lse, True, mask)
@@ -193,6 +197,9 @@ TORCH_SHAPES = [
     (2, 13, 13, 4, 1, 12, False, True),
     (1, 150, 150, 2, 1, 16, True, True),
     (2, 9, 20, 6, 3, 8, True, True),
+    (2, 9, 20, 4, 2, 32, True, True),
+    (2, 72, 72, 4, 2, 64, True, False),
+    (1, 64, 80, 4, 1, 32, True, True),
 ]
 
 

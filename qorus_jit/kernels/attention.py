@@ -21,7 +21,8 @@ whole contraction, each step broadcasting ``_R`` values of one operand against `
 the other, vectorized along the result's columns (keys, or head dimensions), so no product needs a
 horizontal sum. The operand read ``_W`` wide is packed first into zero-padded scratch: K^T in tiles of
 ``_W`` keys and V padded to whole tiles (forward, once per call), the same for a block of ``_KB`` keys
-(backward), and q, dout packed per head (backward). ``DW``, ``SW`` and ``TR`` are D and S rounded up to
+(backward), and q, dout packed per head (backward). When D is whole tiles, V (forward) and K (the dq tiles of
+backward) need no padding and the tiles read them in place. ``DW``, ``SW`` and ``TR`` are D and S rounded up to
 whole tiles of ``_W`` and T to whole tiles of ``_R``. Forward keeps the scores of ``_R`` query rows over
 their keys; backward keeps p and ds of ``_TB`` query rows over a key block and
 recomputes the probabilities from the saved per-row log-sum-exp ``lse`` (B, H, T), flash-attention style.
@@ -306,11 +307,11 @@ def _pack_t(xt, x, b, hk, s_lo, n):
     rows, zero padded: xt[j // _W, d, j % _W] = x[b, s_lo + j, hk, d]."""
     D = x.shape[3]
     for j0 in range(0, n, _W):
-        xj = xt[j0 // _W]
-        for j in range(j0, min(n, j0 + _W)):
-            xr = x[b, s_lo + j, hk]
-            for d in range(D):
-                xj[d, j - j0] = xr[d]
+        xj, xs = xt[j0 // _W], x[b, s_lo + j0:s_lo + min(n, j0 + _W), hk]
+        for d in range(D):  # stores along the tile's keys, whose rows of x stay in L1 over the d loop
+            xd = xj[d]
+            for j in range(xs.shape[0]):
+                xd[j] = xs[j, d]
     if n % _W != 0:
         xt[n // _W, :, n % _W:] = 0
 
@@ -332,19 +333,21 @@ def _pack_rows(xp, x, b, hk, s_lo, n):
 
 @kernel
 def _pack_kv(kt, vp, k, v, lo, hi):
-    """kt[b, hk] = K^T in tiles of _W keys, vp[b, hk] = V padded to DW, for items bh = b * Hkv + hk in lo..hi-1."""
+    """kt[b, hk] = K^T in tiles of _W keys, vp[b, hk] = V padded to DW (unless vp holds no rows: D is whole
+    tiles and the tiles read v itself), for items bh = b * Hkv + hk in lo..hi-1."""
     S, Hkv = k.shape[1], k.shape[2]
     for bh in range(lo, hi):
         b, hk = bh // Hkv, bh % Hkv
         _pack_t(kt[b, hk], k, b, hk, 0, S)
-        _pack_rows(vp[b, hk], v, b, hk, 0, S)
+        if vp.shape[2] > 0:
+            _pack_rows(vp[b, hk], v, b, hk, 0, S)
 
 
 @kernel
-def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
+def _forward_items(out, lse, q, kt, vp, v, mask, causal, scale, lo, hi):
     """Work items lo..hi-1 of _attention_forward: item it = (b * H + h) * nch + c, a chunk of _ROWS query rows."""
     T, H, D = q.shape[1], q.shape[2], q.shape[3]
-    Hkv, S, DW = vp.shape[1], vp.shape[2], vp.shape[3]
+    S, Hkv, DW = v.shape[1], v.shape[2], vp.shape[3]
     G = H // Hkv
     nch = (T + _ROWS - 1) // _ROWS
     for it in range(lo, hi):
@@ -361,11 +364,13 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
                 out[b, t, h, :] = 0
                 lse[b, h, t] = -np.inf
             continue
-        ktb, vpb = kt[b, hk], vp[b, hk]
+        ktb = kt[b, hk]
         ld = _ceil(n_hi, _W)
         qs = np.zeros((_ROWS, D), q.dtype)  # the chunk's query rows; rows past t_hi stay zero
         for t in range(t_lo, t_hi):
-            qs[t - t_lo] = q[b, t, h]
+            qr, qt = q[b, t, h], qs[t - t_lo]
+            for d in range(D):  # a loop: a row assigned as a slice copies element by element with index checks
+                qt[d] = qr[d]
         sc = np.empty((_R, ld), q.dtype)
         o = np.empty((_R, DW), q.dtype)
         m = np.empty(_R, q.dtype)
@@ -391,8 +396,11 @@ def _forward_items(out, lse, q, kt, vp, mask, causal, scale, lo, hi):
                 else:
                     m[r] = scale * mx
                     lsum[r] = _exp_max_row(sc[r], nw, scale, mx)
-            for d0 in range(0, D, _W):  # o = p V
-                _tile(o, d0, DW, sc, 0, ld, 1, vpb, d0, DW, n, False)
+            for d0 in range(0, D, _W):  # o = p V, V's rows read in place when D is whole tiles
+                if vp.shape[2] > 0:
+                    _tile(o, d0, DW, sc, 0, ld, 1, vp[b, hk], d0, DW, n, False)
+                else:
+                    _tile(o, d0, DW, sc, 0, ld, 1, v, (b * S * Hkv + hk) * D + d0, Hkv * D, n, False)
             for r in range(t3 - t0 + 1):
                 t = t0 + r
                 if lsum[r] > 0:
@@ -410,14 +418,15 @@ def _attention_forward(out, lse, q, k, v, mask, causal, scale, kt, vp):
     """out (B, T, H, D), lse (B, H, T) = attention of q (B, T, H, D) over k, v (B, S, Hkv, D); mask (B, S).
 
     Scratch (written here): kt (B, Hkv, SW / _W, D, _W) and vp (B, Hkv, S, DW), per (batch, kv head)
-    K^T in tiles of _W keys and V padded to DW, read by every query row of the group.
+    K^T in tiles of _W keys and V padded to DW, read by every query row of the group; vp (B, Hkv, 0, DW) when
+    D is whole tiles (D == DW): the tiles then read v in place.
     """
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     items = B * H * ((T + _ROWS - 1) // _ROWS)
     work = B * H * T * S * D if items > 1 else 0  # a single work item: both phases on the calling thread
     for_chunks(_pack_kv, (kt, vp, k, v), B * Hkv, 1, work)
-    for_chunks(_forward_items, (out, lse, q, kt, vp, mask, causal, scale), items, 1, work)
+    for_chunks(_forward_items, (out, lse, q, kt, vp, v, mask, causal, scale), items, 1, work)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -442,11 +451,13 @@ def _key_bounds(nj, T, S, causal):
 
 
 @kernel
-def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk, s_lo, s_hi, accumulate):
+def _backward_keys(g_dq, dk, dv, qp, dop, di, q, dout, k, v, lse, mask, causal, scale, b, hk, s_lo, s_hi,
+                   accumulate):
     """g_dq (B, T, H, D) += gradients via keys s_lo..s_hi-1 of kv head hk, batch b; dk, dv (B, S, Hkv, D)
     of those keys += them if ``accumulate``, else = them.
 
-    qp, dop (B, H, TR, DW): q and dout packed per head, zero padded; di (B, H, TR): D_t = dout[t] . out[t].
+    qp, dop (B, H, TR, DW): q and dout packed per head, zero padded, or (B, H, 0, DW): the tiles read q and
+    dout (B, T, H, D) in place (D and T whole tiles); di (B, H, TR): D_t = dout[t] . out[t].
     """
     H, T = lse.shape[1], lse.shape[2]
     D = k.shape[3]
@@ -458,10 +469,11 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
     # the block's keys: K^T and V^T (score and dp tiles run along keys), K padded to DW (dq tiles)
     kt = np.empty((ld // _W, D, _W), qp.dtype)
     vt = np.empty((ld // _W, D, _W), qp.dtype)
-    kp = np.empty((nk, DW), qp.dtype)
+    kp = np.empty((nk if D < DW else 0, DW), qp.dtype)  # with D whole tiles the dq tiles read k in place
     _pack_t(kt, k, b, hk, s_lo, nk)
     _pack_t(vt, v, b, hk, s_lo, nk)
-    _pack_rows(kp, k, b, hk, s_lo, nk)
+    if D < DW:
+        _pack_rows(kp, k, b, hk, s_lo, nk)
     dka = np.zeros((ld, DW), qp.dtype)  # dk, dv of the block's keys, rows padded to whole tiles
     dva = np.zeros((ld, DW), qp.dtype)
     p = np.empty((_TB, ld), qp.dtype)  # probabilities and ds of a row block over the block's keys
@@ -469,8 +481,12 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
     dqs = np.empty((_R, DW), qp.dtype)
     t_min = max(0, s_lo - (S - T)) if causal else 0
     t_min -= t_min % _R  # whole _R-row tiles stay inside the TR packed rows
+    packed = qp.shape[2] > 0
+    qa, da = (qp, dop) if packed else (q, dout)  # the rows of q and dout the tiles read, rs apart
+    rs = DW if packed else H * D
     for h in range(hk * G, hk * G + G):
-        qs, dos, dih = qp[b, h], dop[b, h], di[b, h]
+        base = (b * H + h) * qp.shape[2] * DW if packed else b * T * H * D + h * D  # row 0 of head h
+        dih = di[b, h]
         for tb in range(t_min, T, _TB):
             nt = min(T, tb + _TB) - tb
             for r0 in range(0, nt, _R):
@@ -479,10 +495,10 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     p[r0:r0 + _R] = 0
                     ds[r0:r0 + _R] = 0
                     continue
-                a0 = (tb + r0) * DW
+                a0 = base + (tb + r0) * rs
                 for j0 in range(0, n, _W):  # scores q K^T and dp = dout V^T of the _R rows
-                    _tile(p, r0 * ld + j0, ld, qs, a0, DW, 1, kt, j0 * D, _W, D, False)
-                    _tile(ds, r0 * ld + j0, ld, dos, a0, DW, 1, vt, j0 * D, _W, D, False)
+                    _tile(p, r0 * ld + j0, ld, qa, a0, rs, 1, kt, j0 * D, _W, D, False)
+                    _tile(ds, r0 * ld + j0, ld, da, a0, rs, 1, vt, j0 * D, _W, D, False)
                 for r in range(r0, r0 + _R):
                     t = tb + r
                     pr, dr = p[r], ds[r]
@@ -500,7 +516,11 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                     pr[max(n_r, 0):] = 0
                     dr[max(n_r, 0):] = 0
                 for d0 in range(0, D, _W):  # dq = ds K
-                    _tile(dqs, d0, DW, ds, r0 * ld, ld, 1, kp, d0, DW, n, False)
+                    if D < DW:
+                        _tile(dqs, d0, DW, ds, r0 * ld, ld, 1, kp, d0, DW, n, False)
+                    else:
+                        _tile(dqs, d0, DW, ds, r0 * ld, ld, 1, k, ((b * S + s_lo) * Hkv + hk) * D + d0, Hkv * D, n,
+                              False)
                 for r in range(min(_R, nt - r0)):
                     gr, qr = g_dq[b, tb + r0 + r, h], dqs[r]
                     for d in range(D):
@@ -510,11 +530,11 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
                 r_lo = max(0, s_lo + j0 - (S - T) - tb) if causal else 0  # rows before r_lo miss these keys
                 if r_lo >= nt:
                     continue
-                b0 = (tb + r_lo) * DW
+                b0 = base + (tb + r_lo) * rs
                 for d0 in range(0, D, _W):
                     c0, a0 = j0 * DW + d0, r_lo * ld + j0
-                    _tile(dva, c0, DW, p, a0, 1, ld, dos, b0 + d0, DW, nt - r_lo, True)
-                    _tile(dka, c0, DW, ds, a0, 1, ld, qs, b0 + d0, DW, nt - r_lo, True)
+                    _tile(dva, c0, DW, p, a0, 1, ld, da, b0 + d0, rs, nt - r_lo, True)
+                    _tile(dka, c0, DW, ds, a0, 1, ld, qa, b0 + d0, rs, nt - r_lo, True)
     for j in range(nk):
         dkr, dvr = dk[b, s_lo + j, hk], dv[b, s_lo + j, hk]
         if accumulate:
@@ -529,28 +549,34 @@ def _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b,
 
 @kernel
 def _pack_heads(qp, dop, di, q, dout, out, scale, lo, hi):
-    """qp, dop, di of _attention_backward for the (batch, head) items bh = b * H + h in lo..hi-1."""
+    """qp, dop (unless they hold no rows: the tiles read q and dout in place) and di of _attention_backward for
+    the (batch, head) items bh = b * H + h in lo..hi-1."""
     T, H, D = q.shape[1], q.shape[2], q.shape[3]
     for bh in range(lo, hi):
         b, h = bh // H, bh % H
-        qb, db = qp[b, h], dop[b, h]
         for t in range(T):
-            qr, gr, orow, qo, go = q[b, t, h], dout[b, t, h], out[b, t, h], qb[t], db[t]
+            gr, orow = dout[b, t, h], out[b, t, h]
             a = scale - scale
             for d in range(D):
-                qo[d] = qr[d]
-                go[d] = gr[d]
                 a += gr[d] * orow[d]
-            qo[D:] = 0
-            go[D:] = 0
             di[b, h, t] = a
-        qb[T:] = 0
-        db[T:] = 0
         di[b, h, T:] = 0
+        if qp.shape[2] > 0:
+            qb, db = qp[b, h], dop[b, h]
+            for t in range(T):
+                qr, gr, qo, go = q[b, t, h], dout[b, t, h], qb[t], db[t]
+                for d in range(D):
+                    qo[d] = qr[d]
+                    go[d] = gr[d]
+                qo[D:] = 0
+                go[D:] = 0
+            qb[T:] = 0
+            db[T:] = 0
 
 
 @kernel
-def _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate, lo, hi):
+def _backward_items(dq, dqp, dk, dv, qp, dop, di, q, dout, k, v, lse, mask, causal, scale, bounds, accumulate, lo,
+                    hi):
     """Work items lo..hi-1 of _attention_backward: item it = (b * Hkv + hk) * nj + jc, key chunk jc.
 
     The item owns the dk, dv rows of its keys, and its query heads' rows of dq (nj == 1) or of dqp[jc]."""
@@ -567,7 +593,7 @@ def _backward_items(dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale
             for t in range(T):
                 g_dq[b, t, hk * G:hk * G + G] = 0
         for s_lo in range(bounds[jc], bounds[jc + 1], _KB):
-            _backward_keys(g_dq, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, b, hk,
+            _backward_keys(g_dq, dk, dv, qp, dop, di, q, dout, k, v, lse, mask, causal, scale, b, hk,
                            s_lo, min(s_lo + _KB, bounds[jc + 1]), accumulate)
 
 
@@ -589,9 +615,10 @@ def _add_dq_parts(dq, dqp, accumulate, lo, hi):
 def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale, accumulate, qp, dop, di, dqp):
     """dq (B, T, H, D), dk, dv (B, S, Hkv, D) (+)= gradients; dout, out (B, T, H, D), lse (B, H, T).
 
-    Scratch (written here): qp, dop (B, H, TR, DW) q and dout rows packed per head (the tiles' operands),
-    di (B, H, TR) D_t = dout[t] . out[t], and dqp (nj, B, T, H, D) or (0, ...): the work items (b, kv head,
-    one of nj key chunks) own their dk, dv rows, and with nj > 1 chunks each adds its dq part to dqp[jc].
+    Scratch (written here): qp, dop (B, H, TR, DW) q and dout rows packed per head (the tiles' operands; no
+    rows when D and T are whole tiles: the tiles read q and dout in place), di (B, H, TR) D_t = dout[t] .
+    out[t], and dqp (nj, B, T, H, D) or (0, ...): the work items (b, kv head, one of nj key chunks) own their
+    dk, dv rows, and with nj > 1 chunks each adds its dq part to dqp[jc].
     """
     B, T, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
@@ -600,8 +627,8 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
     items = B * Hkv * nj
     work = B * H * T * S * D if items > 1 else 0  # a single work item: every phase on the calling thread
     for_chunks(_pack_heads, (qp, dop, di, q, dout, out, scale), B * H, 1, work)
-    for_chunks(_backward_items, (dq, dqp, dk, dv, qp, dop, di, k, v, lse, mask, causal, scale, bounds, accumulate),
-               items, 1, work)
+    for_chunks(_backward_items, (dq, dqp, dk, dv, qp, dop, di, q, dout, k, v, lse, mask, causal, scale, bounds,
+                                 accumulate), items, 1, work)
     if nj > 1:
         for_chunks(_add_dq_parts, (dq, dqp, accumulate), B * T, 1, work)
 
@@ -741,8 +768,9 @@ def _work_shapes(B, T, S, H, Hkv, D, nj):
     """Shapes of the scratch arrays of :func:`_attention_forward` (kt, vp) and :func:`_attention_backward`
     (qp, dop, di, dqp)."""
     SW, TR, DW = _up(S, _W), _up(T, _R), _up(D, _W)
-    forward = ((B, Hkv, SW // _W, D, _W), (B, Hkv, S, DW))
-    backward = ((B, H, TR, DW), (B, H, TR, DW), (B, H, TR), (nj if nj > 1 else 0, B, T, H, D))
+    forward = ((B, Hkv, SW // _W, D, _W), (B, Hkv, S if D < DW else 0, DW))  # no V copy when D is whole tiles
+    rows = TR if D < DW or T < TR else 0  # q, dout rows packed, or none: the tiles read them in place
+    backward = ((B, H, rows, DW), (B, H, rows, DW), (B, H, TR), (nj if nj > 1 else 0, B, T, H, D))
     return forward, backward
 
 
