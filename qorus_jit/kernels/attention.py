@@ -55,7 +55,7 @@ from qorus_jit.core.check import (
     check_positive,
     check_positive_float,
 )
-from qorus_jit.core.numerics import FASTMATH, for_chunks, for_rows, kernel
+from qorus_jit.core.numerics import FASTMATH, copy_row, for_chunks, for_rows, kernel
 from qorus_jit.kernels._lowbit import LANES, _hsum, _lanes_below, lane_chunks, load_lanes, max_lanes, splat, store_lanes
 from qorus_jit.kernels._math import emit_exp, exp
 
@@ -368,9 +368,7 @@ def _forward_items(out, lse, q, kt, vp, v, mask, causal, scale, lo, hi):
         ld = _ceil(n_hi, _W)
         qs = np.zeros((_ROWS, D), q.dtype)  # the chunk's query rows; rows past t_hi stay zero
         for t in range(t_lo, t_hi):
-            qr, qt = q[b, t, h], qs[t - t_lo]
-            for d in range(D):  # a loop: a row assigned as a slice copies element by element with index checks
-                qt[d] = qr[d]
+            copy_row(qs[t - t_lo], q[b, t, h])
         sc = np.empty((_R, ld), q.dtype)
         o = np.empty((_R, DW), q.dtype)
         m = np.empty(_R, q.dtype)
@@ -696,8 +694,9 @@ def _kv_cache_write_rows(k_cache, v_cache, k, v, pos, lo, hi):
     T_new = k.shape[1]
     for bt in range(lo, hi):
         b, t = bt // T_new, bt % T_new
-        k_cache[b, pos + t] = k[b, t]
-        v_cache[b, pos + t] = v[b, t]
+        for hk in range(k.shape[2]):
+            copy_row(k_cache[b, pos + t, hk], k[b, t, hk])
+            copy_row(v_cache[b, pos + t, hk], v[b, t, hk])
 
 
 @kernel(parallel=True)

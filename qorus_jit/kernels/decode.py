@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from qorus_jit.core.numerics import FASTMATH, kernel
+from qorus_jit.core.numerics import FASTMATH, copy_row, kernel
 from qorus_jit.kernels import quant_x86
 from qorus_jit.kernels._blas import cpu_vendor
 from qorus_jit.kernels._lowbit import (
@@ -263,8 +263,8 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
     _rope_half_head(k, cos, sin, pos, o, D)
     for hh in range(hk * G, hk * G + G):
         _rope_half_head(q, cos, sin, pos, hh * D, D)
-    k_cache[pos, hk] = k[o:o + D]
-    v_cache[pos, hk] = v[o:o + D]
+    copy_row(k_cache[pos, hk], k[o:o + D])
+    copy_row(v_cache[pos, hk], v[o:o + D])
 
 
 @kernel

@@ -33,7 +33,7 @@ import numpy as np
 from numba import prange
 
 from qorus_jit.core.check import check_arrays, check_bool, check_choice, check_disjoint, check_writeable
-from qorus_jit.core.numerics import kernel
+from qorus_jit.core.numerics import copy_row, kernel
 from qorus_jit.kernels._blas import gemm as _blas_gemm
 
 ROUTES = ("blas", "numba")
@@ -60,7 +60,7 @@ def _gemm_blas(c, a, b, beta):
 def _fill_rows(out, bias):
     """out[n, :] = bias for every row n; out (N, O), bias (O,)."""
     for n in range(out.shape[0]):
-        out[n] = bias
+        copy_row(out[n], bias)
 
 
 @kernel
