@@ -181,7 +181,7 @@ def for_rows(body, args, rows, work):
 def copy_row(dst, src):
     """dst[:] = src for 1-D arrays of one length. numba compiles the assignment ``dst[:] = src`` (or ``dst[i] =
     src[j]`` of rows) to a scalar copy with an index check per element, 3-5x slower than this loop, which it
-    vectorizes (docs/design.md, "Attention kernels")."""
+    vectorizes (docs/design.md, "Kernel conventions")."""
     for j in range(dst.shape[0]):
         dst[j] = src[j]
 

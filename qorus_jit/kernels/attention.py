@@ -333,13 +333,13 @@ def _pack_rows(xp, x, b, hk, s_lo, n):
 
 @kernel
 def _pack_kv(kt, vp, k, v, lo, hi):
-    """kt[b, hk] = K^T in tiles of _W keys, vp[b, hk] = V padded to DW (unless vp holds no rows: D is whole
-    tiles and the tiles read v itself), for items bh = b * Hkv + hk in lo..hi-1."""
+    """kt[b, hk] = K^T in tiles of _W keys, vp[b, hk] = V padded to DW (unless D is whole tiles, D == DW: the
+    tiles then read v itself), for items bh = b * Hkv + hk in lo..hi-1."""
     S, Hkv = k.shape[1], k.shape[2]
     for bh in range(lo, hi):
         b, hk = bh // Hkv, bh % Hkv
         _pack_t(kt[b, hk], k, b, hk, 0, S)
-        if vp.shape[2] > 0:
+        if k.shape[3] < vp.shape[3]:
             _pack_rows(vp[b, hk], v, b, hk, 0, S)
 
 
@@ -395,7 +395,7 @@ def _forward_items(out, lse, q, kt, vp, v, mask, causal, scale, lo, hi):
                     m[r] = scale * mx
                     lsum[r] = _exp_max_row(sc[r], nw, scale, mx)
             for d0 in range(0, D, _W):  # o = p V, V's rows read in place when D is whole tiles
-                if vp.shape[2] > 0:
+                if D < DW:
                     _tile(o, d0, DW, sc, 0, ld, 1, vp[b, hk], d0, DW, n, False)
                 else:
                     _tile(o, d0, DW, sc, 0, ld, 1, v, (b * S * Hkv + hk) * D + d0, Hkv * D, n, False)
