@@ -86,10 +86,10 @@ def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):
 @pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
 def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one_row, n_kv_heads, threads, hidden):
-    """With as many kv heads as threads, each kv head's region also applies its columns of the output
-    projection; the MLP runs one slice of the hidden units per thread (hidden 50: slices not in fours); the
-    products read W either way (``one_row``, which the CPU picks). The layers one by one
-    (``Graph.forward_decode``, the generic step) are the reference, caches included."""
+    """With as many kv heads as threads, the whole token in one region (its phases' items claimed), else block by
+    block; the MLP runs one slice of the hidden units per thread (hidden 50: slices not whole groups of 32); the
+    products read W either way (``one_row``, which the CPU picks: by rows, the down projection too). The layers
+    one by one (``Graph.forward_decode``, the generic step) are the reference, caches included."""
     from qorus_jit.models import llama
 
     monkeypatch.setattr(llama, "one_row", lambda: one_row)
@@ -108,7 +108,7 @@ def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one
             np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=f"position {t}")
     finally:
         set_num_threads(before)
-    assert model._decoder is not None and model._decoder.args[2][-1] is one_row  # the one-call path ran so
+    assert model._decoder is not None and model._decoder.one_row is one_row  # the one-call path ran so
     attn = model._blocks[0].self_attn
     cf, cp = fused.cache_for(attn), plain.cache_for(attn)
     np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
@@ -172,7 +172,7 @@ def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(monkeypatch,
                                                     ("bf16", 2, False)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_quantized_decode_in_one_call_equals_the_nodes_one_by_one(dtype, n_kv_heads, tie, threads):
-    """bf16 / q8_0 weights: the one-call decoder (kernels.decode._llama_decode_quant) against the layers one by one
+    """bf16 / q8_0 weights: the one-call decoder (kernels.decode._llama_decode) against the layers one by one
     (QuantizedLinear's matvec kernels, tested against NumPy in test_quant.py), at each thread count."""
     from qorus_jit.models.quantize import quantize_model
 
@@ -201,17 +201,19 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
     assert xa.dtype == ya.dtype == np.int8  # the x86 activations, not the portable int16 ones
 
 
-@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("dtype,one_row", [("fp32", False), ("fp32", True), ("int8", None), ("bf16", None)])
 @pytest.mark.parametrize("hidden", [64, 96])
-def test_quantized_decode_in_three_slices(monkeypatch, dtype, hidden):
+def test_decode_in_three_slices(monkeypatch, dtype, one_row, hidden):
     """The feed-forward's slices of whole groups of 32, three of them (hidden 96: one group each; 64: the last one
-    empty, its partial sums zero), against the layers one by one."""
+    empty, its partial sums zero), against the layers one by one; float32 W read either way (by rows: the down
+    projection by rows after the slices)."""
     from qorus_jit.models import llama
     from qorus_jit.models.quantize import quantize_model
 
     monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= 2, 3))
-    model = quantize_model(_llama(2, hidden=hidden, tie=True), dtype)
-    _one_call_equals_nodes(model)
+    monkeypatch.setattr(llama, "one_row", lambda: bool(one_row))
+    model = _llama(2, hidden=hidden, tie=True)
+    _one_call_equals_nodes(model if dtype == "fp32" else quantize_model(model, dtype))
 
 
 def test_decode_plan_follows_layer_swaps():
@@ -505,17 +507,20 @@ def test_generate_yields_greedy_runs_as_a_stream(monkeypatch):
     assert list(gen) == one[:one.index(one[12]) + 1] and gen.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+@pytest.mark.parametrize("dtype,one_row", [("fp32", False), ("fp32", True), ("int8", None), ("bf16", None)])
 @pytest.mark.parametrize("threads,n_parts", [(1, 2), (2, 2), (2, 3)])
-def test_quantized_token_in_one_region(monkeypatch, dtype, threads, n_parts):
-    """The quantized decoder's one-region token (kernels.decode._token_part_quant): its phases' items claimed by
-    the participants, including more participants than threads (run one after another: the first does every
-    item, the rest find none and must not wait for them) and 3 layers of phases, against the layers one by one
-    over three generations of 14 tokens (a race between participants would show as wrong logits)."""
+def test_token_in_one_region(monkeypatch, dtype, one_row, threads, n_parts):
+    """The decoder's one-region token (kernels.decode._token_part): its phases' items claimed by the participants,
+    including more participants than threads (run one after another: the first does every item, the rest find
+    none and must not wait for them) and 3 layers of phases (four each where float32 W is read by rows),
+    against the layers one by one over three generations of 14 tokens (a race between participants would show
+    as wrong logits)."""
     from qorus_jit.models import llama
     from qorus_jit.models.quantize import quantize_model
 
     monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (True, n_parts))
-    model = quantize_model(_llama(4, hidden=96, tie=False), dtype)
+    monkeypatch.setattr(llama, "one_row", lambda: bool(one_row))
+    model = _llama(4, hidden=96, tie=False)
+    model = model if dtype == "fp32" else quantize_model(model, dtype)
     for _ in range(3):
         _at_threads(threads, _one_call_equals_nodes, model)

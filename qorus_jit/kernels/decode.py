@@ -1,18 +1,16 @@
-"""Single-token decoding kernels: a matrix-vector product, a whole pre-norm Llama block, and a whole Llama.
+"""Single-token decoding kernels: a matrix-vector product and a whole Llama in one call.
 
 Decoding one token reads every weight once and does little arithmetic per byte, so its speed is set by
-memory bandwidth and by per-call overhead. ``_llama_block_decode`` runs a whole block (RMSNorm, q/k/v
-projections, rotate-half RoPE, KV-cache append, grouped-query attention over the cache, output projection,
-residual, RMSNorm, SwiGLU MLP, residual) in one call of two parallel regions instead of about fifteen
-kernel calls from Python: one per kv head for its q, k, v rows, RoPE, cache append, attention and its part of
-the output projection (a head needs no other head's rows; with fewer kv heads than threads, three regions:
-the projections by rows, attention by query head, the output projection by rows), and one per slice of
-the hidden units for gate, up and their part of the down projection; where the products read W a whole row at
-a time (:func:`one_row`), the output and down projections by rows instead, in a region each. ``_llama_decode``
-runs it for every block of a Llama, then the final norm and the head (each thread taking the argmax of the rows
-it writes): :class:`~qorus_jit.models.Llama` makes that one call per token (through ``kernels.trusted``), having
-checked its arguments once per cache. ``_llama_decode_quant`` does the same with bf16 or q8_0 weights, the whole
-token in one parallel region whose phases' items the threads claim (``_token_part_quant``, kernels._sync).
+memory bandwidth and by per-call overhead. ``_llama_decode`` takes one token through a whole Llama (per block:
+RMSNorm, q/k/v projections, rotate-half RoPE, KV-cache append, grouped-query attention over the cache, output
+projection, residual, RMSNorm, SwiGLU MLP, residual; then the final norm and the head, each thread taking the
+argmax of the rows it writes) with float32, bf16 or q8_0 weights, in one call instead of about fifteen kernel
+calls a block from Python. With at least as many kv heads as threads the whole token is one parallel region
+whose phases' items the threads claim (``_token_part``, kernels._sync): per kv head its q, k, v rows, RoPE,
+cache append and attention; the output projection by rows; per slice of the hidden units gate, up and (by
+column slices, or by rows where float32 W is read a row at a time, :func:`one_row`) the down projection.
+With fewer, ``_llama_block_decode`` runs a block in a few regions. :class:`~qorus_jit.models.Llama` makes that
+one call per token (through ``kernels.trusted``), having checked its arguments once per cache.
 """
 
 from __future__ import annotations
@@ -267,16 +265,6 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
     copy_row(v_cache[pos, hk], v[o:o + D])
 
 
-@kernel
-def _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G, one_row):
-    """kv head hk's rows of k, v = W h and of its G query heads' q, then :func:`_rope_cache_append`."""
-    D = k_cache.shape[2]
-    _matvec_rows(k, wk, h, hk * D, hk * D + D, one_row)
-    _matvec_rows(v, wv, h, hk * D, hk * D + D, one_row)
-    _matvec_rows(q, wq, h, hk * G * D, (hk + 1) * G * D, one_row)
-    _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-
-
 _F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
@@ -394,95 +382,6 @@ def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
     _mix_values(ah, s, v_cache, hk, L, 1 / total)
 
 
-@kernel(parallel=True)
-def _residual_rows(x, y, w, a, one_row):
-    """x (C,) += w (C, K) @ a (K,), rows over threads in blocks of _ROWS; y (>= C,) scratch; ``one_row`` as in
-    :func:`_matvec_cols`."""
-    C = x.shape[0]
-    for c in prange((C + _ROWS - 1) // _ROWS):
-        lo, hi = c * _ROWS, min(C, (c + 1) * _ROWS)
-        _matvec_rows(y, w, a, lo, hi, one_row)
-        xs, ys = x[lo:hi], y[lo:hi]
-        for i in range(hi - lo):
-            xs[i] += ys[i]
-
-
-@kernel(parallel=True)
-def _llama_block_decode(x, attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down, k_cache, v_cache, pos,
-                        cos, sin, eps, scale, h, q, k, v, att, scores, g, u, parts, by_kv_head, n_parts, one_row):
-    """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals).
-
-    Weights in ``nn.Linear`` layout: wq (H*D, C), wk, wv (Hkv*D, C), wo (C, H*D), w_gate, w_up (F, C),
-    w_down (C, F); norms (C,). k_cache, v_cache (T_max, Hkv, D): the token's key and value are written at
-    row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h (C,), q, att (H*D,),
-    k, v (Hkv*D,), scores (H, T_max), g, u (F,), parts (>= Hkv + n_parts, C).
-
-    Two parallel regions when ``by_kv_head`` (give it ``Hkv >= threads``): one per kv head projects its
-    own q, k, v rows, attends, and multiplies its heads' outputs by their columns of wo into ``parts[hk]``;
-    then one per slice of the hidden units (``n_parts``, give it the thread count) computes its gate and up
-    rows, SwiGLU, and its columns of w_down into ``parts[Hkv + c]``. The residual adds those partial sums
-    on the calling thread. Two regions rather than one per product: each region costs its start and join, and
-    its threads' short reads reach less of the memory bandwidth than one long read (docs/design.md, "Decoding one
-    token"). ``one_row`` (:func:`one_row`): the products read W a whole row at a time, so wo and w_down are not
-    split by columns but multiplied by rows in a region each after the one that fills their input: on the AMD
-    EPYC (Zen 4) a slice of columns read from memory went at a third of whole rows' rate (docs/design.md). The
-    thread count is an argument, since reading it here would keep numba from caching the kernel.
-    """
-    Hkv, D = k_cache.shape[1], k_cache.shape[2]
-    H = q.shape[0] // D
-    G = H // Hkv
-    # attention: h = rmsnorm(x); q, k, v = W h; RoPE; cache append; softmax(q k^T * scale) v over the cache
-    _rmsnorm_vec(h, x, attn_norm, eps)
-    if by_kv_head:
-        # one parallel region: each kv head projects its own rows, attends, and (unless one_row) applies its
-        # columns of wo
-        for hk in prange(Hkv):
-            _kv_head_project(q, k, v, k_cache, v_cache, wq, wk, wv, h, cos, sin, pos, hk, G, one_row)
-            for hh in range(hk * G, hk * G + G):
-                _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
-            if not one_row:
-                c0 = hk * G * D
-                _matvec_cols(parts[hk], wo, att[c0:c0 + G * D], c0, c0 + G * D, one_row)
-        if one_row:
-            _residual_rows(x, h, wo, att, one_row)
-        else:
-            _add_parts(x, parts, 0, Hkv)
-    else:  # too few kv heads to keep the threads busy: the projections by rows, then attention by query head
-        nq = (wq.shape[0] + _ROWS - 1) // _ROWS
-        nk = (wk.shape[0] + _ROWS - 1) // _ROWS
-        for c in prange(nq + nk):
-            if c < nq:
-                _matvec_rows(q, wq, h, c * _ROWS, min(wq.shape[0], (c + 1) * _ROWS), one_row)
-            else:
-                lo, hi = (c - nq) * _ROWS, min(wk.shape[0], (c - nq + 1) * _ROWS)
-                _matvec_rows(k, wk, h, lo, hi, one_row)
-                _matvec_rows(v, wv, h, lo, hi, one_row)
-        for hk in range(Hkv):
-            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-        for hh in prange(H):
-            _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
-        _residual_rows(x, h, wo, att, one_row)
-    # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
-    _rmsnorm_vec(h, x, mlp_norm, eps)
-    F = w_gate.shape[0]
-    step = (F // n_parts + 3) // 4 * 4  # whole groups of four rows
-    for c in prange(n_parts):
-        lo, hi = min(F, c * step), min(F, (c + 1) * step)
-        if c == n_parts - 1:
-            hi = F
-        _matvec_rows(g, w_gate, h, lo, hi, one_row)
-        _matvec_rows(u, w_up, h, lo, hi, one_row)
-        gs, us = g[lo:hi], u[lo:hi]
-        for i in range(hi - lo):
-            gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-        if not one_row:
-            _matvec_cols(parts[Hkv + c], w_down, gs, lo, hi, one_row)
-    if one_row:
-        _residual_rows(x, h, w_down, g, one_row)
-    else:
-        _add_parts(x, parts, Hkv, Hkv + n_parts)
-
-
 @kernel
 def _greedy_next(logits, best, toks, stops, t):
     """After token t of a greedy run: toks[t] = its argmax (``best[0]``), and (that argmax, t + 1, whether the run
@@ -497,79 +396,33 @@ def _greedy_next(logits, best, toks, stops, t):
     return nxt, t + 1, more
 
 
-@kernel(parallel=True)
-def _llama_decode(logits, best, x, toks, stops, tok, embed, blocks, addresses, pos, eps, scale, h, q, k, v, att,
-                  scores, g, u, parts, by_kv_head, n_parts, norm_w, norm_eps, head_w, one_row):
-    """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
-    embed[tok]``, every block (:func:`_llama_block_decode`), the final RMSNorm, ``logits = head_w @ x``, and
-    ``best[0]`` their argmax as NumPy's (the first NaN, else the first maximum), taken by each thread from the
-    rows it just wrote (``best (>= n_parts + 1,)`` int64; reading the logits again afterwards cost a greedy
-    token 7.5 us of 1,200 at the stories15M shape).
-
-    ``blocks, addresses`` from :func:`block_table`: the first block's (attn_norm, wq, wk, wv, wo, mlp_norm,
-    w_gate, w_up, w_down, k_cache, v_cache, cos, sin) as :func:`_llama_block_decode` takes them, and every
-    block's addresses; ``eps (n_blocks,)``; scratch and ``scale`` are shared by the blocks. embed (V0, C),
-    head_w (V, C), norm_w (C,); ``one_row`` as :func:`one_row` gives it. One call rather than a Python call per
-    layer saves their call overhead (docs/design.md, "Decoding one token"). Parallel itself, with the head's rows
-    as :func:`_matvec` splits them, because it calls a parallel kernel (docs/design.md, "Kernels that call
-    parallel kernels").
-
-    A greedy run (:func:`_greedy_next`): up to ``toks.shape[0]`` tokens from ``tok`` at ``pos`` on, each the argmax
-    of the one before, written to ``toks``; returns how many ran. ``logits`` are the last one's. A step is a run
-    of one; the loop is here, not in a kernel of its own, which would have no parallel region to carry the start
-    of numba's threads in its cached code."""
-    t = 0
-    while True:  # tokens of a greedy run
-        at = pos + t
-        e = embed[tok]
-        for j in range(x.shape[0]):  # a loop: ``x[:] = e`` would be a parallel region of its own
-            x[j] = e[j]
-        b = blocks
-        for i in range(addresses.shape[0]):
-            a = addresses[i]
-            _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4]),
-                                _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]), _at(a[9], b[9]),
-                                _at(a[10], b[10]), at, _at(a[11], b[11]), _at(a[12], b[12]), eps[i], scale, h, q, k, v,
-                                att, scores, g, u, parts, by_kv_head, n_parts, one_row)
-        _rmsnorm_vec(h, x, norm_w, norm_eps)
-        V = head_w.shape[0]
-        n = min(n_parts, best.shape[0] - 1)
-        nc, per = _head_parts(V, n)
-        for p in prange(n):  # each part's argmax from its rows just written, in its own cache
-            bi, bv = -1, logits.dtype.type(0)
-            for c in range(p * per, min(nc, (p + 1) * per)):
-                lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
-                _matvec_rows_streamed(logits, head_w, h, lo, hi, one_row)
-                bi, bv = _scan_best(logits, lo, hi, bi, bv)
-            best[p + 1] = bi
-        _join_best(logits, best, n)
-        tok, t, more = _greedy_next(logits, best, toks, stops, t)
-        if not more:
-            return t
-
-
 # ---------------------------------------------------------------------------------------------------
-# Llama decoding with bf16 or q8_0 weights (kernels.quant's formats)
+# A whole Llama token, float32, bf16 or q8_0 weights (kernels.quant's formats)
 #
-# One kernel per token as for float32, written once for both formats: the helpers below are numba overloads
-# that pick, at typing time from the weight's dtype, the format's code (q8_0: ``qs`` int8 with its scales;
-# bf16: ``w16`` viewed as uint32 pairs, ``ws`` unused), and from the scratch's dtype the dot: q8_0 activations in
-# int16 scratch and bf16 ones in float32 scratch take the portable dots; int8 scratch (q8_0) or uint16 scratch
-# (bf16 bits) the dot of the fastest x86 path of numba's target CPU (kernels.quant_x86.cpu_path, picked while
-# typing: numba keys cached code by the target's features). The down projection splits by columns, in slices of
-# whole groups of 32 (q8_0's scales), as the float32 kernel's does; the output projection by rows, since the
-# heads' columns are not whole groups.
+# One kernel written once for the three formats: the helpers below are numba overloads that pick, at typing
+# time from the weight's dtype, the format's code (float32 W; q8_0: ``qs`` int8 with its scales; bf16: ``w16``
+# viewed as uint32 pairs; ``ws`` unused but for q8_0), and from the scratch's dtype the dot: float32 W takes a
+# float32 copy of x in xa and, in a bool xb (1,), how W is read (:func:`one_row`: given at run time, so that the
+# tests run both ways on every CPU); q8_0 activations in int16 scratch and bf16 ones in float32 scratch take the
+# portable dots; int8 scratch (q8_0) or uint16 scratch (bf16 bits) the dot of the fastest x86 path of numba's
+# target CPU (kernels.quant_x86.cpu_path, picked while typing: numba keys cached code by the target's features).
+# The output projection goes by rows (the heads' columns are not whole groups of q8_0's 32); the down projection
+# by column slices of whole groups, each slice's after its gate and up rows, except where float32 W is read a
+# row at a time (AMD CPUs), where it goes by rows too: a slice of columns read from memory went at a third of
+# whole rows' rate on the AMD EPYC (Zen 4; docs/design.md, "One row at a time on AMD CPUs").
 
 
 def _prep(xa, xb, x):
-    """x (I,) made ready for ``_rows``: q8_0 quantizes it per group (xa int16 or int8 (>= I,), xb (>= I/32,));
-    bf16 splits its even and odd elements (xa, xb float32 (>= I/2,)) or, in uint16 scratch, x into two bf16
-    numbers xa + xb (>= I,) for ``vdpbf16ps``."""
+    """x (I,) made ready for ``_rows``: float32 copies it (xa float32 (>= I,); xb bool (1,), :func:`one_row`);
+    q8_0 quantizes it per group (xa int16 or int8 (>= I,), xb (>= I/32,)); bf16 splits its even and odd
+    elements (xa, xb float32 (>= I/2,)) or, in uint16 scratch, x into two bf16 numbers xa + xb (>= I,) for
+    ``vdpbf16ps``."""
 
 
 def _rows(out, w, ws, xa, xb, lo, hi):
     """out[i] = W[i] . x for lo <= i < hi, x as ``_prep`` left it in xa, xb (which may be longer: the dots read
-    as many elements as W has columns); W = q8_0 (w int8 (O, I), ws (O, I/32)) or bf16 pairs (w uint32 (O, I/2))."""
+    as many elements as W has columns); W = float32 (w (O, I)), q8_0 (w int8 (O, I), ws (O, I/32)) or bf16 pairs
+    (w uint32 (O, I/2))."""
 
 
 def _embed_row(x, w, ws, tok):
@@ -586,6 +439,28 @@ def _cols(out, w, ws, xa, xb, lo, hi):
     ``_prep_span`` left it: a thread's slice of the columns, by the dot ``_rows`` takes, on windows of W."""
 
 
+def _head_rows(out, w, ws, xa, xb, lo, hi):
+    """``_rows`` for the head, which is read from memory: float32 by :func:`_matvec_rows_streamed`."""
+
+
+def _down_by_rows(xb):
+    """Whether the down projection goes by rows (float32 W read a row at a time) rather than by column slices."""
+
+
+@overload(_head_rows, jit_options={"fastmath": set(FASTMATH)})
+def _head_rows_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.float32:
+        return lambda out, w, ws, xa, xb, lo, hi: _matvec_rows_streamed(out, w, xa, lo, hi, xb[0])
+    return lambda out, w, ws, xa, xb, lo, hi: _rows(out, w, ws, xa, xb, lo, hi)
+
+
+@overload(_down_by_rows, jit_options={"fastmath": set(FASTMATH)})
+def _down_by_rows_impl(xb):
+    if xb.dtype == types.boolean:
+        return lambda xb: xb[0]
+    return lambda xb: False
+
+
 @overload(_prep, jit_options={"fastmath": set(FASTMATH)})
 def _prep_impl(xa, xb, x):
     def prep(xa, xb, x):
@@ -595,6 +470,10 @@ def _prep_impl(xa, xb, x):
 
 @overload(_prep_span, jit_options={"fastmath": set(FASTMATH)})
 def _prep_span_impl(xa, xb, x, lo, hi):
+    if xb.dtype == types.boolean:  # float32: a copy
+        def f32(xa, xb, x, lo, hi):
+            copy_row(xa[lo:hi], x[lo:hi])
+        return f32
     if xa.dtype in (types.int16, types.int8):
         def q8_0(xa, xb, x, lo, hi):
             _quantize_x_q8(xa[lo:hi], xb[lo // GROUP:hi // GROUP], x[lo:hi])
@@ -612,6 +491,10 @@ def _prep_span_impl(xa, xb, x, lo, hi):
 
 @overload(_rows, jit_options={"fastmath": set(FASTMATH)})
 def _rows_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.float32:
+        def f32(out, w, ws, xa, xb, lo, hi):
+            _matvec_rows(out, w, xa, lo, hi, xb[0])
+        return f32
     if w.dtype == types.int8 and xa.dtype == types.int8:  # the x86 signed dot of the target's fastest path
         path = quant_x86.cpu_path("q8_0")
         if path is None:
@@ -642,6 +525,10 @@ def _rows_impl(out, w, ws, xa, xb, lo, hi):
 
 @overload(_cols, jit_options={"fastmath": set(FASTMATH)})
 def _cols_impl(out, w, ws, xa, xb, lo, hi):
+    if w.dtype == types.float32:
+        def f32(out, w, ws, xa, xb, lo, hi):
+            _matvec_cols(out, w, xa[lo:hi], lo, hi, xb[0])
+        return f32
     if w.dtype == types.int8:
         def q8_0(out, w, ws, xa, xb, lo, hi):
             g0, g1 = lo // GROUP, hi // GROUP
@@ -699,7 +586,7 @@ def _add_product(x, h, w, ws, xa, xb):
 
 
 @kernel
-def _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
+def _kv_head(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
     """kv head hk's rows of k, v and of its query heads' q (W a, with a as ``_prep`` left it in xa, xb), RoPE,
     cache append, and its query heads' attention into ``att``."""
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
@@ -713,9 +600,10 @@ def _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb
 
 
 @kernel
-def _mlp_slice_quant(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb):
-    """Slice c of n of the hidden units, whole groups of 32 (q8_0's scales): its gate and up rows, SwiGLU, the
-    slice prepared into ya, yb, and its columns of w_down into ``pc`` (C,) (zeros for an empty slice)."""
+def _mlp_slice(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, by_cols):
+    """Slice c of n of the hidden units, whole groups of 32 (q8_0's scales): its gate and up rows and SwiGLU
+    into g; if ``by_cols``, the slice prepared into ya, yb and its columns of w_down into ``pc`` (C,) (zeros for
+    an empty slice)."""
     F = wg.shape[0]
     step = (F // n + GROUP - 1) // GROUP * GROUP
     lo, hi = min(F, c * step), min(F, (c + 1) * step)
@@ -727,23 +615,31 @@ def _mlp_slice_quant(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb):
         gs, us = g[lo:hi], u[lo:hi]
         for i in range(hi - lo):
             gs[i] = gs[i] / (1 + exp(-gs[i])) * us[i]
-        _prep_span(ya, yb, g, lo, hi)
-        _cols(pc, wd, sd, ya, yb, lo, hi)
-    else:
+        if by_cols:
+            _prep_span(ya, yb, g, lo, hi)
+            _cols(pc, wd, sd, ya, yb, lo, hi)
+    elif by_cols:
         for i in range(pc.shape[0]):
             pc[i] = 0
 
 
 @kernel(parallel=True)
-def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
-                              k_cache, v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb,
-                              ya, yb, parts, n_parts):
-    """:func:`_llama_block_decode` with quantized weights (each W as ``_rows`` takes it, its scales beside it),
-    for fewer kv heads than threads (the decoder runs more in one region, :func:`_token_part_quant`): four
-    parallel regions, the q, k, v projections by rows, attention by query head, the output projection by rows
-    (the heads' columns are not whole groups of 32, q8_0's scales), and per slice of the hidden units
-    (``n_parts``, give it the thread count; at most ``parts``' rows) :func:`_mlp_slice_quant`, whose partial
-    sums are added on the calling thread. ya, yb: scratch as xa, xb."""
+def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache,
+                        v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb, ya, yb, parts,
+                        n_parts):
+    """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals), for fewer kv heads
+    than threads (with more, :func:`_token_part` runs the whole token in one region).
+
+    Weights in ``nn.Linear`` layout, each as ``_rows`` takes it with its scales beside it: wq (H*D, C), wk, wv
+    (Hkv*D, C), wo (C, H*D), wg, wu (F, C), wd (C, F); norms (C,). k_cache, v_cache (T_max, Hkv, D): the token's
+    key and value are written at row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h
+    (C,), q, att (H*D,), k, v (Hkv*D,), scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them,
+    parts (>= n_parts, C).
+
+    Parallel regions: the q, k, v projections by rows, attention by query head, the output projection by rows,
+    and per slice of the hidden units (``n_parts``, give it the thread count; at most ``parts``' rows)
+    :func:`_mlp_slice`, whose partial sums are added on the calling thread (or, with the down projection by rows,
+    a region of its own)."""
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
@@ -768,13 +664,18 @@ def _llama_block_decode_quant(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_
     _rmsnorm_vec(h, x, mlp_norm, eps)
     _prep(xa, xb, h)
     n = min(n_parts, parts.shape[0])
+    rows = _down_by_rows(xb)
     for c in prange(n):
-        _mlp_slice_quant(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb)
-    _add_parts(x, parts, 0, n)
+        _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows)
+    if rows:
+        _prep(xa, xb, g)
+        _add_product(x, h, wd, sd, xa, xb)
+    else:
+        _add_parts(x, parts, 0, n)
 
 
 @kernel
-def _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n):
+def _head_part(logits, best, head_w, head_s, xa, xb, it, n):
     """Part ``it`` of ``n`` of the head (whole chunks of _HEAD_ROWS rows): logits = W a there (a as ``_prep``
     left it in xa, xb), and best[it + 1] its argmax (:func:`_scan_best`; -1 for an empty part)."""
     V = head_w.shape[0]
@@ -782,7 +683,7 @@ def _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n):
     bi, bv = -1, logits.dtype.type(0)
     for c in range(it * per, min(nc, (it + 1) * per)):
         lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
-        _rows(logits, head_w, head_s, xa, xb, lo, hi)
+        _head_rows(logits, head_w, head_s, xa, xb, lo, hi)
         bi, bv = _scan_best(logits, lo, hi, bi, bv)
     best[it + 1] = bi
 
@@ -799,29 +700,50 @@ def _spread(c, m, n):
 
 
 @kernel
-def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos, eps,
-                      scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps, head_w, head_s):
-    """Participant ``p`` of ``n`` in one token through a whole Llama with quantized weights in one parallel region
-    (:func:`_llama_decode_quant` with ``by_kv_head``). Each block is three phases whose work items are claimed
-    from ``counters`` (kernels._sync), every participant waiting for all of a phase's items before the next:
-    per kv head its q, k, v rows, RoPE, cache append and attention into ``atts[i]``; the output projection by
-    rows into ``outs[i]``; per slice of the hidden units its gate and up rows, SwiGLU and its columns of w_down
-    into ``partss[i]``. The head is a last phase. Each participant keeps its own residual stream, normed input
-    and prepared activations (``xs[p], hs[p], xas[p], xbs[p]``): all add the same sums in the same order, so the
-    copies agree and need no phase of their own.
+def _rows_phase(counters, ph, n, out, w, ws, xa, xb):
+    """Phase ``ph`` of ``n`` participants: out (C,) = W a by rows (W as ``_rows`` takes it, a as ``_prep`` left it
+    in xa, xb), in 2n items of whole fours (two a participant: balance); returns once every item is done."""
+    C = out.shape[0]
+    nb = 2 * n
+    rs = (C // nb + 3) // 4 * 4
+    while True:
+        c = claim(counters, ph)
+        if c >= nb:
+            break
+        c = _spread(c, nb, n)
+        lo, hi = min(C, c * rs), min(C, (c + 1) * rs)
+        if c == nb - 1:
+            hi = C
+        if hi > lo:
+            _rows(out, w, ws, xa, xb, lo, hi)
+        done(counters, ph)
+    wait_done(counters, ph, nb)
 
-    What all participants read after a phase (att, the projection, the partial sums) is block i's own: a phase
-    is not a barrier (a participant may do every item of the next phases while another is still reading), so
-    a later block must not write where an earlier one's results are read. Scratch used only inside an item
-    (q, k, v, scores, g, u, ya, yb) is shared."""
+
+@kernel
+def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos, eps, scale,
+                q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w, head_s):
+    """Participant ``p`` of ``n`` in one token through a whole Llama in one parallel region (:func:`_llama_decode`
+    with ``by_kv_head``). Each block is three or four phases whose work items are claimed from ``counters``
+    (kernels._sync), every participant waiting for all of a phase's items before the next: per kv head its q, k,
+    v rows, RoPE, cache append and attention into ``atts[i]``; the output projection by rows into ``outs[i, 0]``;
+    per slice of the hidden units its gate and up rows and SwiGLU into ``gs[i]`` and, unless the down projection
+    goes by rows (:func:`_down_by_rows`), its columns of w_down into ``partss[i]``; else the down projection by
+    rows into ``outs[i, 1]``. The head is a last phase. Each participant keeps its own residual stream, normed
+    input and prepared activations (``xs[p], hs[p], xas[p], xbs[p]``): all add the same sums in the same order,
+    so the copies agree and need no phase of their own.
+
+    What all participants read after a phase (att, the projections, g, the partial sums) is block i's own: a
+    phase is not a barrier (a participant may do every item of the next phases while another is still reading),
+    so a later block must not write where an earlier one's results are read. Scratch used only inside an item
+    (q, k, v, scores, u, ya, yb) is shared."""
     x, h, xa, xb = xs[p], hs[p], xas[p], xbs[p]
     _embed_row(x, embed, embed_s, tok)
     Hkv = b[16].shape[1]
-    C = x.shape[0]
     ph = 0
     for i in range(addresses.shape[0]):
         a = addresses[i]
-        att, o, parts = atts[i], outs[i], partss[i]
+        att, o, parts, g = atts[i], outs[i], partss[i], gs[i]
         wq, sq, wk, sk = _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4])
         wv, sv, wo, so = _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8])
         k_cache, v_cache, cos, sin = _at(a[16], b[16]), _at(a[17], b[17]), _at(a[18], b[18]), _at(a[19], b[19])
@@ -832,85 +754,89 @@ def _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed
             if hk >= Hkv:
                 break
             hk = _spread(hk, Hkv, n)
-            _kv_head_quant(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos,
-                           scale)
+            _kv_head(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale)
             done(counters, ph)
         wait_done(counters, ph, Hkv)
         ph += 1
         _prep(xa, xb, att)
-        nb = 2 * n  # the output projection by rows, in whole fours (two items a participant: balance)
-        rs = (C // nb + 3) // 4 * 4
-        while True:
-            c = claim(counters, ph)
-            if c >= nb:
-                break
-            c = _spread(c, nb, n)
-            lo, hi = min(C, c * rs), min(C, (c + 1) * rs)
-            if c == nb - 1:
-                hi = C
-            if hi > lo:
-                _rows(o, wo, so, xa, xb, lo, hi)
-            done(counters, ph)
-        wait_done(counters, ph, nb)
+        _rows_phase(counters, ph, n, o[0], wo, so, xa, xb)
         ph += 1
-        for j in range(C):
-            x[j] += o[j]
+        _add_parts(x, o, 0, 1)
         wg, sg, wu, su = _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]), _at(a[13], b[13])
         wd, sd = _at(a[14], b[14]), _at(a[15], b[15])
         _rmsnorm_vec(h, x, _at(a[9], b[9]), eps[i])
         _prep(xa, xb, h)
+        rows = _down_by_rows(xb)
         while True:  # the feed-forward, per slice of the hidden units
             c = claim(counters, ph)
             if c >= n:
                 break
-            _mlp_slice_quant(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb)
+            _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows)
             done(counters, ph)
         wait_done(counters, ph, n)
         ph += 1
-        _add_parts(x, parts, 0, n)
+        if rows:
+            _prep(xa, xb, g)
+            _rows_phase(counters, ph, n, o[1], wd, sd, xa, xb)
+            ph += 1
+            _add_parts(x, o, 1, 2)
+        else:
+            _add_parts(x, parts, 0, n)
     _rmsnorm_vec(h, x, norm_w, norm_eps)
     _prep(xa, xb, h)
     while True:  # the head, no wait: the region's end is one
         it = claim(counters, ph)
         if it >= n:
             break
-        _head_part_quant(logits, best, head_w, head_s, xa, xb, it, n)
+        _head_part(logits, best, head_w, head_s, xa, xb, it, n)
 
 
 @kernel(parallel=True)
-def _llama_decode_quant(logits, best, x, toks, stops, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q,
-                        k, v, att, scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, partss, counters,
-                        by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
-    """:func:`_llama_decode` (``best`` as there) with bf16 or q8_0 weights: every linear weight and the head as
-    ``_rows`` takes them, each with its scales (``s*``: q8_0's ``d``; for bf16 any float32 matrices, unused).
-    ``blocks``: the first block's (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd,
-    k_cache, v_cache, cos, sin), ``addresses`` every block's, as there. ``embed`` (V0, C) float32, or quantized as
-    the head (``embed_s``). Scratch xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
+def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q, k, v,
+                  att, scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, gs, partss, counters,
+                  by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
+    """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
+    embed[tok]``, every block, the final RMSNorm, ``logits = head_w @ x``, and ``best[0]`` their argmax as NumPy's
+    (the first NaN, else the first maximum), taken by each participant from the rows it just wrote (``best (>=
+    n_parts + 1,)`` int64; reading the logits again afterwards cost a greedy token 7.5 us of 1,200 at the
+    stories15M shape).
+
+    Every linear weight and the head as ``_rows`` takes them (float32, bf16 or q8_0), each with its scales
+    (``s*``: q8_0's ``d``; any float32 matrix for the other formats, unused). ``blocks``: the first block's
+    (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache, v_cache, cos, sin),
+    ``addresses`` every block's (:func:`block_table`); ``eps (n_blocks,)``. ``embed`` (V0, C) float32, or
+    quantized as the head (``embed_s``). Scratch shared by the blocks: h (C,), q, att (H*D,), k, v (Hkv*D,),
+    scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
     parts (>= n_parts, C) float32.
 
     With ``by_kv_head`` (give it ``Hkv >= threads``) the whole token is one parallel region of ``n_parts``
-    participants (:func:`_token_part_quant`; at most the rows of ``xs`` and ``best`` allow): xs, hs (>= n_parts,
-    C) float32 and xas, xbs (>= n_parts, ...) as xa, xb are each participant's own; atts (n_blocks, H*D), outs
-    (n_blocks, C) and partss (n_blocks, >= n_parts, C) float32 each block's; counters (>= 3 * n_blocks + 1
-    phases) from ``phase_counters``. Starting and joining numba's threads costs about 1.8 us
+    participants (:func:`_token_part`; at most the rows of ``xs`` and ``best`` allow): xs, hs (>= n_parts, C)
+    float32 and xas, xbs (>= n_parts, ...) as xa, xb are each participant's own; atts (n_blocks, H*D), outs
+    (n_blocks, 2, C), gs (n_blocks, F) and partss (n_blocks, >= n_parts, C) float32 each block's; counters (>=
+    4 * n_blocks + 1 phases) from :func:`phase_counters`. Starting and joining numba's threads costs about 1.8 us
     a region, and a stories15M int8 token took 19 (docs/design.md, "Decoding one token"). Otherwise
-    :func:`_llama_block_decode_quant` block by block (``n_parts`` its slices), then the head. Greedy runs as
-    :func:`_llama_decode`'s (``toks``, ``stops``; returns how many ran)."""
+    :func:`_llama_block_decode` block by block (``n_parts`` its slices), then the head.
+
+    A greedy run (:func:`_greedy_next`): up to ``toks.shape[0]`` tokens from ``tok`` at ``pos`` on, each the argmax
+    of the one before, written to ``toks``; returns how many ran. ``logits`` are the last one's. A step is a run
+    of one; the loop is here, not in a kernel of its own, which would have no parallel region to carry the start
+    of numba's threads in its cached code."""
     b = blocks
     t = 0
-    while True:  # tokens of a greedy run (as _llama_decode's)
+    while True:  # tokens of a greedy run
         at = pos + t
         nb = addresses.shape[0]
-        if by_kv_head and counters.shape[0] > 3 * nb and min(atts.shape[0], outs.shape[0], partss.shape[0]) >= nb:
+        if by_kv_head and counters.shape[0] > 4 * nb and min(atts.shape[0], outs.shape[0], gs.shape[0],
+                                                             partss.shape[0]) >= nb:
             n = min(n_parts, xs.shape[0], partss.shape[1], best.shape[0] - 1)  # the whole token in one region
             for i in range(counters.shape[0]):  # loops: an array expression would be a parallel region of its own
                 ci = counters[i]
                 for j in range(ci.shape[0]):
                     ci[j] = 0
             for p in prange(n):
-                _token_part_quant(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses,
-                                  at, eps, scale, q, k, v, scores, g, u, ya, yb, atts, outs, partss, norm_w, norm_eps,
-                                  head_w, head_s)
+                _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, at,
+                            eps, scale, q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w,
+                            head_s)
             x0 = xs[0]
             for j in range(x.shape[0]):
                 x[j] = x0[j]
@@ -919,18 +845,17 @@ def _llama_decode_quant(logits, best, x, toks, stops, tok, embed, embed_s, block
             _embed_row(x, embed, embed_s, tok)
             for i in range(addresses.shape[0]):
                 a = addresses[i]
-                _llama_block_decode_quant(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
-                                          _at(a[4], b[4]), _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]),
-                                          _at(a[8], b[8]), _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]),
-                                          _at(a[12], b[12]), _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]),
-                                          _at(a[16], b[16]), _at(a[17], b[17]), at, _at(a[18], b[18]),
-                                          _at(a[19], b[19]), eps[i], scale, h, q, k, v, att, scores, g, u, xa, xb, ya,
-                                          yb, parts, n_parts)
+                _llama_block_decode(x, _at(a[0], b[0]), _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]),
+                                    _at(a[4], b[4]), _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8]),
+                                    _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]),
+                                    _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]), _at(a[16], b[16]),
+                                    _at(a[17], b[17]), at, _at(a[18], b[18]), _at(a[19], b[19]), eps[i], scale, h, q,
+                                    k, v, att, scores, g, u, xa, xb, ya, yb, parts, n_parts)
             _rmsnorm_vec(h, x, norm_w, norm_eps)
             _prep(xa, xb, h)
             n = min(n_parts, best.shape[0] - 1)
             for p in prange(n):
-                _head_part_quant(logits, best, head_w, head_s, xa, xb, p, n)
+                _head_part(logits, best, head_w, head_s, xa, xb, p, n)
             _join_best(logits, best, n)
         tok, t, more = _greedy_next(logits, best, toks, stops, t)
         if not more:

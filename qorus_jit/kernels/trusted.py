@@ -31,7 +31,6 @@ from qorus_jit.kernels.activations import _swish_backward as swish_backward
 from qorus_jit.kernels.activations import _swish_forward as swish_forward
 from qorus_jit.kernels.attention import attention_backward, attention_decode, attention_forward, kv_cache_write
 from qorus_jit.kernels.decode import _llama_decode as llama_decode
-from qorus_jit.kernels.decode import _llama_decode_quant as llama_decode_quant
 from qorus_jit.kernels.decode import _matvec as matvec
 from qorus_jit.kernels.elementwise import _add_forward as add_forward
 from qorus_jit.kernels.embedding import _embedding_backward as embedding_backward
@@ -67,7 +66,7 @@ from qorus_jit.kernels.softmax import _softmax_forward as softmax_forward
 __all__ = [
     # unchecked: the caller guarantees shapes, dtypes and contiguity (the wrappers in kernels/<family>.py check them)
     # matmul, decode: 2-D row-major operands; matvec and llama_decode take one token of one sequence
-    "linear_forward", "linear_backward_into", "matvec", "llama_decode", "llama_decode_quant",
+    "linear_forward", "linear_backward_into", "matvec", "llama_decode",
     # gemm_blas(c, a, b, beta): c = a @ b + beta * c (2-D views BLAS takes); bias_grad(db, dy): db += dy.sum(0)
     "gemm_blas", "bias_grad",
     # quant: bf16 (w16 uint16) and q8_0 (qs int8, d float32) weights (O, I), I a multiple of 32; float32 x, out

@@ -221,9 +221,9 @@ class Llama(Architecture):
 
     def forward_decode(self, ids, *, state: DecodeState, last_only: bool = False):
         """:meth:`Graph.forward_decode`. One new token of one sequence goes through the whole model in a
-        single kernel call (``kernels.trusted.llama_decode``, or ``llama_decode_quant`` when every linear layer
-        and the head hold bf16 or q8_0 weights of one format) when the blocks have no biases and no LoRA
-        adapters; anything else runs node by node."""
+        single kernel call (``kernels.trusted.llama_decode``: float32 weights, or every linear layer and the head
+        holding bf16 or q8_0 weights of one format) when the blocks have no biases and no LoRA adapters; anything
+        else runs node by node."""
         ids = self._check_decode(ids, state)
         if ids.shape == (1, 1) and self._decode_plan() is not None:
             return self._decode_token(int(ids[0, 0]), state).reshape(1, 1, -1)
@@ -338,12 +338,12 @@ class _Decoder:
                    b("decode_g", (c.hidden_dim,)), b("decode_u", (c.hidden_dim,)))
         embed = p.get("model.embed_tokens.weight")  # None: the table is the quantized head's (share_tied_table)
         final = (p["model.norm.weight"], np.float32(c.norm_eps))
-        parts = b("decode_parts", (c.n_kv_heads + max_threads(), c.dim))  # partial sums of column slices
+        parts = b("decode_parts", (max_threads(), c.dim))  # partial sums of column slices
         q = quantized_layers(model)
 
-        def weight(name):  # as kernels.decode takes it: float32 W, or (W, its scales) as its _rows takes them
+        def weight(name):  # as kernels.decode's _rows takes it: (W, its scales; none for float32 or bf16)
             if self.fmt == "fp32":
-                return (p[name + ".weight"],)
+                return (embed if name == "lm_head" and c.tie_embeddings else p[name + ".weight"]), _NO_SCALES
             layer = q[name]
             if layer.weight_format == "q8_0":
                 return layer.qs, layer.d
@@ -355,31 +355,29 @@ class _Decoder:
                        for x, cache, (cos, sin, _) in zip(layers, caches, tables, strict=True)]
         first, addresses = block_table(self.blocks)
         eps = (np.full(c.n_layers, c.norm_eps, np.float32), np.float32(1 / np.sqrt(c.head_dim)))
-        if self.fmt == "fp32":
-            head_w = embed if c.tie_embeddings else p["lm_head.weight"]
-            self.args = ((embed, first, addresses), (*eps, *scratch, parts), (*final, head_w, one_row()))
-            self.kernel = K.llama_decode
-            return
         widest = max(c.dim, hd, c.hidden_dim)
         # the scratch's dtype picks the dot (kernels.decode's _rows): the x86 one of the path the products run
-        portable = active_path(self.fmt) == "portable"
-        if self.fmt == "q8_0":  # int8 activations: the x86 dot; int16: portable
+        portable = self.fmt != "fp32" and active_path(self.fmt) == "portable"
+        self.one_row = one_row()  # how float32 W is read, this CPU's
+        if self.fmt == "fp32":  # a copy of x, and (xb's value) whether W is read a row at a time
+            prep = ((widest, np.float32), (1, np.bool_))
+        elif self.fmt == "q8_0":  # int8 activations: the x86 dot; int16: portable
             prep = ((widest, np.int16 if portable else np.int8), (widest // 32, np.float32))
         elif portable:  # x's even and odd elements
             prep = ((widest // 2, np.float32), (widest // 2, np.float32))
         else:  # x as two bf16 numbers, for vdpbf16ps
             prep = ((widest, np.uint16), (widest, np.uint16))
         # xa, xb (the block's input), ya, yb (the feed-forward's slices), the slices' partial sums
-        self.scratch = (*scratch, *(np.empty(n, t) for n, t in prep * 2), parts)
-        # each thread's residual stream, normed input and prepared activations, and the phases' counters (the
-        # whole token in one parallel region, kernels.decode._token_part_quant)
+        fill = self.one_row if self.fmt == "fp32" else 0
+        self.scratch = (*scratch, *(np.full(n, fill, t) for n, t in prep * 2), parts)
+        # each thread's residual stream, normed input and prepared activations, each block's results, and the
+        # phases' counters (the whole token in one parallel region, kernels.decode._token_part)
         L, T = c.n_layers, max_threads()
-        own = (b("decode_xs", (T, c.dim)), b("decode_hs", (T, c.dim)), *(np.empty((T, n), t) for n, t in prep),
-               b("decode_atts", (L, hd)), b("decode_outs", (L, c.dim)), b("decode_partss", (L, T, c.dim)),
-               phase_counters(3 * L + 1))
+        own = (b("decode_xs", (T, c.dim)), b("decode_hs", (T, c.dim)), *(np.full((T, n), fill, t) for n, t in prep),
+               b("decode_atts", (L, hd)), b("decode_outs", (L, 2, c.dim)), b("decode_gs", (L, c.hidden_dim)),
+               b("decode_partss", (L, T, c.dim)), phase_counters(4 * L + 1))
         table = weight("lm_head") if embed is None else (embed, _NO_SCALES)
         self.args = ((*table, first, addresses), (*eps, *self.scratch, *own), (*final, *weight("lm_head")))
-        self.kernel = K.llama_decode_quant
 
     def step(self, tok: int, pos: int, split: tuple[bool, int] | None = None) -> np.ndarray:
         """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model); ``split``:
@@ -392,7 +390,7 @@ class _Decoder:
         written to ``toks`` (int64); it stops after an id of ``stops`` (int64) or an argmax whose logit is not
         finite. Returns how many ran; the logits in ``out[0]`` are the last one's."""
         head, mid, final = self.args
-        return self.kernel(*self.out, toks, stops, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)),
+        return K.llama_decode(*self.out, toks, stops, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)),
                            *final)
 
 
