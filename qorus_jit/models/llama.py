@@ -305,8 +305,9 @@ class Llama(Architecture):
 
 
 def decode_split(n_kv_heads: int) -> tuple[bool, int]:
-    """The thread split arguments of the decode kernels (``by_kv_head``, ``n_parts``): a region per kv head
-    when there are at least as many kv heads as threads, and one slice of the hidden units per thread."""
+    """The thread split arguments of the decode kernel (``by_kv_head``, ``n_parts``): the whole token in one
+    region, its attention phase by kv head, when there are at least as many kv heads as threads; one participant
+    and one slice of the hidden units per thread."""
     threads = get_num_threads()
     return n_kv_heads >= threads, threads
 
@@ -390,8 +391,8 @@ class _Decoder:
         written to ``toks`` (int64); it stops after an id of ``stops`` (int64) or an argmax whose logit is not
         finite. Returns how many ran; the logits in ``out[0]`` are the last one's."""
         head, mid, final = self.args
-        return K.llama_decode(*self.out, toks, stops, tok, *head, pos, *mid, *(split or decode_split(self.n_kv_heads)),
-                           *final)
+        split = split or decode_split(self.n_kv_heads)
+        return K.llama_decode(*self.out, toks, stops, tok, *head, pos, *mid, *split, *final)
 
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
