@@ -56,8 +56,8 @@ _HEAD_ROWS = 64
 #
 # Passing every block's arrays as tuples cost numba's dispatcher about 0.1 us per array on every call: a
 # stories15M int8 token passed 147, and its call cost 32 us more than in a compiled loop (about 7% of the token;
-# 11 us now). The decoders take the first block's arrays (their shapes and dtypes: every block's are alike) and
-# a table of every block's addresses instead, and view them here; the caller (models.llama's decoder) keeps the
+# 11 us now). The decoder takes the first block's arrays (their shapes and dtypes: every block's are alike) and
+# a table of every block's addresses instead, which this module views; the caller (models.llama's decoder) keeps the
 # arrays alive.
 
 
@@ -72,7 +72,7 @@ def one_row() -> bool:
 
 
 def block_table(blocks: list[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """``(first, addresses)`` for the decoders: ``first`` the first block's arrays, ``addresses (n_blocks, n)``
+    """``(first, addresses)`` for the decoder: ``first`` the first block's arrays, ``addresses (n_blocks, n)``
     int64 the data address of every block's arrays. Every block's j-th array must be C-contiguous with the
     first's shape and dtype (a ValueError names the one that is not); the caller keeps them alive while the
     table is in use."""
