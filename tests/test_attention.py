@@ -233,7 +233,7 @@ def test_decode_equals_last_row_of_causal_forward(H, Hkv, D, masked, T0):
     rng = np.random.default_rng(9)
     B, T_max = 2, T0 + 14
     q, k, v, mask = _inputs(rng, B, T0 + 1, T0 + 1, H, Hkv, D, masked)
-    kc, vc = np.zeros((B, T_max, Hkv, D), np.float32), np.zeros((B, T_max, Hkv, D), np.float32)
+    kc, vc = np.zeros((B, Hkv, T_max, D), np.float32), np.zeros((B, Hkv, T_max, D), np.float32)
     K.kv_cache_write(kc, vc, k[:, :T0].copy(), v[:, :T0].copy(), 0)  # prefill
     K.kv_cache_write(kc, vc, k[:, T0:].copy(), v[:, T0:].copy(), T0)  # the new token
     out = np.empty((B, H, D), np.float32)
@@ -252,13 +252,14 @@ def test_decode_matches_naive_float64_and_masked_batch():
     rng = np.random.default_rng(10)
     B, T_max, H, Hkv, D, L = 3, 9, 4, 2, 6, 7
     q = rand(rng, B, H, D, dtype=np.float64)
-    kc, vc = rand(rng, B, T_max, Hkv, D, dtype=np.float64), rand(rng, B, T_max, Hkv, D, dtype=np.float64)
+    kc, vc = rand(rng, B, Hkv, T_max, D, dtype=np.float64), rand(rng, B, Hkv, T_max, D, dtype=np.float64)
     mask = rng.random((B, L)) > 0.4
     mask[0] = False
     mask[1:, 2] = True
     out = np.empty_like(q)
     K.attention_decode(out, q, kc, vc, L, mask, scale=0.5)
-    want, _ = naive.attention(q[:, None], kc[:, :L], vc[:, :L], False, mask, scale=0.5)
+    want, _ = naive.attention(q[:, None], kc[:, :, :L].transpose(0, 2, 1, 3), vc[:, :, :L].transpose(0, 2, 1, 3),
+                              False, mask, scale=0.5)
     assert_close(out, want[:, 0], rtol=1e-12, atol=1e-12)
     assert np.all(out[0] == 0)
 
@@ -266,11 +267,12 @@ def test_decode_matches_naive_float64_and_masked_batch():
 @pytest.mark.parametrize("T_new, Hkv, D", [(3, 2, 3), (SERIAL_WORK // 64 + 1, 2, 16)])  # serial, parallel
 def test_kv_cache_write(T_new, Hkv, D):
     rng = np.random.default_rng(11)
-    kc, vc = np.zeros((2, T_new + 5, Hkv, D), np.float32), np.zeros((2, T_new + 5, Hkv, D), np.float32)
+    kc, vc = np.zeros((2, Hkv, T_new + 5, D), np.float32), np.zeros((2, Hkv, T_new + 5, D), np.float32)
     k, v = rand(rng, 2, T_new, Hkv, D), rand(rng, 2, T_new, Hkv, D)
     K.kv_cache_write(kc, vc, k, v, 5)
-    assert np.array_equal(kc[:, 5:], k) and np.array_equal(vc[:, 5:], v)
-    assert not kc[:, :5].any() and not vc[:, :5].any()
+    assert np.array_equal(kc[:, :, 5:], k.transpose(0, 2, 1, 3))
+    assert np.array_equal(vc[:, :, 5:], v.transpose(0, 2, 1, 3))
+    assert not kc[:, :, :5].any() and not vc[:, :, :5].any()
 
 
 def test_bad_inputs_raise():
@@ -317,7 +319,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="dq: expected a buffer that does not overlap dout"):
         K.attention_backward(g, dk, dv, g, q, k, v, out, lse, True)
 
-    kc, vc = np.zeros((2, 10, 3, 8), f32), np.zeros((2, 10, 3, 8), f32)
+    kc, vc = np.zeros((2, 3, 10, 8), f32), np.zeros((2, 3, 10, 8), f32)
     qd, od = np.zeros((2, 6, 8), f32), np.empty((2, 6, 8), f32)
     with pytest.raises(ValueError, match="length: expected length <= T_max = 10, got 11"):
         K.attention_decode(od, qd, kc, vc, 11)
@@ -328,7 +330,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="key_mask: expected shape"):
         K.attention_decode(od, qd, kc, vc, 4, np.ones((2, 7), bool))
     with pytest.raises(ValueError, match="v_cache: expected shape"):
-        K.attention_decode(od, qd, kc, np.zeros((2, 9, 3, 8), f32), 4)
+        K.attention_decode(od, qd, kc, np.zeros((2, 3, 9, 8), f32), 4)
     with pytest.raises(ValueError, match=r"pos: expected pos \+ T_new <= T_max = 10 \(T_new = 5\), got pos"):
         K.kv_cache_write(kc, vc, k, v, 6)
     with pytest.raises(ValueError, match="pos: expected a non-negative int"):
@@ -387,7 +389,8 @@ def test_forward_and_decode_exact_for_a_huge_scale(scale, causal):
     assert_close(out, want, rtol=1e-6, atol=1e-6)
     assert_close(lse, want_lse, rtol=1e-6, atol=0)
     dec = np.empty((2, 4, 3), np.float32)
-    K.attention_decode(dec, q[:, -1].copy(), k, v, 7, scale=scale)
+    kc, vc = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (k, v))  # the cache's (B, Hkv, T, D)
+    K.attention_decode(dec, q[:, -1].copy(), kc, vc, 7, scale=scale)
     assert_close(dec, naive.attention(q[:, -1:], k, v, False, scale=scale)[0][:, 0], rtol=1e-6, atol=1e-6)
 
 

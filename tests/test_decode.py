@@ -46,18 +46,18 @@ def test_head_attention_matches_numpy(D, L):
     vector chunks, positions in whole and partial blocks of eight; rows past L and other heads are not read."""
     rng = np.random.default_rng(D * L)
     T, Hkv, H = 32, 3, 6
-    k_cache = rng.standard_normal((T, Hkv, D)).astype(np.float32)
-    v_cache = rng.standard_normal((T, Hkv, D)).astype(np.float32)
-    k_cache[L:], v_cache[L:] = np.nan, np.nan
+    k_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    v_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    k_cache[:, L:], v_cache[:, L:] = np.nan, np.nan
     q = rng.standard_normal(H * D).astype(np.float32)
     scale = np.float32(D ** -0.5)
     for hh in range(H):
         hk = hh // (H // Hkv)
         att = np.full(H * D, np.nan, np.float32)
         _head_attention(att, np.zeros((H, T), np.float32), q, k_cache, v_cache, hh, hk, L, scale)
-        s = k_cache[:L, hk].astype(np.float64) @ q[hh * D:(hh + 1) * D].astype(np.float64) * float(scale)
+        s = k_cache[hk, :L].astype(np.float64) @ q[hh * D:(hh + 1) * D].astype(np.float64) * float(scale)
         p = np.exp(s - s.max())
-        want = (p / p.sum()) @ v_cache[:L, hk].astype(np.float64)
+        want = (p / p.sum()) @ v_cache[hk, :L].astype(np.float64)
         np.testing.assert_allclose(att[hh * D:(hh + 1) * D], want, rtol=1e-5, atol=1e-5)
         assert np.all(np.isnan(np.delete(att, np.s_[hh * D:(hh + 1) * D])))
 
@@ -111,8 +111,8 @@ def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one
     assert model._decoder is not None and model._decoder.one_row is one_row  # the one-call path ran so
     attn = model._blocks[0].self_attn
     cf, cp = fused.cache_for(attn), plain.cache_for(attn)
-    np.testing.assert_allclose(cf.k[:, :12], cp.k[:, :12], atol=1e-6)
-    np.testing.assert_allclose(cf.v[:, :12], cp.v[:, :12], atol=1e-6)
+    np.testing.assert_allclose(cf.k[:, :, :12], cp.k[:, :, :12], atol=1e-6)
+    np.testing.assert_allclose(cf.v[:, :, :12], cp.v[:, :, :12], atol=1e-6)
 
 
 def test_transformer_block_decodes_with_its_cache():

@@ -56,9 +56,9 @@ def numpy_backward(dout, q, k, v, out, p, scale):
 def numpy_decode(q, k_cache, v_cache, length, scale):
     """Returns out (B, H, D) for one query per batch row over the first length cache rows."""
     B, H, D = q.shape
-    G = H // k_cache.shape[2]
-    kh = np.repeat(k_cache[:, :length].transpose(0, 2, 1, 3), G, axis=1)
-    vh = np.repeat(v_cache[:, :length].transpose(0, 2, 1, 3), G, axis=1)
+    G = H // k_cache.shape[1]
+    kh = np.repeat(k_cache[:, :, :length], G, axis=1)
+    vh = np.repeat(v_cache[:, :, :length], G, axis=1)
     s = np.matmul(kh, q[..., None])[..., 0] * scale
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -115,8 +115,8 @@ def decode_row(B, T_max, H, Hkv, D, length, rng, kw, tag):
     """The timing row of one decode step over a cache of ``length`` of ``T_max`` positions, ours against the NumPy
     reference."""
     q = rng.standard_normal((B, H, D)).astype(np.float32)
-    kc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)
-    vc = rng.standard_normal((B, T_max, Hkv, D)).astype(np.float32)
+    kc = rng.standard_normal((B, Hkv, T_max, D)).astype(np.float32)
+    vc = rng.standard_normal((B, Hkv, T_max, D)).astype(np.float32)
     out = np.empty_like(q)
     scale = 1.0 / math.sqrt(D)  # a Python float keeps the NumPy reference in float32
     attention_decode(out, q, kc, vc, length)

@@ -3,7 +3,7 @@
 Layouts (see docs/design.md): ``q`` and ``out`` are ``(B, T, H, D)``, ``k`` and ``v`` are
 ``(B, S, Hkv, D)`` with ``H % Hkv == 0``; query head ``h`` reads kv head ``h // (H // Hkv)``
 (grouped-query attention; ``Hkv == H`` is plain multi-head attention). The KV cache is
-``(B, T_max, Hkv, D)``.
+``(B, Hkv, T_max, D)``: each kv head's positions one after another, so that decoding reads them as one stream.
 
 Per query row ``t`` of head ``h``::
 
@@ -639,7 +639,7 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, out, lse, mask, causal, scale
 def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
     """_attention_decode for the (batch, kv head) items it = b * Hkv + hk in lo..hi-1."""
     H, D = q.shape[1], q.shape[2]
-    Hkv = k_cache.shape[2]
+    Hkv = k_cache.shape[1]
     G = H // Hkv
     zero = scale - scale
     for it in range(lo, hi):
@@ -650,7 +650,7 @@ def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
         live = np.ones(G, np.bool_)
         # scores of the G query heads sharing kv head hk: each cached key row is read once
         for j in range(length):
-            kr = k_cache[b, j, hk]
+            kr = k_cache[b, hk, j]
             for g in range(G):
                 qg = q[b, h0 + g]
                 a = zero
@@ -669,7 +669,7 @@ def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
             for j in range(length):
                 sc[g, j] *= inv
         for j in range(length):
-            vr = v_cache[b, j, hk]
+            vr = v_cache[b, hk, j]
             for g in range(G):
                 pg = sc[g, j]
                 for d in range(D):
@@ -682,9 +682,9 @@ def _decode_items(out, q, k_cache, v_cache, length, mask, scale, lo, hi):
 
 @kernel(parallel=True)
 def _attention_decode(out, q, k_cache, v_cache, length, mask, scale):
-    """out (B, H, D) = attention of q (B, H, D) over rows < length of k_cache, v_cache (B, T_max, Hkv, D)."""
+    """out (B, H, D) = attention of q (B, H, D) over positions < length of k_cache, v_cache (B, Hkv, T_max, D)."""
     B, H, D = q.shape
-    for_chunks(_decode_items, (out, q, k_cache, v_cache, length, mask, scale), B * k_cache.shape[2], 1,
+    for_chunks(_decode_items, (out, q, k_cache, v_cache, length, mask, scale), B * k_cache.shape[1], 1,
                B * H * length * D)
 
 
@@ -695,13 +695,13 @@ def _kv_cache_write_rows(k_cache, v_cache, k, v, pos, lo, hi):
     for bt in range(lo, hi):
         b, t = bt // T_new, bt % T_new
         for hk in range(k.shape[2]):
-            copy_row(k_cache[b, pos + t, hk], k[b, t, hk])
-            copy_row(v_cache[b, pos + t, hk], v[b, t, hk])
+            copy_row(k_cache[b, hk, pos + t], k[b, t, hk])
+            copy_row(v_cache[b, hk, pos + t], v[b, t, hk])
 
 
 @kernel(parallel=True)
 def _kv_cache_write(k_cache, v_cache, k, v, pos):
-    """k_cache[:, pos:pos + T_new] = k, same for v; caches (B, T_max, Hkv, D), k, v (B, T_new, Hkv, D)."""
+    """k_cache[:, :, pos:pos + T_new] = k, same for v; caches (B, Hkv, T_max, D), k, v (B, T_new, Hkv, D)."""
     for_rows(_kv_cache_write_rows, (k_cache, v_cache, k, v, pos), k.shape[0] * k.shape[1], k.size)
 
 
@@ -851,12 +851,12 @@ def attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal: bool, key_ma
 def attention_decode(out, q, k_cache, v_cache, length: int, key_mask=None, scale: float | None = None):
     """One new query per batch row attends the first ``length`` cache positions (all of them).
 
-    out, q (B, H, D); k_cache, v_cache (B, T_max, Hkv, D) with H % Hkv == 0; 1 <= length <= T_max
+    out, q (B, H, D); k_cache, v_cache (B, Hkv, T_max, D) with H % Hkv == 0; 1 <= length <= T_max
     (the new token's k, v already written at position length - 1). ``key_mask`` (B, T_max) or
     (B, length), nonzero = attend; only its first ``length`` columns are read.
     """
-    dims = check_arrays(q=(q, ("B", "H", "D")), k_cache=(k_cache, ("B", "T_max", "Hkv", "D")),
-                        v_cache=(v_cache, ("B", "T_max", "Hkv", "D")), out=(out, ("B", "H", "D")),
+    dims = check_arrays(q=(q, ("B", "H", "D")), k_cache=(k_cache, ("B", "Hkv", "T_max", "D")),
+                        v_cache=(v_cache, ("B", "Hkv", "T_max", "D")), out=(out, ("B", "H", "D")),
                         writes=("out",), reads={"key_mask": key_mask})
     _check_heads(dims, "k_cache")
     check_positive(length=length)
@@ -871,11 +871,11 @@ def attention_decode(out, q, k_cache, v_cache, length: int, key_mask=None, scale
 
 
 def kv_cache_write(k_cache, v_cache, k, v, pos: int):
-    """Copy k, v (B, T_new, Hkv, D) into rows pos .. pos + T_new - 1 of k_cache, v_cache (B, T_max, Hkv, D).
+    """Copy k, v (B, T_new, Hkv, D) into positions pos .. pos + T_new - 1 of k_cache, v_cache (B, Hkv, T_max, D).
 
     ``pos + T_new <= T_max`` is checked.
     """
-    cache, new = ("B", "T_max", "Hkv", "D"), ("B", "T_new", "Hkv", "D")
+    cache, new = ("B", "Hkv", "T_max", "D"), ("B", "T_new", "Hkv", "D")
     dims = check_arrays(k_cache=(k_cache, cache), v_cache=(v_cache, cache), k=(k, new), v=(v, new),
                         writes=("k_cache", "v_cache"))
     check_nonnegative(pos=pos)

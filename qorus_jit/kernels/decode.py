@@ -261,24 +261,23 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
     _rope_half_head(k, cos, sin, pos, o, D)
     for hh in range(hk * G, hk * G + G):
         _rope_half_head(q, cos, sin, pos, hh * D, D)
-    copy_row(k_cache[pos, hk], k[o:o + D])
-    copy_row(v_cache[pos, hk], v[o:o + D])
+    copy_row(k_cache[hk, pos], k[o:o + D])
+    copy_row(v_cache[hk, pos], v[o:o + D])
 
 
 _F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
 def _cache_row(context, builder, aty, arr, j, hk):
-    """(pointer to cache[j, hk, 0], elements between rows j and j + 1, D) of a C-contiguous (T, Hkv, D) cache."""
+    """(pointer to cache[hk, j, 0], elements between rows j and j + 1, D) of a C-contiguous (Hkv, T, D) cache."""
     a = context.make_array(aty)(context, builder, arr)
-    _, Hkv, D = cgutils.unpack_tuple(builder, a.shape, 3)
-    stride = builder.mul(Hkv, D)
-    return builder.gep(a.data, [builder.add(builder.mul(j, stride), builder.mul(hk, D))]), stride, D
+    _, T, D = cgutils.unpack_tuple(builder, a.shape, 3)
+    return builder.gep(a.data, [builder.mul(builder.add(builder.mul(hk, T), j), D)]), D, D
 
 
 def _make_scores(R):
-    """An intrinsic ``scores(sc, q, k_cache, hh, hk, j, scale)``: sc[j + r] = (q[hh D:(hh + 1) D] . k_cache[j + r,
-    hk]) * scale for r < R. The R rows share each load of q, each adds into one vector by FMA (D in chunks of
+    """An intrinsic ``scores(sc, q, k_cache, hh, hk, j, scale)``: sc[j + r] = (q[hh D:(hh + 1) D] . k_cache[hk,
+    j + r]) * scale for r < R. The R rows share each load of q, each adds into one vector by FMA (D in chunks of
     16 lanes, the last masked), and the R sums share one transposing lane sum and one store."""
 
     @intrinsic
@@ -316,8 +315,8 @@ _scores8, _scores1 = _make_scores(8), _make_scores(1)
 
 @intrinsic
 def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
-    """ah (D,) = inv * sum over j < L of s[j] v_cache[j, hk]: D in chunks of 16 lanes (the last masked and stored
-    masked), each chunk summed over the rows into four vectors (rows j mod 4: four FMA chains), added once."""
+    """ah (D,) = inv * sum over j < L of s[j] v_cache[hk, j]: the rows in order, each read once, four at a time
+    into ah (D in chunks of 16 lanes, the last masked), then ah scaled."""
     def codegen(context, builder, sig, args):
         ap = context.make_array(sig.args[0])(context, builder, args[0]).data
         sp = context.make_array(sig.args[1])(context, builder, args[1]).data
@@ -328,28 +327,37 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
         def c(v):
             return ir.Constant(i64, v)
 
-        def chunk(off, n_valid):
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(4)]
-            col = builder.gep(vp, [off])
+        def zero(off, n_valid):
+            store_lanes(builder, ir.Constant(_F16, None), builder.gep(ap, [off]), n_valid)
 
-            def add(jr, acc):
-                p = splat(builder, builder.load(builder.gep(sp, [jr])))
-                vv = load_lanes(builder, builder.gep(col, [builder.mul(jr, stride)]), _F16, n_valid)
-                builder.store(builder.call(fma, [p, vv, builder.load(acc)]), acc)
+        lane_chunks(builder, D, LANES, zero)
 
-            quads = builder.udiv(L, c(4))
-            with cgutils.for_range(builder, quads) as loop:
-                for r in range(4):
-                    add(builder.add(builder.mul(loop.index, c(4)), c(r)), accs[r])
-            with cgutils.for_range_slice(builder, builder.mul(quads, c(4)), L, c(1)) as (jr, _):
-                add(jr, accs[0])
-            v = [builder.load(a) for a in accs]
-            tot = builder.fadd(builder.fadd(v[0], v[1], flags=_EXACT), builder.fadd(v[2], v[3], flags=_EXACT),
-                               flags=_EXACT)
-            tot = builder.fmul(tot, splat(builder, args[5]), flags=_EXACT)
-            store_lanes(builder, tot, builder.gep(ap, [off]), n_valid)
+        def rows(j0, n_rows):
+            ps = [splat(builder, builder.load(builder.gep(sp, [builder.add(j0, c(r))]))) for r in range(n_rows)]
+            base = builder.gep(vp, [builder.mul(j0, stride)])
 
-        lane_chunks(builder, D, LANES, chunk)
+            def chunk(off, n_valid):
+                acc = load_lanes(builder, builder.gep(ap, [off]), _F16, n_valid)
+                for r in range(n_rows):
+                    vv = load_lanes(builder, builder.gep(base, [builder.add(builder.mul(c(r), stride), off)]), _F16,
+                                    n_valid)
+                    acc = builder.call(fma, [ps[r], vv, acc])
+                store_lanes(builder, acc, builder.gep(ap, [off]), n_valid)
+
+            lane_chunks(builder, D, LANES, chunk)
+
+        quads = builder.udiv(L, c(4))
+        with cgutils.for_range(builder, quads) as loop:
+            rows(builder.mul(loop.index, c(4)), 4)
+        with cgutils.for_range_slice(builder, builder.mul(quads, c(4)), L, c(1)) as (jr, _):
+            rows(jr, 1)
+
+        def scale(off, n_valid):
+            p = builder.gep(ap, [off])
+            store_lanes(builder, builder.fmul(load_lanes(builder, p, _F16, n_valid), splat(builder, args[5]),
+                                              flags=_EXACT), p, n_valid)
+
+        lane_chunks(builder, D, LANES, scale)
         return context.get_dummy_value()
 
     return types.void(ah, s, v_cache, types.int64, types.int64, v_cache.dtype), codegen
@@ -358,7 +366,7 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
 @kernel
 def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
     """att[hh*D:(hh+1)*D] = softmax(q_hh k^T * scale) v over cache rows 0..L-1 of kv head hk; q, att (H*D,),
-    k_cache, v_cache (T_max, Hkv, D) C-contiguous float32; scores (H, T_max) scratch. The scores eight cache rows
+    k_cache, v_cache (Hkv, T_max, D) C-contiguous float32; scores (H, T_max) scratch. The scores eight cache rows
     at a time (:func:`_make_scores`), the weighted sum of the values by :func:`_mix_values`: 3.6 ns a position
     at D = 48 in L1 against 10.9 for the loops numba vectorized (Intel Xeon, docs/design.md)."""
     D = k_cache.shape[2]
@@ -589,7 +597,7 @@ def _add_product(x, h, w, ws, xa, xb):
 def _kv_head(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
     """kv head hk's rows of k, v and of its query heads' q (W a, with a as ``_prep`` left it in xa, xb), RoPE,
     cache append, and its query heads' attention into ``att``."""
-    Hkv, D = k_cache.shape[1], k_cache.shape[2]
+    Hkv, D = k_cache.shape[0], k_cache.shape[2]
     G = q.shape[0] // D // Hkv
     _rows(k, wk, sk, xa, xb, hk * D, hk * D + D)
     _rows(v, wv, sv, xa, xb, hk * D, hk * D + D)
@@ -631,7 +639,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     than threads (with more, :func:`_token_part` runs the whole token in one region).
 
     Weights in ``nn.Linear`` layout, each as ``_rows`` takes it with its scales beside it: wq (H*D, C), wk, wv
-    (Hkv*D, C), wo (C, H*D), wg, wu (F, C), wd (C, F); norms (C,). k_cache, v_cache (T_max, Hkv, D): the token's
+    (Hkv*D, C), wo (C, H*D), wg, wu (F, C), wd (C, F); norms (C,). k_cache, v_cache (Hkv, T_max, D): the token's
     key and value are written at row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h
     (C,), q, att (H*D,), k, v (Hkv*D,), scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them,
     parts (>= n_parts, C).
@@ -640,7 +648,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     and per slice of the hidden units (``n_parts``, give it the thread count; at most ``parts``' rows)
     :func:`_mlp_slice`, whose partial sums are added on the calling thread (or, with the down projection by rows,
     a region of its own)."""
-    Hkv, D = k_cache.shape[1], k_cache.shape[2]
+    Hkv, D = k_cache.shape[0], k_cache.shape[2]
     H = q.shape[0] // D
     G = H // Hkv
     _rmsnorm_vec(h, x, attn_norm, eps)
@@ -739,7 +747,7 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
     (q, k, v, scores, u, ya, yb) is shared."""
     x, h, xa, xb = xs[p], hs[p], xas[p], xbs[p]
     _embed_row(x, embed, embed_s, tok)
-    Hkv = b[16].shape[1]
+    Hkv = b[16].shape[0]
     ph = 0
     for i in range(addresses.shape[0]):
         a = addresses[i]

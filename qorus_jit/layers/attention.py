@@ -82,7 +82,8 @@ def shared_rope_tables(head_dim: int, theta: float = 10000.0) -> RopeTables:
 
 
 class KVCache:
-    """Keys and values of past positions for incremental decoding: ``k``, ``v`` ``(B, max_seq_len, Hkv, D)``.
+    """Keys and values of past positions for incremental decoding: ``k``, ``v`` ``(B, Hkv, max_seq_len, D)``
+    (each kv head's positions one after another, as decoding reads them).
 
     Allocated once for a whole generation; ``length`` is how many positions are filled.
     """
@@ -91,15 +92,15 @@ class KVCache:
         check_positive(batch=batch, max_seq_len=max_seq_len, n_kv_heads=n_kv_heads, head_dim=head_dim)
         check_fits("KV cache elements", 2 * batch * max_seq_len * n_kv_heads * head_dim, batch=batch,
                    max_seq_len=max_seq_len, n_kv_heads=n_kv_heads, head_dim=head_dim)
-        shape = (int(batch), int(max_seq_len), int(n_kv_heads), int(head_dim))
+        shape = (int(batch), int(n_kv_heads), int(max_seq_len), int(head_dim))
         self.k = np.zeros(shape, np.float32)
         self.v = np.zeros_like(self.k)
         self.length = 0
 
     @property
     def max_seq_len(self) -> int:
-        """Positions the cache holds (its second axis)."""
-        return self.k.shape[1]
+        """Positions the cache holds (its third axis)."""
+        return self.k.shape[2]
 
 
 class DecodeState:
@@ -257,8 +258,10 @@ class MultiHeadAttention(Layer):
                 K.attention_decode(out.reshape(B, self.n_heads, self.head_dim),
                                    q.reshape(B, self.n_heads, self.head_dim), cache.k, cache.v, L, key_mask)
             else:
-                ks = np.ascontiguousarray(cache.k[:, :L])
-                vs = np.ascontiguousarray(cache.v[:, :L])
+                ks, vs = k, v  # a prompt from the start: its own keys and values are the whole cache
+                if pos > 0:  # (B, L, Hkv, D) as attention_forward reads them
+                    ks = np.ascontiguousarray(cache.k[:, :, :L].transpose(0, 2, 1, 3))
+                    vs = np.ascontiguousarray(cache.v[:, :, :L].transpose(0, 2, 1, 3))
                 lse = self.buffer("lse", (B, self.n_heads, T))
                 K.attention_forward(out, lse, q, ks, vs, self.causal, key_mask, work=self._work(q, ks))
             self._saved = None

@@ -170,11 +170,11 @@ TABLE = {
                             Arr("I", "B H T"), Flag()],
                            {"key_mask": (None, MASK), "scale": (None, Real(0, low_open=True, optional=True)),
                             "accumulate": (True, Flag())}, "attention"),
-    "attention_decode": ([Arr("O", "B H D"), Arr("I", "B H D"), Arr("I", "B Tm Hk D"), Arr("I", "B Tm Hk D"),
+    "attention_decode": ([Arr("O", "B H D"), Arr("I", "B H D"), Arr("I", "B Hk Tm D"), Arr("I", "B Hk Tm D"),
                           Int(1)],
                          {"key_mask": (None, Arr("M", "B Tm")), "scale": (None, Real(0, low_open=True, optional=True))},
                          "attention"),
-    "kv_cache_write": ([Arr("O", "B Tm Hk D"), Arr("O", "B Tm Hk D"), Arr("I", "B Tn Hk D"), Arr("I", "B Tn Hk D"),
+    "kv_cache_write": ([Arr("O", "B Hk Tm D"), Arr("O", "B Hk Tm D"), Arr("I", "B Tn Hk D"), Arr("I", "B Tn Hk D"),
                         Int(0)], {}, "attention"),
     "cross_entropy_forward": ([Arr("O", "N"), Arr("I", "N V"), Arr("X", "N", high="V")],
                               {"ignore_index": (-100, Int())}, "loss"),
@@ -308,15 +308,16 @@ def _att_decode(v, kw):
     mask = kw.get("key_mask")
     if mask is not None:
         mask = np.asarray(mask)[:, :L]
-    o, _ = _attention(q[:, None], kc[:, :L], vc[:, :L], False, mask, kw.get("scale"))
+    o, _ = _attention(q[:, None], kc[:, :, :L].transpose(0, 2, 1, 3), vc[:, :, :L].transpose(0, 2, 1, 3), False, mask,
+                      kw.get("scale"))
     return {0: o[:, 0]}
 
 
 def _kv_write(v, kw):
     kc, vc, k, vv, pos = v
     kc, vc, p = kc.copy(), vc.copy(), int(pos)
-    kc[:, p:p + k.shape[1]] = k
-    vc[:, p:p + k.shape[1]] = vv
+    kc[:, :, p:p + k.shape[1]] = k.transpose(0, 2, 1, 3)
+    vc[:, :, p:p + k.shape[1]] = vv.transpose(0, 2, 1, 3)
     return {0: kc, 1: vc}
 
 
