@@ -269,10 +269,10 @@ _F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
 def _cache_row(context, builder, aty, arr, j, hk):
-    """(pointer to cache[hk, j, 0], elements between rows j and j + 1, D) of a C-contiguous (Hkv, T, D) cache."""
+    """(pointer to cache[hk, j, 0], D) of a C-contiguous (Hkv, T, D) cache: a kv head's rows D elements apart."""
     a = context.make_array(aty)(context, builder, arr)
     _, T, D = cgutils.unpack_tuple(builder, a.shape, 3)
-    return builder.gep(a.data, [builder.mul(builder.add(builder.mul(hk, T), j), D)]), D, D
+    return builder.gep(a.data, [builder.mul(builder.add(builder.mul(hk, T), j), D)]), D
 
 
 def _make_scores(R):
@@ -283,11 +283,11 @@ def _make_scores(R):
     @intrinsic
     def scores(typingctx, sc, q, k_cache, hh, hk, j, scale):
         def codegen(context, builder, sig, args):
-            kp, stride, D = _cache_row(context, builder, sig.args[2], args[2], args[5], args[4])
+            kp, D = _cache_row(context, builder, sig.args[2], args[2], args[5], args[4])
             qp = builder.gep(context.make_array(sig.args[1])(context, builder, args[1]).data, [builder.mul(args[3], D)])
             sp = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[5]])
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
-            rows = [builder.gep(kp, [builder.mul(stride, ir.Constant(D.type, r))]) for r in range(R)]
+            rows = [builder.gep(kp, [builder.mul(D, ir.Constant(D.type, r))]) for r in range(R)]
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(R)]
 
             def chunk(off, n_valid):
@@ -320,7 +320,7 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
     def codegen(context, builder, sig, args):
         ap = context.make_array(sig.args[0])(context, builder, args[0]).data
         sp = context.make_array(sig.args[1])(context, builder, args[1]).data
-        vp, stride, D = _cache_row(context, builder, sig.args[2], args[2], ir.Constant(ir.IntType(64), 0), args[3])
+        vp, D = _cache_row(context, builder, sig.args[2], args[2], ir.Constant(ir.IntType(64), 0), args[3])
         L, i64 = args[4], D.type
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
 
@@ -334,12 +334,12 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
 
         def rows(j0, n_rows):
             ps = [splat(builder, builder.load(builder.gep(sp, [builder.add(j0, c(r))]))) for r in range(n_rows)]
-            base = builder.gep(vp, [builder.mul(j0, stride)])
+            base = builder.gep(vp, [builder.mul(j0, D)])
 
             def chunk(off, n_valid):
                 acc = load_lanes(builder, builder.gep(ap, [off]), _F16, n_valid)
                 for r in range(n_rows):
-                    vv = load_lanes(builder, builder.gep(base, [builder.add(builder.mul(c(r), stride), off)]), _F16,
+                    vv = load_lanes(builder, builder.gep(base, [builder.add(builder.mul(c(r), D), off)]), _F16,
                                     n_valid)
                     acc = builder.call(fma, [ps[r], vv, acc])
                 store_lanes(builder, acc, builder.gep(ap, [off]), n_valid)
