@@ -138,13 +138,13 @@ def test_remeasure_keeps_the_second_measurement(monkeypatch):
     for second, passed in ((3.0, True), (1.0, False)):
         calls = []
 
-        def fake_run_suite(name_suite, only, threads, log=None, second=second, calls=calls):
-            calls.append(only)
+        def fake_run_suite(name_suite, only, threads, log=None, runs=0, second=second, calls=calls):
+            calls.append((only, runs))
             return results({"a.x": second})
 
         monkeypatch.setattr(suite, "run_suite", fake_run_suite)
         res, outcome, again = suite.remeasure(first, base, threads=2)
-        assert calls == [["a.x"]] and again == ["a.x"]
+        assert calls == [(["a.x"], 6)] and again == ["a.x"]  # twice the quick suite's 3 runs
         assert outcome["passed"] is passed
         assert res["figures"]["a.x"]["first_attempt"]["ratio"] == pytest.approx(1.0)
 
