@@ -65,6 +65,19 @@ def time_positions(name: str, dtype: str, rounds: int) -> dict:
             "late_fraction_of_bound": spread(of_bound)}
 
 
+def start_run(threads: int | None, rounds: int) -> dict:
+    """Set the thread count (None: as it is), print the machine's line and return the run's record to fill."""
+    from perf.bench_finetune import machine as describe
+    from qorus_jit.core.numerics import set_num_threads
+
+    if threads:
+        set_num_threads(threads)
+    machine = describe()
+    print(f"CPU: {machine['cpu']} ({', '.join(machine['simd'])}), {machine['cpus']} CPUs, threads "
+          f"{get_num_threads()}, load {machine['loadavg'][0]:.1f}\n")
+    return {"machine": machine, "threads": get_num_threads(), "rounds": rounds, "runs": {}}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="15M,110M")
@@ -73,18 +86,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    from perf.bench_finetune import machine as describe
-    from qorus_jit.core.numerics import set_num_threads
-
-    if a.threads:
-        set_num_threads(a.threads)
-    machine = describe()
-    print(f"CPU: {machine['cpu']} ({', '.join(machine['simd'])}), {machine['cpus']} CPUs, threads "
-          f"{get_num_threads()}, load {machine['loadavg'][0]:.1f}\n")
+    out = start_run(a.threads, a.rounds)
     print("| shape | dtype | positions early / late | ms a token early / late | late / early (rounds) | "
           "bytes late / early | cache cost over its bytes | late, of the bound (rounds) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    out = {"machine": machine, "threads": get_num_threads(), "rounds": a.rounds, "runs": {}}
     for name in a.shapes.split(","):
         for dtype in a.dtypes.split(","):
             r = out["runs"][f"{name} {dtype}"] = time_positions(name, dtype, a.rounds)

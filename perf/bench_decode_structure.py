@@ -1,0 +1,156 @@
+"""The float32 decoder against its own reads: what the multiply-adds cost, and what reading in phases costs.
+
+    python -m perf.bench_decode_structure [--shapes 15M,110M] [--rounds 5] [--threads 2] [--json PATH]
+
+Models: the random Llamas of ``perf.bench_quant_decode`` (stories15M and stories110M shapes, float32). One
+process, one model at a time; each round takes positions 40-103, and at each position three sides one after the
+other (the first turning position by position), so that a busy moment of the shared machine falls on all alike.
+Each side runs twice and its second run is timed: what the caches hold then is what its own last run left, as
+for a token after the one before (the AMD EPYC's 32 MB L3 keeps part of a 62 MB token's bytes from one pass to
+the next of the same bytes, not across another side's):
+
+- token: one token of the one-call decoder (``_Decoder.step``);
+- reads: the same token by a copy of ``kernels/decode.py`` whose float32 row dots are plain sums of W's rows
+  (x is not read; the logits are meaningless): every phase, claim, wait, the attention, the norms and the head
+  split as in the token, without the products' multiply-adds. Built at run time into a temporary folder
+  (:func:`reads_module`), its kernels compiled there once;
+- stream: the bound's read (``perf.bench_quant_decode``): a parallel sum over one array of the token's bytes
+  (``bytes_per_token``: the weights and the mean KV cache of the positions).
+
+Reported per shape: the median token times; token and reads as fractions of the stream (the median of the
+positions' paired ratios: ``stream / token``), and ``token / reads``, what the arithmetic adds, each with its
+spread over the rounds. The gap between ``reads`` and 1 is the cost of reading a token's weights as the
+decoder does (in phases, a phase's items split over threads, every participant waiting for a phase's end)
+rather than as one flat stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from perf.bench_decode_positions import start_run
+from perf.bench_quant_decode import SHAPES, build, spread
+from qorus_jit.bench._timing import write_results
+
+POSITIONS = range(40, 104)
+# the float32 row dots of kernels/decode.py: one row (s += r[k] * x[k]) and four rows (s0 += r0[k] * xk)
+_DOT = re.compile(r"\b(s\d?) \+= (r\d?)\[k\] \* (?:x\[k\]|xk)")
+
+
+def reads_source(src: str) -> str:
+    """kernels/decode.py's source with every float32 row dot made a plain sum of the row."""
+    out, n = _DOT.subn(r"\1 += \2[k]", src)
+    if n < 7:  # _matvec_cols (one row, four rows, their tail) and _matvec_rows_streamed
+        raise RuntimeError(f"kernels/decode.py: expected the float32 row dots (7), found {n}: update "
+                           f"perf.bench_decode_structure._DOT")
+    return out
+
+
+def reads_module():
+    """The copy of ``qorus_jit.kernels.decode`` whose float32 dots only read W, as a module of its own in a
+    temporary folder named by the source's hash (its numba cache kept there between runs)."""
+    import qorus_jit.kernels.decode as decode
+
+    src = reads_source(Path(decode.__file__).read_text())
+    folder = Path(tempfile.gettempdir()) / f"qorus_decode_reads_{hashlib.sha256(src.encode()).hexdigest()[:12]}"
+    folder.mkdir(exist_ok=True)
+    path = folder / "decode_reads.py"
+    if not path.exists() or path.read_text() != src:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(src)
+        tmp.replace(path)
+    name = "qorus_decode_reads"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def reads_step(decoder, module):
+    """``decoder.step`` (``models.llama._Decoder``) through ``module``'s kernel: the same arguments."""
+    from qorus_jit.models.llama import _NO_STOPS, decode_split
+
+    head, mid, final = decoder.args
+    split = decode_split(decoder.n_kv_heads)
+
+    def step(tok: int, pos: int):
+        module._llama_decode(*decoder.out, decoder.one, _NO_STOPS, tok, *head, pos, *mid, *split, *final)
+    return step
+
+
+def time_structure(name: str, rounds: int) -> dict:
+    from qorus_jit.bench.decode import _stream_read, bytes_per_token
+    from qorus_jit.layers.attention import DecodeState
+
+    model = build(SHAPES[name], "fp32")
+    state = DecodeState(batch=1, max_seq_len=SHAPES[name]["max_seq_len"])
+    model.decode_greedy(1, state, 2)  # kernels loaded, the decoder built
+    d = model._decoder
+    n_bytes = bytes_per_token(model, POSITIONS[0], len(POSITIONS))
+    big, part = np.ones(int(n_bytes) // 4, np.float32), np.zeros(64, np.float32)
+    reads = reads_step(d, reads_module())
+    sides = {"token": lambda pos: d.step(5, pos), "reads": lambda pos: reads(5, pos),
+             "stream": lambda pos: _stream_read(big, part)}
+    for f in sides.values():  # compiled (the reads' kernel on its first run) and warm
+        f(POSITIONS[0])
+    names = list(sides)
+    times = {k: [] for k in names}
+    per_round = {"token": [], "reads": [], "token_over_reads": []}
+    for r in range(rounds):
+        got = {k: [] for k in names}
+        for i, pos in enumerate(POSITIONS):
+            k0 = (i + r) % 3
+            for k in names[k0:] + names[:k0]:
+                sides[k](pos)  # each side timed after a run of its own, as a token after the one before
+                t0 = time.perf_counter()
+                sides[k](pos)
+                got[k].append(time.perf_counter() - t0)
+        tok, rd, st = (np.array(got[k]) for k in names)
+        per_round["token"].append(float(np.median(st / tok)))
+        per_round["reads"].append(float(np.median(st / rd)))
+        per_round["token_over_reads"].append(float(np.median(tok / rd)))
+        for k in names:
+            times[k] += got[k]
+    return {"positions": [POSITIONS[0], POSITIONS[-1]], "bytes_per_token_MB": n_bytes / 1e6,
+            "ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+            "token_of_stream": spread(per_round["token"]), "reads_of_stream": spread(per_round["reads"]),
+            "token_over_reads": spread(per_round["token_over_reads"])}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="15M,110M")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    out = start_run(a.threads, a.rounds)
+    print("| shape | MB a token | ms token / reads / stream | token, of the stream (rounds) | "
+          "reads, of the stream (rounds) | token / reads (rounds) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in a.shapes.split(","):
+        r = out["runs"][name] = time_structure(name, a.rounds)
+        ms = r["ms"]
+        cells = [f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+                 for s in (r["token_of_stream"], r["reads_of_stream"], r["token_over_reads"])]
+        print(f"| {name} | {r['bytes_per_token_MB']:.1f} | {ms['token']:.2f} / {ms['reads']:.2f} / "
+              f"{ms['stream']:.2f} | {' | '.join(cells)} |", flush=True)
+    if a.json:
+        write_results(a.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
