@@ -8,7 +8,7 @@ other (the first turning position by position), so that a busy moment of the sha
 Each side runs after a read of another array of the token's bytes, then once more, timed: what the caches hold
 then is what one pass of its own left. (The AMD EPYC's 32 MB L3 keeps part of a 62 MB token's bytes from one
 pass over them to the next, more after several: a side run right after another side that reads the same weights
-went up to 20% faster.)
+went 10-23% faster.)
 
 - token: one token of the one-call decoder (``_Decoder.step``);
 - reads: the same token by a copy of ``kernels/decode.py`` whose float32 row dots are plain sums of W's rows
