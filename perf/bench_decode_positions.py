@@ -65,6 +65,16 @@ def time_positions(name: str, dtype: str, rounds: int) -> dict:
             "late_fraction_of_bound": spread(of_bound)}
 
 
+def decode_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The arguments the decode benchmarks share: --shapes, --rounds, --threads, --json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--shapes", default="15M,110M")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    return ap
+
+
 def start_run(threads: int | None, rounds: int) -> dict:
     """Set the thread count (None: as it is), print the machine's line and return the run's record to fill."""
     from perf.bench_finetune import machine as describe
@@ -79,12 +89,8 @@ def start_run(threads: int | None, rounds: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="15M,110M")
+    ap = decode_parser(__doc__, rounds=9)
     ap.add_argument("--dtypes", default="fp32,int8")
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     out = start_run(a.threads, a.rounds)
     print("| shape | dtype | positions early / late | ms a token early / late | late / early (rounds) | "

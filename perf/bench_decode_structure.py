@@ -27,7 +27,6 @@ rather than as one flat stream.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import re
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.bench_decode_positions import start_run
+from perf.bench_decode_positions import decode_parser, start_run
 from perf.bench_quant_decode import SHAPES, build, spread
 from qorus_jit.bench._timing import write_results
 
@@ -113,7 +112,7 @@ def time_structure(name: str, rounds: int) -> dict:
     for r in range(rounds):
         got = {k: [] for k in names}
         for i, pos in enumerate(POSITIONS):
-            k0 = (i + r) % 3
+            k0 = (i + r) % len(names)
             for k in names[k0:] + names[:k0]:
                 _stream_read(other, part)
                 sides[k](pos)
@@ -133,12 +132,7 @@ def time_structure(name: str, rounds: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="15M,110M")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
+    a = decode_parser(__doc__, rounds=5).parse_args(argv)
     out = start_run(a.threads, a.rounds)
     print("| shape | MB a token | ms token / reads / stream | token, of the stream (rounds) | "
           "reads, of the stream (rounds) | token / reads (rounds) |")
