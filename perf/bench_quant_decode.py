@@ -12,7 +12,11 @@ order), so that a busy moment of the shared machine falls on all of them alike:
 - decode: tokens/s of ``generate``'s decode phase (greedy, ``tokens`` new tokens after a one-token prompt);
 - bound: the streaming-read bandwidth measured just before each dtype's run, over an array of that dtype's
   bytes per token (``qorus_jit.bench.decode.bytes_per_token``: every weight read once, the KV cache), divided
-  by those bytes: the most any decoder reading those weights could reach at that moment;
+  by those bytes: the most any decoder reading those weights could reach at that moment. Its rate in GB/s is
+  reported beside the memory's (a read of ``MEMORY_BYTES``, too large for any cache to keep a useful part of,
+  once a round): where the bound reads faster than memory, the last level cache held part of its array from
+  one read to the next (the AMD EPYC's shared 32 MB L3 with a 62 MB stories15M token), and how much it holds
+  moves with what else the machine runs;
 - prefill: tokens/s of the prefill of a 128-token prompt (one forward, the ``linear_*`` kernels);
 - kernel ceiling: tokens/s if every weight byte went at the rate one thread's decode row kernel (the
   one-call decoder's, on this machine's path) reads a 64-row matrix of the model's width that stays in cache,
@@ -55,6 +59,8 @@ SHAPES = {
 }
 DTYPES = ("fp32", "bf16", "int8")
 PROMPT = 128  # prefill tokens
+# the memory's read: 16 times the AMD EPYC's 32 MB L3 (a CPU whose cache holds it reports the cache's rate)
+MEMORY_BYTES = 512 * 2**20
 
 
 def build(shape: dict, dtype: str):
@@ -126,8 +132,9 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
 
-def time_shape(name: str, tokens: int, pairs: int) -> dict:
-    """The timed rounds of one shape: every dtype's decode, bound and prefill per round; paired ratios."""
+def time_shape(name: str, tokens: int, pairs: int, memory_bytes: int = MEMORY_BYTES) -> dict:
+    """The timed rounds of one shape: every dtype's decode, bound and prefill per round, the memory's rate once
+    a round; paired ratios."""
     from qorus_jit.bench.decode import bytes_per_token, stream_bandwidth
 
     shape = SHAPES[name]
@@ -138,19 +145,22 @@ def time_shape(name: str, tokens: int, pairs: int) -> dict:
         decode_rate(m, 8)
         prefill_rate(m, prompt)
     rows = {d: {"decode": [], "bound": [], "prefill": [], "ceiling": []} for d in DTYPES}
+    memory = []
     threads = get_num_threads()
     for r in range(pairs):
+        memory.append(stream_bandwidth(memory_bytes, repeat=3))
         for d in DTYPES[r % 3:] + DTYPES[:r % 3]:
             rows[d]["bound"].append(stream_bandwidth(int(per_token[d])) / per_token[d])
             rows[d]["ceiling"].append(threads * kernel_rate(d, shape["dim"]) / per_token[d])
             rows[d]["decode"].append(decode_rate(models[d], tokens))
             rows[d]["prefill"].append(prefill_rate(models[d], prompt))
-    out = {"shape": shape, "tokens": tokens, "pairs": pairs,
+    out = {"shape": shape, "tokens": tokens, "pairs": pairs, "memory_GBps": spread([m / 1e9 for m in memory]),
            "bytes_per_token_MB": {d: per_token[d] / 1e6 for d in DTYPES}}
     for d in DTYPES:
         rw = rows[d]
         out[d] = {"decode_tokens_per_s": spread(rw["decode"]), "prefill_tokens_per_s": spread(rw["prefill"]),
                   "bound_tokens_per_s": spread(rw["bound"]),
+                  "bound_GBps": spread([b * per_token[d] / 1e9 for b in rw["bound"]]),
                   "fraction_of_bound": spread([a / b for a, b in zip(rw["decode"], rw["bound"], strict=True)]),
                   "kernel_ceiling_tokens_per_s": spread(rw["ceiling"]),
                   "of_limit": spread([a / min(b, c) for a, b, c in zip(rw["decode"], rw["bound"], rw["ceiling"],
@@ -231,9 +241,9 @@ def table(res: dict) -> str:
     m = res["machine"]
     lines = [f"CPU: {m['cpu']} ({', '.join(m['simd'])}), {m['cpus']} CPUs, threads {res['threads']}, quantized "
              f"paths {res['paths']}, load {m['loadavg'][0]:.1f} -> {res['loadavg_after'][0]:.1f}", "",
-             "| shape | dtype | decode tok/s | / fp32 (pairs) | of its bound (pairs) | kernel ceiling / bound | "
-             "of min(bound, ceiling) | prefill / fp32 (pairs) | peak RSS MB (model part) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| shape | dtype | decode tok/s | / fp32 (pairs) | of its bound (pairs) | bound GB/s (memory) | "
+             "kernel ceiling / bound | of min(bound, ceiling) | prefill / fp32 (pairs) | peak RSS MB (model part) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def f(s, fmt="{:.2f}"):
         return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
@@ -247,6 +257,7 @@ def table(res: dict) -> str:
                 rss_txt += f", {rss['peak_over_fp32']:.2f}x ({rss['model_over_fp32']:.2f}x)"
             lines.append(f"| {name} | {d} | {r['decode_tokens_per_s']['median']:.0f} | "
                          f"{f(r['decode_over_fp32']) if d != 'fp32' else '1'} | {f(r['fraction_of_bound'])} | "
+                         f"{r['bound_GBps']['median']:.1f} ({sh['memory_GBps']['median']:.1f}) | "
                          f"{r['kernel_ceiling_tokens_per_s']['median'] / r['bound_tokens_per_s']['median']:.2f} | "
                          f"{f(r['of_limit'])} | "
                          f"{f(r['prefill_over_fp32']) if d != 'fp32' else '1'} | {rss_txt} |")
