@@ -130,7 +130,7 @@ O, I = 8, 96
 out, x = np.zeros(O, np.float32), np.zeros(I, np.float32)
 qs, d, xq, dx = np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros(I, np.int8), np.zeros(3, np.float32)
 w16, xh = np.zeros((O, I), np.uint16), np.zeros(I, np.uint16)
-tok = (out, qs, d, xq, dx, 0, 0)  # one token: the signed dot of decoding
+tok = (out, qs, d, xq, dx, False, 0, 0)  # one token: the signed dot of decoding
 kernels = {"sapphirerapids": [(Q._token_rows_512, tok), (Q._q8_0_token_512, (out, x, qs, d)),
                               (Q._bf16_token_rows_512, (out, w16, xh, xh, 0, 0)), (Q._bf16_token_512, (out, x, w16))],
            "alderlake": [(Q._token_rows_vnni256, tok), (Q._q8_0_token_vnni256, (out, x, qs, d)),
@@ -145,7 +145,8 @@ if sys.argv[1] == "sapphirerapids":
     kernels[sys.argv[1]].append((_add_product, dec16))
 asm = {}
 for k, args in kernels[sys.argv[1]]:
-    sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.int64 for a in args)
+    sig = tuple(numba.typeof(a) if isinstance(a, np.ndarray) else types.boolean if isinstance(a, bool) else types.int64
+                for a in args)
     k.compile(sig)  # compiled for the target CPU, never called
     name = k.__name__ + ("_bf16" if args[2].dtype == np.uint32 else "")  # the decoder's products of either format
     asm[name] = k.inspect_asm(sig)
@@ -316,7 +317,7 @@ def test_emulated_q8_0_kernel(O, I, N):
         ref, mag = _q8_reference(_token(x), qs, d, None)
         _close(one, ref[0], mag[0])
         rows = np.full(O, np.nan, np.float32)
-        Q.TOKEN_ROWS["emulate"](rows, qs, d, *Q.quantize_token(x), 0, O)
+        Q.TOKEN_ROWS["emulate"](rows, qs, d, *Q.quantize_token(x), False, 0, O)
         np.testing.assert_array_equal(rows, one)
 
 
@@ -365,7 +366,7 @@ def test_emulated_kernels_in_parallel():
     x = rng.standard_normal(I).astype(np.float32)
     out, serial = np.empty(O, np.float32), np.empty(O, np.float32)
     Q.matvec_q8_0(out, qs, d, x, path="emulate")
-    Q.TOKEN_ROWS["emulate"](serial, qs, d, *Q.quantize_token(x), 0, O)
+    Q.TOKEN_ROWS["emulate"](serial, qs, d, *Q.quantize_token(x), False, 0, O)
     np.testing.assert_array_equal(out, serial)
 
 
@@ -409,8 +410,8 @@ def test_fast_q8_0(path, O, I, N):
 @pytest.mark.parametrize("I", [288, 320])
 def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
     """Rows taken eight, four or one at a time give the same bits (a row range from 1 or 2 shifts every row's
-    place in the blocks), into a strided output too, and extreme bytes (-128 and 127 weights, +-127 activations)
-    stay exact."""
+    place in the blocks; the one-row kernel, on a window of rows), into a strided output too, and extreme bytes
+    (-128 and 127 weights, +-127 activations) stay exact."""
     if path != "emulate":
         _skip_unless(path)
     rng = np.random.default_rng(I)
@@ -424,13 +425,17 @@ def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
     runs = []
     for lo in (0, 1, 2):
         out = np.full(O, np.nan, np.float32)
-        Q.TOKEN_ROWS[path](out, qs, d, xq, dx, lo, O)
+        Q.TOKEN_ROWS[path](out, qs, d, xq, dx, False, lo, O)
         assert np.all(np.isnan(out[:lo])) and not np.any(np.isnan(out[lo:]))
         runs.append(out)
     np.testing.assert_array_equal(runs[1][1:], runs[0][1:])
     np.testing.assert_array_equal(runs[2][2:], runs[0][2:])
+    one = np.full(O, np.nan, np.float32)  # a row at a time (AMD CPUs' decoder): the same bits
+    Q.TOKEN_ROWS[path](one[:O - 3], qs[:O - 3], d[:O - 3], xq, dx, True, 1, O - 3)
+    assert np.isnan(one[0]) and np.all(np.isnan(one[O - 3:]))
+    np.testing.assert_array_equal(one[1:O - 3], runs[0][1:O - 3])
     strided = np.full((O, 2), np.nan, np.float32)
-    Q.TOKEN_ROWS[path](strided[:, 0], qs, d, xq, dx, 0, O)
+    Q.TOKEN_ROWS[path](strided[:, 0], qs, d, xq, dx, False, 0, O)
     np.testing.assert_array_equal(strided[:, 0], runs[0])
     assert np.all(np.isnan(strided[:, 1]))
     ref, mag = _q8_reference(_token(x), qs, d, None)

@@ -507,10 +507,10 @@ def _rows_impl(out, w, ws, xa, xb, lo, hi):
         path = quant_x86.cpu_path("q8_0")
         if path is None:
             raise TypingError("_rows: int8 activations need an x86 q8_0 path this CPU lacks (give int16 scratch)")
-        rows = quant_x86.TOKEN_ROWS[path]
+        rows, one = quant_x86.TOKEN_ROWS[path], one_row()
 
         def q8_0_x86(out, w, ws, xa, xb, lo, hi):
-            rows(out, w, ws, xa, xb, lo, hi)
+            rows(out, w, ws, xa, xb, one, lo, hi)
         return q8_0_x86
     if w.dtype == types.uint32 and xa.dtype == types.uint16:  # bf16 bits: vdpbf16ps where the target has it
         path = quant_x86.cpu_path("bf16")

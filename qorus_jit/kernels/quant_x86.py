@@ -637,25 +637,28 @@ def _bf16_tail(w16, xh, xl, o, i0):
     return s
 
 
-def _token_rows(out, qs, d, xq, dx, lo, hi, path):
+def _token_rows(out, qs, d, xq, dx, one, lo, hi, path):
     """out[o] = qs/d row o . one token (xq (I,) int8, dx (G,) float32, as :func:`quantize_token` makes them) for
     lo <= o < hi, eight (64-byte steps) or four rows at a time, by the dot of ``path`` (a constant string, so each
-    path compiles its own loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``)."""
+    path compiles its own loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``). With
+    ``one`` a row at a time: one stream through W, which AMD CPUs' prefetchers follow (a 128 MB
+    matrix from memory at 25-27 GB/s on one thread of the AMD EPYC Zen 4 against 11.4 for eight rows;
+    docs/design.md, "One row at a time on AMD CPUs")."""
 
 
 @overload(_token_rows, jit_options={"fastmath": set(FASTMATH)})
-def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
+def _token_rows_impl(out, qs, d, xq, dx, one, lo, hi, path):
     if not isinstance(path, types.StringLiteral):
         raise TypingError("_token_rows: path must be a constant string")
     most = _Q8_0_STEP[path.literal_value][1]
     dot1, dot4, dotm = (_dot_q8_0[path.literal_value, R] for R in (1, 4, most))
 
-    def rows(out, qs, d, xq, dx, lo, hi, path):
+    def rows(out, qs, d, xq, dx, one, lo, hi, path):
         o = lo
-        while o + most <= hi:
+        while not one and o + most <= hi:
             dotm(out, qs, o, xq, d, dx)
             o += most
-        while o + 4 <= hi:
+        while not one and o + 4 <= hi:
             dot4(out, qs, o, xq, d, dx)
             o += 4
         while o < hi:
@@ -665,26 +668,28 @@ def _token_rows_impl(out, qs, d, xq, dx, lo, hi, path):
 
 
 @kernel
-def _token_rows_512(out, qs, d, xq, dx, lo, hi):
-    _token_rows(out, qs, d, xq, dx, lo, hi, "avx512-vnni")
+def _token_rows_512(out, qs, d, xq, dx, one, lo, hi):
+    _token_rows(out, qs, d, xq, dx, one, lo, hi, "avx512-vnni")
 
 
 @kernel
-def _token_rows_vnni256(out, qs, d, xq, dx, lo, hi):
-    _token_rows(out, qs, d, xq, dx, lo, hi, "avx-vnni")
+def _token_rows_vnni256(out, qs, d, xq, dx, one, lo, hi):
+    _token_rows(out, qs, d, xq, dx, one, lo, hi, "avx-vnni")
 
 
 @kernel
-def _token_rows_avx2(out, qs, d, xq, dx, lo, hi):
-    _token_rows(out, qs, d, xq, dx, lo, hi, "avx2")
+def _token_rows_avx2(out, qs, d, xq, dx, one, lo, hi):
+    _token_rows(out, qs, d, xq, dx, one, lo, hi, "avx2")
 
 
 @kernel
-def _token_rows_emu(out, qs, d, xq, dx, lo, hi):
-    _token_rows(out, qs, d, xq, dx, lo, hi, "emulate")
+def _token_rows_emu(out, qs, d, xq, dx, one, lo, hi):
+    _token_rows(out, qs, d, xq, dx, one, lo, hi, "emulate")
 
 
-#: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, lo, hi)``.
+#: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, one, lo, hi)``,
+#: several rows sharing each load of the token, or with ``one`` a row at a time (the same bits), for CPUs whose
+#: prefetchers follow one stream best (AMD's: ``decode.one_row``).
 TOKEN_ROWS = {"avx512-vnni": _token_rows_512, "avx-vnni": _token_rows_vnni256, "avx2": _token_rows_avx2,
               "emulate": _token_rows_emu}
 
@@ -728,25 +733,25 @@ TOKEN_ROWS_BF16 = {"avx512-bf16": _bf16_token_rows_512, "emulate": _bf16_token_r
 @kernel(parallel=True)
 def _q8_0_token_512(out, x, qs, d):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_512, (out, qs, d, xq, dx), qs.shape[0], qs.size)
+    for_rows(_token_rows_512, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
 def _q8_0_token_vnni256(out, x, qs, d):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_vnni256, (out, qs, d, xq, dx), qs.shape[0], qs.size)
+    for_rows(_token_rows_vnni256, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
 def _q8_0_token_avx2(out, x, qs, d):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_avx2, (out, qs, d, xq, dx), qs.shape[0], qs.size)
+    for_rows(_token_rows_avx2, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
 def _q8_0_token_emu(out, x, qs, d):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_emu, (out, qs, d, xq, dx), qs.shape[0], qs.size)
+    for_rows(_token_rows_emu, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
