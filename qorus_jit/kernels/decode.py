@@ -451,8 +451,10 @@ def _head_rows(out, w, ws, xa, xb, lo, hi):
     """``_rows`` for the head, which is read from memory: float32 by :func:`_matvec_rows_streamed`."""
 
 
-def _down_by_rows(xb):
-    """Whether the down projection goes by rows (float32 W read a row at a time) rather than by column slices."""
+def _down_by_rows(xa, xb):
+    """Whether the down projection goes by rows rather than by column slices: float32 W read a row at a time, and
+    the x86 q8_0 rows where :func:`one_row` (a stories110M int8 token 0.78 of its time on 2 threads of the AMD
+    EPYC Zen 4; docs/design.md, "One row at a time on AMD CPUs")."""
 
 
 @overload(_head_rows, jit_options={"fastmath": set(FASTMATH)})
@@ -463,10 +465,11 @@ def _head_rows_impl(out, w, ws, xa, xb, lo, hi):
 
 
 @overload(_down_by_rows, jit_options={"fastmath": set(FASTMATH)})
-def _down_by_rows_impl(xb):
+def _down_by_rows_impl(xa, xb):
     if xb.dtype == types.boolean:
-        return lambda xb: xb[0]
-    return lambda xb: False
+        return lambda xa, xb: xb[0]
+    rows = xa.dtype == types.int8 and one_row()  # the x86 q8_0 dot (int16 activations: the portable one)
+    return lambda xa, xb: rows
 
 
 @overload(_prep, jit_options={"fastmath": set(FASTMATH)})
@@ -672,7 +675,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     _rmsnorm_vec(h, x, mlp_norm, eps)
     _prep(xa, xb, h)
     n = min(n_parts, parts.shape[0])
-    rows = _down_by_rows(xb)
+    rows = _down_by_rows(xa, xb)
     for c in prange(n):
         _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows)
     if rows:
@@ -774,7 +777,7 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
         wd, sd = _at(a[14], b[14]), _at(a[15], b[15])
         _rmsnorm_vec(h, x, _at(a[9], b[9]), eps[i])
         _prep(xa, xb, h)
-        rows = _down_by_rows(xb)
+        rows = _down_by_rows(xa, xb)
         while True:  # the feed-forward, per slice of the hidden units
             c = claim(counters, ph)
             if c >= n:
