@@ -131,9 +131,9 @@ out, x = np.zeros(O, np.float32), np.zeros(I, np.float32)
 qs, d, xq, dx = np.zeros((O, I), np.int8), np.zeros((O, 3), np.float32), np.zeros(I, np.int8), np.zeros(3, np.float32)
 w16, xh = np.zeros((O, I), np.uint16), np.zeros(I, np.uint16)
 tok = (out, qs, d, xq, dx, False, 0, 0)  # one token: the signed dot of decoding
-kernels = {"sapphirerapids": [(Q._token_rows_512, tok), (Q._q8_0_token_512, (out, x, qs, d)),
+kernels = {"sapphirerapids": [(Q._token_rows_512, tok), (Q._q8_0_token_512, (out, x, qs, d, False)),
                               (Q._bf16_token_rows_512, (out, w16, xh, xh, 0, 0)), (Q._bf16_token_512, (out, x, w16))],
-           "alderlake": [(Q._token_rows_vnni256, tok), (Q._q8_0_token_vnni256, (out, x, qs, d)),
+           "alderlake": [(Q._token_rows_vnni256, tok), (Q._q8_0_token_vnni256, (out, x, qs, d, False)),
                          (Q._token_rows_avx2, tok)]}
 # the decoder's products given int8 activations (bf16 bits): the dot of the target's fastest path, picked while typed
 from qorus_jit.kernels.decode import _add_product
@@ -440,6 +440,9 @@ def test_q8_0_rows_do_not_depend_on_the_blocking(path, I):
     assert np.all(np.isnan(strided[:, 1]))
     ref, mag = _q8_reference(_token(x), qs, d, None)
     _close(runs[0], ref[0], mag[0])
+    # the layers' one-token product (parallel rows): either way the same bits, this CPU's way by default
+    for way in (False, True, None):
+        np.testing.assert_array_equal(Q.matvec_q8_0(np.empty(O, np.float32), qs, d, x, path=path, one=way), runs[0])
 
 
 @pytest.mark.parametrize("O,I,N", SHAPES + [(9, 100, 2)])

@@ -15,7 +15,6 @@ one call per token (through ``kernels.trusted``), having checked its arguments o
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -27,7 +26,6 @@ from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, copy_row, kernel
 from qorus_jit.kernels import quant_x86
-from qorus_jit.kernels._blas import cpu_vendor
 from qorus_jit.kernels._lowbit import (
     _EXACT,
     _PREFETCH,
@@ -43,7 +41,7 @@ from qorus_jit.kernels._lowbit import (
 from qorus_jit.kernels._math import exp
 from qorus_jit.kernels._sync import claim, done, phase_counters, wait_done  # noqa: F401 - phase_counters: callers
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
-from qorus_jit.kernels.quant_x86 import _split_bf16
+from qorus_jit.kernels.quant_x86 import _split_bf16, one_row  # noqa: F401 - one_row: callers
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
 # rows of the head per work item: its 32,000 rows in 64s took 4-5% less time than in 16s (int8, fp32; bf16 1.5%),
@@ -59,16 +57,6 @@ _HEAD_ROWS = 64
 # 11 us now). The decoder takes the first block's arrays (their shapes and dtypes: every block's are alike) and
 # a table of every block's addresses instead, which this module views; the caller (models.llama's decoder) keeps the
 # arrays alive.
-
-
-@functools.cache
-def one_row() -> bool:
-    """How the float32 decode products read W on this CPU (their ``one_row`` argument): True on AMD CPUs, a row at
-    a time with no software prefetch, one sequential stream that the CPU's own prefetchers follow; else four rows
-    sharing each load of x, prefetched ahead (tuned on the Intel Xeon). On the AMD EPYC with AVX-512 (Zen 4) the
-    four rows made a stories15M token 1.3x and a stories110M token 1.2-1.6x slower (docs/design.md, "Decoding one
-    token")."""
-    return cpu_vendor() == "AuthenticAMD"
 
 
 def block_table(blocks: list[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -53,6 +53,7 @@ instructions in the assembly.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import llvmlite.binding as llvm
@@ -65,7 +66,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from qorus_jit.core.numerics import FASTMATH, for_rows, kernel
-from qorus_jit.kernels._blas import gemm_bf16
+from qorus_jit.kernels._blas import cpu_vendor, gemm_bf16
 from qorus_jit.kernels._lowbit import (
     _EXACT,
     GROUP,
@@ -687,9 +688,19 @@ def _token_rows_emu(out, qs, d, xq, dx, one, lo, hi):
     _token_rows(out, qs, d, xq, dx, one, lo, hi, "emulate")
 
 
+@functools.cache
+def one_row() -> bool:
+    """How the decode products (float32 and q8_0) read W on this CPU (their ``one_row`` argument): True on AMD
+    CPUs, a row at a time with no software prefetch, one sequential stream that the CPU's own prefetchers follow;
+    else several rows sharing each load of x, float32's prefetched ahead (tuned on the Intel Xeon). On the AMD EPYC
+    with AVX-512 (Zen 4) float32's four rows made a stories15M token 1.3x and a stories110M token 1.2-1.6x slower,
+    q8_0's eight rows a stories110M int8 token 1.3-2x slower (docs/design.md, "Decoding one token")."""
+    return cpu_vendor() == "AuthenticAMD"
+
+
 #: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, one, lo, hi)``,
 #: several rows sharing each load of the token, or with ``one`` a row at a time (the same bits), for CPUs whose
-#: prefetchers follow one stream best (AMD's: ``decode.one_row``).
+#: prefetchers follow one stream best (AMD's: :func:`one_row`).
 TOKEN_ROWS = {"avx512-vnni": _token_rows_512, "avx-vnni": _token_rows_vnni256, "avx2": _token_rows_avx2,
               "emulate": _token_rows_emu}
 
@@ -731,27 +742,27 @@ TOKEN_ROWS_BF16 = {"avx512-bf16": _bf16_token_rows_512, "emulate": _bf16_token_r
 # One entry kernel a path: a CPU must compile only the instructions it has, so each path's code lives in its own
 # kernel; one kernel taking the path as a string (numba.literally) cost 9.5 ms a call from Python.
 @kernel(parallel=True)
-def _q8_0_token_512(out, x, qs, d):
+def _q8_0_token_512(out, x, qs, d, one):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_512, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
+    for_rows(_token_rows_512, (out, qs, d, xq, dx, one), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_vnni256(out, x, qs, d):
+def _q8_0_token_vnni256(out, x, qs, d, one):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_vnni256, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
+    for_rows(_token_rows_vnni256, (out, qs, d, xq, dx, one), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_avx2(out, x, qs, d):
+def _q8_0_token_avx2(out, x, qs, d, one):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_avx2, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
+    for_rows(_token_rows_avx2, (out, qs, d, xq, dx, one), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
-def _q8_0_token_emu(out, x, qs, d):
+def _q8_0_token_emu(out, x, qs, d, one):
     xq, dx = _quantized_token(x)
-    for_rows(_token_rows_emu, (out, qs, d, xq, dx, False), qs.shape[0], qs.size)
+    for_rows(_token_rows_emu, (out, qs, d, xq, dx, one), qs.shape[0], qs.size)
 
 
 @kernel(parallel=True)
@@ -774,13 +785,13 @@ _TOKEN_BF16 = {"avx512-bf16": _bf16_token_512, "emulate": _bf16_token_emu}
 # entry points (the signatures of kernels.quant; arguments trusted)
 
 
-def matvec_q8_0(out, qs, d, x, *, path=None):
+def matvec_q8_0(out, qs, d, x, *, path=None, one=None):
     """out (O,) = W x for q8_0 weights (qs, d) and x (I,) float32 (one token, decoding) by the signed dot
     (:func:`emit_sign_dot`).
 
     ``path``: None (the best here), "avx512-vnni", "avx-vnni", "avx2" or "emulate" (the 512-bit loop in plain
-    IR)."""
-    _TOKEN[_require(path, "q8_0")](out, x, qs, d)
+    IR). ``one``: W read a row at a time (the same bits); None: this CPU's way (:func:`one_row`)."""
+    _TOKEN[_require(path, "q8_0")](out, x, qs, d, one_row() if one is None else bool(one))
     return out
 
 
