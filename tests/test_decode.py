@@ -201,6 +201,42 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
     assert xa.dtype == ya.dtype == np.int8  # the x86 activations, not the portable int16 ones
 
 
+_OTHER_WAY = r"""
+import sys
+from qorus_jit.kernels import decode, quant, quant_x86
+flip = not quant_x86.one_row()
+decode.one_row = lambda: flip  # read while the decoder is typed: its int8 rows and down projection the other way
+quant._PATHS["q8_0"] = quant_x86.cpu_path("q8_0")
+from qorus_jit.models.quantize import quantize_model
+from tests.test_decode import _at_threads, _llama, _one_call_equals_nodes
+for threads in (1, 2):
+    _at_threads(threads, _one_call_equals_nodes, quantize_model(_llama(2, hidden=64, tie=False), "int8"))
+print("ok", flip)
+"""
+
+
+def test_q8_0_decode_the_other_cpu_kinds_way(tmp_path):
+    """The int8 decoder reads W a row at a time with the down projection by rows on AMD CPUs, else eight rows with
+    the down projection by column slices: a choice made while it is typed (``one_row()``), so that each machine
+    would run only its own. A fresh process with a numba cache of its own types it the other way and checks it
+    against the layers one by one, so both ways run on every CPU with an x86 q8_0 path."""
+    import os
+    import subprocess
+    import sys
+
+    from qorus_jit.kernels import quant_x86
+
+    path = quant_x86.cpu_path("q8_0")
+    if path is None or not quant_x86.available()[path]:
+        pytest.skip("no x86 q8_0 path on this CPU (or QORUS_PORTABLE is set)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _OTHER_WAY], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["ok", str(not quant_x86.one_row())]
+
+
 @pytest.mark.parametrize("dtype,one_row", [("fp32", False), ("fp32", True), ("int8", None), ("bf16", None)])
 @pytest.mark.parametrize("hidden", [64, 96])
 def test_decode_in_three_slices(monkeypatch, dtype, one_row, hidden):
