@@ -202,7 +202,6 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
 
 
 _OTHER_WAY = r"""
-import sys
 from qorus_jit.kernels import decode, quant, quant_x86
 flip = not quant_x86.one_row()
 decode.one_row = lambda: flip  # read while the decoder is typed: its int8 rows and down projection the other way

@@ -642,9 +642,9 @@ def _token_rows(out, qs, d, xq, dx, one, lo, hi, path):
     """out[o] = qs/d row o . one token (xq (I,) int8, dx (G,) float32, as :func:`quantize_token` makes them) for
     lo <= o < hi, eight (64-byte steps) or four rows at a time, by the dot of ``path`` (a constant string, so each
     path compiles its own loop); qs, d may be windows of whole groups (``qs[:, 32 a:32 b]``, ``d[:, a:b]``). With
-    ``one`` a row at a time: one stream through W, which AMD CPUs' prefetchers follow (a 128 MB
-    matrix from memory at 25-27 GB/s on one thread of the AMD EPYC Zen 4 against 11.4 for eight rows;
-    docs/design.md, "One row at a time on AMD CPUs")."""
+    ``one`` a row at a time: one stream through W, which AMD CPUs' prefetchers follow (a 128 MB matrix from
+    memory at 25-27 GB/s on one thread of the AMD EPYC Zen 4 against 11.4 for eight rows; docs/design.md, "One
+    row at a time on AMD CPUs")."""
 
 
 @overload(_token_rows, jit_options={"fastmath": set(FASTMATH)})
@@ -694,7 +694,7 @@ def one_row() -> bool:
     CPUs, a row at a time with no software prefetch, one sequential stream that the CPU's own prefetchers follow;
     else several rows sharing each load of x, float32's prefetched ahead (tuned on the Intel Xeon). On the AMD EPYC
     with AVX-512 (Zen 4) float32's four rows made a stories15M token 1.3x and a stories110M token 1.2-1.6x slower,
-    q8_0's eight rows a stories110M int8 token 1.3-2x slower (docs/design.md, "Decoding one token")."""
+    q8_0's eight rows a stories110M int8 token 1.3-2x slower (docs/design.md, "One row at a time on AMD CPUs")."""
     return cpu_vendor() == "AuthenticAMD"
 
 
