@@ -112,7 +112,8 @@ def info(as_json):
     click.echo(f"  cpu:        {c['model']} (LLVM target {c['llvm_target']})")
     click.echo(f"  simd:       {' '.join(c['simd']) or 'none'}")
     for lib in data["blas"]:
-        where = ", ".join(str(v) for v in (lib["architecture"], f"{lib['threads']} threads") if v is not None)
+        threads = f"{lib['threads']} threads" + (f" on {lib['threading']}" if lib.get("threading") else "")
+        where = ", ".join(str(v) for v in (lib["architecture"], threads) if v is not None)
         click.echo(f"  blas:       {lib['used_by']}: {lib['library']} {lib['version']} ({where})")
     q = data["quantized_kernels"]
     click.echo("  quantized:  decoding " + ", ".join(f"{fmt} {path}" for fmt, path in q["paths"].items())

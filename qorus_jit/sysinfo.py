@@ -72,7 +72,8 @@ def _blas_libraries() -> list[dict]:
         else:
             used_by = "scipy" if "scipy" in folder else "other"
         rows.append({"used_by": used_by, "library": lib.get("internal_api"), "version": lib.get("version"),
-                     "threads": lib.get("num_threads"), "architecture": lib.get("architecture"),
+                     "threads": lib.get("num_threads"), "threading": lib.get("threading_layer"),
+                     "architecture": lib.get("architecture"),
                      "path": path})
     return rows
 

@@ -430,3 +430,59 @@ def test_blas_choice_rejects_unknown_names():
                          env={**os.environ, "QORUS_BLAS": "cuda"}, capture_output=True, text=True)
     assert out.returncode != 0
     assert "QORUS_BLAS: expected 'auto', 'mkl' or 'openblas', got 'cuda'" in out.stderr
+
+
+_FORK_CHECK = """
+import multiprocessing as mp
+import sys
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+try:
+    from qorus_jit.kernels.matmul import linear_forward
+except ValueError as e:  # numba could not load the asked-for threading layer
+    print("NO-LAYER", e)
+    sys.exit(0)
+from qorus_jit.kernels.softmax import softmax_forward
+
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((256, 512)).astype(np.float32), rng.standard_normal((384, 512)).astype(np.float32)
+
+
+def work(parallel):
+    y = np.empty((256, 384), np.float32)
+    linear_forward(y, x, w, None)
+    if parallel:  # one of numba's parallel regions as well as MKL's
+        softmax_forward(y, y.copy())
+    return y
+
+
+import numba
+
+parallel = numba.threading_layer() != "omp"  # numba ends a forked child's GNU OpenMP regions itself
+want = work(parallel)
+with mp.get_context("fork").Pool(2) as pool:
+    got = pool.map(work, [parallel, parallel])
+mkl = [lib.get("threading_layer") for lib in threadpool_info() if lib.get("internal_api") == "mkl"]
+print(numba.threading_layer(), mkl, all(np.array_equal(g, want) for g in got))
+"""
+
+
+@pytest.mark.parametrize("layer, mkl_threads", [("tbb", "tbb"), ("omp", "gnu")])
+def test_mkl_threads_on_numbas_pool_and_forked_children_finish(layer, mkl_threads):
+    """MKL runs on numba's own threading layer (one pool of workers, not two), and a process forked by
+    ``multiprocessing`` after the parent multiplied finishes its products: on GNU OpenMP a forked child's
+    inherited pool would hang, so MKL runs on one thread there. A hang fails by the timeout."""
+    import os
+    import subprocess
+    import sys
+
+    if not _blas_mkl_installed():
+        pytest.skip('the mkl extra is not installed (pip install "qorus-jit[mkl]")')
+    env = {**os.environ, "QORUS_BLAS": "mkl", "NUMBA_THREADING_LAYER": layer}
+    out = subprocess.run([sys.executable, "-c", _FORK_CHECK], env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout.strip().splitlines()[-1]
+    if out.startswith("NO-LAYER"):
+        pytest.skip(f"numba has no {layer} threading layer here: {out}")
+    assert out == f"{layer} ['{mkl_threads}'] True"

@@ -7,10 +7,10 @@ At import this module registers ``qorus_gemm_f32`` / ``qorus_gemm_f64`` with LLV
 - ``auto`` (default): MKL if the ``mkl`` wheel is installed (``pip install "qorus-jit[mkl]"``) and the CPU is not
   an AMD one, else OpenBLAS. On an AMD EPYC (Zen 1) OpenBLAS ran the fine-tuning steps of
   ``perf.bench_finetune`` 11-17% faster than MKL (docs/design.md, "Matrix products").
-- ``mkl``: Intel MKL's ILP64 ``cblas_?gemm_64`` from the ``mkl`` wheel's ``libmkl_rt``, threaded by GNU
-  OpenMP, the runtime numba's own parallel kernels use, so the products and the other kernels share one
-  pool of worker threads: as fast as OpenBLAS on a quiet machine, faster while other work shares it
-  (docs/design.md, "Matrix products").
+- ``mkl``: Intel MKL's ILP64 ``cblas_?gemm_64`` from the ``mkl`` wheel's ``libmkl_rt``, threaded by the
+  runtime numba's own parallel kernels use (TBB or GNU OpenMP, ``mkl_threading``), so the products and the
+  other kernels share one pool of worker threads: as fast as OpenBLAS on a quiet machine, faster while other
+  work shares it (docs/design.md, "Matrix products").
 - ``openblas``: the OpenBLAS that NumPy wheels bundle (ILP64, symbols prefixed ``scipy_``): one BLAS thread
   pool in the process, shared with NumPy's ``@`` (scipy's separate copy, the one numba's ``np.dot`` calls, is
   an older and slower OpenBLAS; docs/design.md, "Matrix products").
@@ -86,11 +86,30 @@ def _fallback(dtype, ctype, operand=None):
 
 _BF16 = ("qorus_gemm_bf16", "cblas_gemm_bf16bf16f32_64")
 _MKL_SYMBOLS = {np.float32: "cblas_sgemm_64", np.float64: "cblas_dgemm_64"}
-_MKL_GNU_THREADS, _MKL_SEQUENTIAL = 3, 1  # MKL_Set_Threading_Layer values
+_MKL_THREADING = {"sequential": 1, "gnu": 3, "tbb": 4}  # MKL_Set_Threading_Layer values
+
+
+def mkl_threading() -> str:
+    """The threads MKL runs on: numba's own pool where MKL has a layer for it (TBB or GNU OpenMP), so the
+    products and the other kernels share one set of workers; else GNU OpenMP, or the calling thread without
+    libgomp. Starts numba's pool, which fixes its threading layer."""
+    import numba
+
+    numba.get_num_threads()
+    if numba.threading_layer() == "tbb":
+        return "tbb"
+    return "gnu" if ctypes.util.find_library("gomp") else "sequential"
+
+
+def _one_thread_after_fork(lib) -> None:
+    # A forked child inherits GNU OpenMP's pool without its threads and hangs in its first parallel region
+    # (numba's own layer then ends such a child anyway); MKL on one thread never enters one.
+    os.register_at_fork(after_in_child=lambda: lib.MKL_Set_Num_Threads(1))
 
 
 def _mkl():
-    """The ``mkl`` wheel's ``libmkl_rt`` (in ``sys.prefix/lib``), set to GNU OpenMP threads; None if absent."""
+    """The ``mkl`` wheel's ``libmkl_rt`` (in ``sys.prefix/lib``), set to the threads of ``mkl_threading()``;
+    None if absent."""
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         for path in sorted(Path(prefix, "lib").glob("libmkl_rt.so*")):
             try:
@@ -99,8 +118,10 @@ def _mkl():
                 continue
             if not all(hasattr(lib, n) for n in (*_MKL_SYMBOLS.values(), "MKL_Set_Threading_Layer")):
                 continue
-            # GNU OpenMP is numba's threading layer too; without libgomp, MKL runs on the calling thread
-            lib.MKL_Set_Threading_Layer(_MKL_GNU_THREADS if ctypes.util.find_library("gomp") else _MKL_SEQUENTIAL)
+            threading = mkl_threading()
+            lib.MKL_Set_Threading_Layer(_MKL_THREADING[threading])
+            if threading == "gnu":
+                _one_thread_after_fork(lib)
             return lib
     return None
 
