@@ -83,6 +83,35 @@ def _llama(n_kv_heads, hidden=48, n_layers=3, tie=True):
     return model
 
 
+@pytest.mark.parametrize("amd", [False, True])
+def test_float32_decoder_reads_by_rows_from_memory(monkeypatch, amd):
+    """The float32 one-call decoder reads W a row at a time where the CPU's way is that (AMD), and elsewhere once a
+    token's bytes (about the model's parameters) are more than a quarter of the L3, four rows sharing x below."""
+    from qorus_jit.kernels import quant_x86
+
+    monkeypatch.setattr(quant_x86, "one_row", lambda: amd)
+    n = sum(p.nbytes for p in _llama(2).parameters().values())
+    for l3, want in ((8 * n, amd), (2 * n, True)):
+        monkeypatch.setattr(quant_x86, "l3_bytes", lambda l3=l3: l3)
+        model = _llama(2)
+        model.forward_decode(np.array([[3]], np.int64), state=DecodeState(1, 16))
+        assert model._decoder.one_row is want, l3
+    assert quant_x86.one_row_float32(10**12) is True and quant_x86.one_row_float32(0) is amd
+
+
+def test_l3_bytes_reads_the_cache_size():
+    from pathlib import Path
+
+    from qorus_jit.kernels.quant_x86 import l3_bytes
+
+    got = l3_bytes.__wrapped__()
+    sizes = [(d / "size").read_text() for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")
+             if (d / "level").exists() and (d / "level").read_text().strip() == "3"]
+    assert got == (32 * 2**20 if not sizes else got) and got >= 2**20
+    if sizes:
+        assert f"{got // 1024}K" in [s.strip() for s in sizes] or f"{got // 2**20}M" in [s.strip() for s in sizes]
+
+
 @pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n_kv_heads,threads,hidden", [(4, 2, 48), (2, 2, 48), (1, 2, 48), (4, 1, 50), (2, 2, 50)])
 def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one_row, n_kv_heads, threads, hidden):
@@ -92,7 +121,7 @@ def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one
     one by one (``Graph.forward_decode``, the generic step) are the reference, caches included."""
     from qorus_jit.models import llama
 
-    monkeypatch.setattr(llama, "one_row", lambda: one_row)
+    monkeypatch.setattr(llama, "one_row_float32", lambda n: one_row)
     model = _llama(n_kv_heads, hidden, n_layers=1)
     ids = np.random.default_rng(5).integers(0, 61, 12)
     fused, plain = DecodeState(1, 16), DecodeState(1, 16)
@@ -164,7 +193,7 @@ def _one_call_equals_nodes(model, steps=14):
 def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(monkeypatch, one_row, n_kv_heads, tie):
     from qorus_jit.models import llama
 
-    monkeypatch.setattr(llama, "one_row", lambda: one_row)
+    monkeypatch.setattr(llama, "one_row_float32", lambda n: one_row)
     _one_call_equals_nodes(_llama(n_kv_heads, tie=tie))
 
 
@@ -246,7 +275,7 @@ def test_decode_in_three_slices(monkeypatch, dtype, one_row, hidden):
     from qorus_jit.models.quantize import quantize_model
 
     monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= 2, 3))
-    monkeypatch.setattr(llama, "one_row", lambda: bool(one_row))
+    monkeypatch.setattr(llama, "one_row_float32", lambda n: bool(one_row))
     model = _llama(2, hidden=hidden, tie=True)
     _one_call_equals_nodes(model if dtype == "fp32" else quantize_model(model, dtype))
 
@@ -554,7 +583,7 @@ def test_token_in_one_region(monkeypatch, dtype, one_row, threads, n_parts):
     from qorus_jit.models.quantize import quantize_model
 
     monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (True, n_parts))
-    monkeypatch.setattr(llama, "one_row", lambda: bool(one_row))
+    monkeypatch.setattr(llama, "one_row_float32", lambda n: bool(one_row))
     model = _llama(4, hidden=96, tie=False)
     model = model if dtype == "fp32" else quantize_model(model, dtype)
     for _ in range(3):

@@ -41,7 +41,7 @@ from qorus_jit.kernels._lowbit import (
 from qorus_jit.kernels._math import exp
 from qorus_jit.kernels._sync import claim, done, phase_counters, wait_done  # noqa: F401 - phase_counters: callers
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
-from qorus_jit.kernels.quant_x86 import _split_bf16, one_row
+from qorus_jit.kernels.quant_x86 import _split_bf16, one_row, one_row_float32  # noqa: F401 - one_row_float32: callers
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
 # rows of the head per work item: its 32,000 rows in 64s took 4-5% less time than in 16s (int8, fp32; bf16 1.5%),

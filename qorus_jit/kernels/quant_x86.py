@@ -698,6 +698,33 @@ def one_row() -> bool:
     return cpu_vendor() == "AuthenticAMD"
 
 
+@functools.cache
+def l3_bytes() -> int:
+    """The size of the CPU's last-level cache as Linux reports it (on a shared host: all of it, not this
+    machine's share), or 32 MiB where unknown."""
+    from pathlib import Path
+
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = (index / "level").read_text().strip(), (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "3" and size[:-1].isdigit() and size[-1] in units:
+            sizes.append(int(size[:-1]) * units[size[-1]])
+    return max(sizes, default=32 * 2**20)
+
+
+def one_row_float32(token_bytes: int) -> bool:
+    """How the float32 one-call decoder reads W for a token of ``token_bytes``: a row at a time where
+    :func:`one_row` says so, and on other CPUs too once those bytes are more than a quarter of the L3, so that
+    W streams from memory: on an Intel Xeon with AMX and a 480 MiB L3 (2 cores of a shared host) a row at a
+    time took 0.91-0.93 of four rows' time at the stories110M shape (440 MB), 0.95-0.99 at 168 MB, and
+    0.85-1.20 at stories15M (62 MB, mostly held by the L3) (docs/design.md, "One row at a time on AMD CPUs")."""
+    return one_row() or token_bytes > l3_bytes() // 4
+
+
 #: The serial row kernel of one token (decoding) of each q8_0 path: ``rows(out, qs, d, xq, dx, one, lo, hi)``,
 #: several rows sharing each load of the token, or with ``one`` a row at a time (the same bits), for CPUs whose
 #: prefetchers follow one stream best (AMD's: :func:`one_row`).

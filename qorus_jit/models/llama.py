@@ -19,7 +19,7 @@ from qorus_jit.core.check import UNFILLED, check_rng
 from qorus_jit.core.numerics import get_num_threads, max_threads
 from qorus_jit.formats import llama2c
 from qorus_jit.kernels import trusted as K
-from qorus_jit.kernels.decode import block_table, one_row, phase_counters
+from qorus_jit.kernels.decode import block_table, one_row_float32, phase_counters
 from qorus_jit.kernels.quant import active_path
 from qorus_jit.layers import DecodeState, Embedding, Linear, RMSNorm, TransformerBlock
 from qorus_jit.layers.base import named_layers, structure_version
@@ -359,7 +359,10 @@ class _Decoder:
         widest = max(c.dim, hd, c.hidden_dim)
         # the scratch's dtype picks the dot (kernels.decode's _rows): the x86 one of the path the products run
         portable = self.fmt != "fp32" and active_path(self.fmt) == "portable"
-        self.one_row = one_row()  # how float32 W is read, this CPU's
+        head = weight("lm_head")
+        arrays = {id(a): a for a in (*(a for blk in self.blocks for a in blk[:-4]), *head)}  # not caches, tables
+        token_bytes = sum(a.nbytes for a in arrays.values())
+        self.one_row = one_row_float32(token_bytes)  # how float32 W is read: this CPU's way for this size
         if self.fmt == "fp32":  # a copy of x, and (xb's value) whether W is read a row at a time
             prep = ((widest, np.float32), (1, np.bool_))
         elif self.fmt == "q8_0":  # int8 activations: the x86 dot; int16: portable
@@ -378,7 +381,7 @@ class _Decoder:
                b("decode_atts", (L, hd)), b("decode_outs", (L, 2, c.dim)), b("decode_gs", (L, c.hidden_dim)),
                b("decode_partss", (L, T, c.dim)), phase_counters(4 * L + 1))
         table = weight("lm_head") if embed is None else (embed, _NO_SCALES)
-        self.args = ((*table, first, addresses), (*eps, *self.scratch, *own), (*final, *weight("lm_head")))
+        self.args = ((*table, first, addresses), (*eps, *self.scratch, *own), (*final, *head))
 
     def step(self, tok: int, pos: int, split: tuple[bool, int] | None = None) -> np.ndarray:
         """The logits ``(vocab_size,)`` of token ``tok`` at position ``pos`` (a buffer of the model); ``split``:
