@@ -231,23 +231,29 @@ def test_q8_0_decode_on_the_x86_signed_dot(monkeypatch, n_kv_heads, tie, threads
 
 
 _OTHER_WAY = r"""
+import qorus_jit.layers  # the reference, the layers one by one, keeps this CPU's one_row for their products
 from qorus_jit.kernels import decode, quant, quant_x86
 flip = not quant_x86.one_row()
 decode.one_row = lambda: flip  # read while the decoder is typed: its int8 rows and down projection the other way
+decode._PAIRS = not decode._PAIRS  # and float32 W from memory a row at a time, or two rows at a time
 quant._PATHS["q8_0"] = quant_x86.cpu_path("q8_0")
+from qorus_jit.models import llama
 from qorus_jit.models.quantize import quantize_model
 from tests.test_decode import _at_threads, _llama, _one_call_equals_nodes
+llama.one_row_float32 = lambda n: True
 for threads in (1, 2):
     _at_threads(threads, _one_call_equals_nodes, quantize_model(_llama(2, hidden=64, tie=False), "int8"))
-print("ok", flip)
+    _at_threads(threads, _one_call_equals_nodes, _llama(2, hidden=64, tie=False))
+print("ok", flip, decode._PAIRS)
 """
 
 
 def test_q8_0_decode_the_other_cpu_kinds_way(tmp_path):
     """The int8 decoder reads W a row at a time with the down projection by rows on AMD CPUs, else eight rows with
     the down projection by column slices: a choice made while it is typed (``one_row()``), so that each machine
-    would run only its own. A fresh process with a numba cache of its own types it the other way and checks it
-    against the layers one by one, so both ways run on every CPU with an x86 q8_0 path."""
+    would run only its own; so is whether float32 W from memory goes a row or two rows at a time
+    (``decode._PAIRS``). A fresh process with a numba cache of its own types both the other way and checks the int8
+    and float32 decoders against the layers one by one, so both ways run on every CPU with an x86 q8_0 path."""
     import os
     import subprocess
     import sys
@@ -262,7 +268,7 @@ def test_q8_0_decode_the_other_cpu_kinds_way(tmp_path):
     r = subprocess.run([sys.executable, "-c", _OTHER_WAY], env=env, cwd=root, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["ok", str(not quant_x86.one_row())]
+    assert r.stdout.split() == ["ok", str(not quant_x86.one_row()), str(quant_x86.one_row())]
 
 
 @pytest.mark.parametrize("dtype,one_row", [("fp32", False), ("fp32", True), ("int8", None), ("bf16", None)])

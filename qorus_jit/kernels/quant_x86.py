@@ -717,11 +717,12 @@ def l3_bytes() -> int:
 
 
 def one_row_float32(token_bytes: int) -> bool:
-    """How the float32 one-call decoder reads W for a token of ``token_bytes``: a row at a time where
-    :func:`one_row` says so, and on other CPUs too once those bytes are more than a quarter of the L3, so that
-    W streams from memory: on an Intel Xeon with AMX and a 480 MiB L3 (2 cores of a shared host) a row at a
-    time took 0.91-0.93 of four rows' time at the stories110M shape (440 MB), 0.95-0.99 at 168 MB, and
-    0.85-1.20 at stories15M (62 MB, mostly held by the L3) (docs/design.md, "One row at a time on AMD CPUs")."""
+    """Whether the float32 one-call decoder reads W as it streams from memory (``decode._matvec_cols``'s
+    ``one_row``: rows one after another, unprefetched) for a token of ``token_bytes``: wherever :func:`one_row`
+    says so, and on other CPUs once those bytes are more than a quarter of the L3. On an Intel Xeon with AMX and a
+    480 MiB L3 (2 cores of a shared host) a row at a time took 0.91-0.93 of four prefetched rows' time at the
+    stories110M shape (440 MB), 0.95-0.99 at 168 MB, and 0.85-1.20 at stories15M (62 MB, mostly held by the L3)
+    (docs/design.md, "A row at a time from memory on other CPUs too")."""
     return one_row() or token_bytes > l3_bytes() // 4
 
 
