@@ -103,29 +103,30 @@ def _prefetch_rows(w, r0, r1, c0, c1):
 
 
 # W read from memory (``one_row``) goes a row at a time on AMD CPUs and two rows sharing each load of x elsewhere,
-# neither prefetched: on an Intel Xeon with AMX two rows took 0.93-0.95 of one row's time for a stories110M token,
-# the same sums bit for bit (docs/design.md, "A row at a time from memory on other CPUs too"). Read while typed.
+# half the rows apart, neither prefetched: on an Intel Xeon with AMX two adjacent rows took 0.93-0.95 of one row's
+# time for a stories110M token, and rows half apart 0.97 of adjacent ones', the same sums bit for bit (docs/design.md,
+# "A row at a time from memory on other CPUs too"). Read while typed.
 _PAIRS = not one_row()
 
 
 @kernel
 def _matvec_cols(out, w, x, c0, c1, one_row):
     """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,). ``one_row`` (:func:`one_row`): W as
-    it streams from memory, one row after another with no software prefetch (two rows sharing each load of x
-    where ``_PAIRS``). Else four rows share each load of x, and the rows about _PREFETCH bytes ahead (whole
-    fours, at least four) are prefetched first: +8-13% at the stories110M shape from memory on the Intel Xeon
-    (Emerald Rapids; docs/design.md, "Decoding one token")."""
+    it streams from memory, one row after another with no software prefetch (two rows half the rows apart sharing
+    each load of x where ``_PAIRS``). Else four rows share each load of x, and the rows about _PREFETCH bytes
+    ahead (whole fours, at least four) are prefetched first: +8-13% at the stories110M shape from memory on the
+    Intel Xeon (Emerald Rapids; docs/design.md, "Decoding one token")."""
     if one_row:
-        pairs = w.shape[0] // 2 if _PAIRS else 0
-        for p in range(pairs):
-            r0, r1 = w[2 * p, c0:c1], w[2 * p + 1, c0:c1]
+        h = w.shape[0] // 2 if _PAIRS else 0
+        for p in range(h):  # rows p and h + p: two streams half the rows apart
+            r0, r1 = w[p, c0:c1], w[h + p, c0:c1]
             s0 = s1 = x.dtype.type(0)
             for k in range(c1 - c0):
                 xk = x[k]
                 s0 += r0[k] * xk
                 s1 += r1[k] * xk
-            out[2 * p], out[2 * p + 1] = s0, s1
-        for i in range(2 * pairs, w.shape[0]):
+            out[p], out[h + p] = s0, s1
+        for i in range(2 * h, w.shape[0]):
             r = w[i, c0:c1]
             s = x.dtype.type(0)
             for k in range(c1 - c0):
