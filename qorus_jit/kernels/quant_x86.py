@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import llvmlite.binding as llvm
 import numba
@@ -702,8 +703,6 @@ def one_row() -> bool:
 def l3_bytes() -> int:
     """The size of the CPU's last-level cache as Linux reports it (on a shared host: all of it, not this
     machine's share), or 32 MiB where unknown."""
-    from pathlib import Path
-
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
     sizes = []
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
