@@ -45,14 +45,17 @@ from qorus_jit.bench._timing import write_results
 POSITIONS = range(40, 104)
 # the float32 row dots of kernels/decode.py: one row (s += r[k] * x[k]) and four rows (s0 += r0[k] * xk)
 _DOT = re.compile(r"\b(s\d?) \+= (r\d?)\[k\] \* (?:x\[k\]|xk)")
+# and the one in vector IR (_make_row_dots: W's lanes times x's added into the row's accumulator)
+_DOT_IR = re.compile(r"builder\.call\(fma, \[wv, xv, builder\.load\(acc\)\]\)")
 
 
 def reads_source(src: str) -> str:
     """kernels/decode.py's source with every float32 row dot made a plain sum of the row."""
     out, n = _DOT.subn(r"\1 += \2[k]", src)
-    if n < 7:  # _matvec_cols (one row, four rows, their tail) and _matvec_rows_streamed
-        raise RuntimeError(f"kernels/decode.py: expected the float32 row dots (7), found {n}: update "
-                           f"perf.bench_decode_structure._DOT")
+    out, m = _DOT_IR.subn(r"builder.fadd(wv, builder.load(acc))", out)
+    if n < 7 or m != 1:  # _matvec_cols (one row, four rows, their tail), _matvec_rows_streamed; _make_row_dots
+        raise RuntimeError(f"kernels/decode.py: expected the float32 row dots (7 and 1 in IR), found {n} and {m}: "
+                           f"update perf.bench_decode_structure._DOT and _DOT_IR")
     return out
 
 

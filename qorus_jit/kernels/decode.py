@@ -33,6 +33,7 @@ from qorus_jit.kernels._lowbit import (
     _hsum,
     _hsum_rows,
     _prefetch_at,
+    _row_stride,
     lane_chunks,
     load_lanes,
     splat,
@@ -104,29 +105,68 @@ def _prefetch_rows(w, r0, r1, c0, c1):
 
 # W read from memory (``one_row``) goes a row at a time on AMD CPUs and two rows sharing each load of x elsewhere,
 # half the rows apart, neither prefetched: on an Intel Xeon with AMX two adjacent rows took 0.93-0.95 of one row's
-# time for a stories110M token, and rows half apart 0.97 of adjacent ones', the same sums bit for bit (docs/design.md,
-# "A row at a time from memory on other CPUs too"). Read while typed.
+# time for a stories110M token, rows half apart 0.97 of adjacent ones', and those two in 512-bit lanes
+# (:func:`_make_row_dots`) 0.98 of numba's 256-bit loop (docs/design.md, "A row at a time from memory on other CPUs
+# too"). Read while typed.
 _PAIRS = not one_row()
+_F16 = ir.VectorType(ir.FloatType(), LANES)
+
+
+def _make_row_dots(R):
+    """An intrinsic ``dots(out, w, x, p, h, c0, c1)``: out[p + r h] = w[p + r h, c0:c1] . x[:c1 - c0] for r < R (w
+    2-D by its rows' stride, out and x C-contiguous), 16 lanes at a time (a zmm; two ymm where the CPU has no
+    AVX-512) with the last chunk masked, one accumulator a row. The R rows share each load of x; a row's sum is
+    the same whatever R. Half the instructions a byte of numba's 256-bit loop: W read from memory went 10% faster
+    alone (docs/design.md)."""
+
+    @intrinsic
+    def dots(typingctx, out, w, x, p, h, c0, c1):
+        def codegen(context, builder, sig, args):
+            wp, stride = _row_stride(context, builder, sig.args[1], args[1])
+            xp = context.make_array(sig.args[2])(context, builder, args[2]).data
+            op = context.make_array(sig.args[0])(context, builder, args[0]).data
+            p, h, c0, c1 = args[3:]
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
+            at = [builder.add(p, builder.mul(h, ir.Constant(h.type, r))) for r in range(R)]
+            rows = [builder.gep(wp, [builder.add(builder.mul(i, stride), c0)]) for i in at]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(R)]
+
+            def chunk(off, n_valid):
+                xv = load_lanes(builder, builder.gep(xp, [off]), _F16, n_valid)
+                for row, acc in zip(rows, accs, strict=True):
+                    wv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
+                    builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+
+            lane_chunks(builder, builder.sub(c1, c0), LANES, chunk)
+            for i, acc in zip(at, accs, strict=True):
+                builder.store(_hsum(builder, builder.load(acc)), builder.gep(op, [i]))
+            return context.get_dummy_value()
+
+        i64 = types.int64
+        return types.void(out, w, x, i64, i64, i64, i64), codegen
+
+    return dots
+
+
+_row_dots2, _row_dots1 = _make_row_dots(2), _make_row_dots(1)
 
 
 @kernel
 def _matvec_cols(out, w, x, c0, c1, one_row):
     """out[i] = w[i, c0:c1] . x for every row i of w (N, K); x (c1 - c0,). ``one_row`` (:func:`one_row`): W as
     it streams from memory, one row after another with no software prefetch (two rows half the rows apart sharing
-    each load of x where ``_PAIRS``). Else four rows share each load of x, and the rows about _PREFETCH bytes
-    ahead (whole fours, at least four) are prefetched first: +8-13% at the stories110M shape from memory on the
-    Intel Xeon (Emerald Rapids; docs/design.md, "Decoding one token")."""
+    each load of x where ``_PAIRS``, :func:`_make_row_dots`). Else four rows share each load of x, and the rows
+    about _PREFETCH bytes ahead (whole fours, at least four) are prefetched first: +8-13% at the stories110M shape
+    from memory on the Intel Xeon (Emerald Rapids; docs/design.md, "Decoding one token")."""
     if one_row:
-        h = w.shape[0] // 2 if _PAIRS else 0
-        for p in range(h):  # rows p and h + p: two streams half the rows apart
-            r0, r1 = w[p, c0:c1], w[h + p, c0:c1]
-            s0 = s1 = x.dtype.type(0)
-            for k in range(c1 - c0):
-                xk = x[k]
-                s0 += r0[k] * xk
-                s1 += r1[k] * xk
-            out[p], out[h + p] = s0, s1
-        for i in range(2 * h, w.shape[0]):
+        if _PAIRS:  # rows p and h + p: two streams half the rows apart
+            h = w.shape[0] // 2
+            for p in range(h):
+                _row_dots2(out, w, x, p, h, c0, c1)
+            if w.shape[0] % 2:
+                _row_dots1(out, w, x, w.shape[0] - 1, 0, c0, c1)
+            return
+        for i in range(w.shape[0]):
             r = w[i, c0:c1]
             s = x.dtype.type(0)
             for k in range(c1 - c0):
@@ -271,9 +311,6 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
         _rope_half_head(q, cos, sin, pos, hh * D, D)
     copy_row(k_cache[hk, pos], k[o:o + D])
     copy_row(v_cache[hk, pos], v[o:o + D])
-
-
-_F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
 def _cache_row(context, builder, aty, arr, j, hk):
