@@ -6,9 +6,9 @@ RMSNorm, q/k/v projections, rotate-half RoPE, KV-cache append, grouped-query att
 projection, residual, RMSNorm, SwiGLU MLP, residual; then the final norm and the head, each thread taking the
 argmax of the rows it writes) with float32, bf16 or q8_0 weights, in one call instead of about fifteen kernel
 calls a block from Python. With at least as many kv heads as threads the whole token is one parallel region
-whose phases' items the threads claim (``_token_part``, kernels._sync): per kv head its q, k, v rows, RoPE,
-cache append and attention; the output projection by rows; per slice of the hidden units gate, up and (by
-column slices, or by rows where float32 W is read a row at a time, :func:`one_row`) the down projection.
+whose phases' items the threads claim (``_token_part``, kernels._sync): per block of kv heads their q, k, v
+rows, RoPE, cache append and attention; the output projection by rows; per slice of the hidden units gate, up
+and (by column slices, or by rows where float32 W is read a row at a time, :func:`one_row`) the down projection.
 With fewer, ``_llama_block_decode`` runs a block in a few regions. :class:`~qorus_jit.models.Llama` makes that
 one call per token (through ``kernels.trusted``), having checked its arguments once per cache.
 """
@@ -45,8 +45,8 @@ from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows,
 from qorus_jit.kernels.quant_x86 import _split_bf16, one_row, one_row_float32  # noqa: F401 - one_row_float32: callers
 
 _ROWS = 16  # rows of a matrix-vector product per parallel work item
-# rows of the head per work item: its 32,000 rows in 64s took 4-5% less time than in 16s (int8, fp32; bf16 1.5%),
-# medians of 15 alternating rounds on the Intel Xeon, 2 threads; the blocks' few hundred rows keep 16 (balance)
+# the head's parts (one a participant, each in one call) come in whole 64s of rows; in calls of 64 rows a stories110M
+# float32 token took 1.01 of the time on 1 and 2 threads of the Intel Xeon with AMX (docs/design.md)
 _HEAD_ROWS = 64
 
 
@@ -642,17 +642,30 @@ def _add_product(x, h, w, ws, xa, xb):
 
 
 @kernel
-def _kv_head(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
-    """kv head hk's rows of k, v and of its query heads' q (W a, with a as ``_prep`` left it in xa, xb), RoPE,
-    cache append, and its query heads' attention into ``att``."""
+def _kv_heads(h0, h1, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
+    """kv heads h0..h1-1: their rows of k, v and of their query heads' q (W a, with a as ``_prep`` left it in xa,
+    xb; one call a matrix), RoPE, cache append, and their query heads' attention into ``att``."""
     Hkv, D = k_cache.shape[0], k_cache.shape[2]
     G = q.shape[0] // D // Hkv
-    _rows(k, wk, sk, xa, xb, hk * D, hk * D + D)
-    _rows(v, wv, sv, xa, xb, hk * D, hk * D + D)
-    _rows(q, wq, sq, xa, xb, hk * G * D, (hk + 1) * G * D)
-    _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
-    for hh in range(hk * G, hk * G + G):
-        _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+    _rows(k, wk, sk, xa, xb, h0 * D, h1 * D)
+    _rows(v, wv, sv, xa, xb, h0 * D, h1 * D)
+    _rows(q, wq, sq, xa, xb, h0 * G * D, h1 * G * D)
+    for hk in range(h0, h1):
+        _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+        for hh in range(hk * G, hk * G + G):
+            _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+
+
+@kernel
+def _kv_blocks(Hkv, n):
+    """How many blocks of consecutive kv heads the attention phase of ``n`` participants claims: two a participant
+    where that divides the heads evenly, else one, else a head each. A block's q, k and v rows are one stream a
+    matrix: a stories110M float32 token took 0.985 of the time of a head at a time on 1 and 2 threads of the Intel
+    Xeon with AMX (docs/design.md, "A row at a time from memory on other CPUs too")."""
+    for m in (2 * n, n):
+        if Hkv % m == 0:
+            return m
+    return Hkv
 
 
 @kernel
@@ -737,8 +750,8 @@ def _head_part(logits, best, head_w, head_s, xa, xb, it, n):
     V = head_w.shape[0]
     nc, per = _head_parts(V, n)
     bi, bv = -1, logits.dtype.type(0)
-    for c in range(it * per, min(nc, (it + 1) * per)):
-        lo, hi = c * _HEAD_ROWS, min(V, (c + 1) * _HEAD_ROWS)
+    lo, hi = min(V, it * per * _HEAD_ROWS), min(V, (it + 1) * per * _HEAD_ROWS)
+    if hi > lo:
         _head_rows(logits, head_w, head_s, xa, xb, lo, hi)
         bi, bv = _scan_best(logits, lo, hi, bi, bv)
     best[it + 1] = bi
@@ -781,13 +794,13 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
                 q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w, head_s):
     """Participant ``p`` of ``n`` in one token through a whole Llama in one parallel region (:func:`_llama_decode`
     with ``by_kv_head``). Each block is three or four phases whose work items are claimed from ``counters``
-    (kernels._sync), every participant waiting for all of a phase's items before the next: per kv head its q, k,
-    v rows, RoPE, cache append and attention into ``atts[i]``; the output projection by rows into ``outs[i, 0]``;
-    per slice of the hidden units its gate and up rows and SwiGLU into ``gs[i]`` and, unless the down projection
-    goes by rows (:func:`_down_by_rows`), its columns of w_down into ``partss[i]``; else the down projection by
-    rows into ``outs[i, 1]``. The head is a last phase. Each participant keeps its own residual stream, normed
-    input and prepared activations (``xs[p], hs[p], xas[p], xbs[p]``): all add the same sums in the same order,
-    so the copies agree and need no phase of their own.
+    (kernels._sync), every participant waiting for all of a phase's items before the next: per block of kv heads
+    (:func:`_kv_blocks`) their q, k, v rows, RoPE, cache append and attention into ``atts[i]``; the output
+    projection by rows into ``outs[i, 0]``; per slice of the hidden units its gate and up rows and SwiGLU into
+    ``gs[i]`` and, unless the down projection goes by rows (:func:`_down_by_rows`), its columns of w_down into
+    ``partss[i]``; else the down projection by rows into ``outs[i, 1]``. The head is a last phase. Each
+    participant keeps its own residual stream, normed input and prepared activations (``xs[p], hs[p], xas[p],
+    xbs[p]``): all add the same sums in the same order, so the copies agree and need no phase of their own.
 
     What all participants read after a phase (att, the projections, g, the partial sums) is block i's own: a
     phase is not a barrier (a participant may do every item of the next phases while another is still reading),
@@ -805,14 +818,16 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
         k_cache, v_cache, cos, sin = _at(a[16], b[16]), _at(a[17], b[17]), _at(a[18], b[18]), _at(a[19], b[19])
         _rmsnorm_vec(h, x, _at(a[0], b[0]), eps[i])
         _prep(xa, xb, h)
-        while True:  # attention, per kv head
-            hk = claim(counters, ph)
-            if hk >= Hkv:
+        nh = _kv_blocks(Hkv, n)
+        per = Hkv // nh
+        while True:  # attention, per block of kv heads
+            c = claim(counters, ph)
+            if c >= nh:
                 break
-            hk = _spread(hk, Hkv, n)
-            _kv_head(hk, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale)
+            _kv_heads(c * per, c * per + per, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att,
+                      scores, cos, sin, pos, scale)
             done(counters, ph)
-        wait_done(counters, ph, Hkv)
+        wait_done(counters, ph, nh)
         ph += 1
         _prep(xa, xb, att)
         _rows_phase(counters, ph, n, o[0], wo, so, xa, xb)
