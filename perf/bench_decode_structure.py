@@ -13,7 +13,8 @@ went 10-23% faster.)
 - token: one token of the one-call decoder (``_Decoder.step``);
 - reads: the same token by a copy of ``kernels/decode.py`` whose float32 row dots are plain sums of W's rows
   (x is not read; the logits are meaningless): every phase, claim, wait, the attention, the norms and the head
-  split as in the token, without the products' multiply-adds. Built at run time into a temporary folder
+  split as in the token, without the products' multiply-adds (the attention's scores, which share the IR dot,
+  become sums of the cached keys too: q is not read there). Built at run time into a temporary folder
   (:func:`reads_module`), its kernels compiled there once;
 - products: the token's matrices (every block's and the head) times a vector in one parallel call, each thread
   its share of each matrix's rows, by the decoder's own float32 row kernel as it reads W on this machine
@@ -55,7 +56,8 @@ from qorus_jit.kernels.decode import _matvec_cols
 POSITIONS = range(40, 104)
 # the float32 row dots of kernels/decode.py: one row (s += r[k] * x[k]) and four rows (s0 += r0[k] * xk)
 _DOT = re.compile(r"\b(s\d?) \+= (r\d?)\[k\] \* (?:x\[k\]|xk)")
-# and the one in vector IR (_make_row_dots: W's lanes times x's added into the row's accumulator)
+# and the one in vector IR (_lane_dots, under _make_row_dots and the attention's scores: a row's lanes times x's
+# added into its accumulator)
 _DOT_IR = re.compile(r"builder\.call\(fma, \[wv, xv, builder\.load\(acc\)\]\)")
 
 

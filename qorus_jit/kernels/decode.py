@@ -113,12 +113,29 @@ _PAIRS = not one_row()
 _F16 = ir.VectorType(ir.FloatType(), LANES)
 
 
+def _lane_dots(builder, xp, rows, n):
+    """LLVM IR: for each row pointer of ``rows``, the 16 lanes whose sum is row[:n] . xp[:n] (float32 pointers, n an
+    i64): the rows share each load of x and add into one accumulator each by FMA, 16 lanes at a time, the last
+    chunk masked."""
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in rows]
+
+    def chunk(off, n_valid):
+        xv = load_lanes(builder, builder.gep(xp, [off]), _F16, n_valid)
+        for row, acc in zip(rows, accs, strict=True):
+            wv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
+            builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
+
+    lane_chunks(builder, n, LANES, chunk)
+    return [builder.load(a) for a in accs]
+
+
 def _make_row_dots(R):
     """An intrinsic ``dots(out, w, x, p, h, c0, c1)``: out[p + r h] = w[p + r h, c0:c1] . x[:c1 - c0] for r < R (w
     2-D by its rows' stride, out and x C-contiguous), 16 lanes at a time (a zmm; two ymm where the CPU has no
-    AVX-512) with the last chunk masked, one accumulator a row. The R rows share each load of x; a row's sum is
-    the same whatever R. Half the instructions a byte of numba's 256-bit loop: W read from memory went 10% faster
-    alone (docs/design.md)."""
+    AVX-512) with the last chunk masked, one accumulator a row (:func:`_lane_dots`). The R rows share each load of
+    x; a row's sum is the same whatever R. Half the instructions a byte of numba's 256-bit loop: W read from memory
+    went 10% faster alone (docs/design.md)."""
 
     @intrinsic
     def dots(typingctx, out, w, x, p, h, c0, c1):
@@ -127,20 +144,10 @@ def _make_row_dots(R):
             xp = context.make_array(sig.args[2])(context, builder, args[2]).data
             op = context.make_array(sig.args[0])(context, builder, args[0]).data
             p, h, c0, c1 = args[3:]
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
             at = [builder.add(p, builder.mul(h, ir.Constant(h.type, r))) for r in range(R)]
             rows = [builder.gep(wp, [builder.add(builder.mul(i, stride), c0)]) for i in at]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(R)]
-
-            def chunk(off, n_valid):
-                xv = load_lanes(builder, builder.gep(xp, [off]), _F16, n_valid)
-                for row, acc in zip(rows, accs, strict=True):
-                    wv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
-                    builder.store(builder.call(fma, [wv, xv, builder.load(acc)]), acc)
-
-            lane_chunks(builder, builder.sub(c1, c0), LANES, chunk)
-            for i, acc in zip(at, accs, strict=True):
-                builder.store(_hsum(builder, builder.load(acc)), builder.gep(op, [i]))
+            for i, v in zip(at, _lane_dots(builder, xp, rows, builder.sub(c1, c0)), strict=True):
+                builder.store(_hsum(builder, v), builder.gep(op, [i]))
             return context.get_dummy_value()
 
         i64 = types.int64
@@ -332,18 +339,8 @@ def _make_scores(R):
             kp, D = _cache_row(context, builder, sig.args[2], args[2], args[5], args[4])
             qp = builder.gep(context.make_array(sig.args[1])(context, builder, args[1]).data, [builder.mul(args[3], D)])
             sp = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[5]])
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F16, [_F16] * 3), "llvm.fma.v16f32")
             rows = [builder.gep(kp, [builder.mul(D, ir.Constant(D.type, r))]) for r in range(R)]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, None)) for _ in range(R)]
-
-            def chunk(off, n_valid):
-                qv = load_lanes(builder, builder.gep(qp, [off]), _F16, n_valid)
-                for row, acc in zip(rows, accs, strict=True):
-                    kv = load_lanes(builder, builder.gep(row, [off]), _F16, n_valid)
-                    builder.store(builder.call(fma, [qv, kv, builder.load(acc)]), acc)
-
-            lane_chunks(builder, D, LANES, chunk)
-            vals = [builder.load(a) for a in accs]
+            vals = _lane_dots(builder, qp, rows, D)
             if R == 1:
                 builder.store(builder.fmul(_hsum(builder, vals[0]), args[6], flags=_EXACT), sp)
             else:
