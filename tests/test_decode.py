@@ -100,11 +100,11 @@ def test_float32_decoder_reads_by_rows_from_memory(monkeypatch, amd):
 
 
 def test_l3_bytes_reads_the_cache_size():
+    """The L3's size as sysfs writes it ("491520K"), or 32 MiB where Linux reports none."""
     from pathlib import Path
 
     from qorus_jit.kernels.quant_x86 import l3_bytes
 
-    """The L3's size as sysfs writes it ("491520K"), or 32 MiB where Linux reports none."""
     got = l3_bytes.__wrapped__()
     sizes = [(d / "size").read_text().strip() for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")
              if (d / "level").exists() and (d / "level").read_text().strip() == "3"]

@@ -267,13 +267,6 @@ def _join_best(logits, best, n):
     best[0] = bi
 
 
-@kernel
-def _head_parts(V, n_parts):
-    """(chunks of _HEAD_ROWS rows, chunks per part) of a head of V rows split into n_parts contiguous parts."""
-    nc = (V + _HEAD_ROWS - 1) // _HEAD_ROWS
-    return nc, (nc + n_parts - 1) // n_parts
-
-
 @kernel(parallel=True)
 def _matvec(out, w, x, one_row):
     """out (N,) = w (N, K) @ x (K,), rows split over threads in blocks of _ROWS; ``one_row`` as in
@@ -744,9 +737,9 @@ def _head_part(logits, best, head_w, head_s, xa, xb, it, n):
     """Part ``it`` of ``n`` of the head (whole chunks of _HEAD_ROWS rows): logits = W a there (a as ``_prep``
     left it in xa, xb), and best[it + 1] its argmax (:func:`_scan_best`; -1 for an empty part)."""
     V = head_w.shape[0]
-    nc, per = _head_parts(V, n)
+    step = ((V + _HEAD_ROWS - 1) // _HEAD_ROWS + n - 1) // n * _HEAD_ROWS  # rows a part
     bi, bv = -1, logits.dtype.type(0)
-    lo, hi = min(V, it * per * _HEAD_ROWS), min(V, (it + 1) * per * _HEAD_ROWS)
+    lo, hi = min(V, it * step), min(V, (it + 1) * step)
     if hi > lo:
         _head_rows(logits, head_w, head_s, xa, xb, lo, hi)
         bi, bv = _scan_best(logits, lo, hi, bi, bv)
@@ -805,6 +798,8 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
     x, h, xa, xb = xs[p], hs[p], xas[p], xbs[p]
     _embed_row(x, embed, embed_s, tok)
     Hkv = b[16].shape[0]
+    nh = _kv_blocks(Hkv, n)
+    per = Hkv // nh
     ph = 0
     for i in range(addresses.shape[0]):
         a = addresses[i]
@@ -814,8 +809,6 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
         k_cache, v_cache, cos, sin = _at(a[16], b[16]), _at(a[17], b[17]), _at(a[18], b[18]), _at(a[19], b[19])
         _rmsnorm_vec(h, x, _at(a[0], b[0]), eps[i])
         _prep(xa, xb, h)
-        nh = _kv_blocks(Hkv, n)
-        per = Hkv // nh
         while True:  # attention, per block of kv heads
             c = claim(counters, ph)
             if c >= nh:
