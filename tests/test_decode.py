@@ -40,10 +40,11 @@ def test_decode_products_read_either_way_to_numpys(one_row, n, k):
 
 
 @pytest.mark.parametrize("D", [7, 16, 48, 72])
-@pytest.mark.parametrize("L", [1, 7, 8, 9, 30])
+@pytest.mark.parametrize("L", [1, 7, 8, 9, 24, 30, 32])
 def test_head_attention_matches_numpy(D, L):
     """One query head against cache rows 0..L-1 of its kv head, in float64: head sizes in whole and partial
-    vector chunks, positions in whole and partial blocks of eight; rows past L and other heads are not read."""
+    vector chunks, positions in whole and partial blocks of eight, past the keys' prefetch distance and the whole
+    cache; rows past L and other heads are not read."""
     rng = np.random.default_rng(D * L)
     T, Hkv, H = 32, 3, 6
     k_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
