@@ -44,7 +44,7 @@ def test_decode_products_read_either_way_to_numpys(one_row, n, k):
 def test_head_attention_matches_numpy(D, L):
     """One query head against cache rows 0..L-1 of its kv head, in float64: head sizes in whole and partial
     vector chunks, positions in whole and partial blocks of eight, past the keys' prefetch distance and the whole
-    cache; rows past L and other heads are not read."""
+    cache, with and without the prefetch; rows past L and other heads are not read."""
     rng = np.random.default_rng(D * L)
     T, Hkv, H = 32, 3, 6
     k_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
@@ -54,13 +54,14 @@ def test_head_attention_matches_numpy(D, L):
     scale = np.float32(D ** -0.5)
     for hh in range(H):
         hk = hh // (H // Hkv)
-        att = np.full(H * D, np.nan, np.float32)
-        _head_attention(att, np.zeros((H, T), np.float32), q, k_cache, v_cache, hh, hk, L, scale)
         s = k_cache[hk, :L].astype(np.float64) @ q[hh * D:(hh + 1) * D].astype(np.float64) * float(scale)
         p = np.exp(s - s.max())
         want = (p / p.sum()) @ v_cache[hk, :L].astype(np.float64)
-        np.testing.assert_allclose(att[hh * D:(hh + 1) * D], want, rtol=1e-5, atol=1e-5)
-        assert np.all(np.isnan(np.delete(att, np.s_[hh * D:(hh + 1) * D])))
+        for prefetch in (False, True):
+            att = np.full(H * D, np.nan, np.float32)
+            _head_attention(att, np.zeros((H, T), np.float32), q, k_cache, v_cache, hh, hk, L, scale, prefetch)
+            np.testing.assert_allclose(att[hh * D:(hh + 1) * D], want, rtol=1e-5, atol=1e-5)
+            assert np.all(np.isnan(np.delete(att, np.s_[hh * D:(hh + 1) * D])))
 
 
 def test_claims_spread_to_contiguous_blocks():

@@ -49,8 +49,9 @@ _ROWS = 16  # rows of a matrix-vector product per parallel work item
 # the head's parts (one a participant, each in one call) come in whole 64s of rows; in calls of 64 rows a stories110M
 # float32 token took 1.01 of the time on 1 and 2 threads of the Intel Xeon with AMX (docs/design.md)
 _HEAD_ROWS = 64
-# cache rows the attention's key prefetch runs ahead of its scores: a stories110M float32 token 0.984-0.994 of
-# the time without it on 1 and 2 threads of the Intel Xeon with AMX (docs/design.md, "The cache from memory")
+# cache rows the attention's key prefetch runs ahead of its scores where the cache comes from memory: a stories110M
+# float32 token 0.984-0.994 of the time without it on 1 and 2 threads of the Intel Xeon with AMX, an int8 token
+# 1.01-1.04 (docs/design.md, "The cache from memory")
 _KV_AHEAD = 16
 
 
@@ -403,24 +404,27 @@ def _mix_values(typingctx, ah, s, v_cache, hk, L, inv):
 
 
 @kernel
-def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale):
+def _head_attention(att, scores, q, k_cache, v_cache, hh, hk, L, scale, prefetch):
     """att[hh*D:(hh+1)*D] = softmax(q_hh k^T * scale) v over cache rows 0..L-1 of kv head hk; q, att (H*D,),
     k_cache, v_cache (Hkv, T_max, D) C-contiguous float32; scores (H, T_max) scratch. The scores eight cache rows
     at a time (:func:`_make_scores`), the weighted sum of the values by :func:`_mix_values`: 3.6 ns a position
-    at D = 48 in L1 against 10.9 for the loops numba vectorized (Intel Xeon, docs/design.md). The cache comes from
-    memory (the weights streamed through since the last token): its keys are prefetched _KV_AHEAD rows ahead and
-    its values as their keys are scored."""
+    at D = 48 in L1 against 10.9 for the loops numba vectorized (Intel Xeon, docs/design.md). With ``prefetch``
+    (:func:`_cache_cold`: the weights streamed through the caches since the last token) the keys are prefetched
+    _KV_AHEAD rows ahead of the scores and the values as their keys are scored."""
     D = k_cache.shape[2]
     ah, sc = att[hh * D:hh * D + D], scores[hh]
     kh, vh = k_cache[hk], v_cache[hk]
-    _prefetch_rows(kh, 0, min(L, _KV_AHEAD), 0, D)
+    if prefetch:
+        _prefetch_rows(kh, 0, min(L, _KV_AHEAD), 0, D)
     j = 0
     while j + 8 <= L:
-        _prefetch_rows(kh, j + _KV_AHEAD, min(L, j + _KV_AHEAD + 8), 0, D)
-        _prefetch_rows(vh, j, j + 8, 0, D)
+        if prefetch:
+            _prefetch_rows(kh, j + _KV_AHEAD, min(L, j + _KV_AHEAD + 8), 0, D)
+            _prefetch_rows(vh, j, j + 8, 0, D)
         _scores8(sc, q, k_cache, hh, hk, j, scale)
         j += 8
-    _prefetch_rows(vh, j, L, 0, D)
+    if prefetch:
+        _prefetch_rows(vh, j, L, 0, D)
     while j < L:
         _scores1(sc, q, k_cache, hh, hk, j, scale)
         j += 1
@@ -497,6 +501,13 @@ def _head_rows(out, w, ws, xa, xb, lo, hi):
     """``_rows`` for the head, which is read from memory: float32 by :func:`_matvec_rows_streamed`."""
 
 
+def _cache_cold(xa, xb):
+    """Whether the attention finds the KV cache in memory rather than the caches, so that prefetching it pays: float32
+    W read as it streams from memory (:func:`one_row_float32`, the model's bytes against the L3). Not for the
+    quantized weights, whose smaller tokens left the cache warmer: an int8 stories110M token took 1.01-1.04 of the
+    time with the prefetch."""
+
+
 def _down_by_rows(xa, xb):
     """Whether the down projection goes by rows rather than by column slices: float32 W read a row at a time, and
     the x86 q8_0 rows where :func:`one_row` (a stories110M int8 token 0.78 of its time on 2 threads of the AMD
@@ -508,6 +519,13 @@ def _head_rows_impl(out, w, ws, xa, xb, lo, hi):
     if w.dtype == types.float32:
         return lambda out, w, ws, xa, xb, lo, hi: _matvec_rows_streamed(out, w, xa, lo, hi, xb[0])
     return lambda out, w, ws, xa, xb, lo, hi: _rows(out, w, ws, xa, xb, lo, hi)
+
+
+@overload(_cache_cold, jit_options={"fastmath": set(FASTMATH)})
+def _cache_cold_impl(xa, xb):
+    if xb.dtype == types.boolean:
+        return lambda xa, xb: xb[0]
+    return lambda xa, xb: False
 
 
 @overload(_down_by_rows, jit_options={"fastmath": set(FASTMATH)})
@@ -654,7 +672,7 @@ def _kv_heads(h0, h1, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb,
     for hk in range(h0, h1):
         _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
         for hh in range(hk * G, hk * G + G):
-            _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale)
+            _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale, _cache_cold(xa, xb))
 
 
 @kernel
@@ -725,7 +743,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     for hk in range(Hkv):
         _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
     for hh in prange(H):
-        _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale)
+        _head_attention(att, scores, q, k_cache, v_cache, hh, hh // G, pos + 1, scale, _cache_cold(xa, xb))
     _prep(xa, xb, att)
     _add_product(x, h, wo, so, xa, xb)  # x += wo att
     # x += w_down (silu(w_gate h) * w_up h), h = rmsnorm(x): each slice of the hidden units in one region
