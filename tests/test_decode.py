@@ -6,6 +6,7 @@ import pytest
 from qorus_jit.core.numerics import get_num_threads, max_threads, set_num_threads
 from qorus_jit.kernels.decode import _head_attention, _matvec, _matvec_cols, _matvec_rows_streamed, _spread
 from qorus_jit.layers import DecodeState, Graph, TransformerBlock
+from qorus_jit.layers.base import named_layers
 from qorus_jit.models import Llama, LlamaConfig
 
 
@@ -99,6 +100,32 @@ def test_float32_decoder_reads_by_rows_from_memory(monkeypatch, amd):
         model.forward_decode(np.array([[3]], np.int64), state=DecodeState(1, 16))
         assert model._decoder.one_row is want, l3
     assert quant_x86.one_row_float32(10**12) is True and quant_x86.one_row_float32(0) is amd
+
+
+@pytest.mark.parametrize("amd", [False, True])
+def test_layers_read_w_by_the_models_size(monkeypatch, amd):
+    """Node by node (GPT-2), ``decode_one`` sets every linear layer's and the tied head's ``one_row`` as the one-call
+    decoder sets its own: the CPU's way (AMD: a row at a time), else a row at a time once the model's bytes are more
+    than a quarter of the L3. The logits either way are the full forward's (BLAS) at the last position."""
+    from qorus_jit.kernels import quant_x86
+    from qorus_jit.layers import Linear
+    from qorus_jit.layers.head import TiedLMHead
+    from qorus_jit.models import GPT2, GPT2Config
+
+    monkeypatch.setattr(quant_x86, "one_row", lambda: amd)
+    config = GPT2Config(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=16)
+    n = sum(p.nbytes for p in GPT2(config, rng=1).parameters().values())
+    ids = [5, 9, 2, 60, 7]
+    for l3, want in ((8 * n, amd), (2 * n, True)):
+        monkeypatch.setattr(quant_x86, "l3_bytes", lambda l3=l3: l3)
+        model = GPT2(config, rng=1)
+        state = DecodeState(1, 16)
+        for tok in ids:
+            got = model.decode_one(tok, state)
+        layers = [c for _, _, _, c in named_layers(model) if isinstance(c, (Linear, TiedLMHead))]
+        assert len(layers) == 2 * 4 + 1 and all(c.one_row is want for c in layers), l3
+        full = model.forward(np.array([ids]))[0, -1]
+        np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-5)
 
 
 def test_l3_bytes_reads_the_cache_size():

@@ -21,6 +21,7 @@ class TiedLMHead(Layer):
             raise TypeError(f"embedding: expected an Embedding, got {type(embedding).__name__}")
         self.embedding = embedding
         self._x = None
+        self.one_row: bool | None = None  # as :attr:`Linear.one_row`
 
     def forward(self, x):
         """``x (..., dim)`` float32 -> logits ``(..., vocab)`` = ``x @ embedding.weight.T`` (one row: a matrix-vector
@@ -30,7 +31,7 @@ class TiedLMHead(Layer):
         check_input("x", x, C)
         y = self.buffer("y", x.shape[:-1] + (V,))
         if x.size == C:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            K.matvec(y.reshape(-1), w, x.reshape(-1), one_row())
+            K.matvec(y.reshape(-1), w, x.reshape(-1), one_row() if self.one_row is None else self.one_row)
         else:
             K.linear_forward(y.reshape(-1, V), x.reshape(-1, C), w, None)
         self._x = x.view()  # a view of its own: the caller may reshape its array in place (x.shape = ...)

@@ -33,6 +33,9 @@ class Linear(Layer):
         self.weight = self.add_parameter("weight", rng.uniform(-bound, bound, (out_features, in_features)))
         self.bias = self.add_parameter("bias", rng.uniform(-bound, bound, out_features), decay=False) if bias else None
         self._x = None
+        #: how a one-row product reads W (the ``one_row`` of ``kernels.trusted.matvec``); None: this CPU's way. A model
+        #: sets it for its size when it decodes (``Architecture.decode_one``)
+        self.one_row: bool | None = None
 
     def forward(self, x):
         """``x (..., in_features)`` float32 -> ``(..., out_features)`` = ``x @ weight.T + bias`` in a buffer of the
@@ -41,7 +44,7 @@ class Linear(Layer):
         check_input("x", x, self.in_features)
         y = self.buffer("y", x.shape[:-1] + (self.out_features,))
         if x.size == self.in_features:  # one row (decoding): a matrix-vector product, not a BLAS gemm
-            K.matvec(y.reshape(-1), self.weight, x.reshape(-1), one_row())
+            K.matvec(y.reshape(-1), self.weight, x.reshape(-1), one_row() if self.one_row is None else self.one_row)
             if self.bias is not None:
                 y.reshape(-1)[...] += self.bias
         else:

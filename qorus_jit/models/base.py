@@ -20,8 +20,11 @@ import numpy as np
 
 from qorus_jit.core.alloc import check_fits
 from qorus_jit.core.check import check_fields, check_index
-from qorus_jit.layers import DecodeState, Graph
-from qorus_jit.layers.base import check_input
+from qorus_jit.kernels.decode import one_row_float32
+from qorus_jit.layers import DecodeState, Graph, Linear
+from qorus_jit.layers.base import check_input, named_layers, structure_version
+from qorus_jit.layers.head import TiedLMHead
+from qorus_jit.layers.quantized import quantized_layers
 
 #: Feed-forward kind (``layers.FeedForward``) of each activation name a ``config.json`` may give (GPT-2's
 #: ``activation_function``, BERT's ``hidden_act``): ``gelu`` is exact (erf); ``gelu_new`` and
@@ -267,9 +270,27 @@ class Architecture(Graph):
         then advanced by one: the step of a generation loop. Checked with integer comparisons only, so that the
         Python between two tokens stays short; the array returned may be a buffer that the next call overwrites."""
         self._check_one(tok, state)
+        self._read_by_size()
         out = Graph.forward_decode(self, np.full((1, 1), tok, np.int64), state=state, last_only=True)
         state.pos += 1
         return out[0, -1]
+
+    def _read_by_size(self) -> None:
+        """Sets every float32 linear layer's and tied head's ``one_row`` (how a one-row product reads W) for this
+        model's bytes, as the one-call decoder sets its own (``one_row_float32``): a token reads every weight once,
+        so whether W comes from memory depends on the model's size, not on one matrix's. Once per
+        ``structure_version``. A GPT-2 small token on an Intel Xeon with AMX took 0.95 of the time on 2 threads and 0.92
+        on 1 (docs/design.md, "The layers' one-token product by the model's size")."""
+        version = structure_version()
+        if getattr(self, "_read_version", None) == version:
+            return
+        nbytes = sum(p.nbytes for p in self.parameters().values())
+        nbytes += sum(layer.weight_nbytes for layer in quantized_layers(self).values())
+        rows = one_row_float32(nbytes)
+        for _, _, _, layer in named_layers(self):
+            if isinstance(layer, (Linear, TiedLMHead)):
+                layer.one_row = rows
+        self._read_version = version
 
     def decode_argmax(self, tok: int, state: DecodeState) -> tuple[int, np.ndarray]:
         """:meth:`decode_one`'s logits and their argmax as NumPy's (the first NaN, else the first maximum), as
