@@ -576,3 +576,24 @@ def test_start_up_runs_pair_each_side_with_the_other(monkeypatch, tmp_path):
                         ("train", "cold"), ("train", "warm"), ("generate", "cold"), ("generate", "warm")]
     assert res["train_warm"] == [3.0, 8.0] and res["train_cold"] == [4.0, 7.0]
     assert res["generate_warm"] == [5.0, 10.0] and res["generate_cold"] == [6.0, 9.0]
+
+
+def test_decode_benchmark_of_gpt2_against_transformers(monkeypatch):
+    """``bench.decode --arch gpt2`` on a tiny GPT-2: the same greedy tokens as transformers' generate of the same
+    weights, every figure there, and a token's bytes counting one row of the position table."""
+    pytest.importorskip("transformers")
+    from qorus_jit.bench import decode
+
+    tiny = dict(dim=32, n_layers=2, n_heads=4, vocab_size=300, max_seq_len=64)
+    monkeypatch.setitem(decode.SHAPES, "gpt2", tiny)
+    monkeypatch.setattr(decode, "prefill_prompt", lambda: list(range(3, 40)))
+    row = decode.measure(tokens=12, repeat=3, threads=1, dram=False, arch="gpt2")
+    assert row["arch"] == "gpt2" and row["shape"] == tiny and row["same_tokens_as_transformers"] is True
+    assert len(row["decode_runs"]) == len(row["transformers_decode_runs"]) == 3
+    assert row["speedup_vs_transformers"] > 0 and row["fraction_of_bound"] > 0
+    model = decode.build("gpt2")
+    params = sum(p.nbytes for p in model.parameters().values())
+    kv = 2 * 2 * 32 * 4 * (1 + 12 / 2)  # layers, dim, float32, the mean cached length of positions 1..11
+    assert decode.bytes_per_token(model, 1, 11) == params - (64 - 1) * 32 * 4 + kv
+    with pytest.raises(ValueError, match="arch"):
+        decode.measure(arch="bert")

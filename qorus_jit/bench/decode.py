@@ -1,16 +1,18 @@
-"""Decode and prefill speed of the llama2.c "stories15M" shape, beside transformers' generate and the
-memory-bandwidth bound, all measured in the same run.
+"""Decode and prefill speed of the llama2.c "stories15M" shape (or GPT-2 small's), beside transformers' generate
+and the memory-bandwidth bound, all measured in the same run.
 
-    python -m qorus_jit.bench.decode [--tokens 200] [--repeat 7] [--threads 2] [--out perf/results/decode.json]
+    python -m qorus_jit.bench.decode [--arch llama|gpt2] [--tokens 200] [--repeat 7] [--threads 2] [--out PATH]
 
-Model: Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256 positions, tied head, random
-weights; greedy, batch 1. ``--repeat`` rounds, each one call of ours and one of transformers back to back (in
-turn first), so that a busy stretch of a shared machine falls on both sides of a pair; speedups are the
-medians of the pairs' ratios, with their spread (one earlier run, all of ours then all of transformers',
-reported 118x on the AMD EPYC, Zen 1, when the reference's repeats fell in a busy stretch). Figures:
+Model (``--arch llama``, the default): Llama dim 288, 6 layers, 6 heads, SwiGLU hidden 768, vocab 32000, 256
+positions, tied head; ``--arch gpt2``: GPT-2 small (dim 768, 12 layers, 12 heads, vocab 50257, 1024 positions,
+tied head), which decodes node by node (a kernel call a layer). Random weights; greedy, batch 1. ``--repeat``
+rounds, each one call of ours and one of transformers back to back (in turn first), so that a busy stretch of a
+shared machine falls on both sides of a pair; speedups are the medians of the pairs' ratios, with their spread
+(one earlier run, all of ours then all of transformers', reported 118x on the AMD EPYC, Zen 1, when the
+reference's repeats fell in a busy stretch). Figures:
 
 - ours: tokens/s of the decode phase of :func:`qorus_jit.infer.generate` (the prefill's token excluded);
-- transformers: ``LlamaForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
+- transformers: ``AutoModelForCausalLM.generate`` of the same weights (``do_sample=False``, KV cache), tokens/s
   over the whole call, torch with the same thread count, in a fresh process without qorus_jit's thread
   settings, which stays up and times one call per request (:class:`Reference`);
 - bound: a streaming-read bandwidth measured here divided by the bytes a decode step must read: every
@@ -49,6 +51,17 @@ from qorus_jit.core.numerics import kernel, sum_in_order
 QORUS_ENV = ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
 
 SHAPE = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=32000, max_seq_len=256)
+#: The config fields of each ``--arch``'s model.
+SHAPES = {"llama": SHAPE, "gpt2": dict(dim=768, n_layers=12, n_heads=12, vocab_size=50257, max_seq_len=1024)}
+
+
+def build(arch: str):
+    """The random model (seed 0, tied head) of ``arch``'s shape in :data:`SHAPES`."""
+    from qorus_jit.models import GPT2, GPT2Config, Llama, LlamaConfig
+
+    if arch == "gpt2":
+        return GPT2(GPT2Config(**SHAPES["gpt2"]), rng=0)
+    return Llama(LlamaConfig(**SHAPES["llama"], norm_eps=1e-5, tie_embeddings=True), rng=0)
 
 
 @kernel(parallel=True)
@@ -76,13 +89,16 @@ def stream_bandwidth(n_bytes: int, repeat: int = 9) -> float:
 
 def bytes_per_token(model, first_pos: int, n: int) -> float:
     """Weight bytes plus the mean KV-cache bytes read by the decode steps at positions first_pos ...: the float32
-    parameters and the quantized layers' weights (a tied table counted once, as the head)."""
+    parameters and the quantized layers' weights (a tied table counted once, as the head; of a table of learned
+    positions, GPT-2's, one row)."""
     from qorus_jit.layers.quantized import quantized_layers
 
     c = model.config
-    weights = sum(p.nbytes for p in model.parameters().values())
+    weights = 0
+    for name, p in model.parameters().items():
+        weights += p[0].nbytes if name.endswith("wpe.weight") else p.nbytes
     weights += sum(layer.weight_nbytes for layer in quantized_layers(model).values())
-    kv_per_pos = 2 * c.n_layers * (c.n_kv_heads or c.n_heads) * (c.dim // c.n_heads) * 4
+    kv_per_pos = 2 * c.n_layers * (getattr(c, "n_kv_heads", None) or c.n_heads) * (c.dim // c.n_heads) * 4
     mean_len = first_pos + (n + 1) / 2
     return weights + kv_per_pos * mean_len
 
@@ -129,7 +145,7 @@ import torch, transformers
 folder, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 prompt = torch.tensor([json.loads(sys.argv[4])])
 torch.set_num_threads(threads)
-ref = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+ref = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
 ids = torch.tensor([[1]])
 kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
 with torch.no_grad():
@@ -203,19 +219,20 @@ class Reference:
 
 
 def measure(tokens: int = 200, repeat: int = 7, threads: int = 2, with_reference: bool = True,
-            dram: bool = True) -> dict:
+            dram: bool = True, arch: str = "llama") -> dict:
     """Every figure of this module as a dict: medians, each repeat's rates (``*_runs``) and, when torch and
     transformers are importable and ``with_reference``, transformers' rates and our speedups over them: the
     medians of the ratios of ``repeat`` pairs, each pair one call of each side back to back (in turn first),
-    with their spread. ``dram`` adds the read rate of a 1 GB array (for scale). Sets numba's and BLAS's
-    threads to ``threads``."""
+    with their spread. ``dram`` adds the read rate of a 1 GB array (for scale). ``arch``: the model
+    (:func:`build`). Sets numba's and BLAS's threads to ``threads``."""
     import contextlib
 
     from qorus_jit.core.numerics import set_num_threads
-    from qorus_jit.models import Llama, LlamaConfig
 
+    if arch not in SHAPES:
+        raise ValueError(f"arch: expected one of {sorted(SHAPES)}, got {arch!r}")
     set_num_threads(threads)
-    model = Llama(LlamaConfig(**SHAPE, norm_eps=1e-5, tie_embeddings=True), rng=0)
+    model = build(arch)
     per_token = bytes_per_token(model, 1, tokens - 1)
     ours(model, 8, 0)  # warm-ups: kernels loaded, buffers sized
     prefill(model, 0)
@@ -241,7 +258,7 @@ def measure(tokens: int = 200, repeat: int = 7, threads: int = 2, with_reference
     bw = statistics.median(bws)
     med = statistics.median
     row = {
-        "shape": SHAPE, "threads": threads, "new_tokens": tokens,
+        "arch": arch, "shape": SHAPES[arch], "threads": threads, "new_tokens": tokens,
         "decode_tokens_per_s": med(rates), "prefill_tokens_per_s": med(pre),
         "bandwidth_GB_per_s": bw / 1e9,
     }
@@ -270,14 +287,16 @@ def main(argv=None) -> int:
     """Run the decode and prefill benchmark (``--tokens``, ``--repeat``, ``--threads``) and print its table; returns the
     exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=sorted(SHAPES), default="llama")
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="perf/results/decode.json",
-                    help="the JSON to write, from the working directory (default: %(default)s)")
+    ap.add_argument("--out", default=None, help="the JSON to write, from the working directory (default: "
+                    "perf/results/decode.json, decode_gpt2.json for --arch gpt2)")
     args = ap.parse_args(argv)
 
-    row = measure(args.tokens, args.repeat, args.threads)
+    row = measure(args.tokens, args.repeat, args.threads, arch=args.arch)
+    out = args.out or ("perf/results/decode.json" if args.arch == "llama" else f"perf/results/decode_{args.arch}.json")
     for k, v in row.items():
         if isinstance(v, float):
             print(f"{k:34s} {v:.3f}")
@@ -285,7 +304,7 @@ def main(argv=None) -> int:
             print(f"{k:34s} " + " ".join(f"{x:.1f}" for x in v))
         else:
             print(f"{k:34s} {v}")
-    write_results(args.out, row)
+    write_results(out, row)
     return 0
 
 
