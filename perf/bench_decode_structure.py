@@ -94,8 +94,8 @@ def reads_module():
 
 
 def reads_step(decoder, module):
-    """``decoder.step`` (``models.llama._Decoder``) through ``module``'s kernel: the same arguments."""
-    from qorus_jit.models.llama import _NO_STOPS, decode_split
+    """``decoder.step`` (``models.decoder._Decoder``) through ``module``'s kernel: the same arguments."""
+    from qorus_jit.models.decoder import _NO_STOPS, decode_split
 
     head, mid, final = decoder.args
     split = decode_split(decoder.n_kv_heads)

@@ -285,7 +285,7 @@ def cached(spec: Spec) -> bool:
         kernels = [attention.DISPATCHERS["forward"], attention.DISPATCHERS["backward"], norm,
                    K.cross_entropy_forward_backward]
     else:
-        decode = K.llama_decode if arch == "llama" else attention.DISPATCHERS["decode"]
+        decode = K.llama_decode if arch in ("llama", "gpt2") else attention.DISPATCHERS["decode"]
         kernels = [attention.DISPATCHERS["forward"], decode]
     return all(kernel_cached(d, np.float32) for d in kernels)
 

@@ -174,7 +174,7 @@ def _llama_reference(model, tok):
 def _llama_decode(variant):
     from qorus_jit.layers import DecodeState
     from qorus_jit.models import Llama, LlamaConfig
-    from qorus_jit.models.llama import _Decoder
+    from qorus_jit.models.decoder import _Decoder
 
     cfg = LlamaConfig(dim=32, n_layers=1 if variant == "a" else 2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                       vocab_size=61, max_seq_len=8, norm_eps=1e-5)

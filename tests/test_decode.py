@@ -104,26 +104,28 @@ def test_float32_decoder_reads_by_rows_from_memory(monkeypatch, amd):
 
 @pytest.mark.parametrize("amd", [False, True])
 def test_layers_read_w_by_the_models_size(monkeypatch, amd):
-    """Node by node (GPT-2), ``decode_one`` sets every linear layer's and the tied head's ``one_row`` as the one-call
-    decoder sets its own: the CPU's way (AMD: a row at a time), else a row at a time once the model's bytes are more
-    than a quarter of the L3. The logits either way are the full forward's (BLAS) at the last position."""
+    """Node by node (a Llama with biases), ``decode_one`` sets every linear layer's and the tied head's ``one_row``
+    as the one-call decoder sets its own: the CPU's way (AMD: a row at a time), else a row at a time once the
+    model's bytes are more than a quarter of the L3. The logits either way are the full forward's (BLAS) at the
+    last position."""
     from qorus_jit.kernels import quant_x86
     from qorus_jit.layers import Linear
     from qorus_jit.layers.head import TiedLMHead
-    from qorus_jit.models import GPT2, GPT2Config
 
     monkeypatch.setattr(quant_x86, "one_row", lambda: amd)
-    config = GPT2Config(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=16)
-    n = sum(p.nbytes for p in GPT2(config, rng=1).parameters().values())
+    config = LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=61, max_seq_len=16,
+                         attention_bias=True, mlp_bias=True, tie_embeddings=True)
+    n = sum(p.nbytes for p in Llama(config, rng=1).parameters().values())
     ids = [5, 9, 2, 60, 7]
     for l3, want in ((8 * n, amd), (2 * n, True)):
         monkeypatch.setattr(quant_x86, "l3_bytes", lambda l3=l3: l3)
-        model = GPT2(config, rng=1)
+        model = Llama(config, rng=1)
         state = DecodeState(1, 16)
         for tok in ids:
             got = model.decode_one(tok, state)
+        assert model._decoder is None  # node by node
         layers = [c for _, _, _, c in named_layers(model) if isinstance(c, (Linear, TiedLMHead))]
-        assert len(layers) == 2 * 4 + 1 and all(c.one_row is want for c in layers), l3
+        assert len(layers) == 2 * 7 + 1 and all(c.one_row is want for c in layers), l3
         full = model.forward(np.array([ids]))[0, -1]
         np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-5)
 
@@ -150,9 +152,9 @@ def test_fused_decode_thread_splits_equal_the_layers_one_by_one(monkeypatch, one
     block; the MLP runs one slice of the hidden units per thread (hidden 50: slices not whole groups of 32); the
     products read W either way (``one_row``, which the CPU picks: by rows, the down projection too). The layers
     one by one (``Graph.forward_decode``, the generic step) are the reference, caches included."""
-    from qorus_jit.models import llama
+    from qorus_jit.models import decoder
 
-    monkeypatch.setattr(llama, "one_row_float32", lambda n: one_row)
+    monkeypatch.setattr(decoder, "one_row_float32", lambda n: one_row)
     model = _llama(n_kv_heads, hidden, n_layers=1)
     ids = np.random.default_rng(5).integers(0, 61, 12)
     fused, plain = DecodeState(1, 16), DecodeState(1, 16)
@@ -219,12 +221,50 @@ def _one_call_equals_nodes(model, steps=14):
     assert all(c.length == steps for c in fused.caches.values())
 
 
+@pytest.mark.parametrize("activation,tie,one_row", [("gelu_new", True, False), ("gelu_new", False, True),
+                                                    ("gelu", True, True)])
+@pytest.mark.parametrize("threads,n_parts", [(1, 1), (2, 2), (2, 3)])
+def test_gpt2_decodes_in_one_call_as_its_layers_one_by_one(monkeypatch, activation, tie, one_row, threads, n_parts):
+    """GPT-2's blocks in the one-call decoder (its form: LayerNorm with biases, a bias after every product, no
+    RoPE, a GELU MLP, learned positions): its logits and caches against the layers one by one; float32 W read
+    either way, the hidden units in one to three slices (96: whole groups of 32)."""
+    from qorus_jit.models import GPT2, GPT2Config, decoder
+
+    monkeypatch.setattr(decoder, "one_row_float32", lambda n: one_row)
+    monkeypatch.setattr(decoder, "decode_split", lambda n_kv_heads: (n_kv_heads >= n_parts, n_parts))
+    model = GPT2(GPT2Config(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=16, hidden_dim=96,
+                            activation=activation, tie_embeddings=tie), rng=1)
+    for name, prm in model.parameters().items():  # biases and norms away from their zero and one starts
+        if prm.ndim == 1:
+            prm[...] += np.random.default_rng(len(name)).standard_normal(prm.shape).astype(np.float32) * 0.1
+    _at_threads(threads, _one_call_equals_nodes, model)
+    assert model._decoder.one_row is one_row
+
+
+def test_gpt2_decodes_node_by_node_where_one_call_cannot():
+    """GPT-2 with LoRA adapters, quantized, a ReLU MLP or fewer heads than threads: node by node."""
+    from qorus_jit.layers.lora import apply_lora
+    from qorus_jit.models import GPT2, GPT2Config
+    from qorus_jit.models.quantize import quantize_model
+
+    config = dict(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=16)
+    assert GPT2(GPT2Config(**config), rng=1)._decode_plan() == "fp32"
+    assert GPT2(GPT2Config(**config, activation="relu"), rng=1)._decode_plan() is None
+    assert quantize_model(GPT2(GPT2Config(**config), rng=1), "int8")._decode_plan() is None
+    lora = GPT2(GPT2Config(**config), rng=1)
+    apply_lora(lora, rank=2)
+    assert lora._decode_plan() is None
+    if max_threads() >= 2:
+        narrow = GPT2(GPT2Config(**{**config, "n_heads": 1}), rng=1)
+        assert _at_threads(2, narrow._decode_plan) is None and _at_threads(1, narrow._decode_plan) == "fp32"
+
+
 @pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False), (1, True)])
 def test_whole_model_decode_in_one_call_equals_the_nodes_one_by_one(monkeypatch, one_row, n_kv_heads, tie):
-    from qorus_jit.models import llama
+    from qorus_jit.models import decoder
 
-    monkeypatch.setattr(llama, "one_row_float32", lambda n: one_row)
+    monkeypatch.setattr(decoder, "one_row_float32", lambda n: one_row)
     _one_call_equals_nodes(_llama(n_kv_heads, tie=tie))
 
 
@@ -268,10 +308,10 @@ flip = not quant_x86.one_row()
 decode.one_row = lambda: flip  # read while the decoder is typed: its int8 rows and down projection the other way
 decode._PAIRS = not decode._PAIRS  # and float32 W from memory a row at a time, or two rows at a time
 quant._PATHS["q8_0"] = quant_x86.cpu_path("q8_0")
-from qorus_jit.models import llama
+from qorus_jit.models import decoder
 from qorus_jit.models.quantize import quantize_model
 from tests.test_decode import _at_threads, _llama, _one_call_equals_nodes
-llama.one_row_float32 = lambda n: True
+decoder.one_row_float32 = lambda n: True
 for threads in (1, 2):
     _at_threads(threads, _one_call_equals_nodes, quantize_model(_llama(2, hidden=64, tie=False), "int8"))
     _at_threads(threads, _one_call_equals_nodes, _llama(2, hidden=64, tie=False))
@@ -308,11 +348,11 @@ def test_decode_in_three_slices(monkeypatch, dtype, one_row, hidden):
     """The feed-forward's slices of whole groups of 32, three of them (hidden 96: one group each; 64: the last one
     empty, its partial sums zero), against the layers one by one; float32 W read either way (by rows: the down
     projection by rows after the slices)."""
-    from qorus_jit.models import llama
+    from qorus_jit.models import decoder
     from qorus_jit.models.quantize import quantize_model
 
-    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= 2, 3))
-    monkeypatch.setattr(llama, "one_row_float32", lambda n: bool(one_row))
+    monkeypatch.setattr(decoder, "decode_split", lambda n_kv_heads: (n_kv_heads >= 2, 3))
+    monkeypatch.setattr(decoder, "one_row_float32", lambda n: bool(one_row))
     model = _llama(2, hidden=hidden, tie=True)
     _one_call_equals_nodes(model if dtype == "fp32" else quantize_model(model, dtype))
 
@@ -364,7 +404,7 @@ def test_whole_model_decode_rejects_bad_ids_and_positions():
 @pytest.mark.parametrize("kind", ["fp32", "int8", "biases", "gpt2"])
 def test_decode_one_equals_forward_decode(kind):
     """``decode_one`` (the generation loop's step) gives forward_decode's logits and advances the state: on the
-    one-call decoder (fp32, int8) and node by node (a Llama with biases, GPT-2)."""
+    one-call decoder (fp32, int8, GPT-2) and node by node (a Llama with biases)."""
     from qorus_jit.models import GPT2, GPT2Config
     from qorus_jit.models.quantize import quantize_model
 
@@ -386,7 +426,7 @@ def test_decode_one_equals_forward_decode(kind):
         assert one.pos == t + 1
         np.testing.assert_array_equal(got, want, err_msg=f"position {t}")
         tok = int(np.argmax(got))
-    assert (getattr(model, "_decoder", None) is not None) == (kind in ("fp32", "int8"))
+    assert (getattr(model, "_decoder", None) is not None) == (kind in ("fp32", "int8", "gpt2"))
 
 
 def test_decode_one_rejects_bad_tokens_and_states():
@@ -507,9 +547,9 @@ def test_decode_argmax_is_numpys(monkeypatch, dtype, n_parts):
     """The one-call decoder's argmax (each thread's part of the head, joined) is NumPy's argmax of the logits it
     returns, the first of tied maxima, at 1 to 3 parts of the head (3: more than the parts it holds room for
     on a 2-thread machine, so clamped) and with the parts' ties falling in different parts."""
-    from qorus_jit.models import llama
+    from qorus_jit.models import decoder
 
-    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (n_kv_heads >= n_parts, n_parts))
+    monkeypatch.setattr(decoder, "decode_split", lambda n_kv_heads: (n_kv_heads >= n_parts, n_parts))
     model = _head_with_ties(dtype)
     state, tok, ties = DecodeState(1, 16), 5, 0
     for t in range(10):
@@ -616,11 +656,11 @@ def test_token_in_one_region(monkeypatch, dtype, one_row, threads, n_parts):
     none and must not wait for them) and 3 layers of phases (four each where float32 W is read by rows),
     against the layers one by one over three generations of 14 tokens (a race between participants would show
     as wrong logits)."""
-    from qorus_jit.models import llama
+    from qorus_jit.models import decoder
     from qorus_jit.models.quantize import quantize_model
 
-    monkeypatch.setattr(llama, "decode_split", lambda n_kv_heads: (True, n_parts))
-    monkeypatch.setattr(llama, "one_row_float32", lambda n: bool(one_row))
+    monkeypatch.setattr(decoder, "decode_split", lambda n_kv_heads: (True, n_parts))
+    monkeypatch.setattr(decoder, "one_row_float32", lambda n: bool(one_row))
     model = _llama(4, hidden=96, tie=False)
     model = model if dtype == "fp32" else quantize_model(model, dtype)
     for _ in range(3):

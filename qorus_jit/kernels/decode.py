@@ -41,7 +41,7 @@ from qorus_jit.kernels._lowbit import (
 )
 from qorus_jit.kernels._math import exp
 from qorus_jit.kernels._sync import claim, done, phase_counters, wait_done  # noqa: F401 - phase_counters: callers
-from qorus_jit.kernels.activations import _swiglu_forward_range
+from qorus_jit.kernels.activations import _gelu_forward_range, _gelu_tanh_forward_range, _swiglu_forward_range
 from qorus_jit.kernels.quant import GROUP, _matvec_bf16_rows, _matvec_q8_0_rows, _quantize_x_q8, _split_even_odd
 from qorus_jit.kernels.quant_x86 import _split_bf16, one_row, one_row_float32  # noqa: F401 - one_row_float32: callers
 
@@ -53,6 +53,10 @@ _HEAD_ROWS = 64
 # float32 token 0.984-0.994 of the time without it on 1 and 2 threads of the Intel Xeon with AMX, an int8 token
 # 1.01-1.04 (docs/design.md, "The cache from memory")
 _KV_AHEAD = 16
+# the decoder's ``form`` (int64 flags): LayerNorm rather than RMSNorm, the MLP's activation (ACT_*), rotary positions,
+# biases on every linear layer and norm, a table of learned positions
+FORM_LAYER_NORM, FORM_ACT, FORM_ROPE, FORM_BIAS, FORM_POSITIONS = range(5)
+ACT_SWIGLU, ACT_GELU_TANH, ACT_GELU = range(3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,7 +65,7 @@ _KV_AHEAD = 16
 # Passing every block's arrays as tuples cost numba's dispatcher about 0.1 us per array on every call: a
 # stories15M int8 token passed 147, and its call cost 32 us more than in a compiled loop (about 7% of the token;
 # 11 us now). The decoder takes the first block's arrays (their shapes and dtypes: every block's are alike) and
-# a table of every block's addresses instead, which this module views; the caller (models.llama's decoder) keeps the
+# a table of every block's addresses instead, which this module views; the caller (models.decoder) keeps the
 # arrays alive.
 
 
@@ -293,6 +297,40 @@ def _rmsnorm_vec(out, x, weight, eps):
 
 
 @kernel
+def _layernorm_vec(out, x, weight, bias, eps):
+    """out (C,) = (x - mean) / sqrt(var + eps) * weight + bias, as the LayerNorm layer computes it."""
+    C = x.shape[0]
+    s = x.dtype.type(0)
+    for j in range(C):
+        s += x[j]
+    m = x.dtype.type(s / C)
+    v = x.dtype.type(0)
+    for j in range(C):
+        d = x[j] - m
+        v += d * d
+    r = x.dtype.type(1.0 / math.sqrt(v / C + eps))
+    for j in range(C):
+        out[j] = (x[j] - m) * r * weight[j] + bias[j]
+
+
+@kernel
+def _norm_vec(out, x, weight, bias, eps, form):
+    """The block's norm of x into out: LayerNorm with its bias where ``form`` says so, else RMSNorm."""
+    if form[FORM_LAYER_NORM]:
+        _layernorm_vec(out, x, weight, bias, eps)
+    else:
+        _rmsnorm_vec(out, x, weight, eps)
+
+
+@kernel
+def _add_span(x, y, lo, hi):
+    """x[lo:hi] += y[lo:hi] (a bias on a span of a layer's output)."""
+    xs, ys = x[lo:hi], y[lo:hi]  # views: indices from 0 vectorize
+    for i in range(hi - lo):
+        xs[i] += ys[i]
+
+
+@kernel
 def _rope_half_head(x, cos, sin, p, o, D):
     """Rotate-half RoPE in place at position p for the head x[o:o + D]; cos, sin (T_max, D/2)."""
     half = D // 2
@@ -314,6 +352,14 @@ def _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G):
     _rope_half_head(k, cos, sin, pos, o, D)
     for hh in range(hk * G, hk * G + G):
         _rope_half_head(q, cos, sin, pos, hh * D, D)
+    _cache_append(k, v, k_cache, v_cache, pos, hk)
+
+
+@kernel
+def _cache_append(k, v, k_cache, v_cache, pos, hk):
+    """Kv head hk's key and value into cache row pos."""
+    D = k_cache.shape[2]
+    o = hk * D
     copy_row(k_cache[hk, pos], k[o:o + D])
     copy_row(v_cache[hk, pos], v[o:o + D])
 
@@ -661,16 +707,25 @@ def _add_product(x, h, w, ws, xa, xb):
 
 
 @kernel
-def _kv_heads(h0, h1, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale):
+def _kv_heads(h0, h1, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att, scores, cos, sin, pos, scale,
+              bq, bk, bv, form):
     """kv heads h0..h1-1: their rows of k, v and of their query heads' q (W a, with a as ``_prep`` left it in xa,
-    xb; one call a matrix), RoPE, cache append, and their query heads' attention into ``att``."""
+    xb; one call a matrix) and their biases where ``form`` has them, RoPE where it has it, cache append, and their
+    query heads' attention into ``att``."""
     Hkv, D = k_cache.shape[0], k_cache.shape[2]
     G = q.shape[0] // D // Hkv
     _rows(k, wk, sk, xa, xb, h0 * D, h1 * D)
     _rows(v, wv, sv, xa, xb, h0 * D, h1 * D)
     _rows(q, wq, sq, xa, xb, h0 * G * D, h1 * G * D)
+    if form[FORM_BIAS]:
+        _add_span(k, bk, h0 * D, h1 * D)
+        _add_span(v, bv, h0 * D, h1 * D)
+        _add_span(q, bq, h0 * G * D, h1 * G * D)
     for hk in range(h0, h1):
-        _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+        if form[FORM_ROPE]:
+            _rope_cache_append(q, k, v, k_cache, v_cache, cos, sin, pos, hk, G)
+        else:
+            _cache_append(k, v, k_cache, v_cache, pos, hk)
         for hh in range(hk * G, hk * G + G):
             _head_attention(att, scores, q, k_cache, v_cache, hh, hk, pos + 1, scale, _cache_cold(xa, xb))
 
@@ -688,19 +743,31 @@ def _kv_blocks(Hkv, n):
 
 
 @kernel
-def _mlp_slice(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, by_cols):
+def _mlp_slice(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, by_cols, bg, bu, form):
     """Slice c of n of the hidden units, whole groups of 32 (q8_0's scales): its gate and up rows and SwiGLU
-    into g; if ``by_cols``, the slice prepared into ya, yb and its columns of w_down into ``pc`` (C,) (zeros for
+    into g (where ``form``'s activation is GELU: its up rows and GELU, no gate), with their biases where ``form``
+    has them; if ``by_cols``, the slice prepared into ya, yb and its columns of w_down into ``pc`` (C,) (zeros for
     an empty slice)."""
-    F = wg.shape[0]
+    F = wu.shape[0]
     step = (F // n + GROUP - 1) // GROUP * GROUP
     lo, hi = min(F, c * step), min(F, (c + 1) * step)
     if c == n - 1:
         hi = F
     if hi > lo:
-        _rows(g, wg, sg, xa, xb, lo, hi)
+        act = form[FORM_ACT]
+        if act == ACT_SWIGLU:
+            _rows(g, wg, sg, xa, xb, lo, hi)
         _rows(u, wu, su, xa, xb, lo, hi)
-        _swiglu_forward_range(g, g, u, lo, hi)  # the layers' 16-lane SwiGLU: 1/12 of the time of a scalar loop
+        if form[FORM_BIAS]:
+            if act == ACT_SWIGLU:
+                _add_span(g, bg, lo, hi)
+            _add_span(u, bu, lo, hi)
+        if act == ACT_SWIGLU:
+            _swiglu_forward_range(g, g, u, lo, hi)  # the layers' 16-lane SwiGLU: 1/12 of the time of a scalar loop
+        elif act == ACT_GELU_TANH:
+            _gelu_tanh_forward_range(g, u, lo, hi)
+        else:
+            _gelu_forward_range(g, u, lo, hi)
         if by_cols:
             _prep_span(ya, yb, g, lo, hi)
             _cols(pc, wd, sd, ya, yb, lo, hi)
@@ -712,7 +779,7 @@ def _mlp_slice(c, n, pc, g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, by_cols):
 @kernel(parallel=True)
 def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache,
                         v_cache, pos, cos, sin, eps, scale, h, q, k, v, att, scores, g, u, xa, xb, ya, yb, parts,
-                        n_parts):
+                        n_parts, form):
     """One token through a pre-norm Llama block, ``x (C,)`` updated in place (both residuals), for fewer kv heads
     than threads (with more, :func:`_token_part` runs the whole token in one region).
 
@@ -720,7 +787,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     (Hkv*D, C), wo (C, H*D), wg, wu (F, C), wd (C, F); norms (C,). k_cache, v_cache (Hkv, T_max, D): the token's
     key and value are written at row ``pos`` and attention reads rows 0..pos. cos, sin (T_max, D/2). Scratch: h
     (C,), q, att (H*D,), k, v (Hkv*D,), scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them,
-    parts (>= n_parts, C).
+    parts (>= n_parts, C). ``form``: a Llama's (RMSNorm, RoPE, SwiGLU, no biases; see :func:`_llama_decode`).
 
     Parallel regions: the q, k, v projections by rows, attention by query head, the output projection by rows,
     and per slice of the hidden units (``n_parts``, give it the thread count; at most ``parts``' rows)
@@ -752,7 +819,7 @@ def _llama_block_decode(x, attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, 
     n = min(n_parts, parts.shape[0])
     rows = _down_by_rows(xa, xb)
     for c in prange(n):
-        _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows)
+        _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows, g, g, form)
     if rows:
         _prep(xa, xb, g)
         _add_product(x, h, wd, sd, xa, xb)
@@ -808,7 +875,8 @@ def _rows_phase(counters, ph, n, out, w, ws, xa, xb):
 
 @kernel
 def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, pos, eps, scale,
-                q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w, head_s):
+                q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w, head_s, norm_b, form,
+                wpe):
     """Participant ``p`` of ``n`` in one token through a whole Llama in one parallel region (:func:`_llama_decode`
     with ``by_kv_head``). Each block is three or four phases whose work items are claimed from ``counters``
     (kernels._sync), every participant waiting for all of a phase's items before the next: per block of kv heads
@@ -825,6 +893,8 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
     (q, k, v, scores, u, ya, yb) is shared."""
     x, h, xa, xb = xs[p], hs[p], xas[p], xbs[p]
     _embed_row(x, embed, embed_s, tok)
+    if form[FORM_POSITIONS]:
+        _add_span(x, wpe[pos], 0, x.shape[0])
     Hkv = b[16].shape[0]
     nh = _kv_blocks(Hkv, n)
     per = Hkv // nh
@@ -835,14 +905,15 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
         wq, sq, wk, sk = _at(a[1], b[1]), _at(a[2], b[2]), _at(a[3], b[3]), _at(a[4], b[4])
         wv, sv, wo, so = _at(a[5], b[5]), _at(a[6], b[6]), _at(a[7], b[7]), _at(a[8], b[8])
         k_cache, v_cache, cos, sin = _at(a[16], b[16]), _at(a[17], b[17]), _at(a[18], b[18]), _at(a[19], b[19])
-        _rmsnorm_vec(h, x, _at(a[0], b[0]), eps[i])
+        bq, bk, bv, bo = _at(a[22], b[22]), _at(a[23], b[23]), _at(a[24], b[24]), _at(a[25], b[25])
+        _norm_vec(h, x, _at(a[0], b[0]), _at(a[20], b[20]), eps[i], form)
         _prep(xa, xb, h)
         while True:  # attention, per block of kv heads
             c = claim(counters, ph)
             if c >= nh:
                 break
             _kv_heads(c * per, c * per + per, q, k, v, k_cache, v_cache, wq, sq, wk, sk, wv, sv, xa, xb, att,
-                      scores, cos, sin, pos, scale)
+                      scores, cos, sin, pos, scale, bq, bk, bv, form)
             done(counters, ph)
         wait_done(counters, ph, nh)
         ph += 1
@@ -850,16 +921,19 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
         _rows_phase(counters, ph, n, o[0], wo, so, xa, xb)
         ph += 1
         _add_parts(x, o, 0, 1)
+        if form[FORM_BIAS]:
+            _add_span(x, bo, 0, x.shape[0])
         wg, sg, wu, su = _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]), _at(a[13], b[13])
         wd, sd = _at(a[14], b[14]), _at(a[15], b[15])
-        _rmsnorm_vec(h, x, _at(a[9], b[9]), eps[i])
+        _norm_vec(h, x, _at(a[9], b[9]), _at(a[21], b[21]), eps[i], form)
         _prep(xa, xb, h)
         rows = _down_by_rows(xa, xb)
+        bg, bu = _at(a[26], b[26]), _at(a[27], b[27])
         while True:  # the feed-forward, per slice of the hidden units
             c = claim(counters, ph)
             if c >= n:
                 break
-            _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows)
+            _mlp_slice(c, n, parts[c], g, u, wg, sg, wu, su, wd, sd, xa, xb, ya, yb, not rows, bg, bu, form)
             done(counters, ph)
         wait_done(counters, ph, n)
         ph += 1
@@ -870,7 +944,9 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
             _add_parts(x, o, 1, 2)
         else:
             _add_parts(x, parts, 0, n)
-    _rmsnorm_vec(h, x, norm_w, norm_eps)
+        if form[FORM_BIAS]:
+            _add_span(x, _at(a[28], b[28]), 0, x.shape[0])
+    _norm_vec(h, x, norm_w, norm_b, norm_eps, form)
     _prep(xa, xb, h)
     while True:  # the head, no wait: the region's end is one
         it = claim(counters, ph)
@@ -882,7 +958,7 @@ def _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embe
 @kernel(parallel=True)
 def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, addresses, pos, eps, scale, h, q, k, v,
                   att, scores, g, u, xa, xb, ya, yb, parts, xs, hs, xas, xbs, atts, outs, gs, partss, counters,
-                  by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s):
+                  by_kv_head, n_parts, norm_w, norm_eps, head_w, head_s, norm_b, form, wpe):
     """``logits (V,)`` of token ``tok`` at position ``pos`` through a whole Llama in one call: ``x (C,) =
     embed[tok]``, every block, the final RMSNorm, ``logits = head_w @ x``, and ``best[0]`` their argmax as NumPy's
     (the first NaN, else the first maximum), taken by each participant from the rows it just wrote (``best (>=
@@ -891,11 +967,15 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, add
 
     Every linear weight and the head as ``_rows`` takes them (float32, bf16 or q8_0), each with its scales
     (``s*``: q8_0's ``d``; any float32 matrix for the other formats, unused). ``blocks``: the first block's
-    (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache, v_cache, cos, sin),
-    ``addresses`` every block's (:func:`block_table`); ``eps (n_blocks,)``. ``embed`` (V0, C) float32, or
-    quantized as the head (``embed_s``). Scratch shared by the blocks: h (C,), q, att (H*D,), k, v (Hkv*D,),
-    scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them for the widest input (the hidden size),
-    parts (>= n_parts, C) float32.
+    (attn_norm, wq, sq, wk, sk, wv, sv, wo, so, mlp_norm, wg, sg, wu, su, wd, sd, k_cache, v_cache, cos, sin,
+    attn_norm_b, mlp_norm_b, bq, bk, bv, bo, bg, bu, bd), ``addresses`` every block's (:func:`block_table`);
+    ``eps (n_blocks,)``. ``form`` (int64, ``FORM_*``) says what the blocks are: a Llama's (RMSNorm, RoPE from
+    the cos, sin tables, SwiGLU, no biases) or GPT-2's (LayerNorm with the norms' biases, a bias after every
+    product, no RoPE, GELU of the up rows with no gate, ``wpe[pos]`` added to the embedding); what a form does
+    not use may be any array of the right kind (one element). ``norm_b``: the final norm's bias. ``embed`` (V0,
+    C) float32, or quantized as the head (``embed_s``). Scratch shared by the blocks: h (C,), q, att (H*D,), k, v
+    (Hkv*D,), scores (H, T_max), g, u (F,), xa, xb, ya, yb as ``_prep`` takes them for the widest input (the
+    hidden size), parts (>= n_parts, C) float32.
 
     With ``by_kv_head`` (give it ``Hkv >= threads``) the whole token is one parallel region of ``n_parts``
     participants (:func:`_token_part`; at most the rows of ``xs`` and ``best`` allow): xs, hs (>= n_parts, C)
@@ -903,7 +983,8 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, add
     (n_blocks, 2, C), gs (n_blocks, F) and partss (n_blocks, >= n_parts, C) float32 each block's; counters (>=
     4 * n_blocks + 1 phases) from :func:`phase_counters`. Starting and joining numba's threads costs about 1.8 us
     a region, and a stories15M int8 token took 19 (docs/design.md, "Decoding one token"). Otherwise
-    :func:`_llama_block_decode` block by block (``n_parts`` its slices), then the head.
+    :func:`_llama_block_decode` block by block (``n_parts`` its slices), then the head: a Llama's form only (a
+    ValueError otherwise).
 
     A greedy run (:func:`_greedy_next`): up to ``toks.shape[0]`` tokens from ``tok`` at ``pos`` on, each the argmax
     of the one before, written to ``toks``; returns how many ran. ``logits`` are the last one's. A step is a run
@@ -924,12 +1005,15 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, add
             for p in prange(n):
                 _token_part(p, n, counters, logits, best, xs, hs, xas, xbs, tok, embed, embed_s, b, addresses, at,
                             eps, scale, q, k, v, scores, u, ya, yb, atts, outs, gs, partss, norm_w, norm_eps, head_w,
-                            head_s)
+                            head_s, norm_b, form, wpe)
             x0 = xs[0]
             for j in range(x.shape[0]):
                 x[j] = x0[j]
             _join_best(logits, best, n)
         else:
+            if (form[FORM_LAYER_NORM] or form[FORM_BIAS] or form[FORM_POSITIONS] or not form[FORM_ROPE]
+                    or form[FORM_ACT] != ACT_SWIGLU):
+                raise ValueError("llama_decode: block by block only for a Llama's form (give by_kv_head)")
             _embed_row(x, embed, embed_s, tok)
             for i in range(addresses.shape[0]):
                 a = addresses[i]
@@ -938,7 +1022,7 @@ def _llama_decode(logits, best, x, toks, stops, tok, embed, embed_s, blocks, add
                                     _at(a[9], b[9]), _at(a[10], b[10]), _at(a[11], b[11]), _at(a[12], b[12]),
                                     _at(a[13], b[13]), _at(a[14], b[14]), _at(a[15], b[15]), _at(a[16], b[16]),
                                     _at(a[17], b[17]), at, _at(a[18], b[18]), _at(a[19], b[19]), eps[i], scale, h, q,
-                                    k, v, att, scores, g, u, xa, xb, ya, yb, parts, n_parts)
+                                    k, v, att, scores, g, u, xa, xb, ya, yb, parts, n_parts, form)
             _rmsnorm_vec(h, x, norm_w, norm_eps)
             _prep(xa, xb, h)
             n = min(n_parts, best.shape[0] - 1)

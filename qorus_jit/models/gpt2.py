@@ -15,9 +15,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qorus_jit.core.check import UNFILLED, check_rng
+from qorus_jit.kernels.decode import ACT_GELU, ACT_GELU_TANH, FORM_ACT, FORM_BIAS, FORM_LAYER_NORM, FORM_POSITIONS
 from qorus_jit.layers import Embedding, LayerNorm, Linear, TransformerBlock
 from qorus_jit.layers.embedding import PositionEmbedding
 from qorus_jit.layers.head import TiedLMHead
+from qorus_jit.layers.lora import lora_layers
+from qorus_jit.layers.quantized import quantized_layers
 from qorus_jit.models.base import (
     HF_ACTIVATIONS,
     Architecture,
@@ -26,7 +29,9 @@ from qorus_jit.models.base import (
     _hf_get,
     _hf_reject,
 )
+from qorus_jit.models.decoder import ONE, ONE_2D, OneCallDecoding
 
+_ACTS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "gelu": ACT_GELU}  # the decoder's MLPs
 _CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 
 
@@ -107,8 +112,10 @@ class GPT2Config(Config):
         }
 
 
-class GPT2(Architecture):
-    """``ids (B, T) -> logits (B, T, vocab_size)``; weights initialised N(0, 0.02) as Hugging Face does."""
+class GPT2(OneCallDecoding, Architecture):
+    """``ids (B, T) -> logits (B, T, vocab_size)``; weights initialised N(0, 0.02) as Hugging Face does. One new
+    token decodes in one kernel call (``models.decoder``) for float32 weights with no LoRA adapters, a GELU MLP
+    and at least as many heads as threads; anything else node by node."""
 
     config_class = GPT2Config
     arch = "gpt2"
@@ -130,20 +137,52 @@ class GPT2(Architecture):
         own = rng if rng is UNFILLED else None  # the embeddings' own draws are overwritten below
         wte = self.add("transformer.wte", Embedding(c.vocab_size, c.dim, rng=own), "ids", "tok")
         self.add("transformer.wpe", PositionEmbedding(c.max_seq_len, c.dim, rng=own), "tok", "h0")
+        self._blocks = []
         for i in range(c.n_layers):
-            self.add(f"transformer.h.{i}", TransformerBlock(
+            self._blocks.append(self.add(f"transformer.h.{i}", TransformerBlock(
                 c.dim, c.n_heads, c.hidden_dim, norm="layer", norm_eps=c.norm_eps, prenorm=True,
                 mlp=HF_ACTIVATIONS[c.activation], mlp_bias=True, causal=True, rope=None, max_seq_len=c.max_seq_len,
                 attn_bias=True, out_bias=True, fused_qkv=True,
                 names={"input_layernorm": "ln_1", "self_attn": "attn", "post_attention_layernorm": "ln_2"},
                 attn_names={"qkv_proj": "c_attn", "o_proj": "c_proj"},
-                mlp_names={"up_proj": "c_fc", "down_proj": "c_proj"}, rng=rng), f"h{i}", f"h{i + 1}")
+                mlp_names={"up_proj": "c_fc", "down_proj": "c_proj"}, rng=rng), f"h{i}", f"h{i + 1}"))
         self.add("transformer.ln_f", LayerNorm(c.dim, c.norm_eps), f"h{c.n_layers}", "hn")
         head = TiedLMHead(wte) if c.tie_embeddings else Linear(c.dim, c.vocab_size, bias=False, rng=rng)
         self.add("lm_head", head, "hn", "logits")
         for name, p in self.parameters().items():
             if rng is not UNFILLED and ".ln_" not in name and name.endswith("weight"):
                 p[...] = rng.normal(0.0, 0.02, p.shape)
+
+    # -- decoding (models.decoder's one-call decoder)
+
+    _by_kv_head_only = True  # its form runs as the whole token in one region only
+
+    def _find_plan(self) -> str | None:
+        if quantized_layers(self) or lora_layers(self) or self.config.activation not in _ACTS:
+            return None
+        return "fp32"
+
+    def _decode_attentions(self) -> list:
+        return [blk.self_attn for blk in self._blocks]
+
+    def _decode_blocks(self, caches, weight):
+        c, p = self.config, self.parameters()
+        hd = kd = c.dim  # q, k and v rows of c_attn, one after another
+        form = np.zeros(5, np.int64)
+        form[[FORM_LAYER_NORM, FORM_BIAS, FORM_POSITIONS]] = 1
+        form[FORM_ACT] = _ACTS[c.activation]
+        blocks = []
+        for i, cache in enumerate(caches):
+            x = f"transformer.h.{i}."
+            w, bias = p[x + "attn.c_attn.weight"], p[x + "attn.c_attn.bias"]
+            wo, up, down = (weight(x + n)[0] for n in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+            no = ONE_2D  # the scales of float32 W; the gate and the RoPE tables it has not
+            blocks.append((p[x + "ln_1.weight"], w[:hd], no, w[hd:hd + kd], no, w[hd + kd:], no, wo, no,
+                           p[x + "ln_2.weight"], no, no, up, no, down, no, cache.k[0], cache.v[0], no, no,
+                           p[x + "ln_1.bias"], p[x + "ln_2.bias"], bias[:hd], bias[hd:hd + kd], bias[hd + kd:],
+                           p[x + "attn.c_proj.bias"], ONE, p[x + "mlp.c_fc.bias"], p[x + "mlp.c_proj.bias"]))
+        return (blocks, p["transformer.wte.weight"], p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], form,
+                p["transformer.wpe.weight"])
 
     @staticmethod
     def hf_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
