@@ -67,7 +67,7 @@ class OneCallDecoding:
     def _decode_plan(self) -> str | None:
         """The weights the one-call decoder reads ("fp32", "bf16", "q8_0"), or None (node by node): found by
         walking the layers once, again only after a layer was swapped (``structure_version``); None too where
-        the blocks need the whole token in one region (:meth:`_by_kv_head_only`) and the threads outnumber the kv
+        the blocks need the whole token in one region (:attr:`_by_kv_head_only`) and the threads outnumber the kv
         heads."""
         version = structure_version()
         if self._plan is None or self._plan[0] != version:
